@@ -1,0 +1,1 @@
+//! urec's BPF programs and the Rust view of the records they write to the ring buffer.

@@ -1,0 +1,28 @@
+//! Exit statuses, as SPEC.md's "Exit status" defines them: 0 success, 1 a runtime or data error,
+//! 2 a usage or spec error.
+
+/// An error in how urec was called: a bad flag value, a missing binary or symbol, a bad ARG.
+/// Exits with status 2; anything else that fails exits with 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit status for an error that ended a subcommand.
+pub fn status_of(err: &anyhow::Error) -> u8 {
+    let usage = err
+        .chain()
+        .any(|cause| cause.is::<UsageError>() || cause.is::<urec_probe::SpecError>());
+    if usage {
+        2
+    } else {
+        1
+    }
+}
+
+/// Shorthand for returning a [`UsageError`].
+#[macro_export]
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::UsageError(format!($($arg)*))))
+    };
+}

@@ -1,0 +1,66 @@
+//! `urec`: record uprobes and uretprobes on Linux user programs, report exact counts, latencies
+//! and stacks. This file only parses the command line and maps errors to exit statuses; each
+//! subcommand lives in its own module and calls into the workspace's library crates.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod exit;
+mod info;
+mod list;
+#[cfg(feature = "record")]
+mod record;
+mod report;
+mod script;
+
+pub use exit::UsageError;
+
+/// Record uprobes with eBPF into a small file; report exact counts, latencies and stacks.
+#[derive(Parser, Debug)]
+#[command(name = "urec", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Attach probes and record events into a data file.
+    #[cfg(feature = "record")]
+    Record(record::Args),
+    /// Summarize a recording: tables, histograms, folded stacks, flamegraphs, JSON.
+    Report(report::Args),
+    /// Print every event of a recording in time order, like `perf script`.
+    Script(script::Args),
+    /// List the functions of a binary or library that can be probed.
+    List(list::Args),
+    /// Describe a recording: header, probes, processes, binaries, counts, sizes.
+    Info(info::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version with exit 0 and usage errors with exit 2, as we want.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        #[cfg(feature = "record")]
+        Command::Record(args) => record::run(args),
+        Command::Report(args) => report::run(args),
+        Command::Script(args) => script::run(args),
+        Command::List(args) => list::run(args),
+        Command::Info(args) => info::run(args),
+    };
+    match result {
+        Ok(status) => ExitCode::from(status),
+        Err(err) => {
+            eprintln!("urec: error: {err:#}");
+            ExitCode::from(exit::status_of(&err))
+        }
+    }
+}

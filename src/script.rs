@@ -1,0 +1,17 @@
+//! `urec script`.
+
+use std::path::PathBuf;
+
+/// Command-line arguments of `urec script`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The recording to read.
+    #[arg(short, long, default_value = "urec.data")]
+    pub input: PathBuf,
+}
+
+/// Runs `urec script`; returns the exit status.
+pub fn run(_args: Args) -> anyhow::Result<u8> {
+    eprintln!("urec script: not implemented yet");
+    Ok(2)
+}
