@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing urec needs on Debian 12 (run as root). Idempotent.
+#   clang, libelf-dev, zlib1g-dev, pkg-config, make: the BPF programs (libbpf-cargo, libbpf-sys)
+#   gcc, g++, binutils: test fixtures are C/C++ programs the tests build themselves
+#   python3: drives an interactive bash through a pty in the tests
+#   bpftrace, linux-perf: the peers benchmarks compare against (bench only, harmless here)
+set -euo pipefail
+need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 file)
+if [ "${UREC_BENCH_DEPS:-0}" = 1 ]; then need+=(bpftrace linux-perf bpfcc-tools time); fi
+missing=()
+for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  # Debian 12's own cargo is too old for the workspace's rust-version; rustup brings a current one.
+  apt-get install -y -qq curl ca-certificates
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  # shellcheck disable=SC1091
+  . "$HOME/.cargo/env"
+fi
