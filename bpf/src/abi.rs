@@ -1,0 +1,443 @@
+//! The Rust side of `urec.h`: the per-probe configuration the programs read, and a decoder for
+//! the records they write to the ring buffer.
+//!
+//! The layouts are `#[repr(C)]` copies of the C structs, checked by size at compile time, and the
+//! configuration is written to the `probes` map as raw bytes. Decoding never trusts the kernel's
+//! bytes blindly: a record shorter than what its header announces is an error, not a panic.
+
+use std::mem::size_of;
+
+/// Fetched arguments per probe (`UREC_MAX_ARGS`).
+pub const MAX_ARGS: usize = 8;
+/// Fetch operations per argument (`UREC_MAX_OPS`).
+pub const MAX_OPS: usize = 8;
+/// String bytes kept per argument (`UREC_STR_MAX`).
+pub const STR_MAX: usize = 256;
+/// Largest `--stack-depth` (`UREC_MAX_DEPTH`).
+pub const MAX_DEPTH: u32 = 127;
+/// Cookie bit marking an entry-only or return-only probe on the single-uprobe fallback programs.
+pub const COOKIE_ONE_SIDED: u64 = 1 << 31;
+
+/// Event kind of an entry record.
+pub const KIND_ENTRY: u8 = 0;
+/// Event kind of a return record.
+pub const KIND_RETURN: u8 = 1;
+
+/// `latency_ns` is valid.
+pub const F_LATENCY: u8 = 1;
+/// `bpf_get_stack` failed.
+pub const F_STACK_ERR: u8 = 2;
+/// `frames[1]` is the return address read at `[sp]`.
+pub const F_CALLER_ADDED: u8 = 4;
+/// `frames[0]` is the probed function's address (return-only probes).
+pub const F_FUNC_ADDED: u8 = 8;
+
+const OP_REG: u8 = 1;
+const OP_SPREL: u8 = 2;
+const OP_IMM: u8 = 3;
+const OP_FUNCREL: u8 = 4;
+const OP_DEREF: u8 = 5;
+const OP_ADD: u8 = 6;
+const OP_COMM: u8 = 7;
+
+/// `UREC_P_ADD_CALLER`.
+const P_ADD_CALLER: u8 = 1;
+
+/// x86-64 registers in `struct pt_regs` order: the index is what `%REG` fetches use.
+pub const PT_REGS: [&str; 21] = [
+    "r15", "r14", "r13", "r12", "bp", "bx", "r11", "r10", "r9", "r8", "ax", "cx", "dx", "si", "di",
+    "orig_ax", "ip", "cs", "flags", "sp", "ss",
+];
+
+/// The index in [`PT_REGS`] of a register named as uprobe_events does (`di`, `%rdi`, `rdi`,
+/// `edi` for its low half are all accepted and mean the full register).
+pub fn reg_index(name: &str) -> Option<usize> {
+    let name = name.strip_prefix('%').unwrap_or(name);
+    let canonical = match name {
+        "rax" | "eax" => "ax",
+        "rbx" | "ebx" => "bx",
+        "rcx" | "ecx" => "cx",
+        "rdx" | "edx" => "dx",
+        "rsi" | "esi" => "si",
+        "rdi" | "edi" => "di",
+        "rbp" | "ebp" => "bp",
+        "rsp" | "esp" => "sp",
+        "rip" => "ip",
+        other => other,
+    };
+    PT_REGS.iter().position(|r| *r == canonical)
+}
+
+/// Index of `%sp` in [`PT_REGS`].
+pub const REG_SP: usize = 19;
+/// Index of `%ax` (the return value) in [`PT_REGS`].
+pub const REG_AX: usize = 10;
+/// The System V x86-64 integer argument registers, `arg1`..`arg6`.
+pub const ARG_REGS: [usize; 6] = [14, 13, 12, 11, 9, 8];
+
+/// One step of an argument's fetch program (a tiny accumulator machine `v`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchOp {
+    /// `v = regs[i]`, `i` an index in [`PT_REGS`].
+    Reg(usize),
+    /// `v = *(u64 *)(sp + off)`: `$stackN`, and `argN` beyond the sixth at function entry.
+    SpRel(i64),
+    /// `v = imm`.
+    Imm(i64),
+    /// `v = address of the probe + delta`: a global at a known place of the probed binary.
+    ProbeRel(i64),
+    /// `v = *(uN *)(v + off)`, reading `size` bytes (1, 2, 4 or 8) of user memory.
+    Deref {
+        /// Added to `v` before reading.
+        off: i64,
+        /// Bytes read, zero-extended.
+        size: u8,
+    },
+    /// `v = v + off` (the last step of a string's address: `+8(%di):string` reads at di+8).
+    Add(i64),
+    /// The task's command name (a string argument with this as its only op).
+    Comm,
+}
+
+/// One argument's fetch program.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ArgProgram {
+    /// Fetched on return events (else on entry events).
+    pub at_return: bool,
+    /// The result is the address of a NUL-terminated string to copy.
+    pub is_string: bool,
+    /// At most [`MAX_OPS`] steps.
+    pub ops: Vec<FetchOp>,
+}
+
+/// What the programs need to know about one probe.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProbeConfig {
+    /// The probe is at a function's first instruction and the kernel will not add the caller
+    /// to entry stacks by itself (the instruction is neither `push %rbp` nor `endbr64`), so
+    /// the program inserts the return address at `[sp]`.
+    pub add_caller: bool,
+    /// At most [`MAX_ARGS`] arguments.
+    pub args: Vec<ArgProgram>,
+}
+
+/// A [`ProbeConfig`] that does not fit the fixed-size map value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// More than [`MAX_ARGS`] arguments.
+    #[error("at most {MAX_ARGS} arguments per probe are supported, got {0}")]
+    TooManyArgs(usize),
+    /// A fetch expression needs more than [`MAX_OPS`] steps.
+    #[error("a fetch expression may nest at most {MAX_OPS} steps deep, got {0}")]
+    TooDeep(usize),
+    /// A register index out of range.
+    #[error("no register with index {0}")]
+    BadRegister(usize),
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawOp {
+    op: u8,
+    size: u8,
+    _pad: [u8; 6],
+    imm: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawArg {
+    nops: u8,
+    at_return: u8,
+    is_string: u8,
+    _pad: [u8; 5],
+    ops: [RawOp; MAX_OPS],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawProbeCfg {
+    flags: u8,
+    nargs: u8,
+    _pad: [u8; 6],
+    args: [RawArg; MAX_ARGS],
+}
+
+/// Size of `struct urec_probe_cfg`, the `probes` map's value.
+pub const PROBE_CFG_SIZE: usize = size_of::<RawProbeCfg>();
+const _: () = assert!(size_of::<RawOp>() == 16);
+const _: () = assert!(size_of::<RawArg>() == 8 + 16 * MAX_OPS);
+const _: () = assert!(PROBE_CFG_SIZE == 8 + (8 + 16 * MAX_OPS) * MAX_ARGS);
+
+impl ProbeConfig {
+    /// The bytes of `struct urec_probe_cfg` for the `probes` map.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, ConfigError> {
+        if self.args.len() > MAX_ARGS {
+            return Err(ConfigError::TooManyArgs(self.args.len()));
+        }
+        let mut cfg = RawProbeCfg {
+            flags: if self.add_caller { P_ADD_CALLER } else { 0 },
+            nargs: self.args.len() as u8,
+            ..Default::default()
+        };
+        for (raw, arg) in cfg.args.iter_mut().zip(&self.args) {
+            if arg.ops.len() > MAX_OPS {
+                return Err(ConfigError::TooDeep(arg.ops.len()));
+            }
+            raw.nops = arg.ops.len() as u8;
+            raw.at_return = arg.at_return as u8;
+            raw.is_string = arg.is_string as u8;
+            for (rop, op) in raw.ops.iter_mut().zip(&arg.ops) {
+                *rop = match *op {
+                    FetchOp::Reg(i) if i < PT_REGS.len() => RawOp {
+                        op: OP_REG,
+                        imm: i as i64,
+                        ..Default::default()
+                    },
+                    FetchOp::Reg(i) => return Err(ConfigError::BadRegister(i)),
+                    FetchOp::SpRel(off) => RawOp {
+                        op: OP_SPREL,
+                        imm: off,
+                        ..Default::default()
+                    },
+                    FetchOp::Imm(v) => RawOp {
+                        op: OP_IMM,
+                        imm: v,
+                        ..Default::default()
+                    },
+                    FetchOp::ProbeRel(d) => RawOp {
+                        op: OP_FUNCREL,
+                        imm: d,
+                        ..Default::default()
+                    },
+                    FetchOp::Deref { off, size } => RawOp {
+                        op: OP_DEREF,
+                        size: match size {
+                            1 | 2 | 4 | 8 => size,
+                            _ => 8,
+                        },
+                        imm: off,
+                        ..Default::default()
+                    },
+                    FetchOp::Add(off) => RawOp {
+                        op: OP_ADD,
+                        imm: off,
+                        ..Default::default()
+                    },
+                    FetchOp::Comm => RawOp {
+                        op: OP_COMM,
+                        ..Default::default()
+                    },
+                };
+            }
+        }
+        // SAFETY: RawProbeCfg is repr(C), made only of integers and arrays of them, with every
+        // padding byte an explicit zeroed field; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(&cfg as *const RawProbeCfg as *const u8, PROBE_CFG_SIZE)
+        };
+        Ok(bytes.to_vec())
+    }
+}
+
+/// Size of `struct urec_event`, the fixed head of every ring-buffer record.
+pub const EVENT_HEADER_SIZE: usize = 40;
+
+/// A ring-buffer record, borrowed from the ring.
+#[derive(Clone, Copy, Debug)]
+pub struct RawEvent<'a> {
+    /// Probe id (the attach cookie).
+    pub probe: u32,
+    /// [`KIND_ENTRY`] or [`KIND_RETURN`].
+    pub kind: u8,
+    /// `F_*` bits.
+    pub flags: u8,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// CPU.
+    pub cpu: u32,
+    /// Bit i: argument i (of this event's kind) faulted.
+    pub fault_mask: u16,
+    /// `CLOCK_MONOTONIC` ns.
+    pub time_ns: u64,
+    /// Entry-to-return ns, valid when `flags & F_LATENCY`.
+    pub latency_ns: u64,
+    args: &'a [u8],
+    frames: &'a [u8],
+}
+
+/// A ring-buffer record that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed ring-buffer record ({len} bytes): {why}")]
+pub struct DecodeError {
+    len: usize,
+    why: &'static str,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_ne_bytes(x)
+}
+
+/// One decoded argument value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawArgValue<'a> {
+    /// Raw bits of an integer fetch.
+    Int(u64),
+    /// String bytes (up to the first NUL) and whether the string went on past [`STR_MAX`].
+    Str(&'a [u8], bool),
+    /// The read faulted.
+    Fault,
+}
+
+impl<'a> RawEvent<'a> {
+    /// Decodes a record as the BPF programs wrote it.
+    pub fn parse(b: &'a [u8]) -> Result<Self, DecodeError> {
+        let err = |why| DecodeError { len: b.len(), why };
+        if b.len() < EVENT_HEADER_SIZE {
+            return Err(err("shorter than its header"));
+        }
+        let nframes = u16_at(b, 6) as usize;
+        let args_len = u16_at(b, 20) as usize;
+        let frames_at = EVENT_HEADER_SIZE + args_len;
+        let end = frames_at + nframes * 8;
+        if end > b.len() {
+            return Err(err("shorter than its header says"));
+        }
+        Ok(RawEvent {
+            probe: u32_at(b, 0),
+            kind: b[4],
+            flags: b[5],
+            pid: u32_at(b, 8),
+            tid: u32_at(b, 12),
+            cpu: u32_at(b, 16),
+            fault_mask: u16_at(b, 22),
+            time_ns: u64_at(b, 24),
+            latency_ns: u64_at(b, 32),
+            args: &b[EVENT_HEADER_SIZE..frames_at],
+            frames: &b[frames_at..end],
+        })
+    }
+
+    /// The user stack, innermost first.
+    pub fn frames(&self) -> impl Iterator<Item = u64> + 'a {
+        self.frames.chunks_exact(8).map(|c| u64_at(c, 0))
+    }
+
+    /// Number of stack frames.
+    pub fn nframes(&self) -> usize {
+        self.frames.len() / 8
+    }
+
+    /// Decodes the arguments; `is_string[i]` says whether argument i of this event's kind is a
+    /// string (the record itself does not say).
+    pub fn args(
+        &self,
+        is_string: &[bool],
+        out: &mut Vec<RawArgValue<'a>>,
+    ) -> Result<(), DecodeError> {
+        let b = self.args;
+        let err = |why| DecodeError { len: b.len(), why };
+        let mut at = 0;
+        out.clear();
+        for (i, &string) in is_string.iter().enumerate() {
+            if at + 8 > b.len() {
+                return Err(err("fewer arguments than the probe has"));
+            }
+            let word = u64_at(b, at);
+            at += 8;
+            let faulted = i < 16 && self.fault_mask & (1 << i) != 0;
+            if faulted {
+                out.push(RawArgValue::Fault);
+                continue;
+            }
+            if !string {
+                out.push(RawArgValue::Int(word));
+                continue;
+            }
+            let len = (word & 0xffff_ffff) as usize;
+            let truncated = word >> 32 & 1 == 1;
+            if len > STR_MAX || at + len > b.len() {
+                return Err(err("string longer than the record"));
+            }
+            let bytes = &b[at..at + len];
+            let bytes = match bytes.iter().position(|&c| c == 0) {
+                Some(nul) => &bytes[..nul],
+                None => bytes,
+            };
+            out.push(RawArgValue::Str(bytes, truncated));
+            at += (len + 7) & !7;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_by_name() {
+        assert_eq!(reg_index("%di"), Some(14));
+        assert_eq!(reg_index("rdi"), Some(14));
+        assert_eq!(reg_index("sp"), Some(REG_SP));
+        assert_eq!(reg_index("ax"), Some(REG_AX));
+        assert_eq!(reg_index("r8"), Some(9));
+        assert_eq!(reg_index("xmm0"), None);
+    }
+
+    #[test]
+    fn config_layout() {
+        let cfg = ProbeConfig {
+            add_caller: true,
+            args: vec![ArgProgram {
+                at_return: true,
+                is_string: false,
+                ops: vec![FetchOp::Reg(REG_AX), FetchOp::Deref { off: -8, size: 4 }],
+            }],
+        };
+        let b = cfg.to_bytes().unwrap();
+        assert_eq!(b.len(), PROBE_CFG_SIZE);
+        assert_eq!(&b[..2], &[1, 1]);
+        assert_eq!(&b[8..11], &[2, 1, 0]);
+        assert_eq!(b[16], OP_REG);
+        assert_eq!(u64_at(&b, 24), REG_AX as u64);
+        assert_eq!(&b[32..34], &[OP_DEREF, 4]);
+        assert_eq!(u64_at(&b, 40) as i64, -8);
+    }
+
+    #[test]
+    fn decode_event() {
+        let mut b = vec![0u8; EVENT_HEADER_SIZE];
+        b[0] = 3; // probe
+        b[4] = KIND_RETURN;
+        b[6] = 2; // nframes
+        b[20] = 8 + 8 + 8; // args_len: int + string "hi"
+        b[22] = 0;
+        b.extend_from_slice(&42u64.to_ne_bytes());
+        b.extend_from_slice(&2u64.to_ne_bytes());
+        b.extend_from_slice(b"hi\0\0\0\0\0\0");
+        b.extend_from_slice(&0x1000u64.to_ne_bytes());
+        b.extend_from_slice(&0x2000u64.to_ne_bytes());
+        let e = RawEvent::parse(&b).unwrap();
+        assert_eq!(e.probe, 3);
+        assert_eq!(e.frames().collect::<Vec<_>>(), vec![0x1000, 0x2000]);
+        let mut args = Vec::new();
+        e.args(&[false, true], &mut args).unwrap();
+        assert_eq!(
+            args,
+            vec![RawArgValue::Int(42), RawArgValue::Str(b"hi", false)]
+        );
+        assert!(RawEvent::parse(&b[..b.len() - 1]).is_err());
+        assert!(e.args(&[false, true, false], &mut args).is_err());
+    }
+}

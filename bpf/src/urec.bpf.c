@@ -1,0 +1,473 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * urec's BPF programs. One small fixed set serves every probe of a recording; probes are told
+ * apart by the attach cookie, which urec sets to the probe id. Never one program per probe:
+ * loading and verifying is then paid once, and one uprobe_multi link per binary carries any
+ * number of probes (detaching 500 single uprobes takes a minute, one multi link 0.1 s).
+ *
+ *  - urec_session  (uprobe.session): entry + return probes. The kernel gives each call its own
+ *    8-byte session cookie, which holds the entry time: latency is exact under recursion and
+ *    needs no map.
+ *  - urec_entry    (uprobe.multi): entry-only probes (an offset inside a function).
+ *  - urec_return   (uretprobe.multi): %return-only probes.
+ *  - urec_entry_single / urec_return_single (uprobe / uretprobe): the fallback when the kernel
+ *    refuses multi links; latency through a small per-thread stack of entry times.
+ *  - urec_fork (tp_btf/sched_process_fork): adds the children of traced processes to the tgid
+ *    filter at fork time, so a child calling the probed code at once is not missed.
+ *
+ * Records are written exact-size: built in a per-CPU scratch buffer, then copied with
+ * bpf_ringbuf_output. They are submitted without waking the reader (a wake-up per event costs
+ * 3-5 us here, several times the probe itself); the reader polls on a timer, and a forced
+ * wake-up happens only once the unread data passes `wakeup_bytes`.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "urec.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* Set by the recorder before load. */
+const volatile __u32 self_tgid = 0;       /* urec itself: never traced */
+const volatile __u8 filter_tgids = 0;     /* only tgids in `tgids` (-p, -- COMMAND) */
+const volatile __u32 stack_depth = UREC_MAX_DEPTH; /* 0: no stacks (-g none) */
+const volatile __u64 wakeup_bytes = 1 << 20;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+/* Per-probe configuration, indexed by probe id (the cookie). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct urec_probe_cfg);
+} probes SEC(".maps");
+
+/* Failed reservations, indexed by probe id * 2 + kind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Traced tgids when filtering. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u8);
+} tgids SEC(".maps");
+
+#define SCRATCH_SIZE 8192
+#define OFF_MASK 4095 /* every write starts below 4096 and is at most 1032 bytes long */
+#define SIZE_MASK 8191
+
+struct scratch {
+	__u8 buf[SCRATCH_SIZE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch SEC(".maps");
+
+/* Fallback latency: entry times of the pending calls of one thread. */
+#define FALLBACK_DEPTH 16
+struct tstack {
+	__u32 depth;
+	__u32 _pad;
+	__u64 ts[FALLBACK_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct tstack);
+} pending SEC(".maps");
+
+extern __u64 *bpf_session_cookie(void) __ksym __weak;
+extern bool bpf_session_is_return(void) __ksym __weak;
+
+static __always_inline bool traced(__u32 tgid)
+{
+	if (tgid == self_tgid)
+		return false;
+	if (filter_tgids && !bpf_map_lookup_elem(&tgids, &tgid))
+		return false;
+	return true;
+}
+
+static __always_inline void count_lost(__u32 probe, __u32 kind)
+{
+	__u32 key = probe * 2 + kind;
+	__u64 *n = bpf_map_lookup_elem(&lost, &key);
+
+	if (n)
+		*n += 1; /* per-CPU slot: no atomic needed */
+}
+
+/* pt_regs as an array of u64, in struct order (abi.rs has the names). */
+static __always_inline __u64 reg_value(struct pt_regs *ctx, __s64 idx)
+{
+	switch (idx) {
+	case 0: return ctx->r15;
+	case 1: return ctx->r14;
+	case 2: return ctx->r13;
+	case 3: return ctx->r12;
+	case 4: return ctx->bp;
+	case 5: return ctx->bx;
+	case 6: return ctx->r11;
+	case 7: return ctx->r10;
+	case 8: return ctx->r9;
+	case 9: return ctx->r8;
+	case 10: return ctx->ax;
+	case 11: return ctx->cx;
+	case 12: return ctx->dx;
+	case 13: return ctx->si;
+	case 14: return ctx->di;
+	case 15: return ctx->orig_ax;
+	case 16: return ctx->ip;
+	case 17: return ctx->cs;
+	case 18: return ctx->flags;
+	case 19: return ctx->sp;
+	case 20: return ctx->ss;
+	default: return 0;
+	}
+}
+
+/* Runs one argument's fetch program; returns false when a user read faulted. */
+static __always_inline bool eval_arg(struct pt_regs *ctx, struct urec_arg_cfg *arg, __u64 probe_ip,
+				     __u64 *out)
+{
+	__u64 v = 0;
+	__u32 nops = arg->nops;
+
+	for (__u32 i = 0; i < UREC_MAX_OPS; i++) {
+		if (i >= nops)
+			break;
+		struct urec_fetch_op *op = &arg->ops[i];
+		__s64 imm = op->imm;
+
+		switch (op->op) {
+		case UREC_OP_REG:
+			v = reg_value(ctx, imm);
+			break;
+		case UREC_OP_SPREL:
+			if (bpf_probe_read_user(&v, 8, (void *)(ctx->sp + imm)))
+				return false;
+			break;
+		case UREC_OP_IMM:
+			v = imm;
+			break;
+		case UREC_OP_FUNCREL:
+			if (!probe_ip)
+				return false;
+			v = probe_ip + imm;
+			break;
+		case UREC_OP_DEREF: {
+			__u64 x = 0;
+			__u32 size = op->size;
+
+			if (size > 8 || size == 0)
+				size = 8;
+			if (bpf_probe_read_user(&x, size, (void *)(v + imm)))
+				return false;
+			v = x;
+			break;
+		}
+		case UREC_OP_ADD:
+			v += imm;
+			break;
+		default:
+			break;
+		}
+	}
+	*out = v;
+	return true;
+}
+
+#define ARG_FAULT (1 << 20)
+
+/*
+ * Appends one argument at `off` of the scratch buffer; returns the new offset, with ARG_FAULT
+ * set when a read faulted. A global (not inlined) function: the verifier checks it once instead
+ * of once per argument slot and program, which keeps the programs far below its limits.
+ */
+__noinline long put_arg(struct pt_regs *ctx, struct urec_arg_cfg *arg, struct scratch *s,
+			__u32 off, __u64 probe_ip)
+{
+	__u64 v = 0;
+	bool ok;
+
+	if (!arg || !s)
+		return off | ARG_FAULT;
+	off &= OFF_MASK;
+	__u8 *buf = s->buf;
+
+	if (arg->is_string && arg->nops == 1 && arg->ops[0].op == UREC_OP_COMM) {
+		__builtin_memset(buf + off + 8, 0, 16);
+		bpf_get_current_comm(buf + off + 8, 16);
+		*(__u64 *)(buf + off) = 16;
+		return off + 8 + 16;
+	}
+	ok = eval_arg(ctx, arg, probe_ip, &v);
+	if (!arg->is_string) {
+		*(__u64 *)(buf + off) = ok ? v : 0;
+		return (off + 8) | (ok ? 0 : ARG_FAULT);
+	}
+	long n = -1;
+
+	if (ok)
+		n = bpf_probe_read_user_str(buf + off + 8, UREC_STR_MAX + 2, (void *)v);
+	if (n <= 0) {
+		*(__u64 *)(buf + off) = 0;
+		return (off + 8) | ARG_FAULT;
+	}
+	__u64 len = n - 1; /* without the NUL */
+	__u64 desc = len;
+
+	if (len > UREC_STR_MAX) {
+		len = UREC_STR_MAX;
+		desc = len | (1ULL << 32);
+	}
+	*(__u64 *)(buf + off) = desc;
+	return off + 8 + ((len + 7) & ~7ULL);
+}
+
+/* Appends the arguments fetched at `at_return` (or all of them); returns the fault mask. */
+static __always_inline __u16 fetch_args(struct pt_regs *ctx, struct urec_probe_cfg *cfg,
+					struct scratch *s, __u32 *off, __u8 at_return, bool all,
+					__u64 probe_ip)
+{
+	__u16 faults = 0;
+	__u32 slot = 0;
+	__u32 nargs = cfg->nargs;
+
+	for (__u32 i = 0; i < UREC_MAX_ARGS; i++) {
+		if (i >= nargs)
+			break;
+		struct urec_arg_cfg *arg = &cfg->args[i];
+
+		if (!all && arg->at_return != at_return)
+			continue;
+		long r = put_arg(ctx, arg, s, *off, probe_ip);
+
+		*off = r & OFF_MASK;
+		if (r & ARG_FAULT)
+			faults |= 1 << (slot & 15);
+		slot++;
+	}
+	return faults;
+}
+
+/*
+ * Builds and submits one record. `stack`: capture the user stack; `caller`: at a function entry
+ * the kernel did not fix up, insert the return address at [sp]; `leaf`: prepend the probed
+ * function's address (return-only probes, whose stack starts in the caller).
+ */
+static __always_inline void emit(struct pt_regs *ctx, __u32 probe, __u8 kind, __u64 now,
+				 __u64 latency, __u8 flags, bool all_args, bool stack, bool leaf,
+				 __u64 probe_ip)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct urec_probe_cfg *cfg = bpf_map_lookup_elem(&probes, &probe);
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!s || !cfg) {
+		count_lost(probe, kind);
+		return;
+	}
+	__u8 *buf = s->buf;
+	struct urec_event *e = (struct urec_event *)buf;
+	__u32 off = sizeof(*e);
+
+	e->probe = probe;
+	e->kind = kind;
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->cpu = bpf_get_smp_processor_id();
+	e->time_ns = now;
+	e->latency_ns = latency;
+	e->fault_mask = fetch_args(ctx, cfg, s, &off, kind == UREC_KIND_RETURN, all_args, probe_ip);
+	off &= OFF_MASK;
+	e->args_len = off - sizeof(*e);
+
+	__u32 nframes = 0;
+	__u32 depth = stack_depth;
+
+	if (stack && depth) {
+		__u64 ret = 0;
+		/* At a function's first instruction, [sp] holds the return address into the caller. */
+		bool caller = kind == UREC_KIND_ENTRY && (cfg->flags & UREC_P_ADD_CALLER) &&
+			      bpf_probe_read_user(&ret, 8, (void *)ctx->sp) == 0;
+		bool add_leaf = leaf && probe_ip;
+		__u32 skip = (caller || add_leaf) ? 1 : 0;
+		__u64 *frames = (__u64 *)(buf + off);
+		long n;
+
+		if (depth > UREC_MAX_DEPTH)
+			depth = UREC_MAX_DEPTH;
+		n = bpf_get_stack(ctx, buf + off + skip * 8, depth * 8, BPF_F_USER_STACK);
+		if (n < 0) {
+			flags |= UREC_F_STACK_ERR;
+		} else {
+			nframes = (n / 8) & 255;
+			if (caller && nframes > 0) {
+				/* frames: ip, [sp], then the frame-pointer chain */
+				frames[0] = frames[1];
+				frames[1] = ret;
+				nframes++;
+				flags |= UREC_F_CALLER_ADDED;
+			} else if (add_leaf) {
+				frames[0] = probe_ip;
+				nframes++;
+				flags |= UREC_F_FUNC_ADDED;
+			}
+		}
+	}
+	e->nframes = nframes;
+	e->flags = flags;
+
+	__u64 size = (off + nframes * 8) & SIZE_MASK;
+	__u64 wake = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+		wake = BPF_RB_FORCE_WAKEUP;
+	if (size < sizeof(*e) || bpf_ringbuf_output(&events, buf, size, wake))
+		count_lost(probe, kind);
+}
+
+SEC("uprobe.session")
+int urec_session(struct pt_regs *ctx)
+{
+	__u32 probe = bpf_get_attach_cookie(ctx);
+	__u64 *cookie = bpf_session_cookie();
+	__u64 now = bpf_ktime_get_ns();
+	__u64 ip = bpf_get_func_ip(ctx);
+
+	if (!bpf_session_is_return()) {
+		if (!traced(bpf_get_current_pid_tgid() >> 32))
+			return 1; /* no return callback for this call */
+		*cookie = now;
+		emit(ctx, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip);
+		return 0;
+	}
+	emit(ctx, probe, UREC_KIND_RETURN, now, now - *cookie, UREC_F_LATENCY, false, false, false,
+	     ip);
+	return 0;
+}
+
+SEC("uprobe.multi")
+int urec_entry(struct pt_regs *ctx)
+{
+	__u32 probe = bpf_get_attach_cookie(ctx);
+
+	if (!traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	emit(ctx, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false,
+	     bpf_get_func_ip(ctx));
+	return 0;
+}
+
+SEC("uretprobe.multi")
+int urec_return(struct pt_regs *ctx)
+{
+	__u32 probe = bpf_get_attach_cookie(ctx);
+
+	if (!traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	emit(ctx, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true,
+	     bpf_get_func_ip(ctx));
+	return 0;
+}
+
+/* Fallback programs for kernels without uprobe_multi (or when it is refused). */
+
+/* Cookie bit 31 marks an entry-only (or return-only) probe: every argument on its one event. */
+#define COOKIE_ONE_SIDED (1ULL << 31)
+
+SEC("uprobe")
+int urec_entry_single(struct pt_regs *ctx)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 probe = cookie & ~COOKIE_ONE_SIDED;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!traced(id >> 32))
+		return 0;
+	if (!(cookie & COOKIE_ONE_SIDED)) {
+		__u32 tid = (__u32)id;
+		struct tstack *t = bpf_map_lookup_elem(&pending, &tid);
+
+		if (!t) {
+			struct tstack empty = {};
+
+			bpf_map_update_elem(&pending, &tid, &empty, BPF_NOEXIST);
+			t = bpf_map_lookup_elem(&pending, &tid);
+		}
+		if (t) {
+			__u32 d = t->depth;
+
+			if (d < FALLBACK_DEPTH)
+				t->ts[d] = now;
+			t->depth = d + 1;
+		}
+	}
+	emit(ctx, probe, UREC_KIND_ENTRY, now, 0, 0, !!(cookie & COOKIE_ONE_SIDED), true, false,
+	     ctx->ip);
+	return 0;
+}
+
+SEC("uretprobe")
+int urec_return_single(struct pt_regs *ctx)
+{
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 probe = cookie & ~COOKIE_ONE_SIDED;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 now = bpf_ktime_get_ns();
+	__u64 latency = 0;
+	__u8 flags = 0;
+	bool return_only = cookie & COOKIE_ONE_SIDED; /* reused: the return-only marker */
+
+	if (!traced(id >> 32))
+		return 0;
+	if (!return_only) {
+		__u32 tid = (__u32)id;
+		struct tstack *t = bpf_map_lookup_elem(&pending, &tid);
+
+		if (t && t->depth > 0) {
+			__u32 d = t->depth - 1;
+
+			t->depth = d;
+			if (d < FALLBACK_DEPTH) {
+				latency = now - t->ts[d];
+				flags = UREC_F_LATENCY;
+			}
+		}
+	}
+	emit(ctx, probe, UREC_KIND_RETURN, now, latency, flags, return_only, return_only, return_only,
+	     0);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(urec_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid;
+	__u32 ctgid = child->tgid;
+	__u8 one = 1;
+
+	if (ptgid != ctgid && bpf_map_lookup_elem(&tgids, &ptgid))
+		bpf_map_update_elem(&tgids, &ctgid, &one, BPF_ANY);
+	return 0;
+}

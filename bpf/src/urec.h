@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The ABI between urec's BPF programs and the recorder: the ring-buffer record layout and the
+ * per-probe configuration the programs read. `bpf/src/abi.rs` mirrors every struct here with
+ * `#[repr(C)]` and checks the sizes; change both together.
+ *
+ * A ring-buffer record is exact-size:
+ *
+ *     struct urec_event            (40 bytes)
+ *     args                         (args_len bytes, a multiple of 8)
+ *     frames                       (nframes * 8 bytes, innermost first)
+ *
+ * Each fetched argument of this event's kind takes 8 bytes (the raw value, zero-extended from
+ * the fetch size), except strings: an 8-byte descriptor (length in the low 32 bits, bit 32 set
+ * when the string was longer than UREC_STR_MAX) followed by the bytes, padded to 8. An argument
+ * whose read faulted has its bit set in `fault_mask` (its slot is still there).
+ */
+#ifndef UREC_H
+#define UREC_H
+
+/* Limits. Keep them in sync with abi.rs. */
+#define UREC_MAX_ARGS 8      /* fetched arguments per probe */
+#define UREC_MAX_OPS 8       /* fetch operations per argument */
+#define UREC_STR_MAX 256     /* string bytes kept per argument */
+#define UREC_MAX_DEPTH 127   /* --stack-depth upper bound (the kernel's default limit) */
+
+/* urec_event.kind */
+#define UREC_KIND_ENTRY 0
+#define UREC_KIND_RETURN 1
+
+/* urec_event.flags */
+#define UREC_F_LATENCY 1     /* latency_ns is valid */
+#define UREC_F_STACK_ERR 2   /* bpf_get_stack failed */
+#define UREC_F_CALLER_ADDED 4 /* frames[1] is the return address read at [sp] */
+#define UREC_F_FUNC_ADDED 8  /* frames[0] is the function's address (return-only probes) */
+
+struct urec_event {
+	__u32 probe;      /* probe id = attach cookie */
+	__u8 kind;        /* UREC_KIND_* */
+	__u8 flags;       /* UREC_F_* */
+	__u16 nframes;    /* user stack frames after the args */
+	__u32 pid;        /* tgid */
+	__u32 tid;
+	__u32 cpu;
+	__u16 args_len;   /* bytes of argument payload */
+	__u16 fault_mask; /* bit i: argument i (of this kind) faulted */
+	__u64 time_ns;    /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 latency_ns; /* return events of session probes: entry to return */
+};
+
+/* Fetch operations: a tiny accumulator machine, one program per argument. */
+#define UREC_OP_REG 1      /* v = regs[imm] (pt_regs as an array of u64) */
+#define UREC_OP_SPREL 2    /* v = *(u64 *)(sp + imm), a user read ($stackN, argN beyond 6) */
+#define UREC_OP_IMM 3      /* v = imm */
+#define UREC_OP_FUNCREL 4  /* v = address of the probed function + imm (globals, @+OFF) */
+#define UREC_OP_DEREF 5    /* v = *(uN *)(v + imm), N = size bytes, a user read */
+#define UREC_OP_ADD 6      /* v = v + imm (the last step of a string's address) */
+#define UREC_OP_COMM 7     /* the task's comm (string arguments only) */
+
+struct urec_fetch_op {
+	__u8 op;
+	__u8 size;        /* bytes read by UREC_OP_DEREF: 1, 2, 4 or 8 */
+	__u8 _pad[6];
+	__s64 imm;
+};
+
+struct urec_arg_cfg {
+	__u8 nops;
+	__u8 at_return;   /* fetched on return events, else on entry events */
+	__u8 is_string;   /* v is the address of a NUL-terminated string */
+	__u8 _pad[5];
+	struct urec_fetch_op ops[UREC_MAX_OPS];
+};
+
+/* urec_probe_cfg.flags */
+#define UREC_P_ADD_CALLER 1 /* entry at a function start the kernel does not fix up: add [sp] */
+
+struct urec_probe_cfg {
+	__u8 flags;
+	__u8 nargs;
+	__u8 _pad[6];
+	struct urec_arg_cfg args[UREC_MAX_ARGS];
+};
+
+#endif
