@@ -1,0 +1,567 @@
+//! The process table: who is who, and what is mapped where, over the recording's time.
+//!
+//! Fed with side-band records ([`ProcessTable::apply`], in the time order
+//! [`Sideband::read`](crate::sideband::Sideband::read) returns them) and, for processes the
+//! side-band says nothing about, with `/proc` snapshots taken lazily the first time a pid is
+//! met (or eagerly with [`ProcessTable::snapshot_all`] / [`ProcessTable::prime`]).
+//!
+//! # Only processes that matter reach the file
+//!
+//! A busy host runs thousands of short processes that never hit a probe; SPEC keeps process and
+//! mapping records only for processes that produced events, and their ancestors (so a report can
+//! say *which* shell ran the program). So the table holds each process's history privately —
+//! its [`Process`] record as first known, then its [`Mapping`]s and [`ProcessEvent`]s in time
+//! order, each with its own time — and writes nothing until the session calls
+//! [`ProcessTable::ensure_emitted`] for the pid of an event. That emits the ancestors not yet
+//! emitted (outermost first), then the process and its history so far; from then on,
+//! [`ProcessTable::apply`] emits the process's changes as they arrive (a `dlopen`'s mapping, an
+//! exec, a rename, the exit). Every record the table emits is in the order the format wants:
+//! a `Process` before its mappings and events.
+//!
+//! History, rather than just the current state, because probe events arrive a little after the
+//! side-band records of the same moment: an event stamped just before an `exec` may be processed
+//! after the exec was applied, and it must still rebase against the old image.
+//!
+//! # Bounded memory
+//!
+//! Exited processes that were never emitted are forgotten [`GRACE_NS`] of side-band time after
+//! their exit (their last events may still be in flight when the exit arrives). Emitted ones keep
+//! only a tombstone, so a late event does not re-snapshot a recycled pid. For live, never-emitted
+//! processes the history before an exec older than the grace period is folded away, and a
+//! history longer than [`MAX_HISTORY`] (a JIT mapping code over and over) drops its oldest
+//! mappings, counted in [`ProcessTable::dropped_mappings`].
+//!
+//! # Processes, threads, exec
+//!
+//! perf's `pid` is the thread-group id, `tid` the thread: a process's rename or exit is that of
+//! its main thread (`tid == pid`); thread creation and exit are not process changes. A `fork`
+//! child starts with a copy of its parent's mappings (the kernel reports no `mmap` for inherited
+//! ones). An exec's `COMM` record comes before the new image's mappings, the executable's first
+//! (the kernel maps the program, then its interpreter), so the exec's `exe` is the path of the
+//! first mapping after it; the [`ProcessChange::Exec`] is held until that mapping arrives.
+//!
+//! # Following children
+//!
+//! [`ProcessTable::parent`] and [`ProcessTable::exit_time`] answer the session's questions
+//! (descendants for `-p`, "have all watched processes exited"); the session can equally watch the
+//! [`SidebandRecord::Fork`] / [`SidebandRecord::Exit`] records it passes in.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use urec_format::{
+    Avma, Lost, LostSource, Mapping, Nanos, Process, ProcessChange, ProcessEvent,
+    Record,
+};
+
+use crate::procfs::{self, BuildIdCache, Snapshot};
+use crate::sideband::{FileId, MmapRecord, SidebandRecord, TaskRecord};
+
+/// How long (side-band time) an exited, never-emitted process is kept for late probe events.
+pub const GRACE_NS: Nanos = 5_000_000_000;
+
+/// Most history records kept for a live process that has not been emitted.
+pub const MAX_HISTORY: usize = 4096;
+
+/// A process start in `/proc` later than the event asking for it by more than this means the pid
+/// was recycled (`/proc` start times have 10 ms ticks).
+const START_SLACK_NS: Nanos = 20_000_000;
+
+/// Where the emitted records go: usually the data file's writer.
+pub type Emit<'a> = &'a mut dyn FnMut(Record) -> Result<()>;
+
+#[derive(Debug)]
+struct Proc {
+    /// The `Process` record, as first known.
+    info: Process,
+    /// Later `Mapping` / `ProcessEvent` records, not yet emitted, in time order.
+    history: Vec<Record>,
+    /// The mappings in place now (for fork children and to drop duplicates of a snapshot).
+    current: Vec<Mapping>,
+    /// Command name and executable now.
+    comm: String,
+    exe: String,
+    emitted: bool,
+    exited: Option<Nanos>,
+    /// An exec seen (time, new comm) whose executable mapping has not arrived yet.
+    pending_exec: Option<(Nanos, String)>,
+}
+
+impl Proc {
+    fn new(info: Process) -> Proc {
+        Proc {
+            comm: info.comm.clone(),
+            exe: info.exe.clone(),
+            info,
+            history: Vec::new(),
+            current: Vec::new(),
+            emitted: false,
+            exited: None,
+            pending_exec: None,
+        }
+    }
+
+    fn from_snapshot(s: Snapshot) -> Proc {
+        let mut p = Proc::new(Process {
+            pid: s.pid,
+            ppid: s.ppid,
+            comm: s.comm,
+            exe: s.exe,
+            start_ns: s.start_ns,
+        });
+        for m in s.mappings {
+            let mapping = Mapping {
+                pid: s.pid,
+                time_ns: 0,
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+                path: m.path,
+                dev: m.dev,
+                inode: m.inode,
+                build_id: m.build_id,
+            };
+            p.current.push(mapping.clone());
+            p.history.push(Record::Mapping(mapping));
+        }
+        p
+    }
+}
+
+/// Every process the recording has met; see the module docs.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    procs: HashMap<u32, Proc>,
+    build_ids: BuildIdCache,
+    /// Latest side-band time applied.
+    now: Nanos,
+    last_prune: Nanos,
+    dropped_mappings: u64,
+}
+
+impl ProcessTable {
+    /// An empty table.
+    pub fn new() -> ProcessTable {
+        ProcessTable::default()
+    }
+
+    /// Snapshots every process in `/proc` now (perf's start-up synthesis). Optional: pids are
+    /// otherwise snapshotted when first met, which is too late for a process that exits before
+    /// its first event is processed. Processes already known are left alone.
+    pub fn snapshot_all(&mut self) {
+        for pid in procfs::all_pids() {
+            self.prime(pid);
+        }
+    }
+
+    /// Snapshots `pid` from `/proc` now if the table does not know it and it is alive (a `-p`
+    /// target, before attaching). Returns whether the table knows it afterwards.
+    pub fn prime(&mut self, pid: u32) -> bool {
+        self.known(pid)
+    }
+
+    /// Applies one side-band record (in the order the side-band returns them), emitting the
+    /// changes of already emitted processes, and every [`SidebandRecord::Lost`] as a
+    /// `Lost { source: Sideband }` record.
+    pub fn apply(&mut self, record: &SidebandRecord, emit: Emit<'_>) -> Result<()> {
+        self.now = self.now.max(record.time_ns());
+        match record {
+            SidebandRecord::Mmap(m) => self.on_mmap(m, emit)?,
+            SidebandRecord::Comm {
+                pid,
+                tid,
+                time_ns,
+                comm,
+                exec,
+            } => self.on_comm(*pid, *tid, *time_ns, comm, *exec, emit)?,
+            SidebandRecord::Fork(t) => self.on_fork(t),
+            SidebandRecord::Exit(t) => self.on_exit(t, emit)?,
+            SidebandRecord::Lost { count, .. } => emit(Record::Lost(Lost {
+                source: LostSource::Sideband,
+                probe: None,
+                kind: None,
+                count: *count,
+            }))?,
+        }
+        if self.now >= self.last_prune + GRACE_NS / 2 {
+            self.prune();
+            self.last_prune = self.now;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the file has `pid`'s `Process` record and history, and those of its
+    /// ancestors, before an event of it at `time_ns` is written. Cheap when already done.
+    ///
+    /// A pid the table does not know is snapshotted from `/proc`; if it is gone (or `/proc` shows
+    /// a process started after `time_ns`, i.e. a recycled pid), a bare `Process` record with
+    /// only the pid is emitted so the event still has its process.
+    pub fn ensure_emitted(&mut self, pid: u32, time_ns: Nanos, emit: Emit<'_>) -> Result<()> {
+        if self.procs.get(&pid).is_some_and(|p| p.emitted) {
+            return Ok(());
+        }
+        if !self.procs.contains_key(&pid) {
+            let snap = procfs::snapshot(pid, &mut self.build_ids).filter(|s| {
+                s.start_ns
+                    .is_none_or(|start| start <= time_ns.saturating_add(START_SLACK_NS))
+            });
+            let proc = match snap {
+                Some(s) => Proc::from_snapshot(s),
+                None => Proc::new(Process {
+                    pid,
+                    ppid: 0,
+                    comm: String::new(),
+                    exe: String::new(),
+                    start_ns: None,
+                }),
+            };
+            self.procs.insert(pid, proc);
+        }
+        let mut chain = vec![pid];
+        let mut parent = self.procs.get(&pid).map_or(0, |p| p.info.ppid);
+        while parent != 0 && chain.len() < 128 && !chain.contains(&parent) && self.known(parent) {
+            let Some(p) = self.procs.get(&parent) else {
+                break;
+            };
+            if p.emitted {
+                break;
+            }
+            chain.push(parent);
+            parent = p.info.ppid;
+        }
+        for &p in chain.iter().rev() {
+            self.emit_process(p, emit)?;
+        }
+        Ok(())
+    }
+
+    /// Emits what is still held back at the end of a recording (an exec whose executable
+    /// mapping never came).
+    pub fn finish(&mut self, emit: Emit<'_>) -> Result<()> {
+        let pending: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.emitted && p.pending_exec.is_some())
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in pending {
+            self.resolve_exec(pid, None, emit)?;
+        }
+        Ok(())
+    }
+
+    /// The parent of `pid`, when known.
+    pub fn parent(&self, pid: u32) -> Option<u32> {
+        self.procs
+            .get(&pid)
+            .map(|p| p.info.ppid)
+            .filter(|&pp| pp != 0)
+    }
+
+    /// The current command name of `pid`, when known.
+    pub fn comm(&self, pid: u32) -> Option<&str> {
+        self.procs.get(&pid).map(|p| p.comm.as_str())
+    }
+
+    /// When `pid` exited, if the side-band said so (and the table still remembers it).
+    pub fn exit_time(&self, pid: u32) -> Option<Nanos> {
+        self.procs.get(&pid).and_then(|p| p.exited)
+    }
+
+    /// Whether `pid`'s `Process` record has been emitted.
+    pub fn is_emitted(&self, pid: u32) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.emitted)
+    }
+
+    /// Number of processes held (for tests and the bounded-memory claim).
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Whether the table holds no process.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Mappings dropped from the history of never-emitted processes to bound memory.
+    pub fn dropped_mappings(&self) -> u64 {
+        self.dropped_mappings
+    }
+
+    /// Whether the table knows `pid`, snapshotting it from `/proc` first if it is alive.
+    fn known(&mut self, pid: u32) -> bool {
+        if self.procs.contains_key(&pid) {
+            return true;
+        }
+        match procfs::snapshot(pid, &mut self.build_ids) {
+            Some(s) => {
+                self.procs.insert(pid, Proc::from_snapshot(s));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn emit_process(&mut self, pid: u32, emit: Emit<'_>) -> Result<()> {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return Ok(());
+        };
+        if p.emitted {
+            return Ok(());
+        }
+        p.emitted = true;
+        let history = std::mem::take(&mut p.history);
+        emit(Record::Process(p.info.clone()))?;
+        for mut record in history {
+            self.fill_build_id(&mut record);
+            emit(record)?;
+        }
+        Ok(())
+    }
+
+    /// Emits `record` of `pid` if the process is emitted, else keeps it in its history.
+    fn commit(&mut self, pid: u32, mut record: Record, emit: Emit<'_>) -> Result<()> {
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return Ok(());
+        };
+        if p.emitted {
+            self.fill_build_id(&mut record);
+            return emit(record);
+        }
+        p.history.push(record);
+        if p.history.len() > MAX_HISTORY {
+            self.compact(pid);
+        }
+        Ok(())
+    }
+
+    /// Mappings whose file the kernel gave no build id for: read it from the file, if it is
+    /// still the same file.
+    fn fill_build_id(&mut self, record: &mut Record) {
+        if let Record::Mapping(m) = record {
+            if m.build_id.is_none() && m.path.starts_with('/') {
+                m.build_id = self.build_ids.lookup_path(&m.path, m.dev, m.inode);
+            }
+        }
+    }
+
+    fn on_mmap(&mut self, m: &MmapRecord, emit: Emit<'_>) -> Result<()> {
+        if !self.known(m.pid) {
+            // Died before we could look: start from what the side-band says.
+            self.procs.insert(m.pid, Proc::new(bare_process(m.pid)));
+        }
+        let (dev, inode, build_id) = match &m.file {
+            FileId::BuildId(id) => (0, 0, Some(id.clone())),
+            FileId::DevInode { dev, inode } => (*dev, *inode, None),
+            FileId::Unknown => (0, 0, None),
+        };
+        let mapping = Mapping {
+            pid: m.pid,
+            time_ns: m.time_ns,
+            start: m.start,
+            end: Avma(m.start.0.saturating_add(m.len)),
+            offset: m.pgoff,
+            path: m.path.clone(),
+            dev,
+            inode,
+            build_id,
+        };
+        if self
+            .procs
+            .get(&m.pid)
+            .is_some_and(|p| p.pending_exec.is_some())
+        {
+            self.resolve_exec(m.pid, Some(m.path.clone()), emit)?;
+        }
+        let Some(p) = self.procs.get_mut(&m.pid) else {
+            return Ok(());
+        };
+        // A snapshot taken after this mmap already holds it.
+        if p.current.iter().any(|c| same_place(c, &mapping)) {
+            return Ok(());
+        }
+        p.current
+            .retain(|c| !(mapping.start <= c.start && c.end <= mapping.end));
+        p.current.push(mapping.clone());
+        self.commit(m.pid, Record::Mapping(mapping), emit)
+    }
+
+    fn on_comm(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        time_ns: Nanos,
+        comm: &str,
+        exec: bool,
+        emit: Emit<'_>,
+    ) -> Result<()> {
+        if !exec && tid != pid {
+            return Ok(()); // a thread's name, not the process's
+        }
+        if !self.known(pid) {
+            self.procs.insert(pid, Proc::new(bare_process(pid)));
+        }
+        if self.procs.get(&pid).is_some_and(|p| p.pending_exec.is_some()) {
+            self.resolve_exec(pid, None, emit)?;
+        }
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return Ok(());
+        };
+        p.comm = comm.to_string();
+        if exec {
+            p.current.clear();
+            p.pending_exec = Some((time_ns, comm.to_string()));
+            return Ok(());
+        }
+        let event = ProcessEvent {
+            pid,
+            time_ns,
+            change: ProcessChange::Comm(comm.to_string()),
+        };
+        self.commit(pid, Record::ProcessEvent(event), emit)
+    }
+
+    /// Commits the pending exec of `pid` with `exe`, or, without one, `/proc/PID/exe` if
+    /// the process is still there.
+    fn resolve_exec(&mut self, pid: u32, exe: Option<String>, emit: Emit<'_>) -> Result<()> {
+        let Some((time_ns, comm)) = self.procs.get_mut(&pid).and_then(|p| p.pending_exec.take())
+        else {
+            return Ok(());
+        };
+        let exe = exe.unwrap_or_else(|| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.exe = exe.clone();
+        }
+        let event = ProcessEvent {
+            pid,
+            time_ns,
+            change: ProcessChange::Exec { comm, exe },
+        };
+        self.commit(pid, Record::ProcessEvent(event), emit)
+    }
+
+    fn on_fork(&mut self, t: &TaskRecord) {
+        if !t.is_process() {
+            // A new thread: make sure we know its process, nothing changes.
+            self.known(t.pid);
+            return;
+        }
+        let parent = self
+            .known(t.ppid)
+            .then(|| self.procs.get(&t.ppid))
+            .flatten();
+        let (comm, exe, inherited) = match parent {
+            Some(p) => (p.comm.clone(), p.exe.clone(), p.current.clone()),
+            None => (String::new(), String::new(), Vec::new()),
+        };
+        let mut child = Proc::new(Process {
+            pid: t.pid,
+            ppid: t.ppid,
+            comm,
+            exe,
+            start_ns: Some(t.time_ns),
+        });
+        for mut m in inherited {
+            m.pid = t.pid;
+            m.time_ns = t.time_ns;
+            child.current.push(m.clone());
+            child.history.push(Record::Mapping(m));
+        }
+        // A recycled pid: the new process replaces whatever was known under it.
+        self.procs.insert(t.pid, child);
+    }
+
+    fn on_exit(&mut self, t: &TaskRecord, emit: Emit<'_>) -> Result<()> {
+        if !t.is_process() || !self.procs.contains_key(&t.pid) {
+            // A thread, or a process that was never met: nothing to record.
+            return Ok(());
+        }
+        self.resolve_exec(t.pid, None, emit)?;
+        if let Some(p) = self.procs.get_mut(&t.pid) {
+            p.exited = Some(t.time_ns);
+        }
+        let event = ProcessEvent {
+            pid: t.pid,
+            time_ns: t.time_ns,
+            change: ProcessChange::Exit,
+        };
+        self.commit(t.pid, Record::ProcessEvent(event), emit)
+    }
+
+    /// Forgets exited processes after the grace period; folds old execs of live ones.
+    fn prune(&mut self) {
+        let cutoff = self.now.saturating_sub(GRACE_NS);
+        self.procs.retain(|_, p| match p.exited {
+            Some(exit) if exit < cutoff => {
+                if p.emitted {
+                    // Tombstone: enough to not re-emit a late event's process.
+                    p.history = Vec::new();
+                    p.current = Vec::new();
+                }
+                p.emitted
+            }
+            _ => true,
+        });
+        for p in self.procs.values_mut().filter(|p| !p.emitted) {
+            fold_old_execs(p, cutoff);
+        }
+    }
+
+    /// Bounds the history of a never-emitted process.
+    fn compact(&mut self, pid: u32) {
+        let cutoff = self.now.saturating_sub(GRACE_NS);
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        fold_old_execs(p, cutoff);
+        let mut excess = p.history.len().saturating_sub(MAX_HISTORY / 2);
+        let mut dropped = 0;
+        p.history.retain(|r| {
+            if excess > 0 && matches!(r, Record::Mapping(_)) {
+                excess -= 1;
+                dropped += 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.dropped_mappings += dropped;
+    }
+}
+
+/// Drops the history before the last exec older than `cutoff` and folds that exec into the
+/// `Process` record: no event can refer to the older image any more.
+fn fold_old_execs(p: &mut Proc, cutoff: Nanos) {
+    let last_old_exec = p.history.iter().rposition(|r| {
+        matches!(r, Record::ProcessEvent(ProcessEvent { time_ns, change: ProcessChange::Exec { .. }, .. }) if *time_ns < cutoff)
+    });
+    if let Some(i) = last_old_exec {
+        if let Record::ProcessEvent(ProcessEvent {
+            change: ProcessChange::Exec { comm, exe },
+            ..
+        }) = p.history.remove(i)
+        {
+            p.info.comm = comm;
+            p.info.exe = exe;
+        }
+        p.history.drain(..i);
+    }
+}
+
+fn bare_process(pid: u32) -> Process {
+    Process {
+        pid,
+        ppid: 0,
+        comm: String::new(),
+        exe: String::new(),
+        start_ns: None,
+    }
+}
+
+fn same_place(a: &Mapping, b: &Mapping) -> bool {
+    (a.start, a.end, a.offset, &a.path) == (b.start, b.end, b.offset, &b.path)
+}

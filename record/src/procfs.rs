@@ -1,0 +1,302 @@
+//! Snapshots of live processes from `/proc`: what the side-band cannot tell about processes that
+//! were already running when recording began (the kernel reports only *new* mappings), as perf
+//! does at start-up.
+//!
+//! Everything here races with the process: it may exit, `exec` or `dlopen` while we read.
+//! A process that is gone gives `None`, never an error; a file we cannot read gives a partial
+//! snapshot. The side-band records that follow correct what moved in between.
+//!
+//! Build ids are read from the mapped files themselves with `object` (only the ELF header,
+//! program headers and the note are read, through `object::ReadCache`, so a large binary is not
+//! read whole and a file truncated under us cannot `SIGBUS` us as a mapped one could). The file
+//! is opened through `/proc/PID/map_files/START-END` when we may, which is the very file mapped
+//! even when the process lives in another mount namespace or the path was replaced since; then
+//! through the path. Results are cached per (device, inode), so libc is read once per recording.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use object::{Object, ReadCache};
+use urec_format::{Avma, BuildId, FileOffset, Nanos};
+
+/// One executable mapping of `/proc/PID/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapEntry {
+    /// First address.
+    pub start: Avma,
+    /// One past the last address.
+    pub end: Avma,
+    /// File offset mapped at `start`.
+    pub offset: FileOffset,
+    /// Device, as `st_dev` (`makedev(major, minor)`); 0 for anonymous and special mappings.
+    pub dev: u64,
+    /// Inode; 0 for anonymous and special mappings.
+    pub inode: u64,
+    /// The path as the kernel shows it (`[vdso]`, empty for anonymous memory; a deleted file
+    /// keeps its ` (deleted)` suffix).
+    pub path: String,
+    /// The file's build id, when it has one and we could read it.
+    pub build_id: Option<BuildId>,
+}
+
+/// What `/proc/PID/stat` says that we need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Parent process id.
+    pub ppid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Start time in clock ticks after boot (`CLOCK_BOOTTIME`).
+    pub start_ticks: u64,
+}
+
+/// A process as `/proc` shows it at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Process id.
+    pub pid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Executable path (`/proc/PID/exe`), empty when unreadable (kernel threads).
+    pub exe: String,
+    /// Start time converted to `CLOCK_MONOTONIC` ns (10 ms resolution: `/proc` counts clock
+    /// ticks), `None` when it cannot be converted.
+    pub start_ns: Option<Nanos>,
+    /// Thread ids (`/proc/PID/task`).
+    pub threads: Vec<u32>,
+    /// Executable mappings, in address order.
+    pub mappings: Vec<MapEntry>,
+}
+
+/// Reads a process's [`Snapshot`], or `None` when it does not exist (any more).
+pub fn snapshot(pid: u32, build_ids: &mut BuildIdCache) -> Option<Snapshot> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let stat = parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)?;
+    let exe = std::fs::read_link(dir.join("exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut threads: Vec<u32> = std::fs::read_dir(dir.join("task"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    threads.sort_unstable();
+    let mut mappings = std::fs::read_to_string(dir.join("maps"))
+        .map(|text| parse_maps(&text))
+        .unwrap_or_default();
+    for m in &mut mappings {
+        if m.inode != 0 {
+            m.build_id = build_ids.lookup_mapped(pid, m);
+        }
+    }
+    // The process may have exited while we read: then what we read may be empty or half.
+    if !dir.exists() {
+        return None;
+    }
+    Some(Snapshot {
+        pid,
+        ppid: stat.ppid,
+        comm: stat.comm,
+        exe,
+        start_ns: ticks_to_monotonic(stat.start_ticks),
+        threads,
+        mappings,
+    })
+}
+
+/// Every process id in `/proc` now.
+pub fn all_pids() -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
+/// Parses `/proc/PID/stat`. The command name is in parentheses and may itself contain spaces
+/// and parentheses, so the fields are counted from the *last* `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    // After ")": state(3) ppid(4) ... starttime(22); index 0 here is field 3.
+    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    Some(Stat {
+        comm,
+        ppid: fields.get(1)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Parses the executable (`x`) lines of `/proc/PID/maps`; build ids are left `None`.
+pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<MapEntry> {
+    // "start-end perms offset major:minor inode   path": the path is everything after the
+    // inode's padding, and may contain spaces.
+    let mut rest = line;
+    let mut next = || {
+        let trimmed = rest.trim_start();
+        let end = trimmed.find(' ').unwrap_or(trimmed.len());
+        let (field, tail) = trimmed.split_at(end);
+        rest = tail;
+        field
+    };
+    let range = next();
+    let perms = next();
+    let offset = next();
+    let dev = next();
+    let inode = next();
+    if !perms.contains('x') {
+        return None;
+    }
+    let (start, end) = range.split_once('-')?;
+    let (major, minor) = dev.split_once(':')?;
+    Some(MapEntry {
+        start: Avma(u64::from_str_radix(start, 16).ok()?),
+        end: Avma(u64::from_str_radix(end, 16).ok()?),
+        offset: FileOffset(u64::from_str_radix(offset, 16).ok()?),
+        dev: libc::makedev(
+            u32::from_str_radix(major, 16).ok()?,
+            u32::from_str_radix(minor, 16).ok()?,
+        ),
+        inode: inode.parse().ok()?,
+        path: rest.trim_start().to_string(),
+        build_id: None,
+    })
+}
+
+/// `/proc` start times count clock ticks of `CLOCK_BOOTTIME`; `CLOCK_MONOTONIC` stops during
+/// suspend, so the two differ by the time suspended (taken as now's difference: exact unless the
+/// machine was suspended after the process started).
+fn ticks_to_monotonic(ticks: u64) -> Option<Nanos> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&hz| hz > 0)?;
+    let boottime = crate::sideband::clock_ns(libc::CLOCK_BOOTTIME).ok()?;
+    let monotonic = crate::sideband::clock_ns(libc::CLOCK_MONOTONIC).ok()?;
+    let suspended = boottime.saturating_sub(monotonic);
+    let start = u128::from(ticks) * 1_000_000_000 / u128::from(hz);
+    u64::try_from(start).ok()?.checked_sub(suspended)
+}
+
+/// Build ids of files, read once per file.
+#[derive(Debug, Default)]
+pub struct BuildIdCache {
+    by_inode: HashMap<(u64, u64), Option<BuildId>>,
+}
+
+impl BuildIdCache {
+    /// An empty cache.
+    pub fn new() -> BuildIdCache {
+        BuildIdCache::default()
+    }
+
+    /// The build id of the file mapped by `m` in process `pid`, through `map_files` first (the
+    /// exact mapped file), then the process's root, then the path.
+    pub fn lookup_mapped(&mut self, pid: u32, m: &MapEntry) -> Option<BuildId> {
+        if let Some(cached) = self.by_inode.get(&(m.dev, m.inode)) {
+            return cached.clone();
+        }
+        let candidates = [
+            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start.0, m.end.0)),
+            Path::new(&format!("/proc/{pid}/root")).join(m.path.trim_start_matches('/')),
+            PathBuf::from(&m.path),
+        ];
+        for path in candidates {
+            if let Some(id) = self.read_checked(&path, m.dev, m.inode) {
+                return id;
+            }
+        }
+        None
+    }
+
+    /// The build id of the file at `path`, provided it is still the file with this device and
+    /// inode (when those are known, i.e. non-zero). `None` when the file is gone, replaced, not
+    /// ELF, or has no build id.
+    pub fn lookup_path(&mut self, path: &str, dev: u64, inode: u64) -> Option<BuildId> {
+        if inode != 0 {
+            if let Some(cached) = self.by_inode.get(&(dev, inode)) {
+                return cached.clone();
+            }
+        }
+        self.read_checked(Path::new(path), dev, inode).flatten()
+    }
+
+    /// `None`: could not open the file (try another path); `Some(id)`: the answer (cached).
+    fn read_checked(&mut self, path: &Path, dev: u64, inode: u64) -> Option<Option<BuildId>> {
+        let file = File::open(path).ok()?;
+        let meta = file.metadata().ok()?;
+        if inode != 0 && (meta.dev(), meta.ino()) != (dev, inode) {
+            return None;
+        }
+        let id = read_build_id(file);
+        self.by_inode.insert((meta.dev(), meta.ino()), id.clone());
+        Some(id)
+    }
+}
+
+/// The GNU build id note of an ELF file, `None` when it has none or is not ELF.
+pub fn read_build_id(file: File) -> Option<BuildId> {
+    let cache = ReadCache::new(file);
+    let object = object::File::parse(&cache).ok()?;
+    let id = object.build_id().ok()??;
+    (!id.is_empty()).then(|| BuildId(id.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_comm() {
+        let text = "42 (a) b (c)) S 7 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345 \
+                    1000 100 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(
+            parse_stat(text),
+            Some(Stat {
+                ppid: 7,
+                comm: "a) b (c)".into(),
+                start_ticks: 12345
+            })
+        );
+        assert_eq!(parse_stat("42 (x) S"), None);
+    }
+
+    #[test]
+    fn maps_lines() {
+        let text = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1234   /usr/bin/my prog\n\
+55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 1234   /usr/bin/my prog\n\
+7ffd1b1f0000-7ffd1b1f2000 r-xp 00000000 00:00 0                          [vdso]\n\
+7f0000000000-7f0000001000 rwxp 00000000 00:00 0 \n";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 3);
+        assert_eq!(
+            maps[0],
+            MapEntry {
+                start: Avma(0x55d0c0a01000),
+                end: Avma(0x55d0c0a02000),
+                offset: FileOffset(0x1000),
+                dev: libc::makedev(0xfe, 1),
+                inode: 1234,
+                path: "/usr/bin/my prog".into(),
+                build_id: None,
+            }
+        );
+        assert_eq!(maps[1].path, "[vdso]");
+        assert_eq!(maps[2].path, "");
+    }
+}
