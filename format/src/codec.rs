@@ -1,0 +1,520 @@
+//! Byte-level building blocks: LEB128 varints, zigzag, a bounds-checked cursor, and the
+//! row encoding of the header, metadata records and footer (docs/format.md, "Values").
+//!
+//! Every read is bounds-checked and returns [`Malformed`] rather than panicking: the bytes come
+//! from a file, and a file can hold anything.
+
+use crate::types::*;
+
+/// A decoding failure inside a chunk whose checksum was fine (a writer bug or crafted input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Malformed(pub &'static str);
+
+pub(crate) type Res<T> = Result<T, Malformed>;
+
+#[inline]
+pub(crate) fn put_u64(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+#[inline]
+pub(crate) fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+#[inline]
+pub(crate) fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+pub(crate) fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    put_u64(buf, b.len() as u64);
+    buf.extend_from_slice(b);
+}
+
+pub(crate) fn put_str(buf: &mut Vec<u8>, s: &str) {
+    put_bytes(buf, s.as_bytes());
+}
+
+fn put_opt_u64(buf: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        None => buf.push(0),
+        Some(v) => {
+            buf.push(1);
+            put_u64(buf, v);
+        }
+    }
+}
+
+fn put_build_id(buf: &mut Vec<u8>, id: &Option<BuildId>) {
+    match id {
+        None => put_u64(buf, 0),
+        Some(id) => {
+            put_u64(buf, id.0.len() as u64 + 1);
+            buf.extend_from_slice(&id.0);
+        }
+    }
+}
+
+fn put_strs(buf: &mut Vec<u8>, v: &[String]) {
+    put_u64(buf, v.len() as u64);
+    for s in v {
+        put_str(buf, s);
+    }
+}
+
+/// A bounds-checked reader over a byte slice.
+#[derive(Debug, Clone)]
+pub(crate) struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    pub(crate) fn at(buf: &'a [u8], pos: usize) -> Self {
+        Cursor { buf, pos }
+    }
+
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    #[inline]
+    pub(crate) fn u64(&mut self) -> Res<u64> {
+        let mut result = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(Malformed("a value runs past the end of its data"));
+            };
+            self.pos += 1;
+            if shift == 63 && b > 1 {
+                return Err(Malformed("a varint overflows 64 bits"));
+            }
+            result |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(result);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(Malformed("a varint overflows 64 bits"));
+            }
+        }
+    }
+
+    #[inline]
+    pub(crate) fn u32(&mut self) -> Res<u32> {
+        u32::try_from(self.u64()?).map_err(|_| Malformed("a 32-bit value is out of range"))
+    }
+
+    pub(crate) fn u8(&mut self) -> Res<u8> {
+        let b = *self
+            .buf
+            .get(self.pos)
+            .ok_or(Malformed("a value runs past the end of its data"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    pub(crate) fn len(&mut self) -> Res<usize> {
+        let n = self.u64()?;
+        let left = self.buf.len().saturating_sub(self.pos);
+        if n > left as u64 {
+            return Err(Malformed("a length runs past the end of its data"));
+        }
+        Ok(n as usize)
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize) -> Res<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or(Malformed("a value runs past the end of its data"))?;
+        let b = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(b)
+    }
+
+    pub(crate) fn byte_vec(&mut self) -> Res<Vec<u8>> {
+        let n = self.len()?;
+        Ok(self.bytes(n)?.to_vec())
+    }
+
+    /// A string; invalid UTF-8 (which a writer never produces) is replaced, not refused.
+    pub(crate) fn string(&mut self) -> Res<String> {
+        let n = self.len()?;
+        Ok(String::from_utf8_lossy(self.bytes(n)?).into_owned())
+    }
+
+    fn strings(&mut self) -> Res<Vec<String>> {
+        let n = self.len()?; // each string takes at least one byte
+        (0..n).map(|_| self.string()).collect()
+    }
+
+    fn bool(&mut self) -> Res<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(Malformed("a flag is neither 0 nor 1")),
+        }
+    }
+
+    fn opt_u64(&mut self) -> Res<Option<u64>> {
+        Ok(if self.bool()? {
+            Some(self.u64()?)
+        } else {
+            None
+        })
+    }
+
+    fn build_id(&mut self) -> Res<Option<BuildId>> {
+        match self.u64()? {
+            0 => Ok(None),
+            n => {
+                let n = usize::try_from(n - 1).map_err(|_| Malformed("build id too long"))?;
+                Ok(Some(BuildId(self.bytes(n)?.to_vec())))
+            }
+        }
+    }
+}
+
+// ---- Header ----
+
+pub(crate) fn encode_header(buf: &mut Vec<u8>, h: &Header) {
+    put_str(buf, &h.host);
+    put_str(buf, &h.kernel);
+    put_str(buf, &h.arch);
+    put_strs(buf, &h.command);
+    match &h.workload {
+        None => buf.push(0),
+        Some(w) => {
+            buf.push(1);
+            put_strs(buf, w);
+        }
+    }
+    put_u64(buf, h.start_unix_ns);
+    put_u64(buf, h.start_monotonic_ns);
+}
+
+pub(crate) fn decode_header(c: &mut Cursor<'_>) -> Res<Header> {
+    Ok(Header {
+        host: c.string()?,
+        kernel: c.string()?,
+        arch: c.string()?,
+        command: c.strings()?,
+        workload: if c.bool()? { Some(c.strings()?) } else { None },
+        start_unix_ns: c.u64()?,
+        start_monotonic_ns: c.u64()?,
+    })
+    // Fields a later minor version appends are ignored.
+}
+
+// ---- Metadata records ----
+
+pub(crate) const TAG_PROBE: u8 = 1;
+pub(crate) const TAG_PROCESS: u8 = 2;
+pub(crate) const TAG_PROCESS_EVENT: u8 = 3;
+pub(crate) const TAG_MAPPING: u8 = 4;
+pub(crate) const TAG_STACK: u8 = 5;
+pub(crate) const TAG_LOST: u8 = 6;
+pub(crate) const TAG_FINISH: u8 = 7;
+
+fn kind_code(k: ProbeKind) -> u8 {
+    match k {
+        ProbeKind::EntryReturn => 0,
+        ProbeKind::Entry => 1,
+        ProbeKind::Return => 2,
+    }
+}
+
+fn stack_mode_code(m: StackMode) -> u8 {
+    match m {
+        StackMode::None => 0,
+        StackMode::FramePointer => 1,
+        StackMode::Dwarf => 2,
+    }
+}
+
+fn put_arg_type(buf: &mut Vec<u8>, t: ArgType) {
+    match t {
+        ArgType::Unsigned(w) => buf.extend_from_slice(&[0, w]),
+        ArgType::Signed(w) => buf.extend_from_slice(&[1, w]),
+        ArgType::Hex(w) => buf.extend_from_slice(&[2, w]),
+        ArgType::String => buf.push(3),
+        ArgType::Bitfield {
+            width,
+            offset,
+            container,
+        } => buf.extend_from_slice(&[4, width, offset, container]),
+    }
+}
+
+fn arg_type(c: &mut Cursor<'_>) -> Res<ArgType> {
+    Ok(match c.u8()? {
+        0 => ArgType::Unsigned(c.u8()?),
+        1 => ArgType::Signed(c.u8()?),
+        2 => ArgType::Hex(c.u8()?),
+        3 => ArgType::String,
+        4 => ArgType::Bitfield {
+            width: c.u8()?,
+            offset: c.u8()?,
+            container: c.u8()?,
+        },
+        _ => return Err(Malformed("unknown argument type")),
+    })
+}
+
+pub(crate) fn event_kind_code(k: EventKind) -> u8 {
+    match k {
+        EventKind::Entry => 0,
+        EventKind::Return => 1,
+    }
+}
+
+/// Appends `record` as `tag, varint body length, body`. Events are not metadata and are
+/// encoded by [`crate::events`]; passing one here is a bug.
+pub(crate) fn encode_record(buf: &mut Vec<u8>, body: &mut Vec<u8>, record: &Record) {
+    body.clear();
+    let tag = match record {
+        Record::Probe(p) => {
+            put_u64(body, p.id.into());
+            put_str(body, &p.name);
+            put_strs(body, &p.specs);
+            put_str(body, &p.binary);
+            put_build_id(body, &p.build_id);
+            put_str(body, &p.symbol);
+            put_u64(body, p.vaddr.0);
+            put_u64(body, p.offset.0);
+            body.push(kind_code(p.kind));
+            body.push(stack_mode_code(p.stack_mode));
+            put_u64(body, p.args.len() as u64);
+            for a in &p.args {
+                put_str(body, &a.name);
+                put_str(body, &a.fetch);
+                put_arg_type(body, a.ty);
+                body.push(u8::from(a.at_return));
+            }
+            TAG_PROBE
+        }
+        Record::Process(p) => {
+            put_u64(body, p.pid.into());
+            put_u64(body, p.ppid.into());
+            put_str(body, &p.comm);
+            put_str(body, &p.exe);
+            put_opt_u64(body, p.start_ns);
+            TAG_PROCESS
+        }
+        Record::ProcessEvent(e) => {
+            put_u64(body, e.pid.into());
+            put_u64(body, e.time_ns);
+            match &e.change {
+                ProcessChange::Exec { comm, exe } => {
+                    body.push(0);
+                    put_str(body, comm);
+                    put_str(body, exe);
+                }
+                ProcessChange::Comm(comm) => {
+                    body.push(1);
+                    put_str(body, comm);
+                }
+                ProcessChange::Exit => body.push(2),
+            }
+            TAG_PROCESS_EVENT
+        }
+        Record::Mapping(m) => {
+            put_u64(body, m.pid.into());
+            put_u64(body, m.time_ns);
+            put_u64(body, m.start.0);
+            put_u64(body, m.end.0);
+            put_u64(body, m.offset.0);
+            put_str(body, &m.path);
+            put_u64(body, m.dev);
+            put_u64(body, m.inode);
+            put_build_id(body, &m.build_id);
+            TAG_MAPPING
+        }
+        Record::Stack(s) => {
+            put_u64(body, s.id.into());
+            body.push(u8::from(s.truncated));
+            put_u64(body, s.frames.len() as u64);
+            let mut prev = 0u64;
+            for f in &s.frames {
+                put_u64(body, zigzag(f.0.wrapping_sub(prev) as i64));
+                prev = f.0;
+            }
+            TAG_STACK
+        }
+        Record::Lost(l) => {
+            body.push(match l.source {
+                LostSource::Ring => 0,
+                LostSource::Sideband => 1,
+                LostSource::Unwind => 2,
+            });
+            put_opt_u64(body, l.probe.map(u64::from));
+            body.push(match l.kind {
+                None => 0,
+                Some(k) => 1 + event_kind_code(k),
+            });
+            put_u64(body, l.count);
+            TAG_LOST
+        }
+        Record::Finish(f) => {
+            put_u64(body, f.attach_ns);
+            put_u64(body, f.stop_ns);
+            put_opt_u64(body, f.workload_status.map(|s| zigzag(s.into())));
+            TAG_FINISH
+        }
+        Record::Event(_) => unreachable!("events are encoded in event chunks"),
+    };
+    buf.push(tag);
+    put_bytes(buf, body);
+}
+
+/// Decodes one record body of a known tag; `Ok(None)` for a tag this version does not know
+/// (a later minor version's record, skipped).
+pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> {
+    Ok(Some(match tag {
+        TAG_PROBE => {
+            let id = c.u32()?;
+            let name = c.string()?;
+            let specs = c.strings()?;
+            let binary = c.string()?;
+            let build_id = c.build_id()?;
+            let symbol = c.string()?;
+            let vaddr = Svma(c.u64()?);
+            let offset = FileOffset(c.u64()?);
+            let kind = match c.u8()? {
+                0 => ProbeKind::EntryReturn,
+                1 => ProbeKind::Entry,
+                2 => ProbeKind::Return,
+                _ => return Err(Malformed("unknown probe kind")),
+            };
+            let stack_mode = match c.u8()? {
+                0 => StackMode::None,
+                1 => StackMode::FramePointer,
+                2 => StackMode::Dwarf,
+                _ => return Err(Malformed("unknown stack mode")),
+            };
+            let n = c.len()?;
+            let mut args = Vec::with_capacity(n.min(64));
+            for _ in 0..n {
+                args.push(ArgSpec {
+                    name: c.string()?,
+                    fetch: c.string()?,
+                    ty: arg_type(c)?,
+                    at_return: c.bool()?,
+                });
+            }
+            Record::Probe(Probe {
+                id,
+                name,
+                specs,
+                binary,
+                build_id,
+                symbol,
+                vaddr,
+                offset,
+                kind,
+                stack_mode,
+                args,
+            })
+        }
+        TAG_PROCESS => Record::Process(Process {
+            pid: c.u32()?,
+            ppid: c.u32()?,
+            comm: c.string()?,
+            exe: c.string()?,
+            start_ns: c.opt_u64()?,
+        }),
+        TAG_PROCESS_EVENT => {
+            let pid = c.u32()?;
+            let time_ns = c.u64()?;
+            let change = match c.u8()? {
+                0 => ProcessChange::Exec {
+                    comm: c.string()?,
+                    exe: c.string()?,
+                },
+                1 => ProcessChange::Comm(c.string()?),
+                2 => ProcessChange::Exit,
+                _ => return Err(Malformed("unknown process change")),
+            };
+            Record::ProcessEvent(ProcessEvent {
+                pid,
+                time_ns,
+                change,
+            })
+        }
+        TAG_MAPPING => Record::Mapping(Mapping {
+            pid: c.u32()?,
+            time_ns: c.u64()?,
+            start: Avma(c.u64()?),
+            end: Avma(c.u64()?),
+            offset: FileOffset(c.u64()?),
+            path: c.string()?,
+            dev: c.u64()?,
+            inode: c.u64()?,
+            build_id: c.build_id()?,
+        }),
+        TAG_STACK => {
+            let id = c.u32()?;
+            let truncated = c.bool()?;
+            let n = c.len()?; // each frame takes at least one byte
+            let mut frames = Vec::with_capacity(n);
+            let mut prev = 0u64;
+            for _ in 0..n {
+                prev = prev.wrapping_add(unzigzag(c.u64()?) as u64);
+                frames.push(Avma(prev));
+            }
+            Record::Stack(Stack {
+                id,
+                frames,
+                truncated,
+            })
+        }
+        TAG_LOST => {
+            let source = match c.u8()? {
+                0 => LostSource::Ring,
+                1 => LostSource::Sideband,
+                2 => LostSource::Unwind,
+                _ => return Err(Malformed("unknown lost source")),
+            };
+            let probe = match c.opt_u64()? {
+                None => None,
+                Some(p) => Some(u32::try_from(p).map_err(|_| Malformed("probe id too large"))?),
+            };
+            let kind = match c.u8()? {
+                0 => None,
+                1 => Some(EventKind::Entry),
+                2 => Some(EventKind::Return),
+                _ => return Err(Malformed("unknown event kind")),
+            };
+            Record::Lost(Lost {
+                source,
+                probe,
+                kind,
+                count: c.u64()?,
+            })
+        }
+        TAG_FINISH => Record::Finish(Finish {
+            attach_ns: c.u64()?,
+            stop_ns: c.u64()?,
+            workload_status: match c.opt_u64()? {
+                None => None,
+                Some(v) => Some(
+                    i32::try_from(unzigzag(v))
+                        .map_err(|_| Malformed("exit status out of range"))?,
+                ),
+            },
+        }),
+        _ => return Ok(None),
+    }))
+}

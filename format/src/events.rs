@@ -1,0 +1,309 @@
+//! The columnar encoding of events inside an event chunk (docs/format.md, "Event chunks").
+//!
+//! Why columns: events are small and alike, and a general-purpose compressor finds far more
+//! repetition in "all timestamps, then all thread indexes, then all stack ids" than in rows
+//! that interleave them. Each column is a stream of LEB128 varints:
+//! - `tag`: `probe << 4 | flags` (entry/return, has stack, has latency, has args), one byte
+//!   for the first eight probes;
+//! - `time`: zigzag delta from the previous event of the chunk (the first from the chunk's
+//!   base time), so out-of-order timestamps from several CPUs still cost a byte or two;
+//! - `ctx`: an index into the chunk's dictionary of (pid, tid, cpu) triples;
+//! - `stack`, `latency`, `args`: only for the events whose flags say they have one.
+//!
+//! Delta bases and the dictionary start afresh in every chunk, so each chunk decodes alone.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::codec::{put_bytes, put_u64, unzigzag, zigzag, Cursor, Malformed, Res};
+use crate::types::{ArgValue, Event, EventKind};
+
+const COL_TAG: usize = 0;
+const COL_TIME: usize = 1;
+const COL_CTX: usize = 2;
+const COL_STACK: usize = 3;
+const COL_LATENCY: usize = 4;
+const COL_ARGS: usize = 5;
+/// Columns this version writes; a reader ignores any further columns (a later minor version).
+pub(crate) const NCOLS: usize = 6;
+
+const F_RETURN: u64 = 1;
+const F_STACK: u64 = 2;
+const F_LATENCY: u64 = 4;
+const F_ARGS: u64 = 8;
+const FLAG_BITS: u32 = 4;
+
+const ARG_INT: u8 = 0;
+const ARG_STR: u8 = 1;
+const ARG_STR_TRUNCATED: u8 = 2;
+const ARG_FAULT: u8 = 3;
+
+type Ctx = (u32, u32, u32);
+
+/// A small multiplicative hasher for the (pid, tid, cpu) dictionary: the keys come from the
+/// kernel, not from an adversary, and SipHash would cost a noticeable share of write time.
+#[derive(Default)]
+struct CtxHasher(u64);
+
+impl Hasher for CtxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b.into());
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i.into());
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Accumulates the events of one chunk.
+#[derive(Default)]
+pub(crate) struct EventEncoder {
+    n: u32,
+    base_time: u64,
+    prev_time: u64,
+    ctx: Vec<Ctx>,
+    ctx_map: HashMap<Ctx, u32, BuildHasherDefault<CtxHasher>>,
+    cols: [Vec<u8>; NCOLS],
+}
+
+impl EventEncoder {
+    pub(crate) fn len(&self) -> u32 {
+        self.n
+    }
+
+    /// Bytes the chunk would take before compression (close enough for flushing decisions).
+    pub(crate) fn raw_len(&self) -> usize {
+        self.cols.iter().map(Vec::len).sum::<usize>() + self.ctx.len() * 12
+    }
+
+    #[inline]
+    pub(crate) fn push(&mut self, e: &Event) {
+        if self.n == 0 {
+            self.base_time = e.time_ns;
+            self.prev_time = e.time_ns;
+        }
+        let key = (e.pid, e.tid, e.cpu);
+        let idx = match self.ctx_map.get(&key) {
+            Some(&i) => i,
+            None => {
+                let i = self.ctx.len() as u32;
+                self.ctx.push(key);
+                self.ctx_map.insert(key, i);
+                i
+            }
+        };
+        let mut tag = u64::from(e.probe) << FLAG_BITS;
+        if e.kind == EventKind::Return {
+            tag |= F_RETURN;
+        }
+        if let Some(stack) = e.stack {
+            tag |= F_STACK;
+            put_u64(&mut self.cols[COL_STACK], stack.into());
+        }
+        if let Some(latency) = e.latency_ns {
+            tag |= F_LATENCY;
+            put_u64(&mut self.cols[COL_LATENCY], latency);
+        }
+        if !e.args.is_empty() {
+            tag |= F_ARGS;
+            let col = &mut self.cols[COL_ARGS];
+            put_u64(col, e.args.len() as u64);
+            for a in &e.args {
+                match a {
+                    ArgValue::Int(v) => {
+                        col.push(ARG_INT);
+                        put_u64(col, *v);
+                    }
+                    ArgValue::Str { bytes, truncated } => {
+                        col.push(if *truncated {
+                            ARG_STR_TRUNCATED
+                        } else {
+                            ARG_STR
+                        });
+                        put_bytes(col, bytes);
+                    }
+                    ArgValue::Fault => col.push(ARG_FAULT),
+                }
+            }
+        }
+        put_u64(&mut self.cols[COL_TAG], tag);
+        put_u64(
+            &mut self.cols[COL_TIME],
+            zigzag(e.time_ns.wrapping_sub(self.prev_time) as i64),
+        );
+        self.prev_time = e.time_ns;
+        put_u64(&mut self.cols[COL_CTX], idx.into());
+        self.n += 1;
+    }
+
+    /// Appends the chunk's uncompressed payload to `out`, returns its event count and starts a
+    /// new chunk.
+    pub(crate) fn take(&mut self, out: &mut Vec<u8>) -> u32 {
+        put_u64(out, self.base_time);
+        put_u64(out, self.n.into());
+        put_u64(out, self.ctx.len() as u64);
+        for &(pid, tid, cpu) in &self.ctx {
+            put_u64(out, pid.into());
+            put_u64(out, tid.into());
+            put_u64(out, cpu.into());
+        }
+        put_u64(out, NCOLS as u64);
+        for col in &self.cols {
+            put_u64(out, col.len() as u64);
+        }
+        for col in &mut self.cols {
+            out.extend_from_slice(col);
+            col.clear();
+        }
+        let n = self.n;
+        self.n = 0;
+        self.ctx.clear();
+        self.ctx_map.clear();
+        n
+    }
+}
+
+/// Decodes the events of one chunk, one at a time, from the chunk's decompressed payload
+/// (passed to each call, so that the decoder holds positions rather than borrows).
+#[derive(Debug, Default)]
+pub(crate) struct EventDecoder {
+    left: u32,
+    prev_time: u64,
+    ctx: Vec<Ctx>,
+    /// (position, end) of each column in the payload.
+    cols: [(usize, usize); NCOLS],
+}
+
+#[inline]
+fn col_u64(buf: &[u8], col: &mut (usize, usize)) -> Res<u64> {
+    let mut c = Cursor::at(&buf[..col.1], col.0);
+    let v = c.u64()?;
+    col.0 = c.pos();
+    Ok(v)
+}
+
+impl EventDecoder {
+    /// Starts decoding `payload`, which the chunk frame says holds `count` events.
+    pub(crate) fn start(&mut self, payload: &[u8], count: u32) -> Res<()> {
+        let mut c = Cursor::new(payload);
+        self.prev_time = c.u64()?;
+        let n = c.u32()?;
+        if n != count {
+            return Err(Malformed("event count differs from the chunk header's"));
+        }
+        let nctx = c.len()?;
+        self.ctx.clear();
+        for _ in 0..nctx {
+            self.ctx.push((c.u32()?, c.u32()?, c.u32()?));
+        }
+        let ncols = c.len()?;
+        if ncols < NCOLS {
+            return Err(Malformed("too few event columns"));
+        }
+        let mut lens = [0usize; NCOLS];
+        for (i, len) in (0..ncols).map(|i| (i, c.u64())) {
+            let len = usize::try_from(len?).map_err(|_| Malformed("column too long"))?;
+            if i < NCOLS {
+                lens[i] = len;
+            }
+        }
+        let mut pos = c.pos();
+        for (col, len) in self.cols.iter_mut().zip(lens) {
+            let end = pos
+                .checked_add(len)
+                .filter(|&e| e <= payload.len())
+                .ok_or(Malformed("an event column runs past the end of the chunk"))?;
+            *col = (pos, end);
+            pos = end;
+        }
+        self.left = n;
+        Ok(())
+    }
+
+    /// The next event, `None` at the end of the chunk.
+    #[inline]
+    pub(crate) fn next(&mut self, buf: &[u8]) -> Option<Res<Event>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let event = self.decode(buf);
+        if event.is_ok() && self.left == 0 && self.cols.iter().any(|c| c.0 != c.1) {
+            return Some(Err(Malformed(
+                "event columns hold more data than their events",
+            )));
+        }
+        Some(event)
+    }
+
+    #[inline]
+    fn decode(&mut self, buf: &[u8]) -> Res<Event> {
+        let tag = col_u64(buf, &mut self.cols[COL_TAG])?;
+        let probe = u32::try_from(tag >> FLAG_BITS).map_err(|_| Malformed("probe id too large"))?;
+        let delta = unzigzag(col_u64(buf, &mut self.cols[COL_TIME])?);
+        self.prev_time = self.prev_time.wrapping_add(delta as u64);
+        let idx = col_u64(buf, &mut self.cols[COL_CTX])?;
+        let &(pid, tid, cpu) = usize::try_from(idx)
+            .ok()
+            .and_then(|i| self.ctx.get(i))
+            .ok_or(Malformed("thread index out of range"))?;
+        let stack = if tag & F_STACK != 0 {
+            let s = col_u64(buf, &mut self.cols[COL_STACK])?;
+            Some(u32::try_from(s).map_err(|_| Malformed("stack id too large"))?)
+        } else {
+            None
+        };
+        let latency_ns = if tag & F_LATENCY != 0 {
+            Some(col_u64(buf, &mut self.cols[COL_LATENCY])?)
+        } else {
+            None
+        };
+        let args = if tag & F_ARGS != 0 {
+            self.args(buf)?
+        } else {
+            Vec::new()
+        };
+        Ok(Event {
+            probe,
+            kind: if tag & F_RETURN != 0 {
+                EventKind::Return
+            } else {
+                EventKind::Entry
+            },
+            pid,
+            tid,
+            cpu,
+            time_ns: self.prev_time,
+            stack,
+            latency_ns,
+            args,
+        })
+    }
+
+    fn args(&mut self, buf: &[u8]) -> Res<Vec<ArgValue>> {
+        let col = &mut self.cols[COL_ARGS];
+        let mut c = Cursor::at(&buf[..col.1], col.0);
+        let n = c.len()?; // each argument takes at least one byte
+        let mut args = Vec::with_capacity(n);
+        for _ in 0..n {
+            args.push(match c.u8()? {
+                ARG_INT => ArgValue::Int(c.u64()?),
+                t @ (ARG_STR | ARG_STR_TRUNCATED) => ArgValue::Str {
+                    bytes: c.byte_vec()?,
+                    truncated: t == ARG_STR_TRUNCATED,
+                },
+                ARG_FAULT => ArgValue::Fault,
+                _ => return Err(Malformed("unknown argument value kind")),
+            });
+        }
+        col.0 = c.pos();
+        Ok(args)
+    }
+}
