@@ -1,6 +1,64 @@
 //! urec probe specs: parsing `TARGET:FUNCTION[%return] [ARG ...]` and resolving each to the
 //! binary and file offset the kernel attaches a uprobe to. Also lists a binary's probeable
-//! functions (`urec list`). No libbpf and no kernel needed: this runs before anything is attached.
+//! functions (`urec list`). No libbpf and no kernel needed: this runs before anything is
+//! attached, so every mistake in a spec is reported while nothing has happened yet.
+//!
+//! ```no_run
+//! let spec = urec_probe::parse("bash:readline%return cmd=+0($retval):string")?;
+//! let resolved = urec_probe::resolve(&[spec], &urec_probe::ResolveOptions::default())?;
+//! for p in &resolved.probes {
+//!     println!("{} at {}+{:#x}", p.probe.name, p.probe.binary, p.probe.offset.0);
+//! }
+//! # Ok::<(), urec_probe::SpecError>(())
+//! ```
+//!
+//! # The pieces
+//! - [`parse`] turns one `-e` text into a [`ProbeSpec`]: TARGET, a [`FunctionSpec`],
+//!   `%return`, and [`Arg`]s whose FETCH is a [`Fetch`] tree (the kernel's uprobe_events
+//!   fetch-arg syntax). Purely textual.
+//! - [`resolve`] finds each TARGET (path, PATH, or a library short name looked up like ld.so
+//!   does), reads its ELF symbols (`.symtab`, `.dynsym`, C++/Rust demangled), and turns every
+//!   match into a [`ResolvedProbe`] carrying a ready [`urec_format::Probe`]. One probe per
+//!   (binary, file offset): aliases and overlapping specs merge.
+//! - [`list`] enumerates the functions of a binary with their addresses, sizes and whether the
+//!   kernel can probe their first instruction cheaply ([`InsnHandling`]).
+//!
+//! # Design decisions
+//! - **File offsets, not addresses.** A uprobe is keyed by (inode, file offset). Symbols give
+//!   ELF virtual addresses; the conversion goes through the executable PT_LOAD program header
+//!   containing the address (see the comment on the conversion in `elf.rs`). Getting this
+//!   wrong attaches to the wrong instruction, silently.
+//! - **Return probes only at a function's first instruction.** A uretprobe hijacks the return
+//!   address at `[sp]`, which is the return address only at entry. `SYM+0xOFF` (OFF ≠ 0) and
+//!   addresses inside a function are entry-only; `%return`, `$retval` and `argN` are refused
+//!   there.
+//! - **IFUNCs are refused.** An IFUNC symbol's address is its resolver, run once by ld.so; a
+//!   probe there never fires for calls. The error names the implementations (`__strlen_avx2`).
+//! - **The first instruction matters.** The kernel emulates `push`, `nop` and branches but
+//!   single-steps everything else (including `endbr64`) at about 10× the cost per hit;
+//!   [`ResolvedProbe::first_insn`] tells, so `record` can warn. Whether the function starts
+//!   with `push %rbp` decides whether the kernel's frame-pointer stack at entry already holds
+//!   the immediate caller ([`ResolvedProbe::starts_with_push_rbp`]).
+
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+
+mod elf;
+mod glob;
+mod insn;
+mod resolve;
+mod spec;
+mod target;
+
+pub use insn::InsnHandling;
+pub use resolve::{
+    resolve, Resolution, ResolveOptions, ResolvedProbe, FRAME_POINTER_THRESHOLD, GLOB_LIMIT,
+};
+pub use spec::{parse, Arg, Fetch, FunctionSpec, ProbeSpec, Reg, MAX_DEREF_DEPTH};
+pub use target::find_target;
+
+use urec_format::{FileOffset, Svma};
 
 /// A probe spec that cannot be used: bad syntax, a missing binary or symbol, an unsupported
 /// argument. Reported before anything is attached (exit status 2).
@@ -15,4 +73,224 @@ pub enum SpecError {
         /// What is wrong.
         why: String,
     },
+    /// An ARG does not parse, or cannot be fetched at the probed location.
+    #[error("bad argument {arg:?} in probe spec {spec:?}: {why}")]
+    BadArg {
+        /// The spec as given.
+        spec: String,
+        /// The ARG (or its FETCH).
+        arg: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// TARGET names no file.
+    #[error("cannot find {target:?}: {why}")]
+    TargetNotFound {
+        /// TARGET as written.
+        target: String,
+        /// Where it was looked for.
+        why: String,
+    },
+    /// The file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not an x86-64 ELF file.
+    #[error("{} is not an x86-64 ELF file: {why}", path.display())]
+    NotElf {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// No function of that name.
+    #[error("{}", symbol_not_found(spec, symbol, binary, suggestions, *stripped))]
+    SymbolNotFound {
+        /// The spec as given.
+        spec: String,
+        /// The name looked for.
+        symbol: String,
+        /// The binary searched.
+        binary: PathBuf,
+        /// Up to 5 close names that exist.
+        suggestions: Vec<String>,
+        /// The binary has no `.symtab` (only exported functions are known).
+        stripped: bool,
+    },
+    /// The name matches several functions at different addresses.
+    #[error("probe spec {spec:?}: {symbol:?} is ambiguous; it names {}: give the full name \
+             with parameters or the address", candidates.join(", "))]
+    Ambiguous {
+        /// The spec as given.
+        spec: String,
+        /// The name.
+        symbol: String,
+        /// The functions it could mean (name and address).
+        candidates: Vec<String>,
+    },
+    /// The symbol is an IFUNC (its address is the resolver, not the function).
+    #[error("{}", ifunc_message(spec, symbol, binary, implementations, *stripped))]
+    Ifunc {
+        /// The spec as given.
+        spec: String,
+        /// The IFUNC symbol.
+        symbol: String,
+        /// The binary.
+        binary: PathBuf,
+        /// Functions that implement it and can be probed instead.
+        implementations: Vec<String>,
+        /// The binary has no `.symtab`, where the implementations would be named.
+        stripped: bool,
+    },
+    /// A glob matched no function.
+    #[error("probe spec {spec:?}: no function in {} matches {pattern:?} (try `urec list {}`)",
+            binary.display(), binary.display())]
+    GlobNoMatch {
+        /// The spec as given.
+        spec: String,
+        /// The glob.
+        pattern: String,
+        /// The binary searched.
+        binary: PathBuf,
+    },
+    /// A glob matched more than [`GLOB_LIMIT`] functions without `--force`.
+    #[error(
+        "probe spec {spec:?} matches {count} functions, more than {limit}; narrow the glob \
+             or pass --force"
+    )]
+    TooManyMatches {
+        /// The spec as given.
+        spec: String,
+        /// How many functions matched.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The location exists but cannot be probed as asked.
+    #[error("probe spec {spec:?}: {why}")]
+    NotProbeable {
+        /// The spec as given.
+        spec: String,
+        /// Why.
+        why: String,
+    },
+}
+
+fn symbol_not_found(
+    spec: &str,
+    symbol: &str,
+    binary: &std::path::Path,
+    suggestions: &[String],
+    stripped: bool,
+) -> String {
+    let mut m = format!(
+        "probe spec {spec:?}: no function {symbol:?} in {}",
+        binary.display()
+    );
+    if !suggestions.is_empty() {
+        m.push_str(&format!("; close names: {}", suggestions.join(", ")));
+    }
+    if stripped {
+        m.push_str(
+            " (the binary is stripped of .symtab: only its exported functions are known; \
+             install its debug symbols to see the others)",
+        );
+    }
+    m
+}
+
+fn ifunc_message(
+    spec: &str,
+    symbol: &str,
+    binary: &std::path::Path,
+    implementations: &[String],
+    stripped: bool,
+) -> String {
+    let mut m = format!(
+        "probe spec {spec:?}: {symbol} in {} is an IFUNC: its address is the resolver ld.so \
+         runs once to pick an implementation, so a probe there never sees calls.",
+        binary.display()
+    );
+    if !implementations.is_empty() {
+        const SHOW: usize = 12;
+        let more = implementations.len().saturating_sub(SHOW);
+        m.push_str(&format!(
+            " Probe an implementation instead: {}{}",
+            implementations[..implementations.len().min(SHOW)].join(", "),
+            if more > 0 {
+                format!(" (and {more} more)")
+            } else {
+                String::new()
+            }
+        ));
+    } else if stripped {
+        m.push_str(&format!(
+            " Its implementations (e.g. __{symbol}_avx2) are local symbols, and this binary is \
+             stripped of .symtab (as Debian ships libc): install its debug symbols \
+             (libc6-dbg for libc) so urec can name and probe them."
+        ));
+    } else {
+        m.push_str(" No implementation named after it was found in its symbol tables.");
+    }
+    m
+}
+
+/// A function of a binary, as [`list`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Function {
+    /// Demangled name (Rust without the hash), or the raw name for C.
+    pub name: String,
+    /// The name in the symbol table.
+    pub raw_name: String,
+    /// ELF virtual address.
+    pub vaddr: Svma,
+    /// File offset (what a uprobe attaches to).
+    pub offset: FileOffset,
+    /// Size in bytes (0 when the symbol does not say).
+    pub size: u64,
+    /// An IFUNC resolver (cannot usefully be probed).
+    pub ifunc: bool,
+    /// How the kernel handles a probe on its first instruction.
+    pub first_insn: InsnHandling,
+}
+
+impl Function {
+    /// Whether a probe here would see calls: not an IFUNC, first instruction not refused.
+    pub fn probeable(&self) -> bool {
+        !self.ifunc && self.first_insn != InsnHandling::Refused
+    }
+}
+
+/// The functions of TARGET (resolved as in specs) whose name (raw or demangled) matches `glob`
+/// (all when None), sorted by name, then address.
+pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError> {
+    let path = target::find_target(target)?;
+    let bin = elf::Binary::open(&path)?;
+    let mut out: Vec<Function> = bin
+        .functions
+        .iter()
+        .filter(|s| glob.is_none_or(|g| s.names().any(|n| glob::matches(g, n))))
+        .filter_map(|s| {
+            Some(Function {
+                name: s.display().to_string(),
+                raw_name: s.raw.clone(),
+                vaddr: Svma(s.vaddr),
+                offset: FileOffset(bin.vaddr_to_offset(s.vaddr)?),
+                size: s.size,
+                ifunc: bin.ifunc_at(s.vaddr).is_some(),
+                first_insn: insn::classify(bin.bytes_at(s.vaddr, 16)),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.name
+            .cmp(&b.name)
+            .then(a.vaddr.cmp(&b.vaddr))
+            .then_with(|| a.raw_name.cmp(&b.raw_name))
+    });
+    Ok(out)
 }

@@ -1,0 +1,361 @@
+//! Reading what probe resolution needs from an ELF file: the executable PT_LOAD segments,
+//! the function symbols of `.symtab` and `.dynsym` (demangled), the build id, and the bytes at
+//! each function's start.
+//!
+//! A stripped binary (Debian's bash, libc) has only `.dynsym`. When a separate debug file for
+//! its build id is installed (`/usr/lib/debug/.build-id/xx/rest.debug`, e.g. from `libc6-dbg`),
+//! its `.symtab` is read too: its addresses are the same ELF virtual addresses, and it names the
+//! local functions (`__strlen_avx2`) that `.dynsym` lacks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use object::{Object, ObjectSegment, ObjectSymbol, SegmentFlags, SymbolFlags, SymbolKind};
+use urec_format::BuildId;
+
+use crate::insn;
+use crate::SpecError;
+
+const PF_X: u32 = 1;
+const STT_GNU_IFUNC: u8 = 10;
+const STB_GLOBAL: u8 = 1;
+const STB_WEAK: u8 = 2;
+
+/// A loadable segment (PT_LOAD).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Segment {
+    pub vaddr: u64,
+    pub memsz: u64,
+    pub offset: u64,
+    pub filesz: u64,
+    pub exec: bool,
+}
+
+/// A function symbol.
+#[derive(Clone, Debug)]
+pub(crate) struct Sym {
+    /// The name in the symbol table (mangled for C++/Rust).
+    pub raw: String,
+    /// Demangled with parameters (C++ `ns::K::m(int)`) or without the hash (Rust); None for C.
+    pub demangled: Option<String>,
+    /// Demangled without parameters (C++ `ns::K::m`); None when equal to `demangled`.
+    pub short: Option<String>,
+    pub vaddr: u64,
+    pub size: u64,
+    pub ifunc: bool,
+    /// Global or weak binding (preferred as a display name among aliases).
+    pub global: bool,
+}
+
+impl Sym {
+    /// The name to show: demangled if mangled.
+    pub fn display(&self) -> &str {
+        self.demangled.as_deref().unwrap_or(&self.raw)
+    }
+
+    /// Every name the symbol answers to.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.raw.as_str())
+            .chain(self.demangled.as_deref())
+            .chain(self.short.as_deref())
+    }
+}
+
+/// One opened binary.
+pub(crate) struct Binary {
+    /// Canonical absolute path.
+    pub path: PathBuf,
+    pub build_id: Option<BuildId>,
+    /// It has a `.symtab` (or a debug file provided one).
+    pub has_symtab: bool,
+    pub segments: Vec<Segment>,
+    /// Function symbols in executable segments, one per (name, vaddr), sorted by vaddr.
+    pub functions: Vec<Sym>,
+    /// Fraction of functions (size > 0) opening with `[endbr64] push %rbp; mov %rsp,%rbp`.
+    pub fp_fraction: f32,
+    data: Mmap,
+}
+
+impl Binary {
+    /// Opens and indexes an ELF file.
+    pub fn open(path: &Path) -> Result<Binary, SpecError> {
+        let io = |e: std::io::Error| SpecError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only and private; a binary being rewritten while we read
+        // it could give inconsistent data, which `object` parses defensively (no UB in Rust's
+        // sense beyond what any concurrent file modification implies for mmap).
+        let data = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let not_elf = |why: String| SpecError::NotElf {
+            path: path.to_path_buf(),
+            why,
+        };
+        if !data.starts_with(b"\x7fELF") {
+            return Err(not_elf("no ELF magic".into()));
+        }
+        let obj = object::File::parse(&*data).map_err(|e| not_elf(e.to_string()))?;
+        if obj.architecture() != object::Architecture::X86_64 {
+            return Err(not_elf(format!(
+                "architecture {:?}; urec probes x86-64 code",
+                obj.architecture()
+            )));
+        }
+        let segments: Vec<Segment> = obj
+            .segments()
+            .map(|s| {
+                let exec =
+                    matches!(s.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0);
+                let (offset, filesz) = s.file_range();
+                Segment {
+                    vaddr: s.address(),
+                    memsz: s.size(),
+                    offset,
+                    filesz,
+                    exec,
+                }
+            })
+            .collect();
+        let build_id = obj.build_id().ok().flatten().map(|b| BuildId(b.to_vec()));
+        let mut has_symtab = obj.symbol_table().is_some();
+        let mut raw_syms: Vec<RawSym> = Vec::new();
+        collect(obj.symbols(), &mut raw_syms);
+        collect(obj.dynamic_symbols(), &mut raw_syms);
+        if !has_symtab {
+            if let Some(debug) = build_id.as_ref().and_then(debug_file_for) {
+                if let Ok(f) = std::fs::File::open(&debug) {
+                    // SAFETY: as above.
+                    if let Ok(ddata) = unsafe { Mmap::map(&f) } {
+                        if let Ok(dobj) = object::File::parse(&*ddata) {
+                            if dobj.symbol_table().is_some() {
+                                collect(dobj.symbols(), &mut raw_syms);
+                                has_symtab = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut bin = Binary {
+            path: path.to_path_buf(),
+            build_id,
+            has_symtab,
+            segments,
+            functions: Vec::new(),
+            fp_fraction: 0.0,
+            data,
+        };
+        bin.functions = bin.index(raw_syms);
+        bin.fp_fraction = bin.frame_pointer_fraction();
+        Ok(bin)
+    }
+
+    fn index(&self, raw: Vec<RawSym>) -> Vec<Sym> {
+        let mut seen: HashMap<(String, u64), usize> = HashMap::new();
+        let mut out: Vec<Sym> = Vec::new();
+        for r in raw {
+            if self.exec_segment(r.vaddr).is_none() {
+                continue;
+            }
+            if let Some(&i) = seen.get(&(r.name.clone(), r.vaddr)) {
+                // Same symbol in .symtab and .dynsym: keep the larger size (some .dynsym
+                // entries of versioned aliases have size 0).
+                out[i].size = out[i].size.max(r.size);
+                continue;
+            }
+            let (demangled, short) = demangle(&r.name);
+            seen.insert((r.name.clone(), r.vaddr), out.len());
+            out.push(Sym {
+                raw: r.name,
+                demangled,
+                short,
+                vaddr: r.vaddr,
+                size: r.size,
+                ifunc: r.ifunc,
+                global: r.global,
+            });
+        }
+        out.sort_by(|a, b| a.vaddr.cmp(&b.vaddr).then_with(|| a.raw.cmp(&b.raw)));
+        out
+    }
+
+    /// The executable PT_LOAD containing `vaddr` in its file-backed part.
+    fn exec_segment(&self, vaddr: u64) -> Option<&Segment> {
+        self.segments
+            .iter()
+            .find(|s| s.exec && s.vaddr <= vaddr && vaddr - s.vaddr < s.filesz.min(s.memsz))
+    }
+
+    /// Converts an ELF virtual address of code to the file offset the kernel attaches to.
+    ///
+    /// uprobes are attached by (inode, file offset), not by virtual address. The two are equal
+    /// only when the containing PT_LOAD has `p_vaddr == p_offset`, which happens to hold for
+    /// many binaries (Debian's bash, most PIE executables with the default linker script) and
+    /// not for others (non-PIE executables based at 0x400000, libraries linked with
+    /// `-z separate-code` variants, prelinked or custom-scripted files). Tools that use the
+    /// symbol value directly, or subtract a guessed base, attach to the wrong instruction —
+    /// silently, and possibly in the middle of one, corrupting the traced program. The only
+    /// correct mapping is through the program header of the executable segment that contains
+    /// the address: `offset = vaddr - p_vaddr + p_offset`.
+    pub fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
+        self.exec_segment(vaddr).map(|s| vaddr - s.vaddr + s.offset)
+    }
+
+    /// Up to `n` bytes of code at `vaddr` (empty if not in the file).
+    pub fn bytes_at(&self, vaddr: u64, n: usize) -> &[u8] {
+        let Some(seg) = self.exec_segment(vaddr) else {
+            return &[];
+        };
+        let off = (vaddr - seg.vaddr + seg.offset) as usize;
+        let seg_end = (seg.offset + seg.filesz.min(seg.memsz)) as usize;
+        let end = off.saturating_add(n).min(seg_end).min(self.data.len());
+        self.data.get(off..end).unwrap_or(&[])
+    }
+
+    /// The IFUNC symbol at `vaddr`, if any. Other names at that address (`strlen_ifunc`) are
+    /// the same resolver.
+    pub fn ifunc_at(&self, vaddr: u64) -> Option<&Sym> {
+        self.functions.iter().find(|s| s.ifunc && s.vaddr == vaddr)
+    }
+
+    /// The function whose `[vaddr, vaddr + size)` contains `addr` (a start wins over a body).
+    pub fn function_at(&self, addr: u64) -> Option<&Sym> {
+        if let Some(s) = self.functions.iter().find(|s| s.vaddr == addr) {
+            return Some(s);
+        }
+        self.functions
+            .iter()
+            .filter(|s| s.vaddr < addr && addr - s.vaddr < s.size)
+            .max_by_key(|s| s.vaddr)
+    }
+
+    fn frame_pointer_fraction(&self) -> f32 {
+        let mut starts: Vec<u64> = self
+            .functions
+            .iter()
+            .filter(|s| s.size > 0 && !s.ifunc)
+            .map(|s| s.vaddr)
+            .collect();
+        starts.dedup();
+        if starts.is_empty() {
+            return 0.0;
+        }
+        let with = starts
+            .iter()
+            .filter(|&&v| insn::has_frame_pointer_prologue(self.bytes_at(v, 8)))
+            .count();
+        with as f32 / starts.len() as f32
+    }
+}
+
+struct RawSym {
+    name: String,
+    vaddr: u64,
+    size: u64,
+    ifunc: bool,
+    global: bool,
+}
+
+fn collect<'data, S: ObjectSymbol<'data>>(syms: impl Iterator<Item = S>, out: &mut Vec<RawSym>) {
+    for s in syms {
+        if s.kind() != SymbolKind::Text || s.is_undefined() || s.address() == 0 {
+            continue;
+        }
+        let Ok(name) = s.name() else { continue };
+        if name.is_empty() {
+            continue;
+        }
+        let (ifunc, global) = match s.flags() {
+            SymbolFlags::Elf { st_info, .. } => (
+                st_info.st_type().0 == STT_GNU_IFUNC,
+                matches!(st_info.st_bind().0, STB_GLOBAL | STB_WEAK),
+            ),
+            _ => (false, s.is_global()),
+        };
+        // Versioned .dynsym names come without the `@VERSION` suffix from `object`.
+        out.push(RawSym {
+            name: name.to_string(),
+            vaddr: s.address(),
+            size: s.size(),
+            ifunc,
+            global,
+        });
+    }
+}
+
+/// `/usr/lib/debug/.build-id/xx/rest.debug`, if it exists.
+fn debug_file_for(build_id: &BuildId) -> Option<PathBuf> {
+    let hex = build_id.to_string();
+    if hex.len() < 3 {
+        return None;
+    }
+    let p = PathBuf::from(format!(
+        "/usr/lib/debug/.build-id/{}/{}.debug",
+        &hex[..2],
+        &hex[2..]
+    ));
+    p.is_file().then_some(p)
+}
+
+/// Demangles a symbol name: (full, without parameters). Rust names lose their `::h<hash>`
+/// suffix (matching how users write them); C++ names keep their parameter list in the full
+/// form, which is how overloads are told apart.
+pub(crate) fn demangle(raw: &str) -> (Option<String>, Option<String>) {
+    let is_rust_legacy = raw.starts_with("_ZN") && has_rust_hash(raw);
+    if raw.starts_with("_R") || is_rust_legacy {
+        if let Ok(d) = rustc_demangle::try_demangle(raw) {
+            return (Some(format!("{d:#}")), None);
+        }
+    }
+    if raw.starts_with("_Z") {
+        if let Ok(sym) = cpp_demangle::Symbol::new(raw.as_bytes()) {
+            let full = sym.demangle().ok();
+            let short = sym
+                .demangle_with_options(&cpp_demangle::DemangleOptions::new().no_params())
+                .ok();
+            let short = match (&full, short) {
+                (Some(f), Some(s)) if *f != s => Some(s),
+                _ => None,
+            };
+            return (full, short);
+        }
+    }
+    (None, None)
+}
+
+/// A Rust legacy mangled name ends in `17h<16 hex digits>E`.
+fn has_rust_hash(raw: &str) -> bool {
+    let Some(body) = raw.strip_suffix('E') else {
+        return false;
+    };
+    body.len() > 19
+        && body.is_char_boundary(body.len() - 19)
+        && body[body.len() - 19..].starts_with("17h")
+        && body[body.len() - 16..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangling() {
+        assert_eq!(
+            demangle("_ZN2ns5Klass6methodEi"),
+            (
+                Some("ns::Klass::method(int)".into()),
+                Some("ns::Klass::method".into())
+            )
+        );
+        assert_eq!(
+            demangle("_ZN7mycrate6module8function17h0123456789abcdefE"),
+            (Some("mycrate::module::function".into()), None)
+        );
+        assert_eq!(demangle("readline"), (None, None));
+        assert_eq!(demangle("_Zgarbage"), (None, None));
+    }
+}

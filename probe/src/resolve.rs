@@ -1,0 +1,542 @@
+//! Resolving parsed specs to probes: (binary, file offset), kind, args.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use urec_format::{FileOffset, Probe, ProbeKind, StackMode, Svma};
+
+use crate::elf::{Binary, Sym};
+use crate::spec::{Fetch, FunctionSpec, ProbeSpec};
+use crate::{glob, insn, target, InsnHandling, SpecError};
+
+/// A glob matching more functions than this needs [`ResolveOptions::force`]: attaching
+/// thousands of probes by accident is slow to set up and slows the traced programs down.
+pub const GLOB_LIMIT: usize = 1000;
+
+/// A binary "keeps frame pointers" when at least this fraction of its functions open with
+/// `push %rbp; mov %rsp,%rbp`. Built with `-fno-omit-frame-pointer` nearly all do (only
+/// hand-written assembly and a few tail-call stubs don't); built without, almost none do.
+pub const FRAME_POINTER_THRESHOLD: f32 = 0.5;
+
+/// Options of [`resolve`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResolveOptions {
+    /// Allow a glob to match more than [`GLOB_LIMIT`] functions.
+    pub force: bool,
+}
+
+/// A probe ready to attach.
+#[derive(Clone, Debug)]
+pub struct ResolvedProbe {
+    /// The probe as the data file records it: id (in order from 0), name, every spec text that
+    /// resolved here, canonical binary path, build id, symbol, vaddr, file offset, kind, args.
+    /// `stack_mode` is left as [`StackMode::FramePointer`] for the recorder to set.
+    pub probe: Probe,
+    /// The parsed fetch of each arg, parallel to `probe.args` (whose `at_return` and `ty` say
+    /// when and how to fetch it). Use [`Fetch::lowered`] to get registers and stack slots.
+    pub fetches: Vec<Fetch>,
+    /// Size of the probed function in bytes (0 when unknown).
+    pub size: u64,
+    /// How the kernel handles the probed instruction; [`InsnHandling::SingleStepped`] costs
+    /// about 10× per hit, worth a warning.
+    pub first_insn: InsnHandling,
+    /// The probed function starts with `[endbr64] push %rbp`: the kernel's frame-pointer stack
+    /// at entry already contains the immediate caller. Otherwise the recorder must add the
+    /// return address at `[sp]` itself. False for probes inside a function.
+    pub starts_with_push_rbp: bool,
+    /// The binary as a whole seems built with frame pointers (see [`FRAME_POINTER_THRESHOLD`]).
+    pub binary_keeps_frame_pointers: bool,
+}
+
+/// What [`resolve`] produced.
+#[derive(Clone, Debug, Default)]
+pub struct Resolution {
+    /// One probe per (binary, file offset), ids 0, 1, 2... in order of first appearance.
+    pub probes: Vec<ResolvedProbe>,
+    /// Things the user should know that are not errors (IFUNCs a glob skipped).
+    pub warnings: Vec<String>,
+}
+
+/// One match of a spec in a binary, before merging.
+struct Location {
+    vaddr: u64,
+    symbol: String,
+    size: u64,
+    at_start: bool,
+    name: String,
+}
+
+/// Resolves specs to probes. Fails on the first spec that cannot be used, naming it; nothing
+/// is attached here, so a failure leaves no trace.
+pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution, SpecError> {
+    let mut paths: HashMap<String, PathBuf> = HashMap::new();
+    let mut binaries: HashMap<PathBuf, Binary> = HashMap::new();
+    let mut out = Resolution::default();
+    let mut index: BTreeMap<(PathBuf, u64), usize> = BTreeMap::new();
+
+    for spec in specs {
+        let path = match paths.get(&spec.target) {
+            Some(p) => p.clone(),
+            None => {
+                let p = target::find_target(&spec.target)?;
+                paths.insert(spec.target.clone(), p.clone());
+                p
+            }
+        };
+        if !binaries.contains_key(&path) {
+            let b = Binary::open(&path)?;
+            binaries.insert(path.clone(), b);
+        }
+        let Some(bin) = binaries.get(&path) else {
+            continue;
+        };
+        let locations = locate(spec, bin, opts, &mut out.warnings)?;
+        for loc in locations {
+            add_location(spec, bin, loc, &mut out.probes, &mut index)?;
+        }
+    }
+    Ok(out)
+}
+
+fn add_location(
+    spec: &ProbeSpec,
+    bin: &Binary,
+    loc: Location,
+    probes: &mut Vec<ResolvedProbe>,
+    index: &mut BTreeMap<(PathBuf, u64), usize>,
+) -> Result<(), SpecError> {
+    let not_probeable = |why: String| SpecError::NotProbeable {
+        spec: spec.text.clone(),
+        why,
+    };
+    let offset = bin.vaddr_to_offset(loc.vaddr).ok_or_else(|| {
+        not_probeable(format!(
+            "{:#x} is not in an executable segment of {}",
+            loc.vaddr,
+            bin.path.display()
+        ))
+    })?;
+    let kind =
+        match (loc.at_start, spec.return_only) {
+            (true, true) => ProbeKind::Return,
+            (true, false) => ProbeKind::EntryReturn,
+            (false, true) => {
+                return Err(not_probeable(format!(
+                "%return needs a function's first instruction, and {} is not one (inside {}, or \
+                 a .cold part reached by a jump): a return probe there would overwrite whatever \
+                 is at [sp] and corrupt the program",
+                loc.name,
+                if loc.symbol.is_empty() { "a function" } else { &loc.symbol }
+            )))
+            }
+            (false, false) => ProbeKind::Entry,
+        };
+    let mut args = Vec::new();
+    let mut fetches = Vec::new();
+    for arg in &spec.args {
+        let bad = |why: String| SpecError::BadArg {
+            spec: spec.text.clone(),
+            arg: arg.fetch_text.clone(),
+            why,
+        };
+        if !loc.at_start && arg.fetch.uses_retval() {
+            return Err(bad(format!(
+                "$retval needs a return probe, and {} is not a function's first instruction",
+                loc.name
+            )));
+        }
+        if !loc.at_start && arg.fetch.uses_abi_arg() {
+            return Err(bad(format!(
+                "ABI arguments are only where the ABI puts them at a function's first \
+                 instruction, and {} is inside the function; use registers (%di, %si, ...) instead",
+                loc.name
+            )));
+        }
+        if spec.return_only && arg.fetch.uses_abi_arg() {
+            return Err(bad(
+                "ABI arguments are gone by the time the function returns; drop %return to \
+                 fetch them at entry (the return is probed too)"
+                    .into(),
+            ));
+        }
+        let at_return = spec.return_only || arg.uses_retval();
+        args.push(arg.to_format(at_return));
+        fetches.push(arg.fetch.clone());
+    }
+
+    let key = (bin.path.clone(), offset);
+    if let Some(&i) = index.get(&key) {
+        let existing = &mut probes[i];
+        if !existing.probe.specs.contains(&spec.text) {
+            existing.probe.specs.push(spec.text.clone());
+        }
+        existing.probe.kind = merge_kind(existing.probe.kind, kind);
+        for (a, f) in args.into_iter().zip(fetches) {
+            if !existing.probe.args.contains(&a) {
+                existing.probe.args.push(a);
+                existing.fetches.push(f);
+            }
+        }
+        return Ok(());
+    }
+    let bytes = bin.bytes_at(loc.vaddr, 16);
+    let id = probes.len() as u32;
+    index.insert(key, probes.len());
+    probes.push(ResolvedProbe {
+        probe: Probe {
+            id,
+            name: format!("{}:{}", spec.target, loc.name),
+            specs: vec![spec.text.clone()],
+            binary: bin.path.to_string_lossy().into_owned(),
+            build_id: bin.build_id.clone(),
+            symbol: loc.symbol,
+            vaddr: Svma(loc.vaddr),
+            offset: FileOffset(offset),
+            kind,
+            stack_mode: StackMode::FramePointer,
+            args,
+        },
+        fetches,
+        size: loc.size,
+        first_insn: insn::classify(bytes),
+        starts_with_push_rbp: loc.at_start && insn::starts_with_push_rbp(bytes),
+        binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
+    });
+    Ok(())
+}
+
+fn merge_kind(a: ProbeKind, b: ProbeKind) -> ProbeKind {
+    if a == b {
+        a
+    } else {
+        ProbeKind::EntryReturn
+    }
+}
+
+/// Compares demangled names ignoring whitespace (`f(int, char)` vs `f(int,char)`).
+fn same_name(a: &str, b: &str) -> bool {
+    let mut x = a.chars().filter(|c| !c.is_whitespace());
+    let mut y = b.chars().filter(|c| !c.is_whitespace());
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(p), Some(q)) if p == q => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Functions named `name` (raw, demangled or demangled without parameters), grouped by
+/// address. Raw-name matches take precedence over demangled ones.
+fn find_symbol<'b>(bin: &'b Binary, name: &str) -> Vec<&'b Sym> {
+    let raw: Vec<&Sym> = bin.functions.iter().filter(|s| s.raw == name).collect();
+    if !raw.is_empty() {
+        return raw;
+    }
+    let full: Vec<&Sym> = bin
+        .functions
+        .iter()
+        .filter(|s| s.demangled.as_deref().is_some_and(|d| same_name(d, name)))
+        .collect();
+    if !full.is_empty() {
+        return full;
+    }
+    bin.functions
+        .iter()
+        .filter(|s| s.short.as_deref().is_some_and(|d| same_name(d, name)))
+        .collect()
+}
+
+/// Resolves a single symbol name to one function, refusing IFUNCs and ambiguity.
+fn one_symbol<'b>(spec: &ProbeSpec, bin: &'b Binary, name: &str) -> Result<&'b Sym, SpecError> {
+    let found = find_symbol(bin, name);
+    if found.is_empty() {
+        return Err(SpecError::SymbolNotFound {
+            spec: spec.text.clone(),
+            symbol: name.to_string(),
+            binary: bin.path.clone(),
+            suggestions: suggest(bin, name),
+            stripped: !bin.has_symtab,
+        });
+    }
+    if let Some(s) = found.iter().find_map(|s| bin.ifunc_at(s.vaddr)) {
+        return Err(ifunc_error(spec, bin, s));
+    }
+    let mut addrs: Vec<u64> = found.iter().map(|s| s.vaddr).collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    if addrs.len() > 1 {
+        let mut candidates: Vec<String> = found
+            .iter()
+            .map(|s| format!("{} at {:#x}", s.display(), s.vaddr))
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        return Err(SpecError::Ambiguous {
+            spec: spec.text.clone(),
+            symbol: name.to_string(),
+            candidates,
+        });
+    }
+    Ok(found[0])
+}
+
+fn ifunc_error(spec: &ProbeSpec, bin: &Binary, ifunc: &Sym) -> SpecError {
+    // Name it by its plainest alias (`strlen`, not `__GI_strlen`).
+    let name = bin
+        .functions
+        .iter()
+        .filter(|s| s.vaddr == ifunc.vaddr && s.ifunc)
+        .min_by_key(|s| alias_rank(s))
+        .unwrap_or(ifunc);
+    SpecError::Ifunc {
+        spec: spec.text.clone(),
+        symbol: name.display().to_string(),
+        binary: bin.path.clone(),
+        implementations: ifunc_implementations(bin, name),
+        stripped: !bin.has_symtab,
+    }
+}
+
+/// Functions whose name contains the IFUNC's name (`__strlen_avx2` for `strlen`): the
+/// implementations the resolver picks from, which can be probed instead.
+fn ifunc_implementations(bin: &Binary, ifunc: &Sym) -> Vec<String> {
+    let name = ifunc.raw.as_str();
+    let mut names: Vec<String> = bin
+        .functions
+        .iter()
+        .filter(|s| {
+            s.raw.contains(name)
+                && s.vaddr != ifunc.vaddr
+                && bin.ifunc_at(s.vaddr).is_none()
+                && !is_cold_part(&s.raw)
+        })
+        .map(|s| s.raw.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Up to 5 function names close to `name`: by edit distance, or containing it.
+fn suggest(bin: &Binary, name: &str) -> Vec<String> {
+    let mut names: Vec<&str> = bin.functions.iter().map(|s| s.display()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let limit = (name.chars().count() / 3).max(2);
+    let mut scored: Vec<(usize, &str)> = names
+        .into_iter()
+        .filter_map(|n| {
+            let d = edit_distance(name, n);
+            if d <= limit {
+                Some((d, n))
+            } else if n.contains(name) || (name.len() >= 4 && name.contains(n) && n.len() >= 4) {
+                Some((limit + 1 + n.len().abs_diff(name.len()), n))
+            } else {
+                None
+            }
+        })
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(5)
+        .map(|(_, n)| n.to_string())
+        .collect()
+}
+
+/// Levenshtein distance over chars.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+/// GCC's `foo.cold` / `foo.cold.3` symbols are the unlikely parts of `foo`, split off and
+/// reached by a jump, never by a call: `[sp]` there is not a return address, so a return probe
+/// would corrupt the program. They are entry-only and skipped by globs.
+pub(crate) fn is_cold_part(raw: &str) -> bool {
+    raw.ends_with(".cold") || raw.contains(".cold.")
+}
+
+/// Preference among aliases at one address, for the display name: global binding, fewer
+/// leading underscores, shorter, then alphabetical (`malloc` over `__libc_malloc`).
+fn alias_rank(s: &Sym) -> (bool, usize, usize, String) {
+    let d = s.display();
+    (
+        !s.global,
+        d.len() - d.trim_start_matches('_').len(),
+        d.len(),
+        d.to_string(),
+    )
+}
+
+fn locate(
+    spec: &ProbeSpec,
+    bin: &Binary,
+    opts: &ResolveOptions,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Location>, SpecError> {
+    match &spec.function {
+        FunctionSpec::Symbol(name) => {
+            let s = one_symbol(spec, bin, name)?;
+            Ok(vec![Location {
+                vaddr: s.vaddr,
+                symbol: s.display().to_string(),
+                size: s.size,
+                at_start: !is_cold_part(&s.raw),
+                name: name.clone(),
+            }])
+        }
+        FunctionSpec::Glob(pattern) => {
+            // An exact name wins (`operator[]` is a name, not a class).
+            if !find_symbol(bin, pattern).is_empty() {
+                let s = one_symbol(spec, bin, pattern)?;
+                return Ok(vec![Location {
+                    vaddr: s.vaddr,
+                    symbol: s.display().to_string(),
+                    size: s.size,
+                    at_start: !is_cold_part(&s.raw),
+                    name: pattern.clone(),
+                }]);
+            }
+            let mut by_addr: BTreeMap<u64, Vec<&Sym>> = BTreeMap::new();
+            let mut skipped_ifuncs: Vec<&Sym> = Vec::new();
+            for s in &bin.functions {
+                if is_cold_part(&s.raw) {
+                    continue;
+                }
+                if s.names().any(|n| glob::matches(pattern, n)) {
+                    if s.ifunc {
+                        skipped_ifuncs.push(s);
+                    } else {
+                        by_addr.entry(s.vaddr).or_default().push(s);
+                    }
+                }
+            }
+            // An address that is also an IFUNC's (an alias of the resolver) is the resolver.
+            by_addr.retain(|a, _| bin.ifunc_at(*a).is_none());
+            if !skipped_ifuncs.is_empty() {
+                let mut names: Vec<String> = skipped_ifuncs
+                    .iter()
+                    .map(|s| s.display().to_string())
+                    .collect();
+                names.sort();
+                names.dedup();
+                warnings.push(format!(
+                    "{}: skipped {} IFUNC symbol{} ({}): their address is the resolver, not the \
+                     function; probe an implementation instead (see `urec list {} '*{}*'`)",
+                    spec.text,
+                    names.len(),
+                    if names.len() == 1 { "" } else { "s" },
+                    names.join(", "),
+                    spec.target,
+                    names[0],
+                ));
+            }
+            if by_addr.is_empty() {
+                return Err(SpecError::GlobNoMatch {
+                    spec: spec.text.clone(),
+                    pattern: pattern.clone(),
+                    binary: bin.path.clone(),
+                });
+            }
+            if by_addr.len() > GLOB_LIMIT && !opts.force {
+                return Err(SpecError::TooManyMatches {
+                    spec: spec.text.clone(),
+                    count: by_addr.len(),
+                    limit: GLOB_LIMIT,
+                });
+            }
+            Ok(by_addr
+                .into_iter()
+                .filter_map(|(vaddr, mut syms)| {
+                    syms.sort_by_key(|s| alias_rank(s));
+                    let s = syms.first()?;
+                    let size = syms.iter().map(|s| s.size).max().unwrap_or(0);
+                    Some(Location {
+                        vaddr,
+                        symbol: s.display().to_string(),
+                        size,
+                        at_start: true,
+                        name: s.display().to_string(),
+                    })
+                })
+                .collect())
+        }
+        FunctionSpec::SymbolOffset { symbol, offset } => {
+            let s = one_symbol(spec, bin, symbol)?;
+            if s.size > 0 && *offset >= s.size {
+                return Err(SpecError::NotProbeable {
+                    spec: spec.text.clone(),
+                    why: format!(
+                        "offset {offset:#x} is beyond {} ({} bytes)",
+                        s.display(),
+                        s.size
+                    ),
+                });
+            }
+            let vaddr = s
+                .vaddr
+                .checked_add(*offset)
+                .ok_or_else(|| SpecError::NotProbeable {
+                    spec: spec.text.clone(),
+                    why: "address overflows".into(),
+                })?;
+            Ok(vec![Location {
+                vaddr,
+                symbol: s.display().to_string(),
+                size: s.size,
+                at_start: *offset == 0 && !is_cold_part(&s.raw),
+                name: spec.function.to_string(),
+            }])
+        }
+        FunctionSpec::Address(addr) => {
+            if bin.vaddr_to_offset(*addr).is_none() {
+                return Err(SpecError::NotProbeable {
+                    spec: spec.text.clone(),
+                    why: format!(
+                        "{addr:#x} is not in an executable segment of {} (the address is an ELF \
+                         virtual address, as `readelf -s` shows, not a file offset)",
+                        bin.path.display()
+                    ),
+                });
+            }
+            let func = bin.function_at(*addr);
+            if let Some(s) = bin.ifunc_at(*addr) {
+                return Err(ifunc_error(spec, bin, s));
+            }
+            Ok(vec![Location {
+                vaddr: *addr,
+                symbol: func.map(|s| s.display().to_string()).unwrap_or_default(),
+                size: func.map(|s| s.size).unwrap_or(0),
+                at_start: func.is_some_and(|s| s.vaddr == *addr && !is_cold_part(&s.raw)),
+                name: spec.function.to_string(),
+            }])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distances() {
+        assert_eq!(edit_distance("readline", "readline"), 0);
+        assert_eq!(edit_distance("redline", "readline"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert!(same_name("f(int, char)", "f(int,char)"));
+        assert!(!same_name("f(int)", "f(long)"));
+    }
+}

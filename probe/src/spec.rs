@@ -1,0 +1,889 @@
+//! Parsing probe specs: `TARGET:FUNCTION[%return] [ARG ...]`.
+//!
+//! Parsing is purely textual: nothing here opens a file. Whether the target exists, whether the
+//! function is a symbol, and whether an argument makes sense at the resolved location (`$retval`
+//! inside a function body, say) is decided by [`crate::resolve`].
+//!
+//! Arguments follow the kernel's uprobe_events fetch-arg syntax
+//! (Documentation/trace/uprobetracer.rst) so that what users know from tracefs and `perf probe`
+//! carries over, plus `argN` / `$argN` (the x86-64 SysV ABI argument N, 1-based) which tracefs
+//! offers only for kprobes/fprobes. A fetch is parsed into a small tree ([`Fetch`]) that the
+//! recorder compiles into the flat per-probe table its BPF program interprets.
+
+use std::fmt;
+
+use urec_format::ArgType;
+
+use crate::SpecError;
+
+/// How deep `+OFF(...)` dereferences may nest. The BPF side walks the chain in a bounded loop;
+/// the kernel's own fetch-arg parser has a similar limit.
+pub const MAX_DEREF_DEPTH: usize = 8;
+
+/// A parsed probe spec (`-e` argument). Built by [`parse`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// The whole spec as the user wrote it.
+    pub text: String,
+    /// TARGET as written: a path, a program name, or a library short name.
+    pub target: String,
+    /// FUNCTION, classified.
+    pub function: FunctionSpec,
+    /// `%return` was given: a return probe only.
+    pub return_only: bool,
+    /// The ARGs, in order.
+    pub args: Vec<Arg>,
+}
+
+impl ProbeSpec {
+    /// The probe's display name: `TARGET:FUNCTION` as written, without `%return` and args
+    /// (`bash:readline`).
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.target, self.function)
+    }
+}
+
+/// What FUNCTION names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FunctionSpec {
+    /// A symbol name, mangled or demangled (`readline`, `ns::K::m(int)`, `mycrate::f`).
+    Symbol(String),
+    /// A glob over symbol names (`str*`, `ns::K::*`); contains `*`, `?` or `[`. An exact symbol
+    /// of the same name wins over the glob meaning (so `operator[]` still works).
+    Glob(String),
+    /// `SYMBOL+0xOFF`: an offset into a function.
+    SymbolOffset {
+        /// The symbol.
+        symbol: String,
+        /// Bytes from its start.
+        offset: u64,
+    },
+    /// `0xADDR`: an ELF virtual address (as `readelf -s` shows, not a file offset).
+    Address(u64),
+}
+
+impl fmt::Display for FunctionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FunctionSpec::Symbol(s) | FunctionSpec::Glob(s) => f.write_str(s),
+            FunctionSpec::SymbolOffset { symbol, offset } => write!(f, "{symbol}+{offset:#x}"),
+            FunctionSpec::Address(a) => write!(f, "{a:#x}"),
+        }
+    }
+}
+
+/// One ARG of a spec: `[NAME=]FETCH[:TYPE]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arg {
+    /// NAME, or the FETCH text when none was given.
+    pub name: String,
+    /// The FETCH text as written (`+0($retval)`).
+    pub fetch_text: String,
+    /// The parsed FETCH.
+    pub fetch: Fetch,
+    /// TYPE (default `x64`; `string` for `$comm`).
+    pub ty: ArgType,
+}
+
+impl Arg {
+    /// True when the value must be fetched at return: it uses `$retval`. (On a `%return` probe
+    /// every arg is fetched at return; see [`crate::ResolvedProbe`].)
+    pub fn uses_retval(&self) -> bool {
+        self.fetch.uses_retval()
+    }
+
+    /// The format crate's view of this arg, for the data file.
+    pub fn to_format(&self, at_return: bool) -> urec_format::ArgSpec {
+        urec_format::ArgSpec {
+            name: self.name.clone(),
+            fetch: self.fetch_text.clone(),
+            ty: self.ty,
+            at_return,
+        }
+    }
+}
+
+/// A fetch expression: where a value comes from. Leaves are registers, the stack, immediates
+/// and addresses; [`Fetch::Deref`] reads user memory at `inner + offset`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetch {
+    /// `%REG`: a register from the probe's `pt_regs`.
+    Reg(Reg),
+    /// `argN` / `$argN`: ABI argument N (1-based), valid at function entry only. See
+    /// [`Fetch::lowered`] for where it lives.
+    Arg(u32),
+    /// `$retval`: the return value (`%ax`), return probes only.
+    Retval,
+    /// `$comm`: the current task's command name.
+    Comm,
+    /// `$stack`: the stack pointer.
+    StackPointer,
+    /// `$stackN`: the N-th 8-byte word on the stack, `*(u64 *)(sp + 8 * N)`.
+    StackSlot(u32),
+    /// `@ADDR`: the 8-byte word at a user address.
+    Memory(u64),
+    /// `@+OFFSET`: the word at this file offset of the probed binary, rebased per process
+    /// (a global variable).
+    FileOffset(u64),
+    /// `\IMM`: an immediate value.
+    Immediate(u64),
+    /// `+OFF(FETCH)` / `-OFF(FETCH)`: the word at user address `inner + offset`.
+    Deref {
+        /// Signed byte offset added to the inner value.
+        offset: i64,
+        /// What gives the base address.
+        inner: Box<Fetch>,
+    },
+}
+
+impl Fetch {
+    /// True if `$retval` appears anywhere in the tree.
+    pub fn uses_retval(&self) -> bool {
+        match self {
+            Fetch::Retval => true,
+            Fetch::Deref { inner, .. } => inner.uses_retval(),
+            _ => false,
+        }
+    }
+
+    /// True if an ABI `argN` appears anywhere in the tree.
+    pub fn uses_abi_arg(&self) -> bool {
+        match self {
+            Fetch::Arg(_) => true,
+            Fetch::Deref { inner, .. } => inner.uses_abi_arg(),
+            _ => false,
+        }
+    }
+
+    /// The same fetch with ABI arguments and `$retval` replaced by where they live on x86-64
+    /// (System V ABI, integer/pointer class): args 1–6 in `%di %si %dx %cx %r8 %r9`, arg 7 on
+    /// at function entry at `$stack1` (the return address is `$stack0`), arg 8 at `$stack2`...;
+    /// `$retval` in `%ax`. The recorder only has to handle registers, stack slots, memory,
+    /// immediates and dereferences.
+    pub fn lowered(&self) -> Fetch {
+        match self {
+            Fetch::Arg(n) => match n {
+                1 => Fetch::Reg(Reg::Di),
+                2 => Fetch::Reg(Reg::Si),
+                3 => Fetch::Reg(Reg::Dx),
+                4 => Fetch::Reg(Reg::Cx),
+                5 => Fetch::Reg(Reg::R8),
+                6 => Fetch::Reg(Reg::R9),
+                n => Fetch::StackSlot(n - 6),
+            },
+            Fetch::Retval => Fetch::Reg(Reg::Ax),
+            Fetch::Deref { offset, inner } => Fetch::Deref {
+                offset: *offset,
+                inner: Box::new(inner.lowered()),
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Number of nested dereferences.
+    pub fn depth(&self) -> usize {
+        match self {
+            Fetch::Deref { inner, .. } => 1 + inner.depth(),
+            _ => 0,
+        }
+    }
+}
+
+/// An x86-64 register as `struct pt_regs` holds it, by the kernel's fetch-arg names
+/// (`%di`, `%ax`, `%r8`, `%ip`, `%sp`, `%flags`...). The `r`-prefixed names (`%rdi`) are accepted
+/// as aliases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Reg {
+    R15,
+    R14,
+    R13,
+    R12,
+    Bp,
+    Bx,
+    R11,
+    R10,
+    R9,
+    R8,
+    Ax,
+    Cx,
+    Dx,
+    Si,
+    Di,
+    OrigAx,
+    Ip,
+    Cs,
+    Flags,
+    Sp,
+    Ss,
+}
+
+impl Reg {
+    const ALL: [Reg; 21] = [
+        Reg::R15,
+        Reg::R14,
+        Reg::R13,
+        Reg::R12,
+        Reg::Bp,
+        Reg::Bx,
+        Reg::R11,
+        Reg::R10,
+        Reg::R9,
+        Reg::R8,
+        Reg::Ax,
+        Reg::Cx,
+        Reg::Dx,
+        Reg::Si,
+        Reg::Di,
+        Reg::OrigAx,
+        Reg::Ip,
+        Reg::Cs,
+        Reg::Flags,
+        Reg::Sp,
+        Reg::Ss,
+    ];
+
+    /// The kernel's name (without `%`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reg::R15 => "r15",
+            Reg::R14 => "r14",
+            Reg::R13 => "r13",
+            Reg::R12 => "r12",
+            Reg::Bp => "bp",
+            Reg::Bx => "bx",
+            Reg::R11 => "r11",
+            Reg::R10 => "r10",
+            Reg::R9 => "r9",
+            Reg::R8 => "r8",
+            Reg::Ax => "ax",
+            Reg::Cx => "cx",
+            Reg::Dx => "dx",
+            Reg::Si => "si",
+            Reg::Di => "di",
+            Reg::OrigAx => "orig_ax",
+            Reg::Ip => "ip",
+            Reg::Cs => "cs",
+            Reg::Flags => "flags",
+            Reg::Sp => "sp",
+            Reg::Ss => "ss",
+        }
+    }
+
+    /// Byte offset of the register in x86-64 `struct pt_regs` (what a BPF program reads).
+    pub fn pt_regs_offset(self) -> usize {
+        // The declaration order above is pt_regs' field order; every field is 8 bytes.
+        Reg::ALL.iter().position(|r| *r == self).unwrap_or(0) * 8
+    }
+
+    /// Parses a register name without `%`: kernel names and `r`-prefixed aliases.
+    pub fn from_name(name: &str) -> Option<Reg> {
+        let canonical = match name {
+            "rax" | "eax" => "ax",
+            "rbx" => "bx",
+            "rcx" => "cx",
+            "rdx" => "dx",
+            "rsi" => "si",
+            "rdi" => "di",
+            "rbp" => "bp",
+            "rsp" => "sp",
+            "rip" => "ip",
+            "eflags" | "rflags" => "flags",
+            other => other,
+        };
+        Reg::ALL.iter().copied().find(|r| r.name() == canonical)
+    }
+}
+
+/// Parses one probe spec. See the crate docs and SPEC.md ("Probe spec") for the grammar.
+pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
+    let syntax = |why: String| SpecError::Syntax {
+        spec: spec.to_string(),
+        why,
+    };
+    let text = spec.trim();
+    if text.is_empty() {
+        return Err(syntax("empty spec; expected TARGET:FUNCTION".into()));
+    }
+    let colon = find_target_colon(text).ok_or_else(|| {
+        syntax(
+            "no ':' between TARGET and FUNCTION (expected TARGET:FUNCTION, e.g. bash:readline)"
+                .into(),
+        )
+    })?;
+    let target = &text[..colon];
+    if target.is_empty() {
+        return Err(syntax("empty TARGET before ':'".into()));
+    }
+    let rest = &text[colon + 1..];
+    let (func_token, args_text) = split_function(rest).map_err(syntax)?;
+    let (func_text, return_only) = match func_token.strip_suffix("%return") {
+        Some(f) => (f, true),
+        None => (func_token.as_str(), false),
+    };
+    let func_text = unquote(func_text).map_err(syntax)?;
+    if func_text.is_empty() {
+        return Err(syntax("empty FUNCTION after ':'".into()));
+    }
+    if let Some(pos) = func_text.find('%') {
+        return Err(syntax(format!(
+            "unknown suffix {:?} after the function (only %return is supported)",
+            &func_text[pos..]
+        )));
+    }
+    let function = classify_function(&func_text).map_err(syntax)?;
+    let mut args = Vec::new();
+    for word in args_text.split_whitespace() {
+        args.push(parse_arg(word).map_err(|why| SpecError::BadArg {
+            spec: spec.to_string(),
+            arg: word.to_string(),
+            why,
+        })?);
+    }
+    Ok(ProbeSpec {
+        text: spec.to_string(),
+        target: target.to_string(),
+        function,
+        return_only,
+        args,
+    })
+}
+
+/// Index of the first `:` that is not part of `::`.
+fn find_target_colon(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b':' {
+            if bytes.get(i + 1) == Some(&b':') {
+                i += 2;
+                continue;
+            }
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Splits `FUNCTION[%return] ARGS...` at the first whitespace outside `()`, `<>` and `'...'`.
+fn split_function(rest: &str) -> Result<(String, &str), String> {
+    let mut depth_paren = 0i32;
+    let mut depth_angle = 0i32;
+    let mut quoted = false;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            _ if quoted => {}
+            '(' => depth_paren += 1,
+            ')' => depth_paren -= 1,
+            '<' => depth_angle += 1,
+            '>' => depth_angle -= 1,
+            c if c.is_whitespace() && depth_paren <= 0 && depth_angle <= 0 => {
+                return Ok((rest[..i].to_string(), &rest[i..]));
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return Err("unterminated quote in FUNCTION".into());
+    }
+    if depth_paren != 0 {
+        return Err("unbalanced parentheses in FUNCTION (quote it with '...' if needed)".into());
+    }
+    if depth_angle != 0 {
+        return Err("unbalanced <> in FUNCTION (quote it with '...' if needed)".into());
+    }
+    Ok((rest.to_string(), ""))
+}
+
+/// Removes one pair of surrounding single quotes (`'ns::f(int, char)'`).
+fn unquote(text: &str) -> Result<String, String> {
+    if let Some(inner) = text.strip_prefix('\'') {
+        match inner.strip_suffix('\'') {
+            Some(s) if !s.contains('\'') => Ok(s.to_string()),
+            _ => Err(format!("bad quoting in FUNCTION {text:?}")),
+        }
+    } else if text.contains('\'') {
+        Err(format!(
+            "quote in the middle of FUNCTION {text:?}: quote the whole name, e.g. 'ns::f(int, char)'"
+        ))
+    } else {
+        Ok(text.to_string())
+    }
+}
+
+fn classify_function(text: &str) -> Result<FunctionSpec, String> {
+    if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16)
+            .map(FunctionSpec::Address)
+            .map_err(|_| format!("bad address {text:?}: expected 0x followed by hex digits"));
+    }
+    if text.as_bytes()[0].is_ascii_digit() {
+        return Err(format!(
+            "bad FUNCTION {text:?}: a raw address must be hex with a 0x prefix"
+        ));
+    }
+    // `SYMBOL+OFF`: the last '+' followed only by a number. C++ `operator+` / `operator++` end
+    // in '+' and are left alone.
+    if let Some(pos) = text.rfind('+') {
+        let (sym, off) = (&text[..pos], &text[pos + 1..]);
+        if !sym.is_empty() && !off.is_empty() && off.as_bytes()[0].is_ascii_digit() {
+            let offset = parse_u64(off).ok_or_else(|| {
+                format!("bad offset {off:?} in {text:?}: expected 0xHEX or decimal")
+            })?;
+            return Ok(FunctionSpec::SymbolOffset {
+                symbol: sym.to_string(),
+                offset,
+            });
+        }
+    }
+    if crate::glob::is_glob(text) {
+        return Ok(FunctionSpec::Glob(text.to_string()));
+    }
+    Ok(FunctionSpec::Symbol(text.to_string()))
+}
+
+/// Parses an unsigned number: `0x` hex or decimal.
+fn parse_u64(s: &str) -> Option<u64> {
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        s.parse().ok()
+    }
+}
+
+/// Parses one `[NAME=]FETCH[:TYPE]`.
+fn parse_arg(word: &str) -> Result<Arg, String> {
+    let (name, rest) = match word.split_once('=') {
+        Some((name, rest)) => {
+            let ok = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!(
+                    "bad NAME {name:?}: use letters, digits and '_', starting with a letter"
+                ));
+            }
+            (Some(name), rest)
+        }
+        None => (None, word),
+    };
+    let (fetch_text, ty_text) = match rest.rsplit_once(':') {
+        Some((f, t)) => (f, Some(t)),
+        None => (rest, None),
+    };
+    if fetch_text.is_empty() {
+        return Err("empty FETCH".into());
+    }
+    let fetch = parse_fetch(fetch_text, 0)?;
+    let ty = match ty_text {
+        Some(t) => parse_type(t)?,
+        None if fetch == Fetch::Comm => ArgType::String,
+        None => ArgType::Hex(64),
+    };
+    if fetch == Fetch::Comm && ty != ArgType::String {
+        return Err("$comm is a string; drop the :TYPE or use :string".into());
+    }
+    Ok(Arg {
+        name: name.unwrap_or(fetch_text).to_string(),
+        fetch_text: fetch_text.to_string(),
+        fetch,
+        ty,
+    })
+}
+
+fn parse_fetch(text: &str, depth: usize) -> Result<Fetch, String> {
+    if depth > MAX_DEREF_DEPTH {
+        return Err(format!("dereferences nested deeper than {MAX_DEREF_DEPTH}"));
+    }
+    if let Some(reg) = text.strip_prefix('%') {
+        return Reg::from_name(reg).map(Fetch::Reg).ok_or_else(|| {
+            format!(
+                "unknown register %{reg}; x86-64 names are %ax %bx %cx %dx %si %di %bp %sp \
+                 %r8..%r15 %ip %flags (or %rax, %rdi, ...)"
+            )
+        });
+    }
+    if let Some(n) = text
+        .strip_prefix("$arg")
+        .or_else(|| text.strip_prefix("arg"))
+    {
+        let n: u32 = n
+            .parse()
+            .map_err(|_| format!("bad argument {text:?}: expected argN with N = 1, 2, ..."))?;
+        if n == 0 {
+            return Err(format!(
+                "{text} does not exist: ABI arguments count from 1 (arg1 is the first \
+                 argument, bpftrace's arg0)"
+            ));
+        }
+        if n > 64 {
+            return Err(format!("{text}: argument number too large"));
+        }
+        return Ok(Fetch::Arg(n));
+    }
+    match text {
+        "$retval" => return Ok(Fetch::Retval),
+        "$comm" => return Ok(Fetch::Comm),
+        "$stack" => return Ok(Fetch::StackPointer),
+        _ => {}
+    }
+    if let Some(n) = text.strip_prefix("$stack") {
+        let n: u32 = n
+            .parse()
+            .map_err(|_| format!("bad {text:?}: expected $stack or $stackN"))?;
+        if n > 4096 {
+            return Err(format!("{text}: stack slot too far"));
+        }
+        return Ok(Fetch::StackSlot(n));
+    }
+    if text.starts_with('$') {
+        return Err(format!(
+            "unknown variable {text}; supported: $retval $comm $stack $stackN $argN"
+        ));
+    }
+    if let Some(off) = text.strip_prefix("@+") {
+        return parse_u64(off)
+            .map(Fetch::FileOffset)
+            .ok_or_else(|| format!("bad file offset in {text:?}: expected @+0xHEX or @+DECIMAL"));
+    }
+    if let Some(addr) = text.strip_prefix('@') {
+        return parse_u64(addr).map(Fetch::Memory).ok_or_else(|| {
+            format!("bad address in {text:?}: expected @0xHEX (symbols are not supported in @)")
+        });
+    }
+    if let Some(imm) = text.strip_prefix('\\') {
+        let value = match imm.strip_prefix('-') {
+            Some(n) => parse_u64(n).map(|v| v.wrapping_neg()),
+            None => parse_u64(imm),
+        };
+        return value
+            .map(Fetch::Immediate)
+            .ok_or_else(|| format!("bad immediate {text:?}: expected \\NUMBER"));
+    }
+    let sign = match text.as_bytes()[0] {
+        b'+' => 1i64,
+        b'-' => -1i64,
+        _ => {
+            return Err(format!(
+                "unknown FETCH {text:?}; expected %REG, argN, $retval, $comm, $stack, $stackN, \
+                 @ADDR, @+OFFSET, \\IMM or +OFF(FETCH)"
+            ))
+        }
+    };
+    let open = text
+        .find('(')
+        .ok_or_else(|| format!("bad dereference {text:?}: expected +OFF(FETCH)"))?;
+    if !text.ends_with(')') {
+        return Err(format!("bad dereference {text:?}: missing ')'"));
+    }
+    let mut off_text = &text[1..open];
+    // `+u0(...)`: the kernel's explicit user-memory dereference; all uprobe memory is user memory.
+    if let Some(rest) = off_text.strip_prefix('u') {
+        off_text = rest;
+    }
+    let magnitude = parse_u64(off_text)
+        .filter(|v| *v <= i64::MAX as u64)
+        .ok_or_else(|| format!("bad offset {off_text:?} in {text:?}"))?;
+    let inner_text = &text[open + 1..text.len() - 1];
+    if inner_text.is_empty() {
+        return Err(format!("empty dereference in {text:?}"));
+    }
+    let inner = parse_fetch(inner_text, depth + 1)?;
+    if inner == Fetch::Comm {
+        return Err("cannot dereference $comm".into());
+    }
+    Ok(Fetch::Deref {
+        offset: sign * magnitude as i64,
+        inner: Box::new(inner),
+    })
+}
+
+fn parse_type(t: &str) -> Result<ArgType, String> {
+    let bad = || {
+        format!(
+            "unknown TYPE {t:?}; supported: u8 u16 u32 u64 s8 s16 s32 s64 x8 x16 x32 x64 string \
+             b<width>@<offset>/<container>"
+        )
+    };
+    match t {
+        "string" | "ustring" => return Ok(ArgType::String),
+        "" => return Err("empty TYPE after ':'".into()),
+        _ => {}
+    }
+    if let Some(bf) = t.strip_prefix('b') {
+        let (width, rest) = bf.split_once('@').ok_or_else(bad)?;
+        let (offset, container) = rest.split_once('/').ok_or_else(bad)?;
+        let (width, offset, container): (u8, u8, u8) = (
+            width.parse().map_err(|_| bad())?,
+            offset.parse().map_err(|_| bad())?,
+            container.parse().map_err(|_| bad())?,
+        );
+        if ![8, 16, 32, 64].contains(&container) {
+            return Err(format!(
+                "bitfield container {container} must be 8, 16, 32 or 64 bits"
+            ));
+        }
+        if width == 0 || u16::from(width) + u16::from(offset) > u16::from(container) {
+            return Err(format!(
+                "bitfield b{width}@{offset}/{container} does not fit its {container}-bit container"
+            ));
+        }
+        return Ok(ArgType::Bitfield {
+            width,
+            offset,
+            container,
+        });
+    }
+    let (kind, bits) = t.split_at(1);
+    let bits: u8 = bits.parse().map_err(|_| bad())?;
+    if ![8, 16, 32, 64].contains(&bits) {
+        return Err(bad());
+    }
+    match kind {
+        "u" => Ok(ArgType::Unsigned(bits)),
+        "s" => Ok(ArgType::Signed(bits)),
+        "x" => Ok(ArgType::Hex(bits)),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ProbeSpec {
+        match parse(s) {
+            Ok(spec) => spec,
+            Err(e) => panic!("{s:?} should parse: {e}"),
+        }
+    }
+
+    fn fetch(s: &str) -> Fetch {
+        p(&format!("bash:readline {s}")).args[0].fetch.clone()
+    }
+
+    fn err(s: &str) -> String {
+        match parse(s) {
+            Ok(spec) => panic!("{s:?} should not parse, got {spec:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn target_and_function() {
+        let s = p("bash:readline");
+        assert_eq!(s.target, "bash");
+        assert_eq!(s.function, FunctionSpec::Symbol("readline".into()));
+        assert!(!s.return_only);
+        assert!(s.args.is_empty());
+        assert_eq!(s.name(), "bash:readline");
+
+        let s = p("/usr/lib/x86_64-linux-gnu/libc.so.6:malloc%return");
+        assert_eq!(s.target, "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        assert!(s.return_only);
+        assert_eq!(s.name(), "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc");
+    }
+
+    #[test]
+    fn cxx_names() {
+        let s = p("./app:ns::Klass::method(int, char) a=arg1");
+        assert_eq!(s.target, "./app");
+        assert_eq!(
+            s.function,
+            FunctionSpec::Symbol("ns::Klass::method(int, char)".into())
+        );
+        assert_eq!(s.args.len(), 1);
+        let s = p("app:std::vector<int, std::allocator<int> >::push_back%return");
+        assert_eq!(
+            s.function,
+            FunctionSpec::Symbol("std::vector<int, std::allocator<int> >::push_back".into())
+        );
+        assert!(s.return_only);
+        let s = p("app:'ns::f(int, char)'%return $retval");
+        assert_eq!(s.function, FunctionSpec::Symbol("ns::f(int, char)".into()));
+        assert!(s.return_only);
+        let s = p("app:'operator<'");
+        assert_eq!(s.function, FunctionSpec::Symbol("operator<".into()));
+        let s = p("app:ns::operator+");
+        assert_eq!(s.function, FunctionSpec::Symbol("ns::operator+".into()));
+    }
+
+    #[test]
+    fn function_forms() {
+        assert_eq!(p("libc:str*").function, FunctionSpec::Glob("str*".into()));
+        assert_eq!(
+            p("libc:mem?py").function,
+            FunctionSpec::Glob("mem?py".into())
+        );
+        assert_eq!(
+            p("bash:readline+0x10").function,
+            FunctionSpec::SymbolOffset {
+                symbol: "readline".into(),
+                offset: 0x10
+            }
+        );
+        assert_eq!(
+            p("bash:readline+16").function,
+            FunctionSpec::SymbolOffset {
+                symbol: "readline".into(),
+                offset: 16
+            }
+        );
+        assert_eq!(p("bash:0xc6c20").function, FunctionSpec::Address(0xc6c20));
+        assert_eq!(p("bash:0xc6c20").name(), "bash:0xc6c20");
+    }
+
+    #[test]
+    fn fetch_forms() {
+        assert_eq!(fetch("%di"), Fetch::Reg(Reg::Di));
+        assert_eq!(fetch("%rdi"), Fetch::Reg(Reg::Di));
+        assert_eq!(fetch("%r12"), Fetch::Reg(Reg::R12));
+        assert_eq!(fetch("%sp"), Fetch::Reg(Reg::Sp));
+        assert_eq!(fetch("%ip"), Fetch::Reg(Reg::Ip));
+        assert_eq!(fetch("arg1"), Fetch::Arg(1));
+        assert_eq!(fetch("$arg7"), Fetch::Arg(7));
+        assert_eq!(fetch("$retval"), Fetch::Retval);
+        assert_eq!(fetch("$comm"), Fetch::Comm);
+        assert_eq!(fetch("$stack"), Fetch::StackPointer);
+        assert_eq!(fetch("$stack3"), Fetch::StackSlot(3));
+        assert_eq!(fetch("@0x601040"), Fetch::Memory(0x601040));
+        assert_eq!(fetch("@+0x4010"), Fetch::FileOffset(0x4010));
+        assert_eq!(fetch("\\42"), Fetch::Immediate(42));
+        assert_eq!(fetch("\\-1"), Fetch::Immediate(u64::MAX));
+        assert_eq!(fetch("\\0x10"), Fetch::Immediate(16));
+        assert_eq!(
+            fetch("+0($retval)"),
+            Fetch::Deref {
+                offset: 0,
+                inner: Box::new(Fetch::Retval)
+            }
+        );
+        assert_eq!(
+            fetch("-8(+16(%di))"),
+            Fetch::Deref {
+                offset: -8,
+                inner: Box::new(Fetch::Deref {
+                    offset: 16,
+                    inner: Box::new(Fetch::Reg(Reg::Di))
+                })
+            }
+        );
+        assert_eq!(
+            fetch("+u0x10(%si)"),
+            Fetch::Deref {
+                offset: 16,
+                inner: Box::new(Fetch::Reg(Reg::Si))
+            }
+        );
+    }
+
+    #[test]
+    fn names_and_types() {
+        let s =
+            p("bash:readline%return cmd=+0($retval):string n=arg2:u32 %di $comm f=+4(%si):b3@2/8");
+        let a = &s.args;
+        assert_eq!(a[0].name, "cmd");
+        assert_eq!(a[0].fetch_text, "+0($retval)");
+        assert_eq!(a[0].ty, ArgType::String);
+        assert!(a[0].uses_retval());
+        assert_eq!(a[1].name, "n");
+        assert_eq!(a[1].ty, ArgType::Unsigned(32));
+        assert!(!a[1].uses_retval());
+        assert_eq!(a[2].name, "%di");
+        assert_eq!(a[2].ty, ArgType::Hex(64));
+        assert_eq!(a[3].name, "$comm");
+        assert_eq!(a[3].ty, ArgType::String);
+        assert_eq!(
+            a[4].ty,
+            ArgType::Bitfield {
+                width: 3,
+                offset: 2,
+                container: 8
+            }
+        );
+        for (t, want) in [
+            ("u8", ArgType::Unsigned(8)),
+            ("u16", ArgType::Unsigned(16)),
+            ("u64", ArgType::Unsigned(64)),
+            ("s8", ArgType::Signed(8)),
+            ("s32", ArgType::Signed(32)),
+            ("s64", ArgType::Signed(64)),
+            ("x8", ArgType::Hex(8)),
+            ("x16", ArgType::Hex(16)),
+            ("x32", ArgType::Hex(32)),
+            ("string", ArgType::String),
+        ] {
+            assert_eq!(p(&format!("a:f %di:{t}")).args[0].ty, want, "{t}");
+        }
+        let f = a[0].to_format(true);
+        assert_eq!(
+            f,
+            urec_format::ArgSpec {
+                name: "cmd".into(),
+                fetch: "+0($retval)".into(),
+                ty: ArgType::String,
+                at_return: true
+            }
+        );
+    }
+
+    #[test]
+    fn lowering() {
+        assert_eq!(Fetch::Arg(1).lowered(), Fetch::Reg(Reg::Di));
+        assert_eq!(Fetch::Arg(6).lowered(), Fetch::Reg(Reg::R9));
+        assert_eq!(Fetch::Arg(7).lowered(), Fetch::StackSlot(1));
+        assert_eq!(Fetch::Retval.lowered(), Fetch::Reg(Reg::Ax));
+        assert_eq!(Reg::Di.pt_regs_offset(), 112);
+        assert_eq!(Reg::Ax.pt_regs_offset(), 80);
+        assert_eq!(Reg::Sp.pt_regs_offset(), 152);
+        assert_eq!(Reg::Ip.pt_regs_offset(), 128);
+        assert_eq!(Reg::R15.pt_regs_offset(), 0);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(err("").contains("empty spec"));
+        assert!(err("readline").contains("no ':'"));
+        assert!(err(":readline").contains("empty TARGET"));
+        assert!(err("bash:").contains("empty FUNCTION"));
+        assert!(err("bash:%return").contains("empty FUNCTION"));
+        assert!(err("bash:readline%entry").contains("only %return"));
+        assert!(err("bash:f(int").contains("unbalanced parentheses"));
+        assert!(err("bash:'f").contains("unterminated quote"));
+        assert!(err("bash:0xzz").contains("bad address"));
+        assert!(err("bash:1234").contains("0x prefix"));
+        assert!(err("bash:readline arg0").contains("count from 1"));
+        assert!(err("bash:readline argx").contains("bad argument"));
+        assert!(err("bash:readline %xyz").contains("unknown register %xyz"));
+        assert!(err("bash:readline $foo").contains("unknown variable $foo"));
+        assert!(err("bash:readline $stackx").contains("$stackN"));
+        assert!(err("bash:readline @sym").contains("bad address"));
+        assert!(err("bash:readline @+zz").contains("bad file offset"));
+        assert!(err("bash:readline \\x").contains("bad immediate"));
+        assert!(err("bash:readline +0(%di").contains("missing ')'"));
+        assert!(err("bash:readline +0()").contains("empty dereference"));
+        assert!(err("bash:readline +zz(%di)").contains("bad offset"));
+        assert!(err("bash:readline 0(%di)").contains("unknown FETCH"));
+        assert!(err("bash:readline %di:u7").contains("unknown TYPE"));
+        assert!(err("bash:readline %di:y8").contains("unknown TYPE"));
+        assert!(err("bash:readline %di:").contains("empty TYPE"));
+        assert!(err("bash:readline %di:b9@0/8").contains("does not fit"));
+        assert!(err("bash:readline %di:b1@0/7").contains("container 7"));
+        assert!(err("bash:readline 1x=%di").contains("bad NAME"));
+        assert!(err("bash:readline =%di").contains("bad NAME"));
+        assert!(err("bash:readline $comm:u32").contains("$comm is a string"));
+        assert!(err("bash:readline +0($comm)").contains("cannot dereference $comm"));
+        let deep = format!("{}%di{}", "+0(".repeat(9), ")".repeat(9));
+        assert!(err(&format!("bash:readline {deep}")).contains("nested deeper"));
+        let ok = format!("{}%di{}", "+0(".repeat(8), ")".repeat(8));
+        assert_eq!(fetch(&ok).depth(), 8);
+        // The error names the offending arg and the spec.
+        let e = err("bash:readline x=arg0");
+        assert!(e.contains("\"x=arg0\""), "{e}");
+        assert!(e.contains("bash:readline x=arg0"), "{e}");
+    }
+}

@@ -1,0 +1,318 @@
+//! Finding the file a TARGET names: a path, a program on PATH, or a library by short name.
+//!
+//! Library short names (`libc`, `c`, `libssl.so.3`) are resolved the way the dynamic loader
+//! would find them at run time, so the probe lands in the file processes actually map: first
+//! the loader's cache `/etc/ld.so.cache` (built by `ldconfig`), then the standard directories.
+//! libbpf's own lookup does not know `libc` or `c`, which is why urec has its own.
+
+use std::path::{Path, PathBuf};
+
+use crate::SpecError;
+
+/// The directories searched after the ld.so cache, in the loader's order for x86-64 Debian.
+pub const STANDARD_LIB_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
+const LD_SO_CACHE: &str = "/etc/ld.so.cache";
+
+/// Resolves TARGET to the canonical absolute path of an existing file.
+pub fn find_target(target: &str) -> Result<PathBuf, SpecError> {
+    let not_found = |why: String| SpecError::TargetNotFound {
+        target: target.to_string(),
+        why,
+    };
+    if target.contains('/') {
+        let path = Path::new(target);
+        if !path.exists() {
+            return Err(not_found("no such file".into()));
+        }
+        return canonical(target, path);
+    }
+    if let Some(path) = find_on_path(target) {
+        return canonical(target, &path);
+    }
+    if let Some(path) = find_library(target) {
+        return canonical(target, &path);
+    }
+    // Last resort: a file of that name in the current directory (perf would want `./name`).
+    let here = Path::new(target);
+    if here.is_file() {
+        return canonical(target, here);
+    }
+    Err(not_found(format!(
+        "not a path, not a program on PATH, and no library lib{}.so* in {LD_SO_CACHE} or {}",
+        target
+            .trim_start_matches("lib")
+            .split(".so")
+            .next()
+            .unwrap_or(target),
+        STANDARD_LIB_DIRS.join(", ")
+    )))
+}
+
+fn canonical(target: &str, path: &Path) -> Result<PathBuf, SpecError> {
+    let canon = std::fs::canonicalize(path).map_err(|e| SpecError::TargetNotFound {
+        target: target.to_string(),
+        why: format!("{}: {e}", path.display()),
+    })?;
+    if !canon.is_file() {
+        return Err(SpecError::TargetNotFound {
+            target: target.to_string(),
+            why: format!("{} is not a regular file", canon.display()),
+        });
+    }
+    Ok(canon)
+}
+
+/// Finds an executable named `name` in `$PATH`.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The file names a library short name may have: `c` and `libc` → `libc.so*`;
+/// `libssl.so.3` → exactly that.
+fn library_stem(name: &str) -> (String, bool) {
+    if name.contains(".so") {
+        return (name.to_string(), true);
+    }
+    let base = if name.starts_with("lib") {
+        name.to_string()
+    } else {
+        format!("lib{name}")
+    };
+    (format!("{base}.so"), false)
+}
+
+/// Whether a soname / file name fits the stem: equal, or `stem.N[.M...]`.
+fn fits(file: &str, stem: &str, exact: bool) -> bool {
+    if file == stem {
+        return true;
+    }
+    if exact {
+        return false;
+    }
+    file.strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|v| !v.is_empty() && v.split('.').all(|p| p.parse::<u64>().is_ok()))
+}
+
+/// Version numbers after `.so.`, for choosing the newest when several fit (`libssl.so.3` over
+/// `libssl.so.1.1`).
+fn version_of(file: &str) -> Vec<u64> {
+    file.split_once(".so.")
+        .map(|(_, v)| v.split('.').filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Finds a library by short name: ld.so cache first, then the standard directories.
+pub fn find_library(name: &str) -> Option<PathBuf> {
+    let (stem, exact) = library_stem(name);
+    let pick = |mut found: Vec<(String, PathBuf)>| {
+        // Several versions (`libssl.so.3`, `libssl.so.1.1`): the newest.
+        found.sort_by_key(|f| std::cmp::Reverse(version_of(&f.0)));
+        found.into_iter().map(|(_, p)| p).next()
+    };
+    if let Ok(data) = std::fs::read(LD_SO_CACHE) {
+        if let Some(entries) = parse_ld_so_cache(&data) {
+            let found: Vec<_> = entries
+                .into_iter()
+                .filter(|(soname, path)| fits(soname, &stem, exact) && Path::new(path).is_file())
+                .map(|(s, p)| (s, PathBuf::from(p)))
+                .collect();
+            if let Some(p) = pick(found) {
+                return Some(p);
+            }
+        }
+    }
+    for dir in STANDARD_LIB_DIRS {
+        let Ok(read) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let found: Vec<_> = read
+            .flatten()
+            .filter_map(|e| {
+                let file = e.file_name().into_string().ok()?;
+                // A bare `libfoo.so` is usually the development symlink or a linker script;
+                // take it only when asked for exactly.
+                let ok = fits(&file, &stem, exact) && (exact || file != stem);
+                ok.then(|| (file, e.path()))
+            })
+            .filter(|(_, p)| is_elf(p))
+            .collect();
+        if let Some(p) = pick(found) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+fn is_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
+/// Parses glibc's `/etc/ld.so.cache` ("glibc-ld.so.cache1.1" format, optionally preceded by
+/// the old "ld.so-1.7.0" table) into (soname, path) pairs for x86-64 libc6 libraries.
+///
+/// Layout (glibc `sysdeps/generic/dl-cache.h`): a 48-byte header — 17-byte magic, 3-byte
+/// version, `u32 nlibs`, `u32 len_strings`, `u8 flags`, 3 pad bytes, `u32 extension_offset`,
+/// 3 unused `u32` — then `nlibs` 24-byte entries — `i32 flags`, `u32 key`, `u32 value`,
+/// `u32 osversion`, `u64 hwcap` — whose key (soname) and value (path) are offsets of
+/// NUL-terminated strings from the start of the new-format header. Returns None if the data
+/// is not such a cache.
+pub fn parse_ld_so_cache(data: &[u8]) -> Option<Vec<(String, String)>> {
+    const OLD_MAGIC: &[u8] = b"ld.so-1.7.0";
+    const NEW_MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
+    const HEADER: usize = 48;
+    const ENTRY: usize = 24;
+    // Entry flags: type libc6 (0x03) in the low byte, x86-64 (0x0300) in the "required" byte.
+    const FLAG_TYPE_MASK: i32 = 0x00ff;
+    const FLAG_ELF_LIBC6: i32 = 0x0003;
+    const FLAG_REQUIRED_MASK: i32 = 0xff00;
+    const FLAG_X8664_LIB64: i32 = 0x0300;
+
+    let u32_at = |off: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?))
+    };
+    let mut base = 0usize;
+    if data.starts_with(OLD_MAGIC) {
+        // Old header: 11-byte magic padded to 12, u32 nlibs, then 12-byte entries; the new
+        // table follows, aligned to 8.
+        let nlibs = u32_at(12)? as usize;
+        base = (16usize.checked_add(nlibs.checked_mul(12)?)?).next_multiple_of(8);
+    }
+    let header = data.get(base..base.checked_add(HEADER)?)?;
+    if !header.starts_with(NEW_MAGIC) {
+        return None;
+    }
+    let nlibs = u32_at(base + 20)? as usize;
+    let cstr = |off: u32| -> Option<String> {
+        let start = base.checked_add(off as usize)?;
+        let tail = data.get(start..)?;
+        let end = tail.iter().position(|&b| b == 0)?;
+        String::from_utf8(tail[..end].to_vec()).ok()
+    };
+    let mut out = Vec::new();
+    for i in 0..nlibs {
+        let at = base + HEADER + i.checked_mul(ENTRY)?;
+        let flags = u32_at(at)? as i32;
+        if flags & FLAG_TYPE_MASK != FLAG_ELF_LIBC6 {
+            continue;
+        }
+        if flags & FLAG_REQUIRED_MASK != FLAG_X8664_LIB64 {
+            continue;
+        }
+        if let (Some(key), Some(value)) = (cstr(u32_at(at + 4)?), cstr(u32_at(at + 8)?)) {
+            out.push((key, value));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stems() {
+        assert_eq!(library_stem("c"), ("libc.so".to_string(), false));
+        assert_eq!(library_stem("libc"), ("libc.so".to_string(), false));
+        assert_eq!(
+            library_stem("libssl.so.3"),
+            ("libssl.so.3".to_string(), true)
+        );
+        assert!(fits("libc.so.6", "libc.so", false));
+        assert!(!fits("libcap.so.2", "libc.so", false));
+        assert!(!fits("libc.so.6x", "libc.so", false));
+        assert!(!fits("libssl.so.1.1", "libssl.so.3", true));
+        assert_eq!(version_of("libssl.so.1.1"), vec![1, 1]);
+    }
+
+    #[test]
+    fn synthetic_cache() {
+        // One x86-64 entry, one i386 entry (flags 0x0003 without the x86-64 bit).
+        let mut strings = Vec::new();
+        let mut add = |s: &str| {
+            let off = 48 + 2 * 24 + strings.len();
+            strings.extend_from_slice(s.as_bytes());
+            strings.push(0);
+            off as u32
+        };
+        let (k1, v1) = (add("libc.so.6"), add("/lib/x86_64-linux-gnu/libc.so.6"));
+        let (k2, v2) = (add("libc.so.6"), add("/lib/i386-linux-gnu/libc.so.6"));
+        let mut data = b"glibc-ld.so.cache1.1".to_vec();
+        data.extend_from_slice(&2u32.to_le_bytes());
+        data.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+        data.extend_from_slice(&[0u8; 4 + 4 + 12]);
+        for (flags, k, v) in [(0x0303i32, k1, v1), (0x0003, k2, v2)] {
+            data.extend_from_slice(&flags.to_le_bytes());
+            data.extend_from_slice(&k.to_le_bytes());
+            data.extend_from_slice(&v.to_le_bytes());
+            data.extend_from_slice(&[0u8; 12]);
+        }
+        data.extend_from_slice(&strings);
+        let entries = parse_ld_so_cache(&data).unwrap_or_default();
+        assert_eq!(
+            entries,
+            vec![(
+                "libc.so.6".to_string(),
+                "/lib/x86_64-linux-gnu/libc.so.6".to_string()
+            )]
+        );
+        assert_eq!(parse_ld_so_cache(b"garbage"), None);
+        assert_eq!(parse_ld_so_cache(&data[..30]), None);
+    }
+
+    #[test]
+    fn real_cache_has_libc() {
+        let Ok(data) = std::fs::read(LD_SO_CACHE) else {
+            eprintln!("skipping: no {LD_SO_CACHE}");
+            return;
+        };
+        let entries = parse_ld_so_cache(&data).unwrap_or_default();
+        assert!(
+            entries.iter().any(|(k, _)| k == "libc.so.6"),
+            "libc.so.6 not in {entries:?}"
+        );
+    }
+
+    #[test]
+    fn short_names() {
+        let libc = std::fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").ok();
+        for name in ["c", "libc", "libc.so.6"] {
+            let found = find_target(name).ok();
+            assert_eq!(found, libc, "{name}");
+        }
+        assert_eq!(
+            find_target("bash").ok(),
+            std::fs::canonicalize("/usr/bin/bash").ok()
+        );
+        let e = find_target("no-such-lib-xyz")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-lib-xyz"), "{e}");
+        let e = find_target("./no/such/file")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no such file"), "{e}");
+    }
+}
