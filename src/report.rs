@@ -1,6 +1,16 @@
-//! `urec report`.
+//! `urec report`: turns flags into [`urec_report::ReportOptions`], runs the analysis, and sends
+//! each output where it was asked for. At most one output may be `-` (stdout); it then replaces
+//! the table there.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use urec_report::symbolize::SymbolizeOptions;
+use urec_report::{Filter, Report, ReportOptions, SortKey, Weight};
+
+use crate::UsageError;
 
 /// Command-line arguments of `urec report`.
 #[derive(clap::Args, Debug)]
@@ -8,10 +18,171 @@ pub struct Args {
     /// The recording to read.
     #[arg(short, long, default_value = "urec.data")]
     pub input: PathBuf,
+    /// Draw an interactive flamegraph SVG of the call stacks into this file (`-`: stdout).
+    #[arg(long, value_name = "SVG")]
+    pub flamegraph: Option<PathBuf>,
+    /// Write collapsed stacks (`comm;outer;...;probed COUNT`) into this file (`-`: stdout).
+    #[arg(long, value_name = "FILE|-")]
+    pub folded: Option<PathBuf>,
+    /// Write the machine-readable summary (schema 1) into this file (`-`: stdout).
+    #[arg(long, value_name = "FILE|-")]
+    pub json: Option<PathBuf>,
+    /// Add a log2 latency histogram per function to the table.
+    #[arg(long)]
+    pub histogram: bool,
+    /// What a stack's count is in folded stacks and flamegraphs.
+    #[arg(long, value_enum, default_value = "calls")]
+    pub weight: WeightArg,
+    /// Only events of this process (repeatable).
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Only events of processes with this command name (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
+    /// Only this probe: its name, spec or symbol (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub probe: Vec<String>,
+    /// Look binaries up under DIR first (`DIR/path/to/bin`, then `DIR/bin`).
+    #[arg(long, value_name = "DIR")]
+    pub symfs: Option<PathBuf>,
+    /// Search DIR for debug files like /usr/lib/debug (repeatable).
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dir: Vec<PathBuf>,
+    /// Order of the functions, descending.
+    #[arg(long, value_enum, default_value = "calls")]
+    pub sort: SortArg,
+}
+
+/// `--weight`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum WeightArg {
+    /// Number of calls.
+    Calls,
+    /// Summed latency in ns.
+    Latency,
+}
+
+/// `--sort`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SortArg {
+    /// Number of calls.
+    Calls,
+    /// Total latency.
+    Total,
+    /// Mean latency.
+    Mean,
+    /// 99th percentile latency.
+    P99,
+    /// Maximum latency.
+    Max,
+}
+
+fn is_stdout(p: &Option<PathBuf>) -> bool {
+    p.as_deref() == Some(Path::new("-"))
 }
 
 /// Runs `urec report`; returns the exit status.
-pub fn run(_args: Args) -> anyhow::Result<u8> {
-    eprintln!("urec report: not implemented yet");
-    Ok(2)
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let dashes = [&args.flamegraph, &args.folded, &args.json]
+        .into_iter()
+        .filter(|p| is_stdout(p))
+        .count();
+    if dashes > 1 {
+        return Err(UsageError("at most one output can be `-` (stdout)".into()).into());
+    }
+    let weight = match args.weight {
+        WeightArg::Calls => Weight::Calls,
+        WeightArg::Latency => Weight::Latency,
+    };
+    let opts = ReportOptions {
+        filter: Filter {
+            pids: args.pid.clone(),
+            comms: args.comm.clone(),
+            probes: args.probe.clone(),
+        },
+        sort: match args.sort {
+            SortArg::Calls => SortKey::Calls,
+            SortArg::Total => SortKey::Total,
+            SortArg::Mean => SortKey::Mean,
+            SortArg::P99 => SortKey::P99,
+            SortArg::Max => SortKey::Max,
+        },
+        symbolize: SymbolizeOptions {
+            symfs: args.symfs.clone(),
+            debug_dirs: args.debug_dir.clone(),
+        },
+        no_symbolize: false,
+    };
+    let report = match urec_report::analyze(&args.input, &opts) {
+        Ok(r) => r,
+        Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
+        Err(e) => return Err(e.into()),
+    };
+    for w in &report.warnings {
+        eprintln!("urec: warning: {w}");
+    }
+    match write_outputs(&args, weight, &report) {
+        Ok(()) => Ok(0),
+        Err(e) if is_broken_pipe(&e) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result<()> {
+    if args.flamegraph.is_some() && report.stacks.is_empty() {
+        eprintln!("urec: warning: no calls to draw; the flamegraph says so");
+    }
+    type Draw<'a> = Box<dyn Fn(&mut dyn Write) -> io::Result<()> + 'a>;
+    let outputs: [(&Option<PathBuf>, &str, Draw<'_>); 3] = [
+        (
+            &args.flamegraph,
+            "flamegraph",
+            Box::new(|w| urec_report::flamegraph::write(report, weight, w)),
+        ),
+        (
+            &args.folded,
+            "folded stacks",
+            Box::new(|w| urec_report::folded::write(report, weight, w)),
+        ),
+        (
+            &args.json,
+            "JSON",
+            Box::new(|w| urec_report::json::write(report, w)),
+        ),
+    ];
+    let mut stdout_taken = false;
+    for (path, what, draw) in &outputs {
+        let Some(path) = path else { continue };
+        if path == Path::new("-") {
+            stdout_taken = true;
+            let mut out = BufWriter::new(io::stdout().lock());
+            draw(&mut out)?;
+            out.flush()?;
+            continue;
+        }
+        let file = File::create(path)
+            .with_context(|| format!("cannot create {what} file {}", path.display()))?;
+        let mut out = BufWriter::new(file);
+        draw(&mut out)
+            .and_then(|()| out.flush())
+            .with_context(|| format!("cannot write {what} file {}", path.display()))?;
+        eprintln!("urec: {what} written to {}", path.display());
+    }
+    if !stdout_taken {
+        let mut out = BufWriter::new(io::stdout().lock());
+        urec_report::table::write(report, &mut out)?;
+        if args.histogram {
+            urec_report::table::write_histograms(report, &mut out)?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// A reader that went away (`urec report | head`) is not an error.
+pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
 }

@@ -1,6 +1,10 @@
-//! `urec script`.
+//! `urec script`: every event of a recording in time order, like `perf script`.
 
+use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
+
+use urec_report::script::ScriptOptions;
+use urec_report::symbolize::SymbolizeOptions;
 
 /// Command-line arguments of `urec script`.
 #[derive(clap::Args, Debug)]
@@ -8,10 +12,38 @@ pub struct Args {
     /// The recording to read.
     #[arg(short, long, default_value = "urec.data")]
     pub input: PathBuf,
+    /// Look binaries up under DIR first (`DIR/path/to/bin`, then `DIR/bin`).
+    #[arg(long, value_name = "DIR")]
+    pub symfs: Option<PathBuf>,
+    /// Search DIR for debug files like /usr/lib/debug (repeatable).
+    #[arg(long = "debug-dir", value_name = "DIR")]
+    pub debug_dir: Vec<PathBuf>,
 }
 
 /// Runs `urec script`; returns the exit status.
-pub fn run(_args: Args) -> anyhow::Result<u8> {
-    eprintln!("urec script: not implemented yet");
-    Ok(2)
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let opts = ScriptOptions {
+        symbolize: SymbolizeOptions {
+            symfs: args.symfs,
+            debug_dirs: args.debug_dir,
+        },
+        no_symbolize: false,
+    };
+    let mut out = BufWriter::new(io::stdout().lock());
+    let result = urec_report::script::script(&args.input, &opts, &mut out)
+        .map_err(anyhow::Error::from)
+        .and_then(|summary| {
+            out.flush()?;
+            Ok(summary)
+        });
+    match result {
+        Ok(summary) => {
+            for w in &summary.warnings {
+                eprintln!("urec: warning: {w}");
+            }
+            Ok(0)
+        }
+        Err(e) if crate::report::is_broken_pipe(&e) => Ok(0),
+        Err(e) => Err(e),
+    }
 }

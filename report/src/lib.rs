@@ -1,6 +1,144 @@
 //! The analysis half of urec: rebases every recorded address through the recorded mappings,
 //! symbolizes, aggregates calls and latencies, and draws tables, histograms, folded stacks,
 //! flamegraphs, JSON and per-event scripts. Builds without libbpf, clang or root.
+//!
+//! # Data flow
+//!
+//! ```text
+//! urec.data ──Reader──▶ records ──▶ analyze ──▶ Report ──┬─▶ table / histogram
+//!                          │          │  rebase           ├─▶ folded / flamegraph
+//!                          │          └─ symbolize        └─▶ json
+//!                          └──────────▶ script (one line per event, time-ordered)
+//! ```
+//!
+//! [`analyze`] streams the recording once. Its memory is bounded by the number of unique
+//! (probe, process generation, stack) keys, never by the number of events: each key's stack is
+//! rebased the first time it is seen (with the mappings in force at that event's time), and
+//! equal rebased stacks of different processes merge at once. Symbolization runs at the end, once
+//! per unique rebased stack, through a [`symbolize::Symbolizer`] that caches each (binary,
+//! offset). Latency comes from the recorder's measurement on return events, or, when it is
+//! missing, from pairing entries and returns of the same thread with a per-thread stack, which
+//! keeps recursion right.
+//!
+//! The outputs ([`table`], [`folded`], [`flamegraph`], [`json`]) only read a [`Report`];
+//! [`script`] streams the file on its own because it prints events, not aggregates.
+//!
+//! ```no_run
+//! let report = urec_report::analyze("urec.data".as_ref(), &urec_report::ReportOptions::default())?;
+//! urec_report::table::write(&report, &mut std::io::stdout().lock())?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+#![deny(missing_docs)]
+
+mod aggregate;
+mod args;
+pub mod flamegraph;
+pub mod folded;
+pub mod histogram;
+mod input;
+pub mod json;
 pub mod rebase;
+pub mod script;
 pub mod symbolize;
+pub mod table;
+mod units;
+
+use std::path::PathBuf;
+
+pub use aggregate::{analyze, Function, ProcessCalls, Recording, Report, StackSummary};
+pub use histogram::{LatencyHistogram, LatencyStats};
+pub use units::human_ns;
+
+/// Which events a report looks at. Empty lists select everything; several values of one kind
+/// are alternatives (`--pid 1 --pid 2`), different kinds must all match.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Process ids (`--pid`).
+    pub pids: Vec<u32>,
+    /// Command names (`--comm`), matched exactly against the process's comm at the event.
+    pub comms: Vec<String>,
+    /// Probes (`--probe`): a probe's display name, one of its specs, or its symbol.
+    pub probes: Vec<String>,
+}
+
+/// How `functions` are ordered (`--sort`), always descending, ties by probe name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortKey {
+    /// Number of calls (the default).
+    #[default]
+    Calls,
+    /// Total latency.
+    Total,
+    /// Mean latency.
+    Mean,
+    /// 99th percentile latency.
+    P99,
+    /// Maximum latency.
+    Max,
+}
+
+/// What a stack's count means in folded stacks and flamegraphs (`--weight`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Weight {
+    /// Number of calls (the default).
+    #[default]
+    Calls,
+    /// Summed latency of the matched calls, in ns.
+    Latency,
+}
+
+/// Everything [`analyze`] needs besides the file.
+#[derive(Clone, Debug, Default)]
+pub struct ReportOptions {
+    /// Which events count.
+    pub filter: Filter,
+    /// Order of [`Report::functions`].
+    pub sort: SortKey,
+    /// Where binaries and debug files are looked for.
+    pub symbolize: symbolize::SymbolizeOptions,
+    /// Skip symbolization (frames stay `binary+0xOFF`); for tests and benchmarks of the rest.
+    pub no_symbolize: bool,
+}
+
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be opened or is not a urec recording.
+    #[error("cannot read recording {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: urec_format::FormatError,
+    },
+    /// The file went bad while it was read.
+    #[error("recording {path} is corrupt: {source}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: urec_format::FormatError,
+    },
+    /// `--probe NAME` names no probe of the recording (a usage error).
+    #[error("no probe {name:?} in the recording; its probes are: {available}")]
+    NoSuchProbe {
+        /// What the user asked for.
+        name: String,
+        /// The probes there are, comma-separated.
+        available: String,
+    },
+    /// Writing an output failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True when the error is the user's request, not the data (exit status 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::NoSuchProbe { .. })
+    }
+}

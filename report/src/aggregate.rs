@@ -1,0 +1,771 @@
+//! One streaming pass over a recording into a [`Report`].
+//!
+//! # Definitions (SPEC.md, "What the numbers mean")
+//! - `calls`: entry events; for return-only probes, return events.
+//! - `returns`: return events.
+//! - latency: the recorder's `latency_ns` on the return event when present; otherwise the return
+//!   is paired with the most recent unreturned entry of the same (process, thread, probe) — a
+//!   per-thread stack, so recursion nests properly — and latency is the difference of their
+//!   times. A measured return whose expected entry time lies clearly after the top pending entry
+//!   (that entry is an outer call and this call's entry was lost) leaves the stack alone.
+//! - `in_flight`: entries still waiting for their return at the end of the file, in processes
+//!   that had not exited (or exec'd) by then; `unmatched`: returns with no entry to pair with,
+//!   plus entries left over in processes that ended.
+//!
+//! # Process generations
+//! The same addresses mean different code in different processes, and a pid may be reused or
+//! exec a new program, so everything per process is keyed by a *generation*: a number that
+//! changes on each `Process` record and each exec. Each pid keeps a short list of its
+//! generations with their start times, and an event belongs to the generation in force at its
+//! time (the side-band may be read a little before or after the events around it).
+//!
+//! # Memory
+//! A stack is rebased the first time a (probe, generation, comm, stack id) key is seen, with the
+//! mappings in force at that event's time. Rebased stacks are (binary, file offset) lists, so
+//! equal call paths in different processes merge into one entry at once. Memory is therefore
+//! bounded by unique keys and stacks, plus the per-thread pending entries (threads × nesting
+//! depth), never by the number of events.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use urec_format::{
+    BuildId, Event, EventKind, Finish, Header, LostSource, Probe, ProbeId, ProbeKind,
+    ProcessChange, Record, StackId,
+};
+
+use crate::histogram::{LatencyHistogram, LatencyStats};
+use crate::rebase::AddressSpaces;
+use crate::symbolize::Symbolizer;
+use crate::{Error, ReportOptions, SortKey};
+
+/// The recording as a whole (the `recording` object of `--json`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recording {
+    /// urec's own command line, words joined by spaces (quoted where needed).
+    pub command: String,
+    /// The traced command's argv, when urec ran one.
+    pub workload: Option<Vec<String>>,
+    /// Host name of the recording machine.
+    pub host: String,
+    /// Kernel release of the recording machine.
+    pub kernel: String,
+    /// From attach to stop; without a clean end, from the first to the last event.
+    pub duration_ns: u64,
+    /// Probe events stored in the file (all of them, whatever the filters).
+    pub events: u64,
+    /// Events lost in the ring buffer.
+    pub lost_ring: u64,
+    /// Side-band records lost.
+    pub lost_sideband: u64,
+    /// Stacks that could not be unwound.
+    pub lost_unwind: u64,
+    /// The file ends before its clean end; everything up to its last complete chunk was read.
+    pub truncated: bool,
+    /// Damaged chunks that were skipped.
+    pub corrupt_chunks: u64,
+    /// Display names of the probes the report covers, in probe-id order.
+    pub probes: Vec<String>,
+}
+
+impl Recording {
+    /// Sum of every lost count.
+    pub fn lost(&self) -> u64 {
+        self.lost_ring + self.lost_sideband + self.lost_unwind
+    }
+}
+
+/// Calls of one probe by one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessCalls {
+    /// Process id.
+    pub pid: u32,
+    /// Its command name at the time of its first call.
+    pub comm: String,
+    /// Calls (as [`Function::calls`] counts them).
+    pub calls: u64,
+}
+
+/// Everything about one probed function (a row of the table).
+#[derive(Clone, Debug)]
+pub struct Function {
+    /// Display name (`bash:readline`).
+    pub probe: String,
+    /// Probed binary.
+    pub binary: String,
+    /// Probed symbol (empty for a raw address).
+    pub symbol: String,
+    /// Entry, return or both.
+    pub kind: ProbeKind,
+    /// Entry events (return events for return-only probes).
+    pub calls: u64,
+    /// Return events.
+    pub returns: u64,
+    /// Calls still running when recording stopped.
+    pub in_flight: u64,
+    /// Returns or entries whose partner was lost.
+    pub unmatched: u64,
+    /// Events of this probe the recorder lost.
+    pub lost: u64,
+    /// Latencies of the matched calls.
+    pub latency: LatencyHistogram,
+    /// Calls per process, most calls first.
+    pub processes: Vec<ProcessCalls>,
+}
+
+impl Function {
+    /// Latency statistics, `None` when no call was matched.
+    pub fn latency_stats(&self) -> Option<LatencyStats> {
+        self.latency.stats()
+    }
+}
+
+/// One unique symbolized call path of one probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackSummary {
+    /// Probe display name.
+    pub probe: String,
+    /// Command name of the calling process.
+    pub comm: String,
+    /// Function names, outermost first, the probed function last.
+    pub frames: Vec<String>,
+    /// Calls through this path.
+    pub calls: u64,
+    /// Summed latency of the matched calls through this path.
+    pub total_ns: u64,
+}
+
+/// The result of [`analyze`]: what every output draws from.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The recording as a whole.
+    pub recording: Recording,
+    /// One per probe the report covers, in `--sort` order.
+    pub functions: Vec<Function>,
+    /// Unique call paths, most calls first, then by frames.
+    pub stacks: Vec<StackSummary>,
+    /// Stack frames (weighted by calls) that fell in no known mapping and show as `[unknown]`.
+    pub unknown_frames: u64,
+    /// Things the user should know (truncation, symbolization problems), each once.
+    pub warnings: Vec<String>,
+}
+
+/// Reads the recording at `path` and aggregates it. See the module docs for the definitions.
+pub fn analyze(path: &Path, opts: &ReportOptions) -> Result<Report, Error> {
+    let (agg, status) = crate::input::read(
+        path,
+        |header| Aggregator::new(header, opts),
+        |agg, record| {
+            agg.push(record);
+            Ok(())
+        },
+    )?;
+    agg.finish(status.truncated, status.corrupt_chunks, status.warnings)
+}
+
+/// A frame after rebasing: an interned binary and a file offset, or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum RFrame {
+    Unknown,
+    Mapped { binary: u32, offset: u64 },
+}
+
+/// A rebased stack, innermost first, plus its counters.
+struct AggStack {
+    probe: ProbeId,
+    comm: u32,
+    frames: Box<[RFrame]>,
+    truncated: bool,
+    calls: u64,
+    total_ns: u64,
+}
+
+struct ProbeState {
+    probe: Probe,
+    selected: bool,
+    calls: u64,
+    returns: u64,
+    unmatched: u64,
+    in_flight: u64,
+    lost: u64,
+    latency: LatencyHistogram,
+    /// (pid, comm) → calls.
+    processes: HashMap<(u32, u32), u64>,
+}
+
+#[derive(Clone, Copy)]
+struct Generation {
+    since_ns: u64,
+    id: u32,
+    comm: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    time_ns: u64,
+    stack: Option<u32>,
+}
+
+type RawKey = (ProbeId, u32, u32, Option<StackId>);
+type DedupKey = (ProbeId, u32, Box<[RFrame]>, bool);
+
+pub(crate) struct Aggregator<'o> {
+    opts: &'o ReportOptions,
+    header: Header,
+    spaces: AddressSpaces,
+    probes: Vec<ProbeState>,
+    probe_index: HashMap<ProbeId, usize>,
+    stacks: HashMap<StackId, urec_format::Stack>,
+    pids: HashMap<u32, Vec<Generation>>,
+    ended: HashSet<u32>,
+    next_gen: u32,
+    comms: Vec<String>,
+    comm_ids: HashMap<String, u32>,
+    binaries: Vec<(String, Option<BuildId>)>,
+    binary_ids: HashMap<(String, Option<BuildId>), u32>,
+    raw: HashMap<RawKey, u32>,
+    agg: Vec<AggStack>,
+    dedup: HashMap<DedupKey, u32>,
+    pending: HashMap<(u32, u32, ProbeId), Vec<Pending>>,
+    events: u64,
+    first_ns: Option<u64>,
+    last_ns: u64,
+    finish: Option<Finish>,
+    lost: [u64; 3],
+    unknown_probe_events: u64,
+}
+
+impl<'o> Aggregator<'o> {
+    pub(crate) fn new(header: &Header, opts: &'o ReportOptions) -> Self {
+        Self {
+            opts,
+            header: header.clone(),
+            spaces: AddressSpaces::new(),
+            probes: Vec::new(),
+            probe_index: HashMap::new(),
+            stacks: HashMap::new(),
+            pids: HashMap::new(),
+            ended: HashSet::new(),
+            next_gen: 0,
+            comms: Vec::new(),
+            comm_ids: HashMap::new(),
+            binaries: Vec::new(),
+            binary_ids: HashMap::new(),
+            raw: HashMap::new(),
+            agg: Vec::new(),
+            dedup: HashMap::new(),
+            pending: HashMap::new(),
+            events: 0,
+            first_ns: None,
+            last_ns: 0,
+            finish: None,
+            lost: [0; 3],
+            unknown_probe_events: 0,
+        }
+    }
+
+    fn comm_id(&mut self, comm: &str) -> u32 {
+        if let Some(&id) = self.comm_ids.get(comm) {
+            return id;
+        }
+        let id = self.comms.len() as u32;
+        self.comms.push(comm.to_string());
+        self.comm_ids.insert(comm.to_string(), id);
+        id
+    }
+
+    fn new_generation(&mut self, pid: u32, since_ns: u64, comm: &str) {
+        let comm = self.comm_id(comm);
+        let id = self.next_gen;
+        self.next_gen += 1;
+        let gens = self.pids.entry(pid).or_default();
+        if let Some(prev) = gens.last() {
+            self.ended.insert(prev.id);
+        }
+        gens.push(Generation { since_ns, id, comm });
+    }
+
+    /// The generation of `pid` in force at `time_ns` (and its comm then).
+    fn generation(&mut self, pid: u32, time_ns: u64) -> Generation {
+        if !self.pids.contains_key(&pid) {
+            // Events of a process the side-band never described: one anonymous generation.
+            self.new_generation(pid, 0, "[unknown]");
+        }
+        let gens = &self.pids[&pid];
+        gens.iter()
+            .rev()
+            .find(|g| g.since_ns <= time_ns)
+            .or_else(|| gens.first())
+            .copied()
+            .unwrap_or(Generation {
+                since_ns: 0,
+                id: u32::MAX,
+                comm: 0,
+            })
+    }
+
+    pub(crate) fn push(&mut self, record: Record) {
+        match &record {
+            Record::Process(_) | Record::ProcessEvent(_) | Record::Mapping(_) => {
+                self.spaces.apply(&record)
+            }
+            _ => {}
+        }
+        match record {
+            Record::Probe(p) => self.probe(p),
+            Record::Process(p) => {
+                let since = match (p.start_ns, self.pids.contains_key(&p.pid)) {
+                    (Some(t), _) => t,
+                    (None, false) => 0,
+                    (None, true) => self.last_ns,
+                };
+                self.new_generation(p.pid, since, &p.comm);
+            }
+            Record::ProcessEvent(e) => match e.change {
+                ProcessChange::Exec { comm, .. } => self.new_generation(e.pid, e.time_ns, &comm),
+                ProcessChange::Comm(comm) => {
+                    let comm = self.comm_id(&comm);
+                    let cur = self.generation(e.pid, e.time_ns);
+                    if let Some(gens) = self.pids.get_mut(&e.pid) {
+                        gens.push(Generation {
+                            since_ns: e.time_ns,
+                            id: cur.id,
+                            comm,
+                        });
+                    }
+                }
+                ProcessChange::Exit => {
+                    let cur = self.generation(e.pid, e.time_ns);
+                    self.ended.insert(cur.id);
+                }
+            },
+            Record::Mapping(_) => {}
+            Record::Stack(s) => {
+                self.stacks.insert(s.id, s);
+            }
+            Record::Event(e) => self.event(&e),
+            Record::Lost(l) => {
+                let i = match l.source {
+                    LostSource::Ring => 0,
+                    LostSource::Sideband => 1,
+                    LostSource::Unwind => 2,
+                };
+                self.lost[i] += l.count;
+                if let Some(&pi) = l.probe.as_ref().and_then(|p| self.probe_index.get(p)) {
+                    self.probes[pi].lost += l.count;
+                }
+            }
+            Record::Finish(f) => self.finish = Some(f),
+        }
+    }
+
+    fn probe(&mut self, probe: Probe) {
+        let wanted = &self.opts.filter.probes;
+        let selected = wanted.is_empty()
+            || wanted.iter().any(|w| {
+                *w == probe.name || probe.specs.iter().any(|s| s == w) || *w == probe.symbol
+            });
+        self.probe_index.insert(probe.id, self.probes.len());
+        self.probes.push(ProbeState {
+            probe,
+            selected,
+            calls: 0,
+            returns: 0,
+            unmatched: 0,
+            in_flight: 0,
+            lost: 0,
+            latency: LatencyHistogram::new(),
+            processes: HashMap::new(),
+        });
+    }
+
+    fn event(&mut self, ev: &Event) {
+        self.events += 1;
+        self.first_ns = Some(self.first_ns.map_or(ev.time_ns, |t| t.min(ev.time_ns)));
+        self.last_ns = self.last_ns.max(ev.time_ns);
+        let Some(&pi) = self.probe_index.get(&ev.probe) else {
+            self.unknown_probe_events += 1;
+            return;
+        };
+        if !self.probes[pi].selected {
+            return;
+        }
+        let filter = &self.opts.filter;
+        if !filter.pids.is_empty() && !filter.pids.contains(&ev.pid) {
+            return;
+        }
+        let gen = self.generation(ev.pid, ev.time_ns);
+        if !filter.comms.is_empty() && !filter.comms.contains(&self.comms[gen.comm as usize]) {
+            return;
+        }
+        let kind = self.probes[pi].probe.kind;
+        let counts_call = match ev.kind {
+            EventKind::Entry => true,
+            EventKind::Return => kind == ProbeKind::Return,
+        };
+        let mut stack_idx = None;
+        if counts_call {
+            let p = &mut self.probes[pi];
+            p.calls += 1;
+            *p.processes.entry((ev.pid, gen.comm)).or_default() += 1;
+            let idx = self.stack_key(ev, gen);
+            self.agg[idx as usize].calls += 1;
+            stack_idx = Some(idx);
+        }
+        match (ev.kind, kind) {
+            (EventKind::Entry, ProbeKind::EntryReturn) => {
+                self.pending
+                    .entry((gen.id, ev.tid, ev.probe))
+                    .or_default()
+                    .push(Pending {
+                        time_ns: ev.time_ns,
+                        stack: stack_idx,
+                    });
+            }
+            (EventKind::Entry, _) => {}
+            (EventKind::Return, ProbeKind::Return) => {
+                let p = &mut self.probes[pi];
+                p.returns += 1;
+                if let Some(lat) = ev.latency_ns {
+                    p.latency.record(lat);
+                    if let Some(i) = stack_idx {
+                        self.agg[i as usize].total_ns += lat;
+                    }
+                }
+            }
+            (EventKind::Return, _) => {
+                self.probes[pi].returns += 1;
+                self.pair_return(pi, ev, gen);
+            }
+        }
+    }
+
+    fn pair_return(&mut self, pi: usize, ev: &Event, gen: Generation) {
+        let key = (gen.id, ev.tid, ev.probe);
+        let popped = match self.pending.get_mut(&key) {
+            Some(stack) => match (stack.last(), ev.latency_ns) {
+                (None, _) => None,
+                (Some(top), Some(lat)) => {
+                    // The call began at `expected`; an entry well before it is an outer call.
+                    let expected = ev.time_ns.saturating_sub(lat);
+                    let slack = 1_000 + lat / 100;
+                    if top.time_ns.saturating_add(slack) < expected {
+                        None
+                    } else {
+                        stack.pop()
+                    }
+                }
+                (Some(_), None) => stack.pop(),
+            },
+            None => None,
+        };
+        if self.pending.get(&key).is_some_and(|s| s.is_empty()) {
+            self.pending.remove(&key);
+        }
+        let latency = match (ev.latency_ns, popped) {
+            (Some(lat), _) => Some(lat),
+            (None, Some(entry)) => Some(ev.time_ns.saturating_sub(entry.time_ns)),
+            (None, None) => None,
+        };
+        let p = &mut self.probes[pi];
+        if popped.is_none() {
+            p.unmatched += 1;
+        }
+        if let Some(lat) = latency {
+            p.latency.record(lat);
+            if let Some(i) = popped.and_then(|e| e.stack) {
+                self.agg[i as usize].total_ns += lat;
+            }
+        }
+    }
+
+    /// The aggregation slot of this event's stack, rebasing it on first sight.
+    fn stack_key(&mut self, ev: &Event, gen: Generation) -> u32 {
+        let raw: RawKey = (ev.probe, gen.id, gen.comm, ev.stack);
+        if let Some(&i) = self.raw.get(&raw) {
+            return i;
+        }
+        let (frames, truncated) = match ev.stack.and_then(|id| self.stacks.get(&id)) {
+            None => (Box::default(), false),
+            Some(stack) => {
+                let mut out = Vec::with_capacity(stack.frames.len());
+                for &addr in &stack.frames {
+                    out.push(match self.spaces.lookup(ev.pid, ev.time_ns, addr) {
+                        None => RFrame::Unknown,
+                        Some(m) => {
+                            let key = (m.path.to_string(), m.build_id.cloned());
+                            let binary = match self.binary_ids.get(&key) {
+                                Some(&b) => b,
+                                None => {
+                                    let b = self.binaries.len() as u32;
+                                    self.binaries.push(key.clone());
+                                    self.binary_ids.insert(key, b);
+                                    b
+                                }
+                            };
+                            RFrame::Mapped {
+                                binary,
+                                offset: m.offset.0,
+                            }
+                        }
+                    });
+                }
+                (out.into_boxed_slice(), stack.truncated)
+            }
+        };
+        let dedup: DedupKey = (ev.probe, gen.comm, frames, truncated);
+        let idx = match self.dedup.get(&dedup) {
+            Some(&i) => i,
+            None => {
+                let i = self.agg.len() as u32;
+                self.agg.push(AggStack {
+                    probe: ev.probe,
+                    comm: gen.comm,
+                    frames: dedup.2.clone(),
+                    truncated,
+                    calls: 0,
+                    total_ns: 0,
+                });
+                self.dedup.insert(dedup, i);
+                i
+            }
+        };
+        self.raw.insert(raw, idx);
+        idx
+    }
+
+    pub(crate) fn finish(
+        mut self,
+        truncated: bool,
+        corrupt_chunks: u64,
+        mut warnings: Vec<String>,
+    ) -> Result<Report, Error> {
+        for name in &self.opts.filter.probes {
+            let known = self.probes.iter().any(|p| {
+                p.probe.name == *name
+                    || p.probe.specs.iter().any(|s| s == name)
+                    || p.probe.symbol == *name
+            });
+            if !known {
+                let available = self
+                    .probes
+                    .iter()
+                    .map(|p| p.probe.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(Error::NoSuchProbe {
+                    name: name.clone(),
+                    available,
+                });
+            }
+        }
+        if self.unknown_probe_events > 0 {
+            warnings.push(format!(
+                "{} event(s) name a probe the recording does not define; ignored",
+                self.unknown_probe_events
+            ));
+        }
+        // Entries still waiting: in flight if their process lived on, unmatched otherwise.
+        for ((gen, _tid, probe), pending) in &self.pending {
+            if let Some(&pi) = self.probe_index.get(probe) {
+                let p = &mut self.probes[pi];
+                if self.ended.contains(gen) {
+                    p.unmatched += pending.len() as u64;
+                } else {
+                    p.in_flight += pending.len() as u64;
+                }
+            }
+        }
+
+        let (stacks, unknown_frames) = self.symbolize_stacks(&mut warnings);
+
+        let mut functions: Vec<Function> = Vec::new();
+        let mut names = Vec::new();
+        for p in std::mem::take(&mut self.probes) {
+            if !p.selected {
+                continue;
+            }
+            names.push(p.probe.name.clone());
+            let mut processes: Vec<ProcessCalls> = p
+                .processes
+                .iter()
+                .map(|(&(pid, comm), &calls)| ProcessCalls {
+                    pid,
+                    comm: self.comms[comm as usize].clone(),
+                    calls,
+                })
+                .collect();
+            processes.sort_by(|a, b| {
+                b.calls
+                    .cmp(&a.calls)
+                    .then(a.pid.cmp(&b.pid))
+                    .then(a.comm.cmp(&b.comm))
+            });
+            functions.push(Function {
+                probe: p.probe.name,
+                binary: p.probe.binary,
+                symbol: p.probe.symbol,
+                kind: p.probe.kind,
+                calls: p.calls,
+                returns: p.returns,
+                in_flight: p.in_flight,
+                unmatched: p.unmatched,
+                lost: p.lost,
+                latency: p.latency,
+                processes,
+            });
+        }
+        sort_functions(&mut functions, self.opts.sort);
+
+        let duration_ns = match &self.finish {
+            Some(f) if f.stop_ns >= f.attach_ns => f.stop_ns - f.attach_ns,
+            _ => self
+                .first_ns
+                .map_or(0, |first| self.last_ns.saturating_sub(first)),
+        };
+        let recording = Recording {
+            command: shell_join(&self.header.command),
+            workload: self.header.workload.clone(),
+            host: self.header.host.clone(),
+            kernel: self.header.kernel.clone(),
+            duration_ns,
+            events: self.events,
+            lost_ring: self.lost[0],
+            lost_sideband: self.lost[1],
+            lost_unwind: self.lost[2],
+            truncated,
+            corrupt_chunks,
+            probes: names,
+        };
+        if unknown_frames > 0 {
+            warnings.push(format!(
+                "{unknown_frames} stack frame(s) fell in no recorded mapping and show as [unknown]"
+            ));
+        }
+        Ok(Report {
+            recording,
+            functions,
+            stacks,
+            unknown_frames,
+            warnings,
+        })
+    }
+
+    /// Names every unique rebased stack, outermost first, and merges stacks that end up with
+    /// the same names.
+    fn symbolize_stacks(&mut self, warnings: &mut Vec<String>) -> (Vec<StackSummary>, u64) {
+        let mut symbolizer = Symbolizer::new(self.opts.symbolize.clone());
+        let mut merged: HashMap<(ProbeId, u32, Vec<String>), (u64, u64)> = HashMap::new();
+        let mut unknown = 0u64;
+        for s in &self.agg {
+            let Some(&pi) = self.probe_index.get(&s.probe) else {
+                continue;
+            };
+            let probe = &self.probes[pi].probe;
+            let mut names = Vec::with_capacity(s.frames.len() + 1);
+            if s.truncated {
+                names.push("[truncated]".to_string());
+            }
+            if s.frames.is_empty() {
+                names.push(if probe.symbol.is_empty() {
+                    probe.name.clone()
+                } else {
+                    probe.symbol.clone()
+                });
+            }
+            for (depth, frame) in s.frames.iter().enumerate().rev() {
+                match *frame {
+                    RFrame::Unknown => {
+                        unknown += s.calls;
+                        names.push("[unknown]".to_string());
+                    }
+                    RFrame::Mapped { binary, offset } => {
+                        let (path, build_id) = &self.binaries[binary as usize];
+                        if self.opts.no_symbolize {
+                            names.push(offset_name(path, offset));
+                            continue;
+                        }
+                        let frames = symbolizer.symbolize(
+                            path,
+                            build_id.as_ref(),
+                            urec_format::FileOffset(offset),
+                            depth > 0,
+                        );
+                        if frames.is_empty() {
+                            names.push(offset_name(path, offset));
+                        }
+                        names.extend(frames.iter().map(|f| f.function.clone()));
+                    }
+                }
+            }
+            let e = merged.entry((s.probe, s.comm, names)).or_default();
+            e.0 += s.calls;
+            e.1 += s.total_ns;
+        }
+        warnings.extend(symbolizer.take_warnings());
+        let mut stacks: Vec<StackSummary> = merged
+            .into_iter()
+            .map(|((probe, comm, frames), (calls, total_ns))| StackSummary {
+                probe: self
+                    .probe_index
+                    .get(&probe)
+                    .map(|&pi| self.probes[pi].probe.name.clone())
+                    .unwrap_or_default(),
+                comm: self.comms[comm as usize].clone(),
+                frames,
+                calls,
+                total_ns,
+            })
+            .collect();
+        stacks.sort_by(|a, b| {
+            b.calls
+                .cmp(&a.calls)
+                .then_with(|| a.frames.cmp(&b.frames))
+                .then_with(|| a.probe.cmp(&b.probe))
+                .then_with(|| a.comm.cmp(&b.comm))
+        });
+        (stacks, unknown)
+    }
+}
+
+/// `bash+0x1234`: the name of a frame in a binary without a usable symbol.
+pub(crate) fn offset_name(path: &str, offset: u64) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    format!("{base}+{offset:#x}")
+}
+
+fn sort_functions(functions: &mut [Function], key: SortKey) {
+    let metric = |f: &Function| -> u64 {
+        let s = f.latency_stats();
+        match key {
+            SortKey::Calls => f.calls,
+            SortKey::Total => s.map_or(0, |s| s.total),
+            SortKey::Mean => s.map_or(0, |s| s.mean),
+            SortKey::P99 => s.map_or(0, |s| s.p99),
+            SortKey::Max => s.map_or(0, |s| s.max),
+        }
+    };
+    functions.sort_by(|a, b| {
+        metric(b)
+            .cmp(&metric(a))
+            .then_with(|| a.probe.cmp(&b.probe))
+    });
+}
+
+/// Joins argv into one line a shell would split back the same way.
+pub(crate) fn shell_join(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            let plain = !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,+%@^".contains(&b));
+            if plain {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

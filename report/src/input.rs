@@ -1,0 +1,62 @@
+//! Reading a recording: one place that opens the file, streams its records and turns the
+//! reader's end status (truncation, skipped chunks) into warnings, for [`crate::analyze`] and
+//! [`crate::script::script`] alike.
+
+use std::path::Path;
+
+use urec_format::{Header, Reader, Record};
+
+use crate::Error;
+
+/// How the file ended.
+pub(crate) struct InputStatus {
+    pub(crate) truncated: bool,
+    pub(crate) corrupt_chunks: u64,
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Streams the records of `path` into `each`, after giving the header to `start` to build the
+/// state `each` works on. A record the reader cannot decode is a [`Error::Corrupt`]; an error
+/// `each` returns (an output that cannot be written) stops the read.
+pub(crate) fn read<S>(
+    path: &Path,
+    start: impl FnOnce(&Header) -> S,
+    mut each: impl FnMut(&mut S, Record) -> Result<(), Error>,
+) -> Result<(S, InputStatus), Error> {
+    let mut reader = Reader::open(path).map_err(|source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut state = start(reader.header());
+    for record in reader.records() {
+        let record = record.map_err(|source| Error::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        each(&mut state, record)?;
+    }
+    let status = reader.status();
+    let mut warnings = Vec::new();
+    if status.truncated {
+        warnings.push(format!(
+            "{} is truncated (was the recorder killed?); read up to its last complete chunk",
+            path.display()
+        ));
+    }
+    if status.corrupt_chunks > 0 {
+        warnings.push(format!(
+            "{}: skipped {} corrupt chunk(s)",
+            path.display(),
+            status.corrupt_chunks
+        ));
+    }
+    warnings.extend(status.warnings.iter().map(|w| w.to_string()));
+    Ok((
+        state,
+        InputStatus {
+            truncated: status.truncated,
+            corrupt_chunks: status.corrupt_chunks,
+            warnings,
+        },
+    ))
+}

@@ -1,0 +1,359 @@
+//! `urec script`: every event in time order, one line each, in `perf script`'s layout, with the
+//! symbolized stack below it, so tools that read perf script output (inferno-collapse-perf,
+//! stackcollapse-perf.pl) read this too:
+//!
+//! (stack lines begin with a tab)
+//!
+//! ```text
+//!             bash   1234/1234   [001] 12345.678901234: bash:readline: (55d5c1a0) prompt="$ "
+//!         55d5c1a0 readline (/usr/bin/bash)
+//!         55d5b9e3 main (/usr/bin/bash)
+//!
+//!             bash   1234/1234   [001] 12345.912345678: bash:readline%return: (55d5c1a0) latency=233444444
+//! ```
+//!
+//! # Ordering
+//! A recording is only roughly in time order: events come from one ring buffer in commit order,
+//! which can trail the timestamps taken at probe time by a little. Events are therefore held in
+//! a min-heap of at most [`REORDER_WINDOW`] events and printed oldest first as newer ones
+//! arrive, which sorts any disorder shorter than the window in bounded memory. An event later
+//! than that is printed when it is read and counted in [`ScriptSummary::out_of_order`].
+//!
+//! Metadata (processes, mappings) is applied as it is read; rebasing asks for the mapping in
+//! force at the event's time, so reordering does not change what an address means. A stack is
+//! rendered once per (process generation, stack id) and reused.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::path::Path;
+
+use urec_format::{Avma, Event, EventKind, ProbeId, ProcessChange, Record, StackId};
+
+use crate::aggregate::offset_name;
+use crate::args::format_arg;
+use crate::rebase::AddressSpaces;
+use crate::symbolize::{SymbolizeOptions, Symbolizer};
+use crate::Error;
+
+/// Events held back for reordering (see the module docs).
+pub const REORDER_WINDOW: usize = 100_000;
+
+/// Options of [`script`].
+#[derive(Clone, Debug, Default)]
+pub struct ScriptOptions {
+    /// Where binaries and debug files are looked for.
+    pub symbolize: SymbolizeOptions,
+    /// Skip symbolization (frames show as `binary+0xOFF`).
+    pub no_symbolize: bool,
+}
+
+/// What [`script`] saw, for the caller to report on stderr.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScriptSummary {
+    /// Events printed.
+    pub events: u64,
+    /// Events that arrived more than [`REORDER_WINDOW`] events late and were printed out of
+    /// time order.
+    pub out_of_order: u64,
+    /// The file was truncated (read up to its last complete chunk).
+    pub truncated: bool,
+    /// Warnings (truncation, symbolization problems), each once.
+    pub warnings: Vec<String>,
+}
+
+struct Pending {
+    event: Event,
+    comm: u32,
+    generation: u32,
+}
+
+/// Prints every event of the recording at `path` to `out`, in time order.
+pub fn script(
+    path: &Path,
+    opts: &ScriptOptions,
+    out: &mut dyn Write,
+) -> Result<ScriptSummary, Error> {
+    let mut heap: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
+    let mut held: HashMap<u64, Pending> = HashMap::new();
+    let mut seq = 0u64;
+    let (mut printer, status) = crate::input::read(
+        path,
+        |_| Printer::new(opts),
+        |printer, record| {
+            if let Record::Event(event) = record {
+                let (comm, generation) = printer.process_state(event.pid);
+                heap.push(Reverse((event.time_ns, seq)));
+                held.insert(
+                    seq,
+                    Pending {
+                        event,
+                        comm,
+                        generation,
+                    },
+                );
+                seq += 1;
+                if heap.len() > REORDER_WINDOW {
+                    if let Some(Reverse((_, s))) = heap.pop() {
+                        if let Some(p) = held.remove(&s) {
+                            printer.print(&p, out)?;
+                        }
+                    }
+                }
+            } else {
+                printer.metadata(record);
+            }
+            Ok(())
+        },
+    )?;
+    while let Some(Reverse((_, s))) = heap.pop() {
+        if let Some(p) = held.remove(&s) {
+            printer.print(&p, out)?;
+        }
+    }
+    let mut warnings = status.warnings;
+    warnings.extend(printer.symbolizer.take_warnings());
+    if printer.out_of_order > 0 {
+        warnings.push(format!(
+            "{} event(s) arrived too late to be sorted and were printed out of time order",
+            printer.out_of_order
+        ));
+    }
+    Ok(ScriptSummary {
+        events: printer.events,
+        out_of_order: printer.out_of_order,
+        truncated: status.truncated,
+        warnings,
+    })
+}
+
+struct Printer<'o> {
+    opts: &'o ScriptOptions,
+    spaces: AddressSpaces,
+    symbolizer: Symbolizer,
+    probes: HashMap<ProbeId, urec_format::Probe>,
+    stacks: HashMap<StackId, urec_format::Stack>,
+    /// pid → (comm id, generation).
+    pids: HashMap<u32, (u32, u32)>,
+    next_generation: u32,
+    comms: Vec<String>,
+    comm_ids: HashMap<String, u32>,
+    rendered: HashMap<(u32, u32, StackId), String>,
+    /// Last address seen for a probe in a process, for events without a stack.
+    addresses: HashMap<(u32, ProbeId), Avma>,
+    last_printed: u64,
+    events: u64,
+    out_of_order: u64,
+    line: String,
+}
+
+impl<'o> Printer<'o> {
+    fn new(opts: &'o ScriptOptions) -> Self {
+        Self {
+            opts,
+            spaces: AddressSpaces::new(),
+            symbolizer: Symbolizer::new(opts.symbolize.clone()),
+            probes: HashMap::new(),
+            stacks: HashMap::new(),
+            pids: HashMap::new(),
+            next_generation: 0,
+            comms: Vec::new(),
+            comm_ids: HashMap::new(),
+            rendered: HashMap::new(),
+            addresses: HashMap::new(),
+            last_printed: 0,
+            events: 0,
+            out_of_order: 0,
+            line: String::new(),
+        }
+    }
+
+    fn comm_id(&mut self, comm: &str) -> u32 {
+        if let Some(&id) = self.comm_ids.get(comm) {
+            return id;
+        }
+        let id = self.comms.len() as u32;
+        self.comms.push(comm.to_string());
+        self.comm_ids.insert(comm.to_string(), id);
+        id
+    }
+
+    fn set_process(&mut self, pid: u32, comm: &str, new_generation: bool) {
+        let comm = self.comm_id(comm);
+        let generation = match self.pids.get(&pid) {
+            Some(&(_, g)) if !new_generation => g,
+            _ => {
+                self.next_generation += 1;
+                self.next_generation
+            }
+        };
+        self.pids.insert(pid, (comm, generation));
+    }
+
+    fn process_state(&mut self, pid: u32) -> (u32, u32) {
+        if let Some(&s) = self.pids.get(&pid) {
+            return s;
+        }
+        self.set_process(pid, "[unknown]", true);
+        self.pids.get(&pid).copied().unwrap_or((0, 0))
+    }
+
+    fn metadata(&mut self, record: Record) {
+        if matches!(
+            record,
+            Record::Process(_) | Record::ProcessEvent(_) | Record::Mapping(_)
+        ) {
+            self.spaces.apply(&record);
+        }
+        match record {
+            Record::Probe(p) => {
+                self.probes.insert(p.id, p);
+            }
+            Record::Stack(s) => {
+                self.stacks.insert(s.id, s);
+            }
+            Record::Process(p) => self.set_process(p.pid, &p.comm, true),
+            Record::ProcessEvent(e) => match e.change {
+                ProcessChange::Exec { comm, .. } => self.set_process(e.pid, &comm, true),
+                ProcessChange::Comm(comm) => self.set_process(e.pid, &comm, false),
+                ProcessChange::Exit => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn print(&mut self, p: &Pending, out: &mut dyn Write) -> io::Result<()> {
+        let ev = &p.event;
+        if ev.time_ns < self.last_printed {
+            self.out_of_order += 1;
+        }
+        self.last_printed = self.last_printed.max(ev.time_ns);
+        self.events += 1;
+
+        let stack = ev.stack.and_then(|id| self.stacks.get(&id));
+        let address = match stack.and_then(|s| s.frames.first()) {
+            Some(&a) => {
+                self.addresses.insert((ev.pid, ev.probe), a);
+                Some(a)
+            }
+            None => self.addresses.get(&(ev.pid, ev.probe)).copied(),
+        };
+        let probe = self.probes.get(&ev.probe);
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        let comm = self
+            .comms
+            .get(p.comm as usize)
+            .map_or("[unknown]", String::as_str);
+        let _ = write!(
+            line,
+            "{comm:>16} {:>6}/{:<6} [{:03}] {}.{:09}: ",
+            ev.pid,
+            ev.tid,
+            ev.cpu,
+            ev.time_ns / 1_000_000_000,
+            ev.time_ns % 1_000_000_000
+        );
+        match probe {
+            Some(pr) => line.push_str(&pr.name),
+            None => {
+                let _ = write!(line, "probe#{}", ev.probe);
+            }
+        }
+        let is_return = ev.kind == EventKind::Return;
+        if is_return && !line.ends_with("%return") {
+            line.push_str("%return");
+        }
+        line.push_str(": (");
+        match (address, probe) {
+            (Some(a), _) => {
+                let _ = write!(line, "{a:x}");
+            }
+            (None, Some(pr)) => {
+                let _ = write!(line, "{:x}", pr.vaddr);
+            }
+            (None, None) => line.push('0'),
+        }
+        line.push(')');
+        let specs = probe
+            .map(|pr| {
+                pr.args
+                    .iter()
+                    .filter(|a| a.at_return == is_return)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for (i, value) in ev.args.iter().enumerate() {
+            line.push(' ');
+            match specs.get(i) {
+                Some(spec) => {
+                    line.push_str(&spec.name);
+                    line.push('=');
+                    format_arg(&mut line, spec.ty, value);
+                }
+                None => {
+                    let _ = write!(line, "arg{}=", i + 1);
+                    format_arg(&mut line, urec_format::ArgType::Hex(64), value);
+                }
+            }
+        }
+        if let Some(lat) = ev.latency_ns {
+            let _ = write!(line, " latency={lat}");
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+        self.line = line;
+
+        if let Some(id) = ev.stack {
+            let key = (ev.pid, p.generation, id);
+            if !self.rendered.contains_key(&key) {
+                let text = self.render_stack(ev, id);
+                self.rendered.insert(key, text);
+            }
+            if let Some(text) = self.rendered.get(&key) {
+                out.write_all(text.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn render_stack(&mut self, ev: &Event, id: StackId) -> String {
+        let mut text = String::new();
+        let Some(stack) = self.stacks.get(&id) else {
+            return text;
+        };
+        for (depth, &addr) in stack.frames.iter().enumerate() {
+            match self.spaces.lookup(ev.pid, ev.time_ns, addr) {
+                None => {
+                    let _ = writeln!(text, "\t{addr:>16x} [unknown] ([unknown])");
+                }
+                Some(m) => {
+                    let path = m.path.to_string();
+                    if self.opts.no_symbolize {
+                        let name = offset_name(&path, m.offset.0);
+                        let _ = writeln!(text, "\t{addr:>16x} {name} ({path})");
+                        continue;
+                    }
+                    let build_id = m.build_id.cloned();
+                    let frames =
+                        self.symbolizer
+                            .symbolize(&path, build_id.as_ref(), m.offset, depth > 0);
+                    if frames.is_empty() {
+                        let name = offset_name(&path, m.offset.0);
+                        let _ = writeln!(text, "\t{addr:>16x} {name} ({path})");
+                    }
+                    // Innermost first, as perf prints inlined frames.
+                    for f in frames.iter().rev() {
+                        let _ = writeln!(text, "\t{addr:>16x} {} ({path})", f.function);
+                    }
+                }
+            }
+        }
+        if stack.truncated {
+            let _ = writeln!(text, "\t{:>16x} [truncated] ([unknown])", 0);
+        }
+        text.push('\n');
+        text
+    }
+}

@@ -1,0 +1,169 @@
+//! The default output: a header about the recording and one aligned row per probed function,
+//! and the `--histogram` log2 latency histograms.
+
+use std::io::{self, Write};
+
+use crate::aggregate::{Function, Report};
+use crate::human_ns;
+
+/// Writes the summary table of `report`.
+///
+/// ```text
+/// # urec record -e bash:readline -a · host h (6.18.0) · 12.3s · 1234 events
+/// PROBE           CALLS    TOTAL     MEAN      P50      P90      P99      MAX
+/// bash:readline      12    1.23s    103ms   98.1ms    201ms    250ms    251ms  in_flight=1
+/// ```
+/// Latency columns show `-` when no call was matched. The last column lists `returns` when it
+/// differs from `calls` (for entry+return probes), and `in_flight`, `unmatched` and `lost` when they are not zero.
+pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+    let rec = &report.recording;
+    let mut head = format!(
+        "# {} · host {} ({}) · {} · {} events",
+        if rec.command.is_empty() {
+            "urec"
+        } else {
+            &rec.command
+        },
+        rec.host,
+        rec.kernel,
+        human_ns(rec.duration_ns),
+        rec.events
+    );
+    if let Some(w) = &rec.workload {
+        head.push_str(&format!(" · workload: {}", crate::aggregate::shell_join(w)));
+    }
+    writeln!(out, "{head}")?;
+    if rec.lost() > 0 {
+        writeln!(
+            out,
+            "# lost {} (ring {}, sideband {}, unwind {})",
+            rec.lost(),
+            rec.lost_ring,
+            rec.lost_sideband,
+            rec.lost_unwind
+        )?;
+    }
+    if rec.truncated {
+        writeln!(
+            out,
+            "# truncated recording: reported up to its last complete chunk"
+        )?;
+    }
+    if rec.corrupt_chunks > 0 {
+        writeln!(out, "# {} corrupt chunk(s) skipped", rec.corrupt_chunks)?;
+    }
+
+    let headers = [
+        "PROBE", "CALLS", "TOTAL", "MEAN", "P50", "P90", "P99", "MAX",
+    ];
+    let mut rows: Vec<(Vec<String>, String)> = Vec::new();
+    for f in &report.functions {
+        let mut cells = vec![f.probe.clone(), f.calls.to_string()];
+        match f.latency_stats() {
+            Some(s) => cells.extend([s.total, s.mean, s.p50, s.p90, s.p99, s.max].map(human_ns)),
+            None => cells.extend(std::iter::repeat_n("-".to_string(), 6)),
+        }
+        rows.push((cells, notes(f)));
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for (cells, _) in &rows {
+        for (w, c) in widths.iter_mut().zip(cells) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String], note: &str| -> String {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            let pad = w.saturating_sub(c.chars().count());
+            if i == 0 {
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad));
+            } else {
+                s.push_str("  ");
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            }
+        }
+        if !note.is_empty() {
+            s.push_str("  ");
+            s.push_str(note);
+        }
+        s
+    };
+    let head_cells: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    writeln!(out, "{}", line(&head_cells, ""))?;
+    for (cells, note) in &rows {
+        writeln!(out, "{}", line(cells, note))?;
+    }
+    Ok(())
+}
+
+fn notes(f: &Function) -> String {
+    let mut parts = Vec::new();
+    if f.kind == urec_format::ProbeKind::EntryReturn && f.returns != f.calls {
+        parts.push(format!("returns={}", f.returns));
+    }
+    for (name, v) in [
+        ("in_flight", f.in_flight),
+        ("unmatched", f.unmatched),
+        ("lost", f.lost),
+    ] {
+        if v > 0 {
+            parts.push(format!("{name}={v}"));
+        }
+    }
+    parts.join(" ")
+}
+
+/// Writes a log2 latency histogram per function, in bpftrace's `hist()` layout:
+///
+/// ```text
+/// @bash:readline latency (ns):
+/// [256, 512)            12 |@@@@@@@@@@@@                                        |
+/// [512, 1K)             52 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
+/// ```
+/// Rows run from the lowest to the highest non-empty bucket; functions without matched calls
+/// are skipped.
+pub fn write_histograms(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+    for f in &report.functions {
+        let buckets = f.latency.log2_buckets();
+        let Some(first) = buckets.iter().position(|&n| n > 0) else {
+            continue;
+        };
+        let last = buckets.iter().rposition(|&n| n > 0).unwrap_or(first);
+        let max = buckets.iter().copied().max().unwrap_or(1).max(1);
+        writeln!(out)?;
+        writeln!(out, "@{} latency (ns):", f.probe)?;
+        for (k, &n) in buckets.iter().enumerate().take(last + 1).skip(first) {
+            let label = match k {
+                0 => "[0]".to_string(),
+                1 => "[1]".to_string(),
+                _ => format!("[{}, {})", pow2_label(k - 1), pow2_label(k)),
+            };
+            let bar = (n * 52 / max) as usize;
+            writeln!(out, "{label:<20}{n:>8} |{:<52}|", "@".repeat(bar))?;
+        }
+    }
+    Ok(())
+}
+
+/// `2^e` as bpftrace writes it: `512`, `1K`, `2M`, `4G`, ...
+fn pow2_label(e: usize) -> String {
+    let suffixes = ["", "K", "M", "G", "T", "P", "E"];
+    let unit = (e / 10).min(suffixes.len() - 1);
+    format!("{}{}", 1u64 << (e - unit * 10), suffixes[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pow2_label;
+
+    #[test]
+    fn labels() {
+        assert_eq!(pow2_label(1), "2");
+        assert_eq!(pow2_label(9), "512");
+        assert_eq!(pow2_label(10), "1K");
+        assert_eq!(pow2_label(21), "2M");
+        assert_eq!(pow2_label(63), "8E");
+    }
+}
