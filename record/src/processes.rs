@@ -50,8 +50,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use urec_format::{
-    Avma, Lost, LostSource, Mapping, Nanos, Process, ProcessChange, ProcessEvent,
-    Record,
+    Avma, Lost, LostSource, Mapping, Nanos, Process, ProcessChange, ProcessEvent, Record,
 };
 
 use crate::procfs::{self, BuildIdCache, Snapshot};
@@ -137,6 +136,8 @@ pub struct ProcessTable {
     now: Nanos,
     last_prune: Nanos,
     dropped_mappings: u64,
+    /// Never look at `/proc` (unit tests with made-up pids).
+    offline: bool,
 }
 
 impl ProcessTable {
@@ -201,10 +202,13 @@ impl ProcessTable {
             return Ok(());
         }
         if !self.procs.contains_key(&pid) {
-            let snap = procfs::snapshot(pid, &mut self.build_ids).filter(|s| {
-                s.start_ns
-                    .is_none_or(|start| start <= time_ns.saturating_add(START_SLACK_NS))
-            });
+            let snap = (!self.offline)
+                .then(|| procfs::snapshot(pid, &mut self.build_ids))
+                .flatten()
+                .filter(|s| {
+                    s.start_ns
+                        .is_none_or(|start| start <= time_ns.saturating_add(START_SLACK_NS))
+                });
             let proc = match snap {
                 Some(s) => Proc::from_snapshot(s),
                 None => Proc::new(Process {
@@ -292,6 +296,9 @@ impl ProcessTable {
     fn known(&mut self, pid: u32) -> bool {
         if self.procs.contains_key(&pid) {
             return true;
+        }
+        if self.offline {
+            return false;
         }
         match procfs::snapshot(pid, &mut self.build_ids) {
             Some(s) => {
@@ -401,7 +408,11 @@ impl ProcessTable {
         if !self.known(pid) {
             self.procs.insert(pid, Proc::new(bare_process(pid)));
         }
-        if self.procs.get(&pid).is_some_and(|p| p.pending_exec.is_some()) {
+        if self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.pending_exec.is_some())
+        {
             self.resolve_exec(pid, None, emit)?;
         }
         let Some(p) = self.procs.get_mut(&pid) else {
@@ -428,7 +439,11 @@ impl ProcessTable {
         else {
             return Ok(());
         };
+        let offline = self.offline;
         let exe = exe.unwrap_or_else(|| {
+            if offline {
+                return String::new();
+            }
             std::fs::read_link(format!("/proc/{pid}/exe"))
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default()
@@ -564,4 +579,242 @@ fn bare_process(pid: u32) -> Process {
 
 fn same_place(a: &Mapping, b: &Mapping) -> bool {
     (a.start, a.end, a.offset, &a.path) == (b.start, b.end, b.offset, &b.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sideband::{FileId, MmapRecord, TaskRecord};
+    use urec_format::{BuildId, FileOffset};
+
+    fn table() -> ProcessTable {
+        ProcessTable {
+            offline: true,
+            ..ProcessTable::default()
+        }
+    }
+
+    fn fork(pid: u32, ppid: u32, time_ns: Nanos) -> SidebandRecord {
+        SidebandRecord::Fork(TaskRecord {
+            pid,
+            ppid,
+            tid: pid,
+            ptid: ppid,
+            time_ns,
+        })
+    }
+
+    fn exit(pid: u32, tid: u32, time_ns: Nanos) -> SidebandRecord {
+        SidebandRecord::Exit(TaskRecord {
+            pid,
+            ppid: 1,
+            tid,
+            ptid: 1,
+            time_ns,
+        })
+    }
+
+    fn mmap(pid: u32, time_ns: Nanos, start: u64, path: &str) -> SidebandRecord {
+        SidebandRecord::Mmap(MmapRecord {
+            pid,
+            tid: pid,
+            time_ns,
+            start: Avma(start),
+            len: 0x1000,
+            pgoff: FileOffset(0x1000),
+            path: path.into(),
+            file: FileId::BuildId(BuildId(vec![1, 2])),
+            prot: Some(5),
+        })
+    }
+
+    fn comm(pid: u32, time_ns: Nanos, name: &str, exec: bool) -> SidebandRecord {
+        SidebandRecord::Comm {
+            pid,
+            tid: pid,
+            time_ns,
+            comm: name.into(),
+            exec,
+        }
+    }
+
+    /// Applies records, returning what was emitted.
+    fn apply(t: &mut ProcessTable, records: &[SidebandRecord]) -> Vec<Record> {
+        let mut out = Vec::new();
+        for r in records {
+            t.apply(r, &mut |rec| {
+                out.push(rec);
+                Ok(())
+            })
+            .unwrap();
+        }
+        out
+    }
+
+    fn ensure(t: &mut ProcessTable, pid: u32, time_ns: Nanos) -> Vec<Record> {
+        let mut out = Vec::new();
+        t.ensure_emitted(pid, time_ns, &mut |rec| {
+            out.push(rec);
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    /// A compact view: (kind, pid, time, detail).
+    fn view(records: &[Record]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| match r {
+                Record::Process(p) => {
+                    format!("process {} ppid={} {} {}", p.pid, p.ppid, p.comm, p.exe)
+                }
+                Record::Mapping(m) => {
+                    format!("map {} @{} {:x} {}", m.pid, m.time_ns, m.start, m.path)
+                }
+                Record::ProcessEvent(e) => format!("event {} @{} {:?}", e.pid, e.time_ns, e.change),
+                Record::Lost(l) => format!("lost {}", l.count),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn emits_ancestors_then_history_then_live_changes() {
+        let mut t = table();
+        let early = apply(
+            &mut t,
+            &[
+                fork(10, 1, 100),
+                comm(10, 110, "sh", true),
+                mmap(10, 120, 0x1000, "/bin/sh"),
+                fork(11, 10, 200),
+                comm(11, 210, "prog", true),
+                mmap(11, 220, 0x5000, "/bin/prog"),
+                mmap(11, 230, 0x7000, "/lib/libc.so.6"),
+            ],
+        );
+        assert!(early.is_empty(), "nothing is emitted before an event asks");
+        let first = ensure(&mut t, 11, 240);
+        assert_eq!(
+            view(&first),
+            [
+                // pid 1 is unknown (offline): the chain stops at 10.
+                "process 10 ppid=1  ",
+                "event 10 @110 Exec { comm: \"sh\", exe: \"/bin/sh\" }",
+                "map 10 @120 1000 /bin/sh",
+                "process 11 ppid=10 sh /bin/sh",
+                "map 11 @200 1000 /bin/sh",
+                "event 11 @210 Exec { comm: \"prog\", exe: \"/bin/prog\" }",
+                "map 11 @220 5000 /bin/prog",
+                "map 11 @230 7000 /lib/libc.so.6",
+            ]
+        );
+        assert!(ensure(&mut t, 11, 250).is_empty(), "emitted once");
+        let later = apply(
+            &mut t,
+            &[
+                mmap(11, 300, 0x9000, "/lib/libfoo.so"),
+                mmap(12, 301, 0x9000, "/lib/other.so"), // unknown, not emitted
+                comm(11, 310, "renamed", false),
+                exit(11, 13, 320), // a thread: no process change
+                exit(11, 11, 330),
+                SidebandRecord::Lost {
+                    time_ns: 340,
+                    count: 7,
+                },
+            ],
+        );
+        assert_eq!(
+            view(&later),
+            [
+                "map 11 @300 9000 /lib/libfoo.so",
+                "event 11 @310 Comm(\"renamed\")",
+                "event 11 @330 Exit",
+                "lost 7",
+            ]
+        );
+        assert_eq!(t.parent(11), Some(10));
+        assert_eq!(t.exit_time(11), Some(330));
+        assert_eq!(t.comm(11), Some("renamed"));
+    }
+
+    #[test]
+    fn exec_waits_for_its_executable_mapping() {
+        let mut t = table();
+        apply(&mut t, &[fork(20, 1, 10)]);
+        ensure(&mut t, 20, 11);
+        let out = apply(
+            &mut t,
+            &[
+                comm(20, 20, "new", true),
+                mmap(20, 30, 0x1000, "/usr/bin/new"),
+            ],
+        );
+        assert_eq!(
+            view(&out),
+            [
+                "event 20 @20 Exec { comm: \"new\", exe: \"/usr/bin/new\" }",
+                "map 20 @30 1000 /usr/bin/new",
+            ]
+        );
+        // An exec followed by the exit, with no mapping in between, still comes out.
+        let out = apply(&mut t, &[comm(20, 40, "x", true), exit(20, 20, 50)]);
+        assert_eq!(
+            view(&out),
+            [
+                "event 20 @40 Exec { comm: \"x\", exe: \"\" }",
+                "event 20 @50 Exit",
+            ]
+        );
+    }
+
+    #[test]
+    fn forgets_exited_processes_after_the_grace_period() {
+        let mut t = table();
+        apply(
+            &mut t,
+            &[
+                fork(30, 1, 1),
+                fork(31, 1, 1),
+                exit(30, 30, 2),
+                exit(31, 31, 2),
+            ],
+        );
+        ensure(&mut t, 31, 2);
+        assert_eq!(t.len(), 2);
+        // Within the grace period both are kept (late events may still come).
+        apply(&mut t, &[fork(32, 1, GRACE_NS)]);
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            view(&ensure(&mut t, 30, 2)),
+            ["process 30 ppid=1  ", "event 30 @2 Exit"],
+            "a late event still finds 30"
+        );
+        apply(&mut t, &[fork(33, 1, 1), exit(33, 33, 3)]);
+        apply(&mut t, &[fork(34, 1, 3 * GRACE_NS)]);
+        // 33 (never emitted, exited long ago) is gone; 30 and 31 (emitted) stay as tombstones.
+        assert_eq!(t.exit_time(33), None);
+        assert!(t.is_emitted(30) && t.is_emitted(31));
+        assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn duplicate_and_covered_mappings() {
+        let mut t = table();
+        apply(
+            &mut t,
+            &[
+                fork(40, 1, 1),
+                mmap(40, 2, 0x1000, "/a"),
+                mmap(40, 3, 0x1000, "/a"), // same place: dropped
+            ],
+        );
+        let out = ensure(&mut t, 40, 4);
+        assert_eq!(view(&out), ["process 40 ppid=1  ", "map 40 @2 1000 /a"]);
+        // A fork child inherits the mapping, stamped with the fork time.
+        apply(&mut t, &[fork(41, 40, 5)]);
+        let out = ensure(&mut t, 41, 6);
+        assert_eq!(view(&out), ["process 41 ppid=40  ", "map 41 @5 1000 /a"]);
+    }
 }

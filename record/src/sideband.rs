@@ -36,7 +36,9 @@
 //!   the loop must also wake on a timeout (100 ms is plenty) and call [`Sideband::read`].
 //! - **Losses are counted, not hidden**: a full ring makes the kernel drop records and later
 //!   write a `LOST` record with the count, which we pass on as [`SidebandRecord::Lost`] (the
-//!   data file's `Lost { source: Sideband }`).
+//!   data file's `Lost { source: Sideband }`). The kernel writes that `LOST` record together
+//!   with the next record that fits after the reader made room, so a loss in the very last
+//!   moments of a recording may go unreported.
 //!
 //! The ring is read by hand (no perf crate): `data_head` is loaded with acquire ordering (the
 //! kernel publishes records with a release store), records are copied out (reassembled when they
@@ -185,9 +187,7 @@ impl SidebandRecord {
     pub fn time_ns(&self) -> Nanos {
         match self {
             SidebandRecord::Mmap(m) => m.time_ns,
-            SidebandRecord::Comm { time_ns, .. } | SidebandRecord::Lost { time_ns, .. } => {
-                *time_ns
-            }
+            SidebandRecord::Comm { time_ns, .. } | SidebandRecord::Lost { time_ns, .. } => *time_ns,
             SidebandRecord::Fork(t) | SidebandRecord::Exit(t) => t.time_ns,
         }
     }
