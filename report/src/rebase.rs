@@ -9,12 +9,15 @@
 //! and never through a guessed load base: the file offset is `mapping.offset + (addr -
 //! mapping.start)`, and the ELF program headers (in the symbolizer) take it from there.
 //!
-//! Memory is proportional to the number of mappings and execs, not of events. Records may be
+//! Memory is proportional to the number of mappings, execs and processes, not of events. Records may be
 //! applied in file order, which need not be time order (side-band and events come from
 //! different rings), so nothing here assumes sorted input: each process keeps its history
 //! unsorted while records arrive and builds a sorted index the first time it is queried after a
 //! change. Queries then cost a binary search plus a short backward scan over the mappings that
 //! start below the address and could still reach it (see [`PidIndex`]).
+//!
+//! A [`Process`](urec_format::Process) record for a pid already seen with an earlier start
+//! time is a reused pid and starts a new address space, like an exec.
 //!
 //! Two corrections make real recordings resolve where a strict reading would give up:
 //! - A forked child inherits its parent's mappings, and a recorder may not copy them into the
@@ -64,24 +67,36 @@ struct Entry {
 
 #[derive(Default)]
 struct PidHistory {
+    /// Parent of the first process seen with this pid (0: unknown).
     ppid: u32,
+    /// Start of the latest process seen with this pid.
     start_ns: Option<u64>,
     entries: Vec<Entry>,
-    /// Exec times (unsorted until indexed).
-    execs: Vec<u64>,
+    /// Where one address space ends and the next begins (unsorted until indexed).
+    boundaries: Vec<Boundary>,
     /// Built on first lookup after a change; reset by `apply`.
     index: OnceLock<PidIndex>,
+}
+
+/// The start of a new address space of a pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Boundary {
+    time_ns: u64,
+    /// `Some(ppid)` when a reused pid started as a fork of `ppid` (which it shares mappings
+    /// with until it maps its own); `None` for an exec.
+    forked_from: Option<u32>,
+    start_ns: u64,
 }
 
 /// A process's history sorted for queries.
 ///
 /// `entries` are sorted by start address; `reach[i]` is the largest `end` among
 /// `entries[..=i]`, so a backward scan from the last entry starting at or below an address can
-/// stop as soon as nothing further left can reach it. `execs` are sorted times.
+/// stop as soon as nothing further left can reach it. `boundaries` are sorted by time.
 struct PidIndex {
     entries: Vec<Entry>,
     reach: Vec<u64>,
-    execs: Vec<u64>,
+    boundaries: Vec<Boundary>,
 }
 
 /// What an address was: the mapped file and the offset into it.
@@ -107,13 +122,33 @@ impl AddressSpaces {
         match record {
             Record::Process(p) => {
                 let h = self.pids.entry(p.pid).or_default();
-                h.ppid = p.ppid;
-                h.start_ns = p.start_ns;
+                // The same pid starting again later is a reused pid: a new address space,
+                // exactly as if it had exec'd.
+                match (h.start_ns, p.start_ns) {
+                    (Some(old), Some(new)) if new > old => {
+                        h.boundaries.push(Boundary {
+                            time_ns: new,
+                            forked_from: Some(p.ppid),
+                            start_ns: new,
+                        });
+                        h.index = OnceLock::new();
+                        h.start_ns = Some(new);
+                    }
+                    (None, _) => {
+                        h.ppid = p.ppid;
+                        h.start_ns = p.start_ns;
+                    }
+                    _ => {}
+                }
             }
             Record::ProcessEvent(ev) => {
                 if let ProcessChange::Exec { .. } = ev.change {
                     let h = self.pids.entry(ev.pid).or_default();
-                    h.execs.push(ev.time_ns);
+                    h.boundaries.push(Boundary {
+                        time_ns: ev.time_ns,
+                        forked_from: None,
+                        start_ns: 0,
+                    });
                     h.index = OnceLock::new();
                 }
             }
@@ -158,16 +193,25 @@ impl AddressSpaces {
             let index = h.index.get_or_init(|| PidIndex::build(h));
             match index.find(time_ns, addr.0) {
                 Found::Entry(e) => return Some(self.mapped(e, addr.0)),
-                Found::NotHere { exec_epoch } => {
+                Found::NotHere { epoch } => {
                     // Only a process still running the image it was forked with shares its
-                    // parent's mappings.
-                    if exec_epoch.is_some() || h.ppid == 0 || h.ppid == pid {
+                    // parent's mappings, as they were when it was forked.
+                    let (ppid, start) = match epoch {
+                        None => (h.ppid, h.start_ns),
+                        Some(Boundary {
+                            forked_from: Some(ppid),
+                            start_ns,
+                            ..
+                        }) => (*ppid, Some(*start_ns)),
+                        Some(_) => return None,
+                    };
+                    if ppid == 0 || ppid == pid {
                         return None;
                     }
-                    if let Some(start) = h.start_ns {
+                    if let Some(start) = start {
                         time_ns = time_ns.min(start);
                     }
-                    pid = h.ppid;
+                    pid = ppid;
                 }
             }
         }
@@ -185,10 +229,10 @@ impl AddressSpaces {
 
 enum Found<'a> {
     Entry(&'a Entry),
-    /// Nothing covers the address; `exec_epoch` is the time of the last exec at or before the
-    /// query time, if any.
+    /// Nothing covers the address; `epoch` is the boundary (exec or pid reuse) the query
+    /// time falls after, if any.
     NotHere {
-        exec_epoch: Option<u64>,
+        epoch: Option<&'a Boundary>,
     },
 }
 
@@ -202,22 +246,22 @@ impl PidIndex {
             max_end = max_end.max(e.end);
             reach.push(max_end);
         }
-        let mut execs = h.execs.clone();
-        execs.sort_unstable();
-        execs.dedup();
+        let mut boundaries = h.boundaries.clone();
+        boundaries.sort_unstable();
+        boundaries.dedup_by_key(|b| b.time_ns);
         PidIndex {
             entries,
             reach,
-            execs,
+            boundaries,
         }
     }
 
     fn find(&self, time: u64, addr: u64) -> Found<'_> {
         // The exec epoch the query time falls in: [epoch_start, epoch_end).
-        let n_before = self.execs.partition_point(|&t| t <= time);
-        let epoch_start = n_before.checked_sub(1).map(|i| self.execs[i]);
-        let epoch_end = self.execs.get(n_before).copied();
-        let lo = epoch_start.unwrap_or(0);
+        let n_before = self.boundaries.partition_point(|b| b.time_ns <= time);
+        let epoch = n_before.checked_sub(1).map(|i| &self.boundaries[i]);
+        let epoch_end = self.boundaries.get(n_before).map(|b| b.time_ns);
+        let lo = epoch.map_or(0, |b| b.time_ns);
         let in_epoch = |e: &Entry| e.time_ns >= lo && epoch_end.is_none_or(|end| e.time_ns < end);
 
         // In force: the latest mapping of this epoch covering `addr` recorded at or before
@@ -244,9 +288,7 @@ impl PidIndex {
         }
         match best.or(later) {
             Some(e) => Found::Entry(e),
-            None => Found::NotHere {
-                exec_epoch: epoch_start,
-            },
+            None => Found::NotHere { epoch },
         }
     }
 }
@@ -359,6 +401,39 @@ mod tests {
         assert_eq!(at(&s, 2, 900, 0x1010), Some(("/bin/a".into(), 0x10)));
         s.apply(&exec(2, 1000));
         assert_eq!(at(&s, 2, 1100, 0x1010), None);
+    }
+
+    #[test]
+    fn reused_pid_starts_a_new_address_space() {
+        let proc_at = |start| {
+            Record::Process(Process {
+                pid: 5,
+                ppid: 0,
+                comm: "p".into(),
+                exe: String::new(),
+                start_ns: Some(start),
+            })
+        };
+        let mut s = AddressSpaces::new();
+        s.apply(&proc_at(10));
+        s.apply(&map(5, 0, 0x1000, 0x2000, 0, "/old"));
+        s.apply(&proc_at(1000));
+        s.apply(&map(5, 1000, 0x1800, 0x1900, 0, "/new"));
+        assert_eq!(at(&s, 5, 500, 0x1010), Some(("/old".into(), 0x10)));
+        assert_eq!(at(&s, 5, 1500, 0x1810), Some(("/new".into(), 0x10)));
+        assert_eq!(at(&s, 5, 1500, 0x1010), None);
+        // Reused by a fork of pid 6: inherits 6's mappings as of its start.
+        s.apply(&map(6, 0, 0x1000, 0x2000, 0, "/six"));
+        s.apply(&map(6, 3000, 0x1000, 0x2000, 0, "/six-later"));
+        s.apply(&Record::Process(Process {
+            pid: 5,
+            ppid: 6,
+            comm: "p".into(),
+            exe: String::new(),
+            start_ns: Some(2000),
+        }));
+        assert_eq!(at(&s, 5, 3500, 0x1010), Some(("/six".into(), 0x10)));
+        assert_eq!(at(&s, 5, 1500, 0x1010), None);
     }
 
     #[test]
