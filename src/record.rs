@@ -1,15 +1,252 @@
-//! `urec record`.
+//! `urec record`: parses and resolves every probe spec first (a bad one exits 2 with nothing
+//! attached and no file touched), turns the flags into [`urec_record::RecordOptions`], records,
+//! and prints the summary. With `-- COMMAND` the exit status is the command's.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use urec_probe::{InsnHandling, ResolveOptions};
+use urec_record::{RecordOptions, StackMode, Target, Verbosity};
+
+use crate::UsageError;
 
 /// Command-line arguments of `urec record`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  urec record -e bash:readline -a -d 10\n  \
+    urec record -e 'libc:malloc size=arg1:u64' -- ls -l\n  \
+    urec record -e 'bash:readline%return cmd=+0($retval):string' -p 1234")]
 pub struct Args {
-    /// Probe spec: `TARGET:FUNCTION[%return] [ARG ...]` (repeatable).
-    #[arg(short = 'e', long = "event")]
+    /// Probe spec: `TARGET:FUNCTION[%return] [NAME=FETCH[:TYPE] ...]` (repeatable).
+    #[arg(short = 'e', long = "event", value_name = "SPEC", required = true)]
     pub events: Vec<String>,
+    /// Trace every process, including ones started later (the default without -p or COMMAND).
+    #[arg(short = 'a', long = "all-processes")]
+    pub all: bool,
+    /// Trace only these processes (comma-separated), their threads and later children.
+    #[arg(
+        short = 'p',
+        long = "pid",
+        value_name = "PID[,PID...]",
+        value_delimiter = ','
+    )]
+    pub pids: Vec<u32>,
+    /// Output file; an existing one is kept as FILE.old.
+    #[arg(short = 'o', long = "output", default_value = "urec.data")]
+    pub output: PathBuf,
+    /// Stop after this long: a number of seconds, or with a unit (500ms, 10s, 5m, 1h).
+    #[arg(short = 'd', long = "duration", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// How to capture user stacks.
+    #[arg(short = 'g', long = "call-graph", value_enum, default_value = "auto")]
+    pub call_graph: CallGraph,
+    /// Frames per user stack (at most 127).
+    #[arg(long, default_value_t = 127, value_parser = clap::value_parser!(u32).range(1..=127))]
+    pub stack_depth: u32,
+    /// Allow a glob to match more than 1000 functions.
+    #[arg(long)]
+    pub force: bool,
+    /// BPF ring buffer size (bytes, or with K/M/G), rounded up to a power of two.
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    pub buffer_size: u64,
+    /// Print only errors.
+    #[arg(short = 'q', long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Also say what was attached and how.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// The command to run and trace (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `-g`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallGraph {
+    /// Frame pointers where binaries keep them (for now: always frame pointers).
+    Auto,
+    /// Frame-pointer walk in the kernel.
+    Fp,
+    /// Copy of the stack unwound with CFI (not implemented yet).
+    Dwarf,
+    /// No stacks.
+    None,
+}
+
+/// `10`, `1.5s`, `500ms`, `5m`, `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (10, 500ms, 10s, 5m, 1h)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err(format!("{text:?}: the duration must be positive"));
+    }
+    Duration::try_from_secs_f64(v * scale).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// `4096`, `64K`, `16M`, `1G` (binary units; an optional `B`/`iB`).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let v: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (4096, 64K, 16M, 1G)"))?;
+    v.checked_shl(shift)
+        .filter(|&b| b >> shift == v && b > 0)
+        .ok_or_else(|| format!("{text:?}: bad size"))
 }
 
 /// Runs `urec record`; returns the exit status.
-pub fn run(_args: Args) -> anyhow::Result<u8> {
-    eprintln!("urec record: not implemented yet");
-    Ok(2)
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let stack_mode = match args.call_graph {
+        CallGraph::Auto | CallGraph::Fp => StackMode::FramePointer,
+        CallGraph::None => StackMode::None,
+        CallGraph::Dwarf => {
+            return Err(UsageError("-g dwarf is not implemented yet; use -g fp".into()).into())
+        }
+    };
+    if !args.pids.is_empty() && (args.all || !args.command.is_empty()) {
+        return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
+    }
+    let verbosity = if args.quiet {
+        Verbosity::Quiet
+    } else if args.verbose {
+        Verbosity::Verbose
+    } else {
+        Verbosity::Normal
+    };
+
+    // Everything that can be wrong with the specs, before anything else happens.
+    let specs = args
+        .events
+        .iter()
+        .map(|e| urec_probe::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let resolution = urec_probe::resolve(&specs, &ResolveOptions { force: args.force })?;
+    let mut probes = Vec::with_capacity(resolution.probes.len());
+    for p in &resolution.probes {
+        let planned = urec_record::plan(p, stack_mode).map_err(|e| UsageError(e.to_string()))?;
+        probes.push(planned);
+    }
+    if verbosity != Verbosity::Quiet {
+        for w in &resolution.warnings {
+            eprintln!("urec: warning: {w}");
+        }
+        for p in &resolution.probes {
+            if p.first_insn == InsnHandling::SingleStepped {
+                eprintln!(
+                    "urec: warning: {}: the kernel single-steps the first instruction of {}, \
+                     about 10x the cost per hit of an emulated one",
+                    p.probe.name, p.probe.symbol
+                );
+            }
+        }
+    }
+    for &pid in &args.pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(UsageError(format!("-p {pid}: no such process")).into());
+        }
+    }
+    let target = if !args.command.is_empty() {
+        let program = urec_record::command::find_program(&args.command[0])
+            .ok_or_else(|| UsageError(format!("{}: command not found", args.command[0])))?;
+        Target::Command {
+            program,
+            argv: args.command.clone(),
+            all: args.all,
+        }
+    } else if !args.pids.is_empty() {
+        Target::Pids(args.pids.clone())
+    } else {
+        Target::All
+    };
+    let workload = matches!(target, Target::Command { .. });
+    let output = args.output.clone();
+    let summary = urec_record::record(RecordOptions {
+        probes,
+        target,
+        output: args.output,
+        duration: args.duration,
+        stack_mode,
+        stack_depth: args.stack_depth,
+        buffer_size: args.buffer_size,
+        verbosity,
+        command_line: std::env::args().collect(),
+    })
+    .context("recording")?;
+    if verbosity != Verbosity::Quiet {
+        let lost = summary.lost_ring + summary.lost_sideband;
+        eprintln!(
+            "urec: {} events ({} entries, {} returns) in {:.2} s, {} lost{}; {} stacks",
+            summary.entries + summary.returns,
+            summary.entries,
+            summary.returns,
+            summary.duration.as_secs_f64(),
+            lost,
+            if summary.lost_sideband > 0 {
+                format!(" ({} side-band records)", summary.lost_sideband)
+            } else {
+                String::new()
+            },
+            summary.stacks,
+        );
+        eprintln!(
+            "urec: wrote {} to {}",
+            urec_record::human_bytes(summary.bytes),
+            output.display()
+        );
+    }
+    if workload {
+        let status = summary.workload_status.unwrap_or(0);
+        return Ok(status.clamp(0, 255) as u8);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("lots").is_err());
+    }
 }

@@ -1,6 +1,133 @@
 //! The recording half of urec: attaches the resolved probes with eBPF, follows processes and
 //! their executable mappings through perf side-band records, and streams everything into a
 //! urec data file.
-pub mod procfs;
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use urec_record::{plan, RecordOptions, Target, Verbosity};
+//! let spec = urec_probe::parse("bash:readline")?;
+//! let resolved = urec_probe::resolve(&[spec], &Default::default())?;
+//! let mode = urec_format::StackMode::FramePointer;
+//! let probes = resolved.probes.iter().map(|p| plan(p, mode)).collect::<Result<_, _>>()?;
+//! let summary = urec_record::record(RecordOptions {
+//!     probes,
+//!     target: Target::All,
+//!     output: "urec.data".into(),
+//!     duration: Some(std::time::Duration::from_secs(10)),
+//!     stack_mode: mode,
+//!     stack_depth: 127,
+//!     buffer_size: 16 << 20,
+//!     verbosity: Verbosity::Normal,
+//!     command_line: std::env::args().collect(),
+//! })?;
+//! eprintln!("{} events", summary.entries + summary.returns);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Modules: [`attach`] loads the BPF programs and attaches them (one multi link per binary);
+//! `session` runs a recording (set-up order, the consumer loop, the clean stop); [`stacks`]
+//! deduplicates stacks; [`plan`](mod@plan) turns resolved probes into the BPF tables;
+//! [`command`] runs `-- COMMAND`; [`output`] creates the file; [`sideband`], [`procfs`] and
+//! [`processes`] follow processes and their mappings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod attach;
+pub mod command;
+pub mod output;
+pub mod plan;
 pub mod processes;
+pub mod procfs;
+mod session;
 pub mod sideband;
+pub mod stacks;
+
+pub use plan::{plan, PlanError, PlannedProbe};
+pub use session::{check_privileges, human_bytes};
+pub use urec_format::StackMode;
+
+/// Whom to trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every process, including ones started later (never urec itself): `-a`.
+    All,
+    /// These processes, their threads, and the children they fork later: `-p`.
+    Pids(Vec<u32>),
+    /// Run a command once the probes are attached and trace it and its descendants (or every
+    /// process, with `all`, for the command's lifetime): `-- COMMAND`.
+    Command {
+        /// The program, resolved through `PATH` (see [`command::find_program`]).
+        program: PathBuf,
+        /// Its argv, `argv[0]` as the user wrote it.
+        argv: Vec<String>,
+        /// `-a -- COMMAND`: trace every process, not only the command's.
+        all: bool,
+    },
+}
+
+/// How chatty the recorder is on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verbosity {
+    /// Errors only (`-q`).
+    Quiet,
+    /// Warnings, the summary, and a live status line on a terminal.
+    Normal,
+    /// Also what was attached and how (`-v`).
+    Verbose,
+}
+
+/// Everything one recording needs.
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    /// The probes, ids 0..n in order.
+    pub probes: Vec<PlannedProbe>,
+    /// Whom to trace.
+    pub target: Target,
+    /// The data file.
+    pub output: PathBuf,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// How user stacks are captured (`None` or `FramePointer`).
+    pub stack_mode: StackMode,
+    /// Frames per stack (at most 127).
+    pub stack_depth: u32,
+    /// BPF ring buffer bytes (rounded up to a power of two).
+    pub buffer_size: u64,
+    /// What to print.
+    pub verbosity: Verbosity,
+    /// urec's own command line, for the file's header.
+    pub command_line: Vec<String>,
+}
+
+/// What a recording produced.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Entry events written.
+    pub entries: u64,
+    /// Return events written.
+    pub returns: u64,
+    /// Events lost because the BPF ring buffer was full.
+    pub lost_ring: u64,
+    /// Side-band records the kernel dropped.
+    pub lost_sideband: u64,
+    /// Distinct stacks written.
+    pub stacks: u64,
+    /// Entry events whose stack could not be read.
+    pub stack_errors: u64,
+    /// Size of the data file.
+    pub bytes: u64,
+    /// From attach to stop.
+    pub duration: Duration,
+    /// The command's exit status (128 + signal when killed), with `-- COMMAND`.
+    pub workload_status: Option<i32>,
+}
+
+/// Records until a stop condition; see the `session` module.
+pub fn record(opts: RecordOptions) -> anyhow::Result<Summary> {
+    if opts.stack_mode == StackMode::Dwarf {
+        anyhow::bail!("-g dwarf is not implemented yet");
+    }
+    session::run(opts)
+}

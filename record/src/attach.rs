@@ -1,0 +1,263 @@
+//! Loading urec's BPF programs and attaching them to the planned probes.
+//!
+//! # Design decisions
+//!
+//! - **One small fixed set of programs** (see `bpf/src/urec.bpf.c`) serves every probe; the attach
+//!   cookie is the probe id. Loading and verifying is paid once however many probes there are.
+//! - **One link per (binary, program)**: entry+return probes of a binary share one
+//!   `uprobe.session` link, entry-only probes one `uprobe.multi` link, `%return` probes one
+//!   `uretprobe.multi` link, each with urec's own file offsets (libbpf's by-name lookup fails on
+//!   stripped binaries and knows no `libc`) and one cookie per offset. Detaching a multi link takes
+//!   ≈0.1 s however many functions it covers; single perf-event uprobes take ≈130 ms *each*,
+//!   serialized in the kernel, so they are only the fallback when the kernel refuses multi links.
+//! - **Everything lives on file descriptors**: links, never tracefs. When urec dies, even by
+//!   `kill -9`, the kernel drops the links with the process.
+//! - **Attached to every process** (`pid = -1`), filtered in BPF: a per-process uprobe would
+//!   miss the children `-p` and `-- COMMAND` must follow.
+
+use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeMultiOpts, UprobeOpts};
+use urec_bpf::abi::{ProbeConfig, COOKIE_ONE_SIDED, KIND_ENTRY, KIND_RETURN};
+use urec_bpf::{UrecSkel, UrecSkelBuilder};
+use urec_format::{EventKind, ProbeId, ProbeKind};
+
+/// What the programs are loaded with.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// urec's own process id: never traced.
+    pub self_tgid: u32,
+    /// Trace only the tgids put in the filter (`-p`, `-- COMMAND`), and their later children.
+    pub filter: bool,
+    /// Frames per user stack; 0 for no stacks.
+    pub stack_depth: u32,
+    /// BPF ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    /// Number of probes (ids 0..n).
+    pub probes: u32,
+}
+
+/// One probe as the attach step needs it.
+#[derive(Clone, Debug)]
+pub struct AttachProbe {
+    /// Probe id, the cookie.
+    pub id: ProbeId,
+    /// Binary to attach to.
+    pub binary: PathBuf,
+    /// File offset.
+    pub offset: u64,
+    /// Entry, return or both.
+    pub kind: ProbeKind,
+}
+
+/// Opens and loads the programs. `storage` holds libbpf's object for the skeleton's lifetime.
+pub fn load<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    opts: &LoadOptions,
+) -> Result<UrecSkel<'obj>> {
+    let mut open = UrecSkelBuilder::default()
+        .open(storage)
+        .context("opening urec's BPF object")?;
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .context("urec's BPF object has no .rodata")?;
+    rodata.self_tgid = opts.self_tgid;
+    rodata.filter_tgids = opts.filter as u8;
+    rodata.stack_depth = opts.stack_depth;
+    rodata.wakeup_bytes = u64::from(opts.ring_bytes / 4);
+    open.maps
+        .events
+        .set_max_entries(opts.ring_bytes)
+        .context("sizing the ring buffer")?;
+    let n = opts.probes.max(1);
+    open.maps.probes.set_max_entries(n)?;
+    open.maps.lost.set_max_entries(n * 2)?;
+    open.progs.urec_fork.set_autoload(opts.filter);
+    open.load().map_err(|err| {
+        anyhow::anyhow!(
+            "the kernel refused urec's BPF programs ({err}); urec needs Linux 6.12 or newer \
+             with BTF (CONFIG_DEBUG_INFO_BTF)"
+        )
+    })
+}
+
+/// Writes each probe's configuration into the `probes` map.
+pub fn configure(skel: &UrecSkel<'_>, configs: &[(ProbeId, ProbeConfig)]) -> Result<()> {
+    for (id, cfg) in configs {
+        let bytes = cfg.to_bytes()?;
+        skel.maps
+            .probes
+            .update(&id.to_ne_bytes(), &bytes, MapFlags::ANY)
+            .with_context(|| format!("configuring probe {id}"))?;
+    }
+    Ok(())
+}
+
+/// Lets `tgid` (and, through the fork program, its later children) through the filter.
+pub fn allow_tgid(skel: &UrecSkel<'_>, tgid: u32) -> Result<()> {
+    skel.maps
+        .tgids
+        .update(&tgid.to_ne_bytes(), &[1], MapFlags::ANY)
+        .with_context(|| format!("adding process {tgid} to the filter"))
+}
+
+/// The attached links; dropping them detaches.
+pub struct Attached {
+    links: Vec<Link>,
+    /// Single uprobes had to be used (slow to detach).
+    pub fallback: bool,
+}
+
+impl Attached {
+    /// Number of links.
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+}
+
+/// Attaches every probe; tries multi links per binary first, and falls back to single uprobes
+/// (with `warn` told why) when the kernel refuses them.
+pub fn attach(
+    skel: &UrecSkel<'_>,
+    probes: &[AttachProbe],
+    warn: &mut dyn FnMut(String),
+) -> Result<Attached> {
+    match attach_multi(skel, probes) {
+        Ok(links) => Ok(Attached {
+            links,
+            fallback: false,
+        }),
+        Err(err) => {
+            warn(format!(
+                "uprobe_multi links refused ({err:#}); falling back to single uprobes, which \
+                 take about 0.1 s each to detach"
+            ));
+            let links = attach_single(skel, probes)?;
+            Ok(Attached {
+                links,
+                fallback: true,
+            })
+        }
+    }
+}
+
+fn attach_multi(skel: &UrecSkel<'_>, probes: &[AttachProbe]) -> Result<Vec<Link>> {
+    // (binary, kind) -> (offsets, cookies), in a stable order.
+    let mut groups: BTreeMap<(PathBuf, u8), (Vec<usize>, Vec<u64>)> = BTreeMap::new();
+    for p in probes {
+        let kind = match p.kind {
+            ProbeKind::EntryReturn => 0,
+            ProbeKind::Entry => 1,
+            ProbeKind::Return => 2,
+        };
+        let group = groups.entry((p.binary.clone(), kind)).or_default();
+        group.0.push(p.offset as usize);
+        group.1.push(u64::from(p.id));
+    }
+    let mut links = Vec::with_capacity(groups.len());
+    for ((binary, kind), (offsets, cookies)) in groups {
+        let (prog, retprobe, session) = match kind {
+            0 => (&skel.progs.urec_session, false, true),
+            1 => (&skel.progs.urec_entry, false, false),
+            _ => (&skel.progs.urec_return, true, false),
+        };
+        let n = offsets.len();
+        let opts = UprobeMultiOpts {
+            offsets,
+            cookies,
+            retprobe,
+            session,
+            ..Default::default()
+        };
+        let link = prog
+            .attach_uprobe_multi_with_opts(-1, &binary, "", opts)
+            .with_context(|| {
+                format!(
+                    "attaching {n} probe(s) to {} with one link",
+                    binary.display()
+                )
+            })?;
+        links.push(link);
+    }
+    Ok(links)
+}
+
+fn attach_single(skel: &UrecSkel<'_>, probes: &[AttachProbe]) -> Result<Vec<Link>> {
+    let mut links = Vec::new();
+    for p in probes {
+        let id = u64::from(p.id);
+        let mut one = |entry: bool, cookie: u64| -> Result<()> {
+            let prog = if entry {
+                &skel.progs.urec_entry_single
+            } else {
+                &skel.progs.urec_return_single
+            };
+            let opts = UprobeOpts {
+                cookie,
+                retprobe: !entry,
+                ..Default::default()
+            };
+            let link = prog
+                .attach_uprobe_with_opts(-1, &p.binary, p.offset as usize, opts)
+                .with_context(|| {
+                    format!(
+                        "attaching a {} probe to {} at file offset {:#x}",
+                        if entry { "entry" } else { "return" },
+                        p.binary.display(),
+                        p.offset
+                    )
+                })?;
+            links.push(link);
+            Ok(())
+        };
+        match p.kind {
+            ProbeKind::EntryReturn => {
+                one(true, id)?;
+                one(false, id)?;
+            }
+            ProbeKind::Entry => one(true, id | COOKIE_ONE_SIDED)?,
+            ProbeKind::Return => one(false, id | COOKIE_ONE_SIDED)?,
+        }
+    }
+    if links.is_empty() {
+        bail!("no probe to attach");
+    }
+    Ok(links)
+}
+
+/// Failed ring-buffer reservations so far, per (probe, kind), summed over CPUs; only non-zero
+/// counts.
+pub fn lost_counts(skel: &UrecSkel<'_>, probes: u32) -> Result<Vec<(ProbeId, EventKind, u64)>> {
+    let mut out = Vec::new();
+    for probe in 0..probes {
+        for (kind, ek) in [
+            (KIND_ENTRY, EventKind::Entry),
+            (KIND_RETURN, EventKind::Return),
+        ] {
+            let key = probe * 2 + u32::from(kind);
+            let Some(per_cpu) = skel
+                .maps
+                .lost
+                .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
+                .context("reading the lost-event counters")?
+            else {
+                continue;
+            };
+            let total: u64 = per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8))
+                .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                .sum();
+            if total > 0 {
+                out.push((probe, ek, total));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,240 @@
+//! From resolved probes to what the BPF programs are told: each argument's fetch tree flattened
+//! into the small accumulator program `urec.bpf.c` interprets, and whether entry stacks need the
+//! caller added.
+//!
+//! # The caller at a function's entry
+//!
+//! At a function's first instruction the function has not pushed its frame yet, so a
+//! frame-pointer walk starting at `%rbp` begins with the *caller's* frame and yields the
+//! caller's caller next: the immediate caller is missing. The kernel (6.10+) inserts the return
+//! address at `[sp]` itself, but only when the probed instruction is `push %rbp` or `endbr64`
+//! (`is_uprobe_at_func_entry()`). For every other function start the program inserts `[sp]`.
+//! Deciding from the very bytes the kernel looks at (read here from the file at the probe's
+//! offset) keeps the caller from being either missing or doubled.
+//!
+//! # Argument values
+//!
+//! uprobe_events semantics: `+OFF(FETCH)` reads the word at `FETCH + OFF`; with `:string` the
+//! outermost dereference is not a load but the string's address (`+0($retval):string` is the
+//! string `$retval` points to), and a bare `%reg:string` takes the register as the address.
+//! Intermediate dereferences read 8 bytes; the outermost reads the TYPE's size.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use object::{Object, ObjectSegment};
+use urec_bpf::abi::{self, ArgProgram, FetchOp, ProbeConfig};
+use urec_format::{ArgType, Probe, ProbeKind, StackMode};
+use urec_probe::{Fetch, ResolvedProbe};
+
+/// A probe ready for the recorder: the file's record, and the BPF programs' table entry.
+#[derive(Clone, Debug)]
+pub struct PlannedProbe {
+    /// What the data file records (its `stack_mode` is set by the recorder).
+    pub probe: Probe,
+    /// What the BPF programs read for it.
+    pub config: ProbeConfig,
+}
+
+/// A resolved probe urec cannot record as asked.
+#[derive(Debug, thiserror::Error)]
+#[error("probe {probe}: {why}")]
+pub struct PlanError {
+    probe: String,
+    why: String,
+}
+
+const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+
+/// Whether the kernel adds `[sp]` to an entry stack for a probe on these instruction bytes.
+pub fn kernel_adds_caller(insn: &[u8]) -> bool {
+    insn.first() == Some(&0x55) || insn.starts_with(&ENDBR64)
+}
+
+fn read_at(path: &Path, offset: u64, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0; n];
+    let got = f.read(&mut buf)?;
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// The ELF virtual address of a file offset, through the PT_LOAD segment that maps it.
+fn offset_to_svma(path: &Path, offset: u64) -> Option<u64> {
+    let data = std::fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    file.segments().find_map(|seg| {
+        let (start, size) = seg.file_range();
+        (offset >= start && offset < start + size).then(|| seg.address() + (offset - start))
+    })
+}
+
+/// Plans one resolved probe with stacks captured as `stack_mode`.
+pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedProbe, PlanError> {
+    let mut probe = resolved.probe.clone();
+    probe.stack_mode = stack_mode;
+    let err = |why: String| PlanError {
+        probe: probe.name.clone(),
+        why,
+    };
+    let binary = Path::new(&probe.binary);
+    let at_start = probe.kind != ProbeKind::Entry;
+    let add_caller = if at_start && probe.kind != ProbeKind::Return {
+        let insn = read_at(binary, probe.offset.0, 4)
+            .map_err(|e| err(format!("reading {}: {e}", binary.display())))?;
+        !kernel_adds_caller(&insn)
+    } else {
+        false
+    };
+    if probe.args.len() > abi::MAX_ARGS {
+        return Err(err(format!(
+            "at most {} arguments per probe, got {}",
+            abi::MAX_ARGS,
+            probe.args.len()
+        )));
+    }
+    let mut args = Vec::with_capacity(probe.args.len());
+    for (spec, fetch) in probe.args.iter().zip(&resolved.fetches) {
+        let at_return = match probe.kind {
+            ProbeKind::EntryReturn => spec.at_return,
+            ProbeKind::Entry => false,
+            ProbeKind::Return => true,
+        };
+        let is_string = spec.ty == ArgType::String;
+        let mut ops = Vec::new();
+        lower(
+            &fetch.lowered(),
+            type_size(spec.ty),
+            &mut ops,
+            &|file_off| {
+                let svma = offset_to_svma(binary, file_off).ok_or_else(|| {
+                    format!(
+                        "file offset {file_off:#x} is not in a loaded segment of {}",
+                        binary.display()
+                    )
+                })?;
+                Ok(svma.wrapping_sub(probe.vaddr.0) as i64)
+            },
+        )
+        .map_err(err)?;
+        if is_string {
+            match ops.last_mut() {
+                Some(FetchOp::Comm) => {}
+                Some(last @ FetchOp::Deref { .. }) => {
+                    let FetchOp::Deref { off, .. } = *last else {
+                        unreachable!()
+                    };
+                    *last = FetchOp::Add(off);
+                }
+                _ => {}
+            }
+        } else if matches!(ops.last(), Some(FetchOp::Comm)) {
+            return Err(err(format!("{} is a string: use :string", spec.fetch)));
+        }
+        if ops.len() > abi::MAX_OPS {
+            return Err(err(format!(
+                "{} nests too deep (at most {} steps)",
+                spec.fetch,
+                abi::MAX_OPS
+            )));
+        }
+        args.push(ArgProgram {
+            at_return,
+            is_string,
+            ops,
+        });
+    }
+    Ok(PlannedProbe {
+        probe,
+        config: ProbeConfig { add_caller, args },
+    })
+}
+
+fn type_size(ty: ArgType) -> u8 {
+    match ty {
+        ArgType::Unsigned(b) | ArgType::Signed(b) | ArgType::Hex(b) => (b / 8).clamp(1, 8),
+        ArgType::Bitfield { container, .. } => (container / 8).clamp(1, 8),
+        ArgType::String => 8,
+    }
+}
+
+/// Appends the ops computing `fetch`; `size` is what the outermost dereference reads.
+fn lower(
+    fetch: &Fetch,
+    size: u8,
+    ops: &mut Vec<FetchOp>,
+    file_rel: &dyn Fn(u64) -> Result<i64, String>,
+) -> Result<(), String> {
+    match fetch {
+        Fetch::Reg(r) => ops.push(FetchOp::Reg(r.pt_regs_offset() / 8)),
+        Fetch::StackPointer => ops.push(FetchOp::Reg(abi::REG_SP)),
+        Fetch::StackSlot(n) => ops.push(FetchOp::SpRel(i64::from(*n) * 8)),
+        Fetch::Memory(addr) => {
+            ops.push(FetchOp::Imm(*addr as i64));
+            ops.push(FetchOp::Deref { off: 0, size });
+        }
+        Fetch::FileOffset(off) => {
+            ops.push(FetchOp::ProbeRel(file_rel(*off)?));
+            ops.push(FetchOp::Deref { off: 0, size });
+        }
+        Fetch::Immediate(v) => ops.push(FetchOp::Imm(*v as i64)),
+        Fetch::Comm => ops.push(FetchOp::Comm),
+        Fetch::Deref { offset, inner } => {
+            lower(inner, 8, ops, file_rel)?;
+            ops.push(FetchOp::Deref { off: *offset, size });
+        }
+        // `lowered()` replaced these with registers and stack slots.
+        Fetch::Arg(_) | Fetch::Retval => {
+            return Err(format!("internal: {fetch:?} was not lowered"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use urec_probe::Reg;
+
+    fn lowered(f: &Fetch, size: u8) -> Vec<FetchOp> {
+        let mut ops = Vec::new();
+        lower(&f.lowered(), size, &mut ops, &|o| Ok(o as i64 - 0x1000)).unwrap();
+        ops
+    }
+
+    #[test]
+    fn lowers_fetch_trees() {
+        assert_eq!(lowered(&Fetch::Arg(1), 4), vec![FetchOp::Reg(14)]);
+        assert_eq!(lowered(&Fetch::Arg(7), 8), vec![FetchOp::SpRel(8)]);
+        assert_eq!(lowered(&Fetch::Retval, 8), vec![FetchOp::Reg(abi::REG_AX)]);
+        let d = Fetch::Deref {
+            offset: 8,
+            inner: Box::new(Fetch::Deref {
+                offset: -4,
+                inner: Box::new(Fetch::Reg(Reg::Si)),
+            }),
+        };
+        assert_eq!(
+            lowered(&d, 2),
+            vec![
+                FetchOp::Reg(13),
+                FetchOp::Deref { off: -4, size: 8 },
+                FetchOp::Deref { off: 8, size: 2 }
+            ]
+        );
+        assert_eq!(
+            lowered(&Fetch::FileOffset(0x1010), 8),
+            vec![FetchOp::ProbeRel(0x10), FetchOp::Deref { off: 0, size: 8 }]
+        );
+    }
+
+    #[test]
+    fn caller_rule_matches_the_kernel() {
+        assert!(kernel_adds_caller(&[0x55, 0x48, 0x89, 0xe5]));
+        assert!(kernel_adds_caller(&[0xf3, 0x0f, 0x1e, 0xfa]));
+        assert!(!kernel_adds_caller(&[0x48, 0x8d, 0x05, 0x00]));
+        assert!(!kernel_adds_caller(&[]));
+    }
+}

@@ -1,0 +1,677 @@
+//! One recording, start to finish: set-up in the order that loses nothing, the consumer loop,
+//! and the clean stop.
+//!
+//! # Order of set-up
+//!
+//! 1. Privileges, then the side-band (perf dummy events) **before** any probe is attached: an
+//!    exec or `dlopen` between the two would otherwise leave events without their mapping.
+//! 2. Load the BPF programs and write the per-probe tables; put `-p` pids into the filter.
+//! 3. Fork `-- COMMAND` held on a pipe; its pid joins the filter (the fork program follows its
+//!    descendants in the kernel).
+//! 4. Attach. Only now is the output file created (an existing one kept as `.old`), so a
+//!    refusal by the kernel does not clobber an earlier recording.
+//! 5. Let the command exec.
+//!
+//! # The loop
+//!
+//! Every ≈10 ms (the programs do not wake us per event; see `urec.bpf.c`) the ring buffer is
+//! drained into a pending list and the side-band is read. Side-band records come with a
+//! *horizon*: every record stamped before it has been read. Pending events up to the horizon are
+//! released in time order, interleaved with the side-band records, so a process's exec, mmap and
+//! exit land in the file in their true place between its events; the process table emits a
+//! process's records on its first event (`ProcessTable::ensure_emitted`).
+//!
+//! # Stopping
+//!
+//! SIGINT/SIGTERM, `-d`, the command's exit, or the exit of every `-p` process. Then the links
+//! are dropped (nothing new arrives), the ring and the side-band are drained completely, and
+//! the file gets the lost counts and the `Finish` record.
+
+use std::cell::RefCell;
+use std::io::IsTerminal;
+use std::mem::MaybeUninit;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use libbpf_rs::{OpenObject, RingBufferBuilder};
+use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, F_STACK_ERR, KIND_ENTRY};
+use urec_format::{
+    ArgType, ArgValue, Event, EventKind, Finish, Header, Lost, LostSource, Nanos, Probe, ProbeKind,
+    Record, StackMode, Writer,
+};
+
+use crate::attach::{self, AttachProbe, LoadOptions};
+use crate::command::Workload;
+use crate::output;
+use crate::processes::ProcessTable;
+use crate::sideband::{monotonic_now, Sideband, SidebandRecord};
+use crate::stacks::StackTable;
+use crate::{PlannedProbe, RecordOptions, Summary, Target, Verbosity};
+
+/// Side-band ring pages per CPU (256 KiB: no loss seen at ≈300 mmaps/s host-wide).
+const SIDEBAND_PAGES: usize = 64;
+/// How often the consumer wakes when no forced wake-up comes.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a handler that only stores to an atomic is async-signal-safe; sigaction with
+        // a zeroed struct and no SA_RESTART so that waits return EINTR promptly.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Checks up front that the kernel will let us load programs and open system-wide perf events.
+pub fn check_privileges() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let caps = [
+        (39, "CAP_BPF"),
+        (38, "CAP_PERFMON"),
+        (19, "CAP_SYS_PTRACE"),
+        (2, "CAP_DAC_READ_SEARCH"),
+    ];
+    let missing: Vec<&str> = caps
+        .iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.contains(&"CAP_BPF") || missing.contains(&"CAP_PERFMON") {
+        bail!(
+            "urec record needs root, or the capabilities CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE \
+             and CAP_DAC_READ_SEARCH; missing: {} (try sudo)",
+            missing.join(", ")
+        );
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "urec: warning: missing {}: mappings and build ids of other users' processes may be \
+             unreadable",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// How to decode and type one argument slot of an event.
+#[derive(Clone, Copy, Debug)]
+struct ArgSlot {
+    string: bool,
+    /// Mask applied to integer values (the TYPE's width).
+    mask: u64,
+}
+
+fn arg_slot(ty: ArgType) -> ArgSlot {
+    let bits = match ty {
+        ArgType::Unsigned(b) | ArgType::Signed(b) | ArgType::Hex(b) => b,
+        ArgType::Bitfield { container, .. } => container,
+        ArgType::String => 64,
+    };
+    ArgSlot {
+        string: ty == ArgType::String,
+        mask: if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        },
+    }
+}
+
+/// Per probe: the argument slots of entry and return events.
+#[derive(Debug, Default)]
+struct ProbeDecode {
+    entry: Vec<ArgSlot>,
+    ret: Vec<ArgSlot>,
+    entry_strings: Vec<bool>,
+    ret_strings: Vec<bool>,
+}
+
+fn decoders(probes: &[PlannedProbe]) -> Vec<ProbeDecode> {
+    probes
+        .iter()
+        .map(|p| {
+            let mut d = ProbeDecode::default();
+            for a in &p.probe.args {
+                let slot = arg_slot(a.ty);
+                let at_return = match p.probe.kind {
+                    ProbeKind::EntryReturn => a.at_return,
+                    ProbeKind::Entry => false,
+                    ProbeKind::Return => true,
+                };
+                if at_return {
+                    d.ret.push(slot);
+                } else {
+                    d.entry.push(slot);
+                }
+            }
+            d.entry_strings = d.entry.iter().map(|s| s.string).collect();
+            d.ret_strings = d.ret.iter().map(|s| s.string).collect();
+            d
+        })
+        .collect()
+}
+
+/// What the consumer accumulates between releases.
+struct State<W: std::io::Write> {
+    writer: Writer<W>,
+    table: ProcessTable,
+    stacks: StackTable,
+    decode: Vec<ProbeDecode>,
+    stack_depth: u32,
+    pending: Vec<Event>,
+    entries: u64,
+    returns: u64,
+    bad_records: u64,
+    stack_errors: u64,
+    error: Option<anyhow::Error>,
+}
+
+impl<W: std::io::Write> State<W> {
+    /// Decodes one ring-buffer record into the pending list (writing its stack if new).
+    fn on_ring_record(&mut self, bytes: &[u8]) -> Result<()> {
+        let raw = match RawEvent::parse(bytes) {
+            Ok(raw) => raw,
+            Err(_) => {
+                self.bad_records += 1;
+                return Ok(());
+            }
+        };
+        let Some(decode) = self.decode.get(raw.probe as usize) else {
+            self.bad_records += 1;
+            return Ok(());
+        };
+        let (slots, strings) = if raw.kind == KIND_ENTRY {
+            (&decode.entry, &decode.entry_strings)
+        } else {
+            (&decode.ret, &decode.ret_strings)
+        };
+        let mut values = Vec::with_capacity(slots.len());
+        let mut args = Vec::with_capacity(slots.len());
+        if raw.args(strings, &mut values).is_err() {
+            self.bad_records += 1;
+            return Ok(());
+        }
+        for (v, slot) in values.iter().zip(slots) {
+            args.push(match v {
+                RawArgValue::Int(x) => ArgValue::Int(x & slot.mask),
+                RawArgValue::Str(b, truncated) => ArgValue::Str {
+                    bytes: b.to_vec(),
+                    truncated: *truncated,
+                },
+                RawArgValue::Fault => ArgValue::Fault,
+            });
+        }
+
+        let stack = if raw.nframes() > 0 {
+            let mut frames = [0u64; 130];
+            let n = raw.nframes().min(frames.len());
+            for (slot, f) in frames.iter_mut().zip(raw.frames()) {
+                *slot = f;
+            }
+            // The walk stopped at the depth limit, not at the end of the chain.
+            let truncated = n as u32 >= self.stack_depth;
+            let (id, new) = self.stacks.intern(&frames[..n], truncated);
+            if let Some(s) = new {
+                self.writer.write(&Record::Stack(s))?;
+            }
+            Some(id)
+        } else {
+            if raw.flags & F_STACK_ERR != 0 {
+                self.stack_errors += 1;
+            }
+            None
+        };
+        let kind = if raw.kind == KIND_ENTRY {
+            self.entries += 1;
+            EventKind::Entry
+        } else {
+            self.returns += 1;
+            EventKind::Return
+        };
+        self.pending.push(Event {
+            probe: raw.probe,
+            kind,
+            pid: raw.pid,
+            tid: raw.tid,
+            cpu: raw.cpu,
+            time_ns: raw.time_ns,
+            stack,
+            latency_ns: (raw.flags & F_LATENCY != 0).then_some(raw.latency_ns),
+            args,
+        });
+        Ok(())
+    }
+
+    /// Writes, in time order, the side-band records `sb` and the pending events stamped at or
+    /// before `horizon`.
+    fn release(&mut self, sb: &mut Vec<SidebandRecord>, horizon: Nanos) -> Result<()> {
+        self.pending.sort_by_key(|e| e.time_ns);
+        let cut = self.pending.partition_point(|e| e.time_ns <= horizon);
+        let ready: Vec<Event> = self.pending.drain(..cut).collect();
+        let State { writer, table, .. } = self;
+        let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
+        let mut events = ready.into_iter().peekable();
+        for record in sb.drain(..) {
+            while let Some(e) = events.next_if(|e| e.time_ns < record.time_ns()) {
+                table.ensure_emitted(e.pid, e.time_ns, &mut emit)?;
+                emit(Record::Event(e))?;
+            }
+            table.apply(&record, &mut emit)?;
+        }
+        for e in events {
+            table.ensure_emitted(e.pid, e.time_ns, &mut emit)?;
+            emit(Record::Event(e))?;
+        }
+        Ok(())
+    }
+}
+
+fn uname() -> (String, String, String) {
+    // SAFETY: uname fills the zeroed struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return Default::default();
+    }
+    let s = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    (s(&u.nodename), s(&u.release), s(&u.machine))
+}
+
+/// A pidfd per `-p` process: readable once the process has exited.
+struct PidWatch {
+    fds: Vec<OwnedFd>,
+}
+
+impl PidWatch {
+    fn new(pids: &[u32]) -> Result<PidWatch> {
+        let mut fds = Vec::new();
+        for &pid in pids {
+            // SAFETY: pidfd_open(2) with no flags; returns a new fd or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("watching process {pid}"));
+            }
+            // SAFETY: a fresh fd we own.
+            fds.push(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        }
+        Ok(PidWatch { fds })
+    }
+
+    fn all_exited(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut polls: Vec<libc::pollfd> = self
+            .fds
+            .iter()
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll over a valid array, no timeout.
+        let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 0) };
+        n >= 0 && polls.iter().all(|p| p.revents != 0)
+    }
+}
+
+/// Runs a recording; see the module docs.
+pub fn run(opts: RecordOptions) -> Result<Summary> {
+    check_privileges()?;
+    let started = Instant::now();
+    let self_tgid = std::process::id();
+    let (host, kernel, arch) = uname();
+    let (filter, pids, command) = match &opts.target {
+        Target::All => (false, Vec::new(), None),
+        Target::Pids(pids) => (true, pids.clone(), None),
+        Target::Command { program, argv, all } => {
+            (!*all, Vec::new(), Some((program.clone(), argv.clone())))
+        }
+    };
+    let mut warn = |msg: String| {
+        if opts.verbosity != Verbosity::Quiet {
+            eprintln!("urec: warning: {msg}");
+        }
+    };
+
+    // 1. Side-band first.
+    let mut sideband = Sideband::open(SIDEBAND_PAGES).context("opening the perf side-band")?;
+    let mut table = ProcessTable::new();
+    match &opts.target {
+        Target::All => table.snapshot_all(),
+        Target::Pids(pids) => {
+            for &pid in pids {
+                if !table.prime(pid) {
+                    bail!("process {pid} does not exist");
+                }
+            }
+        }
+        Target::Command { .. } => {}
+    }
+
+    // 2. Programs and tables.
+    let nprobes = opts.probes.len() as u32;
+    let stack_depth = if opts.stack_mode == StackMode::None {
+        0
+    } else {
+        opts.stack_depth.clamp(1, urec_bpf::abi::MAX_DEPTH)
+    };
+    let ring_bytes = ring_size(opts.buffer_size)?;
+    let mut storage = MaybeUninit::<OpenObject>::uninit();
+    let skel = attach::load(
+        &mut storage,
+        &LoadOptions {
+            self_tgid,
+            filter,
+            stack_depth,
+            ring_bytes,
+            probes: nprobes,
+        },
+    )?;
+    let configs: Vec<_> = opts
+        .probes
+        .iter()
+        .map(|p| (p.probe.id, p.config.clone()))
+        .collect();
+    attach::configure(&skel, &configs)?;
+    for &pid in &pids {
+        attach::allow_tgid(&skel, pid)?;
+    }
+    let watch = if pids.is_empty() {
+        None
+    } else {
+        Some(PidWatch::new(&pids)?)
+    };
+
+    // 3. The command, held.
+    let mut workload = match &command {
+        Some((program, argv)) => {
+            let w = Workload::fork(program, argv)?;
+            attach::allow_tgid(&skel, w.pid())?;
+            Some(w)
+        }
+        None => None,
+    };
+
+    // 4. Attach, then the output file.
+    let probes: Vec<AttachProbe> = opts
+        .probes
+        .iter()
+        .map(|p| AttachProbe {
+            id: p.probe.id,
+            binary: PathBuf::from(&p.probe.binary),
+            offset: p.probe.offset.0,
+            kind: p.probe.kind,
+        })
+        .collect();
+    let attached = attach::attach(&skel, &probes, &mut warn)?;
+    let attach_ns = monotonic_now()?;
+    if opts.verbosity == Verbosity::Verbose {
+        eprintln!(
+            "urec: {} probe(s) attached with {} link(s) in {:.1} ms",
+            probes.len(),
+            attached.links(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let file = output::create(&opts.output)?;
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let header = Header {
+        host,
+        kernel,
+        arch,
+        command: opts.command_line.clone(),
+        workload: command.as_ref().map(|(_, argv)| argv.clone()),
+        start_unix_ns: now_unix,
+        start_monotonic_ns: monotonic_now()?,
+    };
+    let mut writer = Writer::new(std::io::BufWriter::new(file), &header)
+        .with_context(|| format!("writing {}", opts.output.display()))?;
+    for p in &opts.probes {
+        let mut probe: Probe = p.probe.clone();
+        probe.stack_mode = opts.stack_mode;
+        writer.write(&Record::Probe(probe))?;
+    }
+
+    let state = RefCell::new(State {
+        writer,
+        table,
+        stacks: StackTable::new(),
+        decode: decoders(&opts.probes),
+        stack_depth: if stack_depth == 0 {
+            u32::MAX
+        } else {
+            stack_depth
+        },
+        pending: Vec::new(),
+        entries: 0,
+        returns: 0,
+        bad_records: 0,
+        stack_errors: 0,
+        error: None,
+    });
+    let mut builder = RingBufferBuilder::new();
+    builder.add(&skel.maps.events, |bytes: &[u8]| {
+        let mut st = state.borrow_mut();
+        if st.error.is_some() {
+            return -1;
+        }
+        match st.on_ring_record(bytes) {
+            Ok(()) => 0,
+            Err(err) => {
+                st.error = Some(err);
+                -1
+            }
+        }
+    })?;
+    let ring = builder
+        .build()
+        .context("setting up the ring buffer consumer")?;
+
+    // 5. Go.
+    install_signal_handlers();
+    if let Some(w) = workload.as_mut() {
+        w.start()?;
+    }
+    let deadline = opts.duration.map(|d| Instant::now() + d);
+    let status_line =
+        (opts.verbosity != Verbosity::Quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar
+        });
+    let mut last_status = Instant::now();
+    let mut sb = Vec::new();
+    let mut workload_status = None;
+    loop {
+        let r = ring.poll_raw(POLL_INTERVAL);
+        if r < 0 && r != -libc::EINTR {
+            if let Some(err) = state.borrow_mut().error.take() {
+                return Err(err);
+            }
+            bail!(
+                "reading the ring buffer: {}",
+                std::io::Error::from_raw_os_error(-r)
+            );
+        }
+        sideband.read(&mut sb)?;
+        state.borrow_mut().release(&mut sb, sideband.horizon())?;
+        if STOP.load(Ordering::Relaxed) {
+            break;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if let Some(w) = workload.as_mut() {
+            if let Some(status) = w.try_wait()? {
+                workload_status = Some(status);
+                break;
+            }
+        }
+        if watch.as_ref().is_some_and(|w| w.all_exited()) {
+            break;
+        }
+        if let Some(bar) = &status_line {
+            if last_status.elapsed() >= Duration::from_millis(250) {
+                last_status = Instant::now();
+                let st = state.borrow();
+                let lost: u64 = attach::lost_counts(&skel, nprobes)
+                    .map(|v| v.iter().map(|x| x.2).sum())
+                    .unwrap_or(0);
+                bar.set_message(format!(
+                    "recording: {} events, {} lost, {}",
+                    st.entries + st.returns,
+                    lost,
+                    human_bytes(st.writer.bytes_written())
+                ));
+                bar.tick();
+            }
+        }
+    }
+    let stop_ns = monotonic_now()?;
+
+    // Stop: detach, then drain everything in flight.
+    drop(attached);
+    if ring.consume_raw() < 0 {
+        if let Some(err) = state.borrow_mut().error.take() {
+            return Err(err);
+        }
+    }
+    if let Some(bar) = status_line {
+        bar.finish_and_clear();
+    }
+    sideband.flush(&mut sb)?;
+    let lost = attach::lost_counts(&skel, nprobes)?;
+    drop(ring);
+    let mut st = state.into_inner();
+    if let Some(err) = st.error.take() {
+        return Err(err);
+    }
+    st.release(&mut sb, Nanos::MAX)?;
+    {
+        let State { writer, table, .. } = &mut st;
+        let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
+        table.finish(&mut emit)?;
+    }
+    let mut lost_ring = 0;
+    for (probe, kind, count) in &lost {
+        lost_ring += count;
+        st.writer.write(&Record::Lost(Lost {
+            source: LostSource::Ring,
+            probe: Some(*probe),
+            kind: Some(*kind),
+            count: *count,
+        }))?;
+    }
+    // The command: if recording stopped first (signal, -d), end it as perf does, and report
+    // its status.
+    if let Some(w) = workload.as_mut() {
+        if workload_status.is_none() {
+            workload_status = w.try_wait()?;
+            if workload_status.is_none() {
+                // SAFETY: kill(2) of our own child.
+                unsafe { libc::kill(w.pid() as libc::pid_t, libc::SIGTERM) };
+                workload_status = Some(w.wait()?);
+            }
+        }
+    }
+    st.writer.write(&Record::Finish(Finish {
+        attach_ns,
+        stop_ns,
+        workload_status,
+    }))?;
+    let State {
+        writer,
+        entries,
+        returns,
+        bad_records,
+        stack_errors,
+        stacks,
+        ..
+    } = st;
+    let out = writer.finish()?;
+    out.into_inner()
+        .map_err(|e| anyhow!("flushing {}: {}", opts.output.display(), e.error()))?
+        .sync_all()
+        .ok();
+    let bytes = std::fs::metadata(&opts.output)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    if bad_records > 0 {
+        warn(format!(
+            "{bad_records} malformed ring-buffer record(s) skipped"
+        ));
+    }
+    Ok(Summary {
+        entries,
+        returns,
+        lost_ring,
+        lost_sideband: sideband.lost(),
+        stacks: stacks.len() as u64,
+        stack_errors,
+        bytes,
+        duration: Duration::from_nanos(stop_ns.saturating_sub(attach_ns)),
+        workload_status,
+    })
+}
+
+/// The ring buffer size: a power of two of at least one page.
+fn ring_size(requested: u64) -> Result<u32> {
+    let page = 4096u64;
+    let size = requested
+        .max(page)
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX);
+    if size > 1 << 30 {
+        bail!("--buffer-size {requested} is too large (at most 1 GiB)");
+    }
+    Ok(size as u32)
+}
+
+/// `1.2 KiB`-style sizes.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
