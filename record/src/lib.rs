@@ -131,3 +131,4 @@ pub fn record(opts: RecordOptions) -> anyhow::Result<Summary> {
     }
     session::run(opts)
 }
+pub mod unwind;

@@ -1,0 +1,127 @@
+//! Reading what the unwinder needs from an ELF file: the CFI sections, the addresses framehop
+//! resolves CFI pointer encodings against, and the `PT_LOAD` table that turns a mapping into a
+//! load bias.
+//!
+//! The sections are *copied* out of a temporary memory map into reference-counted buffers
+//! rather than kept mapped: a binary that is rebuilt or truncated while the recording runs
+//! would turn a read of a live mapping into `SIGBUS` in the recorder. The copies are small —
+//! `.eh_frame` + `.eh_frame_hdr` of libc are ≈180 KiB — and `.text` is never copied, because
+//! framehop only analyses instructions for Mach-O; on ELF it needs the `.text` *address* only.
+
+use std::fs::File;
+use std::ops::Range;
+use std::sync::Arc;
+
+use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+
+/// Section bytes as framehop's modules hold them: shared between every mapping of the file,
+/// in every process.
+pub(crate) type Bytes = Arc<[u8]>;
+
+/// The unwind-relevant contents of one ELF file, parsed once and shared.
+pub(crate) struct ElfUnwindInfo {
+    pub(crate) build_id: Option<Vec<u8>>,
+    /// `PT_LOAD` segments: (file offset, virtual address, file size, executable).
+    loads: Vec<Load>,
+    pub(crate) text_svma: Option<Range<u64>>,
+    pub(crate) got_svma: Option<Range<u64>>,
+    pub(crate) eh_frame_svma: Option<Range<u64>>,
+    pub(crate) eh_frame: Option<Bytes>,
+    pub(crate) eh_frame_hdr_svma: Option<Range<u64>>,
+    pub(crate) eh_frame_hdr: Option<Bytes>,
+    pub(crate) debug_frame: Option<Bytes>,
+}
+
+struct Load {
+    offset: u64,
+    vaddr: u64,
+    filesz: u64,
+    exec: bool,
+}
+
+const PF_X: u32 = 1;
+
+impl ElfUnwindInfo {
+    /// Parses `file` (opened by the caller, which chose the right path for the process).
+    pub(crate) fn read(file: &File) -> Result<Self, String> {
+        // SAFETY: the map is read once, here, and dropped before returning; everything kept is
+        // copied out. A concurrent truncation could still fault during this short window, which
+        // is the same exposure every ELF reader that maps files has.
+        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| format!("cannot map: {e}"))?;
+        let elf = object::File::parse(&*map).map_err(|e| format!("not an ELF file: {e}"))?;
+        if elf.architecture() != object::Architecture::X86_64 {
+            return Err(format!("unsupported architecture {:?}", elf.architecture()));
+        }
+        let build_id = elf.build_id().ok().flatten().map(<[u8]>::to_vec);
+        let loads = elf
+            .segments()
+            .map(|seg| {
+                let (offset, filesz) = seg.file_range();
+                let exec = matches!(seg.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0);
+                Load {
+                    offset,
+                    vaddr: seg.address(),
+                    filesz,
+                    exec,
+                }
+            })
+            .collect();
+        let range = |name: &str| {
+            elf.section_by_name(name)
+                .map(|s| s.address()..s.address().saturating_add(s.size()))
+        };
+        // Compressed sections (`SHF_COMPRESSED`, seen on `.debug_frame` only) would need the
+        // `compression` feature of `object`; without it `data()` returns the compressed bytes,
+        // so such sections are skipped rather than misparsed.
+        let data = |name: &str| -> Option<Bytes> {
+            let section = elf.section_by_name(name)?;
+            let range = section.compressed_file_range().ok()?;
+            if range.format != object::CompressionFormat::None {
+                return None;
+            }
+            let bytes = section.data().ok()?;
+            (!bytes.is_empty()).then(|| Arc::from(bytes))
+        };
+        Ok(ElfUnwindInfo {
+            build_id,
+            loads,
+            text_svma: range(".text"),
+            got_svma: range(".got"),
+            eh_frame_svma: range(".eh_frame"),
+            eh_frame: data(".eh_frame"),
+            eh_frame_hdr_svma: range(".eh_frame_hdr"),
+            eh_frame_hdr: data(".eh_frame_hdr"),
+            debug_frame: data(".debug_frame"),
+        })
+    }
+
+    /// Whether there is any CFI at all (without it framehop can only walk frame pointers).
+    pub(crate) fn has_cfi(&self) -> bool {
+        self.eh_frame.is_some() || self.debug_frame.is_some()
+    }
+
+    /// The load bias (actual minus stated address) of a mapping of this file that starts at
+    /// `start` and maps file offset `offset`, from the `PT_LOAD` segment containing `offset`.
+    ///
+    /// The kernel maps each segment from its page-aligned file offset, so the mapping's offset
+    /// is `p_offset` rounded down to a page: a segment matches when `offset` lies within
+    /// `[p_offset rounded down, p_offset + p_filesz)`. Executable segments are preferred, as
+    /// only executable mappings reach the unwinder.
+    pub(crate) fn load_bias(&self, start: u64, offset: u64) -> Option<u64> {
+        const PAGE: u64 = 4096;
+        let contains = |l: &&Load| offset >= l.offset & !(PAGE - 1) && offset < l.offset + l.filesz;
+        let load = self
+            .loads
+            .iter()
+            .filter(|l| l.exec)
+            .find(contains)
+            .or_else(|| self.loads.iter().find(contains))?;
+        // avma(x) = start + (x - offset); svma(x) = p_vaddr + (x - p_offset).
+        Some(
+            start
+                .wrapping_sub(offset)
+                .wrapping_add(load.offset)
+                .wrapping_sub(load.vaddr),
+        )
+    }
+}

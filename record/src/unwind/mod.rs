@@ -1,0 +1,466 @@
+//! DWARF (CFI) unwinding of captured user stacks, in the recorder.
+//!
+//! With `-g dwarf` the BPF entry program captures the user registers an unwind starts from
+//! (`ip`, `sp`, `bp` on x86-64) and a copy of the stack from `sp` upward. perf keeps such copies
+//! in its data file and unwinds at report time, which makes files of kilobytes per event and
+//! slow reports. urec unwinds here instead, while the binaries and the live mappings are at
+//! hand, and writes only the resulting return addresses — as small as a frame-pointer stack.
+//!
+//! Design:
+//! - [framehop] does the unwinding. It recovers only `rip`, `rsp` and `rbp`, caches unwind rules
+//!   per address, and uses `.eh_frame_hdr`'s binary search table directly, so a warm unwind of
+//!   a 10-deep stack costs a few hundred nanoseconds.
+//! - Each ELF file's CFI is read **once** and shared (cache keyed by build id, else device and
+//!   inode, else path), however many processes map it and however often; failures are cached
+//!   too, so a file that cannot be read costs one warning, not one per mapping.
+//! - One framehop unwinder per process holds that process's modules (one per executable
+//!   mapping, `base_avma` = the mapping's load bias); one rule cache serves all processes.
+//! - Completion is judged here, not taken from framehop: framehop falls back to frame-pointer
+//!   walking for addresses without CFI and treats `bp == 0` there as the end of the stack, so
+//!   a stop inside the uretprobe trampoline looked like a normal end in the prototype. An
+//!   unwind is complete only if it reached an end-of-stack CFI rule (`_start`, `clone3`) or a
+//!   zero return address while every frame was inside a known module.
+//! - Pending uretprobes: the kernel replaces the return address of every function with an
+//!   active return probe by the trampoline address, in the real stack and hence in the copy.
+//!   When the unwinder reads the trampoline from a slot, it substitutes the original from
+//!   the [`PendingReturn`]s passed in (from the kernel's `return_instances`, or from
+//!   [`ShadowStacks`]).
+
+mod elf;
+mod shadow;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::sync::Arc;
+
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+use framehop::{ExplicitModuleSectionInfo, Module, Unwinder as _};
+use urec_format::Mapping;
+
+use self::elf::{Bytes, ElfUnwindInfo};
+pub use self::shadow::ShadowStacks;
+
+/// Longest stack returned; deeper ones end as [`Truncation::TooDeep`]. Twice perf's default
+/// (127): CFI unwinding is cheap per frame, and deep recursions are what flame graphs show.
+pub const MAX_FRAMES: usize = 256;
+
+/// The user registers at the probe that an x86-64 unwind starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Regs {
+    /// Instruction pointer (`PT_REGS_IP`): the probed address.
+    pub ip: u64,
+    /// Stack pointer (`PT_REGS_SP`): the address the stack copy starts at.
+    pub sp: u64,
+    /// Frame pointer register (`rbp`), needed where CFI restores it or is absent.
+    pub bp: u64,
+}
+
+/// An original return address hidden by a pending uretprobe: the stack slot at `slot` held
+/// `ret` before the kernel replaced it by the trampoline address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingReturn {
+    /// Address of the return-address slot: the stack pointer at the function's entry
+    /// (`return_instance::stack` in the kernel). 0 when unknown.
+    pub slot: u64,
+    /// The original return address (`return_instance::orig_ret_vaddr`).
+    pub ret: u64,
+}
+
+/// How an unwind ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnwindOutcome {
+    /// The outermost frame was reached (end-of-stack CFI or a zero return address).
+    Complete,
+    /// The unwind stopped early; the stack should end in a `[truncated]` frame.
+    Truncated(Truncation),
+}
+
+impl UnwindOutcome {
+    /// Whether the stack is incomplete.
+    pub fn is_truncated(self) -> bool {
+        matches!(self, UnwindOutcome::Truncated(_))
+    }
+}
+
+/// Why an unwind stopped early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Truncation {
+    /// No mapping of the process is known at all.
+    UnknownProcess,
+    /// An address outside every known module (JIT code, an unreported mapping, a corrupt
+    /// stack); that address is not in the output.
+    UnknownAddress,
+    /// A uretprobe trampoline address with no [`PendingReturn`] for it.
+    Trampoline,
+    /// The unwind needed stack bytes beyond the end of the copy (raise `--stack-size`).
+    StackCopyEnd,
+    /// The unwind read below the copy or looped (inconsistent registers or CFI).
+    BadStack,
+    /// More than [`MAX_FRAMES`] frames.
+    TooDeep,
+}
+
+/// How a file is recognised when another process maps it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum FileKey {
+    BuildId(Vec<u8>),
+    Inode { dev: u64, inode: u64 },
+    Path(String),
+}
+
+/// The modules and trampoline address of one process.
+#[derive(Default)]
+struct Process {
+    unwinder: UnwinderX86_64<Bytes>,
+    /// Address ranges of the modules in `unwinder`, sorted by start, non-overlapping.
+    modules: Vec<Range<u64>>,
+    /// Start of the `[uprobes]` mapping, where uretprobes send returns.
+    trampoline: Option<u64>,
+}
+
+impl Process {
+    fn contains(&self, addr: u64) -> bool {
+        let i = self.modules.partition_point(|r| r.start <= addr);
+        i > 0 && addr < self.modules[i - 1].end
+    }
+
+    /// Drops every module overlapping `range` (a new mapping replaces them).
+    fn remove_overlapping(&mut self, range: &Range<u64>) {
+        let unwinder = &mut self.unwinder;
+        self.modules.retain(|m| {
+            let overlaps = m.start < range.end && range.start < m.end;
+            if overlaps {
+                unwinder.remove_module(m.start);
+            }
+            !overlaps
+        });
+    }
+}
+
+/// Unwinds captured user stacks of every traced process; one per recording.
+///
+/// Feed it every executable [`Mapping`] (from the `/proc` snapshot and the side-band) with
+/// [`Unwinder::add_mapping`], and process changes with [`Unwinder::exec`] and
+/// [`Unwinder::exit`], in event order; then call [`Unwinder::unwind`] per captured stack.
+pub struct Unwinder {
+    files: HashMap<FileKey, Option<Arc<ElfUnwindInfo>>>,
+    processes: HashMap<u32, Process>,
+    cache: CacheX86_64,
+    warnings: Vec<String>,
+}
+
+impl Default for Unwinder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Unwinder {
+    /// An unwinder that knows no process yet.
+    pub fn new() -> Self {
+        Unwinder {
+            files: HashMap::new(),
+            processes: HashMap::new(),
+            cache: CacheX86_64::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// A new executable mapping of `pid` (`mapping.pid` is not consulted). A mapping that
+    /// overlaps earlier ones replaces them. The file's CFI is read the first time any process
+    /// maps it; a file that cannot be used leaves a warning (see [`Unwinder::take_warnings`])
+    /// and makes unwinds through it end as [`Truncation::UnknownAddress`].
+    ///
+    /// The `[uprobes]` special mapping gives the process's uretprobe trampoline address;
+    /// other special mappings (`[vdso]`, …) are ignored.
+    pub fn add_mapping(&mut self, pid: u32, mapping: &Mapping) {
+        let range = mapping.start.0..mapping.end.0;
+        if range.is_empty() {
+            return;
+        }
+        if mapping.path.starts_with('[') {
+            if mapping.path == "[uprobes]" {
+                self.processes.entry(pid).or_default().trampoline = Some(range.start);
+            }
+            return;
+        }
+        let Some(info) = self.file(pid, mapping) else {
+            // Still forget what the new mapping replaced.
+            if let Some(process) = self.processes.get_mut(&pid) {
+                process.remove_overlapping(&range);
+            }
+            return;
+        };
+        let Some(bias) = info.load_bias(range.start, mapping.offset.0) else {
+            self.warnings.push(format!(
+                "{}: no PT_LOAD segment contains file offset {:#x}; cannot unwind through it",
+                mapping.path, mapping.offset.0
+            ));
+            return;
+        };
+        let module = Module::new(
+            mapping.path.clone(),
+            range.clone(),
+            bias,
+            ExplicitModuleSectionInfo {
+                base_svma: 0,
+                text_svma: info.text_svma.clone(),
+                got_svma: info.got_svma.clone(),
+                eh_frame_svma: info.eh_frame_svma.clone(),
+                eh_frame: info.eh_frame.clone(),
+                eh_frame_hdr_svma: info.eh_frame_hdr_svma.clone(),
+                eh_frame_hdr: info.eh_frame_hdr.clone(),
+                debug_frame: info.debug_frame.clone(),
+                ..Default::default()
+            },
+        );
+        let process = self.processes.entry(pid).or_default();
+        process.remove_overlapping(&range);
+        let at = process.modules.partition_point(|m| m.start < range.start);
+        process.modules.insert(at, range);
+        process.unwinder.add_module(module);
+    }
+
+    /// `pid` called `execve`: all its mappings are gone.
+    pub fn exec(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    /// `pid` exited.
+    pub fn exit(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    /// Number of distinct files whose unwind tables are held (or known to be unusable).
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Warnings collected since the last call (files that could not be read), for the
+    /// recorder to show once.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Unwinds one captured stack of `pid`.
+    ///
+    /// - `regs`: the registers at the probe.
+    /// - `stack`: the bytes copied from `regs.sp` upward (any length; reads past the end stop
+    ///   the unwind with [`Truncation::StackCopyEnd`]).
+    /// - `trampoline`: the uretprobe trampoline address; `None` uses the `[uprobes]` mapping
+    ///   seen by [`Unwinder::add_mapping`], if any.
+    /// - `pending_returns`: the originals of slots that may hold the trampoline, innermost
+    ///   first. A slot read as the trampoline takes the entry whose `slot` is its address, or,
+    ///   when none matches, the first unused entry with `slot: 0` (for a source that knows
+    ///   only the order). Chained instances of one slot need only one entry.
+    ///
+    /// `out` is replaced by the frames, innermost first: `regs.ip`, then return addresses
+    /// (as read from the stack, not minus one). A truncated stack keeps the frames found so
+    /// far; an address outside every module is not included.
+    pub fn unwind(
+        &mut self,
+        pid: u32,
+        regs: Regs,
+        stack: &[u8],
+        trampoline: Option<u64>,
+        pending_returns: &[PendingReturn],
+        out: &mut Vec<u64>,
+    ) -> UnwindOutcome {
+        out.clear();
+        out.push(regs.ip);
+        let Some(process) = self.processes.get(&pid) else {
+            return UnwindOutcome::Truncated(Truncation::UnknownProcess);
+        };
+        if !process.contains(regs.ip) {
+            return UnwindOutcome::Truncated(Truncation::UnknownAddress);
+        }
+        let trampoline = trampoline.or(process.trampoline);
+        let sp = regs.sp;
+        let stack_end = sp.saturating_add(stack.len() as u64);
+
+        let mut substitutions = Substitutions::new(pending_returns);
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            let offset = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
+            let bytes = stack
+                .get(offset..offset.checked_add(8).ok_or(())?)
+                .ok_or(())?;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            let value = u64::from_le_bytes(word);
+            if Some(value) == trampoline {
+                return Ok(substitutions.original(addr).unwrap_or(value));
+            }
+            Ok(value)
+        };
+
+        let mut frames = process.unwinder.iter_frames(
+            regs.ip,
+            UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
+            &mut self.cache,
+            &mut read_stack,
+        );
+        // The first item is `regs.ip`, already in `out`.
+        if !matches!(frames.next(), Ok(Some(_))) {
+            return UnwindOutcome::Truncated(Truncation::BadStack);
+        }
+        loop {
+            match frames.next() {
+                Ok(Some(frame)) => {
+                    let addr = frame.address();
+                    if !process.contains(frame.address_for_lookup()) {
+                        let why = if Some(addr) == trampoline {
+                            Truncation::Trampoline
+                        } else {
+                            Truncation::UnknownAddress
+                        };
+                        return UnwindOutcome::Truncated(why);
+                    }
+                    if out.len() == MAX_FRAMES {
+                        return UnwindOutcome::Truncated(Truncation::TooDeep);
+                    }
+                    out.push(addr);
+                }
+                Ok(None) | Err(framehop::Error::ReturnAddressIsNull) => {
+                    return UnwindOutcome::Complete
+                }
+                Err(framehop::Error::CouldNotReadStack(addr)) if addr >= stack_end => {
+                    return UnwindOutcome::Truncated(Truncation::StackCopyEnd)
+                }
+                Err(_) => return UnwindOutcome::Truncated(Truncation::BadStack),
+            }
+        }
+    }
+
+    /// The cached unwind info of the file `mapping` maps, reading it on first use.
+    fn file(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ElfUnwindInfo>> {
+        let key = if let Some(id) = mapping.build_id.as_ref().filter(|id| !id.0.is_empty()) {
+            FileKey::BuildId(id.0.clone())
+        } else if mapping.inode != 0 {
+            FileKey::Inode {
+                dev: mapping.dev,
+                inode: mapping.inode,
+            }
+        } else {
+            FileKey::Path(mapping.path.clone())
+        };
+        if let Some(cached) = self.files.get(&key) {
+            return cached.clone();
+        }
+        let read = open_mapped_file(pid, mapping).and_then(|file| {
+            let info = ElfUnwindInfo::read(&file)?;
+            if let (Some(want), Some(have)) = (&mapping.build_id, &info.build_id) {
+                if !want.0.is_empty() && want.0 != *have {
+                    return Err(
+                        "the file on disk has a different build id than the mapped one \
+                                (replaced since?)"
+                            .to_string(),
+                    );
+                }
+            }
+            if !info.has_cfi() {
+                return Err(
+                    "no .eh_frame or .debug_frame; only frame pointers can be followed \
+                            through it"
+                        .to_string(),
+                );
+            }
+            Ok(Arc::new(info))
+        });
+        let entry = match read {
+            Ok(info) => Some(info),
+            Err(why) => {
+                self.warnings.push(format!("{}: {why}", mapping.path));
+                None
+            }
+        };
+        self.files.insert(key, entry.clone());
+        entry
+    }
+}
+
+/// Opens the file behind `mapping`, preferring the exact mapped file.
+///
+/// `/proc/PID/map_files/START-END` is the very file the process mapped, even when it was
+/// deleted, replaced or lives in another mount namespace; it needs the process alive and root.
+/// The path itself (through the process's root when it differs) is the fallback, checked
+/// against the mapping's inode when known.
+fn open_mapped_file(pid: u32, mapping: &Mapping) -> Result<File, String> {
+    let map_file = format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.start.0, mapping.end.0
+    );
+    if let Ok(file) = File::open(&map_file) {
+        return Ok(file);
+    }
+    let mut last_err = String::from("not found");
+    for path in [
+        format!("/proc/{pid}/root{}", mapping.path),
+        mapping.path.clone(),
+    ] {
+        match File::open(&path) {
+            Ok(file) => {
+                if mapping.inode != 0 && !same_inode(&file, mapping.inode) {
+                    last_err = format!("{path} is no longer the mapped file (inode differs)");
+                    continue;
+                }
+                return Ok(file);
+            }
+            Err(e) => last_err = format!("cannot open {path}: {e}"),
+        }
+    }
+    Err(last_err)
+}
+
+#[cfg(unix)]
+fn same_inode(file: &File, inode: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| m.ino() == inode)
+}
+
+#[cfg(not(unix))]
+fn same_inode(_file: &File, _inode: u64) -> bool {
+    true
+}
+
+/// The slots substituted so far in one unwind, so that a slot read twice reads the same.
+struct Substitutions<'a> {
+    pending: &'a [PendingReturn],
+    used: u64,
+    done: [(u64, u64); 8],
+    done_len: usize,
+}
+
+impl<'a> Substitutions<'a> {
+    fn new(pending: &'a [PendingReturn]) -> Self {
+        Substitutions {
+            pending,
+            used: 0,
+            done: [(0, 0); 8],
+            done_len: 0,
+        }
+    }
+
+    fn original(&mut self, slot: u64) -> Option<u64> {
+        if let Some(&(_, ret)) = self.done[..self.done_len].iter().find(|d| d.0 == slot) {
+            return Some(ret);
+        }
+        let index = self
+            .pending
+            .iter()
+            .position(|p| p.slot == slot)
+            .or_else(|| {
+                (0..self.pending.len().min(64))
+                    .find(|&i| self.pending[i].slot == 0 && self.used & (1 << i) == 0)
+            })?;
+        if index < 64 {
+            self.used |= 1 << index;
+        }
+        let ret = self.pending[index].ret;
+        if self.done_len < self.done.len() {
+            self.done[self.done_len] = (slot, ret);
+            self.done_len += 1;
+        }
+        Some(ret)
+    }
+}
