@@ -465,6 +465,16 @@ impl ProcessTable {
             self.known(t.pid);
             return;
         }
+        if let Some(p) = self.procs.get_mut(&t.pid) {
+            if p.exited.is_none() {
+                // Not a recycled pid (its holder would have exited first) but this very process,
+                // snapshotted from /proc before its fork record was read: keep what is known
+                // (maybe emitted already), with the parent and start the fork gives.
+                p.info.ppid = t.ppid;
+                p.info.start_ns = Some(t.time_ns);
+                return;
+            }
+        }
         let parent = self
             .known(t.ppid)
             .then(|| self.procs.get(&t.ppid))
@@ -486,7 +496,7 @@ impl ProcessTable {
             child.current.push(m.clone());
             child.history.push(Record::Mapping(m));
         }
-        // A recycled pid: the new process replaces whatever was known under it.
+        // A recycled pid, or a new one: the new process replaces whatever was known under it.
         self.procs.insert(t.pid, child);
     }
 
@@ -797,6 +807,24 @@ mod tests {
         assert_eq!(t.exit_time(33), None);
         assert!(t.is_emitted(30) && t.is_emitted(31));
         assert_eq!(t.len(), 4);
+    }
+
+    #[test]
+    fn an_early_event_then_the_fork_keeps_one_process() {
+        let mut t = table();
+        apply(&mut t, &[fork(50, 1, 1)]);
+        // 51's first event was processed before its fork record (offline: a bare record).
+        assert_eq!(view(&ensure(&mut t, 51, 10)), ["process 51 ppid=0  "]);
+        let out = apply(&mut t, &[fork(51, 50, 5), mmap(51, 6, 0x1000, "/b")]);
+        assert_eq!(view(&out), ["map 51 @6 1000 /b"]);
+        assert!(ensure(&mut t, 51, 11).is_empty());
+        assert_eq!(t.parent(51), Some(50));
+        // Once exited, the pid can be recycled: a new process under the same pid.
+        apply(&mut t, &[exit(51, 51, 20), fork(51, 50, 30)]);
+        assert_eq!(
+            view(&ensure(&mut t, 51, 31)),
+            ["process 50 ppid=1  ", "process 51 ppid=50  "]
+        );
     }
 
     #[test]

@@ -350,7 +350,7 @@ impl CpuRing {
         attr.set_watermark(1);
         let page = page_size();
         let data_size = pages * page;
-        attr.__bindgen_anon_2.wakeup_watermark = (data_size / 4).max(page) as u32;
+        attr.__bindgen_anon_2.wakeup_watermark = (data_size / 4).max(1) as u32;
 
         // SAFETY: `attr` is a fully initialized perf_event_attr with its own size.
         let fd = unsafe {

@@ -12,7 +12,7 @@ use object::{Object, ObjectSegment};
 use urec_format::{BuildId, ProcessChange, Record};
 use urec_record::processes::ProcessTable;
 use urec_record::procfs::{self, BuildIdCache};
-use urec_record::sideband::{FileId, MmapRecord, Sideband, SidebandRecord};
+use urec_record::sideband::{monotonic_now, FileId, MmapRecord, Sideband, SidebandRecord};
 
 fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -137,12 +137,14 @@ fn sees_exec_mmaps_dlopen_and_exit() {
     }
     let built = build();
     let mut sideband = Sideband::open(64).unwrap();
+    let before = monotonic_now().unwrap();
     let mut child = Command::new(&built.program)
         .args([built.library.to_str().unwrap(), "100", "0"])
         .spawn()
         .unwrap();
     let pid = child.id();
     let status = child.wait().unwrap();
+    let after = monotonic_now().unwrap();
     assert!(status.success(), "test program failed: {status}");
 
     let mut mine = Vec::new();
@@ -154,6 +156,15 @@ fn sees_exec_mmaps_dlopen_and_exit() {
         matches!(r, SidebandRecord::Exit(t) if t.is_process())
     });
     assert_eq!(sideband.lost(), 0);
+    // CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns(): every record falls between the two
+    // readings taken around the child's life.
+    for r in &mine {
+        assert!(
+            (before..=after).contains(&r.time_ns()),
+            "{before} <= {} <= {after}: {r:?}",
+            r.time_ns()
+        );
+    }
 
     let program_path = built.program.to_str().unwrap();
     let library_path = built.library.to_str().unwrap();
@@ -392,4 +403,53 @@ fn losses_are_counted() {
         .sum();
     assert!(lost > 0, "a 4 KiB ring cannot hold 200 execs");
     assert_eq!(sideband.lost(), lost);
+}
+
+/// Numbers for docs/performance.md:
+/// `cargo test --release -p urec-record --test sideband -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure() {
+    if !root_or_skip("measure") {
+        return;
+    }
+    let t = Instant::now();
+    let mut table = ProcessTable::new();
+    table.snapshot_all();
+    eprintln!(
+        "snapshot_all: {} processes in {:?} (cold build-id cache)",
+        table.len(),
+        t.elapsed()
+    );
+
+    let mut sideband = Sideband::open(64).unwrap();
+    let mut records = Vec::new();
+    let (mut reads, mut read_time, mut n) = (0u32, Duration::ZERO, 0usize);
+    let start = Instant::now();
+    let mut children = 0;
+    while children < 500 || start.elapsed() < Duration::from_millis(100) {
+        if children < 500 {
+            Command::new("/bin/true").status().unwrap();
+            children += 1;
+        }
+        let t = Instant::now();
+        sideband.read(&mut records).unwrap();
+        read_time += t.elapsed();
+        reads += 1;
+        for r in records.drain(..) {
+            table.apply(&r, &mut |_| Ok(())).unwrap();
+            n += 1;
+        }
+    }
+    sideband.flush(&mut records).unwrap();
+    n += records.len();
+    eprintln!(
+        "500 × /bin/true in {:?}: {n} side-band records, {} lost, {reads} reads taking {:?} \
+         ({:?} per read), table holds {} processes",
+        start.elapsed(),
+        sideband.lost(),
+        read_time,
+        read_time / reads,
+        table.len()
+    );
 }
