@@ -7,10 +7,14 @@
 //! At a function's first instruction the function has not pushed its frame yet, so a
 //! frame-pointer walk starting at `%rbp` begins with the *caller's* frame and yields the
 //! caller's caller next: the immediate caller is missing. The kernel (6.10+) inserts the return
-//! address at `[sp]` itself, but only when the probed instruction is `push %rbp` or `endbr64`
-//! (`is_uprobe_at_func_entry()`). For every other function start the program inserts `[sp]`.
-//! Deciding from the very bytes the kernel looks at (read here from the file at the probe's
-//! offset) keeps the caller from being either missing or doubled.
+//! address at `[sp]` itself, but only when the probed instruction is `push %rbp`
+//! (`is_uprobe_at_func_entry()`); verified on 6.18: a function starting with `endbr64` (every
+//! function of a `-fcf-protection` build), even `endbr64; push %rbp`, gets no fix-up, nor does
+//! one starting with `lea`. For every other function start the program inserts `[sp]`.
+//! Deciding from the very byte the kernel looks at (read here from the file at the probe's
+//! offset), and from the kernel version, keeps the caller from being either missing or doubled.
+//! (Comparing `[sp]` with the second frame at run time cannot tell: in a recursion the
+//! caller's caller has the same return address.)
 //!
 //! # Argument values
 //!
@@ -45,11 +49,20 @@ pub struct PlanError {
     why: String,
 }
 
-const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+/// Whether the kernel adds `[sp]` to an entry stack for a probe on these instruction bytes:
+/// Linux 6.10 and later do for `push %rbp` (0x55), older ones never.
+pub fn kernel_adds_caller(insn: &[u8], kernel: (u32, u32)) -> bool {
+    kernel >= (6, 10) && insn.first() == Some(&0x55)
+}
 
-/// Whether the kernel adds `[sp]` to an entry stack for a probe on these instruction bytes.
-pub fn kernel_adds_caller(insn: &[u8]) -> bool {
-    insn.first() == Some(&0x55) || insn.starts_with(&ENDBR64)
+/// The running kernel's (major, minor) version.
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 fn read_at(path: &Path, offset: u64, n: usize) -> std::io::Result<Vec<u8>> {
@@ -84,7 +97,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     let add_caller = if at_start && probe.kind != ProbeKind::Return {
         let insn = read_at(binary, probe.offset.0, 4)
             .map_err(|e| err(format!("reading {}: {e}", binary.display())))?;
-        !kernel_adds_caller(&insn)
+        !kernel_adds_caller(&insn, kernel_version())
     } else {
         false
     };
@@ -232,9 +245,11 @@ mod tests {
 
     #[test]
     fn caller_rule_matches_the_kernel() {
-        assert!(kernel_adds_caller(&[0x55, 0x48, 0x89, 0xe5]));
-        assert!(kernel_adds_caller(&[0xf3, 0x0f, 0x1e, 0xfa]));
-        assert!(!kernel_adds_caller(&[0x48, 0x8d, 0x05, 0x00]));
-        assert!(!kernel_adds_caller(&[]));
+        let k = (6, 18);
+        assert!(kernel_adds_caller(&[0x55, 0x48, 0x89, 0xe5], k));
+        assert!(!kernel_adds_caller(&[0x55, 0x48, 0x89, 0xe5], (6, 9)));
+        assert!(!kernel_adds_caller(&[0xf3, 0x0f, 0x1e, 0xfa], k));
+        assert!(!kernel_adds_caller(&[0x48, 0x8d, 0x05, 0x00], k));
+        assert!(!kernel_adds_caller(&[], k));
     }
 }
