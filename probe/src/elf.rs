@@ -72,7 +72,11 @@ pub(crate) struct Binary {
     pub segments: Vec<Segment>,
     /// Function symbols in executable segments, one per (name, vaddr), sorted by vaddr.
     pub functions: Vec<Sym>,
-    /// Fraction of functions (size > 0) opening with `[endbr64] push %rbp; mov %rsp,%rbp`.
+    /// Among functions that set up a frame at all (push registers or reserve stack, see
+    /// [`insn::sets_up_a_frame`]), the fraction doing it with `[endbr64] push %rbp;
+    /// mov %rsp,%rbp`. Leaf functions are left out: gcc omits the frame pointer in leaves even
+    /// with `-fno-omit-frame-pointer` (`-momit-leaf-frame-pointer`), and a frame-pointer walk
+    /// from a leaf only misses the immediate caller, which the recorder adds from `[sp]`.
     pub fp_fraction: f32,
     data: Mmap,
 }
@@ -239,14 +243,20 @@ impl Binary {
             .map(|s| s.vaddr)
             .collect();
         starts.dedup();
-        if starts.is_empty() {
+        let (mut framed, mut with_fp) = (0usize, 0usize);
+        for &v in &starts {
+            let bytes = self.bytes_at(v, 24);
+            if insn::sets_up_a_frame(bytes) {
+                framed += 1;
+                if insn::has_frame_pointer_prologue(bytes) {
+                    with_fp += 1;
+                }
+            }
+        }
+        if framed == 0 {
             return 0.0;
         }
-        let with = starts
-            .iter()
-            .filter(|&&v| insn::has_frame_pointer_prologue(self.bytes_at(v, 8)))
-            .count();
-        with as f32 / starts.len() as f32
+        with_fp as f32 / framed as f32
     }
 }
 
@@ -311,10 +321,11 @@ pub(crate) fn demangle(raw: &str) -> (Option<String>, Option<String>) {
     }
     if raw.starts_with("_Z") {
         if let Ok(sym) = cpp_demangle::Symbol::new(raw.as_bytes()) {
-            let full = sym.demangle().ok();
+            let full = sym.demangle().ok().map(strip_return_type);
             let short = sym
                 .demangle_with_options(&cpp_demangle::DemangleOptions::new().no_params())
-                .ok();
+                .ok()
+                .map(strip_return_type);
             let short = match (&full, short) {
                 (Some(f), Some(s)) if *f != s => Some(s),
                 _ => None,
@@ -323,6 +334,28 @@ pub(crate) fn demangle(raw: &str) -> (Option<String>, Option<String>) {
         }
     }
     (None, None)
+}
+
+/// Template function instances demangle with their return type first
+/// (`int ns::twice<int>(int)`); users name them without it, and a space would end FUNCTION in
+/// a spec. Drops everything up to the last space outside `<>`/`()` before the name's `(`.
+fn strip_return_type(name: String) -> String {
+    let mut depth = 0i32;
+    let mut cut = None;
+    for (i, c) in name.char_indices() {
+        match c {
+            '(' if depth == 0 => break,
+            '<' | '(' => depth += 1,
+            '>' | ')' => depth -= 1,
+            ' ' if depth == 0 => cut = Some(i + 1),
+            _ => {}
+        }
+    }
+    match cut {
+        // `operator new`, `operator delete[]`: the space belongs to the name.
+        Some(i) if !name[..i].trim_end().ends_with("operator") => name[i..].to_string(),
+        _ => name,
+    }
 }
 
 /// A Rust legacy mangled name ends in `17h<16 hex digits>E`.
@@ -356,6 +389,17 @@ mod tests {
             (Some("mycrate::module::function".into()), None)
         );
         assert_eq!(demangle("readline"), (None, None));
+        assert_eq!(
+            demangle("_ZN2ns5twiceIiEET_S1_"),
+            (
+                Some("ns::twice<int>(int)".into()),
+                Some("ns::twice<int>".into())
+            )
+        );
+        assert_eq!(
+            strip_return_type("ns::operator new(unsigned long)".into()),
+            "ns::operator new(unsigned long)"
+        );
         assert_eq!(demangle("_Zgarbage"), (None, None));
     }
 }

@@ -39,11 +39,32 @@ pub fn starts_with_push_rbp(bytes: &[u8]) -> bool {
     skip_endbr(bytes).first() == Some(&0x55)
 }
 
-/// The function opens with the frame-pointer prologue `[endbr64] push %rbp; mov %rsp,%rbp`
-/// (either encoding of the `mov`).
+/// The function opens with the frame-pointer prologue `[endbr64] push %rbp; ...;
+/// mov %rsp,%rbp` (either encoding of the `mov`). gcc -O2 schedules other instructions between
+/// the two, so the `mov` is looked for in the next bytes rather than right after the `push`;
+/// without frame pointers `push %rbp` only saves rbp as a general register and no
+/// `mov %rsp,%rbp` follows.
 pub fn has_frame_pointer_prologue(bytes: &[u8]) -> bool {
     let b = skip_endbr(bytes);
-    b.starts_with(&[0x55, 0x48, 0x89, 0xe5]) || b.starts_with(&[0x55, 0x48, 0x8b, 0xec])
+    if b.first() != Some(&0x55) {
+        return false;
+    }
+    let window = &b[1..b.len().min(20)];
+    window
+        .windows(3)
+        .any(|w| w == [0x48, 0x89, 0xe5] || w == [0x48, 0x8b, 0xec])
+}
+
+/// The function opens by saving registers or reserving stack (`[endbr64] push %reg` or
+/// `sub $N,%rsp`), which nearly every function that calls others does (it must at least
+/// realign the stack). Leaf functions often don't; they also don't matter for frame-pointer
+/// walks, so they are left out of the frame-pointer census.
+pub fn sets_up_a_frame(bytes: &[u8]) -> bool {
+    let b = skip_endbr(bytes);
+    matches!(
+        b,
+        [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..] | [0x48, 0x83 | 0x81, 0xec, ..]
+    )
 }
 
 /// Classifies the instruction at the start of `bytes` (x86-64).
@@ -191,5 +212,13 @@ mod tests {
             0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5
         ]));
         assert!(!has_frame_pointer_prologue(&[0x55, 0x53]));
+        // gcc -O2 -fno-omit-frame-pointer: `push %rbp; mov $1,%esi; mov %rsp,%rbp`.
+        assert!(has_frame_pointer_prologue(&[
+            0x55, 0xbe, 0x01, 0x00, 0x00, 0x00, 0x48, 0x89, 0xe5
+        ]));
+        assert!(sets_up_a_frame(&[0x41, 0x57]));
+        assert!(sets_up_a_frame(&[0xf3, 0x0f, 0x1e, 0xfa, 0x53]));
+        assert!(sets_up_a_frame(&[0x48, 0x83, 0xec, 0x08]));
+        assert!(!sets_up_a_frame(&[0x8d, 0x04, 0x37]));
     }
 }

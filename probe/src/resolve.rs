@@ -13,9 +13,10 @@ use crate::{glob, insn, target, InsnHandling, SpecError};
 /// thousands of probes by accident is slow to set up and slows the traced programs down.
 pub const GLOB_LIMIT: usize = 1000;
 
-/// A binary "keeps frame pointers" when at least this fraction of its functions open with
-/// `push %rbp; mov %rsp,%rbp`. Built with `-fno-omit-frame-pointer` nearly all do (only
-/// hand-written assembly and a few tail-call stubs don't); built without, almost none do.
+/// A binary "keeps frame pointers" when at least this fraction of its functions that set up a
+/// frame at all do it with `push %rbp; mov %rsp,%rbp`. Built with `-fno-omit-frame-pointer`
+/// nearly all do (the C runtime's `_init`/`_fini` and hand-written assembly don't); built
+/// without, almost none do (only functions using `alloca` or realigning the stack).
 pub const FRAME_POINTER_THRESHOLD: f32 = 0.5;
 
 /// Options of [`resolve`].
