@@ -27,8 +27,8 @@ const PAGE: u64 = 0x1000;
 /// The fixture directory, built once per test process; `None` (test skipped) when a compiler
 /// is missing, unless `CI=true`.
 fn fixtures() -> Option<&'static Path> {
-    static DIR: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
-    DIR.get_or_init(build_fixtures).as_ref().map(|d| d.path())
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(build_fixtures).as_deref()
 }
 
 macro_rules! fixtures_or_skip {
@@ -56,7 +56,7 @@ fn run(cmd: &mut Command) {
     );
 }
 
-fn build_fixtures() -> Option<tempfile::TempDir> {
+fn build_fixtures() -> Option<PathBuf> {
     let missing: Vec<_> = ["gcc", "g++", "rustc", "objcopy", "strip"]
         .into_iter()
         .filter(|t| !have(t))
@@ -70,11 +70,20 @@ fn build_fixtures() -> Option<tempfile::TempDir> {
         return None;
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let tmp = tempfile::Builder::new()
-        .prefix("urec-symbolize-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("temp dir");
-    let d = tmp.path();
+    // A static is never dropped, so the directory outlives the process: named by pid, and
+    // those of processes that are gone are removed here.
+    let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("urec-symbolize-") {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let d = &parent.join(format!("urec-symbolize-{}", std::process::id()));
+    let _ = fs::remove_dir_all(d);
+    fs::create_dir_all(d).unwrap();
     let s = |f: &str| src.join(f);
     let o = |f: &str| d.join(f);
     for sub in [
@@ -152,7 +161,7 @@ fn build_fixtures() -> Option<tempfile::TempDir> {
     // --symfs copies.
     fs::copy(o("pie"), o("symfs/nonexistent/urec-test/pie")).unwrap();
     fs::copy(o("pie"), o("symfs2/pie")).unwrap();
-    Some(tmp)
+    Some(d.clone())
 }
 
 /// What the tests need to know about a fixture, read with `object`.
@@ -707,4 +716,84 @@ fn special_mappings() {
         ["[unknown]"]
     );
     assert_eq!(sym.take_warnings(), Vec::<String>::new());
+}
+
+/// Not a test: the numbers in docs/architecture.md ("Symbolization"). Run with
+/// `cargo test --release -p urec-report --test symbolize -- --ignored --nocapture measure`;
+/// `UREC_MEASURE_BINARIES` (colon-separated) overrides the binaries measured.
+#[test]
+#[ignore]
+fn measure_symbolization_and_lookup_costs() {
+    use object::SymbolKind;
+    use std::time::Instant;
+    let binaries = std::env::var("UREC_MEASURE_BINARIES")
+        .unwrap_or_else(|_| "/lib/x86_64-linux-gnu/libc.so.6:/usr/bin/bash".into());
+    for path in binaries.split(':').filter(|p| Path::new(p).exists()) {
+        let data = fs::read(path).unwrap();
+        let obj = object::File::parse(&*data).unwrap();
+        let segs: Vec<_> = obj
+            .segments()
+            .map(|s| (s.file_range().0, s.address(), s.size()))
+            .collect();
+        // One address in the middle of each function.
+        let mut offs: Vec<u64> = obj
+            .symbols()
+            .chain(obj.dynamic_symbols())
+            .filter(|s| s.kind() == SymbolKind::Text && s.size() > 4)
+            .filter_map(|s| {
+                let a = s.address() + s.size() / 2;
+                let seg = segs.iter().find(|x| a >= x.1 && a < x.1 + x.2)?;
+                Some(seg.0 + a - seg.1)
+            })
+            .collect();
+        offs.sort_unstable();
+        offs.dedup();
+        let mut sym = symbolizer();
+        let t = Instant::now();
+        let mut frames = 0;
+        for &o in &offs {
+            frames += sym.symbolize(path, None, FileOffset(o), true).len();
+        }
+        let first = t.elapsed();
+        let t = Instant::now();
+        for &o in &offs {
+            sym.symbolize(path, None, FileOffset(o), true);
+        }
+        let cached = t.elapsed();
+        let n = offs.len() as f64;
+        println!(
+            "{path}: {} addresses, {frames} frames; first {first:?} ({:.1} µs each), cached {cached:?} ({:.0} ns each)",
+            offs.len(),
+            first.as_secs_f64() * 1e6 / n,
+            cached.as_secs_f64() * 1e9 / n
+        );
+    }
+    let mut s = AddressSpaces::new();
+    for pid in 0..2000u32 {
+        for m in 0..60u64 {
+            s.apply(&Record::Mapping(Mapping {
+                pid,
+                time_ns: m,
+                start: Avma(LIB_BASE + m * 0x10_0000),
+                end: Avma(LIB_BASE + m * 0x10_0000 + 0x8_0000),
+                offset: FileOffset(0x1000),
+                path: format!("/lib/l{m}.so"),
+                dev: 0,
+                inode: 0,
+                build_id: None,
+            }));
+        }
+    }
+    let t = Instant::now();
+    let mut hits = 0u64;
+    for i in 0..1_000_000u64 {
+        let addr = LIB_BASE + (i * 7 % 60) * 0x10_0000 + 0x1234;
+        hits += u64::from(s.lookup((i % 2000) as u32, 1000, Avma(addr)).is_some());
+    }
+    let e = t.elapsed();
+    assert_eq!(hits, 1_000_000);
+    println!(
+        "AddressSpaces: 120000 mappings, 1M lookups in {e:?} ({:.0} ns each)",
+        e.as_secs_f64() * 1e9 / 1e6
+    );
 }
