@@ -40,6 +40,18 @@
 //! (the kernel maps the program, then its interpreter), so the exec's `exe` is the path of the
 //! first mapping after it; the [`ProcessChange::Exec`] is held until that mapping arrives.
 //!
+//! # Races, and what the session should do about them
+//!
+//! A pid the table meets first in a probe event is snapshotted from `/proc`, whose state is
+//! *now*, not the event's time. When the side-band records of the same moments have already
+//! been applied, that is harmless; when they have not (the session wrote an event before
+//! reading the side-band up to the event's time), a process that `exec`ed in between gets its
+//! new image's mappings stamped "before recording". So the session should apply side-band
+//! records and write events merged by time, writing an event only once
+//! [`Sideband::horizon`](crate::sideband::Sideband::horizon) has passed it. Should the fork
+//! record of an already snapshotted process arrive late anyway, it only fills in the parent: a
+//! pid is recycled only after its holder's exit, so an alive entry is the same process.
+//!
 //! # Following children
 //!
 //! [`ProcessTable::parent`] and [`ProcessTable::exit_time`] answer the session's questions
@@ -825,6 +837,45 @@ mod tests {
             view(&ensure(&mut t, 51, 31)),
             ["process 50 ppid=1  ", "process 51 ppid=50  "]
         );
+    }
+
+    #[test]
+    fn threads_do_not_rename_or_end_the_process() {
+        let mut t = table();
+        apply(&mut t, &[fork(60, 1, 1)]);
+        ensure(&mut t, 60, 2);
+        let thread = |r: SidebandRecord| match r {
+            SidebandRecord::Comm {
+                pid,
+                time_ns,
+                comm,
+                exec,
+                ..
+            } => SidebandRecord::Comm {
+                pid,
+                tid: 61,
+                time_ns,
+                comm,
+                exec,
+            },
+            other => other,
+        };
+        let out = apply(
+            &mut t,
+            &[
+                SidebandRecord::Fork(TaskRecord {
+                    pid: 60,
+                    ppid: 60,
+                    tid: 61,
+                    ptid: 60,
+                    time_ns: 3,
+                }),
+                thread(comm(60, 4, "worker", false)),
+                exit(60, 61, 5),
+            ],
+        );
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!((t.comm(60), t.exit_time(60)), (Some(""), None));
     }
 
     #[test]

@@ -308,6 +308,22 @@ fn process_table_emits_ancestors_history_then_live_changes() {
         .iter()
         .position(|r| matches!(r, Record::ProcessEvent(e) if matches!(&e.change, ProcessChange::Exec { comm, exe } if comm == "sbtest" && *exe == program_path)))
         .expect("exec event");
+    // Before it: the mappings inherited from this test process at the fork, stamped with the
+    // fork time.
+    let test_exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let inherited: Vec<&urec_format::Mapping> = ours[1..exec]
+        .iter()
+        .map(|r| match r {
+            Record::Mapping(m) => m,
+            other => panic!("only mappings before the exec: {other:?}"),
+        })
+        .collect();
+    assert!(inherited
+        .iter()
+        .all(|m| Some(m.time_ns) == process.start_ns && m.pid == pid));
+    assert!(inherited
+        .iter()
+        .any(|m| m.path == test_exe.to_string_lossy()));
     let Record::Mapping(first_after) = ours[exec + 1] else {
         panic!("a mapping follows the exec: {:?}", ours[exec + 1])
     };
