@@ -13,7 +13,7 @@ use std::io;
 #[non_exhaustive]
 pub enum FormatError {
     /// Reading or writing the underlying file failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     /// The file has no bytes at all (a recorder that died before writing anything).
     #[error("the file is empty (0 bytes), not a urec data file")]

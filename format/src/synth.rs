@@ -22,6 +22,9 @@ pub struct SynthBinary {
     pub exec_offset: u64,
     /// Length of the executable segment in bytes.
     pub exec_len: u64,
+    /// ELF virtual address of the executable segment (its `p_vaddr`, page-aligned down as
+    /// `exec_offset` is).
+    pub exec_vaddr: u64,
 }
 
 /// Parameters of the synthetic workload; `Default` is the benchmark's workload.
@@ -115,6 +118,7 @@ impl Synth {
                     build_id: None,
                     exec_offset: 0x1000,
                     exec_len: 0x10_0000,
+                    exec_vaddr: 0x1000,
                 })
                 .collect();
         }
@@ -141,7 +145,11 @@ impl Synth {
                 _ => 0x7f00_0000_0000 + i * 0x1000_0000,
             })
             .collect();
-        let avma = |bin: usize, file_off: u64| Avma(bases[bin] + file_off);
+        // Where file offset `file_off` of binary `bin` is in the process, and its ELF address.
+        let svma = |bin: usize, file_off: u64| {
+            Svma(file_off - bins[bin].exec_offset + bins[bin].exec_vaddr)
+        };
+        let avma = |bin: usize, file_off: u64| Avma(bases[bin] + svma(bin, file_off).0);
         // Probes: spread over the binaries, at distinct places in their code.
         let mut probe_addrs = Vec::new();
         for p in 0..config.probes {
@@ -158,7 +166,7 @@ impl Synth {
                 binary,
                 build_id: b.build_id.clone(),
                 symbol: format!("func{p}"),
-                vaddr: Svma(off),
+                vaddr: svma(bin, off),
                 offset: FileOffset(off),
                 kind: ProbeKind::EntryReturn,
                 stack_mode: StackMode::FramePointer,
