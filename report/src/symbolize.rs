@@ -80,7 +80,9 @@ pub struct Symbolizer {
     debug_dirs: Vec<PathBuf>,
     home: Option<PathBuf>,
     blaze: blazesym::symbolize::Symbolizer,
-    binary_ids: HashMap<(Box<str>, Option<BuildId>), usize>,
+    /// Recorded path → (recorded build id, index into `binaries`); keyed by path alone so a
+    /// cached lookup needs no allocation.
+    binary_ids: HashMap<Box<str>, Vec<(Option<BuildId>, usize)>>,
     binaries: Vec<Binary>,
     cache: HashMap<(usize, u64, bool), Box<[Frame]>>,
     warnings: Vec<String>,
@@ -170,14 +172,18 @@ impl Symbolizer {
 
     /// The index of the binary recorded as (`recorded`, `build_id`), found on first use.
     fn binary(&mut self, recorded: &str, build_id: Option<&BuildId>) -> usize {
-        if let Some(&id) = self.binary_ids.get(&(recorded.into(), build_id.cloned())) {
-            return id;
+        if let Some(ids) = self.binary_ids.get(recorded) {
+            if let Some(&(_, id)) = ids.iter().find(|(b, _)| b.as_ref() == build_id) {
+                return id;
+            }
         }
         let found = self.find_binary(recorded, build_id);
         let id = self.binaries.len();
         self.binaries.push(found);
         self.binary_ids
-            .insert((recorded.into(), build_id.cloned()), id);
+            .entry(recorded.into())
+            .or_default()
+            .push((build_id.cloned(), id));
         id
     }
 
