@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 use urec_format::{Avma, FileOffset, Mapping};
-use urec_record::unwind::{PendingReturn, Regs, Truncation, UnwindOutcome, Unwinder};
+use urec_record::unwind::{PendingReturn, Regs, ShadowStacks, Truncation, UnwindOutcome, Unwinder};
 
 /// The trampoline address uretprobes leave in stacks on this kernel (the `[uprobes]` page).
 const TRAMPOLINE: u64 = 0x7fff_ffff_e000;
@@ -36,6 +36,12 @@ fn gcc(args: &[&str]) {
 
 /// Builds the fixture into `dir` and runs it in `mode` ("chain" or "lib").
 fn capture(dir: &Path, mode: &str) -> Capture {
+    capture_with(dir, mode, false)
+}
+
+/// [`capture`], optionally with address space randomization off (`setarch -R`), so that two
+/// runs lay out their stacks identically.
+fn capture_with(dir: &Path, mode: &str, no_aslr: bool) -> Capture {
     let src = fixtures();
     let lib = dir.join("libfixture.so");
     let exe = dir.join("chain");
@@ -60,7 +66,14 @@ fn capture(dir: &Path, mode: &str) -> Capture {
         dir.join(format!("{mode}.stack")),
         dir.join(format!("{mode}.maps")),
     );
-    let status = Command::new(&exe)
+    let mut command = if no_aslr {
+        let mut c = Command::new("setarch");
+        c.args(["x86_64", "-R"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    let status = command
         .args([
             mode,
             stack_out.to_str().unwrap(),
@@ -457,6 +470,151 @@ fn files_are_parsed_once_and_shared_between_processes() {
         UnwindOutcome::Complete
     );
     assert_eq!(b, a.iter().map(|&v| v - shift).collect::<Vec<_>>());
+}
+
+/// Whether this test may use the kernel's uprobes: root, or else skip (fail under `CI=true`).
+fn can_probe(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs root (CI=true)"
+    );
+    eprintln!("{test}: skipped, needs root for uprobes");
+    false
+}
+
+/// The file offset of function `name` in the ELF file at `path`.
+fn function_offset(path: &Path, name: &str) -> u64 {
+    let data = std::fs::read(path).unwrap();
+    let elf = object::File::parse(&*data).unwrap();
+    let svma = elf
+        .symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap()
+        .address();
+    elf.segments()
+        .find(|s| s.address() <= svma && svma < s.address() + s.size())
+        .map(|s| svma - s.address() + s.file_range().0)
+        .unwrap()
+}
+
+/// A uretprobe on `path`:`offset` in every process, through the perf uprobe PMU (no BPF
+/// program needed: the kernel installs the trampoline all the same). Closed on drop.
+struct Uretprobe(Vec<libc::c_int>);
+
+impl Uretprobe {
+    fn attach(path: &Path, offset: u64) -> Self {
+        use perf_event_open_sys::bindings::perf_event_attr;
+        let pmu = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type").unwrap();
+        let format =
+            std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/format/retprobe")
+                .unwrap();
+        let retprobe_bit: u32 = format
+            .trim()
+            .strip_prefix("config:")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+        let mut cpus = Vec::new();
+        for part in online.trim().split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            cpus.extend(a.parse::<i32>().unwrap()..=b.parse::<i32>().unwrap());
+        }
+        let mut fds = Vec::new();
+        for cpu in cpus {
+            let mut attr = perf_event_attr {
+                type_: pmu.trim().parse().unwrap(),
+                size: std::mem::size_of::<perf_event_attr>() as u32,
+                config: 1 << retprobe_bit,
+                ..Default::default()
+            };
+            attr.__bindgen_anon_3.uprobe_path = path.as_ptr() as u64;
+            attr.__bindgen_anon_4.config2 = offset;
+            // SAFETY: attr is a valid, fully initialised perf_event_attr; path outlives the call.
+            let fd = unsafe {
+                perf_event_open_sys::perf_event_open(
+                    &mut attr,
+                    -1,
+                    cpu,
+                    -1,
+                    perf_event_open_sys::bindings::PERF_FLAG_FD_CLOEXEC as _,
+                )
+            };
+            assert!(
+                fd >= 0,
+                "perf_event_open(uretprobe): {}",
+                std::io::Error::last_os_error()
+            );
+            fds.push(fd);
+        }
+        Uretprobe(fds)
+    }
+}
+
+impl Drop for Uretprobe {
+    fn drop(&mut self) {
+        for &fd in &self.0 {
+            // SAFETY: fd was returned by perf_event_open and is closed once.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// The real thing: a uretprobe on f3 makes the kernel put its trampoline into the stack that
+/// f6 copies. The unwinder learns the trampoline from the `[uprobes]` mapping (it is not at a
+/// fixed address: 0x7fffffffe000 only when that page is free), stops there without help, and
+/// unwinds the whole chain once a [`ShadowStacks`] fed with f3's entry supplies the original.
+#[test]
+fn real_uretprobe_trampoline_in_the_copy() {
+    if !can_probe("real_uretprobe_trampoline_in_the_copy") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plain = capture_with(dir.path(), "chain", true);
+    let exe = dir.path().join("chain");
+    let probed = {
+        let _probe = Uretprobe::attach(&exe, function_offset(&exe, "f3"));
+        capture_with(dir.path(), "chain", true)
+    };
+    // Same layout in both runs (no ASLR, same argv and environment).
+    assert_eq!(plain.regs, probed.regs);
+    let uprobes = probed
+        .mappings
+        .iter()
+        .find(|m| m.path == "[uprobes]")
+        .unwrap();
+    let trampoline = uprobes.start.0;
+    let slot = slot_of(&probed, trampoline);
+    let at = (slot - probed.regs.sp) as usize;
+    let ret = u64::from_le_bytes(plain.stack[at..at + 8].try_into().unwrap());
+
+    let mut unwinder = unwinder_for(&plain);
+    let mut full = Vec::new();
+    assert_eq!(
+        unwinder.unwind(PID, plain.regs, &plain.stack, None, &[], &mut full),
+        UnwindOutcome::Complete
+    );
+    assert_eq!(full[4], ret, "the hidden slot is f3's return address");
+
+    let mut unwinder = unwinder_for(&probed);
+    let mut frames = Vec::new();
+    let outcome = unwinder.unwind(PID, probed.regs, &probed.stack, None, &[], &mut frames);
+    assert_eq!(outcome, UnwindOutcome::Truncated(Truncation::Trampoline));
+    let names = Symbols::new().names(&probed.mappings, &frames);
+    assert_eq!(names, ["f6", "f5", "f4", "f3"]);
+
+    // What the session does: f3's entry event carried sp (= the slot) and [sp] (= ret).
+    let mut shadow = ShadowStacks::new();
+    shadow.entry(7, slot, ret, Some(trampoline));
+    let mut pending = Vec::new();
+    shadow.pending(7, probed.regs.sp, &mut pending);
+    let outcome = unwinder.unwind(PID, probed.regs, &probed.stack, None, &pending, &mut frames);
+    assert_eq!((outcome, &frames), (UnwindOutcome::Complete, &full));
 }
 
 /// Mean cost of a warm unwind. Run with
