@@ -147,8 +147,16 @@ pub struct Unwinder {
     files: HashMap<FileKey, Option<Arc<ElfUnwindInfo>>>,
     processes: HashMap<u32, Process>,
     cache: CacheX86_64,
+    /// Module additions and removals since `cache` was made; see [`CACHE_GENERATIONS`].
+    module_changes: u32,
     warnings: Vec<String>,
 }
+
+/// framehop tags cached rules with a global 16-bit generation counter that every module
+/// addition or removal (and every new per-process unwinder) bumps; after 65,536 changes an old rule could pass as current. A
+/// system-wide recording adds a handful of modules per exec, so the cache is replaced well
+/// before the counter can wrap.
+const CACHE_GENERATIONS: u32 = 30_000;
 
 impl Default for Unwinder {
     fn default() -> Self {
@@ -163,6 +171,7 @@ impl Unwinder {
             files: HashMap::new(),
             processes: HashMap::new(),
             cache: CacheX86_64::new(),
+            module_changes: 0,
             warnings: Vec::new(),
         }
     }
@@ -215,6 +224,12 @@ impl Unwinder {
                 ..Default::default()
             },
         );
+        // The addition, and at most about one removal or new process per addition.
+        self.module_changes += 2;
+        if self.module_changes >= CACHE_GENERATIONS {
+            self.cache = CacheX86_64::new();
+            self.module_changes = 0;
+        }
         let process = self.processes.entry(pid).or_default();
         process.remove_overlapping(&range);
         let at = process.modules.partition_point(|m| m.start < range.start);
