@@ -121,24 +121,40 @@ impl Attached {
     }
 }
 
-/// Attaches every probe; tries multi links per binary first, and falls back to single uprobes
+/// Attaches every probe (and, when `follow_forks`, the program adding children of traced
+/// processes to the filter); tries multi links per binary first, and falls back to single uprobes
 /// (with `warn` told why) when the kernel refuses them.
 pub fn attach(
     skel: &UrecSkel<'_>,
     probes: &[AttachProbe],
+    follow_forks: bool,
     warn: &mut dyn FnMut(String),
 ) -> Result<Attached> {
+    // The fork follower first: a child forked while the probes attach is already covered.
+    let mut fork_link = Vec::new();
+    if follow_forks {
+        fork_link.push(
+            skel.progs
+                .urec_fork
+                .attach()
+                .context("attaching the fork follower (tp_btf/sched_process_fork)")?,
+        );
+    }
     match attach_multi(skel, probes) {
-        Ok(links) => Ok(Attached {
-            links,
-            fallback: false,
-        }),
+        Ok(mut links) => {
+            links.extend(fork_link);
+            Ok(Attached {
+                links,
+                fallback: false,
+            })
+        }
         Err(err) => {
             warn(format!(
                 "uprobe_multi links refused ({err:#}); falling back to single uprobes, which \
                  take about 0.1 s each to detach"
             ));
-            let links = attach_single(skel, probes)?;
+            let mut links = attach_single(skel, probes)?;
+            links.extend(fork_link);
             Ok(Attached {
                 links,
                 fallback: true,
@@ -260,4 +276,23 @@ pub fn lost_counts(skel: &UrecSkel<'_>, probes: u32) -> Result<Vec<(ProbeId, Eve
         }
     }
     Ok(out)
+}
+
+/// Ids of the uprobe links (multi or single, anyone's) currently attached to `path`: what a
+/// test checks to prove nothing stayed attached after urec died.
+pub fn links_on(path: &std::path::Path) -> Vec<u32> {
+    use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo, PerfEventType};
+    LinkInfoIter::default()
+        .filter(|link| match &link.info {
+            LinkTypeInfo::UprobeMulti(m) => m.path.as_deref() == Some(path),
+            LinkTypeInfo::PerfEvent(p) => match &p.event_type {
+                PerfEventType::Uprobe { file_name, .. } => {
+                    file_name.as_deref() == Some(path.as_os_str())
+                }
+                _ => false,
+            },
+            _ => false,
+        })
+        .map(|link| link.id)
+        .collect()
 }

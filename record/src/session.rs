@@ -433,7 +433,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             kind: p.probe.kind,
         })
         .collect();
-    let attached = attach::attach(&skel, &probes, &mut warn)?;
+    let attached = attach::attach(&skel, &probes, filter, &mut warn)?;
     let attach_ns = monotonic_now()?;
     if opts.verbosity == Verbosity::Verbose {
         eprintln!(
