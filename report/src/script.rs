@@ -5,12 +5,19 @@
 //! (stack lines begin with a tab)
 //!
 //! ```text
-//!             bash   1234/1234   [001] 12345.678901234: bash:readline: (55d5c1a0) prompt="$ "
+//! bash   1234/1234   [001] 12345.678901234: bash:readline: (55d5c1a0) prompt="$ "
 //!         55d5c1a0 readline (/usr/bin/bash)
 //!         55d5b9e3 main (/usr/bin/bash)
 //!
-//!             bash   1234/1234   [001] 12345.912345678: bash:readline%return: (55d5c1a0) latency=233444444
+//! bash   1234/1234   [001] 12345.912345678: bash:readline%return: (55d5c1a0) latency=233444444
 //! ```
+//!
+//! The comm is not padded, so the line starts with it (regex-based collapsers want that).
+//! Caveat: inferno-collapse-perf 0.12 misreads an event line with any text after the event
+//! name (jonhoo/inferno#308; perf's own uprobe lines `probe_x:f: (addr)` hit it too): it then
+//! takes the following stack lines for event lines. Its stack-line parsing matches ours (the
+//! tests check it on lines cut after the probe name); with inferno, prefer `urec report
+//! --folded`, which writes the same stacks directly.
 //!
 //! # Ordering
 //! A recording is only roughly in time order: events come from one ring buffer in commit order,
@@ -248,7 +255,7 @@ impl<'o> Printer<'o> {
             .map_or("[unknown]", String::as_str);
         let _ = write!(
             line,
-            "{comm:>16} {:>6}/{:<6} [{:03}] {}.{:09}: ",
+            "{comm} {:>6}/{:<6} [{:03}] {}.{:09}: ",
             ev.pid,
             ev.tid,
             ev.cpu,
