@@ -43,6 +43,7 @@ pub mod procfs;
 mod session;
 pub mod sideband;
 pub mod stacks;
+pub mod unwind;
 
 pub use plan::{plan, PlanError, PlannedProbe};
 pub use session::{check_privileges, human_bytes};
@@ -131,4 +132,3 @@ pub fn record(opts: RecordOptions) -> anyhow::Result<Summary> {
     }
     session::run(opts)
 }
-pub mod unwind;
