@@ -121,7 +121,7 @@ impl Symbolizer {
             .enable_auto_reload(false)
             .enable_code_info(true)
             .enable_inlined_fns(true)
-            .enable_demangling(true)
+            .enable_demangling(false)
             .set_debug_dirs(Some(&debug_dirs))
             .build();
         Symbolizer {
@@ -341,7 +341,7 @@ fn frames_of(sym: Sym<'_>) -> Vec<Frame> {
     let mut frames = Vec::with_capacity(1 + sym.inlined.len());
     let (file, line) = location(sym.code_info.as_deref());
     frames.push(Frame {
-        function: sym.name.into_owned(),
+        function: demangle(&sym.name),
         file,
         line,
         inlined: false,
@@ -349,13 +349,29 @@ fn frames_of(sym: Sym<'_>) -> Vec<Frame> {
     for f in sym.inlined.iter() {
         let (file, line) = location(f.code_info.as_ref());
         frames.push(Frame {
-            function: f.name.to_string(),
+            function: demangle(&f.name),
             file,
             line,
             inlined: true,
         });
     }
     frames
+}
+
+/// Demangles C++ (`_Z…`) and Rust (legacy `_ZN…h<hash>E` and v0 `_R…`) names, Rust without
+/// its hash suffix; leaves every other name alone. blazesym's own demangling is off because it
+/// hands plain C names to the C++ demangler, which reads `a` as `signed char` and `b` as `bool`.
+pub(crate) fn demangle(name: &str) -> String {
+    if !(name.starts_with("_Z") || name.starts_with("_R") || name.starts_with("__Z")) {
+        return name.to_string();
+    }
+    if let Ok(rust) = rustc_demangle::try_demangle(name) {
+        return format!("{rust:#}");
+    }
+    cpp_demangle::Symbol::new(name)
+        .ok()
+        .and_then(|sym| sym.demangle().ok())
+        .unwrap_or_else(|| name.to_string())
 }
 
 fn location(info: Option<&CodeInfo<'_>>) -> (Option<String>, Option<u32>) {
