@@ -19,6 +19,15 @@ pub fn status_of(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// Whether the error is a write to a closed pipe, e.g. `urec script | head`.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Shorthand for returning a [`UsageError`].
 #[macro_export]
 macro_rules! usage {

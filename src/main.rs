@@ -58,6 +58,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(status) => ExitCode::from(status),
+        // A reader that went away (`urec script | head`) is not an error worth a message.
+        Err(err) if exit::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("urec: error: {err:#}");
             ExitCode::from(exit::status_of(&err))

@@ -123,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     match write_outputs(&args, weight, &report) {
         Ok(()) => Ok(0),
-        Err(e) if is_broken_pipe(&e) => Ok(0),
+        Err(e) if crate::exit::is_broken_pipe(&e) => Ok(0),
         Err(e) => Err(e),
     }
 }
@@ -177,12 +177,4 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
         out.flush()?;
     }
     Ok(())
-}
-
-/// A reader that went away (`urec report | head`) is not an error.
-pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| {
-        c.downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-    })
 }

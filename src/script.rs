@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Err(e) if crate::report::is_broken_pipe(&e) => Ok(0),
+        Err(e) if crate::exit::is_broken_pipe(&e) => Ok(0),
         Err(e) => Err(e),
     }
 }

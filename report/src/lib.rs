@@ -131,8 +131,9 @@ pub enum Error {
         /// The probes there are, comma-separated.
         available: String,
     },
-    /// Writing an output failed.
-    #[error(transparent)]
+    /// Writing an output failed. Not `transparent`: the `io::Error` must stay in the source
+    /// chain so the CLI can tell a closed pipe (`urec script | head`) from a real failure.
+    #[error("writing output")]
     Io(#[from] std::io::Error),
 }
 
