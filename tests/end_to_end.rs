@@ -1,0 +1,102 @@
+#![cfg(feature = "record")]
+//! Record → report on a real run: `urec record` attaches to a PIE program built here, and every
+//! report output is checked against the program's exact ground truth (1000 calls, 600 through
+//! `a`, 400 through `b`, each sleeping at least 50 µs).
+
+mod common;
+
+use common::{build_c, have_root, urec_ok};
+
+const TARGET_C: &str = r#"
+#include <unistd.h>
+__attribute__((noinline)) int leaf(int x) { usleep(50); return x + 1; }
+__attribute__((noinline)) int a(int i) { return leaf(i) + 1; }
+__attribute__((noinline)) int b(int i) { return leaf(i) + 2; }
+int main(void) {
+    int s = 0;
+    for (int i = 0; i < 1000; i++) s += (i % 10 < 6) ? a(i) : b(i);
+    return s == 0;
+}
+"#;
+
+#[test]
+fn record_then_every_report_output() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // PIE (gcc's default here): addresses only symbolize if rebased through the mapping.
+    let exe = build_c(
+        dir.path(),
+        "e2e",
+        TARGET_C,
+        &["-O0", "-g", "-fno-omit-frame-pointer", "-pie", "-fPIE"],
+    );
+    let exe = exe.to_str().unwrap();
+    let data = dir.path().join("e2e.data");
+    let data = data.to_str().unwrap();
+    let spec = format!("{exe}:leaf");
+    urec_ok(&["record", "-q", "-e", &spec, "-o", data, "--", exe]);
+
+    // Folded stacks: exact counts per call path, frames outermost first, above-main kept.
+    let folded = urec_ok(&["report", "-i", data, "--folded", "-"]);
+    let lines: Vec<&str> = folded.lines().collect();
+    assert_eq!(lines.len(), 2, "{folded}");
+    assert!(lines[0].starts_with("e2e;"), "{folded}");
+    assert!(lines[0].ends_with(";main;a;leaf 600"), "{folded}");
+    assert!(lines[1].ends_with(";main;b;leaf 400"), "{folded}");
+
+    // JSON: the schema's numbers, exactly.
+    let json: serde_json::Value =
+        serde_json::from_str(&urec_ok(&["report", "-i", data, "--json", "-"])).unwrap();
+    assert_eq!(json["schema"], 1);
+    assert_eq!(json["recording"]["events"], 2000);
+    assert_eq!(json["recording"]["lost"], 0);
+    assert_eq!(json["recording"]["truncated"], false);
+    let f = &json["functions"][0];
+    assert_eq!(f["calls"], 1000);
+    assert_eq!(f["returns"], 1000);
+    assert_eq!(f["in_flight"], 0);
+    assert_eq!(f["unmatched"], 0);
+    assert_eq!(f["symbol"], "leaf");
+    assert_eq!(f["binary"], exe);
+    let min = f["latency_ns"]["min"].as_u64().unwrap();
+    assert!(min >= 50_000, "every call sleeps ≥ 50 µs, min was {min} ns");
+    let stacks = json["stacks"].as_array().unwrap();
+    assert_eq!(stacks.len(), 2);
+    assert_eq!(stacks[0]["calls"], 600);
+    let frames: Vec<&str> = stacks[0]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&frames[frames.len() - 3..], ["main", "a", "leaf"]);
+
+    // Flamegraph: an SVG naming the probe and both paths.
+    let svg = dir.path().join("out.svg");
+    urec_ok(&["report", "-i", data, "--flamegraph", svg.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(svg.starts_with("<?xml"), "not an SVG");
+    for name in ["leaf (", "a (", "b (", "main ("] {
+        assert!(svg.contains(name), "flamegraph lacks {name}");
+    }
+
+    // Table: one row, 1000 calls.
+    let table = urec_ok(&["report", "-i", data]);
+    let row = table.lines().find(|l| l.starts_with(&spec)).unwrap();
+    assert!(row.split_whitespace().any(|w| w == "1000"), "{table}");
+
+    // Script: one line per event, 1000 entries and 1000 returns.
+    let script = urec_ok(&["script", "-i", data]);
+    let entries = script.lines().filter(|l| l.contains(":leaf: (")).count();
+    let returns = script
+        .lines()
+        .filter(|l| l.contains("leaf%return:"))
+        .count();
+    assert_eq!((entries, returns), (1000, 1000));
+
+    // Info: counts and the probe.
+    let info = urec_ok(&["info", "-i", data]);
+    assert!(info.contains("leaf"), "{info}");
+}
