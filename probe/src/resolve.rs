@@ -41,9 +41,10 @@ pub struct ResolvedProbe {
     /// How the kernel handles the probed instruction; [`InsnHandling::SingleStepped`] costs
     /// about 10× per hit, worth a warning.
     pub first_insn: InsnHandling,
-    /// The probed function starts with `[endbr64] push %rbp`: the kernel's frame-pointer stack
-    /// at entry already contains the immediate caller. Otherwise the recorder must add the
-    /// return address at `[sp]` itself. False for probes inside a function.
+    /// The probed instruction is `push %rbp` at a function's start: the kernel's frame-pointer
+    /// stack at entry already contains the immediate caller. Otherwise (`endbr64` first
+    /// included) the recorder must add the return address at `[sp]` itself. False for probes
+    /// inside a function.
     pub starts_with_push_rbp: bool,
     /// The binary as a whole seems built with frame pointers (see [`FRAME_POINTER_THRESHOLD`]).
     pub binary_keeps_frame_pointers: bool,
