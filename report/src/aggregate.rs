@@ -35,6 +35,7 @@ use urec_format::{
 };
 
 use crate::histogram::{LatencyHistogram, LatencyStats};
+use crate::interner::Interner;
 use crate::rebase::AddressSpaces;
 use crate::symbolize::Symbolizer;
 use crate::{Error, ReportOptions, SortKey};
@@ -219,8 +220,7 @@ pub(crate) struct Aggregator<'o> {
     pids: FxMap<u32, Vec<Generation>>,
     ended: HashSet<u32>,
     next_gen: u32,
-    comms: Vec<String>,
-    comm_ids: HashMap<String, u32>,
+    comms: Interner,
     binaries: Vec<(String, Option<BuildId>)>,
     binary_ids: HashMap<(String, Option<BuildId>), u32>,
     raw: FxMap<RawKey, u32>,
@@ -247,8 +247,7 @@ impl<'o> Aggregator<'o> {
             pids: FxMap::default(),
             ended: HashSet::new(),
             next_gen: 0,
-            comms: Vec::new(),
-            comm_ids: HashMap::new(),
+            comms: Interner::default(),
             binaries: Vec::new(),
             binary_ids: HashMap::new(),
             raw: FxMap::default(),
@@ -265,13 +264,7 @@ impl<'o> Aggregator<'o> {
     }
 
     fn comm_id(&mut self, comm: &str) -> u32 {
-        if let Some(&id) = self.comm_ids.get(comm) {
-            return id;
-        }
-        let id = self.comms.len() as u32;
-        self.comms.push(comm.to_string());
-        self.comm_ids.insert(comm.to_string(), id);
-        id
+        self.comms.id(comm)
     }
 
     fn new_generation(&mut self, pid: u32, since_ns: u64, comm: &str) {
@@ -395,7 +388,8 @@ impl<'o> Aggregator<'o> {
             return;
         }
         let gen = self.generation(ev.pid, ev.time_ns);
-        if !filter.comms.is_empty() && !filter.comms.contains(&self.comms[gen.comm as usize]) {
+        if !filter.comms.is_empty() && !filter.comms.iter().any(|c| c == self.comms.name(gen.comm))
+        {
             return;
         }
         let kind = self.probes[pi].probe.kind;
@@ -589,7 +583,7 @@ impl<'o> Aggregator<'o> {
                 .iter()
                 .map(|(&(pid, comm), &calls)| ProcessCalls {
                     pid,
-                    comm: self.comms[comm as usize].clone(),
+                    comm: self.comms.name(comm).to_string(),
                     calls,
                 })
                 .collect();
@@ -709,7 +703,7 @@ impl<'o> Aggregator<'o> {
                     .get(&probe)
                     .map(|&pi| self.probes[pi].probe.name.clone())
                     .unwrap_or_default(),
-                comm: self.comms[comm as usize].clone(),
+                comm: self.comms.name(comm).to_string(),
                 frames,
                 calls,
                 total_ns,

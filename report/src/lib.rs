@@ -37,6 +37,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod histogram;
 mod input;
+mod interner;
 pub mod json;
 pub mod rebase;
 pub mod script;

@@ -40,6 +40,7 @@ use urec_format::{Avma, Event, EventKind, ProbeId, ProcessChange, Record, StackI
 
 use crate::aggregate::offset_name;
 use crate::args::format_arg;
+use crate::interner::Interner;
 use crate::rebase::AddressSpaces;
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
 use crate::Error;
@@ -144,8 +145,7 @@ struct Printer<'o> {
     /// pid → (comm id, generation).
     pids: HashMap<u32, (u32, u32)>,
     next_generation: u32,
-    comms: Vec<String>,
-    comm_ids: HashMap<String, u32>,
+    comms: Interner,
     rendered: HashMap<(u32, u32, StackId), String>,
     /// Last address seen for a probe in a process, for events without a stack.
     addresses: HashMap<(u32, ProbeId), Avma>,
@@ -165,8 +165,7 @@ impl<'o> Printer<'o> {
             stacks: HashMap::new(),
             pids: HashMap::new(),
             next_generation: 0,
-            comms: Vec::new(),
-            comm_ids: HashMap::new(),
+            comms: Interner::default(),
             rendered: HashMap::new(),
             addresses: HashMap::new(),
             last_printed: 0,
@@ -177,13 +176,7 @@ impl<'o> Printer<'o> {
     }
 
     fn comm_id(&mut self, comm: &str) -> u32 {
-        if let Some(&id) = self.comm_ids.get(comm) {
-            return id;
-        }
-        let id = self.comms.len() as u32;
-        self.comms.push(comm.to_string());
-        self.comm_ids.insert(comm.to_string(), id);
-        id
+        self.comms.id(comm)
     }
 
     fn set_process(&mut self, pid: u32, comm: &str, new_generation: bool) {
@@ -249,10 +242,7 @@ impl<'o> Printer<'o> {
         let probe = self.probes.get(&ev.probe);
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        let comm = self
-            .comms
-            .get(p.comm as usize)
-            .map_or("[unknown]", String::as_str);
+        let comm = self.comms.name(p.comm);
         let _ = write!(
             line,
             "{comm} {:>6}/{:<6} [{:03}] {}.{:09}: ",
