@@ -1,7 +1,9 @@
 /* The benchmark workload: main -> run -> step -> hot(int), N times, timing only its own loop.
  *
  * Usage: hammer N [LINGER_MS]
- * Prints `elapsed_ns=<loop time> calls=<N> sink=<checksum>` on stdout. LINGER_MS (default 0)
+ * Prints `elapsed_ns=<loop time> calls=<N> sink=<checksum> cpu_ns=<own CPU time>
+ * tracer_cpu_ns=<CPU time the tracer (parent, or $BENCH_TRACER_PID) used during the loop>`:
+ * the tracer's reader competes with the target for the CPUs. LINGER_MS (default 0)
  * keeps the process alive after the loop, so that a harness can read BPF program statistics
  * while a tracer is still attached.
  *
@@ -15,6 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/resource.h>
 
 #define NOINLINE __attribute__((noinline, noclone))
 
@@ -48,6 +53,26 @@ NOINLINE long run(long n)
 	return acc;
 }
 
+/* CPU time (user + sys, all threads) of process `pid` from /proc, in ns; -1 if unknown.
+ * 10 ms resolution (USER_HZ), enough over a loop of seconds. */
+static long long proc_cpu_ns(long pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t len = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[len] = '\0';
+	char *p = strrchr(buf, ')'); /* comm may hold spaces */
+	unsigned long long utime, stime;
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+			 &utime, &stime) != 2)
+		return -1;
+	return (long long)(utime + stime) * (1000000000LL / sysconf(_SC_CLK_TCK));
+}
+
 static long long now_ns(void)
 {
 	struct timespec ts;
@@ -69,10 +94,23 @@ int main(int argc, char **argv)
 	}
 	long linger_ms = argc > 2 ? strtol(argv[2], NULL, 10) : 0;
 
+	/* The tracer is our parent (urec/perf/bpftrace run the command), unless the harness names
+	 * it (bcc tools run beside us). */
+	const char *tp = getenv("BENCH_TRACER_PID");
+	long tracer = tp ? strtol(tp, NULL, 10) : (long)getppid();
+	long long c0 = proc_cpu_ns(tracer);
+
 	long long t0 = now_ns();
 	long acc = run(n);
 	long long t1 = now_ns();
-	printf("elapsed_ns=%lld calls=%ld sink=%ld\n", t1 - t0, n, acc);
+	long long c1 = proc_cpu_ns(tracer);
+	struct rusage ru;
+	long long cpu_ns = -1;
+	if (getrusage(RUSAGE_SELF, &ru) == 0)
+		cpu_ns = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000LL +
+			 (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000LL;
+	printf("elapsed_ns=%lld calls=%ld sink=%ld cpu_ns=%lld tracer_cpu_ns=%lld\n", t1 - t0, n, acc,
+	       cpu_ns, c0 >= 0 && c1 >= 0 ? c1 - c0 : -1);
 	fflush(stdout);
 	if (linger_ms > 0) {
 		struct timespec ts = { linger_ms / 1000, (linger_ms % 1000) * 1000000L };
