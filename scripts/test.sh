@@ -9,3 +9,6 @@ cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast
 # The report side must build without libbpf, clang or the recorder.
 cargo build --no-default-features -p urec
+# House rules: formatted, and clippy-clean with warnings as errors.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
