@@ -43,6 +43,10 @@ pub struct Args {
     /// Frames per user stack (at most 127).
     #[arg(long, default_value_t = 127, value_parser = clap::value_parser!(u32).range(1..=127))]
     pub stack_depth: u32,
+    /// Bytes of user stack copied per event for -g dwarf (bytes, or with K; at most 65528,
+    /// rounded down to a multiple of 8).
+    #[arg(long, value_name = "SIZE", default_value = "8K", value_parser = parse_size)]
+    pub stack_size: u64,
     /// Allow a glob to match more than 1000 functions.
     #[arg(long)]
     pub force: bool,
@@ -63,14 +67,27 @@ pub struct Args {
 /// `-g`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallGraph {
-    /// Frame pointers where binaries keep them (for now: always frame pointers).
+    /// Per probe: frame pointers where the probed binary and the traced program keep them,
+    /// DWARF otherwise.
     Auto,
     /// Frame-pointer walk in the kernel.
     Fp,
-    /// Copy of the stack unwound with CFI (not implemented yet).
+    /// Registers and a copy of the stack top, unwound with the binaries' CFI by the recorder.
     Dwarf,
     /// No stacks.
     None,
+}
+
+fn urec_bpf_max_stack_size() -> u32 {
+    urec_record::MAX_STACK_SIZE
+}
+
+fn mode_name(mode: StackMode) -> &'static str {
+    match mode {
+        StackMode::None => "none",
+        StackMode::FramePointer => "frame pointers",
+        StackMode::Dwarf => "DWARF",
+    }
 }
 
 /// `10`, `1.5s`, `500ms`, `5m`, `1h`.
@@ -124,10 +141,17 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let stack_mode = match args.call_graph {
         CallGraph::Auto | CallGraph::Fp => StackMode::FramePointer,
         CallGraph::None => StackMode::None,
-        CallGraph::Dwarf => {
-            return Err(UsageError("-g dwarf is not implemented yet; use -g fp".into()).into())
-        }
+        CallGraph::Dwarf => StackMode::Dwarf,
     };
+    if args.stack_size > u64::from(urec_bpf_max_stack_size()) || args.stack_size < 8 {
+        return Err(UsageError(format!(
+            "--stack-size {}: must be between 8 and {} bytes",
+            args.stack_size,
+            urec_bpf_max_stack_size()
+        ))
+        .into());
+    }
+    let stack_size = (args.stack_size as u32) & !7;
     if !args.pids.is_empty() && (args.all || !args.command.is_empty()) {
         return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
     }
@@ -146,9 +170,27 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .map(|e| urec_probe::parse(e))
         .collect::<Result<Vec<_>, _>>()?;
     let resolution = urec_probe::resolve(&specs, &ResolveOptions { force: args.force })?;
+    // -g auto: the traced programs' executables are the callers' binaries we know of.
+    let mut callers: Vec<PathBuf> = Vec::new();
+    if args.call_graph == CallGraph::Auto {
+        if let Some(first) = args.command.first() {
+            callers.extend(urec_record::command::find_program(first));
+        }
+        for &pid in &args.pids {
+            callers.extend(std::fs::read_link(format!("/proc/{pid}/exe")));
+        }
+    }
+    let callers: Vec<&std::path::Path> = callers.iter().map(|p| p.as_path()).collect();
     let mut probes = Vec::with_capacity(resolution.probes.len());
     for p in &resolution.probes {
-        let planned = urec_record::plan(p, stack_mode).map_err(|e| UsageError(e.to_string()))?;
+        let mode = match args.call_graph {
+            CallGraph::Auto => urec_record::plan::auto_stack_mode(p, &callers),
+            _ => stack_mode,
+        };
+        let planned = urec_record::plan(p, mode).map_err(|e| UsageError(e.to_string()))?;
+        if verbosity == Verbosity::Verbose && args.call_graph == CallGraph::Auto {
+            eprintln!("urec: {}: stacks by {}", p.probe.name, mode_name(mode));
+        }
         probes.push(planned);
     }
     if verbosity != Verbosity::Quiet {
@@ -192,6 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         duration: args.duration,
         stack_mode,
         stack_depth: args.stack_depth,
+        stack_size,
         buffer_size: args.buffer_size,
         verbosity,
         command_line: std::env::args().collect(),
@@ -199,6 +242,16 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     .context("recording")?;
     if verbosity != Verbosity::Quiet {
         let lost = summary.lost_ring + summary.lost_sideband;
+        let mut notes = String::new();
+        if summary.lost_sideband > 0 {
+            notes += &format!(" ({} side-band records)", summary.lost_sideband);
+        }
+        if summary.lost_unwind > 0 {
+            notes += &format!("; {} stacks not unwound", summary.lost_unwind);
+        }
+        if summary.truncated_stacks > 0 {
+            notes += &format!("; {} stacks truncated", summary.truncated_stacks);
+        }
         eprintln!(
             "urec: {} events ({} entries, {} returns) in {:.2} s, {} lost{}; {} stacks",
             summary.entries + summary.returns,
@@ -206,11 +259,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             summary.returns,
             summary.duration.as_secs_f64(),
             lost,
-            if summary.lost_sideband > 0 {
-                format!(" ({} side-band records)", summary.lost_sideband)
-            } else {
-                String::new()
-            },
+            notes,
             summary.stacks,
         );
         eprintln!(

@@ -458,10 +458,17 @@ fn bad_spec_exits_2_and_creates_no_file() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(std::fs::read(&out).unwrap(), b"keep");
-    let o = urec(&["-e", &format!("{}:leaf", t.path()), "-g", "dwarf"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    let o = urec(&[
+        "-e",
+        &format!("{}:leaf", t.path()),
+        "-g",
+        "dwarf",
+        "--stack-size",
+        "1M",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
 
 #[test]

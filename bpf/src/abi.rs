@@ -15,6 +15,11 @@ pub const MAX_OPS: usize = 8;
 pub const STR_MAX: usize = 256;
 /// Largest `--stack-depth` (`UREC_MAX_DEPTH`).
 pub const MAX_DEPTH: u32 = 127;
+/// Largest `--stack-size` (bytes of stack copied per `-g dwarf` event; a multiple of 8 below
+/// `UREC_MAX_STACK_SIZE`).
+pub const MAX_STACK_SIZE: u32 = 65528;
+/// Pending uretprobe return addresses sent per stack copy (`UREC_MAX_PENDING`).
+pub const MAX_PENDING: usize = 16;
 /// Cookie bit marking an entry-only or return-only probe on the single-uprobe fallback programs.
 pub const COOKIE_ONE_SIDED: u64 = 1 << 31;
 
@@ -31,6 +36,15 @@ pub const F_STACK_ERR: u8 = 2;
 pub const F_CALLER_ADDED: u8 = 4;
 /// `frames[0]` is the probed function's address (return-only probes).
 pub const F_FUNC_ADDED: u8 = 8;
+/// The record carries registers and a stack copy ([`RawDwarf`]) instead of frames.
+pub const F_DWARF: u8 = 16;
+
+/// The full stack read faulted; a shorter one worked (`UREC_D_SHORTENED`).
+pub const D_SHORTENED: u16 = 1;
+/// No stack bytes could be read (`UREC_D_READ_FAILED`).
+pub const D_READ_FAILED: u16 = 2;
+/// Size of `struct urec_dwarf`.
+pub const DWARF_HEADER_SIZE: usize = 48;
 
 const OP_REG: u8 = 1;
 const OP_SPREL: u8 = 2;
@@ -42,6 +56,8 @@ const OP_COMM: u8 = 7;
 
 /// `UREC_P_ADD_CALLER`.
 const P_ADD_CALLER: u8 = 1;
+/// `UREC_P_DWARF`.
+const P_DWARF: u8 = 2;
 
 /// x86-64 registers in `struct pt_regs` order: the index is what `%REG` fetches use.
 pub const PT_REGS: [&str; 21] = [
@@ -117,6 +133,9 @@ pub struct ProbeConfig {
     /// to entry stacks by itself (the instruction is neither `push %rbp` nor `endbr64`), so
     /// the program inserts the return address at `[sp]`.
     pub add_caller: bool,
+    /// Capture registers and a copy of the stack (`-g dwarf`) instead of walking frame
+    /// pointers.
+    pub dwarf: bool,
     /// At most [`MAX_ARGS`] arguments.
     pub args: Vec<ArgProgram>,
 }
@@ -176,7 +195,8 @@ impl ProbeConfig {
             return Err(ConfigError::TooManyArgs(self.args.len()));
         }
         let mut cfg = RawProbeCfg {
-            flags: if self.add_caller { P_ADD_CALLER } else { 0 },
+            flags: if self.add_caller { P_ADD_CALLER } else { 0 }
+                | if self.dwarf { P_DWARF } else { 0 },
             nargs: self.args.len() as u8,
             ..Default::default()
         };
@@ -266,6 +286,40 @@ pub struct RawEvent<'a> {
     pub latency_ns: u64,
     args: &'a [u8],
     frames: &'a [u8],
+    /// With [`F_DWARF`]: what the CFI unwind needs.
+    pub dwarf: Option<RawDwarf<'a>>,
+}
+
+/// The `-g dwarf` part of a record: registers at the probe, what pending uretprobes hid, and
+/// the stack copy.
+#[derive(Clone, Copy, Debug)]
+pub struct RawDwarf<'a> {
+    /// Instruction pointer.
+    pub ip: u64,
+    /// Stack pointer: `stack` starts here.
+    pub sp: u64,
+    /// Frame pointer register.
+    pub bp: u64,
+    /// The uretprobe trampoline address of the process (0: none).
+    pub trampoline: u64,
+    /// Return-only probes: the probed function's address, to put before the unwound stack
+    /// (which starts in the caller); 0 otherwise.
+    pub leaf: u64,
+    /// `D_*` bits.
+    pub status: u16,
+    pending: &'a [u8],
+    /// The bytes copied from `sp` upward.
+    pub stack: &'a [u8],
+}
+
+impl<'a> RawDwarf<'a> {
+    /// The kernel's pending return instances, innermost first: (slot address, original
+    /// return address).
+    pub fn pending(&self) -> impl Iterator<Item = (u64, u64)> + 'a {
+        self.pending
+            .chunks_exact(16)
+            .map(|c| (u64_at(c, 0), u64_at(c, 8)))
+    }
 }
 
 /// A ring-buffer record that does not decode.
@@ -313,10 +367,39 @@ impl<'a> RawEvent<'a> {
         if end > b.len() {
             return Err(err("shorter than its header says"));
         }
+        let flags = b[5];
+        let dwarf = if flags & F_DWARF != 0 {
+            let d = b
+                .get(frames_at..frames_at + DWARF_HEADER_SIZE)
+                .ok_or_else(|| err("shorter than its stack copy header"))?;
+            let stack_len = u32_at(d, 40) as usize;
+            let npending = u16_at(d, 44) as usize;
+            let pending_at = frames_at + DWARF_HEADER_SIZE;
+            let stack_at = pending_at + npending * 16;
+            let pending = b
+                .get(pending_at..stack_at)
+                .ok_or_else(|| err("shorter than its pending returns"))?;
+            let stack = b
+                .get(stack_at..stack_at + stack_len)
+                .ok_or_else(|| err("shorter than its stack copy"))?;
+            Some(RawDwarf {
+                ip: u64_at(d, 0),
+                sp: u64_at(d, 8),
+                bp: u64_at(d, 16),
+                trampoline: u64_at(d, 24),
+                leaf: u64_at(d, 32),
+                status: u16_at(d, 46),
+                pending,
+                stack,
+            })
+        } else {
+            None
+        };
         Ok(RawEvent {
+            dwarf,
             probe: u32_at(b, 0),
             kind: b[4],
-            flags: b[5],
+            flags,
             pid: u32_at(b, 8),
             tid: u32_at(b, 12),
             cpu: u32_at(b, 16),
@@ -399,6 +482,7 @@ mod tests {
     fn config_layout() {
         let cfg = ProbeConfig {
             add_caller: true,
+            dwarf: false,
             args: vec![ArgProgram {
                 at_return: true,
                 is_string: false,
@@ -439,5 +523,36 @@ mod tests {
         );
         assert!(RawEvent::parse(&b[..b.len() - 1]).is_err());
         assert!(e.args(&[false, true, false], &mut args).is_err());
+    }
+
+    #[test]
+    fn decode_dwarf_event() {
+        let mut b = vec![0u8; EVENT_HEADER_SIZE];
+        b[5] = F_DWARF;
+        b[20] = 8; // one int arg
+        b.extend_from_slice(&7u64.to_ne_bytes());
+        for v in [0x401000u64, 0x7ffd_0000, 0x7ffd_0100, 0x7fff_f000, 0] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        b.extend_from_slice(&12u32.to_ne_bytes()); // stack_len
+        b.extend_from_slice(&1u16.to_ne_bytes()); // npending
+        b.extend_from_slice(&D_SHORTENED.to_ne_bytes());
+        b.extend_from_slice(&0x7ffd_0040u64.to_ne_bytes());
+        b.extend_from_slice(&0x401234u64.to_ne_bytes());
+        b.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        let e = RawEvent::parse(&b).unwrap();
+        let d = e.dwarf.unwrap();
+        assert_eq!(
+            (d.ip, d.sp, d.bp, d.trampoline, d.leaf),
+            (0x401000, 0x7ffd_0000, 0x7ffd_0100, 0x7fff_f000, 0)
+        );
+        assert_eq!(d.status, D_SHORTENED);
+        assert_eq!(
+            d.pending().collect::<Vec<_>>(),
+            vec![(0x7ffd_0040, 0x401234)]
+        );
+        assert_eq!(d.stack.len(), 12);
+        assert_eq!(e.nframes(), 0);
+        assert!(RawEvent::parse(&b[..b.len() - 1]).is_err());
     }
 }

@@ -44,7 +44,9 @@ mod tests {
             return;
         }
         let mut storage = MaybeUninit::uninit();
-        let open = UrecSkelBuilder::default().open(&mut storage).unwrap();
+        let mut open = UrecSkelBuilder::default().open(&mut storage).unwrap();
+        let cpus = libbpf_rs::num_possible_cpus().unwrap() as u32;
+        open.maps.scratch.set_max_entries(cpus).unwrap();
         let skel = open.load().unwrap();
         drop(skel);
     }

@@ -33,6 +33,7 @@ const volatile __u32 self_tgid = 0;       /* urec itself: never traced */
 const volatile __u8 filter_tgids = 0;     /* only tgids in `tgids` (-p, -- COMMAND) */
 const volatile __u32 stack_depth = UREC_MAX_DEPTH; /* 0: no stacks (-g none) */
 const volatile __u64 wakeup_bytes = 1 << 20;
+const volatile __u32 stack_size = 8192;  /* bytes of stack copied for UREC_P_DWARF probes */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -63,16 +64,28 @@ struct {
 	__type(value, __u8);
 } tgids SEC(".maps");
 
-#define SCRATCH_SIZE 8192
+/*
+ * The scratch buffer: header and args below 4096, frames or the dwarf header and pending
+ * returns below 8192, then up to UREC_MAX_STACK_SIZE bytes of stack copy. The masks are what
+ * the verifier needs to see every access in bounds.
+ */
+#define SCRATCH_SIZE (8192 + UREC_MAX_STACK_SIZE)
 #define OFF_MASK 4095 /* every write starts below 4096 and is at most 1032 bytes long */
 #define SIZE_MASK 8191
+#define HEAD_MASK 8191
+#define STACK_MASK (UREC_MAX_STACK_SIZE - 1)
 
 struct scratch {
 	__u8 buf[SCRATCH_SIZE];
 };
 
+/*
+ * One scratch buffer per CPU, indexed by CPU number (max_entries is set to the number of
+ * possible CPUs at load). Not a PERCPU_ARRAY: its values are limited to 32 KiB, and the stack
+ * copy alone may take 64 KiB.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct scratch);
@@ -268,6 +281,93 @@ static __always_inline __u16 fetch_args(struct pt_regs *ctx, struct urec_probe_c
 	return faults;
 }
 
+#define DWARF_STATUS_SHIFT 32
+
+/*
+ * Appends the dwarf block at `off`: registers, the trampoline address, the pending return
+ * instances (innermost first), then the stack from sp upward. Returns the record size.
+ *
+ * The copy is `min(stack_size, mm->env_end - sp)` bytes: in the main thread the stack ends a
+ * little above env_end (argv/envp strings), and bpf_probe_read_user fails as a whole if any
+ * byte is unmapped, so a fixed 8 KiB read near the top of the main stack (≈3 KiB used in a
+ * small program's main) always fails. Thread stacks lie below env_end too; for them a failed
+ * read is retried at half the size, three times.
+ *
+ * Global (not inlined): verified once for every program that calls it.
+ */
+__noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u64 leaf)
+{
+	if (!s)
+		return 0;
+	off &= OFF_MASK;
+	__u8 *buf = s->buf;
+	struct urec_dwarf *d = (struct urec_dwarf *)(buf + off);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	struct xol_area *area = BPF_CORE_READ(mm, uprobes_state.xol_area);
+	struct return_instance *ri = BPF_CORE_READ(task, utask, return_instances);
+	__u64 sp = ctx->sp;
+	__u64 env_end = BPF_CORE_READ(mm, env_end);
+	__u32 n = 0;
+
+	d->ip = ctx->ip;
+	d->sp = sp;
+	d->bp = ctx->bp;
+	d->trampoline = area ? BPF_CORE_READ(area, vaddr) : 0;
+	d->leaf = leaf;
+
+	__u32 poff = off + sizeof(*d);
+
+	for (__u32 i = 0; i < UREC_MAX_PENDING; i++) {
+		if (!ri)
+			break;
+		struct urec_pending *p = (struct urec_pending *)(buf + ((poff + i * 16) & HEAD_MASK));
+
+		p->slot = BPF_CORE_READ(ri, stack);
+		p->ret = BPF_CORE_READ(ri, orig_ret_vaddr);
+		ri = BPF_CORE_READ(ri, next);
+		n++;
+	}
+	d->npending = n;
+
+	__u32 soff = (poff + n * 16) & HEAD_MASK;
+	__u64 len = stack_size;
+
+	if (sp < env_end && env_end - sp < len)
+		len = env_end - sp;
+	long err = -1;
+	__u16 status = 0;
+
+	for (int i = 0; i < 4 && len; i++) {
+		len &= STACK_MASK & ~7ULL;
+		err = bpf_probe_read_user(buf + soff, len, (void *)sp);
+		if (!err)
+			break;
+		status = UREC_D_SHORTENED;
+		len >>= 1;
+	}
+	if (err) {
+		len = 0;
+		status = UREC_D_READ_FAILED;
+	}
+	d->status = status;
+	d->stack_len = len;
+	return soff + len;
+}
+
+/* Copies the record built in scratch to the ring buffer, waking the reader only when the
+ * unread data passes `wakeup_bytes`. */
+static __always_inline void submit(__u8 *buf, __u64 size, __u32 probe, __u8 kind)
+{
+	__u64 wake = BPF_RB_NO_WAKEUP;
+
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+		wake = BPF_RB_FORCE_WAKEUP;
+	if (size < sizeof(struct urec_event) || size > SCRATCH_SIZE ||
+	    bpf_ringbuf_output(&events, buf, size, wake))
+		count_lost(probe, kind);
+}
+
 /*
  * Builds and submits one record. `stack`: capture the user stack; `caller`: at a function entry
  * the kernel did not fix up, insert the return address at [sp]; `leaf`: prepend the probed
@@ -277,8 +377,8 @@ static __always_inline void emit(struct pt_regs *ctx, __u32 probe, __u8 kind, __
 				 __u64 latency, __u8 flags, bool all_args, bool stack, bool leaf,
 				 __u64 probe_ip)
 {
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &cpu);
 	struct urec_probe_cfg *cfg = bpf_map_lookup_elem(&probes, &probe);
 	__u64 id = bpf_get_current_pid_tgid();
 
@@ -294,7 +394,7 @@ static __always_inline void emit(struct pt_regs *ctx, __u32 probe, __u8 kind, __
 	e->kind = kind;
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
-	e->cpu = bpf_get_smp_processor_id();
+	e->cpu = cpu;
 	e->time_ns = now;
 	e->latency_ns = latency;
 	e->fault_mask = fetch_args(ctx, cfg, s, &off, kind == UREC_KIND_RETURN, all_args, probe_ip);
@@ -304,6 +404,14 @@ static __always_inline void emit(struct pt_regs *ctx, __u32 probe, __u8 kind, __
 	__u32 nframes = 0;
 	__u32 depth = stack_depth;
 
+	if (stack && (cfg->flags & UREC_P_DWARF) && stack_size) {
+		__u64 size = put_dwarf(ctx, s, off, leaf ? probe_ip : 0);
+
+		e->nframes = 0;
+		e->flags = flags | UREC_F_DWARF;
+		submit(buf, size, probe, kind);
+		return;
+	}
 	if (stack && depth) {
 		__u64 ret = 0;
 		/* At a function's first instruction, [sp] holds the return address into the caller. */
@@ -337,13 +445,7 @@ static __always_inline void emit(struct pt_regs *ctx, __u32 probe, __u8 kind, __
 	e->nframes = nframes;
 	e->flags = flags;
 
-	__u64 size = (off + nframes * 8) & SIZE_MASK;
-	__u64 wake = BPF_RB_NO_WAKEUP;
-
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
-		wake = BPF_RB_FORCE_WAKEUP;
-	if (size < sizeof(*e) || bpf_ringbuf_output(&events, buf, size, wake))
-		count_lost(probe, kind);
+	submit(buf, (off + nframes * 8) & SIZE_MASK, probe, kind);
 }
 
 SEC("uprobe.session")

@@ -10,6 +10,12 @@
  *     args                         (args_len bytes, a multiple of 8)
  *     frames                       (nframes * 8 bytes, innermost first)
  *
+ * or, when UREC_F_DWARF is set (a `-g dwarf` probe; nframes is then 0), instead of frames:
+ *
+ *     struct urec_dwarf            (48 bytes: registers, trampoline, sizes)
+ *     struct urec_pending          (npending * 16 bytes, innermost first)
+ *     stack                        (stack_len bytes copied from sp upward; not padded)
+ *
  * Each fetched argument of this event's kind takes 8 bytes (the raw value, zero-extended from
  * the fetch size), except strings: an 8-byte descriptor (length in the low 32 bits, bit 32 set
  * when the string was longer than UREC_STR_MAX) followed by the bytes, padded to 8. An argument
@@ -23,6 +29,8 @@
 #define UREC_MAX_OPS 8       /* fetch operations per argument */
 #define UREC_STR_MAX 256     /* string bytes kept per argument */
 #define UREC_MAX_DEPTH 127   /* --stack-depth upper bound (the kernel's default limit) */
+#define UREC_MAX_STACK_SIZE 65536 /* --stack-size upper bound (bytes of stack copied) */
+#define UREC_MAX_PENDING 16  /* pending uretprobe return addresses sent per copy */
 
 /* urec_event.kind */
 #define UREC_KIND_ENTRY 0
@@ -33,6 +41,7 @@
 #define UREC_F_STACK_ERR 2   /* bpf_get_stack failed */
 #define UREC_F_CALLER_ADDED 4 /* frames[1] is the return address read at [sp] */
 #define UREC_F_FUNC_ADDED 8  /* frames[0] is the function's address (return-only probes) */
+#define UREC_F_DWARF 16      /* a struct urec_dwarf and a stack copy follow the args */
 
 struct urec_event {
 	__u32 probe;      /* probe id = attach cookie */
@@ -46,6 +55,29 @@ struct urec_event {
 	__u16 fault_mask; /* bit i: argument i (of this kind) faulted */
 	__u64 time_ns;    /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u64 latency_ns; /* return events of session probes: entry to return */
+};
+
+/* urec_dwarf.status */
+#define UREC_D_SHORTENED 1   /* the full read faulted; a shorter one worked */
+#define UREC_D_READ_FAILED 2 /* no stack bytes could be read at all */
+
+/* The registers an x86-64 CFI unwind starts from, and what a pending uretprobe hid. */
+struct urec_dwarf {
+	__u64 ip;
+	__u64 sp;         /* the stack copy starts here */
+	__u64 bp;
+	__u64 trampoline; /* the uretprobe trampoline address of this mm (0: none yet) */
+	__u64 leaf;       /* return-only probes: the probed function's address, else 0 */
+	__u32 stack_len;  /* bytes of stack copied */
+	__u16 npending;   /* struct urec_pending entries */
+	__u16 status;     /* UREC_D_* */
+};
+
+/* One `current->utask->return_instances` entry: the slot at `slot` held `ret` before the
+ * kernel replaced it by the trampoline. */
+struct urec_pending {
+	__u64 slot;
+	__u64 ret;
 };
 
 /* Fetch operations: a tiny accumulator machine, one program per argument. */
@@ -74,6 +106,7 @@ struct urec_arg_cfg {
 
 /* urec_probe_cfg.flags */
 #define UREC_P_ADD_CALLER 1 /* entry at a function start the kernel does not fix up: add [sp] */
+#define UREC_P_DWARF 2      /* capture registers + a stack copy instead of a frame-pointer walk */
 
 struct urec_probe_cfg {
 	__u8 flags;

@@ -35,6 +35,9 @@ pub struct LoadOptions {
     pub filter: bool,
     /// Frames per user stack; 0 for no stacks.
     pub stack_depth: u32,
+    /// Bytes of stack copied for `-g dwarf` probes (a multiple of 8, at most
+    /// [`urec_bpf::abi::MAX_STACK_SIZE`]).
+    pub stack_size: u32,
     /// BPF ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
     /// Number of probes (ids 0..n).
@@ -70,11 +73,17 @@ pub fn load<'obj>(
     rodata.self_tgid = opts.self_tgid;
     rodata.filter_tgids = opts.filter as u8;
     rodata.stack_depth = opts.stack_depth;
+    rodata.stack_size = opts.stack_size;
     rodata.wakeup_bytes = u64::from(opts.ring_bytes / 4);
     open.maps
         .events
         .set_max_entries(opts.ring_bytes)
         .context("sizing the ring buffer")?;
+    let cpus = libbpf_rs::num_possible_cpus().context("counting the possible CPUs")?;
+    open.maps
+        .scratch
+        .set_max_entries(cpus.max(1) as u32)
+        .context("sizing the scratch buffers")?;
     let n = opts.probes.max(1);
     open.maps.probes.set_max_entries(n)?;
     open.maps.lost.set_max_entries(n * 2)?;

@@ -16,6 +16,7 @@
 //!     duration: Some(std::time::Duration::from_secs(10)),
 //!     stack_mode: mode,
 //!     stack_depth: 127,
+//!     stack_size: 8192,
 //!     buffer_size: 16 << 20,
 //!     verbosity: Verbosity::Normal,
 //!     command_line: std::env::args().collect(),
@@ -36,6 +37,7 @@ use std::time::Duration;
 
 pub mod attach;
 pub mod command;
+pub mod dwarf;
 pub mod output;
 pub mod plan;
 pub mod processes;
@@ -47,6 +49,7 @@ pub mod unwind;
 
 pub use plan::{plan, PlanError, PlannedProbe};
 pub use session::{check_privileges, human_bytes};
+pub use urec_bpf::abi::MAX_STACK_SIZE;
 pub use urec_format::StackMode;
 
 /// Whom to trace.
@@ -90,10 +93,14 @@ pub struct RecordOptions {
     pub output: PathBuf,
     /// Stop after this long.
     pub duration: Option<Duration>,
-    /// How user stacks are captured (`None` or `FramePointer`).
+    /// [`StackMode::None`]: no stacks at all. Otherwise each probe's own mode decides (its
+    /// `probe.stack_mode` and `config.dwarf`, as [`plan`] set them).
     pub stack_mode: StackMode,
     /// Frames per stack (at most 127).
     pub stack_depth: u32,
+    /// Bytes of stack copied per `-g dwarf` event (a multiple of 8, at most
+    /// [`urec_bpf::abi::MAX_STACK_SIZE`]).
+    pub stack_size: u32,
     /// BPF ring buffer bytes (rounded up to a power of two).
     pub buffer_size: u64,
     /// What to print.
@@ -113,6 +120,10 @@ pub struct Summary {
     pub lost_ring: u64,
     /// Side-band records the kernel dropped.
     pub lost_sideband: u64,
+    /// `-g dwarf` stacks that could not be unwound at all or were dropped.
+    pub lost_unwind: u64,
+    /// `-g dwarf` stacks that end early (`truncated` in the file).
+    pub truncated_stacks: u64,
     /// Distinct stacks written.
     pub stacks: u64,
     /// Entry events whose stack could not be read.
@@ -127,8 +138,5 @@ pub struct Summary {
 
 /// Records until a stop condition; see the `session` module.
 pub fn record(opts: RecordOptions) -> anyhow::Result<Summary> {
-    if opts.stack_mode == StackMode::Dwarf {
-        anyhow::bail!("-g dwarf is not implemented yet");
-    }
     session::run(opts)
 }

@@ -161,8 +161,82 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     }
     Ok(PlannedProbe {
         probe,
-        config: ProbeConfig { add_caller, args },
+        config: ProbeConfig {
+            add_caller: add_caller && stack_mode == StackMode::FramePointer,
+            dwarf: stack_mode == StackMode::Dwarf,
+            args,
+        },
     })
+}
+
+/// `-g auto` for one probe: frame pointers when the probed binary keeps them and so does every
+/// known caller binary (`callers`: the executables of the traced processes, when known: a
+/// library function's stack runs through the program that called it), DWARF otherwise.
+///
+/// Frame pointers are the cheaper capture (a kernel walk, no copy), but on a binary built
+/// without them the walk yields one or two frames. Deciding from the code, not from a name
+/// list: the probe crate measures the share of frame-setting functions that start with
+/// `push %rbp; mov %rsp,%rbp` ([`ResolvedProbe::binary_keeps_frame_pointers`]), and
+/// [`keeps_frame_pointers`] does the same for the callers.
+pub fn auto_stack_mode(resolved: &ResolvedProbe, callers: &[&Path]) -> StackMode {
+    if resolved.binary_keeps_frame_pointers
+        && callers
+            .iter()
+            .all(|exe| Path::new(&resolved.probe.binary) == *exe || keeps_frame_pointers(exe))
+    {
+        StackMode::FramePointer
+    } else {
+        StackMode::Dwarf
+    }
+}
+
+/// Whether the ELF file at `path` seems built with frame pointers: at least half of its
+/// functions that set up a stack frame (push a callee-saved register or reserve stack) do it
+/// with `[endbr64] push %rbp; mov %rsp,%rbp`. A file without function symbols (stripped, no
+/// `.dynsym` functions) or that cannot be read counts as without: DWARF is the safe choice.
+pub fn keeps_frame_pointers(path: &Path) -> bool {
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return false;
+    };
+    use object::{ObjectSymbol, SymbolKind};
+    let mut starts: Vec<u64> = file
+        .symbols()
+        .chain(file.dynamic_symbols())
+        .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0 && s.is_definition())
+        .map(|s| s.address())
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let (mut framed, mut with_fp) = (0usize, 0usize);
+    for vaddr in starts {
+        let Some(bytes) = file.segments().find_map(|seg| {
+            let (addr, size) = (seg.address(), seg.size());
+            if vaddr < addr || vaddr >= addr + size {
+                return None;
+            }
+            let data = seg.data().ok()?;
+            let at = (vaddr - addr) as usize;
+            data.get(at..(at + 16).min(data.len()))
+        }) else {
+            continue;
+        };
+        let b = bytes
+            .strip_prefix(&[0xf3, 0x0f, 0x1e, 0xfa])
+            .unwrap_or(bytes);
+        let fp = b.starts_with(&[0x55, 0x48, 0x89, 0xe5]);
+        let push = matches!(b.first(), Some(0x53..=0x57))
+            || matches!(b, [0x41, 0x54..=0x57, ..])
+            || b.starts_with(&[0x48, 0x83, 0xec])
+            || b.starts_with(&[0x48, 0x81, 0xec]);
+        if fp || push {
+            framed += 1;
+            with_fp += fp as usize;
+        }
+    }
+    framed > 0 && with_fp * 2 >= framed
 }
 
 fn type_size(ty: ArgType) -> u8 {

@@ -78,6 +78,16 @@ pub const MAX_HISTORY: usize = 4096;
 /// was recycled (`/proc` start times have 10 ms ticks).
 const START_SLACK_NS: Nanos = 20_000_000;
 
+/// A change to what a process has mapped, for a consumer that mirrors the mappings of the
+/// processes it cares about (the DWARF unwinder); see [`ProcessTable::track_mappings`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MappingChange {
+    /// A new executable mapping (`mapping.pid` is the process).
+    Added(Mapping),
+    /// Everything known of this pid is void: it exec'd, exited, or the pid was reused.
+    Forget(u32),
+}
+
 /// Where the emitted records go: usually the data file's writer.
 pub type Emit<'a> = &'a mut dyn FnMut(Record) -> Result<()>;
 
@@ -150,6 +160,9 @@ pub struct ProcessTable {
     dropped_mappings: u64,
     /// Never look at `/proc` (unit tests with made-up pids).
     offline: bool,
+    /// Log mapping changes in `changes` (see [`ProcessTable::track_mappings`]).
+    track: bool,
+    changes: Vec<MappingChange>,
 }
 
 impl ProcessTable {
@@ -299,6 +312,33 @@ impl ProcessTable {
         self.procs.is_empty()
     }
 
+    /// From now on, log every mapping change as a [`MappingChange`] for
+    /// [`ProcessTable::take_changes`]. Changes before a consumer first asked for a process's
+    /// [`ProcessTable::mappings`] can be ignored by it: the list is current.
+    pub fn track_mappings(&mut self) {
+        self.track = true;
+    }
+
+    /// Calls `f` with the mapping changes logged since the last call, in order.
+    pub fn take_changes(&mut self, mut f: impl FnMut(MappingChange)) {
+        for change in self.changes.drain(..) {
+            f(change);
+        }
+    }
+
+    /// The executable mappings `pid` has now (as of the side-band records applied so far),
+    /// snapshotting it from `/proc` first if the table does not know it.
+    pub fn mappings(&mut self, pid: u32) -> &[Mapping] {
+        self.known(pid);
+        self.procs.get(&pid).map_or(&[], |p| p.current.as_slice())
+    }
+
+    fn log(&mut self, change: MappingChange) {
+        if self.track {
+            self.changes.push(change);
+        }
+    }
+
     /// Mappings dropped from the history of never-emitted processes to bound memory.
     pub fn dropped_mappings(&self) -> u64 {
         self.dropped_mappings
@@ -402,6 +442,7 @@ impl ProcessTable {
         p.current
             .retain(|c| !(mapping.start <= c.start && c.end <= mapping.end));
         p.current.push(mapping.clone());
+        self.log(MappingChange::Added(mapping.clone()));
         self.commit(m.pid, Record::Mapping(mapping), emit)
     }
 
@@ -434,6 +475,7 @@ impl ProcessTable {
         if exec {
             p.current.clear();
             p.pending_exec = Some((time_ns, comm.to_string()));
+            self.log(MappingChange::Forget(pid));
             return Ok(());
         }
         let event = ProcessEvent {
@@ -510,6 +552,7 @@ impl ProcessTable {
         }
         // A recycled pid, or a new one: the new process replaces whatever was known under it.
         self.procs.insert(t.pid, child);
+        self.log(MappingChange::Forget(t.pid));
     }
 
     fn on_exit(&mut self, t: &TaskRecord, emit: Emit<'_>) -> Result<()> {
@@ -521,6 +564,7 @@ impl ProcessTable {
         if let Some(p) = self.procs.get_mut(&t.pid) {
             p.exited = Some(t.time_ns);
         }
+        self.log(MappingChange::Forget(t.pid));
         let event = ProcessEvent {
             pid: t.pid,
             time_ns: t.time_ns,

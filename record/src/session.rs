@@ -45,6 +45,7 @@ use urec_format::{
 
 use crate::attach::{self, AttachProbe, LoadOptions};
 use crate::command::Workload;
+use crate::dwarf::{Capture, DwarfStacks};
 use crate::output;
 use crate::processes::ProcessTable;
 use crate::sideband::{monotonic_now, Sideband, SidebandRecord};
@@ -180,7 +181,9 @@ struct State<W: std::io::Write> {
     stacks: StackTable,
     decode: Vec<ProbeDecode>,
     stack_depth: u32,
-    pending: Vec<Event>,
+    /// Events not yet released, with their stack copy when it is still to be unwound.
+    pending: Vec<(Event, Option<Capture>)>,
+    dwarf: DwarfStacks,
     entries: u64,
     returns: u64,
     bad_records: u64,
@@ -224,6 +227,15 @@ impl<W: std::io::Write> State<W> {
             });
         }
 
+        let kind = if raw.kind == KIND_ENTRY {
+            EventKind::Entry
+        } else {
+            EventKind::Return
+        };
+        let capture = raw
+            .dwarf
+            .as_ref()
+            .and_then(|d| self.dwarf.capture(d, raw.probe, kind));
         let stack = if raw.nframes() > 0 {
             let mut frames = [0u64; 130];
             let n = raw.nframes().min(frames.len());
@@ -243,14 +255,12 @@ impl<W: std::io::Write> State<W> {
             }
             None
         };
-        let kind = if raw.kind == KIND_ENTRY {
+        if kind == EventKind::Entry {
             self.entries += 1;
-            EventKind::Entry
         } else {
             self.returns += 1;
-            EventKind::Return
-        };
-        self.pending.push(Event {
+        }
+        let event = Event {
             probe: raw.probe,
             kind,
             pid: raw.pid,
@@ -260,32 +270,58 @@ impl<W: std::io::Write> State<W> {
             stack,
             latency_ns: (raw.flags & F_LATENCY != 0).then_some(raw.latency_ns),
             args,
-        });
+        };
+        self.pending.push((event, capture));
         Ok(())
     }
 
     /// Writes, in time order, the side-band records `sb` and the pending events stamped at or
     /// before `horizon`.
     fn release(&mut self, sb: &mut Vec<SidebandRecord>, horizon: Nanos) -> Result<()> {
-        self.pending.sort_by_key(|e| e.time_ns);
-        let cut = self.pending.partition_point(|e| e.time_ns <= horizon);
-        let ready: Vec<Event> = self.pending.drain(..cut).collect();
-        let State { writer, table, .. } = self;
+        self.pending.sort_by_key(|e| e.0.time_ns);
+        let cut = self.pending.partition_point(|e| e.0.time_ns <= horizon);
+        let ready: Vec<(Event, Option<Capture>)> = self.pending.drain(..cut).collect();
+        let State {
+            writer,
+            table,
+            stacks,
+            dwarf,
+            ..
+        } = self;
         let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
         let mut events = ready.into_iter().peekable();
         for record in sb.drain(..) {
-            while let Some(e) = events.next_if(|e| e.time_ns < record.time_ns()) {
-                table.ensure_emitted(e.pid, e.time_ns, &mut emit)?;
-                emit(Record::Event(e))?;
+            while let Some(e) = events.next_if(|e| e.0.time_ns < record.time_ns()) {
+                release_one(e, table, dwarf, stacks, &mut emit)?;
             }
             table.apply(&record, &mut emit)?;
+            dwarf.follow(table);
         }
         for e in events {
-            table.ensure_emitted(e.pid, e.time_ns, &mut emit)?;
-            emit(Record::Event(e))?;
+            release_one(e, table, dwarf, stacks, &mut emit)?;
         }
         Ok(())
     }
+}
+
+/// Writes one released event, unwinding its stack copy first when it has one.
+fn release_one(
+    (mut e, capture): (Event, Option<Capture>),
+    table: &mut ProcessTable,
+    dwarf: &mut DwarfStacks,
+    stacks: &mut StackTable,
+    emit: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    table.ensure_emitted(e.pid, e.time_ns, emit)?;
+    if let Some(capture) = capture {
+        let (frames, truncated) = dwarf.unwind(table, e.pid, e.probe, e.kind, capture);
+        let (id, new) = stacks.intern(frames, truncated);
+        if let Some(s) = new {
+            emit(Record::Stack(s))?;
+        }
+        e.stack = Some(id);
+    }
+    emit(Record::Event(e))
 }
 
 fn uname() -> (String, String, String) {
@@ -380,6 +416,17 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
 
     // 2. Programs and tables.
     let nprobes = opts.probes.len() as u32;
+    let any_dwarf =
+        opts.stack_mode != StackMode::None && opts.probes.iter().any(|p| p.config.dwarf);
+    if any_dwarf {
+        table.track_mappings();
+    }
+    if !opts.stack_size.is_multiple_of(8) || opts.stack_size > urec_bpf::abi::MAX_STACK_SIZE {
+        bail!(
+            "--stack-size must be a multiple of 8 of at most {}",
+            urec_bpf::abi::MAX_STACK_SIZE
+        );
+    }
     let stack_depth = if opts.stack_mode == StackMode::None {
         0
     } else {
@@ -393,6 +440,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             self_tgid,
             filter,
             stack_depth,
+            stack_size: if stack_depth == 0 { 0 } else { opts.stack_size },
             ring_bytes,
             probes: nprobes,
         },
@@ -461,7 +509,9 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         .with_context(|| format!("writing {}", opts.output.display()))?;
     for p in &opts.probes {
         let mut probe: Probe = p.probe.clone();
-        probe.stack_mode = opts.stack_mode;
+        if opts.stack_mode == StackMode::None {
+            probe.stack_mode = StackMode::None;
+        }
         writer.write(&Record::Probe(probe))?;
     }
 
@@ -476,6 +526,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             stack_depth
         },
         pending: Vec::new(),
+        dwarf: DwarfStacks::new(if stack_depth == 0 { 1 } else { stack_depth }),
         entries: 0,
         returns: 0,
         bad_records: 0,
@@ -585,6 +636,17 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
         table.finish(&mut emit)?;
     }
+    let lost_unwind = st.dwarf.lost();
+    for &(probe, kind, count) in &lost_unwind {
+        st.writer.write(&Record::Lost(Lost {
+            source: LostSource::Unwind,
+            probe: Some(probe),
+            kind: Some(kind),
+            count,
+        }))?;
+    }
+    let dwarf_stats = st.dwarf.stats().clone();
+    let unwind_warnings = st.dwarf.take_warnings();
     let mut lost_ring = 0;
     for (probe, kind, count) in &lost {
         lost_ring += count;
@@ -629,6 +691,27 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
     let bytes = std::fs::metadata(&opts.output)
         .map(|m| m.len())
         .unwrap_or(0);
+    for w in unwind_warnings {
+        warn(w);
+    }
+    if opts.verbosity == Verbosity::Verbose && dwarf_stats.unwound > 0 {
+        let mut why: Vec<String> = dwarf_stats
+            .truncated
+            .iter()
+            .map(|(k, n)| format!("{n} {k:?}"))
+            .collect();
+        why.sort();
+        eprintln!(
+            "urec: {} stacks unwound, {:.0} ns each; truncated: {}",
+            dwarf_stats.unwound,
+            dwarf_stats.unwind_ns as f64 / dwarf_stats.unwound as f64,
+            if why.is_empty() {
+                "none".to_string()
+            } else {
+                why.join(", ")
+            }
+        );
+    }
     if bad_records > 0 {
         warn(format!(
             "{bad_records} malformed ring-buffer record(s) skipped"
@@ -639,6 +722,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         returns,
         lost_ring,
         lost_sideband: sideband.lost(),
+        lost_unwind: lost_unwind.iter().map(|x| x.2).sum(),
+        truncated_stacks: dwarf_stats.truncated.values().sum::<u64>() + dwarf_stats.too_deep,
         stacks: stacks.len() as u64,
         stack_errors,
         bytes,

@@ -247,6 +247,11 @@ impl Unwinder {
         self.processes.remove(&pid);
     }
 
+    /// Whether any mapping of `pid` was added (and not forgotten by exec or exit since).
+    pub fn knows(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
+    }
+
     /// Number of distinct files whose unwind tables are held (or known to be unusable).
     pub fn files(&self) -> usize {
         self.files.len()

@@ -1,0 +1,216 @@
+//! `-g dwarf` in the recorder: the captured registers and stack copies of the BPF programs,
+//! turned into plain address lists by the [`Unwinder`](crate::unwind::Unwinder) while the
+//! events are written.
+//!
+//! # When the unwind happens
+//!
+//! Not when a record comes off the ring buffer, but when the event is *released* to the file:
+//! the session releases events in time order interleaved with the side-band records, so at that
+//! moment the process table holds exactly the mappings the process had when the stack was
+//! captured (an exec, a `dlopen` or an exit just before or after is applied on the right side of
+//! the event). The copy waits in memory until then (≈10 ms of events; bounded, see
+//! [`MAX_PENDING_BYTES`]).
+//!
+//! # Which mappings the unwinder knows
+//!
+//! Only those of processes with a captured stack: the first stack of a pid loads that process's
+//! current mappings from the process table (its `/proc` snapshot or side-band history), and from
+//! then on the table's [`MappingChange`]s keep the unwinder in step. A system-wide recording
+//! thus never parses the unwind tables of binaries no traced process runs.
+//!
+//! # What is counted
+//!
+//! A stack that could not be unwound at all (no stack bytes could be read, or no mapping of the
+//! process is known) or that was dropped because the recorder fell behind is counted as
+//! `Lost { source: Unwind }` per probe and kind; its event is still written, with the probed
+//! address as a one-frame truncated stack, or without a stack when dropped. A stack that stops
+//! early is written as far as it goes with `truncated: true`; [`DwarfStats`] says why.
+
+use std::collections::HashMap;
+
+use urec_bpf::abi::{RawDwarf, D_READ_FAILED};
+use urec_format::{EventKind, ProbeId};
+
+use crate::processes::{MappingChange, ProcessTable};
+use crate::unwind::{PendingReturn, Regs, Truncation, UnwindOutcome, Unwinder};
+
+/// Stack copies held for unwinding at most: past this, new copies are dropped (and counted)
+/// until the consumer catches up. 256 MiB is ≈100,000 typical copies, far more than the
+/// ≈10 ms between releases hold at any rate the probes can fire.
+pub const MAX_PENDING_BYTES: usize = 256 << 20;
+
+/// One captured stack waiting for its release.
+#[derive(Debug)]
+pub struct Capture {
+    regs: Regs,
+    trampoline: Option<u64>,
+    leaf: u64,
+    pending: Vec<PendingReturn>,
+    stack: Vec<u8>,
+    read_failed: bool,
+}
+
+/// Why stacks were truncated, and how many.
+#[derive(Clone, Debug, Default)]
+pub struct DwarfStats {
+    /// Stacks unwound (including truncated ones).
+    pub unwound: u64,
+    /// Truncated stacks by reason.
+    pub truncated: HashMap<Truncation, u64>,
+    /// Stacks cut at the `--stack-depth` limit.
+    pub too_deep: u64,
+    /// Stack reads that faulted entirely.
+    pub read_failed: u64,
+    /// Copies dropped because [`MAX_PENDING_BYTES`] were waiting.
+    pub dropped: u64,
+    /// Nanoseconds spent in the unwinder.
+    pub unwind_ns: u64,
+}
+
+/// The recorder's DWARF state: the unwinder, the copies in flight, the counts.
+pub struct DwarfStacks {
+    unwinder: Unwinder,
+    depth: usize,
+    held_bytes: usize,
+    free: Vec<Vec<u8>>,
+    out: Vec<u64>,
+    /// `Lost { source: Unwind }` counts by (probe, kind).
+    lost: HashMap<(ProbeId, EventKind), u64>,
+    stats: DwarfStats,
+}
+
+impl DwarfStacks {
+    /// Stacks are cut at `depth` frames (`--stack-depth`).
+    pub fn new(depth: u32) -> Self {
+        DwarfStacks {
+            unwinder: Unwinder::new(),
+            depth: depth.max(1) as usize,
+            held_bytes: 0,
+            free: Vec::new(),
+            out: Vec::new(),
+            lost: HashMap::new(),
+            stats: DwarfStats::default(),
+        }
+    }
+
+    /// Copies a ring-buffer record's stack for a later [`DwarfStacks::unwind`]; `None` when
+    /// too much is held already (the drop is counted against `probe`/`kind`).
+    pub fn capture(
+        &mut self,
+        raw: &RawDwarf<'_>,
+        probe: ProbeId,
+        kind: EventKind,
+    ) -> Option<Capture> {
+        if self.held_bytes + raw.stack.len() > MAX_PENDING_BYTES {
+            self.stats.dropped += 1;
+            *self.lost.entry((probe, kind)).or_default() += 1;
+            return None;
+        }
+        let mut stack = self.free.pop().unwrap_or_default();
+        stack.clear();
+        stack.extend_from_slice(raw.stack);
+        self.held_bytes += stack.len();
+        Some(Capture {
+            regs: Regs {
+                ip: raw.ip,
+                sp: raw.sp,
+                bp: raw.bp,
+            },
+            trampoline: (raw.trampoline != 0).then_some(raw.trampoline),
+            leaf: raw.leaf,
+            pending: raw
+                .pending()
+                .map(|(slot, ret)| PendingReturn { slot, ret })
+                .collect(),
+            stack,
+            read_failed: raw.status & D_READ_FAILED != 0,
+        })
+    }
+
+    /// Applies the process table's mapping changes to the processes the unwinder knows.
+    pub fn follow(&mut self, table: &mut ProcessTable) {
+        let unwinder = &mut self.unwinder;
+        table.take_changes(|change| match change {
+            MappingChange::Added(m) => {
+                if unwinder.knows(m.pid) {
+                    unwinder.add_mapping(m.pid, &m);
+                }
+            }
+            MappingChange::Forget(pid) => unwinder.exit(pid),
+        });
+    }
+
+    /// Unwinds `capture`, taken in `pid` for an event of `probe`/`kind`: returns the frames
+    /// (innermost first) and whether the stack is truncated. The copy's buffer is kept for
+    /// reuse.
+    pub fn unwind(
+        &mut self,
+        table: &mut ProcessTable,
+        pid: u32,
+        probe: ProbeId,
+        kind: EventKind,
+        capture: Capture,
+    ) -> (&[u64], bool) {
+        self.held_bytes = self.held_bytes.saturating_sub(capture.stack.len());
+        if !self.unwinder.knows(pid) {
+            for m in table.mappings(pid) {
+                self.unwinder.add_mapping(pid, m);
+            }
+        }
+        let started = std::time::Instant::now();
+        let outcome = if capture.read_failed {
+            self.stats.read_failed += 1;
+            self.out.clear();
+            self.out.push(capture.regs.ip);
+            UnwindOutcome::Truncated(Truncation::StackCopyEnd)
+        } else {
+            self.unwinder.unwind(
+                pid,
+                capture.regs,
+                &capture.stack,
+                capture.trampoline,
+                &capture.pending,
+                &mut self.out,
+            )
+        };
+        self.stats.unwind_ns += started.elapsed().as_nanos() as u64;
+        self.stats.unwound += 1;
+        if self.free.len() < 1024 {
+            self.free.push(capture.stack);
+        }
+        let mut truncated = outcome.is_truncated();
+        if let UnwindOutcome::Truncated(why) = outcome {
+            *self.stats.truncated.entry(why).or_default() += 1;
+            if self.out.len() <= 1 {
+                // Nothing beyond the probed address: the stack is as good as lost.
+                *self.lost.entry((probe, kind)).or_default() += 1;
+            }
+        }
+        if capture.leaf != 0 {
+            self.out.insert(0, capture.leaf);
+        }
+        if self.out.len() > self.depth {
+            self.out.truncate(self.depth);
+            self.stats.too_deep += 1;
+            truncated = true;
+        }
+        (&self.out, truncated)
+    }
+
+    /// Warnings about binaries whose unwind tables could not be used, once each.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        self.unwinder.take_warnings()
+    }
+
+    /// `Lost { source: Unwind }` counts by (probe, kind), sorted.
+    pub fn lost(&self) -> Vec<(ProbeId, EventKind, u64)> {
+        let mut v: Vec<_> = self.lost.iter().map(|(&(p, k), &n)| (p, k, n)).collect();
+        v.sort_by_key(|&(p, k, _)| (p, k == EventKind::Return));
+        v
+    }
+
+    /// What happened so far.
+    pub fn stats(&self) -> &DwarfStats {
+        &self.stats
+    }
+}
