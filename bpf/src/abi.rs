@@ -39,12 +39,12 @@ pub const F_FUNC_ADDED: u8 = 8;
 /// The record carries registers and a stack copy ([`RawDwarf`]) instead of frames.
 pub const F_DWARF: u8 = 16;
 
-/// The full stack read faulted; a shorter one worked (`UREC_D_SHORTENED`).
-pub const D_SHORTENED: u16 = 1;
+/// Some pages of the copy could not be read (`UREC_D_HOLES`): see [`RawDwarf::holes`].
+pub const D_HOLES: u16 = 1;
 /// No stack bytes could be read (`UREC_D_READ_FAILED`).
 pub const D_READ_FAILED: u16 = 2;
 /// Size of `struct urec_dwarf`.
-pub const DWARF_HEADER_SIZE: usize = 48;
+pub const DWARF_HEADER_SIZE: usize = 56;
 
 const OP_REG: u8 = 1;
 const OP_SPREL: u8 = 2;
@@ -307,6 +307,9 @@ pub struct RawDwarf<'a> {
     pub leaf: u64,
     /// `D_*` bits.
     pub status: u16,
+    /// Bit i: chunk i of the copy could not be read (it holds zeros). Chunk 0 runs from `sp`
+    /// to the next 4 KiB boundary, chunk i > 0 is the i-th page after it.
+    pub holes: u32,
     pending: &'a [u8],
     /// The bytes copied from `sp` upward.
     pub stack: &'a [u8],
@@ -389,6 +392,7 @@ impl<'a> RawEvent<'a> {
                 trampoline: u64_at(d, 24),
                 leaf: u64_at(d, 32),
                 status: u16_at(d, 46),
+                holes: u32_at(d, 48),
                 pending,
                 stack,
             })
@@ -536,7 +540,9 @@ mod tests {
         }
         b.extend_from_slice(&12u32.to_ne_bytes()); // stack_len
         b.extend_from_slice(&1u16.to_ne_bytes()); // npending
-        b.extend_from_slice(&D_SHORTENED.to_ne_bytes());
+        b.extend_from_slice(&D_HOLES.to_ne_bytes());
+        b.extend_from_slice(&2u32.to_ne_bytes()); // holes
+        b.extend_from_slice(&0u32.to_ne_bytes());
         b.extend_from_slice(&0x7ffd_0040u64.to_ne_bytes());
         b.extend_from_slice(&0x401234u64.to_ne_bytes());
         b.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
@@ -546,7 +552,7 @@ mod tests {
             (d.ip, d.sp, d.bp, d.trampoline, d.leaf),
             (0x401000, 0x7ffd_0000, 0x7ffd_0100, 0x7fff_f000, 0)
         );
-        assert_eq!(d.status, D_SHORTENED);
+        assert_eq!((d.status, d.holes), (D_HOLES, 2));
         assert_eq!(
             d.pending().collect::<Vec<_>>(),
             vec![(0x7ffd_0040, 0x401234)]

@@ -69,10 +69,11 @@ struct {
  * returns below 8192, then up to UREC_MAX_STACK_SIZE bytes of stack copy. The masks are what
  * the verifier needs to see every access in bounds.
  */
-#define SCRATCH_SIZE (8192 + UREC_MAX_STACK_SIZE)
+#define SCRATCH_SIZE (8192 + UREC_MAX_STACK_SIZE + 8192)
 #define OFF_MASK 4095 /* every write starts below 4096 and is at most 1032 bytes long */
 #define SIZE_MASK 8191
 #define HEAD_MASK 8191
+#define STACK_CHUNKS (UREC_MAX_STACK_SIZE / 4096 + 1) /* pages a copy can touch */
 #define STACK_MASK (UREC_MAX_STACK_SIZE - 1)
 
 struct scratch {
@@ -281,7 +282,45 @@ static __always_inline __u16 fetch_args(struct pt_regs *ctx, struct urec_probe_c
 	return faults;
 }
 
-#define DWARF_STATUS_SHIFT 32
+/*
+ * Copies `len` bytes of user stack from `sp` to `soff` in the scratch buffer, page by page;
+ * returns a bitmap of the chunks that faulted (left zeroed). Global, so that the verifier
+ * checks it once instead of once per path of its callers.
+ */
+__noinline __u32 copy_stack(struct scratch *s, __u32 soff, __u64 sp, __u64 len)
+{
+	__u64 head = 4096 - (sp & 4095);
+	__u32 holes = 0;
+	__u32 i = 1;
+	long err;
+
+	if (!s)
+		return 0;
+	soff &= HEAD_MASK;
+	len &= STACK_MASK;
+	if (head > len)
+		head = len;
+	/* Branch-free marks (a branch per page doubles the verifier's paths): the sign bit of
+	 * the helper's error marks the chunk, which the helper zeroed. */
+	err = bpf_probe_read_user(s->buf + soff, head & 8191, (void *)sp);
+	holes |= (__u64)err >> 63;
+	__u64 done = head;
+
+	for (; i < STACK_CHUNKS; i++) {
+		if (done + 4096 > len)
+			break;
+		err = bpf_probe_read_user(s->buf + soff + (done & STACK_MASK), 4096,
+					  (void *)(sp + done));
+		holes |= ((__u64)err >> 63) << i;
+		done += 4096;
+	}
+	if (done < len) {
+		err = bpf_probe_read_user(s->buf + soff + (done & STACK_MASK), (len - done) & 4095,
+					  (void *)(sp + done));
+		holes |= ((__u64)err >> 63) << (i & 31);
+	}
+	return holes;
+}
 
 /*
  * Appends the dwarf block at `off`: registers, the trampoline address, the pending return
@@ -290,8 +329,12 @@ static __always_inline __u16 fetch_args(struct pt_regs *ctx, struct urec_probe_c
  * The copy is `min(stack_size, mm->env_end - sp)` bytes: in the main thread the stack ends a
  * little above env_end (argv/envp strings), and bpf_probe_read_user fails as a whole if any
  * byte is unmapped, so a fixed 8 KiB read near the top of the main stack (≈3 KiB used in a
- * small program's main) always fails. Thread stacks lie below env_end too; for them a failed
- * read is retried at half the size, three times.
+ * small program's main) always fails. It is read page by page: the helper cannot fault pages
+ * in, and a stack page inside a big frame that was never written (bash's yyparse keeps
+ * kilobytes of parser stack) is not present; failing the whole copy for it would lose every
+ * frame above. A page that faults is left zeroed and marked in `holes`, so the unwinder
+ * stops only if it needs a value from it (return addresses are always written, so their
+ * pages are present).
  *
  * Global (not inlined): verified once for every program that calls it.
  */
@@ -335,22 +378,16 @@ __noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 
 	if (sp < env_end && env_end - sp < len)
 		len = env_end - sp;
-	long err = -1;
-	__u16 status = 0;
+	len &= STACK_MASK & ~7ULL;
+	__u32 holes = copy_stack(s, soff, sp, len);
 
-	for (int i = 0; i < 4 && len; i++) {
-		len &= STACK_MASK & ~7ULL;
-		err = bpf_probe_read_user(buf + soff, len, (void *)sp);
-		if (!err)
-			break;
-		status = UREC_D_SHORTENED;
-		len >>= 1;
+	d->holes = holes;
+	d->_pad = 0;
+	d->status = holes ? UREC_D_HOLES : 0;
+	if (len && holes == (1U << ((len + (sp & 4095) + 4095) / 4096)) - 1) {
+		len = 0; /* every chunk faulted */
+		d->status = UREC_D_READ_FAILED;
 	}
-	if (err) {
-		len = 0;
-		status = UREC_D_READ_FAILED;
-	}
-	d->status = status;
 	d->stack_len = len;
 	return soff + len;
 }

@@ -12,7 +12,7 @@
  *
  * or, when UREC_F_DWARF is set (a `-g dwarf` probe; nframes is then 0), instead of frames:
  *
- *     struct urec_dwarf            (48 bytes: registers, trampoline, sizes)
+ *     struct urec_dwarf            (56 bytes: registers, trampoline, sizes)
  *     struct urec_pending          (npending * 16 bytes, innermost first)
  *     stack                        (stack_len bytes copied from sp upward; not padded)
  *
@@ -58,7 +58,7 @@ struct urec_event {
 };
 
 /* urec_dwarf.status */
-#define UREC_D_SHORTENED 1   /* the full read faulted; a shorter one worked */
+#define UREC_D_HOLES 1       /* some pages of the copy could not be read: see `holes` */
 #define UREC_D_READ_FAILED 2 /* no stack bytes could be read at all */
 
 /* The registers an x86-64 CFI unwind starts from, and what a pending uretprobe hid. */
@@ -71,6 +71,9 @@ struct urec_dwarf {
 	__u32 stack_len;  /* bytes of stack copied */
 	__u16 npending;   /* struct urec_pending entries */
 	__u16 status;     /* UREC_D_* */
+	__u32 holes;      /* bit i: chunk i of the copy faulted (zeros); chunk 0 runs from sp to
+			   * the next page boundary, chunk i > 0 is the i-th page after it */
+	__u32 _pad;
 };
 
 /* One `current->utask->return_instances` entry: the slot at `slot` held `ret` before the

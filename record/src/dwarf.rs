@@ -27,6 +27,7 @@
 //! early is written as far as it goes with `truncated: true`; [`DwarfStats`] says why.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use urec_bpf::abi::{RawDwarf, D_READ_FAILED};
 use urec_format::{EventKind, ProbeId};
@@ -39,6 +40,24 @@ use crate::unwind::{PendingReturn, Regs, Truncation, UnwindOutcome, Unwinder};
 /// ≈10 ms between releases hold at any rate the probes can fire.
 pub const MAX_PENDING_BYTES: usize = 256 << 20;
 
+/// The address ranges of the faulted chunks of a copy of `len` bytes from `sp`: chunk 0 runs
+/// to the next 4 KiB boundary, every later chunk is one page.
+fn hole_ranges(sp: u64, len: usize, holes: u32) -> Vec<Range<u64>> {
+    let end = sp + len as u64;
+    let mut ranges = Vec::new();
+    let mut start = sp;
+    let mut i = 0;
+    while start < end && i < 32 {
+        let next = ((start | 4095) + 1).min(end);
+        if holes & (1 << i) != 0 {
+            ranges.push(start..next);
+        }
+        start = next;
+        i += 1;
+    }
+    ranges
+}
+
 /// One captured stack waiting for its release.
 #[derive(Debug)]
 pub struct Capture {
@@ -47,6 +66,8 @@ pub struct Capture {
     leaf: u64,
     pending: Vec<PendingReturn>,
     stack: Vec<u8>,
+    /// Bit i: chunk i of the copy faulted (see `RawDwarf::holes`).
+    holes: u32,
     read_failed: bool,
 }
 
@@ -123,6 +144,7 @@ impl DwarfStacks {
                 .map(|(slot, ret)| PendingReturn { slot, ret })
                 .collect(),
             stack,
+            holes: raw.holes,
             read_failed: raw.status & D_READ_FAILED != 0,
         })
     }
@@ -164,10 +186,12 @@ impl DwarfStacks {
             self.out.push(capture.regs.ip);
             UnwindOutcome::Truncated(Truncation::StackCopyEnd)
         } else {
-            self.unwinder.unwind(
+            let holes = hole_ranges(capture.regs.sp, capture.stack.len(), capture.holes);
+            self.unwinder.unwind_with_holes(
                 pid,
                 capture.regs,
                 &capture.stack,
+                &holes,
                 capture.trampoline,
                 &capture.pending,
                 &mut self.out,
@@ -209,8 +233,30 @@ impl DwarfStacks {
         v
     }
 
+    /// Bytes of stack copies waiting for their release.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
     /// What happened so far.
     pub fn stats(&self) -> &DwarfStats {
         &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_are_page_chunks() {
+        // 0x1ff0..0x1ff0+0x2020: chunk 0 = 0x1ff0..0x2000, chunk 1 = 0x2000..0x3000,
+        // chunk 2 = 0x3000..0x4000, chunk 3 = 0x4000..0x4010.
+        assert_eq!(
+            hole_ranges(0x1ff0, 0x2020, 0b1010),
+            vec![0x2000..0x3000, 0x4000..0x4010]
+        );
+        assert_eq!(hole_ranges(0x1ff0, 0x2020, 0b0001), vec![0x1ff0..0x2000]);
+        assert!(hole_ranges(0x1000, 0, 1).is_empty());
     }
 }

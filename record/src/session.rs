@@ -57,6 +57,13 @@ const SIDEBAND_PAGES: usize = 64;
 /// How often the consumer wakes when no forced wake-up comes.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Stack copies held before the consumer stops reading the ring to release events: a few ms of
+/// events at the highest rates, and far below [`crate::dwarf::MAX_PENDING_BYTES`].
+const YIELD_BYTES: usize = 8 << 20;
+/// What the ring callback returns to make libbpf's poll return early (any negative value
+/// stops it, after the record at hand was consumed).
+const YIELD: i32 = -libc::EAGAIN;
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -184,6 +191,10 @@ struct State<W: std::io::Write> {
     /// Events not yet released, with their stack copy when it is still to be unwound.
     pending: Vec<(Event, Option<Capture>)>,
     dwarf: DwarfStacks,
+    /// Stack copy bytes held after which the ring consumer returns to the loop.
+    yield_bytes: usize,
+    /// The consumer returned early ([`YIELD`]); poll again at once.
+    yielded: bool,
     entries: u64,
     returns: u64,
     bad_records: u64,
@@ -527,6 +538,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         },
         pending: Vec::new(),
         dwarf: DwarfStacks::new(if stack_depth == 0 { 1 } else { stack_depth }),
+        yield_bytes: YIELD_BYTES,
+        yielded: false,
         entries: 0,
         returns: 0,
         bad_records: 0,
@@ -540,6 +553,12 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             return -1;
         }
         match st.on_ring_record(bytes) {
+            // Hand control back to the loop to release what is held: libbpf's poll would
+            // otherwise keep consuming for as long as the programs keep producing.
+            Ok(()) if st.dwarf.held_bytes() > st.yield_bytes => {
+                st.yielded = true;
+                YIELD
+            }
             Ok(()) => 0,
             Err(err) => {
                 st.error = Some(err);
@@ -567,8 +586,13 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
     let mut sb = Vec::new();
     let mut workload_status = None;
     loop {
-        let r = ring.poll_raw(POLL_INTERVAL);
-        if r < 0 && r != -libc::EINTR {
+        let timeout = if std::mem::take(&mut state.borrow_mut().yielded) {
+            Duration::ZERO
+        } else {
+            POLL_INTERVAL
+        };
+        let r = ring.poll_raw(timeout);
+        if r < 0 && r != -libc::EINTR && r != YIELD {
             if let Some(err) = state.borrow_mut().error.take() {
                 return Err(err);
             }
@@ -613,8 +637,9 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
     }
     let stop_ns = monotonic_now()?;
 
-    // Stop: detach, then drain everything in flight.
+    // Stop: detach, then drain everything in flight (no yielding: the ring bounds what is held).
     drop(attached);
+    state.borrow_mut().yield_bytes = usize::MAX;
     if ring.consume_raw() < 0 {
         if let Some(err) = state.borrow_mut().error.take() {
             return Err(err);

@@ -97,6 +97,9 @@ pub enum Truncation {
     StackCopyEnd,
     /// The unwind read below the copy or looped (inconsistent registers or CFI).
     BadStack,
+    /// The unwind needed stack bytes from a page the kernel could not read at capture time
+    /// (not present in memory).
+    Unreadable,
     /// More than [`MAX_FRAMES`] frames.
     TooDeep,
 }
@@ -287,6 +290,23 @@ impl Unwinder {
         pending_returns: &[PendingReturn],
         out: &mut Vec<u64>,
     ) -> UnwindOutcome {
+        self.unwind_with_holes(pid, regs, stack, &[], trampoline, pending_returns, out)
+    }
+
+    /// [`Unwinder::unwind`] of a copy with holes: `holes` are address ranges inside the copy
+    /// whose bytes could not be read (zeros in `stack`); an unwind that needs them ends as
+    /// [`Truncation::Unreadable`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn unwind_with_holes(
+        &mut self,
+        pid: u32,
+        regs: Regs,
+        stack: &[u8],
+        holes: &[Range<u64>],
+        trampoline: Option<u64>,
+        pending_returns: &[PendingReturn],
+        out: &mut Vec<u64>,
+    ) -> UnwindOutcome {
         out.clear();
         out.push(regs.ip);
         let Some(process) = self.processes.get(&pid) else {
@@ -301,6 +321,12 @@ impl Unwinder {
 
         let mut substitutions = Substitutions::new(pending_returns);
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            if holes
+                .iter()
+                .any(|h| addr < h.end && h.start < addr.saturating_add(8))
+            {
+                return Err(());
+            }
             let offset = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
             let bytes = stack
                 .get(offset..offset.checked_add(8).ok_or(())?)
@@ -346,6 +372,11 @@ impl Unwinder {
                 }
                 Err(framehop::Error::CouldNotReadStack(addr)) if addr >= stack_end => {
                     return UnwindOutcome::Truncated(Truncation::StackCopyEnd)
+                }
+                Err(framehop::Error::CouldNotReadStack(addr))
+                    if holes.iter().any(|h| addr < h.end && h.start < addr + 8) =>
+                {
+                    return UnwindOutcome::Truncated(Truncation::Unreadable)
                 }
                 Err(_) => return UnwindOutcome::Truncated(Truncation::BadStack),
             }
