@@ -18,7 +18,11 @@
 //! drained into a pending list and the side-band is read. Side-band records come with a
 //! *horizon*: every record stamped before it has been read. Pending events up to the horizon are
 //! released in time order, interleaved with the side-band records, so a process's exec, mmap and
-//! exit land in the file in their true place between its events; the process table emits a
+//! exit land in the file in their true place between its events (and `-g dwarf` stacks are
+//! unwound against the mappings of their moment: see the `dwarf` module). The horizon is also
+//! held back to the last time the ring buffer was read dry: when the consumer stops early to
+//! release held stack copies, the events still in the ring must not be overtaken by the
+//! side-band records of their time; the process table emits a
 //! process's records on its first event (`ProcessTable::ensure_emitted`).
 //!
 //! # Stopping
@@ -195,6 +199,8 @@ struct State<W: std::io::Write> {
     yield_bytes: usize,
     /// The consumer returned early ([`YIELD`]); poll again at once.
     yielded: bool,
+    /// The latest event time read from the ring.
+    latest_ns: Nanos,
     entries: u64,
     returns: u64,
     bad_records: u64,
@@ -282,12 +288,13 @@ impl<W: std::io::Write> State<W> {
             latency_ns: (raw.flags & F_LATENCY != 0).then_some(raw.latency_ns),
             args,
         };
+        self.latest_ns = self.latest_ns.max(event.time_ns);
         self.pending.push((event, capture));
         Ok(())
     }
 
-    /// Writes, in time order, the side-band records `sb` and the pending events stamped at or
-    /// before `horizon`.
+    /// Writes, in time order, the side-band records of `sb` and the pending events stamped at
+    /// or before `horizon`; later side-band records stay in `sb`.
     fn release(&mut self, sb: &mut Vec<SidebandRecord>, horizon: Nanos) -> Result<()> {
         self.pending.sort_by_key(|e| e.0.time_ns);
         let cut = self.pending.partition_point(|e| e.0.time_ns <= horizon);
@@ -301,7 +308,9 @@ impl<W: std::io::Write> State<W> {
         } = self;
         let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
         let mut events = ready.into_iter().peekable();
-        for record in sb.drain(..) {
+        // Side-band records past the horizon wait with the events of their time.
+        let sb_cut = sb.partition_point(|r| r.time_ns() <= horizon);
+        for record in sb.drain(..sb_cut) {
             while let Some(e) = events.next_if(|e| e.0.time_ns < record.time_ns()) {
                 release_one(e, table, dwarf, stacks, &mut emit)?;
             }
@@ -540,6 +549,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         dwarf: DwarfStacks::new(if stack_depth == 0 { 1 } else { stack_depth }),
         yield_bytes: YIELD_BYTES,
         yielded: false,
+        latest_ns: 0,
         entries: 0,
         returns: 0,
         bad_records: 0,
@@ -556,6 +566,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             // Hand control back to the loop to release what is held: libbpf's poll would
             // otherwise keep consuming for as long as the programs keep producing.
             Ok(()) if st.dwarf.held_bytes() > st.yield_bytes => {
+                // At most YIELD_BYTES more per poll, even when the horizon cannot advance.
+                st.yield_bytes = st.dwarf.held_bytes() + YIELD_BYTES;
                 st.yielded = true;
                 YIELD
             }
@@ -585,12 +597,16 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
     let mut last_status = Instant::now();
     let mut sb = Vec::new();
     let mut workload_status = None;
+    // Up to when the ring buffer is known to have been read completely.
+    let mut drained_at: Nanos = 0;
     loop {
         let timeout = if std::mem::take(&mut state.borrow_mut().yielded) {
             Duration::ZERO
         } else {
             POLL_INTERVAL
         };
+        // (`yielded` is set again by the callback if this poll stops early too.)
+        let before_poll = monotonic_now()?;
         let r = ring.poll_raw(timeout);
         if r < 0 && r != -libc::EINTR && r != YIELD {
             if let Some(err) = state.borrow_mut().error.take() {
@@ -601,8 +617,24 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
                 std::io::Error::from_raw_os_error(-r)
             );
         }
+        {
+            let mut st = state.borrow_mut();
+            // A poll that ran the ring dry read every event stamped before `before_poll`; one
+            // that stopped early read those up to the latest one it saw (records enter the
+            // ring in about time order). Less the window a program may take from its timestamp
+            // to its commit, below.
+            drained_at = if st.yielded {
+                drained_at.max(st.latest_ns)
+            } else {
+                before_poll
+            };
+            st.yield_bytes = st.dwarf.held_bytes().max(YIELD_BYTES) + YIELD_BYTES;
+        }
         sideband.read(&mut sb)?;
-        state.borrow_mut().release(&mut sb, sideband.horizon())?;
+        let horizon = sideband
+            .horizon()
+            .min(drained_at.saturating_sub(crate::sideband::REORDER_WINDOW_NS));
+        state.borrow_mut().release(&mut sb, horizon)?;
         if STOP.load(Ordering::Relaxed) {
             break;
         }
