@@ -73,6 +73,7 @@ struct {
 #define OFF_MASK 4095 /* every write starts below 4096 and is at most 1032 bytes long */
 #define SIZE_MASK 8191
 #define HEAD_MASK 8191
+#define START_SLACK 64 /* bytes above mm->start_stack still copied */
 #define STACK_CHUNKS (UREC_MAX_STACK_SIZE / 4096 + 1) /* pages a copy can touch */
 #define STACK_MASK (UREC_MAX_STACK_SIZE - 1)
 
@@ -326,8 +327,9 @@ __noinline __u32 copy_stack(struct scratch *s, __u32 soff, __u64 sp, __u64 len)
  * Appends the dwarf block at `off`: registers, the trampoline address, the pending return
  * instances (innermost first), then the stack from sp upward. Returns the record size.
  *
- * The copy is `min(stack_size, mm->env_end - sp)` bytes: in the main thread the stack ends a
- * little above env_end (argv/envp strings), and bpf_probe_read_user fails as a whole if any
+ * The copy is `min(stack_size, mm->start_stack + 64 - sp)` bytes (`env_end` when that is not
+ * above sp): in the main thread the stack ends a little above env_end (argv/envp strings), and
+ * bpf_probe_read_user fails as a whole if any
  * byte is unmapped, so a fixed 8 KiB read near the top of the main stack (≈3 KiB used in a
  * small program's main) always fails. It is read page by page: the helper cannot fault pages
  * in, and a stack page inside a big frame that was never written (bash's yyparse keeps
@@ -376,8 +378,14 @@ __noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 	__u32 soff = (poff + n * 16) & HEAD_MASK;
 	__u64 len = stack_size;
 
-	if (sp < env_end && env_end - sp < len)
-		len = env_end - sp;
+	/* The main thread's frames all lie below start_stack (where _start found argc); what is
+	 * above (argv, envp, auxv, the strings: kilobytes) is no use to an unwinder. */
+	__u64 top = BPF_CORE_READ(mm, start_stack) + START_SLACK;
+
+	if (top > env_end || top <= sp)
+		top = env_end;
+	if (sp < top && top - sp < len)
+		len = top - sp;
 	len &= STACK_MASK & ~7ULL;
 	__u32 holes = copy_stack(s, soff, sp, len);
 

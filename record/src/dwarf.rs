@@ -86,6 +86,8 @@ pub struct DwarfStats {
     pub dropped: u64,
     /// Nanoseconds spent in the unwinder.
     pub unwind_ns: u64,
+    /// Stack bytes copied by the BPF programs (all captures, dropped ones too).
+    pub copied_bytes: u64,
 }
 
 /// The recorder's DWARF state: the unwinder, the copies in flight, the counts.
@@ -122,6 +124,7 @@ impl DwarfStacks {
         probe: ProbeId,
         kind: EventKind,
     ) -> Option<Capture> {
+        self.stats.copied_bytes += raw.stack.len() as u64;
         if self.held_bytes + raw.stack.len() > MAX_PENDING_BYTES {
             self.stats.dropped += 1;
             *self.lost.entry((probe, kind)).or_default() += 1;

@@ -759,9 +759,11 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             .collect();
         why.sort();
         eprintln!(
-            "urec: {} stacks unwound, {:.0} ns each; truncated: {}",
+            "urec: {} stacks unwound, {:.0} ns each, {:.0} stack bytes copied each; \
+             truncated: {}",
             dwarf_stats.unwound,
             dwarf_stats.unwind_ns as f64 / dwarf_stats.unwound as f64,
+            dwarf_stats.copied_bytes as f64 / dwarf_stats.unwound as f64,
             if why.is_empty() {
                 "none".to_string()
             } else {
