@@ -121,8 +121,10 @@ impl<W: Write> Writer<W> {
         match record {
             Record::Event(e) => return self.write_event(e),
             Record::Probe(_) | Record::Stack(_) => {}
-            // Keep these in place relative to the events written before them.
-            _ => self.flush_events()?,
+            // Keep these in place relative to the events written before them; with no event
+            // pending they simply join the metadata chunk being filled.
+            _ if self.events.len() > 0 => self.flush_events()?,
+            _ => {}
         }
         encode_record(&mut self.meta, &mut self.body, record);
         self.meta_count += 1;

@@ -38,6 +38,7 @@ use std::time::Duration;
 pub mod attach;
 pub mod command;
 pub mod dwarf;
+pub mod lost;
 pub mod output;
 pub mod plan;
 pub mod processes;

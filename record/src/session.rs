@@ -43,13 +43,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{OpenObject, RingBufferBuilder};
 use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, F_STACK_ERR, KIND_ENTRY};
 use urec_format::{
-    ArgType, ArgValue, Event, EventKind, Finish, Header, Lost, LostSource, Nanos, Probe, ProbeKind,
+    ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, ProbeKind,
     Record, StackMode, Writer,
 };
 
 use crate::attach::{self, AttachProbe, LoadOptions};
 use crate::command::Workload;
 use crate::dwarf::{Capture, DwarfStacks};
+use crate::lost::LostLedger;
 use crate::output;
 use crate::processes::ProcessTable;
 use crate::sideband::{monotonic_now, Sideband, SidebandRecord};
@@ -60,6 +61,10 @@ use crate::{PlannedProbe, RecordOptions, Summary, Target, Verbosity};
 const SIDEBAND_PAGES: usize = 64;
 /// How often the consumer wakes when no forced wake-up comes.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often the file is brought up to date (chunks flushed, lost counts written), so that a
+/// recorder killed without warning leaves at most this much unwritten.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Stack copies held before the consumer stops reading the ring to release events: a few ms of
 /// events at the highest rates, and far below [`crate::dwarf::MAX_PENDING_BYTES`].
@@ -595,6 +600,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             bar
         });
     let mut last_status = Instant::now();
+    let mut last_checkpoint = Instant::now();
+    let mut ledger = LostLedger::default();
     let mut sb = Vec::new();
     let mut workload_status = None;
     // Up to when the ring buffer is known to have been read completely.
@@ -635,6 +642,17 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             .horizon()
             .min(drained_at.saturating_sub(crate::sideband::REORDER_WINDOW_NS));
         state.borrow_mut().release(&mut sb, horizon)?;
+        if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+            last_checkpoint = Instant::now();
+            let ring_lost = attach::lost_counts(&skel, nprobes)?;
+            let mut st = state.borrow_mut();
+            let mut records = ledger.catch_up(LostSource::Ring, &ring_lost);
+            records.extend(ledger.catch_up(LostSource::Unwind, &st.dwarf.lost()));
+            for l in records {
+                st.writer.write(&Record::Lost(l))?;
+            }
+            st.writer.flush()?;
+        }
         if STOP.load(Ordering::Relaxed) {
             break;
         }
@@ -693,27 +711,15 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
         table.finish(&mut emit)?;
     }
-    let lost_unwind = st.dwarf.lost();
-    for &(probe, kind, count) in &lost_unwind {
-        st.writer.write(&Record::Lost(Lost {
-            source: LostSource::Unwind,
-            probe: Some(probe),
-            kind: Some(kind),
-            count,
-        }))?;
+    for l in ledger.catch_up(LostSource::Unwind, &st.dwarf.lost()) {
+        st.writer.write(&Record::Lost(l))?;
     }
     let dwarf_stats = st.dwarf.stats().clone();
     let unwind_warnings = st.dwarf.take_warnings();
-    let mut lost_ring = 0;
-    for (probe, kind, count) in &lost {
-        lost_ring += count;
-        st.writer.write(&Record::Lost(Lost {
-            source: LostSource::Ring,
-            probe: Some(*probe),
-            kind: Some(*kind),
-            count: *count,
-        }))?;
+    for l in ledger.catch_up(LostSource::Ring, &lost) {
+        st.writer.write(&Record::Lost(l))?;
     }
+    let lost_ring = ledger.total(LostSource::Ring);
     // The command: if recording stopped first (signal, -d), end it as perf does, and report
     // its status.
     if let Some(w) = workload.as_mut() {
@@ -781,7 +787,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         returns,
         lost_ring,
         lost_sideband: sideband.lost(),
-        lost_unwind: lost_unwind.iter().map(|x| x.2).sum(),
+        lost_unwind: ledger.total(LostSource::Unwind),
         truncated_stacks: dwarf_stats.truncated.values().sum::<u64>() + dwarf_stats.too_deep,
         stacks: stacks.len() as u64,
         stack_errors,
