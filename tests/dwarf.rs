@@ -6,13 +6,15 @@
 //! They need root (BPF and system-wide perf events). Without it they skip with a message,
 //! unless `CI=true`, where they fail loudly.
 
-use std::collections::HashMap;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use urec_format::{EventKind, Lost, Probe, Reader, Record, Stack, StackMode};
-
-const URE: &str = env!("CARGO_BIN_EXE_urec");
+use common::fixture::Fixture;
+use common::recording::Recording;
+use common::{have_root, record, urec_ok};
+use urec_format::{EventKind, StackMode};
 
 /// `main` calls `c1` N times; `c1 → c2 → c3 → c4 → c5 → work`. Built `-O2 -fomit-frame-pointer`:
 /// none of them sets up a frame pointer. `noipa` keeps every call a real call (no inlining, no
@@ -37,128 +39,47 @@ int main(int argc, char **argv) {
 
 const CALLS: usize = 1000;
 
-fn have_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true: these tests must run as root (they attach real uprobes)");
-    }
-    eprintln!("skipped: attaching uprobes needs root");
-    false
+/// The chain, built non-PIE (its `nm` addresses are those in the process).
+fn chain() -> Fixture {
+    let chain = Fixture::build(
+        "chain",
+        CHAIN_C,
+        &[
+            "-O2",
+            "-fomit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-fcf-protection=none",
+            "-no-pie",
+        ],
+    );
+    // The probed function starts with `push %rbx`, which the kernel emulates (a
+    // single-stepped first instruction would cost 10-20 µs a hit; correctness is the same).
+    assert_eq!(
+        first_byte(&chain, "work"),
+        0x53,
+        "work starts with push %rbx"
+    );
+    chain
 }
 
-struct Chain {
-    dir: tempfile::TempDir,
-    exe: PathBuf,
-    /// name -> (address, size), from `nm` (non-PIE: the addresses in the process).
-    symbols: HashMap<String, (u64, u64)>,
+/// The first code byte of a function (non-PIE: file offset = address - 0x400000).
+fn first_byte(chain: &Fixture, name: &str) -> u8 {
+    let (addr, _) = chain.symbols[name];
+    std::fs::read(&chain.exe).unwrap()[(addr - 0x400000) as usize]
 }
 
-impl Chain {
-    fn build() -> Chain {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("chain.c");
-        std::fs::write(&src, CHAIN_C).unwrap();
-        let exe = dir.path().join("chain");
-        let st = Command::new("gcc")
-            .args([
-                "-O2",
-                "-fomit-frame-pointer",
-                "-fno-optimize-sibling-calls",
-                "-fcf-protection=none",
-                "-no-pie",
-                "-o",
-            ])
-            .arg(&exe)
-            .arg(&src)
-            .status()
-            .expect("running gcc");
-        assert!(st.success(), "gcc failed");
-        let nm = Command::new("nm")
-            .arg("-S")
-            .arg(&exe)
-            .output()
-            .expect("running nm");
-        let mut symbols = HashMap::new();
-        for line in String::from_utf8_lossy(&nm.stdout).lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 4 && (f[2] == "T" || f[2] == "t") {
-                let addr = u64::from_str_radix(f[0], 16).unwrap();
-                let size = u64::from_str_radix(f[1], 16).unwrap();
-                symbols.insert(f[3].to_string(), (addr, size));
-            }
-        }
-        let chain = Chain { dir, exe, symbols };
-        // The probed function starts with `push %rbx`, which the kernel emulates (a
-        // single-stepped first instruction would cost 10-20 µs a hit; correctness is the same).
-        assert_eq!(chain.first_byte("work"), 0x53, "work starts with push %rbx");
-        chain
-    }
-
-    fn path(&self) -> &str {
-        self.exe.to_str().unwrap()
-    }
-
-    fn data(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The first code byte of a function (non-PIE: file offset = address - 0x400000).
-    fn first_byte(&self, name: &str) -> u8 {
-        let (addr, _) = self.symbols[name];
-        std::fs::read(&self.exe).unwrap()[(addr - 0x400000) as usize]
-    }
-
-    /// Innermost-first names of the frames of `stack` inside the program ("?" elsewhere).
-    fn names(&self, stack: &Stack) -> Vec<String> {
-        stack
-            .frames
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let a = if i > 0 { f.0 - 1 } else { f.0 };
-                self.symbols
-                    .iter()
-                    .find(|(_, &(start, size))| a >= start && a < start + size)
-                    .map_or("?", |(n, _)| n.as_str())
-                    .to_string()
-            })
-            .collect()
-    }
+/// Runs `urec record -q ARGS -o DATA -- chain` (DATA in the chain's directory), which must
+/// succeed, and reads the recording.
+fn record_chain(chain: &Fixture, args: &[&str], data: &str) -> (PathBuf, Recording) {
+    let out = chain.data(data);
+    record_ok(&[args, &["-o", out.to_str().unwrap(), "--", chain.path()]].concat());
+    let rec = Recording::read(&out);
+    (out, rec)
 }
 
-#[derive(Default)]
-struct Recording {
-    probes: Vec<Probe>,
-    /// (probe, kind, stack id) of every event.
-    events: Vec<(u32, EventKind, Option<u32>)>,
-    stacks: HashMap<u32, Stack>,
-    lost: Vec<Lost>,
-}
-
-fn read(path: &Path) -> Recording {
-    let mut reader = Reader::open(path).expect("opening the recording");
-    let mut r = Recording::default();
-    for rec in reader.records() {
-        match rec.expect("reading a record") {
-            Record::Probe(p) => r.probes.push(p),
-            Record::Event(e) => r.events.push((e.probe, e.kind, e.stack)),
-            Record::Stack(s) => {
-                r.stacks.insert(s.id, s);
-            }
-            Record::Lost(l) => r.lost.push(l),
-            _ => {}
-        }
-    }
-    r
-}
-
-fn record(args: &[&str]) {
-    let o = Command::new(URE)
-        .arg("record")
-        .arg("-q")
+/// Runs `urec record -q ARGS` to completion (the workload's stdout discarded); it must succeed.
+fn record_ok(args: &[&str]) {
+    let o = record(&["-q"])
         .args(args)
         .stdout(Stdio::null())
         .output()
@@ -166,16 +87,21 @@ fn record(args: &[&str]) {
     assert!(o.status.success(), "urec record {args:?}: {o:?}");
 }
 
+/// `urec report -i DATA --folded -`, which must succeed.
+fn folded(data: &Path) -> String {
+    urec_ok(&["report", "-i", data.to_str().unwrap(), "--folded", "-"])
+}
+
 /// Every entry stack of `probe` must be exactly `chain` (innermost first) and then leave the
 /// program (into libc's start code) and not be truncated.
-fn assert_entry_stacks(chain: &Chain, rec: &Recording, probe: u32, expect: &[&str]) {
+fn assert_entry_stacks(chain: &Fixture, rec: &Recording, probe: u32, expect: &[&str]) {
     let mut n = 0;
-    for &(p, kind, stack) in &rec.events {
-        if p != probe || kind != EventKind::Entry {
+    for e in &rec.events {
+        if e.probe != probe || e.kind != EventKind::Entry {
             continue;
         }
         n += 1;
-        let stack = &rec.stacks[&stack.expect("entries carry a stack")];
+        let stack = rec.stack_of(e, "entries carry a stack");
         let names = chain.names(stack);
         assert_eq!(&names[..expect.len()], expect, "stack {names:?}");
         assert!(!stack.truncated, "stack {names:?} truncated");
@@ -190,18 +116,16 @@ fn default_options_unwind_a_chain_without_frame_pointers() {
     if !have_root() {
         return;
     }
-    let chain = Chain::build();
-    let out = chain.data("auto.data");
+    let chain = chain();
     let spec = format!("{}:work", chain.path());
-    record(&["-e", &spec, "-o", out.to_str().unwrap(), "--", chain.path()]);
-    let rec = read(&out);
+    let (_, rec) = record_chain(&chain, &["-e", &spec], "auto.data");
     assert_eq!(rec.probes.len(), 1);
     assert_eq!(
         rec.probes[0].stack_mode,
         StackMode::Dwarf,
         "-g auto chose DWARF"
     );
-    assert_eq!(rec.lost.iter().map(|l| l.count).sum::<u64>(), 0);
+    assert_eq!(rec.total_lost(), 0);
     assert_entry_stacks(
         &chain,
         &rec,
@@ -217,28 +141,19 @@ fn pending_uretprobe_on_an_outer_function() {
     if !have_root() {
         return;
     }
-    let chain = Chain::build();
-    let out = chain.data("pending.data");
+    let chain = chain();
     let work = format!("{}:work", chain.path());
     let c2 = format!("{}:c2", chain.path());
-    record(&[
-        "-g",
-        "dwarf",
-        "-e",
-        &work,
-        "-e",
-        &c2,
-        "-o",
-        out.to_str().unwrap(),
-        "--",
-        chain.path(),
-    ]);
-    let rec = read(&out);
-    assert_eq!(rec.lost.iter().map(|l| l.count).sum::<u64>(), 0);
+    let (_, rec) = record_chain(
+        &chain,
+        &["-g", "dwarf", "-e", &work, "-e", &c2],
+        "pending.data",
+    );
+    assert_eq!(rec.total_lost(), 0);
     let returns = rec
         .events
         .iter()
-        .filter(|e| e.1 == EventKind::Return)
+        .filter(|e| e.kind == EventKind::Return)
         .count();
     assert_eq!(returns, 2 * CALLS);
     // c2's return probe is pending while work runs: its return address in the stack copy is
@@ -257,41 +172,28 @@ fn a_short_stack_copy_is_truncated_not_wrong() {
     if !have_root() {
         return;
     }
-    let chain = Chain::build();
-    let out = chain.data("short.data");
+    let chain = chain();
     let spec = format!("{}:work", chain.path());
-    record(&[
-        "-g",
-        "dwarf",
-        "--stack-size",
-        "16",
-        "-e",
-        &spec,
-        "-o",
-        out.to_str().unwrap(),
-        "--",
-        chain.path(),
-    ]);
-    let rec = read(&out);
+    let (out, rec) = record_chain(
+        &chain,
+        &["-g", "dwarf", "--stack-size", "16", "-e", &spec],
+        "short.data",
+    );
     let entries: Vec<_> = rec
         .events
         .iter()
-        .filter(|e| e.1 == EventKind::Entry)
+        .filter(|e| e.kind == EventKind::Entry)
         .collect();
     assert_eq!(entries.len(), CALLS);
     for e in entries {
-        let stack = &rec.stacks[&e.2.expect("a stack")];
+        let stack = rec.stack_of(e, "a stack");
         let names = chain.names(stack);
         // 16 bytes hold work's return address (into c5) and c5's 8 bytes of alignment; c5's
         // return address (into c4) lies beyond.
         assert!(stack.truncated, "{names:?}");
         assert_eq!(names, ["work", "c5"]);
     }
-    let folded = Command::new(URE)
-        .args(["report", "-i", out.to_str().unwrap(), "--folded", "-"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&folded.stdout);
+    let text = folded(&out);
     assert!(text.contains("[truncated];c5;work 1000"), "{text}");
 }
 
@@ -300,14 +202,13 @@ fn interactive_bash_readline_reaches_main() {
     if !have_root() {
         return;
     }
-    let Some(bash) = urec_record::command::find_program("bash") else {
-        eprintln!("skipped: no bash");
+    let Some(bash) = common::bash() else {
         return;
     };
     let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/drive-bash.py");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bash.data");
-    record(&[
+    record_ok(&[
         "-e",
         "bash:readline",
         "-a",
@@ -320,12 +221,7 @@ fn interactive_bash_readline_reaches_main() {
         "0.05",
         bash.to_str().unwrap(),
     ]);
-    let folded = Command::new(URE)
-        .args(["report", "-i", out.to_str().unwrap(), "--folded", "-"])
-        .output()
-        .unwrap();
-    assert!(folded.status.success(), "{folded:?}");
-    let text = String::from_utf8_lossy(&folded.stdout);
+    let text = folded(&out);
     // Only the driven bash reads lines (-a also sees any other bash reading, e.g. a user's).
     let mut calls = 0;
     for line in text.lines() {

@@ -6,15 +6,18 @@
 //! They need root (BPF and system-wide perf events). Without it they skip with a message,
 //! unless `CI=true`, where they fail loudly.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use urec_format::{ArgValue, Event, EventKind, Lost, Mapping, Reader, Record, Stack};
-
-const URE: &str = env!("CARGO_BIN_EXE_urec");
+use common::fixture::Fixture;
+use common::recording::Recording;
+use common::{have_root, interrupt, poll, record, start_attached};
+use urec_format::{ArgValue, EventKind, Stack};
 
 /// Calls leaf 600 times through `a` and 400 times through `b`; with `wait` as argument, first
 /// waits for a line on stdin. Exits with status 3.
@@ -41,191 +44,33 @@ int main(int argc, char **argv) {
 /// Minimum latency of one leaf call: it sleeps 100 µs.
 const LEAF_SLEEP_NS: u64 = 100_000;
 
-fn have_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true: these tests must run as root (they attach real uprobes)");
-    }
-    eprintln!("skipped: attaching uprobes needs root");
-    false
+/// The target, built non-PIE (its `nm` addresses are those in the process) with frame pointers.
+fn target() -> Fixture {
+    Fixture::build(
+        "target",
+        TARGET_C,
+        &["-O0", "-fno-omit-frame-pointer", "-no-pie"],
+    )
 }
 
-struct Target {
-    dir: tempfile::TempDir,
-    exe: PathBuf,
-    /// name -> (address, size), from `nm` (the target is built non-PIE, so these are the
-    /// addresses in the process).
-    symbols: HashMap<String, (u64, u64)>,
-}
-
-impl Target {
-    fn build() -> Target {
-        let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("target.c");
-        std::fs::write(&src, TARGET_C).unwrap();
-        let exe = dir.path().join("target");
-        let st = Command::new("gcc")
-            .args(["-O0", "-fno-omit-frame-pointer", "-no-pie", "-o"])
-            .arg(&exe)
-            .arg(&src)
-            .status()
-            .expect("running gcc");
-        assert!(st.success(), "gcc failed");
-        let nm = Command::new("nm")
-            .arg("-S")
-            .arg(&exe)
-            .output()
-            .expect("running nm");
-        let mut symbols = HashMap::new();
-        for line in String::from_utf8_lossy(&nm.stdout).lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 4 && (f[2] == "T" || f[2] == "t") {
-                let addr = u64::from_str_radix(f[0], 16).unwrap();
-                let size = u64::from_str_radix(f[1], 16).unwrap();
-                symbols.insert(f[3].to_string(), (addr, size));
-            }
-        }
-        Target { dir, exe, symbols }
-    }
-
-    fn path(&self) -> &str {
-        self.exe.to_str().unwrap()
-    }
-
-    fn data(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The function containing `addr` (a return address points after its call: `addr - 1`).
-    fn symbolize(&self, addr: u64, is_return_address: bool) -> Option<&str> {
-        let a = if is_return_address { addr - 1 } else { addr };
-        self.symbols
-            .iter()
-            .find(|(_, &(start, size))| a >= start && a < start + size)
-            .map(|(n, _)| n.as_str())
-    }
-
-    /// Innermost-first names of the first `n` frames.
-    fn names(&self, stack: &Stack, n: usize) -> Vec<String> {
-        stack
-            .frames
-            .iter()
-            .take(n)
-            .enumerate()
-            .map(|(i, f)| self.symbolize(f.0, i > 0).unwrap_or("?").to_string())
-            .collect()
+/// The arguments of the `i`th call of leaf: `a(0..600)` passes `(i, "a{i}")`, then
+/// `b(0..400)` passes `(-i, "b{i}")`.
+fn leaf_args(i: usize) -> (i64, String) {
+    if i < 600 {
+        (i as i64, format!("a{i}"))
+    } else {
+        (-(i as i64 - 600), format!("b{}", i - 600))
     }
 }
 
-#[derive(Default)]
-struct Recording {
-    events: Vec<Event>,
-    stacks: HashMap<u32, Stack>,
-    mappings: Vec<Mapping>,
-    lost: Vec<Lost>,
-    probes: usize,
-    finished: bool,
-    workload_status: Option<i32>,
-}
-
-impl Recording {
-    fn read(path: &Path) -> Recording {
-        let mut reader = Reader::open(path).expect("opening the recording");
-        let mut r = Recording::default();
-        for rec in reader.records() {
-            match rec.expect("reading a record") {
-                Record::Event(e) => r.events.push(e),
-                Record::Stack(s) => {
-                    r.stacks.insert(s.id, s);
-                }
-                Record::Mapping(m) => r.mappings.push(m),
-                Record::Lost(l) => r.lost.push(l),
-                Record::Probe(_) => r.probes += 1,
-                Record::Finish(f) => {
-                    r.finished = true;
-                    r.workload_status = f.workload_status;
-                }
-                _ => {}
-            }
-        }
-        r
-    }
-
-    fn of_pid(&self, pid: u32) -> Vec<&Event> {
-        self.events.iter().filter(|e| e.pid == pid).collect()
-    }
-
-    fn count(&self, pid: u32, kind: EventKind) -> usize {
-        self.of_pid(pid).iter().filter(|e| e.kind == kind).count()
-    }
-
-    fn total_lost(&self) -> u64 {
-        self.lost.iter().map(|l| l.count).sum()
-    }
-}
-
-fn urec(args: &[&str]) -> Command {
-    let mut c = Command::new(URE);
-    c.arg("record").args(args);
-    c
-}
-
-/// Starts `urec record -v ...` and waits until it says the probes are attached.
-fn start_attached(args: &[&str]) -> Child {
-    let mut child = urec(args)
-        .arg("-v")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting urec");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut sent = false;
-        while let Some(Ok(line)) = lines.next() {
-            eprintln!("[urec] {line}");
-            if !sent && line.contains("attached") {
-                let _ = tx.send(());
-                sent = true;
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("urec did not report its probes attached");
-    child
-}
-
-fn interrupt(child: &mut Child) -> std::process::ExitStatus {
-    // SAFETY: kill(2) of our own child.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    child.wait().unwrap()
-}
-
-/// The pid of the one process that produced events of the target binary.
-fn only_pid(rec: &Recording) -> u32 {
-    let mut pids: Vec<u32> = rec.events.iter().map(|e| e.pid).collect();
-    pids.sort();
-    pids.dedup();
-    assert_eq!(pids.len(), 1, "events from pids {pids:?}");
-    pids[0]
-}
-
-#[test]
-fn command_counts_stacks_args_and_latency() {
-    if !have_root() {
-        return;
-    }
-    let t = Target::build();
-    let out = t.data("urec.data");
-    let spec = format!("{}:leaf x=arg1:s32 s=+0(arg2):string", t.path());
-    let st = urec(&[
+/// Records `urec record -q -e SPEC -o DATA -- target` into the fixture's file `data`; urec
+/// exits with the target's status, 3.
+fn record_target(t: &Fixture, spec: &str, data: &str) -> (PathBuf, Recording) {
+    let out = t.data(data);
+    let st = record(&[
         "-q",
         "-e",
-        &spec,
+        spec,
         "-o",
         out.to_str().unwrap(),
         "--",
@@ -236,10 +81,27 @@ fn command_counts_stacks_args_and_latency() {
     .unwrap();
     assert_eq!(st.code(), Some(3), "urec exits with the command's status");
     let rec = Recording::read(&out);
+    (out, rec)
+}
+
+/// The `i`th call of leaf came from `a` for the first 600, then from `b`, and `a`/`b` from main.
+fn assert_leaf_path(t: &Fixture, stack: &Stack, i: usize) {
+    let caller = if i < 600 { "a" } else { "b" };
+    assert_eq!(t.first_names(stack, 3), vec!["leaf", caller, "main"]);
+}
+
+#[test]
+fn command_counts_stacks_args_and_latency() {
+    if !have_root() {
+        return;
+    }
+    let t = target();
+    let spec = format!("{}:leaf x=arg1:s32 s=+0(arg2):string", t.path());
+    let (out, rec) = record_target(&t, &spec, "urec.data");
     assert!(rec.finished);
     assert_eq!(rec.workload_status, Some(3));
-    assert_eq!(rec.probes, 1);
-    let pid = only_pid(&rec);
+    assert_eq!(rec.probes.len(), 1);
+    let pid = rec.only_pid();
     assert_eq!(rec.count(pid, EventKind::Entry), 1000);
     assert_eq!(rec.count(pid, EventKind::Return), 1000);
     assert_eq!(rec.total_lost(), 0);
@@ -255,17 +117,13 @@ fn command_counts_stacks_args_and_latency() {
     for e in rec.of_pid(pid) {
         match e.kind {
             EventKind::Entry => {
-                let stack = &rec.stacks[&e.stack.expect("entries carry a stack")];
-                let names = t.names(stack, 3);
+                let stack = rec.stack_of(e, "entries carry a stack");
+                let names = t.first_names(stack, 3);
                 assert_eq!(names[0], "leaf");
                 assert_eq!(names[2], "main", "stack {names:?}");
                 *callers.entry(names[1].clone()).or_default() += 1;
-                // Arguments, in call order: a(0..600) passes i, b(0..400) passes -i.
-                let (expect_x, expect_s) = if from_a < 600 {
-                    (from_a as i64, format!("a{from_a}"))
-                } else {
-                    (-(from_a as i64 - 600), format!("b{}", from_a - 600))
-                };
+                // Arguments, in call order.
+                let (expect_x, expect_s) = leaf_args(from_a);
                 from_a += 1;
                 assert_eq!(
                     e.args[0],
@@ -299,39 +157,19 @@ fn return_only_probe() {
     if !have_root() {
         return;
     }
-    let t = Target::build();
-    let out = t.data("ret.data");
+    let t = target();
     let spec = format!("{}:leaf%return r=$retval:s32", t.path());
-    let st = urec(&[
-        "-q",
-        "-e",
-        &spec,
-        "-o",
-        out.to_str().unwrap(),
-        "--",
-        t.path(),
-    ])
-    .stdout(Stdio::null())
-    .status()
-    .unwrap();
-    assert_eq!(st.code(), Some(3));
-    let rec = Recording::read(&out);
-    let pid = only_pid(&rec);
+    let (_, rec) = record_target(&t, &spec, "ret.data");
+    let pid = rec.only_pid();
     assert_eq!(rec.count(pid, EventKind::Entry), 0);
     assert_eq!(rec.count(pid, EventKind::Return), 1000);
     for (i, e) in rec.of_pid(pid).into_iter().enumerate() {
         // leaf returns 2x + strlen(s).
-        let expect = if i < 600 {
-            2 * i as i64 + format!("a{i}").len() as i64
-        } else {
-            -2 * (i as i64 - 600) + format!("b{}", i - 600).len() as i64
-        };
+        let (x, s) = leaf_args(i);
+        let expect = 2 * x + s.len() as i64;
         assert_eq!(e.args, vec![ArgValue::Int(expect as i32 as u32 as u64)]);
         assert_eq!(e.latency_ns, None, "no entry seen, no latency");
-        let stack = &rec.stacks[&e.stack.expect("return-only probes carry a stack")];
-        let names = t.names(stack, 3);
-        let caller = if i < 600 { "a" } else { "b" };
-        assert_eq!(names, vec!["leaf", caller, "main"]);
+        assert_leaf_path(&t, rec.stack_of(e, "return-only probes carry a stack"), i);
     }
 }
 
@@ -340,33 +178,18 @@ fn entry_only_inside_a_function() {
     if !have_root() {
         return;
     }
-    let t = Target::build();
-    let out = t.data("off.data");
+    let t = target();
     // leaf+0x4: after `push %rbp; mov %rsp,%rbp` at -O0.
     let spec = format!("{}:leaf+0x4 x=%di:s32", t.path());
-    let st = urec(&[
-        "-q",
-        "-e",
-        &spec,
-        "-o",
-        out.to_str().unwrap(),
-        "--",
-        t.path(),
-    ])
-    .stdout(Stdio::null())
-    .status()
-    .unwrap();
-    assert_eq!(st.code(), Some(3));
-    let rec = Recording::read(&out);
-    let pid = only_pid(&rec);
+    let (_, rec) = record_target(&t, &spec, "off.data");
+    let pid = rec.only_pid();
     assert_eq!(rec.count(pid, EventKind::Entry), 1000);
     assert_eq!(rec.count(pid, EventKind::Return), 0);
     let leaf = t.symbols["leaf"].0;
     for (i, e) in rec.of_pid(pid).into_iter().enumerate() {
-        let stack = &rec.stacks[&e.stack.unwrap()];
+        let stack = rec.stack_of(e, "entries carry a stack");
         assert_eq!(stack.frames[0].0, leaf + 4);
-        let caller = if i < 600 { "a" } else { "b" };
-        assert_eq!(t.names(stack, 3), vec!["leaf", caller, "main"]);
+        assert_leaf_path(&t, stack, i);
     }
 }
 
@@ -375,7 +198,7 @@ fn pid_filter_isolates_one_instance() {
     if !have_root() {
         return;
     }
-    let t = Target::build();
+    let t = target();
     let out = t.data("p.data");
     let spawn = || {
         Command::new(&t.exe)
@@ -396,20 +219,14 @@ fn pid_filter_isolates_one_instance() {
     assert_eq!(traced.wait().unwrap().code(), Some(3));
     assert_eq!(other.wait().unwrap().code(), Some(3));
     // urec stops by itself once every -p process has exited.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = u.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "urec did not stop after -p's process exited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = poll(
+        Duration::from_secs(20),
+        "urec did not stop after -p's process exited",
+        || u.try_wait().unwrap(),
+    );
     assert!(status.success());
     let rec = Recording::read(&out);
-    assert_eq!(only_pid(&rec), traced.id());
+    assert_eq!(rec.only_pid(), traced.id());
     assert_eq!(rec.count(traced.id(), EventKind::Entry), 1000);
     assert_eq!(rec.count(traced.id(), EventKind::Return), 1000);
 }
@@ -419,7 +236,7 @@ fn all_catches_a_process_started_later() {
     if !have_root() {
         return;
     }
-    let t = Target::build();
+    let t = target();
     let out = t.data("a.data");
     let spec = format!("{}:leaf", t.path());
     let mut u = start_attached(&["-e", &spec, "-a", "-o", out.to_str().unwrap()]);
@@ -436,7 +253,7 @@ fn all_catches_a_process_started_later() {
 
 #[test]
 fn bad_spec_exits_2_and_creates_no_file() {
-    let t = Target::build();
+    let t = target();
     let out = t.data("bad.data");
     for spec in [
         format!("{}:no_such_function", t.path()),
@@ -444,7 +261,7 @@ fn bad_spec_exits_2_and_creates_no_file() {
         format!("{}:leaf x=arg0", t.path()),
         format!("{}:leaf+0x4%return", t.path()),
     ] {
-        let o = urec(&["-e", &spec, "-o", out.to_str().unwrap(), "--", "true"])
+        let o = record(&["-e", &spec, "-o", out.to_str().unwrap(), "--", "true"])
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(2), "spec {spec}: {:?}", o);
@@ -453,12 +270,12 @@ fn bad_spec_exits_2_and_creates_no_file() {
     // An existing recording is not clobbered either.
     std::fs::write(&out, b"keep").unwrap();
     let spec = format!("{}:no_such_function", t.path());
-    let o = urec(&["-e", &spec, "-o", out.to_str().unwrap()])
+    let o = record(&["-e", &spec, "-o", out.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(std::fs::read(&out).unwrap(), b"keep");
-    let o = urec(&[
+    let o = record(&[
         "-e",
         &format!("{}:leaf", t.path()),
         "-g",
@@ -476,7 +293,7 @@ fn kill_9_leaves_no_link_behind() {
     if !have_root() {
         return;
     }
-    let t = Target::build();
+    let t = target();
     let out = t.data("k.data");
     let spec = format!("{}:leaf", t.path());
     let mut u = start_attached(&["-e", &spec, "-a", "-o", out.to_str().unwrap()]);
@@ -487,11 +304,11 @@ fn kill_9_leaves_no_link_behind() {
     );
     u.kill().unwrap(); // SIGKILL
     u.wait().unwrap(); // reaped: the kernel has released its files
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !urec_record::attach::links_on(&t.exe).is_empty() {
-        assert!(Instant::now() < deadline, "a link outlived urec");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(Duration::from_secs(5), "a link outlived urec", || {
+        urec_record::attach::links_on(&t.exe)
+            .is_empty()
+            .then_some(())
+    });
 }
 
 #[test]
@@ -499,11 +316,10 @@ fn interactive_bash_readline() {
     if !have_root() {
         return;
     }
-    let Some(bash) = urec_record::command::find_program("bash") else {
-        eprintln!("skipped: no bash");
+    let Some(bash) = common::bash() else {
         return;
     };
-    let t = Target::build();
+    let t = target();
     let driver = t.data("drive.py");
     std::fs::write(
         &driver,
@@ -539,7 +355,7 @@ os.waitpid(pid, 0)
     )
     .unwrap();
     let out = t.data("bash.data");
-    let o = urec(&[
+    let o = record(&[
         "-q",
         "-e",
         "bash:readline",

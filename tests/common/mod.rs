@@ -1,9 +1,17 @@
 //! Helpers shared by the end-to-end test binaries: privilege gating, building C fixtures,
-//! running the `urec` binary.
+//! running the `urec` binary, and reading what it recorded.
+//!
+//! Each test binary compiles its own copy (`mod common;`) and uses a part of it, hence the
+//! `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod fixture;
+pub mod recording;
+
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The `urec` binary under test.
 pub const UREC: &str = env!("CARGO_BIN_EXE_urec");
@@ -20,6 +28,17 @@ pub fn have_root() -> bool {
     }
     eprintln!("skipped: attaching uprobes needs root");
     false
+}
+
+/// The system's bash, for tests that drive it interactively; `None` (with a message: the
+/// caller skips) where there is none.
+#[cfg(feature = "record")]
+pub fn bash() -> Option<PathBuf> {
+    let bash = urec_record::command::find_program("bash");
+    if bash.is_none() {
+        eprintln!("skipped: no bash");
+    }
+    bash
 }
 
 /// Compiles one C file with gcc and `flags` into `dir/name`.
@@ -60,4 +79,57 @@ pub fn urec_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// `urec record ARGS`, not yet started: the caller chooses how to run it.
+pub fn record(args: &[&str]) -> Command {
+    let mut c = Command::new(UREC);
+    c.arg("record").args(args);
+    c
+}
+
+/// Starts `urec record ARGS -v` and waits until it says the probes are attached; its stderr
+/// goes on to this test's stderr, marked `[urec]`.
+pub fn start_attached(args: &[&str]) -> Child {
+    let mut child = record(args)
+        .arg("-v")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting urec");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut sent = false;
+        while let Some(Ok(line)) = lines.next() {
+            eprintln!("[urec] {line}");
+            if !sent && line.contains("attached") {
+                let _ = tx.send(());
+                sent = true;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("urec did not report its probes attached");
+    child
+}
+
+/// Stops a `urec record` the way a user's Ctrl-C does, and waits for it.
+pub fn interrupt(child: &mut Child) -> ExitStatus {
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    child.wait().unwrap()
+}
+
+/// Polls `ready` every 50 ms until it gives a value; fails with `what` after `timeout`.
+pub fn poll<T>(timeout: Duration, what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = ready() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,0 +1,76 @@
+//! A recording read back with the format's reader into plain collections, for exact checks.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use urec_format::{Event, EventKind, Lost, Mapping, Probe, Reader, Record, Stack};
+
+/// What the tests check of a recording: every probe, event, stack, mapping and loss, and how
+/// the recording finished.
+#[derive(Default)]
+pub struct Recording {
+    pub probes: Vec<Probe>,
+    pub events: Vec<Event>,
+    /// By stack id.
+    pub stacks: HashMap<u32, Stack>,
+    pub mappings: Vec<Mapping>,
+    pub lost: Vec<Lost>,
+    /// A Finish record was written.
+    pub finished: bool,
+    /// The command's exit status, from the Finish record.
+    pub workload_status: Option<i32>,
+}
+
+impl Recording {
+    /// Reads the recording at `path`; any error fails the test.
+    pub fn read(path: &Path) -> Recording {
+        let mut reader = Reader::open(path).expect("opening the recording");
+        let mut r = Recording::default();
+        for rec in reader.records() {
+            match rec.expect("reading a record") {
+                Record::Event(e) => r.events.push(e),
+                Record::Stack(s) => {
+                    r.stacks.insert(s.id, s);
+                }
+                Record::Mapping(m) => r.mappings.push(m),
+                Record::Lost(l) => r.lost.push(l),
+                Record::Probe(p) => r.probes.push(p),
+                Record::Finish(f) => {
+                    r.finished = true;
+                    r.workload_status = f.workload_status;
+                }
+                _ => {}
+            }
+        }
+        r
+    }
+
+    /// The events of process `pid`, in file order.
+    pub fn of_pid(&self, pid: u32) -> Vec<&Event> {
+        self.events.iter().filter(|e| e.pid == pid).collect()
+    }
+
+    /// How many events of `kind` process `pid` has.
+    pub fn count(&self, pid: u32, kind: EventKind) -> usize {
+        self.of_pid(pid).iter().filter(|e| e.kind == kind).count()
+    }
+
+    /// Events lost, summed over every Lost record.
+    pub fn total_lost(&self) -> u64 {
+        self.lost.iter().map(|l| l.count).sum()
+    }
+
+    /// The pid of the one process that has events; fails if there are several (or none).
+    pub fn only_pid(&self) -> u32 {
+        let mut pids: Vec<u32> = self.events.iter().map(|e| e.pid).collect();
+        pids.sort();
+        pids.dedup();
+        assert_eq!(pids.len(), 1, "events from pids {pids:?}");
+        pids[0]
+    }
+
+    /// The stack of `event`, which must carry one (`what` says why it should).
+    pub fn stack_of(&self, event: &Event, what: &str) -> &Stack {
+        &self.stacks[&event.stack.expect(what)]
+    }
+}
