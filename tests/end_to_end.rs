@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{build_c, have_root, urec_ok};
+use common::{build_c, have_root, start_attached, urec, urec_ok};
 
 const TARGET_C: &str = r#"
 #include <unistd.h>
@@ -99,4 +99,62 @@ fn record_then_every_report_output() {
     // Info: counts and the probe.
     let info = urec_ok(&["info", "-i", data]);
     assert!(info.contains("leaf"), "{info}");
+}
+
+/// Calls `leaf` every millisecond for 30 seconds: long enough to be killed mid-recording.
+const STEADY_C: &str = r#"
+#include <unistd.h>
+__attribute__((noinline)) int leaf(int x) { usleep(1000); return x + 1; }
+int main(void) { int s = 0; for (int i = 0; i < 30000; i++) s += leaf(i); return s == 0; }
+"#;
+
+/// `kill -9` of the recorder must not lose what it already recorded: the file reads back up
+/// to the recorder's last checkpoint (one per second), says it is truncated, and the report
+/// still counts those calls.
+#[test]
+fn kill_9_keeps_what_was_recorded() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(
+        dir.path(),
+        "steady",
+        STEADY_C,
+        &["-O0", "-fno-omit-frame-pointer"],
+    );
+    let exe = exe.to_str().unwrap();
+    let data = dir.path().join("killed.data");
+    let data = data.to_str().unwrap();
+    let spec = format!("{exe}:leaf");
+    let mut workload = std::process::Command::new(exe).spawn().unwrap();
+    let pid = workload.id().to_string();
+    let mut recorder = start_attached(&["-e", &spec, "-p", &pid, "-o", data]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    recorder.kill().unwrap(); // SIGKILL: no drain, no footer
+    recorder.wait().unwrap();
+    workload.kill().unwrap();
+    workload.wait().unwrap();
+
+    let out = urec(&["report", "-i", data, "--json", "-"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("truncated"),
+        "no truncation warning: {stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["recording"]["truncated"], true);
+    let calls = json["functions"][0]["calls"].as_u64().unwrap();
+    // ≈ 1000 calls per second for at least the first full checkpoint.
+    assert!(calls >= 500, "only {calls} calls survived the kill");
+    let returns = json["functions"][0]["returns"].as_u64().unwrap();
+    assert!(
+        returns + 1 >= calls && returns <= calls,
+        "{calls} calls, {returns} returns"
+    );
 }

@@ -614,7 +614,14 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         };
         // (`yielded` is set again by the callback if this poll stops early too.)
         let before_poll = monotonic_now()?;
-        let r = ring.poll_raw(timeout);
+        // Records are submitted without waking us (a wake-up per event costs microseconds),
+        // so epoll only reports the ring once it is a quarter full: after a quiet poll,
+        // consume whatever is there, or a slow trickle would sit in the ring until the end
+        // (invisible to the status line, and lost to a checkpoint before a kill -9).
+        let mut r = ring.poll_raw(timeout);
+        if r == 0 {
+            r = ring.consume_raw();
+        }
         if r < 0 && r != -libc::EINTR && r != YIELD {
             if let Some(err) = state.borrow_mut().error.take() {
                 return Err(err);
