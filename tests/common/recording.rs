@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use urec_format::{Event, EventKind, Lost, Mapping, Probe, Reader, Record, Stack};
+use urec_format::{Event, EventKind, Lost, Mapping, Probe, Process, Reader, Record, Stack};
 
 /// What the tests check of a recording: every probe, event, stack, mapping and loss, and how
 /// the recording finished.
@@ -14,6 +14,7 @@ pub struct Recording {
     /// By stack id.
     pub stacks: HashMap<u32, Stack>,
     pub mappings: Vec<Mapping>,
+    pub processes: Vec<Process>,
     pub lost: Vec<Lost>,
     /// A Finish record was written.
     pub finished: bool,
@@ -33,6 +34,7 @@ impl Recording {
                     r.stacks.insert(s.id, s);
                 }
                 Record::Mapping(m) => r.mappings.push(m),
+                Record::Process(p) => r.processes.push(p),
                 Record::Lost(l) => r.lost.push(l),
                 Record::Probe(p) => r.probes.push(p),
                 Record::Finish(f) => {
