@@ -4,10 +4,11 @@
 #   gcc, g++, binutils: test fixtures are C/C++ programs the tests build themselves
 #   python3: drives an interactive bash through a pty in the tests
 #   libc6-dbg: libc's symbols and DWARF (Debian strips libc), so tests can name its frames
-#   bpftrace, linux-perf: the peers benchmarks compare against (bench only, harmless here)
+#   bpftrace: the oracle a test compares counts with; also a benchmark peer
+#   linux-perf, bpfcc-tools, time: benchmark peers (UREC_BENCH_DEPS=1)
 set -euo pipefail
-need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 file libc6-dbg)
-if [ "${UREC_BENCH_DEPS:-0}" = 1 ]; then need+=(bpftrace linux-perf bpfcc-tools time); fi
+need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 file libc6-dbg bpftrace)
+if [ "${UREC_BENCH_DEPS:-0}" = 1 ]; then need+=(linux-perf bpfcc-tools time); fi
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
