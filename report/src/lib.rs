@@ -107,7 +107,7 @@ pub struct ReportOptions {
 #[non_exhaustive]
 pub enum Error {
     /// The file could not be opened or is not a urec recording.
-    #[error("cannot read recording {path}: {source}")]
+    #[error("cannot read recording {path}")]
     Open {
         /// The file.
         path: PathBuf,
@@ -116,7 +116,7 @@ pub enum Error {
         source: urec_format::FormatError,
     },
     /// The file went bad while it was read.
-    #[error("recording {path} is corrupt: {source}")]
+    #[error("recording {path} is corrupt")]
     Corrupt {
         /// The file.
         path: PathBuf,
