@@ -58,6 +58,8 @@ const OP_COMM: u8 = 7;
 const P_ADD_CALLER: u8 = 1;
 /// `UREC_P_DWARF`.
 const P_DWARF: u8 = 2;
+/// `UREC_P_KERNEL_CALLER`.
+const P_KERNEL_CALLER: u8 = 4;
 
 /// x86-64 registers in `struct pt_regs` order: the index is what `%REG` fetches use.
 pub const PT_REGS: [&str; 21] = [
@@ -133,6 +135,11 @@ pub struct ProbeConfig {
     /// to entry stacks by itself (the instruction is neither `push %rbp` nor `endbr64`), so
     /// the program inserts the return address at `[sp]`.
     pub add_caller: bool,
+    /// The probed instruction is one for which the kernel's own user callchain
+    /// (`bpf_get_stack`, perf) inserts the return address at `[sp]` into entry stacks
+    /// (`push %rbp` on Linux 6.10+). The program walks the frame pointers itself and mirrors
+    /// that, so stacks stay what `bpf_get_stack` gave.
+    pub kernel_caller: bool,
     /// Capture registers and a copy of the stack (`-g dwarf`) instead of walking frame
     /// pointers.
     pub dwarf: bool,
@@ -196,6 +203,11 @@ impl ProbeConfig {
         }
         let mut cfg = RawProbeCfg {
             flags: if self.add_caller { P_ADD_CALLER } else { 0 }
+                | if self.kernel_caller {
+                    P_KERNEL_CALLER
+                } else {
+                    0
+                }
                 | if self.dwarf { P_DWARF } else { 0 },
             nargs: self.args.len() as u8,
             ..Default::default()
@@ -486,6 +498,7 @@ mod tests {
     fn config_layout() {
         let cfg = ProbeConfig {
             add_caller: true,
+            kernel_caller: false,
             dwarf: false,
             args: vec![ArgProgram {
                 at_return: true,

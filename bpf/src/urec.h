@@ -38,7 +38,7 @@
 
 /* urec_event.flags */
 #define UREC_F_LATENCY 1     /* latency_ns is valid */
-#define UREC_F_STACK_ERR 2   /* bpf_get_stack failed */
+#define UREC_F_STACK_ERR 2   /* the stack could not be captured */
 #define UREC_F_CALLER_ADDED 4 /* frames[1] is the return address read at [sp] */
 #define UREC_F_FUNC_ADDED 8  /* frames[0] is the function's address (return-only probes) */
 #define UREC_F_DWARF 16      /* a struct urec_dwarf and a stack copy follow the args */
@@ -110,6 +110,8 @@ struct urec_arg_cfg {
 /* urec_probe_cfg.flags */
 #define UREC_P_ADD_CALLER 1 /* entry at a function start the kernel does not fix up: add [sp] */
 #define UREC_P_DWARF 2      /* capture registers + a stack copy instead of a frame-pointer walk */
+#define UREC_P_KERNEL_CALLER 4 /* entry stacks get [sp] as perf's callchain would (the probed
+				* instruction is `push %rbp`: is_uprobe_at_func_entry()) */
 
 struct urec_probe_cfg {
 	__u8 flags;

@@ -11,6 +11,9 @@
 //! (`is_uprobe_at_func_entry()`); verified on 6.18: a function starting with `endbr64` (every
 //! function of a `-fcf-protection` build), even `endbr64; push %rbp`, gets no fix-up, nor does
 //! one starting with `lea`. For every other function start the program inserts `[sp]`.
+//! The programs walk the frame pointers themselves (cheaper than the kernel's callchain), so
+//! they are also told where the kernel *would* have added it (`kernel_caller`), and stacks stay
+//! frame for frame what `bpf_get_stack` gave.
 //! Deciding from the very byte the kernel looks at (read here from the file at the probe's
 //! offset), and from the kernel version, keeps the caller from being either missing or doubled.
 //! (Comparing `[sp]` with the second frame at run time cannot tell: in a recursion the
@@ -94,12 +97,14 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     };
     let binary = Path::new(&probe.binary);
     let at_start = probe.kind != ProbeKind::Entry;
-    let add_caller = if at_start && probe.kind != ProbeKind::Return {
+    // Entry stacks: which of the kernel and the program adds `[sp]` (see the module docs).
+    let (add_caller, kernel_caller) = if probe.kind != ProbeKind::Return {
         let insn = read_at(binary, probe.offset.0, 4)
             .map_err(|e| err(format!("reading {}: {e}", binary.display())))?;
-        !kernel_adds_caller(&insn, kernel_version())
+        let kernel = kernel_adds_caller(&insn, kernel_version());
+        (at_start && !kernel, kernel)
     } else {
-        false
+        (false, false)
     };
     if probe.args.len() > abi::MAX_ARGS {
         return Err(err(format!(
@@ -163,6 +168,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
         probe,
         config: ProbeConfig {
             add_caller: add_caller && stack_mode == StackMode::FramePointer,
+            kernel_caller: kernel_caller && stack_mode == StackMode::FramePointer,
             dwarf: stack_mode == StackMode::Dwarf,
             args,
         },
