@@ -38,6 +38,7 @@ use std::time::Duration;
 pub mod attach;
 pub mod command;
 pub mod dwarf;
+mod fxhash;
 pub mod lost;
 pub mod output;
 pub mod plan;

@@ -58,13 +58,12 @@
 //! (descendants for `-p`, "have all watched processes exited"); the session can equally watch the
 //! [`SidebandRecord::Fork`] / [`SidebandRecord::Exit`] records it passes in.
 
-use std::collections::HashMap;
-
 use anyhow::Result;
 use urec_format::{
     Avma, Lost, LostSource, Mapping, Nanos, Process, ProcessChange, ProcessEvent, Record,
 };
 
+use crate::fxhash::FxHashMap;
 use crate::procfs::{self, BuildIdCache, Snapshot};
 use crate::sideband::{FileId, MmapRecord, SidebandRecord, TaskRecord};
 
@@ -152,7 +151,7 @@ impl Proc {
 /// Every process the recording has met; see the module docs.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
-    procs: HashMap<u32, Proc>,
+    procs: FxHashMap<u32, Proc>,
     build_ids: BuildIdCache,
     /// Latest side-band time applied.
     now: Nanos,

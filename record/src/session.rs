@@ -197,8 +197,11 @@ struct State<W: std::io::Write> {
     stacks: StackTable,
     decode: Vec<ProbeDecode>,
     stack_depth: u32,
-    /// Events not yet released, with their stack copy when it is still to be unwound.
-    pending: Vec<(Event, Option<Capture>)>,
+    /// Events not yet released, with their stack copy when it is still to be unwound (boxed:
+    /// the list is moved around per event, and most events have none).
+    pending: Vec<(Event, Option<Box<Capture>>)>,
+    /// Frames of the record at hand (reused: no allocation or zeroing per event).
+    frames: Vec<u64>,
     dwarf: DwarfStacks,
     /// Stack copy bytes held after which the ring consumer returns to the loop.
     yield_bytes: usize,
@@ -257,16 +260,14 @@ impl<W: std::io::Write> State<W> {
         let capture = raw
             .dwarf
             .as_ref()
-            .and_then(|d| self.dwarf.capture(d, raw.probe, kind));
+            .and_then(|d| self.dwarf.capture(d, raw.probe, kind))
+            .map(Box::new);
         let stack = if raw.nframes() > 0 {
-            let mut frames = [0u64; 130];
-            let n = raw.nframes().min(frames.len());
-            for (slot, f) in frames.iter_mut().zip(raw.frames()) {
-                *slot = f;
-            }
+            self.frames.clear();
+            self.frames.extend(raw.frames().take(130));
             // The walk stopped at the depth limit, not at the end of the chain.
-            let truncated = n as u32 >= self.stack_depth;
-            let (id, new) = self.stacks.intern(&frames[..n], truncated);
+            let truncated = self.frames.len() as u32 >= self.stack_depth;
+            let (id, new) = self.stacks.intern(&self.frames, truncated);
             if let Some(s) = new {
                 self.writer.write(&Record::Stack(s))?;
             }
@@ -301,18 +302,21 @@ impl<W: std::io::Write> State<W> {
     /// Writes, in time order, the side-band records of `sb` and the pending events stamped at
     /// or before `horizon`; later side-band records stay in `sb`.
     fn release(&mut self, sb: &mut Vec<SidebandRecord>, horizon: Nanos) -> Result<()> {
-        self.pending.sort_by_key(|e| e.0.time_ns);
+        // Records come off the ring in nearly time order: usually nothing to sort.
+        if !self.pending.is_sorted_by_key(|e| e.0.time_ns) {
+            self.pending.sort_by_key(|e| e.0.time_ns);
+        }
         let cut = self.pending.partition_point(|e| e.0.time_ns <= horizon);
-        let ready: Vec<(Event, Option<Capture>)> = self.pending.drain(..cut).collect();
         let State {
             writer,
             table,
             stacks,
             dwarf,
+            pending,
             ..
         } = self;
         let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
-        let mut events = ready.into_iter().peekable();
+        let mut events = pending.drain(..cut).peekable();
         // Side-band records past the horizon wait with the events of their time.
         let sb_cut = sb.partition_point(|r| r.time_ns() <= horizon);
         for record in sb.drain(..sb_cut) {
@@ -331,7 +335,7 @@ impl<W: std::io::Write> State<W> {
 
 /// Writes one released event, unwinding its stack copy first when it has one.
 fn release_one(
-    (mut e, capture): (Event, Option<Capture>),
+    (mut e, capture): (Event, Option<Box<Capture>>),
     table: &mut ProcessTable,
     dwarf: &mut DwarfStacks,
     stacks: &mut StackTable,
@@ -339,7 +343,7 @@ fn release_one(
 ) -> Result<()> {
     table.ensure_emitted(e.pid, e.time_ns, emit)?;
     if let Some(capture) = capture {
-        let (frames, truncated) = dwarf.unwind(table, e.pid, e.probe, e.kind, capture);
+        let (frames, truncated) = dwarf.unwind(table, e.pid, e.probe, e.kind, *capture);
         let (id, new) = stacks.intern(frames, truncated);
         if let Some(s) = new {
             emit(Record::Stack(s))?;
@@ -551,6 +555,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             stack_depth
         },
         pending: Vec::new(),
+        frames: Vec::with_capacity(130),
         dwarf: DwarfStacks::new(if stack_depth == 0 { 1 } else { stack_depth }),
         yield_bytes: YIELD_BYTES,
         yielded: false,

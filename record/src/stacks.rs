@@ -7,14 +7,14 @@
 //! same PIE binary have different addresses anyway, and identical lists mean identical stacks
 //! in the file's terms (the report rebases per event with the event's pid and time).
 
-use std::collections::HashMap;
-
 use urec_format::{Avma, Stack, StackId};
+
+use crate::fxhash::FxHashMap;
 
 /// The stacks seen so far.
 #[derive(Debug, Default)]
 pub struct StackTable {
-    ids: HashMap<Box<[u64]>, StackId>,
+    ids: FxHashMap<Box<[u64]>, StackId>,
 }
 
 impl StackTable {
