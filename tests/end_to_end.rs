@@ -158,3 +158,44 @@ fn kill_9_keeps_what_was_recorded() {
         "{calls} calls, {returns} returns"
     );
 }
+
+/// A return probe on `a` replaces its return address on the stack with the kernel's uretprobe
+/// trampoline while `a` runs; `leaf`'s frame-pointer stacks must still name `a` and `main`,
+/// never `[uprobes]`, in every stack mode.
+#[test]
+fn stacks_under_a_pending_uretprobe_on_the_caller() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(
+        dir.path(),
+        "nested",
+        TARGET_C,
+        &["-O0", "-fno-omit-frame-pointer", "-pie", "-fPIE"],
+    );
+    let exe = exe.to_str().unwrap();
+    for mode in ["fp", "dwarf"] {
+        let data = dir.path().join(format!("{mode}.data"));
+        let data = data.to_str().unwrap();
+        let leaf = format!("{exe}:leaf");
+        let a = format!("{exe}:a");
+        urec_ok(&[
+            "record", "-q", "-g", mode, "-e", &leaf, "-e", &a, "-o", data, "--", exe,
+        ]);
+        let folded = urec_ok(&["report", "-i", data, "--folded", "-"]);
+        let lines: Vec<&str> = folded.lines().collect();
+        let expected = [";main;a 600", ";main;a;leaf 600", ";main;b;leaf 400"];
+        assert_eq!(lines.len(), expected.len(), "-g {mode}:\n{folded}");
+        for (line, end) in lines.iter().zip(expected) {
+            assert!(
+                line.ends_with(end),
+                "-g {mode}: {line:?} should end {end:?}"
+            );
+            assert!(
+                !line.contains("uprobes"),
+                "-g {mode}: trampoline in {line:?}"
+            );
+        }
+    }
+}
