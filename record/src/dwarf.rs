@@ -86,6 +86,8 @@ pub struct DwarfStats {
     pub dropped: u64,
     /// Nanoseconds spent in the unwinder.
     pub unwind_ns: u64,
+    /// Stacks answered by the unwinder's memo (an earlier identical unwind).
+    pub memo_hits: u64,
     /// Stack bytes copied by the BPF programs (all captures, dropped ones too).
     pub copied_bytes: u64,
 }
@@ -201,6 +203,7 @@ impl DwarfStacks {
             )
         };
         self.stats.unwind_ns += started.elapsed().as_nanos() as u64;
+        self.stats.memo_hits = self.unwinder.memo_hits();
         self.stats.unwound += 1;
         if self.free.len() < 1024 {
             self.free.push(capture.stack);

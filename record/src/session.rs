@@ -32,6 +32,7 @@
 //! the file gets the lost counts and the `Finish` record.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::mem::MaybeUninit;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -198,8 +199,12 @@ struct State<W: std::io::Write> {
     decode: Vec<ProbeDecode>,
     stack_depth: u32,
     /// Events not yet released, with their stack copy when it is still to be unwound (boxed:
-    /// the list is moved around per event, and most events have none).
-    pending: Vec<(Event, Option<Box<Capture>>)>,
+    /// the list is moved around per event, and most events have none). A deque: a release
+    /// takes a prefix, and shifting the rest down each time cost more than the events.
+    pending: VecDeque<(Event, Option<Box<Capture>>)>,
+    /// `pending` is in time order (checked as events arrive, not per release: a release
+    /// may come every few thousand events while the list holds hundreds of thousands).
+    pending_sorted: bool,
     /// Frames of the record at hand (reused: no allocation or zeroing per event).
     frames: Vec<u64>,
     dwarf: DwarfStacks,
@@ -295,7 +300,14 @@ impl<W: std::io::Write> State<W> {
             args,
         };
         self.latest_ns = self.latest_ns.max(event.time_ns);
-        self.pending.push((event, capture));
+        if self
+            .pending
+            .back()
+            .is_some_and(|last| last.0.time_ns > event.time_ns)
+        {
+            self.pending_sorted = false;
+        }
+        self.pending.push_back((event, capture));
         Ok(())
     }
 
@@ -303,8 +315,9 @@ impl<W: std::io::Write> State<W> {
     /// or before `horizon`; later side-band records stay in `sb`.
     fn release(&mut self, sb: &mut Vec<SidebandRecord>, horizon: Nanos) -> Result<()> {
         // Records come off the ring in nearly time order: usually nothing to sort.
-        if !self.pending.is_sorted_by_key(|e| e.0.time_ns) {
-            self.pending.sort_by_key(|e| e.0.time_ns);
+        if !self.pending_sorted {
+            self.pending.make_contiguous().sort_by_key(|e| e.0.time_ns);
+            self.pending_sorted = true;
         }
         let cut = self.pending.partition_point(|e| e.0.time_ns <= horizon);
         let State {
@@ -554,7 +567,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         } else {
             stack_depth
         },
-        pending: Vec::new(),
+        pending: VecDeque::new(),
+        pending_sorted: true,
         frames: Vec::with_capacity(130),
         dwarf: DwarfStacks::new(if stack_depth == 0 { 1 } else { stack_depth }),
         yield_bytes: YIELD_BYTES,
@@ -777,9 +791,10 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             .collect();
         why.sort();
         eprintln!(
-            "urec: {} stacks unwound, {:.0} ns each, {:.0} stack bytes copied each; \
-             truncated: {}",
+            "urec: {} stacks unwound ({} from the memo), {:.0} ns each, {:.0} stack bytes \
+             copied each; truncated: {}",
             dwarf_stats.unwound,
+            dwarf_stats.memo_hits,
             dwarf_stats.unwind_ns as f64 / dwarf_stats.unwound as f64,
             dwarf_stats.copied_bytes as f64 / dwarf_stats.unwound as f64,
             if why.is_empty() {
