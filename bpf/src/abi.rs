@@ -30,7 +30,7 @@ pub const KIND_RETURN: u8 = 1;
 
 /// `latency_ns` is valid.
 pub const F_LATENCY: u8 = 1;
-/// `bpf_get_stack` failed.
+/// The stack could not be captured (no longer set: the programs walk frame pointers themselves).
 pub const F_STACK_ERR: u8 = 2;
 /// `frames[1]` is the return address read at `[sp]`.
 pub const F_CALLER_ADDED: u8 = 4;
