@@ -19,23 +19,7 @@ use urec_format::{EventKind, StackMode};
 /// `main` calls `c1` N times; `c1 → c2 → c3 → c4 → c5 → work`. Built `-O2 -fomit-frame-pointer`:
 /// none of them sets up a frame pointer. `noipa` keeps every call a real call (no inlining, no
 /// clones), `-fno-optimize-sibling-calls` keeps each caller's frame on the stack.
-const CHAIN_C: &str = r#"
-#include <stdlib.h>
-volatile long sink;
-#define NI __attribute__((noipa))
-NI void opaque(void) { sink++; }
-NI long work(long n) { long a = n * 3 + sink; opaque(); return a + sink; }
-NI long c5(long n) { long r = work(n + 1); sink = r; return r + 5; }
-NI long c4(long n) { long r = c5(n + 1); sink = r; return r + 4; }
-NI long c3(long n) { long r = c4(n + 1); sink = r; return r + 3; }
-NI long c2(long n) { long r = c3(n + 1); sink = r; return r + 2; }
-NI long c1(long n) { long r = c2(n + 1); sink = r; return r + 1; }
-int main(int argc, char **argv) {
-    long n = argc > 1 ? atol(argv[1]) : 1000, s = 0;
-    for (long i = 0; i < n; i++) s += c1(i);
-    return s == 42;
-}
-"#;
+const CHAIN_C: &str = include_str!("fixtures/chain.c");
 
 const CALLS: usize = 1000;
 

@@ -11,34 +11,14 @@ ns/call = loop time / CALLS, with the probe's cost included. perf's tracefs prob
 created with `perf probe` and deleted at the end.
 """
 import os, re, statistics, subprocess, sys, tempfile
+from pathlib import Path
 
 URE = sys.argv[1] if len(sys.argv) > 1 else "target/release/urec"
 CALLS = int(sys.argv[2]) if len(sys.argv) > 2 else 200000
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 
-SRC = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-volatile long sink;
-#define NI __attribute__((noipa))
-NI void opaque(void) { sink++; }
-NI long work(long n) { long a = n * 3 + sink; opaque(); return a + sink; }
-NI long c5(long n) { long r = work(n + 1); sink = r; return r + 5; }
-NI long c4(long n) { long r = c5(n + 1); sink = r; return r + 4; }
-NI long c3(long n) { long r = c4(n + 1); sink = r; return r + 3; }
-NI long c2(long n) { long r = c3(n + 1); sink = r; return r + 2; }
-NI long c1(long n) { long r = c2(n + 1); sink = r; return r + 1; }
-int main(int argc, char **argv) {
-    long n = atol(argv[1]), s = 0;
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    for (long i = 0; i < n; i++) s += c1(i);
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    fprintf(stderr, "NS_PER_CALL %.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
-    return s == 42;
-}
-"""
+# The same chain as tests/dwarf.rs.
+SRC = (Path(__file__).resolve().parents[2] / "tests/fixtures/chain.c").read_text()
 
 
 def run(cmd):
