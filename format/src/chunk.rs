@@ -205,41 +205,40 @@ impl<'a> Walker<'a> {
                 trailing: 0,
             });
         }
-        match check(data, self.pos) {
+        let (reason, incomplete) = match check(data, self.pos) {
             Check::Ok(chunk) => {
                 self.pos += chunk.stored_len();
                 self.after_footer = chunk.kind == KIND_FOOTER;
-                Some(Step::Chunk(chunk))
+                return Some(Step::Chunk(chunk));
             }
-            Check::Incomplete(reason) | Check::Bad(reason) => {
-                let incomplete = matches!(check(data, self.pos), Check::Incomplete(_));
-                let offset = self.pos;
-                match resync(data, offset + 1) {
-                    Some(next) => {
-                        self.pos = next;
-                        Some(Step::Skipped {
-                            offset,
-                            len: next - offset,
-                            reason,
-                        })
-                    }
-                    None if incomplete => {
-                        self.done = true;
-                        Some(Step::End {
-                            truncated: Some((offset, reason)),
-                            trailing: 0,
-                        })
-                    }
-                    None => {
-                        // Damage up to the end: count it, then report the missing footer.
-                        self.pos = data.len();
-                        Some(Step::Skipped {
-                            offset,
-                            len: data.len() - offset,
-                            reason,
-                        })
-                    }
-                }
+            Check::Incomplete(reason) => (reason, true),
+            Check::Bad(reason) => (reason, false),
+        };
+        let offset = self.pos;
+        match resync(data, offset + 1) {
+            Some(next) => {
+                self.pos = next;
+                Some(Step::Skipped {
+                    offset,
+                    len: next - offset,
+                    reason,
+                })
+            }
+            None if incomplete => {
+                self.done = true;
+                Some(Step::End {
+                    truncated: Some((offset, reason)),
+                    trailing: 0,
+                })
+            }
+            None => {
+                // Damage up to the end: count it, then report the missing footer.
+                self.pos = data.len();
+                Some(Step::Skipped {
+                    offset,
+                    len: data.len() - offset,
+                    reason,
+                })
             }
         }
     }
