@@ -71,10 +71,39 @@ pub struct ScriptSummary {
     pub warnings: Vec<String>,
 }
 
+/// An event held for reordering, with the process state it was read under. Ordered by
+/// (time, read order) so the heap pops the oldest first and equal times keep file order.
 struct Pending {
     event: Event,
+    seq: u64,
     comm: u32,
     generation: u32,
+}
+
+impl Pending {
+    fn key(&self) -> (u64, u64) {
+        (self.event.time_ns, self.seq)
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Pending {}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 /// Prints every event of the recording at `path` to `out`, in time order.
@@ -83,8 +112,7 @@ pub fn script(
     opts: &ScriptOptions,
     out: &mut dyn Write,
 ) -> Result<ScriptSummary, Error> {
-    let mut heap: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
-    let mut held: HashMap<u64, Pending> = HashMap::new();
+    let mut heap: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
     let mut seq = 0u64;
     let (mut printer, status) = crate::input::read(
         path,
@@ -92,21 +120,16 @@ pub fn script(
         |printer, record| {
             if let Record::Event(event) = record {
                 let (comm, generation) = printer.process_state(event.pid);
-                heap.push(Reverse((event.time_ns, seq)));
-                held.insert(
+                heap.push(Reverse(Pending {
+                    event,
                     seq,
-                    Pending {
-                        event,
-                        comm,
-                        generation,
-                    },
-                );
+                    comm,
+                    generation,
+                }));
                 seq += 1;
                 if heap.len() > REORDER_WINDOW {
-                    if let Some(Reverse((_, s))) = heap.pop() {
-                        if let Some(p) = held.remove(&s) {
-                            printer.print(&p, out)?;
-                        }
+                    if let Some(Reverse(p)) = heap.pop() {
+                        printer.print(&p, out)?;
                     }
                 }
             } else {
@@ -115,10 +138,8 @@ pub fn script(
             Ok(())
         },
     )?;
-    while let Some(Reverse((_, s))) = heap.pop() {
-        if let Some(p) = held.remove(&s) {
-            printer.print(&p, out)?;
-        }
+    while let Some(Reverse(p)) = heap.pop() {
+        printer.print(&p, out)?;
     }
     let mut warnings = status.warnings;
     warnings.extend(printer.symbolizer.take_warnings());
