@@ -255,17 +255,14 @@ impl<W: Write> Writer<W> {
         let frame = frame(kind, codec, raw.len() as u32, count, payload);
         self.out.write_all(&frame)?;
         self.out.write_all(payload)?;
-        let stored = (FRAME_LEN + payload.len()) as u64;
-        self.pos += stored;
+        let stored = FRAME_LEN + payload.len();
+        self.pos += stored as u64;
         let s = if kind == KIND_EVENTS {
             &mut self.sections.events
         } else {
             &mut self.sections.metadata
         };
-        s.chunks += 1;
-        s.stored_bytes += stored;
-        s.raw_bytes += raw.len() as u64;
-        s.records += u64::from(count);
+        s.add(stored, raw.len() as u32, count);
         Ok(())
     }
 }
