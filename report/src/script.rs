@@ -294,17 +294,13 @@ impl<'o> Printer<'o> {
             (None, None) => line.push('0'),
         }
         line.push(')');
-        let specs = probe
-            .map(|pr| {
-                pr.args
-                    .iter()
-                    .filter(|a| a.at_return == is_return)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
+        let mut specs = probe
+            .into_iter()
+            .flat_map(|pr| &pr.args)
+            .filter(|a| a.at_return == is_return);
         for (i, value) in ev.args.iter().enumerate() {
             line.push(' ');
-            match specs.get(i) {
+            match specs.next() {
                 Some(spec) => {
                     line.push_str(&spec.name);
                     line.push('=');
