@@ -1,5 +1,6 @@
 //! Resolving parsed specs to probes: (binary, file offset), kind, args.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -68,6 +69,19 @@ struct Location {
     name: String,
 }
 
+impl Location {
+    /// The start of function `s`, named as the spec named it.
+    fn function(s: &Sym, name: &str) -> Location {
+        Location {
+            vaddr: s.vaddr,
+            symbol: s.display().to_string(),
+            size: s.size,
+            at_start: !is_cold_part(&s.raw),
+            name: name.to_string(),
+        }
+    }
+}
+
 /// Resolves specs to probes. Fails on the first spec that cannot be used, naming it; nothing
 /// is attached here, so a failure leaves no trace.
 pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution, SpecError> {
@@ -85,12 +99,12 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
                 p
             }
         };
-        if !binaries.contains_key(&path) {
-            let b = Binary::open(&path)?;
-            binaries.insert(path.clone(), b);
-        }
-        let Some(bin) = binaries.get(&path) else {
-            continue;
+        let bin = match binaries.entry(path) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let b = Binary::open(e.key())?;
+                e.insert(b)
+            }
         };
         let locations = locate(spec, bin, opts, &mut out.warnings)?;
         for loc in locations {
@@ -390,26 +404,13 @@ fn locate(
 ) -> Result<Vec<Location>, SpecError> {
     match &spec.function {
         FunctionSpec::Symbol(name) => {
-            let s = one_symbol(spec, bin, name)?;
-            Ok(vec![Location {
-                vaddr: s.vaddr,
-                symbol: s.display().to_string(),
-                size: s.size,
-                at_start: !is_cold_part(&s.raw),
-                name: name.clone(),
-            }])
+            Ok(vec![Location::function(one_symbol(spec, bin, name)?, name)])
         }
         FunctionSpec::Glob(pattern) => {
             // An exact name wins (`operator[]` is a name, not a class).
             if !find_symbol(bin, pattern).is_empty() {
                 let s = one_symbol(spec, bin, pattern)?;
-                return Ok(vec![Location {
-                    vaddr: s.vaddr,
-                    symbol: s.display().to_string(),
-                    size: s.size,
-                    at_start: !is_cold_part(&s.raw),
-                    name: pattern.clone(),
-                }]);
+                return Ok(vec![Location::function(s, pattern)]);
             }
             let mut by_addr: BTreeMap<u64, Vec<&Sym>> = BTreeMap::new();
             let mut skipped_ifuncs: Vec<&Sym> = Vec::new();
