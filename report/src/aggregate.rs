@@ -354,10 +354,7 @@ impl<'o> Aggregator<'o> {
 
     fn probe(&mut self, probe: Probe) {
         let wanted = &self.opts.filter.probes;
-        let selected = wanted.is_empty()
-            || wanted.iter().any(|w| {
-                *w == probe.name || probe.specs.iter().any(|s| s == w) || *w == probe.symbol
-            });
+        let selected = wanted.is_empty() || wanted.iter().any(|w| answers_to(&probe, w));
         self.probe_index.insert(probe.id, self.probes.len());
         self.probes.push(ProbeState {
             probe,
@@ -533,12 +530,7 @@ impl<'o> Aggregator<'o> {
         mut warnings: Vec<String>,
     ) -> Result<Report, Error> {
         for name in &self.opts.filter.probes {
-            let known = self.probes.iter().any(|p| {
-                p.probe.name == *name
-                    || p.probe.specs.iter().any(|s| s == name)
-                    || p.probe.symbol == *name
-            });
-            if !known {
+            if !self.probes.iter().any(|p| answers_to(&p.probe, name)) {
                 let available = self
                     .probes
                     .iter()
@@ -752,6 +744,11 @@ impl std::hash::Hasher for FxHasher {
 }
 
 pub(crate) type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
+/// `--probe NAME` selects `probe`: NAME is its display name, one of its specs, or its symbol.
+fn answers_to(probe: &Probe, name: &str) -> bool {
+    probe.name == name || probe.specs.iter().any(|s| s == name) || probe.symbol == name
+}
 
 /// `bash+0x1234`: the name of a frame in a binary without a usable symbol.
 pub(crate) fn offset_name(path: &str, offset: u64) -> String {
