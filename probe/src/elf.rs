@@ -7,6 +7,7 @@
 //! its `.symtab` is read too: its addresses are the same ELF virtual addresses, and it names the
 //! local functions (`__strlen_avx2`) that `.dynsym` lacks.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -163,14 +164,19 @@ impl Binary {
             if self.exec_segment(r.vaddr).is_none() {
                 continue;
             }
-            if let Some(&i) = seen.get(&(r.name.clone(), r.vaddr)) {
-                // Same symbol in .symtab and .dynsym: keep the larger size (some .dynsym
-                // entries of versioned aliases have size 0).
-                out[i].size = out[i].size.max(r.size);
-                continue;
+            match seen.entry((r.name.clone(), r.vaddr)) {
+                Entry::Occupied(e) => {
+                    // Same symbol in .symtab and .dynsym: keep the larger size (some .dynsym
+                    // entries of versioned aliases have size 0).
+                    let i = *e.get();
+                    out[i].size = out[i].size.max(r.size);
+                    continue;
+                }
+                Entry::Vacant(e) => {
+                    e.insert(out.len());
+                }
             }
             let (demangled, short) = demangle(&r.name);
-            seen.insert((r.name.clone(), r.vaddr), out.len());
             out.push(Sym {
                 raw: r.name,
                 demangled,
