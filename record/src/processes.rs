@@ -235,13 +235,7 @@ impl ProcessTable {
                 });
             let proc = match snap {
                 Some(s) => Proc::from_snapshot(s),
-                None => Proc::new(Process {
-                    pid,
-                    ppid: 0,
-                    comm: String::new(),
-                    exe: String::new(),
-                    start_ns: None,
-                }),
+                None => Proc::new(bare_process(pid)),
             };
             self.procs.insert(pid, proc);
         }
@@ -632,6 +626,7 @@ fn fold_old_execs(p: &mut Proc, cutoff: Nanos) {
     }
 }
 
+/// A process known by its pid only: gone (or never seen) before `/proc` could be read.
 fn bare_process(pid: u32) -> Process {
     Process {
         pid,
