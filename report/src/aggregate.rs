@@ -665,20 +665,13 @@ impl<'o> Aggregator<'o> {
                     }
                     RFrame::Mapped { binary, offset } => {
                         let (path, build_id) = &self.binaries[binary as usize];
-                        if self.opts.no_symbolize {
-                            names.push(offset_name(path, offset));
-                            continue;
-                        }
-                        let frames = symbolizer.symbolize(
+                        names.extend(frame_names(
+                            (!self.opts.no_symbolize).then_some(&mut symbolizer),
                             path,
                             build_id.as_ref(),
-                            urec_format::FileOffset(offset),
+                            offset,
                             depth > 0,
-                        );
-                        if frames.is_empty() {
-                            names.push(offset_name(path, offset));
-                        }
-                        names.extend(frames.iter().map(|f| f.function.clone()));
+                        ));
                     }
                 }
             }
@@ -751,9 +744,34 @@ fn answers_to(probe: &Probe, name: &str) -> bool {
 }
 
 /// `bash+0x1234`: the name of a frame in a binary without a usable symbol.
-pub(crate) fn offset_name(path: &str, offset: u64) -> String {
+fn offset_name(path: &str, offset: u64) -> String {
     let base = path.rsplit('/').next().unwrap_or(path);
     format!("{base}+{offset:#x}")
+}
+
+/// The function names of the code at `offset` in `path`, outermost first (a function, then
+/// those inlined into it; see [`Symbolizer::symbolize`]), or one `binary+0xOFF` when there is
+/// no symbolizer (`no_symbolize`) or it finds nothing. Shared by `analyze` and `script` so
+/// both name a frame alike.
+pub(crate) fn frame_names(
+    symbolizer: Option<&mut Symbolizer>,
+    path: &str,
+    build_id: Option<&BuildId>,
+    offset: u64,
+    return_address: bool,
+) -> Vec<String> {
+    let frames = symbolizer.map_or(&[][..], |s| {
+        s.symbolize(
+            path,
+            build_id,
+            urec_format::FileOffset(offset),
+            return_address,
+        )
+    });
+    if frames.is_empty() {
+        return vec![offset_name(path, offset)];
+    }
+    frames.iter().map(|f| f.function.clone()).collect()
 }
 
 fn sort_functions(functions: &mut [Function], key: SortKey) {

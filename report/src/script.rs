@@ -38,7 +38,7 @@ use std::path::Path;
 
 use urec_format::{Avma, Event, EventKind, ProbeId, ProcessChange, Record, StackId};
 
-use crate::aggregate::offset_name;
+use crate::aggregate::frame_names;
 use crate::args::format_arg;
 use crate::interner::Interner;
 use crate::rebase::AddressSpaces;
@@ -343,23 +343,16 @@ impl<'o> Printer<'o> {
                     let _ = writeln!(text, "\t{addr:>16x} [unknown] ([unknown])");
                 }
                 Some(m) => {
-                    let path = m.path.to_string();
-                    if self.opts.no_symbolize {
-                        let name = offset_name(&path, m.offset.0);
-                        let _ = writeln!(text, "\t{addr:>16x} {name} ({path})");
-                        continue;
-                    }
-                    let build_id = m.build_id.cloned();
-                    let frames =
-                        self.symbolizer
-                            .symbolize(&path, build_id.as_ref(), m.offset, depth > 0);
-                    if frames.is_empty() {
-                        let name = offset_name(&path, m.offset.0);
-                        let _ = writeln!(text, "\t{addr:>16x} {name} ({path})");
-                    }
+                    let names = frame_names(
+                        (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
+                        m.path,
+                        m.build_id,
+                        m.offset.0,
+                        depth > 0,
+                    );
                     // Innermost first, as perf prints inlined frames.
-                    for f in frames.iter().rev() {
-                        let _ = writeln!(text, "\t{addr:>16x} {} ({path})", f.function);
+                    for name in names.iter().rev() {
+                        let _ = writeln!(text, "\t{addr:>16x} {name} ({})", m.path);
                     }
                 }
             }
