@@ -66,8 +66,6 @@ pub struct Snapshot {
     /// Start time converted to `CLOCK_MONOTONIC` ns (10 ms resolution: `/proc` counts clock
     /// ticks), `None` when it cannot be converted.
     pub start_ns: Option<Nanos>,
-    /// Thread ids (`/proc/PID/task`).
-    pub threads: Vec<u32>,
     /// Executable mappings, in address order.
     pub mappings: Vec<MapEntry>,
 }
@@ -79,14 +77,6 @@ pub fn snapshot(pid: u32, build_ids: &mut BuildIdCache) -> Option<Snapshot> {
     let exe = std::fs::read_link(dir.join("exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut threads: Vec<u32> = std::fs::read_dir(dir.join("task"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    threads.sort_unstable();
     let mut mappings = std::fs::read_to_string(dir.join("maps"))
         .map(|text| parse_maps(&text))
         .unwrap_or_default();
@@ -105,7 +95,6 @@ pub fn snapshot(pid: u32, build_ids: &mut BuildIdCache) -> Option<Snapshot> {
         comm: stat.comm,
         exe,
         start_ns: ticks_to_monotonic(stat.start_ticks),
-        threads,
         mappings,
     })
 }
