@@ -273,7 +273,7 @@ impl Reg {
     /// Byte offset of the register in x86-64 `struct pt_regs` (what a BPF program reads).
     pub fn pt_regs_offset(self) -> usize {
         // The declaration order above is pt_regs' field order; every field is 8 bytes.
-        Reg::ALL.iter().position(|r| *r == self).unwrap_or(0) * 8
+        self as usize * 8
     }
 
     /// Parses a register name without `%`: kernel names and `r`-prefixed aliases.
