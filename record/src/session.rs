@@ -44,8 +44,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{OpenObject, RingBufferBuilder};
 use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, F_STACK_ERR, KIND_ENTRY};
 use urec_format::{
-    ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, ProbeKind,
-    Record, StackMode, Writer,
+    ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, Record,
+    StackMode, Writer,
 };
 
 use crate::attach::{self, AttachProbe, LoadOptions};
@@ -171,14 +171,10 @@ fn decoders(probes: &[PlannedProbe]) -> Vec<ProbeDecode> {
         .iter()
         .map(|p| {
             let mut d = ProbeDecode::default();
-            for a in &p.probe.args {
+            // The programs fetch each argument where its config says: decode it there too.
+            for (a, cfg) in p.probe.args.iter().zip(&p.config.args) {
                 let slot = arg_slot(a.ty);
-                let at_return = match p.probe.kind {
-                    ProbeKind::EntryReturn => a.at_return,
-                    ProbeKind::Entry => false,
-                    ProbeKind::Return => true,
-                };
-                if at_return {
+                if cfg.at_return {
                     d.ret.push(slot);
                 } else {
                     d.entry.push(slot);
