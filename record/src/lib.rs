@@ -128,8 +128,6 @@ pub struct Summary {
     pub truncated_stacks: u64,
     /// Distinct stacks written.
     pub stacks: u64,
-    /// Entry events whose stack could not be read.
-    pub stack_errors: u64,
     /// Size of the data file.
     pub bytes: u64,
     /// From attach to stop.

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{OpenObject, RingBufferBuilder};
-use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, F_STACK_ERR, KIND_ENTRY};
+use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
 use urec_format::{
     ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, Record,
     StackMode, Writer,
@@ -213,7 +213,6 @@ struct State<W: std::io::Write> {
     entries: u64,
     returns: u64,
     bad_records: u64,
-    stack_errors: u64,
     error: Option<anyhow::Error>,
 }
 
@@ -274,9 +273,6 @@ impl<W: std::io::Write> State<W> {
             }
             Some(id)
         } else {
-            if raw.flags & F_STACK_ERR != 0 {
-                self.stack_errors += 1;
-            }
             None
         };
         if kind == EventKind::Entry {
@@ -573,7 +569,6 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         entries: 0,
         returns: 0,
         bad_records: 0,
-        stack_errors: 0,
         error: None,
     });
     let mut builder = RingBufferBuilder::new();
@@ -764,7 +759,6 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         entries,
         returns,
         bad_records,
-        stack_errors,
         stacks,
         ..
     } = st;
@@ -813,7 +807,6 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         lost_unwind: ledger.total(LostSource::Unwind),
         truncated_stacks: dwarf_stats.truncated.values().sum::<u64>() + dwarf_stats.too_deep,
         stacks: stacks.len() as u64,
-        stack_errors,
         bytes,
         duration: Duration::from_nanos(stop_ns.saturating_sub(attach_ns)),
         workload_status,
