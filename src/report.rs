@@ -42,15 +42,32 @@ pub struct Args {
     /// Only this probe: its name, spec or symbol (repeatable).
     #[arg(long, value_name = "NAME")]
     pub probe: Vec<String>,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
+    /// Order of the functions, descending.
+    #[arg(long, value_enum, default_value = "calls")]
+    pub sort: SortArg,
+}
+
+/// Where binaries and debug files are looked for; `urec script` takes the same flags.
+#[derive(clap::Args, Debug)]
+pub struct SymbolArgs {
     /// Look binaries up under DIR first (`DIR/path/to/bin`, then `DIR/bin`).
     #[arg(long, value_name = "DIR")]
     pub symfs: Option<PathBuf>,
     /// Search DIR for debug files like /usr/lib/debug (repeatable).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dir: Vec<PathBuf>,
-    /// Order of the functions, descending.
-    #[arg(long, value_enum, default_value = "calls")]
-    pub sort: SortArg,
+}
+
+impl SymbolArgs {
+    /// The library's view of these flags.
+    pub fn options(&self) -> SymbolizeOptions {
+        SymbolizeOptions {
+            symfs: self.symfs.clone(),
+            debug_dirs: self.debug_dir.clone(),
+        }
+    }
 }
 
 /// `--weight`.
@@ -107,10 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             SortArg::P99 => SortKey::P99,
             SortArg::Max => SortKey::Max,
         },
-        symbolize: SymbolizeOptions {
-            symfs: args.symfs.clone(),
-            debug_dirs: args.debug_dir.clone(),
-        },
+        symbolize: args.symbols.options(),
         no_symbolize: false,
     };
     let report = match urec_report::analyze(&args.input, &opts) {
