@@ -597,9 +597,10 @@ static __always_inline void submit(__u8 *buf, __u64 size, __u32 probe, __u8 kind
 }
 
 /*
- * Builds and submits one record. `stack`: capture the user stack; `caller`: at a function entry
- * the kernel did not fix up, insert the return address at [sp]; `leaf`: prepend the probed
- * function's address (return-only probes, whose stack starts in the caller).
+ * Builds and submits one record. `all_args`: fetch every argument (one-sided probes), not only
+ * those of this kind; `stack`: capture the user stack (whether the caller at [sp] is added
+ * comes from the probe's UREC_P_* flags); `leaf`: prepend the probed function's address
+ * (return-only probes, whose stack starts in the caller).
  */
 static __always_inline void emit(struct pt_regs *ctx, __u32 probe, __u8 kind, __u64 now,
 				 __u64 latency, __u8 flags, bool all_args, bool stack, bool leaf,

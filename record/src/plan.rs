@@ -179,7 +179,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
 /// known caller binary (`callers`: the executables of the traced processes, when known: a
 /// library function's stack runs through the program that called it), DWARF otherwise.
 ///
-/// Frame pointers are the cheaper capture (a kernel walk, no copy), but on a binary built
+/// Frame pointers are the cheaper capture (a walk in the program, no copy), but on a binary built
 /// without them the walk yields one or two frames. Deciding from the code, not from a name
 /// list: the probe crate measures the share of frame-setting functions that start with
 /// `push %rbp; mov %rsp,%rbp` ([`ResolvedProbe::binary_keeps_frame_pointers`]), and
