@@ -14,12 +14,7 @@ pub struct Args {
     pub glob: Option<String>,
 }
 
-/// Runs `urec list`; returns the exit status.
-///
-/// One function per line: name, ELF virtual address, file offset, size, and marks —
-/// `[ifunc]` (an IFUNC resolver: probe an implementation instead), `[not-probeable]` (the
-/// kernel refuses its first instruction), `[single-step]` (the kernel single-steps its first
-/// instruction: about 10x the cost per hit of an emulated one).
+/// Runs `urec list`; returns the exit status. The output format is in its `--help` (main.rs).
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let functions = urec_probe::list(&args.target, args.glob.as_deref())?;
     let stdout = std::io::stdout();

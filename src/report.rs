@@ -27,7 +27,8 @@ pub struct Args {
     /// Write the machine-readable summary (schema 1) into this file (`-`: stdout).
     #[arg(long, value_name = "FILE|-")]
     pub json: Option<PathBuf>,
-    /// Add a log2 latency histogram per function to the table.
+    /// Add a log2 latency histogram per function to the table (which is not printed when
+    /// another output is `-`).
     #[arg(long)]
     pub histogram: bool,
     /// What a stack's count is in folded stacks and flamegraphs.
