@@ -138,15 +138,11 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
         )
         .map_err(err)?;
         if is_string {
-            match ops.last_mut() {
-                Some(FetchOp::Comm) => {}
-                Some(last @ FetchOp::Deref { .. }) => {
-                    let FetchOp::Deref { off, .. } = *last else {
-                        unreachable!()
-                    };
+            // The outermost dereference gives the string's address: not a load (module docs).
+            if let Some(last) = ops.last_mut() {
+                if let FetchOp::Deref { off, .. } = *last {
                     *last = FetchOp::Add(off);
                 }
-                _ => {}
             }
         } else if matches!(ops.last(), Some(FetchOp::Comm)) {
             return Err(err(format!("{} is a string: use :string", spec.fetch)));
