@@ -67,31 +67,10 @@ pub const PT_REGS: [&str; 21] = [
     "orig_ax", "ip", "cs", "flags", "sp", "ss",
 ];
 
-/// The index in [`PT_REGS`] of a register named as uprobe_events does (`di`, `%rdi`, `rdi`,
-/// `edi` for its low half are all accepted and mean the full register).
-pub fn reg_index(name: &str) -> Option<usize> {
-    let name = name.strip_prefix('%').unwrap_or(name);
-    let canonical = match name {
-        "rax" | "eax" => "ax",
-        "rbx" | "ebx" => "bx",
-        "rcx" | "ecx" => "cx",
-        "rdx" | "edx" => "dx",
-        "rsi" | "esi" => "si",
-        "rdi" | "edi" => "di",
-        "rbp" | "ebp" => "bp",
-        "rsp" | "esp" => "sp",
-        "rip" => "ip",
-        other => other,
-    };
-    PT_REGS.iter().position(|r| *r == canonical)
-}
-
 /// Index of `%sp` in [`PT_REGS`].
 pub const REG_SP: usize = 19;
 /// Index of `%ax` (the return value) in [`PT_REGS`].
 pub const REG_AX: usize = 10;
-/// The System V x86-64 integer argument registers, `arg1`..`arg6`.
-pub const ARG_REGS: [usize; 6] = [14, 13, 12, 11, 9, 8];
 
 /// One step of an argument's fetch program (a tiny accumulator machine `v`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -485,13 +464,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn registers_by_name() {
-        assert_eq!(reg_index("%di"), Some(14));
-        assert_eq!(reg_index("rdi"), Some(14));
-        assert_eq!(reg_index("sp"), Some(REG_SP));
-        assert_eq!(reg_index("ax"), Some(REG_AX));
-        assert_eq!(reg_index("r8"), Some(9));
-        assert_eq!(reg_index("xmm0"), None);
+    fn register_indexes() {
+        assert_eq!(PT_REGS[14], "di");
+        assert_eq!(PT_REGS[REG_SP], "sp");
+        assert_eq!(PT_REGS[REG_AX], "ax");
+        assert_eq!(PT_REGS[9], "r8");
     }
 
     #[test]
