@@ -193,6 +193,7 @@ struct State<W: std::io::Write> {
     table: ProcessTable,
     stacks: StackTable,
     decode: Vec<ProbeDecode>,
+    /// `--stack-depth` (0 with `-g none`: then no record carries a stack).
     stack_depth: u32,
     /// Events not yet released, with their stack copy when it is still to be unwound (boxed:
     /// the list is moved around per event, and most events have none). A deque: a release
@@ -554,15 +555,11 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         table,
         stacks: StackTable::new(),
         decode: decoders(&opts.probes),
-        stack_depth: if stack_depth == 0 {
-            u32::MAX
-        } else {
-            stack_depth
-        },
+        stack_depth,
         pending: VecDeque::new(),
         pending_sorted: true,
         frames: Vec::with_capacity(130),
-        dwarf: DwarfStacks::new(if stack_depth == 0 { 1 } else { stack_depth }),
+        dwarf: DwarfStacks::new(stack_depth),
         yield_bytes: YIELD_BYTES,
         yielded: false,
         latest_ns: 0,
