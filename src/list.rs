@@ -30,8 +30,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         let mut marks = String::new();
         if f.ifunc {
             marks.push_str(" [ifunc]");
-        } else if f.first_insn == InsnHandling::Refused {
-            marks.push_str(" [not-probeable]");
+        } else if let InsnHandling::Refused(why) = f.first_insn {
+            marks.push_str(&format!(" [not-probeable: {}]", why.short()));
         } else if f.first_insn == InsnHandling::SingleStepped {
             marks.push_str(" [single-step]");
         }

@@ -37,8 +37,9 @@ enum Command {
     ///
     /// One function per line: name, ELF virtual address, file offset, size, and a mark where
     /// probing needs care: `[ifunc]` (an IFUNC resolver: probe an implementation instead),
-    /// `[not-probeable]` (the kernel refuses its first instruction), `[single-step]` (the kernel
-    /// single-steps its first instruction: about 10x the cost per hit of an emulated one).
+    /// `[not-probeable: WHY]` (the kernel refuses its first instruction, or would emulate it
+    /// wrongly), `[single-step]` (the kernel single-steps its first instruction: about 10x the
+    /// cost per hit of an emulated one).
     /// Exits with status 1 when no function matches.
     List(list::Args),
     /// Describe a recording: header, probes, processes, binaries, counts, sizes.

@@ -197,14 +197,32 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         for w in &resolution.warnings {
             eprintln!("urec: warning: {w}");
         }
-        for p in &resolution.probes {
-            if p.first_insn == InsnHandling::SingleStepped {
-                eprintln!(
-                    "urec: warning: {}: the kernel single-steps the first instruction of {}, \
-                     about 10x the cost per hit of an emulated one",
-                    p.probe.name, p.probe.symbol
-                );
-            }
+        // One line for all of them: a glob over `str*` single-steps dozens.
+        let stepped: Vec<&str> = resolution
+            .probes
+            .iter()
+            .filter(|p| p.first_insn == InsnHandling::SingleStepped)
+            .map(|p| p.probe.name.as_str())
+            .collect();
+        if let [one] = stepped.as_slice() {
+            eprintln!(
+                "urec: warning: {one}: the kernel single-steps the probed instruction, about 10x \
+                 the cost per hit of an emulated one"
+            );
+        } else if !stepped.is_empty() {
+            const SHOW: usize = 8;
+            let more = stepped.len().saturating_sub(SHOW);
+            eprintln!(
+                "urec: warning: the kernel single-steps the probed instruction of {} probes, \
+                 about 10x the cost per hit of an emulated one: {}{}",
+                stepped.len(),
+                stepped[..stepped.len().min(SHOW)].join(", "),
+                if more > 0 {
+                    format!(" (and {more} more)")
+                } else {
+                    String::new()
+                }
+            );
         }
     }
     for &pid in &args.pids {

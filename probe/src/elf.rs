@@ -241,6 +241,37 @@ impl Binary {
             .max_by_key(|s| s.vaddr)
     }
 
+    /// The range `(start, len)` of the `.eh_frame` FDE covering `vaddr`: the bounds of a
+    /// function that has no symbol (a stripped binary's static functions), for decoding its
+    /// instructions from its start.
+    pub fn unwind_range(&self, vaddr: u64) -> Option<(u64, u64)> {
+        use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection};
+        use object::ObjectSection;
+        let obj = object::File::parse(&*self.data).ok()?;
+        let section = obj.section_by_name(".eh_frame")?;
+        let eh = EhFrame::new(section.data().ok()?, LittleEndian);
+        let mut bases = BaseAddresses::default().set_eh_frame(section.address());
+        if let Some(text) = obj.section_by_name(".text") {
+            bases = bases.set_text(text.address());
+        }
+        if let Some(got) = obj.section_by_name(".got") {
+            bases = bases.set_got(got.address());
+        }
+        let mut entries = eh.entries(&bases);
+        while let Ok(Some(entry)) = entries.next() {
+            let CieOrFde::Fde(partial) = entry else {
+                continue;
+            };
+            let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else {
+                continue;
+            };
+            if fde.contains(vaddr) {
+                return Some((fde.initial_address(), fde.len()));
+            }
+        }
+        None
+    }
+
     fn frame_pointer_fraction(&self) -> f32 {
         let mut starts: Vec<u64> = self
             .functions

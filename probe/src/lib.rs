@@ -33,10 +33,16 @@
 //!   addresses inside a function are entry-only; `%return`, `$retval` and `argN` are refused
 //!   there.
 //! - **IFUNCs are refused.** An IFUNC symbol's address is its resolver, run once by ld.so; a
-//!   probe there never fires for calls. The error names the implementations (`__strlen_avx2`).
+//!   probe there never fires for calls. The error names the implementations its resolver's
+//!   code returns (`__strlen_avx2`, ...) and which one this CPU gets.
+//! - **Never a probe that changes the program.** Every probed location is decoded from its
+//!   function's start: one inside an instruction is refused, and so is an instruction the
+//!   kernel refuses or would emulate wrongly ([`InsnHandling::Refused`], the rules in
+//!   `insn.rs`). Named specs fail with the reason; globs skip with one warning.
 //! - **The first instruction matters.** The kernel emulates `push`, `nop` and branches but
 //!   single-steps everything else (including `endbr64`) at about 10× the cost per hit;
-//!   [`ResolvedProbe::first_insn`] tells, so `record` can warn. Whether the function starts
+//!   [`ResolvedProbe::first_insn`] tells, so `record` can warn. Which ones a kernel emulates
+//!   is read from the running kernel ([`KernelUprobes`]). Whether the function starts
 //!   with `push %rbp` decides whether the kernel's frame-pointer stack at entry already holds
 //!   the immediate caller ([`ResolvedProbe::starts_with_push_rbp`]).
 
@@ -46,12 +52,13 @@ use std::path::PathBuf;
 
 mod elf;
 mod glob;
+mod ifunc;
 mod insn;
 mod resolve;
 mod spec;
 mod target;
 
-pub use insn::InsnHandling;
+pub use insn::{decode, Insn, InsnHandling, KernelUprobes, Refusal};
 pub use resolve::{
     resolve, Resolution, ResolveOptions, ResolvedProbe, FRAME_POINTER_THRESHOLD, GLOB_LIMIT,
 };
@@ -133,7 +140,7 @@ pub enum SpecError {
         candidates: Vec<String>,
     },
     /// The symbol is an IFUNC (its address is the resolver, not the function).
-    #[error("{}", ifunc_message(spec, symbol, binary, implementations, *stripped))]
+    #[error("{}", ifunc_message(spec, symbol, binary, implementations, selected.as_deref(), *stripped))]
     Ifunc {
         /// The spec as given.
         spec: String,
@@ -141,8 +148,12 @@ pub enum SpecError {
         symbol: String,
         /// The binary.
         binary: PathBuf,
-        /// Functions that implement it and can be probed instead.
-        implementations: Vec<String>,
+        /// Functions its resolver can select, probeable ones first (unprobeable ones marked
+        /// ` [not-probeable]`).
+        implementations: Box<[String]>,
+        /// A sentence on the one this CPU gets, when the binary is the library urec itself
+        /// runs with.
+        selected: Option<Box<str>>,
         /// The binary has no `.symtab`, where the implementations would be named.
         stripped: bool,
     },
@@ -208,6 +219,7 @@ fn ifunc_message(
     symbol: &str,
     binary: &std::path::Path,
     implementations: &[String],
+    selected: Option<&str>,
     stripped: bool,
 ) -> String {
     let mut m = format!(
@@ -219,7 +231,7 @@ fn ifunc_message(
         const SHOW: usize = 12;
         let more = implementations.len().saturating_sub(SHOW);
         m.push_str(&format!(
-            " Probe an implementation instead: {}{}",
+            " Its resolver selects one of: {}{}.",
             implementations[..implementations.len().min(SHOW)].join(", "),
             if more > 0 {
                 format!(" (and {more} more)")
@@ -227,6 +239,12 @@ fn ifunc_message(
                 String::new()
             }
         ));
+        if let Some(sel) = selected {
+            m.push(' ');
+            m.push_str(sel);
+        } else {
+            m.push_str(" Probe the ones this CPU may select instead.");
+        }
     } else if stripped {
         m.push_str(&format!(
             " Its implementations (e.g. __{symbol}_avx2) are local symbols, and this binary is \
@@ -261,8 +279,16 @@ pub struct Function {
 impl Function {
     /// Whether a probe here would see calls: not an IFUNC, first instruction not refused.
     pub fn probeable(&self) -> bool {
-        !self.ifunc && self.first_insn != InsnHandling::Refused
+        !self.ifunc && !self.first_insn.is_refused()
     }
+}
+
+/// Whether the ELF file at `path` seems built with frame pointers: at least
+/// [`FRAME_POINTER_THRESHOLD`] of its functions that set up a stack frame do it with
+/// `[endbr64] push %rbp; mov %rsp,%rbp`. A file that cannot be read, or has no function
+/// symbols, counts as without: DWARF unwinding is the safe choice for it.
+pub fn keeps_frame_pointers(path: &std::path::Path) -> bool {
+    elf::Binary::open(path).is_ok_and(|b| b.fp_fraction >= FRAME_POINTER_THRESHOLD)
 }
 
 /// The functions of TARGET (resolved as in specs) whose name (raw or demangled) matches `glob`
@@ -270,6 +296,7 @@ impl Function {
 pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError> {
     let path = target::find_target(target)?;
     let bin = elf::Binary::open(&path)?;
+    let kernel = KernelUprobes::running();
     let mut out: Vec<Function> = bin
         .functions
         .iter()
@@ -282,7 +309,7 @@ pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError
                 offset: FileOffset(bin.vaddr_to_offset(s.vaddr)?),
                 size: s.size,
                 ifunc: bin.ifunc_at(s.vaddr).is_some(),
-                first_insn: insn::classify(bin.bytes_at(s.vaddr, 16)),
+                first_insn: insn::classify(bin.bytes_at(s.vaddr, 16), &kernel),
             })
         })
         .collect();

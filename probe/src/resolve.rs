@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use urec_format::{FileOffset, Probe, ProbeKind, StackMode, Svma};
 
 use crate::elf::{Binary, Sym};
+use crate::insn::{KernelUprobes, Refusal};
 use crate::spec::{Fetch, FunctionSpec, ProbeSpec};
 use crate::{glob, insn, target, InsnHandling, SpecError};
 
@@ -89,6 +90,7 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
     let mut binaries: HashMap<PathBuf, Binary> = HashMap::new();
     let mut out = Resolution::default();
     let mut index: BTreeMap<(PathBuf, u64), usize> = BTreeMap::new();
+    let kernel = KernelUprobes::running();
 
     for spec in specs {
         let path = match paths.get(&spec.target) {
@@ -107,11 +109,80 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
             }
         };
         let locations = locate(spec, bin, opts, &mut out.warnings)?;
+        // A glob, or a name that several local functions share, skips what cannot be probed;
+        // a single named location is refused with the reason.
+        let many = locations.len() > 1 || matches!(spec.function, FunctionSpec::Glob(_));
+        let mut skipped: Vec<String> = Vec::new();
+        let mut last_refusal = None;
+        let total = locations.len();
         for loc in locations {
+            let bytes = bin.bytes_at(loc.vaddr, 16);
+            if let InsnHandling::Refused(why) = insn::classify(bytes, &kernel) {
+                let refusal = refusal_message(&loc, bytes, why);
+                if !many {
+                    return Err(SpecError::NotProbeable {
+                        spec: spec.text.clone(),
+                        why: refusal,
+                    });
+                }
+                skipped.push(loc.name);
+                last_refusal = Some(refusal);
+                continue;
+            }
             add_location(spec, bin, loc, &mut out.probes, &mut index)?;
+        }
+        if skipped.len() == total {
+            return Err(SpecError::NotProbeable {
+                spec: spec.text.clone(),
+                why: match (total, last_refusal) {
+                    (1, Some(why)) => why,
+                    _ => format!(
+                        "the kernel cannot probe any of the {total} functions it matches ({})",
+                        name_list(&skipped)
+                    ),
+                },
+            });
+        }
+        if !skipped.is_empty() {
+            out.warnings.push(format!(
+                "{}: skipped {} the kernel cannot probe: {} (`urec list {}` marks them \
+                 [not-probeable] and says why)",
+                spec.text,
+                count(skipped.len(), "function", "functions"),
+                name_list(&skipped),
+                spec.target,
+            ));
         }
     }
     Ok(out)
+}
+
+/// `a, b, c` or `a, b, ... (and 12 more)`: long lists in one warning line stay readable.
+pub(crate) fn name_list(names: &[String]) -> String {
+    const SHOW: usize = 8;
+    let mut s = names[..names.len().min(SHOW)].join(", ");
+    if names.len() > SHOW {
+        s.push_str(&format!(" (and {} more)", names.len() - SHOW));
+    }
+    s
+}
+
+/// `1 function`, `2 functions`.
+pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Why the instruction at `loc` takes no probe, naming it.
+fn refusal_message(loc: &Location, bytes: &[u8], why: Refusal) -> String {
+    let what = if loc.at_start {
+        format!("the first instruction of {}", loc.name)
+    } else {
+        format!("the instruction at {}", loc.name)
+    };
+    match insn::decode(bytes, loc.vaddr) {
+        Some(i) => format!("{what} (`{}`) cannot be probed: {why}", i.text),
+        None => format!("{what} cannot be probed: {why}"),
+    }
 }
 
 fn add_location(
@@ -214,7 +285,7 @@ fn add_location(
         },
         fetches,
         size: loc.size,
-        first_insn: insn::classify(bytes),
+        first_insn: insn::classify(bytes, &KernelUprobes::running()),
         starts_with_push_rbp: loc.at_start && insn::starts_with_push_rbp(bytes),
         binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
     });
@@ -245,6 +316,13 @@ fn same_name(a: &str, b: &str) -> bool {
 /// Functions named `name` (raw, demangled or demangled without parameters), grouped by
 /// address. Raw-name matches take precedence over demangled ones.
 fn find_symbol<'b>(bin: &'b Binary, name: &str) -> Vec<&'b Sym> {
+    // `NAME@0xVADDR`: one of several functions sharing a name (see [`named_functions`]).
+    if let Some((base, vaddr)) = split_vaddr(name) {
+        return find_symbol(bin, base)
+            .into_iter()
+            .filter(|s| s.vaddr == vaddr)
+            .collect();
+    }
     let raw: Vec<&Sym> = bin.functions.iter().filter(|s| s.raw == name).collect();
     if !raw.is_empty() {
         return raw;
@@ -263,8 +341,28 @@ fn find_symbol<'b>(bin: &'b Binary, name: &str) -> Vec<&'b Sym> {
         .collect()
 }
 
-/// Resolves a single symbol name to one function, refusing IFUNCs and ambiguity.
-fn one_symbol<'b>(spec: &ProbeSpec, bin: &'b Binary, name: &str) -> Result<&'b Sym, SpecError> {
+/// `NAME@0xVADDR` split into its parts.
+fn split_vaddr(name: &str) -> Option<(&str, u64)> {
+    let (base, hex) = name.rsplit_once("@0x")?;
+    let vaddr = u64::from_str_radix(hex, 16).ok()?;
+    (!base.is_empty()).then_some((base, vaddr))
+}
+
+/// How a location named by a shared name is displayed: `NAME@0xVADDR`, a form `-e` and
+/// `report --probe` accept.
+fn with_vaddr(s: &Sym) -> String {
+    format!("{}@{:#x}", s.display(), s.vaddr)
+}
+
+/// The functions a symbol name names, refusing IFUNCs and ambiguity: one function, or several
+/// distinct local functions that share one name (`str_to_mpn.part.0.constprop.0`, compiled in
+/// several objects), which are all meant. Different functions whose *demangled* names match
+/// (C++ overloads) stay ambiguous: the user must say which.
+fn named_functions<'b>(
+    spec: &ProbeSpec,
+    bin: &'b Binary,
+    name: &str,
+) -> Result<Vec<&'b Sym>, SpecError> {
     let found = find_symbol(bin, name);
     if found.is_empty() {
         return Err(SpecError::SymbolNotFound {
@@ -276,12 +374,15 @@ fn one_symbol<'b>(spec: &ProbeSpec, bin: &'b Binary, name: &str) -> Result<&'b S
         });
     }
     if let Some(s) = found.iter().find_map(|s| bin.ifunc_at(s.vaddr)) {
-        return Err(ifunc_error(spec, bin, s));
+        return Err(ifunc_error(spec, bin, s, name));
     }
-    let mut addrs: Vec<u64> = found.iter().map(|s| s.vaddr).collect();
-    addrs.sort_unstable();
-    addrs.dedup();
-    if addrs.len() > 1 {
+    let mut distinct: Vec<&Sym> = Vec::new();
+    for s in &found {
+        if !distinct.iter().any(|d| d.vaddr == s.vaddr) {
+            distinct.push(s);
+        }
+    }
+    if distinct.len() > 1 && !distinct.iter().all(|s| s.raw == distinct[0].raw) {
         let mut candidates: Vec<String> = found
             .iter()
             .map(|s| format!("{} at {:#x}", s.display(), s.vaddr))
@@ -294,44 +395,108 @@ fn one_symbol<'b>(spec: &ProbeSpec, bin: &'b Binary, name: &str) -> Result<&'b S
             candidates,
         });
     }
-    Ok(found[0])
+    Ok(distinct)
 }
 
-fn ifunc_error(spec: &ProbeSpec, bin: &Binary, ifunc: &Sym) -> SpecError {
-    // Name it by its plainest alias (`strlen`, not `__GI_strlen`).
+/// Exactly one function for `name` (`SYMBOL+0xOFF` needs one start to count from).
+fn one_symbol<'b>(spec: &ProbeSpec, bin: &'b Binary, name: &str) -> Result<&'b Sym, SpecError> {
+    match named_functions(spec, bin, name)?.as_slice() {
+        [one] => Ok(one),
+        several => Err(SpecError::Ambiguous {
+            spec: spec.text.clone(),
+            symbol: name.to_string(),
+            candidates: several.iter().map(|s| with_vaddr(s)).collect(),
+        }),
+    }
+}
+
+/// Locations for the functions `name` names (see [`named_functions`]).
+fn named_locations(spec: &ProbeSpec, bin: &Binary, name: &str) -> Result<Vec<Location>, SpecError> {
+    let syms = named_functions(spec, bin, name)?;
+    if let [one] = syms.as_slice() {
+        return Ok(vec![Location::function(one, name)]);
+    }
+    Ok(syms
+        .iter()
+        .map(|s| Location::function(s, &with_vaddr(s)))
+        .collect())
+}
+
+/// Checks that `vaddr` starts an instruction of the function starting at `start` (decoding
+/// it from there): a probe inside an instruction would corrupt it.
+fn check_boundary(
+    spec: &ProbeSpec,
+    bin: &Binary,
+    func: &str,
+    start: u64,
+    vaddr: u64,
+) -> Result<(), SpecError> {
+    let len = (vaddr - start) as usize + 16;
+    let code = bin.bytes_at(start, len);
+    let at = |a: u64| {
+        if a == start {
+            func.to_string()
+        } else {
+            format!("{func}+{:#x}", a - start)
+        }
+    };
+    let why = match insn::check_boundary(code, start, vaddr) {
+        Ok(()) => return Ok(()),
+        Err(Some((ip, insn))) => format!(
+            "{} lies inside the {}-byte instruction `{}` at {}: a probe there would corrupt \
+             it; the nearest instruction boundaries are {} and {}",
+            at(vaddr),
+            insn.len,
+            insn.text,
+            at(ip),
+            at(ip),
+            at(ip + insn.len as u64)
+        ),
+        Err(None) => format!(
+            "the instructions of {func} do not decode up to {}, so urec cannot tell whether it \
+             is an instruction boundary",
+            at(vaddr)
+        ),
+    };
+    Err(SpecError::NotProbeable {
+        spec: spec.text.clone(),
+        why,
+    })
+}
+
+fn ifunc_error(spec: &ProbeSpec, bin: &Binary, ifunc: &Sym, asked: &str) -> SpecError {
+    // Name it as the user did, else by its plainest alias (`strlen`, not `__GI_strlen`).
     let name = bin
         .functions
         .iter()
         .filter(|s| s.vaddr == ifunc.vaddr && s.ifunc)
-        .min_by_key(|s| alias_rank(s))
+        .min_by_key(|s| (!s.names().any(|n| n == asked), alias_rank(s)))
         .unwrap_or(ifunc);
+    let crate::ifunc::Implementations { names, selected } =
+        crate::ifunc::implementations(bin, ifunc);
+    let selected = selected.map(|sel| match sel.probe_at {
+        Some(at) if at == sel.name => format!(
+            "On this CPU it selects {at}: probe that one (`-e '{}:{at}'`).",
+            spec.target
+        ),
+        Some(at) => format!(
+            "On this CPU it selects {}, whose first instruction cannot be probed; \
+             `-e '{}:{at}'` counts its calls (entry only, no latency).",
+            sel.name, spec.target
+        ),
+        None => format!(
+            "On this CPU it selects {}, whose first instructions cannot be probed.",
+            sel.name
+        ),
+    });
     SpecError::Ifunc {
         spec: spec.text.clone(),
         symbol: name.display().to_string(),
         binary: bin.path.clone(),
-        implementations: ifunc_implementations(bin, name),
+        implementations: names.into_boxed_slice(),
+        selected: selected.map(String::into_boxed_str),
         stripped: !bin.has_symtab,
     }
-}
-
-/// Functions whose name contains the IFUNC's name (`__strlen_avx2` for `strlen`): the
-/// implementations the resolver picks from, which can be probed instead.
-fn ifunc_implementations(bin: &Binary, ifunc: &Sym) -> Vec<String> {
-    let name = ifunc.raw.as_str();
-    let mut names: Vec<String> = bin
-        .functions
-        .iter()
-        .filter(|s| {
-            s.raw.contains(name)
-                && s.vaddr != ifunc.vaddr
-                && bin.ifunc_at(s.vaddr).is_none()
-                && !is_cold_part(&s.raw)
-        })
-        .map(|s| s.raw.clone())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
 }
 
 /// Up to 5 function names close to `name`: by edit distance, or containing it.
@@ -403,14 +568,11 @@ fn locate(
     warnings: &mut Vec<String>,
 ) -> Result<Vec<Location>, SpecError> {
     match &spec.function {
-        FunctionSpec::Symbol(name) => {
-            Ok(vec![Location::function(one_symbol(spec, bin, name)?, name)])
-        }
+        FunctionSpec::Symbol(name) => named_locations(spec, bin, name),
         FunctionSpec::Glob(pattern) => {
             // An exact name wins (`operator[]` is a name, not a class).
             if !find_symbol(bin, pattern).is_empty() {
-                let s = one_symbol(spec, bin, pattern)?;
-                return Ok(vec![Location::function(s, pattern)]);
+                return named_locations(spec, bin, pattern);
             }
             let mut by_addr: BTreeMap<u64, Vec<&Sym>> = BTreeMap::new();
             let mut skipped_ifuncs: Vec<&Sym> = Vec::new();
@@ -495,6 +657,7 @@ fn locate(
                     spec: spec.text.clone(),
                     why: "address overflows".into(),
                 })?;
+            check_boundary(spec, bin, s.display(), s.vaddr, vaddr)?;
             Ok(vec![Location {
                 vaddr,
                 symbol: s.display().to_string(),
@@ -516,7 +679,28 @@ fn locate(
             }
             let func = bin.function_at(*addr);
             if let Some(s) = bin.ifunc_at(*addr) {
-                return Err(ifunc_error(spec, bin, s));
+                return Err(ifunc_error(spec, bin, s, ""));
+            }
+            // The function's start, to decode from: its symbol, else its unwind entry (a
+            // stripped binary's static functions still have one). An FDE may also cover a
+            // `.cold` part entered by a jump, so only a symbol makes the address a function
+            // entry where a return probe is safe.
+            match (func, bin.unwind_range(*addr)) {
+                (Some(s), _) => check_boundary(spec, bin, s.display(), s.vaddr, *addr)?,
+                (None, Some((start, _))) => {
+                    check_boundary(spec, bin, &format!("{start:#x}"), start, *addr)?
+                }
+                (None, None) if opts.force => {}
+                (None, None) => {
+                    return Err(SpecError::NotProbeable {
+                        spec: spec.text.clone(),
+                        why: format!(
+                            "{addr:#x} lies in no function urec knows of (no symbol and no \
+                             .eh_frame entry covers it), so it cannot check that it is an \
+                             instruction boundary; pass --force if you are sure it is"
+                        ),
+                    })
+                }
             }
             Ok(vec![Location {
                 vaddr: *addr,

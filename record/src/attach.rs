@@ -55,6 +55,8 @@ pub struct AttachProbe {
     pub offset: u64,
     /// Entry, return or both.
     pub kind: ProbeKind,
+    /// The probe's display name, for errors (`libc:malloc`).
+    pub name: String,
 }
 
 /// Opens and loads the programs. `storage` holds libbpf's object for the skeleton's lifetime.
@@ -131,8 +133,14 @@ impl Attached {
 }
 
 /// Attaches every probe (and, when `follow_forks`, the program adding children of traced
-/// processes to the filter); tries multi links per binary first, and falls back to single uprobes
-/// (with `warn` told why) when the kernel refuses them.
+/// processes to the filter) with multi links per binary.
+///
+/// When the kernel refuses a link, the refused offsets are found by bisection (attaching
+/// halves of the link's offsets until single ones remain) and named in the error, whatever
+/// else attached is detached: a recording never runs half-attached, and "this function cannot
+/// be probed" is never mistaken for "this kernel has no uprobe_multi". Only when no single
+/// offset is refused and the kernel says it does not support the link (EOPNOTSUPP, ENOSYS)
+/// does it fall back to single uprobes (with `warn` told why).
 pub fn attach(
     skel: &UrecSkel<'_>,
     probes: &[AttachProbe],
@@ -149,68 +157,161 @@ pub fn attach(
                 .context("attaching the fork follower (tp_btf/sched_process_fork)")?,
         );
     }
-    match attach_multi(skel, probes) {
-        Ok(mut links) => {
-            links.extend(fork_link);
-            Ok(Attached {
-                links,
-                fallback: false,
-            })
+    let groups = multi_groups(probes);
+    let mut links = Vec::with_capacity(groups.len() + 1);
+    for group in &groups {
+        let err = match attach_group(skel, group) {
+            Ok(link) => {
+                links.push(link);
+                continue;
+            }
+            Err(err) => err,
+        };
+        let refused = refused_in(skel, group);
+        if !refused.is_empty() {
+            let names: Vec<String> = refused
+                .iter()
+                .map(|(p, e)| format!("{} (file offset {:#x}: {e})", p.name, p.offset))
+                .collect();
+            bail!(
+                "the kernel refused to probe {} in {}: {}; nothing was recorded (urec checks \
+                 first instructions before attaching, so this kernel refuses something urec \
+                 thought it accepts: please report it)",
+                if names.len() == 1 {
+                    "one function".to_string()
+                } else {
+                    format!("{} functions", names.len())
+                },
+                group.binary.display(),
+                names.join(", ")
+            );
         }
-        Err(err) => {
+        if unsupported(&err) {
             warn(format!(
                 "uprobe_multi links refused ({err:#}); falling back to single uprobes, which \
                  take about 0.1 s each to detach"
             ));
+            drop(links);
             let mut links = attach_single(skel, probes)?;
             links.extend(fork_link);
-            Ok(Attached {
+            return Ok(Attached {
                 links,
                 fallback: true,
-            })
+            });
         }
+        return Err(anyhow::Error::new(err).context(format!(
+            "attaching {} to {} with one link",
+            count_probes(group.members.len()),
+            group.binary.display()
+        )));
+    }
+    links.extend(fork_link);
+    Ok(Attached {
+        links,
+        fallback: false,
+    })
+}
+
+fn count_probes(n: usize) -> String {
+    if n == 1 {
+        "1 probe".into()
+    } else {
+        format!("{n} probes")
     }
 }
 
-fn attach_multi(skel: &UrecSkel<'_>, probes: &[AttachProbe]) -> Result<Vec<Link>> {
-    // (binary, kind) -> (offsets, cookies), in a stable order.
-    let mut groups: BTreeMap<(PathBuf, u8), (Vec<usize>, Vec<u64>)> = BTreeMap::new();
+/// The probes of one multi link: one binary, one program.
+struct MultiGroup<'a> {
+    binary: PathBuf,
+    /// 0: entry+return (session), 1: entry only, 2: return only.
+    kind: u8,
+    members: Vec<&'a AttachProbe>,
+}
+
+fn multi_groups(probes: &[AttachProbe]) -> Vec<MultiGroup<'_>> {
+    let mut groups: BTreeMap<(PathBuf, u8), Vec<&AttachProbe>> = BTreeMap::new();
     for p in probes {
         let kind = match p.kind {
             ProbeKind::EntryReturn => 0,
             ProbeKind::Entry => 1,
             ProbeKind::Return => 2,
         };
-        let group = groups.entry((p.binary.clone(), kind)).or_default();
-        group.0.push(p.offset as usize);
-        group.1.push(u64::from(p.id));
+        groups.entry((p.binary.clone(), kind)).or_default().push(p);
     }
-    let mut links = Vec::with_capacity(groups.len());
-    for ((binary, kind), (offsets, cookies)) in groups {
-        let (prog, retprobe, session) = match kind {
-            0 => (&skel.progs.urec_session, false, true),
-            1 => (&skel.progs.urec_entry, false, false),
-            _ => (&skel.progs.urec_return, true, false),
-        };
-        let n = offsets.len();
-        let opts = UprobeMultiOpts {
-            offsets,
-            cookies,
-            retprobe,
-            session,
-            ..Default::default()
-        };
-        let link = prog
-            .attach_uprobe_multi_with_opts(-1, &binary, "", opts)
-            .with_context(|| {
-                format!(
-                    "attaching {n} probe(s) to {} with one link",
-                    binary.display()
-                )
-            })?;
-        links.push(link);
+    groups
+        .into_iter()
+        .map(|((binary, kind), members)| MultiGroup {
+            binary,
+            kind,
+            members,
+        })
+        .collect()
+}
+
+fn attach_group(skel: &UrecSkel<'_>, group: &MultiGroup<'_>) -> Result<Link, libbpf_rs::Error> {
+    attach_members(skel, &group.binary, group.kind, &group.members)
+}
+
+fn attach_members(
+    skel: &UrecSkel<'_>,
+    binary: &std::path::Path,
+    kind: u8,
+    members: &[&AttachProbe],
+) -> Result<Link, libbpf_rs::Error> {
+    let (prog, retprobe, session) = match kind {
+        0 => (&skel.progs.urec_session, false, true),
+        1 => (&skel.progs.urec_entry, false, false),
+        _ => (&skel.progs.urec_return, true, false),
+    };
+    let opts = UprobeMultiOpts {
+        offsets: members.iter().map(|p| p.offset as usize).collect(),
+        cookies: members.iter().map(|p| u64::from(p.id)).collect(),
+        retprobe,
+        session,
+        ..Default::default()
+    };
+    prog.attach_uprobe_multi_with_opts(-1, binary, "", opts)
+}
+
+/// The members of a refused group that the kernel refuses on their own, with its answer:
+/// halves that attach are detached again and cleared, halves that fail are split further.
+fn refused_in<'a>(
+    skel: &UrecSkel<'_>,
+    group: &MultiGroup<'a>,
+) -> Vec<(&'a AttachProbe, libbpf_rs::Error)> {
+    fn bisect<'a>(
+        skel: &UrecSkel<'_>,
+        group: &MultiGroup<'a>,
+        members: &[&'a AttachProbe],
+        out: &mut Vec<(&'a AttachProbe, libbpf_rs::Error)>,
+    ) {
+        match attach_members(skel, &group.binary, group.kind, members) {
+            Ok(link) => drop(link),
+            Err(e) if members.len() == 1 => out.push((members[0], e)),
+            Err(_) => {
+                let (a, b) = members.split_at(members.len() / 2);
+                bisect(skel, group, a, out);
+                bisect(skel, group, b, out);
+            }
+        }
     }
-    Ok(links)
+    let mut out = Vec::new();
+    if group.members.len() > 1 {
+        bisect(skel, group, &group.members, &mut out);
+    } else if let Err(e) = attach_group(skel, group) {
+        out.push((group.members[0], e));
+    }
+    // A lone refusal that is the kernel lacking multi links is not a refused offset.
+    if out.len() == group.members.len() && out.iter().all(|(_, e)| unsupported(e)) {
+        out.clear();
+    }
+    out
+}
+
+/// The kernel does not support the link type (EOPNOTSUPP, ENOSYS), as opposed to refusing
+/// an offset (ENOTSUPP, errno 524, for an instruction it cannot probe).
+fn unsupported(err: &libbpf_rs::Error) -> bool {
+    err.kind() == libbpf_rs::ErrorKind::Unsupported
 }
 
 fn attach_single(skel: &UrecSkel<'_>, probes: &[AttachProbe]) -> Result<Vec<Link>> {

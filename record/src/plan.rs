@@ -14,8 +14,9 @@
 //! The programs walk the frame pointers themselves (cheaper than the kernel's callchain), so
 //! they are also told where the kernel *would* have added it (`kernel_caller`), and stacks stay
 //! frame for frame what `bpf_get_stack` gave.
-//! Deciding from the very byte the kernel looks at (read here from the file at the probe's
-//! offset), and from the kernel version, keeps the caller from being either missing or doubled.
+//! Deciding from the very byte the kernel looks at (the probe crate reads it at the probe's
+//! offset), and from whether the running kernel has `is_uprobe_at_func_entry`
+//! ([`KernelUprobes`]), keeps the caller from being either missing or doubled.
 //! (Comparing `[sp]` with the second frame at run time cannot tell: in a recursion the
 //! caller's caller has the same return address.)
 //!
@@ -26,14 +27,12 @@
 //! string `$retval` points to), and a bare `%reg:string` takes the register as the address.
 //! Intermediate dereferences read 8 bytes; the outermost reads the TYPE's size.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use object::{Object, ObjectSegment};
 use urec_bpf::abi::{self, ArgProgram, FetchOp, ProbeConfig};
 use urec_format::{ArgType, Probe, ProbeKind, StackMode};
-use urec_probe::{Fetch, ResolvedProbe};
+use urec_probe::{keeps_frame_pointers, Fetch, KernelUprobes, ResolvedProbe};
 
 /// A probe ready for the recorder: the file's record, and the BPF programs' table entry.
 #[derive(Clone, Debug)]
@@ -50,31 +49,6 @@ pub struct PlannedProbe {
 pub struct PlanError {
     probe: String,
     why: String,
-}
-
-/// Whether the kernel adds `[sp]` to an entry stack for a probe on these instruction bytes:
-/// Linux 6.10 and later do for `push %rbp` (0x55), older ones never.
-pub fn kernel_adds_caller(insn: &[u8], kernel: (u32, u32)) -> bool {
-    kernel >= (6, 10) && insn.first() == Some(&0x55)
-}
-
-/// The running kernel's (major, minor) version.
-fn kernel_version() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
-}
-
-fn read_at(path: &Path, offset: u64, n: usize) -> std::io::Result<Vec<u8>> {
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0; n];
-    let got = f.read(&mut buf)?;
-    buf.truncate(got);
-    Ok(buf)
 }
 
 /// The ELF virtual address of a file offset, through the PT_LOAD segment that maps it.
@@ -99,9 +73,8 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     let at_start = probe.kind != ProbeKind::Entry;
     // Entry stacks: which of the kernel and the program adds `[sp]` (see the module docs).
     let (add_caller, kernel_caller) = if probe.kind != ProbeKind::Return {
-        let insn = read_at(binary, probe.offset.0, 4)
-            .map_err(|e| err(format!("reading {}: {e}", binary.display())))?;
-        let kernel = kernel_adds_caller(&insn, kernel_version());
+        let kernel =
+            resolved.starts_with_push_rbp && KernelUprobes::running().adds_caller_at_push_rbp;
         (at_start && !kernel, kernel)
     } else {
         (false, false)
@@ -179,7 +152,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
 /// without them the walk yields one or two frames. Deciding from the code, not from a name
 /// list: the probe crate measures the share of frame-setting functions that start with
 /// `push %rbp; mov %rsp,%rbp` ([`ResolvedProbe::binary_keeps_frame_pointers`]), and
-/// [`keeps_frame_pointers`] does the same for the callers.
+/// [`keeps_frame_pointers`] applies the same census to the callers.
 pub fn auto_stack_mode(resolved: &ResolvedProbe, callers: &[&Path]) -> StackMode {
     if resolved.binary_keeps_frame_pointers
         && callers
@@ -190,55 +163,6 @@ pub fn auto_stack_mode(resolved: &ResolvedProbe, callers: &[&Path]) -> StackMode
     } else {
         StackMode::Dwarf
     }
-}
-
-/// Whether the ELF file at `path` seems built with frame pointers: at least half of its
-/// functions that set up a stack frame (push a callee-saved register or reserve stack) do it
-/// with `[endbr64] push %rbp; mov %rsp,%rbp`. A file without function symbols (stripped, no
-/// `.dynsym` functions) or that cannot be read counts as without: DWARF is the safe choice.
-pub fn keeps_frame_pointers(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path) else {
-        return false;
-    };
-    let Ok(file) = object::File::parse(&*data) else {
-        return false;
-    };
-    use object::{ObjectSymbol, SymbolKind};
-    let mut starts: Vec<u64> = file
-        .symbols()
-        .chain(file.dynamic_symbols())
-        .filter(|s| s.kind() == SymbolKind::Text && s.size() > 0 && s.is_definition())
-        .map(|s| s.address())
-        .collect();
-    starts.sort_unstable();
-    starts.dedup();
-    let (mut framed, mut with_fp) = (0usize, 0usize);
-    for vaddr in starts {
-        let Some(bytes) = file.segments().find_map(|seg| {
-            let (addr, size) = (seg.address(), seg.size());
-            if vaddr < addr || vaddr >= addr + size {
-                return None;
-            }
-            let data = seg.data().ok()?;
-            let at = (vaddr - addr) as usize;
-            data.get(at..(at + 16).min(data.len()))
-        }) else {
-            continue;
-        };
-        let b = bytes
-            .strip_prefix(&[0xf3, 0x0f, 0x1e, 0xfa])
-            .unwrap_or(bytes);
-        let fp = b.starts_with(&[0x55, 0x48, 0x89, 0xe5]);
-        let push = matches!(b.first(), Some(0x53..=0x57))
-            || matches!(b, [0x41, 0x54..=0x57, ..])
-            || b.starts_with(&[0x48, 0x83, 0xec])
-            || b.starts_with(&[0x48, 0x81, 0xec]);
-        if fp || push {
-            framed += 1;
-            with_fp += fp as usize;
-        }
-    }
-    framed > 0 && with_fp * 2 >= framed
 }
 
 fn type_size(ty: ArgType) -> u8 {
@@ -317,15 +241,5 @@ mod tests {
             lowered(&Fetch::FileOffset(0x1010), 8),
             vec![FetchOp::ProbeRel(0x10), FetchOp::Deref { off: 0, size: 8 }]
         );
-    }
-
-    #[test]
-    fn caller_rule_matches_the_kernel() {
-        let k = (6, 18);
-        assert!(kernel_adds_caller(&[0x55, 0x48, 0x89, 0xe5], k));
-        assert!(!kernel_adds_caller(&[0x55, 0x48, 0x89, 0xe5], (6, 9)));
-        assert!(!kernel_adds_caller(&[0xf3, 0x0f, 0x1e, 0xfa], k));
-        assert!(!kernel_adds_caller(&[0x48, 0x8d, 0x05, 0x00], k));
-        assert!(!kernel_adds_caller(&[], k));
     }
 }

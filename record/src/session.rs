@@ -514,6 +514,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             binary: PathBuf::from(&p.probe.binary),
             offset: p.probe.offset.0,
             kind: p.probe.kind,
+            name: p.probe.name.clone(),
         })
         .collect();
     let attached = attach::attach(&skel, &probes, filter, &mut warn)?;

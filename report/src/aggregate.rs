@@ -738,9 +738,19 @@ impl std::hash::Hasher for FxHasher {
 
 pub(crate) type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
 
-/// `--probe NAME` selects `probe`: NAME is its display name, one of its specs, or its symbol.
+/// `--probe NAME` selects `probe`: NAME is its display name, one of its specs, or its symbol,
+/// alone or as `SYMBOL@0xVADDR` (how probes on local functions sharing a name are told apart).
 fn answers_to(probe: &Probe, name: &str) -> bool {
-    probe.name == name || probe.specs.iter().any(|s| s == name) || probe.symbol == name
+    probe.name == name
+        || probe.specs.iter().any(|s| s == name)
+        || probe.symbol == name
+        || name
+            .strip_prefix(probe.symbol.as_str())
+            .is_some_and(|rest| {
+                rest.strip_prefix("@0x")
+                    .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                    == Some(probe.vaddr.0)
+            })
 }
 
 /// `bash+0x1234`: the name of a frame in a binary without a usable symbol.
