@@ -234,3 +234,42 @@ fn local_functions_sharing_a_name_are_distinct_probes() {
         "{table}"
     );
 }
+
+#[test]
+fn the_ifunc_suggestion_counts_every_call() {
+    if !have_root() {
+        return;
+    }
+    let out = urec(&["record", "-e", "libc:strchr", "--", "/bin/true"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    // `-e 'libc:__strchr_avx2+0x4'` or `-e 'libc:__strchr_sse2'`, whichever this CPU gets.
+    let spec = e
+        .split("-e '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .unwrap_or_else(|| panic!("no suggestion in: {e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Through a volatile pointer, so gcc cannot fold or inline the calls.
+    let bin = common::build_c(
+        dir.path(),
+        "strchr1000",
+        "#include <string.h>\n\
+         char *(*volatile f)(const char *, int) = strchr;\n\
+         int main(void) { long s = 0; for (int i = 0; i < 1000; i++) \
+         s += (long)f(\"hello world\", 'w'); return s == 0; }\n",
+        &["-O2"],
+    );
+    let data = dir.path().join("strchr.data");
+    let data_s = data.to_str().unwrap_or_default();
+    urec_ok(&[
+        "record",
+        "-q",
+        "-e",
+        spec,
+        "-o",
+        data_s,
+        "--",
+        bin.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(calls(&data), vec![(spec.to_string(), 1000)]);
+}
