@@ -289,6 +289,32 @@ fn bad_spec_exits_2_and_creates_no_file() {
 }
 
 #[test]
+fn command_without_dashes_gets_a_hint() {
+    // No root needed: the command line is refused before anything is attached.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.data");
+    let o = record(&[
+        "-e",
+        "libc:malloc size=arg1:u64",
+        "-o",
+        out.to_str().unwrap(),
+        "/usr/bin/true",
+        "-x",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let want = format!(
+        "to trace a command, put `--` before it: urec record -e 'libc:malloc size=arg1:u64' \
+         -o {} -- /usr/bin/true -x",
+        out.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
 fn kill_9_leaves_no_link_behind() {
     if !have_root() {
         return;
