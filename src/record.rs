@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use urec_format::plural;
 use urec_probe::{InsnHandling, ResolveOptions};
 use urec_record::{RecordOptions, StackMode, Target, Verbosity};
 
@@ -316,23 +317,34 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         let lost = summary.lost_ring + summary.lost_sideband;
         let mut notes = String::new();
         if summary.lost_sideband > 0 {
-            notes += &format!(" ({} side-band records)", summary.lost_sideband);
+            notes += &format!(
+                " ({})",
+                plural(
+                    summary.lost_sideband,
+                    "side-band record",
+                    "side-band records"
+                )
+            );
         }
         if summary.lost_unwind > 0 {
-            notes += &format!("; {} stacks not unwound", summary.lost_unwind);
+            notes += &format!(
+                "; {} not unwound",
+                plural(summary.lost_unwind, "stack", "stacks")
+            );
         }
         if summary.truncated_stacks > 0 {
-            notes += &format!("; {} stacks truncated", summary.truncated_stacks);
+            notes += &format!(
+                "; {} truncated",
+                plural(summary.truncated_stacks, "stack", "stacks")
+            );
         }
         eprintln!(
-            "urec: {} events ({} entries, {} returns) in {:.2} s, {} lost{}; {} stacks",
-            summary.entries + summary.returns,
-            summary.entries,
-            summary.returns,
+            "urec: {} ({}, {}) in {:.2} s, {lost} lost{notes}; {}",
+            plural(summary.entries + summary.returns, "event", "events"),
+            plural(summary.entries, "entry", "entries"),
+            plural(summary.returns, "return", "returns"),
             summary.duration.as_secs_f64(),
-            lost,
-            notes,
-            summary.stacks,
+            plural(summary.stacks, "stack", "stacks"),
         );
         eprintln!(
             "urec: wrote {} to {}",

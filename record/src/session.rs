@@ -44,7 +44,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{OpenObject, RingBufferBuilder};
 use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
 use urec_format::{
-    ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, Record,
+    plural, ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, Record,
     StackMode, Writer,
 };
 
@@ -546,9 +546,9 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
     }
     if opts.verbosity == Verbosity::Verbose {
         eprintln!(
-            "urec: {} probe(s) attached with {} link(s) in {:.1} ms",
-            probes.len(),
-            attached.links(),
+            "urec: {} attached with {} in {:.1} ms",
+            plural(probes.len() as u64, "probe", "probes"),
+            plural(attached.links() as u64, "link", "links"),
             started.elapsed().as_secs_f64() * 1e3
         );
     }
@@ -718,8 +718,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
                     .map(|v| v.iter().map(|x| x.2).sum())
                     .unwrap_or(0);
                 bar.set_message(format!(
-                    "recording: {} events, {} lost, {}",
-                    st.entries + st.returns,
+                    "recording: {}, {} lost, {}",
+                    plural(st.entries + st.returns, "event", "events"),
                     lost,
                     human_bytes(st.writer.bytes_written())
                 ));
@@ -814,9 +814,9 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             .collect();
         why.sort();
         eprintln!(
-            "urec: {} stacks unwound ({} from the memo), {:.0} ns each, {:.0} stack bytes \
+            "urec: {} unwound ({} from the memo), {:.0} ns each, {:.0} stack bytes \
              copied each; truncated: {}",
-            dwarf_stats.unwound,
+            plural(dwarf_stats.unwound, "stack", "stacks"),
             dwarf_stats.memo_hits,
             dwarf_stats.unwind_ns as f64 / dwarf_stats.unwound as f64,
             dwarf_stats.copied_bytes as f64 / dwarf_stats.unwound as f64,
@@ -829,7 +829,12 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
     }
     if bad_records > 0 {
         warn(format!(
-            "{bad_records} malformed ring-buffer record(s) skipped"
+            "{} skipped",
+            plural(
+                bad_records,
+                "malformed ring-buffer record",
+                "malformed ring-buffer records"
+            )
         ));
     }
     Ok(Summary {
