@@ -95,9 +95,7 @@ impl MappedBinaries {
     /// what it runs and maps already is read from `/proc` (a `-p` process; the command has not
     /// exec'd yet: its program comes with the exec).
     pub fn trace(&mut self, pid: u32, from_proc: bool) {
-        if self.traced.insert(pid) {
-            self.traced_total += 1;
-        }
+        self.add_traced(pid);
         if from_proc {
             if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
                 self.ran(&exe.to_string_lossy());
@@ -127,6 +125,12 @@ impl MappedBinaries {
         }
     }
 
+    fn add_traced(&mut self, pid: u32) {
+        if self.traced.insert(pid) {
+            self.traced_total += 1;
+        }
+    }
+
     fn is_traced(&self, pid: u32) -> bool {
         self.all || self.traced.contains(&pid)
     }
@@ -148,10 +152,10 @@ impl MappedBinaries {
     /// Follows one side-band record (in time order).
     pub fn observe(&mut self, record: &SidebandRecord) {
         match record {
-            SidebandRecord::Fork(t) if t.is_process() && !self.all => {
-                if self.traced.contains(&t.ppid) && self.traced.insert(t.pid) {
-                    self.traced_total += 1;
-                }
+            SidebandRecord::Fork(t)
+                if t.is_process() && !self.all && self.traced.contains(&t.ppid) =>
+            {
+                self.add_traced(t.pid);
             }
             SidebandRecord::Exit(t) if t.is_process() => {
                 // Its pid may be reused by a process that is not traced.

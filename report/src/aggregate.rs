@@ -546,11 +546,7 @@ impl<'o> Aggregator<'o> {
         if self.unknown_probe_events > 0 {
             warnings.push(format!(
                 "{} a probe the recording does not define; ignored",
-                plural(
-                    self.unknown_probe_events as u64,
-                    "event names",
-                    "events name"
-                )
+                plural(self.unknown_probe_events, "event names", "events name")
             ));
         }
         // Entries still waiting: in flight if their process lived on, unmatched otherwise.
@@ -628,11 +624,7 @@ impl<'o> Aggregator<'o> {
         if unknown_frames > 0 {
             warnings.push(format!(
                 "{} in no recorded mapping and show as [unknown]",
-                plural(
-                    unknown_frames as u64,
-                    "stack frame fell",
-                    "stack frames fell"
-                )
+                plural(unknown_frames, "stack frame fell", "stack frames fell")
             ));
         }
         Ok(Report {

@@ -147,7 +147,7 @@ pub fn script(
         warnings.push(format!(
             "{} printed out of time order",
             urec_format::plural(
-                printer.out_of_order as u64,
+                printer.out_of_order,
                 "event arrived too late to be sorted and was",
                 "events arrived too late to be sorted and were"
             )
