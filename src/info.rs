@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use urec_format::{
-    EventKind, LostSource, ProbeKind, ProcessChange, Reader, Record, SectionStats, StackMode,
+    plural, EventKind, LostSource, ProbeKind, ProcessChange, Reader, Record, SectionStats,
+    StackMode,
 };
 
 /// Command-line arguments of `urec info`.
@@ -138,9 +139,9 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     // Writing to a String cannot fail.
     let _ = writeln!(
         w,
-        "file:       {} ({} bytes, format {major}.{minor})",
+        "file:       {} ({}, format {major}.{minor})",
         path.display(),
-        reader.len()
+        plural(reader.len(), "byte", "bytes")
     );
     let _ = writeln!(w, "started:    {} UTC", utc(h.start_unix_ns));
     let _ = writeln!(w, "host:       {} (Linux {}, {})", h.host, h.kernel, h.arch);
@@ -173,8 +174,9 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     let entries: u64 = counts.values().map(|c| c.entries).sum();
     let _ = writeln!(
         w,
-        "events:     {events} ({entries} entries, {} returns{})",
-        events - entries,
+        "events:     {events} ({}, {}{})",
+        plural(entries, "entry", "entries"),
+        plural(events - entries, "return", "returns"),
         if counted_from_footer {
             ""
         } else {
@@ -197,7 +199,11 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
         "complete"
     };
     let _ = writeln!(w, "state:      {state}");
-    let _ = writeln!(w, "corrupt:    {} chunks skipped", status.corrupt_chunks);
+    let _ = writeln!(
+        w,
+        "corrupt:    {} skipped",
+        plural(status.corrupt_chunks, "chunk", "chunks")
+    );
 
     let _ = writeln!(w, "\nprobes ({}):", probes.len());
     let rows: Vec<Vec<String>> = probes
@@ -330,8 +336,12 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     }
     if status.corrupt_chunks > 0 {
         damage.push(format!(
-            "{} damaged chunks were skipped",
-            status.corrupt_chunks
+            "{} skipped",
+            plural(
+                status.corrupt_chunks,
+                "damaged chunk was",
+                "damaged chunks were"
+            )
         ));
     }
     let damage = (!damage.is_empty()).then(|| damage.join("; "));

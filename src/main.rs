@@ -46,10 +46,41 @@ enum Command {
     Info(info::Args),
 }
 
+/// `urec record -e X COMMAND` without `--`: adds a tip showing the command line with it.
+#[cfg(feature = "record")]
+fn add_missing_dashes_hint(e: &mut clap::Error) {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if e.kind() != ErrorKind::UnknownArgument {
+        return;
+    }
+    let Some(ContextValue::String(unexpected)) = e.get(ContextKind::InvalidArg) else {
+        return;
+    };
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let cli = Cli::command();
+    let Some(record) = cli.find_subcommand("record") else {
+        return;
+    };
+    let Some(hint) = record::missing_dashes_hint(record, &argv, unexpected) else {
+        return;
+    };
+    let mut tips = match e.get(ContextKind::Suggested) {
+        Some(ContextValue::StyledStrs(tips)) => tips.clone(),
+        _ => Vec::new(),
+    };
+    tips.push(hint.into());
+    e.insert(ContextKind::Suggested, ContextValue::StyledStrs(tips));
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(mut e) => {
+            #[cfg(feature = "record")]
+            add_missing_dashes_hint(&mut e);
             // clap prints help/version with exit 0 and usage errors with exit 2, as we want.
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });

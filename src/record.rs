@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use urec_format::plural;
 use urec_probe::{InsnHandling, ResolveOptions};
 use urec_record::{RecordOptions, StackMode, Target, Verbosity};
 
@@ -136,6 +137,78 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?}: bad size"))
 }
 
+/// The hint for `urec record -e X /usr/bin/true`, where the command lacks its `--`: clap only
+/// says "unexpected argument", which does not tell a perf or strace user what urec wants.
+/// `cmd` is `urec record`'s clap command (to know which options take a value) and `argv` the
+/// whole command line. `None` when the unexpected argument is not where a command would start.
+pub fn missing_dashes_hint(
+    cmd: &clap::Command,
+    argv: &[String],
+    unexpected: &str,
+) -> Option<String> {
+    let record_at = argv.iter().position(|a| a == "record")?;
+    let takes_value = |arg: &clap::Arg| arg.get_action().takes_values();
+    let long_takes_value = |name: &str| {
+        cmd.get_arguments()
+            .any(|a| takes_value(a) && a.get_long() == Some(name))
+    };
+    let short_takes_value = |c: char| {
+        cmd.get_arguments()
+            .any(|a| takes_value(a) && a.get_short() == Some(c))
+    };
+    let mut i = record_at + 1;
+    while i < argv.len() {
+        let arg = argv[i].as_str();
+        if arg == "--" {
+            return None;
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            if !long.contains('=') && long_takes_value(long) {
+                i += 1; // its value is the next word
+            }
+        } else if let Some(shorts) = arg.strip_prefix('-').filter(|s| !s.is_empty()) {
+            // `-ae X`: the first short option taking a value takes the rest of the word, or
+            // the next word when it ends the word.
+            if let Some((at, _)) = shorts.char_indices().find(|&(_, c)| short_takes_value(c)) {
+                if at + 1 == shorts.len() {
+                    i += 1;
+                }
+            }
+        } else {
+            if arg != unexpected {
+                return None;
+            }
+            // Named `urec`, as the usage line does, however it was invoked.
+            let words: Vec<String> = std::iter::once(&"urec".to_string())
+                .chain(&argv[record_at..i])
+                .chain(std::iter::once(&"--".to_string()))
+                .chain(&argv[i..])
+                .map(|w| shell_quote(w))
+                .collect();
+            return Some(format!(
+                "to trace a command, put `--` before it: {}",
+                words.join(" ")
+            ));
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `word` as a POSIX shell would need it typed: as is when it is made of plain characters, else
+/// in single quotes.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "%+,-./:=@_^".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 /// Runs `urec record`; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let stack_mode = match args.call_graph {
@@ -262,23 +335,34 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         let lost = summary.lost_ring + summary.lost_sideband;
         let mut notes = String::new();
         if summary.lost_sideband > 0 {
-            notes += &format!(" ({} side-band records)", summary.lost_sideband);
+            notes += &format!(
+                " ({})",
+                plural(
+                    summary.lost_sideband,
+                    "side-band record",
+                    "side-band records"
+                )
+            );
         }
         if summary.lost_unwind > 0 {
-            notes += &format!("; {} stacks not unwound", summary.lost_unwind);
+            notes += &format!(
+                "; {} not unwound",
+                plural(summary.lost_unwind, "stack", "stacks")
+            );
         }
         if summary.truncated_stacks > 0 {
-            notes += &format!("; {} stacks truncated", summary.truncated_stacks);
+            notes += &format!(
+                "; {} truncated",
+                plural(summary.truncated_stacks, "stack", "stacks")
+            );
         }
         eprintln!(
-            "urec: {} events ({} entries, {} returns) in {:.2} s, {} lost{}; {} stacks",
-            summary.entries + summary.returns,
-            summary.entries,
-            summary.returns,
+            "urec: {} ({}, {}) in {:.2} s, {lost} lost{notes}; {}",
+            plural(summary.entries + summary.returns, "event", "events"),
+            plural(summary.entries, "entry", "entries"),
+            plural(summary.returns, "return", "returns"),
             summary.duration.as_secs_f64(),
-            lost,
-            notes,
-            summary.stacks,
+            plural(summary.stacks, "stack", "stacks"),
         );
         eprintln!(
             "urec: wrote {} to {}",
@@ -306,6 +390,53 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn missing_dashes() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let cmd = Cli::command();
+        let argv = |s: &str| -> Vec<String> { s.split(' ').map(String::from).collect() };
+        let hint = |s: &str, unexpected: &str| missing_dashes_hint(&cmd, &argv(s), unexpected);
+        assert_eq!(
+            hint("urec record -e X /usr/bin/true", "/usr/bin/true").as_deref(),
+            Some("to trace a command, put `--` before it: urec record -e X -- /usr/bin/true")
+        );
+        // Values of options are not the command, even when they look the same.
+        assert_eq!(
+            hint("urec record -o true -ae libc:malloc -g fp true -l", "true").as_deref(),
+            Some(
+                "to trace a command, put `--` before it: \
+                 urec record -o true -ae libc:malloc -g fp -- true -l"
+            )
+        );
+        assert_eq!(
+            hint("urec record --event=libc:f --output x ls", "ls").as_deref(),
+            Some("to trace a command, put `--` before it: urec record --event=libc:f --output x -- ls")
+        );
+        assert_eq!(hint("urec record -e X -- ls", "ls"), None);
+        assert_eq!(hint("urec record -e X --bogus", "--bogus"), None);
+        // Quoting, so that the hint can be pasted back.
+        let v = vec![
+            "urec".to_string(),
+            "record".into(),
+            "-e".into(),
+            "libc:malloc size=arg1".into(),
+            "echo".into(),
+            "it's".into(),
+        ];
+        assert_eq!(
+            missing_dashes_hint(&cmd, &v, "echo").as_deref(),
+            Some(
+                "to trace a command, put `--` before it: \
+                 urec record -e 'libc:malloc size=arg1' -- echo 'it'\\''s'"
+            )
+        );
     }
 
     #[test]

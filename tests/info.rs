@@ -258,11 +258,11 @@ fn info_on_a_damaged_recording_counts_the_chunk_and_fails() {
     assert_eq!(
         stderr(&out),
         format!(
-            "urec: error: {}: 1 damaged chunks were skipped\n",
+            "urec: error: {}: 1 damaged chunk was skipped\n",
             path.display()
         )
     );
-    assert!(stdout(&out).contains("\ncorrupt:    1 chunks skipped\n"));
+    assert!(stdout(&out).contains("\ncorrupt:    1 chunk skipped\n"));
     assert!(stdout(&out).contains("\nstate:      complete\n"));
 }
 

@@ -288,6 +288,123 @@ fn bad_spec_exits_2_and_creates_no_file() {
     assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
 
+/// `urec record -e BINARY:leaf -- shim` where the shim script execs a *copy* of BINARY (a pyenv
+/// shim running another python): the probes get nothing, and the end of the recording says
+/// which binary was never mapped and what ran instead.
+#[test]
+fn probed_binary_never_mapped_is_named() {
+    if !have_root() {
+        return;
+    }
+    let t = target();
+    let copy_dir = t.data("elsewhere");
+    std::fs::create_dir_all(&copy_dir).unwrap();
+    let copy = copy_dir.join("target");
+    std::fs::copy(&t.exe, &copy).unwrap();
+    let shim = t.data("shim");
+    std::fs::write(
+        &shim,
+        format!("#!/bin/sh\nexec {} \"$@\"\n", copy.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let probed = std::fs::canonicalize(&t.exe).unwrap();
+    let copy = std::fs::canonicalize(&copy).unwrap();
+    let out = t.data("shim.data");
+    let run = |binary: &std::path::Path| {
+        let o = record(&[
+            "-e",
+            &format!("{}:leaf", binary.display()),
+            "-o",
+            out.to_str().unwrap(),
+            "--",
+            shim.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{o:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let stderr = run(&probed);
+    let want = format!(
+        "urec: warning: {} was never mapped by the traced process (it ran ",
+        probed.display()
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&want))
+        .unwrap_or_else(|| panic!("no warning naming {}: {stderr}", probed.display()));
+    assert!(line.contains(&format!("{})", copy.display())), "{line}");
+    assert_eq!(stderr.matches("never mapped").count(), 1, "{stderr}");
+    assert!(stderr.contains("0 events"), "{stderr}");
+    // Probing the binary that really runs: events, and no warning.
+    let stderr = run(&copy);
+    assert!(!stderr.contains("never mapped"), "{stderr}");
+    assert!(stderr.contains("2000 events"), "{stderr}");
+}
+
+/// With `-a`, a binary no process on the host mapped is named; libc, mapped everywhere but
+/// maybe not called in that second, is not.
+#[test]
+fn all_names_a_binary_no_process_mapped() {
+    if !have_root() {
+        return;
+    }
+    let t = target();
+    let out = t.data("all-unmapped.data");
+    let o = record(&[
+        "-e",
+        &format!("{}:leaf", t.path()),
+        "-e",
+        "libc:getpwnam_r",
+        "-a",
+        "-d",
+        "500ms",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let probed = std::fs::canonicalize(&t.exe).unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "urec: warning: {} was never mapped by any process during the recording",
+            probed.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("never mapped").count(), 1, "{stderr}");
+}
+
+#[test]
+fn command_without_dashes_gets_a_hint() {
+    // No root needed: the command line is refused before anything is attached.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.data");
+    let o = record(&[
+        "-e",
+        "libc:malloc size=arg1:u64",
+        "-o",
+        out.to_str().unwrap(),
+        "/usr/bin/true",
+        "-x",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let want = format!(
+        "to trace a command, put `--` before it: urec record -e 'libc:malloc size=arg1:u64' \
+         -o {} -- /usr/bin/true -x",
+        out.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(!out.exists());
+}
+
 #[test]
 fn kill_9_leaves_no_link_behind() {
     if !have_root() {

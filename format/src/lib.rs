@@ -33,12 +33,14 @@ mod footer;
 mod reader;
 pub mod synth;
 mod types;
+mod words;
 mod writer;
 
 pub use error::FormatError;
 pub use footer::{EventCount, Footer, SectionStats, Sections};
 pub use reader::{ReadStatus, Reader, Records};
 pub use types::*;
+pub use words::plural;
 pub use writer::{Writer, WriterOptions};
 
 /// Major version of the format this crate writes and reads. A reader refuses other majors.

@@ -305,6 +305,7 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
     if text.is_empty() {
         return Err(syntax("empty spec; expected TARGET:FUNCTION".into()));
     }
+    let (text, bpftrace_return) = strip_bpftrace_prefix(text).map_err(syntax)?;
     let colon = find_target_colon(text).ok_or_else(|| {
         syntax(
             "no ':' between TARGET and FUNCTION (expected TARGET:FUNCTION, e.g. bash:readline)"
@@ -319,7 +320,7 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
     let (func_token, args_text) = split_function(rest).map_err(syntax)?;
     let (func_text, return_only) = match func_token.strip_suffix("%return") {
         Some(f) => (f, true),
-        None => (func_token.as_str(), false),
+        None => (func_token.as_str(), bpftrace_return),
     };
     let func_text = unquote(func_text).map_err(syntax)?;
     if func_text.is_empty() {
@@ -347,6 +348,31 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
         return_only,
         args,
     })
+}
+
+/// bpftrace's probe types, accepted so that its users' habits carry over: `uprobe:` is urec's
+/// default (entry and return: urec pairs them for latency), `uretprobe:` is `%return`.
+const BPFTRACE_PREFIXES: [(&str, bool); 2] = [("uprobe:", false), ("uretprobe:", true)];
+
+/// Strips a bpftrace prefix (`uprobe:libc:malloc`), returning the rest and whether it asked for a
+/// return probe only. Only a prefix followed by a whole `TARGET:FUNCTION` counts, so that
+/// `uprobe:f` still means the function `f` of a file named `uprobe` and `./uprobe:f` is untouched;
+/// a `uprobe:` with nothing after it is refused with the form bpftrace users expect.
+fn strip_bpftrace_prefix(text: &str) -> Result<(&str, bool), String> {
+    for (prefix, return_only) in BPFTRACE_PREFIXES {
+        let Some(rest) = text.strip_prefix(prefix) else {
+            continue;
+        };
+        if rest.trim().is_empty() {
+            return Err(format!(
+                "nothing after {prefix:?}; expected {prefix}TARGET:FUNCTION, e.g. {prefix}bash:readline"
+            ));
+        }
+        if find_target_colon(rest).is_some_and(|colon| colon > 0) {
+            return Ok((rest, return_only));
+        }
+    }
+    Ok((text, false))
 }
 
 /// Index of the first `:` that is not part of `::`.
@@ -686,6 +712,46 @@ mod tests {
         assert_eq!(s.target, "/usr/lib/x86_64-linux-gnu/libc.so.6");
         assert!(s.return_only);
         assert_eq!(s.name(), "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc");
+    }
+
+    #[test]
+    fn bpftrace_prefixes() {
+        let s = p("uprobe:libc:malloc");
+        assert_eq!(s.target, "libc");
+        assert_eq!(s.function, FunctionSpec::Symbol("malloc".into()));
+        assert!(!s.return_only, "uprobe: is entry + return, urec's default");
+        assert_eq!(s.name(), "libc:malloc");
+        assert_eq!(s.text, "uprobe:libc:malloc", "the spec as written");
+
+        let s = p("uretprobe:/bin/bash:readline r=$retval:s32");
+        assert_eq!(s.target, "/bin/bash");
+        assert_eq!(s.function, FunctionSpec::Symbol("readline".into()));
+        assert!(s.return_only);
+        assert_eq!(s.args.len(), 1);
+        // Redundant, and fine.
+        assert!(p("uretprobe:bash:readline%return").return_only);
+        // C++ names keep their `::` after the prefix.
+        let s = p("uprobe:./app:ns::f");
+        assert_eq!(s.target, "./app");
+        assert_eq!(s.function, FunctionSpec::Symbol("ns::f".into()));
+
+        // A file called `uprobe`: only without a second TARGET:FUNCTION, or as a path.
+        let s = p("uprobe:f");
+        assert_eq!(s.target, "uprobe");
+        assert_eq!(s.function, FunctionSpec::Symbol("f".into()));
+        let s = p("uprobe:ns::f");
+        assert_eq!(s.target, "uprobe");
+        assert_eq!(s.function, FunctionSpec::Symbol("ns::f".into()));
+        let s = p("./uprobe:f");
+        assert_eq!(s.target, "./uprobe");
+        assert!(!s.return_only);
+        let s = p("./uretprobe:f");
+        assert_eq!(s.target, "./uretprobe");
+        assert!(!s.return_only);
+
+        assert!(err("uprobe:").contains("expected uprobe:TARGET:FUNCTION"));
+        assert!(err("uretprobe: ").contains("expected uretprobe:TARGET:FUNCTION"));
+        assert!(err("uprobe::f").contains("no ':'"));
     }
 
     #[test]

@@ -451,6 +451,24 @@ fn first_instruction_and_frame_pointers() {
 }
 
 #[test]
+fn bpftrace_prefixes_resolve_like_urec_specs() {
+    // `uprobe:` is the default entry + return probe and merges with the plain spec.
+    let r = resolve_all(&["uprobe:libc:malloc", "libc:malloc"]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.probes.len(), 1);
+    let p = &r.probes[0].probe;
+    assert_eq!(p.name, "libc:malloc");
+    assert_eq!(p.kind, ProbeKind::EntryReturn);
+    assert_eq!(p.specs, vec!["uprobe:libc:malloc", "libc:malloc"]);
+    let b = bins();
+    let p = one(&format!("uretprobe:{}", spec(&b.pie_fp, "fix_add")));
+    assert_eq!(p.probe.kind, ProbeKind::Return);
+    assert_eq!(p.probe.offset.0, objdump_offset(&b.pie_fp, "fix_add"));
+    // `uretprobe:` is `%return`: refused where a return probe would be.
+    let e = error(&format!("uretprobe:{}", spec(&b.pie_fp, "fix_call1+0x1")));
+    assert!(e.contains("needs a function's first instruction"), "{e}");
+}
+
+#[test]
 fn library_short_names() {
     let libc = std::fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").unwrap_or_default();
     for t in ["c", "libc", "libc.so.6"] {

@@ -30,7 +30,8 @@
 //! `session` runs a recording (set-up order, the consumer loop, the clean stop); [`stacks`]
 //! deduplicates stacks; [`plan`](mod@plan) turns resolved probes into the BPF tables;
 //! [`command`] runs `-- COMMAND`; [`output`] creates the file; [`sideband`], [`procfs`] and
-//! [`processes`] follow processes and their mappings.
+//! [`processes`] follow processes and their mappings; [`mapped`] names the probed binaries that
+//! the traced processes never mapped.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,6 +41,7 @@ pub mod command;
 pub mod dwarf;
 mod fxhash;
 pub mod lost;
+pub mod mapped;
 pub mod output;
 pub mod plan;
 pub mod processes;

@@ -44,7 +44,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{OpenObject, RingBufferBuilder};
 use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
 use urec_format::{
-    ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, Record,
+    plural, ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, Record,
     StackMode, Writer,
 };
 
@@ -52,6 +52,7 @@ use crate::attach::{self, AttachProbe, LoadOptions};
 use crate::command::Workload;
 use crate::dwarf::{Capture, DwarfStacks};
 use crate::lost::LostLedger;
+use crate::mapped::MappedBinaries;
 use crate::output;
 use crate::processes::ProcessTable;
 use crate::sideband::{monotonic_now, Sideband, SidebandRecord};
@@ -213,6 +214,10 @@ struct State<W: std::io::Write> {
     latest_ns: Nanos,
     entries: u64,
     returns: u64,
+    /// Events per probe id.
+    probe_events: Vec<u64>,
+    /// Which probed binaries the traced processes mapped.
+    mapped: MappedBinaries,
     bad_records: u64,
     error: Option<anyhow::Error>,
 }
@@ -281,6 +286,9 @@ impl<W: std::io::Write> State<W> {
         } else {
             self.returns += 1;
         }
+        if let Some(n) = self.probe_events.get_mut(raw.probe as usize) {
+            *n += 1;
+        }
         let event = Event {
             probe: raw.probe,
             kind,
@@ -319,6 +327,7 @@ impl<W: std::io::Write> State<W> {
             stacks,
             dwarf,
             pending,
+            mapped,
             ..
         } = self;
         let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
@@ -330,6 +339,7 @@ impl<W: std::io::Write> State<W> {
                 release_one(e, table, dwarf, stacks, &mut emit)?;
             }
             table.apply(&record, &mut emit)?;
+            mapped.observe(&record);
             dwarf.follow(table);
         }
         for e in events {
@@ -449,6 +459,17 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         Target::Command { .. } => {}
     }
 
+    // Every process (`-a`, `-a -- COMMAND`), or the -p / COMMAND processes and descendants.
+    let mut mapped = MappedBinaries::new(
+        opts.probes
+            .iter()
+            .map(|p| (p.probe.id, p.probe.binary.as_str())),
+        !filter,
+    );
+    for &pid in &pids {
+        mapped.trace(pid, true);
+    }
+
     // 2. Programs and tables.
     let nprobes = opts.probes.len() as u32;
     let any_dwarf =
@@ -500,6 +521,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         Some((program, argv)) => {
             let w = Workload::fork(program, argv)?;
             attach::allow_tgid(&skel, w.pid())?;
+            mapped.trace(w.pid(), false);
             Some(w)
         }
         None => None,
@@ -519,11 +541,15 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         .collect();
     let attached = attach::attach(&skel, &probes, filter, &mut warn)?;
     let attach_ns = monotonic_now()?;
+    if !filter {
+        // Mappings made before the side-band opened; later ones come as records.
+        mapped.scan_proc();
+    }
     if opts.verbosity == Verbosity::Verbose {
         eprintln!(
-            "urec: {} probe(s) attached with {} link(s) in {:.1} ms",
-            probes.len(),
-            attached.links(),
+            "urec: {} attached with {} in {:.1} ms",
+            plural(probes.len() as u64, "probe", "probes"),
+            plural(attached.links() as u64, "link", "links"),
             started.elapsed().as_secs_f64() * 1e3
         );
     }
@@ -566,6 +592,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         latest_ns: 0,
         entries: 0,
         returns: 0,
+        probe_events: vec![0; opts.probes.len()],
+        mapped,
         bad_records: 0,
         error: None,
     });
@@ -691,8 +719,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
                     .map(|v| v.iter().map(|x| x.2).sum())
                     .unwrap_or(0);
                 bar.set_message(format!(
-                    "recording: {} events, {} lost, {}",
-                    st.entries + st.returns,
+                    "recording: {}, {} lost, {}",
+                    plural(st.entries + st.returns, "event", "events"),
                     lost,
                     human_bytes(st.writer.bytes_written())
                 ));
@@ -756,6 +784,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         writer,
         entries,
         returns,
+        probe_events,
+        mapped,
         bad_records,
         stacks,
         ..
@@ -771,6 +801,12 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
     for w in unwind_warnings {
         warn(w);
     }
+    // Lost side-band records may have been the very mappings: then say nothing.
+    if sideband.lost() == 0 {
+        for w in mapped.warnings(&probe_events) {
+            warn(w);
+        }
+    }
     if opts.verbosity == Verbosity::Verbose && dwarf_stats.unwound > 0 {
         let mut why: Vec<String> = dwarf_stats
             .truncated
@@ -779,9 +815,9 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             .collect();
         why.sort();
         eprintln!(
-            "urec: {} stacks unwound ({} from the memo), {:.0} ns each, {:.0} stack bytes \
+            "urec: {} unwound ({} from the memo), {:.0} ns each, {:.0} stack bytes \
              copied each; truncated: {}",
-            dwarf_stats.unwound,
+            plural(dwarf_stats.unwound, "stack", "stacks"),
             dwarf_stats.memo_hits,
             dwarf_stats.unwind_ns as f64 / dwarf_stats.unwound as f64,
             dwarf_stats.copied_bytes as f64 / dwarf_stats.unwound as f64,
@@ -794,7 +830,12 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
     }
     if bad_records > 0 {
         warn(format!(
-            "{bad_records} malformed ring-buffer record(s) skipped"
+            "{} skipped",
+            plural(
+                bad_records,
+                "malformed ring-buffer record",
+                "malformed ring-buffer records"
+            )
         ));
     }
     Ok(Summary {

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use urec_format::{
-    BuildId, Event, EventKind, Finish, Header, LostSource, Probe, ProbeId, ProbeKind,
+    plural, BuildId, Event, EventKind, Finish, Header, LostSource, Probe, ProbeId, ProbeKind,
     ProcessChange, Record, StackId,
 };
 
@@ -545,8 +545,8 @@ impl<'o> Aggregator<'o> {
         }
         if self.unknown_probe_events > 0 {
             warnings.push(format!(
-                "{} event(s) name a probe the recording does not define; ignored",
-                self.unknown_probe_events
+                "{} a probe the recording does not define; ignored",
+                plural(self.unknown_probe_events, "event names", "events name")
             ));
         }
         // Entries still waiting: in flight if their process lived on, unmatched otherwise.
@@ -623,7 +623,8 @@ impl<'o> Aggregator<'o> {
         };
         if unknown_frames > 0 {
             warnings.push(format!(
-                "{unknown_frames} stack frame(s) fell in no recorded mapping and show as [unknown]"
+                "{} in no recorded mapping and show as [unknown]",
+                plural(unknown_frames, "stack frame fell", "stack frames fell")
             ));
         }
         Ok(Report {

@@ -27,8 +27,8 @@ pub fn write(report: &Report, weight: Weight, out: &mut dyn Write) -> io::Result
         Weight::Latency => "ns".to_string(),
     };
     opts.subtitle = Some(format!(
-        "{} events · {}",
-        report.recording.events,
+        "{} · {}",
+        urec_format::plural(report.recording.events, "event", "events"),
         crate::human_ns(report.recording.duration_ns)
     ));
     let result = inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out);

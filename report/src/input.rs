@@ -45,9 +45,9 @@ pub(crate) fn read<S>(
     }
     if status.corrupt_chunks > 0 {
         warnings.push(format!(
-            "{}: skipped {} corrupt chunk(s)",
+            "{}: skipped {}",
             path.display(),
-            status.corrupt_chunks
+            urec_format::plural(status.corrupt_chunks, "corrupt chunk", "corrupt chunks")
         ));
     }
     warnings.extend(status.warnings.iter().map(|w| w.to_string()));

@@ -145,8 +145,12 @@ pub fn script(
     warnings.extend(printer.symbolizer.take_warnings());
     if printer.out_of_order > 0 {
         warnings.push(format!(
-            "{} event(s) arrived too late to be sorted and were printed out of time order",
-            printer.out_of_order
+            "{} printed out of time order",
+            urec_format::plural(
+                printer.out_of_order,
+                "event arrived too late to be sorted and was",
+                "events arrived too late to be sorted and were"
+            )
         ));
     }
     Ok(ScriptSummary {

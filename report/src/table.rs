@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use crate::aggregate::{Function, Report};
 use crate::human_ns;
+use urec_format::plural;
 
 /// Writes the summary table of `report`.
 ///
@@ -18,7 +19,7 @@ use crate::human_ns;
 pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     let rec = &report.recording;
     let mut head = format!(
-        "# {} · host {} ({}) · {} · {} events",
+        "# {} · host {} ({}) · {} · {}",
         if rec.command.is_empty() {
             "urec"
         } else {
@@ -27,7 +28,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         rec.host,
         rec.kernel,
         human_ns(rec.duration_ns),
-        rec.events
+        plural(rec.events, "event", "events")
     );
     if let Some(w) = &rec.workload {
         head.push_str(&format!(" · workload: {}", crate::aggregate::shell_join(w)));
@@ -50,7 +51,11 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         )?;
     }
     if rec.corrupt_chunks > 0 {
-        writeln!(out, "# {} corrupt chunk(s) skipped", rec.corrupt_chunks)?;
+        writeln!(
+            out,
+            "# {} skipped",
+            plural(rec.corrupt_chunks, "corrupt chunk", "corrupt chunks")
+        )?;
     }
 
     let headers = [
