@@ -148,7 +148,7 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
                 "{}: skipped {} the kernel cannot probe: {} (`urec list {}` marks them \
                  [not-probeable] and says why)",
                 spec.text,
-                count(skipped.len(), "function", "functions"),
+                urec_format::plural(skipped.len() as u64, "function", "functions"),
                 name_list(&skipped),
                 spec.target,
             ));
@@ -165,11 +165,6 @@ pub(crate) fn name_list(names: &[String]) -> String {
         s.push_str(&format!(" (and {} more)", names.len() - SHOW));
     }
     s
-}
-
-/// `1 function`, `2 functions`.
-pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Why the instruction at `loc` takes no probe, naming it.

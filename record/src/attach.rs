@@ -24,7 +24,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, UprobeMultiOpts, UprobeOpts};
 use urec_bpf::abi::{ProbeConfig, COOKIE_ONE_SIDED, KIND_ENTRY, KIND_RETURN};
 use urec_bpf::{UrecSkel, UrecSkelBuilder};
-use urec_format::{EventKind, ProbeId, ProbeKind};
+use urec_format::{plural, EventKind, ProbeId, ProbeKind};
 
 /// What the programs are loaded with.
 #[derive(Clone, Debug)]
@@ -177,11 +177,7 @@ pub fn attach(
                 "the kernel refused to probe {} in {}: {}; nothing was recorded (urec checks \
                  first instructions before attaching, so this kernel refuses something urec \
                  thought it accepts: please report it)",
-                if names.len() == 1 {
-                    "one function".to_string()
-                } else {
-                    format!("{} functions", names.len())
-                },
+                plural(names.len() as u64, "function", "functions"),
                 group.binary.display(),
                 names.join(", ")
             );
@@ -201,7 +197,7 @@ pub fn attach(
         }
         return Err(anyhow::Error::new(err).context(format!(
             "attaching {} to {} with one link",
-            count_probes(group.members.len()),
+            plural(group.members.len() as u64, "probe", "probes"),
             group.binary.display()
         )));
     }
@@ -210,14 +206,6 @@ pub fn attach(
         links,
         fallback: false,
     })
-}
-
-fn count_probes(n: usize) -> String {
-    if n == 1 {
-        "1 probe".into()
-    } else {
-        format!("{n} probes")
-    }
 }
 
 /// The probes of one multi link: one binary, one program.
@@ -333,7 +321,8 @@ fn attach_single(skel: &UrecSkel<'_>, probes: &[AttachProbe]) -> Result<Vec<Link
                 .attach_uprobe_with_opts(-1, &p.binary, p.offset as usize, opts)
                 .with_context(|| {
                     format!(
-                        "attaching a {} probe to {} at file offset {:#x}",
+                        "attaching {} ({} probe) to {} at file offset {:#x}",
+                        p.name,
                         if entry { "entry" } else { "return" },
                         p.binary.display(),
                         p.offset
