@@ -300,7 +300,8 @@ impl DwarfStacks {
     ///
     /// The policy: **at once, doubling, up to [`MAX_STACK_SIZE`]**. At once, because each
     /// event until the raise is a stack lost (`[truncated]`), while a raise costs only the
-    /// bigger copy of this one probe's events (≈ 1 µs more per 8 KiB here); a stack that ran
+    /// bigger copy of this one probe's events (≈ 0.5–1 µs more per call per 8 KiB on the
+    /// project's VM: docs/performance.md, "Deep stacks: the copy grows"); a stack that ran
     /// off the end of a full copy is no accident of timing that waiting would filter out.
     /// Doubling, because the unwind cannot tell how much more it would have needed: at most
     /// three steps from the default 8K to the cap, and never more than twice what the deepest
