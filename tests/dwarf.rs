@@ -261,11 +261,15 @@ fn deep() -> Fixture {
     )
 }
 
-/// How many times the deep fixture calls `leaf`; after each of the first [`DEEP_SLOW`] calls it
-/// sleeps 200 ms, time for the recorder (releasing events ≈10-20 ms after they happen) to
-/// unwind that call's stack and raise the copy size before the next call.
+/// How many times the deep fixture calls `leaf`; after each of the first [`DEEP_SLOW`] calls
+/// (the three with the 8K, 16K and 32K copies) it sleeps [`DEEP_PAUSE_MS`], time for the
+/// recorder to unwind that call's stack and raise the copy size before the next call. A
+/// release comes ≈10-20 ms after the event in a quiet release build; the margin is for a debug
+/// build on a loaded 2-vCPU machine running the other tests in parallel, where 200 ms was
+/// seen to fall short.
 const DEEP_CALLS: usize = 300;
-const DEEP_SLOW: &str = "5";
+const DEEP_SLOW: &str = "3";
+const DEEP_PAUSE_MS: &str = "700";
 
 #[test]
 fn the_stack_copy_grows_until_the_unwinds_reach_main() {
@@ -277,7 +281,13 @@ fn the_stack_copy_grows_until_the_unwinds_reach_main() {
     let out = deep.data("deep.data");
     // Default --stack-size (8K), and not -q: the summary is checked too.
     let o = record(&["-g", "dwarf", "-e", &spec, "-o", out.to_str().unwrap()])
-        .args(["--", deep.path(), &DEEP_CALLS.to_string(), DEEP_SLOW])
+        .args([
+            "--",
+            deep.path(),
+            &DEEP_CALLS.to_string(),
+            DEEP_SLOW,
+            DEEP_PAUSE_MS,
+        ])
         .stdout(Stdio::null())
         .output()
         .expect("running urec");

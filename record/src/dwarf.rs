@@ -101,8 +101,8 @@ pub struct DwarfStats {
     /// Stacks written with `truncated: true`, for any reason (what the report marks
     /// `[truncated]`; each counted once, even when cut at the depth limit too).
     pub truncated_stacks: u64,
-    /// Of those, stacks that ran off the end of a copy shorter than [`MAX_STACK_SIZE`]: a
-    /// bigger starting `--stack-size` would have avoided them.
+    /// Of those, stacks that ran off the end of a copy cut by a size below [`MAX_STACK_SIZE`]:
+    /// a bigger starting `--stack-size` would have avoided them.
     pub copy_end_below_cap: u64,
     /// Of those, stacks that ran off the end of a copy of [`MAX_STACK_SIZE`] bytes: nothing
     /// urec can copy avoids them.
@@ -110,11 +110,15 @@ pub struct DwarfStats {
 }
 
 /// One probe's stack copy size.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct CopySize {
     /// Bytes the programs copy now (what the `probes` map holds, or is about to).
     now: u32,
-    /// The unwinds of this probe ran off the end of a copy below the cap.
+    /// Every size the probe has had, `now` last (at most four: 8K, 16K, 32K, 64K). A copy of
+    /// exactly one of them was cut by the size; any other length ended at the top of the
+    /// stack, where a bigger size would not have helped.
+    used: Vec<u32>,
+    /// The unwinds of this probe ran off the end of a copy cut by a size below the cap.
     truncated_below_cap: bool,
 }
 
@@ -143,6 +147,7 @@ impl DwarfStacks {
                 .iter()
                 .map(|&now| CopySize {
                     now,
+                    used: vec![now],
                     truncated_below_cap: false,
                 })
                 .collect(),
@@ -273,24 +278,29 @@ impl DwarfStacks {
         (&self.out, truncated)
     }
 
-    /// An unwind of `probe` ran off the end of a `len`-byte copy: counts it, and raises the
-    /// probe's size when the copy was as long as the size (a copy shorter than the size ended
-    /// at the top of the stack, or was taken before an earlier raise).
+    /// An unwind of `probe` ran off the end of a `len`-byte copy: counts it when the copy was
+    /// cut by the probe's size, and raises the size when that was the current one (copies
+    /// taken before an earlier raise are shorter; a copy that ended at the top of the stack
+    /// has a length that is no size at all).
     fn copy_too_short(&mut self, probe: ProbeId, len: usize) {
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
-        if len >= MAX_STACK_SIZE {
-            self.stats.copy_end_at_cap += 1;
-        } else {
-            self.stats.copy_end_below_cap += 1;
-        }
         let Some(size) = self.sizes.get_mut(probe as usize) else {
             return;
         };
-        if len < MAX_STACK_SIZE {
-            size.truncated_below_cap = true;
+        let Ok(len) = u32::try_from(len) else {
+            return;
+        };
+        if !size.used.contains(&len) {
+            return;
         }
-        if len >= size.now && size.now < MAX_STACK_SIZE {
+        if len >= MAX_STACK_SIZE {
+            self.stats.copy_end_at_cap += 1;
+            return;
+        }
+        self.stats.copy_end_below_cap += 1;
+        size.truncated_below_cap = true;
+        if len == size.now {
             size.now = size.now.saturating_mul(2).clamp(8, MAX_STACK_SIZE) & !7;
+            size.used.push(size.now);
             self.raised.push((probe, size.now));
         }
     }
@@ -376,13 +386,20 @@ mod tests {
         assert_eq!(d.stats().copy_end_below_cap, 4);
         assert_eq!(d.stats().copy_end_at_cap, 1);
         assert_eq!(d.stack_size_hint(), Some(MAX_STACK_SIZE));
-        // A copy that ended at the top of the stack, shorter than the size: no raise.
+        // A copy that ended at the top of the stack, shorter than the size: no raise, and no
+        // hint (a bigger size would not have helped); unknown probe ids are ignored.
         let mut d = DwarfStacks::new(127, &[8192]);
         d.copy_too_short(0, 4000);
-        assert!(d.take_raised().is_empty());
-        // Unknown probe ids are counted, not indexed.
         d.copy_too_short(7, 8192);
-        assert_eq!(d.stats().copy_end_below_cap, 2);
+        assert!(d.take_raised().is_empty());
+        assert_eq!(d.stats().copy_end_below_cap, 0);
+        assert_eq!(d.stack_size_hint(), None);
+        // Started at the cap: counted at the cap, no hint.
+        let mut d = DwarfStacks::new(127, &[MAX_STACK_SIZE]);
+        d.copy_too_short(0, MAX_STACK_SIZE as usize);
+        assert!(d.take_raised().is_empty());
+        assert_eq!(d.stats().copy_end_at_cap, 1);
+        assert_eq!(d.stack_size_hint(), None);
         // An odd starting size stays a multiple of 8.
         let mut d = DwarfStacks::new(127, &[40000]);
         d.copy_too_short(0, 40000);
