@@ -120,6 +120,9 @@ struct CopySize {
     used: Vec<u32>,
     /// The unwinds of this probe ran off the end of a copy cut by a size below the cap.
     truncated_below_cap: bool,
+    /// A complete unwind of a copy longer than the previous size was seen: `now` is enough
+    /// for the stacks seen so far (what the summary's hint suggests).
+    enough: bool,
 }
 
 /// The recorder's DWARF state: the unwinder, the copies in flight, the counts.
@@ -149,6 +152,7 @@ impl DwarfStacks {
                     now,
                     used: vec![now],
                     truncated_below_cap: false,
+                    enough: false,
                 })
                 .collect(),
             raised: Vec::new(),
@@ -263,6 +267,8 @@ impl DwarfStacks {
             if why == Truncation::StackCopyEnd && !capture.read_failed {
                 self.copy_too_short(probe, copied);
             }
+        } else {
+            self.copy_sufficed(probe, copied);
         }
         if capture.leaf != 0 {
             self.out.insert(0, capture.leaf);
@@ -301,7 +307,20 @@ impl DwarfStacks {
         if len == size.now {
             size.now = size.now.saturating_mul(2).clamp(8, MAX_STACK_SIZE) & !7;
             size.used.push(size.now);
+            size.enough = false;
             self.raised.push((probe, size.now));
+        }
+    }
+
+    /// An unwind of `probe` from a `len`-byte copy was complete: when the copy was longer
+    /// than the probe's previous size, it was taken at the current one, which is then known to
+    /// be enough.
+    fn copy_sufficed(&mut self, probe: ProbeId, len: usize) {
+        if let Some(size) = self.sizes.get_mut(probe as usize) {
+            let previous = size.used.iter().rev().nth(1).copied().unwrap_or(0);
+            if len > previous as usize {
+                size.enough = true;
+            }
         }
     }
 
@@ -322,12 +341,14 @@ impl DwarfStacks {
     }
 
     /// What to pass as `--stack-size` to avoid the truncations seen below the cap: the largest
-    /// size a probe that had them reached by the end. `None` when there were none.
+    /// size a probe that had them reached by the end, if a complete unwind showed that size to
+    /// be enough, else the cap (the recording may have ended before a copy of the last size
+    /// was unwound, or that size too was short). `None` when there were no such truncations.
     pub fn stack_size_hint(&self) -> Option<u32> {
         self.sizes
             .iter()
             .filter(|s| s.truncated_below_cap)
-            .map(|s| s.now)
+            .map(|s| if s.enough { s.now } else { MAX_STACK_SIZE })
             .max()
     }
 
@@ -378,6 +399,13 @@ mod tests {
         // A copy taken before the raise does not raise again.
         d.copy_too_short(0, 8192);
         assert!(d.take_raised().is_empty());
+        // Not yet shown to be enough: the hint is the cap. A complete unwind of a copy no
+        // longer than 8K proves nothing about 16K; one of 9000 bytes does.
+        assert_eq!(d.stack_size_hint(), Some(MAX_STACK_SIZE));
+        d.copy_sufficed(0, 8000);
+        assert_eq!(d.stack_size_hint(), Some(MAX_STACK_SIZE));
+        d.copy_sufficed(0, 9000);
+        assert_eq!(d.stack_size_hint(), Some(16384));
         d.copy_too_short(0, 16384);
         d.copy_too_short(0, 32768);
         assert_eq!(d.take_raised(), vec![(0, 32768), (0, MAX_STACK_SIZE)]);
