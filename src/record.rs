@@ -44,8 +44,9 @@ pub struct Args {
     /// Frames per user stack (at most 127).
     #[arg(long, default_value_t = 127, value_parser = clap::value_parser!(u32).range(1..=127))]
     pub stack_depth: u32,
-    /// Bytes of user stack copied per event for -g dwarf (bytes, or with K; at most 65528,
-    /// rounded down to a multiple of 8).
+    /// Bytes of user stack -g dwarf copies per event to start with (bytes, or with K; at most
+    /// 64K, which means 65528; rounded down to a multiple of 8). A probe whose unwinds run off
+    /// the end of its copy gets twice as much from then on, up to 64K.
     #[arg(long, value_name = "SIZE", default_value = "8K", value_parser = parse_size)]
     pub stack_size: u64,
     /// Allow a glob to match more than 1000 functions.
@@ -216,15 +217,17 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         CallGraph::None => StackMode::None,
         CallGraph::Dwarf => StackMode::Dwarf,
     };
-    if args.stack_size > u64::from(urec_bpf_max_stack_size()) || args.stack_size < 8 {
+    // 64K is what a user types for "the most": it means the largest copy, 65528 bytes (the
+    // programs' copy length is masked to below 64 KiB).
+    if args.stack_size > 64 << 10 || args.stack_size < 8 {
         return Err(UsageError(format!(
-            "--stack-size {}: must be between 8 and {} bytes",
+            "--stack-size {}: must be between 8 and 64K ({} bytes)",
             args.stack_size,
             urec_bpf_max_stack_size()
         ))
         .into());
     }
-    let stack_size = (args.stack_size as u32) & !7;
+    let stack_size = (args.stack_size.min(u64::from(urec_bpf_max_stack_size())) as u32) & !7;
     if !args.pids.is_empty() && (args.all || !args.command.is_empty()) {
         return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
     }
@@ -316,6 +319,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     } else {
         Target::All
     };
+    urec_record::check_ring_fits(&probes, stack_mode, args.stack_depth, args.buffer_size)
+        .map_err(UsageError)?;
     let workload = matches!(target, Target::Command { .. });
     let output = args.output.clone();
     let summary = urec_record::record(RecordOptions {
@@ -355,6 +360,24 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 "; {} truncated",
                 plural(summary.truncated_stacks, "stack", "stacks")
             );
+            let mut why = Vec::new();
+            if let Some(hint) = summary.stack_size_hint {
+                why.push(format!(
+                    "{} ran off the end of a stack copy before it grew; --stack-size {} avoids \
+                     that",
+                    summary.copy_end_below_cap,
+                    urec_record::size_flag(hint)
+                ));
+            }
+            if summary.copy_end_at_cap > 0 {
+                why.push(format!(
+                    "{} ran off the end of a 64K copy, the most urec copies",
+                    summary.copy_end_at_cap
+                ));
+            }
+            if !why.is_empty() {
+                notes += &format!(" ({})", why.join("; "));
+            }
         }
         eprintln!(
             "urec: {} ({}, {}) in {:.2} s, {lost} lost{notes}; {}",

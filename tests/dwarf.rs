@@ -1,7 +1,8 @@
 #![cfg(feature = "record")]
 //! End-to-end tests of DWARF stacks (`-g dwarf`, and `-g auto` choosing it): a C program built
-//! without frame pointers, with a 6-deep call chain under `main`, and Debian's bash reading
-//! lines interactively. Ground truth is exact: every stack must be the full chain to `main`.
+//! without frame pointers, with a 6-deep call chain under `main`, one whose frames take ≈40 KB
+//! (more than the default 8K copy: the copy size must grow), and Debian's bash reading lines
+//! interactively. Ground truth is exact: every stack must be the full chain to `main`.
 //!
 //! They need root (BPF and system-wide perf events). Without it they skip with a message,
 //! unless `CI=true`, where they fail loudly.
@@ -22,6 +23,10 @@ use urec_format::{EventKind, StackMode};
 const CHAIN_C: &str = include_str!("fixtures/chain.c");
 
 const CALLS: usize = 1000;
+
+/// `main → d1 → d2 → d3 → d4 → leaf`, each `d*` with a 10,000-byte array it writes page by
+/// page: ≈40 KB of frames, so the unwind needs a 64K copy (8K, 16K and 32K run off the end).
+const DEEP_C: &str = include_str!("fixtures/deep.c");
 
 /// The chain, built non-PIE (its `nm` addresses are those in the process).
 fn chain() -> Fixture {
@@ -169,16 +174,35 @@ fn a_short_stack_copy_is_truncated_not_wrong() {
         .filter(|e| e.kind == EventKind::Entry)
         .collect();
     assert_eq!(entries.len(), CALLS);
-    for e in entries {
+    let full = ["work", "c5", "c4", "c3", "c2", "c1", "main"];
+    let mut truncated = 0;
+    for (i, e) in entries.iter().enumerate() {
         let stack = rec.stack_of(e, "a stack");
         let names = chain.names(stack);
-        // 16 bytes hold work's return address (into c5) and c5's 8 bytes of alignment; c5's
-        // return address (into c4) lies beyond.
-        assert!(stack.truncated, "{names:?}");
-        assert_eq!(names, ["work", "c5"]);
+        if i == 0 {
+            // 16 bytes hold work's return address (into c5) and c5's 8 bytes of alignment;
+            // c5's return address (into c4) lies beyond.
+            assert!(stack.truncated, "{names:?}");
+            assert_eq!(names, ["work", "c5"]);
+        }
+        // Once the recorder has seen such a stack it doubles the copy (16, 32, 64 ... bytes)
+        // for the following calls, which the chain makes faster than it unwinds: how many are
+        // still copied short depends on timing, but each stack is a true prefix, or complete.
+        if stack.truncated {
+            truncated += 1;
+            assert_eq!(&names[..], &full[..names.len()], "{names:?}");
+        } else {
+            assert_eq!(&names[..full.len()], full, "{names:?}");
+        }
     }
     let text = folded(&out);
-    assert!(text.contains("[truncated];c5;work 1000"), "{text}");
+    assert!(text.contains("[truncated];c5;work "), "{text}");
+    let shown: usize = text
+        .lines()
+        .filter(|l| l.contains("[truncated]"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(shown, truncated, "{text}");
 }
 
 #[test]
@@ -220,4 +244,142 @@ fn interactive_bash_readline_reaches_main() {
         calls += count;
     }
     assert_eq!(calls, 11, "10 lines + exit: {text}");
+}
+
+/// The deep-stack fixture, built like the chain (non-PIE, no frame pointers).
+fn deep() -> Fixture {
+    Fixture::build(
+        "deep",
+        DEEP_C,
+        &[
+            "-O2",
+            "-fomit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-fcf-protection=none",
+            "-no-pie",
+        ],
+    )
+}
+
+/// How many times the deep fixture calls `leaf`; after each of the first [`DEEP_SLOW`] calls
+/// (the three with the 8K, 16K and 32K copies) it sleeps [`DEEP_PAUSE_MS`], time for the
+/// recorder to unwind that call's stack and raise the copy size before the next call. A
+/// release comes ≈10-20 ms after the event in a quiet release build; the margin is for a debug
+/// build on a loaded 2-vCPU machine running the other tests in parallel, where 200 ms was
+/// seen to fall short.
+const DEEP_CALLS: usize = 300;
+const DEEP_SLOW: &str = "3";
+const DEEP_PAUSE_MS: &str = "700";
+
+#[test]
+fn the_stack_copy_grows_until_the_unwinds_reach_main() {
+    if !have_root() {
+        return;
+    }
+    let deep = deep();
+    let spec = format!("{}:leaf", deep.path());
+    let out = deep.data("deep.data");
+    // Default --stack-size (8K), and not -q: the summary is checked too.
+    let o = record(&["-g", "dwarf", "-e", &spec, "-o", out.to_str().unwrap()])
+        .args([
+            "--",
+            deep.path(),
+            &DEEP_CALLS.to_string(),
+            DEEP_SLOW,
+            DEEP_PAUSE_MS,
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .expect("running urec");
+    assert!(o.status.success(), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let rec = Recording::read(&out);
+    assert_eq!(rec.total_lost(), 0);
+    let full = ["leaf", "d4", "d3", "d2", "d1", "main"];
+    let (mut complete, mut truncated) = (Vec::new(), Vec::new());
+    for e in rec.events.iter().filter(|e| e.kind == EventKind::Entry) {
+        let stack = rec.stack_of(e, "entries carry a stack");
+        let names = deep.names(stack);
+        if stack.truncated {
+            truncated.push(names);
+        } else {
+            assert_eq!(&names[..full.len()], full, "stack {names:?}");
+            complete.push(names);
+        }
+    }
+    // The first three calls ran off the end of the 8K, 16K and 32K copies (in that order:
+    // each unwinds further), every later one was copied with 64K and reaches main.
+    assert_eq!(truncated.len(), 3, "{truncated:?}");
+    assert_eq!(complete.len(), DEEP_CALLS - 3);
+    for (names, depth) in truncated.iter().zip([2, 3, 5]) {
+        assert_eq!(&names[..], &full[..depth], "{truncated:?}");
+    }
+    // The report shows the same three, and the summary counts them and says what avoids them.
+    let text = folded(&out);
+    let shown: u64 = text
+        .lines()
+        .filter(|l| l.contains("[truncated]"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(shown, 3, "{text}");
+    assert!(
+        text.contains(&format!(";main;d1;d2;d3;d4;leaf {}", DEEP_CALLS - 3)),
+        "{text}"
+    );
+    assert!(
+        stderr.contains(
+            "3 stacks truncated (3 ran off the end of a stack copy before it grew; \
+             --stack-size 64K avoids that)"
+        ),
+        "{stderr}"
+    );
+
+    // And with --stack-size 64K from the start, none is.
+    let out = deep.data("deep64.data");
+    let o = record(&["-g", "dwarf", "--stack-size", "64K", "-e", &spec])
+        .args(["-o", out.to_str().unwrap(), "--", deep.path(), "100"])
+        .stdout(Stdio::null())
+        .output()
+        .expect("running urec");
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("truncated"),
+        "{o:?}"
+    );
+    assert!(folded(&out).contains(";main;d1;d2;d3;d4;leaf 100"));
+}
+
+#[test]
+fn a_ring_buffer_too_small_for_a_full_copy_is_refused() {
+    if !have_root() {
+        return;
+    }
+    let deep = deep();
+    let spec = format!("{}:leaf", deep.path());
+    let out = deep.data("small.data");
+    let o = record(&["-g", "dwarf", "--buffer-size", "64K", "-e", &spec])
+        .args(["-o", out.to_str().unwrap(), "--", deep.path(), "1"])
+        .output()
+        .expect("running urec");
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("--buffer-size 64K") && stderr.contains("use --buffer-size 128K"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing recorded");
+    // 128K holds it.
+    record_ok(&[
+        "-g",
+        "dwarf",
+        "--buffer-size",
+        "128K",
+        "-e",
+        &spec,
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        deep.path(),
+        "1",
+    ]);
 }

@@ -122,6 +122,10 @@ pub struct ProbeConfig {
     /// Capture registers and a copy of the stack (`-g dwarf`) instead of walking frame
     /// pointers.
     pub dwarf: bool,
+    /// With `dwarf`: bytes of stack to copy per event (a multiple of 8, at most
+    /// [`MAX_STACK_SIZE`]; 0 copies nothing). Per probe so that the recorder can raise it for
+    /// the one probe whose unwinds need more, by rewriting that probe's map entry.
+    pub stack_size: u32,
     /// At most [`MAX_ARGS`] arguments.
     pub args: Vec<ArgProgram>,
 }
@@ -129,6 +133,9 @@ pub struct ProbeConfig {
 /// A [`ProbeConfig`] that does not fit the fixed-size map value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A stack copy size above [`MAX_STACK_SIZE`] or not a multiple of 8.
+    #[error("a stack copy size must be a multiple of 8 of at most {MAX_STACK_SIZE}, got {0}")]
+    BadStackSize(u32),
     /// More than [`MAX_ARGS`] arguments.
     #[error("at most {MAX_ARGS} arguments per probe are supported, got {0}")]
     TooManyArgs(usize),
@@ -164,7 +171,8 @@ struct RawArg {
 struct RawProbeCfg {
     flags: u8,
     nargs: u8,
-    _pad: [u8; 6],
+    _pad: [u8; 2],
+    stack_size: u32,
     args: [RawArg; MAX_ARGS],
 }
 
@@ -173,12 +181,17 @@ pub const PROBE_CFG_SIZE: usize = size_of::<RawProbeCfg>();
 const _: () = assert!(size_of::<RawOp>() == 16);
 const _: () = assert!(size_of::<RawArg>() == 8 + 16 * MAX_OPS);
 const _: () = assert!(PROBE_CFG_SIZE == 8 + (8 + 16 * MAX_OPS) * MAX_ARGS);
+const _: () = assert!(std::mem::offset_of!(RawProbeCfg, stack_size) == 4);
+const _: () = assert!(std::mem::offset_of!(RawProbeCfg, args) == 8);
 
 impl ProbeConfig {
     /// The bytes of `struct urec_probe_cfg` for the `probes` map.
     pub fn to_bytes(&self) -> Result<Vec<u8>, ConfigError> {
         if self.args.len() > MAX_ARGS {
             return Err(ConfigError::TooManyArgs(self.args.len()));
+        }
+        if self.stack_size > MAX_STACK_SIZE || !self.stack_size.is_multiple_of(8) {
+            return Err(ConfigError::BadStackSize(self.stack_size));
         }
         let mut cfg = RawProbeCfg {
             flags: if self.add_caller { P_ADD_CALLER } else { 0 }
@@ -189,6 +202,7 @@ impl ProbeConfig {
                 }
                 | if self.dwarf { P_DWARF } else { 0 },
             nargs: self.args.len() as u8,
+            stack_size: self.stack_size,
             ..Default::default()
         };
         for (raw, arg) in cfg.args.iter_mut().zip(&self.args) {
@@ -477,6 +491,7 @@ mod tests {
             add_caller: true,
             kernel_caller: false,
             dwarf: false,
+            stack_size: 16384,
             args: vec![ArgProgram {
                 at_return: true,
                 is_string: false,
@@ -486,11 +501,19 @@ mod tests {
         let b = cfg.to_bytes().unwrap();
         assert_eq!(b.len(), PROBE_CFG_SIZE);
         assert_eq!(&b[..2], &[1, 1]);
+        assert_eq!(u32_at(&b, 4), 16384);
         assert_eq!(&b[8..11], &[2, 1, 0]);
         assert_eq!(b[16], OP_REG);
         assert_eq!(u64_at(&b, 24), REG_AX as u64);
         assert_eq!(&b[32..34], &[OP_DEREF, 4]);
         assert_eq!(u64_at(&b, 40) as i64, -8);
+        for bad in [MAX_STACK_SIZE + 8, 12] {
+            let cfg = ProbeConfig {
+                stack_size: bad,
+                ..cfg.clone()
+            };
+            assert!(matches!(cfg.to_bytes(), Err(ConfigError::BadStackSize(_))));
+        }
     }
 
     #[test]

@@ -37,7 +37,6 @@ const volatile __u32 self_tgid = 0;       /* urec itself: never traced */
 const volatile __u8 filter_tgids = 0;     /* only tgids in `tgids` (-p, -- COMMAND) */
 const volatile __u32 stack_depth = UREC_MAX_DEPTH; /* 0: no stacks (-g none) */
 const volatile __u64 wakeup_bytes = 1 << 20;
-const volatile __u32 stack_size = 8192;  /* bytes of stack copied for UREC_P_DWARF probes */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -363,7 +362,9 @@ __noinline __u32 copy_stack(struct scratch *s, __u32 soff, __u64 sp, __u64 len)
  * Appends the dwarf block at `off`: registers, the trampoline address, the pending return
  * instances (innermost first), then the stack from sp upward. Returns the record size.
  *
- * The copy is `min(stack_size, mm->start_stack + 64 - sp)` bytes (`env_end` when that is not
+ * The copy is `min(size, mm->start_stack + 64 - sp)` bytes (`size`: the probe's
+ * urec_probe_cfg.stack_size, which the recorder raises while recording for a probe whose
+ * unwinds run off the end) (`env_end` when that is not
  * above sp): in the main thread the stack ends a little above env_end (argv/envp strings), and
  * bpf_probe_read_user fails as a whole if any
  * byte is unmapped, so a fixed 8 KiB read near the top of the main stack (≈3 KiB used in a
@@ -376,7 +377,8 @@ __noinline __u32 copy_stack(struct scratch *s, __u32 soff, __u64 sp, __u64 len)
  *
  * Global (not inlined): verified once for every program that calls it.
  */
-__noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u64 leaf)
+__noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u64 leaf,
+			  __u32 size)
 {
 	if (!s)
 		return 0;
@@ -412,7 +414,7 @@ __noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 	d->npending = n;
 
 	__u32 soff = (poff + n * 16) & HEAD_MASK;
-	__u64 len = stack_size;
+	__u64 len = size;
 
 	/* The main thread's frames all lie below start_stack (where _start found argc); what is
 	 * above (argv, envp, auxv, the strings: kilobytes) is no use to an unwinder. */
@@ -614,7 +616,10 @@ static __always_inline void emit(struct pt_regs *ctx, __u32 probe, __u8 kind, __
 		count_lost(probe, kind);
 		return;
 	}
-	if (!cfg->nargs && !(stack && (((cfg->flags & UREC_P_DWARF) && stack_size) || stack_depth))) {
+	/* Read once: the recorder may rewrite the entry while this runs. */
+	__u32 dwarf_size = (cfg->flags & UREC_P_DWARF) ? *(volatile __u32 *)&cfg->stack_size : 0;
+
+	if (!cfg->nargs && !(stack && (dwarf_size || stack_depth))) {
 		/* A bare 40-byte record: written in place, no scratch buffer, no copy. */
 		struct urec_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 
@@ -660,8 +665,8 @@ static __always_inline void emit(struct pt_regs *ctx, __u32 probe, __u8 kind, __
 	__u32 nframes = 0;
 	__u32 depth = stack_depth;
 
-	if (stack && (cfg->flags & UREC_P_DWARF) && stack_size) {
-		__u64 size = put_dwarf(ctx, s, off, leaf ? probe_ip : 0);
+	if (stack && dwarf_size) {
+		__u64 size = put_dwarf(ctx, s, off, leaf ? probe_ip : 0, dwarf_size);
 
 		e->nframes = 0;
 		e->flags = flags | UREC_F_DWARF;

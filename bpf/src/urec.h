@@ -116,7 +116,11 @@ struct urec_arg_cfg {
 struct urec_probe_cfg {
 	__u8 flags;
 	__u8 nargs;
-	__u8 _pad[6];
+	__u8 _pad[2];
+	__u32 stack_size; /* UREC_P_DWARF: bytes of stack to copy (0: none; masked to below
+			   * UREC_MAX_STACK_SIZE). Per probe, and rewritten by the recorder while
+			   * recording: it raises the size of a probe whose unwinds run off the end
+			   * of the copy. */
 	struct urec_arg_cfg args[UREC_MAX_ARGS];
 };
 

@@ -35,9 +35,6 @@ pub struct LoadOptions {
     pub filter: bool,
     /// Frames per user stack; 0 for no stacks.
     pub stack_depth: u32,
-    /// Bytes of stack copied for `-g dwarf` probes (a multiple of 8, at most
-    /// [`urec_bpf::abi::MAX_STACK_SIZE`]).
-    pub stack_size: u32,
     /// BPF ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
     /// Number of probes (ids 0..n).
@@ -75,7 +72,6 @@ pub fn load<'obj>(
     rodata.self_tgid = opts.self_tgid;
     rodata.filter_tgids = opts.filter as u8;
     rodata.stack_depth = opts.stack_depth;
-    rodata.stack_size = opts.stack_size;
     rodata.wakeup_bytes = u64::from(opts.ring_bytes / 4);
     open.maps
         .events
@@ -98,7 +94,9 @@ pub fn load<'obj>(
     })
 }
 
-/// Writes each probe's configuration into the `probes` map.
+/// Writes each probe's configuration into the `probes` map (also while recording: the session
+/// rewrites a probe's entry to raise its stack copy size; the programs read the size once per
+/// event, so an event sees the old or the new size, never a mix).
 pub fn configure(skel: &UrecSkel<'_>, configs: &[(ProbeId, ProbeConfig)]) -> Result<()> {
     for (id, cfg) in configs {
         let bytes = cfg.to_bytes()?;

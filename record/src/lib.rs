@@ -52,7 +52,7 @@ pub mod stacks;
 pub mod unwind;
 
 pub use plan::{plan, PlanError, PlannedProbe};
-pub use session::{check_privileges, human_bytes};
+pub use session::{check_privileges, check_ring_fits, human_bytes, largest_record, size_flag};
 pub use urec_bpf::abi::MAX_STACK_SIZE;
 pub use urec_format::StackMode;
 
@@ -102,8 +102,9 @@ pub struct RecordOptions {
     pub stack_mode: StackMode,
     /// Frames per stack (at most 127).
     pub stack_depth: u32,
-    /// Bytes of stack copied per `-g dwarf` event (a multiple of 8, at most
-    /// [`urec_bpf::abi::MAX_STACK_SIZE`]).
+    /// Bytes of stack each `-g dwarf` probe starts copying per event (a multiple of 8, at most
+    /// [`urec_bpf::abi::MAX_STACK_SIZE`]); the recorder doubles a probe's size, up to that
+    /// maximum, when its unwinds run off the end of the copy (see [`dwarf`]).
     pub stack_size: u32,
     /// BPF ring buffer bytes (rounded up to a power of two).
     pub buffer_size: u64,
@@ -126,8 +127,17 @@ pub struct Summary {
     pub lost_sideband: u64,
     /// `-g dwarf` stacks that could not be unwound at all or were dropped.
     pub lost_unwind: u64,
-    /// `-g dwarf` stacks that end early (`truncated` in the file).
+    /// Stacks written truncated (`-g dwarf` stacks that end early or were cut at the depth
+    /// limit): the events the report shows with `[truncated]`.
     pub truncated_stacks: u64,
+    /// Of those, stacks that ran off the end of a copy below the 64K cap (before the probe's
+    /// copy size was raised far enough).
+    pub copy_end_below_cap: u64,
+    /// Of those, stacks that ran off the end of a 64K copy.
+    pub copy_end_at_cap: u64,
+    /// What `--stack-size` would have avoided the truncations below the cap (the largest size
+    /// the probes that had them reached); `None` without such truncations.
+    pub stack_size_hint: Option<u32>,
     /// Distinct stacks written.
     pub stacks: u64,
     /// Size of the data file.

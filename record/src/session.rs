@@ -489,6 +489,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         opts.stack_depth.clamp(1, urec_bpf::abi::MAX_DEPTH)
     };
     let ring_bytes = ring_size(opts.buffer_size)?;
+    check_ring_fits(&opts.probes, opts.stack_mode, stack_depth, opts.buffer_size)
+        .map_err(|e| anyhow!(e))?;
     let mut storage = MaybeUninit::<OpenObject>::uninit();
     let skel = attach::load(
         &mut storage,
@@ -496,17 +498,31 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             self_tgid,
             filter,
             stack_depth,
-            stack_size: if stack_depth == 0 { 0 } else { opts.stack_size },
             ring_bytes,
             probes: nprobes,
         },
     )?;
-    let configs: Vec<_> = opts
+    // Every -g dwarf probe starts at --stack-size; the consumer raises it per probe.
+    let mut configs: Vec<_> = opts
         .probes
         .iter()
-        .map(|p| (p.probe.id, p.config.clone()))
+        .map(|p| {
+            let mut cfg = p.config.clone();
+            cfg.stack_size = if stack_depth > 0 && cfg.dwarf {
+                opts.stack_size
+            } else {
+                0
+            };
+            (p.probe.id, cfg)
+        })
         .collect();
     attach::configure(&skel, &configs)?;
+    let mut copy_sizes = vec![0u32; nprobes as usize];
+    for (id, cfg) in &configs {
+        if let Some(size) = copy_sizes.get_mut(*id as usize) {
+            *size = cfg.stack_size;
+        }
+    }
     for &pid in &pids {
         attach::allow_tgid(&skel, pid)?;
     }
@@ -586,7 +602,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         pending: VecDeque::new(),
         pending_sorted: true,
         frames: Vec::with_capacity(130),
-        dwarf: DwarfStacks::new(stack_depth),
+        dwarf: DwarfStacks::new(stack_depth, &copy_sizes),
         yield_bytes: YIELD_BYTES,
         yielded: false,
         latest_ns: 0,
@@ -685,6 +701,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             .horizon()
             .min(drained_at.saturating_sub(crate::sideband::REORDER_WINDOW_NS));
         state.borrow_mut().release(&mut sb, horizon)?;
+        let raised = state.borrow_mut().dwarf.take_raised();
+        raise_copy_sizes(&skel, &mut configs, &raised, &opts, &mut warn);
         if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
             last_checkpoint = Instant::now();
             let ring_lost = attach::lost_counts(&skel, nprobes)?;
@@ -758,6 +776,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         st.writer.write(&Record::Lost(l))?;
     }
     let dwarf_stats = st.dwarf.stats().clone();
+    let stack_size_hint = st.dwarf.stack_size_hint();
     let unwind_warnings = st.dwarf.take_warnings();
     for l in ledger.catch_up(LostSource::Ring, &lost) {
         st.writer.write(&Record::Lost(l))?;
@@ -844,12 +863,138 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         lost_ring,
         lost_sideband: sideband.lost(),
         lost_unwind: ledger.total(LostSource::Unwind),
-        truncated_stacks: dwarf_stats.truncated.values().sum::<u64>() + dwarf_stats.too_deep,
+        truncated_stacks: dwarf_stats.truncated_stacks,
+        copy_end_below_cap: dwarf_stats.copy_end_below_cap,
+        copy_end_at_cap: dwarf_stats.copy_end_at_cap,
+        stack_size_hint,
         stacks: stacks.len() as u64,
         bytes,
         duration: Duration::from_nanos(stop_ns.saturating_sub(attach_ns)),
         workload_status,
     })
+}
+
+/// Writes the raised stack copy sizes into the probes' map entries (so the programs copy that
+/// much from the next event on), and says so with `-v`. A refused update leaves the probe at
+/// its old size, with a warning: the recording goes on.
+fn raise_copy_sizes(
+    skel: &urec_bpf::UrecSkel<'_>,
+    configs: &mut [(urec_format::ProbeId, urec_bpf::abi::ProbeConfig)],
+    raised: &[(urec_format::ProbeId, u32)],
+    opts: &RecordOptions,
+    warn: &mut dyn FnMut(String),
+) {
+    for &(id, size) in raised {
+        let Some(entry) = configs.get_mut(id as usize) else {
+            continue;
+        };
+        let old = entry.1.stack_size;
+        entry.1.stack_size = size;
+        let name = opts
+            .probes
+            .get(id as usize)
+            .map_or("?", |p| p.probe.name.as_str());
+        match attach::configure(skel, std::slice::from_ref(entry)) {
+            Ok(()) if opts.verbosity == Verbosity::Verbose => eprintln!(
+                "urec: {name}: an unwind ran off the end of the {} stack copy; copying {} from \
+                 now on",
+                size_flag(old),
+                size_flag(size)
+            ),
+            Ok(()) => {}
+            Err(err) => {
+                entry.1.stack_size = old;
+                warn(format!(
+                    "{name}: could not raise the stack copy size: {err:#}"
+                ));
+            }
+        }
+    }
+}
+
+/// A stack copy size as `--stack-size` takes it: `16K`, and `64K` for the cap (which the flag
+/// rounds down to [`urec_bpf::abi::MAX_STACK_SIZE`]).
+pub fn size_flag(bytes: u32) -> String {
+    if bytes == urec_bpf::abi::MAX_STACK_SIZE {
+        "64K".to_string()
+    } else if bytes > 0 && bytes.is_multiple_of(1024) {
+        format!("{}K", bytes / 1024)
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// The largest ring-buffer record the programs may write for `probe` (without the ring's own
+/// 8-byte header): the event header, every argument at its largest (a string is its 8-byte
+/// descriptor and [`urec_bpf::abi::STR_MAX`] bytes), and the stack: for `-g dwarf` the
+/// registers, [`urec_bpf::abi::MAX_PENDING`] pending returns and a copy of
+/// [`urec_bpf::abi::MAX_STACK_SIZE`] bytes (what the copy size may grow to while recording),
+/// for frame pointers `stack_depth` + 2 frames (the inserted caller and function address).
+pub fn largest_record(probe: &PlannedProbe, stack_mode: StackMode, stack_depth: u32) -> usize {
+    use urec_bpf::abi;
+    let args: usize = probe
+        .config
+        .args
+        .iter()
+        .map(|a| 8 + if a.is_string { abi::STR_MAX } else { 0 })
+        .sum();
+    let stack = if stack_mode == StackMode::None || stack_depth == 0 {
+        0
+    } else if probe.config.dwarf {
+        abi::DWARF_HEADER_SIZE + 16 * abi::MAX_PENDING + abi::MAX_STACK_SIZE as usize
+    } else {
+        8 * (stack_depth.min(abi::MAX_DEPTH) as usize + 2)
+    };
+    abi::EVENT_HEADER_SIZE + args + stack
+}
+
+/// Checks that the ring buffer `buffer_size` asks for (rounded up as [`ring_size`] does) can
+/// hold the largest record of every probe: the kernel refuses a record bigger than the ring
+/// (its size plus an 8-byte header, rounded up to 8), and such an event would be lost every
+/// time. The message says what to pass instead.
+pub fn check_ring_fits(
+    probes: &[PlannedProbe],
+    stack_mode: StackMode,
+    stack_depth: u32,
+    buffer_size: u64,
+) -> std::result::Result<(), String> {
+    let ring = ring_size(buffer_size).map_err(|e| e.to_string())? as usize;
+    let Some((largest, probe)) = probes
+        .iter()
+        .map(|p| (largest_record(p, stack_mode, stack_depth), p))
+        .max_by_key(|(n, _)| *n)
+    else {
+        return Ok(());
+    };
+    let need = (largest + 8).next_multiple_of(8);
+    if need <= ring {
+        return Ok(());
+    }
+    let why = if probe.config.dwarf && stack_mode != StackMode::None {
+        " (a -g dwarf stack copy may grow to 64K while recording)"
+    } else {
+        ""
+    };
+    Err(format!(
+        "--buffer-size {}: the ring buffer must hold the largest record, {} bytes for {}{}; \
+         use --buffer-size {} or more",
+        buffer_flag(buffer_size),
+        largest,
+        probe.probe.name,
+        why,
+        buffer_flag(need.next_power_of_two() as u64)
+    ))
+}
+
+/// A size as the flags take it: `128K`, `16M`, else bytes.
+fn buffer_flag(bytes: u64) -> String {
+    if bytes > 0 && bytes.is_multiple_of(1 << 20) {
+        format!("{}M", bytes >> 20)
+    } else if bytes > 0 && bytes.is_multiple_of(1 << 10) {
+        format!("{}K", bytes >> 10)
+    } else {
+        bytes.to_string()
+    }
 }
 
 /// The ring buffer size: a power of two of at least one page.
@@ -878,5 +1023,20 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_as_flags() {
+        assert_eq!(size_flag(8192), "8K");
+        assert_eq!(size_flag(urec_bpf::abi::MAX_STACK_SIZE), "64K");
+        assert_eq!(size_flag(40000), "40000");
+        assert_eq!(buffer_flag(128 << 10), "128K");
+        assert_eq!(buffer_flag(16 << 20), "16M");
+        assert_eq!(buffer_flag(1000), "1000");
     }
 }
