@@ -22,17 +22,8 @@ fn fixture() -> &'static Path {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("urec-safety");
         std::fs::create_dir_all(&dir).expect("fixture dir");
         let bin = dir.join("safety");
-        let out = Command::new("gcc")
-            .args(["-O2", "-fno-omit-frame-pointer", "-o"])
-            .arg(&bin)
-            .args(["main.c", "one.c", "two.c", "insns.S"].map(|f| format!("{SRC}/{f}")))
-            .output()
-            .expect("run gcc");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let sources = ["main.c", "one.c", "two.c", "insns.S"].map(|f| Path::new(SRC).join(f));
+        common::gcc(&bin, &sources, &["-O2", "-fno-omit-frame-pointer"]);
         bin
     })
 }

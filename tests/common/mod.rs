@@ -46,11 +46,17 @@ pub fn build_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf 
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, source).unwrap();
     let exe = dir.join(name);
+    gcc(&exe, &[src], flags);
+    exe
+}
+
+/// Compiles and links `sources` (C or assembly) with gcc and `flags` into `exe`.
+pub fn gcc(exe: &Path, sources: &[PathBuf], flags: &[&str]) {
     let out = Command::new("gcc")
         .args(flags)
         .arg("-o")
-        .arg(&exe)
-        .arg(&src)
+        .arg(exe)
+        .args(sources)
         .output()
         .expect("running gcc");
     assert!(
@@ -58,7 +64,6 @@ pub fn build_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf 
         "gcc failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    exe
 }
 
 /// Runs `urec ARGS` to completion.
