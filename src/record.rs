@@ -286,18 +286,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                  the cost per hit of an emulated one"
             );
         } else if !stepped.is_empty() {
-            const SHOW: usize = 8;
-            let more = stepped.len().saturating_sub(SHOW);
             eprintln!(
                 "urec: warning: the kernel single-steps the probed instruction of {} probes, \
-                 about 10x the cost per hit of an emulated one: {}{}",
+                 about 10x the cost per hit of an emulated one: {}",
                 stepped.len(),
-                stepped[..stepped.len().min(SHOW)].join(", "),
-                if more > 0 {
-                    format!(" (and {more} more)")
-                } else {
-                    String::new()
-                }
+                urec_format::name_list(&stepped, 8)
             );
         }
     }

@@ -40,7 +40,7 @@ pub use error::FormatError;
 pub use footer::{EventCount, Footer, SectionStats, Sections};
 pub use reader::{ReadStatus, Reader, Records};
 pub use types::*;
-pub use words::plural;
+pub use words::{name_list, plural};
 pub use writer::{Writer, WriterOptions};
 
 /// Major version of the format this crate writes and reads. A reader refuses other majors.

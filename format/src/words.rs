@@ -1,5 +1,5 @@
-//! Counts in messages. Here because every crate of the workspace prints counts and depends on
-//! this one, so that "1 entries" is fixed in one place.
+//! Counts and lists in messages. Here because every crate of the workspace prints them and
+//! depends on this one, so that "1 entries" is fixed in one place and long lists are cut alike.
 
 /// `n` with its noun in the right number: `plural(1, "entry", "entries")` is `1 entry`,
 /// `plural(0, "entry", "entries")` is `0 entries`.
@@ -11,9 +11,27 @@ pub fn plural(n: u64, one: &str, many: &str) -> String {
     }
 }
 
+/// The first `show` of `names` joined with `, `, and ` (and N more)` for the rest: a warning
+/// about 200 functions stays one readable line.
+pub fn name_list<S: AsRef<str>>(names: &[S], show: usize) -> String {
+    let shown: Vec<&str> = names.iter().take(show).map(AsRef::as_ref).collect();
+    let mut s = shown.join(", ");
+    if names.len() > show {
+        s.push_str(&format!(" (and {} more)", names.len() - show));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
-    use super::plural;
+    use super::{name_list, plural};
+
+    #[test]
+    fn lists() {
+        assert_eq!(name_list(&["a", "b"], 8), "a, b");
+        assert_eq!(name_list(&["a", "b", "c"], 2), "a, b (and 1 more)");
+        assert_eq!(name_list::<&str>(&[], 2), "");
+    }
 
     #[test]
     fn numbers() {

@@ -249,19 +249,20 @@ pub struct Insn {
 /// Decodes the instruction at the start of `bytes` (at virtual address `ip`); None when the
 /// bytes end before it does or are no valid instruction.
 pub fn decode(bytes: &[u8], ip: u64) -> Option<Insn> {
-    let mut decoder = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
-    let insn = decoder.decode();
-    if insn.is_invalid() {
-        return None;
-    }
+    let insn = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE).decode();
+    (!insn.is_invalid()).then(|| describe(&insn))
+}
+
+/// Length and AT&T text of a decoded instruction.
+fn describe(insn: &iced_x86::Instruction) -> Insn {
     let mut text = String::new();
     let mut fmt = GasFormatter::new();
     fmt.options_mut().set_space_after_operand_separator(false);
-    fmt.format(&insn, &mut text);
-    Some(Insn {
+    fmt.format(insn, &mut text);
+    Insn {
         len: insn.len(),
         text: text.split_whitespace().collect::<Vec<_>>().join(" "),
-    })
+    }
 }
 
 /// Where `target` lies among the instructions of the code `code` that starts at `start`
@@ -282,11 +283,8 @@ pub fn check_boundary(code: &[u8], start: u64, target: u64) -> Result<(), Option
         if insn.is_invalid() {
             return Err(None);
         }
-        let next = decoder.ip();
-        if target < next {
-            let at = (ip - start) as usize;
-            let bytes = code.get(at..at + insn.len()).unwrap_or(&[]);
-            return Err(decode(bytes, ip).map(|d| (ip, d)));
+        if target < decoder.ip() {
+            return Err(Some((ip, describe(&insn))));
         }
     }
     if decoder.ip() == target {

@@ -58,7 +58,7 @@ mod resolve;
 mod spec;
 mod target;
 
-pub use insn::{decode, Insn, InsnHandling, KernelUprobes, Refusal};
+pub use insn::{InsnHandling, KernelUprobes, Refusal};
 pub use resolve::{
     resolve, Resolution, ResolveOptions, ResolvedProbe, FRAME_POINTER_THRESHOLD, GLOB_LIMIT,
 };
@@ -228,16 +228,9 @@ fn ifunc_message(
         binary.display()
     );
     if !implementations.is_empty() {
-        const SHOW: usize = 12;
-        let more = implementations.len().saturating_sub(SHOW);
         m.push_str(&format!(
-            " Its resolver selects one of: {}{}.",
-            implementations[..implementations.len().min(SHOW)].join(", "),
-            if more > 0 {
-                format!(" (and {more} more)")
-            } else {
-                String::new()
-            }
+            " Its resolver selects one of: {}.",
+            urec_format::name_list(implementations, 12)
         ));
         if let Some(sel) = selected {
             m.push(' ');

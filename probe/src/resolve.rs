@@ -117,7 +117,8 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
         let total = locations.len();
         for loc in locations {
             let bytes = bin.bytes_at(loc.vaddr, 16);
-            if let InsnHandling::Refused(why) = insn::classify(bytes, &kernel) {
+            let handling = insn::classify(bytes, &kernel);
+            if let InsnHandling::Refused(why) = handling {
                 let refusal = refusal_message(&loc, bytes, why);
                 if !many {
                     return Err(SpecError::NotProbeable {
@@ -129,7 +130,7 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
                 last_refusal = Some(refusal);
                 continue;
             }
-            add_location(spec, bin, loc, &mut out.probes, &mut index)?;
+            add_location(spec, bin, loc, handling, &mut out.probes, &mut index)?;
         }
         if skipped.len() == total {
             return Err(SpecError::NotProbeable {
@@ -138,7 +139,7 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
                     (1, Some(why)) => why,
                     _ => format!(
                         "the kernel cannot probe any of the {total} functions it matches ({})",
-                        name_list(&skipped)
+                        urec_format::name_list(&skipped, 8)
                     ),
                 },
             });
@@ -149,22 +150,12 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
                  [not-probeable] and says why)",
                 spec.text,
                 urec_format::plural(skipped.len() as u64, "function", "functions"),
-                name_list(&skipped),
+                urec_format::name_list(&skipped, 8),
                 spec.target,
             ));
         }
     }
     Ok(out)
-}
-
-/// `a, b, c` or `a, b, ... (and 12 more)`: long lists in one warning line stay readable.
-pub(crate) fn name_list(names: &[String]) -> String {
-    const SHOW: usize = 8;
-    let mut s = names[..names.len().min(SHOW)].join(", ");
-    if names.len() > SHOW {
-        s.push_str(&format!(" (and {} more)", names.len() - SHOW));
-    }
-    s
 }
 
 /// Why the instruction at `loc` takes no probe, naming it.
@@ -180,10 +171,12 @@ fn refusal_message(loc: &Location, bytes: &[u8], why: Refusal) -> String {
     }
 }
 
+/// Adds the probe at `loc`, whose instruction the kernel handles as `first_insn`.
 fn add_location(
     spec: &ProbeSpec,
     bin: &Binary,
     loc: Location,
+    first_insn: InsnHandling,
     probes: &mut Vec<ResolvedProbe>,
     index: &mut BTreeMap<(PathBuf, u64), usize>,
 ) -> Result<(), SpecError> {
@@ -280,7 +273,7 @@ fn add_location(
         },
         fetches,
         size: loc.size,
-        first_insn: insn::classify(bytes, &KernelUprobes::running()),
+        first_insn,
         starts_with_push_rbp: loc.at_start && insn::starts_with_push_rbp(bytes),
         binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
     });
@@ -680,13 +673,15 @@ fn locate(
             // stripped binary's static functions still have one). An FDE may also cover a
             // `.cold` part entered by a jump, so only a symbol makes the address a function
             // entry where a return probe is safe.
-            match (func, bin.unwind_range(*addr)) {
-                (Some(s), _) => check_boundary(spec, bin, s.display(), s.vaddr, *addr)?,
-                (None, Some((start, _))) => {
-                    check_boundary(spec, bin, &format!("{start:#x}"), start, *addr)?
-                }
-                (None, None) if opts.force => {}
-                (None, None) => {
+            match func
+                .map(|s| (s.display().to_string(), s.vaddr))
+                .or_else(|| {
+                    let (start, _) = bin.unwind_range(*addr)?;
+                    Some((format!("{start:#x}"), start))
+                }) {
+                Some((name, start)) => check_boundary(spec, bin, &name, start, *addr)?,
+                None if opts.force => {}
+                None => {
                     return Err(SpecError::NotProbeable {
                         spec: spec.text.clone(),
                         why: format!(
