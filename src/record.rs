@@ -256,11 +256,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             callers.extend(std::fs::read_link(format!("/proc/{pid}/exe")));
         }
     }
-    let callers: Vec<&std::path::Path> = callers.iter().map(|p| p.as_path()).collect();
+    // Judged once for all probes: the census reads every function start of the file.
+    let callers_keep_fp = callers.iter().all(|c| urec_probe::keeps_frame_pointers(c));
     let mut probes = Vec::with_capacity(resolution.probes.len());
     for p in &resolution.probes {
         let mode = match args.call_graph {
-            CallGraph::Auto => urec_record::plan::auto_stack_mode(p, &callers),
+            CallGraph::Auto => urec_record::plan::auto_stack_mode(p, callers_keep_fp),
             _ => stack_mode,
         };
         let planned = urec_record::plan(p, mode).map_err(|e| UsageError(e.to_string()))?;
@@ -359,7 +360,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                     "{} ran off the end of a stack copy before it grew; --stack-size {} avoids \
                      that",
                     summary.copy_end_below_cap,
-                    urec_record::size_flag(hint)
+                    urec_record::size_flag(hint.into())
                 ));
             }
             if summary.copy_end_at_cap > 0 {

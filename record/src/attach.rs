@@ -15,7 +15,6 @@
 //! - **Attached to every process** (`pid = -1`), filtered in BPF: a per-process uprobe would
 //!   miss the children `-p` and `-- COMMAND` must follow.
 
-use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
 
@@ -209,29 +208,27 @@ pub fn attach(
 /// The probes of one multi link: one binary, one program.
 struct MultiGroup<'a> {
     binary: PathBuf,
-    /// 0: entry+return (session), 1: entry only, 2: return only.
-    kind: u8,
+    kind: ProbeKind,
     members: Vec<&'a AttachProbe>,
 }
 
+/// The probes grouped by (binary, kind), in a stable order.
 fn multi_groups(probes: &[AttachProbe]) -> Vec<MultiGroup<'_>> {
-    let mut groups: BTreeMap<(PathBuf, u8), Vec<&AttachProbe>> = BTreeMap::new();
+    let mut groups: Vec<MultiGroup<'_>> = Vec::new();
     for p in probes {
-        let kind = match p.kind {
-            ProbeKind::EntryReturn => 0,
-            ProbeKind::Entry => 1,
-            ProbeKind::Return => 2,
-        };
-        groups.entry((p.binary.clone(), kind)).or_default().push(p);
+        match groups
+            .iter_mut()
+            .find(|g| g.binary == p.binary && g.kind == p.kind)
+        {
+            Some(g) => g.members.push(p),
+            None => groups.push(MultiGroup {
+                binary: p.binary.clone(),
+                kind: p.kind,
+                members: vec![p],
+            }),
+        }
     }
     groups
-        .into_iter()
-        .map(|((binary, kind), members)| MultiGroup {
-            binary,
-            kind,
-            members,
-        })
-        .collect()
 }
 
 fn attach_group(skel: &UrecSkel<'_>, group: &MultiGroup<'_>) -> Result<Link, libbpf_rs::Error> {
@@ -241,13 +238,13 @@ fn attach_group(skel: &UrecSkel<'_>, group: &MultiGroup<'_>) -> Result<Link, lib
 fn attach_members(
     skel: &UrecSkel<'_>,
     binary: &std::path::Path,
-    kind: u8,
+    kind: ProbeKind,
     members: &[&AttachProbe],
 ) -> Result<Link, libbpf_rs::Error> {
     let (prog, retprobe, session) = match kind {
-        0 => (&skel.progs.urec_session, false, true),
-        1 => (&skel.progs.urec_entry, false, false),
-        _ => (&skel.progs.urec_return, true, false),
+        ProbeKind::EntryReturn => (&skel.progs.urec_session, false, true),
+        ProbeKind::Entry => (&skel.progs.urec_entry, false, false),
+        ProbeKind::Return => (&skel.progs.urec_return, true, false),
     };
     let opts = UprobeMultiOpts {
         offsets: members.iter().map(|p| p.offset as usize).collect(),
@@ -282,11 +279,7 @@ fn refused_in<'a>(
         }
     }
     let mut out = Vec::new();
-    if group.members.len() > 1 {
-        bisect(skel, group, &group.members, &mut out);
-    } else if let Err(e) = attach_group(skel, group) {
-        out.push((group.members[0], e));
-    }
+    bisect(skel, group, &group.members, &mut out);
     // A lone refusal that is the kernel lacking multi links is not a refused offset.
     if out.len() == group.members.len() && out.iter().all(|(_, e)| unsupported(e)) {
         out.clear();

@@ -52,7 +52,7 @@ pub mod stacks;
 pub mod unwind;
 
 pub use plan::{plan, PlanError, PlannedProbe};
-pub use session::{check_privileges, check_ring_fits, human_bytes, largest_record, size_flag};
+pub use session::{check_privileges, check_ring_fits, human_bytes, size_flag};
 pub use urec_bpf::abi::MAX_STACK_SIZE;
 pub use urec_format::StackMode;
 
@@ -106,7 +106,8 @@ pub struct RecordOptions {
     /// [`urec_bpf::abi::MAX_STACK_SIZE`]); the recorder doubles a probe's size, up to that
     /// maximum, when its unwinds run off the end of the copy (see [`dwarf`]).
     pub stack_size: u32,
-    /// BPF ring buffer bytes (rounded up to a power of two).
+    /// BPF ring buffer bytes (rounded up to a power of two). It must hold the largest record:
+    /// callers check with [`check_ring_fits`] first (the CLI does, as a usage error).
     pub buffer_size: u64,
     /// What to print.
     pub verbosity: Verbosity,

@@ -32,7 +32,7 @@ use std::path::Path;
 use object::{Object, ObjectSegment};
 use urec_bpf::abi::{self, ArgProgram, FetchOp, ProbeConfig};
 use urec_format::{ArgType, Probe, ProbeKind, StackMode};
-use urec_probe::{keeps_frame_pointers, Fetch, KernelUprobes, ResolvedProbe};
+use urec_probe::{Fetch, KernelUprobes, ResolvedProbe};
 
 /// A probe ready for the recorder: the file's record, and the BPF programs' table entry.
 #[derive(Clone, Debug)]
@@ -146,21 +146,18 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     })
 }
 
-/// `-g auto` for one probe: frame pointers when the probed binary keeps them and so does every
-/// known caller binary (`callers`: the executables of the traced processes, when known: a
-/// library function's stack runs through the program that called it), DWARF otherwise.
+/// `-g auto` for one probe: frame pointers when the probed binary keeps them and so do the
+/// known caller binaries (`callers_keep_frame_pointers`: the executables of the traced
+/// processes, when known, since a library function's stack runs through the program that
+/// called it), DWARF otherwise.
 ///
 /// Frame pointers are the cheaper capture (a walk in the program, no copy), but on a binary built
 /// without them the walk yields one or two frames. Deciding from the code, not from a name
 /// list: the probe crate measures the share of frame-setting functions that start with
 /// `push %rbp; mov %rsp,%rbp` ([`ResolvedProbe::binary_keeps_frame_pointers`]), and
-/// [`keeps_frame_pointers`] applies the same census to the callers.
-pub fn auto_stack_mode(resolved: &ResolvedProbe, callers: &[&Path]) -> StackMode {
-    if resolved.binary_keeps_frame_pointers
-        && callers
-            .iter()
-            .all(|exe| Path::new(&resolved.probe.binary) == *exe || keeps_frame_pointers(exe))
-    {
+/// [`urec_probe::keeps_frame_pointers`] applies the same census to the callers.
+pub fn auto_stack_mode(resolved: &ResolvedProbe, callers_keep_frame_pointers: bool) -> StackMode {
+    if resolved.binary_keeps_frame_pointers && callers_keep_frame_pointers {
         StackMode::FramePointer
     } else {
         StackMode::Dwarf

@@ -489,8 +489,6 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         opts.stack_depth.clamp(1, urec_bpf::abi::MAX_DEPTH)
     };
     let ring_bytes = ring_size(opts.buffer_size)?;
-    check_ring_fits(&opts.probes, opts.stack_mode, stack_depth, opts.buffer_size)
-        .map_err(|e| anyhow!(e))?;
     let mut storage = MaybeUninit::<OpenObject>::uninit();
     let skel = attach::load(
         &mut storage,
@@ -517,12 +515,8 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         })
         .collect();
     attach::configure(&skel, &configs)?;
-    let mut copy_sizes = vec![0u32; nprobes as usize];
-    for (id, cfg) in &configs {
-        if let Some(size) = copy_sizes.get_mut(*id as usize) {
-            *size = cfg.stack_size;
-        }
-    }
+    // Probe ids are 0..n in order, so `configs[id]` is probe `id`'s (raise_copy_sizes too).
+    let copy_sizes: Vec<u32> = configs.iter().map(|(_, cfg)| cfg.stack_size).collect();
     for &pid in &pids {
         attach::allow_tgid(&skel, pid)?;
     }
@@ -898,8 +892,8 @@ fn raise_copy_sizes(
             Ok(()) if opts.verbosity == Verbosity::Verbose => eprintln!(
                 "urec: {name}: an unwind ran off the end of the {} stack copy; copying {} from \
                  now on",
-                size_flag(old),
-                size_flag(size)
+                size_flag(old.into()),
+                size_flag(size.into())
             ),
             Ok(()) => {}
             Err(err) => {
@@ -912,13 +906,15 @@ fn raise_copy_sizes(
     }
 }
 
-/// A stack copy size as `--stack-size` takes it: `16K`, and `64K` for the cap (which the flag
-/// rounds down to [`urec_bpf::abi::MAX_STACK_SIZE`]).
-pub fn size_flag(bytes: u32) -> String {
-    if bytes == urec_bpf::abi::MAX_STACK_SIZE {
+/// A size as `--stack-size` and `--buffer-size` take it: `16K`, `16M`, else bytes; the stack
+/// copy cap is `64K` (which `--stack-size` rounds down to [`urec_bpf::abi::MAX_STACK_SIZE`]).
+pub fn size_flag(bytes: u64) -> String {
+    if bytes == u64::from(urec_bpf::abi::MAX_STACK_SIZE) {
         "64K".to_string()
-    } else if bytes > 0 && bytes.is_multiple_of(1024) {
-        format!("{}K", bytes / 1024)
+    } else if bytes > 0 && bytes.is_multiple_of(1 << 20) {
+        format!("{}M", bytes >> 20)
+    } else if bytes > 0 && bytes.is_multiple_of(1 << 10) {
+        format!("{}K", bytes >> 10)
     } else {
         bytes.to_string()
     }
@@ -930,7 +926,7 @@ pub fn size_flag(bytes: u32) -> String {
 /// registers, [`urec_bpf::abi::MAX_PENDING`] pending returns and a copy of
 /// [`urec_bpf::abi::MAX_STACK_SIZE`] bytes (what the copy size may grow to while recording),
 /// for frame pointers `stack_depth` + 2 frames (the inserted caller and function address).
-pub fn largest_record(probe: &PlannedProbe, stack_mode: StackMode, stack_depth: u32) -> usize {
+fn largest_record(probe: &PlannedProbe, stack_mode: StackMode, stack_depth: u32) -> usize {
     use urec_bpf::abi;
     let args: usize = probe
         .config
@@ -978,23 +974,12 @@ pub fn check_ring_fits(
     Err(format!(
         "--buffer-size {}: the ring buffer must hold the largest record, {} bytes for {}{}; \
          use --buffer-size {} or more",
-        buffer_flag(buffer_size),
+        size_flag(buffer_size),
         largest,
         probe.probe.name,
         why,
-        buffer_flag(need.next_power_of_two() as u64)
+        size_flag(need.next_power_of_two() as u64)
     ))
-}
-
-/// A size as the flags take it: `128K`, `16M`, else bytes.
-fn buffer_flag(bytes: u64) -> String {
-    if bytes > 0 && bytes.is_multiple_of(1 << 20) {
-        format!("{}M", bytes >> 20)
-    } else if bytes > 0 && bytes.is_multiple_of(1 << 10) {
-        format!("{}K", bytes >> 10)
-    } else {
-        bytes.to_string()
-    }
 }
 
 /// The ring buffer size: a power of two of at least one page.
@@ -1033,10 +1018,10 @@ mod tests {
     #[test]
     fn sizes_as_flags() {
         assert_eq!(size_flag(8192), "8K");
-        assert_eq!(size_flag(urec_bpf::abi::MAX_STACK_SIZE), "64K");
+        assert_eq!(size_flag(urec_bpf::abi::MAX_STACK_SIZE.into()), "64K");
         assert_eq!(size_flag(40000), "40000");
-        assert_eq!(buffer_flag(128 << 10), "128K");
-        assert_eq!(buffer_flag(16 << 20), "16M");
-        assert_eq!(buffer_flag(1000), "1000");
+        assert_eq!(size_flag(128 << 10), "128K");
+        assert_eq!(size_flag(16 << 20), "16M");
+        assert_eq!(size_flag(1000), "1000");
     }
 }
