@@ -28,11 +28,19 @@ fn fixture() -> &'static Path {
     })
 }
 
-/// `urec record -e SPEC -- fixture 1`: refused specs fail before anything starts.
-fn refused(spec: &str) -> String {
+/// One `urec record -e FIXTURE:SPEC -o DIR/urec.data -- FIXTURE N`.
+struct Run {
+    /// Holds the data file.
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    status: Option<i32>,
+    stderr: String,
+}
+
+fn record_fixture(spec: &str, n: &str) -> Run {
     let bin = fixture().to_str().unwrap_or_default();
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("d");
+    let data = dir.path().join("urec.data");
     let out = urec(&[
         "record",
         "-e",
@@ -41,12 +49,22 @@ fn refused(spec: &str) -> String {
         data.to_str().unwrap_or_default(),
         "--",
         bin,
-        "1",
+        n,
     ]);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "{spec}: {stderr}");
-    assert!(!data.exists(), "{spec}: a refused spec wrote a file");
-    stderr
+    Run {
+        _dir: dir,
+        data,
+        status: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A refused spec fails before anything starts, and writes no file.
+fn refused(spec: &str) -> String {
+    let run = record_fixture(spec, "1");
+    assert_eq!(run.status, Some(2), "{spec}: {}", run.stderr);
+    assert!(!run.data.exists(), "{spec}: a refused spec wrote a file");
+    run.stderr
 }
 
 #[test]
@@ -152,22 +170,15 @@ fn a_glob_skips_what_cannot_be_probed_and_records_the_rest() {
     if !have_root() {
         return;
     }
-    let bin = fixture().to_str().unwrap_or_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("glob.data");
-    let out = Command::new(common::UREC)
-        .args(["record", "-e", &format!("{bin}:work_*"), "-o"])
-        .arg(&data)
-        .args(["--", bin, "1000"])
-        .output()
-        .expect("run urec");
-    let e = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() || out.status.code() == Some(1), "{e}");
+    let run = record_fixture("work_*", "1000");
+    let e = &run.stderr;
+    // urec exits with the fixture's status, which is its checksum's low bit.
+    assert!(matches!(run.status, Some(0 | 1)), "{e}");
     assert!(
         e.contains("skipped 1 function the kernel cannot probe: work_vec"),
         "{e}"
     );
-    let names: Vec<(String, u64)> = calls(&data)
+    let names: Vec<(String, u64)> = calls(&run.data)
         .into_iter()
         .map(|(p, c)| (p.rsplit(':').next().unwrap_or_default().to_string(), c))
         .collect();
@@ -182,21 +193,10 @@ fn local_functions_sharing_a_name_are_distinct_probes() {
     if !have_root() {
         return;
     }
-    let bin = fixture().to_str().unwrap_or_default();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("locals.data");
+    let run = record_fixture("helper", "100");
+    assert_eq!(run.status, Some(0), "{}", run.stderr);
+    let (bin, data) = (fixture().to_str().unwrap_or_default(), &run.data);
     let data_s = data.to_str().unwrap_or_default();
-    urec_ok(&[
-        "record",
-        "-q",
-        "-e",
-        &format!("{bin}:helper"),
-        "-o",
-        data_s,
-        "--",
-        bin,
-        "100",
-    ]);
     // nm: the two `helper`s, one.c's first (link order).
     let nm = Command::new("nm").arg(bin).output().expect("run nm");
     let mut helpers: Vec<u64> = String::from_utf8_lossy(&nm.stdout)
@@ -210,7 +210,7 @@ fn local_functions_sharing_a_name_are_distinct_probes() {
         (format!("{bin}:helper@{:#x}", helpers[0]), 100),
         (format!("{bin}:helper@{:#x}", helpers[1]), 300),
     ];
-    assert_eq!(calls(&data), want);
+    assert_eq!(calls(data), want);
     // `report --probe NAME@0xVADDR` selects one of them.
     let table = urec_ok(&[
         "report",
