@@ -133,7 +133,7 @@ fn best_name_at(bin: &Binary, vaddr: u64) -> Option<&Sym> {
     bin.functions
         .iter()
         .filter(|s| s.vaddr == vaddr && !crate::resolve::is_cold_part(&s.raw))
-        .min_by_key(|s| (!s.global, s.display().len(), s.display().to_string()))
+        .min_by_key(|s| crate::resolve::alias_rank(s))
 }
 
 /// Fallback when the resolver's code names nothing: functions whose name contains the

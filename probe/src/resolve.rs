@@ -539,7 +539,7 @@ pub(crate) fn is_cold_part(raw: &str) -> bool {
 
 /// Preference among aliases at one address, for the display name: global binding, fewer
 /// leading underscores, shorter, then alphabetical (`malloc` over `__libc_malloc`).
-fn alias_rank(s: &Sym) -> (bool, usize, usize, String) {
+pub(crate) fn alias_rank(s: &Sym) -> (bool, usize, usize, String) {
     let d = s.display();
     (
         !s.global,
