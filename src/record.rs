@@ -49,7 +49,9 @@ pub struct Args {
     /// the end of its copy gets twice as much from then on, up to 64K.
     #[arg(long, value_name = "SIZE", default_value = "8K", value_parser = parse_size)]
     pub stack_size: u64,
-    /// Allow a glob to match more than 1000 functions.
+    /// Allow a glob to match more than 1000 functions, and a 0xADDR in no known function (whose
+    /// instruction boundaries urec cannot check). Never allows a probe inside an instruction
+    /// or on one the kernel refuses or would emulate wrongly.
     #[arg(long)]
     pub force: bool,
     /// BPF ring buffer size (bytes, or with K/M/G), rounded up to a power of two.

@@ -24,7 +24,8 @@ pub const FRAME_POINTER_THRESHOLD: f32 = 0.5;
 /// Options of [`resolve`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ResolveOptions {
-    /// Allow a glob to match more than [`GLOB_LIMIT`] functions.
+    /// Allow a glob to match more than [`GLOB_LIMIT`] functions, and an address in no known
+    /// function (no symbol, no `.eh_frame` entry), whose boundaries cannot be checked.
     pub force: bool,
 }
 
