@@ -2,12 +2,13 @@
 # Installs what building and testing urec needs on Debian 12 (run as root). Idempotent.
 #   clang, libelf-dev, zlib1g-dev, pkg-config, make: the BPF programs (libbpf-cargo, libbpf-sys)
 #   gcc, g++, binutils: test fixtures are C/C++ programs the tests build themselves
+#   strace: a test checks which system calls hand the output file over (fchown, never chown)
 #   python3: drives an interactive bash through a pty in the tests
 #   libc6-dbg: libc's symbols and DWARF (Debian strips libc), so tests can name its frames
 #   bpftrace: the oracle a test compares counts with; also a benchmark peer
 #   linux-perf, bpfcc-tools, time: benchmark peers (UREC_BENCH_DEPS=1)
 set -euo pipefail
-need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 file libc6-dbg bpftrace)
+need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 file libc6-dbg bpftrace strace)
 if [ "${UREC_BENCH_DEPS:-0}" = 1 ]; then need+=(linux-perf bpfcc-tools time); fi
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

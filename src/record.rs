@@ -230,6 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .into());
     }
     let stack_size = (args.stack_size.min(u64::from(urec_bpf_max_stack_size())) as u32) & !7;
+    urec_record::output::check(&args.output).map_err(UsageError)?;
     if !args.pids.is_empty() && (args.all || !args.command.is_empty()) {
         return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
     }
