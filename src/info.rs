@@ -6,8 +6,8 @@
 //! (a recorder that was killed) costs a full pass over the events.
 //!
 //! A damaged file (truncated, or with chunks skipped) is still described, then the damage is
-//! reported as an error and the exit status is 1: scripts checking a recording should not take
-//! a half-written one for a good one.
+//! reported as a warning and the exit status is 0, as `report` and `script` do with the same
+//! file: what still reads is a recording. Exit 1 is for a file of which nothing can be read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -32,20 +32,20 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let path = &args.input;
     let (text, damage) = describe(path).with_context(|| path.display().to_string())?;
-    let mut out = io::stdout().lock();
+    let mut out = urec_format::Printable::new(io::stdout().lock());
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         if e.kind() == io::ErrorKind::BrokenPipe {
             return Ok(0);
         }
         return Err(e).context("writing to stdout");
     }
-    match damage {
-        Some(damage) => {
-            eprintln!("urec: error: {}: {damage}", path.display());
-            Ok(1)
-        }
-        None => Ok(0),
+    if let Some(damage) = damage {
+        eprintln!(
+            "urec: warning: {}",
+            urec_format::printable(&format!("{}: {damage}", path.display()))
+        );
     }
+    Ok(0)
 }
 
 #[derive(Default)]

@@ -99,7 +99,10 @@ fn main() -> ExitCode {
         // A reader that went away (`urec script | head`) is not an error worth a message.
         Err(err) if exit::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("urec: error: {err:#}");
+            eprintln!(
+                "urec: error: {}",
+                urec_format::printable(&format!("{err:#}"))
+            );
             ExitCode::from(exit::status_of(&err))
         }
     }

@@ -275,7 +275,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     if verbosity != Verbosity::Quiet {
         for w in &resolution.warnings {
-            eprintln!("urec: warning: {w}");
+            eprintln!("urec: warning: {}", urec_format::printable(w));
         }
         // One line for all of them: a glob over `str*` single-steps dozens.
         let stepped: Vec<&str> = resolution

@@ -4,7 +4,9 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+
 use std::path::{Path, PathBuf};
+use urec_format::Printable;
 
 use anyhow::Context;
 use urec_report::symbolize::SymbolizeOptions;
@@ -134,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Err(e) => return Err(e.into()),
     };
     for w in &report.warnings {
-        eprintln!("urec: warning: {w}");
+        eprintln!("urec: warning: {}", urec_format::printable(w));
     }
     // A closed pipe (`urec report --folded - | head`) comes back as an error; main exits 0 on it.
     write_outputs(&args, weight, &report)?;
@@ -146,16 +148,18 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
         eprintln!("urec: warning: no calls to draw; the flamegraph says so");
     }
     type Draw<'a> = Box<dyn Fn(&mut dyn Write) -> io::Result<()> + 'a>;
+    // Text outputs go through `Printable` (names from the file may hold control characters,
+    // which would also make the SVG ill-formed XML); JSON escapes them itself.
     let outputs: [(&Option<PathBuf>, &str, Draw<'_>); 3] = [
         (
             &args.flamegraph,
             "flamegraph",
-            Box::new(|w| urec_report::flamegraph::write(report, weight, w)),
+            Box::new(|w| urec_report::flamegraph::write(report, weight, &mut Printable::new(w))),
         ),
         (
             &args.folded,
             "folded stacks",
-            Box::new(|w| urec_report::folded::write(report, weight, w)),
+            Box::new(|w| urec_report::folded::write(report, weight, &mut Printable::new(w))),
         ),
         (
             &args.json,
@@ -182,7 +186,7 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
         eprintln!("urec: {what} written to {}", path.display());
     }
     if !stdout_taken {
-        let mut out = BufWriter::new(io::stdout().lock());
+        let mut out = Printable::new(BufWriter::new(io::stdout().lock()));
         urec_report::table::write(report, &mut out)?;
         if args.histogram {
             urec_report::table::write_histograms(report, &mut out)?;

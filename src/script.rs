@@ -23,12 +23,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         symbolize: args.symbols.options(),
         no_symbolize: false,
     };
-    let mut out = BufWriter::new(io::stdout().lock());
+    let mut out = urec_format::Printable::new(BufWriter::new(io::stdout().lock()));
     // A closed pipe (`urec script | head`) comes back as an error; main exits 0 on it.
     let summary = urec_report::script::script(&args.input, &opts, &mut out)?;
     out.flush()?;
     for w in &summary.warnings {
-        eprintln!("urec: warning: {w}");
+        eprintln!("urec: warning: {}", urec_format::printable(w));
     }
     Ok(0)
 }

@@ -34,9 +34,16 @@ fn output_that_is_not_a_regular_file_is_refused_and_left_alone() {
         (&link, "a symbolic link"),
     ];
     for (path, what) in cases {
-        let out = record(&["-o", path.to_str().unwrap(), "-e", "libc:malloc", "--", "true"])
-            .output()
-            .unwrap();
+        let out = record(&[
+            "-o",
+            path.to_str().unwrap(),
+            "-e",
+            "libc:malloc",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{path:?}: {stderr}");
         assert!(stderr.contains(what), "{path:?}: {stderr}");
@@ -71,7 +78,13 @@ fn the_output_is_handed_over_by_descriptor() {
     let out_path = dir.path().join("out.data");
     let trace = dir.path().join("strace.txt");
     let out = Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=chown,fchown,lchown,fchownat", "-o"])
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=chown,fchown,lchown,fchownat",
+            "-o",
+        ])
         .arg(&trace)
         .arg(UREC)
         .args(["record", "-q", "-o"])
@@ -94,4 +107,203 @@ fn the_output_is_handed_over_by_descriptor() {
     let meta = std::fs::metadata(&out_path).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
     assert_eq!(meta.mode() & 0o777, 0o600);
+}
+
+/// A recording from elsewhere whose text holds terminal escapes and whose mappings name a
+/// FIFO, a directory, a device and a path through `..`.
+fn hostile_recording(path: &Path, fifo: &Path, dir: &Path) {
+    use urec_format::*;
+    let header = Header {
+        host: "h\r\x1b[1Aspoofed".into(),
+        kernel: "6.18.0".into(),
+        arch: "x86_64".into(),
+        command: vec!["urec".into(), "record".into(), "\x1b]0;title\x07".into()],
+        workload: Some(vec!["./app\u{202e}txt.exe".into()]),
+        start_unix_ns: 0,
+        start_monotonic_ns: 0,
+    };
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = Writer::with_options(file, &header, WriterOptions::default()).unwrap();
+    w.write(&Record::Probe(Probe {
+        id: 0,
+        name: "app:work\x1b[31m".into(),
+        specs: vec!["app:work".into()],
+        binary: "/usr/bin/../bin/true".into(),
+        build_id: None,
+        symbol: "work".into(),
+        vaddr: Svma(0x1100),
+        offset: FileOffset(0x1100),
+        kind: ProbeKind::EntryReturn,
+        stack_mode: StackMode::FramePointer,
+        args: Vec::new(),
+    }))
+    .unwrap();
+    w.write(&Record::Process(Process {
+        pid: 7,
+        ppid: 1,
+        comm: "evil\x1b[2J\x1b[H\n".into(),
+        exe: "/usr/bin/../bin/true".into(),
+        start_ns: Some(0),
+    }))
+    .unwrap();
+    let paths = [
+        fifo.to_str().unwrap().to_string(),
+        dir.to_str().unwrap().to_string(),
+        "/dev/zero".to_string(),
+        "/usr/bin/../bin/true".to_string(),
+    ];
+    for (i, p) in paths.iter().enumerate() {
+        let start = 0x10000 * (i as u64 + 1);
+        w.write(&Record::Mapping(Mapping {
+            pid: 7,
+            time_ns: 0,
+            start: Avma(start),
+            end: Avma(start + 0x1000),
+            offset: FileOffset(0),
+            path: p.clone(),
+            dev: 0,
+            inode: 0,
+            build_id: None,
+        }))
+        .unwrap();
+    }
+    w.write(&Record::Stack(Stack {
+        id: 0,
+        frames: vec![Avma(0x10010), Avma(0x20010), Avma(0x30010), Avma(0x40010)],
+        truncated: false,
+    }))
+    .unwrap();
+    for i in 0..3u64 {
+        for (kind, time, stack, latency) in [
+            (EventKind::Entry, 1000 + i * 100, Some(0), None),
+            (EventKind::Return, 1050 + i * 100, None, Some(50)),
+        ] {
+            w.write_event(&Event {
+                probe: 0,
+                kind,
+                pid: 7,
+                tid: 7,
+                cpu: 0,
+                time_ns: time,
+                stack,
+                latency_ns: latency,
+                args: Vec::new(),
+            })
+            .unwrap();
+        }
+    }
+    w.write(&Record::Finish(Finish {
+        attach_ns: 0,
+        stop_ns: 10_000,
+        workload_status: Some(0),
+    }))
+    .unwrap();
+    w.finish().unwrap();
+}
+
+/// Runs `urec ARGS` and fails the test if it has not finished after 30 s (a blocking open of
+/// a FIFO would hang it).
+fn urec_bounded(args: &[&str]) -> std::process::Output {
+    let child = Command::new(UREC)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("urec {args:?} still running after 30 s");
+        }
+    }
+}
+
+fn assert_no_raw_controls(what: &str, bytes: &[u8]) {
+    let text = String::from_utf8_lossy(bytes);
+    let bad: Vec<char> = text
+        .chars()
+        .filter(|&c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}')
+        .collect();
+    assert!(bad.is_empty(), "{what} has raw {bad:?}:\n{text}");
+}
+
+/// Every command on the hostile recording: finishes (no FIFO opened), opens no directory,
+/// device or `..` path (warnings say so), exits 0, and prints no control character raw; the
+/// flamegraph is well-formed XML (checked by Python's XML parser).
+#[test]
+fn a_hostile_recording_neither_hangs_nor_reaches_the_terminal_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("lib.so");
+    mkfifo(&fifo);
+    let subdir = dir.path().join("adir");
+    std::fs::create_dir(&subdir).unwrap();
+    let data = dir.path().join("hostile.data");
+    hostile_recording(&data, &fifo, &subdir);
+    let data = data.to_str().unwrap();
+    let svg = dir.path().join("out.svg");
+    let folded = dir.path().join("out.folded");
+    let runs: [Vec<&str>; 5] = [
+        vec!["report", "-i", data],
+        vec![
+            "report",
+            "-i",
+            data,
+            "--flamegraph",
+            svg.to_str().unwrap(),
+            "--folded",
+            folded.to_str().unwrap(),
+        ],
+        vec!["report", "-i", data, "--json", "-"],
+        vec!["script", "-i", data],
+        vec!["info", "-i", data],
+    ];
+    for args in &runs {
+        let out = urec_bounded(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        // JSON is for programs: serde escapes control characters (`\u001b`) and leaves
+        // other text exact, bidirectional controls included.
+        if args.contains(&"--json") {
+            assert!(!out.stdout.iter().any(|&b| b < 0x20 && b != b'\n'));
+        } else {
+            assert_no_raw_controls(&format!("{args:?} stdout"), &out.stdout);
+        }
+        assert_no_raw_controls(&format!("{args:?} stderr"), &out.stderr);
+        if args[0] == "report" && args.len() == 3 {
+            assert!(stderr.contains("without `..`"), "{stderr}");
+            assert!(stdout_has(&out, "\\x1b[31m"), "the probe name, escaped");
+        }
+    }
+    let json = String::from_utf8_lossy(&urec_bounded(&runs[2]).stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["recording"]["workload"][0], "./app\u{202e}txt.exe",
+        "JSON keeps the exact text"
+    );
+    assert_no_raw_controls("folded", &std::fs::read(&folded).unwrap());
+    let parsed = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as E; E.parse(sys.argv[1])",
+        ])
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "the SVG is not well-formed XML: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    assert!(fifo.exists() && subdir.is_dir());
+}
+
+fn stdout_has(out: &std::process::Output, needle: &str) -> bool {
+    String::from_utf8_lossy(&out.stdout).contains(needle)
 }

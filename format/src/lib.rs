@@ -30,6 +30,7 @@ mod codec;
 mod error;
 mod events;
 mod footer;
+mod printable;
 mod reader;
 pub mod synth;
 mod types;
@@ -38,6 +39,7 @@ mod writer;
 
 pub use error::FormatError;
 pub use footer::{EventCount, Footer, SectionStats, Sections};
+pub use printable::{printable, Printable};
 pub use reader::{ReadStatus, Reader, Records};
 pub use types::*;
 pub use words::{name_list, plural};

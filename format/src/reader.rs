@@ -1,6 +1,5 @@
 //! The streaming reader.
 
-use std::fs::File;
 use std::path::Path;
 
 use crate::chunk::*;
@@ -82,9 +81,11 @@ impl Reader {
     /// Opens the recording at `path` (memory-mapped).
     ///
     /// The file must not shrink while it is read (as with any memory-mapped file, a shrinking
-    /// file would fault); a file that is still growing is fine and reads as truncated.
+    /// file would fault); a file that is still growing is fine and reads as truncated. Only a
+    /// regular file is opened, and the open never blocks: `urec report FIFO` is an error, not
+    /// a hang.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FormatError> {
-        let file = File::open(path.as_ref())?;
+        let file = urec_untrusted::open(path.as_ref())?;
         if file.metadata()?.len() == 0 {
             return Err(FormatError::Empty);
         }

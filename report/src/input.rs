@@ -36,21 +36,13 @@ pub(crate) fn read<S>(
         each(&mut state, record)?;
     }
     let status = reader.status();
-    let mut warnings = Vec::new();
-    if status.truncated {
-        warnings.push(format!(
-            "{} is truncated (was the recorder killed?); read up to its last complete chunk",
-            path.display()
-        ));
-    }
-    if status.corrupt_chunks > 0 {
-        warnings.push(format!(
-            "{}: skipped {}",
-            path.display(),
-            urec_format::plural(status.corrupt_chunks, "corrupt chunk", "corrupt chunks")
-        ));
-    }
-    warnings.extend(status.warnings.iter().map(|w| w.to_string()));
+    // The reader already says what it met, where (truncation, each damaged chunk); a summary
+    // of the same here would only repeat it.
+    let warnings = status
+        .warnings
+        .iter()
+        .map(|w| format!("{}: {w}", path.display()))
+        .collect();
     Ok((
         state,
         InputStatus {

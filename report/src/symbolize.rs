@@ -23,6 +23,14 @@
 //!
 //! Every (binary, offset) is resolved once and cached; blazesym keeps each file parsed across
 //! calls (auto-reload is off: stat-ing files per lookup would only cost time in a report).
+//!
+//! # Files a data file names
+//! A recording may come from anywhere, so the paths in it are untrusted: only clean absolute
+//! paths are looked up (no `..` out of `--symfs`), only regular files are opened, never with a
+//! blocking open, and headers are read with `pread`. blazesym maps the files it reads, so it
+//! gets a sealed in-memory copy of the very file that was verified (build id, CRC) rather than
+//! its path: nobody can truncate the copy under it (`SIGBUS`) or swap the path meanwhile. The
+//! search for debug files is [`locate`]'s alone; blazesym's own debug directories are empty.
 
 mod locate;
 
@@ -32,8 +40,9 @@ use std::path::{Path, PathBuf};
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized};
 use urec_format::{BuildId, FileOffset};
+use urec_untrusted::SealedCopy;
 
-use locate::ElfInfo;
+use locate::{Candidate, ElfInfo};
 
 /// The system debug directories, searched after any `--debug-dir`.
 const SYSTEM_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
@@ -106,9 +115,12 @@ enum BinaryKind {
     /// A file to read.
     Elf {
         info: ElfInfo,
+        /// Where the binary was found, for messages.
         path: PathBuf,
-        /// A verified separate debug file.
-        debug: Option<PathBuf>,
+        /// What blazesym reads: a copy of the binary as verified.
+        copy: SealedCopy,
+        /// A verified separate debug file, copied likewise.
+        debug: Option<SealedCopy>,
     },
 }
 
@@ -122,7 +134,7 @@ impl Symbolizer {
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(false)
-            .set_debug_dirs(Some(&debug_dirs))
+            .set_debug_dirs(Some::<&[PathBuf]>(&[]))
             .build();
         Symbolizer {
             symfs: opts.symfs,
@@ -205,24 +217,32 @@ impl Symbolizer {
     }
 
     fn find_elf(&mut self, recorded: &Path, build_id: Option<&BuildId>) -> BinaryKind {
+        if !locate::is_clean_absolute(recorded) {
+            self.warn(format!(
+                "{}: not an absolute path without `..`, as the kernel records them; not \
+                 opened, its frames are shown as offsets",
+                recorded.display()
+            ));
+            return BinaryKind::Missing;
+        }
         let want = build_id.map(|b| b.0.as_slice());
-        let mut found: Option<(PathBuf, ElfInfo)> = None;
+        let mut found: Option<Candidate> = None;
         for cand in locate::binary_candidates(recorded, self.symfs.as_deref()) {
-            let Some(info) = ElfInfo::read(&cand) else {
+            let Some(cand) = Candidate::open(&cand) else {
                 continue;
             };
-            match (want, info.build_id.as_deref()) {
+            match (want, cand.info.build_id.as_deref()) {
                 (Some(w), got) if got != Some(w) => {
                     let got = got.map_or_else(|| "none".to_string(), hex);
                     self.warn(format!(
                         "build id mismatch: {} has build id {got}, the recording has {}; \
                          its symbols are not used",
-                        cand.display(),
+                        cand.path.display(),
                         hex(w)
                     ));
                 }
                 _ => {
-                    found = Some((cand, info));
+                    found = Some(cand);
                     break;
                 }
             }
@@ -235,16 +255,16 @@ impl Symbolizer {
                     &self.debug_dirs,
                     self.home.as_deref(),
                 ) {
-                    if let Some(info) = ElfInfo::read(&cand) {
-                        if info.build_id.as_deref() == Some(w) && !info.loads.is_empty() {
-                            found = Some((cand, info));
+                    if let Some(cand) = Candidate::open(&cand) {
+                        if cand.info.build_id.as_deref() == Some(w) && !cand.info.loads.is_empty() {
+                            found = Some(cand);
                             break;
                         }
                     }
                 }
             }
         }
-        let Some((path, info)) = found else {
+        let Some(found) = found else {
             let id = want.map_or_else(String::new, |w| format!(" with build id {}", hex(w)));
             self.warn(format!(
                 "{}{id} not found (searched its recorded path{}{}); its frames are shown as \
@@ -263,15 +283,35 @@ impl Symbolizer {
             ));
             return BinaryKind::Missing;
         };
-        let debug = self.find_debug_file(&path, recorded, &info);
-        BinaryKind::Elf { info, path, debug }
+        let copy = match SealedCopy::new(&found.file, &found.path) {
+            Ok(copy) => copy,
+            Err(e) => {
+                self.warn(format!(
+                    "cannot read {}: {e}; its frames are shown as offsets",
+                    found.path.display()
+                ));
+                return BinaryKind::Missing;
+            }
+        };
+        let debug = self.find_debug_file(&found.path, recorded, &found.info);
+        BinaryKind::Elf {
+            info: found.info,
+            path: found.path,
+            copy,
+            debug,
+        }
     }
 
-    fn find_debug_file(&self, binary: &Path, recorded: &Path, info: &ElfInfo) -> Option<PathBuf> {
+    fn find_debug_file(
+        &self,
+        binary: &Path,
+        recorded: &Path,
+        info: &ElfInfo,
+    ) -> Option<SealedCopy> {
         if info.has_dwarf && info.debuglink.is_none() {
             return None;
         }
-        locate::debug_candidates(
+        let debug = locate::debug_candidates(
             binary,
             recorded,
             info,
@@ -279,21 +319,24 @@ impl Symbolizer {
             self.home.as_deref(),
         )
         .into_iter()
-        .find(|cand| {
-            ElfInfo::read(cand).is_some_and(|c| {
-                c.has_dwarf_or_symbols() && locate::debug_file_matches(info, cand, &c)
-            })
-        })
+        .filter_map(|path| Candidate::open(&path))
+        .find(|c| c.info.has_dwarf_or_symbols() && locate::debug_file_matches(info, c))?;
+        SealedCopy::new(&debug.file, &debug.path).ok()
     }
 
     fn resolve(&mut self, bin: usize, offset: u64, return_address: bool) -> Vec<Frame> {
         let binary = &self.binaries[bin];
         let unresolved = || vec![Frame::named(format!("{}+{offset:#x}", binary.name))];
-        let (info, path, debug) = match &binary.kind {
+        let (info, path, copy, debug) = match &binary.kind {
             BinaryKind::Special(name) => return vec![Frame::named((*name).to_string())],
             BinaryKind::Named(name) => return vec![Frame::named(name.clone())],
             BinaryKind::Missing => return unresolved(),
-            BinaryKind::Elf { info, path, debug } => (info, path, debug),
+            BinaryKind::Elf {
+                info,
+                path,
+                copy,
+                debug,
+            } => (info, path, copy, debug),
         };
         let lookup = if return_address {
             offset.saturating_sub(1)
@@ -306,11 +349,11 @@ impl Symbolizer {
         // The richest source first: separate debug file, own DWARF, then ELF symbols.
         let mut sources = Vec::with_capacity(2);
         if let Some(debug) = debug {
-            sources.push(elf_source(debug, true));
+            sources.push(elf_source(debug.path(), true));
         } else if info.has_dwarf {
-            sources.push(elf_source(path, true));
+            sources.push(elf_source(copy.path(), true));
         }
-        sources.push(elf_source(path, false));
+        sources.push(elf_source(copy.path(), false));
         let mut error = None;
         for src in &sources {
             match self.blaze.symbolize_single(src, Input::VirtOffset(vaddr)) {

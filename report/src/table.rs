@@ -33,7 +33,8 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     if let Some(w) = &rec.workload {
         head.push_str(&format!(" · workload: {}", crate::aggregate::shell_join(w)));
     }
-    writeln!(out, "{head}")?;
+    // One line, whatever the host name or command line in the file hold.
+    writeln!(out, "{}", urec_format::printable(&head))?;
     if rec.lost() > 0 {
         writeln!(
             out,

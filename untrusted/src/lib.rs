@@ -203,6 +203,7 @@ pub struct SealedCopy {
 
 impl SealedCopy {
     /// Copies the file open at `file`, which was reached through `path`.
+    /// The whole file is copied, from its first byte whatever the descriptor's position.
     pub fn new(file: &File, path: &Path) -> io::Result<SealedCopy> {
         #[cfg(target_os = "linux")]
         {
@@ -255,6 +256,7 @@ mod memfd {
         // std's copy between two files uses copy_file_range/sendfile: no user-space buffer.
         // A file truncated meanwhile just gives a shorter copy.
         let mut source = file;
+        io::Seek::seek(&mut source, io::SeekFrom::Start(0))?;
         io::copy(&mut source, &mut memfd)?;
         let seals =
             libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;

@@ -9,10 +9,42 @@
 //! verified before use: same build id when both files have one, else the debuglink CRC.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
-use memmap2::Mmap;
+use object::read::ReadCache;
 use object::{Object, ObjectSection, ObjectSegment};
+
+/// A file that may be the binary or debug file sought: opened the untrusted way (regular files
+/// only, never blocking), its headers read through `pread`, never mapped: a file truncated
+/// under the report makes a short read, not `SIGBUS`.
+pub(crate) struct Candidate {
+    pub path: PathBuf,
+    pub file: File,
+    pub info: ElfInfo,
+}
+
+impl Candidate {
+    /// `None` when `path` cannot be opened, is not a regular file, or is not an object file.
+    pub fn open(path: &Path) -> Option<Candidate> {
+        let file = urec_untrusted::open(path).ok()?;
+        let info = ElfInfo::read(&file)?;
+        Some(Candidate {
+            path: path.to_path_buf(),
+            file,
+            info,
+        })
+    }
+}
+
+/// Whether a path that a data file names may be opened at all: absolute, and without `..`
+/// (which could climb out of `--symfs`). Paths from `/proc/PID/maps` are always like this, so
+/// anything else was written by hand.
+pub(crate) fn is_clean_absolute(path: &Path) -> bool {
+    path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
 
 /// What symbolization needs to know about one ELF file, read once from its headers.
 #[derive(Debug)]
@@ -29,13 +61,10 @@ pub(crate) struct ElfInfo {
 }
 
 impl ElfInfo {
-    /// Reads the headers of `path`; `None` if it cannot be opened or is not an object file.
-    pub fn read(path: &Path) -> Option<ElfInfo> {
-        let file = File::open(path).ok()?;
-        // SAFETY: the mapping is read-only and dropped before returning; a file truncated
-        // under us could fault, as with any mmap-based reader (blazesym maps it as well).
-        let map = unsafe { Mmap::map(&file) }.ok()?;
-        let obj = object::File::parse(&*map).ok()?;
+    /// Reads the headers of an open file; `None` if it is not an object file.
+    pub fn read(file: &File) -> Option<ElfInfo> {
+        let cache = ReadCache::new(file);
+        let obj = object::File::parse(&cache).ok()?;
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
         let loads = obj
             .segments()
@@ -159,9 +188,12 @@ pub(crate) fn debug_candidates(
     }
     if let Some((name, _)) = &info.debuglink {
         let name = Path::new(name);
-        // A debuglink is a bare file name; anything else is not to be followed around the
-        // file system.
-        if name.components().count() == 1 {
+        // A debuglink is a bare file name; anything else (`..` included) is not to be
+        // followed around the file system.
+        if matches!(
+            name.components().collect::<Vec<_>>()[..],
+            [Component::Normal(_)]
+        ) {
             let mut dirs_of_binary: Vec<&Path> = Vec::new();
             for p in [recorded, binary] {
                 if let Some(dir) = p.parent() {
@@ -197,46 +229,72 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// Whether `candidate` is the debug file of the binary described by `binary`: the same build
 /// id when both have one, else (a debuglink without build ids) the debuglink's CRC32 of the
 /// whole file.
-pub(crate) fn debug_file_matches(binary: &ElfInfo, candidate: &Path, cand: &ElfInfo) -> bool {
-    match (&binary.build_id, &cand.build_id) {
+pub(crate) fn debug_file_matches(binary: &ElfInfo, candidate: &Candidate) -> bool {
+    match (&binary.build_id, &candidate.info.build_id) {
         (Some(a), Some(b)) => a == b,
         _ => match &binary.debuglink {
-            Some((_, crc)) => file_crc32(candidate) == Some(*crc),
+            Some((_, crc)) => file_crc32(&candidate.file) == Some(*crc),
             None => false,
         },
     }
 }
 
-fn file_crc32(path: &Path) -> Option<u32> {
-    let file = File::open(path).ok()?;
-    // SAFETY: read-only mapping, dropped before returning.
-    let map = unsafe { Mmap::map(&file) }.ok()?;
-    Some(crc32(&map))
+fn file_crc32(file: &File) -> Option<u32> {
+    let mut crc = Crc32::default();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut offset = 0u64;
+    loop {
+        let n = urec_untrusted::read_at(file, &mut buf, offset).ok()?;
+        if n == 0 {
+            return Some(crc.finish());
+        }
+        crc.update(&buf[..n]);
+        offset += n as u64;
+    }
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib and `.gnu_debuglink` use it).
-fn crc32(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *slot = c;
-        }
-        t
-    });
-    let mut crc = !0u32;
-    for &b in data {
-        crc = table[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
+/// CRC-32 (IEEE 802.3, reflected, as zlib and `.gnu_debuglink` use it), fed in pieces.
+struct Crc32(u32);
+
+impl Default for Crc32 {
+    fn default() -> Self {
+        Crc32(!0)
     }
-    !crc
+}
+
+impl Crc32 {
+    fn update(&mut self, data: &[u8]) {
+        static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+        let table = TABLE.get_or_init(|| {
+            let mut t = [0u32; 256];
+            for (i, slot) in t.iter_mut().enumerate() {
+                let mut c = i as u32;
+                for _ in 0..8 {
+                    c = if c & 1 != 0 {
+                        0xedb8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+                *slot = c;
+            }
+            t
+        });
+        for &b in data {
+            self.0 = table[((self.0 ^ u32::from(b)) & 0xff) as usize] ^ (self.0 >> 8);
+        }
+    }
+
+    fn finish(&self) -> u32 {
+        !self.0
+    }
+}
+
+#[cfg(test)]
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = Crc32::default();
+    c.update(data);
+    c.finish()
 }
 
 #[cfg(test)]
@@ -246,6 +304,13 @@ mod tests {
     #[test]
     fn crc32_check_value() {
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+    }
+
+    #[test]
+    fn only_clean_absolute_paths() {
+        assert!(is_clean_absolute(Path::new("/usr/lib/x.so")));
+        assert!(!is_clean_absolute(Path::new("/usr/../etc/shadow")));
+        assert!(!is_clean_absolute(Path::new("lib/x.so")));
     }
 
     #[test]
