@@ -477,6 +477,44 @@ fn has_rust_hash(raw: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The binary is read, not mapped: once truncated under us it gives no bytes (a mapping
+    /// would give `SIGBUS`), and a FIFO in its place is refused at once (a plain open would
+    /// wait for a writer).
+    #[test]
+    fn truncated_or_fifo_binaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("libc.so.6");
+        let libc = crate::target::find_library("c").expect("libc");
+        std::fs::copy(libc, &copy).unwrap();
+        let bin = Binary::open(&copy).unwrap();
+        let f = bin
+            .functions
+            .iter()
+            .find(|s| s.size > 0)
+            .expect("a function");
+        assert!(!bin.bytes_at(f.vaddr, 16).is_empty());
+        let other = bin.functions.iter().rfind(|s| s.size > 0).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(bin.bytes_at(other.vaddr + 1, 16).is_empty());
+        assert!(Binary::open(&copy).is_err());
+
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        match Binary::open(&fifo).err() {
+            Some(SpecError::Io { source, .. }) => {
+                assert!(source.to_string().contains("a FIFO"), "{source}")
+            }
+            other => panic!("a FIFO must be refused as such: {other:?}"),
+        }
+    }
+
     #[test]
     fn demangling() {
         assert_eq!(
