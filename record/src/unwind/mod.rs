@@ -537,7 +537,7 @@ impl Unwinder {
 /// `/proc/PID/map_files/START-END` is the very file the process mapped, even when it was
 /// deleted, replaced or lives in another mount namespace; it needs the process alive and root.
 /// The path itself (through the process's root when it differs) is the fallback, checked
-/// against the mapping's device and inode when known. Every open goes through
+/// against the mapping's inode when known. Every open goes through
 /// [`urec_untrusted::open`]: the traced process owns these paths and may have put a FIFO there,
 /// whose plain open would block the recorder for good.
 fn open_mapped_file(pid: u32, mapping: &Mapping) -> Result<File, String> {
@@ -555,8 +555,9 @@ fn open_mapped_file(pid: u32, mapping: &Mapping) -> Result<File, String> {
     ] {
         match urec_untrusted::open(Path::new(&path)) {
             Ok(file) => {
-                let same =
-                    Identity::of(&file).is_ok_and(|id| id.matches(mapping.dev, mapping.inode));
+                // The inode only: the side-band's device is the superblock's, which is not
+                // `st_dev` on btrfs subvolumes, and the inode alone is what this check always was.
+                let same = Identity::of(&file).is_ok_and(|id| id.matches(0, mapping.inode));
                 if !same {
                     last_err = format!("{path} is no longer the mapped file (inode differs)");
                     continue;
