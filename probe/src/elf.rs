@@ -6,13 +6,22 @@
 //! its build id is installed (`/usr/lib/debug/.build-id/xx/rest.debug`, e.g. from `libc6-dbg`),
 //! its `.symtab` is read too: its addresses are the same ELF virtual addresses, and it names the
 //! local functions (`__strlen_avx2`) that `.dynsym` lacks.
+//!
+//! Files are opened with [`urec_untrusted::open`] and never mapped. `urec record` runs as root
+//! and the binary it probes may be a user's, who can swap it for a FIFO (a plain open would
+//! block for good) or truncate it while we read (a mapping would turn the next read into
+//! `SIGBUS`). Reads go through `pread`, where a truncation is a short read: [`Binary::bytes_at`]
+//! then returns fewer bytes, and a parse fails with an error.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-use object::{Object, ObjectSegment, ObjectSymbol, SegmentFlags, SymbolFlags, SymbolKind};
+use std::fs::File;
+
+use object::{
+    Object, ObjectSegment, ObjectSymbol, ReadCache, ReadRef, SegmentFlags, SymbolFlags, SymbolKind,
+};
 use urec_format::BuildId;
 
 use crate::insn;
@@ -79,7 +88,17 @@ pub(crate) struct Binary {
     /// with `-fno-omit-frame-pointer` (`-momit-leaf-frame-pointer`), and a frame-pointer walk
     /// from a leaf only misses the immediate caller, which the recorder adds from `[sp]`.
     pub fp_fraction: f32,
-    data: Mmap,
+    /// The file, read on demand rather than whole: a browser's or a game's binary is hundreds
+    /// of MiB and resolution needs its headers, symbol tables, `.eh_frame` and a few bytes at
+    /// each probed function. The cache keeps every range it read (those are few: the symbol
+    /// and string tables, `.eh_frame`, the bytes of functions asked about), so memory follows
+    /// what was asked, not the file's size; the scan of every function start for
+    /// [`Binary::fp_fraction`] reads the file in chunks instead (see [`Chunks`]).
+    data: ReadCache<File>,
+    /// For the chunked scan, by `pread` (which leaves the shared file position alone).
+    file: File,
+    /// The file's size when opened: reads end there.
+    len: u64,
 }
 
 impl Binary {
@@ -89,19 +108,18 @@ impl Binary {
             path: path.to_path_buf(),
             source: e,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the mapping is read-only and private; a binary being rewritten while we read
-        // it could give inconsistent data, which `object` parses defensively (no UB in Rust's
-        // sense beyond what any concurrent file modification implies for mmap).
-        let data = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let file = urec_untrusted::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let data = ReadCache::new(file.try_clone().map_err(io)?);
         let not_elf = |why: String| SpecError::NotElf {
             path: path.to_path_buf(),
             why,
         };
-        if !data.starts_with(b"\x7fELF") {
+        let mut magic = [0u8; 4];
+        if urec_untrusted::read_at(&file, &mut magic, 0).map_err(io)? < 4 || magic != *b"\x7fELF" {
             return Err(not_elf("no ELF magic".into()));
         }
-        let obj = object::File::parse(&*data).map_err(|e| not_elf(e.to_string()))?;
+        let obj = object::File::parse(&data).map_err(|e| not_elf(e.to_string()))?;
         if obj.architecture() != object::Architecture::X86_64 {
             return Err(not_elf(format!(
                 "architecture {:?}; urec probes x86-64 code",
@@ -130,14 +148,12 @@ impl Binary {
         collect(obj.dynamic_symbols(), &mut raw_syms);
         if !has_symtab {
             if let Some(debug) = build_id.as_ref().and_then(debug_file_for) {
-                if let Ok(f) = std::fs::File::open(&debug) {
-                    // SAFETY: as above.
-                    if let Ok(ddata) = unsafe { Mmap::map(&f) } {
-                        if let Ok(dobj) = object::File::parse(&*ddata) {
-                            if dobj.symbol_table().is_some() {
-                                collect(dobj.symbols(), &mut raw_syms);
-                                has_symtab = true;
-                            }
+                if let Ok(f) = urec_untrusted::open(&debug) {
+                    let ddata = ReadCache::new(f);
+                    if let Ok(dobj) = object::File::parse(&ddata) {
+                        if dobj.symbol_table().is_some() {
+                            collect(dobj.symbols(), &mut raw_syms);
+                            has_symtab = true;
                         }
                     }
                 }
@@ -151,6 +167,8 @@ impl Binary {
             functions: Vec::new(),
             fp_fraction: 0.0,
             data,
+            file,
+            len,
         };
         bin.functions = bin.index(raw_syms);
         bin.fp_fraction = bin.frame_pointer_fraction();
@@ -213,15 +231,23 @@ impl Binary {
         self.exec_segment(vaddr).map(|s| vaddr - s.vaddr + s.offset)
     }
 
-    /// Up to `n` bytes of code at `vaddr` (empty if not in the file).
+    /// Up to `n` bytes of code at `vaddr` (empty if not in the file, or if the file was
+    /// truncated since it was opened).
     pub fn bytes_at(&self, vaddr: u64, n: usize) -> &[u8] {
-        let Some(seg) = self.exec_segment(vaddr) else {
+        let Some((off, end)) = self.code_range(vaddr, n) else {
             return &[];
         };
-        let off = (vaddr - seg.vaddr + seg.offset) as usize;
-        let seg_end = (seg.offset + seg.filesz.min(seg.memsz)) as usize;
-        let end = off.saturating_add(n).min(seg_end).min(self.data.len());
-        self.data.get(off..end).unwrap_or(&[])
+        (&self.data).read_bytes_at(off, end - off).unwrap_or(&[])
+    }
+
+    /// The file range `[off, end)` of up to `n` bytes of code at `vaddr`, within its segment
+    /// and the file.
+    fn code_range(&self, vaddr: u64, n: usize) -> Option<(u64, u64)> {
+        let seg = self.exec_segment(vaddr)?;
+        let off = vaddr - seg.vaddr + seg.offset;
+        let seg_end = seg.offset.saturating_add(seg.filesz.min(seg.memsz));
+        let end = off.saturating_add(n as u64).min(seg_end).min(self.len);
+        (end > off).then_some((off, end))
     }
 
     /// The IFUNC symbol at `vaddr`, if any. Other names at that address (`strlen_ifunc`) are
@@ -247,7 +273,7 @@ impl Binary {
     pub fn unwind_range(&self, vaddr: u64) -> Option<(u64, u64)> {
         use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection};
         use object::ObjectSection;
-        let obj = object::File::parse(&*self.data).ok()?;
+        let obj = object::File::parse(&self.data).ok()?;
         let section = obj.section_by_name(".eh_frame")?;
         let eh = EhFrame::new(section.data().ok()?, LittleEndian);
         let mut bases = BaseAddresses::default().set_eh_frame(section.address());
@@ -280,9 +306,13 @@ impl Binary {
             .map(|s| s.vaddr)
             .collect();
         starts.dedup();
+        let mut chunks = Chunks::new(&self.file);
         let (mut framed, mut with_fp) = (0usize, 0usize);
         for &v in &starts {
-            let bytes = self.bytes_at(v, 24);
+            let Some((off, end)) = self.code_range(v, 24) else {
+                continue;
+            };
+            let bytes = chunks.get(off, end);
             if insn::sets_up_a_frame(bytes) {
                 framed += 1;
                 if insn::has_frame_pointer_prologue(bytes) {
@@ -294,6 +324,41 @@ impl Binary {
             return 0.0;
         }
         with_fp as f32 / framed as f32
+    }
+}
+
+/// Reads a file in 1 MiB chunks for a scan in (mostly) increasing file order: one `pread` per
+/// chunk rather than one per function, and one chunk in memory at a time.
+struct Chunks<'a> {
+    file: &'a File,
+    buf: Vec<u8>,
+    start: u64,
+}
+
+impl<'a> Chunks<'a> {
+    const SIZE: usize = 1 << 20;
+
+    fn new(file: &'a File) -> Self {
+        Chunks {
+            file,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// The bytes of `[off, end)`, fewer at the end of the file (or none on a read error).
+    fn get(&mut self, off: u64, end: u64) -> &[u8] {
+        let inside = off >= self.start && end <= self.start + self.buf.len() as u64;
+        if !inside {
+            let want = Self::SIZE.max((end - off) as usize);
+            self.buf.resize(want, 0);
+            let n = urec_untrusted::read_at(self.file, &mut self.buf, off).unwrap_or(0);
+            self.buf.truncate(n);
+            self.start = off;
+        }
+        let from = (off - self.start) as usize;
+        let to = ((end - self.start) as usize).min(self.buf.len());
+        self.buf.get(from..to).unwrap_or(&[])
     }
 }
 
@@ -411,6 +476,44 @@ fn has_rust_hash(raw: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The binary is read, not mapped: once truncated under us it gives no bytes (a mapping
+    /// would give `SIGBUS`), and a FIFO in its place is refused at once (a plain open would
+    /// wait for a writer).
+    #[test]
+    fn truncated_or_fifo_binaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("libc.so.6");
+        let libc = crate::target::find_library("c").expect("libc");
+        std::fs::copy(libc, &copy).unwrap();
+        let bin = Binary::open(&copy).unwrap();
+        let f = bin
+            .functions
+            .iter()
+            .find(|s| s.size > 0)
+            .expect("a function");
+        assert!(!bin.bytes_at(f.vaddr, 16).is_empty());
+        let other = bin.functions.iter().rfind(|s| s.size > 0).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert!(bin.bytes_at(other.vaddr + 1, 16).is_empty());
+        assert!(Binary::open(&copy).is_err());
+
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        match Binary::open(&fifo).err() {
+            Some(SpecError::Io { source, .. }) => {
+                assert!(source.to_string().contains("a FIFO"), "{source}")
+            }
+            other => panic!("a FIFO must be refused as such: {other:?}"),
+        }
+    }
 
     #[test]
     fn demangling() {

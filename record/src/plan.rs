@@ -29,7 +29,7 @@
 
 use std::path::Path;
 
-use object::{Object, ObjectSegment};
+use object::{Object, ObjectSegment, ReadCache};
 use urec_bpf::abi::{self, ArgProgram, FetchOp, ProbeConfig};
 use urec_format::{ArgType, Probe, ProbeKind, StackMode};
 use urec_probe::{Fetch, KernelUprobes, ResolvedProbe};
@@ -52,9 +52,12 @@ pub struct PlanError {
 }
 
 /// The ELF virtual address of a file offset, through the PT_LOAD segment that maps it.
+///
+/// Only the headers are read (through a [`ReadCache`]), from a file opened by
+/// [`urec_untrusted::open`]: the probed binary may be another user's to swap for a FIFO.
 fn offset_to_svma(path: &Path, offset: u64) -> Option<u64> {
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
+    let cache = ReadCache::new(urec_untrusted::open(path).ok()?);
+    let file = object::File::parse(&cache).ok()?;
     file.segments().find_map(|seg| {
         let (start, size) = seg.file_range();
         (offset >= start && offset < start + size).then(|| seg.address() + (offset - start))

@@ -388,11 +388,22 @@ impl ProcessTable {
     }
 
     /// Mappings whose file the kernel gave no build id for: read it from the file, if it is
-    /// still the same file.
+    /// still the same file. Through `map_files` first, as for the processes found running: the
+    /// path is the traced process's to replace (with another file, or a FIFO) once it has
+    /// mapped it.
     fn fill_build_id(&mut self, record: &mut Record) {
         if let Record::Mapping(m) = record {
             if m.build_id.is_none() && m.path.starts_with('/') {
-                m.build_id = self.build_ids.lookup_path(&m.path, m.dev, m.inode);
+                let entry = procfs::MapEntry {
+                    start: m.start,
+                    end: m.end,
+                    offset: m.offset,
+                    dev: m.dev,
+                    inode: m.inode,
+                    path: m.path.clone(),
+                    build_id: None,
+                };
+                m.build_id = self.build_ids.lookup_mapped(m.pid, &entry);
             }
         }
     }

@@ -15,11 +15,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use object::{Object, ReadCache};
 use urec_format::{Avma, BuildId, FileOffset, Nanos};
+use urec_untrusted::Identity;
 
 /// One executable mapping of `/proc/PID/maps`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,27 +215,20 @@ impl BuildIdCache {
         None
     }
 
-    /// The build id of the file at `path`, provided it is still the file with this device and
-    /// inode (when those are known, i.e. non-zero). `None` when the file is gone, replaced, not
-    /// ELF, or has no build id.
-    pub fn lookup_path(&mut self, path: &str, dev: u64, inode: u64) -> Option<BuildId> {
-        if inode != 0 {
-            if let Some(cached) = self.by_inode.get(&(dev, inode)) {
-                return cached.clone();
-            }
-        }
-        self.read_checked(Path::new(path), dev, inode).flatten()
-    }
-
     /// `None`: could not open the file (try another path); `Some(id)`: the answer (cached).
+    ///
+    /// The path belongs to the traced process, which may have put a FIFO or a device there
+    /// since it mapped the file: [`urec_untrusted::open`] neither blocks on those nor reads
+    /// them, where a plain open of a FIFO would hang the recorder past `-d` and Ctrl-C.
     fn read_checked(&mut self, path: &Path, dev: u64, inode: u64) -> Option<Option<BuildId>> {
-        let file = File::open(path).ok()?;
-        let meta = file.metadata().ok()?;
-        if inode != 0 && (meta.dev(), meta.ino()) != (dev, inode) {
+        let file = urec_untrusted::open(path).ok()?;
+        let identity = Identity::of(&file).ok()?;
+        if !identity.matches(dev, inode) {
             return None;
         }
         let id = read_build_id(file);
-        self.by_inode.insert((meta.dev(), meta.ino()), id.clone());
+        self.by_inode
+            .insert((identity.dev, identity.inode), id.clone());
         Some(id)
     }
 }

@@ -2,17 +2,19 @@
 //! resolves CFI pointer encodings against, and the `PT_LOAD` table that turns a mapping into a
 //! load bias.
 //!
-//! The sections are *copied* out of a temporary memory map into reference-counted buffers
-//! rather than kept mapped: a binary that is rebuilt or truncated while the recording runs
-//! would turn a read of a live mapping into `SIGBUS` in the recorder. The copies are small —
-//! `.eh_frame` + `.eh_frame_hdr` of libc are ≈180 KiB — and `.text` is never copied, because
-//! framehop only analyses instructions for Mach-O; on ELF it needs the `.text` *address* only.
+//! The file is never mapped: it belongs to a traced process, which may truncate it while we
+//! read, and a read of a mapping past the new end is `SIGBUS` — the recorder's death, its data
+//! file left without a footer. `object` parses it through a [`ReadCache`] instead (`read`
+//! calls: a truncation is a short read, hence an error), and the sections are copied into
+//! reference-counted buffers. The copies are small — `.eh_frame` + `.eh_frame_hdr` of libc are
+//! ≈180 KiB — and `.text` is never read, because framehop only analyses instructions for
+//! Mach-O; on ELF it needs the `.text` *address* only.
 
 use std::fs::File;
 use std::ops::Range;
 use std::sync::Arc;
 
-use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+use object::{Object, ObjectSection, ObjectSegment, ReadCache, SegmentFlags};
 
 /// Section bytes as framehop's modules hold them: shared between every mapping of the file,
 /// in every process.
@@ -44,11 +46,8 @@ const PF_X: u32 = 1;
 impl ElfUnwindInfo {
     /// Parses `file` (opened by the caller, which chose the right path for the process).
     pub(crate) fn read(file: &File) -> Result<Self, String> {
-        // SAFETY: the map is read once, here, and dropped before returning; everything kept is
-        // copied out. A concurrent truncation could still fault during this short window, which
-        // is the same exposure every ELF reader that maps files has.
-        let map = unsafe { memmap2::Mmap::map(file) }.map_err(|e| format!("cannot map: {e}"))?;
-        let elf = object::File::parse(&*map).map_err(|e| format!("not an ELF file: {e}"))?;
+        let cache = ReadCache::new(file);
+        let elf = object::File::parse(&cache).map_err(|e| format!("not an ELF file: {e}"))?;
         if elf.architecture() != object::Architecture::X86_64 {
             return Err(format!("unsupported architecture {:?}", elf.architecture()));
         }

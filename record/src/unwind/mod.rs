@@ -32,11 +32,13 @@ mod shadow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{ExplicitModuleSectionInfo, Module, Unwinder as _};
 use urec_format::Mapping;
+use urec_untrusted::Identity;
 
 use self::elf::{Bytes, ElfUnwindInfo};
 pub use self::shadow::ShadowStacks;
@@ -535,13 +537,15 @@ impl Unwinder {
 /// `/proc/PID/map_files/START-END` is the very file the process mapped, even when it was
 /// deleted, replaced or lives in another mount namespace; it needs the process alive and root.
 /// The path itself (through the process's root when it differs) is the fallback, checked
-/// against the mapping's inode when known.
+/// against the mapping's inode when known. Every open goes through
+/// [`urec_untrusted::open`]: the traced process owns these paths and may have put a FIFO there,
+/// whose plain open would block the recorder for good.
 fn open_mapped_file(pid: u32, mapping: &Mapping) -> Result<File, String> {
     let map_file = format!(
         "/proc/{pid}/map_files/{:x}-{:x}",
         mapping.start.0, mapping.end.0
     );
-    if let Ok(file) = File::open(&map_file) {
+    if let Ok(file) = urec_untrusted::open(Path::new(&map_file)) {
         return Ok(file);
     }
     let mut last_err = String::from("not found");
@@ -549,9 +553,12 @@ fn open_mapped_file(pid: u32, mapping: &Mapping) -> Result<File, String> {
         format!("/proc/{pid}/root{}", mapping.path),
         mapping.path.clone(),
     ] {
-        match File::open(&path) {
+        match urec_untrusted::open(Path::new(&path)) {
             Ok(file) => {
-                if mapping.inode != 0 && !same_inode(&file, mapping.inode) {
+                // The inode only: the side-band's device is the superblock's, which is not
+                // `st_dev` on btrfs subvolumes, and the inode alone is what this check always was.
+                let same = Identity::of(&file).is_ok_and(|id| id.matches(0, mapping.inode));
+                if !same {
                     last_err = format!("{path} is no longer the mapped file (inode differs)");
                     continue;
                 }
@@ -561,17 +568,6 @@ fn open_mapped_file(pid: u32, mapping: &Mapping) -> Result<File, String> {
         }
     }
     Err(last_err)
-}
-
-#[cfg(unix)]
-fn same_inode(file: &File, inode: u64) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    file.metadata().is_ok_and(|m| m.ino() == inode)
-}
-
-#[cfg(not(unix))]
-fn same_inode(_file: &File, _inode: u64) -> bool {
-    true
 }
 
 /// The slots substituted so far in one unwind, so that a slot read twice reads the same.
