@@ -41,6 +41,47 @@ pub fn create(path: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// The data file as the recording writes it: an error names the file, because "No space left
+/// on device" alone does not say which device (the file is written from deep inside the
+/// recording, where nothing else knows its name).
+#[derive(Debug)]
+pub struct Output {
+    file: File,
+    path: PathBuf,
+}
+
+impl Output {
+    /// `file`, created at `path`.
+    pub fn new(file: File, path: &Path) -> Output {
+        Output {
+            file,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The file, to sync once it is complete.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
+    fn named(&self, err: io::Error) -> io::Error {
+        io::Error::new(
+            err.kind(),
+            format!("writing {}: {err}", self.path.display()),
+        )
+    }
+}
+
+impl io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf).map_err(|e| self.named(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush().map_err(|e| self.named(e))
+    }
+}
+
 fn sudo_owner() -> Option<(u32, u32)> {
     let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
     let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;

@@ -48,6 +48,9 @@ pub struct Stat {
     pub ppid: u32,
     /// Command name.
     pub comm: String,
+    /// Run state (`R`, `S`, `Z` for a zombie, ...): a zombie is waiting to be reaped, not to be
+    /// signalled.
+    pub state: char,
     /// Start time in clock ticks after boot (`CLOCK_BOOTTIME`).
     pub start_ticks: u64,
 }
@@ -122,6 +125,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     Some(Stat {
         comm,
+        state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
         start_ticks: fields.get(19)?.parse().ok()?,
     })
@@ -261,6 +265,7 @@ mod tests {
             Some(Stat {
                 ppid: 7,
                 comm: "a) b (c)".into(),
+                state: 'S',
                 start_ticks: 12345
             })
         );
