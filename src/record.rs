@@ -233,6 +233,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     if !args.pids.is_empty() && (args.all || !args.command.is_empty()) {
         return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
     }
+    urec_record::output::check(&args.output).map_err(UsageError)?;
     let verbosity = if args.quiet {
         Verbosity::Quiet
     } else if args.verbose {
@@ -298,8 +299,16 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         }
     }
     for &pid in &args.pids {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return Err(UsageError(format!("-p {pid}: no such process")).into());
+        };
+        // It would never call the probed code, and never exit: the recording would only end
+        // on Ctrl-C, with nothing in it.
+        if urec_record::procfs::is_kernel_thread(&stat) {
+            return Err(UsageError(format!(
+                "-p {pid}: a kernel thread, which runs no user code"
+            ))
+            .into());
         }
     }
     let target = if !args.command.is_empty() {

@@ -14,6 +14,47 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+/// Refuses, before anything is attached, an `-o` that can never hold a recording: `-` (the
+/// footer is written by seeking back, which a pipe cannot do), an existing path that is not a
+/// regular file (a device, a directory, a FIFO: [`create`] would rename it to `.old`, and
+/// `-o /dev/null` would move the device away), and a file in a directory that does not exist.
+pub fn check(path: &Path) -> std::result::Result<(), String> {
+    let shown = path.display();
+    if path.as_os_str() == "-" {
+        return Err(format!(
+            "-o -: the data file cannot be standard output (its footer is written by seeking \
+             back); give a file name, e.g. -o urec.data, and run urec report on it"
+        ));
+    }
+    // Following a symlink: what it points to is what would be written over.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            let what = if m.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file"
+            };
+            return Err(format!(
+                "-o {shown}: {what}; the data file must be a regular file (nothing was renamed)"
+            ));
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "-o {shown}: {} is not a directory",
+            parent.display()
+        )),
+        Err(e) => Err(format!("-o {shown}: {}: {e}", parent.display())),
+    }
+}
+
 /// Creates `path` for writing as described in the module docs.
 pub fn create(path: &Path) -> Result<File> {
     if std::fs::symlink_metadata(path).is_ok() {
@@ -97,6 +138,25 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn refuses_what_cannot_hold_a_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check(Path::new("-"))
+            .unwrap_err()
+            .contains("standard output"));
+        assert!(check(dir.path()).unwrap_err().contains("a directory"));
+        assert!(check(Path::new("/dev/null"))
+            .unwrap_err()
+            .contains("not a regular file"));
+        assert!(check(&dir.path().join("no/such.data"))
+            .unwrap_err()
+            .contains("No such file"));
+        assert_eq!(check(&dir.path().join("new.data")), Ok(()));
+        std::fs::write(dir.path().join("old.data"), b"x").unwrap();
+        assert_eq!(check(&dir.path().join("old.data")), Ok(()));
+        assert_eq!(check(Path::new("urec-test-not-there.data")), Ok(()));
+    }
 
     #[test]
     fn keeps_old_and_uses_0600() {

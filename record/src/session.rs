@@ -471,6 +471,10 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         }
     };
 
+    // SAFETY: sysconf(3) has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64;
+    crate::fds::check_headroom(cpus)?;
+
     // 1. Side-band first.
     let mut sideband = Sideband::open(SIDEBAND_PAGES).context("opening the perf side-band")?;
     let mut table = ProcessTable::new();
