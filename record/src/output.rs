@@ -21,10 +21,11 @@ use anyhow::{Context, Result};
 pub fn check(path: &Path) -> std::result::Result<(), String> {
     let shown = path.display();
     if path.as_os_str() == "-" {
-        return Err(format!(
-            "-o -: the data file cannot be standard output (its footer is written by seeking \
-             back); give a file name, e.g. -o urec.data, and run urec report on it"
-        ));
+        return Err(
+            "-o -: the data file cannot be standard output (its footer is written by \
+                    seeking back); give a file name, e.g. -o urec.data, and run urec report on it"
+                .to_string(),
+        );
     }
     // Following a symlink: what it points to is what would be written over.
     match std::fs::metadata(path) {
