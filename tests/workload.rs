@@ -198,34 +198,57 @@ fn a_low_open_files_limit_is_named_as_the_cause() {
         return;
     }
     let t = busy();
-    let spec = format!("{}:leaf", t.path());
     let out = t.data("x.data");
-    let message = "too many open files: raise the open-files limit (ulimit -n)";
-    // Whatever the limit, urec either records or names the limit: never an old kernel.
-    let mut refused = Vec::new();
-    for limit in (8..=40).step_by(2) {
-        let o = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "ulimit -n {limit}; exec {} record -q -e {spec} -o {} -- true",
-                common::UREC,
-                out.display()
-            ))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        if o.status.success() {
-            continue;
-        }
-        assert_eq!(o.status.code(), Some(1), "ulimit -n {limit}: {stderr}");
-        assert!(stderr.contains(message), "ulimit -n {limit}: {stderr}");
-        assert!(!stderr.contains("6.12"), "ulimit -n {limit}: {stderr}");
-        refused.push(limit);
+    // More binaries, more links: then the limit is met while attaching, where a refused link
+    // must not be taken for the kernel refusing an offset.
+    let mut many = vec![
+        format!("-e {}:leaf", t.path()),
+        "-e libc:getpid".to_string(),
+    ];
+    for copy in ["busy2", "busy3"] {
+        let exe = t.data(copy);
+        std::fs::copy(&t.exe, &exe).unwrap();
+        many.push(format!("-e {}:leaf", exe.display()));
     }
-    assert!(
-        refused.contains(&16),
-        "ulimit -n 16 was not refused: {refused:?}"
-    );
+    let message = "too many open files: raise the open-files limit (ulimit -n)";
+    // The side-band takes a descriptor per CPU.
+    let cpus = std::fs::read_dir("/sys/bus/cpu/devices").map_or(4, |d| d.count());
+    let top = 40 + cpus;
+    // One binary: a coarse sweep; several: every limit, not to miss the attach window.
+    for (specs, step) in [(many[..1].join(" "), 4), (many.join(" "), 1)] {
+        // Whatever the limit, urec either records or names the limit: never an old kernel,
+        // never a refused function.
+        let mut refused = Vec::new();
+        for limit in (8..=top).step_by(step) {
+            let o = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "ulimit -n {limit}; exec {} record -q {specs} -o {} -- true",
+                    common::UREC,
+                    out.display()
+                ))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            if o.status.success() {
+                continue;
+            }
+            let what = format!("ulimit -n {limit}, {specs}: {stderr}");
+            assert_eq!(o.status.code(), Some(1), "{what}");
+            assert!(stderr.contains(message), "{what}");
+            assert!(!stderr.contains("6.12"), "{what}");
+            assert!(!stderr.contains("refused"), "{what}");
+            refused.push(limit);
+        }
+        assert!(
+            refused.contains(&16),
+            "{specs}: ulimit -n 16 not refused: {refused:?}"
+        );
+        assert!(
+            refused.last() < Some(&top),
+            "{specs}: never records: {refused:?}"
+        );
+    }
 }
 
 #[test]

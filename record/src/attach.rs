@@ -171,6 +171,14 @@ pub fn attach(
             }
             Err(err) => err,
         };
+        // Out of descriptors is no refusal of an offset: bisecting would blame each in turn.
+        if crate::fds::is_exhausted(&err) {
+            return Err(anyhow::Error::new(err).context(format!(
+                "attaching {} to {}",
+                plural(group.members.len() as u64, "probe", "probes"),
+                group.binary.display()
+            )));
+        }
         let refused = refused_in(skel, group);
         if !refused.is_empty() {
             let names: Vec<String> = refused

@@ -15,9 +15,9 @@ use std::io;
 pub const MESSAGE: &str = "too many open files: raise the open-files limit (ulimit -n)";
 
 /// Descriptors every recording opens, whatever its probes: the BPF object's maps (8), its
-/// programs (at least 5) and BTF, the ring-buffer consumer's epoll, one link and the data
-/// file. The side-band adds one per online CPU. A lower bound: more binaries mean more links.
-const BASE_FDS: u64 = 17;
+/// programs (at least 5) and BTF, the ring-buffer consumer's epoll and the data file. The
+/// side-band adds one per online CPU, and each probed binary at least one link.
+const BASE_FDS: u64 = 16;
 
 /// When loading the programs fails with fewer descriptors than this to spare, the limit is
 /// the likely cause (the loader's feature probes open and close a few of their own).
@@ -42,10 +42,11 @@ pub fn headroom() -> Option<(u64, u64)> {
     Some((lim.rlim_cur, lim.rlim_cur.saturating_sub(open)))
 }
 
-/// Refuses to start when the limit leaves fewer descriptors than any recording on `cpus` CPUs
-/// needs, before a later open fails in a way that names something else.
-pub fn check_headroom(cpus: u64) -> anyhow::Result<()> {
-    let need = BASE_FDS + cpus;
+/// Refuses to start when the limit leaves fewer descriptors than a recording on `cpus` CPUs
+/// with probes in `binaries` files needs (a link each, at least), before a later open fails
+/// in a way that names something else.
+pub fn check_headroom(cpus: u64, binaries: u64) -> anyhow::Result<()> {
+    let need = BASE_FDS + cpus + binaries;
     match headroom() {
         Some((limit, free)) if free < need => Err(anyhow::anyhow!(
             "{MESSAGE} from {limit}: urec needs at least {need} open files here, {free} are free"
@@ -63,7 +64,15 @@ pub fn short_of_fds() -> Option<u64> {
 
 /// Whether `err` is EMFILE or ENFILE underneath.
 fn is_fd_exhaustion(err: &anyhow::Error) -> bool {
-    let root = err.root_cause();
+    is_exhausted(err.root_cause())
+}
+
+/// Whether the innermost cause of `err` is EMFILE or ENFILE.
+pub(crate) fn is_exhausted(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut root = err;
+    while let Some(next) = root.source() {
+        root = next;
+    }
     if let Some(e) = root.downcast_ref::<io::Error>() {
         return matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
     }

@@ -473,7 +473,12 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
 
     // SAFETY: sysconf(3) has no preconditions.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64;
-    crate::fds::check_headroom(cpus)?;
+    let binaries: std::collections::HashSet<&str> = opts
+        .probes
+        .iter()
+        .map(|p| p.probe.binary.as_str())
+        .collect();
+    crate::fds::check_headroom(cpus, binaries.len() as u64)?;
 
     // 1. Side-band first.
     let mut sideband = Sideband::open(SIDEBAND_PAGES).context("opening the perf side-band")?;
