@@ -212,6 +212,24 @@ fn shell_quote(word: &str) -> String {
     }
 }
 
+/// The thread group (process) `tid` belongs to, from `/proc/TID/status`.
+fn thread_group_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether two paths name the same existing file (device and inode, through symlinks).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// Runs `urec record`; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let stack_mode = match args.call_graph {
@@ -302,6 +320,21 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return Err(UsageError(format!("-p {pid}: no such process")).into());
         };
+        // urec skips its own events, so it would wait for its own exit.
+        if pid == std::process::id() {
+            return Err(UsageError(format!(
+                "-p {pid}: that is urec itself, which is never traced"
+            ))
+            .into());
+        }
+        // The filter and the exit watch work on processes: a thread's id matches neither.
+        if let Some(tgid) = thread_group_of(pid).filter(|&tgid| tgid != pid) {
+            return Err(UsageError(format!(
+                "-p {pid}: a thread of process {tgid}; use -p {tgid} (its threads are traced \
+                 with it)"
+            ))
+            .into());
+        }
         // It would never call the probed code, and never exit: the recording would only end
         // on Ctrl-C, with nothing in it.
         if urec_record::procfs::is_kernel_thread(&stat) {
@@ -326,6 +359,22 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     };
     urec_record::check_ring_fits(&probes, stack_mode, args.stack_depth, args.buffer_size)
         .map_err(UsageError)?;
+    // An existing -o is renamed to FILE.old: never a file the recording needs.
+    let mut needed: Vec<(&str, PathBuf)> = resolution
+        .probes
+        .iter()
+        .map(|p| ("a probed binary", PathBuf::from(&p.probe.binary)))
+        .collect();
+    if let Target::Command { program, .. } = &target {
+        needed.push(("the command", program.clone()));
+    }
+    if let Some((what, _)) = needed.iter().find(|(_, p)| same_file(p, &args.output)) {
+        return Err(UsageError(format!(
+            "-o {}: that is {what}, which would be renamed to .old; choose another file",
+            args.output.display()
+        ))
+        .into());
+    }
     let workload = matches!(target, Target::Command { .. });
     let output = args.output.clone();
     let summary = urec_record::record(RecordOptions {

@@ -315,3 +315,106 @@ fn a_kernel_thread_is_refused_as_a_pid() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn pids_that_cannot_be_traced_are_refused() {
+    // No root needed: refused before anything is attached.
+    let t = busy();
+    let spec = format!("{}:leaf", t.path());
+    let out = t.data("x.data");
+    // urec's own pid: it never traces itself, so it would wait for its own exit.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec {} record -q -e {spec} -o {} -p $$",
+            common::UREC,
+            out.display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("that is urec itself"), "{stderr}");
+    // A thread of this test: the filter and the exit watch take processes.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: gettid(2) has no preconditions.
+        tx.send(unsafe { libc::gettid() } as u32).unwrap();
+        let _ = done_rx.recv();
+    });
+    let tid = rx.recv().unwrap();
+    let o = record(&["-q", "-e", &spec, "-o", out.to_str().unwrap(), "-p"])
+        .arg(tid.to_string())
+        .output()
+        .unwrap();
+    drop(done_tx);
+    thread.join().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let me = std::process::id();
+    assert!(
+        stderr.contains(&format!("-p {tid}: a thread of process {me}; use -p {me}")),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn an_output_that_is_a_needed_file_is_refused() {
+    // No root needed: refused before anything is attached.
+    let t = busy();
+    let spec = format!("{}:leaf", t.path());
+    for (o, what) in [
+        (t.path().to_string(), "a probed binary"),
+        (
+            urec_record::command::find_program("true")
+                .unwrap()
+                .display()
+                .to_string(),
+            "the command",
+        ),
+    ] {
+        let out = record(&["-q", "-e", &spec, "-o", &o, "--", "true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "-o {o}: {stderr}");
+        assert!(
+            stderr.contains(&format!("-o {o}: that is {what}")),
+            "{stderr}"
+        );
+        assert!(Path::new(&o).exists());
+    }
+}
+
+#[test]
+fn a_4k_ring_with_dwarf_stacks_is_refused_naming_the_minimum() {
+    // No root needed: refused before anything is attached. Every record with a DWARF stack
+    // copy would be larger than the ring, so every entry would be lost.
+    let t = busy();
+    let spec = format!("{}:leaf", t.path());
+    let out = t.data("x.data");
+    let o = record(&[
+        "-q",
+        "-e",
+        &spec,
+        "-g",
+        "dwarf",
+        "--buffer-size",
+        "4K",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        "true",
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("use --buffer-size 128K or more"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

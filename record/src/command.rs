@@ -219,25 +219,23 @@ impl Workload {
     /// Stops the command and every process under it after urec failed (see the module docs):
     /// SIGTERM (and SIGCONT, for stopped ones), SIGKILL to what is left after `grace`, and
     /// reaps them. Gives up on processes that survive SIGKILL for another `grace` (stuck in
-    /// the kernel). Returns how many processes were signalled and the pids still alive.
-    pub fn stop_tree(&mut self, grace: Duration) -> (usize, Vec<u32>) {
+    /// the kernel). Returns the pids still alive then.
+    pub fn stop_tree(&mut self, grace: Duration) -> Vec<u32> {
         let me = std::process::id();
         let term_until = Instant::now() + grace;
         let give_up = term_until + grace;
         let mut signal = libc::SIGTERM;
         let mut sent: BTreeSet<u32> = BTreeSet::new();
-        let mut signalled: BTreeSet<u32> = BTreeSet::new();
         loop {
             // An error here is ECHILD-like at worst; the walk below still sees what is left.
             let _ = self.reap_children();
             let tree = descendants(me);
             if tree.is_empty() {
-                return (signalled.len(), Vec::new());
+                return Vec::new();
             }
             let now = Instant::now();
             if now >= give_up {
-                let alive = tree.iter().filter(|p| !p.1).map(|p| p.0).collect();
-                return (signalled.len(), alive);
+                return tree.iter().filter(|p| !p.1).map(|p| p.0).collect();
             }
             if signal == libc::SIGTERM && now >= term_until {
                 signal = libc::SIGKILL;
@@ -249,7 +247,6 @@ impl Workload {
                 if zombie || !sent.insert(pid) {
                     continue;
                 }
-                signalled.insert(pid);
                 // SAFETY: kill(2) of a process under urec: its parent chain leads here, so the
                 // pid cannot have been recycled by a process outside the tree.
                 unsafe {

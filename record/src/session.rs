@@ -437,8 +437,16 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         // urec failed after starting the command: nobody is tracing it any more and nobody
         // would know to stop it (see the `command` module). The probes are detached by now.
         if w.started() {
-            eprintln!("urec: recording failed; stopping the command and every process it started");
-            let (_, alive) = w.stop_tree(STOP_GRACE);
+            // Said only when something is still running (the command may have ended already).
+            let running = crate::command::descendants(std::process::id())
+                .iter()
+                .any(|&(_, zombie)| !zombie);
+            if running {
+                eprintln!(
+                    "urec: recording failed; stopping the command and every process it started"
+                );
+            }
+            let alive = w.stop_tree(STOP_GRACE);
             if !alive.is_empty() {
                 let pids: Vec<String> = alive.iter().map(u32::to_string).collect();
                 eprintln!(
