@@ -212,6 +212,24 @@ fn shell_quote(word: &str) -> String {
     }
 }
 
+/// The thread group (process) `tid` belongs to, from `/proc/TID/status`.
+fn thread_group_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether two paths name the same existing file (device and inode, through symlinks).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// Runs `urec record`; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let stack_mode = match args.call_graph {
@@ -230,10 +248,10 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .into());
     }
     let stack_size = (args.stack_size.min(u64::from(urec_bpf_max_stack_size())) as u32) & !7;
-    urec_record::output::check(&args.output).map_err(UsageError)?;
     if !args.pids.is_empty() && (args.all || !args.command.is_empty()) {
         return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
     }
+    urec_record::output::check(&args.output).map_err(UsageError)?;
     let verbosity = if args.quiet {
         Verbosity::Quiet
     } else if args.verbose {
@@ -248,7 +266,10 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .iter()
         .map(|e| urec_probe::parse(e))
         .collect::<Result<Vec<_>, _>>()?;
-    let resolution = urec_probe::resolve(&specs, &ResolveOptions { force: args.force })?;
+    // Resolution opens every binary named: at a tiny open-files limit that is where it runs out,
+    // and the limit (exit 1), not the spec (exit 2), is what to name.
+    let resolution = urec_probe::resolve(&specs, &ResolveOptions { force: args.force })
+        .map_err(|e| urec_record::fds::explain(e.into()))?;
     // -g auto: the traced programs' executables are the callers' binaries we know of.
     let mut callers: Vec<PathBuf> = Vec::new();
     if args.call_graph == CallGraph::Auto {
@@ -299,8 +320,31 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         }
     }
     for &pid in &args.pids {
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             return Err(UsageError(format!("-p {pid}: no such process")).into());
+        };
+        // urec skips its own events, so it would wait for its own exit.
+        if pid == std::process::id() {
+            return Err(UsageError(format!(
+                "-p {pid}: that is urec itself, which is never traced"
+            ))
+            .into());
+        }
+        // The filter and the exit watch work on processes: a thread's id matches neither.
+        if let Some(tgid) = thread_group_of(pid).filter(|&tgid| tgid != pid) {
+            return Err(UsageError(format!(
+                "-p {pid}: a thread of process {tgid}; use -p {tgid} (its threads are traced \
+                 with it)"
+            ))
+            .into());
+        }
+        // It would never call the probed code, and never exit: the recording would only end
+        // on Ctrl-C, with nothing in it.
+        if urec_record::procfs::is_kernel_thread(&stat) {
+            return Err(UsageError(format!(
+                "-p {pid}: a kernel thread, which runs no user code"
+            ))
+            .into());
         }
     }
     let target = if !args.command.is_empty() {
@@ -318,6 +362,22 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     };
     urec_record::check_ring_fits(&probes, stack_mode, args.stack_depth, args.buffer_size)
         .map_err(UsageError)?;
+    // An existing -o is renamed to FILE.old: never a file the recording needs.
+    let mut needed: Vec<(&str, PathBuf)> = resolution
+        .probes
+        .iter()
+        .map(|p| ("a probed binary", PathBuf::from(&p.probe.binary)))
+        .collect();
+    if let Target::Command { program, .. } = &target {
+        needed.push(("the command", program.clone()));
+    }
+    if let Some((what, _)) = needed.iter().find(|(_, p)| same_file(p, &args.output)) {
+        return Err(UsageError(format!(
+            "-o {}: that is {what}, which would be renamed to .old; choose another file",
+            args.output.display()
+        ))
+        .into());
+    }
     let workload = matches!(target, Target::Command { .. });
     let output = args.output.clone();
     let summary = urec_record::record(RecordOptions {

@@ -86,6 +86,13 @@ pub fn load<'obj>(
     open.maps.lost.set_max_entries(n * 2)?;
     open.progs.urec_fork.set_autoload(opts.filter);
     open.load().map_err(|err| {
+        // Out of descriptors, libbpf's loader may report EINVAL: see the `fds` module.
+        if let Some(limit) = crate::fds::short_of_fds() {
+            return anyhow::anyhow!(
+                "loading urec's BPF programs ({err}): {} from {limit}",
+                crate::fds::MESSAGE
+            );
+        }
         anyhow::anyhow!(
             "the kernel refused urec's BPF programs ({err}); urec needs Linux 6.12 or newer \
              with BTF (CONFIG_DEBUG_INFO_BTF)"
@@ -164,6 +171,14 @@ pub fn attach(
             }
             Err(err) => err,
         };
+        // Out of descriptors is no refusal of an offset: bisecting would blame each in turn.
+        if crate::fds::is_exhausted(&err) {
+            return Err(anyhow::Error::new(err).context(format!(
+                "attaching {} to {}",
+                plural(group.members.len() as u64, "probe", "probes"),
+                group.binary.display()
+            )));
+        }
         let refused = refused_in(skel, group);
         if !refused.is_empty() {
             let names: Vec<String> = refused

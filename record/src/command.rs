@@ -9,11 +9,33 @@
 //! plain `fork`; everything the child needs (argv as C strings, the resolved program path) is
 //! prepared before it, since only async-signal-safe calls are allowed in the child of a
 //! possibly multi-threaded parent.
+//!
+//! # Job control
+//!
+//! The command stays in urec's process group, which is the terminal's foreground group when urec
+//! runs in the foreground: Ctrl-C reaches both (urec stops recording, the command gets its
+//! SIGINT as it would without urec), and an interactive command can read the terminal. A
+//! process group of its own would be a background group: its first terminal read would stop it
+//! with SIGTTIN.
+//!
+//! # When urec fails
+//!
+//! A command left running after urec gave up (the disk filled up, the kernel refused something)
+//! would go on untraced, possibly for ever, and nobody would know to stop it. So urec makes
+//! itself the child subreaper ([`become_subreaper`]) before forking: every descendant the
+//! command orphans (a double fork, `setsid cmd &`) is reparented to urec, so the whole tree is
+//! the set of processes whose parent chain leads to urec, and [`Workload::stop_tree`] can find,
+//! signal and reap all of it. It is read from `/proc` at stop time rather than taken from the
+//! side-band's fork records: those lag by the side-band's re-ordering window and may be lost
+//! when its ring is full, and a pid from them may since have been recycled by an unrelated
+//! process, which the parent chain rules out.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -89,9 +111,12 @@ impl Workload {
                     // urec failed before starting us: leave without running the command.
                     libc::_exit(127);
                 }
-                // Undo urec's signal dispositions: the command starts with defaults.
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                // The Rust runtime ignores SIGPIPE, and exec keeps ignored signals: without
+                // this, `yes | head` in the command complains of a broken pipe instead of
+                // ending quietly. urec's SIGINT/SIGTERM handlers are installed after the fork
+                // (and exec would reset them anyway), so whatever the caller ignored (a
+                // background job's SIGINT) stays ignored, as without urec.
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
                 libc::execv(path.as_ptr(), argp.as_ptr());
                 let msg = b"urec: cannot execute the command\n";
                 libc::write(2, msg.as_ptr().cast(), msg.len());
@@ -140,6 +165,101 @@ impl Workload {
         Ok(self.status.unwrap_or(0))
     }
 
+    /// Whether the command was let go (even if it then failed to exec).
+    pub fn started(&self) -> bool {
+        self.gate.is_none()
+    }
+
+    /// Reaps every child that has ended, keeping the command's status: orphans reparented to
+    /// urec (see the module docs) would otherwise stay zombies for the whole recording. Returns
+    /// the command's status once it has ended.
+    pub fn reap_children(&mut self) -> Result<Option<i32>> {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid(2) for any child, without blocking.
+            let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if r < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ECHILD) => break,
+                    _ => return Err(err).context("reaping the command's processes"),
+                }
+            }
+            if r == 0 {
+                break;
+            }
+            if r as u32 == self.pid {
+                self.status = exit_status(status).or(self.status);
+            }
+        }
+        Ok(self.status)
+    }
+
+    /// Ends the command when recording stopped first (Ctrl-C, `-d`), as perf does: SIGTERM,
+    /// and SIGKILL after `grace`, so that a command ignoring SIGTERM cannot keep urec from
+    /// finishing the file. Its descendants are left alone, as they would be without urec.
+    pub fn terminate(&mut self, grace: Duration) -> Result<i32> {
+        // SAFETY: kill(2) of our own child, not yet reaped (the pid is still ours).
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: as above.
+                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+                return self.wait();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the command and every process under it after urec failed (see the module docs):
+    /// SIGTERM (and SIGCONT, for stopped ones), SIGKILL to what is left after `grace`, and
+    /// reaps them. Gives up on processes that survive SIGKILL for another `grace` (stuck in
+    /// the kernel). Returns the pids still alive then.
+    pub fn stop_tree(&mut self, grace: Duration) -> Vec<u32> {
+        let me = std::process::id();
+        let term_until = Instant::now() + grace;
+        let give_up = term_until + grace;
+        let mut signal = libc::SIGTERM;
+        let mut sent: BTreeSet<u32> = BTreeSet::new();
+        loop {
+            // An error here is ECHILD-like at worst; the walk below still sees what is left.
+            let _ = self.reap_children();
+            let tree = descendants(me);
+            if tree.is_empty() {
+                return Vec::new();
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                return tree.iter().filter(|p| !p.1).map(|p| p.0).collect();
+            }
+            if signal == libc::SIGTERM && now >= term_until {
+                signal = libc::SIGKILL;
+                sent.clear();
+            }
+            // Zombies are only waiting for their parent: urec reaps its own above, and those
+            // of a dying descendant are reparented to urec.
+            for &(pid, zombie) in &tree {
+                if zombie || !sent.insert(pid) {
+                    continue;
+                }
+                // SAFETY: kill(2) of a process under urec: its parent chain leads here, so the
+                // pid cannot have been recycled by a process outside the tree.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, signal);
+                    if signal == libc::SIGTERM {
+                        libc::kill(pid as libc::pid_t, libc::SIGCONT);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn reap(&mut self, flags: i32) -> Result<()> {
         let mut status = 0;
         // SAFETY: waitpid on our own child.
@@ -154,13 +274,60 @@ impl Workload {
         if r == 0 {
             return Ok(());
         }
-        if libc::WIFEXITED(status) {
-            self.status = Some(libc::WEXITSTATUS(status));
-        } else if libc::WIFSIGNALED(status) {
-            self.status = Some(128 + libc::WTERMSIG(status));
-        }
+        self.status = exit_status(status).or(self.status);
         Ok(())
     }
+}
+
+/// A `waitpid` status as a shell reports it: the exit code, or 128 + the signal that killed it.
+fn exit_status(status: i32) -> Option<i32> {
+    if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Some(128 + libc::WTERMSIG(status))
+    } else {
+        None
+    }
+}
+
+/// Makes urec the child subreaper of what it forks from now on (see the module docs).
+pub fn become_subreaper() -> Result<()> {
+    // SAFETY: prctl(2) with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error()).context("becoming the command's child subreaper");
+    }
+    Ok(())
+}
+
+/// Every process whose parent chain leads to `root` (not `root` itself), with whether it is a
+/// zombie, read from `/proc` now. A process that exits during the walk is simply missing.
+pub fn descendants(root: u32) -> Vec<(u32, bool)> {
+    let mut children: HashMap<u32, Vec<(u32, bool)>> = HashMap::new();
+    for pid in crate::procfs::all_pids() {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some(stat) = crate::procfs::parse_stat(&text) {
+            children
+                .entry(stat.ppid)
+                .or_default()
+                .push((pid, stat.state == 'Z'));
+        }
+    }
+    let mut out = Vec::new();
+    // A parent chain cannot loop, but reads racing with exits and pid reuse could make one
+    // appear to.
+    let mut seen = HashSet::from([root]);
+    let mut todo = vec![root];
+    while let Some(parent) = todo.pop() {
+        for &(pid, zombie) in children.get(&parent).into_iter().flatten() {
+            if seen.insert(pid) {
+                out.push((pid, zombie));
+                todo.push(pid);
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Workload {

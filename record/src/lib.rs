@@ -39,6 +39,7 @@ use std::time::Duration;
 pub mod attach;
 pub mod command;
 pub mod dwarf;
+pub mod fds;
 mod fxhash;
 pub mod lost;
 pub mod mapped;
@@ -151,5 +152,5 @@ pub struct Summary {
 
 /// Records until a stop condition; see the `session` module.
 pub fn record(opts: RecordOptions) -> anyhow::Result<Summary> {
-    session::run(opts)
+    session::run(opts).map_err(fds::explain)
 }

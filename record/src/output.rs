@@ -14,22 +14,50 @@
 //! path after the exclusive create, in a world-writable directory.
 
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// Refuses an output path that exists and is not a regular file (a device, a directory, a
-/// FIFO, a symbolic link), naming what it is; nothing is renamed.
-pub fn check(path: &Path) -> Result<(), String> {
+/// Refuses, before anything is attached, an `-o` that can never hold a recording: `-` (the
+/// footer is written by seeking back, which a pipe cannot do), an existing path that is not a
+/// regular file (a device, a directory, a FIFO, a symbolic link: [`create`] would rename it to
+/// `.old`, and `-o /dev/null` would move the device away), and a file in a directory that does
+/// not exist. Nothing is renamed.
+pub fn check(path: &Path) -> std::result::Result<(), String> {
+    let shown = path.display();
+    if path.as_os_str() == "-" {
+        return Err(
+            "-o -: the data file cannot be standard output (its footer is written by \
+             seeking back); give a file name, e.g. -o urec.data, and run urec report on it"
+                .to_string(),
+        );
+    }
+    // Not following a symbolic link: it is the link that would be moved aside, and a link
+    // planted in a shared directory is exactly what must not be trusted.
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_file() => Err(format!(
-            "-o {}: exists and is {}; urec only replaces a regular file (kept as {}.old)",
-            path.display(),
-            urec_untrusted::describe(&meta.file_type()),
-            path.display()
+        Ok(m) if !m.file_type().is_file() => {
+            return Err(format!(
+                "-o {shown}: exists and is {}; the data file must be a regular file (an \
+                 existing one is kept as {shown}.old; nothing was renamed)",
+                urec_untrusted::describe(&m.file_type())
+            ));
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "-o {shown}: {} is not a directory",
+            parent.display()
         )),
-        _ => Ok(()),
+        Err(e) => Err(format!("-o {shown}: {}: {e}", parent.display())),
     }
 }
 
@@ -61,6 +89,47 @@ pub fn create(path: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// The data file as the recording writes it: an error names the file, because "No space left
+/// on device" alone does not say which device (the file is written from deep inside the
+/// recording, where nothing else knows its name).
+#[derive(Debug)]
+pub struct Output {
+    file: File,
+    path: PathBuf,
+}
+
+impl Output {
+    /// `file`, created at `path`.
+    pub fn new(file: File, path: &Path) -> Output {
+        Output {
+            file,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The file, to sync once it is complete.
+    pub fn into_file(self) -> File {
+        self.file
+    }
+
+    fn named(&self, err: io::Error) -> io::Error {
+        io::Error::new(
+            err.kind(),
+            format!("writing {}: {err}", self.path.display()),
+        )
+    }
+}
+
+impl io::Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf).map_err(|e| self.named(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush().map_err(|e| self.named(e))
+    }
+}
+
 fn sudo_owner() -> Option<(u32, u32)> {
     let uid = std::env::var("SUDO_UID").ok()?.parse().ok()?;
     let gid = std::env::var("SUDO_GID").ok()?.parse().ok()?;
@@ -72,6 +141,22 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn refuses_what_cannot_hold_a_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check(Path::new("-"))
+            .unwrap_err()
+            .contains("standard output"));
+        assert!(check(dir.path()).unwrap_err().contains("a directory"));
+        assert!(check(&dir.path().join("no/such.data"))
+            .unwrap_err()
+            .contains("No such file"));
+        assert_eq!(check(&dir.path().join("new.data")), Ok(()));
+        std::fs::write(dir.path().join("old.data"), b"x").unwrap();
+        assert_eq!(check(&dir.path().join("old.data")), Ok(()));
+        assert_eq!(check(Path::new("urec-test-not-there.data")), Ok(()));
+    }
 
     #[test]
     fn keeps_old_and_uses_0600() {

@@ -48,6 +48,9 @@ pub struct Stat {
     pub ppid: u32,
     /// Command name.
     pub comm: String,
+    /// Run state (`R`, `S`, `Z` for a zombie, ...): a zombie is waiting to be reaped, not to be
+    /// signalled.
+    pub state: char,
     /// Start time in clock ticks after boot (`CLOCK_BOOTTIME`).
     pub start_ticks: u64,
 }
@@ -122,9 +125,23 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     Some(Stat {
         comm,
+        state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
         start_ticks: fields.get(19)?.parse().ok()?,
     })
+}
+
+/// Whether `/proc/PID/stat` text is a kernel thread's (`PF_KTHREAD` in its flags, field 9).
+pub fn is_kernel_thread(stat: &str) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
+    // After ")": state(3) ppid(4) pgrp(5) session(6) tty(7) tpgid(8) flags(9).
+    stat.get(close + 1..)
+        .and_then(|rest| rest.split_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 /// Parses the executable (`x`) lines of `/proc/PID/maps`; build ids are left `None`.
@@ -254,10 +271,20 @@ mod tests {
             Some(Stat {
                 ppid: 7,
                 comm: "a) b (c)".into(),
+                state: 'S',
                 start_ticks: 12345
             })
         );
         assert_eq!(parse_stat("42 (x) S"), None);
+    }
+
+    #[test]
+    fn kernel_threads() {
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 3 0 0 20 0 1 0 1 0 0";
+        assert!(is_kernel_thread(kthreadd));
+        let bash = "42 (ba) sh) S 7 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 12345";
+        assert!(!is_kernel_thread(bash));
+        assert!(!is_kernel_thread("42 (x"));
     }
 
     #[test]

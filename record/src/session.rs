@@ -40,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use libbpf_rs::{OpenObject, RingBufferBuilder};
 use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
 use urec_format::{
@@ -425,8 +425,43 @@ impl PidWatch {
     }
 }
 
+/// How long the command (and, after a failure, each of its processes) gets between SIGTERM
+/// and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// Runs a recording; see the module docs.
 pub fn run(opts: RecordOptions) -> Result<Summary> {
+    let mut workload = None;
+    let result = record(&opts, &mut workload);
+    if let (Err(_), Some(w)) = (&result, workload.as_mut()) {
+        // urec failed after starting the command: nobody is tracing it any more and nobody
+        // would know to stop it (see the `command` module). The probes are detached by now.
+        if w.started() {
+            // Said only when something is still running (the command may have ended already).
+            let running = crate::command::descendants(std::process::id())
+                .iter()
+                .any(|&(_, zombie)| !zombie);
+            if running {
+                eprintln!(
+                    "urec: recording failed; stopping the command and every process it started"
+                );
+            }
+            let alive = w.stop_tree(STOP_GRACE);
+            if !alive.is_empty() {
+                let pids: Vec<String> = alive.iter().map(u32::to_string).collect();
+                eprintln!(
+                    "urec: warning: {} still alive after SIGKILL: {}",
+                    plural(alive.len() as u64, "process", "processes"),
+                    urec_format::name_list(&pids, 8)
+                );
+            }
+        }
+    }
+    result
+}
+
+/// [`run`], with the command left in `workload` for it to stop when this fails.
+fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summary> {
     check_privileges()?;
     let started = Instant::now();
     let self_tgid = std::process::id();
@@ -443,6 +478,15 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             eprintln!("urec: warning: {msg}");
         }
     };
+
+    // SAFETY: sysconf(3) has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64;
+    let binaries: std::collections::HashSet<&str> = opts
+        .probes
+        .iter()
+        .map(|p| p.probe.binary.as_str())
+        .collect();
+    crate::fds::check_headroom(cpus, binaries.len() as u64)?;
 
     // 1. Side-band first.
     let mut sideband = Sideband::open(SIDEBAND_PAGES).context("opening the perf side-band")?;
@@ -527,15 +571,12 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
     };
 
     // 3. The command, held.
-    let mut workload = match &command {
-        Some((program, argv)) => {
-            let w = Workload::fork(program, argv)?;
-            attach::allow_tgid(&skel, w.pid())?;
-            mapped.trace(w.pid(), false);
-            Some(w)
-        }
-        None => None,
-    };
+    if let Some((program, argv)) = &command {
+        crate::command::become_subreaper()?;
+        let w = workload.insert(Workload::fork(program, argv)?);
+        attach::allow_tgid(&skel, w.pid())?;
+        mapped.trace(w.pid(), false);
+    }
 
     // 4. Attach, then the output file.
     let probes: Vec<AttachProbe> = opts
@@ -577,8 +618,11 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         start_unix_ns: now_unix,
         start_monotonic_ns: monotonic_now()?,
     };
-    let mut writer = Writer::new(std::io::BufWriter::new(file), &header)
-        .with_context(|| format!("writing {}", opts.output.display()))?;
+    let mut writer = Writer::new(
+        std::io::BufWriter::new(output::Output::new(file, &opts.output)),
+        &header,
+    )
+    .with_context(|| format!("writing {}", opts.output.display()))?;
     for p in &opts.probes {
         let mut probe: Probe = p.probe.clone();
         if opts.stack_mode == StackMode::None {
@@ -696,7 +740,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             .min(drained_at.saturating_sub(crate::sideband::REORDER_WINDOW_NS));
         state.borrow_mut().release(&mut sb, horizon)?;
         let raised = state.borrow_mut().dwarf.take_raised();
-        raise_copy_sizes(&skel, &mut configs, &raised, &opts, &mut warn);
+        raise_copy_sizes(&skel, &mut configs, &raised, opts, &mut warn);
         if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
             last_checkpoint = Instant::now();
             let ring_lost = attach::lost_counts(&skel, nprobes)?;
@@ -715,7 +759,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             break;
         }
         if let Some(w) = workload.as_mut() {
-            if let Some(status) = w.try_wait()? {
+            if let Some(status) = w.reap_children()? {
                 workload_status = Some(status);
                 break;
             }
@@ -782,9 +826,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         if workload_status.is_none() {
             workload_status = w.try_wait()?;
             if workload_status.is_none() {
-                // SAFETY: kill(2) of our own child.
-                unsafe { libc::kill(w.pid() as libc::pid_t, libc::SIGTERM) };
-                workload_status = Some(w.wait()?);
+                workload_status = Some(w.terminate(STOP_GRACE)?);
             }
         }
     }
@@ -804,10 +846,17 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         ..
     } = st;
     let out = writer.finish()?;
-    out.into_inner()
-        .map_err(|e| anyhow!("flushing {}: {}", opts.output.display(), e.error()))?
-        .sync_all()
-        .ok();
+    let file = out
+        .into_inner()
+        .map_err(|e| anyhow::Error::new(e.into_error()))?
+        .into_file();
+    // Some file systems report a full disk or an I/O error only here; one that cannot sync
+    // at all (EINVAL) has nothing more to say.
+    if let Err(err) = file.sync_all() {
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(err).with_context(|| format!("writing {}", opts.output.display()));
+        }
+    }
     let bytes = std::fs::metadata(&opts.output)
         .map(|m| m.len())
         .unwrap_or(0);
