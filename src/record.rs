@@ -57,6 +57,9 @@ pub struct Args {
     /// BPF ring buffer size (bytes, or with K/M/G), rounded up to a power of two.
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     pub buffer_size: u64,
+    /// Do not name the frames into the file after recording (`urec archive` can do it later).
+    #[arg(long)]
+    pub no_symbols: bool,
     /// Print only errors.
     #[arg(short = 'q', long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -391,6 +394,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         buffer_size: args.buffer_size,
         verbosity,
         command_line: std::env::args().collect(),
+        keep_files: !args.no_symbols,
     })
     .context("recording")?;
     if verbosity != Verbosity::Quiet {

@@ -41,6 +41,7 @@ pub mod command;
 pub mod dwarf;
 pub mod fds;
 mod fxhash;
+pub mod kept;
 pub mod lost;
 pub mod mapped;
 pub mod output;
@@ -114,10 +115,13 @@ pub struct RecordOptions {
     pub verbosity: Verbosity,
     /// urec's own command line, for the file's header.
     pub command_line: Vec<String>,
+    /// Keep a descriptor of every file the traced processes map, for the symbols step that
+    /// follows the recording ([`Summary::kept_files`]).
+    pub keep_files: bool,
 }
 
 /// What a recording produced.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Summary {
     /// Entry events written.
     pub entries: u64,
@@ -148,6 +152,8 @@ pub struct Summary {
     pub duration: Duration,
     /// The command's exit status (128 + signal when killed), with `-- COMMAND`.
     pub workload_status: Option<i32>,
+    /// The files the traced processes mapped, still open (with [`RecordOptions::keep_files`]).
+    pub kept_files: Vec<kept::KeptFile>,
 }
 
 /// Records until a stop condition; see the `session` module.

@@ -64,6 +64,7 @@ use urec_format::{
 };
 
 use crate::fxhash::FxHashMap;
+use crate::kept::{KeptFiles, MappedFile};
 use crate::procfs::{self, BuildIdCache, Snapshot};
 use crate::sideband::{FileId, MmapRecord, SidebandRecord, TaskRecord};
 
@@ -153,6 +154,8 @@ impl Proc {
 pub struct ProcessTable {
     procs: FxHashMap<u32, Proc>,
     build_ids: BuildIdCache,
+    /// Descriptors of the mapped files, for the symbols step (see [`ProcessTable::keep_files`]).
+    kept: KeptFiles,
     /// Latest side-band time applied.
     now: Nanos,
     last_prune: Nanos,
@@ -168,6 +171,16 @@ impl ProcessTable {
     /// An empty table.
     pub fn new() -> ProcessTable {
         ProcessTable::default()
+    }
+
+    /// Keeps every mapped file the table learns of open from now on (see [`crate::kept`]).
+    pub fn keep_files(&mut self) {
+        self.kept = KeptFiles::new();
+    }
+
+    /// The files kept open so far, handed over (the table keeps no more).
+    pub fn take_kept_files(&mut self) -> KeptFiles {
+        std::mem::take(&mut self.kept)
     }
 
     /// Snapshots every process in `/proc` now (perf's start-up synthesis). Optional: pids are
@@ -227,7 +240,7 @@ impl ProcessTable {
         }
         if !self.procs.contains_key(&pid) {
             let snap = (!self.offline)
-                .then(|| procfs::snapshot(pid, &mut self.build_ids))
+                .then(|| self.snapshot(pid))
                 .flatten()
                 .filter(|s| {
                     s.start_ns
@@ -345,13 +358,30 @@ impl ProcessTable {
         if self.offline {
             return false;
         }
-        match procfs::snapshot(pid, &mut self.build_ids) {
+        match self.snapshot(pid) {
             Some(s) => {
                 self.procs.insert(pid, Proc::from_snapshot(s));
                 true
             }
             None => false,
         }
+    }
+
+    /// `pid`'s snapshot, its mapped files kept.
+    fn snapshot(&mut self, pid: u32) -> Option<Snapshot> {
+        let s = procfs::snapshot(pid, &mut self.build_ids)?;
+        for m in &s.mappings {
+            self.kept.keep(&MappedFile {
+                pid,
+                start: m.start,
+                end: m.end,
+                path: &m.path,
+                dev: m.dev,
+                inode: m.inode,
+                build_id: m.build_id.as_ref(),
+            });
+        }
+        Some(s)
     }
 
     fn emit_process(&mut self, pid: u32, emit: Emit<'_>) -> Result<()> {
@@ -429,6 +459,15 @@ impl ProcessTable {
             inode,
             build_id,
         };
+        self.kept.keep(&MappedFile {
+            pid: m.pid,
+            start: mapping.start,
+            end: mapping.end,
+            path: &mapping.path,
+            dev,
+            inode,
+            build_id: mapping.build_id.as_ref(),
+        });
         if self
             .procs
             .get(&m.pid)

@@ -243,7 +243,7 @@ impl BuildIdCache {
         if !identity.matches(dev, inode) {
             return None;
         }
-        let id = read_build_id(file);
+        let id = read_build_id(&file);
         self.by_inode
             .insert((identity.dev, identity.inode), id.clone());
         Some(id)
@@ -251,7 +251,7 @@ impl BuildIdCache {
 }
 
 /// The GNU build id note of an ELF file, `None` when it has none or is not ELF.
-pub fn read_build_id(file: File) -> Option<BuildId> {
+pub fn read_build_id(file: &File) -> Option<BuildId> {
     let cache = ReadCache::new(file);
     let object = object::File::parse(&cache).ok()?;
     let id = object.build_id().ok()??;

@@ -491,6 +491,9 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     // 1. Side-band first.
     let mut sideband = Sideband::open(SIDEBAND_PAGES).context("opening the perf side-band")?;
     let mut table = ProcessTable::new();
+    if opts.keep_files {
+        table.keep_files();
+    }
     match &opts.target {
         Target::All => table.snapshot_all(),
         Target::Pids(pids) => {
@@ -810,6 +813,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
         table.finish(&mut emit)?;
     }
+    let kept_files = st.table.take_kept_files().into_files();
     for l in ledger.catch_up(LostSource::Unwind, &st.dwarf.lost()) {
         st.writer.write(&Record::Lost(l))?;
     }
@@ -914,6 +918,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         bytes,
         duration: Duration::from_nanos(stop_ns.saturating_sub(attach_ns)),
         workload_status,
+        kept_files,
     })
 }
 
