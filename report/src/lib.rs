@@ -41,7 +41,7 @@ mod interner;
 pub mod json;
 pub mod rebase;
 pub mod script;
-pub mod symbolize;
+pub use urec_symbolize as symbolize;
 pub mod table;
 mod units;
 
