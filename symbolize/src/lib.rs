@@ -1,25 +1,27 @@
-//! Symbolization: from (binary, file offset) to function names, inline chains and source lines.
+//! Symbolization for urec: from (binary, file offset) to function names, inline chains and
+//! source lines, and, when nothing names a frame, why. Used by `urec report` and `urec script`,
+//! and by the step that embeds symbols in a recording. Builds without libbpf, clang or root, on
+//! any workstation.
 //!
 //! # Why blazesym
-//! blazesym takes ELF *file offsets* or virtual offsets directly, parses DWARF lazily with
-//! inlined-function and line information, falls back to `.symtab`/`.dynsym`, demangles C++ and
-//! Rust (without the `::h<hash>` suffix) and caches one parsed resolver per file. With
-//! addr2line + gimli + object, urec would own all of that; what blazesym leaves out — finding
-//! the right files by `--symfs`, by build id and by `.gnu_debuglink`, and refusing a binary whose
-//! build id is not the recorded one — is small and lives in [`locate`].
+//! blazesym takes ELF virtual offsets directly, parses DWARF lazily with inlined-function and
+//! line information, falls back to `.symtab`/`.dynsym`, and caches one parsed resolver per
+//! file. With addr2line + gimli + object, urec would own all of that; what blazesym leaves out
+//! — finding the right files by `--symfs`, by build id and by `.gnu_debuglink`, and refusing a
+//! binary whose build id is not the recorded one — is small and lives in [`locate`] and
+//! [`binary`].
 //!
-//! # How one address is resolved
-//! 1. The binary is found once per (recorded path, build id): under `--symfs`, at its recorded
-//!    path, else by build id in `.build-id` directories. A file whose build id differs from the
-//!    recorded one is never used, and a warning names both ids and the path.
-//! 2. Its program headers turn the file offset into the virtual address that symbol tables and
-//!    DWARF use (exactly: the `PT_LOAD` containing the offset; no assumed base).
-//! 3. The DWARF to use: a separate debug file when one is found (by build id in the debug
-//!    dirs, then by debuglink name, each verified), else the binary's own DWARF, else its ELF
-//!    symbols. If the DWARF source does not know the address, the binary's `.symtab`/`.dynsym`
-//!    are asked.
-//! 4. Unresolved addresses become one frame `binary+0xOFF` (the recorded offset), so the same
-//!    unknown code still aggregates as one frame.
+//! # Where a frame's name comes from
+//! Per frame, the first source that names it with file:line, else the first that names it at
+//! all, in this order (SPEC "Portable recordings"):
+//! 1. local files with the recorded build id: a file the caller handed over
+//!    ([`Symbolizer::provide_file`]), the recorded path, `--symfs`, `--debug-dir`, build-id
+//!    directories; a debug file alone is enough (its segments stand in for the binary's);
+//! 2. the symbols embedded in the recording ([`Symbolizer::set_embedded`]);
+//! 3. debuginfod (not yet: it slots in after 2 in [`Symbolizer::resolve`]);
+//!
+//! else the frame is unnamed, with an [`Unnamed`] reason, shown as `binary+0xOFF` (the recorded
+//! offset), so the same unknown code still aggregates as one frame.
 //!
 //! Every (binary, offset) is resolved once and cached; blazesym keeps each file parsed across
 //! calls (auto-reload is off: stat-ing files per lookup would only cost time in a report).
@@ -32,103 +34,72 @@
 //! its path: nobody can truncate the copy under it (`SIGBUS`) or swap the path meanwhile. The
 //! search for debug files is [`locate`]'s alone; blazesym's own debug directories are empty.
 
+mod advice;
+mod binary;
+mod demangle;
+mod elf;
+mod embedded;
+mod frame;
+mod local;
 mod locate;
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
 
-use blazesym::symbolize::source::{Elf, Source};
-use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized};
 use urec_format::{BuildId, FileOffset};
-use urec_untrusted::SealedCopy;
 
-use locate::{Candidate, ElfInfo};
+use advice::Warnings;
+use binary::{Binary, Kind, Search};
+use embedded::EmbeddedIndex;
+use locate::SearchPaths;
 
-/// The system debug directories, searched after any `--debug-dir`.
-const SYSTEM_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
+pub use demangle::demangle;
+pub use embedded::{EmbeddedBinary, EmbeddedFrame, EmbeddedSymbols};
+pub use frame::{Frame, FrameName, Unnamed};
 
 /// Where to look for binaries and debug files besides the recorded paths.
 #[derive(Clone, Debug, Default)]
 pub struct SymbolizeOptions {
-    /// `--symfs DIR`: a binary recorded as `/path/to/bin` is looked up at `DIR/path/to/bin`,
-    /// then `DIR/bin`, before its recorded path.
+    /// `--symfs DIR`: the recording host's root. A binary recorded as `/path/to/bin` is looked
+    /// up at `DIR/path/to/bin`, then `DIR/bin`, and the system debug directories
+    /// (`/usr/lib/debug`, `/lib/debug`, `~/.debug`) under DIR — never on this host.
     pub symfs: Option<PathBuf>,
-    /// `--debug-dir DIR` (repeatable): searched like `/usr/lib/debug`, before it.
+    /// `--debug-dir DIR` (repeatable): searched like `/usr/lib/debug`, before it, with or
+    /// without `--symfs`.
     pub debug_dirs: Vec<PathBuf>,
 }
 
-/// One symbolized frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    /// The function, demangled, without any offset; `binary+0xOFF`, `[vdso]` or `[unknown]`
-    /// when unresolved.
-    pub function: String,
-    /// Source file of the instruction within this function, when debug info gave one.
-    pub file: Option<String>,
-    /// Source line of the instruction within this function, when debug info gave one.
-    pub line: Option<u32>,
-    /// This function was inlined into the frame before it.
-    pub inlined: bool,
-}
-
-impl Frame {
-    fn named(function: String) -> Self {
-        Frame {
-            function,
-            file: None,
-            line: None,
-            inlined: false,
-        }
+/// The file offset that is actually looked up for a frame: a caller's return address points
+/// after its call, and the call may be the last instruction of its function, so `offset - 1`
+/// is looked up for return addresses. Embedded symbols are keyed by this value.
+pub fn lookup_offset(offset: FileOffset, return_address: bool) -> u64 {
+    if return_address {
+        offset.0.saturating_sub(1)
+    } else {
+        offset.0
     }
 }
 
 /// Symbolizes (binary, file offset) pairs, each once.
 pub struct Symbolizer {
-    symfs: Option<PathBuf>,
-    /// `--debug-dir`s, then the system ones.
-    debug_dirs: Vec<PathBuf>,
-    home: Option<PathBuf>,
+    paths: SearchPaths,
     blaze: blazesym::symbolize::Symbolizer,
     /// Recorded path → (recorded build id, index into `binaries`); keyed by path alone so a
     /// cached lookup needs no allocation.
     binary_ids: HashMap<Box<str>, Vec<(Option<BuildId>, usize)>>,
     binaries: Vec<Binary>,
+    /// Files handed over by the caller, taken when their binary is first used.
+    provided: HashMap<String, Vec<(Option<BuildId>, File)>>,
+    embedded: EmbeddedIndex,
     cache: HashMap<(usize, u64, bool), Box<[Frame]>>,
-    warnings: Vec<String>,
-    warned: HashSet<String>,
-}
-
-/// What was found for one recorded binary.
-struct Binary {
-    /// File name of the recorded path, for `name+0xOFF` frames.
-    name: String,
-    kind: BinaryKind,
-}
-
-enum BinaryKind {
-    /// A special mapping (`[vdso]`, anonymous memory): every address gets this one name.
-    Special(&'static str),
-    /// A special mapping named by the kernel (`[vdso]`, `[uprobes]`).
-    Named(String),
-    /// No usable file: frames are `name+0xOFF`.
-    Missing,
-    /// A file to read.
-    Elf {
-        info: ElfInfo,
-        /// Where the binary was found, for messages.
-        path: PathBuf,
-        /// What blazesym reads: a copy of the binary as verified.
-        copy: SealedCopy,
-        /// A verified separate debug file, copied likewise.
-        debug: Option<SealedCopy>,
-    },
+    warnings: Warnings,
 }
 
 impl Symbolizer {
     /// A symbolizer with the given search options.
     pub fn new(opts: SymbolizeOptions) -> Self {
-        let mut debug_dirs = opts.debug_dirs;
-        debug_dirs.extend(SYSTEM_DEBUG_DIRS.iter().map(PathBuf::from));
+        let home = std::env::var_os("HOME").map(PathBuf::from);
         let blaze = blazesym::symbolize::Symbolizer::builder()
             .enable_auto_reload(false)
             .enable_code_info(true)
@@ -137,23 +108,43 @@ impl Symbolizer {
             .set_debug_dirs(Some::<&[PathBuf]>(&[]))
             .build();
         Symbolizer {
-            symfs: opts.symfs,
-            debug_dirs,
-            home: std::env::var_os("HOME").map(PathBuf::from),
+            paths: SearchPaths::new(&opts, home.as_deref()),
             blaze,
             binary_ids: HashMap::new(),
             binaries: Vec::new(),
+            provided: HashMap::new(),
+            embedded: EmbeddedIndex::default(),
             cache: HashMap::new(),
-            warnings: Vec::new(),
-            warned: HashSet::new(),
+            warnings: Warnings::default(),
         }
+    }
+
+    /// Uses `file` for the binary recorded as (`recorded_path`, `build_id`) instead of
+    /// searching for it: the recorder holds the exact file that was mapped (through
+    /// `/proc/PID/map_files`), which may since have been deleted, replaced or be in another
+    /// mount namespace. Its build id is still checked when both are known (a mismatch is
+    /// warned and the file ignored), and blazesym still reads a sealed copy of it. Takes effect
+    /// for frames not yet symbolized.
+    pub fn provide_file(&mut self, recorded_path: &str, build_id: Option<&BuildId>, file: File) {
+        self.forget(recorded_path, build_id);
+        let files = self.provided.entry(recorded_path.to_string()).or_default();
+        files.retain(|(id, _)| id.as_ref() != build_id);
+        files.push((build_id.cloned(), file));
+    }
+
+    /// Adds the symbols embedded in a recording, the second source of names after local files
+    /// (see the crate doc). Several calls add up (several recordings); where two name the same
+    /// (binary, offset), the first stays. Frames already symbolized are resolved again.
+    pub fn set_embedded(&mut self, symbols: EmbeddedSymbols) {
+        self.embedded.add(symbols);
+        self.cache.clear();
     }
 
     /// Frames for one code address, outermost first (the real function, then the functions
     /// inlined into it, innermost last). `return_address`: this is a caller's return address,
-    /// so `offset - 1` is symbolized (a call ending a function belongs to that function).
-    /// Unresolvable addresses give one frame `binary_basename+0xOFF`. Cached per
-    /// (binary, offset).
+    /// so [`lookup_offset`] is what is looked up. An unnamed address gives one frame whose
+    /// [`Frame::display_name`] is `binary_basename+0xOFF` (the recorded offset), `[vdso]` or
+    /// `[unknown]`. Cached per (binary, offset).
     pub fn symbolize(
         &mut self,
         binary: &str,
@@ -164,22 +155,16 @@ impl Symbolizer {
         let bin = self.binary(binary, build_id);
         let key = (bin, offset.0, return_address);
         if !self.cache.contains_key(&key) {
-            let frames = self.resolve(bin, offset.0, return_address);
+            let frames = self.resolve(bin, offset, return_address);
             self.cache.insert(key, frames.into_boxed_slice());
         }
         &self.cache[&key]
     }
 
     /// Warnings gathered since the last call (binaries not found, build-id mismatches,
-    /// unreadable files), each at most once per report.
+    /// unreadable files), each at most once per report, each one line saying what would fix it.
     pub fn take_warnings(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.warnings)
-    }
-
-    fn warn(&mut self, msg: String) {
-        if self.warned.insert(msg.clone()) {
-            self.warnings.push(msg);
-        }
+        self.warnings.take()
     }
 
     /// The index of the binary recorded as (`recorded`, `build_id`), found on first use.
@@ -189,7 +174,16 @@ impl Symbolizer {
                 return id;
             }
         }
-        let found = self.find_binary(recorded, build_id);
+        let provided = self.provided.get_mut(recorded).and_then(|files| {
+            let i = files.iter().position(|(id, _)| id.as_ref() == build_id)?;
+            Some(files.swap_remove(i).1)
+        });
+        let found = Search {
+            paths: &self.paths,
+            warnings: &mut self.warnings,
+            embedded: self.embedded.covers(recorded, build_id),
+        }
+        .find(recorded, build_id, provided);
         let id = self.binaries.len();
         self.binaries.push(found);
         self.binary_ids
@@ -199,231 +193,73 @@ impl Symbolizer {
         id
     }
 
-    fn find_binary(&mut self, recorded: &str, build_id: Option<&BuildId>) -> Binary {
-        // The kernel marks files deleted after mapping; look for them by their old name.
-        let trimmed = recorded.strip_suffix(" (deleted)").unwrap_or(recorded);
-        let name = Path::new(trimmed)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| trimmed.to_string());
-        let kind = if trimmed.is_empty() || trimmed == "//anon" || trimmed.starts_with("[anon") {
-            BinaryKind::Special("[unknown]")
-        } else if trimmed.starts_with('[') {
-            BinaryKind::Named(trimmed.to_string())
-        } else {
-            self.find_elf(Path::new(trimmed), build_id)
-        };
-        Binary { name, kind }
-    }
-
-    fn find_elf(&mut self, recorded: &Path, build_id: Option<&BuildId>) -> BinaryKind {
-        if !locate::is_clean_absolute(recorded) {
-            self.warn(format!(
-                "{}: not an absolute path without `..`, as the kernel records them; not \
-                 opened, its frames are shown as offsets",
-                recorded.display()
-            ));
-            return BinaryKind::Missing;
-        }
-        let want = build_id.map(|b| b.0.as_slice());
-        let mut found: Option<Candidate> = None;
-        for cand in locate::binary_candidates(recorded, self.symfs.as_deref()) {
-            let Some(cand) = Candidate::open(&cand) else {
-                continue;
-            };
-            match (want, cand.info.build_id.as_deref()) {
-                (Some(w), got) if got != Some(w) => {
-                    let got = got.map_or_else(|| "none".to_string(), hex);
-                    self.warn(format!(
-                        "build id mismatch: {} has build id {got}, the recording has {}; \
-                         its symbols are not used",
-                        cand.path.display(),
-                        hex(w)
-                    ));
-                }
-                _ => {
-                    found = Some(cand);
-                    break;
-                }
-            }
-        }
-        if found.is_none() {
-            if let Some(w) = want {
-                for cand in locate::binary_by_build_id(
-                    w,
-                    self.symfs.as_deref(),
-                    &self.debug_dirs,
-                    self.home.as_deref(),
-                ) {
-                    if let Some(cand) = Candidate::open(&cand) {
-                        if cand.info.build_id.as_deref() == Some(w) && !cand.info.loads.is_empty() {
-                            found = Some(cand);
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        let Some(found) = found else {
-            let id = want.map_or_else(String::new, |w| format!(" with build id {}", hex(w)));
-            self.warn(format!(
-                "{}{id} not found (searched its recorded path{}{}); its frames are shown as \
-                 offsets",
-                recorded.display(),
-                if self.symfs.is_some() {
-                    ", --symfs"
-                } else {
-                    ""
-                },
-                if want.is_some() {
-                    " and build-id directories"
-                } else {
-                    ""
-                },
-            ));
-            return BinaryKind::Missing;
-        };
-        let copy = match SealedCopy::new(&found.file, &found.path) {
-            Ok(copy) => copy,
-            Err(e) => {
-                self.warn(format!(
-                    "cannot read {}: {e}; its frames are shown as offsets",
-                    found.path.display()
-                ));
-                return BinaryKind::Missing;
-            }
-        };
-        let debug = self.find_debug_file(&found.path, recorded, &found.info);
-        BinaryKind::Elf {
-            info: found.info,
-            path: found.path,
-            copy,
-            debug,
+    /// Makes the next use of a binary search again (its old frames stay cached under an index
+    /// nothing maps to any more).
+    fn forget(&mut self, recorded: &str, build_id: Option<&BuildId>) {
+        if let Some(ids) = self.binary_ids.get_mut(recorded) {
+            ids.retain(|(id, _)| id.as_ref() != build_id);
         }
     }
 
-    fn find_debug_file(
-        &self,
-        binary: &Path,
-        recorded: &Path,
-        info: &ElfInfo,
-    ) -> Option<SealedCopy> {
-        if info.has_dwarf && info.debuglink.is_none() {
-            return None;
-        }
-        let debug = locate::debug_candidates(
-            binary,
-            recorded,
-            info,
-            &self.debug_dirs,
-            self.home.as_deref(),
-        )
-        .into_iter()
-        .filter_map(|path| Candidate::open(&path))
-        .find(|c| c.info.has_dwarf_or_symbols() && locate::debug_file_matches(info, c))?;
-        SealedCopy::new(&debug.file, &debug.path).ok()
-    }
-
-    fn resolve(&mut self, bin: usize, offset: u64, return_address: bool) -> Vec<Frame> {
+    /// The precedence of the crate doc, for one address.
+    fn resolve(&mut self, bin: usize, offset: FileOffset, return_address: bool) -> Vec<Frame> {
+        let lookup = lookup_offset(offset, return_address);
         let binary = &self.binaries[bin];
-        let unresolved = || vec![Frame::named(format!("{}+{offset:#x}", binary.name))];
-        let (info, path, copy, debug) = match &binary.kind {
-            BinaryKind::Special(name) => return vec![Frame::named((*name).to_string())],
-            BinaryKind::Named(name) => return vec![Frame::named(name.clone())],
-            BinaryKind::Missing => return unresolved(),
-            BinaryKind::Elf {
-                info,
-                path,
-                copy,
-                debug,
-            } => (info, path, copy, debug),
-        };
-        let lookup = if return_address {
-            offset.saturating_sub(1)
-        } else {
-            offset
-        };
-        let Some(vaddr) = info.offset_to_vaddr(lookup) else {
-            return unresolved();
-        };
-        // The richest source first: separate debug file, own DWARF, then ELF symbols.
-        let mut sources = Vec::with_capacity(2);
-        if let Some(debug) = debug {
-            sources.push(elf_source(debug.path(), true));
-        } else if info.has_dwarf {
-            sources.push(elf_source(copy.path(), true));
-        }
-        sources.push(elf_source(copy.path(), false));
-        let mut error = None;
-        for src in &sources {
-            match self.blaze.symbolize_single(src, Input::VirtOffset(vaddr)) {
-                Ok(Symbolized::Sym(sym)) if !sym.name.is_empty() => return frames_of(sym),
-                Ok(_) => {}
-                Err(err) => error = Some(err),
+        let mut named: Option<Vec<Frame>> = None;
+        // 1. Local files with the recorded build id.
+        let reason = match &binary.kind {
+            Kind::Unnamed(reason @ (Unnamed::Special | Unnamed::Anonymous)) => {
+                return vec![unnamed(binary, *reason, offset)];
             }
+            Kind::Unnamed(reason) => *reason,
+            Kind::Elf(files) => match local::resolve(&self.blaze, files, lookup) {
+                Ok(frames) if has_line(&frames) => return frames,
+                Ok(frames) => {
+                    named = Some(frames);
+                    Unnamed::NotInAnySymbol
+                }
+                Err((reason, error)) => {
+                    if let Some(err) = error {
+                        let path = files.path.display();
+                        self.warnings
+                            .push(format!("cannot read symbols of {path}: {err}"));
+                    }
+                    reason
+                }
+            },
+        };
+        // 2. The symbols embedded in the recording.
+        if let Some(frames) =
+            self.embedded
+                .lookup(&binary.recorded, binary.build_id.as_ref(), lookup)
+        {
+            let frames: Vec<Frame> = (0..)
+                .zip(frames)
+                .map(|(depth, f)| {
+                    Frame::function(f.function.clone(), f.file.clone(), f.line, depth)
+                })
+                .collect();
+            if has_line(&frames) {
+                return frames;
+            }
+            named.get_or_insert(frames);
         }
-        let frames = unresolved();
-        if let Some(err) = error {
-            let path = path.clone();
-            self.warn(format!("cannot read symbols of {}: {err}", path.display()));
-        }
-        frames
+        // 3. debuginfod goes here: files fetched by build id, resolved like 1.
+        named.unwrap_or_else(|| vec![unnamed(binary, reason, offset)])
     }
 }
 
-fn elf_source(path: &Path, debug_syms: bool) -> Source<'static> {
-    let mut elf = Elf::new(path);
-    elf.debug_syms = debug_syms;
-    Source::Elf(elf)
+/// The frame names its source line (the real function's; inlined ones follow from the same
+/// debug info).
+fn has_line(frames: &[Frame]) -> bool {
+    frames.first().is_some_and(|f| f.line.is_some())
 }
 
-/// The real function first, then its inline chain, innermost last; each frame carries the
-/// source location of the instruction within that function (blazesym already shifts call
-/// sites one level up).
-fn frames_of(sym: Sym<'_>) -> Vec<Frame> {
-    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-    let (file, line) = location(sym.code_info.as_deref());
-    frames.push(Frame {
-        function: demangle(&sym.name),
-        file,
-        line,
-        inlined: false,
-    });
-    for f in sym.inlined.iter() {
-        let (file, line) = location(f.code_info.as_ref());
-        frames.push(Frame {
-            function: demangle(&f.name),
-            file,
-            line,
-            inlined: true,
-        });
-    }
-    frames
-}
-
-/// Demangles C++ (`_Z…`) and Rust (legacy `_ZN…h<hash>E` and v0 `_R…`) names, Rust without
-/// its hash suffix; leaves every other name alone. blazesym's own demangling is off because it
-/// hands plain C names to the C++ demangler, which reads `a` as `signed char` and `b` as `bool`.
-pub(crate) fn demangle(name: &str) -> String {
-    if !(name.starts_with("_Z") || name.starts_with("_R") || name.starts_with("__Z")) {
-        return name.to_string();
-    }
-    if let Ok(rust) = rustc_demangle::try_demangle(name) {
-        return format!("{rust:#}");
-    }
-    cpp_demangle::Symbol::new(name)
-        .ok()
-        .and_then(|sym| sym.demangle().ok())
-        .unwrap_or_else(|| name.to_string())
-}
-
-fn location(info: Option<&CodeInfo<'_>>) -> (Option<String>, Option<u32>) {
-    match info {
-        Some(ci) => (Some(ci.to_path().display().to_string()), ci.line),
-        None => (None, None),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn unnamed(binary: &Binary, reason: Unnamed, offset: FileOffset) -> Frame {
+    let shown_as = match reason {
+        Unnamed::Special => binary.label.clone(),
+        Unnamed::Anonymous => "[unknown]".to_string(),
+        _ => format!("{}+{:#x}", binary.label, offset.0),
+    };
+    Frame::unnamed(reason, shown_as)
 }
