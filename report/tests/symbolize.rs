@@ -1,8 +1,10 @@
 //! Rebasing + symbolization against real ELF files built here from `tests/fixtures/` with gcc,
 //! g++ and rustc: PIE, non-PIE, a shared library, stripped binaries with their debug info found
 //! next to them, through `--debug-dir` by debuglink name and by build id, `.symtab`/`.dynsym`
-//! fallbacks, an inline chain at -O2, C++ and Rust demangling, `--symfs`, build-id mismatches
-//! and an exec replacing a process image.
+//! fallbacks, an inline chain at -O2, C++ and Rust demangling, `--symfs` (strict: never this
+//! host's files), build-id mismatches, an exec replacing a process image, a debug file alone
+//! standing in for a deleted binary, files handed over by the recorder, and the precedence of
+//! embedded symbols.
 //!
 //! Ground truth comes from the fixtures themselves, read with `object`: symbol addresses,
 //! `PT_LOAD` segments (to build the `Mapping` records a recorder would write, at made-up load
