@@ -46,6 +46,27 @@ pub(crate) struct Files {
     pub no_symbol: Unnamed,
 }
 
+/// A file at a recorded place with another build id: where, and its id.
+type OtherVersion = (PathBuf, Option<Vec<u8>>);
+
+/// `cand` when it is the binary wanted (same build id, or none recorded); else `None`, and the
+/// first such other version is kept for the warning.
+fn accept(
+    want: Option<&[u8]>,
+    cand: Candidate,
+    other: &mut Option<OtherVersion>,
+) -> Option<Candidate> {
+    match (want, cand.info.build_id.as_deref()) {
+        (Some(w), got) if got != Some(w) => {
+            if other.is_none() {
+                *other = Some((cand.path, got.map(<[u8]>::to_vec)));
+            }
+            None
+        }
+        _ => Some(cand),
+    }
+}
+
 /// Where to look, and what to tell.
 pub(crate) struct Search<'a> {
     pub paths: &'a SearchPaths,
@@ -96,28 +117,20 @@ impl Search<'_> {
     ) -> Kind {
         let want = build_id.map(|b| b.0.as_slice());
         // The first file found at a recorded place with another build id, for the warning.
-        let mut other_version: Option<(PathBuf, Option<Vec<u8>>)> = None;
+        let mut other_version: Option<OtherVersion> = None;
         let mut found: Option<Candidate> = None;
-        let consider = |cand: Candidate, other: &mut Option<(PathBuf, Option<Vec<u8>>)>| match (
-            want,
-            cand.info.build_id.as_deref(),
-        ) {
-            (Some(w), got) if got != Some(w) => {
-                if other.is_none() {
-                    *other = Some((cand.path, got.map(<[u8]>::to_vec)));
-                }
-                None
-            }
-            _ => Some(cand),
-        };
         if let Some(file) = provided {
-            if let Some(info) = ElfInfo::read(&file) {
+            // Held open by the caller, still not trusted to be a regular file.
+            let info = urec_untrusted::check_regular(&file)
+                .ok()
+                .and_then(|()| ElfInfo::read(&file));
+            if let Some(info) = info {
                 let cand = Candidate {
                     path: recorded.to_path_buf(),
                     file,
                     info,
                 };
-                found = consider(cand, &mut other_version);
+                found = accept(want, cand, &mut other_version);
             }
         }
         if found.is_none() && !locate::is_clean_absolute(recorded) {
@@ -132,7 +145,7 @@ impl Search<'_> {
             found = locate::binary_candidates(recorded, self.paths.symfs.as_deref())
                 .iter()
                 .filter_map(|p| Candidate::open(p))
-                .find_map(|c| consider(c, &mut other_version));
+                .find_map(|c| accept(want, c, &mut other_version));
         }
         if found.is_none() {
             if let Some(w) = want {
@@ -143,7 +156,7 @@ impl Search<'_> {
             }
         }
         let files = match found {
-            Some(found) => self.with_debug_file(found, recorded),
+            Some(found) => Some(self.with_debug_file(found, recorded)),
             None => want.and_then(|w| self.debug_file_alone(w)),
         };
         match (files, &other_version, want) {
@@ -184,11 +197,7 @@ impl Search<'_> {
     }
 
     /// The binary found, with its separate debug file if there is one.
-    fn with_debug_file(
-        &mut self,
-        found: Candidate,
-        recorded: &Path,
-    ) -> Option<Result<Files, Unnamed>> {
+    fn with_debug_file(&mut self, found: Candidate, recorded: &Path) -> Result<Files, Unnamed> {
         let copy = match SealedCopy::new(&found.file, &found.path) {
             Ok(copy) => copy,
             Err(e) => {
@@ -196,7 +205,7 @@ impl Search<'_> {
                     "cannot read {}: {e}; its frames are shown as offsets",
                     found.path.display()
                 ));
-                return Some(Err(Unnamed::Unreadable));
+                return Err(Unnamed::Unreadable);
             }
         };
         let debug = self.find_debug_file(&found.path, recorded, &found.info);
@@ -205,13 +214,13 @@ impl Search<'_> {
         } else {
             Unnamed::NoSymbols
         };
-        Some(Ok(Files {
+        Ok(Files {
             info: found.info,
             path: found.path,
             binary: Some(copy),
             debug,
             no_symbol,
-        }))
+        })
     }
 
     fn find_debug_file(
