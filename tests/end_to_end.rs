@@ -111,6 +111,108 @@ int main(void) { int s = 0; for (int i = 0; i < 30000; i++) s += leaf(i); return
 /// `kill -9` of the recorder must not lose what it already recorded: the file reads back up
 /// to the recorder's last checkpoint (one per second), says it is truncated, and the report
 /// still counts those calls.
+/// The GNU build id of an ELF file, as `readelf -n` prints it.
+fn build_id(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("readelf")
+        .arg("-n")
+        .arg(path)
+        .output()
+        .expect("running readelf");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("a build id")
+        .to_string()
+}
+
+/// A workstation without the binary: its debug file alone, in gdb's build-id layout under a
+/// `--debug-dir`, names every frame; `--symfs` with an empty root never falls back to this
+/// host's files; and the warning for the missing binary names each remedy.
+#[test]
+fn debug_file_alone_and_strict_symfs() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(
+        dir.path(),
+        "gone",
+        TARGET_C,
+        &[
+            "-O0",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-pie",
+            "-fPIE",
+            "-Wl,--build-id",
+        ],
+    );
+    let exe_s = exe.to_str().unwrap();
+    let data = dir.path().join("gone.data");
+    let data = data.to_str().unwrap();
+    let spec = format!("{exe_s}:leaf");
+    urec_ok(&["record", "-q", "-e", &spec, "-o", data, "--", exe_s]);
+    let report = |extra: &[&str]| {
+        let out = urec(&[&["report", "-i", data, "--folded", "-"], extra].concat());
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // --symfs with an empty root: the binary (still here, at its recorded path) and libc are
+    // not looked up on this host.
+    let empty = dir.path().join("empty-root");
+    std::fs::create_dir(&empty).unwrap();
+    let (folded, stderr) = report(&["--symfs", empty.to_str().unwrap()]);
+    assert!(!folded.contains(";main;a;leaf"), "{folded}");
+    assert!(folded.contains(";gone+0x"), "{folded}");
+    assert!(
+        stderr.contains(&format!("{exe_s} with build id")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("searched --symfs"), "{stderr}");
+
+    // The debug file alone at DIR/.build-id/xx/rest.debug, the binary deleted.
+    let id = build_id(&exe);
+    let rel = format!(".build-id/{}/{}.debug", &id[..2], &id[2..]);
+    let dbg = dir.path().join("dbg");
+    let debug_file = dbg.join(&rel);
+    std::fs::create_dir_all(debug_file.parent().unwrap()).unwrap();
+    let objcopy = std::process::Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&exe)
+        .arg(&debug_file)
+        .status()
+        .expect("running objcopy");
+    assert!(objcopy.success());
+    std::fs::remove_file(&exe).unwrap();
+
+    let (folded, stderr) = report(&[]);
+    assert!(folded.contains(";gone+0x"), "{folded}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains(exe_s))
+        .unwrap_or_else(|| panic!("no warning about {exe_s}: {stderr}"));
+    for remedy in [
+        "its frames are shown as offsets",
+        "--symfs DIR (a copy of the recording host's root)",
+        &format!("--debug-dir DIR holding DIR/{rel}"),
+        "`urec archive FILE` on the recording host",
+        "installing its -dbgsym package",
+    ] {
+        assert!(warning.contains(remedy), "{remedy:?} not in {warning}");
+    }
+
+    let (folded, stderr) = report(&["--debug-dir", dbg.to_str().unwrap()]);
+    let lines: Vec<&str> = folded.lines().collect();
+    assert_eq!(lines.len(), 2, "{folded}");
+    assert!(lines[0].ends_with(";main;a;leaf 600"), "{folded}");
+    assert!(lines[1].ends_with(";main;b;leaf 400"), "{folded}");
+    assert!(!stderr.contains(exe_s), "{stderr}");
+}
+
 #[test]
 fn kill_9_keeps_what_was_recorded() {
     if !have_root() {

@@ -782,7 +782,10 @@ pub(crate) fn frame_names(
     if frames.is_empty() {
         return vec![offset_name(path, offset)];
     }
-    frames.iter().map(|f| f.function.clone()).collect()
+    frames
+        .iter()
+        .map(|f| f.display_name().to_string())
+        .collect()
 }
 
 fn sort_functions(functions: &mut [Function], key: SortKey) {

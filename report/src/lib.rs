@@ -15,8 +15,8 @@
 //! (probe, process generation, stack) keys, never by the number of events: each key's stack is
 //! rebased the first time it is seen (with the mappings in force at that event's time), and
 //! equal rebased stacks of different processes merge at once. Symbolization runs at the end, once
-//! per unique rebased stack, through a [`symbolize::Symbolizer`] that caches each (binary,
-//! offset). Latency comes from the recorder's measurement on return events, or, when it is
+//! per unique rebased stack, through a [`symbolize::Symbolizer`] (the `urec-symbolize` crate,
+//! re-exported) that caches each (binary, offset). Latency comes from the recorder's measurement on return events, or, when it is
 //! missing, from pairing entries and returns of the same thread with a per-thread stack, which
 //! keeps recursion right.
 //!
@@ -41,7 +41,7 @@ mod interner;
 pub mod json;
 pub mod rebase;
 pub mod script;
-pub mod symbolize;
+pub use urec_symbolize as symbolize;
 pub mod table;
 mod units;
 

@@ -1,8 +1,10 @@
 //! Rebasing + symbolization against real ELF files built here from `tests/fixtures/` with gcc,
 //! g++ and rustc: PIE, non-PIE, a shared library, stripped binaries with their debug info found
 //! next to them, through `--debug-dir` by debuglink name and by build id, `.symtab`/`.dynsym`
-//! fallbacks, an inline chain at -O2, C++ and Rust demangling, `--symfs`, build-id mismatches
-//! and an exec replacing a process image.
+//! fallbacks, an inline chain at -O2, C++ and Rust demangling, `--symfs` (strict: never this
+//! host's files), build-id mismatches, an exec replacing a process image, a debug file alone
+//! standing in for a deleted binary, files handed over by the recorder, and the precedence of
+//! embedded symbols.
 //!
 //! Ground truth comes from the fixtures themselves, read with `object`: symbol addresses,
 //! `PT_LOAD` segments (to build the `Mapping` records a recorder would write, at made-up load
@@ -18,7 +20,10 @@ use std::sync::OnceLock;
 use object::{Object, ObjectSegment, ObjectSymbol, SegmentFlags};
 use urec_format::{Avma, BuildId, FileOffset, Mapping, ProcessChange, ProcessEvent, Record};
 use urec_report::rebase::AddressSpaces;
-use urec_report::symbolize::{Frame, SymbolizeOptions, Symbolizer};
+use urec_report::symbolize::{
+    lookup_offset, EmbeddedBinary, EmbeddedFrame, EmbeddedSymbols, Frame, FrameName,
+    SymbolizeOptions, Symbolizer, Unnamed,
+};
 
 const PIE_BASE: u64 = 0x5555_0000_0000;
 const LIB_BASE: u64 = 0x7f00_0000_0000;
@@ -317,7 +322,7 @@ fn spaces(records: impl IntoIterator<Item = Record>) -> AddressSpaces {
 }
 
 fn names(frames: &[Frame]) -> Vec<&str> {
-    frames.iter().map(|f| f.function.as_str()).collect()
+    frames.iter().map(Frame::display_name).collect()
 }
 
 /// Rebase (pid, time, addr) and symbolize it.
@@ -352,7 +357,7 @@ fn assert_inline_chain(sym: &mut Symbolizer, path: &str, build_id: Option<&Build
     let ret = PIE_BASE + pie.return_address_of_call("outer", "leaf");
     let frames = resolve(&s, sym, 1, 10, ret, true);
     assert_eq!(names(&frames), ["outer", "helper"], "{frames:#?}");
-    assert_eq!((frames[0].inlined, frames[1].inlined), (false, true));
+    assert_eq!((frames[0].inline_depth, frames[1].inline_depth), (0, 1));
     assert_eq!(frames[0].line, Some(line_of("prog.c", "LINE:outer-call")));
     assert_eq!(frames[1].line, Some(line_of("prog.c", "LINE:helper-call")));
     for f in &frames {
@@ -381,11 +386,11 @@ fn pie_function_entry_and_offset() {
     assert_eq!(
         frames,
         [Frame {
-            function: "leaf".into(),
+            name: FrameName::Function("leaf".into()),
             file: frames[0].file.clone(),
             // At -O2 the first instruction is the body's first statement.
             line: Some(line_of("prog.c", "LINE:leaf-body")),
-            inlined: false,
+            inline_depth: 0,
         }]
     );
     assert!(frames[0]
@@ -514,10 +519,10 @@ fn stripped_with_debuglink_in_debug_dir() {
     assert_eq!(
         frames,
         [Frame {
-            function: "outer".into(),
+            name: FrameName::Function("outer".into()),
             file: None,
             line: None,
-            inlined: false
+            inline_depth: 0
         }]
     );
 }
@@ -550,10 +555,10 @@ fn symtab_dynsym_and_unresolved_fallbacks() {
     assert_eq!(
         frames,
         [Frame {
-            function: "outer".into(),
+            name: FrameName::Function("outer".into()),
             file: None,
             line: None,
-            inlined: false
+            inline_depth: 0
         }]
     );
     // .dynsym only: an exported function of a --strip-all library.
@@ -570,6 +575,7 @@ fn symtab_dynsym_and_unresolved_fallbacks() {
     let ret = pie.return_address_of_call("outer", "leaf");
     let frames = resolve(&s, &mut sym, 1, 5, PIE_BASE + ret, true);
     assert_eq!(names(&frames), [format!("bare+{:#x}", pie.offset_of(ret))]);
+    assert_eq!(frames[0].unnamed_reason(), Some(Unnamed::NoSymbols));
     assert_eq!(sym.take_warnings(), Vec::<String>::new());
 }
 
@@ -618,6 +624,7 @@ fn symfs_full_path_then_basename() {
     for _ in 0..2 {
         let frames = resolve(&s, &mut sym, 1, 5, PIE_BASE + leaf, false);
         assert_eq!(names(&frames), [format!("pie+{:#x}", pie.offset_of(leaf))]);
+        assert_eq!(frames[0].unnamed_reason(), Some(Unnamed::BinaryMissing));
     }
     let w = sym.take_warnings();
     assert_eq!(w.len(), 1, "{w:?}");
@@ -642,9 +649,15 @@ fn build_id_mismatch_is_warned_and_not_used() {
         names(&frames),
         [format!("pie+{:#x}", nopie.offset_of(leaf))]
     );
+    assert_eq!(frames[0].unnamed_reason(), Some(Unnamed::BuildIdMismatch));
     let w = sym.take_warnings();
     let mismatch: Vec<_> = w.iter().filter(|w| w.contains("mismatch")).collect();
     assert_eq!(mismatch.len(), 1, "{w:?}");
+    assert_eq!(w.len(), 1, "one warning per binary: {w:?}");
+    assert!(
+        mismatch[0].contains(&format!("the file at {recorded} is another version")),
+        "{w:?}"
+    );
     for needle in [
         recorded.clone(),
         pie.build_id.to_string(),
@@ -706,6 +719,10 @@ fn special_mappings() {
     assert_eq!(
         names(sym.symbolize("[vdso]", None, FileOffset(0x123), true)),
         ["[vdso]"]
+    );
+    assert_eq!(
+        sym.symbolize("[vdso]", None, FileOffset(0x123), true)[0].unnamed_reason(),
+        Some(Unnamed::Special)
     );
     assert_eq!(
         names(sym.symbolize("", None, FileOffset(0x123), false)),
@@ -796,4 +813,166 @@ fn measure_symbolization_and_lookup_costs() {
         "AddressSpaces: 120000 mappings, 1M lookups in {e:?} ({:.0} ns each)",
         e.as_secs_f64() * 1e9 / 1e6
     );
+}
+
+/// A recorded binary that is nowhere, with its debug file alone at `DIR/.build-id/xx/rest.debug`
+/// (objcopy --only-keep-debug: no file layout), PIE and non-PIE.
+#[test]
+fn debug_file_alone_names_frames() {
+    let dir = fixtures_or_skip!();
+    let pie = elf(&dir.join("pie"));
+    let recorded = "/nonexistent/urec-test/gone/pie";
+    let mut sym = symbolizer_with(None, vec![dir.join("bid/dbg")]);
+    assert_inline_chain(&mut sym, recorded, Some(&pie.build_id));
+    assert_eq!(sym.take_warnings(), Vec::<String>::new());
+
+    let nopie = elf(&dir.join("nopie"));
+    let dbg = dir.join("nopie-dbg");
+    let target = dbg.join(format!("{}.debug", build_id_rel(&nopie.build_id)));
+    fs::create_dir_all(target.parent().unwrap()).unwrap();
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&nopie.path)
+        .arg(&target));
+    let recorded = "/nonexistent/urec-test/gone/nopie";
+    let s = spaces(nopie.mappings(1, 0, 0, recorded, Some(&nopie.build_id)));
+    let mut sym = symbolizer_with(None, vec![dbg]);
+    for f in ["leaf", "outer", "main"] {
+        let (addr, _) = nopie.sym(f);
+        assert_eq!(names(&resolve(&s, &mut sym, 1, 5, addr, false))[0], f);
+    }
+    assert_eq!(sym.take_warnings(), Vec::<String>::new());
+}
+
+/// `--symfs DIR` stands for the recording host's root: a binary that exists on this host at
+/// its recorded path is not used when DIR lacks it.
+#[test]
+fn strict_symfs_never_looks_on_the_host() {
+    let dir = fixtures_or_skip!();
+    let pie = elf(&dir.join("pie"));
+    let empty = dir.join("emptyfs");
+    fs::create_dir_all(&empty).unwrap();
+    let recorded = p(&pie.path);
+    let s = spaces(pie.mappings(1, 0, PIE_BASE, &recorded, Some(&pie.build_id)));
+    let (leaf, _) = pie.sym("leaf");
+    let mut sym = symbolizer_with(Some(empty), vec![]);
+    let frames = resolve(&s, &mut sym, 1, 5, PIE_BASE + leaf, false);
+    assert_eq!(names(&frames), [format!("pie+{:#x}", pie.offset_of(leaf))]);
+    assert_eq!(frames[0].unnamed_reason(), Some(Unnamed::BinaryMissing));
+    let w = sym.take_warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    for needle in [
+        "searched --symfs, build-id directories",
+        "--symfs DIR (a copy of the recording host's root)",
+        &format!(
+            "--debug-dir DIR holding DIR/{}.debug",
+            build_id_rel(&pie.build_id)
+        ),
+        "`urec archive FILE` on the recording host",
+        "-dbgsym package",
+    ] {
+        assert!(w[0].contains(needle), "{needle:?} not in {w:?}");
+    }
+    // An explicit --debug-dir still applies under --symfs.
+    let mut sym = symbolizer_with(Some(dir.join("emptyfs")), vec![dir.join("bid/dbg")]);
+    assert_inline_chain(&mut sym, &recorded, Some(&pie.build_id));
+}
+
+/// A file handed over by the recorder is used instead of any search, and still verified.
+#[test]
+fn provided_file_is_used_and_verified() {
+    let dir = fixtures_or_skip!();
+    let pie = elf(&dir.join("pie"));
+    let recorded = "/nonexistent/urec-test/provided/pie (deleted)";
+    let mut sym = symbolizer();
+    sym.provide_file(
+        recorded,
+        Some(&pie.build_id),
+        fs::File::open(&pie.path).unwrap(),
+    );
+    assert_inline_chain(&mut sym, recorded, Some(&pie.build_id));
+    assert_eq!(sym.take_warnings(), Vec::<String>::new());
+    // Another version handed over: not used, said.
+    let mut sym = symbolizer();
+    sym.provide_file(
+        recorded,
+        Some(&pie.build_id),
+        fs::File::open(dir.join("nopie")).unwrap(),
+    );
+    let s = spaces(pie.mappings(1, 0, PIE_BASE, recorded, Some(&pie.build_id)));
+    let (leaf, _) = pie.sym("leaf");
+    let frames = resolve(&s, &mut sym, 1, 5, PIE_BASE + leaf, false);
+    assert_eq!(frames[0].unnamed_reason(), Some(Unnamed::BuildIdMismatch));
+    let w = sym.take_warnings();
+    assert!(w.len() == 1 && w[0].contains("another version"), "{w:?}");
+}
+
+/// Embedded symbols name what local files cannot, and lose to local files that say more.
+#[test]
+fn embedded_symbols_precedence() {
+    let dir = fixtures_or_skip!();
+    let pie = elf(&dir.join("pie"));
+    let (leaf, _) = pie.sym("leaf");
+    let off = pie.offset_of(leaf);
+    let ret = pie.return_address_of_call("outer", "leaf");
+    let frame = |function: &str, line: Option<u32>| EmbeddedFrame {
+        function: function.into(),
+        file: line.map(|_| "host.c".into()),
+        line,
+    };
+    let embedded = |path: &str| EmbeddedSymbols {
+        binaries: vec![EmbeddedBinary {
+            path: path.into(),
+            build_id: Some(pie.build_id.clone()),
+            frames: [
+                (off, vec![frame("leaf_on_host", Some(7))]),
+                (
+                    lookup_offset(FileOffset(pie.offset_of(ret)), true),
+                    vec![frame("outer_on_host", None), frame("inlined_on_host", None)],
+                ),
+            ]
+            .into(),
+        }],
+    };
+    // No local file: the embedded frames, inline depths from their order, and no warning.
+    let gone = "/nonexistent/urec-test/embedded/pie";
+    let mut sym = symbolizer();
+    sym.set_embedded(embedded(gone));
+    let s = spaces(pie.mappings(1, 0, PIE_BASE, gone, Some(&pie.build_id)));
+    let frames = resolve(&s, &mut sym, 1, 5, PIE_BASE + leaf, false);
+    assert_eq!(names(&frames), ["leaf_on_host"]);
+    assert_eq!(frames[0].line, Some(7));
+    let frames = resolve(&s, &mut sym, 1, 5, PIE_BASE + ret, true);
+    assert_eq!(names(&frames), ["outer_on_host", "inlined_on_host"]);
+    assert_eq!(frames[1].inline_depth, 1);
+    assert_eq!(sym.take_warnings(), Vec::<String>::new());
+    // The local file has DWARF: it names both with lines, and wins.
+    let here = p(&pie.path);
+    let mut sym = symbolizer();
+    sym.set_embedded(embedded(&here));
+    let s = spaces(pie.mappings(1, 0, PIE_BASE, &here, Some(&pie.build_id)));
+    assert_eq!(
+        names(&resolve(&s, &mut sym, 1, 5, PIE_BASE + leaf, false)),
+        ["leaf"]
+    );
+    // A local file with symbols but no lines (nodebug stands in at the recorded path with
+    // pie's build id missing): the embedded frame with a line wins over a name without.
+    let nodebug = elf(&dir.join("nodebug"));
+    let (nleaf, _) = nodebug.sym("leaf");
+    let path = p(&nodebug.path);
+    let mut sym = symbolizer();
+    sym.set_embedded(EmbeddedSymbols {
+        binaries: vec![EmbeddedBinary {
+            path: path.clone(),
+            build_id: None,
+            frames: [(nodebug.offset_of(nleaf), vec![frame("leaf", Some(3))])].into(),
+        }],
+    });
+    let s = spaces(nodebug.mappings(1, 0, PIE_BASE, &path, None));
+    let frames = resolve(&s, &mut sym, 1, 5, PIE_BASE + nleaf, false);
+    assert_eq!((names(&frames), frames[0].line), (vec!["leaf"], Some(3)));
+    // Without the embedded line, the local name stands.
+    let (nouter, _) = nodebug.sym("outer");
+    let frames = resolve(&s, &mut sym, 1, 5, PIE_BASE + nouter, false);
+    assert_eq!((names(&frames), frames[0].line), (vec!["outer"], None));
 }

@@ -1,6 +1,11 @@
 //! Finding the files to symbolize with: the binary itself (through `--symfs`, its recorded
 //! path, or by build id) and its separate debug file (by build id, then by `.gnu_debuglink`).
 //!
+//! `--symfs DIR` stands for the recording host's root, as in perf: with it, recorded paths and
+//! the system debug directories (`/usr/lib/debug`, `/lib/debug`, `~/.debug`) are looked up under
+//! DIR only, never on this host, so a workstation can be simulated exactly; explicit
+//! `--debug-dir`s still apply.
+//!
 //! This is done here rather than left to blazesym because blazesym only looks for debug files
 //! through a `.gnu_debuglink` (its build-id lookup is a step of that search, so a binary
 //! stripped without a debuglink finds nothing), knows nothing of `--symfs` or build-id
@@ -11,8 +16,38 @@
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
-use object::read::ReadCache;
-use object::{Object, ObjectSection, ObjectSegment};
+use crate::elf::ElfInfo;
+use crate::SymbolizeOptions;
+
+/// The system debug directories, searched after any `--debug-dir`.
+const SYSTEM_DEBUG_DIRS: [&str; 2] = ["/usr/lib/debug", "/lib/debug"];
+
+/// Every directory a search may look in, fixed once per report.
+#[derive(Clone, Debug)]
+pub(crate) struct SearchPaths {
+    /// `--symfs DIR`: the recording host's root.
+    pub symfs: Option<PathBuf>,
+    /// `--debug-dir`s, then the system ones (under `--symfs` when given).
+    pub debug_dirs: Vec<PathBuf>,
+    /// perf's build-id cache, `~/.debug` (under `--symfs` when given).
+    pub perf_cache: Option<PathBuf>,
+}
+
+impl SearchPaths {
+    pub fn new(opts: &SymbolizeOptions, home: Option<&Path>) -> SearchPaths {
+        let under_root = |p: &Path| match &opts.symfs {
+            Some(root) => root.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.to_path_buf(),
+        };
+        let mut debug_dirs = opts.debug_dirs.clone();
+        debug_dirs.extend(SYSTEM_DEBUG_DIRS.iter().map(|d| under_root(Path::new(d))));
+        SearchPaths {
+            symfs: opts.symfs.clone(),
+            debug_dirs,
+            perf_cache: home.map(|h| under_root(&h.join(".debug"))),
+        }
+    }
+}
 
 /// A file that may be the binary or debug file sought: opened the untrusted way (regular files
 /// only, never blocking), its headers read through `pread`, never mapped: a file truncated
@@ -46,70 +81,6 @@ pub(crate) fn is_clean_absolute(path: &Path) -> bool {
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
-/// What symbolization needs to know about one ELF file, read once from its headers.
-#[derive(Debug)]
-pub(crate) struct ElfInfo {
-    pub build_id: Option<Vec<u8>>,
-    /// `PT_LOAD` segments as (file offset, file size, virtual address).
-    pub loads: Vec<(u64, u64, u64)>,
-    /// The file carries DWARF (a `.debug_info` with contents, not a stripped `NOBITS` one).
-    pub has_dwarf: bool,
-    /// The file has a `.symtab` with contents.
-    pub has_symtab: bool,
-    /// `.gnu_debuglink`: file name and CRC32 of the debug file.
-    pub debuglink: Option<(String, u32)>,
-}
-
-impl ElfInfo {
-    /// Reads the headers of an open file; `None` if it is not an object file.
-    pub fn read(file: &File) -> Option<ElfInfo> {
-        let cache = ReadCache::new(file);
-        let obj = object::File::parse(&cache).ok()?;
-        let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
-        let loads = obj
-            .segments()
-            .map(|s| {
-                let (off, size) = s.file_range();
-                (off, size, s.address())
-            })
-            .collect();
-        let has_dwarf = obj
-            .section_by_name(".debug_info")
-            .and_then(|s| s.file_range())
-            .is_some_and(|(_, size)| size > 0);
-        let has_symtab = obj
-            .section_by_name(".symtab")
-            .and_then(|s| s.file_range())
-            .is_some_and(|(_, size)| size > 0);
-        let debuglink = obj
-            .gnu_debuglink()
-            .ok()
-            .flatten()
-            .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc));
-        Some(ElfInfo {
-            build_id,
-            loads,
-            has_dwarf,
-            has_symtab,
-            debuglink,
-        })
-    }
-
-    /// Worth using as a separate debug file: it has DWARF or at least a symbol table.
-    pub fn has_dwarf_or_symbols(&self) -> bool {
-        self.has_dwarf || self.has_symtab
-    }
-
-    /// The virtual address (as symbols and DWARF state it) that a file offset is loaded at,
-    /// through the `PT_LOAD` segment containing it.
-    pub fn offset_to_vaddr(&self, offset: u64) -> Option<u64> {
-        self.loads
-            .iter()
-            .find(|&&(off, size, _)| offset >= off && offset - off < size)
-            .map(|&(off, _, vaddr)| vaddr.wrapping_add(offset - off))
-    }
-}
-
 /// `xx/rest` for a build id, as `.build-id` directories lay files out.
 pub(crate) fn build_id_rel(build_id: &[u8]) -> Option<PathBuf> {
     // Anything shorter than 8 bytes is not a real build id and would collide.
@@ -121,71 +92,70 @@ pub(crate) fn build_id_rel(build_id: &[u8]) -> Option<PathBuf> {
 }
 
 /// Candidate paths for the binary recorded at `recorded`, in search order: under `--symfs`
-/// (the full path, then the file name alone), then the recorded path itself.
+/// the full path, then the file name alone, and never the host's file; else the recorded path.
 pub(crate) fn binary_candidates(recorded: &Path, symfs: Option<&Path>) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(symfs) = symfs {
-        let rel = recorded.strip_prefix("/").unwrap_or(recorded);
-        out.push(symfs.join(rel));
-        if let Some(name) = recorded.file_name() {
-            out.push(symfs.join(name));
-        }
+    let Some(symfs) = symfs else {
+        return vec![recorded.to_path_buf()];
+    };
+    let rel = recorded.strip_prefix("/").unwrap_or(recorded);
+    let mut out = vec![symfs.join(rel)];
+    if let Some(name) = recorded.file_name() {
+        out.push(symfs.join(name));
     }
-    out.push(recorded.to_path_buf());
     out
 }
 
-/// Where a binary with this build id may be found when the recorded path holds another file:
-/// `DIR/.build-id/xx/rest` (and perf's `DIR/.build-id/xx/rest/elf`) under `--symfs` and each
-/// debug dir (Debian's `/usr/lib/debug/.build-id/xx/rest` links to the binary), and perf's
-/// build-id cache `~/.debug/.build-id/xx/rest/elf`.
-///
-/// A `rest.debug` file is deliberately not a substitute: `objcopy --only-keep-debug` keeps the
-/// program headers' addresses but zeroes their file offsets, so file offsets could only be
-/// guessed, and rebasing is exact or not at all.
-pub(crate) fn binary_by_build_id(
-    build_id: &[u8],
-    symfs: Option<&Path>,
-    debug_dirs: &[PathBuf],
-    home: Option<&Path>,
-) -> Vec<PathBuf> {
+/// Where a binary with this build id may be found when the recorded path holds another file or
+/// none: gdb's `DIR/.build-id/xx/rest` and perf's `DIR/.build-id/xx/rest/elf` under `--symfs`
+/// and each debug dir (Debian's `/usr/lib/debug/.build-id/xx/rest` links to the binary), and
+/// perf's build-id cache `~/.debug/.build-id/xx/rest/elf`.
+pub(crate) fn binary_by_build_id(build_id: &[u8], paths: &SearchPaths) -> Vec<PathBuf> {
     let Some(rel) = build_id_rel(build_id) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for dir in symfs
-        .into_iter()
-        .chain(debug_dirs.iter().map(PathBuf::as_path))
-    {
+    for dir in paths.symfs.iter().chain(&paths.debug_dirs) {
         out.push(dir.join(&rel));
         out.push(dir.join(&rel).join("elf"));
     }
-    if let Some(home) = home {
-        out.push(home.join(".debug").join(&rel).join("elf"));
+    if let Some(cache) = &paths.perf_cache {
+        out.push(cache.join(&rel).join("elf"));
+    }
+    out
+}
+
+/// Debug files for a build id, in search order: gdb's `DIR/.build-id/xx/rest.debug` and perf's
+/// `DIR/.build-id/xx/rest/debug` in each debug dir, then perf's cache
+/// `~/.debug/.build-id/xx/rest/debug`.
+pub(crate) fn debug_by_build_id(build_id: &[u8], paths: &SearchPaths) -> Vec<PathBuf> {
+    let Some(rel) = build_id_rel(build_id) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for dir in &paths.debug_dirs {
+        out.push(with_suffix(&dir.join(&rel), ".debug"));
+        out.push(dir.join(&rel).join("debug"));
+    }
+    if let Some(cache) = &paths.perf_cache {
+        out.push(cache.join(&rel).join("debug"));
     }
     out
 }
 
 /// Candidate separate debug files for a binary, in search order (perf's and gdb's
-/// conventions): `DIR/.build-id/xx/rest.debug` for each debug dir, perf's cache
-/// `~/.debug/.build-id/xx/rest/debug`, then for a `.gnu_debuglink` name: `DIR/name`,
-/// `DIR/<binary's dir>/name`, next to the binary, and in `.debug/` next to it.
+/// conventions): by build id ([`debug_by_build_id`]), then for a `.gnu_debuglink` name:
+/// `DIR/name`, `DIR/<binary's dir>/name`, next to the binary, and in `.debug/` next to it.
 pub(crate) fn debug_candidates(
     binary: &Path,
     recorded: &Path,
     info: &ElfInfo,
-    debug_dirs: &[PathBuf],
-    home: Option<&Path>,
+    paths: &SearchPaths,
 ) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(rel) = info.build_id.as_deref().and_then(build_id_rel) {
-        for dir in debug_dirs {
-            out.push(with_suffix(&dir.join(&rel), ".debug"));
-        }
-        if let Some(home) = home {
-            out.push(home.join(".debug").join(&rel).join("debug"));
-        }
-    }
+    let mut out = info
+        .build_id
+        .as_deref()
+        .map_or_else(Vec::new, |id| debug_by_build_id(id, paths));
+    let debug_dirs = &paths.debug_dirs;
     if let Some((name, _)) = &info.debuglink {
         let name = Path::new(name);
         // A debuglink is a bare file name; anything else (`..` included) is not to be
@@ -314,16 +284,47 @@ mod tests {
     }
 
     #[test]
-    fn symfs_candidates() {
+    fn symfs_candidates_stay_under_symfs() {
         let c = binary_candidates(Path::new("/usr/bin/x"), Some(Path::new("/s")));
+        assert_eq!(c, [PathBuf::from("/s/usr/bin/x"), PathBuf::from("/s/x")]);
+        let c = binary_candidates(Path::new("/usr/bin/x"), None);
+        assert_eq!(c, [PathBuf::from("/usr/bin/x")]);
+    }
+
+    #[test]
+    fn symfs_moves_the_system_debug_dirs_not_the_explicit_ones() {
+        let opts = SymbolizeOptions {
+            symfs: Some("/s".into()),
+            debug_dirs: vec!["/d".into()],
+        };
+        let paths = SearchPaths::new(&opts, Some(Path::new("/home/u")));
         assert_eq!(
-            c,
-            vec![
-                PathBuf::from("/s/usr/bin/x"),
-                PathBuf::from("/s/x"),
-                PathBuf::from("/usr/bin/x")
+            paths.debug_dirs,
+            [
+                PathBuf::from("/d"),
+                PathBuf::from("/s/usr/lib/debug"),
+                PathBuf::from("/s/lib/debug")
             ]
         );
+        assert_eq!(paths.perf_cache, Some(PathBuf::from("/s/home/u/.debug")));
+        let id = [0xab, 0xcd, 1, 2, 3, 4, 5, 6];
+        let debug = debug_by_build_id(&id, &paths);
+        assert_eq!(
+            debug[0],
+            PathBuf::from("/d/.build-id/ab/cd010203040506.debug")
+        );
+        assert_eq!(
+            debug[1],
+            PathBuf::from("/d/.build-id/ab/cd010203040506/debug")
+        );
+        assert!(debug
+            .iter()
+            .all(|p| p.starts_with("/d") || p.starts_with("/s")));
+        let bins = binary_by_build_id(&id, &paths);
+        assert!(bins
+            .iter()
+            .all(|p| p.starts_with("/d") || p.starts_with("/s")));
+        assert!(bins.contains(&PathBuf::from("/d/.build-id/ab/cd010203040506/elf")));
     }
 
     #[test]

@@ -1,0 +1,259 @@
+//! Finding, once per recorded binary, the files that will name its frames — the binary, a
+//! separate debug file, or a debug file alone — each verified against the recorded build id,
+//! and warning, once, with what would fix it when nothing is found.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use urec_format::BuildId;
+use urec_untrusted::SealedCopy;
+
+use crate::advice::{self, Warnings};
+use crate::elf::ElfInfo;
+use crate::locate::{self, Candidate, SearchPaths};
+use crate::Unnamed;
+
+/// What was found for one recorded binary.
+pub(crate) struct Binary {
+    /// The path as recorded, for the embedded symbols.
+    pub recorded: String,
+    pub build_id: Option<BuildId>,
+    /// File name of the recorded path, for `name+0xOFF` frames; the whole name of a special
+    /// mapping (`[vdso]`).
+    pub label: String,
+    pub kind: Kind,
+}
+
+pub(crate) enum Kind {
+    /// No file to read: every frame is unnamed, for this reason.
+    Unnamed(Unnamed),
+    /// Files to read.
+    Elf(Files),
+}
+
+/// The verified files of one binary.
+pub(crate) struct Files {
+    /// Headers whose segments turn a file offset into a virtual address: the binary's, or a
+    /// lone debug file's with the layout restored.
+    pub info: ElfInfo,
+    /// Where the files were found, for messages.
+    pub path: PathBuf,
+    /// What blazesym reads: a copy of the binary as verified, if it was found.
+    pub binary: Option<SealedCopy>,
+    /// A verified separate debug file, copied likewise.
+    pub debug: Option<SealedCopy>,
+    /// Why an address no symbol covers is unnamed.
+    pub no_symbol: Unnamed,
+}
+
+/// A file at a recorded place with another build id: where, and its id.
+type OtherVersion = (PathBuf, Option<Vec<u8>>);
+
+/// `cand` when it is the binary wanted (same build id, or none recorded); else `None`, and the
+/// first such other version is kept for the warning.
+fn accept(
+    want: Option<&[u8]>,
+    cand: Candidate,
+    other: &mut Option<OtherVersion>,
+) -> Option<Candidate> {
+    match (want, cand.info.build_id.as_deref()) {
+        (Some(w), got) if got != Some(w) => {
+            if other.is_none() {
+                *other = Some((cand.path, got.map(<[u8]>::to_vec)));
+            }
+            None
+        }
+        _ => Some(cand),
+    }
+}
+
+/// Where to look, and what to tell.
+pub(crate) struct Search<'a> {
+    pub paths: &'a SearchPaths,
+    pub warnings: &'a mut Warnings,
+    /// The recording carries symbols for this binary: its absence is no loss worth a warning.
+    pub embedded: bool,
+}
+
+impl Search<'_> {
+    /// Finds the files of the binary recorded as (`recorded`, `build_id`), starting with
+    /// `provided` (the very file that was mapped) when the caller has it.
+    pub fn find(
+        &mut self,
+        recorded: &str,
+        build_id: Option<&BuildId>,
+        provided: Option<File>,
+    ) -> Binary {
+        // The kernel marks files deleted after mapping; look for them by their old name.
+        let trimmed = recorded.strip_suffix(" (deleted)").unwrap_or(recorded);
+        let label = Path::new(trimmed)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| trimmed.to_string());
+        let kind = if trimmed.is_empty() || trimmed == "//anon" || trimmed.starts_with("[anon") {
+            Kind::Unnamed(Unnamed::Anonymous)
+        } else if trimmed.starts_with('[') {
+            Kind::Unnamed(Unnamed::Special)
+        } else {
+            self.find_elf(Path::new(trimmed), build_id, provided)
+        };
+        Binary {
+            recorded: recorded.to_string(),
+            build_id: build_id.cloned(),
+            label: if matches!(kind, Kind::Unnamed(Unnamed::Special)) {
+                trimmed.to_string()
+            } else {
+                label
+            },
+            kind,
+        }
+    }
+
+    fn find_elf(
+        &mut self,
+        recorded: &Path,
+        build_id: Option<&BuildId>,
+        provided: Option<File>,
+    ) -> Kind {
+        let want = build_id.map(|b| b.0.as_slice());
+        // The first file found at a recorded place with another build id, for the warning.
+        let mut other_version: Option<OtherVersion> = None;
+        let mut found: Option<Candidate> = None;
+        if let Some(file) = provided {
+            // Held open by the caller, still not trusted to be a regular file.
+            let info = urec_untrusted::check_regular(&file)
+                .ok()
+                .and_then(|()| ElfInfo::read(&file));
+            if let Some(info) = info {
+                let cand = Candidate {
+                    path: recorded.to_path_buf(),
+                    file,
+                    info,
+                };
+                found = accept(want, cand, &mut other_version);
+            }
+        }
+        if found.is_none() && !locate::is_clean_absolute(recorded) {
+            self.warnings.push(format!(
+                "{}: not an absolute path without `..`, as the kernel records them; not \
+                 opened, its frames are shown as offsets",
+                recorded.display()
+            ));
+            return Kind::Unnamed(Unnamed::NotAFile);
+        }
+        if found.is_none() {
+            found = locate::binary_candidates(recorded, self.paths.symfs.as_deref())
+                .iter()
+                .filter_map(|p| Candidate::open(p))
+                .find_map(|c| accept(want, c, &mut other_version));
+        }
+        if found.is_none() {
+            if let Some(w) = want {
+                found = locate::binary_by_build_id(w, self.paths)
+                    .iter()
+                    .filter_map(|p| Candidate::open(p))
+                    .find(|c| c.info.build_id.as_deref() == Some(w) && !c.info.loads.is_empty());
+            }
+        }
+        let files = match found {
+            Some(found) => Some(self.with_debug_file(found, recorded)),
+            None => want.and_then(|w| self.debug_file_alone(w)),
+        };
+        match (files, &other_version, want) {
+            (Some(Ok(files)), Some((path, got)), Some(w)) => {
+                self.warnings.push(advice::mismatch_resolved(
+                    path,
+                    got.as_deref(),
+                    w,
+                    &files.path,
+                ));
+                Kind::Elf(files)
+            }
+            (Some(Ok(files)), _, _) => Kind::Elf(files),
+            (Some(Err(reason)), _, _) => Kind::Unnamed(reason),
+            (None, Some((path, got)), Some(w)) => {
+                if !self.embedded {
+                    self.warnings
+                        .push(advice::mismatch_unresolved(path, got.as_deref(), w));
+                }
+                Kind::Unnamed(Unnamed::BuildIdMismatch)
+            }
+            (None, _, _) => {
+                if !self.embedded {
+                    let mut searched = vec![if self.paths.symfs.is_some() {
+                        "--symfs"
+                    } else {
+                        "its recorded path"
+                    }];
+                    if want.is_some() {
+                        searched.push("build-id directories");
+                    }
+                    self.warnings
+                        .push(advice::missing(recorded, want, &searched));
+                }
+                Kind::Unnamed(Unnamed::BinaryMissing)
+            }
+        }
+    }
+
+    /// The binary found, with its separate debug file if there is one.
+    fn with_debug_file(&mut self, found: Candidate, recorded: &Path) -> Result<Files, Unnamed> {
+        let copy = match SealedCopy::new(&found.file, &found.path) {
+            Ok(copy) => copy,
+            Err(e) => {
+                self.warnings.push(format!(
+                    "cannot read {}: {e}; its frames are shown as offsets",
+                    found.path.display()
+                ));
+                return Err(Unnamed::Unreadable);
+            }
+        };
+        let debug = self.find_debug_file(&found.path, recorded, &found.info);
+        let no_symbol = if debug.is_some() || found.info.has_any_symbols() {
+            Unnamed::NotInAnySymbol
+        } else {
+            Unnamed::NoSymbols
+        };
+        Ok(Files {
+            info: found.info,
+            path: found.path,
+            binary: Some(copy),
+            debug,
+            no_symbol,
+        })
+    }
+
+    fn find_debug_file(
+        &self,
+        binary: &Path,
+        recorded: &Path,
+        info: &ElfInfo,
+    ) -> Option<SealedCopy> {
+        if info.has_dwarf && info.debuglink.is_none() {
+            return None;
+        }
+        let debug = locate::debug_candidates(binary, recorded, info, self.paths)
+            .into_iter()
+            .filter_map(|path| Candidate::open(&path))
+            .find(|c| c.info.has_dwarf_or_symbols() && locate::debug_file_matches(info, c))?;
+        SealedCopy::new(&debug.file, &debug.path).ok()
+    }
+
+    /// No binary anywhere: a debug file with the recorded build id still names frames, its
+    /// segments standing in for the binary's (see [`ElfInfo::with_inferred_offsets`]).
+    fn debug_file_alone(&mut self, want: &[u8]) -> Option<Result<Files, Unnamed>> {
+        let found = locate::debug_by_build_id(want, self.paths)
+            .iter()
+            .filter_map(|p| Candidate::open(p))
+            .find(|c| c.info.build_id.as_deref() == Some(want) && c.info.has_dwarf_or_symbols())?;
+        let info = found.info.with_inferred_offsets()?;
+        let copy = SealedCopy::new(&found.file, &found.path).ok()?;
+        Some(Ok(Files {
+            info,
+            path: found.path,
+            binary: None,
+            debug: Some(copy),
+            no_symbol: Unnamed::NotInAnySymbol,
+        }))
+    }
+}

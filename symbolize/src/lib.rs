@@ -1,0 +1,265 @@
+//! Symbolization for urec: from (binary, file offset) to function names, inline chains and
+//! source lines, and, when nothing names a frame, why. Used by `urec report` and `urec script`,
+//! and by the step that embeds symbols in a recording. Builds without libbpf, clang or root, on
+//! any workstation.
+//!
+//! # Why blazesym
+//! blazesym takes ELF virtual offsets directly, parses DWARF lazily with inlined-function and
+//! line information, falls back to `.symtab`/`.dynsym`, and caches one parsed resolver per
+//! file. With addr2line + gimli + object, urec would own all of that; what blazesym leaves out
+//! — finding the right files by `--symfs`, by build id and by `.gnu_debuglink`, and refusing a
+//! binary whose build id is not the recorded one — is small and lives in [`locate`] and
+//! [`binary`].
+//!
+//! # Where a frame's name comes from
+//! Per frame, the first source that names it with file:line, else the first that names it at
+//! all, in this order (SPEC "Portable recordings"):
+//! 1. local files with the recorded build id: a file the caller handed over
+//!    ([`Symbolizer::provide_file`]), the recorded path, `--symfs`, `--debug-dir`, build-id
+//!    directories; a debug file alone is enough (its segments stand in for the binary's);
+//! 2. the symbols embedded in the recording ([`Symbolizer::set_embedded`]);
+//! 3. debuginfod (not yet: it slots in after 2 in [`Symbolizer::resolve`]);
+//!
+//! else the frame is unnamed, with an [`Unnamed`] reason, shown as `binary+0xOFF` (the recorded
+//! offset), so the same unknown code still aggregates as one frame.
+//!
+//! Every (binary, offset) is resolved once and cached; blazesym keeps each file parsed across
+//! calls (auto-reload is off: stat-ing files per lookup would only cost time in a report).
+//!
+//! # Files a data file names
+//! A recording may come from anywhere, so the paths in it are untrusted: only clean absolute
+//! paths are looked up (no `..` out of `--symfs`), only regular files are opened, never with a
+//! blocking open, and headers are read with `pread`. blazesym maps the files it reads, so it
+//! gets a sealed in-memory copy of the very file that was verified (build id, CRC) rather than
+//! its path: nobody can truncate the copy under it (`SIGBUS`) or swap the path meanwhile. The
+//! search for debug files is [`locate`]'s alone; blazesym's own debug directories are empty.
+
+mod advice;
+mod binary;
+mod demangle;
+mod elf;
+mod embedded;
+mod frame;
+mod local;
+mod locate;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+
+use urec_format::{BuildId, FileOffset};
+
+use advice::Warnings;
+use binary::{Binary, Kind, Search};
+use embedded::EmbeddedIndex;
+use locate::SearchPaths;
+
+pub use demangle::demangle;
+pub use embedded::{EmbeddedBinary, EmbeddedFrame, EmbeddedSymbols};
+pub use frame::{Frame, FrameName, Unnamed};
+
+/// Where to look for binaries and debug files besides the recorded paths.
+#[derive(Clone, Debug, Default)]
+pub struct SymbolizeOptions {
+    /// `--symfs DIR`: the recording host's root. A binary recorded as `/path/to/bin` is looked
+    /// up at `DIR/path/to/bin`, then `DIR/bin`, and the system debug directories
+    /// (`/usr/lib/debug`, `/lib/debug`, `~/.debug`) under DIR — never on this host.
+    pub symfs: Option<PathBuf>,
+    /// `--debug-dir DIR` (repeatable): searched like `/usr/lib/debug`, before it, with or
+    /// without `--symfs`.
+    pub debug_dirs: Vec<PathBuf>,
+}
+
+/// The file offset that is actually looked up for a frame: a caller's return address points
+/// after its call, and the call may be the last instruction of its function, so `offset - 1`
+/// is looked up for return addresses. Embedded symbols are keyed by this value.
+pub fn lookup_offset(offset: FileOffset, return_address: bool) -> u64 {
+    if return_address {
+        offset.0.saturating_sub(1)
+    } else {
+        offset.0
+    }
+}
+
+/// Symbolizes (binary, file offset) pairs, each once.
+pub struct Symbolizer {
+    paths: SearchPaths,
+    blaze: blazesym::symbolize::Symbolizer,
+    /// Recorded path → (recorded build id, index into `binaries`); keyed by path alone so a
+    /// cached lookup needs no allocation.
+    binary_ids: HashMap<Box<str>, Vec<(Option<BuildId>, usize)>>,
+    binaries: Vec<Binary>,
+    /// Files handed over by the caller, taken when their binary is first used.
+    provided: HashMap<String, Vec<(Option<BuildId>, File)>>,
+    embedded: EmbeddedIndex,
+    cache: HashMap<(usize, u64, bool), Box<[Frame]>>,
+    warnings: Warnings,
+}
+
+impl Symbolizer {
+    /// A symbolizer with the given search options.
+    pub fn new(opts: SymbolizeOptions) -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let blaze = blazesym::symbolize::Symbolizer::builder()
+            .enable_auto_reload(false)
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(false)
+            .set_debug_dirs(Some::<&[PathBuf]>(&[]))
+            .build();
+        Symbolizer {
+            paths: SearchPaths::new(&opts, home.as_deref()),
+            blaze,
+            binary_ids: HashMap::new(),
+            binaries: Vec::new(),
+            provided: HashMap::new(),
+            embedded: EmbeddedIndex::default(),
+            cache: HashMap::new(),
+            warnings: Warnings::default(),
+        }
+    }
+
+    /// Uses `file` for the binary recorded as (`recorded_path`, `build_id`) instead of
+    /// searching for it: the recorder holds the exact file that was mapped (through
+    /// `/proc/PID/map_files`), which may since have been deleted, replaced or be in another
+    /// mount namespace. Its build id is still checked when both are known (a mismatch is
+    /// warned and the file ignored), and blazesym still reads a sealed copy of it. Takes effect
+    /// for frames not yet symbolized.
+    pub fn provide_file(&mut self, recorded_path: &str, build_id: Option<&BuildId>, file: File) {
+        self.forget(recorded_path, build_id);
+        let files = self.provided.entry(recorded_path.to_string()).or_default();
+        files.retain(|(id, _)| id.as_ref() != build_id);
+        files.push((build_id.cloned(), file));
+    }
+
+    /// Adds the symbols embedded in a recording, the second source of names after local files
+    /// (see the crate doc). Several calls add up (several recordings); where two name the same
+    /// (binary, offset), the first stays. Frames already symbolized are resolved again.
+    pub fn set_embedded(&mut self, symbols: EmbeddedSymbols) {
+        self.embedded.add(symbols);
+        self.cache.clear();
+    }
+
+    /// Frames for one code address, outermost first (the real function, then the functions
+    /// inlined into it, innermost last). `return_address`: this is a caller's return address,
+    /// so [`lookup_offset`] is what is looked up. An unnamed address gives one frame whose
+    /// [`Frame::display_name`] is `binary_basename+0xOFF` (the recorded offset), `[vdso]` or
+    /// `[unknown]`. Cached per (binary, offset).
+    pub fn symbolize(
+        &mut self,
+        binary: &str,
+        build_id: Option<&BuildId>,
+        offset: FileOffset,
+        return_address: bool,
+    ) -> &[Frame] {
+        let bin = self.binary(binary, build_id);
+        let key = (bin, offset.0, return_address);
+        if !self.cache.contains_key(&key) {
+            let frames = self.resolve(bin, offset, return_address);
+            self.cache.insert(key, frames.into_boxed_slice());
+        }
+        &self.cache[&key]
+    }
+
+    /// Warnings gathered since the last call (binaries not found, build-id mismatches,
+    /// unreadable files), each at most once per report, each one line saying what would fix it.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        self.warnings.take()
+    }
+
+    /// The index of the binary recorded as (`recorded`, `build_id`), found on first use.
+    fn binary(&mut self, recorded: &str, build_id: Option<&BuildId>) -> usize {
+        if let Some(ids) = self.binary_ids.get(recorded) {
+            if let Some(&(_, id)) = ids.iter().find(|(b, _)| b.as_ref() == build_id) {
+                return id;
+            }
+        }
+        let provided = self.provided.get_mut(recorded).and_then(|files| {
+            let i = files.iter().position(|(id, _)| id.as_ref() == build_id)?;
+            Some(files.swap_remove(i).1)
+        });
+        let found = Search {
+            paths: &self.paths,
+            warnings: &mut self.warnings,
+            embedded: self.embedded.covers(recorded, build_id),
+        }
+        .find(recorded, build_id, provided);
+        let id = self.binaries.len();
+        self.binaries.push(found);
+        self.binary_ids
+            .entry(recorded.into())
+            .or_default()
+            .push((build_id.cloned(), id));
+        id
+    }
+
+    /// Makes the next use of a binary search again (its old frames stay cached under an index
+    /// nothing maps to any more).
+    fn forget(&mut self, recorded: &str, build_id: Option<&BuildId>) {
+        if let Some(ids) = self.binary_ids.get_mut(recorded) {
+            ids.retain(|(id, _)| id.as_ref() != build_id);
+        }
+    }
+
+    /// The precedence of the crate doc, for one address.
+    fn resolve(&mut self, bin: usize, offset: FileOffset, return_address: bool) -> Vec<Frame> {
+        let lookup = lookup_offset(offset, return_address);
+        let binary = &self.binaries[bin];
+        let mut named: Option<Vec<Frame>> = None;
+        // 1. Local files with the recorded build id.
+        let reason = match &binary.kind {
+            Kind::Unnamed(reason @ (Unnamed::Special | Unnamed::Anonymous)) => {
+                return vec![unnamed(binary, *reason, offset)];
+            }
+            Kind::Unnamed(reason) => *reason,
+            Kind::Elf(files) => match local::resolve(&self.blaze, files, lookup) {
+                Ok(frames) if has_line(&frames) => return frames,
+                Ok(frames) => {
+                    named = Some(frames);
+                    Unnamed::NotInAnySymbol
+                }
+                Err((reason, error)) => {
+                    if let Some(err) = error {
+                        let path = files.path.display();
+                        self.warnings
+                            .push(format!("cannot read symbols of {path}: {err}"));
+                    }
+                    reason
+                }
+            },
+        };
+        // 2. The symbols embedded in the recording.
+        if let Some(frames) =
+            self.embedded
+                .lookup(&binary.recorded, binary.build_id.as_ref(), lookup)
+        {
+            let frames: Vec<Frame> = (0..)
+                .zip(frames)
+                .map(|(depth, f)| {
+                    Frame::function(f.function.clone(), f.file.clone(), f.line, depth)
+                })
+                .collect();
+            if has_line(&frames) {
+                return frames;
+            }
+            named.get_or_insert(frames);
+        }
+        // 3. debuginfod goes here: files fetched by build id, resolved like 1.
+        named.unwrap_or_else(|| vec![unnamed(binary, reason, offset)])
+    }
+}
+
+/// The frame names its source line (the real function's; inlined ones follow from the same
+/// debug info).
+fn has_line(frames: &[Frame]) -> bool {
+    frames.first().is_some_and(|f| f.line.is_some())
+}
+
+fn unnamed(binary: &Binary, reason: Unnamed, offset: FileOffset) -> Frame {
+    let shown_as = match reason {
+        Unnamed::Special => binary.label.clone(),
+        Unnamed::Anonymous => "[unknown]".to_string(),
+        _ => format!("{}+{:#x}", binary.label, offset.0),
+    };
+    Frame::unnamed(reason, shown_as)
+}
