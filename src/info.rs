@@ -57,7 +57,8 @@ struct ProbeCounts {
 /// The description of the recording at `path`, and what is wrong with it, if anything.
 fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     let mut reader = Reader::open(path)?;
-    let mut probes = Vec::new();
+    // By id: a repeated probe record (no writer makes one) is one probe, not a row per copy.
+    let mut probes = BTreeMap::new();
     let mut processes = Vec::new();
     let mut execs: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut exits = BTreeSet::new();
@@ -69,7 +70,9 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     let mut finish = None;
     for record in reader.metadata() {
         match record? {
-            Record::Probe(p) => probes.push(p),
+            Record::Probe(p) => {
+                probes.insert(p.id, p);
+            }
             Record::Process(p) => processes.push(p),
             Record::ProcessEvent(e) => match e.change {
                 ProcessChange::Exec { exe, .. } => execs.entry(e.pid).or_default().push(exe),
@@ -94,6 +97,7 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             Record::Event(_) => {}
         }
     }
+    let probes: Vec<_> = probes.into_values().collect();
     for p in &probes {
         let id = p
             .build_id
@@ -382,7 +386,12 @@ fn table(w: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let line = |w: &mut String, cells: &mut dyn Iterator<Item = &str>| {
         let mut l = String::new();
         for (i, cell) in cells.enumerate() {
-            let _ = write!(l, "  {cell:<width$}", width = widths[i]);
+            // Padded by hand: `{:<width$}` panics on a width above 65,535, and a file can
+            // hold a name that long.
+            l.push_str("  ");
+            l.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            l.extend(std::iter::repeat_n(' ', pad));
         }
         let _ = writeln!(w, "{}", l.trim_end());
     };

@@ -24,23 +24,29 @@ pub struct Crafted {
     pub bytes: Vec<u8>,
 }
 
-/// How large the crafted claims are; [`Scale::default`] is what the tests and the performance
-/// table use (every class then decompresses to 20–64 MiB).
+/// How large the crafted claims are; [`Scale::default`] is what docs/performance.md measures
+/// (every class then decompresses to 20–64 MiB).
 #[derive(Clone, Copy, Debug)]
 pub struct Scale {
-    /// Frames of the huge stack, args of the wide event, entries without returns, footer
-    /// counts, header words (one byte each, so at most 64 Mi).
+    /// Frames of the huge stack, args of the wide event, footer counts, header words, threads
+    /// of the dictionary (one byte each, so at most 64 Mi).
     pub n: usize,
-    /// Events of the script window attack (each carrying 4 KiB of string arguments), and of
-    /// the many-processes attack.
+    /// Entries without returns (each one event a report or script must process: this sets
+    /// how long those classes take).
+    pub entries: usize,
+    /// Events of the script window attack, each carrying 4 KiB of string arguments.
     pub window_events: usize,
+    /// Processes sharing one 130-frame stack.
+    pub processes: usize,
 }
 
 impl Default for Scale {
     fn default() -> Self {
         Scale {
             n: 20_000_000,
+            entries: 20_000_000,
             window_events: 120_000,
+            processes: 240_000,
         }
     }
 }
@@ -69,8 +75,8 @@ pub fn all(scale: Scale) -> Vec<Crafted> {
         },
         Crafted {
             name: "open-entries",
-            what: "N entries of one thread without a return",
-            bytes: open_entries(n),
+            what: "entries of one thread without a return",
+            bytes: open_entries(scale.entries),
         },
         Crafted {
             name: "footer-counts",
@@ -100,7 +106,7 @@ pub fn all(scale: Scale) -> Vec<Crafted> {
         Crafted {
             name: "stack-per-process",
             what: "a 130-frame stack called from many processes",
-            bytes: stack_per_process(scale.window_events * 2),
+            bytes: stack_per_process(scale.processes),
         },
     ]
 }

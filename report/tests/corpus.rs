@@ -30,7 +30,9 @@ fn replay_fuzz_corpus() {
 fn corpus_scale() -> Scale {
     Scale {
         n: 1_000_000,
+        entries: 1_000_000,
         window_events: 6_000,
+        processes: 12_000,
     }
 }
 

@@ -9,7 +9,9 @@ fn crafted(name: &str) -> Vec<u8> {
     // Above every count limit (the thread dictionary holds n/2).
     let scale = Scale {
         n: 400_000,
+        entries: 1000,
         window_events: 100,
+        processes: 100,
     };
     hostile::all(scale)
         .into_iter()
