@@ -88,9 +88,11 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             }
             Record::Stack(_) => stacks += 1,
             Record::Lost(l) => {
-                *lost.entry(l.source).or_default() += l.count;
+                let n = lost.entry(l.source).or_default();
+                *n = n.saturating_add(l.count);
                 if let Some(p) = l.probe {
-                    *lost_by_probe.entry(p).or_default() += l.count;
+                    let n = lost_by_probe.entry(p).or_default();
+                    *n = n.saturating_add(l.count);
                 }
             }
             Record::Finish(f) => finish = Some(f),
@@ -115,8 +117,8 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             for c in &footer.event_counts {
                 let e = counts.entry(c.probe).or_default();
                 match c.kind {
-                    EventKind::Entry => e.entries += c.count,
-                    EventKind::Return => e.returns += c.count,
+                    EventKind::Entry => e.entries = e.entries.saturating_add(c.count),
+                    EventKind::Return => e.returns = e.returns.saturating_add(c.count),
                 }
             }
             true
@@ -134,7 +136,9 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             false
         }
     };
-    let events: u64 = counts.values().map(|c| c.entries + c.returns).sum();
+    let events: u64 = counts.values().fold(0u64, |t, c| {
+        t.saturating_add(c.entries).saturating_add(c.returns)
+    });
 
     let h = reader.header();
     let (major, minor) = reader.version();
@@ -175,7 +179,9 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             let _ = writeln!(w, "duration:   unknown (no finish record)");
         }
     }
-    let entries: u64 = counts.values().map(|c| c.entries).sum();
+    let entries: u64 = counts
+        .values()
+        .fold(0u64, |t, c| t.saturating_add(c.entries));
     let _ = writeln!(
         w,
         "events:     {events} ({}, {}{})",
@@ -187,7 +193,7 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             "; counted, no footer"
         }
     );
-    let total_lost: u64 = lost.values().sum();
+    let total_lost: u64 = lost.values().fold(0u64, |t, &n| t.saturating_add(n));
     let _ = writeln!(
         w,
         "lost:       {total_lost} (ring {}, sideband {}, unwind {})",

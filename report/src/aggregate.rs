@@ -72,7 +72,9 @@ pub struct Recording {
 impl Recording {
     /// Sum of every lost count.
     pub fn lost(&self) -> u64 {
-        self.lost_ring + self.lost_sideband + self.lost_unwind
+        self.lost_ring
+            .saturating_add(self.lost_sideband)
+            .saturating_add(self.lost_unwind)
     }
 }
 
@@ -362,9 +364,9 @@ impl<'o> Aggregator<'o> {
                     LostSource::Sideband => 1,
                     LostSource::Unwind => 2,
                 };
-                self.lost[i] += l.count;
+                self.lost[i] = self.lost[i].saturating_add(l.count);
                 if let Some(&pi) = l.probe.as_ref().and_then(|p| self.probe_index.get(p)) {
-                    self.probes[pi].lost += l.count;
+                    self.probes[pi].lost = self.probes[pi].lost.saturating_add(l.count);
                 }
             }
             Record::Finish(f) => self.finish = Some(f),
@@ -449,7 +451,8 @@ impl<'o> Aggregator<'o> {
                 if let Some(lat) = ev.latency_ns {
                     p.latency.record(lat);
                     if let Some(i) = stack_idx {
-                        self.agg[i as usize].total_ns += lat;
+                        let s = &mut self.agg[i as usize];
+                        s.total_ns = s.total_ns.saturating_add(lat);
                     }
                 }
             }
@@ -492,7 +495,8 @@ impl<'o> Aggregator<'o> {
         if let Some(lat) = latency {
             p.latency.record(lat);
             if let Some(i) = popped.and_then(|e| e.stack) {
-                self.agg[i as usize].total_ns += lat;
+                let s = &mut self.agg[i as usize];
+                s.total_ns = s.total_ns.saturating_add(lat);
             }
         }
     }
@@ -690,7 +694,7 @@ impl<'o> Aggregator<'o> {
             for (depth, frame) in s.frames.iter().enumerate().rev() {
                 match *frame {
                     RFrame::Unknown => {
-                        unknown += s.calls;
+                        unknown = unknown.saturating_add(s.calls);
                         names.push("[unknown]".to_string());
                     }
                     RFrame::Mapped { binary, offset } => {
@@ -706,8 +710,8 @@ impl<'o> Aggregator<'o> {
                 }
             }
             let e = merged.entry((s.probe, s.comm, names)).or_default();
-            e.0 += s.calls;
-            e.1 += s.total_ns;
+            e.0 = e.0.saturating_add(s.calls);
+            e.1 = e.1.saturating_add(s.total_ns);
         }
         warnings.extend(symbolizer.take_warnings());
         let mut stacks: Vec<StackSummary> = merged
