@@ -52,6 +52,10 @@ struct Run {
 
 /// Runs `urec ARGS -i data` with stdout discarded (script's output is large) and stderr in a
 /// file (no pipe to fill), and reaps it with `wait4` for its resource usage.
+#[allow(
+    clippy::zombie_processes,
+    reason = "reaped by wait4, which std cannot do"
+)]
 fn run(args: &[&str], data: &Path, dir: &Path) -> Run {
     let err_path = dir.join("stderr");
     let svg = dir.join("out.svg");

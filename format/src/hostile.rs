@@ -240,12 +240,8 @@ impl Builder {
     }
 
     fn finish(mut self) -> Vec<u8> {
-        let payload = self.footer.take().unwrap_or_else(|| {
-            let mut p = Vec::new();
-            // Three empty section summaries and no counts.
-            p.resize(13, 0);
-            p
-        });
+        // Three empty section summaries and no counts, unless the footer was crafted.
+        let payload = self.footer.take().unwrap_or_else(|| vec![0; 13]);
         let offset = self.out.len() as u64;
         self.chunk(KIND_FOOTER, &payload, 1);
         self.out.extend_from_slice(&trailer(offset));
