@@ -60,6 +60,7 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     // By id: a repeated probe record (no writer makes one) is one probe, not a row per copy.
     let mut probes = BTreeMap::new();
     let mut processes = Vec::new();
+    let mut last_process = std::collections::HashMap::new();
     let mut execs: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut exits = BTreeSet::new();
     let mut binaries: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -73,7 +74,14 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             Record::Probe(p) => {
                 probes.insert(p.id, p);
             }
-            Record::Process(p) => processes.push(p),
+            Record::Process(p) => {
+                // A record repeating the last one of its pid describes nothing new (no writer
+                // makes one); listing each copy would cost a row apiece.
+                if last_process.get(&p.pid) != Some(&p) {
+                    last_process.insert(p.pid, p.clone());
+                    processes.push(p);
+                }
+            }
             Record::ProcessEvent(e) => match e.change {
                 ProcessChange::Exec { exe, .. } => execs.entry(e.pid).or_default().push(exe),
                 ProcessChange::Exit => {

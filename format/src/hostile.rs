@@ -104,6 +104,11 @@ pub fn all(scale: Scale) -> Vec<Crafted> {
             bytes: probe_repeats(n / 16),
         },
         Crafted {
+            name: "process-repeats",
+            what: "the same process record N/16 times",
+            bytes: process_repeats(n / 16),
+        },
+        Crafted {
             name: "stack-per-process",
             what: "a 130-frame stack called from many processes",
             bytes: stack_per_process(scale.processes),
@@ -423,6 +428,23 @@ fn probe_repeats(n: usize) -> Vec<u8> {
     }
     b.chunk(KIND_META, &buf, n as u32);
     b.meta(&[process(PID)]);
+    b.events(&[
+        entry(PID, PID, T0 + 10, None, Vec::new()),
+        ret(PID, PID, T0 + 20),
+    ]);
+    b.finish()
+}
+
+fn process_repeats(n: usize) -> Vec<u8> {
+    let mut b = Builder::standard();
+    b.meta(&[probe(0, Vec::new())]);
+    let mut one = Vec::new();
+    encode_record(&mut one, &mut Vec::new(), &process(PID));
+    let mut buf = Vec::with_capacity(one.len() * n);
+    for _ in 0..n {
+        buf.extend_from_slice(&one);
+    }
+    b.chunk(KIND_META, &buf, n as u32);
     b.events(&[
         entry(PID, PID, T0 + 10, None, Vec::new()),
         ret(PID, PID, T0 + 20),

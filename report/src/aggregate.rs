@@ -333,7 +333,17 @@ impl<'o> Aggregator<'o> {
                     (None, false) => 0,
                     (None, true) => self.last_ns,
                 };
-                self.new_generation(p.pid, since, &p.comm);
+                // The same process described again (no writer does it) is not a new
+                // generation: a file of one Process record repeated must not cost one apiece.
+                let comm = self.comm_id(&p.comm);
+                let same = self
+                    .pids
+                    .get(&p.pid)
+                    .and_then(|g| g.last())
+                    .is_some_and(|g| g.since_ns == since && g.comm == comm);
+                if !same {
+                    self.new_generation(p.pid, since, &p.comm);
+                }
             }
             Record::ProcessEvent(e) => match e.change {
                 ProcessChange::Exec { comm, .. } => self.new_generation(e.pid, e.time_ns, &comm),
