@@ -57,8 +57,10 @@ struct ProbeCounts {
 /// The description of the recording at `path`, and what is wrong with it, if anything.
 fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     let mut reader = Reader::open(path)?;
-    let mut probes = Vec::new();
+    // By id: a repeated probe record (no writer makes one) is one probe, not a row per copy.
+    let mut probes = BTreeMap::new();
     let mut processes = Vec::new();
+    let mut last_process = std::collections::HashMap::new();
     let mut execs: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let mut exits = BTreeSet::new();
     let mut binaries: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -69,8 +71,17 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     let mut finish = None;
     for record in reader.metadata() {
         match record? {
-            Record::Probe(p) => probes.push(p),
-            Record::Process(p) => processes.push(p),
+            Record::Probe(p) => {
+                probes.insert(p.id, p);
+            }
+            Record::Process(p) => {
+                // A record repeating the last one of its pid describes nothing new (no writer
+                // makes one); listing each copy would cost a row apiece.
+                if last_process.get(&p.pid) != Some(&p) {
+                    last_process.insert(p.pid, p.clone());
+                    processes.push(p);
+                }
+            }
             Record::ProcessEvent(e) => match e.change {
                 ProcessChange::Exec { exe, .. } => execs.entry(e.pid).or_default().push(exe),
                 ProcessChange::Exit => {
@@ -85,15 +96,18 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             }
             Record::Stack(_) => stacks += 1,
             Record::Lost(l) => {
-                *lost.entry(l.source).or_default() += l.count;
+                let n = lost.entry(l.source).or_default();
+                *n = n.saturating_add(l.count);
                 if let Some(p) = l.probe {
-                    *lost_by_probe.entry(p).or_default() += l.count;
+                    let n = lost_by_probe.entry(p).or_default();
+                    *n = n.saturating_add(l.count);
                 }
             }
             Record::Finish(f) => finish = Some(f),
             Record::Event(_) => {}
         }
     }
+    let probes: Vec<_> = probes.into_values().collect();
     for p in &probes {
         let id = p
             .build_id
@@ -111,8 +125,8 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             for c in &footer.event_counts {
                 let e = counts.entry(c.probe).or_default();
                 match c.kind {
-                    EventKind::Entry => e.entries += c.count,
-                    EventKind::Return => e.returns += c.count,
+                    EventKind::Entry => e.entries = e.entries.saturating_add(c.count),
+                    EventKind::Return => e.returns = e.returns.saturating_add(c.count),
                 }
             }
             true
@@ -130,7 +144,9 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             false
         }
     };
-    let events: u64 = counts.values().map(|c| c.entries + c.returns).sum();
+    let events: u64 = counts.values().fold(0u64, |t, c| {
+        t.saturating_add(c.entries).saturating_add(c.returns)
+    });
 
     let h = reader.header();
     let (major, minor) = reader.version();
@@ -171,7 +187,9 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             let _ = writeln!(w, "duration:   unknown (no finish record)");
         }
     }
-    let entries: u64 = counts.values().map(|c| c.entries).sum();
+    let entries: u64 = counts
+        .values()
+        .fold(0u64, |t, c| t.saturating_add(c.entries));
     let _ = writeln!(
         w,
         "events:     {events} ({}, {}{})",
@@ -183,7 +201,7 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
             "; counted, no footer"
         }
     );
-    let total_lost: u64 = lost.values().sum();
+    let total_lost: u64 = lost.values().fold(0u64, |t, &n| t.saturating_add(n));
     let _ = writeln!(
         w,
         "lost:       {total_lost} (ring {}, sideband {}, unwind {})",
@@ -382,7 +400,12 @@ fn table(w: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let line = |w: &mut String, cells: &mut dyn Iterator<Item = &str>| {
         let mut l = String::new();
         for (i, cell) in cells.enumerate() {
-            let _ = write!(l, "  {cell:<width$}", width = widths[i]);
+            // Padded by hand: `{:<width$}` panics on a width above 65,535, and a file can
+            // hold a name that long.
+            l.push_str("  ");
+            l.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            l.extend(std::iter::repeat_n(' ', pad));
         }
         let _ = writeln!(w, "{}", l.trim_end());
     };

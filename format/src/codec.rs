@@ -4,6 +4,7 @@
 //! Every read is bounds-checked and returns [`Malformed`] rather than panicking: the bytes come
 //! from a file, and a file can hold anything.
 
+use crate::limits::{MAX_ARGS, MAX_STACK_FRAMES, MAX_STRINGS};
 use crate::types::*;
 
 /// A decoding failure inside a chunk whose checksum was fine (a writer bug or crafted input).
@@ -144,11 +145,6 @@ impl<'a> Cursor<'a> {
         Ok(b)
     }
 
-    pub(crate) fn byte_vec(&mut self) -> Res<Vec<u8>> {
-        let n = self.len()?;
-        Ok(self.bytes(n)?.to_vec())
-    }
-
     /// A string; invalid UTF-8 (which a writer never produces) is replaced, not refused.
     pub(crate) fn string(&mut self) -> Res<String> {
         let n = self.len()?;
@@ -156,7 +152,13 @@ impl<'a> Cursor<'a> {
     }
 
     fn strings(&mut self) -> Res<Vec<String>> {
-        let n = self.len()?; // each string takes at least one byte
+        // The cap, not the bytes left: an empty string takes one byte but 24 in memory.
+        let n = self.len()?;
+        if n > MAX_STRINGS {
+            return Err(Malformed(
+                "a list of strings is longer than any urec writes",
+            ));
+        }
         (0..n).map(|_| self.string()).collect()
     }
 
@@ -405,7 +407,12 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
                 _ => return Err(Malformed("unknown stack mode")),
             };
             let n = c.len()?;
-            let mut args = Vec::with_capacity(n.min(64));
+            if n > MAX_ARGS {
+                return Err(Malformed(
+                    "a probe has more arguments than any urec fetches",
+                ));
+            }
+            let mut args = Vec::with_capacity(n);
             for _ in 0..n {
                 args.push(ArgSpec {
                     name: c.string()?,
@@ -468,16 +475,21 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
             let id = c.u32()?;
             let truncated = c.bool()?;
             let n = c.len()?; // each frame takes at least one byte
-            let mut frames = Vec::with_capacity(n);
+            let kept = n.min(MAX_STACK_FRAMES);
+            let mut frames = Vec::with_capacity(kept);
             let mut prev = 0u64;
-            for _ in 0..n {
+            for i in 0..n {
+                // Frames past the cap are still decoded, so that damage in them is caught
+                // the same whatever the cap.
                 prev = prev.wrapping_add(unzigzag(c.u64()?) as u64);
-                frames.push(Avma(prev));
+                if i < kept {
+                    frames.push(Avma(prev));
+                }
             }
             Record::Stack(Stack {
                 id,
                 frames,
-                truncated,
+                truncated: truncated || n > kept,
             })
         }
         TAG_LOST => {

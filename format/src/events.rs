@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::codec::{put_bytes, put_u64, unzigzag, zigzag, Cursor, Malformed, Res};
+use crate::limits::{MAX_ARGS, MAX_ARG_STRING, MAX_CHUNK_THREADS};
 use crate::types::{ArgValue, Event, EventKind};
 
 const COL_TAG: usize = 0;
@@ -79,6 +80,12 @@ impl EventEncoder {
     }
 
     /// Bytes the chunk would take before compression (close enough for flushing decisions).
+    /// Distinct threads in the chunk so far: the writer ends the chunk at
+    /// [`MAX_CHUNK_THREADS`], which readers hold it to.
+    pub(crate) fn threads(&self) -> usize {
+        self.ctx.len()
+    }
+
     pub(crate) fn raw_len(&self) -> usize {
         self.cols.iter().map(Vec::len).sum::<usize>() + self.ctx.len() * 12
     }
@@ -199,6 +206,11 @@ impl EventDecoder {
             return Err(Malformed("event count differs from the chunk header's"));
         }
         let nctx = c.len()?;
+        if nctx > MAX_CHUNK_THREADS {
+            return Err(Malformed(
+                "an event chunk names more threads than a writer puts in one",
+            ));
+        }
         self.ctx.clear();
         for _ in 0..nctx {
             self.ctx.push((c.u32()?, c.u32()?, c.u32()?));
@@ -290,15 +302,25 @@ impl EventDecoder {
     fn args(&mut self, buf: &[u8]) -> Res<Vec<ArgValue>> {
         let col = &mut self.cols[COL_ARGS];
         let mut c = Cursor::at(&buf[..col.1], col.0);
-        let n = c.len()?; // each argument takes at least one byte
+        let n = c.len()?;
+        if n > MAX_ARGS {
+            return Err(Malformed(
+                "an event has more arguments than any urec fetches",
+            ));
+        }
         let mut args = Vec::with_capacity(n);
         for _ in 0..n {
             args.push(match c.u8()? {
                 ARG_INT => ArgValue::Int(c.u64()?),
-                t @ (ARG_STR | ARG_STR_TRUNCATED) => ArgValue::Str {
-                    bytes: c.byte_vec()?,
-                    truncated: t == ARG_STR_TRUNCATED,
-                },
+                t @ (ARG_STR | ARG_STR_TRUNCATED) => {
+                    let len = c.len()?;
+                    let bytes = c.bytes(len)?;
+                    let kept = &bytes[..len.min(MAX_ARG_STRING)];
+                    ArgValue::Str {
+                        bytes: kept.to_vec(),
+                        truncated: t == ARG_STR_TRUNCATED || kept.len() < len,
+                    }
+                }
                 ARG_FAULT => ArgValue::Fault,
                 _ => return Err(Malformed("unknown argument value kind")),
             });

@@ -3,6 +3,7 @@
 //! one (a recorder that was killed) loses nothing but this shortcut.
 
 use crate::codec::{event_kind_code, put_u64, Cursor, Malformed, Res};
+use crate::limits::MAX_FOOTER_COUNTS;
 use crate::types::{EventKind, ProbeId};
 
 /// Size and content of one section (all chunks of one kind).
@@ -96,6 +97,9 @@ pub(crate) fn decode_footer(c: &mut Cursor<'_>) -> Res<Footer> {
         footer: SectionStats::default(),
     };
     let n = c.len()?;
+    if n > MAX_FOOTER_COUNTS {
+        return Err(Malformed("the footer counts more probes than it can"));
+    }
     let mut event_counts = Vec::with_capacity(n);
     for _ in 0..n {
         event_counts.push(EventCount {

@@ -30,6 +30,8 @@ mod codec;
 mod error;
 mod events;
 mod footer;
+pub mod hostile;
+pub mod limits;
 mod printable;
 mod reader;
 pub mod synth;

@@ -153,6 +153,7 @@ impl<W: Write> Writer<W> {
         }
         if self.events.len() >= self.opts.chunk_events
             || self.events.raw_len() >= self.opts.chunk_bytes
+            || self.events.threads() >= crate::limits::MAX_CHUNK_THREADS
         {
             self.flush_events()?;
         }

@@ -24,9 +24,9 @@
 //! mappings in force at that event's time. Rebased stacks are (binary, file offset) lists, so
 //! equal call paths in different processes merge into one entry at once. Memory is therefore
 //! bounded by unique keys and stacks, plus the per-thread pending entries (threads × nesting
-//! depth), never by the number of events.
+//! depth, the depth capped at [`MAX_PENDING`]), never by the number of events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 
 use urec_format::{
@@ -72,7 +72,9 @@ pub struct Recording {
 impl Recording {
     /// Sum of every lost count.
     pub fn lost(&self) -> u64 {
-        self.lost_ring + self.lost_sideband + self.lost_unwind
+        self.lost_ring
+            .saturating_add(self.lost_sideband)
+            .saturating_add(self.lost_unwind)
     }
 }
 
@@ -153,8 +155,20 @@ pub struct Report {
 
 /// Reads the recording at `path` and aggregates it. See the module docs for the definitions.
 pub fn analyze(path: &Path, opts: &ReportOptions) -> Result<Report, Error> {
+    analyze_source(crate::input::Source::File(path), opts)
+}
+
+/// [`analyze`] of a recording held in memory.
+pub fn analyze_bytes(bytes: Vec<u8>, opts: &ReportOptions) -> Result<Report, Error> {
+    analyze_source(
+        crate::input::Source::Bytes(Path::new("(in memory)"), bytes),
+        opts,
+    )
+}
+
+fn analyze_source(source: crate::input::Source<'_>, opts: &ReportOptions) -> Result<Report, Error> {
     let (agg, status) = crate::input::read(
-        path,
+        source,
         |header| Aggregator::new(header, opts),
         |agg, record| {
             agg.push(record);
@@ -207,6 +221,13 @@ struct Pending {
     stack: Option<u32>,
 }
 
+/// Entries kept waiting for their return per (process generation, thread, probe). The kernel
+/// installs no return probe beyond 64 nested calls of a thread (`MAX_URETPROBE_DEPTH`), so an
+/// entry this deep under newer ones can no longer be paired: a crafted file of entries without
+/// returns would otherwise hold all of them. When a thread passes the cap, its oldest entry is
+/// dropped and counted as unmatched (its return was lost, or never comes).
+pub(crate) const MAX_PENDING: usize = 1024;
+
 type RawKey = (ProbeId, u32, u32, Option<StackId>);
 type DedupKey = (ProbeId, u32, Box<[RFrame]>, bool);
 
@@ -226,7 +247,7 @@ pub(crate) struct Aggregator<'o> {
     raw: FxMap<RawKey, u32>,
     agg: Vec<AggStack>,
     dedup: HashMap<DedupKey, u32>,
-    pending: FxMap<(u32, u32, ProbeId), Vec<Pending>>,
+    pending: FxMap<(u32, u32, ProbeId), VecDeque<Pending>>,
     events: u64,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -312,7 +333,17 @@ impl<'o> Aggregator<'o> {
                     (None, false) => 0,
                     (None, true) => self.last_ns,
                 };
-                self.new_generation(p.pid, since, &p.comm);
+                // The same process described again (no writer does it) is not a new
+                // generation: a file of one Process record repeated must not cost one apiece.
+                let comm = self.comm_id(&p.comm);
+                let same = self
+                    .pids
+                    .get(&p.pid)
+                    .and_then(|g| g.last())
+                    .is_some_and(|g| g.since_ns == since && g.comm == comm);
+                if !same {
+                    self.new_generation(p.pid, since, &p.comm);
+                }
             }
             Record::ProcessEvent(e) => match e.change {
                 ProcessChange::Exec { comm, .. } => self.new_generation(e.pid, e.time_ns, &comm),
@@ -343,9 +374,9 @@ impl<'o> Aggregator<'o> {
                     LostSource::Sideband => 1,
                     LostSource::Unwind => 2,
                 };
-                self.lost[i] += l.count;
+                self.lost[i] = self.lost[i].saturating_add(l.count);
                 if let Some(&pi) = l.probe.as_ref().and_then(|p| self.probe_index.get(p)) {
-                    self.probes[pi].lost += l.count;
+                    self.probes[pi].lost = self.probes[pi].lost.saturating_add(l.count);
                 }
             }
             Record::Finish(f) => self.finish = Some(f),
@@ -355,6 +386,14 @@ impl<'o> Aggregator<'o> {
     fn probe(&mut self, probe: Probe) {
         let wanted = &self.opts.filter.probes;
         let selected = wanted.is_empty() || wanted.iter().any(|w| answers_to(&probe, w));
+        if let Some(&pi) = self.probe_index.get(&probe.id) {
+            // A repeated definition (no writer makes one) replaces the first rather than adding
+            // a row: a file of one probe record repeated must not cost a row per copy.
+            let p = &mut self.probes[pi];
+            p.probe = probe;
+            p.selected = selected;
+            return;
+        }
         self.probe_index.insert(probe.id, self.probes.len());
         self.probes.push(ProbeState {
             probe,
@@ -405,13 +444,15 @@ impl<'o> Aggregator<'o> {
         }
         match (ev.kind, kind) {
             (EventKind::Entry, ProbeKind::EntryReturn) => {
-                self.pending
-                    .entry((gen.id, ev.tid, ev.probe))
-                    .or_default()
-                    .push(Pending {
-                        time_ns: ev.time_ns,
-                        stack: stack_idx,
-                    });
+                let pending = self.pending.entry((gen.id, ev.tid, ev.probe)).or_default();
+                if pending.len() >= MAX_PENDING {
+                    pending.pop_front();
+                    self.probes[pi].unmatched += 1;
+                }
+                pending.push_back(Pending {
+                    time_ns: ev.time_ns,
+                    stack: stack_idx,
+                });
             }
             (EventKind::Entry, _) => {}
             (EventKind::Return, ProbeKind::Return) => {
@@ -420,7 +461,8 @@ impl<'o> Aggregator<'o> {
                 if let Some(lat) = ev.latency_ns {
                     p.latency.record(lat);
                     if let Some(i) = stack_idx {
-                        self.agg[i as usize].total_ns += lat;
+                        let s = &mut self.agg[i as usize];
+                        s.total_ns = s.total_ns.saturating_add(lat);
                     }
                 }
             }
@@ -434,7 +476,7 @@ impl<'o> Aggregator<'o> {
     fn pair_return(&mut self, pi: usize, ev: &Event, gen: Generation) {
         let key = (gen.id, ev.tid, ev.probe);
         let popped = match self.pending.get_mut(&key) {
-            Some(stack) => match (stack.last(), ev.latency_ns) {
+            Some(stack) => match (stack.back(), ev.latency_ns) {
                 (None, _) => None,
                 (Some(top), Some(lat)) => {
                     // The call began at `expected`; an entry well before it is an outer call.
@@ -443,10 +485,10 @@ impl<'o> Aggregator<'o> {
                     if top.time_ns.saturating_add(slack) < expected {
                         None
                     } else {
-                        stack.pop()
+                        stack.pop_back()
                     }
                 }
-                (Some(_), None) => stack.pop(),
+                (Some(_), None) => stack.pop_back(),
             },
             None => None,
         };
@@ -463,7 +505,8 @@ impl<'o> Aggregator<'o> {
         if let Some(lat) = latency {
             p.latency.record(lat);
             if let Some(i) = popped.and_then(|e| e.stack) {
-                self.agg[i as usize].total_ns += lat;
+                let s = &mut self.agg[i as usize];
+                s.total_ns = s.total_ns.saturating_add(lat);
             }
         }
     }
@@ -661,7 +704,7 @@ impl<'o> Aggregator<'o> {
             for (depth, frame) in s.frames.iter().enumerate().rev() {
                 match *frame {
                     RFrame::Unknown => {
-                        unknown += s.calls;
+                        unknown = unknown.saturating_add(s.calls);
                         names.push("[unknown]".to_string());
                     }
                     RFrame::Mapped { binary, offset } => {
@@ -677,8 +720,8 @@ impl<'o> Aggregator<'o> {
                 }
             }
             let e = merged.entry((s.probe, s.comm, names)).or_default();
-            e.0 += s.calls;
-            e.1 += s.total_ns;
+            e.0 = e.0.saturating_add(s.calls);
+            e.1 = e.1.saturating_add(s.total_ns);
         }
         warnings.extend(symbolizer.take_warnings());
         let mut stacks: Vec<StackSummary> = merged

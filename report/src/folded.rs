@@ -28,7 +28,8 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
             key.push(';');
             key.push_str(&sanitize(f));
         }
-        *merged.entry(key).or_default() += count;
+        let n = merged.entry(key).or_default();
+        *n = n.saturating_add(count);
     }
     merged
         .into_iter()

@@ -8,6 +8,21 @@ use urec_format::{Header, Reader, Record};
 
 use crate::Error;
 
+/// Where a recording comes from: a file (memory-mapped), or bytes already in memory (the fuzz
+/// target's input), named by `path` in messages.
+pub(crate) enum Source<'a> {
+    File(&'a Path),
+    Bytes(&'a Path, Vec<u8>),
+}
+
+impl Source<'_> {
+    fn path(&self) -> &Path {
+        match self {
+            Source::File(p) | Source::Bytes(p, _) => p,
+        }
+    }
+}
+
 /// How the file ended.
 pub(crate) struct InputStatus {
     pub(crate) truncated: bool,
@@ -19,11 +34,17 @@ pub(crate) struct InputStatus {
 /// state `each` works on. A record the reader cannot decode is a [`Error::Corrupt`]; an error
 /// `each` returns (an output that cannot be written) stops the read.
 pub(crate) fn read<S>(
-    path: &Path,
+    source: Source<'_>,
     start: impl FnOnce(&Header) -> S,
     mut each: impl FnMut(&mut S, Record) -> Result<(), Error>,
 ) -> Result<(S, InputStatus), Error> {
-    let mut reader = Reader::open(path).map_err(|source| Error::Open {
+    let path = source.path().to_path_buf();
+    let path = path.as_path();
+    let opened = match source {
+        Source::File(p) => Reader::open(p),
+        Source::Bytes(_, bytes) => Reader::from_bytes(bytes),
+    };
+    let mut reader = opened.map_err(|source| Error::Open {
         path: path.to_path_buf(),
         source,
     })?;

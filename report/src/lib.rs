@@ -47,7 +47,9 @@ mod units;
 
 use std::path::PathBuf;
 
-pub use aggregate::{analyze, Function, ProcessCalls, Recording, Report, StackSummary};
+pub use aggregate::{
+    analyze, analyze_bytes, Function, ProcessCalls, Recording, Report, StackSummary,
+};
 pub use histogram::{LatencyHistogram, LatencyStats};
 pub use units::human_ns;
 
@@ -136,6 +138,34 @@ pub enum Error {
     /// chain so the CLI can tell a closed pipe (`urec script | head`) from a real failure.
     #[error("writing output")]
     Io(#[from] std::io::Error),
+}
+
+/// Everything `report` and `script` do with a recording, on bytes in memory: the analysis,
+/// every output (table, histograms, JSON, folded stacks and flamegraph, each weight) and the
+/// script, written into a sink; symbolization is off, so nothing outside the input is read.
+/// Errors are outcomes, not failures: this is the fuzz target `report` (fuzz/) and its stable
+/// replay (report/tests/corpus.rs), which look for panics and unbounded memory.
+#[doc(hidden)]
+pub fn exercise(bytes: &[u8]) {
+    let mut sink = std::io::sink();
+    let opts = ReportOptions {
+        no_symbolize: true,
+        ..ReportOptions::default()
+    };
+    if let Ok(report) = analyze_bytes(bytes.to_vec(), &opts) {
+        let _ = table::write(&report, &mut sink);
+        let _ = table::write_histograms(&report, &mut sink);
+        let _ = json::write(&report, &mut sink);
+        for weight in [Weight::Calls, Weight::Latency] {
+            let _ = folded::write(&report, weight, &mut sink);
+            let _ = flamegraph::write(&report, weight, &mut sink);
+        }
+    }
+    let script_opts = script::ScriptOptions {
+        no_symbolize: true,
+        ..script::ScriptOptions::default()
+    };
+    let _ = script::script_bytes(bytes.to_vec(), &script_opts, &mut sink);
 }
 
 impl Error {

@@ -22,13 +22,16 @@
 //! # Ordering
 //! A recording is only roughly in time order: events come from one ring buffer in commit order,
 //! which can trail the timestamps taken at probe time by a little. Events are therefore held in
-//! a min-heap of at most [`REORDER_WINDOW`] events and printed oldest first as newer ones
-//! arrive, which sorts any disorder shorter than the window in bounded memory. An event later
-//! than that is printed when it is read and counted in [`ScriptSummary::out_of_order`].
+//! a min-heap of at most [`REORDER_WINDOW`] events (and [`REORDER_BYTES`] of them, arguments
+//! included) and printed oldest first as newer ones arrive, which sorts any disorder shorter
+//! than the window in bounded memory. An event later than that is printed when it is read and
+//! counted in [`ScriptSummary::out_of_order`].
 //!
 //! Metadata (processes, mappings) is applied as it is read; rebasing asks for the mapping in
 //! force at the event's time, so reordering does not change what an address means. A stack is
-//! rendered once per (process generation, stack id) and reused.
+//! rendered once per (process generation, stack id) and reused, from a cache of at most
+//! [`RENDERED_BYTES`] (emptied when full: a recording of many processes sharing few stacks
+//! would otherwise keep one rendering per process).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -47,6 +50,14 @@ use crate::Error;
 
 /// Events held back for reordering (see the module docs).
 pub const REORDER_WINDOW: usize = 100_000;
+
+/// Bytes of events held back for reordering. A recorded event with eight string arguments
+/// takes about 2.5 KiB, so a full window of those would take 250 MB; this keeps the window
+/// at 100,000 events of the usual size (about 100 bytes) and shortens it for large ones.
+pub const REORDER_BYTES: usize = 16 << 20;
+
+/// Bytes of rendered stacks kept for reuse.
+pub const RENDERED_BYTES: usize = 16 << 20;
 
 /// Options of [`script`].
 #[derive(Clone, Debug, Default)]
@@ -84,6 +95,20 @@ impl Pending {
     fn key(&self) -> (u64, u64) {
         (self.event.time_ns, self.seq)
     }
+
+    /// What the event holds in memory, roughly (the heap's own slot included).
+    fn size(&self) -> usize {
+        let args = &self.event.args;
+        std::mem::size_of::<Self>()
+            + args.capacity() * std::mem::size_of::<urec_format::ArgValue>()
+            + args
+                .iter()
+                .map(|a| match a {
+                    urec_format::ArgValue::Str { bytes, .. } => bytes.capacity(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+    }
 }
 
 impl PartialEq for Pending {
@@ -112,25 +137,49 @@ pub fn script(
     opts: &ScriptOptions,
     out: &mut dyn Write,
 ) -> Result<ScriptSummary, Error> {
+    script_source(crate::input::Source::File(path), opts, out)
+}
+
+/// [`script`] of a recording held in memory.
+pub fn script_bytes(
+    bytes: Vec<u8>,
+    opts: &ScriptOptions,
+    out: &mut dyn Write,
+) -> Result<ScriptSummary, Error> {
+    script_source(
+        crate::input::Source::Bytes(Path::new("(in memory)"), bytes),
+        opts,
+        out,
+    )
+}
+
+fn script_source(
+    source: crate::input::Source<'_>,
+    opts: &ScriptOptions,
+    out: &mut dyn Write,
+) -> Result<ScriptSummary, Error> {
     let mut heap: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
+    let mut held = 0usize;
     let mut seq = 0u64;
     let (mut printer, status) = crate::input::read(
-        path,
+        source,
         |_| Printer::new(opts),
         |printer, record| {
             if let Record::Event(event) = record {
                 let (comm, generation) = printer.process_state(event.pid);
-                heap.push(Reverse(Pending {
+                let pending = Pending {
                     event,
                     seq,
                     comm,
                     generation,
-                }));
+                };
+                held += pending.size();
+                heap.push(Reverse(pending));
                 seq += 1;
-                if heap.len() > REORDER_WINDOW {
-                    if let Some(Reverse(p)) = heap.pop() {
-                        printer.print(&p, out)?;
-                    }
+                while heap.len() > REORDER_WINDOW || (held > REORDER_BYTES && heap.len() > 1) {
+                    let Some(Reverse(p)) = heap.pop() else { break };
+                    held -= p.size();
+                    printer.print(&p, out)?;
                 }
             } else {
                 printer.metadata(record);
@@ -172,6 +221,8 @@ struct Printer<'o> {
     next_generation: u32,
     comms: Interner,
     rendered: HashMap<(u32, u32, StackId), String>,
+    /// Bytes of `rendered`'s strings.
+    rendered_bytes: usize,
     /// Last address seen for a probe in a process, for events without a stack.
     addresses: HashMap<(u32, ProbeId), Avma>,
     last_printed: u64,
@@ -192,6 +243,7 @@ impl<'o> Printer<'o> {
             next_generation: 0,
             comms: Interner::default(),
             rendered: HashMap::new(),
+            rendered_bytes: 0,
             addresses: HashMap::new(),
             last_printed: 0,
             events: 0,
@@ -327,6 +379,11 @@ impl<'o> Printer<'o> {
             let key = (ev.pid, p.generation, id);
             if !self.rendered.contains_key(&key) {
                 let text = self.render_stack(ev, id);
+                if self.rendered_bytes + text.len() > RENDERED_BYTES {
+                    self.rendered.clear();
+                    self.rendered_bytes = 0;
+                }
+                self.rendered_bytes += text.len();
                 self.rendered.insert(key, text);
             }
             if let Some(text) = self.rendered.get(&key) {

@@ -429,6 +429,30 @@ fn recursion_pairing() {
     assert_eq!(f.latency.count(), 4);
 }
 
+/// Entries whose returns never come are held up to a cap per thread; past it the oldest is
+/// dropped and counted unmatched, and the newest still pair with their returns.
+#[test]
+fn pending_entries_are_capped_per_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("urec.data");
+    const OPEN: u64 = 3000;
+    let mut r = vec![
+        probe(0, "app:f", APP, "f", ProbeKind::EntryReturn),
+        process(1, "app", 0),
+    ];
+    for i in 0..OPEN {
+        r.push(entry(0, 1, 1, 1000 + i, None));
+    }
+    r.push(ret(0, 1, 1, 1000 + OPEN + 7, None));
+    write(&path, &header(), &r);
+    let report = analyze(&path, &plain()).expect("analyze");
+    let f = &report.functions[0];
+    // The cap is 1024: 3000 - 1024 dropped, one paired with the newest entry (8 ns).
+    assert_eq!(f.calls, OPEN);
+    assert_eq!((f.unmatched, f.in_flight), (OPEN - 1024, 1023));
+    assert_eq!(f.latency_stats().map(|s| s.max), Some(8));
+}
+
 /// A measured return whose entry was lost must not steal the entry of an outer recursive call.
 #[test]
 fn measured_return_with_lost_entry_keeps_outer_call() {

@@ -2,6 +2,7 @@
 
 mod corpus;
 mod damage;
+mod limits;
 mod roundtrip;
 
 use urec_format::*;

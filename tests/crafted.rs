@@ -1,0 +1,173 @@
+//! Crafted data files (urec_format::hostile) through every reading command, as subprocesses:
+//! none may panic or die of a signal, each either succeeds or says what is wrong (exit 1), and
+//! none may take more memory than the budget, whatever the file claims (SPEC.md, "Security
+//! model": memory proportional to what the file really holds, never to counts it claims).
+//!
+//! Peak memory is the child's own high-water mark (`ru_maxrss` from `wait4`), not a timing:
+//! it does not depend on the machine's load. That mark starts from the parent's own (std
+//! spawns with vfork, and the kernel carries the high-water mark across exec), so the files
+//! are crafted by a child process (this binary, running `write_crafted_files`) and this
+//! process stays small.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use urec_format::hostile::{self, Scale};
+
+/// Peak resident memory allowed, in KiB: the 64 MiB a single chunk may decompress to (its
+/// buffer is the largest allocation a valid file can ask for), plus 32 MiB for the program,
+/// its libraries, the bounded windows of `script` and what the files really hold (one or two
+/// unique stacks, at most 60,000 processes). docs/performance.md, "Untrusted files: memory",
+/// has the numbers this leaves room for.
+const BUDGET_KIB: i64 = 96 * 1024;
+
+/// Smaller than the documented scale where a class's cost is one event at a time (a debug
+/// build takes about a microsecond per event and command), still far beyond the budget
+/// before the limits: 5 million open entries took 140 MB, 60,000 processes 480 MB in script.
+fn scale() -> Scale {
+    Scale {
+        entries: 5_000_000,
+        processes: 60_000,
+        ..Scale::default()
+    }
+}
+
+const COMMANDS: &[&[&str]] = &[
+    &["report"],
+    &["report", "--json", "-"],
+    &["report", "--flamegraph", "FLAMEGRAPH"],
+    &["report", "--folded", "-"],
+    &["script"],
+    &["info"],
+];
+
+struct Run {
+    /// Exit status, or `None` when a signal ended it.
+    code: Option<i32>,
+    signal: Option<i32>,
+    max_rss_kib: i64,
+    stderr: String,
+}
+
+/// Runs `urec ARGS -i data` with stdout discarded (script's output is large) and stderr in a
+/// file (no pipe to fill), and reaps it with `wait4` for its resource usage.
+#[allow(
+    clippy::zombie_processes,
+    reason = "reaped by wait4, which std cannot do"
+)]
+fn run(args: &[&str], data: &Path, dir: &Path) -> Run {
+    let err_path = dir.join("stderr");
+    let svg = dir.join("out.svg");
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if *a == "FLAMEGRAPH" {
+                svg.to_str().unwrap_or_default()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let child = Command::new(env!("CARGO_BIN_EXE_urec"))
+        .args(&args)
+        .arg("-i")
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("run urec");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills; `pid` is our child, not yet reaped (the
+    // `Child` is never waited on, so std does not reap it behind our back).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    Run {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        max_rss_kib: usage.ru_maxrss,
+        stderr,
+    }
+}
+
+/// Writes the crafted files into `$UREC_HOSTILE_DIR`; a no-op without it (see the module docs).
+#[test]
+fn write_crafted_files() {
+    let Some(dir) = std::env::var_os("UREC_HOSTILE_DIR") else {
+        return;
+    };
+    for crafted in hostile::all(scale()) {
+        let data = Path::new(&dir).join(format!("{}.data", crafted.name));
+        std::fs::write(&data, &crafted.bytes).expect("write crafted file");
+    }
+}
+
+#[test]
+fn crafted_files_in_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("this test binary");
+    let out = Command::new(exe)
+        .args(["--exact", "write_crafted_files", "--test-threads=1"])
+        .env("UREC_HOSTILE_DIR", dir.path())
+        .output()
+        .expect("run the crafting child");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut failures = Vec::new();
+    let mut table = String::new();
+    // Names and descriptions only: a tiny instance of each class.
+    let tiny = Scale {
+        n: 10,
+        entries: 10,
+        window_events: 1,
+        processes: 1,
+    };
+    for crafted in hostile::all(tiny) {
+        let data = dir.path().join(format!("{}.data", crafted.name));
+        assert!(data.is_file(), "{} was not written", data.display());
+        for args in COMMANDS {
+            let r = run(args, &data, dir.path());
+            let what = format!(
+                "urec {} on {} ({})",
+                args.join(" "),
+                crafted.name,
+                crafted.what
+            );
+            table.push_str(&format!(
+                "{:<20} {:<28} {:>6} MiB  exit {:?}\n",
+                crafted.name,
+                args.join(" "),
+                r.max_rss_kib / 1024,
+                r.code
+            ));
+            if let Some(sig) = r.signal {
+                failures.push(format!("{what}: killed by signal {sig}\n{}", r.stderr));
+                continue;
+            }
+            if r.stderr.contains("panicked") {
+                failures.push(format!("{what}: panicked\n{}", r.stderr));
+            }
+            match r.code {
+                Some(0) => {}
+                Some(1) if r.stderr.contains("urec: error") => {}
+                code => failures.push(format!("{what}: exit {code:?}\n{}", r.stderr)),
+            }
+            if r.max_rss_kib > BUDGET_KIB {
+                failures.push(format!(
+                    "{what}: peak RSS {} MiB, budget {} MiB",
+                    r.max_rss_kib / 1024,
+                    BUDGET_KIB / 1024
+                ));
+            }
+        }
+    }
+    eprintln!("{table}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
