@@ -69,6 +69,8 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     let mut lost: BTreeMap<LostSource, u64> = BTreeMap::new();
     let mut lost_by_probe: BTreeMap<u32, u64> = BTreeMap::new();
     let mut finish = None;
+    // The symbols section: named addresses (and those with a source line) per binary.
+    let mut symbols: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     for record in reader.metadata() {
         match record? {
             Record::Probe(p) => {
@@ -104,6 +106,17 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
                 }
             }
             Record::Finish(f) => finish = Some(f),
+            Record::Symbols(s) => {
+                let id = s.build_id.map(|b| b.to_string()).unwrap_or_default();
+                let e = symbols.entry((s.path, id)).or_default();
+                e.0 = e.0.saturating_add(s.entries.len() as u64);
+                let lines = s
+                    .entries
+                    .iter()
+                    .filter(|e| e.frames.first().is_some_and(|f| f.line.is_some()))
+                    .count();
+                e.1 = e.1.saturating_add(lines as u64);
+            }
             Record::Event(_) => {}
         }
     }
@@ -311,6 +324,33 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
         .collect();
     table(w, &["build id", "path"], &rows);
 
+    if symbols.is_empty() {
+        let _ = writeln!(
+            w,
+            "\nsymbols:    none (recorded with --no-symbols, or by a urec before 1.1); \
+             `urec archive` adds them"
+        );
+    } else {
+        let named: u64 = symbols.values().map(|v| v.0).sum();
+        let lines: u64 = symbols.values().map(|v| v.1).sum();
+        let _ = writeln!(
+            w,
+            "\nsymbols:    {} named in {} ({} with file:line), {}",
+            plural(named, "address", "addresses"),
+            plural(symbols.len() as u64, "binary", "binaries"),
+            lines,
+            plural(status.sections.symbols.stored_bytes, "byte", "bytes")
+        );
+        let rows: Vec<Vec<String>> = symbols
+            .iter()
+            .map(|((path, id), (n, l))| {
+                let id = if id.is_empty() { "-" } else { id.as_str() };
+                vec![n.to_string(), l.to_string(), id.to_string(), path.clone()]
+            })
+            .collect();
+        table(w, &["named", "lines", "build id", "path"], &rows);
+    }
+
     let _ = writeln!(w, "\nsections:");
     let sec = &status.sections;
     let mut rows = Vec::new();
@@ -320,6 +360,7 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
         ("metadata", &sec.metadata),
         ("events", &sec.events),
         ("footer", &sec.footer),
+        ("symbols", &sec.symbols),
     ] {
         total.chunks += st.chunks;
         total.stored_bytes += st.stored_bytes;

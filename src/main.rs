@@ -13,6 +13,7 @@ mod list;
 mod record;
 mod report;
 mod script;
+mod symbols;
 
 pub use exit::UsageError;
 
@@ -44,6 +45,13 @@ enum Command {
     List(list::Args),
     /// Describe a recording: header, probes, processes, binaries, counts, sizes.
     Info(info::Args),
+    /// Add or refresh a recording's symbols section from this host's files.
+    ///
+    /// For recordings made with `--no-symbols`, or after installing debug packages on the
+    /// recording host: the names travel with the file, so `report` on another machine shows
+    /// them without the binaries. The file is rewritten through a temporary file and a rename,
+    /// keeping its mode and owner; on any failure it is left as it was.
+    Archive(symbols::ArchiveArgs),
 }
 
 /// `urec record -e X COMMAND` without `--`: adds a tip showing the command line with it.
@@ -93,6 +101,7 @@ fn main() -> ExitCode {
         Command::Script(args) => script::run(args),
         Command::List(args) => list::run(args),
         Command::Info(args) => info::run(args),
+        Command::Archive(args) => symbols::run_archive(args),
     };
     match result {
         Ok(status) => ExitCode::from(status),

@@ -60,6 +60,8 @@ pub struct Args {
     /// Do not name the frames into the file after recording (`urec archive` can do it later).
     #[arg(long)]
     pub no_symbols: bool,
+    #[command(flatten)]
+    pub symbols: crate::report::SymbolArgs,
     /// Print only errors.
     #[arg(short = 'q', long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -383,7 +385,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     let workload = matches!(target, Target::Command { .. });
     let output = args.output.clone();
-    let summary = urec_record::record(RecordOptions {
+    let symbol_opts = args.symbols.options();
+    let mut summary = urec_record::record(RecordOptions {
         probes,
         target,
         output: args.output,
@@ -454,11 +457,64 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             output.display()
         );
     }
+    if !args.no_symbols {
+        add_symbols(
+            &output,
+            symbol_opts,
+            std::mem::take(&mut summary.kept_files),
+            verbosity,
+        );
+    }
     if workload {
         let status = summary.workload_status.unwrap_or(0);
         return Ok(status.clamp(0, 255) as u8);
     }
     Ok(0)
+}
+
+/// The symbols step, once the recording is complete: names every address from the files the
+/// recorder kept open (and this host's others) and appends the names. A failure here is a
+/// warning: the recording itself is complete, and `urec archive` can name it later. A second
+/// Ctrl-C now ends urec (the default action again), leaving the recording complete.
+fn add_symbols(
+    output: &std::path::Path,
+    opts: urec_report::symbolize::SymbolizeOptions,
+    kept: Vec<urec_record::kept::KeptFile>,
+    verbosity: Verbosity,
+) {
+    // SAFETY: restoring the default disposition of SIGINT.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    let provided = kept
+        .into_iter()
+        .map(|k| crate::symbols::Provided {
+            path: k.path,
+            build_id: k.build_id,
+            file: k.file,
+        })
+        .collect();
+    let result =
+        crate::symbols::name(output, opts, provided, Default::default()).and_then(|named| {
+            let bytes = crate::symbols::append(output, &named.symbols)?;
+            Ok((named, bytes))
+        });
+    match result {
+        Ok((named, bytes)) => {
+            if verbosity != Verbosity::Quiet {
+                if verbosity == Verbosity::Verbose {
+                    for w in &named.warnings {
+                        eprintln!("urec: warning: {}", urec_format::printable(w));
+                    }
+                }
+                eprintln!("urec: {}", crate::symbols::summary(&named, bytes));
+            }
+        }
+        Err(e) => eprintln!(
+            "urec: warning: naming the frames failed ({}); the recording is complete, `urec \
+             archive -i {}` can add them",
+            urec_format::printable(&format!("{e:#}")),
+            output.display()
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -151,7 +151,18 @@ fn debug_file_alone_and_strict_symfs() {
     let data = dir.path().join("gone.data");
     let data = data.to_str().unwrap();
     let spec = format!("{exe_s}:leaf");
-    urec_ok(&["record", "-q", "-e", &spec, "-o", data, "--", exe_s]);
+    // Without the symbols section: this is about what local files name.
+    urec_ok(&[
+        "record",
+        "-q",
+        "--no-symbols",
+        "-e",
+        &spec,
+        "-o",
+        data,
+        "--",
+        exe_s,
+    ]);
     let report = |extra: &[&str]| {
         let out = urec(&[&["report", "-i", data, "--folded", "-"], extra].concat());
         assert!(out.status.success(), "{out:?}");

@@ -184,7 +184,7 @@ fn info_describes_a_complete_recording() {
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
     let expect = [
-        format!("file:       {} ({} bytes, format 1.0)", path.display(), bytes.len()),
+        format!("file:       {} ({} bytes, format 1.1)", path.display(), bytes.len()),
         "started:    2023-11-14 22:13:20.123 UTC".into(),
         "host:       testhost (Linux 6.18.0-test, x86_64)".into(),
         "command:    urec record -e 'bash:readline%return cmd=+0($retval):string' -- ls".into(),
@@ -204,6 +204,7 @@ fn info_describes_a_complete_recording() {
         "binaries (2):".into(),
         "  0102030405060708090a0b0c0d0e0f1011121314  /usr/bin/bash".into(),
         "  -                                         /usr/lib/x86_64-linux-gnu/libc.so.6".into(),
+        "symbols:    none (recorded with --no-symbols, or by a urec before 1.1); `urec archive` adds them".into(),
     ];
     let lines: Vec<&str> = text.lines().collect();
     for e in &expect {

@@ -23,6 +23,7 @@ pub(crate) const KIND_HEADER: u8 = 1;
 pub(crate) const KIND_META: u8 = 2;
 pub(crate) const KIND_EVENTS: u8 = 3;
 pub(crate) const KIND_FOOTER: u8 = 4;
+pub(crate) const KIND_SYMBOLS: u8 = 5;
 
 pub(crate) const CODEC_NONE: u8 = 0;
 pub(crate) const CODEC_ZSTD: u8 = 1;
@@ -59,7 +60,12 @@ pub(crate) fn trailer(footer_offset: u64) -> [u8; TRAILER_LEN] {
 
 /// The footer offset a valid trailer at the end of `data` points to.
 pub(crate) fn parse_trailer(data: &[u8]) -> Option<usize> {
-    let t = data.get(data.len().checked_sub(TRAILER_LEN)?..)?;
+    parse_trailer_at(data, data.len().checked_sub(TRAILER_LEN)?)
+}
+
+/// The footer offset a valid trailer at `pos` points to.
+pub(crate) fn parse_trailer_at(data: &[u8], pos: usize) -> Option<usize> {
+    let t = data.get(pos..pos.checked_add(TRAILER_LEN)?)?;
     if t[8..12] != TRAILER_MAGIC || crc32fast::hash(&t[0..12]) != le32(t, 12) {
         return None;
     }
@@ -159,10 +165,12 @@ pub(crate) enum Step<'a> {
         reason: &'static str,
     },
     /// The end. `truncated` says where and why when the file ends without its footer;
-    /// `trailing` counts unexpected bytes after the footer.
+    /// `trailing` counts unexpected bytes after the footer; `unfinished` is where an appended
+    /// section starts that has no footer of its own (its step was interrupted).
     End {
         truncated: Option<(usize, &'static str)>,
         trailing: usize,
+        unfinished: Option<usize>,
     },
 }
 
@@ -172,6 +180,8 @@ pub(crate) struct Walker<'a> {
     pos: usize,
     after_footer: bool,
     done: bool,
+    /// Where the section appended after a complete recording starts, once one was met.
+    appendix: Option<usize>,
 }
 
 impl<'a> Walker<'a> {
@@ -181,6 +191,7 @@ impl<'a> Walker<'a> {
             pos,
             after_footer: false,
             done: false,
+            appendix: None,
         }
     }
 
@@ -190,20 +201,26 @@ impl<'a> Walker<'a> {
         }
         let data = self.data;
         if self.after_footer {
-            self.done = true;
             let rest = data.len() - self.pos;
-            let clean = rest == 0 || (rest == TRAILER_LEN && parse_trailer(data).is_some());
-            return Some(Step::End {
-                truncated: None,
-                trailing: if clean { 0 } else { rest },
-            });
+            let trailer = parse_trailer_at(data, self.pos).is_some();
+            if trailer && rest > TRAILER_LEN {
+                // A section appended to the complete recording (symbols): walk on.
+                self.after_footer = false;
+                self.pos += TRAILER_LEN;
+                self.appendix = Some(self.pos);
+            } else {
+                self.done = true;
+                let clean = rest == 0 || (rest == TRAILER_LEN && trailer);
+                return Some(Step::End {
+                    truncated: None,
+                    trailing: if clean { 0 } else { rest },
+                    unfinished: None,
+                });
+            }
         }
         if self.pos >= data.len() {
             self.done = true;
-            return Some(Step::End {
-                truncated: Some((self.pos, "the file ends without its footer")),
-                trailing: 0,
-            });
+            return Some(self.end_without_footer(self.pos, "the file ends without its footer"));
         }
         let (reason, incomplete) = match check(data, self.pos) {
             Check::Ok(chunk) => {
@@ -226,10 +243,7 @@ impl<'a> Walker<'a> {
             }
             None if incomplete => {
                 self.done = true;
-                Some(Step::End {
-                    truncated: Some((offset, reason)),
-                    trailing: 0,
-                })
+                Some(self.end_without_footer(offset, reason))
             }
             None => {
                 // Damage up to the end: count it, then report the missing footer.
@@ -240,6 +254,23 @@ impl<'a> Walker<'a> {
                     reason,
                 })
             }
+        }
+    }
+
+    /// The end of a walk that met no (further) footer: a truncated recording, or an appended
+    /// section whose step did not finish, which leaves the recording before it complete.
+    fn end_without_footer(&self, offset: usize, reason: &'static str) -> Step<'a> {
+        match self.appendix {
+            Some(start) => Step::End {
+                truncated: None,
+                trailing: 0,
+                unfinished: Some(start),
+            },
+            None => Step::End {
+                truncated: Some((offset, reason)),
+                trailing: 0,
+                unfinished: None,
+            },
         }
     }
 }

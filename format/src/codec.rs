@@ -51,7 +51,7 @@ fn put_opt_u64(buf: &mut Vec<u8>, v: Option<u64>) {
     }
 }
 
-fn put_build_id(buf: &mut Vec<u8>, id: &Option<BuildId>) {
+pub(crate) fn put_build_id(buf: &mut Vec<u8>, id: &Option<BuildId>) {
     match id {
         None => put_u64(buf, 0),
         Some(id) => {
@@ -86,6 +86,10 @@ impl<'a> Cursor<'a> {
 
     pub(crate) fn pos(&self) -> usize {
         self.pos
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
     }
 
     #[inline]
@@ -178,7 +182,7 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    fn build_id(&mut self) -> Res<Option<BuildId>> {
+    pub(crate) fn build_id(&mut self) -> Res<Option<BuildId>> {
         match self.u64()? {
             0 => Ok(None),
             n => {
@@ -229,6 +233,7 @@ pub(crate) const TAG_MAPPING: u8 = 4;
 pub(crate) const TAG_STACK: u8 = 5;
 pub(crate) const TAG_LOST: u8 = 6;
 pub(crate) const TAG_FINISH: u8 = 7;
+pub(crate) const TAG_SYMBOLS: u8 = 8;
 
 fn kind_code(k: ProbeKind) -> u8 {
     match k {
@@ -374,6 +379,10 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, body: &mut Vec<u8>, record: &Reco
             put_u64(body, f.stop_ns);
             put_opt_u64(body, f.workload_status.map(|s| zigzag(s.into())));
             TAG_FINISH
+        }
+        Record::Symbols(s) => {
+            crate::symbols::encode(body, s);
+            TAG_SYMBOLS
         }
         Record::Event(_) => unreachable!("events are encoded in event chunks"),
     };
@@ -527,6 +536,7 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
                 ),
             },
         }),
+        TAG_SYMBOLS => Record::Symbols(crate::symbols::decode(c)?),
         _ => return Ok(None),
     }))
 }

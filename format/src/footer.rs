@@ -39,6 +39,8 @@ pub struct Sections {
     pub events: SectionStats,
     /// The footer chunk and trailer (zero in the footer's own copy).
     pub footer: SectionStats,
+    /// The symbols section (zero without one).
+    pub symbols: SectionStats,
 }
 
 /// How many events of one probe and kind the recording holds.
@@ -87,6 +89,8 @@ pub(crate) fn encode_footer(buf: &mut Vec<u8>, f: &Footer) {
         buf.push(event_kind_code(c.kind));
         put_u64(buf, c.count);
     }
+    // Since 1.1, at the end where a 1.0 reader ignores it.
+    put_stats(buf, &f.sections.symbols);
 }
 
 pub(crate) fn decode_footer(c: &mut Cursor<'_>) -> Res<Footer> {
@@ -95,6 +99,7 @@ pub(crate) fn decode_footer(c: &mut Cursor<'_>) -> Res<Footer> {
         metadata: stats(c)?,
         events: stats(c)?,
         footer: SectionStats::default(),
+        symbols: SectionStats::default(),
     };
     let n = c.len()?;
     if n > MAX_FOOTER_COUNTS {
@@ -111,6 +116,10 @@ pub(crate) fn decode_footer(c: &mut Cursor<'_>) -> Res<Footer> {
             },
             count: c.u64()?,
         });
+    }
+    let mut sections = sections;
+    if !c.is_empty() {
+        sections.symbols = stats(c)?;
     }
     Ok(Footer {
         sections,

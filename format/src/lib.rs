@@ -34,6 +34,7 @@ pub mod hostile;
 pub mod limits;
 mod printable;
 mod reader;
+mod symbols;
 pub mod synth;
 mod types;
 mod words;
@@ -43,6 +44,7 @@ pub use error::FormatError;
 pub use footer::{EventCount, Footer, SectionStats, Sections};
 pub use printable::{printable, Printable};
 pub use reader::{ReadStatus, Reader, Records};
+pub use symbols::append_symbols;
 pub use types::*;
 pub use words::{name_list, plural};
 pub use writer::{Writer, WriterOptions};
@@ -50,4 +52,4 @@ pub use writer::{Writer, WriterOptions};
 /// Major version of the format this crate writes and reads. A reader refuses other majors.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version this crate writes. Minor versions only add what older readers can skip.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;

@@ -32,3 +32,8 @@ pub const MAX_CHUNK_THREADS: usize = 1 << 16;
 /// Entries of the footer's per-probe event counts (two per probe). More makes the footer
 /// unusable, which only costs `urec info` a pass over the events.
 pub const MAX_FOOTER_COUNTS: usize = 1 << 17;
+
+/// Functions per named address in the symbols section: the function and those inlined into it
+/// at that address. Real inline chains are a few deep (a dozen in heavily templated C++); more
+/// is damage.
+pub const MAX_INLINE_FRAMES: usize = 256;

@@ -168,6 +168,25 @@ impl Reader {
         self.footer.as_ref()
     }
 
+    /// The length of the recording itself when it is complete: up to the end of the trailer
+    /// that follows its (first) footer, without any symbols section appended after it.
+    /// `None` for a file without a footer (a truncated recording).
+    pub fn complete_len(&self) -> Option<u64> {
+        let data = self.data.bytes();
+        let mut walker = Walker::new(data, self.body);
+        while let Some(step) = walker.next_step() {
+            match step {
+                Step::Chunk(c) if c.kind == KIND_FOOTER => {
+                    let end = c.offset + c.stored_len();
+                    return parse_trailer_at(data, end).map(|_| (end + TRAILER_LEN) as u64);
+                }
+                Step::End { .. } => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// Every record after the header, in file order (see [`crate::Writer`] for how that relates
     /// to the order written). Each call starts a new pass and resets [`Reader::status`].
     ///
@@ -368,7 +387,15 @@ impl Records<'_> {
             Step::End {
                 truncated,
                 trailing,
+                unfinished,
             } => {
+                if let Some(offset) = unfinished {
+                    self.status.warn(format!(
+                        "the symbols section at byte offset {offset} is unfinished (the step \
+                         writing it was interrupted): the recording is complete, some names \
+                         are missing"
+                    ));
+                }
                 if let Some((offset, why)) = truncated {
                     self.status.truncated = true;
                     self.status.warn(format!(
@@ -389,11 +416,16 @@ impl Records<'_> {
     fn start_chunk(&mut self, chunk: RawChunk<'_>) {
         let (stored, raw, count) = (chunk.stored_len(), chunk.raw_len, chunk.count);
         match chunk.kind {
-            KIND_META => {
+            KIND_META | KIND_SYMBOLS => {
                 if let Err(m) = load(chunk, &mut self.buf, &mut self.decompressor) {
                     return self.corrupt(chunk.offset, m.0);
                 }
-                self.status.sections.metadata.add(stored, raw, count);
+                let section = if chunk.kind == KIND_META {
+                    &mut self.status.sections.metadata
+                } else {
+                    &mut self.status.sections.symbols
+                };
+                section.add(stored, raw, count);
                 self.state = State::Meta {
                     chunk: chunk.offset,
                     pos: 0,

@@ -325,6 +325,39 @@ pub struct Finish {
     pub workload_status: Option<i32>,
 }
 
+/// The names of code addresses in one binary, as the recording host's symbolizer found them
+/// (the symbols section, written after the recording by `urec record` or `urec archive`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BinarySymbols {
+    /// The binary's path as its mappings recorded it.
+    pub path: String,
+    /// Its build id, when known.
+    pub build_id: Option<BuildId>,
+    /// Named addresses, by increasing offset.
+    pub entries: Vec<SymbolEntry>,
+}
+
+/// One named address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SymbolEntry {
+    /// The file offset that was looked up (for a return address: the address minus one, so
+    /// that a call ending a function is named after that function).
+    pub offset: u64,
+    /// The function, then the functions inlined into it at that address, innermost last.
+    pub frames: Vec<SymbolFrame>,
+}
+
+/// One function of a [`SymbolEntry`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SymbolFrame {
+    /// Its name, demangled.
+    pub function: String,
+    /// The source file of the address within this function, when debug info gave one.
+    pub file: Option<String>,
+    /// Its source line.
+    pub line: Option<u32>,
+}
+
 /// Anything a recording holds after its header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -344,4 +377,6 @@ pub enum Record {
     Lost(Lost),
     /// The clean end of the recording.
     Finish(Finish),
+    /// Names of addresses of one binary (only in the symbols section, after the footer).
+    Symbols(BinarySymbols),
 }

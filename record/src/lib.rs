@@ -20,6 +20,7 @@
 //!     buffer_size: 16 << 20,
 //!     verbosity: Verbosity::Normal,
 //!     command_line: std::env::args().collect(),
+//!     keep_files: true,
 //! })?;
 //! eprintln!("{} events", summary.entries + summary.returns);
 //! # Ok(())

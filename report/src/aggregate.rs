@@ -37,7 +37,7 @@ use urec_format::{
 use crate::histogram::{LatencyHistogram, LatencyStats};
 use crate::interner::Interner;
 use crate::rebase::AddressSpaces;
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{EmbeddedSymbols, Symbolizer};
 use crate::{Error, ReportOptions, SortKey};
 
 /// The recording as a whole (the `recording` object of `--json`).
@@ -178,6 +178,61 @@ fn analyze_source(source: crate::input::Source<'_>, opts: &ReportOptions) -> Res
     agg.finish(status.truncated, status.corrupt_chunks, status.warnings)
 }
 
+/// One code address a report would name: a binary, a file offset in it, and whether it is a
+/// caller's return address (named by the instruction before it).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrameAddress {
+    /// The binary's recorded path.
+    pub binary: String,
+    /// Its recorded build id.
+    pub build_id: Option<urec_format::BuildId>,
+    /// The file offset.
+    pub offset: urec_format::FileOffset,
+    /// A return address (every frame but the innermost).
+    pub return_address: bool,
+}
+
+/// Every distinct address that `report` would symbolize in the recording at `path`: the
+/// frames of its rebased stacks and the probes' own addresses. What the symbols section of
+/// the file must name.
+pub fn frame_addresses(path: &Path) -> Result<Vec<FrameAddress>, Error> {
+    let opts = ReportOptions {
+        no_symbolize: true,
+        ..ReportOptions::default()
+    };
+    let (agg, _) = crate::input::read(
+        crate::input::Source::File(path),
+        |header| Aggregator::new(header, &opts),
+        |agg, record| {
+            agg.push(record);
+            Ok(())
+        },
+    )?;
+    let mut out = std::collections::BTreeSet::new();
+    for p in &agg.probes {
+        out.insert(FrameAddress {
+            binary: p.probe.binary.clone(),
+            build_id: p.probe.build_id.clone(),
+            offset: p.probe.offset,
+            return_address: false,
+        });
+    }
+    for s in &agg.agg {
+        for (depth, frame) in s.frames.iter().enumerate() {
+            if let RFrame::Mapped { binary, offset } = *frame {
+                let (path, build_id) = &agg.binaries[binary as usize];
+                out.insert(FrameAddress {
+                    binary: path.to_string(),
+                    build_id: build_id.clone(),
+                    offset: urec_format::FileOffset(offset),
+                    return_address: depth > 0,
+                });
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// A frame after rebasing: an interned binary and a file offset, or nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum RFrame {
@@ -233,6 +288,8 @@ type DedupKey = (ProbeId, u32, Box<[RFrame]>, bool);
 
 pub(crate) struct Aggregator<'o> {
     opts: &'o ReportOptions,
+    /// The file's symbols section, handed to the symbolizer once every record is read.
+    embedded: EmbeddedSymbols,
     header: Header,
     spaces: AddressSpaces,
     probes: Vec<ProbeState>,
@@ -259,6 +316,7 @@ pub(crate) struct Aggregator<'o> {
 impl<'o> Aggregator<'o> {
     pub(crate) fn new(header: &Header, opts: &'o ReportOptions) -> Self {
         Self {
+            embedded: EmbeddedSymbols::default(),
             opts,
             header: header.clone(),
             spaces: AddressSpaces::new(),
@@ -380,6 +438,7 @@ impl<'o> Aggregator<'o> {
                 }
             }
             Record::Finish(f) => self.finish = Some(f),
+            Record::Symbols(s) => self.embedded.push(s),
         }
     }
 
@@ -683,6 +742,9 @@ impl<'o> Aggregator<'o> {
     /// the same names.
     fn symbolize_stacks(&mut self, warnings: &mut Vec<String>) -> (Vec<StackSummary>, u64) {
         let mut symbolizer = Symbolizer::new(self.opts.symbolize.clone());
+        if !self.embedded.is_empty() {
+            symbolizer.set_embedded(std::mem::take(&mut self.embedded));
+        }
         let mut merged: HashMap<(ProbeId, u32, Vec<String>), (u64, u64)> = HashMap::new();
         let mut unknown = 0u64;
         for s in &self.agg {

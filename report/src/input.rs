@@ -6,6 +6,7 @@ use std::path::Path;
 
 use urec_format::{Header, Reader, Record};
 
+use crate::symbolize::EmbeddedSymbols;
 use crate::Error;
 
 /// Where a recording comes from: a file (memory-mapped), or bytes already in memory (the fuzz
@@ -36,6 +37,17 @@ pub(crate) struct InputStatus {
 pub(crate) fn read<S>(
     source: Source<'_>,
     start: impl FnOnce(&Header) -> S,
+    each: impl FnMut(&mut S, Record) -> Result<(), Error>,
+) -> Result<(S, InputStatus), Error> {
+    read_with_symbols(source, |h, _| start(h), each)
+}
+
+/// [`read`], giving `start` the file's symbols section as well: it comes last in the file, and
+/// a streaming consumer (`script`) names frames before it gets there. A metadata pass collects
+/// it first, only when the footer says there is one.
+pub(crate) fn read_with_symbols<S>(
+    source: Source<'_>,
+    start: impl FnOnce(&Header, EmbeddedSymbols) -> S,
     mut each: impl FnMut(&mut S, Record) -> Result<(), Error>,
 ) -> Result<(S, InputStatus), Error> {
     let path = source.path().to_path_buf();
@@ -48,7 +60,18 @@ pub(crate) fn read<S>(
         path: path.to_path_buf(),
         source,
     })?;
-    let mut state = start(reader.header());
+    let mut embedded = EmbeddedSymbols::default();
+    if reader
+        .footer()
+        .is_some_and(|f| f.sections.symbols.records > 0)
+    {
+        for record in reader.metadata().flatten() {
+            if let Record::Symbols(s) = record {
+                embedded.push(s);
+            }
+        }
+    }
+    let mut state = start(reader.header(), embedded);
     for record in reader.records() {
         let record = record.map_err(|source| Error::Corrupt {
             path: path.to_path_buf(),

@@ -48,7 +48,8 @@ mod units;
 use std::path::PathBuf;
 
 pub use aggregate::{
-    analyze, analyze_bytes, Function, ProcessCalls, Recording, Report, StackSummary,
+    analyze, analyze_bytes, frame_addresses, FrameAddress, Function, ProcessCalls, Recording,
+    Report, StackSummary,
 };
 pub use histogram::{LatencyHistogram, LatencyStats};
 pub use units::human_ns;

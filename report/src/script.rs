@@ -45,7 +45,7 @@ use crate::aggregate::frame_names;
 use crate::args::format_arg;
 use crate::interner::Interner;
 use crate::rebase::AddressSpaces;
-use crate::symbolize::{SymbolizeOptions, Symbolizer};
+use crate::symbolize::{EmbeddedSymbols, SymbolizeOptions, Symbolizer};
 use crate::Error;
 
 /// Events held back for reordering (see the module docs).
@@ -161,9 +161,9 @@ fn script_source(
     let mut heap: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
     let mut held = 0usize;
     let mut seq = 0u64;
-    let (mut printer, status) = crate::input::read(
+    let (mut printer, status) = crate::input::read_with_symbols(
         source,
-        |_| Printer::new(opts),
+        |_, embedded| Printer::new(opts, embedded),
         |printer, record| {
             if let Record::Event(event) = record {
                 let (comm, generation) = printer.process_state(event.pid);
@@ -232,11 +232,15 @@ struct Printer<'o> {
 }
 
 impl<'o> Printer<'o> {
-    fn new(opts: &'o ScriptOptions) -> Self {
+    fn new(opts: &'o ScriptOptions, embedded: EmbeddedSymbols) -> Self {
+        let mut symbolizer = Symbolizer::new(opts.symbolize.clone());
+        if !embedded.is_empty() {
+            symbolizer.set_embedded(embedded);
+        }
         Self {
             opts,
             spaces: AddressSpaces::new(),
-            symbolizer: Symbolizer::new(opts.symbolize.clone()),
+            symbolizer,
             probes: HashMap::new(),
             stacks: HashMap::new(),
             pids: HashMap::new(),

@@ -14,6 +14,45 @@ pub struct EmbeddedSymbols {
     pub binaries: Vec<EmbeddedBinary>,
 }
 
+impl EmbeddedSymbols {
+    /// Adds one record of a data file's symbols section (a binary may come in several).
+    pub fn push(&mut self, record: urec_format::BinarySymbols) {
+        let index = match self
+            .binaries
+            .iter()
+            .position(|b| b.path == record.path && b.build_id == record.build_id)
+        {
+            Some(i) => i,
+            None => {
+                self.binaries.push(EmbeddedBinary {
+                    path: record.path,
+                    build_id: record.build_id,
+                    frames: HashMap::new(),
+                });
+                self.binaries.len() - 1
+            }
+        };
+        let frames = &mut self.binaries[index].frames;
+        for e in record.entries {
+            let list = e
+                .frames
+                .into_iter()
+                .map(|f| EmbeddedFrame {
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                })
+                .collect();
+            frames.entry(e.offset).or_insert(list);
+        }
+    }
+
+    /// Whether no binary is named.
+    pub fn is_empty(&self) -> bool {
+        self.binaries.is_empty()
+    }
+}
+
 /// The named offsets of one binary.
 #[derive(Clone, Debug, Default)]
 pub struct EmbeddedBinary {

@@ -48,6 +48,7 @@ fn write_seed_corpus() {
     );
     let put = |name: &str, bytes: &[u8]| std::fs::write(dir.join(name), bytes).unwrap();
     put("seed-complete", &small);
+    put("seed-symbols", &crate::symbols::with_symbols().1);
     put("seed-truncated", &small[..small.len() * 2 / 3]);
     let mut flipped = small.clone();
     let at = small.len() / 2;

@@ -4,6 +4,7 @@ mod corpus;
 mod damage;
 mod limits;
 mod roundtrip;
+mod symbols;
 
 use urec_format::*;
 

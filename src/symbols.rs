@@ -1,0 +1,240 @@
+//! The symbols step: names every address a recording holds, from this host's files, and
+//! appends the names to the file as its symbols section (SPEC "Portable recordings"). Run by
+//! `urec record` once the file is complete, and by `urec archive` on an existing file.
+//!
+//! The step reads what `report` would name ([`urec_report::frame_addresses`]) and asks the same
+//! symbolizer `report` uses, so a workstation without the binaries reports the frames the
+//! recording host could name. Only named addresses are stored.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use urec_format::{BinarySymbols, BuildId, Reader, Record, SymbolEntry, SymbolFrame};
+use urec_report::symbolize::{lookup_offset, EmbeddedSymbols, SymbolizeOptions, Symbolizer};
+
+/// A file the recorder kept open: the exact file a traced process mapped.
+pub struct Provided {
+    pub path: String,
+    pub build_id: Option<BuildId>,
+    pub file: File,
+}
+
+/// What the step named.
+#[derive(Debug, Default)]
+pub struct Named {
+    /// The section, one entry per binary with at least one named address.
+    pub symbols: Vec<BinarySymbols>,
+    /// Addresses named, and of those with a source line.
+    pub named: u64,
+    pub with_lines: u64,
+    /// Addresses left unnamed.
+    pub unnamed: u64,
+    /// The symbolizer's warnings (missing binaries and what would fix them).
+    pub warnings: Vec<String>,
+}
+
+/// Names the addresses of the recording at `path`. `provided` files come first; `embedded` is
+/// a section the file already has (`archive` keeps its names where this host has no file).
+pub fn name(
+    path: &Path,
+    opts: SymbolizeOptions,
+    provided: Vec<Provided>,
+    embedded: EmbeddedSymbols,
+) -> Result<Named> {
+    let addresses = urec_report::frame_addresses(path)?;
+    let mut symbolizer = Symbolizer::new(opts);
+    if !embedded.is_empty() {
+        symbolizer.set_embedded(embedded);
+    }
+    // The kept files by build id, else by path; every recorded (path, build id) that matches
+    // one gets its own descriptor.
+    let mut binaries: Vec<(&str, Option<&BuildId>)> = addresses
+        .iter()
+        .map(|a| (a.binary.as_str(), a.build_id.as_ref()))
+        .collect();
+    binaries.dedup();
+    for (binary, build_id) in binaries {
+        let kept = provided.iter().find(|p| match (build_id, &p.build_id) {
+            (Some(a), Some(b)) => a == b,
+            (None, _) => p.path == binary,
+            _ => false,
+        });
+        if let Some(kept) = kept {
+            if let Ok(file) = kept.file.try_clone() {
+                symbolizer.provide_file(binary, build_id, file);
+            }
+        }
+    }
+    let mut out = Named::default();
+    let mut by_binary: BTreeMap<(String, Option<BuildId>), BTreeMap<u64, Vec<SymbolFrame>>> =
+        BTreeMap::new();
+    for a in &addresses {
+        let frames =
+            symbolizer.symbolize(&a.binary, a.build_id.as_ref(), a.offset, a.return_address);
+        if frames.first().and_then(|f| f.function_name()).is_none() {
+            out.unnamed += 1;
+            continue;
+        }
+        out.named += 1;
+        if frames.first().is_some_and(|f| f.line.is_some()) {
+            out.with_lines += 1;
+        }
+        let list: Vec<SymbolFrame> = frames
+            .iter()
+            .map(|f| SymbolFrame {
+                function: f.display_name().to_string(),
+                file: f.file.clone(),
+                line: f.line,
+            })
+            .collect();
+        by_binary
+            .entry((a.binary.clone(), a.build_id.clone()))
+            .or_default()
+            .entry(lookup_offset(a.offset, a.return_address))
+            .or_insert(list);
+    }
+    out.warnings = symbolizer.take_warnings();
+    out.symbols = by_binary
+        .into_iter()
+        .map(|((path, build_id), entries)| BinarySymbols {
+            path,
+            build_id,
+            entries: entries
+                .into_iter()
+                .map(|(offset, frames)| SymbolEntry { offset, frames })
+                .collect(),
+        })
+        .collect();
+    Ok(out)
+}
+
+/// Appends `symbols` to the recording urec has just written at `path` (complete, no section
+/// yet). An interruption leaves the recording complete and the section unfinished.
+pub fn append(path: &Path, symbols: &[BinarySymbols]) -> Result<u64> {
+    let reader = Reader::open(path)?;
+    let (Some(len), Some(footer)) = (reader.complete_len(), reader.footer().cloned()) else {
+        bail!("{} is not a complete recording", path.display());
+    };
+    drop(reader);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("opening {} to add its symbols", path.display()))?;
+    if file.metadata()?.len() != len {
+        bail!("{} already has a symbols section", path.display());
+    }
+    let mut out = std::io::BufWriter::new(&mut file);
+    let stats = urec_format::append_symbols(&mut out, len, &footer, symbols)?;
+    out.flush()?;
+    drop(out);
+    file.sync_all()?;
+    Ok(stats.stored_bytes)
+}
+
+/// Replaces the symbols section of the recording at `path` (or adds one): the recording's own
+/// bytes and the new section go to a temporary file beside it, which then takes its place with
+/// the original's mode and owner. A failure leaves the original untouched.
+pub fn rewrite(path: &Path, symbols: &[BinarySymbols]) -> Result<u64> {
+    let reader = Reader::open(path)?;
+    let (Some(len), Some(footer)) = (reader.complete_len(), reader.footer().cloned()) else {
+        bail!(
+            "{} is not a complete recording (it has no footer): its symbols cannot be added",
+            path.display()
+        );
+    };
+    drop(reader);
+    let original =
+        urec_untrusted::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let meta = original.metadata()?;
+    let tmp = temp_path(path);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let result = (|| -> Result<u64> {
+        let mut source = std::io::Read::take(&original, len);
+        let mut w = std::io::BufWriter::new(&mut out);
+        let copied = std::io::copy(&mut source, &mut w)?;
+        if copied != len {
+            bail!("{} changed while it was read", path.display());
+        }
+        let stats = urec_format::append_symbols(&mut w, len, &footer, symbols)?;
+        w.flush()?;
+        drop(w);
+        out.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        // Keeping the owner needs root when it is another user's file; as that user, it is
+        // already theirs.
+        let _ = std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()));
+        out.sync_all()?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("replacing {} by {}", path.display(), tmp.display()))?;
+        Ok(stats.stored_bytes)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "urec.data".into());
+    path.with_file_name(format!(".{name}.archive-{}", std::process::id()))
+}
+
+/// The symbols section the file at `path` already has, as the symbolizer takes it.
+pub fn existing(path: &Path) -> Result<EmbeddedSymbols> {
+    let mut reader = Reader::open(path)?;
+    let mut embedded = EmbeddedSymbols::default();
+    for record in reader.metadata() {
+        if let Record::Symbols(s) = record? {
+            embedded.push(s);
+        }
+    }
+    Ok(embedded)
+}
+
+/// Command-line arguments of `urec archive`.
+#[derive(clap::Args, Debug)]
+pub struct ArchiveArgs {
+    /// The recording to add names to (rewritten in place, through a temporary file).
+    #[arg(short, long, default_value = "urec.data")]
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub symbols: crate::report::SymbolArgs,
+}
+
+/// Runs `urec archive`; returns the exit status.
+pub fn run_archive(args: ArchiveArgs) -> Result<u8> {
+    let path = &args.input;
+    let embedded = existing(path)?;
+    let named = name(path, args.symbols.options(), Vec::new(), embedded)?;
+    for w in &named.warnings {
+        eprintln!("urec: warning: {}", urec_format::printable(w));
+    }
+    let bytes = rewrite(path, &named.symbols)?;
+    eprintln!("urec: {}", summary(&named, bytes));
+    Ok(0)
+}
+
+/// One line on what the step named, for `record` and `archive`.
+pub fn summary(named: &Named, bytes: u64) -> String {
+    use urec_format::plural;
+    format!(
+        "symbols: named {} of {} in {} ({} with file:line), {}",
+        named.named,
+        plural(named.named + named.unnamed, "address", "addresses"),
+        plural(named.symbols.len() as u64, "binary", "binaries"),
+        named.with_lines,
+        plural(bytes, "byte", "bytes")
+    )
+}

@@ -1,0 +1,211 @@
+//! Portable recordings (SPEC "Portable recordings"): the symbols section that `urec record`
+//! appends and `urec archive` adds or refreshes names a recording's frames on a machine
+//! without its binaries, exactly as the recording host named them.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::fixture::Fixture;
+use common::*;
+
+const SOURCE: &str = r#"
+#include <stdlib.h>
+__attribute__((noinline)) int leaf(int x) { return x * 2; }
+__attribute__((noinline)) int a(int x) { return leaf(x) + 1; }
+__attribute__((noinline)) int b(int x) { return leaf(x) + 2; }
+int main(void) {
+    int s = 0;
+    for (int i = 0; i < 600; i++) s += a(i);
+    for (int i = 0; i < 400; i++) s += b(i);
+    return s == 0;
+}
+"#;
+
+fn build() -> Fixture {
+    Fixture::build(
+        "portable",
+        SOURCE,
+        &["-g", "-O1", "-fno-omit-frame-pointer"],
+    )
+}
+
+fn folded(data: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["report", "-i", data.to_str().unwrap(), "--folded", "-"];
+    args.extend_from_slice(extra);
+    urec_ok(&args)
+}
+
+/// The folded stacks of the program's own frames (libc's are named on this host either way).
+fn own(folded: &str) -> Vec<String> {
+    folded
+        .lines()
+        .map(|l| {
+            let (stack, n) = l.rsplit_once(' ').unwrap();
+            let frames: Vec<&str> = stack
+                .split(';')
+                .skip_while(|f| *f != "main" && !f.starts_with("portable+"))
+                .collect();
+            format!("{} {n}", frames.join(";"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_recording_names_its_frames_after_the_binary_is_gone() {
+    if !have_root() {
+        return;
+    }
+    let t = build();
+    let data = t.data("a.data");
+    let spec = format!("{}:leaf", t.path());
+    let out = record(&["-o", data.to_str().unwrap(), "-e", &spec, "--", t.path()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("urec: symbols: named"), "{stderr}");
+    let host = folded(&data, &[]);
+    assert_eq!(own(&host), ["main;a;leaf 600", "main;b;leaf 400"], "{host}");
+    std::fs::remove_file(&t.exe).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let elsewhere = folded(&data, &["--symfs", empty.path().to_str().unwrap()]);
+    assert_eq!(
+        elsewhere, host,
+        "a workstation reports what the host reported"
+    );
+    // script too: the section comes last in the file, script needs it first.
+    let script = urec_ok(&["script", "-i", data.to_str().unwrap()]);
+    assert!(
+        script.contains(" leaf (") && script.contains(" a ("),
+        "{script}"
+    );
+    let info = urec_ok(&["info", "-i", data.to_str().unwrap()]);
+    assert!(info.contains("symbols:    "), "{info}");
+    assert!(info.contains(" with file:line)"), "{info}");
+}
+
+#[test]
+fn archive_names_a_recording_made_without_symbols_and_keeps_its_mode() {
+    if !have_root() {
+        return;
+    }
+    let t = build();
+    let data = t.data("b.data");
+    let spec = format!("{}:leaf", t.path());
+    let out = record(&[
+        "-q",
+        "--no-symbols",
+        "-o",
+        data.to_str().unwrap(),
+        "-e",
+        &spec,
+        "--",
+        t.path(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = urec_ok(&["info", "-i", data.to_str().unwrap()]);
+    assert!(info.contains("symbols:    none"), "{info}");
+    let host = folded(&data, &[]);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&data, Some(65534), Some(65534)).unwrap();
+    let out = urec(&["archive", "-i", data.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("urec: symbols: named"), "{stderr}");
+    let meta = std::fs::metadata(&data).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    std::fs::remove_file(&t.exe).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(
+        folded(&data, &["--symfs", empty.path().to_str().unwrap()]),
+        host
+    );
+    // Archiving again refreshes the section in place of the old one (the binary is gone now:
+    // the old names are kept), and the file does not grow.
+    let before = std::fs::metadata(&data).unwrap().len();
+    let out = urec(&["archive", "-i", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::metadata(&data).unwrap().len(), before);
+    assert_eq!(
+        folded(&data, &["--symfs", empty.path().to_str().unwrap()]),
+        host
+    );
+}
+
+#[test]
+fn archive_refuses_a_truncated_recording_and_leaves_it_alone() {
+    if !have_root() {
+        return;
+    }
+    let t = build();
+    let data = t.data("c.data");
+    let spec = format!("{}:leaf", t.path());
+    let out = record(&[
+        "-q",
+        "--no-symbols",
+        "-o",
+        data.to_str().unwrap(),
+        "-e",
+        &spec,
+        "--",
+        t.path(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let bytes = std::fs::read(&data).unwrap();
+    let cut = t.data("cut.data");
+    std::fs::write(&cut, &bytes[..bytes.len() - 30]).unwrap();
+    let out = urec(&["archive", "-i", cut.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a complete recording"));
+    assert_eq!(std::fs::read(&cut).unwrap(), &bytes[..bytes.len() - 30]);
+}
+
+#[test]
+fn an_interrupted_symbols_step_leaves_a_complete_recording() {
+    if !have_root() {
+        return;
+    }
+    let t = build();
+    let data = t.data("d.data");
+    let spec = format!("{}:leaf", t.path());
+    let out = record(&[
+        "-q",
+        "-o",
+        data.to_str().unwrap(),
+        "-e",
+        &spec,
+        "--",
+        t.path(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let complete = {
+        let r = urec_format::Reader::open(&data).unwrap();
+        r.complete_len().unwrap() as usize
+    };
+    let bytes = std::fs::read(&data).unwrap();
+    assert!(bytes.len() > complete + 40);
+    std::fs::write(&data, &bytes[..complete + 30]).unwrap();
+    let out = urec(&["report", "-i", data.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("unfinished"), "{stderr}");
+    assert!(!stderr.contains("truncated"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" 1000 "));
+}
