@@ -86,6 +86,7 @@ fn add_missing_dashes_hint(e: &mut clap::Error) {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        #[cfg_attr(not(feature = "record"), allow(unused_mut))]
         Err(mut e) => {
             #[cfg(feature = "record")]
             add_missing_dashes_hint(&mut e);

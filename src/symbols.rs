@@ -112,6 +112,7 @@ pub fn name(
     Ok(out)
 }
 
+#[cfg(feature = "record")]
 /// Appends `symbols` to the recording urec has just written at `path` (complete, no section
 /// yet). An interruption leaves the recording complete and the section unfinished.
 pub fn append(path: &Path, symbols: &[BinarySymbols]) -> Result<u64> {
