@@ -537,6 +537,10 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         None => None,
     };
 
+    // From here a Ctrl-C must stop the recording cleanly: `-v` says "attached" before the
+    // ring is set up, and a user (or a test) may interrupt right then.
+    install_signal_handlers();
+
     // 4. Attach, then the output file.
     let probes: Vec<AttachProbe> = opts
         .probes
@@ -547,6 +551,7 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
             offset: p.probe.offset.0,
             kind: p.probe.kind,
             name: p.probe.name.clone(),
+            ref_ctr_offset: p.ref_ctr_offset,
         })
         .collect();
     let attached = attach::attach(&skel, &probes, filter, &mut warn)?;
@@ -634,7 +639,6 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
         .context("setting up the ring buffer consumer")?;
 
     // 5. Go.
-    install_signal_handlers();
     if let Some(w) = workload.as_mut() {
         w.start()?;
     }
