@@ -31,6 +31,11 @@ struct item { long id; int weight; };
 static struct item items[4] = {{11, -1}, {22, -2}, {33, -3}, {44, -4}};
 extern int guarded(int i);
 
+/* One USDT probe written once, compiled at two sites, each with a constant operand. */
+static inline __attribute__((always_inline)) void mark(int where) {
+    STAP_PROBE1(demo, mark, where);
+}
+
 __attribute__((noinline)) int step(int i, struct item *it, const char *name) {
     /* a register, a global read RIP-relative, a constant */
     STAP_PROBE3(demo, tick, i, limit, -7);
@@ -44,6 +49,7 @@ int main(int argc, char **argv) {
     int pause_ms = argc > 2 ? atoi(argv[2]) : 0;
     int fired = 0;
     long sum = 0;
+    mark(1);
     for (int i = 0; i < n; i++) {
         limit = 1000 + i;
         char name[16];
@@ -53,6 +59,7 @@ int main(int argc, char **argv) {
         if (pause_ms)
             usleep(pause_ms * 1000);
     }
+    mark(2);
     printf("guarded fired %d of %d (sum %ld)\n", fired, n, sum);
     fflush(stdout);
     return 0;
@@ -353,6 +360,60 @@ fn register_rip_relative_and_constant_operands() {
     }
 }
 
+/// A probe written once and compiled at two sites is one probe per site, named
+/// `usdt:PROVIDER:NAME@0xVADDR`; `--probe usdt:PROVIDER:NAME` selects them all.
+#[test]
+fn one_probe_at_two_sites() {
+    if !have_root() || !have_sdt() {
+        return;
+    }
+    let d = Demo::build();
+    let out = d.data("mark.data");
+    let spec = format!("usdt:{}:demo:mark where=arg1", d.path());
+    let run = record(&[
+        "-q",
+        "-e",
+        &spec,
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        d.path(),
+        "3",
+    ])
+    .stdout(Stdio::null())
+    .status()
+    .unwrap();
+    assert!(run.success());
+    let rec = Recording::read(&out);
+    assert_eq!(rec.probes.len(), 2);
+    let mut seen = Vec::new();
+    for p in &rec.probes {
+        assert!(
+            p.name.starts_with("usdt:demo:mark@0x"),
+            "a site named by its address: {}",
+            p.name
+        );
+        let events: Vec<_> = rec.events.iter().filter(|e| e.probe == p.id).collect();
+        assert_eq!(events.len(), 1, "{}", p.name);
+        seen.push(int(&events[0].args[0]) as i32);
+    }
+    seen.sort();
+    assert_eq!(seen, [1, 2], "the constants $1 and $2");
+    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
+        "report",
+        "-i",
+        out.to_str().unwrap(),
+        "--json",
+        "-",
+        "--probe",
+        "usdt:demo:mark",
+    ]))
+    .unwrap();
+    let functions = json["functions"].as_array().unwrap();
+    assert_eq!(functions.len(), 2);
+    assert!(functions.iter().all(|f| f["calls"] == 1));
+}
+
 /// `/proc/PID/mem` of a long-running demo shows the semaphore at 1 while urec is attached and
 /// back at 0 when it detaches, whether it stops normally or is killed with SIGKILL.
 #[test]
@@ -567,7 +628,7 @@ fn list_usdt_shows_sites_semaphores_and_operands() {
     assert!(line("demo:tick ").contains("no semaphore"));
     let sema = format!("semaphore {:#010x}", d.semaphore_vaddr());
     assert!(line("demo:guarded ").contains(&sema), "{text}");
-    assert_eq!(text.lines().count(), 3);
+    assert_eq!(text.lines().count(), 5, "demo:mark has two sites:\n{text}");
     // A glob over PROVIDER:NAME.
     let text = urec_ok(&["list", "--usdt", d.path(), "demo:t*"]);
     assert_eq!(text.lines().count(), 1);

@@ -837,6 +837,41 @@ mod tests {
     }
 
     #[test]
+    fn usdt_specs() {
+        let s = p("usdt:/usr/bin/python3.11:python:function__entry +0(arg2):string n=arg3");
+        assert_eq!(s.target, "/usr/bin/python3.11");
+        assert_eq!(
+            s.function,
+            FunctionSpec::Usdt {
+                provider: Some("python".into()),
+                name: "function__entry".into()
+            }
+        );
+        assert_eq!(s.name(), "usdt:/usr/bin/python3.11:python:function__entry");
+        assert!(!s.return_only);
+        assert_eq!(s.args.len(), 2);
+        assert!(
+            !s.args[1].typed,
+            "a bare argN takes its operand's type later"
+        );
+        assert!(s.args[0].typed);
+        let s = p("usdt:./app:gc__*");
+        assert_eq!(
+            s.function,
+            FunctionSpec::Usdt {
+                provider: None,
+                name: "gc__*".into()
+            }
+        );
+        assert!(err("usdt:app").contains("usdt:TARGET:PROVIDER:NAME"));
+        assert!(err("usdt:a:b:c:d").contains("usdt:TARGET:PROVIDER:NAME"));
+        assert!(err("usdt::p:n").contains("empty TARGET"));
+        assert!(err("usdt:app::n").contains("empty PROVIDER or NAME"));
+        assert!(err("usdt:app:p:n%return").contains("no return probe"));
+        assert!(err("usdt:app:p:n arg0").contains("count from 1"));
+    }
+
+    #[test]
     fn cxx_names() {
         let s = p("./app:ns::Klass::method(int, char) a=arg1");
         assert_eq!(s.target, "./app");
