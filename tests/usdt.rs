@@ -360,6 +360,67 @@ fn register_rip_relative_and_constant_operands() {
     }
 }
 
+/// libstdc++'s `throw` probe, found through the library's short name: every C++ throw of a
+/// program built here, with the thrown type's name read through the `type_info` argument.
+#[test]
+fn libstdcxx_throw() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("throw.cc");
+    std::fs::write(
+        &src,
+        r#"
+#include <stdexcept>
+#include <cstdio>
+int main() {
+    int caught = 0;
+    for (int i = 0; i < 17; i++) {
+        try { throw std::runtime_error("x"); } catch (const std::exception &) { caught++; }
+    }
+    std::printf("%d\n", caught);
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.path().join("throw");
+    let st = Command::new("g++")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = dir.path().join("throw.data");
+    // std::type_info is {vptr, const char *name}: the mangled name's pointer is at +8.
+    let spec = "usdt:libstdc++:libstdcxx:throw type=+0(+8(arg2)):string";
+    let run = record(&[
+        "-q",
+        "-e",
+        spec,
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        exe.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "17");
+    let rec = Recording::read(&out);
+    assert_eq!(rec.probes[0].name, "usdt:libstdcxx:throw");
+    assert_eq!(rec.events.len(), 17);
+    for e in &rec.events {
+        assert_eq!(string(&e.args[0]), "St13runtime_error");
+    }
+}
+
 /// A probe written once and compiled at two sites is one probe per site, named
 /// `usdt:PROVIDER:NAME@0xVADDR`; `--probe usdt:PROVIDER:NAME` selects them all.
 #[test]
