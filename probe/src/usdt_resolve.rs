@@ -175,7 +175,9 @@ fn site_args(spec: &ProbeSpec, site: &UsdtProbe) -> Result<(Vec<ArgSpec>, Vec<Fe
             ))
         })?;
         let ty = match arg.fetch {
-            Fetch::Arg(n) if !arg.typed => site.args[n as usize - 1].default_type(),
+            Fetch::Arg(n) if !arg.typed => {
+                operand(&site.args, n).map_or(arg.ty, UsdtArg::default_type)
+            }
             _ => arg.ty,
         };
         let mut format = arg.to_format(false);
@@ -190,7 +192,7 @@ fn site_args(spec: &ProbeSpec, site: &UsdtProbe) -> Result<(Vec<ArgSpec>, Vec<Fe
 fn substitute(fetch: &Fetch, operands: &[UsdtArg]) -> Result<Fetch, String> {
     Ok(match fetch {
         Fetch::Arg(n) => {
-            let operand = operands.get(*n as usize - 1).ok_or_else(|| {
+            let operand = operand(operands, *n).ok_or_else(|| {
                 format!("arg{n} does not exist: USDT arguments count from 1 to the probe's count")
             })?;
             operand.fetch().map_err(|why| format!("arg{n}: {why}"))?
@@ -204,4 +206,9 @@ fn substitute(fetch: &Fetch, operands: &[UsdtArg]) -> Result<Fetch, String> {
         },
         other => other.clone(),
     })
+}
+
+/// The operand `argN` names (1-based).
+fn operand(operands: &[UsdtArg], n: u32) -> Option<&UsdtArg> {
+    (n as usize).checked_sub(1).and_then(|i| operands.get(i))
 }
