@@ -26,6 +26,7 @@ const MAIN_C: &str = r#"
 #include <unistd.h>
 
 long limit = 1000;
+long table[3] = {100, 200, 300};
 static const char *names[] = {"alpha", "beta", "gamma"};
 struct item { long id; int weight; };
 static struct item items[4] = {{11, -1}, {22, -2}, {33, -3}, {44, -4}};
@@ -41,6 +42,8 @@ __attribute__((noinline)) int step(int i, struct item *it, const char *name) {
     STAP_PROBE3(demo, tick, i, limit, -7);
     /* a string pointer in a register, a struct field in memory */
     STAP_PROBE2(demo, item, name, it->weight);
+    /* an array element: a base and a scaled index register */
+    STAP_PROBE1(demo, pick, table[i % 3]);
     return it->weight * 2;
 }
 
@@ -128,6 +131,7 @@ impl Demo {
             "-4@$-7",
             "8@%rdx",
             "-4@8(%rsi)",
+            "-8@(%rax,%rdi,8)",
         ] {
             assert!(
                 notes.contains(form),
@@ -312,17 +316,20 @@ fn counts_args_and_the_semaphore_guarded_site() {
 }
 
 #[test]
-fn register_rip_relative_and_constant_operands() {
+fn register_rip_relative_constant_and_indexed_operands() {
     if !have_root() || !have_sdt() {
         return;
     }
     let d = Demo::build();
     let out = d.data("tick.data");
     let tick = format!("usdt:{}:demo:tick arg1 arg2 arg3 +0(arg2)", d.path());
+    let pick = format!("usdt:{}:demo:pick arg1", d.path());
     let run = record(&[
         "-q",
         "-e",
         &tick,
+        "-e",
+        &pick,
         "-o",
         out.to_str().unwrap(),
         "--",
@@ -336,6 +343,21 @@ fn register_rip_relative_and_constant_operands() {
     let rec = Recording::read(&out);
     let p = &rec.probes[0];
     assert_eq!(
+        rec.probes[1].args[0].ty,
+        ArgType::Signed(64),
+        "-8@(%rax,%rdi,8)"
+    );
+    let mut picks: Vec<_> = rec.events.iter().filter(|e| e.probe == 1).collect();
+    picks.sort_by_key(|e| e.time_ns);
+    assert_eq!(picks.len(), 30);
+    for (i, e) in picks.iter().enumerate() {
+        assert_eq!(
+            int(&e.args[0]),
+            [100, 200, 300][i % 3],
+            "pick {i}: table[i % 3]"
+        );
+    }
+    assert_eq!(
         p.args.iter().map(|a| a.ty).collect::<Vec<_>>(),
         vec![
             ArgType::Signed(32),
@@ -344,7 +366,12 @@ fn register_rip_relative_and_constant_operands() {
             ArgType::Hex(64)
         ]
     );
-    let mut events = rec.events.clone();
+    let mut events: Vec<_> = rec
+        .events
+        .iter()
+        .filter(|e| e.probe == 0)
+        .cloned()
+        .collect();
     events.sort_by_key(|e| e.time_ns);
     assert_eq!(events.len(), 30);
     for (i, e) in events.iter().enumerate() {
@@ -689,7 +716,7 @@ fn list_usdt_shows_sites_semaphores_and_operands() {
     assert!(line("demo:tick ").contains("no semaphore"));
     let sema = format!("semaphore {:#010x}", d.semaphore_vaddr());
     assert!(line("demo:guarded ").contains(&sema), "{text}");
-    assert_eq!(text.lines().count(), 5, "demo:mark has two sites:\n{text}");
+    assert_eq!(text.lines().count(), 6, "demo:mark has two sites:\n{text}");
     // A glob over PROVIDER:NAME.
     let text = urec_ok(&["list", "--usdt", d.path(), "demo:t*"]);
     assert_eq!(text.lines().count(), 1);

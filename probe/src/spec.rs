@@ -150,6 +150,16 @@ pub enum Fetch {
     /// The word at this ELF virtual address of the probed binary, rebased per process. No
     /// syntax of its own: what a USDT operand like `8@counter(%rip)` becomes.
     Global(u64),
+    /// The address `base + index * scale` (no read). No syntax of its own: what a USDT operand
+    /// like `-8@(%rax,%rdi,8)` dereferences.
+    Indexed {
+        /// The base register.
+        base: Reg,
+        /// The index register.
+        index: Reg,
+        /// 1, 2, 4 or 8.
+        scale: u8,
+    },
     /// `+OFF(FETCH)` / `-OFF(FETCH)`: the word at user address `inner + offset`.
     Deref {
         /// Signed byte offset added to the inner value.

@@ -66,6 +66,18 @@ pub enum Operand {
     },
     /// `$5`: a constant.
     Imm(i64),
+    /// `-8(%rax,%rdi,8)`: memory at a base register plus a scaled index register plus a
+    /// displacement (an array element).
+    Indexed {
+        /// The base register.
+        base: Reg,
+        /// The index register.
+        index: Reg,
+        /// 1, 2, 4 or 8.
+        scale: u8,
+        /// The displacement.
+        offset: i64,
+    },
     /// `counter(%rip)`, `counter+8(%rip)`, `0x10(%rip)`, `counter`: memory at this ELF virtual
     /// address of the probed binary, which moves with the binary's load bias.
     Global(u64),
@@ -94,6 +106,19 @@ impl UsdtArg {
                 inner: Box::new(Fetch::Reg(*base)),
             },
             Operand::Imm(v) => Fetch::Immediate(*v as u64),
+            Operand::Indexed {
+                base,
+                index,
+                scale,
+                offset,
+            } => Fetch::Deref {
+                offset: *offset,
+                inner: Box::new(Fetch::Indexed {
+                    base: *base,
+                    index: *index,
+                    scale: *scale,
+                }),
+            },
             Operand::Global(vaddr) => Fetch::Global(*vaddr),
             Operand::Unsupported(why) => {
                 return Err(format!(
@@ -261,10 +286,36 @@ fn parse_operand(
     let inner = rest
         .strip_suffix(')')
         .ok_or_else(|| "missing ')'".to_string())?;
-    if inner.contains(',') {
-        return Err(format!(
-            "indexed addressing ({inner}) needs a multiplication the fetch programs do not do"
-        ));
+    let offset = || -> Result<i64, String> {
+        if disp.is_empty() {
+            return Ok(0);
+        }
+        number(disp).ok_or_else(|| {
+            format!("the displacement {disp:?} is not a number (a symbol plus a register is not supported)")
+        })
+    };
+    if let Some((base, rest)) = inner.split_once(',') {
+        let (index, scale) = rest.split_once(',').unwrap_or((rest, "1"));
+        let reg = |r: &str| {
+            r.strip_prefix('%')
+                .ok_or_else(|| format!("{r:?} is not a register"))
+                .and_then(register)
+        };
+        if base.is_empty() {
+            return Err(format!(
+                "indexed addressing without a base register ({inner})"
+            ));
+        }
+        let scale = match scale.parse::<u8>() {
+            Ok(s @ (1 | 2 | 4 | 8)) => s,
+            _ => return Err(format!("bad index scale {scale:?}")),
+        };
+        return Ok(Operand::Indexed {
+            base: reg(base)?,
+            index: reg(index)?,
+            scale,
+            offset: offset()?,
+        });
     }
     let base = inner
         .strip_prefix('%')
@@ -277,16 +328,9 @@ fn parse_operand(
             None => address(disp, symbol).map(Operand::Global),
         };
     }
-    let offset = if disp.is_empty() {
-        0
-    } else {
-        number(disp).ok_or_else(|| {
-            format!("the displacement {disp:?} is not a number (a symbol plus a register is not supported)")
-        })?
-    };
     Ok(Operand::Mem {
         base: register(base)?,
-        offset,
+        offset: offset()?,
     })
 }
 
@@ -406,8 +450,27 @@ mod tests {
         assert_eq!(arg("8@0x10(%rip)").operand, Operand::Global(0x1010));
         assert_eq!(arg("8@counter").operand, Operand::Global(0x4010));
         assert_eq!(arg("%eax").size, 8);
+        assert_eq!(
+            arg("-8@(%rax,%rdi,8)").operand,
+            Operand::Indexed {
+                base: Reg::Ax,
+                index: Reg::Di,
+                scale: 8,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            arg("4@-4(%rbx,%rcx)").operand,
+            Operand::Indexed {
+                base: Reg::Bx,
+                index: Reg::Cx,
+                scale: 1,
+                offset: -4
+            }
+        );
         for bad in [
-            "8@(%rax,%rbx,8)",
+            "8@(,%rbx,8)",
+            "8@(%rax,%rbx,3)",
             "8@nosuch(%rip)",
             "1@%ah",
             "3@%eax",

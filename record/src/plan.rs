@@ -208,6 +208,13 @@ fn lower(
             ops.push(FetchOp::ProbeRel(file_rel(Place::FileOffset(*off))?));
             ops.push(FetchOp::Deref { off: 0, size });
         }
+        Fetch::Indexed { base, index, scale } => {
+            ops.push(FetchOp::Reg(base.pt_regs_offset() / 8));
+            ops.push(FetchOp::AddReg {
+                reg: index.pt_regs_offset() / 8,
+                scale: *scale,
+            });
+        }
         Fetch::Global(vaddr) => {
             ops.push(FetchOp::ProbeRel(file_rel(Place::Vaddr(*vaddr))?));
             ops.push(FetchOp::Deref { off: 0, size });
@@ -263,6 +270,22 @@ mod tests {
         assert_eq!(
             lowered(&Fetch::FileOffset(0x1010), 8),
             vec![FetchOp::ProbeRel(0x10), FetchOp::Deref { off: 0, size: 8 }]
+        );
+        let element = Fetch::Deref {
+            offset: -8,
+            inner: Box::new(Fetch::Indexed {
+                base: Reg::Ax,
+                index: Reg::Di,
+                scale: 8,
+            }),
+        };
+        assert_eq!(
+            lowered(&element, 8),
+            vec![
+                FetchOp::Reg(abi::REG_AX),
+                FetchOp::AddReg { reg: 14, scale: 8 },
+                FetchOp::Deref { off: -8, size: 8 }
+            ]
         );
         assert_eq!(
             lowered(&Fetch::Global(0x1020), 4),
