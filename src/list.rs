@@ -10,12 +10,19 @@ pub struct Args {
     /// A binary or library: a path, a program on PATH (`bash`), or a library short name
     /// (`libc`, `c`, `libssl.so.3`).
     pub target: String,
-    /// Only functions whose name (mangled or demangled) matches this glob (`str*`).
+    /// Only functions whose name (mangled or demangled) matches this glob (`str*`); with
+    /// `--usdt`, USDT probes whose NAME or PROVIDER:NAME matches it.
     pub glob: Option<String>,
+    /// List the USDT probes (`.note.stapsdt`) instead of functions.
+    #[arg(long)]
+    pub usdt: bool,
 }
 
 /// Runs `urec list`; returns the exit status. The output format is in its `--help` (main.rs).
 pub fn run(args: Args) -> anyhow::Result<u8> {
+    if args.usdt {
+        return run_usdt(&args);
+    }
     let functions = urec_probe::list(&args.target, args.glob.as_deref())?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -55,6 +62,59 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             eprintln!("urec list: no function matches {g:?}");
         } else {
             eprintln!("urec list: no functions (no symbol tables?)");
+        }
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// `urec list --usdt`: one USDT probe site per line, as `-e usdt:TARGET:PROVIDER:NAME` names
+/// it, with its address, semaphore and operands (what `argN` fetches).
+fn run_usdt(args: &Args) -> anyhow::Result<u8> {
+    let probes = urec_probe::list_usdt(&args.target, args.glob.as_deref())?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let names: Vec<String> = probes
+        .iter()
+        .map(|p| urec_format::printable(&format!("{}:{}", p.provider, p.name)).into_owned())
+        .collect();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0).min(60);
+    let mut result = Ok(());
+    for (p, name) in probes.iter().zip(&names) {
+        let semaphore = match p.semaphore {
+            Some(s) => format!("semaphore {s:#010x}"),
+            None => "no semaphore        ".to_string(),
+        };
+        let mut marks = String::new();
+        for (i, a) in p.args.iter().enumerate() {
+            if let urec_probe::Operand::Unsupported(why) = &a.operand {
+                marks.push_str(&format!(" [arg{} unsupported: {why}]", i + 1));
+            }
+        }
+        result = writeln!(
+            out,
+            "{name:<width$}  vaddr {:#010x}  {semaphore}  args: {}{}",
+            p.pc,
+            if p.args_text.is_empty() {
+                "(none)".to_string()
+            } else {
+                urec_format::printable(&p.args_text).into_owned()
+            },
+            urec_format::printable(&marks),
+        );
+        if result.is_err() {
+            break;
+        }
+    }
+    match result.and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(e.into()),
+        Ok(()) => {}
+    }
+    if probes.is_empty() {
+        match &args.glob {
+            Some(g) => eprintln!("urec list: no USDT probe matches {g:?}"),
+            None => eprintln!("urec list: no USDT probes (no .note.stapsdt section)"),
         }
         return Ok(1);
     }

@@ -41,7 +41,11 @@ enum Command {
     /// `[not-probeable: WHY]` (the kernel refuses its first instruction, or would emulate it
     /// wrongly), `[single-step]` (the kernel single-steps its first instruction: about 10x the
     /// cost per hit of an emulated one).
-    /// Exits with status 1 when no function matches.
+    /// With `--usdt`: the USDT probes (`.note.stapsdt`) instead, one site per line:
+    /// PROVIDER:NAME (what `-e usdt:TARGET:PROVIDER:NAME` names), ELF virtual address, the
+    /// semaphore's address (urec sets it while recording), and the operands `arg1`, `arg2`...
+    /// fetch (`-4@%edi`: a signed 4-byte value in %edi).
+    /// Exits with status 1 when nothing matches.
     List(list::Args),
     /// Describe a recording: header, probes, processes, binaries, counts, sizes.
     Info(info::Args),

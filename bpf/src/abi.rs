@@ -53,6 +53,7 @@ const OP_FUNCREL: u8 = 4;
 const OP_DEREF: u8 = 5;
 const OP_ADD: u8 = 6;
 const OP_COMM: u8 = 7;
+const OP_ADDREG: u8 = 8;
 
 /// `UREC_P_ADD_CALLER`.
 const P_ADD_CALLER: u8 = 1;
@@ -94,6 +95,14 @@ pub enum FetchOp {
     Add(i64),
     /// The task's command name (a string argument with this as its only op).
     Comm,
+    /// `v = v + regs[reg] * scale`: the index of an indexed address (USDT's
+    /// `-8@(%rax,%rdi,8)`, an array element), the one form the other ops cannot build.
+    AddReg {
+        /// Index in [`PT_REGS`].
+        reg: usize,
+        /// 1, 2, 4 or 8.
+        scale: u8,
+    },
 }
 
 /// One argument's fetch program.
@@ -145,6 +154,9 @@ pub enum ConfigError {
     /// A register index out of range.
     #[error("no register with index {0}")]
     BadRegister(usize),
+    /// An index scale other than 1, 2, 4 or 8.
+    #[error("an index scale must be 1, 2, 4 or 8, got {0}")]
+    BadScale(u8),
 }
 
 #[repr(C)]
@@ -253,6 +265,20 @@ impl ProbeConfig {
                         op: OP_COMM,
                         ..Default::default()
                     },
+                    FetchOp::AddReg { reg, scale } => {
+                        if reg >= PT_REGS.len() {
+                            return Err(ConfigError::BadRegister(reg));
+                        }
+                        if ![1, 2, 4, 8].contains(&scale) {
+                            return Err(ConfigError::BadScale(scale));
+                        }
+                        RawOp {
+                            op: OP_ADDREG,
+                            size: scale,
+                            imm: reg as i64,
+                            ..Default::default()
+                        }
+                    }
                 };
             }
         }
@@ -514,6 +540,24 @@ mod tests {
             };
             assert!(matches!(cfg.to_bytes(), Err(ConfigError::BadStackSize(_))));
         }
+        let indexed = |reg, scale| ProbeConfig {
+            args: vec![ArgProgram {
+                ops: vec![FetchOp::Reg(REG_AX), FetchOp::AddReg { reg, scale }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let b = indexed(14, 8).to_bytes().unwrap();
+        assert_eq!(&b[32..34], &[OP_ADDREG, 8]);
+        assert_eq!(u64_at(&b, 40), 14);
+        assert!(matches!(
+            indexed(14, 3).to_bytes(),
+            Err(ConfigError::BadScale(3))
+        ));
+        assert!(matches!(
+            indexed(21, 8).to_bytes(),
+            Err(ConfigError::BadRegister(21))
+        ));
     }
 
     #[test]

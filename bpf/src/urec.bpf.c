@@ -236,6 +236,9 @@ static __always_inline bool eval_arg(struct pt_regs *ctx, struct urec_arg_cfg *a
 		case UREC_OP_ADD:
 			v += imm;
 			break;
+		case UREC_OP_ADDREG:
+			v += reg_value(ctx, imm) * (op->size & 15);
+			break;
 		default:
 			break;
 		}

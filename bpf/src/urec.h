@@ -91,10 +91,12 @@ struct urec_pending {
 #define UREC_OP_DEREF 5    /* v = *(uN *)(v + imm), N = size bytes, a user read */
 #define UREC_OP_ADD 6      /* v = v + imm (the last step of a string's address) */
 #define UREC_OP_COMM 7     /* the task's comm (string arguments only) */
+#define UREC_OP_ADDREG 8   /* v = v + regs[imm] * size: an index register, as in USDT's
+			    * `-8@(%rax,%rdi,8)` (an array element), which no other op can add */
 
 struct urec_fetch_op {
 	__u8 op;
-	__u8 size;        /* bytes read by UREC_OP_DEREF: 1, 2, 4 or 8 */
+	__u8 size;        /* bytes read by UREC_OP_DEREF: 1, 2, 4 or 8; UREC_OP_ADDREG's scale */
 	__u8 _pad[6];
 	__s64 imm;
 };

@@ -298,6 +298,36 @@ impl Binary {
         None
     }
 
+    /// A section's address and bytes (`.note.stapsdt`, `.stapsdt.base`); None when absent or
+    /// unreadable (a file truncated since it was opened).
+    pub fn section(&self, name: &str) -> Option<(u64, Vec<u8>)> {
+        use object::ObjectSection;
+        let obj = object::File::parse(&self.data).ok()?;
+        let section = obj.section_by_name(name)?;
+        let bytes = section.data().ok()?.to_vec();
+        Some((section.address(), bytes))
+    }
+
+    /// The address of a symbol of any kind (a global variable as well as a function), from
+    /// `.symtab` or `.dynsym`: what a USDT operand like `8@counter(%rip)` names.
+    pub fn symbol_address(&self, name: &str) -> Option<u64> {
+        let obj = object::File::parse(&self.data).ok()?;
+        obj.symbols()
+            .chain(obj.dynamic_symbols())
+            .find(|s| !s.is_undefined() && s.name() == Ok(name))
+            .map(|s| s.address())
+    }
+
+    /// The file offset of `vaddr` in any PT_LOAD (data too), within its file-backed part: a
+    /// USDT semaphore lives in `.probes`, a writable data segment, and the kernel finds it by
+    /// file offset in the mapping of the probed file.
+    pub fn mapped_vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|s| s.vaddr <= vaddr && vaddr - s.vaddr < s.filesz.min(s.memsz))
+            .map(|s| vaddr - s.vaddr + s.offset)
+    }
+
     fn frame_pointer_fraction(&self) -> f32 {
         let mut starts: Vec<u64> = self
             .functions

@@ -21,7 +21,11 @@
 //!   match into a [`ResolvedProbe`] carrying a ready [`urec_format::Probe`]. One probe per
 //!   (binary, file offset): aliases and overlapping specs merge.
 //! - [`list`] enumerates the functions of a binary with their addresses, sizes and whether the
-//!   kernel can probe their first instruction cheaply ([`InsnHandling`]).
+//!   kernel can probe their first instruction cheaply ([`InsnHandling`]); [`list_usdt`] its
+//!   USDT probes.
+//! - `usdt:TARGET[:PROVIDER]:NAME` specs resolve to the sites of `.note.stapsdt` notes
+//!   ([`UsdtProbe`]): entry-only probes whose `argN` are the notes' operands, and whose
+//!   semaphore the kernel counts while attached ([`ResolvedProbe::ref_ctr_offset`]).
 //!
 //! # Design decisions
 //! - **File offsets, not addresses.** A uprobe is keyed by (inode, file offset). Symbols give
@@ -57,6 +61,8 @@ mod insn;
 mod resolve;
 mod spec;
 mod target;
+mod usdt;
+mod usdt_resolve;
 
 pub use insn::{InsnHandling, KernelUprobes, Refusal};
 pub use resolve::{
@@ -64,6 +70,7 @@ pub use resolve::{
 };
 pub use spec::{parse, Arg, Fetch, FunctionSpec, ProbeSpec, Reg, MAX_DEREF_DEPTH};
 pub use target::find_target;
+pub use usdt::{Operand, UsdtArg, UsdtProbe};
 
 use urec_format::{FileOffset, Svma};
 
@@ -288,7 +295,7 @@ pub fn keeps_frame_pointers(path: &std::path::Path) -> bool {
 /// (all when None), sorted by name, then address.
 pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError> {
     let path = target::find_target(target)?;
-    let bin = elf::Binary::open(&path)?;
+    let bin = elf::Binary::open(&path).map_err(|e| target::explain_not_elf(e, target))?;
     let kernel = KernelUprobes::running();
     let mut out: Vec<Function> = bin
         .functions
@@ -312,5 +319,22 @@ pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError
             .then(a.vaddr.cmp(&b.vaddr))
             .then_with(|| a.raw_name.cmp(&b.raw_name))
     });
+    Ok(out)
+}
+
+/// The USDT probes of TARGET (resolved as in specs) whose `provider:name` or name matches
+/// `glob` (all when None), sorted by provider, name, then address.
+pub fn list_usdt(target: &str, glob: Option<&str>) -> Result<Vec<UsdtProbe>, SpecError> {
+    let path = target::find_target(target)?;
+    let bin = elf::Binary::open(&path).map_err(|e| target::explain_not_elf(e, target))?;
+    let mut out: Vec<UsdtProbe> = usdt::probes(&bin)
+        .into_iter()
+        .filter(|p| {
+            glob.is_none_or(|g| {
+                glob::matches(g, &p.name) || glob::matches(g, &format!("{}:{}", p.provider, p.name))
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.provider, &a.name, a.pc).cmp(&(&b.provider, &b.name, b.pc)));
     Ok(out)
 }

@@ -51,6 +51,9 @@ pub struct ResolvedProbe {
     pub starts_with_push_rbp: bool,
     /// The binary as a whole seems built with frame pointers (see [`FRAME_POINTER_THRESHOLD`]).
     pub binary_keeps_frame_pointers: bool,
+    /// File offset of the USDT semaphore the kernel must count while this probe is attached
+    /// (`ref_ctr_offset`): the guarded site only runs while it is non-zero. None otherwise.
+    pub ref_ctr_offset: Option<u64>,
 }
 
 /// What [`resolve`] produced.
@@ -105,10 +108,23 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
         let bin = match binaries.entry(path) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let b = Binary::open(e.key())?;
+                let b = Binary::open(e.key())
+                    .map_err(|err| target::explain_not_elf(err, &spec.target))?;
                 e.insert(b)
             }
         };
+        if let FunctionSpec::Usdt { provider, name } = &spec.function {
+            crate::usdt_resolve::add(
+                spec,
+                bin,
+                provider.as_deref(),
+                name,
+                &kernel,
+                &mut out.probes,
+                &mut index,
+            )?;
+            continue;
+        }
         let locations = locate(spec, bin, opts, &mut out.warnings)?;
         // A glob, or a name that several local functions share, skips what cannot be probed;
         // a single named location is refused with the reason.
@@ -277,11 +293,12 @@ fn add_location(
         first_insn,
         starts_with_push_rbp: loc.at_start && insn::starts_with_push_rbp(bytes),
         binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
+        ref_ctr_offset: None,
     });
     Ok(())
 }
 
-fn merge_kind(a: ProbeKind, b: ProbeKind) -> ProbeKind {
+pub(crate) fn merge_kind(a: ProbeKind, b: ProbeKind) -> ProbeKind {
     if a == b {
         a
     } else {
@@ -558,6 +575,11 @@ fn locate(
 ) -> Result<Vec<Location>, SpecError> {
     match &spec.function {
         FunctionSpec::Symbol(name) => named_locations(spec, bin, name),
+        // `resolve` hands these to `usdt_resolve` before ever getting here.
+        FunctionSpec::Usdt { .. } => Err(SpecError::NotProbeable {
+            spec: spec.text.clone(),
+            why: "internal: a USDT spec reached the function resolver".into(),
+        }),
         FunctionSpec::Glob(pattern) => {
             // An exact name wins (`operator[]` is a name, not a class).
             if !find_symbol(bin, pattern).is_empty() {

@@ -37,9 +37,12 @@ pub struct ProbeSpec {
 
 impl ProbeSpec {
     /// The probe's display name: `TARGET:FUNCTION` as written, without `%return` and args
-    /// (`bash:readline`).
+    /// (`bash:readline`); `usdt:TARGET:PROVIDER:NAME` for USDT probes.
     pub fn name(&self) -> String {
-        format!("{}:{}", self.target, self.function)
+        match self.function {
+            FunctionSpec::Usdt { .. } => format!("usdt:{}:{}", self.target, self.function),
+            _ => format!("{}:{}", self.target, self.function),
+        }
     }
 }
 
@@ -60,6 +63,13 @@ pub enum FunctionSpec {
     },
     /// `0xADDR`: an ELF virtual address (as `readelf -s` shows, not a file offset).
     Address(u64),
+    /// `usdt:TARGET[:PROVIDER]:NAME`: the USDT probe sites (`.note.stapsdt`) of that name.
+    Usdt {
+        /// PROVIDER, when given (it may be left out when NAME is unique in TARGET).
+        provider: Option<String>,
+        /// NAME, possibly a glob.
+        name: String,
+    },
 }
 
 impl fmt::Display for FunctionSpec {
@@ -68,6 +78,14 @@ impl fmt::Display for FunctionSpec {
             FunctionSpec::Symbol(s) | FunctionSpec::Glob(s) => f.write_str(s),
             FunctionSpec::SymbolOffset { symbol, offset } => write!(f, "{symbol}+{offset:#x}"),
             FunctionSpec::Address(a) => write!(f, "{a:#x}"),
+            FunctionSpec::Usdt {
+                provider: Some(p),
+                name,
+            } => write!(f, "{p}:{name}"),
+            FunctionSpec::Usdt {
+                provider: None,
+                name,
+            } => f.write_str(name),
         }
     }
 }
@@ -83,6 +101,8 @@ pub struct Arg {
     pub fetch: Fetch,
     /// TYPE (default `x64`; `string` for `$comm`).
     pub ty: ArgType,
+    /// TYPE was written. A bare USDT `argN` without one takes its operand's size and sign.
+    pub typed: bool,
 }
 
 impl Arg {
@@ -127,6 +147,19 @@ pub enum Fetch {
     FileOffset(u64),
     /// `\IMM`: an immediate value.
     Immediate(u64),
+    /// The word at this ELF virtual address of the probed binary, rebased per process. No
+    /// syntax of its own: what a USDT operand like `8@counter(%rip)` becomes.
+    Global(u64),
+    /// The address `base + index * scale` (no read). No syntax of its own: what a USDT operand
+    /// like `-8@(%rax,%rdi,8)` dereferences.
+    Indexed {
+        /// The base register.
+        base: Reg,
+        /// The index register.
+        index: Reg,
+        /// 1, 2, 4 or 8.
+        scale: u8,
+    },
     /// `+OFF(FETCH)` / `-OFF(FETCH)`: the word at user address `inner + offset`.
     Deref {
         /// Signed byte offset added to the inner value.
@@ -305,6 +338,9 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
     if text.is_empty() {
         return Err(syntax("empty spec; expected TARGET:FUNCTION".into()));
     }
+    if let Some(rest) = text.strip_prefix("usdt:") {
+        return parse_usdt(spec, rest);
+    }
     let (text, bpftrace_return) = strip_bpftrace_prefix(text).map_err(syntax)?;
     let colon = find_target_colon(text).ok_or_else(|| {
         syntax(
@@ -333,20 +369,74 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
         )));
     }
     let function = classify_function(&func_text).map_err(syntax)?;
-    let mut args = Vec::new();
-    for word in args_text.split_whitespace() {
-        args.push(parse_arg(word).map_err(|why| SpecError::BadArg {
-            spec: spec.to_string(),
-            arg: word.to_string(),
-            why,
-        })?);
-    }
     Ok(ProbeSpec {
         text: spec.to_string(),
         target: target.to_string(),
         function,
         return_only,
-        args,
+        args: parse_args(spec, args_text)?,
+    })
+}
+
+fn parse_args(spec: &str, args_text: &str) -> Result<Vec<Arg>, SpecError> {
+    args_text
+        .split_whitespace()
+        .map(|word| {
+            parse_arg(word).map_err(|why| SpecError::BadArg {
+                spec: spec.to_string(),
+                arg: word.to_string(),
+                why,
+            })
+        })
+        .collect()
+}
+
+/// `usdt:TARGET[:PROVIDER]:NAME [ARG ...]`, as bpftrace writes it. TARGET is everything up
+/// to the last one or two `:`, so a path with no `:` in it (the usual case) needs no quoting.
+fn parse_usdt(spec: &str, rest: &str) -> Result<ProbeSpec, SpecError> {
+    let syntax = |why: String| SpecError::Syntax {
+        spec: spec.to_string(),
+        why,
+    };
+    let (head, args_text) = match rest.find(char::is_whitespace) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let parts: Vec<&str> = head.split(':').collect();
+    let (target, provider, name) = match parts.as_slice() {
+        [t, n] => (*t, None, *n),
+        [t, p, n] => (*t, Some(*p), *n),
+        _ => {
+            return Err(syntax(
+                "expected usdt:TARGET:PROVIDER:NAME or usdt:TARGET:NAME, e.g. \
+                 usdt:/usr/bin/python3.11:python:function__entry"
+                    .into(),
+            ))
+        }
+    };
+    if target.is_empty() {
+        return Err(syntax("empty TARGET after usdt:".into()));
+    }
+    if name.is_empty() || provider.is_some_and(str::is_empty) {
+        return Err(syntax(
+            "empty PROVIDER or NAME; expected usdt:TARGET[:PROVIDER]:NAME".into(),
+        ));
+    }
+    if let Some(pos) = name.find('%') {
+        return Err(syntax(format!(
+            "USDT probes have no return probe ({:?}): they are points in the code, not functions",
+            &name[pos..]
+        )));
+    }
+    Ok(ProbeSpec {
+        text: spec.to_string(),
+        target: target.to_string(),
+        function: FunctionSpec::Usdt {
+            provider: provider.map(str::to_string),
+            name: name.to_string(),
+        },
+        return_only: false,
+        args: parse_args(spec, args_text)?,
     })
 }
 
@@ -505,6 +595,7 @@ fn parse_arg(word: &str) -> Result<Arg, String> {
         return Err("empty FETCH".into());
     }
     let fetch = parse_fetch(fetch_text, 0)?;
+    let typed = ty_text.is_some();
     let ty = match ty_text {
         Some(t) => parse_type(t)?,
         None if fetch == Fetch::Comm => ArgType::String,
@@ -518,6 +609,7 @@ fn parse_arg(word: &str) -> Result<Arg, String> {
         fetch_text: fetch_text.to_string(),
         fetch,
         ty,
+        typed,
     })
 }
 
@@ -752,6 +844,41 @@ mod tests {
         assert!(err("uprobe:").contains("expected uprobe:TARGET:FUNCTION"));
         assert!(err("uretprobe: ").contains("expected uretprobe:TARGET:FUNCTION"));
         assert!(err("uprobe::f").contains("no ':'"));
+    }
+
+    #[test]
+    fn usdt_specs() {
+        let s = p("usdt:/usr/bin/python3.11:python:function__entry +0(arg2):string n=arg3");
+        assert_eq!(s.target, "/usr/bin/python3.11");
+        assert_eq!(
+            s.function,
+            FunctionSpec::Usdt {
+                provider: Some("python".into()),
+                name: "function__entry".into()
+            }
+        );
+        assert_eq!(s.name(), "usdt:/usr/bin/python3.11:python:function__entry");
+        assert!(!s.return_only);
+        assert_eq!(s.args.len(), 2);
+        assert!(
+            !s.args[1].typed,
+            "a bare argN takes its operand's type later"
+        );
+        assert!(s.args[0].typed);
+        let s = p("usdt:./app:gc__*");
+        assert_eq!(
+            s.function,
+            FunctionSpec::Usdt {
+                provider: None,
+                name: "gc__*".into()
+            }
+        );
+        assert!(err("usdt:app").contains("usdt:TARGET:PROVIDER:NAME"));
+        assert!(err("usdt:a:b:c:d").contains("usdt:TARGET:PROVIDER:NAME"));
+        assert!(err("usdt::p:n").contains("empty TARGET"));
+        assert!(err("usdt:app::n").contains("empty PROVIDER or NAME"));
+        assert!(err("usdt:app:p:n%return").contains("no return probe"));
+        assert!(err("usdt:app:p:n arg0").contains("count from 1"));
     }
 
     #[test]

@@ -70,6 +70,62 @@ fn canonical(target: &str, path: &Path) -> Result<PathBuf, SpecError> {
     Ok(canon)
 }
 
+/// Adds to a "not ELF" error what TARGET resolved to and, for a script (a pyenv or rbenv
+/// shim on PATH, a wrapper), which ELF program of the same name PATH offers further on: the
+/// usual mistake is probing `python3` where PATH's first `python3` is a shell script.
+pub(crate) fn explain_not_elf(err: SpecError, target: &str) -> SpecError {
+    let SpecError::NotElf { path, why } = err else {
+        return err;
+    };
+    let mut head = [0u8; 128];
+    let n = urec_untrusted::open(&path)
+        .and_then(|f| urec_untrusted::read_at(&f, &mut head, 0))
+        .unwrap_or(0);
+    let head = &head[..n];
+    let mut msg = if Path::new(target) == path {
+        why
+    } else {
+        format!("{why} ({target:?} resolved to it)")
+    };
+    if head.starts_with(b"\x7fELF") {
+        // ELF for another machine, or damaged: no other program to suggest.
+        return SpecError::NotElf { path, why: msg };
+    }
+    if let Some(line) = head.strip_prefix(b"#!") {
+        let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+        msg.push_str(&format!(
+            "; it is a script (`#!{}`), perhaps a pyenv or rbenv shim, not the program it runs",
+            String::from_utf8_lossy(line).trim()
+        ));
+    }
+    let name = Path::new(target)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match elf_on_path(&name, &path) {
+        Some(elf) => msg.push_str(&format!(
+            "; name the ELF program instead, e.g. {} (the next {name:?} on PATH)",
+            elf.display()
+        )),
+        None => msg.push_str("; name the ELF program instead (e.g. /usr/bin/python3.11)"),
+    }
+    SpecError::NotElf { path, why: msg }
+}
+
+/// The first executable called `name` on PATH that is an ELF file other than `not`, canonical.
+fn elf_on_path(name: &str, not: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter_map(|dir| std::fs::canonicalize(dir.join(name)).ok())
+        .find(|p| {
+            let mut magic = [0u8; 4];
+            p != not
+                && urec_untrusted::open(p)
+                    .and_then(|f| urec_untrusted::read_at(&f, &mut magic, 0))
+                    .is_ok_and(|n| n == 4 && magic == *b"\x7fELF")
+        })
+}
+
 /// Finds an executable named `name` in `$PATH`.
 fn find_on_path(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;

@@ -53,6 +53,9 @@ pub struct AttachProbe {
     pub kind: ProbeKind,
     /// The probe's display name, for errors (`libc:malloc`).
     pub name: String,
+    /// File offset of a USDT semaphore: the kernel increments it while the probe is attached
+    /// and decrements it when the link goes, `kill -9` of urec included.
+    pub ref_ctr_offset: Option<u64>,
 }
 
 /// Opens and loads the programs. `storage` holds libbpf's object for the skeleton's lifetime.
@@ -261,8 +264,19 @@ fn attach_members(
         ProbeKind::Entry => (&skel.progs.urec_entry, false, false),
         ProbeKind::Return => (&skel.progs.urec_return, true, false),
     };
+    // One array for the whole link or none; 0 means "no semaphore" for a member (the kernel
+    // reads the offsets one by one, and 0 is its own "none").
+    let ref_ctr_offsets = if members.iter().any(|p| p.ref_ctr_offset.is_some()) {
+        members
+            .iter()
+            .map(|p| p.ref_ctr_offset.unwrap_or(0) as usize)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let opts = UprobeMultiOpts {
         offsets: members.iter().map(|p| p.offset as usize).collect(),
+        ref_ctr_offsets,
         cookies: members.iter().map(|p| u64::from(p.id)).collect(),
         retprobe,
         session,
@@ -321,6 +335,7 @@ fn attach_single(skel: &UrecSkel<'_>, probes: &[AttachProbe]) -> Result<Vec<Link
             let opts = UprobeOpts {
                 cookie,
                 retprobe: !entry,
+                ref_ctr_offset: p.ref_ctr_offset.unwrap_or(0) as usize,
                 ..Default::default()
             };
             let link = prog

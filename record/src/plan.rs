@@ -41,6 +41,8 @@ pub struct PlannedProbe {
     pub probe: Probe,
     /// What the BPF programs read for it.
     pub config: ProbeConfig,
+    /// File offset of the USDT semaphore the kernel counts while the probe is attached.
+    pub ref_ctr_offset: Option<u64>,
 }
 
 /// A resolved probe urec cannot record as asked.
@@ -98,20 +100,20 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
         };
         let is_string = spec.ty == ArgType::String;
         let mut ops = Vec::new();
-        lower(
-            &fetch.lowered(),
-            type_size(spec.ty),
-            &mut ops,
-            &|file_off| {
-                let svma = offset_to_svma(binary, file_off).ok_or_else(|| {
-                    format!(
-                        "file offset {file_off:#x} is not in a loaded segment of {}",
-                        binary.display()
-                    )
-                })?;
-                Ok(svma.wrapping_sub(probe.vaddr.0) as i64)
-            },
-        )
+        lower(&fetch.lowered(), type_size(spec.ty), &mut ops, &|place| {
+            let svma = match place {
+                Place::FileOffset(file_off) => {
+                    offset_to_svma(binary, file_off).ok_or_else(|| {
+                        format!(
+                            "file offset {file_off:#x} is not in a loaded segment of {}",
+                            binary.display()
+                        )
+                    })?
+                }
+                Place::Vaddr(vaddr) => vaddr,
+            };
+            Ok(svma.wrapping_sub(probe.vaddr.0) as i64)
+        })
         .map_err(err)?;
         if is_string {
             // The outermost dereference gives the string's address: not a load (module docs).
@@ -146,6 +148,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             stack_size: 0,
             args,
         },
+        ref_ctr_offset: resolved.ref_ctr_offset,
     })
 }
 
@@ -175,12 +178,23 @@ fn type_size(ty: ArgType) -> u8 {
     }
 }
 
+/// A place in the probed binary whose runtime address is the probe's plus a fixed delta.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    /// `@+OFFSET`.
+    FileOffset(u64),
+    /// An ELF virtual address (USDT `sym(%rip)` operands).
+    Vaddr(u64),
+}
+
 /// Appends the ops computing `fetch`; `size` is what the outermost dereference reads.
+/// `file_rel` gives a place's distance from the probe, which the program adds to the probe's
+/// runtime address: that absorbs the load bias, so PIE globals need no per-process lookup.
 fn lower(
     fetch: &Fetch,
     size: u8,
     ops: &mut Vec<FetchOp>,
-    file_rel: &dyn Fn(u64) -> Result<i64, String>,
+    file_rel: &dyn Fn(Place) -> Result<i64, String>,
 ) -> Result<(), String> {
     match fetch {
         Fetch::Reg(r) => ops.push(FetchOp::Reg(r.pt_regs_offset() / 8)),
@@ -191,7 +205,18 @@ fn lower(
             ops.push(FetchOp::Deref { off: 0, size });
         }
         Fetch::FileOffset(off) => {
-            ops.push(FetchOp::ProbeRel(file_rel(*off)?));
+            ops.push(FetchOp::ProbeRel(file_rel(Place::FileOffset(*off))?));
+            ops.push(FetchOp::Deref { off: 0, size });
+        }
+        Fetch::Indexed { base, index, scale } => {
+            ops.push(FetchOp::Reg(base.pt_regs_offset() / 8));
+            ops.push(FetchOp::AddReg {
+                reg: index.pt_regs_offset() / 8,
+                scale: *scale,
+            });
+        }
+        Fetch::Global(vaddr) => {
+            ops.push(FetchOp::ProbeRel(file_rel(Place::Vaddr(*vaddr))?));
             ops.push(FetchOp::Deref { off: 0, size });
         }
         Fetch::Immediate(v) => ops.push(FetchOp::Imm(*v as i64)),
@@ -215,7 +240,10 @@ mod tests {
 
     fn lowered(f: &Fetch, size: u8) -> Vec<FetchOp> {
         let mut ops = Vec::new();
-        lower(&f.lowered(), size, &mut ops, &|o| Ok(o as i64 - 0x1000)).unwrap();
+        lower(&f.lowered(), size, &mut ops, &|p| match p {
+            Place::FileOffset(o) | Place::Vaddr(o) => Ok(o as i64 - 0x1000),
+        })
+        .unwrap();
         ops
     }
 
@@ -242,6 +270,26 @@ mod tests {
         assert_eq!(
             lowered(&Fetch::FileOffset(0x1010), 8),
             vec![FetchOp::ProbeRel(0x10), FetchOp::Deref { off: 0, size: 8 }]
+        );
+        let element = Fetch::Deref {
+            offset: -8,
+            inner: Box::new(Fetch::Indexed {
+                base: Reg::Ax,
+                index: Reg::Di,
+                scale: 8,
+            }),
+        };
+        assert_eq!(
+            lowered(&element, 8),
+            vec![
+                FetchOp::Reg(abi::REG_AX),
+                FetchOp::AddReg { reg: 14, scale: 8 },
+                FetchOp::Deref { off: -8, size: 8 }
+            ]
+        );
+        assert_eq!(
+            lowered(&Fetch::Global(0x1020), 4),
+            vec![FetchOp::ProbeRel(0x20), FetchOp::Deref { off: 0, size: 4 }]
         );
     }
 }

@@ -581,6 +581,10 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         mapped.trace(w.pid(), false);
     }
 
+    // From here a Ctrl-C must stop the recording cleanly: `-v` says "attached" before the
+    // ring is set up, and a user (or a test) may interrupt right then.
+    install_signal_handlers();
+
     // 4. Attach, then the output file.
     let probes: Vec<AttachProbe> = opts
         .probes
@@ -591,6 +595,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             offset: p.probe.offset.0,
             kind: p.probe.kind,
             name: p.probe.name.clone(),
+            ref_ctr_offset: p.ref_ctr_offset,
         })
         .collect();
     let attached = attach::attach(&skel, &probes, filter, &mut warn)?;
@@ -681,7 +686,6 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         .context("setting up the ring buffer consumer")?;
 
     // 5. Go.
-    install_signal_handlers();
     if let Some(w) = workload.as_mut() {
         w.start()?;
     }

@@ -1,0 +1,214 @@
+//! Resolving `usdt:TARGET[:PROVIDER]:NAME` specs: the matching note sites become entry-only
+//! probes at the sites' file offsets, with the semaphore's file offset for the kernel to
+//! count, and `argN` replaced by the N-th operand of the note.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use urec_format::{ArgSpec, FileOffset, Probe, ProbeKind, StackMode, Svma};
+
+use crate::elf::Binary;
+use crate::insn::{self, KernelUprobes};
+use crate::resolve::{merge_kind, ResolvedProbe, FRAME_POINTER_THRESHOLD};
+use crate::spec::{Fetch, ProbeSpec};
+use crate::usdt::{self, UsdtArg, UsdtProbe};
+use crate::{glob, InsnHandling, SpecError};
+
+/// Adds the probes of one USDT spec, merging with probes already at the same (binary,
+/// offset) as [`crate::resolve`] does.
+pub(crate) fn add(
+    spec: &ProbeSpec,
+    bin: &Binary,
+    provider: Option<&str>,
+    name: &str,
+    kernel: &KernelUprobes,
+    probes: &mut Vec<ResolvedProbe>,
+    index: &mut BTreeMap<(PathBuf, u64), usize>,
+) -> Result<(), SpecError> {
+    let not_probeable = |why: String| SpecError::NotProbeable {
+        spec: spec.text.clone(),
+        why,
+    };
+    let all = usdt::probes(bin);
+    if all.is_empty() {
+        return Err(not_probeable(format!(
+            "{} has no USDT probes (no .note.stapsdt section)",
+            bin.path.display()
+        )));
+    }
+    let sites: Vec<&UsdtProbe> = all
+        .iter()
+        .filter(|p| provider.is_none_or(|want| p.provider == want))
+        .filter(|p| p.name == name || glob::matches(name, &p.name))
+        .collect();
+    if sites.is_empty() {
+        let mut names: Vec<String> = all
+            .iter()
+            .map(|p| format!("{}:{}", p.provider, p.name))
+            .collect();
+        names.sort();
+        names.dedup();
+        return Err(not_probeable(format!(
+            "no USDT probe {} in {}; it has {} (`urec list --usdt {}`)",
+            match provider {
+                Some(p) => format!("{p}:{name}"),
+                None => name.to_string(),
+            },
+            bin.path.display(),
+            urec_format::name_list(&names, 12),
+            spec.target
+        )));
+    }
+    if provider.is_none() && !glob::is_glob(name) {
+        let mut providers: Vec<&str> = sites.iter().map(|p| p.provider.as_str()).collect();
+        providers.sort_unstable();
+        providers.dedup();
+        if providers.len() > 1 {
+            return Err(SpecError::Ambiguous {
+                spec: spec.text.clone(),
+                symbol: name.to_string(),
+                candidates: providers
+                    .iter()
+                    .map(|p| format!("usdt:{}:{p}:{name}", spec.target))
+                    .collect(),
+            });
+        }
+    }
+    // A provider:name with several sites gets one probe per site, told apart by address.
+    let mut per_name: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for s in &sites {
+        *per_name.entry((&s.provider, &s.name)).or_default() += 1;
+    }
+    for site in sites {
+        let display = if per_name[&(site.provider.as_str(), site.name.as_str())] > 1 {
+            format!("usdt:{}:{}@{:#x}", site.provider, site.name, site.pc)
+        } else {
+            format!("usdt:{}:{}", site.provider, site.name)
+        };
+        let offset = bin.vaddr_to_offset(site.pc).ok_or_else(|| {
+            not_probeable(format!(
+                "{display}: its site {:#x} is not in an executable segment of {}",
+                site.pc,
+                bin.path.display()
+            ))
+        })?;
+        let bytes = bin.bytes_at(site.pc, 16);
+        let handling = insn::classify(bytes, kernel);
+        if let InsnHandling::Refused(why) = handling {
+            return Err(not_probeable(format!(
+                "{display}: the instruction at its site {:#x} cannot be probed: {why}",
+                site.pc
+            )));
+        }
+        let ref_ctr_offset = match site.semaphore {
+            None => None,
+            Some(sema) => Some(bin.mapped_vaddr_to_offset(sema).ok_or_else(|| {
+                not_probeable(format!(
+                    "{display}: its semaphore {sema:#x} is not in the file-backed part of a \
+                     segment of {}, so the kernel cannot count it",
+                    bin.path.display()
+                ))
+            })?),
+        };
+        let (args, fetches) = site_args(spec, site)?;
+        let key = (bin.path.clone(), offset);
+        if let Some(&i) = index.get(&key) {
+            let existing = &mut probes[i];
+            if !existing.probe.specs.contains(&spec.text) {
+                existing.probe.specs.push(spec.text.clone());
+            }
+            existing.probe.kind = merge_kind(existing.probe.kind, ProbeKind::Entry);
+            existing.ref_ctr_offset = existing.ref_ctr_offset.or(ref_ctr_offset);
+            for (a, f) in args.into_iter().zip(fetches) {
+                if !existing.probe.args.contains(&a) {
+                    existing.probe.args.push(a);
+                    existing.fetches.push(f);
+                }
+            }
+            continue;
+        }
+        let func = bin.function_at(site.pc);
+        index.insert(key, probes.len());
+        probes.push(ResolvedProbe {
+            probe: Probe {
+                id: probes.len() as u32,
+                name: display,
+                specs: vec![spec.text.clone()],
+                binary: bin.path.to_string_lossy().into_owned(),
+                build_id: bin.build_id.clone(),
+                symbol: func.map(|s| s.display().to_string()).unwrap_or_default(),
+                vaddr: Svma(site.pc),
+                offset: FileOffset(offset),
+                kind: ProbeKind::Entry,
+                stack_mode: StackMode::FramePointer,
+                args,
+            },
+            fetches,
+            size: func.map(|s| s.size).unwrap_or(0),
+            first_insn: handling,
+            starts_with_push_rbp: false,
+            binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
+            ref_ctr_offset,
+        });
+    }
+    Ok(())
+}
+
+/// The spec's ARGs at one site: `argN` replaced by the site's N-th operand, and a bare `argN`
+/// without a TYPE typed by the operand's size and sign.
+fn site_args(spec: &ProbeSpec, site: &UsdtProbe) -> Result<(Vec<ArgSpec>, Vec<Fetch>), SpecError> {
+    let mut args = Vec::with_capacity(spec.args.len());
+    let mut fetches = Vec::with_capacity(spec.args.len());
+    for arg in &spec.args {
+        let bad = |why: String| SpecError::BadArg {
+            spec: spec.text.clone(),
+            arg: arg.fetch_text.clone(),
+            why,
+        };
+        let fetch = substitute(&arg.fetch, &site.args).map_err(|why| {
+            bad(format!(
+                "{why} (usdt:{}:{} has {}: {:?})",
+                site.provider,
+                site.name,
+                urec_format::plural(site.args.len() as u64, "argument", "arguments"),
+                site.args_text
+            ))
+        })?;
+        let ty = match arg.fetch {
+            Fetch::Arg(n) if !arg.typed => {
+                operand(&site.args, n).map_or(arg.ty, UsdtArg::default_type)
+            }
+            _ => arg.ty,
+        };
+        let mut format = arg.to_format(false);
+        format.ty = ty;
+        args.push(format);
+        fetches.push(fetch);
+    }
+    Ok((args, fetches))
+}
+
+/// `fetch` with every `argN` replaced by where the N-th operand is at the site.
+fn substitute(fetch: &Fetch, operands: &[UsdtArg]) -> Result<Fetch, String> {
+    Ok(match fetch {
+        Fetch::Arg(n) => {
+            let operand = operand(operands, *n).ok_or_else(|| {
+                format!("arg{n} does not exist: USDT arguments count from 1 to the probe's count")
+            })?;
+            operand.fetch().map_err(|why| format!("arg{n}: {why}"))?
+        }
+        Fetch::Retval => {
+            return Err("$retval: a USDT probe is a point in the code, it has no return".into())
+        }
+        Fetch::Deref { offset, inner } => Fetch::Deref {
+            offset: *offset,
+            inner: Box::new(substitute(inner, operands)?),
+        },
+        other => other.clone(),
+    })
+}
+
+/// The operand `argN` names (1-based).
+fn operand(operands: &[UsdtArg], n: u32) -> Option<&UsdtArg> {
+    (n as usize).checked_sub(1).and_then(|i| operands.get(i))
+}
