@@ -209,3 +209,45 @@ fn an_interrupted_symbols_step_leaves_a_complete_recording() {
     assert!(!stderr.contains("truncated"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains(" 1000 "));
 }
+
+/// `report --json` says where names came from: with the binary gone and `--symfs EMPTY`, the
+/// program is named by the embedded symbols, libc too (EMPTY holds no libc).
+#[test]
+fn json_says_where_the_names_came_from() {
+    if !have_root() {
+        return;
+    }
+    let t = build();
+    let data = t.data("e.data");
+    let spec = format!("{}:leaf", t.path());
+    let out = record(&[
+        "-q",
+        "-o",
+        data.to_str().unwrap(),
+        "-e",
+        &spec,
+        "--",
+        t.path(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["report", "-i", data.to_str().unwrap(), "--json", "-"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&urec_ok(&args)).unwrap()
+    };
+    let here = json(&[]);
+    assert_eq!(here["recording"]["symbols"]["binaries"]["embedded"], 0);
+    assert_eq!(here["recording"]["symbols"]["binaries"]["none"], 0);
+    let empty = tempfile::tempdir().unwrap();
+    let there = json(&["--symfs", empty.path().to_str().unwrap()]);
+    let b = &there["recording"]["symbols"]["binaries"];
+    assert_eq!(
+        (b["local"].as_u64(), b["none"].as_u64()),
+        (Some(0), Some(0)),
+        "{there}"
+    );
+    assert!(b["embedded"].as_u64() >= Some(2), "{there}");
+    assert_eq!(here["stacks"], there["stacks"]);
+}

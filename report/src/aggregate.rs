@@ -37,7 +37,7 @@ use urec_format::{
 use crate::histogram::{LatencyHistogram, LatencyStats};
 use crate::interner::Interner;
 use crate::rebase::AddressSpaces;
-use crate::symbolize::{EmbeddedSymbols, Symbolizer};
+use crate::symbolize::{EmbeddedSymbols, SymbolStats, Symbolizer};
 use crate::{Error, ReportOptions, SortKey};
 
 /// The recording as a whole (the `recording` object of `--json`).
@@ -67,6 +67,8 @@ pub struct Recording {
     pub corrupt_chunks: u64,
     /// Display names of the probes the report covers, in probe-id order.
     pub probes: Vec<String>,
+    /// Where the frames' names came from (`recording.symbols` in JSON).
+    pub symbols: SymbolStats,
 }
 
 impl Recording {
@@ -290,6 +292,8 @@ pub(crate) struct Aggregator<'o> {
     opts: &'o ReportOptions,
     /// The file's symbols section, handed to the symbolizer once every record is read.
     embedded: EmbeddedSymbols,
+    /// Where the names came from, once the stacks are symbolized.
+    symbol_stats: SymbolStats,
     header: Header,
     spaces: AddressSpaces,
     probes: Vec<ProbeState>,
@@ -317,6 +321,7 @@ impl<'o> Aggregator<'o> {
     pub(crate) fn new(header: &Header, opts: &'o ReportOptions) -> Self {
         Self {
             embedded: EmbeddedSymbols::default(),
+            symbol_stats: SymbolStats::default(),
             opts,
             header: header.clone(),
             spaces: AddressSpaces::new(),
@@ -722,6 +727,7 @@ impl<'o> Aggregator<'o> {
             truncated,
             corrupt_chunks,
             probes: names,
+            symbols: std::mem::take(&mut self.symbol_stats),
         };
         if unknown_frames > 0 {
             warnings.push(format!(
@@ -786,6 +792,7 @@ impl<'o> Aggregator<'o> {
             e.1 = e.1.saturating_add(s.total_ns);
         }
         warnings.extend(symbolizer.take_warnings());
+        self.symbol_stats = symbolizer.stats();
         let mut stacks: Vec<StackSummary> = merged
             .into_iter()
             .map(|((probe, comm, frames), (calls, total_ns))| StackSummary {

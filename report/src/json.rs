@@ -31,6 +31,22 @@ struct RecordingJson<'a> {
     lost_by_source: LostJson,
     truncated: bool,
     corrupt_chunks: u64,
+    host: &'a str,
+    symbols: SymbolsJson<'a>,
+}
+
+#[derive(Serialize)]
+struct SymbolsJson<'a> {
+    binaries: SymbolSourcesJson,
+    unnamed_frames: &'a std::collections::BTreeMap<&'static str, u64>,
+}
+
+#[derive(Serialize)]
+struct SymbolSourcesJson {
+    local: u64,
+    embedded: u64,
+    debuginfod: u64,
+    none: u64,
 }
 
 #[derive(Serialize)]
@@ -99,6 +115,16 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             },
             truncated: r.truncated,
             corrupt_chunks: r.corrupt_chunks,
+            host: &r.host,
+            symbols: SymbolsJson {
+                binaries: SymbolSourcesJson {
+                    local: r.symbols.local,
+                    embedded: r.symbols.embedded,
+                    debuginfod: 0,
+                    none: r.symbols.none,
+                },
+                unnamed_frames: &r.symbols.unnamed_frames,
+            },
         },
         functions: report
             .functions

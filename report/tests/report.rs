@@ -226,6 +226,8 @@ fn check_schema(text: &str) {
         "lost_by_source",
         "truncated",
         "corrupt_chunks",
+        "host",
+        "symbols",
     ];
     keys_in_order(text, text.find("\"recording\"").unwrap_or(0), &rec_keys);
     let rec = &v["recording"];
@@ -238,6 +240,11 @@ fn check_schema(text: &str) {
         uint(&rec["lost_by_source"][k], k);
     }
     assert!(rec["truncated"].is_boolean());
+    assert!(rec["host"].is_string());
+    for k in ["local", "embedded", "debuginfod", "none"] {
+        uint(&rec["symbols"]["binaries"][k], k);
+    }
+    assert!(rec["symbols"]["unnamed_frames"].is_object());
     let fn_keys = [
         "probe",
         "binary",

@@ -55,6 +55,19 @@ pub enum Unnamed {
     NotInAnySymbol,
 }
 
+impl Unnamed {
+    /// The reason's name in `report --json` (`recording.symbols.unnamed_frames`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Unnamed::Special | Unnamed::Anonymous => "special",
+            Unnamed::NotAFile | Unnamed::BinaryMissing => "missing_file",
+            Unnamed::BuildIdMismatch => "build_id_mismatch",
+            Unnamed::Unreadable | Unnamed::NoSymbols => "no_symbols",
+            Unnamed::NotInAnySymbol => "outside_symbols",
+        }
+    }
+}
+
 impl Frame {
     pub(crate) fn function(
         name: String,

@@ -81,6 +81,18 @@ pub fn lookup_offset(offset: FileOffset, return_address: bool) -> u64 {
     }
 }
 
+/// Where the names came from, for `report --json` (`recording.symbols`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SymbolStats {
+    /// Binaries (special mappings and anonymous memory aside) read from a local file, named
+    /// only by the recording's embedded symbols, and named by nothing.
+    pub local: u64,
+    pub embedded: u64,
+    pub none: u64,
+    /// Distinct addresses left unnamed, by [`Unnamed::key`].
+    pub unnamed_frames: std::collections::BTreeMap<&'static str, u64>,
+}
+
 /// Symbolizes (binary, file offset) pairs, each once.
 pub struct Symbolizer {
     paths: SearchPaths,
@@ -94,6 +106,7 @@ pub struct Symbolizer {
     embedded: EmbeddedIndex,
     cache: HashMap<(usize, u64, bool), Box<[Frame]>>,
     warnings: Warnings,
+    unnamed_frames: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Symbolizer {
@@ -116,6 +129,7 @@ impl Symbolizer {
             embedded: EmbeddedIndex::default(),
             cache: HashMap::new(),
             warnings: Warnings::default(),
+            unnamed_frames: Default::default(),
         }
     }
 
@@ -165,6 +179,25 @@ impl Symbolizer {
     /// unreadable files), each at most once per report, each one line saying what would fix it.
     pub fn take_warnings(&mut self) -> Vec<String> {
         self.warnings.take()
+    }
+
+    /// Where the names of the binaries met so far came from.
+    pub fn stats(&self) -> SymbolStats {
+        let mut stats = SymbolStats {
+            unnamed_frames: self.unnamed_frames.clone(),
+            ..SymbolStats::default()
+        };
+        for b in &self.binaries {
+            match &b.kind {
+                Kind::Unnamed(Unnamed::Special | Unnamed::Anonymous) => {}
+                Kind::Elf(_) => stats.local += 1,
+                Kind::Unnamed(_) if self.embedded.covers(&b.recorded, b.build_id.as_ref()) => {
+                    stats.embedded += 1
+                }
+                Kind::Unnamed(_) => stats.none += 1,
+            }
+        }
+        stats
     }
 
     /// The index of the binary recorded as (`recorded`, `build_id`), found on first use.
@@ -245,7 +278,10 @@ impl Symbolizer {
             named.get_or_insert(frames);
         }
         // 3. debuginfod goes here: files fetched by build id, resolved like 1.
-        named.unwrap_or_else(|| vec![unnamed(binary, reason, offset)])
+        named.unwrap_or_else(|| {
+            *self.unnamed_frames.entry(reason.key()).or_default() += 1;
+            vec![unnamed(binary, reason, offset)]
+        })
     }
 }
 
