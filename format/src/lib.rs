@@ -25,6 +25,7 @@
 
 #![deny(missing_docs)]
 
+pub mod address;
 mod chunk;
 mod codec;
 mod error;
@@ -40,6 +41,7 @@ mod types;
 mod words;
 mod writer;
 
+pub use address::LoadSegment;
 pub use error::FormatError;
 pub use footer::{EventCount, Footer, SectionStats, Sections};
 pub use printable::{printable, Printable};

@@ -22,7 +22,7 @@ use std::fs::File;
 use object::{
     Object, ObjectSegment, ObjectSymbol, ReadCache, ReadRef, SegmentFlags, SymbolFlags, SymbolKind,
 };
-use urec_format::BuildId;
+use urec_format::{BuildId, LoadSegment, Svma};
 
 use crate::insn;
 use crate::SpecError;
@@ -31,16 +31,6 @@ const PF_X: u32 = 1;
 const STT_GNU_IFUNC: u8 = 10;
 const STB_GLOBAL: u8 = 1;
 const STB_WEAK: u8 = 2;
-
-/// A loadable segment (PT_LOAD).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Segment {
-    pub vaddr: u64,
-    pub memsz: u64,
-    pub offset: u64,
-    pub filesz: u64,
-    pub exec: bool,
-}
 
 /// A function symbol.
 #[derive(Clone, Debug)]
@@ -79,7 +69,7 @@ pub(crate) struct Binary {
     pub build_id: Option<BuildId>,
     /// It has a `.symtab` (or a debug file provided one).
     pub has_symtab: bool,
-    pub segments: Vec<Segment>,
+    pub segments: Vec<LoadSegment>,
     /// Function symbols in executable segments, one per (name, vaddr), sorted by vaddr.
     pub functions: Vec<Sym>,
     /// Among functions that set up a frame at all (push registers or reserve stack, see
@@ -126,17 +116,18 @@ impl Binary {
                 obj.architecture()
             )));
         }
-        let segments: Vec<Segment> = obj
+        let segments: Vec<LoadSegment> = obj
             .segments()
             .map(|s| {
                 let exec =
                     matches!(s.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0);
                 let (offset, filesz) = s.file_range();
-                Segment {
-                    vaddr: s.address(),
-                    memsz: s.size(),
+                LoadSegment {
                     offset,
-                    filesz,
+                    file_size: filesz,
+                    vaddr: s.address(),
+                    mem_size: s.size(),
+                    align: s.align(),
                     exec,
                 }
             })
@@ -210,10 +201,10 @@ impl Binary {
     }
 
     /// The executable PT_LOAD containing `vaddr` in its file-backed part.
-    fn exec_segment(&self, vaddr: u64) -> Option<&Segment> {
+    fn exec_segment(&self, vaddr: u64) -> Option<&LoadSegment> {
         self.segments
             .iter()
-            .find(|s| s.exec && s.vaddr <= vaddr && vaddr - s.vaddr < s.filesz.min(s.memsz))
+            .find(|s| s.exec && s.has_svma(Svma(vaddr)))
     }
 
     /// Converts an ELF virtual address of code to the file offset the kernel attaches to.
@@ -228,7 +219,7 @@ impl Binary {
     /// correct mapping is through the program header of the executable segment that contains
     /// the address: `offset = vaddr - p_vaddr + p_offset`.
     pub fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
-        self.exec_segment(vaddr).map(|s| vaddr - s.vaddr + s.offset)
+        Svma(vaddr).to_code_offset(&self.segments).map(|o| o.0)
     }
 
     /// Up to `n` bytes of code at `vaddr` (empty if not in the file, or if the file was
@@ -245,7 +236,7 @@ impl Binary {
     fn code_range(&self, vaddr: u64, n: usize) -> Option<(u64, u64)> {
         let seg = self.exec_segment(vaddr)?;
         let off = vaddr - seg.vaddr + seg.offset;
-        let seg_end = seg.offset.saturating_add(seg.filesz.min(seg.memsz));
+        let seg_end = seg.offset.saturating_add(seg.file_size.min(seg.mem_size));
         let end = off.saturating_add(n as u64).min(seg_end).min(self.len);
         (end > off).then_some((off, end))
     }
@@ -322,10 +313,7 @@ impl Binary {
     /// USDT semaphore lives in `.probes`, a writable data segment, and the kernel finds it by
     /// file offset in the mapping of the probed file.
     pub fn mapped_vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|s| s.vaddr <= vaddr && vaddr - s.vaddr < s.filesz.min(s.memsz))
-            .map(|s| vaddr - s.vaddr + s.offset)
+        Svma(vaddr).to_file_offset(&self.segments).map(|o| o.0)
     }
 
     fn frame_pointer_fraction(&self) -> f32 {

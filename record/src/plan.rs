@@ -31,7 +31,7 @@ use std::path::Path;
 
 use object::{Object, ObjectSegment, ReadCache};
 use urec_bpf::abi::{self, ArgProgram, FetchOp, ProbeConfig};
-use urec_format::{ArgType, Probe, ProbeKind, StackMode};
+use urec_format::{ArgType, FileOffset, LoadSegment, Probe, ProbeKind, StackMode};
 use urec_probe::{Fetch, KernelUprobes, ResolvedProbe};
 
 /// A probe ready for the recorder: the file's record, and the BPF programs' table entry.
@@ -60,10 +60,20 @@ pub struct PlanError {
 fn offset_to_svma(path: &Path, offset: u64) -> Option<u64> {
     let cache = ReadCache::new(urec_untrusted::open(path).ok()?);
     let file = object::File::parse(&cache).ok()?;
-    file.segments().find_map(|seg| {
-        let (start, size) = seg.file_range();
-        (offset >= start && offset < start + size).then(|| seg.address() + (offset - start))
-    })
+    let loads: Vec<LoadSegment> = file
+        .segments()
+        .map(|seg| {
+            let (offset, file_size) = seg.file_range();
+            LoadSegment {
+                offset,
+                file_size,
+                vaddr: seg.address(),
+                mem_size: seg.size(),
+                ..LoadSegment::default()
+            }
+        })
+        .collect();
+    FileOffset(offset).to_svma(&loads).map(|s| s.0)
 }
 
 /// Plans one resolved probe with stacks captured as `stack_mode`.

@@ -17,22 +17,13 @@ use std::fs::File;
 
 use object::read::ReadCache;
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
-
-/// One `PT_LOAD` program header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Load {
-    pub offset: u64,
-    pub file_size: u64,
-    pub vaddr: u64,
-    pub mem_size: u64,
-    pub align: u64,
-}
+use urec_format::{FileOffset, LoadSegment};
 
 /// What symbolization needs to know about one ELF file, read once from its headers.
 #[derive(Debug)]
 pub(crate) struct ElfInfo {
     pub build_id: Option<Vec<u8>>,
-    pub loads: Vec<Load>,
+    pub loads: Vec<LoadSegment>,
     /// The file carries DWARF (a `.debug_info` with contents, not a stripped `NOBITS` one).
     pub has_dwarf: bool,
     /// The file has a `.symtab` with contents.
@@ -55,12 +46,16 @@ impl ElfInfo {
             .segments()
             .map(|s| {
                 let (offset, file_size) = s.file_range();
-                Load {
+                LoadSegment {
                     offset,
                     file_size,
                     vaddr: s.address(),
                     mem_size: s.size(),
                     align: s.align(),
+                    exec: matches!(
+                        s.flags(),
+                        object::SegmentFlags::Elf { p_flags, .. } if p_flags.0 & 1 != 0
+                    ),
                 }
             })
             .collect();
@@ -99,10 +94,7 @@ impl ElfInfo {
     /// The virtual address (as symbols and DWARF state it) that a file offset is loaded at,
     /// through the `PT_LOAD` segment containing it.
     pub fn offset_to_vaddr(&self, offset: u64) -> Option<u64> {
-        self.loads
-            .iter()
-            .find(|l| offset >= l.offset && offset - l.offset < l.file_size)
-            .map(|l| l.vaddr.wrapping_add(offset - l.offset))
+        FileOffset(offset).to_svma(&self.loads).map(|s| s.0)
     }
 
     /// This file's segments lost their file layout (a `--only-keep-debug` file): a segment
@@ -146,17 +138,18 @@ impl ElfInfo {
 mod tests {
     use super::*;
 
-    fn load(offset: u64, file_size: u64, vaddr: u64, mem_size: u64) -> Load {
-        Load {
+    fn load(offset: u64, file_size: u64, vaddr: u64, mem_size: u64) -> LoadSegment {
+        LoadSegment {
             offset,
             file_size,
             vaddr,
             mem_size,
             align: 0x1000,
+            exec: false,
         }
     }
 
-    fn info(loads: Vec<Load>) -> ElfInfo {
+    fn info(loads: Vec<LoadSegment>) -> ElfInfo {
         ElfInfo {
             build_id: None,
             loads,

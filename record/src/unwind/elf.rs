@@ -15,6 +15,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use object::{Object, ObjectSection, ObjectSegment, ReadCache, SegmentFlags};
+use urec_format::{Avma, FileOffset, LoadSegment};
 
 /// Section bytes as framehop's modules hold them: shared between every mapping of the file,
 /// in every process.
@@ -23,8 +24,8 @@ pub(crate) type Bytes = Arc<[u8]>;
 /// The unwind-relevant contents of one ELF file, parsed once and shared.
 pub(crate) struct ElfUnwindInfo {
     pub(crate) build_id: Option<Vec<u8>>,
-    /// `PT_LOAD` segments: (file offset, virtual address, file size, executable).
-    loads: Vec<Load>,
+    /// `PT_LOAD` segments.
+    loads: Vec<LoadSegment>,
     pub(crate) text_svma: Option<Range<u64>>,
     pub(crate) got_svma: Option<Range<u64>>,
     pub(crate) eh_frame_svma: Option<Range<u64>>,
@@ -32,13 +33,6 @@ pub(crate) struct ElfUnwindInfo {
     pub(crate) eh_frame_hdr_svma: Option<Range<u64>>,
     pub(crate) eh_frame_hdr: Option<Bytes>,
     pub(crate) debug_frame: Option<Bytes>,
-}
-
-struct Load {
-    offset: u64,
-    vaddr: u64,
-    filesz: u64,
-    exec: bool,
 }
 
 const PF_X: u32 = 1;
@@ -57,10 +51,12 @@ impl ElfUnwindInfo {
             .map(|seg| {
                 let (offset, filesz) = seg.file_range();
                 let exec = matches!(seg.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0);
-                Load {
+                LoadSegment {
                     offset,
+                    file_size: filesz,
                     vaddr: seg.address(),
-                    filesz,
+                    mem_size: seg.size(),
+                    align: seg.align(),
                     exec,
                 }
             })
@@ -100,27 +96,8 @@ impl ElfUnwindInfo {
     }
 
     /// The load bias (actual minus stated address) of a mapping of this file that starts at
-    /// `start` and maps file offset `offset`, from the `PT_LOAD` segment containing `offset`.
-    ///
-    /// The kernel maps each segment from its page-aligned file offset, so the mapping's offset
-    /// is `p_offset` rounded down to a page: a segment matches when `offset` lies within
-    /// `[p_offset rounded down, p_offset + p_filesz)`. Executable segments are preferred, as
-    /// only executable mappings reach the unwinder.
+    /// `start` and maps file offset `offset` (see [`Avma::load_bias`]).
     pub(crate) fn load_bias(&self, start: u64, offset: u64) -> Option<u64> {
-        const PAGE: u64 = 4096;
-        let contains = |l: &&Load| offset >= l.offset & !(PAGE - 1) && offset < l.offset + l.filesz;
-        let load = self
-            .loads
-            .iter()
-            .filter(|l| l.exec)
-            .find(contains)
-            .or_else(|| self.loads.iter().find(contains))?;
-        // avma(x) = start + (x - offset); svma(x) = p_vaddr + (x - p_offset).
-        Some(
-            start
-                .wrapping_sub(offset)
-                .wrapping_add(load.offset)
-                .wrapping_sub(load.vaddr),
-        )
+        Avma(start).load_bias(FileOffset(offset), &self.loads)
     }
 }
