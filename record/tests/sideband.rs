@@ -241,7 +241,10 @@ fn process_table_emits_ancestors_history_then_live_changes() {
     let program_path = built.program.to_string_lossy().into_owned();
     let library_path = built.library.to_string_lossy().into_owned();
 
-    // Until the executable's mapping has gone by: nothing of ours is emitted.
+    // Until the executable's mapping and libc's (mapped by the dynamic loader after the exec)
+    // have gone by: nothing of ours is emitted. Waiting for libc too keeps the snapshot below
+    // from racing the loader on a loaded machine (then libc would come as a live change).
+    let mut seen_program = false;
     read_until(&mut sideband, |r| {
         table
             .apply(r, &mut |rec| {
@@ -249,7 +252,11 @@ fn process_table_emits_ancestors_history_then_live_changes() {
                 Ok(())
             })
             .unwrap();
-        matches!(r, SidebandRecord::Mmap(MmapRecord { pid: p, path, .. }) if *p == pid && *path == program_path)
+        if let SidebandRecord::Mmap(MmapRecord { pid: p, path, .. }) = r {
+            seen_program |= *p == pid && *path == program_path;
+            return seen_program && *p == pid && path.contains("/libc.so");
+        }
+        false
     });
     assert!(
         !emitted
