@@ -51,12 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             break;
         }
     }
-    match result.and_then(|()| out.flush()) {
-        // A closed pipe (`urec list libc | head`) is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(e.into()),
-        Ok(()) => {}
-    }
+    ended(result, &mut out)?;
     if functions.is_empty() {
         if let Some(g) = &args.glob {
             eprintln!("urec list: no function matches {g:?}");
@@ -106,11 +101,7 @@ fn run_usdt(args: &Args) -> anyhow::Result<u8> {
             break;
         }
     }
-    match result.and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(e.into()),
-        Ok(()) => {}
-    }
+    ended(result, &mut out)?;
     if probes.is_empty() {
         match &args.glob {
             Some(g) => eprintln!("urec list: no USDT probe matches {g:?}"),
@@ -119,4 +110,13 @@ fn run_usdt(args: &Args) -> anyhow::Result<u8> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Flushes a listing; a closed pipe (`urec list libc | head`) is not an error.
+fn ended(result: std::io::Result<()>, out: &mut impl Write) -> anyhow::Result<()> {
+    match result.and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(()) => Ok(()),
+    }
 }

@@ -31,6 +31,22 @@ fn build() -> Fixture {
     )
 }
 
+/// `urec record -q EXTRA -o NAME -e FIXTURE:leaf -- FIXTURE`, which must succeed; the file.
+fn record_quietly(t: &Fixture, name: &str, extra: &[&str]) -> std::path::PathBuf {
+    let data = t.data(name);
+    let spec = format!("{}:leaf", t.path());
+    let mut args = vec!["-q"];
+    args.extend_from_slice(extra);
+    args.extend(["-o", data.to_str().unwrap(), "-e", &spec, "--", t.path()]);
+    let out = record(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    data
+}
+
 fn folded(data: &Path, extra: &[&str]) -> String {
     let mut args = vec!["report", "-i", data.to_str().unwrap(), "--folded", "-"];
     args.extend_from_slice(extra);
@@ -92,25 +108,7 @@ fn archive_names_a_recording_made_without_symbols_and_keeps_its_mode() {
         return;
     }
     let t = build();
-    let data = t.data("b.data");
-    let spec = format!("{}:leaf", t.path());
-    let out = record(&[
-        "-q",
-        "--no-symbols",
-        "-o",
-        data.to_str().unwrap(),
-        "-e",
-        &spec,
-        "--",
-        t.path(),
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let data = record_quietly(&t, "b.data", &["--no-symbols"]);
     let info = urec_ok(&["info", "-i", data.to_str().unwrap()]);
     assert!(info.contains("symbols:    none"), "{info}");
     let host = folded(&data, &[]);
@@ -151,21 +149,7 @@ fn archive_refuses_a_truncated_recording_and_leaves_it_alone() {
         return;
     }
     let t = build();
-    let data = t.data("c.data");
-    let spec = format!("{}:leaf", t.path());
-    let out = record(&[
-        "-q",
-        "--no-symbols",
-        "-o",
-        data.to_str().unwrap(),
-        "-e",
-        &spec,
-        "--",
-        t.path(),
-    ])
-    .output()
-    .unwrap();
-    assert!(out.status.success());
+    let data = record_quietly(&t, "c.data", &["--no-symbols"]);
     let bytes = std::fs::read(&data).unwrap();
     let cut = t.data("cut.data");
     std::fs::write(&cut, &bytes[..bytes.len() - 30]).unwrap();
@@ -181,20 +165,7 @@ fn an_interrupted_symbols_step_leaves_a_complete_recording() {
         return;
     }
     let t = build();
-    let data = t.data("d.data");
-    let spec = format!("{}:leaf", t.path());
-    let out = record(&[
-        "-q",
-        "-o",
-        data.to_str().unwrap(),
-        "-e",
-        &spec,
-        "--",
-        t.path(),
-    ])
-    .output()
-    .unwrap();
-    assert!(out.status.success());
+    let data = record_quietly(&t, "d.data", &[]);
     let complete = {
         let r = urec_format::Reader::open(&data).unwrap();
         r.complete_len().unwrap() as usize
@@ -218,20 +189,7 @@ fn json_says_where_the_names_came_from() {
         return;
     }
     let t = build();
-    let data = t.data("e.data");
-    let spec = format!("{}:leaf", t.path());
-    let out = record(&[
-        "-q",
-        "-o",
-        data.to_str().unwrap(),
-        "-e",
-        &spec,
-        "--",
-        t.path(),
-    ])
-    .output()
-    .unwrap();
-    assert!(out.status.success());
+    let data = record_quietly(&t, "e.data", &[]);
     let json = |extra: &[&str]| -> serde_json::Value {
         let mut args = vec!["report", "-i", data.to_str().unwrap(), "--json", "-"];
         args.extend_from_slice(extra);
