@@ -60,8 +60,6 @@ pub struct Args {
     /// Do not name the frames into the file after recording (`urec archive` can do it later).
     #[arg(long)]
     pub no_symbols: bool,
-    #[command(flatten)]
-    pub symbols: crate::report::SymbolArgs,
     /// Print only errors.
     #[arg(short = 'q', long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -385,7 +383,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     let workload = matches!(target, Target::Command { .. });
     let output = args.output.clone();
-    let symbol_opts = args.symbols.options();
+    // This host's own files, as they are: the step names what this host can name
+    // (`urec archive` takes --symfs and --debug-dir for anything else).
+    let symbol_opts = urec_report::symbolize::SymbolizeOptions::default();
     let mut summary = urec_record::record(RecordOptions {
         probes,
         target,
