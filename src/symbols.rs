@@ -50,25 +50,36 @@ pub fn name(
     if !embedded.is_empty() {
         symbolizer.set_embedded(embedded);
     }
-    // The kept files by build id, else by path; every recorded (path, build id) that matches
-    // one gets its own descriptor.
+    // The kept files by build id, else by path. Each is moved to the first recorded (path,
+    // build id) it matches (a system-wide recording keeps hundreds open: no duplicates); a
+    // second path of the same file is searched for as usual. Files no address needs close here.
     let mut binaries: Vec<(&str, Option<&BuildId>)> = addresses
         .iter()
         .map(|a| (a.binary.as_str(), a.build_id.as_ref()))
         .collect();
+    binaries.sort();
     binaries.dedup();
+    let mut provided: Vec<(String, Option<BuildId>, Option<File>)> = provided
+        .into_iter()
+        .map(|p| (p.path, p.build_id, Some(p.file)))
+        .collect();
     for (binary, build_id) in binaries {
-        let kept = provided.iter().find(|p| match (build_id, &p.build_id) {
-            (Some(a), Some(b)) => a == b,
-            (None, _) => p.path == binary,
-            _ => false,
-        });
-        if let Some(kept) = kept {
-            if let Ok(file) = kept.file.try_clone() {
-                symbolizer.provide_file(binary, build_id, file);
-            }
+        let slot = provided
+            .iter_mut()
+            .find(|(path, id, file)| {
+                file.is_some()
+                    && match (build_id, id) {
+                        (Some(a), Some(b)) => a == b,
+                        (None, _) => path == binary,
+                        _ => false,
+                    }
+            })
+            .and_then(|(_, _, file)| file.take());
+        if let Some(file) = slot {
+            symbolizer.provide_file(binary, build_id, file);
         }
     }
+    drop(provided);
     let mut out = Named::default();
     let mut by_binary: BTreeMap<(String, Option<BuildId>), BTreeMap<u64, Vec<SymbolFrame>>> =
         BTreeMap::new();

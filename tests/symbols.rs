@@ -209,3 +209,51 @@ fn json_says_where_the_names_came_from() {
     assert!(b["embedded"].as_u64() >= Some(2), "{there}");
     assert_eq!(here["stacks"], there["stacks"]);
 }
+
+/// A binary deleted while it runs (an upgrade, a rebuild) is still named: the recorder kept
+/// the file the process mapped open, and the symbols step reads that one.
+#[test]
+fn a_binary_deleted_during_the_recording_is_named_from_the_kept_file() {
+    if !have_root() {
+        return;
+    }
+    let t = Fixture::build(
+        "doomed",
+        &SOURCE
+            .replace("return s == 0;", "usleep(600000); return s == 0;")
+            .replace(
+                "#include <stdlib.h>",
+                "#include <stdlib.h>\n#include <unistd.h>",
+            ),
+        &["-g", "-O1", "-fno-omit-frame-pointer"],
+    );
+    let data = t.data("f.data");
+    let spec = format!("{}:leaf", t.path());
+    let script = format!("{0} & sleep 0.3; rm {0}; wait", t.path());
+    let out = record(&[
+        "-q",
+        "-o",
+        data.to_str().unwrap(),
+        "-e",
+        &spec,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!t.exe.exists());
+    let empty = tempfile::tempdir().unwrap();
+    let folded = folded(&data, &["--symfs", empty.path().to_str().unwrap()]);
+    assert_eq!(
+        own(&folded),
+        ["main;a;leaf 600", "main;b;leaf 400"],
+        "{folded}"
+    );
+}
