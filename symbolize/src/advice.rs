@@ -20,6 +20,20 @@ impl Warnings {
         }
     }
 
+    /// The messages pushed since `pending_len` was `from`, to be withdrawn later.
+    pub fn since(&self, from: usize) -> Vec<String> {
+        self.pending.get(from..).unwrap_or_default().to_vec()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Withdraws messages not yet taken (a binary that another source named after all).
+    pub fn retract(&mut self, msgs: &[String]) {
+        self.pending.retain(|m| !msgs.contains(m));
+    }
+
     pub fn take(&mut self) -> Vec<String> {
         std::mem::take(&mut self.pending)
     }
