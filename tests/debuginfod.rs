@@ -105,8 +105,8 @@ fn run(cmd: &[&str], path: &Path) {
     assert!(out.status.success(), "{cmd:?}: {out:?}");
 }
 
-/// The fixture compiled with -g, its debug info moved to `served/NAME.debug`, then stripped;
-/// recorded without a symbols section so that nothing local names its frames.
+/// The fixture compiled with -g, its debug info copied to `served/NAME.debug`, recorded
+/// without a symbols section, then stripped: nothing local names its frames.
 fn stripped_recording(name: &str, source: &str, served: Option<&Path>) -> (Fixture, PathBuf) {
     let t = Fixture::build(name, source, &["-g", "-O1", "-fno-omit-frame-pointer"]);
     if let Some(dir) = served {
@@ -119,7 +119,6 @@ fn stripped_recording(name: &str, source: &str, served: Option<&Path>) -> (Fixtu
             .unwrap();
         assert!(out.status.success(), "{out:?}");
     }
-    run(&["strip"], &t.exe);
     let data = t.data("d.data");
     let spec = format!("{}:leaf", t.path());
     let out = record(&[
@@ -135,6 +134,8 @@ fn stripped_recording(name: &str, source: &str, served: Option<&Path>) -> (Fixtu
     .output()
     .unwrap();
     assert!(out.status.success(), "{out:?}");
+    // Stripped after recording: probes by name need the symbol table; the build id stays.
+    run(&["strip"], &t.exe);
     (t, data)
 }
 

@@ -48,7 +48,8 @@ pub(crate) fn remedies(build_id: Option<&[u8]>) -> String {
     };
     format!(
         "to name them: --symfs DIR (a copy of the recording host's root), {debug_dir}, \
-         `urec archive FILE` on the recording host, or installing its -dbgsym package"
+         `urec archive FILE` on the recording host, installing its -dbgsym package, or \
+         DEBUGINFOD_URLS"
     )
 }
 
@@ -117,7 +118,7 @@ mod tests {
              build-id directories); its frames are shown as offsets; to name them: --symfs DIR \
              (a copy of the recording host's root), --debug-dir DIR holding \
              DIR/.build-id/ab/cd010203040506.debug, `urec archive FILE` on the recording host, \
-             or installing its -dbgsym package"
+             installing its -dbgsym package, or DEBUGINFOD_URLS"
         );
         assert!(!w.contains('\n'));
     }
