@@ -274,7 +274,7 @@ fn remember_miss(dir: &Path, target: &Path) {
         let _ = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0)
+            .mode(0o000)
             .open(target);
     }
 }
