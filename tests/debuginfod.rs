@@ -217,10 +217,74 @@ fn names_a_stripped_binary_from_the_server_then_from_the_cache() {
         "{v}"
     );
 
+    // script asks lazily, per binary, as it streams.
+    let script = Command::new(UREC)
+        .args(["script", "-i", data.to_str().unwrap()])
+        .env("DEBUGINFOD_URLS", server.url())
+        .env("DEBUGINFOD_CACHE_PATH", cache.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&script.stdout);
+    assert!(text.contains(" leaf (") && text.contains(" a ("), "{text}");
+    // archive embeds what debuginfod named, for machines without a server.
+    let archived = t.data("archived.data");
+    std::fs::copy(&data, &archived).unwrap();
+    report(
+        &archived,
+        &server.url(),
+        cache.path(),
+        &["--no-debuginfod", "--folded", "-"],
+    );
+    let out = Command::new(UREC)
+        .args(["archive", "-i", archived.to_str().unwrap()])
+        .env("DEBUGINFOD_URLS", server.url())
+        .env("DEBUGINFOD_CACHE_PATH", cache.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let empty = tempfile::tempdir().unwrap();
+    let out = report(&archived, "", empty.path(), &folded);
+    assert_eq!(own(&out, "dbgd"), ["main;a;leaf 600", "main;b;leaf 400"]);
+
+    // No copy of the binary anywhere: the debug file alone names the frames (the server has no
+    // executable, and that miss is remembered too).
+    let moved = t.data("moved");
+    std::fs::rename(&t.exe, &moved).unwrap();
+    let cold = tempfile::tempdir().unwrap();
+    let out = report(&data, &server.url(), cold.path(), &folded);
+    assert_eq!(
+        own(&out, "dbgd"),
+        ["main;a;leaf 600", "main;b;leaf 400"],
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("not found"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::metadata(cold.path().join(&id).join("executable"))
+            .unwrap()
+            .len(),
+        0
+    );
+    std::fs::rename(&moved, &t.exe).unwrap();
+
     drop(server);
     let out = report(&data, &server_gone_url(), cache.path(), &folded);
     assert_eq!(own(&out, "dbgd"), ["main;a;leaf 600", "main;b;leaf 400"]);
     assert!(!stderr(&out).contains("unreachable"), "{}", stderr(&out));
+
+    // A server with the executable as well: it is fetched when no copy is here.
+    std::fs::copy(&t.exe, served.path().join("dbgd")).unwrap();
+    let server = serve(served.path(), &format!("/buildid/{id}/executable"));
+    std::fs::remove_file(&t.exe).unwrap();
+    let cold = tempfile::tempdir().unwrap();
+    let out = report(&data, &server.url(), cold.path(), &folded);
+    assert_eq!(own(&out, "dbgd"), ["main;a;leaf 600", "main;b;leaf 400"]);
+    assert!(
+        std::fs::metadata(cold.path().join(&id).join("executable"))
+            .unwrap()
+            .len()
+            > 0
+    );
 }
 
 /// A URL whose port nothing listens on.
