@@ -58,9 +58,13 @@ pub(crate) struct Config {
 impl Config {
     /// `None` when `DEBUGINFOD_URLS` names no server (or no cache directory can be named).
     pub fn from_env() -> Option<Config> {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        let urls: Vec<String> = std::env::var("DEBUGINFOD_URLS")
-            .ok()?
+        Config::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_env`] over any source of variables; empty ones count as unset.
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Config> {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let urls: Vec<String> = var("DEBUGINFOD_URLS")?
             .split_whitespace()
             .map(|u| u.trim_end_matches('/').to_string())
             .filter(|u| !u.is_empty())
@@ -68,8 +72,7 @@ impl Config {
         if urls.is_empty() {
             return None;
         }
-        let timeout = std::env::var("DEBUGINFOD_TIMEOUT")
-            .ok()
+        let timeout = var("DEBUGINFOD_TIMEOUT")
             .and_then(|t| t.trim().parse::<u64>().ok())
             .filter(|&t| t > 0)
             .unwrap_or(DEFAULT_TIMEOUT_S);
@@ -286,6 +289,81 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Option<Config> {
+        Config::from_vars(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn the_environment_as_elfutils_reads_it() {
+        assert!(config(&[("HOME", "/h")]).is_none());
+        assert!(config(&[("DEBUGINFOD_URLS", " "), ("HOME", "/h")]).is_none());
+        let c = config(&[
+            ("DEBUGINFOD_URLS", "http://a/  https://b:8002"),
+            ("HOME", "/h"),
+        ])
+        .unwrap();
+        assert_eq!(c.urls, ["http://a", "https://b:8002"]);
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        assert_eq!(c.cache, Path::new("/h/.cache/debuginfod_client"));
+        let c = config(&[
+            ("DEBUGINFOD_URLS", "http://a"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h"),
+            ("DEBUGINFOD_TIMEOUT", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.cache, Path::new("/x/debuginfod_client"));
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        let c = config(&[
+            ("DEBUGINFOD_URLS", "http://a"),
+            ("DEBUGINFOD_CACHE_PATH", "/c"),
+            ("XDG_CACHE_HOME", "/x"),
+        ])
+        .unwrap();
+        assert_eq!(c.cache, Path::new("/c"));
+    }
+
+    /// A fresh miss is believed without asking; with `cache_miss_s` at 0 it has expired, and
+    /// the (closed) server is asked: one warning, however many lookups.
+    #[test]
+    fn a_miss_is_believed_for_cache_miss_s() {
+        let cache = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = Config {
+            urls: vec![format!("http://127.0.0.1:{port}")],
+            timeout: Duration::from_secs(2),
+            cache: cache.path().to_path_buf(),
+        };
+        let id = [0xab; 20];
+        let dir = cache.path().join(hex(&id));
+        remember_miss(&dir, &dir.join("debuginfo"));
+        let client = Client::new(cfg.clone());
+        assert_eq!(client.fetch(&id, Artifact::Debuginfo), None);
+        assert!(client.take_warnings().is_empty());
+        fs::write(cache.path().join("cache_miss_s"), "0\n").unwrap();
+        let client = Client::new(cfg);
+        let jobs: Vec<Job> = (0..3)
+            .map(|_| Job {
+                build_id: id.to_vec(),
+                want: vec![Artifact::Debuginfo, Artifact::Executable],
+            })
+            .collect();
+        assert!(client.fetch_all(&jobs).iter().all(Vec::is_empty));
+        let warnings = client.take_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("unreachable"), "{warnings:?}");
+        // An unreachable server is no miss: nothing is remembered for the executable.
+        assert!(!dir.join("executable").exists());
+    }
 
     #[test]
     fn a_miss_marker_is_empty_and_mode_000() {
