@@ -382,9 +382,11 @@ impl Symbolizer {
         let warnings = client.take_warnings();
         for ((&b, job), found) in bins.iter().zip(&jobs).zip(found) {
             let bin = &mut self.binaries[b];
+            // Only a binary nothing local named had warnings that are now wrong.
+            let was_missing = matches!(bin.kind, Kind::Unnamed(_));
             let used = binary::add_fetched(&mut bin.kind, &job.build_id, &found);
             bin.fetch = if used { Fetch::Used } else { Fetch::Nothing };
-            if used {
+            if used && was_missing {
                 self.warnings.retract(&bin.warned);
             }
         }
