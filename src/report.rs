@@ -61,6 +61,9 @@ pub struct SymbolArgs {
     /// Search DIR for debug files like /usr/lib/debug (repeatable).
     #[arg(long = "debug-dir", value_name = "DIR")]
     pub debug_dir: Vec<PathBuf>,
+    /// Never ask the servers in DEBUGINFOD_URLS for binaries or debug files.
+    #[arg(long = "no-debuginfod")]
+    pub no_debuginfod: bool,
 }
 
 impl SymbolArgs {
@@ -69,6 +72,7 @@ impl SymbolArgs {
         SymbolizeOptions {
             symfs: self.symfs.clone(),
             debug_dirs: self.debug_dir.clone(),
+            debuginfod: !self.no_debuginfod,
         }
     }
 }

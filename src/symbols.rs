@@ -80,6 +80,12 @@ pub fn name(
         }
     }
     drop(provided);
+    // Every address once first, so that debuginfod fetches for all binaries at once.
+    symbolizer.begin_batch();
+    for a in &addresses {
+        symbolizer.symbolize(&a.binary, a.build_id.as_ref(), a.offset, a.return_address);
+    }
+    symbolizer.end_batch();
     let mut out = Named::default();
     let mut by_binary: BTreeMap<(String, Option<BuildId>), BTreeMap<u64, Vec<SymbolFrame>>> =
         BTreeMap::new();

@@ -751,6 +751,24 @@ impl<'o> Aggregator<'o> {
         if !self.embedded.is_empty() {
             symbolizer.set_embedded(std::mem::take(&mut self.embedded));
         }
+        if !self.opts.no_symbolize {
+            // Every frame once first, so that debuginfod fetches for all binaries at once.
+            symbolizer.begin_batch();
+            for s in &self.agg {
+                for (depth, frame) in s.frames.iter().enumerate() {
+                    if let RFrame::Mapped { binary, offset } = *frame {
+                        let (path, build_id) = &self.binaries[binary as usize];
+                        symbolizer.symbolize(
+                            path,
+                            build_id.as_ref(),
+                            urec_format::FileOffset(offset),
+                            depth > 0,
+                        );
+                    }
+                }
+            }
+            symbolizer.end_batch();
+        }
         let mut merged: HashMap<(ProbeId, u32, Vec<String>), (u64, u64)> = HashMap::new();
         let mut unknown = 0u64;
         for s in &self.agg {

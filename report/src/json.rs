@@ -120,7 +120,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 binaries: SymbolSourcesJson {
                     local: r.symbols.local,
                     embedded: r.symbols.embedded,
-                    debuginfod: 0,
+                    debuginfod: r.symbols.debuginfod,
                     none: r.symbols.none,
                 },
                 unnamed_frames: &r.symbols.unnamed_frames,

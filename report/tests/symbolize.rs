@@ -345,7 +345,11 @@ fn symbolizer() -> Symbolizer {
 }
 
 fn symbolizer_with(symfs: Option<PathBuf>, debug_dirs: Vec<PathBuf>) -> Symbolizer {
-    Symbolizer::new(SymbolizeOptions { symfs, debug_dirs })
+    Symbolizer::new(SymbolizeOptions {
+        symfs,
+        debug_dirs,
+        debuginfod: false,
+    })
 }
 
 /// The inline chain at the call to `leaf` inside `outer` of a prog.c build recorded as `path`

@@ -20,6 +20,20 @@ impl Warnings {
         }
     }
 
+    /// The messages pushed since `pending_len` was `from`, to be withdrawn later.
+    pub fn since(&self, from: usize) -> Vec<String> {
+        self.pending.get(from..).unwrap_or_default().to_vec()
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Withdraws messages not yet taken (a binary that another source named after all).
+    pub fn retract(&mut self, msgs: &[String]) {
+        self.pending.retain(|m| !msgs.contains(m));
+    }
+
     pub fn take(&mut self) -> Vec<String> {
         std::mem::take(&mut self.pending)
     }
@@ -34,7 +48,8 @@ pub(crate) fn remedies(build_id: Option<&[u8]>) -> String {
     };
     format!(
         "to name them: --symfs DIR (a copy of the recording host's root), {debug_dir}, \
-         `urec archive FILE` on the recording host, or installing its -dbgsym package"
+         `urec archive FILE` on the recording host, installing its -dbgsym package, or \
+         DEBUGINFOD_URLS"
     )
 }
 
@@ -103,7 +118,7 @@ mod tests {
              build-id directories); its frames are shown as offsets; to name them: --symfs DIR \
              (a copy of the recording host's root), --debug-dir DIR holding \
              DIR/.build-id/ab/cd010203040506.debug, `urec archive FILE` on the recording host, \
-             or installing its -dbgsym package"
+             installing its -dbgsym package, or DEBUGINFOD_URLS"
         );
         assert!(!w.contains('\n'));
     }

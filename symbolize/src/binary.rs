@@ -9,6 +9,7 @@ use urec_format::BuildId;
 use urec_untrusted::SealedCopy;
 
 use crate::advice::{self, Warnings};
+use crate::debuginfod::Artifact;
 use crate::elf::ElfInfo;
 use crate::locate::{self, Candidate, SearchPaths};
 use crate::Unnamed;
@@ -22,6 +23,23 @@ pub(crate) struct Binary {
     /// mapping (`[vdso]`).
     pub label: String,
     pub kind: Kind,
+    /// Whether debuginfod was asked for this binary's files, and what it gave.
+    pub fetch: Fetch,
+    /// The warnings its search gave, withdrawn if debuginfod names it after all.
+    pub warned: Vec<String>,
+}
+
+/// debuginfod's part in one binary (see [`crate::debuginfod`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fetch {
+    /// Not needed so far.
+    Untried,
+    /// A frame needed it; the fetch waits for the end of the batch.
+    Pending,
+    /// Asked; it added nothing.
+    Nothing,
+    /// Asked; its files now name frames.
+    Used,
 }
 
 pub(crate) enum Kind {
@@ -106,6 +124,8 @@ impl Search<'_> {
                 label
             },
             kind,
+            fetch: Fetch::Untried,
+            warned: Vec::new(),
         }
     }
 
@@ -255,5 +275,90 @@ impl Search<'_> {
             debug: Some(copy),
             no_symbol: Unnamed::NotInAnySymbol,
         }))
+    }
+}
+
+/// The artifacts debuginfod could add to what was found for a binary: its DWARF when nothing
+/// local has any, the executable when no copy of it is here.
+pub(crate) fn wanted_from_debuginfod(kind: &Kind) -> Vec<Artifact> {
+    let (has_dwarf, has_binary) = match kind {
+        Kind::Unnamed(Unnamed::Special | Unnamed::Anonymous) => return Vec::new(),
+        Kind::Unnamed(_) => (false, false),
+        Kind::Elf(files) => (
+            files.debug.is_some() || files.info.has_dwarf,
+            files.binary.is_some(),
+        ),
+    };
+    let mut want = Vec::new();
+    if !has_dwarf {
+        want.push(Artifact::Debuginfo);
+    }
+    if !has_binary {
+        want.push(Artifact::Executable);
+    }
+    want
+}
+
+/// Adds files fetched for the binary with build id `want` to what was found locally; whether
+/// they name anything new. Each is opened and verified like a local candidate, and blazesym
+/// gets a sealed copy of it.
+pub(crate) fn add_fetched(kind: &mut Kind, want: &[u8], fetched: &[(Artifact, PathBuf)]) -> bool {
+    let open = |what: Artifact| {
+        let (_, path) = fetched.iter().find(|(a, _)| *a == what)?;
+        Candidate::open(path).filter(|c| c.info.build_id.as_deref() == Some(want))
+    };
+    let debug = open(Artifact::Debuginfo).filter(|c| c.info.has_dwarf_or_symbols());
+    let debug_copy = debug
+        .as_ref()
+        .and_then(|c| SealedCopy::new(&c.file, &c.path).ok());
+    match kind {
+        Kind::Elf(files) if files.debug.is_none() => {
+            let Some(copy) = debug_copy else {
+                return false;
+            };
+            files.debug = Some(copy);
+            files.no_symbol = Unnamed::NotInAnySymbol;
+            true
+        }
+        Kind::Elf(_) | Kind::Unnamed(Unnamed::Special | Unnamed::Anonymous) => false,
+        Kind::Unnamed(_) => {
+            let exec = open(Artifact::Executable).filter(|c| !c.info.loads.is_empty());
+            let files = match exec {
+                Some(exec) => {
+                    let Ok(copy) = SealedCopy::new(&exec.file, &exec.path) else {
+                        return false;
+                    };
+                    let no_symbol = if debug_copy.is_some() || exec.info.has_any_symbols() {
+                        Unnamed::NotInAnySymbol
+                    } else {
+                        Unnamed::NoSymbols
+                    };
+                    Files {
+                        info: exec.info,
+                        path: exec.path,
+                        binary: Some(copy),
+                        debug: debug_copy,
+                        no_symbol,
+                    }
+                }
+                None => {
+                    let (Some(debug), Some(copy)) = (debug, debug_copy) else {
+                        return false;
+                    };
+                    let Some(info) = debug.info.with_inferred_offsets() else {
+                        return false;
+                    };
+                    Files {
+                        info,
+                        path: debug.path,
+                        binary: None,
+                        debug: Some(copy),
+                        no_symbol: Unnamed::NotInAnySymbol,
+                    }
+                }
+            };
+            *kind = Kind::Elf(files);
+            true
+        }
     }
 }

@@ -18,7 +18,12 @@
 //!    ([`Symbolizer::provide_file`]), the recorded path, `--symfs`, `--debug-dir`, build-id
 //!    directories; a debug file alone is enough (its segments stand in for the binary's);
 //! 2. the symbols embedded in the recording ([`Symbolizer::set_embedded`]);
-//! 3. debuginfod (not yet: it slots in after 2 in [`Symbolizer::resolve`]);
+//! 3. debuginfod, when [`SymbolizeOptions::debuginfod`] and `DEBUGINFOD_URLS` allow it
+//!    ([`debuginfod`]): only for binaries whose frames 1 and 2 leave unnamed or without a line,
+//!    and only once per binary; the fetched files then count as local ones (same verification,
+//!    same sealed copies). Lazily, one binary at a time, unless the caller brackets its lookups
+//!    with [`Symbolizer::begin_batch`] / [`Symbolizer::end_batch`], which fetches for every
+//!    binary that needs it in parallel;
 //!
 //! else the frame is unnamed, with an [`Unnamed`] reason, shown as `binary+0xOFF` (the recorded
 //! offset), so the same unknown code still aggregates as one frame.
@@ -36,6 +41,7 @@
 
 mod advice;
 mod binary;
+mod debuginfod;
 mod demangle;
 mod elf;
 mod embedded;
@@ -45,12 +51,13 @@ mod locate;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use urec_format::{BuildId, FileOffset};
 
 use advice::Warnings;
-use binary::{Binary, Kind, Search};
+use binary::{Binary, Fetch, Kind, Search};
 use embedded::EmbeddedIndex;
 use locate::SearchPaths;
 
@@ -68,6 +75,9 @@ pub struct SymbolizeOptions {
     /// `--debug-dir DIR` (repeatable): searched like `/usr/lib/debug`, before it, with or
     /// without `--symfs`.
     pub debug_dirs: Vec<PathBuf>,
+    /// Ask the servers of `DEBUGINFOD_URLS` as a last resort. Off for record's symbols step,
+    /// which runs as root and names from this host's files only; `--no-debuginfod` elsewhere.
+    pub debuginfod: bool,
 }
 
 /// The file offset that is actually looked up for a frame: a caller's return address points
@@ -89,6 +99,8 @@ pub struct SymbolStats {
     pub local: u64,
     pub embedded: u64,
     pub none: u64,
+    /// Binaries named through files fetched from debuginfod (not counted as local).
+    pub debuginfod: u64,
     /// Distinct addresses left unnamed, by [`Unnamed::key`].
     pub unnamed_frames: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -107,6 +119,9 @@ pub struct Symbolizer {
     cache: HashMap<(usize, u64, bool), Box<[Frame]>>,
     warnings: Warnings,
     unnamed_frames: std::collections::BTreeMap<&'static str, u64>,
+    debuginfod: Option<debuginfod::Client>,
+    /// Between [`Symbolizer::begin_batch`] and [`Symbolizer::end_batch`].
+    batch: bool,
 }
 
 impl Symbolizer {
@@ -130,6 +145,12 @@ impl Symbolizer {
             cache: HashMap::new(),
             warnings: Warnings::default(),
             unnamed_frames: Default::default(),
+            debuginfod: opts
+                .debuginfod
+                .then(debuginfod::Config::from_env)
+                .flatten()
+                .map(debuginfod::Client::new),
+            batch: false,
         }
     }
 
@@ -175,6 +196,27 @@ impl Symbolizer {
         &self.cache[&key]
     }
 
+    /// Defers debuginfod until [`Symbolizer::end_batch`]: lookups meanwhile answer from local
+    /// files and embedded symbols only, and note which binaries debuginfod could help.
+    pub fn begin_batch(&mut self) {
+        self.batch = true;
+    }
+
+    /// Fetches, in parallel, for every binary noted since [`Symbolizer::begin_batch`], and
+    /// forgets the answers given meanwhile so that the next lookups use the new files.
+    pub fn end_batch(&mut self) {
+        self.batch = false;
+        let pending: Vec<usize> = (0..self.binaries.len())
+            .filter(|&b| self.binaries[b].fetch == Fetch::Pending)
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        self.fetch_debuginfod(&pending);
+        self.cache.clear();
+        self.unnamed_frames.clear();
+    }
+
     /// Warnings gathered since the last call (binaries not found, build-id mismatches,
     /// unreadable files), each at most once per report, each one line saying what would fix it.
     pub fn take_warnings(&mut self) -> Vec<String> {
@@ -190,6 +232,7 @@ impl Symbolizer {
         for b in &self.binaries {
             match &b.kind {
                 Kind::Unnamed(Unnamed::Special | Unnamed::Anonymous) => {}
+                Kind::Elf(_) if b.fetch == Fetch::Used => stats.debuginfod += 1,
                 Kind::Elf(_) => stats.local += 1,
                 Kind::Unnamed(_) if self.embedded.covers(&b.recorded, b.build_id.as_ref()) => {
                     stats.embedded += 1
@@ -211,12 +254,14 @@ impl Symbolizer {
             let i = files.iter().position(|(id, _)| id.as_ref() == build_id)?;
             Some(files.swap_remove(i).1)
         });
-        let found = Search {
+        let warned_from = self.warnings.pending_len();
+        let mut found = Search {
             paths: &self.paths,
             warnings: &mut self.warnings,
             embedded: self.embedded.covers(recorded, build_id),
         }
         .find(recorded, build_id, provided);
+        found.warned = self.warnings.since(warned_from);
         let id = self.binaries.len();
         self.binaries.push(found);
         self.binary_ids
@@ -277,11 +322,77 @@ impl Symbolizer {
             }
             named.get_or_insert(frames);
         }
-        // 3. debuginfod goes here: files fetched by build id, resolved like 1.
+        // 3. debuginfod: files fetched by build id, then resolved like 1.
+        if self.wants_debuginfod(bin) {
+            if self.batch {
+                self.binaries[bin].fetch = Fetch::Pending;
+            } else {
+                self.fetch_debuginfod(&[bin]);
+                if self.binaries[bin].fetch == Fetch::Used {
+                    return self.resolve(bin, offset, return_address);
+                }
+            }
+        }
+        let binary = &self.binaries[bin];
         named.unwrap_or_else(|| {
             *self.unnamed_frames.entry(reason.key()).or_default() += 1;
             vec![unnamed(binary, reason, offset)]
         })
+    }
+}
+
+impl Symbolizer {
+    /// Whether debuginfod may still add something for this binary.
+    fn wants_debuginfod(&self, bin: usize) -> bool {
+        let b = &self.binaries[bin];
+        self.debuginfod.is_some()
+            && b.fetch == Fetch::Untried
+            && b.build_id.is_some()
+            && !binary::wanted_from_debuginfod(&b.kind).is_empty()
+    }
+
+    /// Asks debuginfod for the files of these binaries, in parallel, and adds what it has.
+    fn fetch_debuginfod(&mut self, bins: &[usize]) {
+        let Some(client) = &self.debuginfod else {
+            return;
+        };
+        let jobs: Vec<debuginfod::Job> = bins
+            .iter()
+            .map(|&b| debuginfod::Job {
+                build_id: self.binaries[b]
+                    .build_id
+                    .as_ref()
+                    .map(|id| id.0.to_vec())
+                    .unwrap_or_default(),
+                want: binary::wanted_from_debuginfod(&self.binaries[b].kind),
+            })
+            .collect();
+        let progress = std::io::stderr().is_terminal();
+        if progress {
+            eprint!(
+                "debuginfod: fetching files of {} binar{}\u{2026}",
+                jobs.len(),
+                if jobs.len() == 1 { "y" } else { "ies" }
+            );
+        }
+        let found = client.fetch_all(&jobs);
+        if progress {
+            eprint!("\r\x1b[K");
+        }
+        let warnings = client.take_warnings();
+        for ((&b, job), found) in bins.iter().zip(&jobs).zip(found) {
+            let bin = &mut self.binaries[b];
+            // Only a binary nothing local named had warnings that are now wrong.
+            let was_missing = matches!(bin.kind, Kind::Unnamed(_));
+            let used = binary::add_fetched(&mut bin.kind, &job.build_id, &found);
+            bin.fetch = if used { Fetch::Used } else { Fetch::Nothing };
+            if used && was_missing {
+                self.warnings.retract(&bin.warned);
+            }
+        }
+        for w in warnings {
+            self.warnings.push(w);
+        }
     }
 }
 

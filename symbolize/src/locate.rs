@@ -296,6 +296,7 @@ mod tests {
         let opts = SymbolizeOptions {
             symfs: Some("/s".into()),
             debug_dirs: vec!["/d".into()],
+            debuginfod: false,
         };
         let paths = SearchPaths::new(&opts, Some(Path::new("/home/u")));
         assert_eq!(

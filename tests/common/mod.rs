@@ -66,10 +66,12 @@ pub fn gcc(exe: &Path, sources: &[PathBuf], flags: &[&str]) {
     );
 }
 
-/// Runs `urec ARGS` to completion.
+/// Runs `urec ARGS` to completion, without the caller's debuginfod servers: a test must
+/// not depend on the network (tests/debuginfod.rs runs its own server).
 pub fn urec(args: &[&str]) -> Output {
     Command::new(UREC)
         .args(args)
+        .env_remove("DEBUGINFOD_URLS")
         .output()
         .expect("running urec")
 }
