@@ -23,8 +23,9 @@
 //! - Pending uretprobes: the kernel replaces the return address of every function with an
 //!   active return probe by the trampoline address, in the real stack and hence in the copy.
 //!   When the unwinder reads the trampoline from a slot, it substitutes the original from
-//!   the [`PendingReturn`]s passed in (from the kernel's `return_instances`, or from
-//!   [`ShadowStacks`]).
+//!   the [`PendingReturn`]s passed in (from the kernel's `return_instances`; [`ShadowStacks`]
+//!   can build them from entry and return events instead, for a kernel whose layout the BPF
+//!   side could not read, but no recording uses it today).
 
 mod elf;
 mod shadow;
