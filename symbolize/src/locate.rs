@@ -209,62 +209,25 @@ pub(crate) fn debug_file_matches(binary: &ElfInfo, candidate: &Candidate) -> boo
     }
 }
 
+/// CRC-32 (IEEE, as zlib and `.gnu_debuglink` use it) of the whole file, read in pieces with
+/// `pread` (a file truncated meanwhile just ends early).
 fn file_crc32(file: &File) -> Option<u32> {
-    let mut crc = Crc32::default();
+    let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut offset = 0u64;
     loop {
         let n = urec_untrusted::read_at(file, &mut buf, offset).ok()?;
         if n == 0 {
-            return Some(crc.finish());
+            return Some(crc.finalize());
         }
         crc.update(&buf[..n]);
         offset += n as u64;
     }
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib and `.gnu_debuglink` use it), fed in pieces.
-struct Crc32(u32);
-
-impl Default for Crc32 {
-    fn default() -> Self {
-        Crc32(!0)
-    }
-}
-
-impl Crc32 {
-    fn update(&mut self, data: &[u8]) {
-        static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-        let table = TABLE.get_or_init(|| {
-            let mut t = [0u32; 256];
-            for (i, slot) in t.iter_mut().enumerate() {
-                let mut c = i as u32;
-                for _ in 0..8 {
-                    c = if c & 1 != 0 {
-                        0xedb8_8320 ^ (c >> 1)
-                    } else {
-                        c >> 1
-                    };
-                }
-                *slot = c;
-            }
-            t
-        });
-        for &b in data {
-            self.0 = table[((self.0 ^ u32::from(b)) & 0xff) as usize] ^ (self.0 >> 8);
-        }
-    }
-
-    fn finish(&self) -> u32 {
-        !self.0
-    }
-}
-
 #[cfg(test)]
 fn crc32(data: &[u8]) -> u32 {
-    let mut c = Crc32::default();
-    c.update(data);
-    c.finish()
+    crc32fast::hash(data)
 }
 
 #[cfg(test)]
