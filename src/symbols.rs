@@ -129,15 +129,25 @@ pub fn name(
     Ok(out)
 }
 
+/// The length of the complete recording at `path` (up to its first trailer, without any
+/// symbols section) and its footer; an error for a truncated file, which has no place to
+/// append to.
+fn complete(path: &Path) -> Result<(u64, urec_format::Footer)> {
+    let reader = Reader::open(path)?;
+    match (reader.complete_len(), reader.footer().cloned()) {
+        (Some(len), Some(footer)) => Ok((len, footer)),
+        _ => bail!(
+            "{} is not a complete recording (it has no footer): its symbols cannot be added",
+            path.display()
+        ),
+    }
+}
+
 #[cfg(feature = "record")]
 /// Appends `symbols` to the recording urec has just written at `path` (complete, no section
 /// yet). An interruption leaves the recording complete and the section unfinished.
 pub fn append(path: &Path, symbols: &[BinarySymbols]) -> Result<u64> {
-    let reader = Reader::open(path)?;
-    let (Some(len), Some(footer)) = (reader.complete_len(), reader.footer().cloned()) else {
-        bail!("{} is not a complete recording", path.display());
-    };
-    drop(reader);
+    let (len, footer) = complete(path)?;
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -158,14 +168,7 @@ pub fn append(path: &Path, symbols: &[BinarySymbols]) -> Result<u64> {
 /// bytes and the new section go to a temporary file beside it, which then takes its place with
 /// the original's mode and owner. A failure leaves the original untouched.
 pub fn rewrite(path: &Path, symbols: &[BinarySymbols]) -> Result<u64> {
-    let reader = Reader::open(path)?;
-    let (Some(len), Some(footer)) = (reader.complete_len(), reader.footer().cloned()) else {
-        bail!(
-            "{} is not a complete recording (it has no footer): its symbols cannot be added",
-            path.display()
-        );
-    };
-    drop(reader);
+    let (len, footer) = complete(path)?;
     let original =
         urec_untrusted::open(path).with_context(|| format!("opening {}", path.display()))?;
     let meta = original.metadata()?;
