@@ -104,6 +104,22 @@ pub fn explain(err: anyhow::Error) -> anyhow::Error {
     anyhow::anyhow!(what.join(": "))
 }
 
+/// Raises the soft open-files limit to the hard one: keeping every mapped file open for the
+/// symbols step needs more than the usual 1024 on a busy host.
+pub(crate) fn raise_soft_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

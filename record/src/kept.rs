@@ -67,7 +67,7 @@ impl KeptFiles {
     /// Ready to keep files: raises the soft open-files limit to the hard one and takes what is
     /// free beyond [`RESERVE`] as the budget.
     pub fn new() -> KeptFiles {
-        raise_open_files_limit();
+        crate::fds::raise_soft_limit();
         let budget = crate::fds::headroom()
             .map_or(4096, |(_, free)| free)
             .saturating_sub(RESERVE);
@@ -145,20 +145,6 @@ fn open_mapped(m: &MappedFile<'_>) -> Option<File> {
         }
     }
     None
-}
-
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 #[cfg(test)]
