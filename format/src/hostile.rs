@@ -113,6 +113,11 @@ pub fn all(scale: Scale) -> Vec<Crafted> {
             what: "a 130-frame stack called from many processes",
             bytes: stack_per_process(scale.processes),
         },
+        Crafted {
+            name: "huge-mapping",
+            what: "one mapping spanning the address space under processes/48 small ones",
+            bytes: huge_mapping(scale.processes / 48),
+        },
     ]
 }
 
@@ -449,6 +454,53 @@ fn process_repeats(n: usize) -> Vec<u8> {
         entry(PID, PID, T0 + 10, None, Vec::new()),
         ret(PID, PID, T0 + 20),
     ]);
+    b.finish()
+}
+
+/// Where the small mappings of [`huge_mapping`] begin, 8 KiB apart.
+pub const HUGE_MAPPING_BASE: u64 = 0x7f00_0000_0000;
+
+/// One process whose first mapping covers everything from 4 KiB to 2^47, then `n` small
+/// mappings above it, each with its own 32-frame stack and one call: every frame lies under
+/// both the huge mapping and a small one. A scan of "the mappings that start below the address
+/// and could reach it" looks at all of them for every frame.
+fn huge_mapping(n: usize) -> Vec<u8> {
+    let mapping = |start: u64, end: u64, path: &str| {
+        Record::Mapping(Mapping {
+            pid: PID,
+            time_ns: T0,
+            start: Avma(start),
+            end: Avma(end),
+            offset: FileOffset(0),
+            path: path.into(),
+            dev: 0,
+            inode: 0,
+            build_id: None,
+        })
+    };
+    let mut b = Builder::standard();
+    let mut meta = vec![
+        probe(0, Vec::new()),
+        process(PID),
+        mapping(0x1000, 1 << 47, "/huge"),
+    ];
+    for i in 0..n as u64 {
+        let start = HUGE_MAPPING_BASE + i * 0x2000;
+        meta.push(mapping(start, start + 0x1000, "/small"));
+    }
+    for i in 0..n as u64 {
+        let start = HUGE_MAPPING_BASE + i * 0x2000;
+        meta.push(Record::Stack(Stack {
+            id: i as StackId,
+            frames: (0..32).map(|f| Avma(start + 16 * f)).collect(),
+            truncated: false,
+        }));
+    }
+    b.meta(&meta);
+    let events: Vec<Event> = (0..n as u64)
+        .map(|i| entry(PID, PID, T0 + 10 + i, Some(i as StackId), Vec::new()))
+        .collect();
+    b.events(&events);
     b.finish()
 }
 

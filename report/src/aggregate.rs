@@ -12,30 +12,28 @@
 //!   that had not exited (or exec'd) by then; `unmatched`: returns with no entry to pair with,
 //!   plus entries left over in processes that ended.
 //!
-//! # Process generations
+//! # Process incarnations
 //! The same addresses mean different code in different processes, and a pid may be reused or
-//! exec a new program, so everything per process is keyed by a *generation*: a number that
-//! changes on each `Process` record and each exec. Each pid keeps a short list of its
-//! generations with their start times, and an event belongs to the generation in force at its
-//! time (the side-band may be read a little before or after the events around it).
+//! exec a new program, so everything per process is keyed by its *incarnation*
+//! ([`crate::incarnation`]), the one in force at the event's time (the side-band may be read a
+//! little before or after the events around it), and by the command name it had then.
 //!
 //! # Memory
-//! A stack is rebased the first time a (probe, generation, comm, stack id) key is seen, with the
+//! A stack is rebased the first time a (probe, incarnation, comm, stack id) key is seen, with the
 //! mappings in force at that event's time. Rebased stacks are (binary, file offset) lists, so
 //! equal call paths in different processes merge into one entry at once. Memory is therefore
 //! bounded by unique keys and stacks, plus the per-thread pending entries (threads × nesting
 //! depth, the depth capped at [`MAX_PENDING`]), never by the number of events.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use urec_format::{
     plural, BuildId, Event, EventKind, Finish, Header, LostSource, Probe, ProbeId, ProbeKind,
-    ProcessChange, Record, StackId,
+    Record, StackId,
 };
 
 use crate::histogram::{LatencyHistogram, LatencyStats};
-use crate::interner::Interner;
 use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolStats, Symbolizer};
 use crate::{Error, ReportOptions, SortKey};
@@ -265,9 +263,9 @@ struct ProbeState {
     processes: FxMap<(u32, u32), u64>,
 }
 
+/// An event's process: its incarnation and its command name at the event.
 #[derive(Clone, Copy)]
 struct Generation {
-    since_ns: u64,
     id: u32,
     comm: u32,
 }
@@ -299,10 +297,6 @@ pub(crate) struct Aggregator<'o> {
     probes: Vec<ProbeState>,
     probe_index: FxMap<ProbeId, usize>,
     stacks: FxMap<StackId, urec_format::Stack>,
-    pids: FxMap<u32, Vec<Generation>>,
-    ended: HashSet<u32>,
-    next_gen: u32,
-    comms: Interner,
     binaries: Vec<(String, Option<BuildId>)>,
     binary_ids: HashMap<(String, Option<BuildId>), u32>,
     raw: FxMap<RawKey, u32>,
@@ -328,10 +322,6 @@ impl<'o> Aggregator<'o> {
             probes: Vec::new(),
             probe_index: FxMap::default(),
             stacks: FxMap::default(),
-            pids: FxMap::default(),
-            ended: HashSet::new(),
-            next_gen: 0,
-            comms: Interner::default(),
             binaries: Vec::new(),
             binary_ids: HashMap::new(),
             raw: FxMap::default(),
@@ -347,85 +337,25 @@ impl<'o> Aggregator<'o> {
         }
     }
 
-    fn comm_id(&mut self, comm: &str) -> u32 {
-        self.comms.id(comm)
-    }
-
-    fn new_generation(&mut self, pid: u32, since_ns: u64, comm: &str) {
-        let comm = self.comm_id(comm);
-        let id = self.next_gen;
-        self.next_gen += 1;
-        let gens = self.pids.entry(pid).or_default();
-        if let Some(prev) = gens.last() {
-            self.ended.insert(prev.id);
-        }
-        gens.push(Generation { since_ns, id, comm });
-    }
-
-    /// The generation of `pid` in force at `time_ns` (and its comm then).
+    /// The incarnation of `pid` at `time_ns` and its command name then.
     fn generation(&mut self, pid: u32, time_ns: u64) -> Generation {
-        if !self.pids.contains_key(&pid) {
-            // Events of a process the side-band never described: one anonymous generation.
-            self.new_generation(pid, 0, "[unknown]");
+        let incarnations = self.spaces.incarnations_mut();
+        let id = incarnations.at_or_new(pid, time_ns).id;
+        Generation {
+            id,
+            comm: incarnations.comm_at(pid, time_ns),
         }
-        let gens = &self.pids[&pid];
-        gens.iter()
-            .rev()
-            .find(|g| g.since_ns <= time_ns)
-            .or_else(|| gens.first())
-            .copied()
-            .unwrap_or(Generation {
-                since_ns: 0,
-                id: u32::MAX,
-                comm: 0,
-            })
+    }
+
+    fn comm_name(&self, comm: u32) -> &str {
+        self.spaces.incarnations().comm_name(comm)
     }
 
     pub(crate) fn push(&mut self, record: Record) {
-        match &record {
-            Record::Process(_) | Record::ProcessEvent(_) | Record::Mapping(_) => {
-                self.spaces.apply(&record)
-            }
-            _ => {}
-        }
+        self.spaces.apply(&record);
         match record {
             Record::Probe(p) => self.probe(p),
-            Record::Process(p) => {
-                let since = match (p.start_ns, self.pids.contains_key(&p.pid)) {
-                    (Some(t), _) => t,
-                    (None, false) => 0,
-                    (None, true) => self.last_ns,
-                };
-                // The same process described again (no writer does it) is not a new
-                // generation: a file of one Process record repeated must not cost one apiece.
-                let comm = self.comm_id(&p.comm);
-                let same = self
-                    .pids
-                    .get(&p.pid)
-                    .and_then(|g| g.last())
-                    .is_some_and(|g| g.since_ns == since && g.comm == comm);
-                if !same {
-                    self.new_generation(p.pid, since, &p.comm);
-                }
-            }
-            Record::ProcessEvent(e) => match e.change {
-                ProcessChange::Exec { comm, .. } => self.new_generation(e.pid, e.time_ns, &comm),
-                ProcessChange::Comm(comm) => {
-                    let comm = self.comm_id(&comm);
-                    let cur = self.generation(e.pid, e.time_ns);
-                    if let Some(gens) = self.pids.get_mut(&e.pid) {
-                        gens.push(Generation {
-                            since_ns: e.time_ns,
-                            id: cur.id,
-                            comm,
-                        });
-                    }
-                }
-                ProcessChange::Exit => {
-                    let cur = self.generation(e.pid, e.time_ns);
-                    self.ended.insert(cur.id);
-                }
-            },
+            Record::Process(_) | Record::ProcessEvent(_) => {}
             Record::Mapping(_) => {}
             Record::Stack(s) => {
                 self.stacks.insert(s.id, s);
@@ -488,8 +418,7 @@ impl<'o> Aggregator<'o> {
             return;
         }
         let gen = self.generation(ev.pid, ev.time_ns);
-        if !filter.comms.is_empty() && !filter.comms.iter().any(|c| c == self.comms.name(gen.comm))
-        {
+        if !filter.comms.is_empty() && !filter.comms.iter().any(|c| c == self.comm_name(gen.comm)) {
             return;
         }
         let kind = self.probes[pi].probe.kind;
@@ -660,7 +589,7 @@ impl<'o> Aggregator<'o> {
         for ((gen, _tid, probe), pending) in &self.pending {
             if let Some(&pi) = self.probe_index.get(probe) {
                 let p = &mut self.probes[pi];
-                if self.ended.contains(gen) {
+                if self.spaces.incarnations().ended(*gen) {
                     p.unmatched += pending.len() as u64;
                 } else {
                     p.in_flight += pending.len() as u64;
@@ -682,7 +611,7 @@ impl<'o> Aggregator<'o> {
                 .iter()
                 .map(|(&(pid, comm), &calls)| ProcessCalls {
                     pid,
-                    comm: self.comms.name(comm).to_string(),
+                    comm: self.comm_name(comm).to_string(),
                     calls,
                 })
                 .collect();
@@ -819,7 +748,7 @@ impl<'o> Aggregator<'o> {
                     .get(&probe)
                     .map(|&pi| self.probes[pi].probe.name.clone())
                     .unwrap_or_default(),
-                comm: self.comms.name(comm).to_string(),
+                comm: self.comm_name(comm).to_string(),
                 frames,
                 calls,
                 total_ns,

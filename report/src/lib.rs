@@ -36,6 +36,7 @@ mod args;
 pub mod flamegraph;
 pub mod folded;
 pub mod histogram;
+pub mod incarnation;
 mod input;
 mod interner;
 pub mod json;

@@ -11,37 +11,34 @@
 //!
 //! Memory is proportional to the number of mappings, execs and processes, not of events. Records may be
 //! applied in file order, which need not be time order (side-band and events come from
-//! different rings), so nothing here assumes sorted input: each process keeps its history
-//! unsorted while records arrive and builds a sorted index the first time it is queried after a
-//! change. Queries then cost a binary search plus a short backward scan over the mappings that
-//! start below the address and could still reach it (see [`PidIndex`]).
+//! different rings), so nothing here assumes sorted input, and records and queries may
+//! interleave freely. Both stay cheap whatever the file holds: a query costs O(log² n) in the
+//! process's n mappings, and taking in a mapping O(log² n) amortized (see [`Mappings`]). A scan
+//! of "every mapping that could reach the address" would be quadratic for a file with one
+//! mapping spanning the whole address space, and rebuilding a sorted index after each new
+//! mapping quadratic for one that interleaves mappings and events.
 //!
-//! A [`Process`](urec_format::Process) record for a pid already seen with an earlier start
-//! time is a reused pid and starts a new address space, like an exec.
+//! Which process an address belongs to, and when its address space began, is the
+//! [`Incarnations`] model's answer, shared with aggregation and `script`.
 //!
-//! Two corrections make real recordings resolve where a strict reading would give up:
-//! - A forked child inherits its parent's mappings, and a recorder may not copy them into the
-//!   child's own records. When the child has no mapping for an address and has not exec'd
-//!   since, the parent's mappings at the child's start time are used (transitively).
-//! - Side-band timestamps can trail the first event that uses a fresh mapping by a little
-//!   (different rings, different CPUs). When no mapping is in force at the event's time, the
-//!   earliest later mapping of the same exec epoch that covers the address is used: if the
-//!   address was executed, something was mapped there.
-
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
-use urec_format::{Avma, BuildId, FileOffset, Mapping, ProcessChange, Record};
+use urec_format::{Avma, BuildId, FileOffset, Mapping, Record};
+
+use crate::incarnation::{Incarnations, Origin};
 
 /// How many parent links a lookup follows for forked children before giving up (a guard
 /// against pid reuse making a cycle).
 const MAX_PARENT_HOPS: usize = 64;
 
-/// Every process's executable mappings over time, built from the recording's `Process`,
-/// `ProcessEvent` (an exec drops earlier mappings from its time on) and `Mapping` records.
+/// Every process's executable mappings over time, with the process incarnations that decide
+/// which of them are in force, built from the recording's `Process`, `ProcessEvent` (an exec
+/// drops earlier mappings from its time on) and `Mapping` records.
 #[derive(Default)]
 pub struct AddressSpaces {
-    pids: HashMap<u32, PidHistory>,
+    incarnations: Incarnations,
+    pids: HashMap<u32, Mappings>,
     /// Interned paths: mappings of the same file in many processes share one string.
     paths: Vec<Box<str>>,
     path_ids: HashMap<Box<str>, u32>,
@@ -50,6 +47,8 @@ pub struct AddressSpaces {
     build_id_ids: HashMap<BuildId, u32>,
     /// File order of mappings, to break ties between mappings recorded at the same time.
     seq: u64,
+    /// Index cells and entries looked at by queries so far (see [`AddressSpaces::work`]).
+    work: Cell<u64>,
 }
 
 /// One mapping, as stored: 40 bytes, strings interned.
@@ -65,38 +64,41 @@ struct Entry {
     build_id: u32,
 }
 
+impl Entry {
+    fn order(&self) -> (u64, u64) {
+        (self.time_ns, self.seq)
+    }
+}
+
+/// Mappings taken in below this many are scanned directly; most processes never get further.
+const RECENT: usize = 32;
+
+/// One process's mappings, indexed by the logarithmic method: the newest few in a small
+/// unsorted list, the rest in immutable [`Block`]s of 32·2^k mappings, at most one per k.
+/// A full list becomes a block, merged with the blocks of the sizes it collides with (as a
+/// binary counter carries), so each mapping is re-indexed O(log n) times in all and a query
+/// asks O(log n) blocks. "The latest covering mapping" is decomposable (the best of each
+/// block's best), which is what makes this exact.
 #[derive(Default)]
-struct PidHistory {
-    /// Parent of the first process seen with this pid (0: unknown).
-    ppid: u32,
-    /// Start of the latest process seen with this pid.
-    start_ns: Option<u64>,
-    entries: Vec<Entry>,
-    /// Where one address space ends and the next begins (unsorted until indexed).
-    boundaries: Vec<Boundary>,
-    /// Built on first lookup after a change; reset by `apply`.
-    index: OnceLock<PidIndex>,
+struct Mappings {
+    recent: Vec<Entry>,
+    blocks: Vec<Option<Block>>,
 }
 
-/// The start of a new address space of a pid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Boundary {
-    time_ns: u64,
-    /// `Some(ppid)` when a reused pid started as a fork of `ppid` (which it shares mappings
-    /// with until it maps its own); `None` for an exec.
-    forked_from: Option<u32>,
-    start_ns: u64,
-}
-
-/// A process's history sorted for queries.
-///
-/// `entries` are sorted by start address; `reach[i]` is the largest `end` among
-/// `entries[..=i]`, so a backward scan from the last entry starting at or below an address can
-/// stop as soon as nothing further left can reach it. `boundaries` are sorted by time.
-struct PidIndex {
+/// A segment tree over the elementary address intervals of its mappings: each mapping is
+/// stored at the O(log n) nodes that exactly cover its range, each node's mappings sorted by
+/// (time, file order). The mappings covering an address are then those of the nodes on the
+/// path from its leaf to the root, and the one in force at a time is a binary search away in
+/// each, however many mappings overlap elsewhere.
+struct Block {
     entries: Vec<Entry>,
-    reach: Vec<u64>,
-    boundaries: Vec<Boundary>,
+    /// Sorted distinct starts and ends; leaf i is `[coords[i], coords[i + 1])`.
+    coords: Vec<u64>,
+    /// Leaves rounded up to a power of two; node 1 is the root, node `size + i` leaf i.
+    size: usize,
+    /// Node n's mappings are `members[first[n]..first[n + 1]]` (indices into `entries`).
+    first: Vec<u32>,
+    members: Vec<u32>,
 }
 
 /// What an address was: the mapped file and the offset into it.
@@ -110,6 +112,37 @@ pub struct Mapped<'a> {
     pub offset: FileOffset,
 }
 
+/// The candidates of a query: the latest covering mapping recorded at or before the query
+/// time, and the earliest recorded after it, both within the query's exec epoch.
+#[derive(Default)]
+struct Best<'a> {
+    before: Option<&'a Entry>,
+    after: Option<&'a Entry>,
+}
+
+/// The time range whose mappings a query may use: one incarnation's life.
+#[derive(Clone, Copy)]
+struct Epoch {
+    time: u64,
+    lo: u64,
+    end: Option<u64>,
+}
+
+impl<'a> Best<'a> {
+    fn offer(&mut self, e: &'a Entry, q: Epoch) {
+        if e.time_ns < q.lo || q.end.is_some_and(|end| e.time_ns >= end) {
+            return;
+        }
+        if e.time_ns <= q.time {
+            if self.before.is_none_or(|b| e.order() > b.order()) {
+                self.before = Some(e);
+            }
+        } else if self.after.is_none_or(|a| e.order() < a.order()) {
+            self.after = Some(e);
+        }
+    }
+}
+
 impl AddressSpaces {
     /// An empty history.
     pub fn new() -> Self {
@@ -120,41 +153,30 @@ impl AddressSpaces {
     /// mappings are ignored, so callers can pass every record through.
     pub fn apply(&mut self, record: &Record) {
         match record {
-            Record::Process(p) => {
-                let h = self.pids.entry(p.pid).or_default();
-                // The same pid starting again later is a reused pid: a new address space,
-                // exactly as if it had exec'd.
-                match (h.start_ns, p.start_ns) {
-                    (Some(old), Some(new)) if new > old => {
-                        h.boundaries.push(Boundary {
-                            time_ns: new,
-                            forked_from: Some(p.ppid),
-                            start_ns: new,
-                        });
-                        h.index = OnceLock::new();
-                        h.start_ns = Some(new);
-                    }
-                    (None, _) => {
-                        h.ppid = p.ppid;
-                        h.start_ns = p.start_ns;
-                    }
-                    _ => {}
-                }
-            }
-            Record::ProcessEvent(ev) => {
-                if let ProcessChange::Exec { .. } = ev.change {
-                    let h = self.pids.entry(ev.pid).or_default();
-                    h.boundaries.push(Boundary {
-                        time_ns: ev.time_ns,
-                        forked_from: None,
-                        start_ns: 0,
-                    });
-                    h.index = OnceLock::new();
-                }
-            }
             Record::Mapping(m) => self.add_mapping(m),
+            Record::Process(_) | Record::ProcessEvent(_) | Record::Event(_) => {
+                self.incarnations.apply(record)
+            }
             _ => {}
         }
+    }
+
+    /// The process incarnations these address spaces belong to.
+    pub fn incarnations(&self) -> &Incarnations {
+        &self.incarnations
+    }
+
+    /// The process incarnations, for lookups that make up an incarnation for an undescribed
+    /// pid ([`Incarnations::at_or_new`]).
+    pub fn incarnations_mut(&mut self) -> &mut Incarnations {
+        &mut self.incarnations
+    }
+
+    /// Index cells and mappings that lookups have examined so far: a measure of work that does
+    /// not depend on the machine, for tests that rebasing stays near-linear.
+    #[doc(hidden)]
+    pub fn work(&self) -> u64 {
+        self.work.get()
     }
 
     fn add_mapping(&mut self, m: &Mapping) {
@@ -167,7 +189,7 @@ impl AddressSpaces {
             None => u32::MAX,
         };
         self.seq += 1;
-        let entry = Entry {
+        self.pids.entry(m.pid).or_default().push(Entry {
             start: m.start.0,
             end: m.end.0,
             offset: m.offset.0,
@@ -175,45 +197,48 @@ impl AddressSpaces {
             seq: self.seq,
             path,
             build_id,
-        };
-        let h = self.pids.entry(m.pid).or_default();
-        h.entries.push(entry);
-        h.index = OnceLock::new();
+        });
     }
 
     /// The mapping of `pid` that covered `addr` at `time_ns`, and the file offset of `addr`.
     ///
-    /// `None` when nothing (the process, an ancestor it forked from, a mapping recorded just
-    /// after) explains the address: callers show such frames as `[unknown]`.
+    /// In force is the latest mapping of the process's incarnation at that time that covers
+    /// the address and was recorded at or before it; failing that, the earliest recorded
+    /// after it in the same incarnation; failing that, for a process still running the image it
+    /// was forked with, its parent's, as they were when it was forked (transitively).
+    ///
+    /// `None` when nothing explains the address: callers show such frames as `[unknown]`.
     pub fn lookup(&self, pid: u32, time_ns: u64, addr: Avma) -> Option<Mapped<'_>> {
         let mut pid = pid;
         let mut time_ns = time_ns;
         for _ in 0..=MAX_PARENT_HOPS {
-            let h = self.pids.get(&pid)?;
-            let index = h.index.get_or_init(|| PidIndex::build(h));
-            match index.find(time_ns, addr.0) {
-                Found::Entry(e) => return Some(self.mapped(e, addr.0)),
-                Found::NotHere { epoch } => {
-                    // Only a process still running the image it was forked with shares its
-                    // parent's mappings, as they were when it was forked.
-                    let (ppid, start) = match epoch {
-                        None => (h.ppid, h.start_ns),
-                        Some(Boundary {
-                            forked_from: Some(ppid),
-                            start_ns,
-                            ..
-                        }) => (*ppid, Some(*start_ns)),
-                        Some(_) => return None,
-                    };
-                    if ppid == 0 || ppid == pid {
-                        return None;
-                    }
-                    if let Some(start) = start {
-                        time_ns = time_ns.min(start);
-                    }
-                    pid = ppid;
-                }
+            let incarnation = self.incarnations.at(pid, time_ns);
+            let epoch = Epoch {
+                time: time_ns,
+                lo: incarnation.map_or(0, |i| i.since_ns),
+                end: incarnation.and_then(|i| self.incarnations.end_ns(i)),
+            };
+            if let Some(e) = self
+                .pids
+                .get(&pid)
+                .and_then(|m| m.find(epoch, addr.0, &self.work))
+            {
+                return Some(self.mapped(e, addr.0));
             }
+            // Only a process still running the image it was forked with shares its parent's
+            // mappings, as they were when it was forked.
+            let (ppid, start) = match incarnation?.origin {
+                Origin::First { ppid, start_ns } => (ppid, start_ns),
+                Origin::Forked { ppid, start_ns } => (ppid, Some(start_ns)),
+                Origin::Exec => return None,
+            };
+            if ppid == 0 || ppid == pid {
+                return None;
+            }
+            if let Some(start) = start {
+                time_ns = time_ns.min(start);
+            }
+            pid = ppid;
         }
         None
     }
@@ -227,68 +252,106 @@ impl AddressSpaces {
     }
 }
 
-enum Found<'a> {
-    Entry(&'a Entry),
-    /// Nothing covers the address; `epoch` is the boundary (exec or pid reuse) the query
-    /// time falls after, if any.
-    NotHere {
-        epoch: Option<&'a Boundary>,
-    },
+impl Mappings {
+    fn push(&mut self, e: Entry) {
+        self.recent.push(e);
+        if self.recent.len() < RECENT {
+            return;
+        }
+        let mut merged = std::mem::take(&mut self.recent);
+        let mut k = 0;
+        while let Some(slot) = self.blocks.get_mut(k) {
+            match slot.take() {
+                Some(block) => merged.extend(block.entries),
+                None => break,
+            }
+            k += 1;
+        }
+        if k == self.blocks.len() {
+            self.blocks.push(None);
+        }
+        self.blocks[k] = Some(Block::build(merged));
+    }
+
+    fn find(&self, q: Epoch, addr: u64, work: &Cell<u64>) -> Option<&Entry> {
+        let mut best = Best::default();
+        work.set(work.get() + self.recent.len() as u64);
+        for e in &self.recent {
+            if e.start <= addr && addr < e.end {
+                best.offer(e, q);
+            }
+        }
+        for block in self.blocks.iter().flatten() {
+            block.find(q, addr, &mut best, work);
+        }
+        best.before.or(best.after)
+    }
 }
 
-impl PidIndex {
-    fn build(h: &PidHistory) -> Self {
-        let mut entries = h.entries.clone();
-        entries.sort_unstable_by_key(|e| (e.start, e.time_ns, e.seq));
-        let mut reach = Vec::with_capacity(entries.len());
-        let mut max_end = 0;
-        for e in &entries {
-            max_end = max_end.max(e.end);
-            reach.push(max_end);
+impl Block {
+    fn build(entries: Vec<Entry>) -> Self {
+        let mut coords: Vec<u64> = entries.iter().flat_map(|e| [e.start, e.end]).collect();
+        coords.sort_unstable();
+        coords.dedup();
+        let leaves = coords.len().saturating_sub(1).max(1);
+        let size = leaves.next_power_of_two();
+        // (node, entry) pairs: each entry at the nodes covering its leaves exactly.
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let leaf = |x: u64| coords.partition_point(|&c| c < x);
+            let (mut l, mut r) = (leaf(e.start) + size, leaf(e.end) + size);
+            while l < r {
+                if l & 1 == 1 {
+                    pairs.push((l as u32, i as u32));
+                    l += 1;
+                }
+                if r & 1 == 1 {
+                    r -= 1;
+                    pairs.push((r as u32, i as u32));
+                }
+                l >>= 1;
+                r >>= 1;
+            }
         }
-        let mut boundaries = h.boundaries.clone();
-        boundaries.sort_unstable();
-        boundaries.dedup_by_key(|b| b.time_ns);
-        PidIndex {
+        pairs.sort_unstable_by_key(|&(node, i)| (node, entries[i as usize].order()));
+        let mut first = vec![0u32; 2 * size + 1];
+        for &(node, _) in &pairs {
+            first[node as usize + 1] += 1;
+        }
+        for n in 1..first.len() {
+            first[n] += first[n - 1];
+        }
+        let members = pairs.into_iter().map(|(_, i)| i).collect();
+        Block {
             entries,
-            reach,
-            boundaries,
+            coords,
+            size,
+            first,
+            members,
         }
     }
 
-    fn find(&self, time: u64, addr: u64) -> Found<'_> {
-        // The exec epoch the query time falls in: [epoch_start, epoch_end).
-        let n_before = self.boundaries.partition_point(|b| b.time_ns <= time);
-        let epoch = n_before.checked_sub(1).map(|i| &self.boundaries[i]);
-        let epoch_end = self.boundaries.get(n_before).map(|b| b.time_ns);
-        let lo = epoch.map_or(0, |b| b.time_ns);
-        let in_epoch = |e: &Entry| e.time_ns >= lo && epoch_end.is_none_or(|end| e.time_ns < end);
-
-        // In force: the latest mapping of this epoch covering `addr` recorded at or before
-        // `time`. Fallback: the earliest covering mapping recorded after it in the same epoch.
-        let mut best: Option<&Entry> = None;
-        let mut later: Option<&Entry> = None;
-        let mut i = self.entries.partition_point(|e| e.start <= addr);
-        while i > 0 {
-            i -= 1;
-            if self.reach[i] <= addr {
-                break;
-            }
-            let e = &self.entries[i];
-            if e.end <= addr || !in_epoch(e) {
-                continue;
-            }
-            if e.time_ns <= time {
-                if best.is_none_or(|b| (e.time_ns, e.seq) > (b.time_ns, b.seq)) {
-                    best = Some(e);
-                }
-            } else if later.is_none_or(|l| (e.time_ns, e.seq) < (l.time_ns, l.seq)) {
-                later = Some(e);
-            }
+    fn find<'a>(&'a self, q: Epoch, addr: u64, best: &mut Best<'a>, work: &Cell<u64>) {
+        let leaf = self.coords.partition_point(|&c| c <= addr);
+        if leaf == 0 || leaf >= self.coords.len() {
+            return; // below the first start or at or above the last end
         }
-        match best.or(later) {
-            Some(e) => Found::Entry(e),
-            None => Found::NotHere { epoch },
+        let mut node = leaf - 1 + self.size;
+        while node >= 1 {
+            let ids = &self.members[self.first[node] as usize..self.first[node + 1] as usize];
+            if !ids.is_empty() {
+                work.set(work.get() + 1 + u64::from(ids.len().ilog2()));
+                let entry = |i: &u32| &self.entries[*i as usize];
+                // Sorted by time: the last at or before the query time, the first after it.
+                let split = ids.partition_point(|i| entry(i).time_ns <= q.time);
+                if let Some(i) = split.checked_sub(1).map(|s| &ids[s]) {
+                    best.offer(entry(i), q);
+                }
+                if let Some(i) = ids.get(split) {
+                    best.offer(entry(i), q);
+                }
+            }
+            node >>= 1;
         }
     }
 }
@@ -316,7 +379,7 @@ fn intern_build_id(table: &mut Vec<BuildId>, ids: &mut HashMap<BuildId, u32>, b:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use urec_format::{Process, ProcessEvent};
+    use urec_format::{Process, ProcessChange, ProcessEvent};
 
     fn map(pid: u32, time_ns: u64, start: u64, end: u64, offset: u64, path: &str) -> Record {
         Record::Mapping(Mapping {

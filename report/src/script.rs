@@ -29,7 +29,7 @@
 //!
 //! Metadata (processes, mappings) is applied as it is read; rebasing asks for the mapping in
 //! force at the event's time, so reordering does not change what an address means. A stack is
-//! rendered once per (process generation, stack id) and reused, from a cache of at most
+//! rendered once per (process incarnation, stack id) and reused, from a cache of at most
 //! [`RENDERED_BYTES`] (emptied when full: a recording of many processes sharing few stacks
 //! would otherwise keep one rendering per process).
 
@@ -39,11 +39,10 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::Path;
 
-use urec_format::{Avma, Event, EventKind, ProbeId, ProcessChange, Record, StackId};
+use urec_format::{Avma, Event, EventKind, ProbeId, Record, StackId};
 
 use crate::aggregate::frame_names;
 use crate::args::format_arg;
-use crate::interner::Interner;
 use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolizeOptions, Symbolizer};
 use crate::Error;
@@ -82,13 +81,12 @@ pub struct ScriptSummary {
     pub warnings: Vec<String>,
 }
 
-/// An event held for reordering, with the process state it was read under. Ordered by
-/// (time, read order) so the heap pops the oldest first and equal times keep file order.
+/// An event held for reordering. Ordered by (time, read order) so the heap pops the oldest
+/// first and equal times keep file order. Its process incarnation and name are looked up when
+/// it is printed, at its own time, with every record read by then.
 struct Pending {
     event: Event,
     seq: u64,
-    comm: u32,
-    generation: u32,
 }
 
 impl Pending {
@@ -166,13 +164,8 @@ fn script_source(
         |_, embedded| Printer::new(opts, embedded),
         |printer, record| {
             if let Record::Event(event) = record {
-                let (comm, generation) = printer.process_state(event.pid);
-                let pending = Pending {
-                    event,
-                    seq,
-                    comm,
-                    generation,
-                };
+                printer.spaces.incarnations_mut().advance(event.time_ns);
+                let pending = Pending { event, seq };
                 held += pending.size();
                 heap.push(Reverse(pending));
                 seq += 1;
@@ -216,11 +209,8 @@ struct Printer<'o> {
     symbolizer: Symbolizer,
     probes: HashMap<ProbeId, urec_format::Probe>,
     stacks: HashMap<StackId, urec_format::Stack>,
-    /// pid → (comm id, generation).
-    pids: HashMap<u32, (u32, u32)>,
-    next_generation: u32,
-    comms: Interner,
-    rendered: HashMap<(u32, u32, StackId), String>,
+    /// (incarnation, stack) → its lines.
+    rendered: HashMap<(u32, StackId), String>,
     /// Bytes of `rendered`'s strings.
     rendered_bytes: usize,
     /// Last address seen for a probe in a process, for events without a stack.
@@ -243,9 +233,6 @@ impl<'o> Printer<'o> {
             symbolizer,
             probes: HashMap::new(),
             stacks: HashMap::new(),
-            pids: HashMap::new(),
-            next_generation: 0,
-            comms: Interner::default(),
             rendered: HashMap::new(),
             rendered_bytes: 0,
             addresses: HashMap::new(),
@@ -256,37 +243,8 @@ impl<'o> Printer<'o> {
         }
     }
 
-    fn comm_id(&mut self, comm: &str) -> u32 {
-        self.comms.id(comm)
-    }
-
-    fn set_process(&mut self, pid: u32, comm: &str, new_generation: bool) {
-        let comm = self.comm_id(comm);
-        let generation = match self.pids.get(&pid) {
-            Some(&(_, g)) if !new_generation => g,
-            _ => {
-                self.next_generation += 1;
-                self.next_generation
-            }
-        };
-        self.pids.insert(pid, (comm, generation));
-    }
-
-    fn process_state(&mut self, pid: u32) -> (u32, u32) {
-        if let Some(&s) = self.pids.get(&pid) {
-            return s;
-        }
-        self.set_process(pid, "[unknown]", true);
-        self.pids.get(&pid).copied().unwrap_or((0, 0))
-    }
-
     fn metadata(&mut self, record: Record) {
-        if matches!(
-            record,
-            Record::Process(_) | Record::ProcessEvent(_) | Record::Mapping(_)
-        ) {
-            self.spaces.apply(&record);
-        }
+        self.spaces.apply(&record);
         match record {
             Record::Probe(p) => {
                 self.probes.insert(p.id, p);
@@ -294,12 +252,6 @@ impl<'o> Printer<'o> {
             Record::Stack(s) => {
                 self.stacks.insert(s.id, s);
             }
-            Record::Process(p) => self.set_process(p.pid, &p.comm, true),
-            Record::ProcessEvent(e) => match e.change {
-                ProcessChange::Exec { comm, .. } => self.set_process(e.pid, &comm, true),
-                ProcessChange::Comm(comm) => self.set_process(e.pid, &comm, false),
-                ProcessChange::Exit => {}
-            },
             _ => {}
         }
     }
@@ -320,10 +272,16 @@ impl<'o> Printer<'o> {
             }
             None => self.addresses.get(&(ev.pid, ev.probe)).copied(),
         };
+        let incarnation = self
+            .spaces
+            .incarnations_mut()
+            .at_or_new(ev.pid, ev.time_ns)
+            .id;
+        let incarnations = self.spaces.incarnations();
+        let comm = incarnations.comm_name(incarnations.comm_at(ev.pid, ev.time_ns));
         let probe = self.probes.get(&ev.probe);
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        let comm = self.comms.name(p.comm);
         let _ = write!(
             line,
             "{comm} {:>6}/{:<6} [{:03}] {}.{:09}: ",
@@ -380,7 +338,7 @@ impl<'o> Printer<'o> {
         self.line = line;
 
         if let Some(id) = ev.stack {
-            let key = (ev.pid, p.generation, id);
+            let key = (incarnation, id);
             if !self.rendered.contains_key(&key) {
                 let text = self.render_stack(ev, id);
                 if self.rendered_bytes + text.len() > RENDERED_BYTES {
