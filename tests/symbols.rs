@@ -257,3 +257,65 @@ fn a_binary_deleted_during_the_recording_is_named_from_the_kept_file() {
         "{folded}"
     );
 }
+
+/// `stacks[].locations` (SPEC, "`--json` schema") carry each frame's binary, file offset,
+/// source file and line, parallel to `frames`: here the lines of SOURCE where `leaf` begins and
+/// where `a`, `b` and `main` call on, the same from the binary and from the symbols section.
+#[test]
+fn json_locations_give_file_and_line_of_every_frame() {
+    if !have_root() {
+        return;
+    }
+    let t = build();
+    let data = record_quietly(&t, "loc.data", &[]);
+    let line_of = |needle: &str| -> u64 {
+        SOURCE
+            .lines()
+            .position(|l| l.contains(needle))
+            .expect("needle in SOURCE") as u64
+            + 1
+    };
+    let empty = tempfile::tempdir().unwrap();
+    for extra in [&[][..], &["--symfs", empty.path().to_str().unwrap()][..]] {
+        let mut args = vec!["report", "-i", data.to_str().unwrap(), "--json", "-"];
+        args.extend_from_slice(extra);
+        let v: serde_json::Value = serde_json::from_str(&urec_ok(&args)).unwrap();
+        let stacks = v["stacks"].as_array().expect("stacks");
+        for (caller, calls, call_line) in [
+            ("a", 600, line_of("int a(int x)")),
+            ("b", 400, line_of("int b(int x)")),
+        ] {
+            let s = stacks
+                .iter()
+                .find(|s| {
+                    let f = s["frames"].as_array().unwrap();
+                    f.len() >= 3 && f[f.len() - 2] == caller && f[f.len() - 1] == "leaf"
+                })
+                .unwrap_or_else(|| panic!("a stack through {caller} ({extra:?}): {v}"));
+            assert_eq!(s["calls"], calls, "{s}");
+            let frames = s["frames"].as_array().unwrap();
+            let locations = s["locations"].as_array().expect("locations");
+            assert_eq!(locations.len(), frames.len(), "{s}");
+            let n = frames.len();
+            let at = |i: usize| &locations[i];
+            let main = frames.iter().position(|f| f == "main").expect("main");
+            for (i, want) in [
+                (n - 1, line_of("int leaf(int x)")),
+                (n - 2, call_line),
+                (main, line_of(&format!("s += {caller}(i)"))),
+            ] {
+                let l = at(i);
+                assert_eq!(l["binary"], t.path(), "{s}");
+                assert!(
+                    l["file"]
+                        .as_str()
+                        .is_some_and(|f| f.ends_with("portable.c")),
+                    "{s}"
+                );
+                assert_eq!(l["line"].as_u64(), Some(want), "frame {i} of {s}");
+                assert_eq!(l["inlined"], false, "{s}");
+                assert!(l["offset"].as_u64().is_some(), "{s}");
+            }
+        }
+    }
+}

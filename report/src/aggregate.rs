@@ -33,6 +33,7 @@ use urec_format::{
     Record, StackId,
 };
 
+use crate::frames::{code_frames, FrameId, FrameKind, FrameTable, Location};
 use crate::histogram::{LatencyHistogram, LatencyStats};
 use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolStats, Symbolizer};
@@ -123,15 +124,17 @@ impl Function {
     }
 }
 
-/// One unique symbolized call path of one probe.
+/// One unique symbolized call path of one probe: unique by the names of its frames, which is
+/// what every output shows. When paths through different lines of the same functions merge,
+/// `frames` (and so the locations JSON shows) are those of the path with the most calls.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StackSummary {
     /// Probe display name.
     pub probe: String,
     /// Command name of the calling process.
     pub comm: String,
-    /// Function names, outermost first, the probed function last.
-    pub frames: Vec<String>,
+    /// Frames in [`Report::frames`], outermost first, the probed function last.
+    pub frames: Vec<FrameId>,
     /// Calls through this path.
     pub calls: u64,
     /// Summed latency of the matched calls through this path.
@@ -145,12 +148,21 @@ pub struct Report {
     pub recording: Recording,
     /// One per probe the report covers, in `--sort` order.
     pub functions: Vec<Function>,
-    /// Unique call paths, most calls first, then by frames.
+    /// Unique call paths, most calls first, then by frame names.
     pub stacks: Vec<StackSummary>,
+    /// The frames `stacks` refer to.
+    pub frames: FrameTable,
     /// Stack frames (weighted by calls) that fell in no known mapping and show as `[unknown]`.
     pub unknown_frames: u64,
     /// Things the user should know (truncation, symbolization problems), each once.
     pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// The names of a stack's frames, outermost first: what folded stacks and tables show.
+    pub fn frame_names<'a>(&'a self, stack: &'a StackSummary) -> impl Iterator<Item = &'a str> {
+        stack.frames.iter().map(|&id| self.frames.name(id))
+    }
 }
 
 /// Reads the recording at `path` and aggregates it. See the module docs for the definitions.
@@ -597,7 +609,7 @@ impl<'o> Aggregator<'o> {
             }
         }
 
-        let (stacks, unknown_frames) = self.symbolize_stacks(&mut warnings);
+        let (stacks, frames, unknown_frames) = self.symbolize_stacks(&mut warnings);
 
         let mut functions: Vec<Function> = Vec::new();
         let mut names = Vec::new();
@@ -668,6 +680,7 @@ impl<'o> Aggregator<'o> {
             recording,
             functions,
             stacks,
+            frames,
             unknown_frames,
             warnings,
         })
@@ -675,7 +688,10 @@ impl<'o> Aggregator<'o> {
 
     /// Names every unique rebased stack, outermost first, and merges stacks that end up with
     /// the same names.
-    fn symbolize_stacks(&mut self, warnings: &mut Vec<String>) -> (Vec<StackSummary>, u64) {
+    fn symbolize_stacks(
+        &mut self,
+        warnings: &mut Vec<String>,
+    ) -> (Vec<StackSummary>, FrameTable, u64) {
         let mut symbolizer = Symbolizer::new(self.opts.symbolize.clone());
         if !self.embedded.is_empty() {
             symbolizer.set_embedded(std::mem::take(&mut self.embedded));
@@ -698,70 +714,114 @@ impl<'o> Aggregator<'o> {
             }
             symbolizer.end_batch();
         }
-        let mut merged: HashMap<(ProbeId, u32, Vec<String>), (u64, u64)> = HashMap::new();
+        let mut table = FrameTable::new();
+        // The frames of each (binary, offset, return address) once.
+        let mut named: FxMap<(u32, u64, bool), Box<[FrameId]>> = FxMap::default();
+        struct Merged {
+            calls: u64,
+            total_ns: u64,
+            /// The frames of the contributing path with the most calls, and its calls.
+            frames: Vec<FrameId>,
+            best: u64,
+        }
+        let mut merged: HashMap<(ProbeId, u32, Vec<u32>), Merged> = HashMap::new();
         let mut unknown = 0u64;
         for s in &self.agg {
             let Some(&pi) = self.probe_index.get(&s.probe) else {
                 continue;
             };
             let probe = &self.probes[pi].probe;
-            let mut names = Vec::with_capacity(s.frames.len() + 1);
+            let mut ids = Vec::with_capacity(s.frames.len() + 1);
             if s.truncated {
-                names.push("[truncated]".to_string());
+                ids.push(table.intern("[truncated]", FrameKind::Truncated));
             }
             if s.frames.is_empty() {
-                names.push(if probe.symbol.is_empty() {
-                    probe.name.clone()
+                let name = if probe.symbol.is_empty() {
+                    &probe.name
                 } else {
-                    probe.symbol.clone()
-                });
+                    &probe.symbol
+                };
+                let location = Location {
+                    binary: probe.binary.clone(),
+                    offset: probe.offset.0,
+                    file: None,
+                    line: None,
+                    inline_depth: 0,
+                    unnamed: None,
+                };
+                ids.push(table.intern(name, FrameKind::Code(location)));
             }
             for (depth, frame) in s.frames.iter().enumerate().rev() {
                 match *frame {
                     RFrame::Unknown => {
                         unknown = unknown.saturating_add(s.calls);
-                        names.push("[unknown]".to_string());
+                        ids.push(table.intern("[unknown]", FrameKind::Unmapped));
                     }
                     RFrame::Mapped { binary, offset } => {
-                        let (path, build_id) = &self.binaries[binary as usize];
-                        names.extend(frame_names(
-                            (!self.opts.no_symbolize).then_some(&mut symbolizer),
-                            path,
-                            build_id.as_ref(),
-                            offset,
-                            depth > 0,
-                        ));
+                        let key = (binary, offset, depth > 0);
+                        let frames = named.entry(key).or_insert_with(|| {
+                            let (path, build_id) = &self.binaries[binary as usize];
+                            code_frames(
+                                (!self.opts.no_symbolize).then_some(&mut symbolizer),
+                                path,
+                                build_id.as_ref(),
+                                offset,
+                                depth > 0,
+                            )
+                            .into_iter()
+                            .map(|(name, location)| table.intern(&name, FrameKind::Code(location)))
+                            .collect()
+                        });
+                        ids.extend_from_slice(frames);
                     }
                 }
             }
-            let e = merged.entry((s.probe, s.comm, names)).or_default();
-            e.0 = e.0.saturating_add(s.calls);
-            e.1 = e.1.saturating_add(s.total_ns);
+            let names: Vec<u32> = ids.iter().map(|&id| table.name_key(id)).collect();
+            let e = merged
+                .entry((s.probe, s.comm, names))
+                .or_insert_with(|| Merged {
+                    calls: 0,
+                    total_ns: 0,
+                    frames: Vec::new(),
+                    best: 0,
+                });
+            e.calls = e.calls.saturating_add(s.calls);
+            e.total_ns = e.total_ns.saturating_add(s.total_ns);
+            if e.frames.is_empty() || s.calls > e.best {
+                e.frames = ids;
+                e.best = s.calls;
+            }
         }
         warnings.extend(symbolizer.take_warnings());
         self.symbol_stats = symbolizer.stats();
         let mut stacks: Vec<StackSummary> = merged
             .into_iter()
-            .map(|((probe, comm, frames), (calls, total_ns))| StackSummary {
+            .map(|((probe, comm, _), m)| StackSummary {
                 probe: self
                     .probe_index
                     .get(&probe)
                     .map(|&pi| self.probes[pi].probe.name.clone())
                     .unwrap_or_default(),
                 comm: self.comm_name(comm).to_string(),
-                frames,
-                calls,
-                total_ns,
+                frames: m.frames,
+                calls: m.calls,
+                total_ns: m.total_ns,
             })
             .collect();
+        let names = |s: &StackSummary| {
+            s.frames
+                .iter()
+                .map(|&id| table.name(id))
+                .collect::<Vec<_>>()
+        };
         stacks.sort_by(|a, b| {
             b.calls
                 .cmp(&a.calls)
-                .then_with(|| a.frames.cmp(&b.frames))
+                .then_with(|| names(a).cmp(&names(b)))
                 .then_with(|| a.probe.cmp(&b.probe))
                 .then_with(|| a.comm.cmp(&b.comm))
         });
-        (stacks, unknown)
+        (stacks, table, unknown)
     }
 }
 
@@ -817,40 +877,6 @@ fn answers_to(probe: &Probe, name: &str) -> bool {
                     .and_then(|hex| u64::from_str_radix(hex, 16).ok())
                     == Some(probe.vaddr.0)
             })
-}
-
-/// `bash+0x1234`: the name of a frame in a binary without a usable symbol.
-fn offset_name(path: &str, offset: u64) -> String {
-    let base = path.rsplit('/').next().unwrap_or(path);
-    format!("{base}+{offset:#x}")
-}
-
-/// The function names of the code at `offset` in `path`, outermost first (a function, then
-/// those inlined into it; see [`Symbolizer::symbolize`]), or one `binary+0xOFF` when there is
-/// no symbolizer (`no_symbolize`) or it finds nothing. Shared by `analyze` and `script` so
-/// both name a frame alike.
-pub(crate) fn frame_names(
-    symbolizer: Option<&mut Symbolizer>,
-    path: &str,
-    build_id: Option<&BuildId>,
-    offset: u64,
-    return_address: bool,
-) -> Vec<String> {
-    let frames = symbolizer.map_or(&[][..], |s| {
-        s.symbolize(
-            path,
-            build_id,
-            urec_format::FileOffset(offset),
-            return_address,
-        )
-    });
-    if frames.is_empty() {
-        return vec![offset_name(path, offset)];
-    }
-    frames
-        .iter()
-        .map(|f| f.display_name().to_string())
-        .collect()
 }
 
 fn sort_functions(functions: &mut [Function], key: SortKey) {

@@ -24,7 +24,7 @@ pub fn lines(report: &Report, weight: Weight) -> Vec<String> {
         }
         let mut key = String::with_capacity(s.comm.len() + s.frames.len() * 16);
         key.push_str(&sanitize(&s.comm));
-        for f in &s.frames {
+        for f in report.frame_names(s) {
             key.push(';');
             key.push_str(&sanitize(f));
         }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 /// Interned strings, each stored once.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Interner {
     names: Vec<String>,
     ids: HashMap<String, u32>,

@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::aggregate::Report;
+use crate::frames::{Frame, FrameKind};
 
 /// The schema version this module writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -92,9 +93,33 @@ struct ProcessJson<'a> {
 struct StackJson<'a> {
     probe: &'a str,
     comm: &'a str,
-    frames: &'a [String],
+    frames: Vec<&'a str>,
     calls: u64,
     total_ns: u64,
+    /// Parallel to `frames`; null for `[unknown]` and `[truncated]`.
+    locations: Vec<Option<LocationJson<'a>>>,
+}
+
+#[derive(Serialize)]
+struct LocationJson<'a> {
+    binary: &'a str,
+    offset: u64,
+    file: Option<&'a str>,
+    line: Option<u32>,
+    inlined: bool,
+}
+
+fn location(frame: &Frame) -> Option<LocationJson<'_>> {
+    match &frame.kind {
+        FrameKind::Code(l) => Some(LocationJson {
+            binary: &l.binary,
+            offset: l.offset,
+            file: l.file.as_deref(),
+            line: l.line,
+            inlined: l.inline_depth > 0,
+        }),
+        FrameKind::Unmapped | FrameKind::Truncated => None,
+    }
 }
 
 /// Writes `report` as one pretty-printed JSON document and a newline.
@@ -164,9 +189,14 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             .map(|s| StackJson {
                 probe: &s.probe,
                 comm: &s.comm,
-                frames: &s.frames,
+                frames: report.frame_names(s).collect(),
                 calls: s.calls,
                 total_ns: s.total_ns,
+                locations: s
+                    .frames
+                    .iter()
+                    .map(|&id| location(report.frames.get(id)))
+                    .collect(),
             })
             .collect(),
     };

@@ -35,6 +35,7 @@ mod aggregate;
 mod args;
 pub mod flamegraph;
 pub mod folded;
+pub mod frames;
 pub mod histogram;
 pub mod incarnation;
 mod input;

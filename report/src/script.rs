@@ -41,8 +41,8 @@ use std::path::Path;
 
 use urec_format::{Avma, Event, EventKind, ProbeId, Record, StackId};
 
-use crate::aggregate::frame_names;
 use crate::args::format_arg;
+use crate::frames::code_frames;
 use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolizeOptions, Symbolizer};
 use crate::Error;
@@ -366,7 +366,7 @@ impl<'o> Printer<'o> {
                     let _ = writeln!(text, "\t{addr:>16x} [unknown] ([unknown])");
                 }
                 Some(m) => {
-                    let names = frame_names(
+                    let frames = code_frames(
                         (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
                         m.path,
                         m.build_id,
@@ -374,7 +374,7 @@ impl<'o> Printer<'o> {
                         depth > 0,
                     );
                     // Innermost first, as perf prints inlined frames.
-                    for name in names.iter().rev() {
+                    for (name, _) in frames.iter().rev() {
                         let _ = writeln!(text, "\t{addr:>16x} {name} ({})", m.path);
                     }
                 }

@@ -1,0 +1,176 @@
+//! The report's frames: every distinct frame of every stack, stored once in a [`FrameTable`]
+//! with what the symbolizer knew of it (function, source file and line, inline depth, binary
+//! and file offset, or why it has no name), so that each output takes what it needs from one
+//! place: names for tables and folded stacks, locations for JSON, reasons for the summary.
+//!
+//! Stacks refer to frames by [`FrameId`]; two frames are the same frame when everything here is
+//! equal, so the same function at two lines is two frames with one name. Stacks merge by
+//! names (what every output shows), see [`crate::Report::stacks`].
+
+use std::collections::HashMap;
+
+use urec_format::BuildId;
+
+use crate::interner::Interner;
+use crate::symbolize::{FrameName, Symbolizer, Unnamed};
+
+/// A frame's index in its [`FrameTable`].
+pub type FrameId = u32;
+
+/// One frame of a report's stacks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// What outputs print (an index into the table's names; see [`FrameTable::name`]).
+    name: u32,
+    /// Where the frame is and how it was named.
+    pub kind: FrameKind,
+}
+
+/// Where a frame is, and what named it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// Code of a mapped file.
+    Code(Location),
+    /// An address that fell in no recorded mapping: `[unknown]`.
+    Unmapped,
+    /// Stands for the frames an unwind could not reach: `[truncated]`.
+    Truncated,
+}
+
+/// A code frame's place: the binary, the file offset in it, and the source line when debug
+/// info gave one. Inlined frames share their binary and offset with the frame they are inlined
+/// into.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// The binary's recorded path.
+    pub binary: String,
+    /// The file offset in it.
+    pub offset: u64,
+    /// Source file, when debug info gave one.
+    pub file: Option<String>,
+    /// Source line, when debug info gave one.
+    pub line: Option<u32>,
+    /// 0 for the function the code belongs to; 1, 2, … for functions inlined into it.
+    pub inline_depth: u32,
+    /// Why nothing named it, for a frame shown as `binary+0xOFF`.
+    pub unnamed: Option<Unnamed>,
+}
+
+/// Every distinct frame, interned.
+#[derive(Clone, Debug, Default)]
+pub struct FrameTable {
+    frames: Vec<Frame>,
+    ids: HashMap<Frame, FrameId>,
+    names: Interner,
+}
+
+impl FrameTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The id of a frame printed as `name`, interning it on first sight.
+    pub fn intern(&mut self, name: &str, kind: FrameKind) -> FrameId {
+        let frame = Frame {
+            name: self.names.id(name),
+            kind,
+        };
+        if let Some(&id) = self.ids.get(&frame) {
+            return id;
+        }
+        let id = self.frames.len() as FrameId;
+        self.frames.push(frame.clone());
+        self.ids.insert(frame, id);
+        id
+    }
+
+    /// The frame behind `id`.
+    ///
+    /// # Panics
+    /// When `id` did not come from this table.
+    pub fn get(&self, id: FrameId) -> &Frame {
+        &self.frames[id as usize]
+    }
+
+    /// What outputs print for frame `id`.
+    pub fn name(&self, id: FrameId) -> &str {
+        self.names.name(self.get(id).name)
+    }
+
+    /// A number per distinct name: frames with equal names have equal keys, so stacks can be
+    /// merged by what outputs show.
+    pub(crate) fn name_key(&self, id: FrameId) -> u32 {
+        self.get(id).name
+    }
+
+    /// Number of distinct frames.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// `bash+0x1234`: the name of a frame in a binary without a usable symbol.
+fn offset_name(path: &str, offset: u64) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    format!("{base}+{offset:#x}")
+}
+
+/// The frames of the code at `offset` in `path`, outermost first (a function, then those
+/// inlined into it; see [`Symbolizer::symbolize`]), as (name, location) pairs: one
+/// `binary+0xOFF` when there is no symbolizer (`no_symbolize`) or it finds nothing. Shared by
+/// `analyze` and `script` so both name a frame alike.
+pub(crate) fn code_frames(
+    symbolizer: Option<&mut Symbolizer>,
+    path: &str,
+    build_id: Option<&BuildId>,
+    offset: u64,
+    return_address: bool,
+) -> Vec<(String, Location)> {
+    let found = symbolizer.map_or(&[][..], |s| {
+        s.symbolize(
+            path,
+            build_id,
+            urec_format::FileOffset(offset),
+            return_address,
+        )
+    });
+    if found.is_empty() {
+        return vec![(
+            offset_name(path, offset),
+            Location {
+                binary: path.to_string(),
+                offset,
+                file: None,
+                line: None,
+                inline_depth: 0,
+                unnamed: None,
+            },
+        )];
+    }
+    found
+        .iter()
+        .map(|f| {
+            let unnamed = match &f.name {
+                FrameName::Function(_) => None,
+                FrameName::Unnamed { reason, .. } => Some(*reason),
+            };
+            (
+                f.display_name().to_string(),
+                Location {
+                    binary: path.to_string(),
+                    offset,
+                    file: f.file.clone(),
+                    line: f.line,
+                    inline_depth: f.inline_depth,
+                    unnamed,
+                },
+            )
+        })
+        .collect()
+}
