@@ -174,7 +174,7 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
     );
     let _ = writeln!(w, "started:    {} UTC", utc(h.start_unix_ns));
     let _ = writeln!(w, "host:       {} (Linux {}, {})", h.host, h.kernel, h.arch);
-    let _ = writeln!(w, "command:    {}", shell_words(&h.command));
+    let _ = writeln!(w, "command:    {}", urec_format::shell_words(&h.command));
     match &h.workload {
         Some(argv) => {
             let status = finish
@@ -182,7 +182,7 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
                 .and_then(|f| f.workload_status)
                 .map(|s| format!(" (exit status {s})"))
                 .unwrap_or_default();
-            let _ = writeln!(w, "workload:   {}{status}", shell_words(argv));
+            let _ = writeln!(w, "workload:   {}{status}", urec_format::shell_words(argv));
         }
         None => {
             let _ = writeln!(w, "workload:   -");
@@ -456,23 +456,6 @@ fn table(w: &mut String, header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// `argv` as a shell would need it typed.
-fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            let plain = !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,+%@".contains(c));
-            if plain {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn duration(ns: u64) -> String {
     format!("{}.{:09} s", ns / 1_000_000_000, ns % 1_000_000_000)
 }
@@ -510,23 +493,5 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00.000");
         assert_eq!(utc(1_700_000_000_123_000_000), "2023-11-14 22:13:20.123");
         assert_eq!(utc(951_782_400_000_000_000), "2000-02-29 00:00:00.000");
-    }
-
-    #[test]
-    fn shell_quoting() {
-        let argv: Vec<String> = [
-            "urec",
-            "record",
-            "-e",
-            "bash:readline%return cmd=+0($retval):string",
-            "it's",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            shell_words(&argv),
-            r#"urec record -e 'bash:readline%return cmd=+0($retval):string' 'it'\''s'"#
-        );
     }
 }

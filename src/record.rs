@@ -189,7 +189,7 @@ pub fn missing_dashes_hint(
                 .chain(&argv[record_at..i])
                 .chain(std::iter::once(&"--".to_string()))
                 .chain(&argv[i..])
-                .map(|w| shell_quote(w))
+                .map(|w| urec_format::shell_word(w))
                 .collect();
             return Some(format!(
                 "to trace a command, put `--` before it: {}",
@@ -199,20 +199,6 @@ pub fn missing_dashes_hint(
         i += 1;
     }
     None
-}
-
-/// `word` as a POSIX shell would need it typed: as is when it is made of plain characters, else
-/// in single quotes.
-fn shell_quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "%+,-./:=@_^".contains(c));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
 }
 
 /// The thread group (process) `tid` belongs to, from `/proc/TID/status`.

@@ -48,7 +48,7 @@ pub use printable::{printable, Printable};
 pub use reader::{ReadStatus, Reader, Records};
 pub use symbols::append_symbols;
 pub use types::*;
-pub use words::{name_list, plural};
+pub use words::{name_list, plural, shell_word, shell_words};
 pub use writer::{Writer, WriterOptions};
 
 /// Major version of the format this crate writes and reads. A reader refuses other majors.

@@ -656,7 +656,7 @@ impl<'o> Aggregator<'o> {
                 .map_or(0, |first| self.last_ns.saturating_sub(first)),
         };
         let recording = Recording {
-            command: shell_join(&self.header.command),
+            command: urec_format::shell_words(&self.header.command),
             workload: self.header.workload.clone(),
             host: self.header.host.clone(),
             kernel: self.header.kernel.clone(),
@@ -895,22 +895,4 @@ fn sort_functions(functions: &mut [Function], key: SortKey) {
             .cmp(&metric(a))
             .then_with(|| a.probe.cmp(&b.probe))
     });
-}
-
-/// Joins argv into one line a shell would split back the same way.
-pub(crate) fn shell_join(words: &[String]) -> String {
-    words
-        .iter()
-        .map(|w| {
-            let plain = !w.is_empty()
-                && w.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,+%@^".contains(&b));
-            if plain {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

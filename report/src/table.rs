@@ -31,7 +31,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         plural(rec.events, "event", "events")
     );
     if let Some(w) = &rec.workload {
-        head.push_str(&format!(" · workload: {}", crate::aggregate::shell_join(w)));
+        head.push_str(&format!(" · workload: {}", urec_format::shell_words(w)));
     }
     // One line, whatever the host name or command line in the file hold.
     writeln!(out, "{}", urec_format::printable(&head))?;
