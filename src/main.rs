@@ -31,7 +31,7 @@ enum Command {
     #[cfg(feature = "record")]
     Record(record::Args),
     /// Summarize a recording: tables, histograms, folded stacks, flamegraphs, JSON.
-    Report(report::Args),
+    Report(Box<report::Args>),
     /// Print every event of a recording in time order, like `perf script`.
     Script(script::Args),
     /// List the functions of a binary or library that can be probed.
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         #[cfg(feature = "record")]
         Command::Record(args) => record::run(args),
-        Command::Report(args) => report::run(args),
+        Command::Report(args) => report::run(*args),
         Command::Script(args) => script::run(args),
         Command::List(args) => list::run(args),
         Command::Info(args) => info::run(args),

@@ -10,7 +10,7 @@ use urec_format::Printable;
 
 use anyhow::Context;
 use urec_report::symbolize::SymbolizeOptions;
-use urec_report::{Filter, Report, ReportOptions, SortKey, Weight};
+use urec_report::{Filter, GroupBy, Report, ReportOptions, SortKey, Weight};
 
 use crate::UsageError;
 
@@ -36,20 +36,90 @@ pub struct Args {
     /// What a stack's count is in folded stacks and flamegraphs.
     #[arg(long, value_enum, default_value = "calls")]
     pub weight: WeightArg,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Split the table (and JSON `groups`) into one row per probe and value of KEY: pid, tid,
+    /// comm, caller (the function that called the probed one), or a fetched ARG's name.
+    #[arg(long = "group-by", value_name = "KEY")]
+    pub group_by: Option<String>,
+    /// Add a log2 histogram of a fetched ARG's values (or of `retval`) per probe.
+    #[arg(long, value_name = "ARG")]
+    pub hist: Option<String>,
+    /// List probes without calls in the table too.
+    #[arg(long = "show-zero")]
+    pub show_zero: bool,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
+    /// Order of the functions (and of --group-by rows), descending.
+    #[arg(long, value_enum, default_value = "calls")]
+    pub sort: SortArg,
+}
+
+/// Which events and calls count; `urec script` takes the same flags.
+#[derive(clap::Args, Debug)]
+pub struct FilterArgs {
     /// Only events of this process (repeatable).
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
+    /// Only events of this thread (repeatable).
+    #[arg(long, value_name = "TID")]
+    pub tid: Vec<u32>,
     /// Only events of processes with this command name (repeatable).
     #[arg(long, value_name = "NAME")]
     pub comm: Vec<String>,
     /// Only this probe: its name, spec or symbol (repeatable).
     #[arg(long, value_name = "NAME")]
     pub probe: Vec<String>,
-    #[command(flatten)]
-    pub symbols: SymbolArgs,
-    /// Order of the functions, descending.
-    #[arg(long, value_enum, default_value = "calls")]
-    pub sort: SortArg,
+    /// Only calls at least this long (10ms, 500us, 1.5s; a bare number is ns).
+    #[arg(long = "min-latency", value_name = "DUR", value_parser = parse_latency)]
+    pub min_latency: Option<u64>,
+    /// Only calls at most this long.
+    #[arg(long = "max-latency", value_name = "DUR", value_parser = parse_latency)]
+    pub max_latency: Option<u64>,
+    /// Only calls that began between FROM and TO seconds after the probes were attached
+    /// (2.5.., ..10, 1.2..3.4).
+    #[arg(long, value_name = "FROM..TO")]
+    pub time: Option<urec_report::TimeWindow>,
+}
+
+impl FilterArgs {
+    /// The library's view of these flags.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            pids: self.pid.clone(),
+            tids: self.tid.clone(),
+            comms: self.comm.clone(),
+            probes: self.probe.clone(),
+            min_latency_ns: self.min_latency,
+            max_latency_ns: self.max_latency,
+            time: self.time,
+        }
+    }
+}
+
+/// `10ms`, `500us` (or `µs`), `1.5s`, `2m`, `250ns`; a bare number is ns.
+fn parse_latency(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let units = [
+        ("ns", 1.0),
+        ("us", 1e3),
+        ("µs", 1e3),
+        ("ms", 1e6),
+        ("s", 1e9),
+        ("m", 60e9),
+    ];
+    let (num, scale) = units
+        .iter()
+        .find_map(|(u, k)| t.strip_suffix(u).map(|n| (n, *k)))
+        .unwrap_or((t, 1.0));
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v * scale < u64::MAX as f64 => {
+            Ok((v * scale).round() as u64)
+        }
+        _ => Err(format!(
+            "{text:?} is not a duration (250ns, 500us, 10ms, 1.5s, 2m)"
+        )),
+    }
 }
 
 /// Where binaries and debug files are looked for; `urec script` takes the same flags.
@@ -95,6 +165,12 @@ pub enum SortArg {
     Total,
     /// Mean latency.
     Mean,
+    /// Minimum latency.
+    Min,
+    /// Median latency.
+    P50,
+    /// 90th percentile latency.
+    P90,
     /// 99th percentile latency.
     P99,
     /// Maximum latency.
@@ -119,20 +195,22 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         WeightArg::Latency => Weight::Latency,
     };
     let opts = ReportOptions {
-        filter: Filter {
-            pids: args.pid.clone(),
-            comms: args.comm.clone(),
-            probes: args.probe.clone(),
-        },
+        filter: args.filter.filter(),
         sort: match args.sort {
             SortArg::Calls => SortKey::Calls,
             SortArg::Total => SortKey::Total,
             SortArg::Mean => SortKey::Mean,
+            SortArg::Min => SortKey::Min,
+            SortArg::P50 => SortKey::P50,
+            SortArg::P90 => SortKey::P90,
             SortArg::P99 => SortKey::P99,
             SortArg::Max => SortKey::Max,
         },
         symbolize: args.symbols.options(),
         no_symbolize: false,
+        group_by: args.group_by.as_deref().map(GroupBy::parse),
+        hist: args.hist.clone(),
+        show_zero: args.show_zero,
     };
     let report = match urec_report::analyze(&args.input, &opts) {
         Ok(r) => r,
@@ -195,6 +273,7 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
         if args.histogram {
             urec_report::table::write_histograms(report, &mut out)?;
         }
+        urec_report::table::write_value_histograms(report, &mut out)?;
         out.flush()?;
     }
     Ok(())

@@ -29,10 +29,14 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use urec_format::{
-    plural, BuildId, Event, EventKind, Finish, Header, LostSource, Probe, ProbeId, ProbeKind,
-    Record, StackId,
+    plural, ArgType, BuildId, Event, EventKind, Finish, Header, LostSource, Probe, ProbeId,
+    ProbeKind, Record, StackId,
 };
 
+use crate::breakdown::{
+    numeric, ArgKey, Group, GroupBy, GroupStats, GroupValue, Groups, Log2, ProbeGroups, RawKey,
+    ValueHistogram, MAX_GROUPS,
+};
 use crate::frames::{code_frames, FrameId, FrameKind, FrameTable, Location};
 use crate::histogram::{LatencyHistogram, LatencyStats};
 use crate::rebase::AddressSpaces;
@@ -152,6 +156,12 @@ pub struct Report {
     pub stacks: Vec<StackSummary>,
     /// The frames `stacks` refer to.
     pub frames: FrameTable,
+    /// `--group-by`'s rows.
+    pub groups: Option<Groups>,
+    /// `--hist`'s histograms, one per probe that has the argument.
+    pub histograms: Option<Vec<ValueHistogram>>,
+    /// The table lists probes without calls too (`--show-zero`).
+    pub show_zero: bool,
     /// Stack frames (weighted by calls) that fell in no known mapping and show as `[unknown]`.
     pub unknown_frames: u64,
     /// Things the user should know (truncation, symbolization problems), each once.
@@ -179,9 +189,14 @@ pub fn analyze_bytes(bytes: Vec<u8>, opts: &ReportOptions) -> Result<Report, Err
 }
 
 fn analyze_source(source: crate::input::Source<'_>, opts: &ReportOptions) -> Result<Report, Error> {
-    let (agg, status) = crate::input::read(
+    let ahead = crate::input::ReadAhead {
+        symbols: false,
+        attach: opts.filter.time.is_some(),
+    };
+    let (agg, status) = crate::input::read_ahead(
         source,
-        |header| Aggregator::new(header, opts),
+        ahead,
+        |header, ahead| Aggregator::new(header, opts, ahead.attach_ns),
         |agg, record| {
             agg.push(record);
             Ok(())
@@ -214,7 +229,7 @@ pub fn frame_addresses(path: &Path) -> Result<Vec<FrameAddress>, Error> {
     };
     let (agg, _) = crate::input::read(
         crate::input::Source::File(path),
-        |header| Aggregator::new(header, &opts),
+        |header| Aggregator::new(header, &opts, None),
         |agg, record| {
             agg.push(record);
             Ok(())
@@ -273,6 +288,45 @@ struct ProbeState {
     latency: LatencyHistogram,
     /// (pid, comm) → calls.
     processes: FxMap<(u32, u32), u64>,
+    /// `--group-by`: the key's argument (its place among the event's args), when it is one.
+    group_arg: Option<ArgRef>,
+    groups: ProbeGroups,
+    /// `--hist`: the argument, and its values.
+    hist_arg: Option<ArgRef>,
+    hist: Log2,
+}
+
+/// Where an argument is found: which event of a call carries it, at which place, and its type.
+#[derive(Clone, Copy)]
+struct ArgRef {
+    at_return: bool,
+    index: usize,
+    ty: ArgType,
+}
+
+impl ArgRef {
+    /// The argument NAME of `probe` (`retval`: its `$retval` fetch); `None` if it has none.
+    fn find(probe: &Probe, name: &str) -> Option<Self> {
+        let spec = probe.args.iter().find(|a| a.name == name).or_else(|| {
+            (name == "retval")
+                .then(|| probe.args.iter().find(|a| a.fetch == "$retval"))
+                .flatten()
+        })?;
+        let index = probe
+            .args
+            .iter()
+            .filter(|a| a.at_return == spec.at_return)
+            .position(|a| std::ptr::eq(a, spec))?;
+        Some(ArgRef {
+            at_return: spec.at_return,
+            index,
+            ty: spec.ty,
+        })
+    }
+
+    fn value<'e>(&self, ev: &'e Event) -> Option<&'e urec_format::ArgValue> {
+        ev.args.get(self.index)
+    }
 }
 
 /// An event's process: its incarnation and its command name at the event.
@@ -282,10 +336,21 @@ struct Generation {
     comm: u32,
 }
 
-#[derive(Clone, Copy)]
+/// An entry waiting for its return.
 struct Pending {
     time_ns: u64,
+    pid: u32,
+    comm: u32,
     stack: Option<u32>,
+    /// Inside `--time`; the return of an entry outside it is dropped with it.
+    kept: bool,
+    /// Its call was counted at the entry; otherwise it is counted when it ends (latency
+    /// filters, or a key only the return carries).
+    counted: bool,
+    /// Its `--group-by` key, when the entry gives it.
+    group: Option<RawKey>,
+    /// Its `--hist` value, when the entry carries it and the call is counted at the return.
+    hist: Option<Option<i128>>,
 }
 
 /// Entries kept waiting for their return per (process generation, thread, probe). The kernel
@@ -295,7 +360,7 @@ struct Pending {
 /// dropped and counted as unmatched (its return was lost, or never comes).
 pub(crate) const MAX_PENDING: usize = 1024;
 
-type RawKey = (ProbeId, u32, u32, Option<StackId>);
+type StackKey = (ProbeId, u32, u32, Option<StackId>);
 type DedupKey = (ProbeId, u32, Box<[RFrame]>, bool);
 
 pub(crate) struct Aggregator<'o> {
@@ -311,7 +376,7 @@ pub(crate) struct Aggregator<'o> {
     stacks: FxMap<StackId, urec_format::Stack>,
     binaries: Vec<(String, Option<BuildId>)>,
     binary_ids: HashMap<(String, Option<BuildId>), u32>,
-    raw: FxMap<RawKey, u32>,
+    raw: FxMap<StackKey, u32>,
     agg: Vec<AggStack>,
     dedup: HashMap<DedupKey, u32>,
     pending: FxMap<(u32, u32, ProbeId), VecDeque<Pending>>,
@@ -321,11 +386,34 @@ pub(crate) struct Aggregator<'o> {
     finish: Option<Finish>,
     lost: [u64; 3],
     unknown_probe_events: u64,
+    /// `--time` in absolute ns, once its origin (the attach time) is known.
+    window: Option<(u64, u64)>,
+    /// The attach time from the file's finish record, read ahead; else the first event's.
+    origin_ns: Option<u64>,
+    /// Calls are counted when they end (`--min/max-latency`, or a `--group-by` key of the
+    /// return), not at their entry.
+    defer: bool,
+    /// What the events were, whatever the filters: for the warning when nothing matched.
+    seen: Seen,
+}
+
+/// What a recording's events hold, to tell a user whose filters matched nothing.
+#[derive(Default)]
+struct Seen {
+    pids: std::collections::BTreeSet<u32>,
+    tids: std::collections::BTreeSet<u32>,
+    comms: std::collections::BTreeSet<u32>,
 }
 
 impl<'o> Aggregator<'o> {
-    pub(crate) fn new(header: &Header, opts: &'o ReportOptions) -> Self {
+    pub(crate) fn new(header: &Header, opts: &'o ReportOptions, attach_ns: Option<u64>) -> Self {
+        let f = &opts.filter;
+        let defer = f.min_latency_ns.is_some() || f.max_latency_ns.is_some();
         Self {
+            window: None,
+            origin_ns: attach_ns,
+            defer,
+            seen: Seen::default(),
             embedded: EmbeddedSymbols::default(),
             symbol_stats: SymbolStats::default(),
             opts,
@@ -398,6 +486,7 @@ impl<'o> Aggregator<'o> {
             let p = &mut self.probes[pi];
             p.probe = probe;
             p.selected = selected;
+            self.bind_args(pi);
             return;
         }
         self.probe_index.insert(probe.id, self.probes.len());
@@ -411,7 +500,28 @@ impl<'o> Aggregator<'o> {
             lost: 0,
             latency: LatencyHistogram::new(),
             processes: FxMap::default(),
+            group_arg: None,
+            groups: ProbeGroups::default(),
+            hist_arg: None,
+            hist: Log2::default(),
         });
+        let pi = self.probes.len() - 1;
+        self.bind_args(pi);
+    }
+
+    /// Finds the `--group-by` and `--hist` arguments in probe `pi`'s specs; a key only the
+    /// return carries makes calls count when they end.
+    fn bind_args(&mut self, pi: usize) {
+        let p = &mut self.probes[pi];
+        if let Some(GroupBy::Arg(name)) = &self.opts.group_by {
+            p.group_arg = ArgRef::find(&p.probe, name);
+            if p.group_arg.is_some_and(|a| a.at_return) && p.probe.kind == ProbeKind::EntryReturn {
+                self.defer = true;
+            }
+        }
+        if let Some(name) = &self.opts.hist {
+            p.hist_arg = ArgRef::find(&p.probe, name);
+        }
     }
 
     fn event(&mut self, ev: &Event) {
@@ -425,55 +535,224 @@ impl<'o> Aggregator<'o> {
         if !self.probes[pi].selected {
             return;
         }
-        let filter = &self.opts.filter;
-        if !filter.pids.is_empty() && !filter.pids.contains(&ev.pid) {
-            return;
-        }
         let gen = self.generation(ev.pid, ev.time_ns);
-        if !filter.comms.is_empty() && !filter.comms.iter().any(|c| c == self.comm_name(gen.comm)) {
+        if self.filtering() {
+            self.seen.pids.insert(ev.pid);
+            self.seen.tids.insert(ev.tid);
+            self.seen.comms.insert(gen.comm);
+        }
+        let filter = &self.opts.filter;
+        if (!filter.pids.is_empty() && !filter.pids.contains(&ev.pid))
+            || (!filter.tids.is_empty() && !filter.tids.contains(&ev.tid))
+            || (!filter.comms.is_empty()
+                && !filter.comms.iter().any(|c| c == self.comm_name(gen.comm)))
+        {
             return;
         }
-        let kind = self.probes[pi].probe.kind;
-        let counts_call = match ev.kind {
-            EventKind::Entry => true,
-            EventKind::Return => kind == ProbeKind::Return,
-        };
-        let mut stack_idx = None;
-        if counts_call {
-            let p = &mut self.probes[pi];
-            p.calls += 1;
-            *p.processes.entry((ev.pid, gen.comm)).or_default() += 1;
-            let idx = self.stack_key(ev, gen);
-            self.agg[idx as usize].calls += 1;
-            stack_idx = Some(idx);
-        }
-        match (ev.kind, kind) {
-            (EventKind::Entry, ProbeKind::EntryReturn) => {
-                let pending = self.pending.entry((gen.id, ev.tid, ev.probe)).or_default();
-                if pending.len() >= MAX_PENDING {
-                    pending.pop_front();
-                    self.probes[pi].unmatched += 1;
+        match (ev.kind, self.probes[pi].probe.kind) {
+            (EventKind::Entry, ProbeKind::EntryReturn) => self.entry(pi, ev, gen),
+            (EventKind::Entry, _) => {
+                // Entry-only: no latency, so latency filters keep none of them.
+                if !self.in_window(ev.time_ns) || self.defer {
+                    return;
                 }
-                pending.push_back(Pending {
-                    time_ns: ev.time_ns,
-                    stack: stack_idx,
-                });
+                let stack = self.stack_key(ev, gen);
+                let key = self.group_key(pi, ev, gen, Some(stack), None);
+                self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref());
+                self.hist_value(pi, ev);
             }
-            (EventKind::Entry, _) => {}
             (EventKind::Return, ProbeKind::Return) => {
-                let p = &mut self.probes[pi];
-                p.returns += 1;
+                if !self.in_window(ev.time_ns.saturating_sub(ev.latency_ns.unwrap_or(0))) {
+                    return;
+                }
+                if self.latency_filtered() && !ev.latency_ns.is_some_and(|l| self.in_range(l)) {
+                    return;
+                }
+                let stack = self.stack_key(ev, gen);
+                let key = self.group_key(pi, ev, gen, Some(stack), None);
+                self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref());
+                self.probes[pi].returns += 1;
                 if let Some(lat) = ev.latency_ns {
-                    p.latency.record(lat);
-                    if let Some(i) = stack_idx {
-                        let s = &mut self.agg[i as usize];
-                        s.total_ns = s.total_ns.saturating_add(lat);
+                    self.add_latency(pi, Some(stack), key.as_ref(), lat);
+                }
+                self.hist_value(pi, ev);
+            }
+            (EventKind::Return, _) => self.pair_return(pi, ev, gen),
+        }
+    }
+
+    /// Any filter of events or calls besides `--probe`.
+    fn filtering(&self) -> bool {
+        let f = &self.opts.filter;
+        !f.pids.is_empty()
+            || !f.tids.is_empty()
+            || !f.comms.is_empty()
+            || f.time.is_some()
+            || self.latency_filtered()
+    }
+
+    fn latency_filtered(&self) -> bool {
+        self.opts.filter.min_latency_ns.is_some() || self.opts.filter.max_latency_ns.is_some()
+    }
+
+    fn in_range(&self, latency: u64) -> bool {
+        let f = &self.opts.filter;
+        f.min_latency_ns.is_none_or(|min| latency >= min)
+            && f.max_latency_ns.is_none_or(|max| latency <= max)
+    }
+
+    /// Whether a call that began at `time_ns` is inside `--time`.
+    fn in_window(&mut self, time_ns: u64) -> bool {
+        let Some(window) = self.opts.filter.time else {
+            return true;
+        };
+        let (from, to) = *self.window.get_or_insert_with(|| {
+            let origin = self.origin_ns.unwrap_or(time_ns);
+            (
+                origin.saturating_add(window.from_ns.unwrap_or(0)),
+                window
+                    .to_ns
+                    .map_or(u64::MAX, |to| origin.saturating_add(to)),
+            )
+        });
+        from <= time_ns && time_ns < to
+    }
+
+    fn entry(&mut self, pi: usize, ev: &Event, gen: Generation) {
+        let kept = self.in_window(ev.time_ns);
+        let mut pending = Pending {
+            time_ns: ev.time_ns,
+            pid: ev.pid,
+            comm: gen.comm,
+            stack: None,
+            kept,
+            counted: false,
+            group: None,
+            hist: None,
+        };
+        if kept {
+            let stack = self.stack_key(ev, gen);
+            pending.stack = Some(stack);
+            pending.group = self.group_key(pi, ev, gen, Some(stack), None);
+            if self.defer {
+                let p = &self.probes[pi];
+                pending.hist = p
+                    .hist_arg
+                    .filter(|a| !a.at_return)
+                    .map(|a| a.value(ev).and_then(|v| numeric(v, a.ty)));
+            } else {
+                pending.counted = true;
+                self.count_call(pi, ev.pid, gen.comm, Some(stack), pending.group.as_ref());
+                self.hist_value(pi, ev);
+            }
+        }
+        let queue = self.pending.entry((gen.id, ev.tid, ev.probe)).or_default();
+        let evicted = if queue.len() >= MAX_PENDING {
+            queue.pop_front()
+        } else {
+            None
+        };
+        queue.push_back(pending);
+        if let Some(old) = evicted {
+            self.abandon(pi, old, false);
+        }
+    }
+
+    /// An entry whose return will never be paired: in flight at the end of the file, or
+    /// unmatched (its process ended, or it was pushed out). A call not counted yet counts now,
+    /// unless latency filters are on (its latency is unknown).
+    fn abandon(&mut self, pi: usize, entry: Pending, in_flight: bool) {
+        if !entry.kept {
+            return;
+        }
+        if !entry.counted {
+            if self.latency_filtered() {
+                return;
+            }
+            let key = match (&entry.group, &self.opts.group_by) {
+                (Some(k), _) => Some(k.clone()),
+                (None, Some(_)) => Some(RawKey::Arg(ArgKey::Missing)),
+                (None, None) => None,
+            };
+            self.count_call(pi, entry.pid, entry.comm, entry.stack, key.as_ref());
+            if let Some(v) = entry.hist {
+                self.probes[pi].hist.record(v);
+            }
+        }
+        let p = &mut self.probes[pi];
+        if in_flight {
+            p.in_flight += 1;
+        } else {
+            p.unmatched += 1;
+        }
+    }
+
+    /// The `--group-by` key of a call, from the event that carries it (`None` when there is
+    /// no grouping, or the key is an argument of the other event of the call).
+    fn group_key(
+        &self,
+        pi: usize,
+        ev: &Event,
+        gen: Generation,
+        stack: Option<u32>,
+        _entry: Option<&Pending>,
+    ) -> Option<RawKey> {
+        let by = self.opts.group_by.as_ref()?;
+        Some(match by {
+            GroupBy::Pid => RawKey::Pid(ev.pid),
+            GroupBy::Tid => RawKey::Tid(ev.tid),
+            GroupBy::Comm => RawKey::Comm(gen.comm),
+            GroupBy::Caller => RawKey::Stack(stack?),
+            GroupBy::Arg(_) => {
+                let p = &self.probes[pi];
+                match p.group_arg {
+                    Some(a) if a.at_return == (ev.kind == EventKind::Return) => {
+                        RawKey::Arg(ArgKey::of(a.value(ev)))
                     }
+                    Some(_) => return None,
+                    None => RawKey::Arg(ArgKey::Missing),
                 }
             }
-            (EventKind::Return, _) => {
-                self.probes[pi].returns += 1;
-                self.pair_return(pi, ev, gen);
+        })
+    }
+
+    fn count_call(
+        &mut self,
+        pi: usize,
+        pid: u32,
+        comm: u32,
+        stack: Option<u32>,
+        key: Option<&RawKey>,
+    ) {
+        let p = &mut self.probes[pi];
+        p.calls += 1;
+        *p.processes.entry((pid, comm)).or_default() += 1;
+        if let Some(k) = key {
+            p.groups.slot(k).calls += 1;
+        }
+        if let Some(s) = stack {
+            self.agg[s as usize].calls += 1;
+        }
+    }
+
+    fn add_latency(&mut self, pi: usize, stack: Option<u32>, key: Option<&RawKey>, lat: u64) {
+        let p = &mut self.probes[pi];
+        p.latency.record(lat);
+        if let Some(k) = key {
+            p.groups.slot(k).latency.record(lat);
+        }
+        if let Some(s) = stack {
+            let s = &mut self.agg[s as usize];
+            s.total_ns = s.total_ns.saturating_add(lat);
+        }
+    }
+
+    /// Records the `--hist` value `ev` carries, if it is the event that carries it.
+    fn hist_value(&mut self, pi: usize, ev: &Event) {
+        let p = &mut self.probes[pi];
+        if let Some(a) = p.hist_arg {
+            if a.at_return == (ev.kind == EventKind::Return) {
+                p.hist.record(a.value(ev).and_then(|v| numeric(v, a.ty)));
             }
         }
     }
@@ -498,27 +777,63 @@ impl<'o> Aggregator<'o> {
             None => None,
         };
         // Empty stacks stay: a thread's next call reuses them (threads × probes at most).
-        let latency = match (ev.latency_ns, popped) {
+        let latency = match (ev.latency_ns, &popped) {
             (Some(lat), _) => Some(lat),
             (None, Some(entry)) => Some(ev.time_ns.saturating_sub(entry.time_ns)),
             (None, None) => None,
         };
-        let p = &mut self.probes[pi];
-        if popped.is_none() {
+        let Some(entry) = popped else {
+            // A return without its entry: judged by when the call began, if that is known.
+            let began = ev.time_ns.saturating_sub(latency.unwrap_or(0));
+            if !self.in_window(began) {
+                return;
+            }
+            if self.latency_filtered() {
+                // Latency known and in range: a call, even without its entry (no stack).
+                if let Some(lat) = latency.filter(|&l| self.in_range(l)) {
+                    let key = self.group_key(pi, ev, gen, None, None);
+                    self.count_call(pi, ev.pid, gen.comm, None, key.as_ref());
+                    self.probes[pi].returns += 1;
+                    self.add_latency(pi, None, key.as_ref(), lat);
+                    self.hist_value(pi, ev);
+                }
+                return;
+            }
+            let p = &mut self.probes[pi];
+            p.returns += 1;
             p.unmatched += 1;
+            if let Some(lat) = latency {
+                p.latency.record(lat);
+            }
+            self.hist_value(pi, ev);
+            return;
+        };
+        if !entry.kept {
+            return; // its call is outside --time
         }
-        if let Some(lat) = latency {
-            p.latency.record(lat);
-            if let Some(i) = popped.and_then(|e| e.stack) {
-                let s = &mut self.agg[i as usize];
-                s.total_ns = s.total_ns.saturating_add(lat);
+        if self.latency_filtered() && !latency.is_some_and(|l| self.in_range(l)) {
+            return;
+        }
+        self.probes[pi].returns += 1;
+        let key = match entry.group {
+            Some(k) => Some(k),
+            None => self.group_key(pi, ev, gen, entry.stack, None),
+        };
+        if !entry.counted {
+            self.count_call(pi, ev.pid, entry.comm, entry.stack, key.as_ref());
+            if let Some(v) = entry.hist {
+                self.probes[pi].hist.record(v);
             }
         }
+        if let Some(lat) = latency {
+            self.add_latency(pi, entry.stack, key.as_ref(), lat);
+        }
+        self.hist_value(pi, ev);
     }
 
     /// The aggregation slot of this event's stack, rebasing it on first sight.
     fn stack_key(&mut self, ev: &Event, gen: Generation) -> u32 {
-        let raw: RawKey = (ev.probe, gen.id, gen.comm, ev.stack);
+        let raw: StackKey = (ev.probe, gen.id, gen.comm, ev.stack);
         if let Some(&i) = self.raw.get(&raw) {
             return i;
         }
@@ -597,19 +912,37 @@ impl<'o> Aggregator<'o> {
                 plural(self.unknown_probe_events, "event names", "events name")
             ));
         }
+        self.check_arg_names()?;
         // Entries still waiting: in flight if their process lived on, unmatched otherwise.
-        for ((gen, _tid, probe), pending) in &self.pending {
-            if let Some(&pi) = self.probe_index.get(probe) {
-                let p = &mut self.probes[pi];
-                if self.spaces.incarnations().ended(*gen) {
-                    p.unmatched += pending.len() as u64;
-                } else {
-                    p.in_flight += pending.len() as u64;
+        let mut waiting: Vec<_> = std::mem::take(&mut self.pending).into_iter().collect();
+        // In a fixed order: counting a call may add a group, and the cap must fall alike.
+        waiting.sort_unstable_by_key(|(key, _)| *key);
+        for ((gen, _tid, probe), queue) in waiting {
+            if let Some(&pi) = self.probe_index.get(&probe) {
+                let in_flight = !self.spaces.incarnations().ended(gen);
+                for entry in queue {
+                    self.abandon(pi, entry, in_flight);
                 }
             }
         }
 
-        let (stacks, frames, unknown_frames) = self.symbolize_stacks(&mut warnings);
+        let (stacks, frames, unknown_frames, callers) = self.symbolize_stacks(&mut warnings);
+        let groups = self.groups(&callers);
+        let histograms = self.opts.hist.as_ref().map(|arg| {
+            self.probes
+                .iter()
+                .filter(|p| p.selected && p.hist_arg.is_some())
+                .map(|p| ValueHistogram {
+                    probe: p.probe.name.clone(),
+                    arg: arg.clone(),
+                    buckets: p.hist.buckets(),
+                    faults: p.hist.faults,
+                })
+                .collect()
+        });
+        if let Some(w) = self.nothing_matched() {
+            warnings.push(w);
+        }
 
         let mut functions: Vec<Function> = Vec::new();
         let mut names = Vec::new();
@@ -681,6 +1014,9 @@ impl<'o> Aggregator<'o> {
             functions,
             stacks,
             frames,
+            groups,
+            histograms,
+            show_zero: self.opts.show_zero,
             unknown_frames,
             warnings,
         })
@@ -691,7 +1027,7 @@ impl<'o> Aggregator<'o> {
     fn symbolize_stacks(
         &mut self,
         warnings: &mut Vec<String>,
-    ) -> (Vec<StackSummary>, FrameTable, u64) {
+    ) -> (Vec<StackSummary>, FrameTable, u64, Vec<Option<String>>) {
         let mut symbolizer = Symbolizer::new(self.opts.symbolize.clone());
         if !self.embedded.is_empty() {
             symbolizer.set_embedded(std::mem::take(&mut self.embedded));
@@ -699,7 +1035,7 @@ impl<'o> Aggregator<'o> {
         if !self.opts.no_symbolize {
             // Every frame once first, so that debuginfod fetches for all binaries at once.
             symbolizer.begin_batch();
-            for s in &self.agg {
+            for s in self.agg.iter().filter(|s| s.calls > 0 || s.total_ns > 0) {
                 for (depth, frame) in s.frames.iter().enumerate() {
                     if let RFrame::Mapped { binary, offset } = *frame {
                         let (path, build_id) = &self.binaries[binary as usize];
@@ -726,7 +1062,15 @@ impl<'o> Aggregator<'o> {
         }
         let mut merged: HashMap<(ProbeId, u32, Vec<u32>), Merged> = HashMap::new();
         let mut unknown = 0u64;
+        let by_caller = self.opts.group_by == Some(GroupBy::Caller);
+        let mut callers = Vec::new();
         for s in &self.agg {
+            if by_caller {
+                callers.push(None);
+            }
+            if s.calls == 0 && s.total_ns == 0 {
+                continue; // the stack of calls that filters dropped
+            }
             let Some(&pi) = self.probe_index.get(&s.probe) else {
                 continue;
             };
@@ -776,6 +1120,18 @@ impl<'o> Aggregator<'o> {
                     }
                 }
             }
+            if by_caller {
+                // The frame below the probed function: the last but one, outermost first.
+                let caller = ids
+                    .len()
+                    .checked_sub(2)
+                    .map(|i| ids[i])
+                    .filter(|&id| !matches!(table.get(id).kind, FrameKind::Truncated))
+                    .map(|id| table.name(id).to_string());
+                if let Some(slot) = callers.last_mut() {
+                    *slot = caller;
+                }
+            }
             let names: Vec<u32> = ids.iter().map(|&id| table.name_key(id)).collect();
             let e = merged
                 .entry((s.probe, s.comm, names))
@@ -821,7 +1177,168 @@ impl<'o> Aggregator<'o> {
                 .then_with(|| a.probe.cmp(&b.probe))
                 .then_with(|| a.comm.cmp(&b.comm))
         });
-        (stacks, table, unknown)
+        (stacks, table, unknown, callers)
+    }
+
+    /// `--group-by ARG` and `--hist ARG` must name an argument of at least one selected probe.
+    fn check_arg_names(&self) -> Result<(), Error> {
+        let selected = || self.probes.iter().filter(|p| p.selected);
+        let mut wanted = Vec::new();
+        if let Some(GroupBy::Arg(name)) = &self.opts.group_by {
+            if !selected().any(|p| p.group_arg.is_some()) {
+                wanted.push(("--group-by", name));
+            }
+        }
+        if let Some(name) = &self.opts.hist {
+            if !selected().any(|p| p.hist_arg.is_some()) {
+                wanted.push(("--hist", name));
+            }
+        }
+        let Some((flag, name)) = wanted.first() else {
+            return Ok(());
+        };
+        let mut names: Vec<&str> = selected()
+            .flat_map(|p| p.probe.args.iter().map(|a| a.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let available = if names.is_empty() {
+            "it fetches no arguments".to_string()
+        } else {
+            format!("its arguments are: {}", names.join(", "))
+        };
+        Err(Error::NoSuchArg {
+            flag,
+            name: (*name).clone(),
+            available,
+        })
+    }
+
+    /// The `--group-by` rows: keys named, equal names merged (callers), the cap applied, and
+    /// sorted per probe by `--sort`.
+    fn groups(&mut self, callers: &[Option<String>]) -> Option<Groups> {
+        let by = self.opts.group_by.clone()?;
+        let mut rows = Vec::new();
+        let mut capped = Vec::new();
+        for p in self.probes.iter_mut().filter(|p| p.selected) {
+            let mut merged: HashMap<GroupValue, GroupStats> = HashMap::new();
+            for (key, stats) in std::mem::take(&mut p.groups.keys) {
+                let value = match key {
+                    RawKey::Pid(v) | RawKey::Tid(v) => GroupValue::Number(i128::from(v)),
+                    RawKey::Comm(c) => {
+                        GroupValue::Text(self.spaces.incarnations().comm_name(c).to_string())
+                    }
+                    RawKey::Stack(i) => callers
+                        .get(i as usize)
+                        .cloned()
+                        .flatten()
+                        .map_or(GroupValue::Null, GroupValue::Text),
+                    RawKey::Arg(a) => match p.group_arg {
+                        Some(arg) => GroupValue::of_arg(&a, arg.ty),
+                        None => GroupValue::Null,
+                    },
+                };
+                let e = merged.entry(value).or_default();
+                e.calls = e.calls.saturating_add(stats.calls);
+                e.latency.merge(&stats.latency);
+            }
+            let mut list: Vec<(GroupValue, GroupStats)> = merged.into_iter().collect();
+            let metric = |g: &GroupStats| sort_metric(g.calls, &g.latency, self.opts.sort);
+            list.sort_by(|a, b| metric(&b.1).cmp(&metric(&a.1)).then_with(|| a.0.cmp(&b.0)));
+            let mut other = std::mem::take(&mut p.groups.other);
+            if list.len() > MAX_GROUPS {
+                for (_, g) in list.drain(MAX_GROUPS..) {
+                    other.calls = other.calls.saturating_add(g.calls);
+                    other.latency.merge(&g.latency);
+                }
+                p.groups.overflowed = true;
+            }
+            for (value, stats) in list {
+                rows.push(Group {
+                    probe: p.probe.name.clone(),
+                    value,
+                    stats,
+                });
+            }
+            if p.groups.overflowed {
+                capped.push(p.probe.name.clone());
+                rows.push(Group {
+                    probe: p.probe.name.clone(),
+                    value: GroupValue::Other,
+                    stats: other,
+                });
+            }
+        }
+        Some(Groups {
+            key: by.name().to_string(),
+            rows,
+            capped,
+        })
+    }
+
+    /// The warning when filters kept no call: what the recording does hold.
+    fn nothing_matched(&self) -> Option<String> {
+        if !self.filtering() || self.events == 0 {
+            return None;
+        }
+        if self.probes.iter().any(|p| p.selected && p.calls > 0) {
+            return None;
+        }
+        let f = &self.opts.filter;
+        let mut holds = Vec::new();
+        let list = |v: Vec<String>| urec_format::name_list(&v, 10);
+        if !f.comms.is_empty() {
+            let comms = self
+                .seen
+                .comms
+                .iter()
+                .map(|&c| self.comm_name(c).to_string())
+                .collect();
+            holds.push(format!("comms {}", list(comms)));
+        }
+        if !f.pids.is_empty() {
+            holds.push(format!(
+                "pids {}",
+                list(self.seen.pids.iter().map(u32::to_string).collect())
+            ));
+        }
+        if !f.tids.is_empty() {
+            holds.push(format!(
+                "tids {}",
+                list(self.seen.tids.iter().map(u32::to_string).collect())
+            ));
+        }
+        if f.time.is_some() {
+            let origin = self.origin_ns.or(self.first_ns).unwrap_or(0);
+            let secs = |t: u64| t.saturating_sub(origin) as f64 / 1e9;
+            holds.push(format!(
+                "events from {:.3} s to {:.3} s after the attach",
+                secs(self.first_ns.unwrap_or(0)),
+                secs(self.last_ns)
+            ));
+        }
+        if self.latency_filtered() {
+            let all = self
+                .probes
+                .iter()
+                .filter(|p| p.selected)
+                .filter_map(|p| p.latency.stats())
+                .fold(None, |acc: Option<(u64, u64)>, s| {
+                    Some(acc.map_or((s.min, s.max), |(lo, hi)| (lo.min(s.min), hi.max(s.max))))
+                });
+            holds.push(match all {
+                Some((lo, hi)) => format!(
+                    "latencies from {} to {}",
+                    crate::human_ns(lo),
+                    crate::human_ns(hi)
+                ),
+                None => "no measured latency".to_string(),
+            });
+        }
+        Some(format!(
+            "no call matched the filters; the recording holds {}",
+            holds.join("; ")
+        ))
     }
 }
 
@@ -879,17 +1396,23 @@ fn answers_to(probe: &Probe, name: &str) -> bool {
             })
 }
 
+/// The number `--sort` orders by, descending.
+fn sort_metric(calls: u64, latency: &LatencyHistogram, key: SortKey) -> u64 {
+    let s = latency.stats();
+    match key {
+        SortKey::Calls => calls,
+        SortKey::Total => s.map_or(0, |s| s.total),
+        SortKey::Mean => s.map_or(0, |s| s.mean),
+        SortKey::Min => s.map_or(0, |s| s.min),
+        SortKey::P50 => s.map_or(0, |s| s.p50),
+        SortKey::P90 => s.map_or(0, |s| s.p90),
+        SortKey::P99 => s.map_or(0, |s| s.p99),
+        SortKey::Max => s.map_or(0, |s| s.max),
+    }
+}
+
 fn sort_functions(functions: &mut [Function], key: SortKey) {
-    let metric = |f: &Function| -> u64 {
-        let s = f.latency_stats();
-        match key {
-            SortKey::Calls => f.calls,
-            SortKey::Total => s.map_or(0, |s| s.total),
-            SortKey::Mean => s.map_or(0, |s| s.mean),
-            SortKey::P99 => s.map_or(0, |s| s.p99),
-            SortKey::Max => s.map_or(0, |s| s.max),
-        }
-    };
+    let metric = |f: &Function| sort_metric(f.calls, &f.latency, key);
     functions.sort_by(|a, b| {
         metric(b)
             .cmp(&metric(a))

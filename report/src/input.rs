@@ -42,12 +42,46 @@ pub(crate) fn read<S>(
     read_with_symbols(source, |h, _| start(h), each)
 }
 
-/// [`read`], giving `start` the file's symbols section as well: it comes last in the file, and
-/// a streaming consumer (`script`) names frames before it gets there. A metadata pass collects
-/// it first, only when the footer says there is one.
+/// What a streaming consumer needs before the records that come late in the file.
+#[derive(Default)]
+pub(crate) struct Ahead {
+    /// The symbols section (it comes last, and `script` names frames before it gets there).
+    pub(crate) embedded: EmbeddedSymbols,
+    /// When the probes were attached (the finish record, also at the end): the origin of
+    /// `--time` and `--reltime`. Without a finish record, the header's start time, if any.
+    pub(crate) attach_ns: Option<u64>,
+}
+
+/// What to read ahead, in a metadata pass before the records: only what is asked for, and only
+/// when the footer says the file has it.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ReadAhead {
+    pub(crate) symbols: bool,
+    pub(crate) attach: bool,
+}
+
+/// [`read`], giving `start` the file's symbols section as well (see [`Ahead`]).
 pub(crate) fn read_with_symbols<S>(
     source: Source<'_>,
     start: impl FnOnce(&Header, EmbeddedSymbols) -> S,
+    each: impl FnMut(&mut S, Record) -> Result<(), Error>,
+) -> Result<(S, InputStatus), Error> {
+    read_ahead(
+        source,
+        ReadAhead {
+            symbols: true,
+            attach: false,
+        },
+        |h, ahead| start(h, ahead.embedded),
+        each,
+    )
+}
+
+/// [`read`], with what `ahead` asks for read first (see [`Ahead`]).
+pub(crate) fn read_ahead<S>(
+    source: Source<'_>,
+    ahead: ReadAhead,
+    start: impl FnOnce(&Header, Ahead) -> S,
     mut each: impl FnMut(&mut S, Record) -> Result<(), Error>,
 ) -> Result<(S, InputStatus), Error> {
     let path = source.path().to_path_buf();
@@ -60,18 +94,26 @@ pub(crate) fn read_with_symbols<S>(
         path: path.to_path_buf(),
         source,
     })?;
-    let mut embedded = EmbeddedSymbols::default();
-    if reader
-        .footer()
-        .is_some_and(|f| f.sections.symbols.records > 0)
-    {
+    let mut got = Ahead::default();
+    let symbols = ahead.symbols
+        && reader
+            .footer()
+            .is_some_and(|f| f.sections.symbols.records > 0);
+    let attach = ahead.attach && reader.footer().is_some();
+    if symbols || attach {
         for record in reader.metadata().flatten() {
-            if let Record::Symbols(s) = record {
-                embedded.push(s);
+            match record {
+                Record::Symbols(s) if symbols => got.embedded.push(s),
+                Record::Finish(f) if attach => got.attach_ns = Some(f.attach_ns),
+                _ => {}
             }
         }
     }
-    let mut state = start(reader.header(), embedded);
+    if ahead.attach && got.attach_ns.is_none() {
+        let start = reader.header().start_monotonic_ns;
+        got.attach_ns = (start > 0).then_some(start);
+    }
+    let mut state = start(reader.header(), got);
     for record in reader.records() {
         let record = record.map_err(|source| Error::Corrupt {
             path: path.to_path_buf(),

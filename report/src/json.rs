@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::aggregate::Report;
+use crate::breakdown::GroupValue;
 use crate::frames::{Frame, FrameKind};
 
 /// The schema version this module writes.
@@ -20,6 +21,42 @@ struct Doc<'a> {
     recording: RecordingJson<'a>,
     functions: Vec<FunctionJson<'a>>,
     stacks: Vec<StackJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<Vec<GroupJson<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    histograms: Option<Vec<HistogramJson<'a>>>,
+}
+
+#[derive(Serialize)]
+struct GroupJson<'a> {
+    probe: &'a str,
+    key: std::collections::BTreeMap<&'a str, GroupValueJson<'a>>,
+    calls: u64,
+    latency_ns: Option<LatencyJson>,
+}
+
+/// A key's value: a number for u/s types, pid and tid; `"0x..."` for x types; a string for
+/// strings, comm and caller; null for a faulted read; `"[other]"` for the rest.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum GroupValueJson<'a> {
+    Number(i128),
+    Text(std::borrow::Cow<'a, str>),
+    Null(()),
+}
+
+#[derive(Serialize)]
+struct HistogramJson<'a> {
+    probe: &'a str,
+    arg: &'a str,
+    buckets: Vec<BucketJson>,
+}
+
+#[derive(Serialize)]
+struct BucketJson {
+    low: i128,
+    high: i128,
+    count: u64,
 }
 
 #[derive(Serialize)]
@@ -109,6 +146,28 @@ struct LocationJson<'a> {
     inlined: bool,
 }
 
+fn latency(s: crate::LatencyStats) -> LatencyJson {
+    LatencyJson {
+        min: s.min,
+        mean: s.mean,
+        p50: s.p50,
+        p90: s.p90,
+        p99: s.p99,
+        max: s.max,
+        total: s.total,
+    }
+}
+
+fn group_value(v: &GroupValue) -> GroupValueJson<'_> {
+    match v {
+        GroupValue::Number(n) => GroupValueJson::Number(*n),
+        GroupValue::Hex(x) => GroupValueJson::Text(format!("{x:#x}").into()),
+        GroupValue::Text(t) => GroupValueJson::Text(t.as_str().into()),
+        GroupValue::Null => GroupValueJson::Null(()),
+        GroupValue::Other => GroupValueJson::Text("[other]".into()),
+    }
+}
+
 fn location(frame: &Frame) -> Option<LocationJson<'_>> {
     match &frame.kind {
         FrameKind::Code(l) => Some(LocationJson {
@@ -163,15 +222,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 in_flight: f.in_flight,
                 unmatched: f.unmatched,
                 lost: f.lost,
-                latency_ns: f.latency_stats().map(|s| LatencyJson {
-                    min: s.min,
-                    mean: s.mean,
-                    p50: s.p50,
-                    p90: s.p90,
-                    p99: s.p99,
-                    max: s.max,
-                    total: s.total,
-                }),
+                latency_ns: f.latency_stats().map(latency),
                 processes: f
                     .processes
                     .iter()
@@ -183,6 +234,8 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                     .collect(),
             })
             .collect(),
+        groups: None,
+        histograms: None,
         stacks: report
             .stacks
             .iter()
@@ -199,6 +252,33 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                     .collect(),
             })
             .collect(),
+    };
+    let doc = Doc {
+        groups: report.groups.as_ref().map(|g| {
+            g.rows
+                .iter()
+                .map(|row| GroupJson {
+                    probe: &row.probe,
+                    key: [(g.key.as_str(), group_value(&row.value))].into(),
+                    calls: row.stats.calls,
+                    latency_ns: row.stats.latency.stats().map(latency),
+                })
+                .collect()
+        }),
+        histograms: report.histograms.as_ref().map(|hs| {
+            hs.iter()
+                .map(|h| HistogramJson {
+                    probe: &h.probe,
+                    arg: &h.arg,
+                    buckets: h
+                        .buckets
+                        .iter()
+                        .map(|&(low, high, count)| BucketJson { low, high, count })
+                        .collect(),
+                })
+                .collect()
+        }),
+        ..doc
     };
     serde_json::to_writer_pretty(&mut *out, &doc).map_err(io::Error::other)?;
     writeln!(out)

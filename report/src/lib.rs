@@ -33,6 +33,7 @@
 
 mod aggregate;
 mod args;
+pub mod breakdown;
 pub mod flamegraph;
 pub mod folded;
 pub mod frames;
@@ -53,6 +54,7 @@ pub use aggregate::{
     analyze, analyze_bytes, frame_addresses, FrameAddress, Function, ProcessCalls, Recording,
     Report, StackSummary,
 };
+pub use breakdown::{GroupBy, Groups, ValueHistogram};
 pub use histogram::{LatencyHistogram, LatencyStats};
 pub use units::human_ns;
 
@@ -62,10 +64,61 @@ pub use units::human_ns;
 pub struct Filter {
     /// Process ids (`--pid`).
     pub pids: Vec<u32>,
+    /// Thread ids (`--tid`).
+    pub tids: Vec<u32>,
     /// Command names (`--comm`), matched exactly against the process's comm at the event.
     pub comms: Vec<String>,
     /// Probes (`--probe`): a probe's display name, one of its specs, or its symbol.
     pub probes: Vec<String>,
+    /// Only calls at least this long (`--min-latency`); calls without a latency are left out.
+    pub min_latency_ns: Option<u64>,
+    /// Only calls at most this long (`--max-latency`).
+    pub max_latency_ns: Option<u64>,
+    /// Only calls that began in this window (`--time`).
+    pub time: Option<TimeWindow>,
+}
+
+/// `--time FROM..TO`: seconds since the recording's attach time, either end open. A call is
+/// judged by its entry (an entry-only or return-only probe's event by its own time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeWindow {
+    /// From, inclusive, in ns after the attach.
+    pub from_ns: Option<u64>,
+    /// To, exclusive, in ns after the attach.
+    pub to_ns: Option<u64>,
+}
+
+impl std::str::FromStr for TimeWindow {
+    type Err = String;
+
+    /// `2.5..`, `..10`, `1.2..3.4`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let Some((from, to)) = text.split_once("..") else {
+            return Err(format!(
+                "{text:?} is not FROM..TO (seconds: 2.5.., ..10, 1.2..3.4)"
+            ));
+        };
+        let secs = |t: &str| -> Result<Option<u64>, String> {
+            let t = t.trim();
+            if t.is_empty() {
+                return Ok(None);
+            }
+            match t.parse::<f64>() {
+                Ok(v) if v.is_finite() && v >= 0.0 => Ok(Some((v * 1e9).round() as u64)),
+                _ => Err(format!("{t:?} is not a number of seconds ≥ 0")),
+            }
+        };
+        let w = TimeWindow {
+            from_ns: secs(from)?,
+            to_ns: secs(to)?,
+        };
+        if let (Some(f), Some(t)) = (w.from_ns, w.to_ns) {
+            if f >= t {
+                return Err(format!("{text:?}: FROM must be before TO"));
+            }
+        }
+        Ok(w)
+    }
 }
 
 /// How `functions` are ordered (`--sort`), always descending, ties by probe name.
@@ -78,6 +131,12 @@ pub enum SortKey {
     Total,
     /// Mean latency.
     Mean,
+    /// Minimum latency.
+    Min,
+    /// Median latency.
+    P50,
+    /// 90th percentile latency.
+    P90,
     /// 99th percentile latency.
     P99,
     /// Maximum latency.
@@ -105,6 +164,12 @@ pub struct ReportOptions {
     pub symbolize: symbolize::SymbolizeOptions,
     /// Skip symbolization (frames stay `binary+0xOFF`); for tests and benchmarks of the rest.
     pub no_symbolize: bool,
+    /// Split each probe's calls by this key (`--group-by`).
+    pub group_by: Option<breakdown::GroupBy>,
+    /// A log2 histogram of this argument's values per probe (`--hist`).
+    pub hist: Option<String>,
+    /// The table lists probes without calls (`--show-zero`).
+    pub show_zero: bool,
 }
 
 /// Why a report could not be made.
@@ -135,6 +200,17 @@ pub enum Error {
         /// What the user asked for.
         name: String,
         /// The probes there are, comma-separated.
+        available: String,
+    },
+    /// `--group-by ARG` or `--hist ARG` names no argument of the selected probes (a usage
+    /// error).
+    #[error("{flag} {name}: no selected probe fetches an argument {name:?}; {available}")]
+    NoSuchArg {
+        /// The flag.
+        flag: &'static str,
+        /// The name asked for.
+        name: String,
+        /// What there is.
         available: String,
     },
     /// Writing an output failed. Not `transparent`: the `io::Error` must stay in the source
@@ -174,6 +250,6 @@ pub fn exercise(bytes: &[u8]) {
 impl Error {
     /// True when the error is the user's request, not the data (exit status 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::NoSuchProbe { .. })
+        matches!(self, Self::NoSuchProbe { .. } | Self::NoSuchArg { .. })
     }
 }

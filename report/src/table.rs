@@ -4,6 +4,7 @@
 use std::io::{self, Write};
 
 use crate::aggregate::{Function, Report};
+use crate::breakdown::GroupValue;
 use crate::human_ns;
 use urec_format::plural;
 
@@ -59,18 +60,44 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         )?;
     }
 
-    let headers = [
-        "PROBE", "CALLS", "TOTAL", "MEAN", "P50", "P90", "P99", "MAX",
-    ];
-    let mut rows: Vec<(Vec<String>, String)> = Vec::new();
-    for f in &report.functions {
-        let mut cells = vec![f.probe.clone(), f.calls.to_string()];
-        match f.latency_stats() {
-            Some(s) => cells.extend([s.total, s.mean, s.p50, s.p90, s.p99, s.max].map(human_ns)),
-            None => cells.extend(std::iter::repeat_n("-".to_string(), 6)),
+    let latency_cells = |stats: Option<crate::LatencyStats>| -> Vec<String> {
+        match stats {
+            Some(s) => [s.total, s.mean, s.p50, s.p90, s.p99, s.max]
+                .map(human_ns)
+                .to_vec(),
+            None => vec!["-".to_string(); 6],
         }
-        rows.push((cells, notes(f)));
+    };
+    let shown = |f: &&Function| report.show_zero || f.calls > 0;
+    let hidden = report.functions.iter().filter(|f| !shown(f)).count();
+    let mut headers = vec!["PROBE".to_string()];
+    let mut rows: Vec<(Vec<String>, String)> = Vec::new();
+    match &report.groups {
+        None => {
+            for f in report.functions.iter().filter(shown) {
+                let mut cells = vec![f.probe.clone(), f.calls.to_string()];
+                cells.extend(latency_cells(f.latency_stats()));
+                rows.push((cells, notes(f)));
+            }
+        }
+        Some(groups) => {
+            headers.push(groups.key.to_uppercase());
+            let mut by_probe: std::collections::HashMap<&str, Vec<&crate::breakdown::Group>> =
+                std::collections::HashMap::new();
+            for g in &groups.rows {
+                by_probe.entry(g.probe.as_str()).or_default().push(g);
+            }
+            for f in report.functions.iter().filter(shown) {
+                for g in by_probe.get(f.probe.as_str()).into_iter().flatten() {
+                    let mut cells = vec![f.probe.clone(), group_cell(&g.value)];
+                    cells.push(g.stats.calls.to_string());
+                    cells.extend(latency_cells(g.stats.latency.stats()));
+                    rows.push((cells, String::new()));
+                }
+            }
+        }
     }
+    headers.extend(["CALLS", "TOTAL", "MEAN", "P50", "P90", "P99", "MAX"].map(str::to_string));
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for (cells, _) in &rows {
         for (w, c) in widths.iter_mut().zip(cells) {
@@ -96,12 +123,79 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         }
         s
     };
-    let head_cells: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-    writeln!(out, "{}", line(&head_cells, ""))?;
+    writeln!(out, "{}", line(&headers, ""))?;
     for (cells, note) in &rows {
         writeln!(out, "{}", line(cells, note))?;
     }
+    if let Some(groups) = &report.groups {
+        if !groups.capped.is_empty() {
+            writeln!(
+                out,
+                "# more than {} values of {} for {}: the rest are summed in [other]",
+                crate::breakdown::MAX_GROUPS,
+                groups.key,
+                groups.capped.join(", ")
+            )?;
+        }
+    }
+    if hidden > 0 {
+        writeln!(
+            out,
+            "# {} no calls (--show-zero lists them)",
+            plural(hidden as u64, "probe had", "probes had")
+        )?;
+    }
     Ok(())
+}
+
+fn group_cell(v: &GroupValue) -> String {
+    match v {
+        GroupValue::Number(n) => n.to_string(),
+        GroupValue::Hex(x) => format!("{x:#x}"),
+        GroupValue::Text(t) => t.clone(),
+        GroupValue::Null => "(none)".to_string(),
+        GroupValue::Other => "[other]".to_string(),
+    }
+}
+
+/// Writes `--hist`'s histograms in bpftrace's `hist()` layout, one per probe:
+///
+/// ```text
+/// @app:alloc size:
+/// [2K, 4K)              12 |@@@@@@@@@@@@                                        |
+/// [4K, 8K)              52 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
+/// ```
+pub fn write_value_histograms(report: &Report, out: &mut dyn Write) -> io::Result<()> {
+    for h in report.histograms.iter().flatten() {
+        writeln!(out)?;
+        writeln!(out, "@{} {}:", h.probe, h.arg)?;
+        let max = h.buckets.iter().map(|b| b.2).max().unwrap_or(1).max(1);
+        for &(low, high, n) in &h.buckets {
+            let label = format!("[{}, {})", value_label(low), value_label(high));
+            let bar = (n * 52 / max) as usize;
+            writeln!(out, "{label:<20}{n:>8} |{:<52}|", "@".repeat(bar))?;
+        }
+        if h.faults > 0 {
+            writeln!(out, "(fault){:>21}", h.faults)?;
+        }
+    }
+    Ok(())
+}
+
+/// A bucket bound: a power of two as bpftrace writes it (`4K`), anything else in full.
+fn value_label(v: i128) -> String {
+    let m = v.unsigned_abs();
+    if m >= 1024 && m.is_power_of_two() {
+        let e = m.trailing_zeros() as usize;
+        let label = pow2_label(e);
+        if v < 0 {
+            format!("-{label}")
+        } else {
+            label
+        }
+    } else {
+        v.to_string()
+    }
 }
 
 fn notes(f: &Function) -> String {
@@ -155,9 +249,9 @@ pub fn write_histograms(report: &Report, out: &mut dyn Write) -> io::Result<()> 
 
 /// `2^e` as bpftrace writes it: `512`, `1K`, `2M`, `4G`, ...
 fn pow2_label(e: usize) -> String {
-    let suffixes = ["", "K", "M", "G", "T", "P", "E"];
+    let suffixes = ["", "K", "M", "G", "T", "P", "E", "Z"];
     let unit = (e / 10).min(suffixes.len() - 1);
-    format!("{}{}", 1u64 << (e - unit * 10), suffixes[unit])
+    format!("{}{}", 1u128 << (e - unit * 10), suffixes[unit])
 }
 
 #[cfg(test)]
