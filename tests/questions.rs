@@ -269,3 +269,67 @@ fn a_filter_that_matches_nothing_says_what_the_file_holds() {
     let out = urec(&["report", "-i", d, "--time", "5..1"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `urec script` takes the same filters: with a latency filter each kept call prints its entry
+/// and return together; `--time` and `--reltime` share one scale; `-F` gives the collapsers
+/// the layout they read, and inferno's perf collapser then yields `report --folded`'s stacks.
+#[test]
+fn script_filters_reltime_and_the_collapsers() {
+    let Some(r) = recorded() else { return };
+    let d = r.data.to_str().unwrap();
+    let script = |extra: &[&str]| {
+        let mut args = vec!["script", "-i", d, "--probe", "work"];
+        args.extend_from_slice(extra);
+        urec_ok(&args)
+    };
+    let events = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('\t') && !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let slow = events(&script(&["--min-latency", "10ms"]));
+    assert_eq!(slow.len(), 10, "{slow:#?}");
+    for pair in slow.chunks(2) {
+        assert!(
+            pair[0].contains(":work: ") && pair[0].contains("size=65536"),
+            "{pair:?}"
+        );
+        assert!(pair[1].contains(":work%return: "), "{pair:?}");
+        let lat: u64 = pair[1]
+            .rsplit_once("latency=")
+            .and_then(|(_, l)| l.parse().ok())
+            .unwrap();
+        assert!(lat >= 20_000_000, "{pair:?}");
+    }
+    assert_eq!(events(&script(&["--time", "2.0.."])).len(), 400);
+    // --reltime: phase 1 begins within the first second and a half, phase 2 after two.
+    let rel = events(&script(&["--reltime"]));
+    let secs = |l: &str| -> f64 {
+        l.split_whitespace()
+            .find(|w| {
+                w.ends_with(':') && w.contains('.') && w[..w.len() - 1].parse::<f64>().is_ok()
+            })
+            .and_then(|w| w[..w.len() - 1].parse().ok())
+            .unwrap()
+    };
+    assert!(secs(&rel[0]) < 1.5, "{}", rel[0]);
+    assert!(secs(&rel[rel.len() - 1]) >= 2.0, "{}", rel[rel.len() - 1]);
+
+    let fields = script(&["-F", "comm,pid,tid,cpu,time,event,ip,sym,dso"]);
+    let first = fields.lines().next().unwrap();
+    assert!(first.ends_with(":work:"), "{first}");
+    use inferno::collapse::Collapse;
+    let mut folder = inferno::collapse::perf::Folder::default();
+    let mut collapsed = Vec::new();
+    folder.collapse(fields.as_bytes(), &mut collapsed).unwrap();
+    let folded = urec_ok(&["report", "-i", d, "--probe", "work", "--folded", "-"]);
+    assert_eq!(String::from_utf8(collapsed).unwrap(), folded);
+    // A bad field is a usage error.
+    assert_eq!(
+        urec(&["script", "-i", d, "-F", "comm,nosuch"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -22,10 +22,16 @@
 //! # Ordering
 //! A recording is only roughly in time order: events come from one ring buffer in commit order,
 //! which can trail the timestamps taken at probe time by a little. Events are therefore held in
-//! a min-heap of at most [`REORDER_WINDOW`] events (and [`REORDER_BYTES`] of them, arguments
-//! included) and printed oldest first as newer ones arrive, which sorts any disorder shorter
-//! than the window in bounded memory. An event later than that is printed when it is read and
-//! counted in [`ScriptSummary::out_of_order`].
+//! a min-heap and printed oldest first once the newest event read is [`REORDER_NS`] later (or
+//! the held events pass [`REORDER_BYTES`], arguments included), which sorts any disorder
+//! shorter than that window in bounded memory. An event later than that is printed when it is
+//! read and counted in [`ScriptSummary::out_of_order`].
+//!
+//! # Filters
+//! The report's filters apply (`--pid`, `--tid`, `--comm`, `--probe`, `--time`,
+//! `--min/max-latency`). With latency filters a call can only be judged when it ends, so an
+//! entry waits (per thread and probe, as the report pairs them) for its return, and a kept call
+//! prints its entry and its return together, ordered by the return's time.
 //!
 //! Metadata (processes, mappings) is applied as it is read; rebasing asks for the mapping in
 //! force at the event's time, so reordering does not change what an address means. A stack is
@@ -43,16 +49,19 @@ use urec_format::{Avma, Event, EventKind, ProbeId, Record, StackId};
 
 use crate::args::format_arg;
 use crate::frames::code_frames;
+use crate::input::Ahead;
 use crate::rebase::AddressSpaces;
-use crate::symbolize::{EmbeddedSymbols, SymbolizeOptions, Symbolizer};
-use crate::Error;
+use crate::symbolize::{SymbolizeOptions, Symbolizer};
+use crate::{Error, Filter};
 
-/// Events held back for reordering (see the module docs).
-pub const REORDER_WINDOW: usize = 100_000;
+/// How far behind the newest event read an event may arrive and still be printed in order.
+/// The ring buffer's disorder is the time between a probe's timestamp and its commit:
+/// microseconds, so a second is generous.
+pub const REORDER_NS: u64 = 1_000_000_000;
 
 /// Bytes of events held back for reordering. A recorded event with eight string arguments
-/// takes about 2.5 KiB, so a full window of those would take 250 MB; this keeps the window
-/// at 100,000 events of the usual size (about 100 bytes) and shortens it for large ones.
+/// takes about 2.5 KiB: at a million such events a second, the time window alone would hold
+/// 2.5 GB; this bound shortens it instead (about 160,000 events of the usual 100 bytes).
 pub const REORDER_BYTES: usize = 16 << 20;
 
 /// Bytes of rendered stacks kept for reuse.
@@ -65,6 +74,76 @@ pub struct ScriptOptions {
     pub symbolize: SymbolizeOptions,
     /// Skip symbolization (frames show as `binary+0xOFF`).
     pub no_symbolize: bool,
+    /// Which events and calls are printed (as `report` filters them).
+    pub filter: Filter,
+    /// Times in seconds since the attach (`--reltime`) rather than since boot.
+    pub reltime: bool,
+    /// The fields to print (`-F`); `None`: the default layout.
+    pub fields: Option<Fields>,
+}
+
+/// `-F`: the parts of each line, as perf script names them. The event line holds comm, pid,
+/// tid, cpu, time, event, args and latency (in that order, whatever order they are given in);
+/// ip, sym and dso make up the stack lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// The process's command name.
+    pub comm: bool,
+    /// Process id.
+    pub pid: bool,
+    /// Thread id.
+    pub tid: bool,
+    /// CPU.
+    pub cpu: bool,
+    /// Timestamp.
+    pub time: bool,
+    /// The probe's name (`%return` added for returns).
+    pub event: bool,
+    /// Frame addresses.
+    pub ip: bool,
+    /// Frame names.
+    pub sym: bool,
+    /// Frame binaries.
+    pub dso: bool,
+    /// Fetched arguments.
+    pub args: bool,
+    /// `latency=NS` on returns.
+    pub latency: bool,
+}
+
+impl std::str::FromStr for Fields {
+    type Err = String;
+
+    /// `comm,pid,tid,cpu,time,event,ip,sym,dso,args,latency`, any subset.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut f = Fields::default();
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let slot = match name {
+                "comm" => &mut f.comm,
+                "pid" => &mut f.pid,
+                "tid" => &mut f.tid,
+                "cpu" => &mut f.cpu,
+                "time" => &mut f.time,
+                "event" => &mut f.event,
+                "ip" => &mut f.ip,
+                "sym" => &mut f.sym,
+                "dso" => &mut f.dso,
+                "args" => &mut f.args,
+                "latency" => &mut f.latency,
+                other => {
+                    return Err(format!(
+                        "unknown field {other:?}; fields are comm, pid, tid, cpu, time, event, \
+                         ip, sym, dso, args, latency"
+                    ))
+                }
+            };
+            *slot = true;
+        }
+        if f == Fields::default() {
+            return Err("no fields given".into());
+        }
+        Ok(f)
+    }
 }
 
 /// What [`script`] saw, for the caller to report on stderr.
@@ -72,7 +151,7 @@ pub struct ScriptOptions {
 pub struct ScriptSummary {
     /// Events printed.
     pub events: u64,
-    /// Events that arrived more than [`REORDER_WINDOW`] events late and were printed out of
+    /// Events that arrived more than [`REORDER_NS`] late and were printed out of
     /// time order.
     pub out_of_order: u64,
     /// The file was truncated (read up to its last complete chunk).
@@ -81,12 +160,29 @@ pub struct ScriptSummary {
     pub warnings: Vec<String>,
 }
 
-/// An event held for reordering. Ordered by (time, read order) so the heap pops the oldest
+/// An event held for reordering, or a call's entry and return printed together (latency
+/// filters), ordered by the (last) event's time and read order, so the heap pops the oldest
 /// first and equal times keep file order. Its process incarnation and name are looked up when
 /// it is printed, at its own time, with every record read by then.
 struct Pending {
     event: Event,
+    /// The call's entry, printed before `event`.
+    entry: Option<Event>,
     seq: u64,
+}
+
+/// What an event holds in memory, roughly.
+fn event_size(event: &Event) -> usize {
+    let args = &event.args;
+    std::mem::size_of::<Event>()
+        + args.capacity() * std::mem::size_of::<urec_format::ArgValue>()
+        + args
+            .iter()
+            .map(|a| match a {
+                urec_format::ArgValue::Str { bytes, .. } => bytes.capacity(),
+                _ => 0,
+            })
+            .sum::<usize>()
 }
 
 impl Pending {
@@ -94,18 +190,11 @@ impl Pending {
         (self.event.time_ns, self.seq)
     }
 
-    /// What the event holds in memory, roughly (the heap's own slot included).
+    /// What it holds in memory, roughly (the heap's own slot included).
     fn size(&self) -> usize {
-        let args = &self.event.args;
         std::mem::size_of::<Self>()
-            + args.capacity() * std::mem::size_of::<urec_format::ArgValue>()
-            + args
-                .iter()
-                .map(|a| match a {
-                    urec_format::ArgValue::Str { bytes, .. } => bytes.capacity(),
-                    _ => 0,
-                })
-                .sum::<usize>()
+            + event_size(&self.event)
+            + self.entry.as_ref().map_or(0, event_size)
     }
 }
 
@@ -159,17 +248,32 @@ fn script_source(
     let mut heap: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
     let mut held = 0usize;
     let mut seq = 0u64;
-    let (mut printer, status) = crate::input::read_with_symbols(
+    let mut newest = 0u64;
+    let ahead = crate::input::ReadAhead {
+        symbols: true,
+        attach: opts.reltime || opts.filter.time.is_some(),
+    };
+    let (mut printer, status) = crate::input::read_ahead(
         source,
-        |_, embedded| Printer::new(opts, embedded),
+        ahead,
+        |header, ahead| Printer::new(opts, header, ahead),
         |printer, record| {
             if let Record::Event(event) = record {
                 printer.spaces.incarnations_mut().advance(event.time_ns);
-                let pending = Pending { event, seq };
+                let Some((event, entry)) = printer.accept(event) else {
+                    return Ok(());
+                };
+                newest = newest.max(event.time_ns);
+                let pending = Pending { event, entry, seq };
                 held += pending.size();
                 heap.push(Reverse(pending));
                 seq += 1;
-                while heap.len() > REORDER_WINDOW || (held > REORDER_BYTES && heap.len() > 1) {
+                while let Some(Reverse(oldest)) = heap.peek() {
+                    let late = oldest.event.time_ns.saturating_add(REORDER_NS) < newest;
+                    let full = held > REORDER_BYTES && heap.len() > 1;
+                    if !(late || full) {
+                        break;
+                    }
                     let Some(Reverse(p)) = heap.pop() else { break };
                     held -= p.size();
                     printer.print(&p, out)?;
@@ -183,15 +287,36 @@ fn script_source(
     while let Some(Reverse(p)) = heap.pop() {
         printer.print(&p, out)?;
     }
+    for name in &opts.filter.probes {
+        if !printer
+            .probes
+            .values()
+            .any(|p| crate::aggregate::answers_to(p, name))
+        {
+            let mut available: Vec<&str> =
+                printer.probes.values().map(|p| p.name.as_str()).collect();
+            available.sort_unstable();
+            return Err(Error::NoSuchProbe {
+                name: name.clone(),
+                available: available.join(", "),
+            });
+        }
+    }
     let mut warnings = status.warnings;
     warnings.extend(printer.symbolizer.take_warnings());
+    if printer.events == 0 && printer.filtered > 0 {
+        warnings.push(format!(
+            "no event matched the filters ({} read)",
+            urec_format::plural(printer.filtered, "event was", "events were")
+        ));
+    }
     if printer.out_of_order > 0 {
         warnings.push(format!(
             "{} printed out of time order",
             urec_format::plural(
                 printer.out_of_order,
-                "event arrived too late to be sorted and was",
-                "events arrived too late to be sorted and were"
+                "event arrived more than a second late and was",
+                "events arrived more than a second late and were"
             )
         ));
     }
@@ -205,6 +330,14 @@ fn script_source(
 
 struct Printer<'o> {
     opts: &'o ScriptOptions,
+    /// Time 0 of the printed times: boot (CLOCK_MONOTONIC) or the attach (`--reltime`).
+    origin_ns: u64,
+    /// The attach time (`--time`'s origin), when known.
+    attach_ns: Option<u64>,
+    /// Entries waiting for their return (latency filters), per (incarnation, tid, probe).
+    waiting: HashMap<(u32, u32, ProbeId), std::collections::VecDeque<Event>>,
+    /// Events left out by filters.
+    filtered: u64,
     spaces: AddressSpaces,
     symbolizer: Symbolizer,
     probes: HashMap<ProbeId, urec_format::Probe>,
@@ -222,13 +355,24 @@ struct Printer<'o> {
 }
 
 impl<'o> Printer<'o> {
-    fn new(opts: &'o ScriptOptions, embedded: EmbeddedSymbols) -> Self {
+    fn new(opts: &'o ScriptOptions, header: &urec_format::Header, ahead: Ahead) -> Self {
         let mut symbolizer = Symbolizer::new(opts.symbolize.clone());
-        if !embedded.is_empty() {
-            symbolizer.set_embedded(embedded);
+        if !ahead.embedded.is_empty() {
+            symbolizer.set_embedded(ahead.embedded);
         }
+        let attach_ns = ahead
+            .attach_ns
+            .or((header.start_monotonic_ns > 0).then_some(header.start_monotonic_ns));
         Self {
             opts,
+            origin_ns: if opts.reltime {
+                attach_ns.unwrap_or(0)
+            } else {
+                0
+            },
+            attach_ns,
+            waiting: HashMap::new(),
+            filtered: 0,
             spaces: AddressSpaces::new(),
             symbolizer,
             probes: HashMap::new(),
@@ -241,6 +385,99 @@ impl<'o> Printer<'o> {
             out_of_order: 0,
             line: String::new(),
         }
+    }
+
+    /// Applies the filters to `ev`: `None` when it is left out (or, for a call judged when it
+    /// ends, held until then); else what to print: the event, and the entry printed before it.
+    fn accept(&mut self, ev: Event) -> Option<(Event, Option<Event>)> {
+        let kept = self.keep(&ev);
+        if !kept {
+            self.filtered += 1;
+            return None;
+        }
+        let f = &self.opts.filter;
+        if f.min_latency_ns.is_none() && f.max_latency_ns.is_none() {
+            return Some((ev, None));
+        }
+        let in_range = |lat: u64| {
+            f.min_latency_ns.is_none_or(|min| lat >= min)
+                && f.max_latency_ns.is_none_or(|max| lat <= max)
+        };
+        let kind = self.probes.get(&ev.probe).map(|p| p.kind);
+        let incarnation = self
+            .spaces
+            .incarnations_mut()
+            .at_or_new(ev.pid, ev.time_ns)
+            .id;
+        let key = (incarnation, ev.tid, ev.probe);
+        match (ev.kind, kind) {
+            (EventKind::Entry, Some(urec_format::ProbeKind::EntryReturn)) => {
+                let queue = self.waiting.entry(key).or_default();
+                if queue.len() >= crate::aggregate::MAX_PENDING {
+                    queue.pop_front();
+                    self.filtered += 1;
+                }
+                queue.push_back(ev);
+                None
+            }
+            (EventKind::Return, Some(urec_format::ProbeKind::EntryReturn)) => {
+                let entry = self.waiting.get_mut(&key).and_then(|q| q.pop_back());
+                let latency = ev
+                    .latency_ns
+                    .or_else(|| entry.as_ref().map(|e| ev.time_ns.saturating_sub(e.time_ns)));
+                if latency.is_some_and(in_range) {
+                    Some((ev, entry))
+                } else {
+                    self.filtered += 1 + u64::from(entry.is_some());
+                    None
+                }
+            }
+            (EventKind::Return, _) if ev.latency_ns.is_some_and(in_range) => Some((ev, None)),
+            _ => {
+                // No latency to judge by.
+                self.filtered += 1;
+                None
+            }
+        }
+    }
+
+    /// The event filters, and `--time` (a return judged by when its call began, when known).
+    fn keep(&mut self, ev: &Event) -> bool {
+        let f = &self.opts.filter;
+        if (!f.pids.is_empty() && !f.pids.contains(&ev.pid))
+            || (!f.tids.is_empty() && !f.tids.contains(&ev.tid))
+        {
+            return false;
+        }
+        if !f.probes.is_empty() {
+            let selected = self
+                .probes
+                .get(&ev.probe)
+                .is_some_and(|p| f.probes.iter().any(|n| crate::aggregate::answers_to(p, n)));
+            if !selected {
+                return false;
+            }
+        }
+        if !f.comms.is_empty() {
+            let incarnations = self.spaces.incarnations();
+            let comm = incarnations.comm_name(incarnations.comm_at(ev.pid, ev.time_ns));
+            if !f.comms.iter().any(|c| c == comm) {
+                return false;
+            }
+        }
+        if let Some(w) = f.time {
+            let began = match ev.kind {
+                EventKind::Entry => ev.time_ns,
+                EventKind::Return => ev.time_ns.saturating_sub(ev.latency_ns.unwrap_or(0)),
+            };
+            let origin = *self.attach_ns.get_or_insert(began);
+            let from = origin.saturating_add(w.from_ns.unwrap_or(0));
+            let to = w.to_ns.map_or(u64::MAX, |t| origin.saturating_add(t));
+            if began < from || began >= to {
+                return false;
+            }
+        }
+        true
     }
 
     fn metadata(&mut self, record: Record) {
@@ -257,7 +494,13 @@ impl<'o> Printer<'o> {
     }
 
     fn print(&mut self, p: &Pending, out: &mut dyn Write) -> io::Result<()> {
-        let ev = &p.event;
+        if let Some(entry) = &p.entry {
+            self.print_event(entry, out)?;
+        }
+        self.print_event(&p.event, out)
+    }
+
+    fn print_event(&mut self, ev: &Event, out: &mut dyn Write) -> io::Result<()> {
         if ev.time_ns < self.last_printed {
             self.out_of_order += 1;
         }
@@ -282,62 +525,106 @@ impl<'o> Printer<'o> {
         let probe = self.probes.get(&ev.probe);
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        let _ = write!(
-            line,
-            "{comm} {:>6}/{:<6} [{:03}] {}.{:09}: ",
-            ev.pid,
-            ev.tid,
-            ev.cpu,
-            ev.time_ns / 1_000_000_000,
-            ev.time_ns % 1_000_000_000
-        );
-        match probe {
-            Some(pr) => line.push_str(&pr.name),
-            None => {
-                let _ = write!(line, "probe#{}", ev.probe);
+        let all = Fields {
+            comm: true,
+            pid: true,
+            tid: true,
+            cpu: true,
+            time: true,
+            event: true,
+            ip: true,
+            sym: true,
+            dso: true,
+            args: true,
+            latency: true,
+        };
+        let f = self.opts.fields.unwrap_or(all);
+        let sep = |line: &mut String| {
+            if !line.is_empty() {
+                line.push(' ');
             }
+        };
+        if f.comm {
+            line.push_str(comm);
+        }
+        match (f.pid, f.tid) {
+            (true, true) => {
+                sep(&mut line);
+                let _ = write!(line, "{:>6}/{:<6}", ev.pid, ev.tid);
+            }
+            (true, false) | (false, true) => {
+                sep(&mut line);
+                let _ = write!(line, "{:>6}", if f.pid { ev.pid } else { ev.tid });
+            }
+            (false, false) => {}
+        }
+        if f.cpu {
+            sep(&mut line);
+            let _ = write!(line, "[{:03}]", ev.cpu);
+        }
+        if f.time {
+            sep(&mut line);
+            let t = ev.time_ns.saturating_sub(self.origin_ns);
+            let _ = write!(line, "{}.{:09}:", t / 1_000_000_000, t % 1_000_000_000);
         }
         let is_return = ev.kind == EventKind::Return;
-        if is_return && !line.ends_with("%return") {
-            line.push_str("%return");
-        }
-        line.push_str(": (");
-        match (address, probe) {
-            (Some(a), _) => {
-                let _ = write!(line, "{a:x}");
-            }
-            (None, Some(pr)) => {
-                let _ = write!(line, "{:x}", pr.vaddr);
-            }
-            (None, None) => line.push('0'),
-        }
-        line.push(')');
-        let mut specs = probe
-            .into_iter()
-            .flat_map(|pr| &pr.args)
-            .filter(|a| a.at_return == is_return);
-        for (i, value) in ev.args.iter().enumerate() {
-            line.push(' ');
-            match specs.next() {
-                Some(spec) => {
-                    line.push_str(&spec.name);
-                    line.push('=');
-                    format_arg(&mut line, spec.ty, value);
-                }
+        if f.event {
+            sep(&mut line);
+            match probe {
+                Some(pr) => line.push_str(&pr.name),
                 None => {
-                    let _ = write!(line, "arg{}=", i + 1);
-                    format_arg(&mut line, urec_format::ArgType::Hex(64), value);
+                    let _ = write!(line, "probe#{}", ev.probe);
+                }
+            }
+            if is_return && !line.ends_with("%return") {
+                line.push_str("%return");
+            }
+            line.push(':');
+        }
+        if self.opts.fields.is_none() {
+            // The default layout names the probed address, as perf does for uprobes.
+            line.push_str(" (");
+            match (address, probe) {
+                (Some(a), _) => {
+                    let _ = write!(line, "{a:x}");
+                }
+                (None, Some(pr)) => {
+                    let _ = write!(line, "{:x}", pr.vaddr);
+                }
+                (None, None) => line.push('0'),
+            }
+            line.push(')');
+        }
+        if f.args {
+            let mut specs = probe
+                .into_iter()
+                .flat_map(|pr| &pr.args)
+                .filter(|a| a.at_return == is_return);
+            for (i, value) in ev.args.iter().enumerate() {
+                line.push(' ');
+                match specs.next() {
+                    Some(spec) => {
+                        line.push_str(&spec.name);
+                        line.push('=');
+                        format_arg(&mut line, spec.ty, value);
+                    }
+                    None => {
+                        let _ = write!(line, "arg{}=", i + 1);
+                        format_arg(&mut line, urec_format::ArgType::Hex(64), value);
+                    }
                 }
             }
         }
-        if let Some(lat) = ev.latency_ns {
-            let _ = write!(line, " latency={lat}");
+        if f.latency {
+            if let Some(lat) = ev.latency_ns {
+                let _ = write!(line, " latency={lat}");
+            }
         }
         line.push('\n');
         out.write_all(line.as_bytes())?;
         self.line = line;
 
-        if let Some(id) = ev.stack {
+        if let Some(id) = ev.stack.filter(|_| f.ip || f.sym || f.dso) {
             let key = (incarnation, id);
             if !self.rendered.contains_key(&key) {
                 let text = self.render_stack(ev, id);
@@ -360,11 +647,27 @@ impl<'o> Printer<'o> {
         let Some(stack) = self.stacks.get(&id) else {
             return text;
         };
+        let f = self.opts.fields;
+        let frame_line = |text: &mut String, addr: u64, name: &str, dso: &str| {
+            let Some(f) = f else {
+                let _ = writeln!(text, "\t{addr:>16x} {name} ({dso})");
+                return;
+            };
+            let mut parts = Vec::with_capacity(3);
+            if f.ip {
+                parts.push(format!("{addr:>16x}"));
+            }
+            if f.sym {
+                parts.push(name.to_string());
+            }
+            if f.dso {
+                parts.push(format!("({dso})"));
+            }
+            let _ = writeln!(text, "\t{}", parts.join(" "));
+        };
         for (depth, &addr) in stack.frames.iter().enumerate() {
             match self.spaces.lookup(ev.pid, ev.time_ns, addr) {
-                None => {
-                    let _ = writeln!(text, "\t{addr:>16x} [unknown] ([unknown])");
-                }
+                None => frame_line(&mut text, addr.0, "[unknown]", "[unknown]"),
                 Some(m) => {
                     let frames = code_frames(
                         (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
@@ -375,13 +678,13 @@ impl<'o> Printer<'o> {
                     );
                     // Innermost first, as perf prints inlined frames.
                     for (name, _) in frames.iter().rev() {
-                        let _ = writeln!(text, "\t{addr:>16x} {name} ({})", m.path);
+                        frame_line(&mut text, addr.0, name, m.path);
                     }
                 }
             }
         }
         if stack.truncated {
-            let _ = writeln!(text, "\t{:>16x} [truncated] ([unknown])", 0);
+            frame_line(&mut text, 0, "[truncated]", "[unknown]");
         }
         text.push('\n');
         text
