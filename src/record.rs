@@ -85,10 +85,6 @@ pub enum CallGraph {
     None,
 }
 
-fn urec_bpf_max_stack_size() -> u32 {
-    urec_record::MAX_STACK_SIZE
-}
-
 fn mode_name(mode: StackMode) -> &'static str {
     match mode {
         StackMode::None => "none",
@@ -232,11 +228,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         return Err(UsageError(format!(
             "--stack-size {}: must be between 8 and 64K ({} bytes)",
             args.stack_size,
-            urec_bpf_max_stack_size()
+            urec_record::MAX_STACK_SIZE
         ))
         .into());
     }
-    let stack_size = (args.stack_size.min(u64::from(urec_bpf_max_stack_size())) as u32) & !7;
+    let stack_size = (args.stack_size.min(u64::from(urec_record::MAX_STACK_SIZE)) as u32) & !7;
     if !args.pids.is_empty() && (args.all || !args.command.is_empty()) {
         return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
     }

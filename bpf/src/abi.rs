@@ -30,8 +30,6 @@ pub const KIND_RETURN: u8 = 1;
 
 /// `latency_ns` is valid.
 pub const F_LATENCY: u8 = 1;
-/// The stack could not be captured (no longer set: the programs walk frame pointers themselves).
-pub const F_STACK_ERR: u8 = 2;
 /// `frames[1]` is the return address read at `[sp]`.
 pub const F_CALLER_ADDED: u8 = 4;
 /// `frames[0]` is the probed function's address (return-only probes).

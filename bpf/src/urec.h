@@ -38,7 +38,7 @@
 
 /* urec_event.flags */
 #define UREC_F_LATENCY 1     /* latency_ns is valid */
-#define UREC_F_STACK_ERR 2   /* unused since the programs walk frame pointers (was: no stack) */
+/* flag 2 is retired (was: no stack); readers ignore it */
 #define UREC_F_CALLER_ADDED 4 /* frames[1] is the return address read at [sp] */
 #define UREC_F_FUNC_ADDED 8  /* frames[0] is the function's address (return-only probes) */
 #define UREC_F_DWARF 16      /* a struct urec_dwarf and a stack copy follow the args */

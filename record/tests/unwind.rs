@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 use urec_format::{Avma, FileOffset, Mapping};
-use urec_record::unwind::{PendingReturn, Regs, ShadowStacks, Truncation, UnwindOutcome, Unwinder};
+use urec_record::unwind::{PendingReturn, Regs, Truncation, UnwindOutcome, Unwinder};
 
 /// The trampoline address uretprobes leave in stacks on this kernel (the `[uprobes]` page).
 const TRAMPOLINE: u64 = 0x7fff_ffff_e000;
@@ -568,7 +568,8 @@ impl Drop for Uretprobe {
 /// The real thing: a uretprobe on f3 makes the kernel put its trampoline into the stack that
 /// f6 copies. The unwinder learns the trampoline from the `[uprobes]` mapping (it is not at a
 /// fixed address: 0x7fffffffe000 only when that page is free), stops there without help, and
-/// unwinds the whole chain once a [`ShadowStacks`] fed with f3's entry supplies the original.
+/// unwinds the whole chain once the pending return (what the BPF side reads from the kernel's
+/// `return_instances`) supplies the original.
 #[test]
 fn real_uretprobe_trampoline_in_the_copy() {
     if !can_probe("real_uretprobe_trampoline_in_the_copy") {
@@ -608,11 +609,8 @@ fn real_uretprobe_trampoline_in_the_copy() {
     let names = Symbols::new().names(&probed.mappings, &frames);
     assert_eq!(names, ["f6", "f5", "f4", "f3"]);
 
-    // What the session does: f3's entry event carried sp (= the slot) and [sp] (= ret).
-    let mut shadow = ShadowStacks::new();
-    shadow.entry(7, slot, ret, Some(trampoline));
-    let mut pending = Vec::new();
-    shadow.pending(7, probed.regs.sp, &mut pending);
+    // What the session passes: the kernel's return instance of f3 (slot and original).
+    let pending = [PendingReturn { slot, ret }];
     let outcome = unwinder.unwind(PID, probed.regs, &probed.stack, None, &pending, &mut frames);
     assert_eq!((outcome, &frames), (UnwindOutcome::Complete, &full));
 }

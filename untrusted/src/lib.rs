@@ -29,7 +29,9 @@ use std::path::Path;
 /// The device and inode of an open file: what identifies it whatever path reached it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
+    /// `st_dev`: inode numbers are only unique within a device.
     pub dev: u64,
+    /// `st_ino`.
     pub inode: u64,
 }
 

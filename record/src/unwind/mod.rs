@@ -23,12 +23,10 @@
 //! - Pending uretprobes: the kernel replaces the return address of every function with an
 //!   active return probe by the trampoline address, in the real stack and hence in the copy.
 //!   When the unwinder reads the trampoline from a slot, it substitutes the original from
-//!   the [`PendingReturn`]s passed in (from the kernel's `return_instances`; [`ShadowStacks`]
-//!   can build them from entry and return events instead, for a kernel whose layout the BPF
-//!   side could not read, but no recording uses it today).
+//!   the [`PendingReturn`]s passed in (read from the kernel's `return_instances` by the BPF
+//!   side).
 
 mod elf;
-mod shadow;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -42,7 +40,6 @@ use urec_format::Mapping;
 use urec_untrusted::Identity;
 
 use self::elf::{Bytes, ElfUnwindInfo};
-pub use self::shadow::ShadowStacks;
 use crate::fxhash::FxHashMap;
 
 /// Longest stack returned; deeper ones end as [`Truncation::TooDeep`]. Twice perf's default
