@@ -36,7 +36,6 @@ use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::mem::MaybeUninit;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -481,11 +480,8 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
 
     // SAFETY: sysconf(3) has no preconditions.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64;
-    let binaries: std::collections::HashSet<&str> = opts
-        .probes
-        .iter()
-        .map(|p| p.probe.binary.as_str())
-        .collect();
+    let binaries: std::collections::HashSet<&std::path::Path> =
+        opts.probes.iter().map(|p| p.open_path.as_path()).collect();
     crate::fds::check_headroom(cpus, binaries.len() as u64)?;
 
     // 1. Side-band first.
@@ -591,7 +587,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         .iter()
         .map(|p| AttachProbe {
             id: p.probe.id,
-            binary: PathBuf::from(&p.probe.binary),
+            binary: p.open_path.clone(),
             offset: p.probe.offset.0,
             kind: p.probe.kind,
             name: p.probe.name.clone(),

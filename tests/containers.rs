@@ -1,0 +1,190 @@
+#![cfg(feature = "record")]
+//! Containers (SPEC "urec record", Containers): processes whose files do not exist on the host
+//! (a real mount namespace and root made by `unshare --mount --root=ROOTFS`, as a container
+//! runtime would), probed by their in-container paths with `-p`, counted exactly; one file seen
+//! through several paths probed once; frames named after the root is deleted.
+//!
+//! They need root. Without it they skip with a message, unless `CI=true`, where they fail.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::fixture::Fixture;
+use common::recording::Recording;
+use common::{have_root, poll, start_attached, urec_ok};
+use urec_format::EventKind;
+
+/// Waits for a line on stdin, then calls leaf 300 times through `a` and 200 times through `b`,
+/// each call of leaf calling libc's `atoi` once; exits with status 3.
+const PROG_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+__attribute__((noinline)) int leaf(int x) { return x * 2 + atoi("1"); }
+__attribute__((noinline)) int a(int i) { return leaf(i) + 1; }
+__attribute__((noinline)) int b(int i) { return leaf(-i) + 2; }
+int main(int argc, char **argv) {
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) return 9;
+    long sum = 0;
+    for (int i = 0; i < 300; i++) sum += a(i);
+    for (int i = 0; i < 200; i++) sum += b(i);
+    printf("%ld\n", sum);
+    return 3;
+}
+"#;
+
+fn build(flags: &[&str]) -> Fixture {
+    let mut all = vec!["-O0", "-g", "-fno-omit-frame-pointer"];
+    all.extend_from_slice(flags);
+    Fixture::build("prog", PROG_C, &all)
+}
+
+/// A root file system holding the dynamically linked program as `/app/prog`, the host's
+/// loader, and the host's libc copied to `/opt/clib` — a directory only the root's own
+/// `/etc/ld.so.cache` (built by `ldconfig -r`) names: `libc` can only be found through it.
+fn dynamic_rootfs(t: &Fixture, name: &str) -> PathBuf {
+    let root = t.data(name);
+    for dir in ["app", "opt/clib", "lib64", "etc"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy(&t.exe, root.join("app/prog")).unwrap();
+    let ld = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2").unwrap();
+    std::fs::copy(ld, root.join("lib64/ld-linux-x86-64.so.2")).unwrap();
+    let libc = std::fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    std::fs::copy(libc, root.join("opt/clib/libc.so.6")).unwrap();
+    std::fs::write(root.join("etc/ld.so.conf"), "/opt/clib\n").unwrap();
+    let out = Command::new("/sbin/ldconfig")
+        .arg("-r")
+        .arg(&root)
+        .output()
+        .expect("running ldconfig");
+    assert!(
+        out.status.success(),
+        "ldconfig -r: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(root.join("etc/ld.so.cache").is_file());
+    root
+}
+
+/// Starts `unshare --mount --root=ROOT PATH` (unshare execs it: the child's pid is the
+/// program's), waiting on its stdin.
+fn start_in(root: &Path, path: &str) -> Child {
+    Command::new("unshare")
+        .arg("--mount")
+        .arg(format!("--root={}", root.display()))
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("running unshare")
+}
+
+/// Waits until `pid` runs `exe_name` (unshare has exec'd it).
+fn wait_exec(pid: u32, exe_name: &str) {
+    poll(Duration::from_secs(10), "the program did not start", || {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        exe.file_name().is_some_and(|n| n == exe_name).then_some(())
+    });
+}
+
+/// Lets the programs run, waits for each (status 3), then for urec to stop by itself.
+fn run_to_end(programs: &mut [&mut Child], urec: &mut Child) {
+    for c in programs.iter_mut() {
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    for c in programs.iter_mut() {
+        assert_eq!(c.wait().unwrap().code(), Some(3));
+    }
+    let status = poll(
+        Duration::from_secs(30),
+        "urec did not stop after the -p processes exited",
+        || urec.try_wait().unwrap(),
+    );
+    assert!(status.success());
+}
+
+fn folded(data: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["report", "-i", data.to_str().unwrap(), "--folded", "-"];
+    args.extend_from_slice(extra);
+    urec_ok(&args)
+}
+
+#[test]
+fn pid_in_a_mount_namespace_is_probed_by_its_own_paths() {
+    if !have_root() {
+        return;
+    }
+    let t = build(&[]);
+    let root = dynamic_rootfs(&t, "rootfs");
+    assert!(
+        !Path::new("/app/prog").exists(),
+        "the host must not have /app/prog"
+    );
+    let mut prog = start_in(&root, "/app/prog");
+    let pid = prog.id();
+    wait_exec(pid, "prog");
+    let data = t.data("c.data");
+    let mut u = start_attached(&[
+        "-e",
+        "/app/prog:leaf",
+        "-e",
+        "libc:atoi",
+        "-p",
+        &pid.to_string(),
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    run_to_end(&mut [&mut prog], &mut u);
+    let rec = Recording::read(&data);
+    assert!(rec.finished);
+    assert_eq!(rec.total_lost(), 0);
+    // The in-container paths are what the recording shows; libc is the root's own copy, found
+    // through the root's ld.so.cache.
+    let binaries: Vec<&str> = rec.probes.iter().map(|p| p.binary.as_str()).collect();
+    assert_eq!(binaries, ["/app/prog", "/opt/clib/libc.so.6"]);
+    assert_eq!(rec.only_pid(), pid);
+    let count = |probe: u32, kind: EventKind| {
+        rec.events
+            .iter()
+            .filter(|e| e.probe == probe && e.kind == kind)
+            .count()
+    };
+    assert_eq!(count(0, EventKind::Entry), 500);
+    assert_eq!(count(0, EventKind::Return), 500);
+    assert_eq!(count(1, EventKind::Entry), 500);
+    assert_eq!(count(1, EventKind::Return), 500);
+
+    // The frames are named while the root exists and after it is deleted (from the symbols
+    // section the record step wrote from the files the process mapped). glibc's own symbol
+    // table names atoi by its internal alias.
+    let own = |folded: &str| -> Vec<String> {
+        let mut v: Vec<String> = folded
+            .lines()
+            .map(|l| {
+                let (stack, n) = l.rsplit_once(' ').unwrap();
+                let frames: Vec<&str> = stack.split(';').skip_while(|f| *f != "main").collect();
+                format!("{} {n}", frames.join(";"))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let expected = [
+        "main;a;leaf 300",
+        "main;a;leaf;__GI_atoi 300",
+        "main;b;leaf 200",
+        "main;b;leaf;__GI_atoi 200",
+    ];
+    let before = folded(&data, &[]);
+    assert_eq!(own(&before), expected, "{before}");
+    std::fs::remove_dir_all(&root).unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let after = folded(&data, &["--symfs", empty.path().to_str().unwrap()]);
+    assert_eq!(own(&after), expected, "{after}");
+}
