@@ -188,3 +188,80 @@ fn pid_in_a_mount_namespace_is_probed_by_its_own_paths() {
     let after = folded(&data, &["--symfs", empty.path().to_str().unwrap()]);
     assert_eq!(own(&after), expected, "{after}");
 }
+
+/// A root holding only `file` (a statically linked program, hard-linked: the same inode) as
+/// `at`.
+fn static_rootfs(t: &Fixture, name: &str, file: &Path, at: &str) -> PathBuf {
+    let root = t.data(name);
+    let dest = root.join(at.trim_start_matches('/'));
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::hard_link(file, &dest).unwrap();
+    root
+}
+
+#[test]
+fn one_file_through_two_paths_is_probed_once() {
+    if !have_root() {
+        return;
+    }
+    let t = build(&["-static"]);
+    // Two "containers" of one image: the same file (one inode) under two paths.
+    let root_a = static_rootfs(&t, "a", &t.exe, "/app/prog");
+    let root_b = static_rootfs(&t, "b", &t.exe, "/srv/other/prog");
+    let mut a = start_in(&root_a, "/app/prog");
+    let mut b = start_in(&root_b, "/srv/other/prog");
+    wait_exec(a.id(), "prog");
+    wait_exec(b.id(), "prog");
+    let data = t.data("two.data");
+    let pids = format!("{},{}", a.id(), b.id());
+    let mut u = start_attached(&[
+        "-e",
+        "/app/prog:leaf",
+        "-e",
+        "/srv/other/prog:leaf",
+        "-p",
+        &pids,
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    run_to_end(&mut [&mut a, &mut b], &mut u);
+    let rec = Recording::read(&data);
+    assert!(rec.finished);
+    assert_eq!(rec.total_lost(), 0);
+    // One probe, named by both specs: one attachment, so each call is one event.
+    assert_eq!(rec.probes.len(), 1, "{:?}", rec.probes);
+    assert_eq!(
+        rec.probes[0].specs,
+        ["/app/prog:leaf", "/srv/other/prog:leaf"]
+    );
+    for pid in [a.id(), b.id()] {
+        assert_eq!(rec.count(pid, EventKind::Entry), 500, "pid {pid}");
+        assert_eq!(rec.count(pid, EventKind::Return), 500, "pid {pid}");
+    }
+    // On the host too: the file and a hard link to it, one probe, each call once.
+    let link = t.data("link-to-prog");
+    std::fs::hard_link(&t.exe, &link).unwrap();
+    let data = t.data("link.data");
+    let mut child = common::record(&[
+        "-q",
+        "-e",
+        &format!("{}:leaf", t.path()),
+        "-e",
+        &format!("{}:leaf", link.display()),
+        "-o",
+        data.to_str().unwrap(),
+        "--",
+        link.to_str().unwrap(),
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+    let rec = Recording::read(&data);
+    assert_eq!(rec.probes.len(), 1, "{:?}", rec.probes);
+    let pid = rec.only_pid();
+    assert_eq!(rec.count(pid, EventKind::Entry), 500);
+    assert_eq!(rec.count(pid, EventKind::Return), 500);
+}
