@@ -32,6 +32,10 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub pids: Vec<u32>,
+    /// Trace only tasks in this cgroup v2 directory or below it (an absolute path, e.g. a
+    /// container's or a systemd unit's); combines with -a, -p and COMMAND.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
     /// Output file; an existing one is kept as FILE.old.
     #[arg(short = 'o', long = "output", default_value = "urec.data")]
     pub output: PathBuf,
@@ -289,6 +293,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
     }
     urec_record::output::check(&args.output).map_err(UsageError)?;
+    if let Some(cgroup) = &args.cgroup {
+        urec_record::cgroup::open(cgroup).map_err(UsageError)?;
+    }
     let verbosity = if args.quiet {
         Verbosity::Quiet
     } else if args.verbose {
@@ -437,6 +444,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         verbosity,
         command_line: std::env::args().collect(),
         keep_files: !args.no_symbols,
+        cgroup: args.cgroup.clone(),
     })
     .context("recording")?;
     if verbosity != Verbosity::Quiet {

@@ -265,3 +265,108 @@ fn one_file_through_two_paths_is_probed_once() {
     assert_eq!(rec.count(pid, EventKind::Entry), 500);
     assert_eq!(rec.count(pid, EventKind::Return), 500);
 }
+
+/// A fresh cgroup v2 directory, removed (once empty) when dropped.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn new(name: &str) -> Cgroup {
+        let mount = urec_record::cgroup::cgroup2_mount().expect("cgroup2 is not mounted");
+        let dir = mount.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Cgroup(dir)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn cgroup_keeps_only_the_processes_inside() {
+    if !have_root() {
+        return;
+    }
+    let t = build(&[]);
+    let cg = Cgroup::new("urec-test");
+    let spawn = || {
+        Command::new(&t.exe)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut inside = spawn();
+    let mut twin = spawn();
+    cg.add(inside.id());
+    let data = t.data("cg.data");
+    let spec = format!("{}:leaf", t.path());
+    let mut u = start_attached(&[
+        "-e",
+        &spec,
+        "-a",
+        "--cgroup",
+        cg.0.to_str().unwrap(),
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    for c in [&mut inside, &mut twin] {
+        c.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    for c in [&mut inside, &mut twin] {
+        assert_eq!(c.wait().unwrap().code(), Some(3));
+    }
+    assert!(common::interrupt(&mut u).success());
+    let rec = Recording::read(&data);
+    assert!(rec.finished);
+    assert_eq!(rec.total_lost(), 0);
+    assert_eq!(rec.only_pid(), inside.id());
+    assert_eq!(rec.count(inside.id(), EventKind::Entry), 500);
+    assert_eq!(rec.count(inside.id(), EventKind::Return), 500);
+}
+
+#[test]
+fn cgroup_refuses_what_is_not_a_cgroup_v2_directory() {
+    // v1 hierarchies, when the host has any, then any other directory, and a relative path.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let v1 = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup").then(|| f[1].to_string())
+    });
+    let t = build(&[]);
+    let spec = format!("{}:leaf", t.path());
+    let data = t.data("refused.data");
+    for dir in v1
+        .iter()
+        .map(String::as_str)
+        .chain(["/tmp", "sys/fs/cgroup"])
+    {
+        let out = common::urec(&[
+            "record",
+            "-e",
+            &spec,
+            "--cgroup",
+            dir,
+            "-o",
+            data.to_str().unwrap(),
+            "--",
+            t.path(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{dir}: {stderr}");
+        assert!(stderr.contains(&format!("--cgroup {dir}")), "{stderr}");
+        if let Some(at) = urec_record::cgroup::cgroup2_mount() {
+            assert!(
+                stderr.contains(&format!("cgroup2 is mounted at {}", at.display())),
+                "{stderr}"
+            );
+        }
+        assert!(!data.exists());
+    }
+}

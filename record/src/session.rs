@@ -532,6 +532,10 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         opts.stack_depth.clamp(1, urec_bpf::abi::MAX_DEPTH)
     };
     let ring_bytes = ring_size(opts.buffer_size)?;
+    let cgroup = match &opts.cgroup {
+        Some(path) => Some(crate::cgroup::open(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let mut storage = MaybeUninit::<OpenObject>::uninit();
     let skel = attach::load(
         &mut storage,
@@ -541,6 +545,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             stack_depth,
             ring_bytes,
             probes: nprobes,
+            cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
         },
     )?;
     // Every -g dwarf probe starts at --stack-size; the consumer raises it per probe.
