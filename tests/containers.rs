@@ -129,6 +129,14 @@ fn pid_in_a_mount_namespace_is_probed_by_its_own_paths() {
     let mut prog = start_in(&root, "/app/prog");
     let pid = prog.id();
     wait_exec(pid, "prog");
+    let ns = |pid: &str, name: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/ns/{name}"))
+            .unwrap()
+            .ino()
+    };
+    let (mnt_ns, pid_ns) = (ns(&pid.to_string(), "mnt"), ns(&pid.to_string(), "pid"));
+    assert_ne!(mnt_ns, ns("self", "mnt"));
     let data = t.data("c.data");
     let mut u = start_attached(&[
         "-e",
@@ -149,6 +157,9 @@ fn pid_in_a_mount_namespace_is_probed_by_its_own_paths() {
     let binaries: Vec<&str> = rec.probes.iter().map(|p| p.binary.as_str()).collect();
     assert_eq!(binaries, ["/app/prog", "/opt/clib/libc.so.6"]);
     assert_eq!(rec.only_pid(), pid);
+    // Where the process lived, recorded with it.
+    let p = rec.processes.iter().find(|p| p.pid == pid).unwrap();
+    assert_eq!((p.mnt_ns, p.pid_ns), (Some(mnt_ns), Some(pid_ns)));
     let count = |probe: u32, kind: EventKind| {
         rec.events
             .iter()
@@ -329,6 +340,10 @@ fn cgroup_keeps_only_the_processes_inside() {
     assert_eq!(rec.only_pid(), inside.id());
     assert_eq!(rec.count(inside.id(), EventKind::Entry), 500);
     assert_eq!(rec.count(inside.id(), EventKind::Return), 500);
+    let mount = urec_record::cgroup::cgroup2_mount().unwrap();
+    let relative = Path::new("/").join(cg.0.strip_prefix(&mount).unwrap());
+    let p = rec.processes.iter().find(|p| p.pid == inside.id()).unwrap();
+    assert_eq!(p.cgroup.as_deref(), relative.to_str());
 }
 
 #[test]
