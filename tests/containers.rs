@@ -192,6 +192,21 @@ fn pid_in_a_mount_namespace_is_probed_by_its_own_paths() {
         "main;b;leaf 200",
         "main;b;leaf;__GI_atoi 200",
     ];
+    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--json",
+        "-",
+    ]))
+    .unwrap();
+    let procs = &json["recording"]["processes"];
+    assert_eq!(procs.as_array().map(Vec::len), Some(1), "{procs}");
+    assert_eq!(procs[0]["pid"], pid);
+    assert_eq!(procs[0]["comm"], "prog");
+    assert_eq!(procs[0]["mnt_ns"], mnt_ns);
+    assert_eq!(procs[0]["pid_ns"], pid_ns);
+    assert!(procs[0]["cgroup"].is_string(), "{procs}");
     let before = folded(&data, &[]);
     assert_eq!(own(&before), expected, "{before}");
     std::fs::remove_dir_all(&root).unwrap();
@@ -344,6 +359,18 @@ fn cgroup_keeps_only_the_processes_inside() {
     let relative = Path::new("/").join(cg.0.strip_prefix(&mount).unwrap());
     let p = rec.processes.iter().find(|p| p.pid == inside.id()).unwrap();
     assert_eq!(p.cgroup.as_deref(), relative.to_str());
+    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--json",
+        "-",
+    ]))
+    .unwrap();
+    let procs = &json["recording"]["processes"];
+    assert_eq!(procs.as_array().map(Vec::len), Some(1), "{procs}");
+    assert_eq!(procs[0]["pid"], inside.id());
+    assert_eq!(procs[0]["cgroup"].as_str(), relative.to_str());
 }
 
 #[test]

@@ -69,6 +69,8 @@ pub struct Recording {
     pub probes: Vec<String>,
     /// Where the frames' names came from (`recording.symbols` in JSON).
     pub symbols: SymbolStats,
+    /// The processes that had events, where they ran (`recording.processes` in JSON).
+    pub processes: Vec<crate::processes::ProcessSummary>,
 }
 
 impl Recording {
@@ -169,15 +171,21 @@ pub fn analyze_bytes(bytes: Vec<u8>, opts: &ReportOptions) -> Result<Report, Err
 }
 
 fn analyze_source(source: crate::input::Source<'_>, opts: &ReportOptions) -> Result<Report, Error> {
-    let (agg, status) = crate::input::read(
+    let ((agg, processes), status) = crate::input::read(
         source,
-        |header| Aggregator::new(header, opts),
-        |agg, record| {
+        |header| {
+            let processes = crate::processes::ProcessList::new(&header.host);
+            (Aggregator::new(header, opts), processes)
+        },
+        |(agg, processes), record| {
+            processes.push(&record);
             agg.push(record);
             Ok(())
         },
     )?;
-    agg.finish(status.truncated, status.corrupt_chunks, status.warnings)
+    let mut report = agg.finish(status.truncated, status.corrupt_chunks, status.warnings)?;
+    report.recording.processes = processes.finish();
+    Ok(report)
 }
 
 /// One code address a report would name: a binary, a file offset in it, and whether it is a
@@ -728,6 +736,7 @@ impl<'o> Aggregator<'o> {
             corrupt_chunks,
             probes: names,
             symbols: std::mem::take(&mut self.symbol_stats),
+            processes: Vec::new(),
         };
         if unknown_frames > 0 {
             warnings.push(format!(

@@ -39,6 +39,7 @@ pub mod histogram;
 mod input;
 mod interner;
 pub mod json;
+pub mod processes;
 pub mod rebase;
 pub mod script;
 pub use urec_symbolize as symbolize;
