@@ -412,3 +412,84 @@ fn cgroup_refuses_what_is_not_a_cgroup_v2_directory() {
         assert!(!data.exists());
     }
 }
+
+/// An overlayfs mount of `lower` with its own upper and work directories, unmounted (lazily)
+/// when dropped.
+struct Overlay(PathBuf);
+
+impl Overlay {
+    fn mount(t: &Fixture, lower: &Path, name: &str) -> Overlay {
+        let (upper, work, merged) = (
+            t.data(&format!("{name}-upper")),
+            t.data(&format!("{name}-work")),
+            t.data(&format!("{name}-merged")),
+        );
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let st = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            ))
+            .arg(&merged)
+            .status()
+            .expect("running mount");
+        assert!(st.success(), "mount -t overlay failed");
+        Overlay(merged)
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn one_overlayfs_layer_file_in_two_containers_is_probed_once() {
+    if !have_root() {
+        return;
+    }
+    let t = build(&["-static"]);
+    // One image layer, two containers' overlay mounts of it: stat (and /proc/PID/maps) give a
+    // device number per mount, the uprobe lands on the layer's one inode.
+    let lower = t.data("layer");
+    std::fs::create_dir_all(lower.join("app")).unwrap();
+    std::fs::copy(&t.exe, lower.join("app/prog")).unwrap();
+    let one = Overlay::mount(&t, &lower, "one");
+    let two = Overlay::mount(&t, &lower, "two");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (m1, m2) = (
+            std::fs::metadata(one.0.join("app/prog")).unwrap(),
+            std::fs::metadata(two.0.join("app/prog")).unwrap(),
+        );
+        assert_ne!(m1.dev(), m2.dev(), "overlay mounts should differ in st_dev");
+    }
+    let mut a = start_in(&one.0, "/app/prog");
+    let mut b = start_in(&two.0, "/app/prog");
+    wait_exec(a.id(), "prog");
+    wait_exec(b.id(), "prog");
+    let data = t.data("overlay.data");
+    let pids = format!("{},{}", a.id(), b.id());
+    let mut u = start_attached(&[
+        "-e",
+        "/app/prog:leaf",
+        "-p",
+        &pids,
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    run_to_end(&mut [&mut a, &mut b], &mut u);
+    let rec = Recording::read(&data);
+    assert!(rec.finished);
+    assert_eq!(rec.probes.len(), 1, "{:?}", rec.probes);
+    for pid in [a.id(), b.id()] {
+        assert_eq!(rec.count(pid, EventKind::Entry), 500, "pid {pid}");
+        assert_eq!(rec.count(pid, EventKind::Return), 500, "pid {pid}");
+    }
+}

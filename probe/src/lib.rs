@@ -58,6 +58,7 @@ mod elf;
 mod glob;
 mod ifunc;
 mod insn;
+mod real_file;
 mod resolve;
 mod spec;
 mod target;

@@ -118,10 +118,13 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
         };
         let mut seen = Vec::new();
         for t in targets {
-            let id = file_id(&t.open).map_err(|e| SpecError::Io {
-                path: t.open.clone(),
-                source: e,
-            })?;
+            let id =
+                crate::real_file::identity(&t.open, &t.display, &t.mountinfo).map_err(|e| {
+                    SpecError::Io {
+                        path: t.open.clone(),
+                        source: e,
+                    }
+                })?;
             if seen.contains(&id) {
                 continue;
             }
@@ -144,12 +147,6 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
 
 /// A file's identity: device and inode.
 pub(crate) type FileId = (u64, u64);
-
-fn file_id(path: &std::path::Path) -> std::io::Result<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
-}
 
 /// TARGET in each root (the host when there are none); found in one is enough.
 fn find_in_roots(target: &str, roots: &[PathBuf]) -> Result<Vec<target::Found>, SpecError> {

@@ -34,6 +34,8 @@ pub struct Found {
     /// The path urec opens and attaches to: `display` itself on the host, else the same file
     /// through the root (`/proc/PID/root/...`), with no symbolic link left to follow in it.
     pub open: PathBuf,
+    /// The mount table `display` is a path of (`/proc/PID/mountinfo`, `/proc/self/mountinfo`).
+    pub mountinfo: PathBuf,
 }
 
 /// [`find_target`] inside `root` (a process's `/proc/PID/root`), or on the host with `None`:
@@ -46,6 +48,7 @@ pub fn find_target_in(target: &str, root: Option<&Path>) -> Result<Found, SpecEr
         return find_on_host(target).map(|p| Found {
             display: p.clone(),
             open: p,
+            mountinfo: PathBuf::from("/proc/self/mountinfo"),
         });
     };
     let not_found = |why: String| SpecError::TargetNotFound {
@@ -61,7 +64,15 @@ pub fn find_target_in(target: &str, root: Option<&Path>) -> Result<Found, SpecEr
                 display.display()
             )));
         }
-        Ok(Found { display, open })
+        let mountinfo = root
+            .parent()
+            .map_or_else(|| PathBuf::from("/proc/self"), Path::to_path_buf)
+            .join("mountinfo");
+        Ok(Found {
+            display,
+            open,
+            mountinfo,
+        })
     };
     if target.contains('/') {
         // Relative paths are taken from the root: the process's working directory is its own.
