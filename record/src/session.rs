@@ -503,10 +503,10 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     }
 
     // Every process (`-a`, `-a -- COMMAND`), or the -p / COMMAND processes and descendants.
-    let mut mapped = MappedBinaries::new(
+    let mut mapped = MappedBinaries::new_at(
         opts.probes
             .iter()
-            .map(|p| (p.probe.id, p.probe.binary.as_str())),
+            .map(|p| (p.probe.id, p.probe.binary.as_str(), p.open_path.as_path())),
         !filter,
     );
     for &pid in &pids {
