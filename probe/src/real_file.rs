@@ -7,8 +7,9 @@
 //! two files, be attached twice, and count each call twice. So for a file on overlayfs the
 //! layer directories are read from the mount's options (`/proc/PID/mountinfo`, found by the
 //! file's mount id) and the file is looked up in the upper layer, then the lower ones in
-//! order; the first that has it, and matches the overlay's inode number or size, is the real
-//! file. Anything unexpected falls back to `stat`'s identity.
+//! order; the first that has it, with the size, modification time and inode number (its low
+//! 32 bits, which `xino` keeps) the overlay shows, is the real file. Anything unexpected falls
+//! back to `stat`'s identity.
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -25,7 +26,13 @@ pub fn identity(open: &Path, display: &Path, mountinfo: &Path) -> std::io::Resul
     Ok(overlay_layer_file(open, display, mountinfo)
         .and_then(|real| {
             let m = std::fs::metadata(&real).ok()?;
-            let same = m.is_file() && (m.ino() == meta.ino() || m.len() == meta.len());
+            // The overlay shows the layer file's size and times, and its inode number
+            // unless `xino` remaps it. The layer paths come from whoever mounted the overlay
+            // (in a user namespace, an unprivileged process): they must name this file.
+            let same = m.is_file()
+                && m.len() == meta.len()
+                && (m.mtime(), m.mtime_nsec()) == (meta.mtime(), meta.mtime_nsec())
+                && (m.ino() == meta.ino() || m.ino() & 0xffff_ffff == meta.ino() & 0xffff_ffff);
             same.then_some((m.dev(), m.ino()))
         })
         .unwrap_or(stat_id))
