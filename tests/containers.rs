@@ -49,10 +49,12 @@ fn build(flags: &[&str]) -> Fixture {
 /// `/etc/ld.so.cache` (built by `ldconfig -r`) names: `libc` can only be found through it.
 fn dynamic_rootfs(t: &Fixture, name: &str) -> PathBuf {
     let root = t.data(name);
-    for dir in ["app", "opt/clib", "lib64", "etc"] {
+    for dir in ["app", "opt/clib", "lib64", "etc", "usr/bin"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy(&t.exe, root.join("app/prog")).unwrap();
+    // An absolute link, which means /app/prog inside the root (on the host: nothing).
+    std::os::unix::fs::symlink("/app/prog", root.join("usr/bin/runme")).unwrap();
     let ld = std::fs::canonicalize("/lib64/ld-linux-x86-64.so.2").unwrap();
     std::fs::copy(ld, root.join("lib64/ld-linux-x86-64.so.2")).unwrap();
     let libc = std::fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
@@ -138,9 +140,27 @@ fn pid_in_a_mount_namespace_is_probed_by_its_own_paths() {
     let (mnt_ns, pid_ns) = (ns(&pid.to_string(), "mnt"), ns(&pid.to_string(), "pid"));
     assert_ne!(mnt_ns, ns("self", "mnt"));
     let data = t.data("c.data");
+    // What is not in the container is refused (exit 2) before anything is attached, naming it.
+    for spec in ["/no/such/prog:leaf", "libnosuch:f"] {
+        let out = common::urec(&[
+            "record",
+            "-e",
+            spec,
+            "-p",
+            &pid.to_string(),
+            "-o",
+            data.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{spec}: {stderr}");
+        assert!(stderr.contains(&format!("/proc/{pid}/root")), "{stderr}");
+        assert!(!data.exists());
+    }
     let mut u = start_attached(&[
         "-e",
         "/app/prog:leaf",
+        "-e",
+        "/usr/bin/runme:leaf",
         "-e",
         "libc:atoi",
         "-p",
@@ -156,6 +176,11 @@ fn pid_in_a_mount_namespace_is_probed_by_its_own_paths() {
     // through the root's ld.so.cache.
     let binaries: Vec<&str> = rec.probes.iter().map(|p| p.binary.as_str()).collect();
     assert_eq!(binaries, ["/app/prog", "/opt/clib/libc.so.6"]);
+    // The link resolved inside the root: the same file, the same probe.
+    assert_eq!(
+        rec.probes[0].specs,
+        ["/app/prog:leaf", "/usr/bin/runme:leaf"]
+    );
     assert_eq!(rec.only_pid(), pid);
     // Where the process lived, recorded with it.
     let p = rec.processes.iter().find(|p| p.pid == pid).unwrap();
