@@ -68,7 +68,8 @@ pub struct ResolvedProbe {
 /// What [`resolve`] produced.
 #[derive(Clone, Debug, Default)]
 pub struct Resolution {
-    /// One probe per (binary, file offset), ids 0, 1, 2... in order of first appearance.
+    /// One probe per (real file: device and inode, file offset), ids 0, 1, 2... in order of
+    /// first appearance.
     pub probes: Vec<ResolvedProbe>,
     /// Things the user should know that are not errors (IFUNCs a glob skipped).
     pub warnings: Vec<String>,
