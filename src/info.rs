@@ -292,6 +292,7 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
                 exe.push_str(" -> ");
                 exe.push_str(e);
             }
+            let or_dash = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
             vec![
                 p.pid.to_string(),
                 p.ppid.to_string(),
@@ -302,11 +303,20 @@ fn describe(path: &Path) -> anyhow::Result<(String, Option<String>)> {
                     "-"
                 }
                 .into(),
+                or_dash(p.mnt_ns),
+                or_dash(p.pid_ns),
+                p.cgroup.clone().unwrap_or_else(|| "-".into()),
                 exe,
             ]
         })
         .collect();
-    table(w, &["pid", "ppid", "comm", "exit", "exe"], &rows);
+    table(
+        w,
+        &[
+            "pid", "ppid", "comm", "exit", "mnt ns", "pid ns", "cgroup", "exe",
+        ],
+        &rows,
+    );
 
     let _ = writeln!(w, "\nbinaries ({}):", binaries.len());
     let rows: Vec<Vec<String>> = binaries

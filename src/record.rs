@@ -32,6 +32,10 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub pids: Vec<u32>,
+    /// Trace only tasks in this cgroup v2 directory or below it (an absolute path, e.g. a
+    /// container's or a systemd unit's); combines with -a, -p and COMMAND.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
     /// Output file; an existing one is kept as FILE.old.
     #[arg(short = 'o', long = "output", default_value = "urec.data")]
     pub output: PathBuf,
@@ -206,6 +210,40 @@ fn thread_group_of(tid: u32) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Where `-p` processes' TARGETs are looked up ([`ResolveOptions::roots`]): empty when every
+/// process sees the files as urec does (same mount namespace and root); else the root of each,
+/// `/proc/PID/root` for a process in another mount namespace or with another root (a
+/// container), `/` for one that sees the host's. Processes sharing a root are asked once.
+fn roots_of(pids: &[u32]) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let ident = |root: &str, ns: &str| {
+        let r = std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()));
+        let n = std::fs::metadata(ns).ok().map(|m| (m.dev(), m.ino()));
+        (r, n)
+    };
+    let host = ident("/", "/proc/self/ns/mnt");
+    let mut seen = Vec::new();
+    let mut roots = Vec::new();
+    for &pid in pids {
+        let id = ident(&format!("/proc/{pid}/root"), &format!("/proc/{pid}/ns/mnt"));
+        // Unreadable (the process is gone, checked later): the host's view.
+        let id = if id.0.is_none() { host } else { id };
+        if seen.contains(&id) {
+            continue;
+        }
+        seen.push(id);
+        roots.push(if id == host {
+            PathBuf::from("/")
+        } else {
+            PathBuf::from(format!("/proc/{pid}/root"))
+        });
+    }
+    if roots.iter().all(|r| r == std::path::Path::new("/")) {
+        roots.clear();
+    }
+    roots
+}
+
 /// Whether two paths name the same existing file (device and inode, through symlinks).
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -237,6 +275,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
     }
     urec_record::output::check(&args.output).map_err(UsageError)?;
+    if let Some(cgroup) = &args.cgroup {
+        urec_record::cgroup::open(cgroup).map_err(UsageError)?;
+    }
     let verbosity = if args.quiet {
         Verbosity::Quiet
     } else if args.verbose {
@@ -253,8 +294,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .collect::<Result<Vec<_>, _>>()?;
     // Resolution opens every binary named: at a tiny open-files limit that is where it runs out,
     // and the limit (exit 1), not the spec (exit 2), is what to name.
-    let resolution = urec_probe::resolve(&specs, &ResolveOptions { force: args.force })
-        .map_err(|e| urec_record::fds::explain(e.into()))?;
+    let opts = ResolveOptions {
+        force: args.force,
+        roots: roots_of(&args.pids),
+    };
+    let resolution =
+        urec_probe::resolve(&specs, &opts).map_err(|e| urec_record::fds::explain(e.into()))?;
     // -g auto: the traced programs' executables are the callers' binaries we know of.
     let mut callers: Vec<PathBuf> = Vec::new();
     if args.call_graph == CallGraph::Auto {
@@ -262,7 +307,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             callers.extend(urec_record::command::find_program(first));
         }
         for &pid in &args.pids {
-            callers.extend(std::fs::read_link(format!("/proc/{pid}/exe")));
+            // The file itself, wherever its path leads (another mount namespace included).
+            callers.push(PathBuf::from(format!("/proc/{pid}/exe")));
         }
     }
     // Judged once for all probes: the census reads every function start of the file.
@@ -351,7 +397,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let mut needed: Vec<(&str, PathBuf)> = resolution
         .probes
         .iter()
-        .map(|p| ("a probed binary", PathBuf::from(&p.probe.binary)))
+        .map(|p| ("a probed binary", p.open_path.clone()))
         .collect();
     if let Target::Command { program, .. } = &target {
         needed.push(("the command", program.clone()));
@@ -380,6 +426,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         verbosity,
         command_line: std::env::args().collect(),
         keep_files: !args.no_symbols,
+        cgroup: args.cgroup.clone(),
     })
     .context("recording")?;
     if verbosity != Verbosity::Quiet {

@@ -73,12 +73,17 @@ fn recording(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<u8>) {
     }))
     .unwrap();
     for pid in [300, 301] {
+        // 300 as a 1.2 recorder writes it, 301 as an older one did (no namespaces, cgroup).
+        let recorded = pid == 300;
         w.write(&Record::Process(Process {
             pid,
             ppid: 1,
             comm: "bash".into(),
             exe: "/usr/bin/bash".into(),
             start_ns: Some(500),
+            mnt_ns: recorded.then_some(4026532201),
+            pid_ns: recorded.then_some(4026532202),
+            cgroup: recorded.then(|| "/system.slice/app.service".to_string()),
         }))
         .unwrap();
         w.write(&Record::Mapping(Mapping {
@@ -184,7 +189,7 @@ fn info_describes_a_complete_recording() {
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
     let expect = [
-        format!("file:       {} ({} bytes, format 1.1)", path.display(), bytes.len()),
+        format!("file:       {} ({} bytes, format 1.2)", path.display(), bytes.len()),
         "started:    2023-11-14 22:13:20.123 UTC".into(),
         "host:       testhost (Linux 6.18.0-test, x86_64)".into(),
         "command:    urec record -e 'bash:readline%return cmd=+0($retval):string' -- ls".into(),
@@ -199,8 +204,9 @@ fn info_describes_a_complete_recording() {
         "probes (1):".into(),
         "  0   bash:readline  /usr/bin/bash  readline  0xd4c80  entry+return  dwarf  1000     1000     17    cmd".into(),
         "processes (2):".into(),
-        "  300  1     bash  -       /usr/bin/bash".into(),
-        "  301  1     bash  exited  /usr/bin/bash".into(),
+        "  pid  ppid  comm  exit    mnt ns      pid ns      cgroup                     exe".into(),
+        "  300  1     bash  -       4026532201  4026532202  /system.slice/app.service  /usr/bin/bash".into(),
+        "  301  1     bash  exited  -           -           -                          /usr/bin/bash".into(),
         "binaries (2):".into(),
         "  0102030405060708090a0b0c0d0e0f1011121314  /usr/bin/bash".into(),
         "  -                                         /usr/lib/x86_64-linux-gnu/libc.so.6".into(),

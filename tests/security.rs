@@ -144,6 +144,7 @@ fn hostile_recording(path: &Path, fifo: &Path, dir: &Path) {
         comm: "evil\x1b[2J\x1b[H\n".into(),
         exe: "/usr/bin/../bin/true".into(),
         start_ns: Some(0),
+        ..Default::default()
     }))
     .unwrap();
     let paths = [

@@ -35,6 +35,7 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 /* Set by the recorder before load. */
 const volatile __u32 self_tgid = 0;       /* urec itself: never traced */
 const volatile __u8 filter_tgids = 0;     /* only tgids in `tgids` (-p, -- COMMAND) */
+const volatile __u8 filter_cgroup = 0;    /* only tasks in `cgroup_filter`'s cgroup (--cgroup) */
 const volatile __u32 stack_depth = UREC_MAX_DEPTH; /* 0: no stacks (-g none) */
 const volatile __u64 wakeup_bytes = 1 << 20;
 
@@ -66,6 +67,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } tgids SEC(".maps");
+
+/* --cgroup: the cgroup v2 directory whose tasks (and its descendants') are traced, at key 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} cgroup_filter SEC(".maps");
 
 /*
  * The scratch buffer: header and args below 4096, frames or the dwarf header and pending
@@ -141,6 +150,10 @@ static __always_inline struct cpu_state *this_cpu(void)
 static __always_inline bool traced(__u32 tgid)
 {
 	if (tgid == self_tgid)
+		return false;
+	/* Before the tgid cache: a task may move between cgroups at any time. 1 = under it;
+	 * 0 = not; negative = no cgroup in the map (cannot happen once loaded): not traced. */
+	if (filter_cgroup && bpf_current_task_under_cgroup(&cgroup_filter, 0) != 1)
 		return false;
 	if (filter_tgids) {
 		struct cpu_state *c = this_cpu();

@@ -318,6 +318,16 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, body: &mut Vec<u8>, record: &Reco
             put_str(body, &p.comm);
             put_str(body, &p.exe);
             put_opt_u64(body, p.start_ns);
+            // 1.2: trailing fields, which 1.1 readers skip.
+            put_opt_u64(body, p.mnt_ns);
+            put_opt_u64(body, p.pid_ns);
+            match &p.cgroup {
+                None => body.push(0),
+                Some(c) => {
+                    body.push(1);
+                    put_str(body, c);
+                }
+            }
             TAG_PROCESS
         }
         Record::ProcessEvent(e) => {
@@ -444,13 +454,23 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
                 args,
             })
         }
-        TAG_PROCESS => Record::Process(Process {
-            pid: c.u32()?,
-            ppid: c.u32()?,
-            comm: c.string()?,
-            exe: c.string()?,
-            start_ns: c.opt_u64()?,
-        }),
+        TAG_PROCESS => {
+            let mut p = Process {
+                pid: c.u32()?,
+                ppid: c.u32()?,
+                comm: c.string()?,
+                exe: c.string()?,
+                start_ns: c.opt_u64()?,
+                ..Process::default()
+            };
+            // 1.2's trailing fields: absent in a 1.1 file.
+            if !c.is_empty() {
+                p.mnt_ns = c.opt_u64()?;
+                p.pid_ns = c.opt_u64()?;
+                p.cgroup = if c.bool()? { Some(c.string()?) } else { None };
+            }
+            Record::Process(p)
+        }
         TAG_PROCESS_EVENT => {
             let pid = c.u32()?;
             let time_ns = c.u64()?;
@@ -539,4 +559,44 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
         TAG_SYMBOLS => Record::Symbols(crate::symbols::decode(c)?),
         _ => return Ok(None),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &[u8]) -> Option<Record> {
+        decode_record(TAG_PROCESS, &mut Cursor::new(body)).unwrap_or_else(|e| panic!("{}", e.0))
+    }
+
+    #[test]
+    fn process_context_is_trailing_and_optional() {
+        let full = Process {
+            pid: 7,
+            ppid: 1,
+            comm: "nginx".into(),
+            exe: "/usr/sbin/nginx".into(),
+            start_ns: Some(9),
+            mnt_ns: Some(4026532200),
+            pid_ns: Some(4026532201),
+            cgroup: Some("/system.slice/docker-abc.scope".into()),
+        };
+        let (mut buf, mut body) = (Vec::new(), Vec::new());
+        encode_record(&mut buf, &mut body, &Record::Process(full.clone()));
+        assert_eq!(decode(&body), Some(Record::Process(full.clone())));
+        // A 1.1 body (no context): read, the context unknown.
+        let old = Process {
+            mnt_ns: None,
+            pid_ns: None,
+            cgroup: None,
+            ..full.clone()
+        };
+        encode_record(&mut buf, &mut body, &Record::Process(old.clone()));
+        assert_eq!(&body[body.len() - 3..], &[0, 0, 0]);
+        assert_eq!(decode(&body[..body.len() - 3]), Some(Record::Process(old)));
+        // A later minor version's fields after these: skipped.
+        encode_record(&mut buf, &mut body, &Record::Process(full.clone()));
+        body.extend_from_slice(&[5, 1, 2, 3]);
+        assert_eq!(decode(&body), Some(Record::Process(full)));
+    }
 }

@@ -156,6 +156,7 @@ fn process(pid: u32) -> Record {
         comm: "app".into(),
         exe: "/app".into(),
         start_ns: Some(T0),
+        ..Default::default()
     })
 }
 

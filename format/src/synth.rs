@@ -179,6 +179,9 @@ impl Synth {
             comm: "synth".into(),
             exe: bins[0].path.clone(),
             start_ns: Some(START_NS - 1_000_000),
+            mnt_ns: Some(4_026_531_841),
+            pid_ns: Some(4_026_531_836),
+            cgroup: Some("/synth.slice".into()),
         }));
         for (i, b) in bins.iter().enumerate() {
             metadata.push(Record::Mapping(Mapping {

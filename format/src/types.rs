@@ -164,7 +164,7 @@ pub struct Probe {
 }
 
 /// A process seen during the recording (it produced events, or is an ancestor of one that did).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Process {
     /// Process id (tgid).
     pub pid: u32,
@@ -176,6 +176,13 @@ pub struct Process {
     pub exe: String,
     /// When the process started (or was first seen), if known.
     pub start_ns: Option<Nanos>,
+    /// Inode number of its mount namespace (`/proc/PID/ns/mnt`), when recorded (format 1.2).
+    pub mnt_ns: Option<u64>,
+    /// Inode number of its pid namespace (`/proc/PID/ns/pid`), when recorded (format 1.2).
+    pub pid_ns: Option<u64>,
+    /// Its cgroup v2 path (`/proc/PID/cgroup`'s `0::` line, as the recorder's cgroup namespace
+    /// sees it), when recorded (format 1.2).
+    pub cgroup: Option<String>,
 }
 
 /// A change in a process's life after its [`Process`] record.

@@ -64,8 +64,13 @@ impl Sym {
 
 /// One opened binary.
 pub(crate) struct Binary {
-    /// Canonical absolute path.
+    /// Canonical absolute path, as urec opens it.
     pub path: PathBuf,
+    /// The path as the traced processes name it (`path`, unless it was found in another
+    /// process's root).
+    pub display: PathBuf,
+    /// Device and inode (0, 0 until the resolver sets them).
+    pub id: (u64, u64),
     pub build_id: Option<BuildId>,
     /// It has a `.symtab` (or a debug file provided one).
     pub has_symtab: bool,
@@ -152,6 +157,8 @@ impl Binary {
         }
         let mut bin = Binary {
             path: path.to_path_buf(),
+            display: path.to_path_buf(),
+            id: (0, 0),
             build_id,
             has_symtab,
             segments,

@@ -58,6 +58,7 @@ mod elf;
 mod glob;
 mod ifunc;
 mod insn;
+mod real_file;
 mod resolve;
 mod spec;
 mod target;
@@ -69,7 +70,7 @@ pub use resolve::{
     resolve, Resolution, ResolveOptions, ResolvedProbe, FRAME_POINTER_THRESHOLD, GLOB_LIMIT,
 };
 pub use spec::{parse, Arg, Fetch, FunctionSpec, ProbeSpec, Reg, MAX_DEREF_DEPTH};
-pub use target::find_target;
+pub use target::{find_target, find_target_in, resolve_in_root, Found};
 pub use usdt::{Operand, UsdtArg, UsdtProbe};
 
 use urec_format::{FileOffset, Svma};

@@ -22,11 +22,16 @@ pub const GLOB_LIMIT: usize = 1000;
 pub const FRAME_POINTER_THRESHOLD: f32 = 0.5;
 
 /// Options of [`resolve`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ResolveOptions {
     /// Allow a glob to match more than [`GLOB_LIMIT`] functions, and an address in no known
     /// function (no symbol, no `.eh_frame` entry), whose boundaries cannot be checked.
     pub force: bool,
+    /// Where TARGETs are looked up: empty for the host; else each of these roots (`-p` of
+    /// processes in other mount namespaces: their `/proc/PID/root`; `/` stands for the host),
+    /// a TARGET found in any of them being enough. A file found through several roots (one
+    /// image shared by containers) is probed once.
+    pub roots: Vec<PathBuf>,
 }
 
 /// A probe ready to attach.
@@ -54,12 +59,17 @@ pub struct ResolvedProbe {
     /// File offset of the USDT semaphore the kernel must count while this probe is attached
     /// (`ref_ctr_offset`): the guarded site only runs while it is non-zero. None otherwise.
     pub ref_ctr_offset: Option<u64>,
+    /// The binary as urec opens and attaches to it: `probe.binary` on the host, the same file
+    /// through `/proc/PID/root` for a TARGET found in another process's root (whose
+    /// in-container path `probe.binary` keeps).
+    pub open_path: PathBuf,
 }
 
 /// What [`resolve`] produced.
 #[derive(Clone, Debug, Default)]
 pub struct Resolution {
-    /// One probe per (binary, file offset), ids 0, 1, 2... in order of first appearance.
+    /// One probe per (real file: device and inode, file offset), ids 0, 1, 2... in order of
+    /// first appearance.
     pub probes: Vec<ResolvedProbe>,
     /// Things the user should know that are not errors (IFUNCs a glob skipped).
     pub warnings: Vec<String>,
@@ -90,89 +100,145 @@ impl Location {
 /// Resolves specs to probes. Fails on the first spec that cannot be used, naming it; nothing
 /// is attached here, so a failure leaves no trace.
 pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution, SpecError> {
-    let mut paths: HashMap<String, PathBuf> = HashMap::new();
-    let mut binaries: HashMap<PathBuf, Binary> = HashMap::new();
+    let mut found: HashMap<String, Vec<target::Found>> = HashMap::new();
+    // One Binary per real file (device and inode): two paths to one file (a hard link, a bind
+    // mount, one image seen through two containers' roots) are one binary, probed once.
+    let mut binaries: HashMap<FileId, Binary> = HashMap::new();
     let mut out = Resolution::default();
-    let mut index: BTreeMap<(PathBuf, u64), usize> = BTreeMap::new();
+    let mut index: BTreeMap<(FileId, u64), usize> = BTreeMap::new();
     let kernel = KernelUprobes::running();
 
     for spec in specs {
-        let path = match paths.get(&spec.target) {
-            Some(p) => p.clone(),
+        let targets = match found.get(&spec.target) {
+            Some(t) => t.clone(),
             None => {
-                let p = target::find_target(&spec.target)?;
-                paths.insert(spec.target.clone(), p.clone());
-                p
+                let t = find_in_roots(&spec.target, &opts.roots)?;
+                found.insert(spec.target.clone(), t.clone());
+                t
             }
         };
-        let bin = match binaries.entry(path) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let b = Binary::open(e.key())
-                    .map_err(|err| target::explain_not_elf(err, &spec.target))?;
-                e.insert(b)
-            }
-        };
-        if let FunctionSpec::Usdt { provider, name } = &spec.function {
-            crate::usdt_resolve::add(
-                spec,
-                bin,
-                provider.as_deref(),
-                name,
-                &kernel,
-                &mut out.probes,
-                &mut index,
-            )?;
-            continue;
-        }
-        let locations = locate(spec, bin, opts, &mut out.warnings)?;
-        // A glob, or a name that several local functions share, skips what cannot be probed;
-        // a single named location is refused with the reason.
-        let many = locations.len() > 1 || matches!(spec.function, FunctionSpec::Glob(_));
-        let mut skipped: Vec<String> = Vec::new();
-        let mut last_refusal = None;
-        let total = locations.len();
-        for loc in locations {
-            let bytes = bin.bytes_at(loc.vaddr, 16);
-            let handling = insn::classify(bytes, &kernel);
-            if let InsnHandling::Refused(why) = handling {
-                let refusal = refusal_message(&loc, bytes, why);
-                if !many {
-                    return Err(SpecError::NotProbeable {
-                        spec: spec.text.clone(),
-                        why: refusal,
-                    });
-                }
-                skipped.push(loc.name);
-                last_refusal = Some(refusal);
+        let mut seen = Vec::new();
+        for t in targets {
+            let id =
+                crate::real_file::identity(&t.open, &t.display, &t.mountinfo).map_err(|e| {
+                    SpecError::Io {
+                        path: t.open.clone(),
+                        source: e,
+                    }
+                })?;
+            if seen.contains(&id) {
                 continue;
             }
-            add_location(spec, bin, loc, handling, &mut out.probes, &mut index)?;
-        }
-        if skipped.len() == total {
-            return Err(SpecError::NotProbeable {
-                spec: spec.text.clone(),
-                why: match (total, last_refusal) {
-                    (1, Some(why)) => why,
-                    _ => format!(
-                        "the kernel cannot probe any of the {total} functions it matches ({})",
-                        urec_format::name_list(&skipped, 8)
-                    ),
-                },
-            });
-        }
-        if !skipped.is_empty() {
-            out.warnings.push(format!(
-                "{}: skipped {} the kernel cannot probe: {} (`urec list {}` marks them \
-                 [not-probeable] and says why)",
-                spec.text,
-                urec_format::plural(skipped.len() as u64, "function", "functions"),
-                urec_format::name_list(&skipped, 8),
-                spec.target,
-            ));
+            seen.push(id);
+            let bin = match binaries.entry(id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let mut b = Binary::open(&t.open)
+                        .map_err(|err| target::explain_not_elf(err, &spec.target))?;
+                    b.display = t.display.clone();
+                    b.id = id;
+                    e.insert(b)
+                }
+            };
+            resolve_in(spec, bin, opts, &kernel, &mut out, &mut index)?;
         }
     }
     Ok(out)
+}
+
+/// A file's identity: device and inode.
+pub(crate) type FileId = (u64, u64);
+
+/// TARGET in each root (the host when there are none); found in one is enough.
+fn find_in_roots(target: &str, roots: &[PathBuf]) -> Result<Vec<target::Found>, SpecError> {
+    if roots.is_empty() {
+        return Ok(vec![target::find_target_in(target, None)?]);
+    }
+    let mut out = Vec::new();
+    let mut first_err = None;
+    for root in roots {
+        let root = (root != std::path::Path::new("/")).then_some(root.as_path());
+        match target::find_target_in(target, root) {
+            Ok(f) => out.push(f),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match (out.is_empty(), first_err) {
+        (true, Some(e)) => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// Resolves one spec in one binary.
+fn resolve_in(
+    spec: &ProbeSpec,
+    bin: &mut Binary,
+    opts: &ResolveOptions,
+    kernel: &KernelUprobes,
+    out: &mut Resolution,
+    index: &mut BTreeMap<(FileId, u64), usize>,
+) -> Result<(), SpecError> {
+    if let FunctionSpec::Usdt { provider, name } = &spec.function {
+        crate::usdt_resolve::add(
+            spec,
+            bin,
+            provider.as_deref(),
+            name,
+            kernel,
+            &mut out.probes,
+            index,
+        )?;
+        return Ok(());
+    }
+    let locations = locate(spec, bin, opts, &mut out.warnings)?;
+    // A glob, or a name that several local functions share, skips what cannot be probed;
+    // a single named location is refused with the reason.
+    let many = locations.len() > 1 || matches!(spec.function, FunctionSpec::Glob(_));
+    let mut skipped: Vec<String> = Vec::new();
+    let mut last_refusal = None;
+    let total = locations.len();
+    for loc in locations {
+        let bytes = bin.bytes_at(loc.vaddr, 16);
+        let handling = insn::classify(bytes, kernel);
+        if let InsnHandling::Refused(why) = handling {
+            let refusal = refusal_message(&loc, bytes, why);
+            if !many {
+                return Err(SpecError::NotProbeable {
+                    spec: spec.text.clone(),
+                    why: refusal,
+                });
+            }
+            skipped.push(loc.name);
+            last_refusal = Some(refusal);
+            continue;
+        }
+        add_location(spec, bin, loc, handling, &mut out.probes, index)?;
+    }
+    if skipped.len() == total {
+        return Err(SpecError::NotProbeable {
+            spec: spec.text.clone(),
+            why: match (total, last_refusal) {
+                (1, Some(why)) => why,
+                _ => format!(
+                    "the kernel cannot probe any of the {total} functions it matches ({})",
+                    urec_format::name_list(&skipped, 8)
+                ),
+            },
+        });
+    }
+    if !skipped.is_empty() {
+        out.warnings.push(format!(
+            "{}: skipped {} the kernel cannot probe: {} (`urec list {}` marks them \
+             [not-probeable] and says why)",
+            spec.text,
+            urec_format::plural(skipped.len() as u64, "function", "functions"),
+            urec_format::name_list(&skipped, 8),
+            spec.target,
+        ));
+    }
+    Ok(())
 }
 
 /// Why the instruction at `loc` takes no probe, naming it.
@@ -195,7 +261,7 @@ fn add_location(
     loc: Location,
     first_insn: InsnHandling,
     probes: &mut Vec<ResolvedProbe>,
-    index: &mut BTreeMap<(PathBuf, u64), usize>,
+    index: &mut BTreeMap<(FileId, u64), usize>,
 ) -> Result<(), SpecError> {
     let not_probeable = |why: String| SpecError::NotProbeable {
         spec: spec.text.clone(),
@@ -256,7 +322,7 @@ fn add_location(
         fetches.push(arg.fetch.clone());
     }
 
-    let key = (bin.path.clone(), offset);
+    let key = (bin.id, offset);
     if let Some(&i) = index.get(&key) {
         let existing = &mut probes[i];
         if !existing.probe.specs.contains(&spec.text) {
@@ -279,7 +345,7 @@ fn add_location(
             id,
             name: format!("{}:{}", spec.target, loc.name),
             specs: vec![spec.text.clone()],
-            binary: bin.path.to_string_lossy().into_owned(),
+            binary: bin.display.to_string_lossy().into_owned(),
             build_id: bin.build_id.clone(),
             symbol: loc.symbol,
             vaddr: Svma(loc.vaddr),
@@ -294,6 +360,7 @@ fn add_location(
         starts_with_push_rbp: loc.at_start && insn::starts_with_push_rbp(bytes),
         binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
         ref_ctr_offset: None,
+        open_path: bin.path.clone(),
     });
     Ok(())
 }

@@ -23,6 +23,231 @@ const LD_SO_CACHE: &str = "/etc/ld.so.cache";
 
 /// Resolves TARGET to the canonical absolute path of an existing file.
 pub fn find_target(target: &str) -> Result<PathBuf, SpecError> {
+    find_target_in(target, None).map(|found| found.open)
+}
+
+/// A TARGET found, possibly inside another process's root (a container).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The canonical path as the processes of that root name it (what the recording shows).
+    pub display: PathBuf,
+    /// The path urec opens and attaches to: `display` itself on the host, else the same file
+    /// through the root (`/proc/PID/root/...`), with no symbolic link left to follow in it.
+    pub open: PathBuf,
+    /// The mount table `display` is a path of (`/proc/PID/mountinfo`, `/proc/self/mountinfo`).
+    pub mountinfo: PathBuf,
+}
+
+/// [`find_target`] inside `root` (a process's `/proc/PID/root`), or on the host with `None`:
+/// a path is looked up in that root (its absolute symbolic links too, which a plain walk of
+/// `/proc/PID/root/...` would follow on the host), library short names through that root's
+/// own `/etc/ld.so.cache` and library directories, program names in urec's `PATH`'s
+/// directories inside the root.
+pub fn find_target_in(target: &str, root: Option<&Path>) -> Result<Found, SpecError> {
+    let Some(root) = root else {
+        return find_on_host(target).map(|p| Found {
+            display: p.clone(),
+            open: p,
+            mountinfo: PathBuf::from("/proc/self/mountinfo"),
+        });
+    };
+    let not_found = |why: String| SpecError::TargetNotFound {
+        target: target.to_string(),
+        why,
+    };
+    let fs = Fs { root: Some(root) };
+    let found = |display: PathBuf| -> Result<Found, SpecError> {
+        let open = under(root, &display);
+        if !open.is_file() {
+            return Err(not_found(format!(
+                "{} (in the root of that process) is not a regular file",
+                display.display()
+            )));
+        }
+        let mountinfo = root
+            .parent()
+            .map_or_else(|| PathBuf::from("/proc/self"), Path::to_path_buf)
+            .join("mountinfo");
+        Ok(Found {
+            display,
+            open,
+            mountinfo,
+        })
+    };
+    if target.contains('/') {
+        // Relative paths are taken from the root: the process's working directory is its own.
+        return match resolve_in_root(root, Path::new(target)) {
+            Ok(display) => found(display),
+            Err(e) => Err(not_found(format!(
+                "{target} inside {}: {e}",
+                root.display()
+            ))),
+        };
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if let Some(display) = fs.canonical(&dir.join(target)) {
+                if fs.is_executable(&display) {
+                    return found(display);
+                }
+            }
+        }
+    }
+    if let Some(display) = fs.find_library(target) {
+        return found(display);
+    }
+    Err(not_found(format!(
+        "not a path, not a program on PATH, and no library lib{}.so* in {LD_SO_CACHE} or {} \
+         inside {}",
+        target
+            .trim_start_matches("lib")
+            .split(".so")
+            .next()
+            .unwrap_or(target),
+        STANDARD_LIB_DIRS.join(", "),
+        root.display()
+    )))
+}
+
+/// `path` (absolute, as seen inside `root`) as urec reaches it: `root/path`.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// How many symbolic links one lookup follows before giving up (the kernel's limit).
+const MAX_LINKS: usize = 40;
+
+/// Resolves `path` the way a process whose root is `root` would: every symbolic link is
+/// followed inside the root (an absolute one restarts at the root, `..` stops at it). Returns
+/// the canonical path as seen inside the root; the file is reached as `root/` + that path.
+pub fn resolve_in_root(root: &Path, path: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    let mut todo: Vec<std::ffi::OsString> = Vec::new();
+    let push = |todo: &mut Vec<std::ffi::OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_os_string()),
+                Component::ParentDir => todo.push("..".into()),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    push(&mut todo, path);
+    let mut links = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            out.pop();
+            continue;
+        }
+        let candidate = out.join(&name);
+        let host = under(root, &candidate);
+        let meta = std::fs::symlink_metadata(&host)?;
+        if !meta.file_type().is_symlink() {
+            out = candidate;
+            continue;
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        let link = std::fs::read_link(&host)?;
+        if link.is_absolute() {
+            out = PathBuf::from("/");
+        }
+        push(&mut todo, &link);
+    }
+    Ok(out)
+}
+
+/// Looking files up on the host (`root: None`) or inside a process's root.
+struct Fs<'a> {
+    root: Option<&'a Path>,
+}
+
+impl Fs<'_> {
+    /// The canonical form of `path` (as seen in the root), if it exists.
+    fn canonical(&self, path: &Path) -> Option<PathBuf> {
+        match self.root {
+            None => std::fs::canonicalize(path).ok(),
+            Some(root) => resolve_in_root(root, path).ok(),
+        }
+    }
+
+    /// `path` (canonical, as seen in the root) as urec reaches it.
+    fn host(&self, path: &Path) -> PathBuf {
+        match self.root {
+            None => path.to_path_buf(),
+            Some(root) => under(root, path),
+        }
+    }
+
+    fn is_file(&self, path: &Path) -> bool {
+        self.canonical(path)
+            .is_some_and(|p| self.host(&p).is_file())
+    }
+
+    fn is_executable(&self, canonical: &Path) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        self.host(canonical)
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+
+    /// Finds a library by short name: the root's ld.so cache first, then its standard
+    /// directories. The path returned is canonical, as seen in the root.
+    fn find_library(&self, name: &str) -> Option<PathBuf> {
+        let (stem, exact) = library_stem(name);
+        let pick = |mut found: Vec<(String, PathBuf)>| {
+            // Several versions (`libssl.so.3`, `libssl.so.1.1`): the newest.
+            found.sort_by_key(|f| std::cmp::Reverse(version_of(&f.0)));
+            found.into_iter().map(|(_, p)| p).next()
+        };
+        let cache = self
+            .canonical(Path::new(LD_SO_CACHE))
+            .and_then(|p| read_ld_so_cache(&self.host(&p)));
+        if let Some(data) = cache {
+            if let Some(entries) = parse_ld_so_cache(&data) {
+                let found: Vec<_> = entries
+                    .into_iter()
+                    .filter(|(soname, path)| {
+                        fits(soname, &stem, exact) && self.is_file(Path::new(path))
+                    })
+                    .map(|(s, p)| (s, PathBuf::from(p)))
+                    .collect();
+                if let Some(p) = pick(found) {
+                    return self.canonical(&p).or(Some(p));
+                }
+            }
+        }
+        for dir in STANDARD_LIB_DIRS {
+            let Some(dir) = self.canonical(Path::new(dir)) else {
+                continue;
+            };
+            let Ok(read) = std::fs::read_dir(self.host(&dir)) else {
+                continue;
+            };
+            let found: Vec<_> = read
+                .flatten()
+                .filter_map(|e| {
+                    let file = e.file_name().into_string().ok()?;
+                    // A bare `libfoo.so` is usually the development symlink or a linker
+                    // script; take it only when asked for exactly.
+                    let ok = fits(&file, &stem, exact) && (exact || file != stem);
+                    ok.then(|| (file.clone(), dir.join(&file)))
+                })
+                .filter(|(_, p)| self.canonical(p).is_some_and(|c| is_elf(&self.host(&c))))
+                .collect();
+            if let Some(p) = pick(found) {
+                return self.canonical(&p).or(Some(p));
+            }
+        }
+        None
+    }
+}
+
+/// [`find_target`] on the host.
+fn find_on_host(target: &str) -> Result<PathBuf, SpecError> {
     let not_found = |why: String| SpecError::TargetNotFound {
         target: target.to_string(),
         why,
@@ -175,52 +400,15 @@ fn version_of(file: &str) -> Vec<u64> {
 
 /// Finds a library by short name: ld.so cache first, then the standard directories.
 pub fn find_library(name: &str) -> Option<PathBuf> {
-    let (stem, exact) = library_stem(name);
-    let pick = |mut found: Vec<(String, PathBuf)>| {
-        // Several versions (`libssl.so.3`, `libssl.so.1.1`): the newest.
-        found.sort_by_key(|f| std::cmp::Reverse(version_of(&f.0)));
-        found.into_iter().map(|(_, p)| p).next()
-    };
-    if let Some(data) = read_ld_so_cache() {
-        if let Some(entries) = parse_ld_so_cache(&data) {
-            let found: Vec<_> = entries
-                .into_iter()
-                .filter(|(soname, path)| fits(soname, &stem, exact) && Path::new(path).is_file())
-                .map(|(s, p)| (s, PathBuf::from(p)))
-                .collect();
-            if let Some(p) = pick(found) {
-                return Some(p);
-            }
-        }
-    }
-    for dir in STANDARD_LIB_DIRS {
-        let Ok(read) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let found: Vec<_> = read
-            .flatten()
-            .filter_map(|e| {
-                let file = e.file_name().into_string().ok()?;
-                // A bare `libfoo.so` is usually the development symlink or a linker script;
-                // take it only when asked for exactly.
-                let ok = fits(&file, &stem, exact) && (exact || file != stem);
-                ok.then(|| (file, e.path()))
-            })
-            .filter(|(_, p)| is_elf(p))
-            .collect();
-        if let Some(p) = pick(found) {
-            return Some(p);
-        }
-    }
-    None
+    Fs { root: None }.find_library(name)
 }
 
 /// The ld.so cache, through [`urec_untrusted::open`] like every file urec reads as root
 /// (the cache is root's, but one way of opening everywhere keeps a review of them short).
 /// It is a few dozen KiB; the limit only keeps a corrupt one from costing memory.
-fn read_ld_so_cache() -> Option<Vec<u8>> {
+fn read_ld_so_cache(path: &Path) -> Option<Vec<u8>> {
     const LIMIT: u64 = 64 << 20;
-    let file = urec_untrusted::open(Path::new(LD_SO_CACHE)).ok()?;
+    let file = urec_untrusted::open(path).ok()?;
     urec_untrusted::read_all(&file, LIMIT).ok()
 }
 
@@ -348,7 +536,7 @@ mod tests {
 
     #[test]
     fn real_cache_has_libc() {
-        let Some(data) = read_ld_so_cache() else {
+        let Some(data) = read_ld_so_cache(Path::new(LD_SO_CACHE)) else {
             eprintln!("skipping: no {LD_SO_CACHE}");
             return;
         };
@@ -357,6 +545,36 @@ mod tests {
             entries.iter().any(|(k, _)| k == "libc.so.6"),
             "libc.so.6 not in {entries:?}"
         );
+    }
+
+    #[test]
+    fn paths_resolve_inside_a_root() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/lib/x")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.join("usr/lib/x/libz.so.1"), b"\x7fELF")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let link = |target: &str, at: &str| {
+            std::os::unix::fs::symlink(target, root.join(at)).unwrap_or_else(|e| panic!("{e}"))
+        };
+        // Absolute links point into the root, not at the host; `..` stops at the root.
+        link("/usr/lib", "lib");
+        link("/lib/x/libz.so.1", "abs");
+        link("../../../../usr/lib/x/libz.so.1", "usr/lib/up");
+        let want = PathBuf::from("/usr/lib/x/libz.so.1");
+        for p in ["/abs", "/lib/x/libz.so.1", "/usr/lib/up", "abs", "/../abs"] {
+            assert_eq!(
+                resolve_in_root(root, Path::new(p)).ok(),
+                Some(want.clone()),
+                "{p}"
+            );
+        }
+        link("/loop", "loop");
+        assert!(resolve_in_root(root, Path::new("/loop")).is_err());
+        assert!(resolve_in_root(root, Path::new("/nope")).is_err());
+        let found = find_target_in("/abs", Some(root)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(found.display, want);
+        assert_eq!(found.open, root.join("usr/lib/x/libz.so.1"));
     }
 
     #[test]

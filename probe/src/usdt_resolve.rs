@@ -3,7 +3,6 @@
 //! count, and `argN` replaced by the N-th operand of the note.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use urec_format::{ArgSpec, FileOffset, Probe, ProbeKind, StackMode, Svma};
 
@@ -23,7 +22,7 @@ pub(crate) fn add(
     name: &str,
     kernel: &KernelUprobes,
     probes: &mut Vec<ResolvedProbe>,
-    index: &mut BTreeMap<(PathBuf, u64), usize>,
+    index: &mut BTreeMap<(crate::resolve::FileId, u64), usize>,
 ) -> Result<(), SpecError> {
     let not_probeable = |why: String| SpecError::NotProbeable {
         spec: spec.text.clone(),
@@ -111,7 +110,7 @@ pub(crate) fn add(
             })?),
         };
         let (args, fetches) = site_args(spec, site)?;
-        let key = (bin.path.clone(), offset);
+        let key = (bin.id, offset);
         if let Some(&i) = index.get(&key) {
             let existing = &mut probes[i];
             if !existing.probe.specs.contains(&spec.text) {
@@ -134,7 +133,7 @@ pub(crate) fn add(
                 id: probes.len() as u32,
                 name: display,
                 specs: vec![spec.text.clone()],
-                binary: bin.path.to_string_lossy().into_owned(),
+                binary: bin.display.to_string_lossy().into_owned(),
                 build_id: bin.build_id.clone(),
                 symbol: func.map(|s| s.display().to_string()).unwrap_or_default(),
                 vaddr: Svma(site.pc),
@@ -149,6 +148,7 @@ pub(crate) fn add(
             starts_with_push_rbp: false,
             binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
             ref_ctr_offset,
+            open_path: bin.path.clone(),
         });
     }
     Ok(())

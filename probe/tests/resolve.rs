@@ -506,7 +506,14 @@ fn huge_globs_need_force() {
     assert!(e.contains("more than 1000"), "{e}");
     assert!(e.contains("--force"), "{e}");
     let parsed = parse("libc:*").unwrap_or_else(|e| panic!("{e}"));
-    let r = resolve(&[parsed], &ResolveOptions { force: true }).unwrap_or_else(|e| panic!("{e}"));
+    let r = resolve(
+        &[parsed],
+        &ResolveOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(r.probes.len() > 1000, "{}", r.probes.len());
     // Ids are dense, in order.
     assert!(r

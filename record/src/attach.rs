@@ -38,6 +38,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Number of probes (ids 0..n).
     pub probes: u32,
+    /// Trace only the tasks under this cgroup v2 directory (see [`crate::cgroup`]).
+    pub cgroup: Option<std::os::fd::RawFd>,
 }
 
 /// One probe as the attach step needs it.
@@ -73,6 +75,7 @@ pub fn load<'obj>(
         .context("urec's BPF object has no .rodata")?;
     rodata.self_tgid = opts.self_tgid;
     rodata.filter_tgids = opts.filter as u8;
+    rodata.filter_cgroup = opts.cgroup.is_some() as u8;
     rodata.stack_depth = opts.stack_depth;
     rodata.wakeup_bytes = u64::from(opts.ring_bytes / 4);
     open.maps
@@ -88,7 +91,7 @@ pub fn load<'obj>(
     open.maps.probes.set_max_entries(n)?;
     open.maps.lost.set_max_entries(n * 2)?;
     open.progs.urec_fork.set_autoload(opts.filter);
-    open.load().map_err(|err| {
+    let skel = open.load().map_err(|err| {
         // Out of descriptors, libbpf's loader may report EINVAL: see the `fds` module.
         if let Some(limit) = crate::fds::short_of_fds() {
             return anyhow::anyhow!(
@@ -100,7 +103,19 @@ pub fn load<'obj>(
             "the kernel refused urec's BPF programs ({err}); urec needs Linux 6.12 or newer \
              with BTF (CONFIG_DEBUG_INFO_BTF)"
         )
-    })
+    })?;
+    if let Some(fd) = opts.cgroup {
+        // Before any probe is attached: the programs trace nothing until this is set.
+        skel.maps
+            .cgroup_filter
+            .update(
+                &0u32.to_ne_bytes(),
+                &(fd as u32).to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .context("setting the --cgroup filter")?;
+    }
+    Ok(skel)
 }
 
 /// Writes each probe's configuration into the `probes` map (also while recording: the session

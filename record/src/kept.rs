@@ -49,12 +49,19 @@ pub struct KeptFiles {
 
 /// One executable mapping, as much of it as keeping its file needs.
 pub struct MappedFile<'a> {
+    /// The process that maps it.
     pub pid: u32,
+    /// Start of the mapping (names `/proc/PID/map_files/START-END`).
     pub start: Avma,
+    /// End of the mapping.
     pub end: Avma,
+    /// The mapped file's path in the process.
     pub path: &'a str,
+    /// Device of the mapped file, as the maps line says.
     pub dev: u64,
+    /// Inode of the mapped file, as the maps line says.
     pub inode: u64,
+    /// Its build id, when read.
     pub build_id: Option<&'a BuildId>,
 }
 

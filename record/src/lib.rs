@@ -21,6 +21,7 @@
 //!     verbosity: Verbosity::Normal,
 //!     command_line: std::env::args().collect(),
 //!     keep_files: true,
+//!     cgroup: None,
 //! })?;
 //! eprintln!("{} events", summary.entries + summary.returns);
 //! # Ok(())
@@ -38,6 +39,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod attach;
+pub mod cgroup;
 pub mod command;
 pub mod dwarf;
 pub mod fds;
@@ -119,6 +121,9 @@ pub struct RecordOptions {
     /// Keep a descriptor of every file the traced processes map, for the symbols step that
     /// follows the recording ([`Summary::kept_files`]).
     pub keep_files: bool,
+    /// `--cgroup`: only tasks in this cgroup v2 directory or below it (and in `target`); see
+    /// [`cgroup`].
+    pub cgroup: Option<PathBuf>,
 }
 
 /// What a recording produced.

@@ -64,13 +64,27 @@ impl MappedBinaries {
     /// Tracks the binaries of `probes` (probe id, canonical binary path). With `all`, every
     /// process counts as traced.
     pub fn new<'a>(probes: impl IntoIterator<Item = (u32, &'a str)>, all: bool) -> MappedBinaries {
+        MappedBinaries::new_at(
+            probes
+                .into_iter()
+                .map(|(id, path)| (id, path, std::path::Path::new(path))),
+            all,
+        )
+    }
+
+    /// [`MappedBinaries::new`] for binaries whose path as the processes name it (a path inside
+    /// a container) is not where urec reaches them: (probe id, path, the file as urec opens it).
+    pub fn new_at<'a>(
+        probes: impl IntoIterator<Item = (u32, &'a str, &'a std::path::Path)>,
+        all: bool,
+    ) -> MappedBinaries {
         let mut binaries: Vec<Binary> = Vec::new();
-        for (id, path) in probes {
+        for (id, path, open) in probes {
             if let Some(b) = binaries.iter_mut().find(|b| b.path == path) {
                 b.probes.push(id);
                 continue;
             }
-            let (dev, inode) = std::fs::metadata(path)
+            let (dev, inode) = std::fs::metadata(open)
                 .map(|m| (m.dev(), m.ino()))
                 .unwrap_or((0, 0));
             binaries.push(Binary {

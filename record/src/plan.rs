@@ -43,6 +43,9 @@ pub struct PlannedProbe {
     pub config: ProbeConfig,
     /// File offset of the USDT semaphore the kernel counts while the probe is attached.
     pub ref_ctr_offset: Option<u64>,
+    /// The binary as urec opens and attaches to it (`probe.binary` may be a path inside a
+    /// container, see [`ResolvedProbe::open_path`]).
+    pub open_path: std::path::PathBuf,
 }
 
 /// A resolved probe urec cannot record as asked.
@@ -84,7 +87,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
         probe: probe.name.clone(),
         why,
     };
-    let binary = Path::new(&probe.binary);
+    let binary = resolved.open_path.as_path();
     let at_start = probe.kind != ProbeKind::Entry;
     // Entry stacks: which of the kernel and the program adds `[sp]` (see the module docs).
     let (add_caller, kernel_caller) = if probe.kind != ProbeKind::Return {
@@ -159,6 +162,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             args,
         },
         ref_ctr_offset: resolved.ref_ctr_offset,
+        open_path: resolved.open_path.clone(),
     })
 }
 

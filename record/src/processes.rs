@@ -129,6 +129,9 @@ impl Proc {
             comm: s.comm,
             exe: s.exe,
             start_ns: s.start_ns,
+            mnt_ns: s.context.mnt_ns,
+            pid_ns: s.context.pid_ns,
+            cgroup: s.context.cgroup,
         });
         for m in s.mappings {
             let mapping = Mapping {
@@ -392,6 +395,16 @@ impl ProcessTable {
             return Ok(());
         }
         p.emitted = true;
+        // Where it lives now, if it still does (a process may unshare or move after it was
+        // first seen; a snapshot or its parent's values stand otherwise).
+        if !self.offline && p.exited.is_none() {
+            let now = procfs::context(pid);
+            if now.mnt_ns.is_some() {
+                p.info.mnt_ns = now.mnt_ns;
+                p.info.pid_ns = now.pid_ns;
+                p.info.cgroup = now.cgroup.or(p.info.cgroup.take());
+            }
+        }
         let history = std::mem::take(&mut p.history);
         emit(Record::Process(p.info.clone()))?;
         for mut record in history {
@@ -576,16 +589,25 @@ impl ProcessTable {
             .known(t.ppid)
             .then(|| self.procs.get(&t.ppid))
             .flatten();
-        let (comm, exe, inherited) = match parent {
-            Some(p) => (p.comm.clone(), p.exe.clone(), p.current.clone()),
-            None => (String::new(), String::new(), Vec::new()),
+        let (comm, exe, inherited, from) = match parent {
+            Some(p) => (
+                p.comm.clone(),
+                p.exe.clone(),
+                p.current.clone(),
+                p.info.clone(),
+            ),
+            None => (String::new(), String::new(), Vec::new(), Process::default()),
         };
+        // Namespaces and cgroup as the parent's until read from /proc when emitted.
         let mut child = Proc::new(Process {
             pid: t.pid,
             ppid: t.ppid,
             comm,
             exe,
             start_ns: Some(t.time_ns),
+            mnt_ns: from.mnt_ns,
+            pid_ns: from.pid_ns,
+            cgroup: from.cgroup,
         });
         for mut m in inherited {
             m.pid = t.pid;
@@ -684,6 +706,7 @@ fn bare_process(pid: u32) -> Process {
         comm: String::new(),
         exe: String::new(),
         start_ns: None,
+        ..Default::default()
     }
 }
 

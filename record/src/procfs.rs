@@ -71,6 +71,45 @@ pub struct Snapshot {
     pub start_ns: Option<Nanos>,
     /// Executable mappings, in address order.
     pub mappings: Vec<MapEntry>,
+    /// Its namespaces and cgroup.
+    pub context: Context,
+}
+
+/// Where a process lives: mount and pid namespaces, cgroup v2 path. `None` for what could
+/// not be read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Context {
+    /// Inode number of `/proc/PID/ns/mnt`.
+    pub mnt_ns: Option<u64>,
+    /// Inode number of `/proc/PID/ns/pid`.
+    pub pid_ns: Option<u64>,
+    /// The path of `/proc/PID/cgroup`'s cgroup v2 line (`0::PATH`).
+    pub cgroup: Option<String>,
+}
+
+/// Reads `pid`'s [`Context`] from `/proc` now.
+pub fn context(pid: u32) -> Context {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |name: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/{name}"))
+            .ok()
+            .map(|m| m.ino())
+    };
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|text| cgroup_v2_path(&text));
+    Context {
+        mnt_ns: ns("mnt"),
+        pid_ns: ns("pid"),
+        cgroup,
+    }
+}
+
+/// The cgroup v2 path of a `/proc/PID/cgroup` text: its `0::PATH` line.
+pub fn cgroup_v2_path(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
 }
 
 /// Reads a process's [`Snapshot`], or `None` when it does not exist (any more).
@@ -99,6 +138,7 @@ pub fn snapshot(pid: u32, build_ids: &mut BuildIdCache) -> Option<Snapshot> {
         exe,
         start_ns: ticks_to_monotonic(stat.start_ticks),
         mappings,
+        context: context(pid),
     })
 }
 
@@ -260,6 +300,13 @@ pub fn read_build_id(file: &File) -> Option<BuildId> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cgroup_v2_line() {
+        let hybrid = "9:name=systemd:/\n4:memory:/x\n0::/urec-test-1\n";
+        assert_eq!(cgroup_v2_path(hybrid).as_deref(), Some("/urec-test-1"));
+        assert_eq!(cgroup_v2_path("4:memory:/x\n"), None);
+    }
+
     use super::*;
 
     #[test]

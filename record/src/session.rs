@@ -36,7 +36,6 @@ use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::mem::MaybeUninit;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -481,11 +480,8 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
 
     // SAFETY: sysconf(3) has no preconditions.
     let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u64;
-    let binaries: std::collections::HashSet<&str> = opts
-        .probes
-        .iter()
-        .map(|p| p.probe.binary.as_str())
-        .collect();
+    let binaries: std::collections::HashSet<&std::path::Path> =
+        opts.probes.iter().map(|p| p.open_path.as_path()).collect();
     crate::fds::check_headroom(cpus, binaries.len() as u64)?;
 
     // 1. Side-band first.
@@ -507,10 +503,10 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     }
 
     // Every process (`-a`, `-a -- COMMAND`), or the -p / COMMAND processes and descendants.
-    let mut mapped = MappedBinaries::new(
+    let mut mapped = MappedBinaries::new_at(
         opts.probes
             .iter()
-            .map(|p| (p.probe.id, p.probe.binary.as_str())),
+            .map(|p| (p.probe.id, p.probe.binary.as_str(), p.open_path.as_path())),
         !filter,
     );
     for &pid in &pids {
@@ -536,6 +532,10 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         opts.stack_depth.clamp(1, urec_bpf::abi::MAX_DEPTH)
     };
     let ring_bytes = ring_size(opts.buffer_size)?;
+    let cgroup = match &opts.cgroup {
+        Some(path) => Some(crate::cgroup::open(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let mut storage = MaybeUninit::<OpenObject>::uninit();
     let skel = attach::load(
         &mut storage,
@@ -545,6 +545,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             stack_depth,
             ring_bytes,
             probes: nprobes,
+            cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
         },
     )?;
     // Every -g dwarf probe starts at --stack-size; the consumer raises it per probe.
@@ -591,7 +592,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         .iter()
         .map(|p| AttachProbe {
             id: p.probe.id,
-            binary: PathBuf::from(&p.probe.binary),
+            binary: p.open_path.clone(),
             offset: p.probe.offset.0,
             kind: p.probe.kind,
             name: p.probe.name.clone(),

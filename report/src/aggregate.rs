@@ -72,6 +72,8 @@ pub struct Recording {
     pub probes: Vec<String>,
     /// Where the frames' names came from (`recording.symbols` in JSON).
     pub symbols: SymbolStats,
+    /// The processes that had events, where they ran (`recording.processes` in JSON).
+    pub processes: Vec<crate::processes::ProcessSummary>,
 }
 
 impl Recording {
@@ -193,16 +195,22 @@ fn analyze_source(source: crate::input::Source<'_>, opts: &ReportOptions) -> Res
         symbols: false,
         attach: opts.filter.time.is_some(),
     };
-    let (agg, status) = crate::input::read_ahead(
+    let ((agg, processes), status) = crate::input::read_ahead(
         source,
         ahead,
-        |header, ahead| Aggregator::new(header, opts, ahead.attach_ns),
-        |agg, record| {
+        |header, ahead| {
+            let processes = crate::processes::ProcessList::new(&header.host);
+            (Aggregator::new(header, opts, ahead.attach_ns), processes)
+        },
+        |(agg, processes), record| {
+            processes.push(&record);
             agg.push(record);
             Ok(())
         },
     )?;
-    agg.finish(status.truncated, status.corrupt_chunks, status.warnings)
+    let mut report = agg.finish(status.truncated, status.corrupt_chunks, status.warnings)?;
+    report.recording.processes = processes.finish();
+    Ok(report)
 }
 
 /// One code address a report would name: a binary, a file offset in it, and whether it is a
@@ -1002,6 +1010,7 @@ impl<'o> Aggregator<'o> {
             corrupt_chunks,
             probes: names,
             symbols: std::mem::take(&mut self.symbol_stats),
+            processes: Vec::new(),
         };
         if unknown_frames > 0 {
             warnings.push(format!(

@@ -315,6 +315,7 @@ mod tests {
             comm: comm.into(),
             exe: String::new(),
             start_ns: start,
+            ..Process::default()
         })
     }
 

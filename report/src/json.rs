@@ -71,6 +71,18 @@ struct RecordingJson<'a> {
     corrupt_chunks: u64,
     host: &'a str,
     symbols: SymbolsJson<'a>,
+    processes: Vec<RecordedProcessJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct RecordedProcessJson<'a> {
+    pid: u32,
+    ppid: u32,
+    comm: &'a str,
+    host: &'a str,
+    mnt_ns: Option<u64>,
+    pid_ns: Option<u64>,
+    cgroup: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -209,6 +221,19 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 },
                 unnamed_frames: &r.symbols.unnamed_frames,
             },
+            processes: r
+                .processes
+                .iter()
+                .map(|p| RecordedProcessJson {
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    comm: &p.comm,
+                    host: &p.host,
+                    mnt_ns: p.mnt_ns,
+                    pid_ns: p.pid_ns,
+                    cgroup: p.cgroup.as_deref(),
+                })
+                .collect(),
         },
         functions: report
             .functions

@@ -42,6 +42,7 @@ pub mod incarnation;
 mod input;
 mod interner;
 pub mod json;
+pub mod processes;
 pub mod rebase;
 pub mod script;
 pub use urec_symbolize as symbolize;

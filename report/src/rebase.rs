@@ -460,6 +460,7 @@ mod tests {
             comm: "a".into(),
             exe: "/bin/a".into(),
             start_ns: Some(100),
+            ..Default::default()
         }));
         assert_eq!(at(&s, 2, 900, 0x1010), Some(("/bin/a".into(), 0x10)));
         s.apply(&exec(2, 1000));
@@ -475,6 +476,7 @@ mod tests {
                 comm: "p".into(),
                 exe: String::new(),
                 start_ns: Some(start),
+                ..Default::default()
             })
         };
         let mut s = AddressSpaces::new();
@@ -494,6 +496,7 @@ mod tests {
             comm: "p".into(),
             exe: String::new(),
             start_ns: Some(2000),
+            ..Default::default()
         }));
         assert_eq!(at(&s, 5, 3500, 0x1010), Some(("/six".into(), 0x10)));
         assert_eq!(at(&s, 5, 1500, 0x1010), None);

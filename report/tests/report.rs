@@ -228,6 +228,7 @@ fn check_schema(text: &str) {
         "corrupt_chunks",
         "host",
         "symbols",
+        "processes",
     ];
     keys_in_order(text, text.find("\"recording\"").unwrap_or(0), &rec_keys);
     let rec = &v["recording"];
@@ -245,6 +246,24 @@ fn check_schema(text: &str) {
         uint(&rec["symbols"]["binaries"][k], k);
     }
     assert!(rec["symbols"]["unnamed_frames"].is_object());
+    let proc_keys = ["pid", "ppid", "comm", "host", "mnt_ns", "pid_ns", "cgroup"];
+    let procs = rec["processes"]
+        .as_array()
+        .expect("recording.processes array");
+    let mut at = text.find("\"symbols\"").unwrap_or(0);
+    for p in procs {
+        assert_eq!(p.as_object().map(|o| o.len()), Some(proc_keys.len()));
+        keys_in_order(text, at, &proc_keys);
+        at = text[at..].find("\"cgroup\"").map_or(at, |c| at + c + 1);
+        for k in ["pid", "ppid"] {
+            uint(&p[k], k);
+        }
+        assert!(p["comm"].is_string() && p["host"].is_string());
+        for k in ["mnt_ns", "pid_ns"] {
+            assert!(p[k].is_null() || p[k].is_u64(), "{k}");
+        }
+        assert!(p["cgroup"].is_null() || p["cgroup"].is_string());
+    }
     let fn_keys = [
         "probe",
         "binary",

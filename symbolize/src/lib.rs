@@ -94,10 +94,11 @@ pub fn lookup_offset(offset: FileOffset, return_address: bool) -> u64 {
 /// Where the names came from, for `report --json` (`recording.symbols`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SymbolStats {
-    /// Binaries (special mappings and anonymous memory aside) read from a local file, named
-    /// only by the recording's embedded symbols, and named by nothing.
+    /// Binaries (special mappings and anonymous memory aside) read from a local file.
     pub local: u64,
+    /// Binaries named only by the recording's embedded symbols.
     pub embedded: u64,
+    /// Binaries named by nothing: their frames show as `binary+0xOFF`.
     pub none: u64,
     /// Binaries named through files fetched from debuginfod (not counted as local).
     pub debuginfod: u64,

@@ -54,6 +54,7 @@ pub fn write_recording(path: &Path, finish: bool) {
             comm: "app".into(),
             exe: "/opt/app".into(),
             start_ns: Some(0),
+            ..Default::default()
         }),
     );
     rec(

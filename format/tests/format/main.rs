@@ -58,6 +58,9 @@ pub fn sample_records(events: u32) -> Vec<Record> {
             comm: "bash".into(),
             exe: "/usr/bin/bash".into(),
             start_ns: Some(5),
+            mnt_ns: Some(4026531841),
+            pid_ns: Some(4026531836),
+            cgroup: Some("/system.slice/nginx.service".into()),
         }),
         Record::Mapping(Mapping {
             pid: 100,
@@ -146,6 +149,7 @@ pub fn sample_records(events: u32) -> Vec<Record> {
     v
 }
 
+/// A header with every field set.
 pub fn sample_header() -> Header {
     Header {
         host: "testhost".into(),
@@ -163,6 +167,7 @@ pub fn sample_header() -> Header {
     }
 }
 
+/// Writer options that make many small chunks.
 pub fn small_chunks() -> WriterOptions {
     WriterOptions {
         chunk_events: 16,

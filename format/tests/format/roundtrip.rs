@@ -250,21 +250,33 @@ fn arb_record() -> impl Strategy<Value = Record> {
             },
         );
     let process = (
-        any::<u32>(),
-        any::<u32>(),
-        arb_string(),
-        arb_string(),
-        any::<Option<u64>>(),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            arb_string(),
+            arb_string(),
+            any::<Option<u64>>(),
+        ),
+        (
+            any::<Option<u64>>(),
+            any::<Option<u64>>(),
+            proptest::option::of(arb_string()),
+        ),
     )
-        .prop_map(|(pid, ppid, comm, exe, start_ns)| {
-            Record::Process(Process {
-                pid,
-                ppid,
-                comm,
-                exe,
-                start_ns,
-            })
-        });
+        .prop_map(
+            |((pid, ppid, comm, exe, start_ns), (mnt_ns, pid_ns, cgroup))| {
+                Record::Process(Process {
+                    pid,
+                    ppid,
+                    comm,
+                    exe,
+                    start_ns,
+                    mnt_ns,
+                    pid_ns,
+                    cgroup,
+                })
+            },
+        );
     let change = prop_oneof![
         (arb_string(), arb_string()).prop_map(|(comm, exe)| ProcessChange::Exec { comm, exe }),
         arb_string().prop_map(ProcessChange::Comm),

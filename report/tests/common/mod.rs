@@ -67,6 +67,7 @@ pub fn process(pid: u32, comm: &str, start_ns: u64) -> Record {
         comm: comm.into(),
         exe: format!("/bin/{comm}"),
         start_ns: Some(start_ns),
+        ..Default::default()
     })
 }
 
