@@ -195,22 +195,16 @@ fn analyze_source(source: crate::input::Source<'_>, opts: &ReportOptions) -> Res
         symbols: false,
         attach: opts.filter.time.is_some(),
     };
-    let ((agg, processes), status) = crate::input::read_ahead(
+    let (agg, status) = crate::input::read_ahead(
         source,
         ahead,
-        |header, ahead| {
-            let processes = crate::processes::ProcessList::new(&header.host);
-            (Aggregator::new(header, opts, ahead.attach_ns), processes)
-        },
-        |(agg, processes), record| {
-            processes.push(&record);
+        |header, ahead| Aggregator::new(header, opts, ahead.attach_ns),
+        |agg, record| {
             agg.push(record);
             Ok(())
         },
     )?;
-    let mut report = agg.finish(status.truncated, status.corrupt_chunks, status.warnings)?;
-    report.recording.processes = processes.finish();
-    Ok(report)
+    agg.finish(status.truncated, status.corrupt_chunks, status.warnings)
 }
 
 /// One code address a report would name: a binary, a file offset in it, and whether it is a
@@ -449,6 +443,7 @@ impl<'o> Aggregator<'o> {
     fn generation(&mut self, pid: u32, time_ns: u64) -> Generation {
         let incarnations = self.spaces.incarnations_mut();
         let id = incarnations.at_or_new(pid, time_ns).id;
+        incarnations.mark_events(id);
         Generation {
             id,
             comm: incarnations.comm_at(pid, time_ns),
@@ -1010,7 +1005,7 @@ impl<'o> Aggregator<'o> {
             corrupt_chunks,
             probes: names,
             symbols: std::mem::take(&mut self.symbol_stats),
-            processes: Vec::new(),
+            processes: crate::processes::summaries(self.spaces.incarnations(), &self.header.host),
         };
         if unknown_frames > 0 {
             warnings.push(format!(

@@ -8,6 +8,10 @@
 //! record whose start time is later than the pid's latest (a reused pid); it ends at the next
 //! one or at the process's exit. Its command name may change along the way.
 //!
+//! A *process* is what a `Process` record describes (pid, parent, namespaces, cgroup): one or
+//! more incarnations, since an exec keeps the process and changes its image. A reused pid is a
+//! new process.
+//!
 //! Records arrive in file order, which is not time order (side-band and events come from
 //! different rings), so every question is asked "at time T": the incarnation in force at an
 //! event's time, the name it had then. Per pid, incarnations and names are kept in ordered maps
@@ -15,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use urec_format::{ProcessChange, Record};
+use urec_format::{Process, ProcessChange, Record};
 
 use crate::interner::Interner;
 
@@ -58,12 +62,21 @@ pub struct Incarnation {
     /// It exited, exec'd or its pid was reused: its calls still waiting for a return never
     /// get one.
     pub ended: bool,
+    /// The process it is an image of (see [`Incarnations::process`]).
+    pub process: u32,
+}
+
+/// A process as its `Process` record describes it, and whether any event came from it.
+struct ProcessInfo {
+    record: Process,
+    had_events: bool,
 }
 
 /// Every pid's incarnations and names over time.
 #[derive(Default)]
 pub struct Incarnations {
     all: Vec<Incarnation>,
+    processes: Vec<ProcessInfo>,
     pids: HashMap<u32, PidLife>,
     comms: Interner,
     /// The latest time any record named; a `Process` record without a start time that renames
@@ -98,6 +111,7 @@ impl Incarnations {
                 let known = self.pids.get(&p.pid).map(|l| (l.start_ns, l.anonymous));
                 match known {
                     None => {
+                        self.new_process(p.clone());
                         self.begin(
                             p.pid,
                             0,
@@ -118,15 +132,20 @@ impl Incarnations {
                             l.start_ns = p.start_ns;
                             l.comms.insert(0, comm);
                             if let Some(&id) = l.incarnations.get(&0) {
-                                self.all[id as usize].origin = Origin::First {
+                                let i = &mut self.all[id as usize];
+                                i.origin = Origin::First {
                                     ppid: p.ppid,
                                     start_ns: p.start_ns,
                                 };
+                                if let Some(info) = self.processes.get_mut(i.process as usize) {
+                                    info.record = p.clone();
+                                }
                             }
                         }
                     }
                     Some((Some(old), _)) if p.start_ns.is_some_and(|new| new > old) => {
                         let start = p.start_ns.unwrap_or(old);
+                        self.new_process(p.clone());
                         self.begin(
                             p.pid,
                             start,
@@ -197,12 +216,24 @@ impl Incarnations {
             self.anonymous(pid);
         }
         let id = self.all.len() as IncarnationId;
+        let newest_process = self.processes.len().saturating_sub(1) as u32;
         let life = self.pids.entry(pid).or_default();
         // The first incarnation of a pid covers all time before the next one.
         let key = if life.incarnations.is_empty() {
             0
         } else {
             since_ns
+        };
+        // An exec stays in the process it happens in; anything else begins the process just
+        // described (`new_process` came first).
+        let process = match origin {
+            Origin::Exec => life
+                .incarnations
+                .range(..=key)
+                .next_back()
+                .or_else(|| life.incarnations.iter().next())
+                .map_or(newest_process, |(_, &prev)| self.all[prev as usize].process),
+            _ => newest_process,
         };
         if key > 0 {
             if let Some((_, &prev)) = life.incarnations.range(..key).next_back() {
@@ -218,6 +249,7 @@ impl Incarnations {
             since_ns: key,
             origin,
             ended,
+            process,
         });
         if let Some(old) = replaced {
             // Two beginnings at one time: an exec wins over a reuse, so mappings of the
@@ -229,8 +261,19 @@ impl Incarnations {
         }
     }
 
+    fn new_process(&mut self, record: Process) {
+        self.processes.push(ProcessInfo {
+            record,
+            had_events: false,
+        });
+    }
+
     fn anonymous(&mut self, pid: u32) -> Incarnation {
         let comm = self.comms.id("[unknown]");
+        self.new_process(Process {
+            pid,
+            ..Process::default()
+        });
         self.begin(
             pid,
             0,
@@ -295,6 +338,25 @@ impl Incarnations {
     /// The id of a command name, for filters that compare names as ids.
     pub fn comm_id(&mut self, comm: &str) -> u32 {
         self.comms.id(comm)
+    }
+
+    /// Notes that incarnation `id` had an event: its process is one of
+    /// [`Incarnations::processes_with_events`].
+    pub fn mark_events(&mut self, id: IncarnationId) {
+        if let Some(i) = self.all.get(id as usize) {
+            if let Some(p) = self.processes.get_mut(i.process as usize) {
+                p.had_events = true;
+            }
+        }
+    }
+
+    /// The processes (as their `Process` records describe them; a pid alone for one no record
+    /// described) that had events, in the order they were first described.
+    pub fn processes_with_events(&self) -> impl Iterator<Item = &Process> {
+        self.processes
+            .iter()
+            .filter(|p| p.had_events)
+            .map(|p| &p.record)
     }
 
     /// Whether incarnation `id` has ended.
@@ -370,6 +432,31 @@ mod tests {
         );
         assert!(!reused.ended);
         assert_eq!(name(&m, 1, 1500), "c");
+    }
+
+    #[test]
+    fn an_exec_stays_in_its_process_and_a_reuse_is_a_new_one() {
+        let mut m = Incarnations::new();
+        m.apply(&process(3, 1, "sh", Some(10)));
+        m.apply(&change(
+            3,
+            20,
+            ProcessChange::Exec {
+                comm: "app".into(),
+                exe: "/app".into(),
+            },
+        ));
+        let exec = *m.at(3, 30).unwrap();
+        m.mark_events(exec.id);
+        assert_eq!(m.processes_with_events().count(), 1);
+        assert_eq!(m.processes_with_events().next().unwrap().comm, "sh");
+        m.apply(&process(3, 1, "other", Some(100)));
+        let reused = *m.at(3, 150).unwrap();
+        assert_ne!(reused.process, exec.process);
+        let anon = m.at_or_new(9, 5);
+        m.mark_events(anon.id);
+        let pids: Vec<u32> = m.processes_with_events().map(|p| p.pid).collect();
+        assert_eq!(pids, [3, 9]);
     }
 
     #[test]

@@ -1,14 +1,13 @@
 //! `recording.processes`: the processes that had events, with where they ran (host, mount and
 //! pid namespaces, cgroup v2 path; SPEC "`--json` schema").
 //!
-//! Fed every record in file order ([`ProcessList::push`]): a `Process` record starts a process
-//! (a pid seen again after an exit is a new one), an event marks the current process of its pid
-//! as having events. Only marked processes are listed, in the order their `Process` records
-//! came. An event of a pid with no `Process` record (a damaged file) lists the pid alone.
+//! The processes are those of the one process model ([`crate::incarnation`]): a `Process`
+//! record starts a process (a reused pid is a new one, an exec stays in its process), the
+//! aggregation marks the process of each event's incarnation. Only marked processes are
+//! listed, in the order their `Process` records came. An event of a pid with no `Process`
+//! record (a damaged file) lists the pid alone.
 
-use std::collections::HashMap;
-
-use urec_format::{Process, Record};
+use crate::incarnation::Incarnations;
 
 /// One process of `recording.processes`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,80 +28,26 @@ pub struct ProcessSummary {
     pub cgroup: Option<String>,
 }
 
-/// Collects [`ProcessSummary`]s; see the module docs.
-#[derive(Debug, Default)]
-pub struct ProcessList {
-    host: String,
-    /// Every process met, and whether it had events.
-    seen: Vec<(Process, bool)>,
-    /// The current process of each pid: an index into `seen`.
-    current: HashMap<u32, usize>,
-}
-
-impl ProcessList {
-    /// An empty list for a recording made on `host`.
-    pub fn new(host: &str) -> ProcessList {
-        ProcessList {
+/// The processes of `incarnations` that had events, made on `host`.
+pub(crate) fn summaries(incarnations: &Incarnations, host: &str) -> Vec<ProcessSummary> {
+    incarnations
+        .processes_with_events()
+        .map(|p| ProcessSummary {
+            pid: p.pid,
+            ppid: p.ppid,
+            comm: p.comm.clone(),
             host: host.to_string(),
-            ..ProcessList::default()
-        }
-    }
-
-    /// Takes in one record (only `Process` records and events matter).
-    pub fn push(&mut self, record: &Record) {
-        match record {
-            Record::Process(p) => {
-                // The same description again (no writer does it) is not a new process.
-                if let Some(&i) = self.current.get(&p.pid) {
-                    if self.seen[i].0 == *p {
-                        return;
-                    }
-                }
-                self.current.insert(p.pid, self.seen.len());
-                self.seen.push((p.clone(), false));
-            }
-            Record::Event(e) => {
-                let i = match self.current.get(&e.pid) {
-                    Some(&i) => i,
-                    None => {
-                        let bare = Process {
-                            pid: e.pid,
-                            ..Process::default()
-                        };
-                        self.current.insert(e.pid, self.seen.len());
-                        self.seen.push((bare, false));
-                        self.seen.len() - 1
-                    }
-                };
-                self.seen[i].1 = true;
-            }
-            _ => {}
-        }
-    }
-
-    /// The processes that had events.
-    pub fn finish(self) -> Vec<ProcessSummary> {
-        let host = self.host;
-        self.seen
-            .into_iter()
-            .filter(|(_, had_events)| *had_events)
-            .map(|(p, _)| ProcessSummary {
-                pid: p.pid,
-                ppid: p.ppid,
-                comm: p.comm,
-                host: host.clone(),
-                mnt_ns: p.mnt_ns,
-                pid_ns: p.pid_ns,
-                cgroup: p.cgroup,
-            })
-            .collect()
-    }
+            mnt_ns: p.mnt_ns,
+            pid_ns: p.pid_ns,
+            cgroup: p.cgroup.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use urec_format::{Event, EventKind};
+    use urec_format::{Event, EventKind, Process, Record};
 
     fn process(pid: u32, comm: &str, cgroup: Option<&str>) -> Record {
         Record::Process(Process {
@@ -132,7 +77,7 @@ mod tests {
 
     #[test]
     fn only_processes_with_events() {
-        let mut list = ProcessList::new("h");
+        let mut list = Incarnations::new();
         for r in [
             process(10, "sh", None),
             process(11, "nginx", Some("/docker/abc")),
@@ -142,9 +87,13 @@ mod tests {
             process(11, "again", None),
             event(12),
         ] {
-            list.push(&r);
+            list.apply(&r);
+            if let Record::Event(e) = r {
+                let id = list.at_or_new(e.pid, e.time_ns).id;
+                list.mark_events(id);
+            }
         }
-        let got = list.finish();
+        let got = summaries(&list, "h");
         assert_eq!(got.len(), 2);
         assert_eq!(
             got[0],
