@@ -39,6 +39,7 @@ pub mod folded;
 pub mod frames;
 pub mod histogram;
 pub mod incarnation;
+pub mod info;
 mod input;
 mod interner;
 pub mod json;
