@@ -54,6 +54,9 @@ pub struct ResolvedProbe {
     /// File offset of the USDT semaphore the kernel must count while this probe is attached
     /// (`ref_ctr_offset`): the guarded site only runs while it is non-zero. None otherwise.
     pub ref_ctr_offset: Option<u64>,
+    /// The spec's `if EXPR`: the BPF program records only the calls it accepts (evaluated at
+    /// entry, or at return on a return-only probe). Specs that share a location share it.
+    pub predicate: Option<crate::Predicate>,
 }
 
 /// What [`resolve`] produced.
@@ -225,7 +228,9 @@ fn add_location(
         };
     let mut args = Vec::new();
     let mut fetches = Vec::new();
-    for arg in &spec.args {
+    let operands = spec.predicate.iter().flat_map(|p| &p.operands);
+    for (i, arg) in spec.args.iter().chain(operands).enumerate() {
+        let in_predicate = i >= spec.args.len();
         let bad = |why: String| SpecError::BadArg {
             spec: spec.text.clone(),
             arg: arg.fetch_text.clone(),
@@ -251,6 +256,9 @@ fn add_location(
                     .into(),
             ));
         }
+        if in_predicate {
+            continue;
+        }
         let at_return = spec.return_only || arg.uses_retval();
         args.push(arg.to_format(at_return));
         fetches.push(arg.fetch.clone());
@@ -259,6 +267,18 @@ fn add_location(
     let key = (bin.path.clone(), offset);
     if let Some(&i) = index.get(&key) {
         let existing = &mut probes[i];
+        if existing.predicate != spec.predicate {
+            return Err(not_probeable(format!(
+                "{} is also probed by {:?} with {}: specs probing the same location must \
+                 have the same predicate (or none)",
+                loc.name,
+                existing.probe.specs.join(" "),
+                match &existing.predicate {
+                    Some(p) => format!("the predicate `if {}`", p.text),
+                    None => "no predicate".into(),
+                }
+            )));
+        }
         if !existing.probe.specs.contains(&spec.text) {
             existing.probe.specs.push(spec.text.clone());
         }
@@ -294,6 +314,7 @@ fn add_location(
         starts_with_push_rbp: loc.at_start && insn::starts_with_push_rbp(bytes),
         binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
         ref_ctr_offset: None,
+        predicate: spec.predicate.clone(),
     });
     Ok(())
 }

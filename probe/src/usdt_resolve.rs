@@ -149,6 +149,7 @@ pub(crate) fn add(
             starts_with_push_rbp: false,
             binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
             ref_ctr_offset,
+            predicate: None,
         });
     }
     Ok(())
