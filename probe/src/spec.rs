@@ -1201,7 +1201,7 @@ mod tests {
         assert!(perr("t:f if").contains("empty predicate"));
         assert!(perr("t:f if (arg1 == 1").contains("missing ')'"));
         assert!(perr("t:f if arg1 == 1 arg2 == 2").contains("combine comparisons"));
-        let many = vec!["arg1 == 1"; 9].join(" || ");
+        let many = ["arg1 == 1"; 9].join(" || ");
         assert!(perr(&format!("t:f if {many}")).contains("at most 8 comparisons"));
         let long = "x".repeat(64);
         assert!(perr(&format!("t:f if $comm == \"{long}\"")).contains("at most 63 bytes"));
