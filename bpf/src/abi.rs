@@ -348,7 +348,10 @@ impl ProbeConfig {
 fn raw_pred(pred: &PredProgram) -> Result<RawPred, ConfigError> {
     let bad = |why: String| Err(ConfigError::BadPredicate(why));
     if pred.ops.is_empty() || pred.ops.len() > MAX_PRED_OPS {
-        return bad(format!("{} steps, expected 1 to {MAX_PRED_OPS}", pred.ops.len()));
+        return bad(format!(
+            "{} steps, expected 1 to {MAX_PRED_OPS}",
+            pred.ops.len()
+        ));
     }
     if pred.operands.len() > MAX_PRED_ARGS {
         return bad(format!(

@@ -44,8 +44,8 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{OpenObject, RingBufferBuilder};
 use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
 use urec_format::{
-    plural, ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, Record,
-    StackMode, Writer,
+    plural, ArgType, ArgValue, Event, EventKind, Filtered, Finish, Header, LostSource, Nanos,
+    Probe, Record, StackMode, Writer,
 };
 
 use crate::attach::{self, AttachProbe, LoadOptions};
@@ -806,6 +806,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     }
     sideband.flush(&mut sb)?;
     let lost = attach::lost_counts(&skel, nprobes)?;
+    let filtered = attach::filtered_counts(&skel, nprobes)?;
     drop(ring);
     let mut st = state.into_inner();
     if let Some(err) = st.error.take() {
@@ -828,6 +829,10 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         st.writer.write(&Record::Lost(l))?;
     }
     let lost_ring = ledger.total(LostSource::Ring);
+    for &(probe, count) in &filtered {
+        st.writer
+            .write(&Record::Filtered(Filtered { probe, count }))?;
+    }
     // The command: if recording stopped first (signal, -d), end it as perf does, and report
     // its status.
     if let Some(w) = workload.as_mut() {
@@ -914,6 +919,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         lost_ring,
         lost_sideband: sideband.lost(),
         lost_unwind: ledger.total(LostSource::Unwind),
+        filtered: filtered.iter().map(|&(_, n)| n).sum(),
         truncated_stacks: dwarf_stats.truncated_stacks,
         copy_end_below_cap: dwarf_stats.copy_end_below_cap,
         copy_end_at_cap: dwarf_stats.copy_end_at_cap,

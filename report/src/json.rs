@@ -66,6 +66,7 @@ struct FunctionJson<'a> {
     in_flight: u64,
     unmatched: u64,
     lost: u64,
+    filtered: u64,
     latency_ns: Option<LatencyJson>,
     processes: Vec<ProcessJson<'a>>,
 }
@@ -138,6 +139,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 in_flight: f.in_flight,
                 unmatched: f.unmatched,
                 lost: f.lost,
+                filtered: f.filtered,
                 latency_ns: f.latency_stats().map(|s| LatencyJson {
                     min: s.min,
                     mean: s.mean,
