@@ -98,6 +98,7 @@ fn scenario() -> Vec<Record> {
     r.push(entry(2, 100, 100, t0 + 5_100_000, None));
     r.push(lost(LostSource::Ring, Some(0), 3));
     r.push(lost(LostSource::Unwind, None, 1));
+    r.push(Record::Filtered(urec_format::Filtered { probe: 0, count: 5 }));
     r.push(finish(1_000_000_000, 3_500_000_000));
     r
 }
