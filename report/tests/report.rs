@@ -255,6 +255,7 @@ fn check_schema(text: &str) {
         "in_flight",
         "unmatched",
         "lost",
+        "filtered",
         "latency_ns",
         "processes",
     ];
@@ -267,7 +268,7 @@ fn check_schema(text: &str) {
         for k in ["probe", "binary", "symbol"] {
             assert!(f[k].is_string(), "{k}");
         }
-        for k in ["calls", "returns", "in_flight", "unmatched", "lost"] {
+        for k in ["calls", "returns", "in_flight", "unmatched", "lost", "filtered"] {
             uint(&f[k], k);
         }
         match &f["latency_ns"] {
