@@ -66,9 +66,9 @@ struct FunctionJson<'a> {
     in_flight: u64,
     unmatched: u64,
     lost: u64,
-    filtered: u64,
     latency_ns: Option<LatencyJson>,
     processes: Vec<ProcessJson<'a>>,
+    filtered: u64,
 }
 
 #[derive(Serialize)]

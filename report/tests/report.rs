@@ -258,9 +258,9 @@ fn check_schema(text: &str) {
         "in_flight",
         "unmatched",
         "lost",
-        "filtered",
         "latency_ns",
         "processes",
+        "filtered",
     ];
     let lat_keys = ["min", "mean", "p50", "p90", "p99", "max", "total"];
     let functions = v["functions"].as_array().expect("functions array");
