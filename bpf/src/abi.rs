@@ -263,8 +263,7 @@ struct RawPredOp {
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct RawPred {
-    nops: u8,
-    _pad: [u8; 7],
+    _pad: [u8; 8],
     ops: [RawPredOp; MAX_PRED_OPS],
     args: [RawArg; MAX_PRED_ARGS],
     strs: [[u8; PRED_STR]; MAX_PRED_STRS],
@@ -273,8 +272,7 @@ struct RawPred {
 impl Default for RawPred {
     fn default() -> Self {
         RawPred {
-            nops: 0,
-            _pad: [0; 7],
+            _pad: [0; 8],
             ops: [RawPredOp::default(); MAX_PRED_OPS],
             args: [RawArg::default(); MAX_PRED_ARGS],
             strs: [[0; PRED_STR]; MAX_PRED_STRS],
@@ -287,7 +285,8 @@ impl Default for RawPred {
 struct RawProbeCfg {
     flags: u8,
     nargs: u8,
-    _pad: [u8; 2],
+    npred: u8,
+    _pad: u8,
     stack_size: u32,
     args: [RawArg; MAX_ARGS],
     pred: RawPred,
@@ -334,6 +333,7 @@ impl ProbeConfig {
         }
         if let Some(pred) = &self.predicate {
             cfg.pred = raw_pred(pred)?;
+            cfg.npred = pred.ops.len() as u8;
         }
         // SAFETY: RawProbeCfg is repr(C), made only of integers and arrays of them, with every
         // padding byte an explicit zeroed field; viewing it as bytes is sound.
@@ -359,10 +359,7 @@ fn raw_pred(pred: &PredProgram) -> Result<RawPred, ConfigError> {
             pred.operands.len()
         ));
     }
-    let mut raw = RawPred {
-        nops: pred.ops.len() as u8,
-        ..RawPred::default()
-    };
+    let mut raw = RawPred::default();
     for (r, a) in raw.args.iter_mut().zip(&pred.operands) {
         *r = raw_arg(a)?;
     }
@@ -883,7 +880,7 @@ mod tests {
         let b = cfg.to_bytes().unwrap();
         assert_eq!(b.len(), PROBE_CFG_SIZE);
         let p = 8 + (8 + 16 * MAX_OPS) * MAX_ARGS;
-        assert_eq!(b[p], 3); // nops
+        assert_eq!(b[2], 3); // npred
         assert_eq!(&b[p + 8..p + 16], &[2, 0, 32, 32, 1, 0, 0, 0]);
         assert_eq!(u64_at(&b, p + 16), u64::MAX);
         assert_eq!(&b[p + 24..p + 32], &[2, 1, 32, 32, 1, 1, 2, 0]);

@@ -388,7 +388,7 @@ __noinline int pred_pass(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u64 
 
 	if (!ctx || !cfg)
 		return 1;
-	__u32 n = cfg->pred.nops;
+	__u32 n = cfg->npred;
 
 	for (__u32 i = 0; i < UREC_MAX_PRED_OPS; i++) {
 		if (i >= n)
@@ -409,7 +409,7 @@ __noinline int pred_pass(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u64 
 static __always_inline bool rejected(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
 				     __u64 probe_ip)
 {
-	if (!cfg || !cfg->pred.nops || pred_pass(ctx, cfg, probe_ip))
+	if (!cfg || !cfg->npred || pred_pass(ctx, cfg, probe_ip))
 		return false;
 	count_filtered(probe);
 	return true;
@@ -857,10 +857,13 @@ int urec_entry(struct pt_regs *ctx)
 {
 	__u32 probe = bpf_get_attach_cookie(ctx);
 
+	if (!traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+
 	struct urec_probe_cfg *cfg = probe_cfg(probe);
 	__u64 ip = bpf_get_func_ip(ctx);
 
-	if (!traced(bpf_get_current_pid_tgid() >> 32) || rejected(ctx, cfg, probe, ip))
+	if (rejected(ctx, cfg, probe, ip))
 		return 0;
 	emit(ctx, cfg, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false, ip);
 	return 0;
@@ -871,10 +874,13 @@ int urec_return(struct pt_regs *ctx)
 {
 	__u32 probe = bpf_get_attach_cookie(ctx);
 
+	if (!traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+
 	struct urec_probe_cfg *cfg = probe_cfg(probe);
 	__u64 ip = bpf_get_func_ip(ctx);
 
-	if (!traced(bpf_get_current_pid_tgid() >> 32) || rejected(ctx, cfg, probe, ip))
+	if (rejected(ctx, cfg, probe, ip))
 		return 0;
 	emit(ctx, cfg, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true, ip);
 	return 0;

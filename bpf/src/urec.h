@@ -152,8 +152,7 @@ struct urec_pred_op {
 };
 
 struct urec_pred {
-	__u8 nops;        /* 0: no predicate */
-	__u8 _pad[7];
+	__u8 _pad[8];     /* (the number of steps is urec_probe_cfg.npred) */
 	struct urec_pred_op ops[UREC_MAX_PRED_OPS];
 	struct urec_arg_cfg args[UREC_MAX_PRED_ARGS];
 	__u64 strs[UREC_MAX_PRED_STRS][UREC_PRED_STR / 8]; /* bytes (u64s for the skeleton) */
@@ -162,7 +161,9 @@ struct urec_pred {
 struct urec_probe_cfg {
 	__u8 flags;
 	__u8 nargs;
-	__u8 _pad[2];
+	__u8 npred;       /* steps of `pred`; 0: no predicate (here, in the cache line every
+			   * event reads anyway) */
+	__u8 _pad;
 	__u32 stack_size; /* UREC_P_DWARF: bytes of stack to copy (0: none; masked to below
 			   * UREC_MAX_STACK_SIZE). Per probe, and rewritten by the recorder while
 			   * recording: it raises the size of a probe whose unwinds run off the end
