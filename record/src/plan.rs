@@ -403,4 +403,44 @@ mod tests {
             vec![FetchOp::ProbeRel(0x20), FetchOp::Deref { off: 0, size: 4 }]
         );
     }
+
+    #[test]
+    fn predicates_compile_to_postfix_without_not() {
+        let spec = urec_probe::parse(
+            "t:f a=arg1:s32 b=arg2:b3@2/8 if !(a < -1 || b == 2) && $comm != \"sh\"",
+        )
+        .unwrap();
+        let pred = spec.predicate.unwrap();
+        let prog = compile_predicate(&pred, Path::new("/nonexistent"), 0x1000).unwrap();
+        let cmp = |operand, cmp, shl, shr, signed, constant| PredOp::Cmp {
+            operand,
+            cmp,
+            shl,
+            shr,
+            signed,
+            constant,
+        };
+        assert_eq!(
+            prog.ops,
+            vec![
+                cmp(0, PredCmp::Ge, 32, 32, true, PredConst::Int(u64::MAX)),
+                cmp(1, PredCmp::Ne, 59, 61, false, PredConst::Int(2)),
+                PredOp::And,
+                cmp(2, PredCmp::Ne, 0, 0, false, PredConst::Str(b"sh".to_vec())),
+                PredOp::And,
+            ]
+        );
+        assert_eq!(prog.operands.len(), 3);
+        assert_eq!(prog.operands[0].ops, vec![FetchOp::Reg(14)]);
+        // The bitfield's container is a byte: its dereference-free register value is masked
+        // by the shifts, not by a read size.
+        assert_eq!(prog.operands[1].ops, vec![FetchOp::Reg(13)]);
+        assert!(prog.operands[2].is_string);
+        assert_eq!(prog.operands[2].ops, vec![FetchOp::Comm]);
+        // What the BPF program computes for the bitfield: bits 2..5 of the value.
+        let v: u64 = 0b1_0110_1011;
+        if let PredOp::Cmp { shl, shr, .. } = prog.ops[1] {
+            assert_eq!((v << shl) >> shr, (v >> 2) & 0b111);
+        }
+    }
 }
