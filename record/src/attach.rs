@@ -399,10 +399,10 @@ pub fn lost_counts(skel: &UrecSkel<'_>, probes: u32) -> Result<Vec<(ProbeId, Eve
     Ok(out)
 }
 
-/// Calls each probe's predicate rejected so far, summed over CPUs; only non-zero counts.
-pub fn filtered_counts(skel: &UrecSkel<'_>, probes: u32) -> Result<Vec<(ProbeId, u64)>> {
+/// Calls the predicates of `probes` rejected so far, summed over CPUs; only non-zero counts.
+pub fn filtered_counts(skel: &UrecSkel<'_>, probes: &[ProbeId]) -> Result<Vec<(ProbeId, u64)>> {
     let mut out = Vec::new();
-    for probe in 0..probes {
+    for &probe in probes {
         let Some(per_cpu) = skel
             .maps
             .filtered
