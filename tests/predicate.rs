@@ -296,6 +296,105 @@ fn comm_predicates() {
     assert_keeps(&o, &[], false);
 }
 
+/// Recursion: `rec(d)` calls `rec(d - 1)` down to 0; main calls `rec(5)` 10 times. A predicate
+/// on the depth keeps the outer calls of each recursion and rejects the inner ones, whose
+/// returns come first: every kept return must still pair with its own entry.
+const RECURSIVE_C: &str = r#"
+#include <stdio.h>
+__attribute__((noinline)) int rec(int d) {
+    if (d == 0) return 0;
+    int r = rec(d - 1) + d;
+    __asm__ volatile("" ::: "memory");
+    return r;
+}
+int main(void) {
+    int sum = 0;
+    for (int i = 0; i < 10; i++) sum += rec(5);
+    printf("%d\n", sum);
+    return 0;
+}
+"#;
+
+fn recursion(single: bool) {
+    let t = Fixture::build(
+        "recursive",
+        RECURSIVE_C,
+        &["-O0", "-fno-omit-frame-pointer", "-no-pie"],
+    );
+    let out = t.data("rec.data");
+    let mut cmd = record(&[
+        "-q",
+        "-e",
+        &format!("{}:rec d=arg1:s32 if d >= 3", t.path()),
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        t.path(),
+    ]);
+    if single {
+        cmd.env("UREC_TEST_SINGLE_UPROBES", "1");
+    }
+    let st = cmd.stdout(Stdio::null()).status().unwrap();
+    assert!(st.success());
+    let rec = Recording::read(&out);
+    assert_eq!(
+        filtered_in(&out),
+        30,
+        "d = 2, 1, 0 of each of the 10 recursions"
+    );
+    assert_eq!(rec.total_lost(), 0);
+    let entries: Vec<u64> = rec
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Entry)
+        .map(|e| match e.args[0] {
+            ArgValue::Int(v) => v,
+            ref other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(entries, [5, 4, 3].repeat(10));
+    let returns = rec
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Return)
+        .count();
+    assert_eq!(returns, 30, "the returns of rejected calls are dropped");
+    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
+        "report",
+        "-i",
+        out.to_str().unwrap(),
+        "--json",
+        "-",
+    ]))
+    .unwrap();
+    let f = &json["functions"][0];
+    assert_eq!(f["unmatched"], 0);
+    assert_eq!(f["in_flight"], 0);
+    assert_eq!(f["filtered"], 30);
+    assert!(rec
+        .events
+        .iter()
+        .filter(|e| e.kind == EventKind::Return)
+        .all(|e| e.latency_ns.is_some()));
+}
+
+#[test]
+fn recursion_keeps_pairs_with_session_programs() {
+    if !have_root() {
+        return;
+    }
+    recursion(false);
+}
+
+/// The single-uprobe fallback marks a rejected entry in its per-thread stack.
+#[test]
+fn recursion_keeps_pairs_with_single_uprobes() {
+    if !have_root() {
+        return;
+    }
+    recursion(true);
+}
+
 /// Bad predicates are refused before anything is attached, exit status 2, naming the problem.
 #[test]
 fn bad_predicates_exit_2() {

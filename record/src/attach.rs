@@ -165,6 +165,15 @@ pub fn attach(
                 .context("attaching the fork follower (tp_btf/sched_process_fork)")?,
         );
     }
+    // For tests of the fallback programs on a kernel that has uprobe_multi.
+    if std::env::var_os("UREC_TEST_SINGLE_UPROBES").is_some() {
+        let mut links = attach_single(skel, probes)?;
+        links.extend(fork_link);
+        return Ok(Attached {
+            links,
+            fallback: true,
+        });
+    }
     let groups = multi_groups(probes);
     let mut links = Vec::with_capacity(groups.len() + 1);
     for group in &groups {
