@@ -832,23 +832,29 @@ SEC("uprobe.session")
 int urec_session(struct pt_regs *ctx)
 {
 	__u32 probe = bpf_get_attach_cookie(ctx);
-	__u64 *cookie = bpf_session_cookie();
-	__u64 now = bpf_ktime_get_ns();
-	__u64 ip = bpf_get_func_ip(ctx);
-
-	struct urec_probe_cfg *cfg = probe_cfg(probe);
 
 	if (!bpf_session_is_return()) {
 		if (!traced(bpf_get_current_pid_tgid() >> 32))
 			return 1; /* no return callback for this call */
+
+		struct urec_probe_cfg *cfg = probe_cfg(probe);
+		__u64 ip = bpf_get_func_ip(ctx);
+
 		if (rejected(ctx, cfg, probe, ip))
 			return 1; /* nor for a call the predicate rejects */
+		/* The entry time is taken once the call is known to be recorded. */
+		__u64 now = bpf_ktime_get_ns();
+		__u64 *cookie = bpf_session_cookie();
+
 		*cookie = now;
 		emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip);
 		return 0;
 	}
-	emit(ctx, cfg, probe, UREC_KIND_RETURN, now, now - *cookie, UREC_F_LATENCY, false, false,
-	     false, ip);
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *cookie = bpf_session_cookie();
+
+	emit(ctx, probe_cfg(probe), probe, UREC_KIND_RETURN, now, now - *cookie, UREC_F_LATENCY,
+	     false, false, false, bpf_get_func_ip(ctx));
 	return 0;
 }
 
