@@ -418,4 +418,13 @@ fn bad_predicates_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{spec}: {stderr}");
         assert!(stderr.contains(why), "{spec}: {stderr}");
     }
+    // Two specs probing one function must agree on the predicate.
+    let (a, b) = (
+        format!("{take} if arg1 == 1"),
+        format!("{take} if arg1 == 2"),
+    );
+    let out = urec(&["record", "-q", "-e", &a, "-e", &b, "--", "/bin/true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("must have the same predicate"), "{stderr}");
 }
