@@ -442,6 +442,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 )
             );
         }
+        if summary.filtered > 0 {
+            notes += &format!(
+                "; {} filtered out by predicates",
+                plural(summary.filtered, "call", "calls")
+            );
+        }
         if summary.lost_unwind > 0 {
             notes += &format!(
                 "; {} not unwound",

@@ -168,6 +168,10 @@ fn recording(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<u8>) {
         change: ProcessChange::Exit,
     }))
     .unwrap();
+    for count in [40, 2] {
+        w.write(&Record::Filtered(Filtered { probe: 0, count }))
+            .unwrap();
+    }
     w.write(&Record::Finish(Finish {
         attach_ns: 5_000,
         stop_ns: 1_234_567_890 + 5_000,
@@ -189,7 +193,11 @@ fn info_describes_a_complete_recording() {
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
     let expect = [
-        format!("file:       {} ({} bytes, format 1.2)", path.display(), bytes.len()),
+        format!(
+            "file:       {} ({} bytes, format {VERSION_MAJOR}.{VERSION_MINOR})",
+            path.display(),
+            bytes.len()
+        ),
         "started:    2023-11-14 22:13:20.123 UTC".into(),
         "host:       testhost (Linux 6.18.0-test, x86_64)".into(),
         "command:    urec record -e 'bash:readline%return cmd=+0($retval):string' -- ls".into(),
@@ -203,6 +211,7 @@ fn info_describes_a_complete_recording() {
         "corrupt:    0 chunks skipped".into(),
         "probes (1):".into(),
         "  0   bash:readline  /usr/bin/bash  readline  0xd4c80  entry+return  dwarf  1000     1000     17    cmd".into(),
+        "probe 0: 42 calls its predicate rejected (not recorded, not lost)".into(),
         "processes (2):".into(),
         "  pid  ppid  comm  exit    mnt ns      pid ns      cgroup                     exe".into(),
         "  300  1     bash  -       4026532201  4026532202  /system.slice/app.service  /usr/bin/bash".into(),

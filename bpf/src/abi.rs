@@ -20,6 +20,14 @@ pub const MAX_DEPTH: u32 = 127;
 pub const MAX_STACK_SIZE: u32 = 65528;
 /// Pending uretprobe return addresses sent per stack copy (`UREC_MAX_PENDING`).
 pub const MAX_PENDING: usize = 16;
+/// Steps of a predicate program (`UREC_MAX_PRED_OPS`).
+pub const MAX_PRED_OPS: usize = 16;
+/// Operands of a predicate (`UREC_MAX_PRED_ARGS`).
+pub const MAX_PRED_ARGS: usize = 4;
+/// String constants of a predicate (`UREC_MAX_PRED_STRS`).
+pub const MAX_PRED_STRS: usize = 4;
+/// Bytes of a predicate's string constant, its NUL included (`UREC_PRED_STR`).
+pub const PRED_STR: usize = 64;
 /// Cookie bit marking an entry-only or return-only probe on the single-uprobe fallback programs.
 pub const COOKIE_ONE_SIDED: u64 = 1 << 31;
 
@@ -135,6 +143,63 @@ pub struct ProbeConfig {
     pub stack_size: u32,
     /// At most [`MAX_ARGS`] arguments.
     pub args: Vec<ArgProgram>,
+    /// The `if EXPR` the programs evaluate before recording anything (`struct urec_pred`).
+    pub predicate: Option<PredProgram>,
+}
+
+/// A comparison operator of a predicate step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum PredCmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// One step of a predicate: a postfix program over a stack of booleans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PredOp {
+    /// Pushes `value(operand) OP constant`.
+    Cmp {
+        /// Index in [`PredProgram::operands`].
+        operand: usize,
+        /// The comparison.
+        cmp: PredCmp,
+        /// The value is `(v << shl) >> shr`, both below 64: the operand's type.
+        shl: u8,
+        /// See `shl`.
+        shr: u8,
+        /// Arithmetic shift and signed comparison.
+        signed: bool,
+        /// The constant.
+        constant: PredConst,
+    },
+    /// Pops two, pushes both.
+    And,
+    /// Pops two, pushes either.
+    Or,
+}
+
+/// The constant of a comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PredConst {
+    /// An integer in the operand's type (signed ones sign-extended).
+    Int(u64),
+    /// String bytes, fewer than [`PRED_STR`], without NUL (`==` / `!=` only).
+    Str(Vec<u8>),
+}
+
+/// A predicate, compiled: at most [`MAX_PRED_OPS`] steps over at most [`MAX_PRED_ARGS`]
+/// operands and [`MAX_PRED_STRS`] string constants.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct PredProgram {
+    /// The steps, in postfix order.
+    pub ops: Vec<PredOp>,
+    /// The fetch programs of the operands (their `at_return` is ignored).
+    pub operands: Vec<ArgProgram>,
 }
 
 /// A [`ProbeConfig`] that does not fit the fixed-size map value.
@@ -149,6 +214,9 @@ pub enum ConfigError {
     /// A fetch expression needs more than [`MAX_OPS`] steps.
     #[error("a fetch expression may nest at most {MAX_OPS} steps deep, got {0}")]
     TooDeep(usize),
+    /// A predicate beyond the programs' limits, or one that does not end with one value.
+    #[error("predicate: {0}")]
+    BadPredicate(String),
     /// A register index out of range.
     #[error("no register with index {0}")]
     BadRegister(usize),
@@ -178,19 +246,62 @@ struct RawArg {
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
+struct RawPredOp {
+    op: u8,
+    arg: u8,
+    shl: u8,
+    shr: u8,
+    is_signed: u8,
+    str_: u8,
+    str_len: u8,
+    _pad: u8,
+    imm: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawPred {
+    _pad: [u8; 8],
+    ops: [RawPredOp; MAX_PRED_OPS],
+    args: [RawArg; MAX_PRED_ARGS],
+    strs: [[u8; PRED_STR]; MAX_PRED_STRS],
+}
+
+impl Default for RawPred {
+    fn default() -> Self {
+        RawPred {
+            _pad: [0; 8],
+            ops: [RawPredOp::default(); MAX_PRED_OPS],
+            args: [RawArg::default(); MAX_PRED_ARGS],
+            strs: [[0; PRED_STR]; MAX_PRED_STRS],
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
 struct RawProbeCfg {
     flags: u8,
     nargs: u8,
-    _pad: [u8; 2],
+    npred: u8,
+    _pad: u8,
     stack_size: u32,
     args: [RawArg; MAX_ARGS],
+    pred: RawPred,
 }
+
+const PR_EQ: u8 = 1;
+const PR_AND: u8 = 7;
+const PR_OR: u8 = 8;
 
 /// Size of `struct urec_probe_cfg`, the `probes` map's value.
 pub const PROBE_CFG_SIZE: usize = size_of::<RawProbeCfg>();
 const _: () = assert!(size_of::<RawOp>() == 16);
 const _: () = assert!(size_of::<RawArg>() == 8 + 16 * MAX_OPS);
-const _: () = assert!(PROBE_CFG_SIZE == 8 + (8 + 16 * MAX_OPS) * MAX_ARGS);
+const PRED_SIZE: usize =
+    8 + 16 * MAX_PRED_OPS + (8 + 16 * MAX_OPS) * MAX_PRED_ARGS + PRED_STR * MAX_PRED_STRS;
+const _: () = assert!(size_of::<RawPred>() == PRED_SIZE);
+const _: () = assert!(PROBE_CFG_SIZE == 8 + (8 + 16 * MAX_OPS) * MAX_ARGS + PRED_SIZE);
 const _: () = assert!(std::mem::offset_of!(RawProbeCfg, stack_size) == 4);
 const _: () = assert!(std::mem::offset_of!(RawProbeCfg, args) == 8);
 
@@ -216,6 +327,125 @@ impl ProbeConfig {
             ..Default::default()
         };
         for (raw, arg) in cfg.args.iter_mut().zip(&self.args) {
+            *raw = raw_arg(arg)?;
+        }
+        if let Some(pred) = &self.predicate {
+            cfg.pred = raw_pred(pred)?;
+            cfg.npred = pred.ops.len() as u8;
+        }
+        // SAFETY: RawProbeCfg is repr(C), made only of integers and arrays of them, with every
+        // padding byte an explicit zeroed field; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(&cfg as *const RawProbeCfg as *const u8, PROBE_CFG_SIZE)
+        };
+        Ok(bytes.to_vec())
+    }
+}
+
+/// Checks a predicate against the programs' limits and lays it out.
+fn raw_pred(pred: &PredProgram) -> Result<RawPred, ConfigError> {
+    let bad = |why: String| Err(ConfigError::BadPredicate(why));
+    if pred.ops.is_empty() || pred.ops.len() > MAX_PRED_OPS {
+        return bad(format!(
+            "{} steps, expected 1 to {MAX_PRED_OPS}",
+            pred.ops.len()
+        ));
+    }
+    if pred.operands.len() > MAX_PRED_ARGS {
+        return bad(format!(
+            "{} operands, at most {MAX_PRED_ARGS}",
+            pred.operands.len()
+        ));
+    }
+    let mut raw = RawPred::default();
+    for (r, a) in raw.args.iter_mut().zip(&pred.operands) {
+        *r = raw_arg(a)?;
+    }
+    // The programs keep the stack in the bits of a u32: check it never under- or overflows.
+    let mut depth = 0usize;
+    let mut nstrs = 0usize;
+    for (r, op) in raw.ops.iter_mut().zip(&pred.ops) {
+        *r = match op {
+            PredOp::And | PredOp::Or => {
+                if depth < 2 {
+                    return bad("&& or || with fewer than two values".into());
+                }
+                depth -= 1;
+                RawPredOp {
+                    op: if *op == PredOp::And { PR_AND } else { PR_OR },
+                    ..RawPredOp::default()
+                }
+            }
+            PredOp::Cmp {
+                operand,
+                cmp,
+                shl,
+                shr,
+                signed,
+                constant,
+            } => {
+                depth += 1;
+                if *operand >= pred.operands.len() || *shl > 63 || *shr > 63 {
+                    return bad(format!("bad comparison {op:?}"));
+                }
+                let code = PR_EQ
+                    + match cmp {
+                        PredCmp::Eq => 0,
+                        PredCmp::Ne => 1,
+                        PredCmp::Lt => 2,
+                        PredCmp::Le => 3,
+                        PredCmp::Gt => 4,
+                        PredCmp::Ge => 5,
+                    };
+                let mut r = RawPredOp {
+                    op: code,
+                    arg: *operand as u8,
+                    shl: *shl,
+                    shr: *shr,
+                    is_signed: u8::from(*signed),
+                    ..RawPredOp::default()
+                };
+                match constant {
+                    PredConst::Int(v) => r.imm = *v,
+                    PredConst::Str(bytes) => {
+                        if !matches!(cmp, PredCmp::Eq | PredCmp::Ne) {
+                            return bad("strings compare with == and != only".into());
+                        }
+                        if !pred.operands[*operand].is_string {
+                            return bad("a string constant for an integer operand".into());
+                        }
+                        if bytes.len() >= PRED_STR || bytes.contains(&0) {
+                            return bad(format!(
+                                "a string constant has fewer than {PRED_STR} bytes and no NUL"
+                            ));
+                        }
+                        if nstrs == MAX_PRED_STRS {
+                            return bad(format!("at most {MAX_PRED_STRS} string constants"));
+                        }
+                        raw.strs[nstrs][..bytes.len()].copy_from_slice(bytes);
+                        nstrs += 1;
+                        r.str_ = nstrs as u8;
+                        r.str_len = bytes.len() as u8;
+                    }
+                }
+                r
+            }
+        };
+        if depth > 31 {
+            return bad("nests too deep".into());
+        }
+    }
+    if depth != 1 {
+        return bad("does not end with one value".into());
+    }
+    Ok(raw)
+}
+
+/// Lays out one fetch program.
+fn raw_arg(arg: &ArgProgram) -> Result<RawArg, ConfigError> {
+    let mut raw = RawArg::default();
+    {
+        {
             if arg.ops.len() > MAX_OPS {
                 return Err(ConfigError::TooDeep(arg.ops.len()));
             }
@@ -280,13 +510,8 @@ impl ProbeConfig {
                 };
             }
         }
-        // SAFETY: RawProbeCfg is repr(C), made only of integers and arrays of them, with every
-        // padding byte an explicit zeroed field; viewing it as bytes is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(&cfg as *const RawProbeCfg as *const u8, PROBE_CFG_SIZE)
-        };
-        Ok(bytes.to_vec())
     }
+    Ok(raw)
 }
 
 /// Size of `struct urec_event`, the fixed head of every ring-buffer record.
@@ -521,6 +746,7 @@ mod tests {
                 is_string: false,
                 ops: vec![FetchOp::Reg(REG_AX), FetchOp::Deref { off: -8, size: 4 }],
             }],
+            predicate: None,
         };
         let b = cfg.to_bytes().unwrap();
         assert_eq!(b.len(), PROBE_CFG_SIZE);
@@ -615,5 +841,69 @@ mod tests {
         assert_eq!(d.stack.len(), 12);
         assert_eq!(e.nframes(), 0);
         assert!(RawEvent::parse(&b[..b.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn predicate_layout() {
+        let cmp = |operand, constant| PredOp::Cmp {
+            operand,
+            cmp: PredCmp::Ne,
+            shl: 32,
+            shr: 32,
+            signed: true,
+            constant,
+        };
+        let pred = PredProgram {
+            ops: vec![
+                cmp(0, PredConst::Int(u64::MAX)),
+                cmp(1, PredConst::Str(b"sh".to_vec())),
+                PredOp::Or,
+            ],
+            operands: vec![
+                ArgProgram {
+                    ops: vec![FetchOp::Reg(REG_AX)],
+                    ..Default::default()
+                },
+                ArgProgram {
+                    is_string: true,
+                    ops: vec![FetchOp::Comm],
+                    ..Default::default()
+                },
+            ],
+        };
+        let cfg = ProbeConfig {
+            predicate: Some(pred.clone()),
+            ..Default::default()
+        };
+        let b = cfg.to_bytes().unwrap();
+        assert_eq!(b.len(), PROBE_CFG_SIZE);
+        let p = 8 + (8 + 16 * MAX_OPS) * MAX_ARGS;
+        assert_eq!(b[2], 3); // npred
+        assert_eq!(&b[p + 8..p + 16], &[2, 0, 32, 32, 1, 0, 0, 0]);
+        assert_eq!(u64_at(&b, p + 16), u64::MAX);
+        assert_eq!(&b[p + 24..p + 32], &[2, 1, 32, 32, 1, 1, 2, 0]);
+        assert_eq!(b[p + 40], PR_OR);
+        let args = p + 8 + 16 * MAX_PRED_OPS;
+        assert_eq!(b[args], 1); // operand 0: one op
+        assert_eq!(b[args + 8], OP_REG);
+        let strs = args + (8 + 16 * MAX_OPS) * MAX_PRED_ARGS;
+        assert_eq!(&b[strs..strs + 3], b"sh\0");
+        // Programs that would leave the stack wrong, or break the limits, are refused.
+        for ops in [
+            vec![PredOp::And],
+            vec![cmp(0, PredConst::Int(1)), cmp(0, PredConst::Int(1))],
+            vec![cmp(2, PredConst::Int(1))],
+            vec![cmp(0, PredConst::Str(b"x".to_vec()))],
+            vec![],
+        ] {
+            let cfg = ProbeConfig {
+                predicate: Some(PredProgram {
+                    ops,
+                    ..pred.clone()
+                }),
+                ..Default::default()
+            };
+            assert!(matches!(cfg.to_bytes(), Err(ConfigError::BadPredicate(_))));
+        }
     }
 }

@@ -60,6 +60,14 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
+/* Calls a predicate rejected, indexed by probe id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} filtered SEC(".maps");
+
 /* Traced tgids when filtering. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -110,7 +118,7 @@ struct {
 #define FALLBACK_DEPTH 16
 struct tstack {
 	__u32 depth;
-	__u32 _pad;
+	__u32 filtered; /* bit d: the pending call at depth d was rejected by the predicate */
 	__u64 ts[FALLBACK_DEPTH];
 };
 
@@ -175,6 +183,14 @@ static __always_inline void count_lost(__u32 probe, __u32 kind)
 
 	if (n)
 		*n += 1; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void count_filtered(__u32 probe)
+{
+	__u64 *n = bpf_map_lookup_elem(&filtered, &probe);
+
+	if (n)
+		*n += 1;
 }
 
 /* pt_regs as an array of u64, in struct order (abi.rs has the names). */
@@ -306,6 +322,110 @@ __noinline long put_arg(struct pt_regs *ctx, struct urec_arg_cfg *arg, struct sc
 	}
 	*(__u64 *)(buf + off) = desc;
 	return off + 8 + ((len + 7) & ~7ULL);
+}
+
+/*
+ * Evaluates step `i` of the probe's predicate, a comparison: 1 when true, 0 when false or when
+ * its operand could not be read. Strings are read into the scratch buffer, which is free
+ * until the record is built. Global (not inlined): verified once.
+ */
+__noinline int pred_cmp(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 i, __u64 probe_ip)
+{
+	if (!ctx || !cfg)
+		return 0;
+	struct urec_pred_op *op = &cfg->pred.ops[i & (UREC_MAX_PRED_OPS - 1)];
+	struct urec_arg_cfg *arg = &cfg->pred.args[op->arg & (UREC_MAX_PRED_ARGS - 1)];
+	__u8 code = op->op;
+	__u64 v = 0;
+
+	if (op->str) {
+		__u32 cpu = bpf_get_smp_processor_id();
+		struct scratch *s = bpf_map_lookup_elem(&scratch, &cpu);
+		__u8 *c = (__u8 *)cfg->pred.strs[(op->str - 1) & (UREC_MAX_PRED_STRS - 1)];
+		__u32 len = op->str_len;
+		bool eq = true;
+
+		if (!s || len >= UREC_PRED_STR)
+			return 0;
+		__u8 *buf = s->buf;
+
+		if (arg->nops == 1 && arg->ops[0].op == UREC_OP_COMM) {
+			bpf_get_current_comm(buf, 16); /* NUL-padded */
+			if (len >= 16)
+				eq = false;
+		} else {
+			if (!eval_arg(ctx, arg, probe_ip, &v))
+				return 0;
+			long n = bpf_probe_read_user_str(buf, UREC_PRED_STR, (void *)v);
+
+			if (n <= 0)
+				return 0;
+			if (n != len + 1)
+				eq = false;
+		}
+		for (__u32 j = 0; j < UREC_PRED_STR && eq; j++) {
+			if (j > len)
+				break;
+			if (buf[j] != c[j])
+				eq = false;
+		}
+		return code == UREC_PR_EQ ? eq : code == UREC_PR_NE ? !eq : 0;
+	}
+	if (!eval_arg(ctx, arg, probe_ip, &v))
+		return 0;
+	v <<= op->shl & 63;
+	if (op->is_signed)
+		v = (__u64)((__s64)v >> (op->shr & 63));
+	else
+		v >>= op->shr & 63;
+
+	__u64 k = op->imm;
+	bool sg = op->is_signed;
+
+	switch (code) {
+	case UREC_PR_EQ: return v == k;
+	case UREC_PR_NE: return v != k;
+	case UREC_PR_LT: return sg ? (__s64)v < (__s64)k : v < k;
+	case UREC_PR_LE: return sg ? (__s64)v <= (__s64)k : v <= k;
+	case UREC_PR_GT: return sg ? (__s64)v > (__s64)k : v > k;
+	case UREC_PR_GE: return sg ? (__s64)v >= (__s64)k : v >= k;
+	default: return 0;
+	}
+}
+
+/* Whether the probe's predicate accepts this call (see struct urec_pred). Global: verified
+ * once for every program that calls it. */
+__noinline int pred_pass(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u64 probe_ip)
+{
+	__u32 stack = 0;
+
+	if (!ctx || !cfg)
+		return 1;
+	__u32 n = cfg->npred;
+
+	for (__u32 i = 0; i < UREC_MAX_PRED_OPS; i++) {
+		if (i >= n)
+			break;
+		__u8 code = cfg->pred.ops[i].op;
+
+		if (code == UREC_PR_AND)
+			stack = (stack >> 1) & (~1U | (stack & 1));
+		else if (code == UREC_PR_OR)
+			stack = (stack >> 1) | (stack & 1);
+		else
+			stack = (stack << 1) | (pred_cmp(ctx, cfg, i, probe_ip) & 1);
+	}
+	return stack & 1;
+}
+
+/* True when the probe has a predicate and it rejects this call (then counted). */
+static __always_inline bool rejected(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
+				     __u64 probe_ip)
+{
+	if (!cfg || !cfg->npred || pred_pass(ctx, cfg, probe_ip))
+		return false;
+	count_filtered(probe);
+	return true;
 }
 
 /* Appends the arguments fetched at `at_return` (or all of them); returns the fault mask. */
@@ -620,12 +740,16 @@ static __always_inline void submit(__u8 *buf, __u64 size, __u32 probe, __u8 kind
  * comes from the probe's UREC_P_* flags); `leaf`: prepend the probed function's address
  * (return-only probes, whose stack starts in the caller).
  */
-static __always_inline void emit(struct pt_regs *ctx, __u32 probe, __u8 kind, __u64 now,
-				 __u64 latency, __u8 flags, bool all_args, bool stack, bool leaf,
-				 __u64 probe_ip)
+static __always_inline struct urec_probe_cfg *probe_cfg(__u32 probe)
+{
+	return bpf_map_lookup_elem(&probes, &probe);
+}
+
+static __always_inline void emit(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
+				 __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
+				 bool stack, bool leaf, __u64 probe_ip)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
-	struct urec_probe_cfg *cfg = bpf_map_lookup_elem(&probes, &probe);
 	__u64 id = bpf_get_current_pid_tgid();
 
 	if (!cfg) {
@@ -721,19 +845,29 @@ SEC("uprobe.session")
 int urec_session(struct pt_regs *ctx)
 {
 	__u32 probe = bpf_get_attach_cookie(ctx);
-	__u64 *cookie = bpf_session_cookie();
-	__u64 now = bpf_ktime_get_ns();
-	__u64 ip = bpf_get_func_ip(ctx);
 
 	if (!bpf_session_is_return()) {
 		if (!traced(bpf_get_current_pid_tgid() >> 32))
 			return 1; /* no return callback for this call */
+
+		struct urec_probe_cfg *cfg = probe_cfg(probe);
+		__u64 ip = bpf_get_func_ip(ctx);
+
+		if (rejected(ctx, cfg, probe, ip))
+			return 1; /* nor for a call the predicate rejects */
+		/* The entry time is taken once the call is known to be recorded. */
+		__u64 now = bpf_ktime_get_ns();
+		__u64 *cookie = bpf_session_cookie();
+
 		*cookie = now;
-		emit(ctx, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip);
+		emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip);
 		return 0;
 	}
-	emit(ctx, probe, UREC_KIND_RETURN, now, now - *cookie, UREC_F_LATENCY, false, false, false,
-	     ip);
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *cookie = bpf_session_cookie();
+
+	emit(ctx, probe_cfg(probe), probe, UREC_KIND_RETURN, now, now - *cookie, UREC_F_LATENCY,
+	     false, false, false, bpf_get_func_ip(ctx));
 	return 0;
 }
 
@@ -744,8 +878,13 @@ int urec_entry(struct pt_regs *ctx)
 
 	if (!traced(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	emit(ctx, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false,
-	     bpf_get_func_ip(ctx));
+
+	struct urec_probe_cfg *cfg = probe_cfg(probe);
+	__u64 ip = bpf_get_func_ip(ctx);
+
+	if (rejected(ctx, cfg, probe, ip))
+		return 0;
+	emit(ctx, cfg, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false, ip);
 	return 0;
 }
 
@@ -756,8 +895,13 @@ int urec_return(struct pt_regs *ctx)
 
 	if (!traced(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	emit(ctx, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true,
-	     bpf_get_func_ip(ctx));
+
+	struct urec_probe_cfg *cfg = probe_cfg(probe);
+	__u64 ip = bpf_get_func_ip(ctx);
+
+	if (rejected(ctx, cfg, probe, ip))
+		return 0;
+	emit(ctx, cfg, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true, ip);
 	return 0;
 }
 
@@ -774,8 +918,12 @@ int urec_entry_single(struct pt_regs *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 now = bpf_ktime_get_ns();
 
+	struct urec_probe_cfg *cfg = probe_cfg(probe);
+
 	if (!traced(id >> 32))
 		return 0;
+	bool reject = rejected(ctx, cfg, probe, ctx->ip);
+
 	if (!(cookie & COOKIE_ONE_SIDED)) {
 		__u32 tid = (__u32)id;
 		struct tstack *t = bpf_map_lookup_elem(&pending, &tid);
@@ -791,11 +939,21 @@ int urec_entry_single(struct pt_regs *ctx)
 
 			if (d < FALLBACK_DEPTH)
 				t->ts[d] = now;
+			/* The return of a rejected call is dropped too (calls deeper than 32 in
+			 * one thread are not marked: their returns would be recorded unmatched). */
+			if (d < 32) {
+				if (reject)
+					t->filtered |= 1U << d;
+				else
+					t->filtered &= ~(1U << d);
+			}
 			t->depth = d + 1;
 		}
 	}
-	emit(ctx, probe, UREC_KIND_ENTRY, now, 0, 0, !!(cookie & COOKIE_ONE_SIDED), true, false,
-	     ctx->ip);
+	if (reject)
+		return 0;
+	emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, !!(cookie & COOKIE_ONE_SIDED), true,
+	     false, ctx->ip);
 	return 0;
 }
 
@@ -810,7 +968,11 @@ int urec_return_single(struct pt_regs *ctx)
 	__u8 flags = 0;
 	bool return_only = cookie & COOKIE_ONE_SIDED; /* reused: the return-only marker */
 
+	struct urec_probe_cfg *cfg = probe_cfg(probe);
+
 	if (!traced(id >> 32))
+		return 0;
+	if (return_only && rejected(ctx, cfg, probe, 0))
 		return 0;
 	if (!return_only) {
 		__u32 tid = (__u32)id;
@@ -820,14 +982,16 @@ int urec_return_single(struct pt_regs *ctx)
 			__u32 d = t->depth - 1;
 
 			t->depth = d;
+			if (d < 32 && (t->filtered & (1U << d)))
+				return 0; /* its entry was rejected */
 			if (d < FALLBACK_DEPTH) {
 				latency = now - t->ts[d];
 				flags = UREC_F_LATENCY;
 			}
 		}
 	}
-	emit(ctx, probe, UREC_KIND_RETURN, now, latency, flags, return_only, return_only, return_only,
-	     0);
+	emit(ctx, cfg, probe, UREC_KIND_RETURN, now, latency, flags, return_only, return_only,
+	     return_only, 0);
 	return 0;
 }
 

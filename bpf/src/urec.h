@@ -115,15 +115,61 @@ struct urec_arg_cfg {
 #define UREC_P_KERNEL_CALLER 4 /* entry stacks get [sp] as perf's callchain would (the probed
 				* instruction is `push %rbp`: is_uprobe_at_func_entry()) */
 
+/*
+ * A predicate (`if EXPR`): a postfix program over a stack of booleans. A comparison pushes
+ * `value(args[arg]) OP imm`; UREC_PR_AND / UREC_PR_OR pop two and push one; the call is
+ * recorded when the last value is true. `!` does not exist here: the recorder pushes it down
+ * into the comparisons (De Morgan). Integer operands are brought to their type first:
+ * `v = (v << shl) >> shr`, the right shift arithmetic when `is_signed`; string operands compare
+ * their bytes and NUL with strs[str - 1] (str_len bytes, NUL-padded). A read that faults makes
+ * its comparison false.
+ */
+#define UREC_MAX_PRED_OPS 16  /* steps of a predicate (comparisons at most 8) */
+#define UREC_MAX_PRED_ARGS 4  /* operands (fetch programs) of a predicate */
+#define UREC_MAX_PRED_STRS 4  /* string constants of a predicate */
+#define UREC_PRED_STR 64      /* bytes of a string constant, its NUL included */
+
+/* urec_pred_op.op */
+#define UREC_PR_EQ 1
+#define UREC_PR_NE 2
+#define UREC_PR_LT 3
+#define UREC_PR_LE 4
+#define UREC_PR_GT 5
+#define UREC_PR_GE 6
+#define UREC_PR_AND 7
+#define UREC_PR_OR 8
+
+struct urec_pred_op {
+	__u8 op;          /* UREC_PR_* */
+	__u8 arg;         /* operand: index in urec_pred.args */
+	__u8 shl;
+	__u8 shr;
+	__u8 is_signed;   /* signed shift and comparison */
+	__u8 str;         /* 0: integer; else 1 + index in urec_pred.strs */
+	__u8 str_len;     /* bytes of the string constant, below UREC_PRED_STR */
+	__u8 _pad;
+	__u64 imm;        /* the integer constant, in the operand's type */
+};
+
+struct urec_pred {
+	__u8 _pad[8];     /* (the number of steps is urec_probe_cfg.npred) */
+	struct urec_pred_op ops[UREC_MAX_PRED_OPS];
+	struct urec_arg_cfg args[UREC_MAX_PRED_ARGS];
+	__u64 strs[UREC_MAX_PRED_STRS][UREC_PRED_STR / 8]; /* bytes (u64s for the skeleton) */
+};
+
 struct urec_probe_cfg {
 	__u8 flags;
 	__u8 nargs;
-	__u8 _pad[2];
+	__u8 npred;       /* steps of `pred`; 0: no predicate (here, in the cache line every
+			   * event reads anyway) */
+	__u8 _pad;
 	__u32 stack_size; /* UREC_P_DWARF: bytes of stack to copy (0: none; masked to below
 			   * UREC_MAX_STACK_SIZE). Per probe, and rewritten by the recorder while
 			   * recording: it raises the size of a probe whose unwinds run off the end
 			   * of the copy. */
 	struct urec_arg_cfg args[UREC_MAX_ARGS];
+	struct urec_pred pred;
 };
 
 #endif

@@ -234,6 +234,7 @@ pub(crate) const TAG_STACK: u8 = 5;
 pub(crate) const TAG_LOST: u8 = 6;
 pub(crate) const TAG_FINISH: u8 = 7;
 pub(crate) const TAG_SYMBOLS: u8 = 8;
+pub(crate) const TAG_FILTERED: u8 = 9;
 
 fn kind_code(k: ProbeKind) -> u8 {
     match k {
@@ -383,6 +384,11 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, body: &mut Vec<u8>, record: &Reco
             });
             put_u64(body, l.count);
             TAG_LOST
+        }
+        Record::Filtered(f) => {
+            put_u64(body, f.probe.into());
+            put_u64(body, f.count);
+            TAG_FILTERED
         }
         Record::Finish(f) => {
             put_u64(body, f.attach_ns);
@@ -557,6 +563,10 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
             },
         }),
         TAG_SYMBOLS => Record::Symbols(crate::symbols::decode(c)?),
+        TAG_FILTERED => Record::Filtered(Filtered {
+            probe: c.u32()?,
+            count: c.u64()?,
+        }),
         _ => return Ok(None),
     }))
 }

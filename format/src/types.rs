@@ -321,6 +321,15 @@ pub struct Lost {
     pub count: u64,
 }
 
+/// Calls a probe's predicate (`if EXPR`) rejected: neither recorded nor lost (since 1.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filtered {
+    /// Which probe.
+    pub probe: ProbeId,
+    /// How many (added to earlier counts of the same probe).
+    pub count: u64,
+}
+
 /// The end of a recording, written by a recorder that stopped cleanly.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Finish {
@@ -382,6 +391,8 @@ pub enum Record {
     Event(Event),
     /// Lost records.
     Lost(Lost),
+    /// Calls a predicate rejected (since 1.3).
+    Filtered(Filtered),
     /// The clean end of the recording.
     Finish(Finish),
     /// Names of addresses of one binary (only in the symbols section, after the footer).

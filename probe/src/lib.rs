@@ -58,6 +58,7 @@ mod elf;
 mod glob;
 mod ifunc;
 mod insn;
+mod predicate;
 mod real_file;
 mod resolve;
 mod spec;
@@ -66,6 +67,10 @@ mod usdt;
 mod usdt_resolve;
 
 pub use insn::{InsnHandling, KernelUprobes, Refusal};
+pub use predicate::{
+    CmpOp, Expr, Predicate, Value, MAX_COMPARISONS, MAX_OPERANDS, MAX_STRING,
+    MAX_STRING_COMPARISONS,
+};
 pub use resolve::{
     resolve, Resolution, ResolveOptions, ResolvedProbe, FRAME_POINTER_THRESHOLD, GLOB_LIMIT,
 };
@@ -95,6 +100,14 @@ pub enum SpecError {
         spec: String,
         /// The ARG (or its FETCH).
         arg: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The `if EXPR` of a spec does not parse, or cannot be evaluated where the probe is.
+    #[error("bad predicate in probe spec {spec:?}: {why}")]
+    BadPredicate {
+        /// The spec as given.
+        spec: String,
         /// What is wrong.
         why: String,
     },

@@ -63,6 +63,9 @@ pub struct ResolvedProbe {
     /// through `/proc/PID/root` for a TARGET found in another process's root (whose
     /// in-container path `probe.binary` keeps).
     pub open_path: PathBuf,
+    /// The spec's `if EXPR`: the BPF program records only the calls it accepts (evaluated at
+    /// entry, or at return on a return-only probe). Specs that share a location share it.
+    pub predicate: Option<crate::Predicate>,
 }
 
 /// What [`resolve`] produced.
@@ -291,7 +294,9 @@ fn add_location(
         };
     let mut args = Vec::new();
     let mut fetches = Vec::new();
-    for arg in &spec.args {
+    let operands = spec.predicate.iter().flat_map(|p| &p.operands);
+    for (i, arg) in spec.args.iter().chain(operands).enumerate() {
+        let in_predicate = i >= spec.args.len();
         let bad = |why: String| SpecError::BadArg {
             spec: spec.text.clone(),
             arg: arg.fetch_text.clone(),
@@ -317,6 +322,9 @@ fn add_location(
                     .into(),
             ));
         }
+        if in_predicate {
+            continue;
+        }
         let at_return = spec.return_only || arg.uses_retval();
         args.push(arg.to_format(at_return));
         fetches.push(arg.fetch.clone());
@@ -325,6 +333,18 @@ fn add_location(
     let key = (bin.id, offset);
     if let Some(&i) = index.get(&key) {
         let existing = &mut probes[i];
+        if existing.predicate != spec.predicate {
+            return Err(not_probeable(format!(
+                "{} is also probed by {:?} with {}: specs probing the same location must \
+                 have the same predicate (or none)",
+                loc.name,
+                existing.probe.specs.join(" "),
+                match &existing.predicate {
+                    Some(p) => format!("the predicate `if {}`", p.text),
+                    None => "no predicate".into(),
+                }
+            )));
+        }
         if !existing.probe.specs.contains(&spec.text) {
             existing.probe.specs.push(spec.text.clone());
         }
@@ -361,6 +381,7 @@ fn add_location(
         binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
         ref_ctr_offset: None,
         open_path: bin.path.clone(),
+        predicate: spec.predicate.clone(),
     });
     Ok(())
 }

@@ -14,6 +14,7 @@ use std::fmt;
 
 use urec_format::ArgType;
 
+use crate::predicate::{self, Predicate};
 use crate::SpecError;
 
 /// How deep `+OFF(...)` dereferences may nest. The BPF side walks the chain in a bounded loop;
@@ -33,6 +34,8 @@ pub struct ProbeSpec {
     pub return_only: bool,
     /// The ARGs, in order.
     pub args: Vec<Arg>,
+    /// The trailing `if EXPR`, when given: calls it rejects are neither recorded nor lost.
+    pub predicate: Option<Predicate>,
 }
 
 impl ProbeSpec {
@@ -369,13 +372,54 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
         )));
     }
     let function = classify_function(&func_text).map_err(syntax)?;
+    let (args_text, if_text) = predicate::split_if(args_text);
+    let args = parse_args(spec, args_text)?;
+    let predicate = match if_text {
+        Some(t) => Some(parse_predicate(spec, t, &args, return_only)?),
+        None => None,
+    };
     Ok(ProbeSpec {
         text: spec.to_string(),
         target: target.to_string(),
         function,
         return_only,
-        args: parse_args(spec, args_text)?,
+        args,
+        predicate,
     })
+}
+
+/// Parses `if EXPR` and checks what the probe kind allows: the predicate is evaluated where
+/// the call is decided (at entry, or at return on a `%return` probe), so `$retval` needs
+/// `%return` and `argN` needs the entry.
+fn parse_predicate(
+    spec: &str,
+    text: &str,
+    args: &[Arg],
+    return_only: bool,
+) -> Result<Predicate, SpecError> {
+    let bad = |why: String| SpecError::BadPredicate {
+        spec: spec.to_string(),
+        why,
+    };
+    let pred = predicate::parse(text, args).map_err(bad)?;
+    for a in &pred.operands {
+        if !return_only && a.uses_retval() {
+            return Err(bad(format!(
+                "{} uses $retval, which a predicate may use only on a %return probe: on an \
+                 entry + return probe the predicate decides at entry whether the call is \
+                 recorded",
+                a.name
+            )));
+        }
+        if return_only && a.fetch.uses_abi_arg() {
+            return Err(bad(format!(
+                "{} uses an ABI argument, and a %return probe evaluates its predicate at \
+                 return, when the arguments are gone; drop %return to filter at entry",
+                a.name
+            )));
+        }
+    }
+    Ok(pred)
 }
 
 fn parse_args(spec: &str, args_text: &str) -> Result<Vec<Arg>, SpecError> {
@@ -422,6 +466,12 @@ fn parse_usdt(spec: &str, rest: &str) -> Result<ProbeSpec, SpecError> {
             "empty PROVIDER or NAME; expected usdt:TARGET[:PROVIDER]:NAME".into(),
         ));
     }
+    let (args_text, if_text) = predicate::split_if(args_text);
+    if if_text.is_some() {
+        return Err(syntax(
+            "predicates (if EXPR) are not supported on USDT probes yet".into(),
+        ));
+    }
     if let Some(pos) = name.find('%') {
         return Err(syntax(format!(
             "USDT probes have no return probe ({:?}): they are points in the code, not functions",
@@ -437,6 +487,7 @@ fn parse_usdt(spec: &str, rest: &str) -> Result<ProbeSpec, SpecError> {
         },
         return_only: false,
         args: parse_args(spec, args_text)?,
+        predicate: None,
     })
 }
 
@@ -613,7 +664,7 @@ fn parse_arg(word: &str) -> Result<Arg, String> {
     })
 }
 
-fn parse_fetch(text: &str, depth: usize) -> Result<Fetch, String> {
+pub(crate) fn parse_fetch(text: &str, depth: usize) -> Result<Fetch, String> {
     if depth > MAX_DEREF_DEPTH {
         return Err(format!("dereferences nested deeper than {MAX_DEREF_DEPTH}"));
     }
@@ -1078,5 +1129,82 @@ mod tests {
         let e = err("bash:readline x=arg0");
         assert!(e.contains("\"x=arg0\""), "{e}");
         assert!(e.contains("bash:readline x=arg0"), "{e}");
+    }
+
+    #[test]
+    fn predicates() {
+        use crate::{CmpOp, Expr, Value};
+        let s = p("libc:malloc size=arg1:u64 if size >= 4096");
+        assert_eq!(s.args.len(), 1);
+        let pred = s.predicate.unwrap();
+        assert_eq!(pred.text, "size >= 4096");
+        assert_eq!(pred.operands[0].name, "size");
+        assert_eq!(
+            pred.expr,
+            Expr::Cmp {
+                operand: 0,
+                op: CmpOp::Ge,
+                value: Value::Int(4096)
+            }
+        );
+        // Signed constants are stored sign-extended; a constant on the left is mirrored.
+        let s = p("t:f%return r=$retval:s32 if -1 < r");
+        let pred = s.predicate.unwrap();
+        assert_eq!(
+            pred.expr,
+            Expr::Cmp {
+                operand: 0,
+                op: CmpOp::Gt,
+                value: Value::Int(u64::MAX)
+            }
+        );
+        // FETCHes the spec does not store, strings, $comm, && || ! and parentheses.
+        let s =
+            p(r#"t:f name=+0(arg2):string if !(arg1 == 0x10 || $comm != "sh") && name == 'a\"b'"#);
+        let pred = s.predicate.unwrap();
+        assert_eq!(pred.operands.len(), 3);
+        assert_eq!(pred.operands[0].name, "arg1");
+        assert_eq!(pred.operands[0].ty, ArgType::Hex(64));
+        assert_eq!(pred.operands[1].ty, ArgType::String);
+        assert_eq!(pred.comparisons(), 3);
+        match &pred.expr {
+            Expr::And(a, b) => {
+                assert!(matches!(**a, Expr::Not(_)));
+                assert_eq!(
+                    **b,
+                    Expr::Cmp {
+                        operand: 2,
+                        op: CmpOp::Eq,
+                        value: Value::Str(b"a\"b".to_vec())
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // `if` inside a word is not the keyword.
+        assert!(p("t:f iffy=arg1").predicate.is_none());
+        let perr = |spec: &str| match parse(spec) {
+            Ok(s) => panic!("{spec:?} should not parse: {s:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(perr("t:f x=arg1:u8 if x < 256").contains("does not fit x's type u8"));
+        assert!(perr("t:f x=arg1:s8 if x < -129").contains("does not fit"));
+        assert!(perr("t:f x=arg1:u32 if x == -1").contains("does not fit"));
+        assert!(perr("t:f x=arg1:u32 if x = 1").contains("use '=='"));
+        assert!(perr("t:f x=arg1 if y == 1").contains("neither an ARG of this spec (x)"));
+        assert!(perr("t:f if $comm < \"a\"").contains("== or != only"));
+        assert!(perr("t:f if $comm == 1").contains("quoted string"));
+        assert!(perr("t:f if arg1 == \"a\"").contains("is an integer"));
+        assert!(perr("t:f if arg1 == arg2").contains("one ARG and a constant"));
+        assert!(perr("t:f if $retval == 0").contains("only on a %return probe"));
+        assert!(perr("t:f%return if arg1 == 0").contains("ABI argument"));
+        assert!(perr("t:f if").contains("empty predicate"));
+        assert!(perr("t:f if (arg1 == 1").contains("missing ')'"));
+        assert!(perr("t:f if arg1 == 1 arg2 == 2").contains("combine comparisons"));
+        let many = ["arg1 == 1"; 9].join(" || ");
+        assert!(perr(&format!("t:f if {many}")).contains("at most 8 comparisons"));
+        let long = "x".repeat(64);
+        assert!(perr(&format!("t:f if $comm == \"{long}\"")).contains("at most 63 bytes"));
+        assert!(perr("usdt:t:p:n if arg1 == 1").contains("not supported on USDT"));
     }
 }

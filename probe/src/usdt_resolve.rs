@@ -149,6 +149,7 @@ pub(crate) fn add(
             binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
             ref_ctr_offset,
             open_path: bin.path.clone(),
+            predicate: None,
         });
     }
     Ok(())

@@ -90,6 +90,7 @@ pub fn load<'obj>(
     let n = opts.probes.max(1);
     open.maps.probes.set_max_entries(n)?;
     open.maps.lost.set_max_entries(n * 2)?;
+    open.maps.filtered.set_max_entries(n)?;
     open.progs.urec_fork.set_autoload(opts.filter);
     let skel = open.load().map_err(|err| {
         // Out of descriptors, libbpf's loader may report EINVAL: see the `fds` module.
@@ -178,6 +179,15 @@ pub fn attach(
                 .attach()
                 .context("attaching the fork follower (tp_btf/sched_process_fork)")?,
         );
+    }
+    // For tests of the fallback programs on a kernel that has uprobe_multi.
+    if std::env::var_os("UREC_TEST_SINGLE_UPROBES").is_some() {
+        let mut links = attach_single(skel, probes)?;
+        links.extend(fork_link);
+        return Ok(Attached {
+            links,
+            fallback: true,
+        });
     }
     let groups = multi_groups(probes);
     let mut links = Vec::with_capacity(groups.len() + 1);
@@ -408,6 +418,30 @@ pub fn lost_counts(skel: &UrecSkel<'_>, probes: u32) -> Result<Vec<(ProbeId, Eve
             if total > 0 {
                 out.push((probe, ek, total));
             }
+        }
+    }
+    Ok(out)
+}
+
+/// Calls the predicates of `probes` rejected so far, summed over CPUs; only non-zero counts.
+pub fn filtered_counts(skel: &UrecSkel<'_>, probes: &[ProbeId]) -> Result<Vec<(ProbeId, u64)>> {
+    let mut out = Vec::new();
+    for &probe in probes {
+        let Some(per_cpu) = skel
+            .maps
+            .filtered
+            .lookup_percpu(&probe.to_ne_bytes(), MapFlags::ANY)
+            .context("reading the filtered-call counters")?
+        else {
+            continue;
+        };
+        let total: u64 = per_cpu
+            .iter()
+            .filter_map(|v| v.get(..8))
+            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+            .sum();
+        if total > 0 {
+            out.push((probe, total));
         }
     }
     Ok(out)

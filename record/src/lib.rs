@@ -139,6 +139,8 @@ pub struct Summary {
     pub lost_sideband: u64,
     /// `-g dwarf` stacks that could not be unwound at all or were dropped.
     pub lost_unwind: u64,
+    /// Calls the probes' predicates rejected (not recorded, not lost).
+    pub filtered: u64,
     /// Stacks written truncated (`-g dwarf` stacks that end early or were cut at the depth
     /// limit): the events the report shows with `[truncated]`.
     pub truncated_stacks: u64,

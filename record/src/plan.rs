@@ -30,9 +30,11 @@
 use std::path::Path;
 
 use object::{Object, ObjectSegment, ReadCache};
-use urec_bpf::abi::{self, ArgProgram, FetchOp, ProbeConfig};
+use urec_bpf::abi::{
+    self, ArgProgram, FetchOp, PredCmp, PredConst, PredOp, PredProgram, ProbeConfig,
+};
 use urec_format::{ArgType, FileOffset, LoadSegment, Probe, ProbeKind, StackMode};
-use urec_probe::{Fetch, KernelUprobes, ResolvedProbe};
+use urec_probe::{CmpOp, Expr, Fetch, KernelUprobes, Predicate, ResolvedProbe, Value};
 
 /// A probe ready for the recorder: the file's record, and the BPF programs' table entry.
 #[derive(Clone, Debug)]
@@ -111,46 +113,25 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             ProbeKind::Entry => false,
             ProbeKind::Return => true,
         };
-        let is_string = spec.ty == ArgType::String;
-        let mut ops = Vec::new();
-        lower(&fetch.lowered(), type_size(spec.ty), &mut ops, &|place| {
-            let svma = match place {
-                Place::FileOffset(file_off) => {
-                    offset_to_svma(binary, file_off).ok_or_else(|| {
-                        format!(
-                            "file offset {file_off:#x} is not in a loaded segment of {}",
-                            binary.display()
-                        )
-                    })?
-                }
-                Place::Vaddr(vaddr) => vaddr,
-            };
-            Ok(svma.wrapping_sub(probe.vaddr.0) as i64)
-        })
-        .map_err(err)?;
-        if is_string {
-            // The outermost dereference gives the string's address: not a load (module docs).
-            if let Some(last) = ops.last_mut() {
-                if let FetchOp::Deref { off, .. } = *last {
-                    *last = FetchOp::Add(off);
-                }
-            }
-        } else if matches!(ops.last(), Some(FetchOp::Comm)) {
-            return Err(err(format!("{} is a string: use :string", spec.fetch)));
-        }
-        if ops.len() > abi::MAX_OPS {
-            return Err(err(format!(
-                "{} nests too deep (at most {} steps)",
-                spec.fetch,
-                abi::MAX_OPS
-            )));
-        }
-        args.push(ArgProgram {
-            at_return,
-            is_string,
-            ops,
-        });
+        args.push(
+            arg_program(
+                fetch,
+                spec.ty,
+                &spec.fetch,
+                at_return,
+                binary,
+                probe.vaddr.0,
+            )
+            .map_err(err)?,
+        );
     }
+    let predicate = match &resolved.predicate {
+        Some(pred) => Some(
+            compile_predicate(pred, binary, probe.vaddr.0)
+                .map_err(|why| err(format!("predicate `if {}`: {why}", pred.text)))?,
+        ),
+        None => None,
+    };
     Ok(PlannedProbe {
         probe,
         config: ProbeConfig {
@@ -160,10 +141,130 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             // The session sets it from --stack-size.
             stack_size: 0,
             args,
+            predicate,
         },
         ref_ctr_offset: resolved.ref_ctr_offset,
         open_path: resolved.open_path.clone(),
     })
+}
+
+/// One value's fetch program: `fetch` lowered for a value of type `ty`.
+fn arg_program(
+    fetch: &Fetch,
+    ty: ArgType,
+    fetch_text: &str,
+    at_return: bool,
+    binary: &Path,
+    probe_vaddr: u64,
+) -> Result<ArgProgram, String> {
+    let is_string = ty == ArgType::String;
+    let mut ops = Vec::new();
+    lower(&fetch.lowered(), type_size(ty), &mut ops, &|place| {
+        let svma = match place {
+            Place::FileOffset(file_off) => offset_to_svma(binary, file_off).ok_or_else(|| {
+                format!(
+                    "file offset {file_off:#x} is not in a loaded segment of {}",
+                    binary.display()
+                )
+            })?,
+            Place::Vaddr(vaddr) => vaddr,
+        };
+        Ok(svma.wrapping_sub(probe_vaddr) as i64)
+    })?;
+    if is_string {
+        // The outermost dereference gives the string's address: not a load (module docs).
+        if let Some(last) = ops.last_mut() {
+            if let FetchOp::Deref { off, .. } = *last {
+                *last = FetchOp::Add(off);
+            }
+        }
+    } else if matches!(ops.last(), Some(FetchOp::Comm)) {
+        return Err(format!("{fetch_text} is a string: use :string"));
+    }
+    if ops.len() > abi::MAX_OPS {
+        return Err(format!(
+            "{fetch_text} nests too deep (at most {} steps)",
+            abi::MAX_OPS
+        ));
+    }
+    Ok(ArgProgram {
+        at_return,
+        is_string,
+        ops,
+    })
+}
+
+/// The BPF form of a predicate: its operands' fetch programs, and the expression in postfix
+/// order with every `!` pushed down into the comparisons (`!(a < 1 || b == 2)` is
+/// `a >= 1 && b != 2`), each comparison made in its operand's type.
+fn compile_predicate(
+    pred: &Predicate,
+    binary: &Path,
+    probe_vaddr: u64,
+) -> Result<PredProgram, String> {
+    let mut operands = Vec::with_capacity(pred.operands.len());
+    for a in &pred.operands {
+        operands.push(arg_program(
+            &a.fetch,
+            a.ty,
+            &a.fetch_text,
+            false,
+            binary,
+            probe_vaddr,
+        )?);
+    }
+    let mut ops = Vec::new();
+    postfix(&pred.expr, false, pred, &mut ops);
+    Ok(PredProgram { ops, operands })
+}
+
+fn postfix(e: &Expr, negate: bool, pred: &Predicate, out: &mut Vec<PredOp>) {
+    match e {
+        Expr::Not(a) => postfix(a, !negate, pred, out),
+        Expr::And(a, b) | Expr::Or(a, b) => {
+            postfix(a, negate, pred, out);
+            postfix(b, negate, pred, out);
+            // De Morgan: a negated && is an || of the negations.
+            out.push(if matches!(e, Expr::And(..)) != negate {
+                PredOp::And
+            } else {
+                PredOp::Or
+            });
+        }
+        Expr::Cmp { operand, op, value } => {
+            let op = if negate { op.negated() } else { *op };
+            let ty = pred
+                .operands
+                .get(*operand)
+                .map_or(ArgType::Hex(64), |a| a.ty);
+            let (shl, shr, signed) = match ty {
+                ArgType::Unsigned(w) | ArgType::Hex(w) => (64 - w, 64 - w, false),
+                ArgType::Signed(w) => (64 - w, 64 - w, true),
+                ArgType::Bitfield { width, offset, .. } => {
+                    (64u8.saturating_sub(offset + width), 64 - width, false)
+                }
+                ArgType::String => (0, 0, false),
+            };
+            out.push(PredOp::Cmp {
+                operand: *operand,
+                cmp: match op {
+                    CmpOp::Eq => PredCmp::Eq,
+                    CmpOp::Ne => PredCmp::Ne,
+                    CmpOp::Lt => PredCmp::Lt,
+                    CmpOp::Le => PredCmp::Le,
+                    CmpOp::Gt => PredCmp::Gt,
+                    CmpOp::Ge => PredCmp::Ge,
+                },
+                shl: shl & 63,
+                shr: shr & 63,
+                signed,
+                constant: match value {
+                    Value::Int(v) => PredConst::Int(*v),
+                    Value::Str(s) => PredConst::Str(s.clone()),
+                },
+            });
+        }
+    }
 }
 
 /// `-g auto` for one probe: frame pointers when the probed binary keeps them and so do the
@@ -305,5 +406,45 @@ mod tests {
             lowered(&Fetch::Global(0x1020), 4),
             vec![FetchOp::ProbeRel(0x20), FetchOp::Deref { off: 0, size: 4 }]
         );
+    }
+
+    #[test]
+    fn predicates_compile_to_postfix_without_not() {
+        let spec = urec_probe::parse(
+            "t:f a=arg1:s32 b=arg2:b3@2/8 if !(a < -1 || b == 2) && $comm != \"sh\"",
+        )
+        .unwrap();
+        let pred = spec.predicate.unwrap();
+        let prog = compile_predicate(&pred, Path::new("/nonexistent"), 0x1000).unwrap();
+        let cmp = |operand, cmp, shl, shr, signed, constant| PredOp::Cmp {
+            operand,
+            cmp,
+            shl,
+            shr,
+            signed,
+            constant,
+        };
+        assert_eq!(
+            prog.ops,
+            vec![
+                cmp(0, PredCmp::Ge, 32, 32, true, PredConst::Int(u64::MAX)),
+                cmp(1, PredCmp::Ne, 59, 61, false, PredConst::Int(2)),
+                PredOp::And,
+                cmp(2, PredCmp::Ne, 0, 0, false, PredConst::Str(b"sh".to_vec())),
+                PredOp::And,
+            ]
+        );
+        assert_eq!(prog.operands.len(), 3);
+        assert_eq!(prog.operands[0].ops, vec![FetchOp::Reg(14)]);
+        // The bitfield's container is a byte: its dereference-free register value is masked
+        // by the shifts, not by a read size.
+        assert_eq!(prog.operands[1].ops, vec![FetchOp::Reg(13)]);
+        assert!(prog.operands[2].is_string);
+        assert_eq!(prog.operands[2].ops, vec![FetchOp::Comm]);
+        // What the BPF program computes for the bitfield: bits 2..5 of the value.
+        let v: u64 = 0b1_0110_1011;
+        if let PredOp::Cmp { shl, shr, .. } = prog.ops[1] {
+            assert_eq!((v << shl) >> shr, (v >> 2) & 0b111);
+        }
     }
 }

@@ -32,7 +32,7 @@
 //! the file gets the lost counts and the `Finish` record.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::IsTerminal;
 use std::mem::MaybeUninit;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -43,8 +43,8 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{OpenObject, RingBufferBuilder};
 use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
 use urec_format::{
-    plural, ArgType, ArgValue, Event, EventKind, Finish, Header, LostSource, Nanos, Probe, Record,
-    StackMode, Writer,
+    plural, ArgType, ArgValue, Event, EventKind, Filtered, Finish, Header, LostSource, Nanos,
+    Probe, ProbeId, Record, StackMode, Writer,
 };
 
 use crate::attach::{self, AttachProbe, LoadOptions};
@@ -700,6 +700,29 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     let mut last_status = Instant::now();
     let mut last_checkpoint = Instant::now();
     let mut ledger = LostLedger::default();
+    // Probes with a predicate, and the rejected calls already written for each: the file gets
+    // what was rejected since the last checkpoint, so a recorder killed with `kill -9` leaves
+    // the counts of its last checkpoint.
+    let predicated: Vec<ProbeId> = configs
+        .iter()
+        .filter(|(_, cfg)| cfg.predicate.is_some())
+        .map(|&(id, _)| id)
+        .collect();
+    let mut filtered_written: HashMap<ProbeId, u64> = HashMap::new();
+    let mut filtered_since = |counts: Vec<(ProbeId, u64)>| -> Vec<Filtered> {
+        let mut out = Vec::new();
+        for (probe, total) in counts {
+            let written = filtered_written.entry(probe).or_default();
+            if total > *written {
+                out.push(Filtered {
+                    probe,
+                    count: total - *written,
+                });
+                *written = total;
+            }
+        }
+        out
+    };
     let mut sb = Vec::new();
     let mut workload_status = None;
     // Up to when the ring buffer is known to have been read completely.
@@ -758,6 +781,9 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             for l in records {
                 st.writer.write(&Record::Lost(l))?;
             }
+            for f in filtered_since(attach::filtered_counts(&skel, &predicated)?) {
+                st.writer.write(&Record::Filtered(f))?;
+            }
             st.writer.flush()?;
         }
         if STOP.load(Ordering::Relaxed) {
@@ -807,6 +833,8 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     }
     sideband.flush(&mut sb)?;
     let lost = attach::lost_counts(&skel, nprobes)?;
+    let filtered = attach::filtered_counts(&skel, &predicated)?;
+    let filtered_total = filtered.iter().map(|&(_, n)| n).sum();
     drop(ring);
     let mut st = state.into_inner();
     if let Some(err) = st.error.take() {
@@ -829,6 +857,9 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         st.writer.write(&Record::Lost(l))?;
     }
     let lost_ring = ledger.total(LostSource::Ring);
+    for f in filtered_since(filtered) {
+        st.writer.write(&Record::Filtered(f))?;
+    }
     // The command: if recording stopped first (signal, -d), end it as perf does, and report
     // its status.
     if let Some(w) = workload.as_mut() {
@@ -915,6 +946,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         lost_ring,
         lost_sideband: sideband.lost(),
         lost_unwind: ledger.total(LostSource::Unwind),
+        filtered: filtered_total,
         truncated_stacks: dwarf_stats.truncated_stacks,
         copy_end_below_cap: dwarf_stats.copy_end_below_cap,
         copy_end_at_cap: dwarf_stats.copy_end_at_cap,

@@ -117,6 +117,8 @@ pub struct Function {
     pub unmatched: u64,
     /// Events of this probe the recorder lost.
     pub lost: u64,
+    /// Calls the probe's predicate (`if EXPR`) rejected: not recorded, not lost.
+    pub filtered: u64,
     /// Latencies of the matched calls.
     pub latency: LatencyHistogram,
     /// Calls per process, most calls first.
@@ -287,6 +289,7 @@ struct ProbeState {
     unmatched: u64,
     in_flight: u64,
     lost: u64,
+    filtered: u64,
     latency: LatencyHistogram,
     /// (pid, comm) → calls.
     processes: FxMap<(u32, u32), u64>,
@@ -475,6 +478,11 @@ impl<'o> Aggregator<'o> {
                     self.probes[pi].lost = self.probes[pi].lost.saturating_add(l.count);
                 }
             }
+            Record::Filtered(f) => {
+                if let Some(&pi) = self.probe_index.get(&f.probe) {
+                    self.probes[pi].filtered = self.probes[pi].filtered.saturating_add(f.count);
+                }
+            }
             Record::Finish(f) => self.finish = Some(f),
             Record::Symbols(s) => self.embedded.push(s),
         }
@@ -501,6 +509,7 @@ impl<'o> Aggregator<'o> {
             unmatched: 0,
             in_flight: 0,
             lost: 0,
+            filtered: 0,
             latency: LatencyHistogram::new(),
             processes: FxMap::default(),
             group_arg: None,
@@ -979,6 +988,7 @@ impl<'o> Aggregator<'o> {
                 in_flight: p.in_flight,
                 unmatched: p.unmatched,
                 lost: p.lost,
+                filtered: p.filtered,
                 latency: p.latency,
                 processes,
             });

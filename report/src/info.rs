@@ -57,6 +57,7 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
     let mut stacks = 0u64;
     let mut lost: BTreeMap<LostSource, u64> = BTreeMap::new();
     let mut lost_by_probe: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut filtered_by_probe: BTreeMap<u32, u64> = BTreeMap::new();
     let mut finish = None;
     // The symbols section: named addresses (and those with a source line) per binary.
     let mut symbols: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
@@ -93,6 +94,10 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
                     let n = lost_by_probe.entry(p).or_default();
                     *n = n.saturating_add(l.count);
                 }
+            }
+            Record::Filtered(f) => {
+                let n = filtered_by_probe.entry(f.probe).or_default();
+                *n = n.saturating_add(f.count);
             }
             Record::Finish(f) => finish = Some(f),
             Record::Symbols(s) => {
@@ -271,6 +276,14 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
         ],
         &rows,
     );
+
+    for (id, n) in &filtered_by_probe {
+        let _ = writeln!(
+            w,
+            "probe {id}: {} its predicate rejected (not recorded, not lost)",
+            plural(*n, "call", "calls")
+        );
+    }
 
     let _ = writeln!(w, "\nprocesses ({}):", processes.len());
     let rows: Vec<Vec<String>> = processes

@@ -118,6 +118,7 @@ struct FunctionJson<'a> {
     lost: u64,
     latency_ns: Option<LatencyJson>,
     processes: Vec<ProcessJson<'a>>,
+    filtered: u64,
 }
 
 #[derive(Serialize)]
@@ -247,6 +248,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 in_flight: f.in_flight,
                 unmatched: f.unmatched,
                 lost: f.lost,
+                filtered: f.filtered,
                 latency_ns: f.latency_stats().map(latency),
                 processes: f
                     .processes

@@ -98,6 +98,10 @@ fn scenario() -> Vec<Record> {
     r.push(entry(2, 100, 100, t0 + 5_100_000, None));
     r.push(lost(LostSource::Ring, Some(0), 3));
     r.push(lost(LostSource::Unwind, None, 1));
+    r.push(Record::Filtered(urec_format::Filtered {
+        probe: 0,
+        count: 5,
+    }));
     r.push(finish(1_000_000_000, 3_500_000_000));
     r
 }
@@ -275,6 +279,7 @@ fn check_schema(text: &str) {
         "lost",
         "latency_ns",
         "processes",
+        "filtered",
     ];
     let lat_keys = ["min", "mean", "p50", "p90", "p99", "max", "total"];
     let functions = v["functions"].as_array().expect("functions array");
@@ -285,7 +290,14 @@ fn check_schema(text: &str) {
         for k in ["probe", "binary", "symbol"] {
             assert!(f[k].is_string(), "{k}");
         }
-        for k in ["calls", "returns", "in_flight", "unmatched", "lost"] {
+        for k in [
+            "calls",
+            "returns",
+            "in_flight",
+            "unmatched",
+            "lost",
+            "filtered",
+        ] {
             uint(&f[k], k);
         }
         match &f["latency_ns"] {

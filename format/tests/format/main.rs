@@ -141,6 +141,10 @@ pub fn sample_records(events: u32) -> Vec<Record> {
         kind: None,
         count: 3,
     }));
+    v.push(Record::Filtered(Filtered {
+        probe: 1,
+        count: 42,
+    }));
     v.push(Record::Finish(Finish {
         attach_ns: 10,
         stop_ns: 5_000_000,

@@ -344,6 +344,8 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 count,
             })
         });
+    let filtered = (any::<u32>(), any::<u64>())
+        .prop_map(|(probe, count)| Record::Filtered(Filtered { probe, count }));
     let finish = (any::<u64>(), any::<u64>(), any::<Option<i32>>()).prop_map(
         |(attach_ns, stop_ns, workload_status)| {
             Record::Finish(Finish {
@@ -360,6 +362,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
         1 => mapping,
         2 => stack,
         1 => lost,
+        1 => filtered,
         1 => finish,
         12 => arb_event().prop_map(Record::Event),
     ]
