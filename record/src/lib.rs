@@ -41,6 +41,7 @@ use std::time::Duration;
 pub mod attach;
 pub mod cgroup;
 pub mod command;
+mod consumer;
 pub mod dwarf;
 pub mod fds;
 mod fxhash;

@@ -1,5 +1,6 @@
 //! One recording, start to finish: set-up in the order that loses nothing, the consumer loop,
-//! and the clean stop.
+//! and the clean stop. What happens to each ring-buffer record (decoding, stacks, release in
+//! time order) is the `consumer` module's.
 //!
 //! # Order of set-up
 //!
@@ -41,20 +42,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{OpenObject, RingBufferBuilder};
-use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
 use urec_format::{
-    plural, ArgType, ArgValue, Event, EventKind, Filtered, Finish, Header, LostSource, Nanos,
-    Probe, ProbeId, Record, StackMode, Writer,
+    plural, Filtered, Finish, Header, LostSource, Nanos, Probe, ProbeId, Record, StackMode, Writer,
 };
 
 use crate::attach::{self, AttachProbe, LoadOptions};
 use crate::command::Workload;
-use crate::dwarf::{Capture, DwarfStacks};
+use crate::consumer::{decoders, State};
+use crate::dwarf::DwarfStacks;
 use crate::lost::LostLedger;
 use crate::mapped::MappedBinaries;
 use crate::output;
 use crate::processes::ProcessTable;
-use crate::sideband::{monotonic_now, Sideband, SidebandRecord};
+use crate::sideband::{monotonic_now, Sideband};
 use crate::stacks::StackTable;
 use crate::{PlannedProbe, RecordOptions, Summary, Target, Verbosity};
 
@@ -131,241 +131,6 @@ pub fn check_privileges() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// How to decode and type one argument slot of an event.
-#[derive(Clone, Copy, Debug)]
-struct ArgSlot {
-    string: bool,
-    /// Mask applied to integer values (the TYPE's width).
-    mask: u64,
-}
-
-fn arg_slot(ty: ArgType) -> ArgSlot {
-    let bits = match ty {
-        ArgType::Unsigned(b) | ArgType::Signed(b) | ArgType::Hex(b) => b,
-        ArgType::Bitfield { container, .. } => container,
-        ArgType::String => 64,
-    };
-    ArgSlot {
-        string: ty == ArgType::String,
-        mask: if bits >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << bits) - 1
-        },
-    }
-}
-
-/// Per probe: the argument slots of entry and return events.
-#[derive(Debug, Default)]
-struct ProbeDecode {
-    entry: Vec<ArgSlot>,
-    ret: Vec<ArgSlot>,
-    entry_strings: Vec<bool>,
-    ret_strings: Vec<bool>,
-}
-
-fn decoders(probes: &[PlannedProbe]) -> Vec<ProbeDecode> {
-    probes
-        .iter()
-        .map(|p| {
-            let mut d = ProbeDecode::default();
-            // The programs fetch each argument where its config says: decode it there too.
-            for (a, cfg) in p.probe.args.iter().zip(&p.config.args) {
-                let slot = arg_slot(a.ty);
-                if cfg.at_return {
-                    d.ret.push(slot);
-                } else {
-                    d.entry.push(slot);
-                }
-            }
-            d.entry_strings = d.entry.iter().map(|s| s.string).collect();
-            d.ret_strings = d.ret.iter().map(|s| s.string).collect();
-            d
-        })
-        .collect()
-}
-
-/// What the consumer accumulates between releases.
-struct State<W: std::io::Write> {
-    writer: Writer<W>,
-    table: ProcessTable,
-    stacks: StackTable,
-    decode: Vec<ProbeDecode>,
-    /// `--stack-depth` (0 with `-g none`: then no record carries a stack).
-    stack_depth: u32,
-    /// Events not yet released, with their stack copy when it is still to be unwound (boxed:
-    /// the list is moved around per event, and most events have none). A deque: a release
-    /// takes a prefix, and shifting the rest down each time cost more than the events.
-    pending: VecDeque<(Event, Option<Box<Capture>>)>,
-    /// `pending` is in time order (checked as events arrive, not per release: a release
-    /// may come every few thousand events while the list holds hundreds of thousands).
-    pending_sorted: bool,
-    /// Frames of the record at hand (reused: no allocation or zeroing per event).
-    frames: Vec<u64>,
-    dwarf: DwarfStacks,
-    /// Stack copy bytes held after which the ring consumer returns to the loop.
-    yield_bytes: usize,
-    /// The consumer returned early ([`YIELD`]); poll again at once.
-    yielded: bool,
-    /// The latest event time read from the ring.
-    latest_ns: Nanos,
-    entries: u64,
-    returns: u64,
-    /// Events per probe id.
-    probe_events: Vec<u64>,
-    /// Which probed binaries the traced processes mapped.
-    mapped: MappedBinaries,
-    bad_records: u64,
-    error: Option<anyhow::Error>,
-}
-
-impl<W: std::io::Write> State<W> {
-    /// Decodes one ring-buffer record into the pending list (writing its stack if new).
-    fn on_ring_record(&mut self, bytes: &[u8]) -> Result<()> {
-        let raw = match RawEvent::parse(bytes) {
-            Ok(raw) => raw,
-            Err(_) => {
-                self.bad_records += 1;
-                return Ok(());
-            }
-        };
-        let Some(decode) = self.decode.get(raw.probe as usize) else {
-            self.bad_records += 1;
-            return Ok(());
-        };
-        let (slots, strings) = if raw.kind == KIND_ENTRY {
-            (&decode.entry, &decode.entry_strings)
-        } else {
-            (&decode.ret, &decode.ret_strings)
-        };
-        let mut values = Vec::with_capacity(slots.len());
-        let mut args = Vec::with_capacity(slots.len());
-        if raw.args(strings, &mut values).is_err() {
-            self.bad_records += 1;
-            return Ok(());
-        }
-        for (v, slot) in values.iter().zip(slots) {
-            args.push(match v {
-                RawArgValue::Int(x) => ArgValue::Int(x & slot.mask),
-                RawArgValue::Str(b, truncated) => ArgValue::Str {
-                    bytes: b.to_vec(),
-                    truncated: *truncated,
-                },
-                RawArgValue::Fault => ArgValue::Fault,
-            });
-        }
-
-        let kind = if raw.kind == KIND_ENTRY {
-            EventKind::Entry
-        } else {
-            EventKind::Return
-        };
-        let capture = raw
-            .dwarf
-            .as_ref()
-            .and_then(|d| self.dwarf.capture(d, raw.probe, kind))
-            .map(Box::new);
-        let stack = if raw.nframes() > 0 {
-            self.frames.clear();
-            self.frames.extend(raw.frames().take(130));
-            // The walk stopped at the depth limit, not at the end of the chain.
-            let truncated = self.frames.len() as u32 >= self.stack_depth;
-            let (id, new) = self.stacks.intern(&self.frames, truncated);
-            if let Some(s) = new {
-                self.writer.write(&Record::Stack(s))?;
-            }
-            Some(id)
-        } else {
-            None
-        };
-        if kind == EventKind::Entry {
-            self.entries += 1;
-        } else {
-            self.returns += 1;
-        }
-        if let Some(n) = self.probe_events.get_mut(raw.probe as usize) {
-            *n += 1;
-        }
-        let event = Event {
-            probe: raw.probe,
-            kind,
-            pid: raw.pid,
-            tid: raw.tid,
-            cpu: raw.cpu,
-            time_ns: raw.time_ns,
-            stack,
-            latency_ns: (raw.flags & F_LATENCY != 0).then_some(raw.latency_ns),
-            args,
-        };
-        self.latest_ns = self.latest_ns.max(event.time_ns);
-        if self
-            .pending
-            .back()
-            .is_some_and(|last| last.0.time_ns > event.time_ns)
-        {
-            self.pending_sorted = false;
-        }
-        self.pending.push_back((event, capture));
-        Ok(())
-    }
-
-    /// Writes, in time order, the side-band records of `sb` and the pending events stamped at
-    /// or before `horizon`; later side-band records stay in `sb`.
-    fn release(&mut self, sb: &mut Vec<SidebandRecord>, horizon: Nanos) -> Result<()> {
-        // Records come off the ring in nearly time order: usually nothing to sort.
-        if !self.pending_sorted {
-            self.pending.make_contiguous().sort_by_key(|e| e.0.time_ns);
-            self.pending_sorted = true;
-        }
-        let cut = self.pending.partition_point(|e| e.0.time_ns <= horizon);
-        let State {
-            writer,
-            table,
-            stacks,
-            dwarf,
-            pending,
-            mapped,
-            ..
-        } = self;
-        let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
-        let mut events = pending.drain(..cut).peekable();
-        // Side-band records past the horizon wait with the events of their time.
-        let sb_cut = sb.partition_point(|r| r.time_ns() <= horizon);
-        for record in sb.drain(..sb_cut) {
-            while let Some(e) = events.next_if(|e| e.0.time_ns < record.time_ns()) {
-                release_one(e, table, dwarf, stacks, &mut emit)?;
-            }
-            table.apply(&record, &mut emit)?;
-            mapped.observe(&record);
-            dwarf.follow(table);
-        }
-        for e in events {
-            release_one(e, table, dwarf, stacks, &mut emit)?;
-        }
-        Ok(())
-    }
-}
-
-/// Writes one released event, unwinding its stack copy first when it has one.
-fn release_one(
-    (mut e, capture): (Event, Option<Box<Capture>>),
-    table: &mut ProcessTable,
-    dwarf: &mut DwarfStacks,
-    stacks: &mut StackTable,
-    emit: &mut dyn FnMut(Record) -> Result<()>,
-) -> Result<()> {
-    table.ensure_emitted(e.pid, e.time_ns, emit)?;
-    if let Some(capture) = capture {
-        let (frames, truncated) = dwarf.unwind(table, e.pid, e.probe, e.kind, *capture);
-        let (id, new) = stacks.intern(frames, truncated);
-        if let Some(s) = new {
-            emit(Record::Stack(s))?;
-        }
-        e.stack = Some(id);
-    }
-    emit(Record::Event(e))
 }
 
 fn uname() -> (String, String, String) {

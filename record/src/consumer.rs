@@ -1,0 +1,252 @@
+//! The ring-buffer consumer: decodes each record the BPF programs wrote (arguments typed as
+//! their specs say, stacks interned, `-g dwarf` copies held for unwinding) into a list of
+//! pending events, and releases them in time order, interleaved with the side-band records, to
+//! the writer (see the `session` module for when).
+
+use std::collections::VecDeque;
+
+use anyhow::Result;
+use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
+use urec_format::{ArgType, ArgValue, Event, EventKind, Nanos, Record, Writer};
+
+use crate::dwarf::{Capture, DwarfStacks};
+use crate::mapped::MappedBinaries;
+use crate::processes::ProcessTable;
+use crate::sideband::SidebandRecord;
+use crate::stacks::StackTable;
+use crate::PlannedProbe;
+
+/// How to decode and type one argument slot of an event.
+#[derive(Clone, Copy, Debug)]
+struct ArgSlot {
+    string: bool,
+    /// Mask applied to integer values (the TYPE's width).
+    mask: u64,
+}
+
+fn arg_slot(ty: ArgType) -> ArgSlot {
+    let bits = match ty {
+        ArgType::Unsigned(b) | ArgType::Signed(b) | ArgType::Hex(b) => b,
+        ArgType::Bitfield { container, .. } => container,
+        ArgType::String => 64,
+    };
+    ArgSlot {
+        string: ty == ArgType::String,
+        mask: if bits >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        },
+    }
+}
+
+/// Per probe: the argument slots of entry and return events.
+#[derive(Debug, Default)]
+pub(crate) struct ProbeDecode {
+    entry: Vec<ArgSlot>,
+    ret: Vec<ArgSlot>,
+    entry_strings: Vec<bool>,
+    ret_strings: Vec<bool>,
+}
+
+pub(crate) fn decoders(probes: &[PlannedProbe]) -> Vec<ProbeDecode> {
+    probes
+        .iter()
+        .map(|p| {
+            let mut d = ProbeDecode::default();
+            // The programs fetch each argument where its config says: decode it there too.
+            for (a, cfg) in p.probe.args.iter().zip(&p.config.args) {
+                let slot = arg_slot(a.ty);
+                if cfg.at_return {
+                    d.ret.push(slot);
+                } else {
+                    d.entry.push(slot);
+                }
+            }
+            d.entry_strings = d.entry.iter().map(|s| s.string).collect();
+            d.ret_strings = d.ret.iter().map(|s| s.string).collect();
+            d
+        })
+        .collect()
+}
+
+/// What the consumer accumulates between releases.
+pub(crate) struct State<W: std::io::Write> {
+    pub(crate) writer: Writer<W>,
+    pub(crate) table: ProcessTable,
+    pub(crate) stacks: StackTable,
+    pub(crate) decode: Vec<ProbeDecode>,
+    /// `--stack-depth` (0 with `-g none`: then no record carries a stack).
+    pub(crate) stack_depth: u32,
+    /// Events not yet released, with their stack copy when it is still to be unwound (boxed:
+    /// the list is moved around per event, and most events have none). A deque: a release
+    /// takes a prefix, and shifting the rest down each time cost more than the events.
+    pub(crate) pending: VecDeque<(Event, Option<Box<Capture>>)>,
+    /// `pending` is in time order (checked as events arrive, not per release: a release
+    /// may come every few thousand events while the list holds hundreds of thousands).
+    pub(crate) pending_sorted: bool,
+    /// Frames of the record at hand (reused: no allocation or zeroing per event).
+    pub(crate) frames: Vec<u64>,
+    pub(crate) dwarf: DwarfStacks,
+    /// Stack copy bytes held after which the ring consumer returns to the loop.
+    pub(crate) yield_bytes: usize,
+    /// The consumer returned early ([`YIELD`]); poll again at once.
+    pub(crate) yielded: bool,
+    /// The latest event time read from the ring.
+    pub(crate) latest_ns: Nanos,
+    pub(crate) entries: u64,
+    pub(crate) returns: u64,
+    /// Events per probe id.
+    pub(crate) probe_events: Vec<u64>,
+    /// Which probed binaries the traced processes mapped.
+    pub(crate) mapped: MappedBinaries,
+    pub(crate) bad_records: u64,
+    pub(crate) error: Option<anyhow::Error>,
+}
+
+impl<W: std::io::Write> State<W> {
+    /// Decodes one ring-buffer record into the pending list (writing its stack if new).
+    pub(crate) fn on_ring_record(&mut self, bytes: &[u8]) -> Result<()> {
+        let raw = match RawEvent::parse(bytes) {
+            Ok(raw) => raw,
+            Err(_) => {
+                self.bad_records += 1;
+                return Ok(());
+            }
+        };
+        let Some(decode) = self.decode.get(raw.probe as usize) else {
+            self.bad_records += 1;
+            return Ok(());
+        };
+        let (slots, strings) = if raw.kind == KIND_ENTRY {
+            (&decode.entry, &decode.entry_strings)
+        } else {
+            (&decode.ret, &decode.ret_strings)
+        };
+        let mut values = Vec::with_capacity(slots.len());
+        let mut args = Vec::with_capacity(slots.len());
+        if raw.args(strings, &mut values).is_err() {
+            self.bad_records += 1;
+            return Ok(());
+        }
+        for (v, slot) in values.iter().zip(slots) {
+            args.push(match v {
+                RawArgValue::Int(x) => ArgValue::Int(x & slot.mask),
+                RawArgValue::Str(b, truncated) => ArgValue::Str {
+                    bytes: b.to_vec(),
+                    truncated: *truncated,
+                },
+                RawArgValue::Fault => ArgValue::Fault,
+            });
+        }
+
+        let kind = if raw.kind == KIND_ENTRY {
+            EventKind::Entry
+        } else {
+            EventKind::Return
+        };
+        let capture = raw
+            .dwarf
+            .as_ref()
+            .and_then(|d| self.dwarf.capture(d, raw.probe, kind))
+            .map(Box::new);
+        let stack = if raw.nframes() > 0 {
+            self.frames.clear();
+            self.frames.extend(raw.frames().take(130));
+            // The walk stopped at the depth limit, not at the end of the chain.
+            let truncated = self.frames.len() as u32 >= self.stack_depth;
+            let (id, new) = self.stacks.intern(&self.frames, truncated);
+            if let Some(s) = new {
+                self.writer.write(&Record::Stack(s))?;
+            }
+            Some(id)
+        } else {
+            None
+        };
+        if kind == EventKind::Entry {
+            self.entries += 1;
+        } else {
+            self.returns += 1;
+        }
+        if let Some(n) = self.probe_events.get_mut(raw.probe as usize) {
+            *n += 1;
+        }
+        let event = Event {
+            probe: raw.probe,
+            kind,
+            pid: raw.pid,
+            tid: raw.tid,
+            cpu: raw.cpu,
+            time_ns: raw.time_ns,
+            stack,
+            latency_ns: (raw.flags & F_LATENCY != 0).then_some(raw.latency_ns),
+            args,
+        };
+        self.latest_ns = self.latest_ns.max(event.time_ns);
+        if self
+            .pending
+            .back()
+            .is_some_and(|last| last.0.time_ns > event.time_ns)
+        {
+            self.pending_sorted = false;
+        }
+        self.pending.push_back((event, capture));
+        Ok(())
+    }
+
+    /// Writes, in time order, the side-band records of `sb` and the pending events stamped at
+    /// or before `horizon`; later side-band records stay in `sb`.
+    pub(crate) fn release(&mut self, sb: &mut Vec<SidebandRecord>, horizon: Nanos) -> Result<()> {
+        // Records come off the ring in nearly time order: usually nothing to sort.
+        if !self.pending_sorted {
+            self.pending.make_contiguous().sort_by_key(|e| e.0.time_ns);
+            self.pending_sorted = true;
+        }
+        let cut = self.pending.partition_point(|e| e.0.time_ns <= horizon);
+        let State {
+            writer,
+            table,
+            stacks,
+            dwarf,
+            pending,
+            mapped,
+            ..
+        } = self;
+        let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
+        let mut events = pending.drain(..cut).peekable();
+        // Side-band records past the horizon wait with the events of their time.
+        let sb_cut = sb.partition_point(|r| r.time_ns() <= horizon);
+        for record in sb.drain(..sb_cut) {
+            while let Some(e) = events.next_if(|e| e.0.time_ns < record.time_ns()) {
+                release_one(e, table, dwarf, stacks, &mut emit)?;
+            }
+            table.apply(&record, &mut emit)?;
+            mapped.observe(&record);
+            dwarf.follow(table);
+        }
+        for e in events {
+            release_one(e, table, dwarf, stacks, &mut emit)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one released event, unwinding its stack copy first when it has one.
+fn release_one(
+    (mut e, capture): (Event, Option<Box<Capture>>),
+    table: &mut ProcessTable,
+    dwarf: &mut DwarfStacks,
+    stacks: &mut StackTable,
+    emit: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<()> {
+    table.ensure_emitted(e.pid, e.time_ns, emit)?;
+    if let Some(capture) = capture {
+        let (frames, truncated) = dwarf.unwind(table, e.pid, e.probe, e.kind, *capture);
+        let (id, new) = stacks.intern(frames, truncated);
+        if let Some(s) = new {
+            emit(Record::Stack(s))?;
+        }
+        e.stack = Some(id);
+    }
+    emit(Record::Event(e))
+}
