@@ -444,13 +444,8 @@ impl<'o> Aggregator<'o> {
 
     /// The incarnation of `pid` at `time_ns` and its command name then.
     fn generation(&mut self, pid: u32, time_ns: u64) -> Generation {
-        let incarnations = self.spaces.incarnations_mut();
-        let id = incarnations.at_or_new(pid, time_ns).id;
-        incarnations.mark_events(id);
-        Generation {
-            id,
-            comm: incarnations.comm_at(pid, time_ns),
-        }
+        let (id, comm) = self.spaces.incarnations_mut().of_event(pid, time_ns);
+        Generation { id, comm }
     }
 
     fn comm_name(&self, comm: u32) -> &str {

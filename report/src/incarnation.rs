@@ -17,7 +17,7 @@
 //! event's time, the name it had then. Per pid, incarnations and names are kept in ordered maps
 //! keyed by time, so each record and each question costs a logarithm whatever the order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use urec_format::{Process, ProcessChange, Record};
 
@@ -77,7 +77,8 @@ struct ProcessInfo {
 pub struct Incarnations {
     all: Vec<Incarnation>,
     processes: Vec<ProcessInfo>,
-    pids: HashMap<u32, PidLife>,
+    /// Fx-hashed: asked once per event.
+    pids: crate::aggregate::FxMap<u32, PidLife>,
     comms: Interner,
     /// The latest time any record named; a `Process` record without a start time that renames
     /// a known pid does so from then on.
@@ -306,6 +307,42 @@ impl Incarnations {
             Some(i) => *i,
             None => self.anonymous(pid),
         }
+    }
+
+    /// The incarnation of `pid` in force at `time_ns` and its command name id then, made up
+    /// as [`Incarnations::at_or_new`] does, its process marked as having events: what every
+    /// event asks, in one lookup (most pids have one incarnation and one name).
+    pub fn of_event(&mut self, pid: u32, time_ns: u64) -> (IncarnationId, u32) {
+        let found = self.pids.get(&pid).and_then(|life| {
+            let id = if life.incarnations.len() == 1 {
+                life.incarnations.values().next().copied()
+            } else {
+                life.incarnations
+                    .range(..=time_ns)
+                    .next_back()
+                    .or_else(|| life.incarnations.iter().next())
+                    .map(|(_, &id)| id)
+            }?;
+            let comm = if life.comms.len() == 1 {
+                life.comms.values().next().copied()
+            } else {
+                life.comms
+                    .range(..=time_ns)
+                    .next_back()
+                    .or_else(|| life.comms.iter().next())
+                    .map(|(_, &c)| c)
+            }?;
+            Some((id, comm))
+        });
+        let (id, comm) = match found {
+            Some(f) => f,
+            None => {
+                let id = self.at_or_new(pid, time_ns).id;
+                (id, self.comm_at(pid, time_ns))
+            }
+        };
+        self.mark_events(id);
+        (id, comm)
     }
 
     /// The time the incarnation after `incarnation` begins, if any: where its mappings stop.
