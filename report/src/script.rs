@@ -166,8 +166,9 @@ pub struct ScriptSummary {
 /// it is printed, at its own time, with every record read by then.
 struct Pending {
     event: Event,
-    /// The call's entry, printed before `event`.
-    entry: Option<Event>,
+    /// The call's entry, printed before `event` (boxed: the heap moves these around, and
+    /// most have none).
+    entry: Option<Box<Event>>,
     seq: u64,
 }
 
@@ -194,7 +195,7 @@ impl Pending {
     fn size(&self) -> usize {
         std::mem::size_of::<Self>()
             + event_size(&self.event)
-            + self.entry.as_ref().map_or(0, event_size)
+            + self.entry.as_deref().map_or(0, event_size)
     }
 }
 
@@ -264,7 +265,11 @@ fn script_source(
                     return Ok(());
                 };
                 newest = newest.max(event.time_ns);
-                let pending = Pending { event, entry, seq };
+                let pending = Pending {
+                    event,
+                    entry: entry.map(Box::new),
+                    seq,
+                };
                 held += pending.size();
                 heap.push(Reverse(pending));
                 seq += 1;
@@ -515,13 +520,8 @@ impl<'o> Printer<'o> {
             }
             None => self.addresses.get(&(ev.pid, ev.probe)).copied(),
         };
-        let incarnation = self
-            .spaces
-            .incarnations_mut()
-            .at_or_new(ev.pid, ev.time_ns)
-            .id;
-        let incarnations = self.spaces.incarnations();
-        let comm = incarnations.comm_name(incarnations.comm_at(ev.pid, ev.time_ns));
+        let (incarnation, comm) = self.spaces.incarnations_mut().of_event(ev.pid, ev.time_ns);
+        let comm = self.spaces.incarnations().comm_name(comm);
         let probe = self.probes.get(&ev.probe);
         let mut line = std::mem::take(&mut self.line);
         line.clear();
