@@ -8,9 +8,10 @@
 #   bpftrace: the oracle a test compares counts with; also a benchmark peer
 #   systemtap-sdt-dev: <sys/sdt.h>, for the USDT test target (tests/usdt.rs)
 #   debuginfod: the real server tests/debuginfod.rs fetches debug files from (never a mock)
+#   golang-go: `go tool pprof`, the real client tests/exports.rs reads `report --pprof` with
 #   linux-perf, bpfcc-tools, time: benchmark peers (UREC_BENCH_DEPS=1)
 set -euo pipefail
-need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 file libc6-dbg bpftrace strace systemtap-sdt-dev debuginfod)
+need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 file libc6-dbg bpftrace strace systemtap-sdt-dev debuginfod golang-go)
 if [ "${UREC_BENCH_DEPS:-0}" = 1 ]; then need+=(linux-perf bpfcc-tools time); fi
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

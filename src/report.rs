@@ -50,6 +50,10 @@ pub struct Args {
     /// Order of the functions, descending.
     #[arg(long, value_enum, default_value = "calls")]
     pub sort: SortArg,
+    /// Write a gzip-compressed pprof profile (`go tool pprof`, Pyroscope, Parca, Grafana) into
+    /// this file (`-`: stdout): one sample per stack and process, values calls and latency.
+    #[arg(long, value_name = "FILE|-")]
+    pub pprof: Option<PathBuf>,
 }
 
 /// Where binaries and debug files are looked for; `urec script` takes the same flags.
@@ -107,7 +111,7 @@ fn is_stdout(p: &Option<PathBuf>) -> bool {
 
 /// Runs `urec report`; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let dashes = [&args.flamegraph, &args.folded, &args.json]
+    let dashes = [&args.flamegraph, &args.folded, &args.json, &args.pprof]
         .into_iter()
         .filter(|p| is_stdout(p))
         .count();
@@ -154,7 +158,7 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
     type Draw<'a> = Box<dyn Fn(&mut dyn Write) -> io::Result<()> + 'a>;
     // Text outputs go through `Printable` (names from the file may hold control characters,
     // which would also make the SVG ill-formed XML); JSON escapes them itself.
-    let outputs: [(&Option<PathBuf>, &str, Draw<'_>); 3] = [
+    let outputs: [(&Option<PathBuf>, &str, Draw<'_>); 4] = [
         (
             &args.flamegraph,
             "flamegraph",
@@ -169,6 +173,11 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
             &args.json,
             "JSON",
             Box::new(|w| urec_report::json::write(report, w)),
+        ),
+        (
+            &args.pprof,
+            "pprof profile",
+            Box::new(|w| urec_report::pprof::write(report, w)),
         ),
     ];
     let mut stdout_taken = false;

@@ -139,6 +139,9 @@ pub struct StackSummary {
     pub calls: u64,
     /// Summed latency of the matched calls through this path.
     pub total_ns: u64,
+    /// The calls and latency per process (of every input), most calls first: one pprof sample
+    /// each.
+    pub processes: Vec<crate::merge::StackProcess>,
 }
 
 /// The result of [`analyze`]: what every output draws from.
@@ -156,6 +159,9 @@ pub struct Report {
     pub unknown_frames: u64,
     /// Things the user should know (truncation, symbolization problems), each once.
     pub warnings: Vec<String>,
+    /// Every recording the report was made of, in `-i` order; [`StackSummary::processes`]
+    /// refer to them by index.
+    pub inputs: Vec<crate::merge::Input>,
 }
 
 impl Report {
@@ -167,7 +173,11 @@ impl Report {
 
 /// Reads the recording at `path` and aggregates it. See the module docs for the definitions.
 pub fn analyze(path: &Path, opts: &ReportOptions) -> Result<Report, Error> {
-    analyze_source(crate::input::Source::File(path), opts)
+    let mut report = analyze_source(crate::input::Source::File(path), opts)?;
+    if let Some(input) = report.inputs.first_mut() {
+        input.file = path.display().to_string();
+    }
+    Ok(report)
 }
 
 /// [`analyze`] of a recording held in memory.
@@ -260,6 +270,8 @@ struct AggStack {
     truncated: bool,
     calls: u64,
     total_ns: u64,
+    /// pid → (calls, summed latency): bounded by the unique (stack, pid) pairs.
+    pids: FxMap<u32, (u64, u64)>,
 }
 
 struct ProbeState {
@@ -444,7 +456,9 @@ impl<'o> Aggregator<'o> {
             p.calls += 1;
             *p.processes.entry((ev.pid, gen.comm)).or_default() += 1;
             let idx = self.stack_key(ev, gen);
-            self.agg[idx as usize].calls += 1;
+            let s = &mut self.agg[idx as usize];
+            s.calls += 1;
+            s.pids.entry(ev.pid).or_default().0 += 1;
             stack_idx = Some(idx);
         }
         match (ev.kind, kind) {
@@ -468,6 +482,8 @@ impl<'o> Aggregator<'o> {
                     if let Some(i) = stack_idx {
                         let s = &mut self.agg[i as usize];
                         s.total_ns = s.total_ns.saturating_add(lat);
+                        let p = &mut s.pids.entry(ev.pid).or_default().1;
+                        *p = p.saturating_add(lat);
                     }
                 }
             }
@@ -512,6 +528,8 @@ impl<'o> Aggregator<'o> {
             if let Some(i) = popped.and_then(|e| e.stack) {
                 let s = &mut self.agg[i as usize];
                 s.total_ns = s.total_ns.saturating_add(lat);
+                let p = &mut s.pids.entry(ev.pid).or_default().1;
+                *p = p.saturating_add(lat);
             }
         }
     }
@@ -562,6 +580,7 @@ impl<'o> Aggregator<'o> {
                     truncated,
                     calls: 0,
                     total_ns: 0,
+                    pids: FxMap::default(),
                 });
                 self.dedup.insert(dedup, i);
                 i
@@ -676,6 +695,7 @@ impl<'o> Aggregator<'o> {
                 plural(unknown_frames, "stack frame fell", "stack frames fell")
             ));
         }
+        let inputs = vec![crate::merge::Input::of(&recording)];
         Ok(Report {
             recording,
             functions,
@@ -683,6 +703,7 @@ impl<'o> Aggregator<'o> {
             frames,
             unknown_frames,
             warnings,
+            inputs,
         })
     }
 
@@ -723,6 +744,7 @@ impl<'o> Aggregator<'o> {
             /// The frames of the contributing path with the most calls, and its calls.
             frames: Vec<FrameId>,
             best: u64,
+            pids: FxMap<u32, (u64, u64)>,
         }
         let mut merged: HashMap<(ProbeId, u32, Vec<u32>), Merged> = HashMap::new();
         let mut unknown = 0u64;
@@ -748,6 +770,7 @@ impl<'o> Aggregator<'o> {
                     line: None,
                     inline_depth: 0,
                     unnamed: None,
+                    build_id: probe.build_id.clone(),
                 };
                 ids.push(table.intern(name, FrameKind::Code(location)));
             }
@@ -784,9 +807,15 @@ impl<'o> Aggregator<'o> {
                     total_ns: 0,
                     frames: Vec::new(),
                     best: 0,
+                    pids: FxMap::default(),
                 });
             e.calls = e.calls.saturating_add(s.calls);
             e.total_ns = e.total_ns.saturating_add(s.total_ns);
+            for (&pid, &(calls, total)) in &s.pids {
+                let p = e.pids.entry(pid).or_default();
+                p.0 = p.0.saturating_add(calls);
+                p.1 = p.1.saturating_add(total);
+            }
             if e.frames.is_empty() || s.calls > e.best {
                 e.frames = ids;
                 e.best = s.calls;
@@ -806,6 +835,7 @@ impl<'o> Aggregator<'o> {
                 frames: m.frames,
                 calls: m.calls,
                 total_ns: m.total_ns,
+                processes: crate::merge::StackProcess::from_pids(m.pids),
             })
             .collect();
         let names = |s: &StackSummary| {

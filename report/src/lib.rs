@@ -41,6 +41,9 @@ pub mod incarnation;
 mod input;
 mod interner;
 pub mod json;
+pub mod merge;
+pub mod pprof;
+mod proto;
 pub mod rebase;
 pub mod script;
 pub use urec_symbolize as symbolize;
@@ -159,6 +162,7 @@ pub fn exercise(bytes: &[u8]) {
         let _ = table::write(&report, &mut sink);
         let _ = table::write_histograms(&report, &mut sink);
         let _ = json::write(&report, &mut sink);
+        let _ = pprof::write(&report, &mut sink);
         for weight in [Weight::Calls, Weight::Latency] {
             let _ = folded::write(&report, weight, &mut sink);
             let _ = flamegraph::write(&report, weight, &mut sink);
