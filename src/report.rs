@@ -54,6 +54,10 @@ pub struct Args {
     /// this file (`-`: stdout): one sample per stack and process, values calls and latency.
     #[arg(long, value_name = "FILE|-")]
     pub pprof: Option<PathBuf>,
+    /// Write a Perfetto trace (ui.perfetto.dev, trace_processor) into this file: one slice per
+    /// call on its thread's track, with its args, return value and call stack.
+    #[arg(long, value_name = "FILE")]
+    pub perfetto: Option<PathBuf>,
 }
 
 /// Where binaries and debug files are looked for; `urec script` takes the same flags.
@@ -148,7 +152,36 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     // A closed pipe (`urec report --folded - | head`) comes back as an error; main exits 0 on it.
     write_outputs(&args, weight, &report)?;
+    if let Some(path) = &args.perfetto {
+        write_perfetto(&args.input, path, &opts)?;
+    }
     Ok(0)
+}
+
+/// `--perfetto`: a second, streaming pass over the recording (the trace holds every call, which
+/// the aggregated report does not keep).
+fn write_perfetto(input: &Path, path: &Path, opts: &ReportOptions) -> anyhow::Result<()> {
+    let file = File::create(path)
+        .with_context(|| format!("cannot create Perfetto trace {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    let summary = match urec_report::perfetto::write(input, opts, &mut out) {
+        Ok(s) => s,
+        Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot write Perfetto trace {}", path.display())))
+        }
+    };
+    out.flush()
+        .with_context(|| format!("cannot write Perfetto trace {}", path.display()))?;
+    eprintln!(
+        "urec: Perfetto trace written to {} ({} slices, {} instant events, {} in flight)",
+        path.display(),
+        summary.slices,
+        summary.instants,
+        summary.in_flight
+    );
+    Ok(())
 }
 
 fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result<()> {

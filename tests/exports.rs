@@ -38,23 +38,20 @@ int main(void) {
 
 /// Builds the target and records `leaf` and `a` of its run; the fixture and the recording.
 fn recorded() -> (Fixture, PathBuf) {
+    recorded_with(&["{}:leaf", "{}:a"])
+}
+
+/// Builds the target and records it with these probes (`{}` stands for the target's path).
+fn recorded_with(specs: &[&str]) -> (Fixture, PathBuf) {
     let t = Fixture::build("exports", SOURCE, &["-g", "-O1", "-fno-omit-frame-pointer"]);
     let data = t.data("exports.data");
-    let leaf = format!("{}:leaf", t.path());
-    let a = format!("{}:a", t.path());
-    let out = record(&[
-        "-q",
-        "-o",
-        data.to_str().unwrap(),
-        "-e",
-        &leaf,
-        "-e",
-        &a,
-        "--",
-        t.path(),
-    ])
-    .output()
-    .unwrap();
+    let specs: Vec<String> = specs.iter().map(|s| s.replace("{}", t.path())).collect();
+    let mut args = vec!["-q", "-o", data.to_str().unwrap()];
+    for s in &specs {
+        args.extend(["-e", s.as_str()]);
+    }
+    args.extend(["--", t.path()]);
+    let out = record(&args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -291,5 +288,223 @@ fn pprof_samples_are_the_calls_per_stack_and_process() {
         ]
         .into_iter()
         .collect()
+    );
+}
+
+/// The Python of the venv that has Perfetto's protos (pip `perfetto` and `protobuf`):
+/// `$UREC_VENV`, else `~/.cache/urec/venv`, as scripts/install-deps.sh makes it.
+fn perfetto_python() -> Option<PathBuf> {
+    let venv = std::env::var_os("UREC_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/urec/venv")
+        });
+    let python = venv.join("bin/python");
+    let ok = Command::new(&python)
+        .args([
+            "-c",
+            "import perfetto.protos.perfetto.trace.perfetto_trace_pb2",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "CI=true: no venv with pip perfetto + protobuf at {} (scripts/install-deps.sh makes it)",
+            venv.display()
+        );
+    }
+    eprintln!(
+        "skipped: no venv with Perfetto's protos at {}",
+        venv.display()
+    );
+    None
+}
+
+/// `urec report --perfetto` of `data`, decoded by tests/perfetto_slices.py.
+fn perfetto_slices(python: &Path, data: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--perfetto",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    urec_ok(&args);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/perfetto_slices.py");
+    let o = Command::new(python).arg(script).arg(out).output().unwrap();
+    assert!(
+        o.status.success(),
+        "decoding the trace with Perfetto's protos failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn perfetto_slices_nest_per_thread_as_the_calls_did() {
+    if !have_root() {
+        return;
+    }
+    let Some(python) = perfetto_python() else {
+        return;
+    };
+    let (t, data) = recorded_with(&["{}:leaf x=arg1:s32 r=$retval:s32", "{}:a"]);
+    let trace = perfetto_slices(&python, &data, &t.data("t.pftrace"), &[]);
+    assert_eq!(trace["unclosed"], 0, "every begin has its end");
+    let clocks = trace["clocks"].as_array().unwrap();
+    assert!(
+        clocks.iter().any(|c| c[0] == 3),
+        "a MONOTONIC clock: {clocks:?}"
+    );
+    // Thread tracks are named from comm.
+    let tracks = trace["tracks"].as_array().unwrap();
+    let threads: Vec<_> = tracks.iter().filter(|t| t.get("tid").is_some()).collect();
+    assert_eq!(threads.len(), 2, "parent and child threads: {tracks:?}");
+    assert!(
+        threads.iter().all(|t| t["name"] == "exports"),
+        "{threads:?}"
+    );
+    assert_eq!(
+        tracks
+            .iter()
+            .filter(|t| t.get("pid").is_some() && t.get("tid").is_none())
+            .count(),
+        2,
+        "two process tracks: {tracks:?}"
+    );
+    // (pid, name, parent) → slices.
+    let slices = trace["slices"].as_array().unwrap();
+    let mut got: BTreeMap<(u64, String, String), u64> = BTreeMap::new();
+    for s in slices {
+        if s["pid"].is_null() {
+            continue; // the summary slice
+        }
+        let key = (
+            s["pid"].as_u64().unwrap(),
+            s["name"].as_str().unwrap().to_string(),
+            s["parent"].as_str().unwrap_or("-").to_string(),
+        );
+        *got.entry(key).or_default() += 1;
+        assert!(s["end_args"].get("in_flight").is_none(), "{s}");
+        if s["name"] == "leaf" {
+            // x at entry, r = 2x at return, on the same slice.
+            let x: i64 = s["args"]["x"].as_str().unwrap().parse().unwrap();
+            let r: i64 = s["end_args"]["r"].as_str().unwrap().parse().unwrap();
+            assert_eq!(r, 2 * x, "{s}");
+            let stack: Vec<&str> = s["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            let own: Vec<&str> = stack.iter().copied().skip_while(|f| *f != "main").collect();
+            let want: &[&str] = if s["parent"] == "a" {
+                &["main", "a", "mid", "leaf"]
+            } else {
+                &["main", "b", "leaf"]
+            };
+            assert_eq!(own, want, "{s}");
+        }
+    }
+    let child = got
+        .keys()
+        .find(|k| k.1 == "leaf" && k.2 == "-")
+        .map(|k| k.0)
+        .expect("the child's leaf calls from b");
+    let parent = got.keys().map(|k| k.0).find(|&p| p != child).unwrap();
+    let want: BTreeMap<(u64, String, String), u64> = [
+        ((parent, "a", "-"), 600),
+        ((parent, "leaf", "a"), 600),
+        ((child, "a", "-"), 50),
+        ((child, "leaf", "a"), 50),
+        ((child, "leaf", "-"), 400),
+    ]
+    .into_iter()
+    .map(|((p, n, par), c)| ((p, n.to_string(), par.to_string()), c))
+    .collect();
+    assert_eq!(got, want);
+    // The parent's leaf calls saw x = 0..599, each once.
+    let mut xs: Vec<i64> = slices
+        .iter()
+        .filter(|s| s["pid"] == parent && s["name"] == "leaf")
+        .map(|s| s["args"]["x"].as_str().unwrap().parse().unwrap())
+        .collect();
+    xs.sort();
+    assert_eq!(xs, (0..600).collect::<Vec<i64>>());
+    assert!(
+        trace["instants"].as_array().unwrap().is_empty(),
+        "{}",
+        trace["instants"]
+    );
+    // The summary slice on the `urec` track: events and lost counts.
+    let summary: Vec<_> = slices.iter().filter(|s| s["pid"].is_null()).collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert_eq!(summary[0]["name"], "urec");
+    assert_eq!(
+        summary[0]["args"]["events"],
+        2 * (1050 + 650),
+        "{}",
+        summary[0]
+    );
+    assert_eq!(summary[0]["args"]["lost"], 0);
+}
+
+#[test]
+fn perfetto_closes_calls_in_flight_at_the_stop() {
+    if !have_root() {
+        return;
+    }
+    let Some(python) = perfetto_python() else {
+        return;
+    };
+    let t = Fixture::build(
+        "hang",
+        r#"
+#include <unistd.h>
+volatile int sink;
+__attribute__((noinline)) int leaf(int x) { return x * 2; }
+__attribute__((noinline)) void hang(void) { sink = leaf(7); sleep(30); }
+int main(void) { hang(); return 0; }
+"#,
+        &["-g", "-O1", "-fno-omit-frame-pointer"],
+    );
+    let data = t.data("hang.data");
+    let hang = format!("{}:hang", t.path());
+    let leaf = format!("{}:leaf x=arg1:s32 r=$retval:s32", t.path());
+    // -d 1 stops the recording (and the command) while `hang` sleeps.
+    let _ = record(&[
+        "-q",
+        "-d",
+        "1",
+        "-o",
+        data.to_str().unwrap(),
+        "-e",
+        &hang,
+        "-e",
+        &leaf,
+        "--",
+        t.path(),
+    ])
+    .output()
+    .unwrap();
+    let trace = perfetto_slices(&python, &data, &t.data("hang.pftrace"), &[]);
+    let slices = trace["slices"].as_array().unwrap();
+    let hang: Vec<_> = slices.iter().filter(|s| s["name"] == "hang").collect();
+    assert_eq!(hang.len(), 1, "{slices:?}");
+    assert_eq!(hang[0]["end_args"]["in_flight"], true, "{}", hang[0]);
+    let leaf: Vec<_> = slices.iter().filter(|s| s["name"] == "leaf").collect();
+    assert_eq!(leaf.len(), 1);
+    assert_eq!(leaf[0]["parent"], "hang");
+    assert_eq!(leaf[0]["args"]["x"], "7");
+    assert_eq!(leaf[0]["end_args"]["r"], "14");
+    // The stop is about 1 s after the entry of `hang`.
+    let length = hang[0]["end"].as_u64().unwrap() - hang[0]["ts"].as_u64().unwrap();
+    assert!(
+        (300_000_000..5_000_000_000).contains(&length),
+        "hang's slice lasts {length} ns"
     );
 }

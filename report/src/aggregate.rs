@@ -892,7 +892,7 @@ pub(crate) type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHash
 /// alone or as `SYMBOL@0xVADDR` (how probes on local functions sharing a name are told apart).
 /// A display name without its `@0xVADDR` selects every such probe: `usdt:demo:mark` names all
 /// the sites of that USDT probe, `usdt:demo:mark@0x1234` one of them.
-fn answers_to(probe: &Probe, name: &str) -> bool {
+pub(crate) fn answers_to(probe: &Probe, name: &str) -> bool {
     probe.name == name
         || probe
             .name

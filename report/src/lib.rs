@@ -42,6 +42,7 @@ mod input;
 mod interner;
 pub mod json;
 pub mod merge;
+pub mod perfetto;
 pub mod pprof;
 mod proto;
 pub mod rebase;
@@ -173,6 +174,7 @@ pub fn exercise(bytes: &[u8]) {
         ..script::ScriptOptions::default()
     };
     let _ = script::script_bytes(bytes.to_vec(), &script_opts, &mut sink);
+    let _ = perfetto::write_bytes(bytes.to_vec(), &opts, &mut sink);
 }
 
 impl Error {
