@@ -17,9 +17,10 @@ use crate::UsageError;
 /// Command-line arguments of `urec report`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The recording to read.
+    /// The recording to read; repeat to merge several (recordings of one service on several
+    /// hosts: probes matched by spec, each process keeping its host).
     #[arg(short, long, default_value = "urec.data")]
-    pub input: PathBuf,
+    pub input: Vec<PathBuf>,
     /// Draw an interactive flamegraph SVG of the call stacks into this file (`-`: stdout).
     #[arg(long, value_name = "SVG")]
     pub flamegraph: Option<PathBuf>,
@@ -58,6 +59,10 @@ pub struct Args {
     /// call on its thread's track, with its args, return value and call stack.
     #[arg(long, value_name = "FILE")]
     pub perfetto: Option<PathBuf>,
+    /// Compare with the recording BASE: the table shows both sides and the change of calls,
+    /// mean, p50 and p99; --flamegraph draws a differential flamegraph; --json adds `diff`.
+    #[arg(long, value_name = "BASE")]
+    pub diff: Option<PathBuf>,
 }
 
 /// Where binaries and debug files are looked for; `urec script` takes the same flags.
@@ -142,18 +147,32 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         symbolize: args.symbols.options(),
         no_symbolize: false,
     };
-    let report = match urec_report::analyze(&args.input, &opts) {
-        Ok(r) => r,
-        Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
-        Err(e) => return Err(e.into()),
+    if args.perfetto.is_some() && args.input.len() > 1 {
+        return Err(UsageError("--perfetto takes one recording (one -i)".into()).into());
+    }
+    let mut reports = Vec::with_capacity(args.input.len());
+    for input in &args.input {
+        reports.push(analyze(input, &opts)?);
+    }
+    let mut report = urec_report::merge::merge(reports, opts.sort);
+    let base = match &args.diff {
+        Some(path) => {
+            let base = analyze(path, &opts)?;
+            report.diff = Some(urec_report::diff::rows(&base, &report));
+            Some(base)
+        }
+        None => None,
     };
+    for w in base.iter().flat_map(|b| &b.warnings) {
+        eprintln!("urec: warning: BASE: {}", urec_format::printable(w));
+    }
     for w in &report.warnings {
         eprintln!("urec: warning: {}", urec_format::printable(w));
     }
     // A closed pipe (`urec report --folded - | head`) comes back as an error; main exits 0 on it.
-    write_outputs(&args, weight, &report)?;
-    if let Some(path) = &args.perfetto {
-        write_perfetto(&args.input, path, &opts)?;
+    write_outputs(&args, weight, &report, base.as_ref())?;
+    if let (Some(path), Some(input)) = (&args.perfetto, args.input.first()) {
+        write_perfetto(input, path, &opts)?;
     }
     Ok(0)
 }
@@ -184,7 +203,21 @@ fn write_perfetto(input: &Path, path: &Path, opts: &ReportOptions) -> anyhow::Re
     Ok(())
 }
 
-fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result<()> {
+/// [`urec_report::analyze`] of one recording, a usage error (`--probe` naming nothing) as such.
+fn analyze(input: &Path, opts: &ReportOptions) -> anyhow::Result<Report> {
+    match urec_report::analyze(input, opts) {
+        Ok(r) => Ok(r),
+        Err(e) if e.is_usage() => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_outputs(
+    args: &Args,
+    weight: Weight,
+    report: &Report,
+    base: Option<&Report>,
+) -> anyhow::Result<()> {
     if args.flamegraph.is_some() && report.stacks.is_empty() {
         eprintln!("urec: warning: no calls to draw; the flamegraph says so");
     }
@@ -195,7 +228,15 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
         (
             &args.flamegraph,
             "flamegraph",
-            Box::new(|w| urec_report::flamegraph::write(report, weight, &mut Printable::new(w))),
+            Box::new(move |w| match base {
+                Some(base) => urec_report::diff::write_flamegraph(
+                    base,
+                    report,
+                    weight,
+                    &mut Printable::new(w),
+                ),
+                None => urec_report::flamegraph::write(report, weight, &mut Printable::new(w)),
+            }),
         ),
         (
             &args.folded,
@@ -233,7 +274,10 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
     }
     if !stdout_taken {
         let mut out = Printable::new(BufWriter::new(io::stdout().lock()));
-        urec_report::table::write(report, &mut out)?;
+        match &report.diff {
+            Some(rows) => urec_report::diff::write_table(rows, &mut out)?,
+            None => urec_report::table::write(report, &mut out)?,
+        }
         if args.histogram {
             urec_report::table::write_histograms(report, &mut out)?;
         }

@@ -508,3 +508,262 @@ int main(void) { hang(); return 0; }
         "hang's slice lasts {length} ns"
     );
 }
+
+/// `main` calls `a` argv[1] times and `b` argv[2] times; both call `leaf`.
+const COUNTED: &str = r#"
+#include <stdlib.h>
+__attribute__((noinline)) int leaf(int x) { return x * 2; }
+__attribute__((noinline)) int a(int x) { return leaf(x) + 1; }
+__attribute__((noinline)) int b(int x) { return leaf(x) + 2; }
+int main(int argc, char **argv) {
+    int na = atoi(argv[1]), nb = atoi(argv[2]), s = 0;
+    for (int i = 0; i < na; i++) s += a(i);
+    for (int i = 0; i < nb; i++) s += b(i);
+    return s == 0;
+}
+"#;
+
+/// Records `leaf` and `a` of `COUNTED na nb` into `name`, on a host named `host` (a UTS
+/// namespace of its own, so two "hosts" can be told apart on one machine).
+fn record_counted(t: &Fixture, name: &str, host: &str, na: u32, nb: u32) -> PathBuf {
+    let data = t.data(name);
+    let script = format!(
+        "hostname {host} && exec {urec} record -q -o {data} -e {exe}:leaf -e {exe}:a -- {exe} {na} {nb}",
+        urec = UREC,
+        data = data.display(),
+        exe = t.path()
+    );
+    let out = Command::new("unshare")
+        .args(["--uts", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    data
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&urec_ok(args)).unwrap()
+}
+
+#[test]
+fn several_inputs_merge_and_each_process_keeps_its_host() {
+    if !have_root() {
+        return;
+    }
+    let t = Fixture::build(
+        "counted",
+        COUNTED,
+        &["-g", "-O1", "-fno-omit-frame-pointer"],
+    );
+    let one = record_counted(&t, "one.data", "host-one", 80, 20);
+    let two = record_counted(&t, "two.data", "host-two", 90, 40);
+    let (one, two) = (one.to_str().unwrap(), two.to_str().unwrap());
+    let j = json(&["report", "-i", one, "-i", two, "--json", "-"]);
+    let inputs = j["recording"]["inputs"]
+        .as_array()
+        .expect("recording.inputs");
+    assert_eq!(inputs.len(), 2);
+    assert_eq!(inputs[0]["file"], one);
+    assert_eq!(inputs[0]["host"], "host-one");
+    assert_eq!(inputs[1]["file"], two);
+    assert_eq!(inputs[1]["host"], "host-two");
+    // Every call has an entry and a return event.
+    assert_eq!(inputs[0]["events"], 2 * (80 + 100));
+    assert_eq!(inputs[1]["events"], 2 * (90 + 130));
+    assert_eq!(j["recording"]["events"], 2 * (180 + 220));
+    assert!(inputs
+        .iter()
+        .all(|i| i["duration_ns"].as_u64().unwrap() > 0));
+    assert!(inputs[1]["command"].as_str().unwrap().ends_with(" 90 40"));
+    let calls: BTreeMap<String, u64> = j["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["probe"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+                f["calls"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(calls, [("a".into(), 170), ("leaf".into(), 230)].into());
+    let stacks: BTreeMap<String, u64> = j["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let frames: Vec<&str> = s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .skip_while(|f| *f != "main")
+                .collect();
+            (frames.join(";"), s["calls"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        stacks,
+        [
+            ("main;a".into(), 170),
+            ("main;a;leaf".into(), 170),
+            ("main;b;leaf".into(), 60)
+        ]
+        .into()
+    );
+    // One input alone has no `inputs`.
+    let single = json(&["report", "-i", one, "--json", "-"]);
+    assert!(single["recording"].get("inputs").is_none());
+    // pprof: each process's samples carry the host of its recording.
+    if tool("go", "go tool pprof reads the --pprof output").is_none() {
+        return;
+    }
+    let prof = t.data("merged.pb.gz");
+    urec_ok(&[
+        "report",
+        "-i",
+        one,
+        "-i",
+        two,
+        "--pprof",
+        prof.to_str().unwrap(),
+    ]);
+    let (samples, text) = pprof_raw(&prof);
+    let mut by_host: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for s in &samples {
+        let own: Vec<&str> = s
+            .frames
+            .iter()
+            .map(String::as_str)
+            .skip_while(|f| *f != "main")
+            .collect();
+        *by_host
+            .entry((s.labels["host"].clone(), own.join(";")))
+            .or_default() += s.calls;
+    }
+    let want: BTreeMap<(String, String), u64> = [
+        (("host-one", "main;a"), 80),
+        (("host-one", "main;a;leaf"), 80),
+        (("host-one", "main;b;leaf"), 20),
+        (("host-two", "main;a"), 90),
+        (("host-two", "main;a;leaf"), 90),
+        (("host-two", "main;b;leaf"), 40),
+    ]
+    .into_iter()
+    .map(|((h, s), n)| ((h.to_string(), s.to_string()), n))
+    .collect();
+    assert_eq!(by_host, want, "{text}");
+}
+
+#[test]
+fn diff_compares_calls_and_latency_with_base() {
+    if !have_root() {
+        return;
+    }
+    let t = Fixture::build(
+        "counted",
+        COUNTED,
+        &["-g", "-O1", "-fno-omit-frame-pointer"],
+    );
+    let base = record_counted(&t, "base.data", "vm-base", 80, 20);
+    let new = record_counted(&t, "new.data", "vm-new", 90, 40);
+    let (base, new) = (base.to_str().unwrap(), new.to_str().unwrap());
+    // The table: the input's calls, BASE's, and the change (a: 80 → 90 = +12.5%; leaf: 100 →
+    // 130 = +30.0%).
+    let table = urec_ok(&["report", "-i", new, "--diff", base]);
+    let row = |probe: &str| -> Vec<String> {
+        table
+            .lines()
+            .find(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|p| p.ends_with(probe))
+            })
+            .unwrap_or_else(|| panic!("no row {probe}:\n{table}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let header: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("PROBE"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "PROBE", "CALLS", "BASE", "CHANGE", "MEAN", "BASE", "CHANGE", "P50", "BASE", "CHANGE",
+            "P99", "BASE", "CHANGE"
+        ]
+    );
+    assert_eq!(row(":a")[1..4], ["90", "80", "+12.5%"], "{table}");
+    assert_eq!(row(":leaf")[1..4], ["130", "100", "+30.0%"], "{table}");
+    for r in [row(":a"), row(":leaf")] {
+        for c in [6, 9, 12] {
+            assert!(
+                r[c].ends_with('%') && (r[c].starts_with('+') || r[c].starts_with('-')),
+                "{r:?}"
+            );
+        }
+    }
+    // JSON `diff`: both sides per probe, with latencies.
+    let j = json(&["report", "-i", new, "--diff", base, "--json", "-"]);
+    let diff = j["diff"].as_array().expect("diff");
+    assert_eq!(diff.len(), 2);
+    for d in diff {
+        let (b, n) = match d["probe"].as_str().unwrap().rsplit(':').next().unwrap() {
+            "a" => (80, 90),
+            "leaf" => (100, 130),
+            p => panic!("probe {p}"),
+        };
+        assert_eq!(d["base"]["calls"], b, "{d}");
+        assert_eq!(d["new"]["calls"], n, "{d}");
+        assert!(d["base"]["latency_ns"]["p99"].as_u64().unwrap() > 0);
+        assert!(d["new"]["latency_ns"]["mean"].as_u64().unwrap() > 0);
+    }
+    // Without --diff there is no `diff`.
+    assert!(json(&["report", "-i", new, "--json", "-"])
+        .get("diff")
+        .is_none());
+    // The differential flamegraph: the input's counts, each frame with its change.
+    let svg = t.data("diff.svg");
+    urec_ok(&[
+        "report",
+        "-i",
+        new,
+        "--diff",
+        base,
+        "--flamegraph",
+        svg.to_str().unwrap(),
+    ]);
+    let svg = std::fs::read_to_string(svg).unwrap();
+    let titles: Vec<&str> = svg
+        .split("<title>")
+        .skip(1)
+        .filter_map(|s| s.split("</title>").next())
+        .collect();
+    // `b`'s frame holds the 40 calls of leaf under it; a differential title ends in "; ±N%".
+    assert!(
+        titles
+            .iter()
+            .any(|t| t.starts_with("b (40 calls") && t.contains("; ")),
+        "{titles:?}"
+    );
+    assert!(
+        titles
+            .iter()
+            .any(|t| t.starts_with("a (180 calls") && t.contains("; +")),
+        "{titles:?}"
+    );
+}

@@ -162,6 +162,8 @@ pub struct Report {
     /// Every recording the report was made of, in `-i` order; [`StackSummary::processes`]
     /// refer to them by index.
     pub inputs: Vec<crate::merge::Input>,
+    /// The comparison with a base recording (`--diff`), when asked for.
+    pub diff: Option<Vec<crate::diff::DiffRow>>,
 }
 
 impl Report {
@@ -704,6 +706,7 @@ impl<'o> Aggregator<'o> {
             unknown_frames,
             warnings,
             inputs,
+            diff: None,
         })
     }
 
@@ -909,7 +912,7 @@ pub(crate) fn answers_to(probe: &Probe, name: &str) -> bool {
             })
 }
 
-fn sort_functions(functions: &mut [Function], key: SortKey) {
+pub(crate) fn sort_functions(functions: &mut [Function], key: SortKey) {
     let metric = |f: &Function| -> u64 {
         let s = f.latency_stats();
         match key {

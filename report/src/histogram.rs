@@ -91,6 +91,26 @@ impl LatencyHistogram {
         self.total += u128::from(v);
     }
 
+    /// Adds every value of `other` (several recordings merged): the result is the histogram
+    /// of both sets of values, exactly as if they had been recorded into one.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        if other.count == 0 {
+            return;
+        }
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a = a.saturating_add(*b);
+        }
+        if self.count == 0 || other.min < self.min {
+            self.min = other.min;
+        }
+        self.max = self.max.max(other.max);
+        self.count = self.count.saturating_add(other.count);
+        self.total = self.total.saturating_add(other.total);
+    }
+
     /// Number of values recorded.
     pub fn count(&self) -> u64 {
         self.count
@@ -156,6 +176,29 @@ impl LatencyHistogram {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn merged_histograms_are_the_histogram_of_both() {
+        let (mut a, mut b, mut both) = (
+            LatencyHistogram::new(),
+            LatencyHistogram::new(),
+            LatencyHistogram::new(),
+        );
+        for v in [5u64, 300, 70_000] {
+            a.record(v);
+            both.record(v);
+        }
+        for v in [1u64, 9_000_000] {
+            b.record(v);
+            both.record(v);
+        }
+        a.merge(&b);
+        assert_eq!(a.stats(), both.stats());
+        assert_eq!(a.count(), 5);
+        let mut empty = LatencyHistogram::new();
+        empty.merge(&both);
+        assert_eq!(empty.stats(), both.stats());
+    }
+
     use super::*;
 
     #[test]

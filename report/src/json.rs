@@ -20,6 +20,57 @@ struct Doc<'a> {
     recording: RecordingJson<'a>,
     functions: Vec<FunctionJson<'a>>,
     stacks: Vec<StackJson<'a>>,
+    /// With `--diff`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff: Option<Vec<DiffJson<'a>>>,
+}
+
+#[derive(Serialize)]
+struct DiffJson<'a> {
+    probe: &'a str,
+    base: DiffSideJson,
+    new: DiffSideJson,
+}
+
+#[derive(Serialize)]
+struct DiffSideJson {
+    calls: u64,
+    latency_ns: Option<LatencyJson>,
+}
+
+fn diff_side(side: &Option<crate::diff::Side>) -> DiffSideJson {
+    match side {
+        Some(s) => DiffSideJson {
+            calls: s.calls,
+            latency_ns: s.latency.map(latency_json),
+        },
+        None => DiffSideJson {
+            calls: 0,
+            latency_ns: None,
+        },
+    }
+}
+
+fn latency_json(s: crate::LatencyStats) -> LatencyJson {
+    LatencyJson {
+        min: s.min,
+        mean: s.mean,
+        p50: s.p50,
+        p90: s.p90,
+        p99: s.p99,
+        max: s.max,
+        total: s.total,
+    }
+}
+
+#[derive(Serialize)]
+struct InputJson<'a> {
+    file: &'a str,
+    host: &'a str,
+    command: &'a str,
+    duration_ns: u64,
+    events: u64,
+    lost: u64,
 }
 
 #[derive(Serialize)]
@@ -34,6 +85,9 @@ struct RecordingJson<'a> {
     corrupt_chunks: u64,
     host: &'a str,
     symbols: SymbolsJson<'a>,
+    /// With several inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<Vec<InputJson<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -150,6 +204,20 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 },
                 unnamed_frames: &r.symbols.unnamed_frames,
             },
+            inputs: (report.inputs.len() > 1).then(|| {
+                report
+                    .inputs
+                    .iter()
+                    .map(|i| InputJson {
+                        file: &i.file,
+                        host: &i.host,
+                        command: &i.command,
+                        duration_ns: i.duration_ns,
+                        events: i.events,
+                        lost: i.lost,
+                    })
+                    .collect()
+            }),
         },
         functions: report
             .functions
@@ -199,6 +267,15 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                     .collect(),
             })
             .collect(),
+        diff: report.diff.as_ref().map(|rows| {
+            rows.iter()
+                .map(|r| DiffJson {
+                    probe: &r.probe,
+                    base: diff_side(&r.base),
+                    new: diff_side(&r.new),
+                })
+                .collect()
+        }),
     };
     serde_json::to_writer_pretty(&mut *out, &doc).map_err(io::Error::other)?;
     writeln!(out)

@@ -33,6 +33,7 @@
 
 mod aggregate;
 mod args;
+pub mod diff;
 pub mod flamegraph;
 pub mod folded;
 pub mod frames;

@@ -3,7 +3,11 @@
 //! latency histograms added bucket by bucket — and every process keeps the host it ran on
 //! ([`StackProcess::input`] indexes [`crate::Report::inputs`]).
 
-use crate::aggregate::{FxMap, Recording};
+use std::collections::HashMap;
+
+use crate::aggregate::{sort_functions, FxMap, Recording};
+use crate::frames::FrameTable;
+use crate::{Function, ProcessCalls, Report, SortKey, StackSummary};
 
 /// One recording a report was made of (JSON `recording.inputs`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -61,16 +65,156 @@ impl StackProcess {
                 total_ns,
             })
             .collect();
-        sort(&mut v);
+        sort_processes(&mut v);
         v
     }
 }
 
-fn sort(v: &mut [StackProcess]) {
+fn sort_processes(v: &mut [StackProcess]) {
     v.sort_by(|a, b| {
         b.calls
             .cmp(&a.calls)
             .then(a.input.cmp(&b.input))
             .then(a.pid.cmp(&b.pid))
+    });
+}
+
+/// Merges the reports of several recordings (in `-i` order) into one: probes matched by their
+/// display name (which their spec gives), stacks by probe, comm and frame names, each process
+/// keeping its input (so its host). `recording` is the first input's, with events, lost counts,
+/// chunks and probes of all of them; `functions` are sorted by `sort`.
+pub fn merge(reports: Vec<Report>, sort: SortKey) -> Report {
+    let mut reports = reports.into_iter();
+    let Some(mut out) = reports.next() else {
+        return Report {
+            recording: Recording::default(),
+            functions: Vec::new(),
+            stacks: Vec::new(),
+            frames: FrameTable::new(),
+            unknown_frames: 0,
+            warnings: Vec::new(),
+            inputs: Vec::new(),
+            diff: None,
+        };
+    };
+    let mut functions: HashMap<String, usize> = out
+        .functions
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.probe.clone(), i))
+        .collect();
+    // (probe, comm, frame names) → index in out.stacks.
+    let mut stacks: HashMap<(String, String, Vec<String>), usize> = HashMap::new();
+    for (i, s) in out.stacks.iter().enumerate() {
+        let names = out.frame_names(s).map(str::to_string).collect();
+        stacks.insert((s.probe.clone(), s.comm.clone(), names), i);
+    }
+    for mut r in reports {
+        let offset = out.inputs.len() as u32;
+        out.inputs.extend(r.inputs.iter().cloned());
+        let rec = &mut out.recording;
+        rec.events = rec.events.saturating_add(r.recording.events);
+        rec.lost_ring = rec.lost_ring.saturating_add(r.recording.lost_ring);
+        rec.lost_sideband = rec.lost_sideband.saturating_add(r.recording.lost_sideband);
+        rec.lost_unwind = rec.lost_unwind.saturating_add(r.recording.lost_unwind);
+        rec.truncated |= r.recording.truncated;
+        rec.corrupt_chunks = rec
+            .corrupt_chunks
+            .saturating_add(r.recording.corrupt_chunks);
+        for p in &r.recording.probes {
+            if !rec.probes.contains(p) {
+                rec.probes.push(p.clone());
+            }
+        }
+        let sym = &mut rec.symbols;
+        sym.local += r.recording.symbols.local;
+        sym.embedded += r.recording.symbols.embedded;
+        sym.none += r.recording.symbols.none;
+        sym.debuginfod += r.recording.symbols.debuginfod;
+        for (k, v) in &r.recording.symbols.unnamed_frames {
+            *sym.unnamed_frames.entry(k).or_default() += v;
+        }
+        out.unknown_frames = out.unknown_frames.saturating_add(r.unknown_frames);
+        for w in &r.warnings {
+            if !out.warnings.contains(w) {
+                out.warnings.push(w.clone());
+            }
+        }
+        for f in std::mem::take(&mut r.functions) {
+            match functions.get(&f.probe) {
+                Some(&i) => add_function(&mut out.functions[i], f),
+                None => {
+                    functions.insert(f.probe.clone(), out.functions.len());
+                    out.functions.push(f);
+                }
+            }
+        }
+        for s in &r.stacks {
+            let names: Vec<String> = r.frame_names(s).map(str::to_string).collect();
+            let processes = s.processes.iter().map(|p| StackProcess {
+                input: p.input + offset,
+                ..p.clone()
+            });
+            match stacks.get(&(s.probe.clone(), s.comm.clone(), names.clone())) {
+                Some(&i) => {
+                    let t = &mut out.stacks[i];
+                    t.calls = t.calls.saturating_add(s.calls);
+                    t.total_ns = t.total_ns.saturating_add(s.total_ns);
+                    t.processes.extend(processes);
+                    sort_processes(&mut t.processes);
+                }
+                None => {
+                    let frames = s
+                        .frames
+                        .iter()
+                        .map(|&id| {
+                            let f = r.frames.get(id);
+                            out.frames.intern(r.frames.name(id), f.kind.clone())
+                        })
+                        .collect();
+                    stacks.insert((s.probe.clone(), s.comm.clone(), names), out.stacks.len());
+                    out.stacks.push(StackSummary {
+                        probe: s.probe.clone(),
+                        comm: s.comm.clone(),
+                        frames,
+                        calls: s.calls,
+                        total_ns: s.total_ns,
+                        processes: processes.collect(),
+                    });
+                }
+            }
+        }
+    }
+    sort_functions(&mut out.functions, sort);
+    let frames = &out.frames;
+    let names = |s: &StackSummary| {
+        s.frames
+            .iter()
+            .map(|&id| frames.name(id))
+            .collect::<Vec<_>>()
+    };
+    out.stacks.sort_by(|a, b| {
+        b.calls
+            .cmp(&a.calls)
+            .then_with(|| names(a).cmp(&names(b)))
+            .then_with(|| a.probe.cmp(&b.probe))
+            .then_with(|| a.comm.cmp(&b.comm))
+    });
+    out
+}
+
+fn add_function(into: &mut Function, f: Function) {
+    into.calls = into.calls.saturating_add(f.calls);
+    into.returns = into.returns.saturating_add(f.returns);
+    into.in_flight = into.in_flight.saturating_add(f.in_flight);
+    into.unmatched = into.unmatched.saturating_add(f.unmatched);
+    into.lost = into.lost.saturating_add(f.lost);
+    into.latency.merge(&f.latency);
+    into.processes.extend(f.processes);
+    into.processes.sort_by(|a: &ProcessCalls, b| {
+        b.calls
+            .cmp(&a.calls)
+            .then(a.pid.cmp(&b.pid))
+            .then(a.comm.cmp(&b.comm))
     });
 }
