@@ -171,6 +171,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     }
     // A closed pipe (`urec report --folded - | head`) comes back as an error; main exits 0 on it.
     write_outputs(&args, weight, &report, base.as_ref())?;
+    // The Perfetto pass streams the file again; the aggregates are no longer needed.
+    drop(report);
+    drop(base);
     if let (Some(path), Some(input)) = (&args.perfetto, args.input.first()) {
         write_perfetto(input, path, &opts)?;
     }

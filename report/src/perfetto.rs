@@ -307,9 +307,11 @@ struct Writer<'o> {
 }
 
 /// A track uuid for process incarnation `incarnation` (`tid` 0) or one of its threads: disjoint
-/// from [`SUMMARY_TRACK`], unique per (incarnation, tid).
+/// from [`SUMMARY_TRACK`], unique per (incarnation, tid) (Linux tids are below 2^22,
+/// `PID_MAX_LIMIT`; a larger one is folded in and may share a track), and small: every event
+/// carries it as a varint.
 fn track_uuid(incarnation: u32, tid: u32) -> u64 {
-    (1u64 << 63) | (u64::from(incarnation) << 32) | u64::from(tid)
+    ((u64::from(incarnation) + 1) << 22) | u64::from(tid & ((1 << 22) - 1))
 }
 
 impl<'o> Writer<'o> {
