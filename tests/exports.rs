@@ -767,3 +767,31 @@ fn diff_compares_calls_and_latency_with_base() {
         "{titles:?}"
     );
 }
+
+#[test]
+fn bad_export_requests_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.data");
+    let missing = missing.to_str().unwrap();
+    let out_file = dir.path().join("t.pftrace");
+    // Perfetto takes one recording: a usage error, before any file is read.
+    let out = urec(&[
+        "report",
+        "-i",
+        missing,
+        "-i",
+        missing,
+        "--perfetto",
+        out_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--perfetto takes one recording"));
+    // A BASE that does not exist: exit 1, naming it, no panic.
+    let out = urec(&["report", "-i", missing, "--diff", missing]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.data") && !err.contains("panicked"),
+        "{err}"
+    );
+}
