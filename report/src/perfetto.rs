@@ -16,7 +16,8 @@
 //! - A return whose open call is not on its thread's stack (its entry was lost or filtered),
 //!   return-only probes and entry-only (USDT) probes give `TYPE_INSTANT` events. Calls left
 //!   above a matched one (their returns lost) end with it, marked `return_lost`. Calls still
-//!   open at the end close at the recording's stop with `in_flight = true`.
+//!   open at the end close at the recording's stop with `in_flight = true` (`return_lost` in a
+//!   process that had ended by then: the report counts those as unmatched).
 //! - A `urec` track holds one summary slice from attach to stop whose debug annotations are the
 //!   command, the event count and the lost counts per probe.
 //!
@@ -35,7 +36,7 @@
 //! as perfetto 0.59's `perfetto_trace_pb2` states them.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -267,7 +268,7 @@ struct Open {
 #[derive(Default)]
 struct Thread {
     uuid: u64,
-    open: Vec<Open>,
+    open: VecDeque<Open>,
 }
 
 struct Writer<'o> {
@@ -570,7 +571,7 @@ impl<'o> Writer<'o> {
             (inc, ev.tid),
             Thread {
                 uuid,
-                open: Vec::new(),
+                open: VecDeque::new(),
             },
         );
         Ok((inc, uuid))
@@ -607,9 +608,9 @@ impl<'o> Writer<'o> {
                 if thread.open.len() >= MAX_PENDING {
                     // Too deep to be real (the kernel stops at 64 nested uretprobes): the oldest
                     // call's return will never be matched; it stays open in the trace.
-                    thread.open.remove(0);
+                    thread.open.pop_front();
                 }
-                thread.open.push(Open {
+                thread.open.push_back(Open {
                     probe: ev.probe,
                     time_ns: ev.time_ns,
                 });
@@ -753,17 +754,23 @@ impl<'o> Writer<'o> {
             Some(f) if f.stop_ns >= f.attach_ns => (f.attach_ns, f.stop_ns.max(self.last_ns)),
             _ => (self.first_ns.unwrap_or(0), self.last_ns),
         };
-        let mut threads: Vec<(u64, usize)> = self
+        // In flight if the process lived on; in one that ended, the returns were lost (as the
+        // report counts them: unmatched).
+        let mut threads: Vec<(u64, usize, bool)> = self
             .threads
-            .values()
-            .filter(|t| !t.open.is_empty())
-            .map(|t| (t.uuid, t.open.len()))
+            .iter()
+            .filter(|(_, t)| !t.open.is_empty())
+            .map(|(&(inc, _), t)| (t.uuid, t.open.len(), self.spaces.incarnations().ended(inc)))
             .collect();
         threads.sort_unstable();
-        for (uuid, open) in threads {
+        for (uuid, open, ended) in threads {
             for _ in 0..open {
-                self.end(stop, uuid, &[("in_flight", Value::Bool(true))], out)?;
-                self.summary.in_flight += 1;
+                if ended {
+                    self.end(stop, uuid, &[("return_lost", Value::Bool(true))], out)?;
+                } else {
+                    self.end(stop, uuid, &[("in_flight", Value::Bool(true))], out)?;
+                    self.summary.in_flight += 1;
+                }
             }
         }
         // The summary slice: the command, events and lost counts per probe.
