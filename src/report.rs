@@ -17,8 +17,9 @@ use crate::UsageError;
 /// Command-line arguments of `urec report`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The recording to read; repeat to merge several (recordings of one service on several
-    /// hosts: probes matched by spec, each process keeping its host).
+    /// The recording to read; repeat (or give a quoted pattern with `*` / `?`) to merge several
+    /// (recordings of one service on several hosts: probes matched by spec, each process
+    /// keeping its host).
     #[arg(short, long, default_value = "urec.data")]
     pub input: Vec<PathBuf>,
     /// Draw an interactive flamegraph SVG of the call stacks into this file (`-`: stdout).
@@ -147,12 +148,20 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         symbolize: args.symbols.options(),
         no_symbolize: false,
     };
-    if args.perfetto.is_some() && args.input.len() > 1 {
+    let mut inputs = Vec::with_capacity(args.input.len());
+    for input in &args.input {
+        inputs.extend(expand(input)?);
+    }
+    if args.perfetto.is_some() && inputs.len() > 1 {
         return Err(UsageError("--perfetto takes one recording (one -i)".into()).into());
     }
-    let mut reports = Vec::with_capacity(args.input.len());
-    for input in &args.input {
-        reports.push(analyze(input, &opts)?);
+    let mut reports = Vec::with_capacity(inputs.len());
+    for input in &inputs {
+        let mut r = analyze(input, &opts)?;
+        if let Some(i) = r.inputs.first_mut() {
+            i.file = input.display().to_string();
+        }
+        reports.push(r);
     }
     let mut report = urec_report::merge::merge(reports, opts.sort);
     let base = match &args.diff {
@@ -174,7 +183,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     // The Perfetto pass streams the file again; the aggregates are no longer needed.
     drop(report);
     drop(base);
-    if let (Some(path), Some(input)) = (&args.perfetto, args.input.first()) {
+    if let (Some(path), Some(input)) = (&args.perfetto, inputs.first()) {
         write_perfetto(input, path, &opts)?;
     }
     Ok(0)
@@ -204,6 +213,66 @@ fn write_perfetto(input: &Path, path: &Path, opts: &ReportOptions) -> anyhow::Re
         summary.in_flight
     );
     Ok(())
+}
+
+/// `-i PATTERN`: a path that does not exist and whose file name holds `*` or `?` (quoted, so the
+/// shell left it alone) stands for the files of its directory it matches, in name order; any
+/// other path is itself.
+fn expand(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let name = input
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if input.exists() || !(name.contains('*') || name.contains('?')) {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    let dir = match input.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {} for -i {}", dir.display(), input.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| wildcard(name.as_bytes(), n.as_bytes()))
+        })
+        .map(|e| input.with_file_name(e.file_name()))
+        .collect();
+    if found.is_empty() {
+        return Err(UsageError(format!("-i {}: no file matches", input.display())).into());
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// `*` (any run of bytes) and `?` (one byte) matching of a whole name, in O(pattern × name):
+/// on a mismatch only the last `*` is retried one byte further.
+fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    p = sp + 1;
+                    n = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
 }
 
 /// [`urec_report::analyze`] of one recording, a usage error (`--probe` naming nothing) as such.
@@ -287,4 +356,20 @@ fn write_outputs(
         out.flush()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard;
+
+    #[test]
+    fn wildcards_match_whole_names() {
+        assert!(wildcard(b"*.data", b"web1.data"));
+        assert!(wildcard(b"web?.data", b"web1.data"));
+        assert!(!wildcard(b"web?.data", b"web10.data"));
+        assert!(wildcard(b"*", b""));
+        assert!(!wildcard(b"*.data", b"web1.data.old"));
+        assert!(wildcard(b"a*b*c", b"aXXbYYc"));
+        assert!(!wildcard(b"a*a*a*a*a*a*b", &[b'a'; 200]));
+    }
 }

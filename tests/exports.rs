@@ -621,6 +621,18 @@ fn several_inputs_merge_and_each_process_keeps_its_host() {
         ]
         .into()
     );
+    // A quoted pattern stands for the files it matches, in name order.
+    let pattern = t.data("*.data");
+    let by_pattern = json(&["report", "-i", pattern.to_str().unwrap(), "--json", "-"]);
+    assert_eq!(by_pattern["recording"]["inputs"], j["recording"]["inputs"]);
+    assert_eq!(by_pattern["functions"], j["functions"]);
+    let none = t.data("*.nothing");
+    assert_eq!(
+        urec(&["report", "-i", none.to_str().unwrap()])
+            .status
+            .code(),
+        Some(2)
+    );
     // One input alone has no `inputs`.
     let single = json(&["report", "-i", one, "--json", "-"]);
     assert!(single["recording"].get("inputs").is_none());
