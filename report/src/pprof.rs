@@ -306,7 +306,8 @@ fn write_profile(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         mm.uint(MAPPING_MEMORY_START, b.start);
         mm.uint(
             MAPPING_MEMORY_LIMIT,
-            b.start + b.max_offset.saturating_add(PAGE) / PAGE * PAGE,
+            b.start
+                .saturating_add(b.max_offset.saturating_add(PAGE) / PAGE * PAGE),
         );
         mm.int(MAPPING_FILENAME, strings.id(&b.path) as i64);
         mm.int(MAPPING_BUILD_ID, strings.id(&b.build_id) as i64);
