@@ -8,10 +8,13 @@
 #   bpftrace: the oracle a test compares counts with; also a benchmark peer
 #   systemtap-sdt-dev: <sys/sdt.h>, for the USDT test target (tests/usdt.rs)
 #   debuginfod: the real server tests/debuginfod.rs fetches debug files from (never a mock)
+#   golang-go: `go tool pprof`, the real client tests/exports.rs reads `report --pprof` with
+#   python3-venv + pip perfetto, protobuf (in $UREC_VENV, default ~/.cache/urec/venv): Perfetto's
+#     own protos, which tests/exports.rs decodes `report --perfetto` with
 #   util-linux, mount: unshare and mount -t overlay make the containers of tests/containers.rs
 #   linux-perf, bpfcc-tools, time: benchmark peers (UREC_BENCH_DEPS=1)
 set -euo pipefail
-need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 file libc6-dbg bpftrace strace systemtap-sdt-dev debuginfod util-linux mount)
+need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 file libc6-dbg bpftrace strace systemtap-sdt-dev debuginfod golang-go python3-venv util-linux mount)
 if [ "${UREC_BENCH_DEPS:-0}" = 1 ]; then need+=(linux-perf bpfcc-tools time); fi
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -26,4 +29,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
+fi
+venv="${UREC_VENV:-$HOME/.cache/urec/venv}"
+if ! "$venv/bin/python" -c 'import perfetto.protos.perfetto.trace.perfetto_trace_pb2' >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q perfetto protobuf
 fi

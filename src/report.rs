@@ -17,9 +17,11 @@ use crate::UsageError;
 /// Command-line arguments of `urec report`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The recording to read.
+    /// The recording to read; repeat (or give a quoted pattern with `*` / `?`) to merge several
+    /// (recordings of one service on several hosts: probes matched by spec, each process
+    /// keeping its host).
     #[arg(short, long, default_value = "urec.data")]
-    pub input: PathBuf,
+    pub input: Vec<PathBuf>,
     /// Draw an interactive flamegraph SVG of the call stacks into this file (`-`: stdout).
     #[arg(long, value_name = "SVG")]
     pub flamegraph: Option<PathBuf>,
@@ -53,6 +55,18 @@ pub struct Args {
     /// Order of the functions (and of --group-by rows), descending.
     #[arg(long, value_enum, default_value = "calls")]
     pub sort: SortArg,
+    /// Write a gzip-compressed pprof profile (`go tool pprof`, Pyroscope, Parca, Grafana) into
+    /// this file (`-`: stdout): one sample per stack and process, values calls and latency.
+    #[arg(long, value_name = "FILE|-")]
+    pub pprof: Option<PathBuf>,
+    /// Write a Perfetto trace (ui.perfetto.dev, trace_processor) into this file: one slice per
+    /// call on its thread's track, with its args, return value and call stack.
+    #[arg(long, value_name = "FILE")]
+    pub perfetto: Option<PathBuf>,
+    /// Compare with the recording BASE: the table shows both sides and the change of calls,
+    /// mean, p50 and p99; --flamegraph draws a differential flamegraph; --json adds `diff`.
+    #[arg(long, value_name = "BASE")]
+    pub diff: Option<PathBuf>,
 }
 
 /// Which events and calls count; `urec script` takes the same flags.
@@ -183,7 +197,7 @@ fn is_stdout(p: &Option<PathBuf>) -> bool {
 
 /// Runs `urec report`; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let dashes = [&args.flamegraph, &args.folded, &args.json]
+    let dashes = [&args.flamegraph, &args.folded, &args.json, &args.pprof]
         .into_iter()
         .filter(|p| is_stdout(p))
         .count();
@@ -212,31 +226,167 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         hist: args.hist.clone(),
         show_zero: args.show_zero,
     };
-    let report = match urec_report::analyze(&args.input, &opts) {
-        Ok(r) => r,
-        Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
-        Err(e) => return Err(e.into()),
+    let mut inputs = Vec::with_capacity(args.input.len());
+    for input in &args.input {
+        inputs.extend(expand(input)?);
+    }
+    if args.perfetto.is_some() && inputs.len() > 1 {
+        return Err(UsageError("--perfetto takes one recording (one -i)".into()).into());
+    }
+    let mut reports = Vec::with_capacity(inputs.len());
+    for input in &inputs {
+        let mut r = analyze(input, &opts)?;
+        if let Some(i) = r.inputs.first_mut() {
+            i.file = input.display().to_string();
+        }
+        reports.push(r);
+    }
+    let mut report = urec_report::merge::merge(reports, opts.sort);
+    let base = match &args.diff {
+        Some(path) => {
+            let base = analyze(path, &opts)?;
+            report.diff = Some(urec_report::diff::rows(&base, &report));
+            Some(base)
+        }
+        None => None,
     };
+    for w in base.iter().flat_map(|b| &b.warnings) {
+        eprintln!("urec: warning: BASE: {}", urec_format::printable(w));
+    }
     for w in &report.warnings {
         eprintln!("urec: warning: {}", urec_format::printable(w));
     }
     // A closed pipe (`urec report --folded - | head`) comes back as an error; main exits 0 on it.
-    write_outputs(&args, weight, &report)?;
+    write_outputs(&args, weight, &report, base.as_ref())?;
+    // The Perfetto pass streams the file again; the aggregates are no longer needed.
+    drop(report);
+    drop(base);
+    if let (Some(path), Some(input)) = (&args.perfetto, inputs.first()) {
+        write_perfetto(input, path, &opts)?;
+    }
     Ok(0)
 }
 
-fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result<()> {
+/// `--perfetto`: a second, streaming pass over the recording (the trace holds every call, which
+/// the aggregated report does not keep).
+fn write_perfetto(input: &Path, path: &Path, opts: &ReportOptions) -> anyhow::Result<()> {
+    let file = File::create(path)
+        .with_context(|| format!("cannot create Perfetto trace {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    let summary = match urec_report::perfetto::write(input, opts, &mut out) {
+        Ok(s) => s,
+        Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot write Perfetto trace {}", path.display())))
+        }
+    };
+    out.flush()
+        .with_context(|| format!("cannot write Perfetto trace {}", path.display()))?;
+    eprintln!(
+        "urec: Perfetto trace written to {} ({} slices, {} instant events, {} in flight)",
+        path.display(),
+        summary.slices,
+        summary.instants,
+        summary.in_flight
+    );
+    Ok(())
+}
+
+/// `-i PATTERN`: a path that does not exist and whose file name holds `*` or `?` (quoted, so the
+/// shell left it alone) stands for the files of its directory it matches, in name order; any
+/// other path is itself.
+fn expand(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let name = input
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if input.exists() || !(name.contains('*') || name.contains('?')) {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    let dir = match input.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {} for -i {}", dir.display(), input.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| wildcard(name.as_bytes(), n.as_bytes()))
+        })
+        .map(|e| input.with_file_name(e.file_name()))
+        .collect();
+    if found.is_empty() {
+        return Err(UsageError(format!("-i {}: no file matches", input.display())).into());
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// `*` (any run of bytes) and `?` (one byte) matching of a whole name, in O(pattern × name):
+/// on a mismatch only the last `*` is retried one byte further.
+fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    p = sp + 1;
+                    n = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+}
+
+/// [`urec_report::analyze`] of one recording, a usage error (`--probe` naming nothing) as such.
+fn analyze(input: &Path, opts: &ReportOptions) -> anyhow::Result<Report> {
+    match urec_report::analyze(input, opts) {
+        Ok(r) => Ok(r),
+        Err(e) if e.is_usage() => Err(UsageError(e.to_string()).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_outputs(
+    args: &Args,
+    weight: Weight,
+    report: &Report,
+    base: Option<&Report>,
+) -> anyhow::Result<()> {
     if args.flamegraph.is_some() && report.stacks.is_empty() {
         eprintln!("urec: warning: no calls to draw; the flamegraph says so");
     }
     type Draw<'a> = Box<dyn Fn(&mut dyn Write) -> io::Result<()> + 'a>;
     // Text outputs go through `Printable` (names from the file may hold control characters,
     // which would also make the SVG ill-formed XML); JSON escapes them itself.
-    let outputs: [(&Option<PathBuf>, &str, Draw<'_>); 3] = [
+    let outputs: [(&Option<PathBuf>, &str, Draw<'_>); 4] = [
         (
             &args.flamegraph,
             "flamegraph",
-            Box::new(|w| urec_report::flamegraph::write(report, weight, &mut Printable::new(w))),
+            Box::new(move |w| match base {
+                Some(base) => urec_report::diff::write_flamegraph(
+                    base,
+                    report,
+                    weight,
+                    &mut Printable::new(w),
+                ),
+                None => urec_report::flamegraph::write(report, weight, &mut Printable::new(w)),
+            }),
         ),
         (
             &args.folded,
@@ -247,6 +397,11 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
             &args.json,
             "JSON",
             Box::new(|w| urec_report::json::write(report, w)),
+        ),
+        (
+            &args.pprof,
+            "pprof profile",
+            Box::new(|w| urec_report::pprof::write(report, w)),
         ),
     ];
     let mut stdout_taken = false;
@@ -269,7 +424,10 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
     }
     if !stdout_taken {
         let mut out = Printable::new(BufWriter::new(io::stdout().lock()));
-        urec_report::table::write(report, &mut out)?;
+        match &report.diff {
+            Some(rows) => urec_report::diff::write_table(rows, &mut out)?,
+            None => urec_report::table::write(report, &mut out)?,
+        }
         if args.histogram {
             urec_report::table::write_histograms(report, &mut out)?;
         }
@@ -277,4 +435,20 @@ fn write_outputs(args: &Args, weight: Weight, report: &Report) -> anyhow::Result
         out.flush()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard;
+
+    #[test]
+    fn wildcards_match_whole_names() {
+        assert!(wildcard(b"*.data", b"web1.data"));
+        assert!(wildcard(b"web?.data", b"web1.data"));
+        assert!(!wildcard(b"web?.data", b"web10.data"));
+        assert!(wildcard(b"*", b""));
+        assert!(!wildcard(b"*.data", b"web1.data.old"));
+        assert!(wildcard(b"a*b*c", b"aXXbYYc"));
+        assert!(!wildcard(b"a*a*a*a*a*a*b", &[b'a'; 200]));
+    }
 }

@@ -38,6 +38,8 @@ const COMMANDS: &[&[&str]] = &[
     &["report", "--json", "-"],
     &["report", "--flamegraph", "FLAMEGRAPH"],
     &["report", "--folded", "-"],
+    &["report", "--pprof", "OUTFILE"],
+    &["report", "--perfetto", "OUTFILE"],
     &["script"],
     &["info"],
 ];
@@ -62,7 +64,7 @@ fn run(args: &[&str], data: &Path, dir: &Path) -> Run {
     let args: Vec<&str> = args
         .iter()
         .map(|a| {
-            if *a == "FLAMEGRAPH" {
+            if *a == "FLAMEGRAPH" || *a == "OUTFILE" {
                 svg.to_str().unwrap_or_default()
             } else {
                 a

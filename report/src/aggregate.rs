@@ -147,6 +147,9 @@ pub struct StackSummary {
     pub calls: u64,
     /// Summed latency of the matched calls through this path.
     pub total_ns: u64,
+    /// The calls and latency per process (of every input), most calls first: one pprof sample
+    /// each.
+    pub processes: Vec<crate::merge::StackProcess>,
 }
 
 /// The result of [`analyze`]: what every output draws from.
@@ -170,6 +173,11 @@ pub struct Report {
     pub unknown_frames: u64,
     /// Things the user should know (truncation, symbolization problems), each once.
     pub warnings: Vec<String>,
+    /// Every recording the report was made of, in `-i` order; [`StackSummary::processes`]
+    /// refer to them by index.
+    pub inputs: Vec<crate::merge::Input>,
+    /// The comparison with a base recording (`--diff`), when asked for.
+    pub diff: Option<Vec<crate::diff::DiffRow>>,
 }
 
 impl Report {
@@ -181,7 +189,11 @@ impl Report {
 
 /// Reads the recording at `path` and aggregates it. See the module docs for the definitions.
 pub fn analyze(path: &Path, opts: &ReportOptions) -> Result<Report, Error> {
-    analyze_source(crate::input::Source::File(path), opts)
+    let mut report = analyze_source(crate::input::Source::File(path), opts)?;
+    if let Some(input) = report.inputs.first_mut() {
+        input.file = path.display().to_string();
+    }
+    Ok(report)
 }
 
 /// [`analyze`] of a recording held in memory.
@@ -279,6 +291,8 @@ struct AggStack {
     truncated: bool,
     calls: u64,
     total_ns: u64,
+    /// pid → (calls, summed latency): bounded by the unique (stack, pid) pairs.
+    pids: FxMap<u32, (u64, u64)>,
 }
 
 struct ProbeState {
@@ -580,7 +594,7 @@ impl<'o> Aggregator<'o> {
                 self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref());
                 self.probes[pi].returns += 1;
                 if let Some(lat) = ev.latency_ns {
-                    self.add_latency(pi, Some(stack), key.as_ref(), lat);
+                    self.add_latency(pi, ev.pid, Some(stack), key.as_ref(), lat);
                 }
                 self.hist_value(pi, ev);
             }
@@ -738,11 +752,20 @@ impl<'o> Aggregator<'o> {
             p.groups.slot(k).calls += 1;
         }
         if let Some(s) = stack {
-            self.agg[s as usize].calls += 1;
+            let s = &mut self.agg[s as usize];
+            s.calls += 1;
+            s.pids.entry(pid).or_default().0 += 1;
         }
     }
 
-    fn add_latency(&mut self, pi: usize, stack: Option<u32>, key: Option<&RawKey>, lat: u64) {
+    fn add_latency(
+        &mut self,
+        pi: usize,
+        pid: u32,
+        stack: Option<u32>,
+        key: Option<&RawKey>,
+        lat: u64,
+    ) {
         let p = &mut self.probes[pi];
         p.latency.record(lat);
         if let Some(k) = key {
@@ -751,6 +774,8 @@ impl<'o> Aggregator<'o> {
         if let Some(s) = stack {
             let s = &mut self.agg[s as usize];
             s.total_ns = s.total_ns.saturating_add(lat);
+            let t = &mut s.pids.entry(pid).or_default().1;
+            *t = t.saturating_add(lat);
         }
     }
 
@@ -801,7 +826,7 @@ impl<'o> Aggregator<'o> {
                     let key = self.group_key(pi, ev, gen, None, None);
                     self.count_call(pi, ev.pid, gen.comm, None, key.as_ref());
                     self.probes[pi].returns += 1;
-                    self.add_latency(pi, None, key.as_ref(), lat);
+                    self.add_latency(pi, ev.pid, None, key.as_ref(), lat);
                     self.hist_value(pi, ev);
                 }
                 return;
@@ -833,7 +858,7 @@ impl<'o> Aggregator<'o> {
             }
         }
         if let Some(lat) = latency {
-            self.add_latency(pi, entry.stack, key.as_ref(), lat);
+            self.add_latency(pi, ev.pid, entry.stack, key.as_ref(), lat);
         }
         self.hist_value(pi, ev);
     }
@@ -884,6 +909,7 @@ impl<'o> Aggregator<'o> {
                     truncated,
                     calls: 0,
                     total_ns: 0,
+                    pids: FxMap::default(),
                 });
                 self.dedup.insert(dedup, i);
                 i
@@ -1018,6 +1044,7 @@ impl<'o> Aggregator<'o> {
                 plural(unknown_frames, "stack frame fell", "stack frames fell")
             ));
         }
+        let inputs = vec![crate::merge::Input::of(&recording)];
         Ok(Report {
             recording,
             functions,
@@ -1028,6 +1055,8 @@ impl<'o> Aggregator<'o> {
             show_zero: self.opts.show_zero,
             unknown_frames,
             warnings,
+            inputs,
+            diff: None,
         })
     }
 
@@ -1068,6 +1097,7 @@ impl<'o> Aggregator<'o> {
             /// The frames of the contributing path with the most calls, and its calls.
             frames: Vec<FrameId>,
             best: u64,
+            pids: FxMap<u32, (u64, u64)>,
         }
         let mut merged: HashMap<(ProbeId, u32, Vec<u32>), Merged> = HashMap::new();
         let mut unknown = 0u64;
@@ -1101,6 +1131,7 @@ impl<'o> Aggregator<'o> {
                     line: None,
                     inline_depth: 0,
                     unnamed: None,
+                    build_id: probe.build_id.clone(),
                 };
                 ids.push(table.intern(name, FrameKind::Code(location)));
             }
@@ -1149,9 +1180,15 @@ impl<'o> Aggregator<'o> {
                     total_ns: 0,
                     frames: Vec::new(),
                     best: 0,
+                    pids: FxMap::default(),
                 });
             e.calls = e.calls.saturating_add(s.calls);
             e.total_ns = e.total_ns.saturating_add(s.total_ns);
+            for (&pid, &(calls, total)) in &s.pids {
+                let p = e.pids.entry(pid).or_default();
+                p.0 = p.0.saturating_add(calls);
+                p.1 = p.1.saturating_add(total);
+            }
             if e.frames.is_empty() || s.calls > e.best {
                 e.frames = ids;
                 e.best = s.calls;
@@ -1171,6 +1208,7 @@ impl<'o> Aggregator<'o> {
                 frames: m.frames,
                 calls: m.calls,
                 total_ns: m.total_ns,
+                processes: crate::merge::StackProcess::from_pids(m.pids),
             })
             .collect();
         let names = |s: &StackSummary| {
@@ -1420,7 +1458,7 @@ fn sort_metric(calls: u64, latency: &LatencyHistogram, key: SortKey) -> u64 {
     }
 }
 
-fn sort_functions(functions: &mut [Function], key: SortKey) {
+pub(crate) fn sort_functions(functions: &mut [Function], key: SortKey) {
     let metric = |f: &Function| sort_metric(f.calls, &f.latency, key);
     functions.sort_by(|a, b| {
         metric(b)

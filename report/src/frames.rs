@@ -54,6 +54,8 @@ pub struct Location {
     pub inline_depth: u32,
     /// Why nothing named it, for a frame shown as `binary+0xOFF`.
     pub unnamed: Option<Unnamed>,
+    /// The binary's recorded build id (pprof mappings carry it).
+    pub build_id: Option<BuildId>,
 }
 
 /// Every distinct frame, interned.
@@ -150,6 +152,7 @@ pub(crate) fn code_frames(
                 line: None,
                 inline_depth: 0,
                 unnamed: None,
+                build_id: build_id.cloned(),
             },
         )];
     }
@@ -169,6 +172,7 @@ pub(crate) fn code_frames(
                     line: f.line,
                     inline_depth: f.inline_depth,
                     unnamed,
+                    build_id: build_id.cloned(),
                 },
             )
         })

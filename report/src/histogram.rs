@@ -102,7 +102,8 @@ impl LatencyHistogram {
         self.total += u128::from(v);
     }
 
-    /// Adds every value of `other`.
+    /// Adds every value of `other` (several recordings merged): the result is the histogram
+    /// of both sets of values, exactly as if they had been recorded into one.
     pub fn merge(&mut self, other: &LatencyHistogram) {
         if other.count == 0 {
             return;
@@ -115,17 +116,17 @@ impl LatencyHistogram {
         let end = (self.first + self.buckets.len()).max(other.first + other.buckets.len());
         let mut buckets = vec![0u64; end - first];
         for (i, &n) in self.buckets.iter().enumerate() {
-            buckets[self.first - first + i] += n;
+            buckets[self.first - first + i] = buckets[self.first - first + i].saturating_add(n);
         }
         for (i, &n) in other.buckets.iter().enumerate() {
-            buckets[other.first - first + i] += n;
+            buckets[other.first - first + i] = buckets[other.first - first + i].saturating_add(n);
         }
         self.buckets = buckets;
         self.first = first;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        self.count += other.count;
-        self.total += other.total;
+        self.count = self.count.saturating_add(other.count);
+        self.total = self.total.saturating_add(other.total);
     }
 
     /// Number of values recorded.
@@ -193,6 +194,29 @@ impl LatencyHistogram {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn merged_histograms_are_the_histogram_of_both() {
+        let (mut a, mut b, mut both) = (
+            LatencyHistogram::new(),
+            LatencyHistogram::new(),
+            LatencyHistogram::new(),
+        );
+        for v in [5u64, 300, 70_000] {
+            a.record(v);
+            both.record(v);
+        }
+        for v in [1u64, 9_000_000] {
+            b.record(v);
+            both.record(v);
+        }
+        a.merge(&b);
+        assert_eq!(a.stats(), both.stats());
+        assert_eq!(a.count(), 5);
+        let mut empty = LatencyHistogram::new();
+        empty.merge(&both);
+        assert_eq!(empty.stats(), both.stats());
+    }
+
     use super::*;
 
     #[test]

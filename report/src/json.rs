@@ -25,6 +25,23 @@ struct Doc<'a> {
     groups: Option<Vec<GroupJson<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     histograms: Option<Vec<HistogramJson<'a>>>,
+
+    /// With `--diff`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff: Option<Vec<DiffJson<'a>>>,
+}
+
+#[derive(Serialize)]
+struct DiffJson<'a> {
+    probe: &'a str,
+    base: DiffSideJson,
+    new: DiffSideJson,
+}
+
+#[derive(Serialize)]
+struct DiffSideJson {
+    calls: u64,
+    latency_ns: Option<LatencyJson>,
 }
 
 #[derive(Serialize)]
@@ -59,6 +76,29 @@ struct BucketJson {
     count: u64,
 }
 
+fn diff_side(side: &Option<crate::diff::Side>) -> DiffSideJson {
+    match side {
+        Some(s) => DiffSideJson {
+            calls: s.calls,
+            latency_ns: s.latency.map(latency),
+        },
+        None => DiffSideJson {
+            calls: 0,
+            latency_ns: None,
+        },
+    }
+}
+
+#[derive(Serialize)]
+struct InputJson<'a> {
+    file: &'a str,
+    host: &'a str,
+    command: &'a str,
+    duration_ns: u64,
+    events: u64,
+    lost: u64,
+}
+
 #[derive(Serialize)]
 struct RecordingJson<'a> {
     command: &'a str,
@@ -72,6 +112,9 @@ struct RecordingJson<'a> {
     host: &'a str,
     symbols: SymbolsJson<'a>,
     processes: Vec<RecordedProcessJson<'a>>,
+    /// With several inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<Vec<InputJson<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -235,6 +278,20 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                     cgroup: p.cgroup.as_deref(),
                 })
                 .collect(),
+            inputs: (report.inputs.len() > 1).then(|| {
+                report
+                    .inputs
+                    .iter()
+                    .map(|i| InputJson {
+                        file: &i.file,
+                        host: &i.host,
+                        command: &i.command,
+                        duration_ns: i.duration_ns,
+                        events: i.events,
+                        lost: i.lost,
+                    })
+                    .collect()
+            }),
         },
         functions: report
             .functions
@@ -279,6 +336,15 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                     .collect(),
             })
             .collect(),
+        diff: report.diff.as_ref().map(|rows| {
+            rows.iter()
+                .map(|r| DiffJson {
+                    probe: &r.probe,
+                    base: diff_side(&r.base),
+                    new: diff_side(&r.new),
+                })
+                .collect()
+        }),
     };
     let doc = Doc {
         groups: report.groups.as_ref().map(|g| {

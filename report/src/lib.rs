@@ -34,6 +34,7 @@
 mod aggregate;
 mod args;
 pub mod breakdown;
+pub mod diff;
 pub mod flamegraph;
 pub mod folded;
 pub mod frames;
@@ -43,7 +44,11 @@ pub mod info;
 mod input;
 mod interner;
 pub mod json;
+pub mod merge;
+pub mod perfetto;
+pub mod pprof;
 pub mod processes;
+mod proto;
 pub mod rebase;
 pub mod script;
 pub use urec_symbolize as symbolize;
@@ -237,6 +242,7 @@ pub fn exercise(bytes: &[u8]) {
         let _ = table::write(&report, &mut sink);
         let _ = table::write_histograms(&report, &mut sink);
         let _ = json::write(&report, &mut sink);
+        let _ = pprof::write(&report, &mut sink);
         for weight in [Weight::Calls, Weight::Latency] {
             let _ = folded::write(&report, weight, &mut sink);
             let _ = flamegraph::write(&report, weight, &mut sink);
@@ -247,6 +253,7 @@ pub fn exercise(bytes: &[u8]) {
         ..script::ScriptOptions::default()
     };
     let _ = script::script_bytes(bytes.to_vec(), &script_opts, &mut sink);
+    let _ = perfetto::write_bytes(bytes.to_vec(), &opts, &mut sink);
 }
 
 impl Error {

@@ -1,0 +1,829 @@
+//! `--perfetto`: every call as a slice on a Perfetto timeline (SPEC.md, "urec report"), written
+//! as a protobuf `Trace` (a stream of `TracePacket`s) that ui.perfetto.dev and trace_processor
+//! open.
+//!
+//! - A clock snapshot first: `CLOCK_MONOTONIC` (the recording's clock) against `CLOCK_REALTIME`
+//!   at the recording's start, MONOTONIC as the primary trace clock; every event packet says
+//!   `timestamp_clock_id = 3` (BUILTIN_CLOCK_MONOTONIC).
+//! - A process track per process incarnation and a thread track per thread under it, named
+//!   from the comm they had at their first event.
+//! - A call is a `TYPE_SLICE_BEGIN` at its entry and a `TYPE_SLICE_END` at its return on its
+//!   thread's track, named after the probed function; slices nest by time because each thread
+//!   keeps a stack of open calls. Entry args are debug annotations of the begin, return args
+//!   and `retval` of the end (trace_processor merges both into the slice's args). The entry's
+//!   call stack is attached as an interned callstack (`callstack_iid`; frames with function
+//!   name, source file and line, outermost first).
+//! - A return whose open call is not on its thread's stack (its entry was lost or filtered),
+//!   return-only probes and entry-only (USDT) probes give `TYPE_INSTANT` events. Calls left
+//!   above a matched one (their returns lost) end with it, marked `return_lost`. Calls still
+//!   open at the end close at the recording's stop with `in_flight = true` (`return_lost` in a
+//!   process that had ended by then: the report counts those as unmatched).
+//! - A `urec` track holds one summary slice from attach to stop whose debug annotations are the
+//!   command, the event count and the lost counts per probe.
+//!
+//! # Memory
+//! Events are reordered in a bounded window as `urec script` does
+//! ([`crate::script::REORDER_NS`] of event time, [`crate::script::REORDER_BYTES`] bytes) and
+//! written at once; what is kept is per thread (its open calls, at most
+//! [`crate::aggregate::MAX_PENDING`] deep) and per distinct stack, frame and name (the interning
+//! tables), never per event.
+//!
+//! Field numbers below are those of Perfetto's protos (protos/perfetto/trace/...:
+//! `trace.proto`, `trace_packet.proto`, `track_event/track_event.proto`,
+//! `track_event/track_descriptor.proto`, `track_event/process_descriptor.proto`,
+//! `track_event/thread_descriptor.proto`, `track_event/debug_annotation.proto`,
+//! `interned_data/interned_data.proto`, `profiling/profile_common.proto`, `clock_snapshot.proto`),
+//! as perfetto 0.59's `perfetto_trace_pb2` states them.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::io::{self, Write};
+use std::path::Path;
+
+use urec_format::{ArgValue, Event, EventKind, Probe, ProbeId, ProbeKind, Record, StackId};
+
+use crate::aggregate::{answers_to, FxMap, MAX_PENDING};
+use crate::args::format_arg;
+use crate::frames::code_frames;
+use crate::proto::Msg;
+use crate::rebase::AddressSpaces;
+use crate::script::{REORDER_BYTES, REORDER_NS};
+use crate::symbolize::{EmbeddedSymbols, Symbolizer};
+use crate::{Error, ReportOptions};
+
+// trace.proto: Trace.packet.
+const TRACE_PACKET: u32 = 1;
+// trace_packet.proto: TracePacket.
+const PACKET_TIMESTAMP: u32 = 8;
+const PACKET_CLOCK_SNAPSHOT: u32 = 6;
+const PACKET_SEQUENCE_ID: u32 = 10; // trusted_packet_sequence_id
+const PACKET_TRACK_EVENT: u32 = 11;
+const PACKET_INTERNED_DATA: u32 = 12;
+const PACKET_SEQUENCE_FLAGS: u32 = 13;
+const PACKET_TIMESTAMP_CLOCK_ID: u32 = 58;
+const PACKET_TRACK_DESCRIPTOR: u32 = 60;
+const SEQ_INCREMENTAL_STATE_CLEARED: u64 = 1;
+const SEQ_NEEDS_INCREMENTAL_STATE: u64 = 2;
+// clock_snapshot.proto.
+const SNAPSHOT_CLOCKS: u32 = 1;
+const SNAPSHOT_PRIMARY_TRACE_CLOCK: u32 = 2;
+const CLOCK_ID: u32 = 1;
+const CLOCK_TIMESTAMP: u32 = 2;
+const BUILTIN_CLOCK_REALTIME: u64 = 1;
+const BUILTIN_CLOCK_MONOTONIC: u64 = 3;
+// track_descriptor.proto: TrackDescriptor; process_/thread_descriptor.proto.
+const TRACK_UUID: u32 = 1;
+const TRACK_NAME: u32 = 2;
+const TRACK_PROCESS: u32 = 3;
+const TRACK_THREAD: u32 = 4;
+const TRACK_PARENT_UUID: u32 = 5;
+const PROCESS_PID: u32 = 1;
+const PROCESS_NAME: u32 = 6;
+const THREAD_PID: u32 = 1;
+const THREAD_TID: u32 = 2;
+const THREAD_NAME: u32 = 5;
+// track_event.proto: TrackEvent.
+const EVENT_DEBUG_ANNOTATIONS: u32 = 4;
+const EVENT_TYPE: u32 = 9;
+const EVENT_NAME_IID: u32 = 10;
+const EVENT_TRACK_UUID: u32 = 11;
+const EVENT_NAME: u32 = 23;
+const EVENT_CALLSTACK_IID: u32 = 56;
+const TYPE_SLICE_BEGIN: u64 = 1;
+const TYPE_SLICE_END: u64 = 2;
+const TYPE_INSTANT: u64 = 3;
+// debug_annotation.proto: DebugAnnotation.
+const ANNOTATION_BOOL: u32 = 2;
+const ANNOTATION_UINT: u32 = 3;
+const ANNOTATION_STRING: u32 = 6;
+const ANNOTATION_NAME: u32 = 10;
+// interned_data.proto: InternedData; EventName; InternedString; profile_common.proto.
+const INTERNED_EVENT_NAMES: u32 = 2;
+const INTERNED_FUNCTION_NAMES: u32 = 5;
+const INTERNED_FRAMES: u32 = 6;
+const INTERNED_CALLSTACKS: u32 = 7;
+const INTERNED_SOURCE_PATHS: u32 = 18;
+const EVENT_NAME_IID_FIELD: u32 = 1;
+const EVENT_NAME_NAME: u32 = 2;
+const STRING_IID: u32 = 1;
+const STRING_STR: u32 = 2;
+const FRAME_IID: u32 = 1;
+const FRAME_FUNCTION_NAME_ID: u32 = 2;
+const FRAME_SOURCE_PATH_IID: u32 = 5;
+const FRAME_LINE_NUMBER: u32 = 6;
+const CALLSTACK_IID: u32 = 1;
+/// `Callstack.frame_ids`: "Frames of this callstack. Bottom frame first." (outermost first);
+/// a plain (unpacked) repeated field in the proto.
+const CALLSTACK_FRAME_IDS: u32 = 2;
+
+/// The one packet sequence this writer uses.
+const SEQUENCE: u64 = 1;
+/// The summary track's uuid; process and thread tracks get theirs from [`track_uuid`].
+const SUMMARY_TRACK: u64 = 1;
+
+/// What [`write`] saw, for the caller to report on stderr.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PerfettoSummary {
+    /// Slices (calls from entry to return, or to the recording's stop).
+    pub slices: u64,
+    /// Instant events.
+    pub instants: u64,
+    /// Calls still running at the stop.
+    pub in_flight: u64,
+    /// Warnings (truncation, symbolization problems), each once.
+    pub warnings: Vec<String>,
+}
+
+/// Writes the recording at `path` as a Perfetto trace into `out`, with the filters of `opts`
+/// (pid, comm, probe).
+pub fn write(
+    path: &Path,
+    opts: &ReportOptions,
+    out: &mut dyn Write,
+) -> Result<PerfettoSummary, Error> {
+    write_source(crate::input::Source::File(path), opts, out)
+}
+
+/// [`write`] of a recording held in memory.
+pub fn write_bytes(
+    bytes: Vec<u8>,
+    opts: &ReportOptions,
+    out: &mut dyn Write,
+) -> Result<PerfettoSummary, Error> {
+    write_source(
+        crate::input::Source::Bytes(Path::new("(in memory)"), bytes),
+        opts,
+        out,
+    )
+}
+
+/// An event held for reordering, ordered by (time, read order).
+struct Held {
+    event: Event,
+    seq: u64,
+}
+
+impl Held {
+    fn key(&self) -> (u64, u64) {
+        (self.event.time_ns, self.seq)
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.event.args.capacity() * std::mem::size_of::<ArgValue>()
+            + self
+                .event
+                .args
+                .iter()
+                .map(|a| match a {
+                    ArgValue::Str { bytes, .. } => bytes.capacity(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+    }
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+fn write_source(
+    source: crate::input::Source<'_>,
+    opts: &ReportOptions,
+    out: &mut dyn Write,
+) -> Result<PerfettoSummary, Error> {
+    let mut heap: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
+    let mut held = 0usize;
+    let mut seq = 0u64;
+    let mut newest = 0u64;
+    let (mut w, status) = crate::input::read_with_symbols(
+        source,
+        |header, embedded| Writer::new(header, opts, embedded),
+        |w, record| {
+            if let Record::Event(event) = record {
+                w.spaces.incarnations_mut().advance(event.time_ns);
+                newest = newest.max(event.time_ns);
+                let h = Held { event, seq };
+                held += h.size();
+                heap.push(Reverse(h));
+                seq += 1;
+                while let Some(Reverse(oldest)) = heap.peek() {
+                    let late = oldest.event.time_ns.saturating_add(REORDER_NS) < newest;
+                    let full = held > REORDER_BYTES && heap.len() > 1;
+                    if !(late || full) {
+                        break;
+                    }
+                    let Some(Reverse(h)) = heap.pop() else { break };
+                    held -= h.size();
+                    w.event(&h.event, out)?;
+                }
+            } else {
+                w.metadata(record, out)?;
+            }
+            Ok(())
+        },
+    )?;
+    while let Some(Reverse(h)) = heap.pop() {
+        w.event(&h.event, out)?;
+    }
+    w.finish(out)?;
+    let mut warnings = status.warnings;
+    warnings.extend(w.symbolizer.take_warnings());
+    for name in &opts.filter.probes {
+        if !w.probes.values().any(|p| answers_to(&p.probe, name)) {
+            let mut available: Vec<&str> =
+                w.probes.values().map(|p| p.probe.name.as_str()).collect();
+            available.sort();
+            return Err(Error::NoSuchProbe {
+                name: name.clone(),
+                available: available.join(", "),
+            });
+        }
+    }
+    Ok(PerfettoSummary {
+        warnings,
+        ..w.summary
+    })
+}
+
+struct ProbeInfo {
+    probe: Probe,
+    selected: bool,
+    /// The slice name's interned id.
+    name_iid: u64,
+}
+
+/// A call waiting for its return on a thread.
+struct Open {
+    probe: ProbeId,
+    time_ns: u64,
+}
+
+#[derive(Default)]
+struct Thread {
+    uuid: u64,
+    open: VecDeque<Open>,
+}
+
+struct Writer<'o> {
+    opts: &'o ReportOptions,
+    header: urec_format::Header,
+    spaces: AddressSpaces,
+    symbolizer: Symbolizer,
+    probes: FxMap<ProbeId, ProbeInfo>,
+    stacks: FxMap<StackId, urec_format::Stack>,
+    /// Tracks described so far: process incarnation → uuid.
+    processes: FxMap<u32, u64>,
+    /// (incarnation, tid) → the thread's track and open calls.
+    threads: FxMap<(u32, u32), Thread>,
+    /// Interning tables (ids start at 1: 0 means "none").
+    event_names: HashMap<String, u64>,
+    strings: HashMap<String, u64>,
+    sources: HashMap<String, u64>,
+    frames: HashMap<(u64, u64, u32), u64>,
+    callstacks: HashMap<Vec<u64>, u64>,
+    /// (incarnation, stack id) → callstack iid.
+    stack_iids: FxMap<(u32, StackId), u64>,
+    /// Interned data to send with the next packet.
+    interned: Msg,
+    lost: FxMap<ProbeId, u64>,
+    lost_total: u64,
+    finish: Option<urec_format::Finish>,
+    first_ns: Option<u64>,
+    last_ns: u64,
+    events: u64,
+    summary: PerfettoSummary,
+    started: bool,
+    // Scratch messages.
+    packet: Msg,
+    body: Msg,
+    scratch: Msg,
+    text: String,
+}
+
+/// A track uuid for process incarnation `incarnation` (`tid` 0) or one of its threads: disjoint
+/// from [`SUMMARY_TRACK`], unique per (incarnation, tid) (Linux tids are below 2^22,
+/// `PID_MAX_LIMIT`; a larger one is folded in and may share a track), and small: every event
+/// carries it as a varint.
+fn track_uuid(incarnation: u32, tid: u32) -> u64 {
+    ((u64::from(incarnation) + 1) << 22) | u64::from(tid & ((1 << 22) - 1))
+}
+
+impl<'o> Writer<'o> {
+    fn new(
+        header: &urec_format::Header,
+        opts: &'o ReportOptions,
+        embedded: EmbeddedSymbols,
+    ) -> Self {
+        let mut symbolizer = Symbolizer::new(opts.symbolize.clone());
+        if !embedded.is_empty() {
+            symbolizer.set_embedded(embedded);
+        }
+        Self {
+            opts,
+            header: header.clone(),
+            spaces: AddressSpaces::new(),
+            symbolizer,
+            probes: FxMap::default(),
+            stacks: FxMap::default(),
+            processes: FxMap::default(),
+            threads: FxMap::default(),
+            event_names: HashMap::new(),
+            strings: HashMap::new(),
+            sources: HashMap::new(),
+            frames: HashMap::new(),
+            callstacks: HashMap::new(),
+            stack_iids: FxMap::default(),
+            interned: Msg::new(),
+            lost: FxMap::default(),
+            lost_total: 0,
+            finish: None,
+            first_ns: None,
+            last_ns: 0,
+            events: 0,
+            summary: PerfettoSummary::default(),
+            started: false,
+            packet: Msg::new(),
+            body: Msg::new(),
+            scratch: Msg::new(),
+            text: String::new(),
+        }
+    }
+
+    /// Writes `self.packet` (a TracePacket's fields) as one `Trace.packet`.
+    fn emit(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        self.packet.uint(PACKET_SEQUENCE_ID, SEQUENCE);
+        self.scratch.clear();
+        self.scratch.msg(TRACE_PACKET, &self.packet);
+        self.packet.clear();
+        out.write_all(self.scratch.bytes())
+    }
+
+    /// The clock snapshot and the cleared incremental state, once, before anything else.
+    fn start(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        let mut snapshot = Msg::new();
+        let mut clock = Msg::new();
+        clock.uint(CLOCK_ID, BUILTIN_CLOCK_MONOTONIC);
+        clock.uint(CLOCK_TIMESTAMP, self.header.start_monotonic_ns);
+        snapshot.msg(SNAPSHOT_CLOCKS, &clock);
+        if self.header.start_unix_ns != 0 {
+            clock.clear();
+            clock.uint(CLOCK_ID, BUILTIN_CLOCK_REALTIME);
+            clock.uint(CLOCK_TIMESTAMP, self.header.start_unix_ns);
+            snapshot.msg(SNAPSHOT_CLOCKS, &clock);
+        }
+        snapshot.uint(SNAPSHOT_PRIMARY_TRACE_CLOCK, BUILTIN_CLOCK_MONOTONIC);
+        self.packet
+            .uint(PACKET_TIMESTAMP, self.header.start_monotonic_ns);
+        self.packet
+            .uint(PACKET_TIMESTAMP_CLOCK_ID, BUILTIN_CLOCK_MONOTONIC);
+        self.packet.msg(PACKET_CLOCK_SNAPSHOT, &snapshot);
+        self.packet
+            .uint(PACKET_SEQUENCE_FLAGS, SEQ_INCREMENTAL_STATE_CLEARED);
+        self.emit(out)?;
+        // The summary track.
+        let mut track = Msg::new();
+        track.uint(TRACK_UUID, SUMMARY_TRACK);
+        track.str(TRACK_NAME, "urec");
+        self.packet.msg(PACKET_TRACK_DESCRIPTOR, &track);
+        self.emit(out)
+    }
+
+    fn metadata(&mut self, record: Record, out: &mut dyn Write) -> Result<(), Error> {
+        self.start(out)?;
+        self.spaces.apply(&record);
+        match record {
+            Record::Probe(p) => {
+                let wanted = &self.opts.filter.probes;
+                let selected = wanted.is_empty() || wanted.iter().any(|w| answers_to(&p, w));
+                let name = if p.symbol.is_empty() || p.name.starts_with("usdt:") {
+                    p.name.clone()
+                } else {
+                    p.symbol.clone()
+                };
+                let name_iid = self.event_name(&name);
+                self.probes.insert(
+                    p.id,
+                    ProbeInfo {
+                        probe: p,
+                        selected,
+                        name_iid,
+                    },
+                );
+            }
+            Record::Stack(s) => {
+                self.stacks.insert(s.id, s);
+            }
+            Record::Lost(l) => {
+                self.lost_total = self.lost_total.saturating_add(l.count);
+                if let Some(p) = l.probe {
+                    let n = self.lost.entry(p).or_default();
+                    *n = n.saturating_add(l.count);
+                }
+            }
+            Record::Finish(f) => self.finish = Some(f),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn event_name(&mut self, name: &str) -> u64 {
+        if let Some(&iid) = self.event_names.get(name) {
+            return iid;
+        }
+        let iid = self.event_names.len() as u64 + 1;
+        self.event_names.insert(name.to_string(), iid);
+        let mut m = Msg::new();
+        m.uint(EVENT_NAME_IID_FIELD, iid);
+        m.str(EVENT_NAME_NAME, name);
+        self.interned.msg(INTERNED_EVENT_NAMES, &m);
+        iid
+    }
+
+    fn string_iid(&mut self, s: &str, source: bool) -> u64 {
+        let (table, field) = if source {
+            (&mut self.sources, INTERNED_SOURCE_PATHS)
+        } else {
+            (&mut self.strings, INTERNED_FUNCTION_NAMES)
+        };
+        if let Some(&iid) = table.get(s) {
+            return iid;
+        }
+        let iid = table.len() as u64 + 1;
+        table.insert(s.to_string(), iid);
+        let mut m = Msg::new();
+        m.uint(STRING_IID, iid);
+        m.str(STRING_STR, s);
+        self.interned.msg(field, &m);
+        iid
+    }
+
+    fn frame_iid(&mut self, name: &str, file: Option<&str>, line: Option<u32>) -> u64 {
+        let name = self.string_iid(name, false);
+        let file = file.map_or(0, |f| self.string_iid(f, true));
+        let key = (name, file, line.unwrap_or(0));
+        if let Some(&iid) = self.frames.get(&key) {
+            return iid;
+        }
+        let iid = self.frames.len() as u64 + 1;
+        self.frames.insert(key, iid);
+        let mut m = Msg::new();
+        m.uint(FRAME_IID, iid);
+        m.uint(FRAME_FUNCTION_NAME_ID, name);
+        m.uint(FRAME_SOURCE_PATH_IID, file);
+        m.uint(FRAME_LINE_NUMBER, u64::from(key.2));
+        self.interned.msg(INTERNED_FRAMES, &m);
+        iid
+    }
+
+    /// The interned callstack of `ev`'s stack, outermost frame first.
+    fn callstack_iid(&mut self, ev: &Event, incarnation: u32) -> Option<u64> {
+        let id = ev.stack?;
+        if let Some(&iid) = self.stack_iids.get(&(incarnation, id)) {
+            return Some(iid);
+        }
+        let stack = self.stacks.get(&id)?.clone();
+        let mut frame_ids = Vec::with_capacity(stack.frames.len() + 1);
+        if stack.truncated {
+            frame_ids.push(self.frame_iid("[truncated]", None, None));
+        }
+        for (depth, &addr) in stack.frames.iter().enumerate().rev() {
+            match self.spaces.lookup(ev.pid, ev.time_ns, addr) {
+                None => frame_ids.push(self.frame_iid("[unknown]", None, None)),
+                Some(m) => {
+                    let (path, build_id, offset) =
+                        (m.path.to_string(), m.build_id.cloned(), m.offset.0);
+                    let named = code_frames(
+                        (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
+                        &path,
+                        build_id.as_ref(),
+                        offset,
+                        depth > 0,
+                    );
+                    for (name, l) in named {
+                        frame_ids.push(self.frame_iid(&name, l.file.as_deref(), l.line));
+                    }
+                }
+            }
+        }
+        let next = self.callstacks.len() as u64 + 1;
+        let iid = *self.callstacks.entry(frame_ids.clone()).or_insert(next);
+        if iid == next {
+            let mut m = Msg::new();
+            m.uint(CALLSTACK_IID, iid);
+            for f in &frame_ids {
+                m.uint_always(CALLSTACK_FRAME_IDS, *f);
+            }
+            self.interned.msg(INTERNED_CALLSTACKS, &m);
+        }
+        self.stack_iids.insert((incarnation, id), iid);
+        Some(iid)
+    }
+
+    /// The thread's track (describing it and its process first when new).
+    fn thread(&mut self, ev: &Event, out: &mut dyn Write) -> io::Result<(u32, u64)> {
+        let inc = self
+            .spaces
+            .incarnations_mut()
+            .at_or_new(ev.pid, ev.time_ns)
+            .id;
+        if let Some(t) = self.threads.get(&(inc, ev.tid)) {
+            return Ok((inc, t.uuid));
+        }
+        let incarnations = self.spaces.incarnations();
+        let comm = incarnations
+            .comm_name(incarnations.comm_at(ev.pid, ev.time_ns))
+            .to_string();
+        let process = track_uuid(inc, 0);
+        if self.processes.insert(inc, process).is_none() {
+            let mut p = Msg::new();
+            p.int(PROCESS_PID, i64::from(ev.pid));
+            p.str(PROCESS_NAME, &comm);
+            let mut track = Msg::new();
+            track.uint(TRACK_UUID, process);
+            track.msg(TRACK_PROCESS, &p);
+            self.packet.msg(PACKET_TRACK_DESCRIPTOR, &track);
+            self.emit(out)?;
+        }
+        // The tid 0 slot is the process's own track; a thread never has tid 0 on Linux.
+        let uuid = track_uuid(inc, ev.tid.max(1));
+        let mut t = Msg::new();
+        t.int(THREAD_PID, i64::from(ev.pid));
+        t.int(THREAD_TID, i64::from(ev.tid));
+        t.str(THREAD_NAME, &comm);
+        let mut track = Msg::new();
+        track.uint(TRACK_UUID, uuid);
+        track.uint(TRACK_PARENT_UUID, process);
+        track.msg(TRACK_THREAD, &t);
+        self.packet.msg(PACKET_TRACK_DESCRIPTOR, &track);
+        self.emit(out)?;
+        self.threads.insert(
+            (inc, ev.tid),
+            Thread {
+                uuid,
+                open: VecDeque::new(),
+            },
+        );
+        Ok((inc, uuid))
+    }
+
+    fn event(&mut self, ev: &Event, out: &mut dyn Write) -> Result<(), Error> {
+        self.start(out)?;
+        self.events += 1;
+        self.first_ns = Some(self.first_ns.map_or(ev.time_ns, |t| t.min(ev.time_ns)));
+        self.last_ns = self.last_ns.max(ev.time_ns);
+        let Some(info) = self.probes.get(&ev.probe) else {
+            return Ok(());
+        };
+        if !info.selected {
+            return Ok(());
+        }
+        let (kind, name_iid) = (info.probe.kind, info.name_iid);
+        let filter = &self.opts.filter;
+        if !filter.pids.is_empty() && !filter.pids.contains(&ev.pid) {
+            return Ok(());
+        }
+        if !filter.comms.is_empty() {
+            let inc = self.spaces.incarnations();
+            let comm = inc.comm_name(inc.comm_at(ev.pid, ev.time_ns));
+            if !filter.comms.iter().any(|c| c == comm) {
+                return Ok(());
+            }
+        }
+        let (inc, track) = self.thread(ev, out)?;
+        match (ev.kind, kind) {
+            (EventKind::Entry, ProbeKind::EntryReturn) => {
+                let callstack = self.callstack_iid(ev, inc);
+                let thread = self.threads.entry((inc, ev.tid)).or_default();
+                if thread.open.len() >= MAX_PENDING {
+                    // Too deep to be real (the kernel stops at 64 nested uretprobes): the oldest
+                    // call's return will never be matched; it stays open in the trace.
+                    thread.open.pop_front();
+                }
+                thread.open.push_back(Open {
+                    probe: ev.probe,
+                    time_ns: ev.time_ns,
+                });
+                self.track_event(ev, track, TYPE_SLICE_BEGIN, name_iid, callstack, &[], out)?;
+                self.summary.slices += 1;
+            }
+            (EventKind::Return, ProbeKind::EntryReturn) => {
+                let thread = self.threads.entry((inc, ev.tid)).or_default();
+                // The innermost open call of this probe, if its entry time fits the measured
+                // latency (an older one is an outer call: this call's entry was lost).
+                let found = thread.open.iter().rposition(|o| {
+                    o.probe == ev.probe
+                        && ev.latency_ns.is_none_or(|lat| {
+                            let expected = ev.time_ns.saturating_sub(lat);
+                            o.time_ns.saturating_add(1_000 + lat / 100) >= expected
+                        })
+                });
+                match found {
+                    Some(i) => {
+                        let above = thread.open.len() - i - 1;
+                        thread.open.truncate(i);
+                        for _ in 0..above {
+                            self.end(
+                                ev.time_ns,
+                                track,
+                                &[("return_lost", Value::Bool(true))],
+                                out,
+                            )?;
+                        }
+                        self.track_event(ev, track, TYPE_SLICE_END, 0, None, &[], out)?;
+                    }
+                    None => {
+                        let callstack = self.callstack_iid(ev, inc);
+                        self.track_event(
+                            ev,
+                            track,
+                            TYPE_INSTANT,
+                            name_iid,
+                            callstack,
+                            &[("unmatched_return", Value::Bool(true))],
+                            out,
+                        )?;
+                        self.summary.instants += 1;
+                    }
+                }
+            }
+            _ => {
+                let callstack = self.callstack_iid(ev, inc);
+                self.track_event(ev, track, TYPE_INSTANT, name_iid, callstack, &[], out)?;
+                self.summary.instants += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A slice end with only `extra` annotations (a call whose return was lost, or in flight).
+    fn end(
+        &mut self,
+        time_ns: u64,
+        track: u64,
+        extra: &[(&str, Value)],
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        self.body.clear();
+        self.body.uint(EVENT_TYPE, TYPE_SLICE_END);
+        self.body.uint(EVENT_TRACK_UUID, track);
+        for (name, value) in extra {
+            annotation(&mut self.body, name, value);
+        }
+        self.packet.uint(PACKET_TIMESTAMP, time_ns);
+        self.packet
+            .uint(PACKET_TIMESTAMP_CLOCK_ID, BUILTIN_CLOCK_MONOTONIC);
+        self.packet.msg(PACKET_TRACK_EVENT, &self.body);
+        self.emit(out)
+    }
+
+    /// One TrackEvent of `ev`, its args (and latency) as debug annotations.
+    #[allow(clippy::too_many_arguments)]
+    fn track_event(
+        &mut self,
+        ev: &Event,
+        track: u64,
+        ty: u64,
+        name_iid: u64,
+        callstack: Option<u64>,
+        extra: &[(&str, Value)],
+        out: &mut dyn Write,
+    ) -> io::Result<()> {
+        self.body.clear();
+        self.body.uint(EVENT_TYPE, ty);
+        self.body.uint(EVENT_TRACK_UUID, track);
+        self.body.uint(EVENT_NAME_IID, name_iid);
+        if let Some(cs) = callstack {
+            self.body.uint(EVENT_CALLSTACK_IID, cs);
+        }
+        let is_return = ev.kind == EventKind::Return;
+        if let Some(info) = self.probes.get(&ev.probe) {
+            let mut specs = info.probe.args.iter().filter(|a| a.at_return == is_return);
+            for (i, value) in ev.args.iter().enumerate() {
+                self.text.clear();
+                let name = match specs.next() {
+                    Some(spec) => {
+                        format_arg(&mut self.text, spec.ty, value);
+                        spec.name.clone()
+                    }
+                    None => {
+                        format_arg(&mut self.text, urec_format::ArgType::Hex(64), value);
+                        format!("arg{}", i + 1)
+                    }
+                };
+                let text = std::mem::take(&mut self.text);
+                annotation(&mut self.body, &name, &Value::Str(&text));
+                self.text = text;
+            }
+        }
+        if ty == TYPE_INSTANT {
+            if let Some(lat) = ev.latency_ns {
+                annotation(&mut self.body, "latency_ns", &Value::Uint(lat));
+            }
+        }
+        for (name, value) in extra {
+            annotation(&mut self.body, name, value);
+        }
+        self.packet.uint(PACKET_TIMESTAMP, ev.time_ns);
+        self.packet
+            .uint(PACKET_TIMESTAMP_CLOCK_ID, BUILTIN_CLOCK_MONOTONIC);
+        if !self.interned.bytes().is_empty() {
+            self.packet.msg(PACKET_INTERNED_DATA, &self.interned);
+            self.interned.clear();
+        }
+        self.packet.msg(PACKET_TRACK_EVENT, &self.body);
+        self.packet
+            .uint(PACKET_SEQUENCE_FLAGS, SEQ_NEEDS_INCREMENTAL_STATE);
+        self.emit(out)
+    }
+
+    /// Closes the calls still open (at the stop, `in_flight`) and writes the summary slice.
+    fn finish(&mut self, out: &mut dyn Write) -> io::Result<()> {
+        self.start(out)?;
+        let (attach, stop) = match &self.finish {
+            Some(f) if f.stop_ns >= f.attach_ns => (f.attach_ns, f.stop_ns.max(self.last_ns)),
+            _ => (self.first_ns.unwrap_or(0), self.last_ns),
+        };
+        // In flight if the process lived on; in one that ended, the returns were lost (as the
+        // report counts them: unmatched).
+        let mut threads: Vec<(u64, usize, bool)> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| !t.open.is_empty())
+            .map(|(&(inc, _), t)| (t.uuid, t.open.len(), self.spaces.incarnations().ended(inc)))
+            .collect();
+        threads.sort_unstable();
+        for (uuid, open, ended) in threads {
+            for _ in 0..open {
+                if ended {
+                    self.end(stop, uuid, &[("return_lost", Value::Bool(true))], out)?;
+                } else {
+                    self.end(stop, uuid, &[("in_flight", Value::Bool(true))], out)?;
+                    self.summary.in_flight += 1;
+                }
+            }
+        }
+        // The summary slice: the command, events and lost counts per probe.
+        self.body.clear();
+        self.body.uint(EVENT_TYPE, TYPE_SLICE_BEGIN);
+        self.body.uint(EVENT_TRACK_UUID, SUMMARY_TRACK);
+        self.body.str(EVENT_NAME, "urec");
+        let command = urec_format::shell_words(&self.header.command);
+        annotation(&mut self.body, "command", &Value::Str(&command));
+        annotation(&mut self.body, "host", &Value::Str(&self.header.host));
+        annotation(&mut self.body, "events", &Value::Uint(self.events));
+        annotation(&mut self.body, "lost", &Value::Uint(self.lost_total));
+        let mut lost: Vec<(String, u64)> = self
+            .lost
+            .iter()
+            .filter_map(|(p, &n)| self.probes.get(p).map(|i| (i.probe.name.clone(), n)))
+            .collect();
+        lost.sort();
+        for (probe, n) in lost {
+            annotation(&mut self.body, &format!("lost.{probe}"), &Value::Uint(n));
+        }
+        self.packet.uint(PACKET_TIMESTAMP, attach);
+        self.packet
+            .uint(PACKET_TIMESTAMP_CLOCK_ID, BUILTIN_CLOCK_MONOTONIC);
+        self.packet.msg(PACKET_TRACK_EVENT, &self.body);
+        self.emit(out)?;
+        self.end(stop, SUMMARY_TRACK, &[], out)?;
+        out.flush()
+    }
+}
+
+/// A debug annotation's value.
+enum Value<'a> {
+    Bool(bool),
+    Uint(u64),
+    Str(&'a str),
+}
+
+/// Appends a `DebugAnnotation` named `name` to the TrackEvent being built in `body`.
+fn annotation(body: &mut Msg, name: &str, value: &Value<'_>) {
+    let mut a = Msg::new();
+    a.str(ANNOTATION_NAME, name);
+    match value {
+        Value::Bool(b) => a.uint_always(ANNOTATION_BOOL, u64::from(*b)),
+        Value::Uint(v) => a.uint_always(ANNOTATION_UINT, *v),
+        Value::Str(s) => a.str(ANNOTATION_STRING, s),
+    }
+    body.msg(EVENT_DEBUG_ANNOTATIONS, &a);
+}
