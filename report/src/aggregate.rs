@@ -380,6 +380,16 @@ struct Pending {
 pub(crate) const MAX_PENDING: usize = 1024;
 
 type StackKey = (ProbeId, u32, u32, Option<StackId>);
+
+/// The calls of one (probe, incarnation, comm, stack id): one unique rebased stack's share
+/// from one process.
+struct Slot {
+    /// Its unique rebased stack (in `agg`).
+    agg: u32,
+    pid: u32,
+    calls: u64,
+    total_ns: u64,
+}
 type DedupKey = (ProbeId, u32, Box<[RFrame]>, bool);
 
 pub(crate) struct Aggregator<'o> {
@@ -396,6 +406,7 @@ pub(crate) struct Aggregator<'o> {
     binaries: Vec<(String, Option<BuildId>)>,
     binary_ids: HashMap<(String, Option<BuildId>), u32>,
     raw: FxMap<StackKey, u32>,
+    slots: Vec<Slot>,
     agg: Vec<AggStack>,
     dedup: HashMap<DedupKey, u32>,
     pending: FxMap<(u32, u32, ProbeId), VecDeque<Pending>>,
@@ -444,6 +455,7 @@ impl<'o> Aggregator<'o> {
             binaries: Vec::new(),
             binary_ids: HashMap::new(),
             raw: FxMap::default(),
+            slots: Vec::new(),
             agg: Vec::new(),
             dedup: HashMap::new(),
             pending: FxMap::default(),
@@ -594,7 +606,7 @@ impl<'o> Aggregator<'o> {
                 self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref());
                 self.probes[pi].returns += 1;
                 if let Some(lat) = ev.latency_ns {
-                    self.add_latency(pi, ev.pid, Some(stack), key.as_ref(), lat);
+                    self.add_latency(pi, Some(stack), key.as_ref(), lat);
                 }
                 self.hist_value(pi, ev);
             }
@@ -752,30 +764,21 @@ impl<'o> Aggregator<'o> {
             p.groups.slot(k).calls += 1;
         }
         if let Some(s) = stack {
-            let s = &mut self.agg[s as usize];
-            s.calls += 1;
-            s.pids.entry(pid).or_default().0 += 1;
+            // Per (stack, incarnation) slot: the per-process counts of pprof and the stack's
+            // own come from these at the end, with no lookup per call.
+            self.slots[s as usize].calls += 1;
         }
     }
 
-    fn add_latency(
-        &mut self,
-        pi: usize,
-        pid: u32,
-        stack: Option<u32>,
-        key: Option<&RawKey>,
-        lat: u64,
-    ) {
+    fn add_latency(&mut self, pi: usize, stack: Option<u32>, key: Option<&RawKey>, lat: u64) {
         let p = &mut self.probes[pi];
         p.latency.record(lat);
         if let Some(k) = key {
             p.groups.slot(k).latency.record(lat);
         }
         if let Some(s) = stack {
-            let s = &mut self.agg[s as usize];
+            let s = &mut self.slots[s as usize];
             s.total_ns = s.total_ns.saturating_add(lat);
-            let t = &mut s.pids.entry(pid).or_default().1;
-            *t = t.saturating_add(lat);
         }
     }
 
@@ -826,7 +829,7 @@ impl<'o> Aggregator<'o> {
                     let key = self.group_key(pi, ev, gen, None, None);
                     self.count_call(pi, ev.pid, gen.comm, None, key.as_ref());
                     self.probes[pi].returns += 1;
-                    self.add_latency(pi, ev.pid, None, key.as_ref(), lat);
+                    self.add_latency(pi, None, key.as_ref(), lat);
                     self.hist_value(pi, ev);
                 }
                 return;
@@ -858,7 +861,7 @@ impl<'o> Aggregator<'o> {
             }
         }
         if let Some(lat) = latency {
-            self.add_latency(pi, ev.pid, entry.stack, key.as_ref(), lat);
+            self.add_latency(pi, entry.stack, key.as_ref(), lat);
         }
         self.hist_value(pi, ev);
     }
@@ -869,6 +872,20 @@ impl<'o> Aggregator<'o> {
         if let Some(&i) = self.raw.get(&raw) {
             return i;
         }
+        let agg = self.agg_slot(ev, gen);
+        let slot = self.slots.len() as u32;
+        self.slots.push(Slot {
+            agg,
+            pid: ev.pid,
+            calls: 0,
+            total_ns: 0,
+        });
+        self.raw.insert(raw, slot);
+        slot
+    }
+
+    /// The unique rebased stack of this event's stack, rebasing it on first sight.
+    fn agg_slot(&mut self, ev: &Event, gen: Generation) -> u32 {
         let (frames, truncated) = match ev.stack.and_then(|id| self.stacks.get(&id)) {
             None => (Box::default(), false),
             Some(stack) => {
@@ -915,7 +932,6 @@ impl<'o> Aggregator<'o> {
                 i
             }
         };
-        self.raw.insert(raw, idx);
         idx
     }
 
@@ -959,6 +975,16 @@ impl<'o> Aggregator<'o> {
             }
         }
 
+        for slot in &self.slots {
+            let a = &mut self.agg[slot.agg as usize];
+            a.calls = a.calls.saturating_add(slot.calls);
+            a.total_ns = a.total_ns.saturating_add(slot.total_ns);
+            if slot.calls > 0 || slot.total_ns > 0 {
+                let p = a.pids.entry(slot.pid).or_default();
+                p.0 = p.0.saturating_add(slot.calls);
+                p.1 = p.1.saturating_add(slot.total_ns);
+            }
+        }
         let (stacks, frames, unknown_frames, callers) = self.symbolize_stacks(&mut warnings);
         let groups = self.groups(&callers);
         let histograms = self.opts.hist.as_ref().map(|arg| {
@@ -1276,7 +1302,11 @@ impl<'o> Aggregator<'o> {
                         GroupValue::Text(self.spaces.incarnations().comm_name(c).to_string())
                     }
                     RawKey::Stack(i) => callers
-                        .get(i as usize)
+                        .get(
+                            self.slots
+                                .get(i as usize)
+                                .map_or(usize::MAX, |s| s.agg as usize),
+                        )
                         .cloned()
                         .flatten()
                         .map_or(GroupValue::Null, GroupValue::Text),
