@@ -402,19 +402,8 @@ pub fn lost_counts(skel: &UrecSkel<'_>, probes: u32) -> Result<Vec<(ProbeId, Eve
             (KIND_RETURN, EventKind::Return),
         ] {
             let key = probe * 2 + u32::from(kind);
-            let Some(per_cpu) = skel
-                .maps
-                .lost
-                .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
-                .context("reading the lost-event counters")?
-            else {
-                continue;
-            };
-            let total: u64 = per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8))
-                .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-                .sum();
+            let total =
+                percpu_sum(&skel.maps.lost, key).context("reading the lost-event counters")?;
             if total > 0 {
                 out.push((probe, ek, total));
             }
@@ -423,23 +412,24 @@ pub fn lost_counts(skel: &UrecSkel<'_>, probes: u32) -> Result<Vec<(ProbeId, Eve
     Ok(out)
 }
 
+/// A per-CPU `u64` counter at `key`, summed over CPUs (0 when absent).
+fn percpu_sum<M: libbpf_rs::MapCore>(map: &M, key: u32) -> Result<u64> {
+    let Some(per_cpu) = map.lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)? else {
+        return Ok(0);
+    };
+    Ok(per_cpu
+        .iter()
+        .filter_map(|v| v.get(..8))
+        .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+        .sum())
+}
+
 /// Calls the predicates of `probes` rejected so far, summed over CPUs; only non-zero counts.
 pub fn filtered_counts(skel: &UrecSkel<'_>, probes: &[ProbeId]) -> Result<Vec<(ProbeId, u64)>> {
     let mut out = Vec::new();
     for &probe in probes {
-        let Some(per_cpu) = skel
-            .maps
-            .filtered
-            .lookup_percpu(&probe.to_ne_bytes(), MapFlags::ANY)
-            .context("reading the filtered-call counters")?
-        else {
-            continue;
-        };
-        let total: u64 = per_cpu
-            .iter()
-            .filter_map(|v| v.get(..8))
-            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-            .sum();
+        let total =
+            percpu_sum(&skel.maps.filtered, probe).context("reading the filtered-call counters")?;
         if total > 0 {
             out.push((probe, total));
         }

@@ -366,10 +366,11 @@ struct Pending {
     /// Its call was counted at the entry; otherwise it is counted when it ends (latency
     /// filters, or a key only the return carries).
     counted: bool,
-    /// Its `--group-by` key, when the entry gives it.
-    group: Option<RawKey>,
+    /// Its `--group-by` key, when the entry gives it (boxed, as the next: waiting entries
+    /// are threads × depth, and most reports ask for neither).
+    group: Option<Box<RawKey>>,
     /// Its `--hist` value, when the entry carries it and the call is counted at the return.
-    hist: Option<Option<i128>>,
+    hist: Option<Box<Option<i128>>>,
 }
 
 /// Entries kept waiting for their return per (process generation, thread, probe). The kernel
@@ -666,20 +667,25 @@ impl<'o> Aggregator<'o> {
         if kept {
             let stack = self.stack_key(ev, gen);
             pending.stack = Some(stack);
-            pending.group = self.group_key(pi, ev, gen, Some(stack), None);
+            pending.group = self.group_key(pi, ev, gen, Some(stack), None).map(Box::new);
             if self.defer {
                 let p = &self.probes[pi];
                 pending.hist = p
                     .hist_arg
                     .filter(|a| !a.at_return)
-                    .map(|a| a.value(ev).and_then(|v| numeric(v, a.ty)));
+                    .map(|a| Box::new(a.value(ev).and_then(|v| numeric(v, a.ty))));
             } else {
                 pending.counted = true;
-                self.count_call(pi, ev.pid, gen.comm, Some(stack), pending.group.as_ref());
+                self.count_call(pi, ev.pid, gen.comm, Some(stack), pending.group.as_deref());
                 self.hist_value(pi, ev);
             }
         }
-        let queue = self.pending.entry((gen.id, ev.tid, ev.probe)).or_default();
+        // Capacity 1 to begin with: most threads wait for one call at a time, and a default
+        // deque of four per thread was a quarter of the memory of 240,000 short processes.
+        let queue = self
+            .pending
+            .entry((gen.id, ev.tid, ev.probe))
+            .or_insert_with(|| VecDeque::with_capacity(1));
         let evicted = if queue.len() >= MAX_PENDING {
             queue.pop_front()
         } else {
@@ -703,13 +709,13 @@ impl<'o> Aggregator<'o> {
                 return;
             }
             let key = match (&entry.group, &self.opts.group_by) {
-                (Some(k), _) => Some(k.clone()),
+                (Some(k), _) => Some((**k).clone()),
                 (None, Some(_)) => Some(RawKey::Arg(ArgKey::Missing)),
                 (None, None) => None,
             };
             self.count_call(pi, entry.pid, entry.comm, entry.stack, key.as_ref());
             if let Some(v) = entry.hist {
-                self.probes[pi].hist.record(v);
+                self.probes[pi].hist.record(*v);
             }
         }
         let p = &mut self.probes[pi];
@@ -851,13 +857,13 @@ impl<'o> Aggregator<'o> {
         }
         self.probes[pi].returns += 1;
         let key = match entry.group {
-            Some(k) => Some(k),
+            Some(k) => Some(*k),
             None => self.group_key(pi, ev, gen, entry.stack, None),
         };
         if !entry.counted {
             self.count_call(pi, ev.pid, entry.comm, entry.stack, key.as_ref());
             if let Some(v) = entry.hist {
-                self.probes[pi].hist.record(v);
+                self.probes[pi].hist.record(*v);
             }
         }
         if let Some(lat) = latency {

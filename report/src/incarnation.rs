@@ -66,9 +66,12 @@ pub struct Incarnation {
     pub process: u32,
 }
 
-/// A process as its `Process` record describes it, and whether any event came from it.
+/// A process as its `Process` record describes it (boxed, and none for a pid only events
+/// named: a file of events from 240,000 undescribed pids must not pay a record apiece), and
+/// whether any event came from it.
 struct ProcessInfo {
-    record: Process,
+    pid: u32,
+    record: Option<Box<Process>>,
     had_events: bool,
 }
 
@@ -88,13 +91,95 @@ pub struct Incarnations {
 #[derive(Default)]
 struct PidLife {
     /// Start time → incarnation. The first incarnation is keyed 0.
-    incarnations: BTreeMap<u64, IncarnationId>,
+    incarnations: TimeMap,
     /// Time → command name id, from each incarnation's start and each rename.
-    comms: BTreeMap<u64, u32>,
+    comms: TimeMap,
     /// Start time of the latest process seen with this pid (reuse detection).
     start_ns: Option<u64>,
     /// The pid's only incarnation was made up for events of a pid no record described.
     anonymous: bool,
+}
+
+/// Time → id, ordered: one entry inline (most pids have one image and one name all their life,
+/// and a tree node per pid was most of the memory of a recording of 60,000 short processes),
+/// a tree from the second on.
+#[derive(Default)]
+struct TimeMap {
+    one: Option<(u64, u32)>,
+    // Boxed on purpose: 8 bytes per pid instead of the map's 24, for the many that never
+    // need it.
+    #[allow(clippy::box_collection)]
+    many: Option<Box<BTreeMap<u64, u32>>>,
+}
+
+impl TimeMap {
+    fn is_empty(&self) -> bool {
+        self.one.is_none() && self.many.is_none()
+    }
+
+    fn get(&self, key: u64) -> Option<u32> {
+        match (&self.one, &self.many) {
+            (Some((k, v)), _) => (*k == key).then_some(*v),
+            (None, Some(m)) => m.get(&key).copied(),
+            (None, None) => None,
+        }
+    }
+
+    /// Sets `key` to `value`; the value it had.
+    fn insert(&mut self, key: u64, value: u32) -> Option<u32> {
+        if let Some(m) = &mut self.many {
+            return m.insert(key, value);
+        }
+        match self.one {
+            None => {
+                self.one = Some((key, value));
+                None
+            }
+            Some((k, v)) if k == key => {
+                self.one = Some((key, value));
+                Some(v)
+            }
+            Some((k, v)) => {
+                self.one = None;
+                let mut m = BTreeMap::new();
+                m.insert(k, v);
+                m.insert(key, value);
+                self.many = Some(Box::new(m));
+                None
+            }
+        }
+    }
+
+    /// The entry in force at `t`: the last at or before it, else the first.
+    fn at(&self, t: u64) -> Option<u32> {
+        match (&self.one, &self.many) {
+            (Some((_, v)), _) => Some(*v),
+            (None, Some(m)) => m
+                .range(..=t)
+                .next_back()
+                .or_else(|| m.iter().next())
+                .map(|(_, &v)| v),
+            (None, None) => None,
+        }
+    }
+
+    /// The last entry strictly before `t`.
+    fn before(&self, t: u64) -> Option<u32> {
+        match (&self.one, &self.many) {
+            (Some((k, v)), _) => (*k < t).then_some(*v),
+            (None, Some(m)) => m.range(..t).next_back().map(|(_, &v)| v),
+            (None, None) => None,
+        }
+    }
+
+    /// The key of the first entry strictly after `t`.
+    fn next_after(&self, t: u64) -> Option<u64> {
+        match (&self.one, &self.many) {
+            (Some((k, _)), _) => (*k > t).then_some(*k),
+            (None, Some(m)) => m.range(t.saturating_add(1)..).next().map(|(&k, _)| k),
+            (None, None) => None,
+        }
+    }
 }
 
 impl Incarnations {
@@ -112,7 +197,7 @@ impl Incarnations {
                 let known = self.pids.get(&p.pid).map(|l| (l.start_ns, l.anonymous));
                 match known {
                     None => {
-                        self.new_process(p.clone());
+                        self.new_process(p.pid, Some(p.clone()));
                         self.begin(
                             p.pid,
                             0,
@@ -132,21 +217,21 @@ impl Incarnations {
                             l.anonymous = false;
                             l.start_ns = p.start_ns;
                             l.comms.insert(0, comm);
-                            if let Some(&id) = l.incarnations.get(&0) {
+                            if let Some(id) = l.incarnations.get(0) {
                                 let i = &mut self.all[id as usize];
                                 i.origin = Origin::First {
                                     ppid: p.ppid,
                                     start_ns: p.start_ns,
                                 };
                                 if let Some(info) = self.processes.get_mut(i.process as usize) {
-                                    info.record = p.clone();
+                                    info.record = Some(Box::new(p.clone()));
                                 }
                             }
                         }
                     }
                     Some((Some(old), _)) if p.start_ns.is_some_and(|new| new > old) => {
                         let start = p.start_ns.unwrap_or(old);
-                        self.new_process(p.clone());
+                        self.new_process(p.pid, Some(p.clone()));
                         self.begin(
                             p.pid,
                             start,
@@ -166,7 +251,7 @@ impl Incarnations {
                         // file of one Process record repeated must not cost one apiece.
                         let at = p.start_ns.unwrap_or(self.latest_ns);
                         if let Some(l) = self.pids.get_mut(&p.pid) {
-                            let current = l.comms.range(..=at).next_back().map(|(_, &c)| c);
+                            let current = l.comms.at(at);
                             if current != Some(comm) {
                                 l.comms.insert(at, comm);
                             }
@@ -230,18 +315,16 @@ impl Incarnations {
         let process = match origin {
             Origin::Exec => life
                 .incarnations
-                .range(..=key)
-                .next_back()
-                .or_else(|| life.incarnations.iter().next())
-                .map_or(newest_process, |(_, &prev)| self.all[prev as usize].process),
+                .at(key)
+                .map_or(newest_process, |prev| self.all[prev as usize].process),
             _ => newest_process,
         };
         if key > 0 {
-            if let Some((_, &prev)) = life.incarnations.range(..key).next_back() {
+            if let Some(prev) = life.incarnations.before(key) {
                 self.all[prev as usize].ended = true;
             }
         }
-        let ended = life.incarnations.range(key + 1..).next().is_some();
+        let ended = life.incarnations.next_after(key).is_some();
         let replaced = life.incarnations.insert(key, id);
         life.comms.insert(key, comm);
         self.all.push(Incarnation {
@@ -262,19 +345,17 @@ impl Incarnations {
         }
     }
 
-    fn new_process(&mut self, record: Process) {
+    fn new_process(&mut self, pid: u32, record: Option<Process>) {
         self.processes.push(ProcessInfo {
-            record,
+            pid,
+            record: record.map(Box::new),
             had_events: false,
         });
     }
 
     fn anonymous(&mut self, pid: u32) -> Incarnation {
         let comm = self.comms.id("[unknown]");
-        self.new_process(Process {
-            pid,
-            ..Process::default()
-        });
+        self.new_process(pid, None);
         self.begin(
             pid,
             0,
@@ -291,12 +372,7 @@ impl Incarnations {
     /// The incarnation of `pid` in force at `time_ns`, if the pid was ever described. Times
     /// before its first incarnation belong to that one.
     pub fn at(&self, pid: u32, time_ns: u64) -> Option<&Incarnation> {
-        let life = self.pids.get(&pid)?;
-        let (_, &id) = life
-            .incarnations
-            .range(..=time_ns)
-            .next_back()
-            .or_else(|| life.incarnations.iter().next())?;
+        let id = self.pids.get(&pid)?.incarnations.at(time_ns)?;
         self.all.get(id as usize)
     }
 
@@ -313,27 +389,10 @@ impl Incarnations {
     /// as [`Incarnations::at_or_new`] does, its process marked as having events: what every
     /// event asks, in one lookup (most pids have one incarnation and one name).
     pub fn of_event(&mut self, pid: u32, time_ns: u64) -> (IncarnationId, u32) {
-        let found = self.pids.get(&pid).and_then(|life| {
-            let id = if life.incarnations.len() == 1 {
-                life.incarnations.values().next().copied()
-            } else {
-                life.incarnations
-                    .range(..=time_ns)
-                    .next_back()
-                    .or_else(|| life.incarnations.iter().next())
-                    .map(|(_, &id)| id)
-            }?;
-            let comm = if life.comms.len() == 1 {
-                life.comms.values().next().copied()
-            } else {
-                life.comms
-                    .range(..=time_ns)
-                    .next_back()
-                    .or_else(|| life.comms.iter().next())
-                    .map(|(_, &c)| c)
-            }?;
-            Some((id, comm))
-        });
+        let found = self
+            .pids
+            .get(&pid)
+            .and_then(|life| Some((life.incarnations.at(time_ns)?, life.comms.at(time_ns)?)));
         let (id, comm) = match found {
             Some(f) => f,
             None => {
@@ -347,24 +406,18 @@ impl Incarnations {
 
     /// The time the incarnation after `incarnation` begins, if any: where its mappings stop.
     pub fn end_ns(&self, incarnation: &Incarnation) -> Option<u64> {
-        let life = self.pids.get(&incarnation.pid)?;
-        life.incarnations
-            .range(incarnation.since_ns + 1..)
-            .next()
-            .map(|(&t, _)| t)
+        self.pids
+            .get(&incarnation.pid)?
+            .incarnations
+            .next_after(incarnation.since_ns)
     }
 
     /// The command name id of `pid` at `time_ns` (see [`Incarnations::comm_name`]).
     pub fn comm_at(&self, pid: u32, time_ns: u64) -> u32 {
         self.pids
             .get(&pid)
-            .and_then(|l| {
-                l.comms
-                    .range(..=time_ns)
-                    .next_back()
-                    .or_else(|| l.comms.iter().next())
-            })
-            .map_or(u32::MAX, |(_, &c)| c)
+            .and_then(|l| l.comms.at(time_ns))
+            .unwrap_or(u32::MAX)
     }
 
     /// The name behind a command name id (`[unknown]` for one never given out).
@@ -387,13 +440,13 @@ impl Incarnations {
         }
     }
 
-    /// The processes (as their `Process` records describe them; a pid alone for one no record
-    /// described) that had events, in the order they were first described.
-    pub fn processes_with_events(&self) -> impl Iterator<Item = &Process> {
+    /// The processes that had events, in the order they were first described: each pid with
+    /// its `Process` record (none for a pid no record described).
+    pub fn processes_with_events(&self) -> impl Iterator<Item = (u32, Option<&Process>)> {
         self.processes
             .iter()
             .filter(|p| p.had_events)
-            .map(|p| &p.record)
+            .map(|p| (p.pid, p.record.as_deref()))
     }
 
     /// Whether incarnation `id` has ended.
@@ -486,13 +539,16 @@ mod tests {
         let exec = *m.at(3, 30).unwrap();
         m.mark_events(exec.id);
         assert_eq!(m.processes_with_events().count(), 1);
-        assert_eq!(m.processes_with_events().next().unwrap().comm, "sh");
+        assert_eq!(
+            m.processes_with_events().next().unwrap().1.unwrap().comm,
+            "sh"
+        );
         m.apply(&process(3, 1, "other", Some(100)));
         let reused = *m.at(3, 150).unwrap();
         assert_ne!(reused.process, exec.process);
         let anon = m.at_or_new(9, 5);
         m.mark_events(anon.id);
-        let pids: Vec<u32> = m.processes_with_events().map(|p| p.pid).collect();
+        let pids: Vec<u32> = m.processes_with_events().map(|(pid, _)| pid).collect();
         assert_eq!(pids, [3, 9]);
     }
 

@@ -50,6 +50,7 @@ pub mod pprof;
 pub mod processes;
 mod proto;
 pub mod rebase;
+mod reorder;
 pub mod script;
 pub use urec_symbolize as symbolize;
 pub mod table;

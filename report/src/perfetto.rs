@@ -35,19 +35,18 @@
 //! `interned_data/interned_data.proto`, `profiling/profile_common.proto`, `clock_snapshot.proto`),
 //! as perfetto 0.59's `perfetto_trace_pb2` states them.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::path::Path;
 
-use urec_format::{ArgValue, Event, EventKind, Probe, ProbeId, ProbeKind, Record, StackId};
+use urec_format::{Event, EventKind, Probe, ProbeId, ProbeKind, Record, StackId};
 
 use crate::aggregate::{answers_to, FxMap, MAX_PENDING};
 use crate::args::format_arg;
 use crate::frames::code_frames;
 use crate::proto::Msg;
 use crate::rebase::AddressSpaces;
-use crate::script::{REORDER_BYTES, REORDER_NS};
+use crate::reorder::Reorder;
 use crate::symbolize::{EmbeddedSymbols, Symbolizer};
 use crate::{Error, ReportOptions};
 
@@ -157,88 +156,26 @@ pub fn write_bytes(
     )
 }
 
-/// An event held for reordering, ordered by (time, read order).
-struct Held {
-    event: Event,
-    seq: u64,
-}
-
-impl Held {
-    fn key(&self) -> (u64, u64) {
-        (self.event.time_ns, self.seq)
-    }
-
-    fn size(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.event.args.capacity() * std::mem::size_of::<ArgValue>()
-            + self
-                .event
-                .args
-                .iter()
-                .map(|a| match a {
-                    ArgValue::Str { bytes, .. } => bytes.capacity(),
-                    _ => 0,
-                })
-                .sum::<usize>()
-    }
-}
-
-impl PartialEq for Held {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Held {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&other.key())
-    }
-}
-
 fn write_source(
     source: crate::input::Source<'_>,
     opts: &ReportOptions,
     out: &mut dyn Write,
 ) -> Result<PerfettoSummary, Error> {
-    let mut heap: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
-    let mut held = 0usize;
-    let mut seq = 0u64;
-    let mut newest = 0u64;
+    let mut window = Reorder::new();
     let (mut w, status) = crate::input::read_with_symbols(
         source,
         |header, embedded| Writer::new(header, opts, embedded),
         |w, record| {
             if let Record::Event(event) = record {
                 w.spaces.incarnations_mut().advance(event.time_ns);
-                newest = newest.max(event.time_ns);
-                let h = Held { event, seq };
-                held += h.size();
-                heap.push(Reverse(h));
-                seq += 1;
-                while let Some(Reverse(oldest)) = heap.peek() {
-                    let late = oldest.event.time_ns.saturating_add(REORDER_NS) < newest;
-                    let full = held > REORDER_BYTES && heap.len() > 1;
-                    if !(late || full) {
-                        break;
-                    }
-                    let Some(Reverse(h)) = heap.pop() else { break };
-                    held -= h.size();
-                    w.event(&h.event, out)?;
-                }
+                window.push(event, |e| w.event(&e, out))?;
             } else {
                 w.metadata(record, out)?;
             }
             Ok(())
         },
     )?;
-    while let Some(Reverse(h)) = heap.pop() {
-        w.event(&h.event, out)?;
-    }
+    window.finish(|e| w.event(&e, out))?;
     w.finish(out)?;
     let mut warnings = status.warnings;
     warnings.extend(w.symbolizer.take_warnings());

@@ -18,8 +18,8 @@ pub struct ProcessSummary {
     pub ppid: u32,
     /// Command name when first recorded.
     pub comm: String,
-    /// The recording host.
-    pub host: String,
+    /// The recording host (shared by every process of one recording).
+    pub host: std::sync::Arc<str>,
     /// Mount namespace inode number, when recorded.
     pub mnt_ns: Option<u64>,
     /// Pid namespace inode number, when recorded.
@@ -30,16 +30,17 @@ pub struct ProcessSummary {
 
 /// The processes of `incarnations` that had events, made on `host`.
 pub(crate) fn summaries(incarnations: &Incarnations, host: &str) -> Vec<ProcessSummary> {
+    let host: std::sync::Arc<str> = host.into();
     incarnations
         .processes_with_events()
-        .map(|p| ProcessSummary {
-            pid: p.pid,
-            ppid: p.ppid,
-            comm: p.comm.clone(),
-            host: host.to_string(),
-            mnt_ns: p.mnt_ns,
-            pid_ns: p.pid_ns,
-            cgroup: p.cgroup.clone(),
+        .map(|(pid, p)| ProcessSummary {
+            pid,
+            ppid: p.map_or(0, |p| p.ppid),
+            comm: p.map(|p| p.comm.clone()).unwrap_or_default(),
+            host: host.clone(),
+            mnt_ns: p.and_then(|p| p.mnt_ns),
+            pid_ns: p.and_then(|p| p.pid_ns),
+            cgroup: p.and_then(|p| p.cgroup.clone()),
         })
         .collect()
 }

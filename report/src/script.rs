@@ -39,8 +39,7 @@
 //! [`RENDERED_BYTES`] (emptied when full: a recording of many processes sharing few stacks
 //! would otherwise keep one rendering per process).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::Path;
@@ -51,18 +50,19 @@ use crate::args::format_arg;
 use crate::frames::code_frames;
 use crate::input::Ahead;
 use crate::rebase::AddressSpaces;
+use crate::reorder::{Reorder, Timed};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
 use crate::{Error, Filter};
 
 /// How far behind the newest event read an event may arrive and still be printed in order.
 /// The ring buffer's disorder is the time between a probe's timestamp and its commit:
 /// microseconds, so a second is generous.
-pub const REORDER_NS: u64 = 1_000_000_000;
+pub const REORDER_NS: u64 = crate::reorder::REORDER_NS;
 
 /// Bytes of events held back for reordering. A recorded event with eight string arguments
 /// takes about 2.5 KiB: at a million such events a second, the time window alone would hold
 /// 2.5 GB; this bound shortens it instead (about 160,000 events of the usual 100 bytes).
-pub const REORDER_BYTES: usize = 16 << 20;
+pub const REORDER_BYTES: usize = crate::reorder::REORDER_BYTES;
 
 /// Bytes of rendered stacks kept for reuse.
 pub const RENDERED_BYTES: usize = 16 << 20;
@@ -160,62 +160,23 @@ pub struct ScriptSummary {
     pub warnings: Vec<String>,
 }
 
-/// An event held for reordering, or a call's entry and return printed together (latency
-/// filters), ordered by the (last) event's time and read order, so the heap pops the oldest
-/// first and equal times keep file order. Its process incarnation and name are looked up when
-/// it is printed, at its own time, with every record read by then.
+/// What is held for reordering: an event, or a call's entry and return printed together
+/// (latency filters), placed at the (last) event's time. Its process incarnation and name are
+/// looked up when it is printed, at its own time, with every record read by then.
 struct Pending {
     event: Event,
     /// The call's entry, printed before `event` (boxed: the heap moves these around, and
     /// most have none).
     entry: Option<Box<Event>>,
-    seq: u64,
 }
 
-/// What an event holds in memory, roughly.
-fn event_size(event: &Event) -> usize {
-    let args = &event.args;
-    std::mem::size_of::<Event>()
-        + args.capacity() * std::mem::size_of::<urec_format::ArgValue>()
-        + args
-            .iter()
-            .map(|a| match a {
-                urec_format::ArgValue::Str { bytes, .. } => bytes.capacity(),
-                _ => 0,
-            })
-            .sum::<usize>()
-}
-
-impl Pending {
-    fn key(&self) -> (u64, u64) {
-        (self.event.time_ns, self.seq)
+impl Timed for Pending {
+    fn time_ns(&self) -> u64 {
+        self.event.time_ns
     }
 
-    /// What it holds in memory, roughly (the heap's own slot included).
     fn size(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + event_size(&self.event)
-            + self.entry.as_deref().map_or(0, event_size)
-    }
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Pending {}
-
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key().cmp(&other.key())
+        self.event.size() + self.entry.as_deref().map_or(0, Timed::size)
     }
 }
 
@@ -246,10 +207,7 @@ fn script_source(
     opts: &ScriptOptions,
     out: &mut dyn Write,
 ) -> Result<ScriptSummary, Error> {
-    let mut heap: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
-    let mut held = 0usize;
-    let mut seq = 0u64;
-    let mut newest = 0u64;
+    let mut window = Reorder::new();
     let ahead = crate::input::ReadAhead {
         symbols: true,
         attach: opts.reltime || opts.filter.time.is_some(),
@@ -264,34 +222,18 @@ fn script_source(
                 let Some((event, entry)) = printer.accept(event) else {
                     return Ok(());
                 };
-                newest = newest.max(event.time_ns);
                 let pending = Pending {
                     event,
                     entry: entry.map(Box::new),
-                    seq,
                 };
-                held += pending.size();
-                heap.push(Reverse(pending));
-                seq += 1;
-                while let Some(Reverse(oldest)) = heap.peek() {
-                    let late = oldest.event.time_ns.saturating_add(REORDER_NS) < newest;
-                    let full = held > REORDER_BYTES && heap.len() > 1;
-                    if !(late || full) {
-                        break;
-                    }
-                    let Some(Reverse(p)) = heap.pop() else { break };
-                    held -= p.size();
-                    printer.print(&p, out)?;
-                }
+                window.push(pending, |p| printer.print(&p, out))?;
             } else {
                 printer.metadata(record);
             }
             Ok(())
         },
     )?;
-    while let Some(Reverse(p)) = heap.pop() {
-        printer.print(&p, out)?;
-    }
+    window.finish(|p| printer.print(&p, out))?;
     for name in &opts.filter.probes {
         if !printer
             .probes
