@@ -233,6 +233,17 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     if args.perfetto.is_some() && inputs.len() > 1 {
         return Err(UsageError("--perfetto takes one recording (one -i)".into()).into());
     }
+    let f = &args.filter;
+    if args.perfetto.is_some()
+        && (f.time.is_some() || f.min_latency.is_some() || f.max_latency.is_some())
+    {
+        return Err(UsageError(
+            "--perfetto does not take --time, --min-latency or --max-latency yet (it streams \
+             every call; use --pid, --tid, --comm, --probe)"
+                .into(),
+        )
+        .into());
+    }
     let mut reports = Vec::with_capacity(inputs.len());
     for input in &inputs {
         let mut r = analyze(input, &opts)?;

@@ -134,7 +134,8 @@ pub struct PerfettoSummary {
 }
 
 /// Writes the recording at `path` as a Perfetto trace into `out`, with the filters of `opts`
-/// (pid, comm, probe).
+/// (pid, tid, comm, probe; not yet the time window or latency filters, which the CLI refuses
+/// with `--perfetto`).
 pub fn write(
     path: &Path,
     opts: &ReportOptions,
@@ -534,7 +535,9 @@ impl<'o> Writer<'o> {
         }
         let (kind, name_iid) = (info.probe.kind, info.name_iid);
         let filter = &self.opts.filter;
-        if !filter.pids.is_empty() && !filter.pids.contains(&ev.pid) {
+        if (!filter.pids.is_empty() && !filter.pids.contains(&ev.pid))
+            || (!filter.tids.is_empty() && !filter.tids.contains(&ev.tid))
+        {
             return Ok(());
         }
         if !filter.comms.is_empty() {
