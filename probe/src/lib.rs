@@ -60,6 +60,7 @@ mod ifunc;
 mod insn;
 mod predicate;
 mod real_file;
+pub use real_file::unescape_mount_field;
 mod resolve;
 mod spec;
 mod target;

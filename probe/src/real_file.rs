@@ -90,10 +90,10 @@ fn parse_mountinfo(line: &str) -> Option<MountInfo> {
     let t: Vec<&str> = tail.split(' ').collect();
     Some(MountInfo {
         id: f.first()?.parse().ok()?,
-        root: unescape(f.get(3)?),
-        mount_point: PathBuf::from(unescape(f.get(4)?)),
+        root: unescape_mount_field(f.get(3)?),
+        mount_point: PathBuf::from(unescape_mount_field(f.get(4)?)),
         fstype: t.first()?.to_string(),
-        options: unescape(t.get(2)?),
+        options: unescape_mount_field(t.get(2)?),
     })
 }
 
@@ -139,8 +139,9 @@ fn split_unescaped(s: &str, sep: char) -> Vec<String> {
     out
 }
 
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
+/// A field of `/proc/PID/mountinfo` or `/proc/mounts` as the kernel meant it: they write
+/// space, tab, newline and backslash as `\ooo`.
+pub fn unescape_mount_field(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -185,7 +186,7 @@ mod tests {
             )
         );
         assert_eq!(
-            layers(&unescape(
+            layers(&unescape_mount_field(
                 "rw,lowerdir+=/a\\,b,lowerdir+=/c,upperdir=/d\\040e"
             )),
             (

@@ -55,7 +55,7 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
     mounts.lines().find_map(|l| {
         let mut f = l.split_whitespace();
         let (_, at, ty) = (f.next()?, f.next()?, f.next()?);
-        (ty == "cgroup2").then(|| PathBuf::from(unescape(at)))
+        (ty == "cgroup2").then(|| PathBuf::from(urec_probe::unescape_mount_field(at)))
     })
 }
 
@@ -64,25 +64,6 @@ fn hint() -> String {
         Some(at) => format!("; cgroup2 is mounted at {}", at.display()),
         None => "; this system has no cgroup2 mounted".into(),
     }
-}
-
-/// `/proc/mounts` writes spaces, tabs, newlines and backslashes as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -97,6 +78,6 @@ mod tests {
         assert!(e.contains("not a cgroup v2 directory"), "{e}");
         let e = open(Path::new("/no/such/cgroup")).unwrap_err();
         assert!(e.contains("/no/such/cgroup"), "{e}");
-        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(urec_probe::unescape_mount_field(r"/a\040b"), "/a b");
     }
 }
