@@ -439,7 +439,7 @@ struct Seen {
 impl<'o> Aggregator<'o> {
     pub(crate) fn new(header: &Header, opts: &'o ReportOptions, attach_ns: Option<u64>) -> Self {
         let f = &opts.filter;
-        let defer = f.min_latency_ns.is_some() || f.max_latency_ns.is_some();
+        let defer = f.by_latency();
         Self {
             window: None,
             origin_ns: attach_ns,
@@ -576,11 +576,7 @@ impl<'o> Aggregator<'o> {
             self.seen.comms.insert(gen.comm);
         }
         let filter = &self.opts.filter;
-        if (!filter.pids.is_empty() && !filter.pids.contains(&ev.pid))
-            || (!filter.tids.is_empty() && !filter.tids.contains(&ev.tid))
-            || (!filter.comms.is_empty()
-                && !filter.comms.iter().any(|c| c == self.comm_name(gen.comm)))
-        {
+        if !filter.keeps_thread(ev.pid, ev.tid) || !filter.keeps_comm(self.comm_name(gen.comm)) {
             return;
         }
         match (ev.kind, self.probes[pi].probe.kind) {
@@ -591,7 +587,7 @@ impl<'o> Aggregator<'o> {
                     return;
                 }
                 let stack = self.stack_key(ev, gen);
-                let key = self.group_key(pi, ev, gen, Some(stack), None);
+                let key = self.group_key(pi, ev, gen, Some(stack));
                 self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref());
                 self.hist_value(pi, ev);
             }
@@ -603,7 +599,7 @@ impl<'o> Aggregator<'o> {
                     return;
                 }
                 let stack = self.stack_key(ev, gen);
-                let key = self.group_key(pi, ev, gen, Some(stack), None);
+                let key = self.group_key(pi, ev, gen, Some(stack));
                 self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref());
                 self.probes[pi].returns += 1;
                 if let Some(lat) = ev.latency_ns {
@@ -626,13 +622,11 @@ impl<'o> Aggregator<'o> {
     }
 
     fn latency_filtered(&self) -> bool {
-        self.opts.filter.min_latency_ns.is_some() || self.opts.filter.max_latency_ns.is_some()
+        self.opts.filter.by_latency()
     }
 
     fn in_range(&self, latency: u64) -> bool {
-        let f = &self.opts.filter;
-        f.min_latency_ns.is_none_or(|min| latency >= min)
-            && f.max_latency_ns.is_none_or(|max| latency <= max)
+        self.opts.filter.keeps_latency(latency)
     }
 
     /// Whether a call that began at `time_ns` is inside `--time`.
@@ -640,15 +634,9 @@ impl<'o> Aggregator<'o> {
         let Some(window) = self.opts.filter.time else {
             return true;
         };
-        let (from, to) = *self.window.get_or_insert_with(|| {
-            let origin = self.origin_ns.unwrap_or(time_ns);
-            (
-                origin.saturating_add(window.from_ns.unwrap_or(0)),
-                window
-                    .to_ns
-                    .map_or(u64::MAX, |to| origin.saturating_add(to)),
-            )
-        });
+        let (from, to) = *self
+            .window
+            .get_or_insert_with(|| window.bounds(self.origin_ns.unwrap_or(time_ns)));
         from <= time_ns && time_ns < to
     }
 
@@ -667,7 +655,7 @@ impl<'o> Aggregator<'o> {
         if kept {
             let stack = self.stack_key(ev, gen);
             pending.stack = Some(stack);
-            pending.group = self.group_key(pi, ev, gen, Some(stack), None).map(Box::new);
+            pending.group = self.group_key(pi, ev, gen, Some(stack)).map(Box::new);
             if self.defer {
                 let p = &self.probes[pi];
                 pending.hist = p
@@ -734,7 +722,6 @@ impl<'o> Aggregator<'o> {
         ev: &Event,
         gen: Generation,
         stack: Option<u32>,
-        _entry: Option<&Pending>,
     ) -> Option<RawKey> {
         let by = self.opts.group_by.as_ref()?;
         Some(match by {
@@ -832,7 +819,7 @@ impl<'o> Aggregator<'o> {
             if self.latency_filtered() {
                 // Latency known and in range: a call, even without its entry (no stack).
                 if let Some(lat) = latency.filter(|&l| self.in_range(l)) {
-                    let key = self.group_key(pi, ev, gen, None, None);
+                    let key = self.group_key(pi, ev, gen, None);
                     self.count_call(pi, ev.pid, gen.comm, None, key.as_ref());
                     self.probes[pi].returns += 1;
                     self.add_latency(pi, None, key.as_ref(), lat);
@@ -858,7 +845,7 @@ impl<'o> Aggregator<'o> {
         self.probes[pi].returns += 1;
         let key = match entry.group {
             Some(k) => Some(*k),
-            None => self.group_key(pi, ev, gen, entry.stack, None),
+            None => self.group_key(pi, ev, gen, entry.stack),
         };
         if !entry.counted {
             self.count_call(pi, ev.pid, entry.comm, entry.stack, key.as_ref());

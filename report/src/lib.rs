@@ -86,6 +86,30 @@ pub struct Filter {
     pub time: Option<TimeWindow>,
 }
 
+impl Filter {
+    /// `--pid` and `--tid` keep an event of this thread.
+    pub fn keeps_thread(&self, pid: u32, tid: u32) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&pid))
+            && (self.tids.is_empty() || self.tids.contains(&tid))
+    }
+
+    /// `--comm` keeps an event of a process named `comm`.
+    pub fn keeps_comm(&self, comm: &str) -> bool {
+        self.comms.is_empty() || self.comms.iter().any(|c| c == comm)
+    }
+
+    /// `--min-latency` or `--max-latency` is given: calls are judged when they end.
+    pub fn by_latency(&self) -> bool {
+        self.min_latency_ns.is_some() || self.max_latency_ns.is_some()
+    }
+
+    /// `--min-latency` and `--max-latency` keep a call this long.
+    pub fn keeps_latency(&self, latency: u64) -> bool {
+        self.min_latency_ns.is_none_or(|min| latency >= min)
+            && self.max_latency_ns.is_none_or(|max| latency <= max)
+    }
+}
+
 /// `--time FROM..TO`: seconds since the recording's attach time, either end open. A call is
 /// judged by its entry (an entry-only or return-only probe's event by its own time).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,6 +118,17 @@ pub struct TimeWindow {
     pub from_ns: Option<u64>,
     /// To, exclusive, in ns after the attach.
     pub to_ns: Option<u64>,
+}
+
+impl TimeWindow {
+    /// The window in absolute ns, `[from, to)`, for an attach at `origin_ns`.
+    pub fn bounds(&self, origin_ns: u64) -> (u64, u64) {
+        (
+            origin_ns.saturating_add(self.from_ns.unwrap_or(0)),
+            self.to_ns
+                .map_or(u64::MAX, |to| origin_ns.saturating_add(to)),
+        )
+    }
 }
 
 impl std::str::FromStr for TimeWindow {

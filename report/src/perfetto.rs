@@ -535,15 +535,12 @@ impl<'o> Writer<'o> {
         }
         let (kind, name_iid) = (info.probe.kind, info.name_iid);
         let filter = &self.opts.filter;
-        if (!filter.pids.is_empty() && !filter.pids.contains(&ev.pid))
-            || (!filter.tids.is_empty() && !filter.tids.contains(&ev.tid))
-        {
+        if !filter.keeps_thread(ev.pid, ev.tid) {
             return Ok(());
         }
         if !filter.comms.is_empty() {
             let inc = self.spaces.incarnations();
-            let comm = inc.comm_name(inc.comm_at(ev.pid, ev.time_ns));
-            if !filter.comms.iter().any(|c| c == comm) {
+            if !filter.keeps_comm(inc.comm_name(inc.comm_at(ev.pid, ev.time_ns))) {
                 return Ok(());
             }
         }

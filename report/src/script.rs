@@ -285,6 +285,8 @@ struct Printer<'o> {
     waiting: HashMap<(u32, u32, ProbeId), std::collections::VecDeque<Event>>,
     /// Events left out by filters.
     filtered: u64,
+    /// The probes `--probe` selects.
+    selected: std::collections::HashSet<ProbeId>,
     spaces: AddressSpaces,
     symbolizer: Symbolizer,
     probes: HashMap<ProbeId, urec_format::Probe>,
@@ -320,6 +322,7 @@ impl<'o> Printer<'o> {
             attach_ns,
             waiting: HashMap::new(),
             filtered: 0,
+            selected: std::collections::HashSet::new(),
             spaces: AddressSpaces::new(),
             symbolizer,
             probes: HashMap::new(),
@@ -343,13 +346,10 @@ impl<'o> Printer<'o> {
             return None;
         }
         let f = &self.opts.filter;
-        if f.min_latency_ns.is_none() && f.max_latency_ns.is_none() {
+        if !f.by_latency() {
             return Some((ev, None));
         }
-        let in_range = |lat: u64| {
-            f.min_latency_ns.is_none_or(|min| lat >= min)
-                && f.max_latency_ns.is_none_or(|max| lat <= max)
-        };
+        let in_range = |lat: u64| f.keeps_latency(lat);
         let kind = self.probes.get(&ev.probe).map(|p| p.kind);
         let incarnation = self
             .spaces
@@ -391,24 +391,16 @@ impl<'o> Printer<'o> {
     /// The event filters, and `--time` (a return judged by when its call began, when known).
     fn keep(&mut self, ev: &Event) -> bool {
         let f = &self.opts.filter;
-        if (!f.pids.is_empty() && !f.pids.contains(&ev.pid))
-            || (!f.tids.is_empty() && !f.tids.contains(&ev.tid))
-        {
+        if !f.keeps_thread(ev.pid, ev.tid) {
             return false;
         }
-        if !f.probes.is_empty() {
-            let selected = self
-                .probes
-                .get(&ev.probe)
-                .is_some_and(|p| f.probes.iter().any(|n| crate::aggregate::answers_to(p, n)));
-            if !selected {
-                return false;
-            }
+        // Which probes `--probe` selects is decided once per probe record (`metadata`).
+        if !f.probes.is_empty() && !self.selected.contains(&ev.probe) {
+            return false;
         }
         if !f.comms.is_empty() {
             let incarnations = self.spaces.incarnations();
-            let comm = incarnations.comm_name(incarnations.comm_at(ev.pid, ev.time_ns));
-            if !f.comms.iter().any(|c| c == comm) {
+            if !f.keeps_comm(incarnations.comm_name(incarnations.comm_at(ev.pid, ev.time_ns))) {
                 return false;
             }
         }
@@ -417,9 +409,7 @@ impl<'o> Printer<'o> {
                 EventKind::Entry => ev.time_ns,
                 EventKind::Return => ev.time_ns.saturating_sub(ev.latency_ns.unwrap_or(0)),
             };
-            let origin = *self.attach_ns.get_or_insert(began);
-            let from = origin.saturating_add(w.from_ns.unwrap_or(0));
-            let to = w.to_ns.map_or(u64::MAX, |t| origin.saturating_add(t));
+            let (from, to) = w.bounds(*self.attach_ns.get_or_insert(began));
             if began < from || began >= to {
                 return false;
             }
@@ -431,6 +421,12 @@ impl<'o> Printer<'o> {
         self.spaces.apply(&record);
         match record {
             Record::Probe(p) => {
+                let f = &self.opts.filter;
+                if f.probes.iter().any(|n| crate::aggregate::answers_to(&p, n)) {
+                    self.selected.insert(p.id);
+                } else {
+                    self.selected.remove(&p.id);
+                }
                 self.probes.insert(p.id, p);
             }
             Record::Stack(s) => {
