@@ -103,8 +103,8 @@ pub fn name(
         let list: Vec<SymbolFrame> = frames
             .iter()
             .map(|f| SymbolFrame {
-                function: f.display_name().to_string(),
-                file: f.file.clone(),
+                function: f.display_name().into(),
+                file: f.file.as_deref().map(Into::into),
                 line: f.line,
             })
             .collect();
@@ -217,8 +217,12 @@ pub fn existing(path: &Path) -> Result<EmbeddedSymbols> {
     let mut reader = Reader::open(path)?;
     let mut embedded = EmbeddedSymbols::default();
     for record in reader.metadata() {
-        if let Record::Symbols(s) = record? {
-            embedded.push(s);
+        match record? {
+            // Each address the stacks and probes hold lets the section name one.
+            Record::Stack(s) => embedded.allow(s.frames.len() as u64),
+            Record::Probe(_) => embedded.allow(1),
+            Record::Symbols(s) => embedded.push(s),
+            _ => {}
         }
     }
     Ok(embedded)

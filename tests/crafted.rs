@@ -42,13 +42,22 @@ const COMMANDS: &[&[&str]] = &[
     &["report", "--perfetto", "OUTFILE"],
     &["script"],
     &["info"],
+    &["report", "--diff", "DATA"],
+    &["report", "-i", "DATA"],
 ];
+
+/// CPU time allowed per command, in seconds of a debug build: a hang guard that is not a
+/// timing (CPU, not wall, so a loaded machine does not trip it), far above what the bounded
+/// code needs (under 10 s for every class) and far below what the unbounded code took (the
+/// symbols classes and the unreturned threads ran for minutes before the bounds).
+const CPU_BUDGET_S: f64 = 60.0;
 
 struct Run {
     /// Exit status, or `None` when a signal ended it.
     code: Option<i32>,
     signal: Option<i32>,
     max_rss_kib: i64,
+    cpu_s: f64,
     stderr: String,
 }
 
@@ -66,6 +75,8 @@ fn run(args: &[&str], data: &Path, dir: &Path) -> Run {
         .map(|a| {
             if *a == "FLAMEGRAPH" || *a == "OUTFILE" {
                 svg.to_str().unwrap_or_default()
+            } else if *a == "DATA" {
+                data.to_str().unwrap_or_default()
             } else {
                 a
             }
@@ -81,19 +92,38 @@ fn run(args: &[&str], data: &Path, dir: &Path) -> Run {
         .spawn()
         .expect("run urec");
     let pid = child.id() as libc::pid_t;
+    // A hang guard, not a timing: a command still running after 10 minutes is killed (the
+    // CPU budget below is what the test judges).
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if wait
+            .recv_timeout(std::time::Duration::from_secs(600))
+            .is_err()
+        {
+            // SAFETY: `pid` is our child, not reaped before `done` is sent.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
     let mut status = 0;
     // SAFETY: rusage is plain data that wait4 fills; `pid` is our child, not yet reaped (the
     // `Child` is never waited on, so std does not reap it behind our back).
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let _ = done.send(());
+    let _ = watchdog.join();
     assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     Run {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
         max_rss_kib: usage.ru_maxrss,
+        cpu_s: seconds(usage.ru_utime) + seconds(usage.ru_stime),
         stderr,
     }
+}
+
+fn seconds(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
 /// Writes the crafted files into `$UREC_HOSTILE_DIR`; a no-op without it (see the module docs).
@@ -143,10 +173,11 @@ fn crafted_files_in_bounded_memory() {
                 crafted.what
             );
             table.push_str(&format!(
-                "{:<20} {:<28} {:>6} MiB  exit {:?}\n",
+                "{:<20} {:<28} {:>6} MiB {:>7.2} s CPU  exit {:?}\n",
                 crafted.name,
                 args.join(" "),
                 r.max_rss_kib / 1024,
+                r.cpu_s,
                 r.code
             ));
             if let Some(sig) = r.signal {
@@ -160,6 +191,12 @@ fn crafted_files_in_bounded_memory() {
                 Some(0) => {}
                 Some(1) if r.stderr.contains("urec: error") => {}
                 code => failures.push(format!("{what}: exit {code:?}\n{}", r.stderr)),
+            }
+            if r.cpu_s > CPU_BUDGET_S {
+                failures.push(format!(
+                    "{what}: {:.1} s of CPU, budget {CPU_BUDGET_S} s",
+                    r.cpu_s
+                ));
             }
             if r.max_rss_kib > BUDGET_KIB {
                 failures.push(format!(

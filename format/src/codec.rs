@@ -84,6 +84,11 @@ impl<'a> Cursor<'a> {
         Cursor { buf, pos }
     }
 
+    /// The whole buffer, to read a part of it again from a remembered position.
+    pub(crate) fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+
     pub(crate) fn pos(&self) -> usize {
         self.pos
     }

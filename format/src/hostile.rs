@@ -40,6 +40,12 @@ pub struct Scale {
     pub processes: usize,
 }
 
+/// Threads of the unreturned-threads class (a dictionary of one event chunk holds 65,536).
+const THREADS: usize = 1 << 16;
+
+/// Probes of the unreturned-threads class: a thread waits on each.
+const PROBES: u32 = 64;
+
 impl Default for Scale {
     fn default() -> Self {
         Scale {
@@ -112,6 +118,21 @@ pub fn all(scale: Scale) -> Vec<Crafted> {
             name: "stack-per-process",
             what: "a 130-frame stack called from many processes",
             bytes: stack_per_process(scale.processes),
+        },
+        Crafted {
+            name: "symbols-repeat",
+            what: "a symbols record naming one address N/256 times with 256 functions, 8 times",
+            bytes: symbols_repeat(n / 256, 8),
+        },
+        Crafted {
+            name: "symbols-spread",
+            what: "symbols records naming N/64 distinct addresses no stack holds",
+            bytes: symbols_spread(n / 64),
+        },
+        Crafted {
+            name: "unreturned-threads",
+            what: "entries/5 without returns over 65,536 threads and 64 probes",
+            bytes: unreturned_threads(scale.entries / 5),
         },
         Crafted {
             name: "huge-mapping",
@@ -243,6 +264,28 @@ impl Builder {
             buf.extend_from_slice(c);
         }
         self.chunk(KIND_EVENTS, &buf, n);
+    }
+
+    /// Ends the recording, then appends a symbols section of `chunks`, each a payload of
+    /// `count` records, and the footer that counts them (readers look ahead for symbols only
+    /// when the footer says there are some).
+    fn finish_with_symbols(self, chunks: &[(Vec<u8>, u32)]) -> Vec<u8> {
+        let mut b = Builder {
+            out: self.finish(),
+            footer: None,
+        };
+        let mut footer = crate::footer::Footer::default();
+        for (payload, count) in chunks {
+            let before = b.out.len();
+            b.chunk(KIND_SYMBOLS, payload, *count);
+            footer
+                .sections
+                .symbols
+                .add(b.out.len() - before, payload.len() as u32, *count);
+        }
+        let mut payload = Vec::new();
+        crate::footer::encode_footer(&mut payload, &footer);
+        b.footer(payload).finish()
     }
 
     fn footer(mut self, payload: Vec<u8>) -> Self {
@@ -522,6 +565,84 @@ fn stack_per_process(processes: usize) -> Vec<u8> {
         let pid = 1000 + i as u32;
         batch.push(entry(pid, pid, T0 + i as u64, Some(0), Vec::new()));
         if batch.len() == 60_000 || i + 1 == processes {
+            b.events(&batch);
+            batch.clear();
+        }
+    }
+    b.finish()
+}
+
+/// A Symbols record body by hand: one table string `name`, then `entries` entries whose
+/// offsets step by `step` from 0x1000 (a step of 0 repeats one address), `frames` frames each
+/// naming that string.
+fn symbols_record(out: &mut Vec<u8>, name: &str, entries: usize, step: u64, frames: usize) {
+    let mut body = Vec::new();
+    crate::codec::put_str(&mut body, "/app");
+    crate::codec::put_build_id(&mut body, &None);
+    put_u64(&mut body, 1);
+    crate::codec::put_str(&mut body, name);
+    put_u64(&mut body, entries as u64);
+    for i in 0..entries {
+        put_u64(&mut body, if i == 0 { 0x1000 } else { step });
+        put_u64(&mut body, frames as u64);
+        for _ in 0..frames {
+            body.extend_from_slice(&[0, 0, 0]);
+        }
+    }
+    out.push(crate::codec::TAG_SYMBOLS);
+    put_bytes(out, &body);
+}
+
+/// Repeats: one record naming one address `entries` times, 256 functions of a 200-byte name
+/// each, and the same chunk `copies` times (what made report take 9.5 GB from 7 KB).
+fn symbols_repeat(entries: usize, copies: usize) -> Vec<u8> {
+    let mut b = Builder::standard();
+    b.meta(&[probe(0, Vec::new()), process(PID)]);
+    b.events(&[entry(PID, PID, T0 + 10, None, Vec::new())]);
+    let mut payload = Vec::new();
+    symbols_record(&mut payload, &"f".repeat(200), entries, 0, 256);
+    let chunks = vec![(payload, 1); copies];
+    b.finish_with_symbols(&chunks)
+}
+
+/// Distinct addresses: records of 16,384 entries (as many as the recorder writes in one) of
+/// 16 functions each, about 64 MiB of them, for a recording whose only address is its probe's.
+fn symbols_spread(entries: usize) -> Vec<u8> {
+    let mut b = Builder::standard();
+    b.meta(&[probe(0, Vec::new()), process(PID)]);
+    b.events(&[entry(PID, PID, T0 + 10, None, Vec::new())]);
+    let per_record = 16_384;
+    let mut payload = Vec::new();
+    let mut count = 0;
+    let mut chunks = Vec::new();
+    for _ in 0..entries.div_ceil(per_record) {
+        symbols_record(&mut payload, "g", per_record, 1, 16);
+        count += 1;
+        if payload.len() > (60 << 20) {
+            chunks.push((std::mem::take(&mut payload), count));
+            count = 0;
+        }
+    }
+    if count > 0 {
+        chunks.push((payload, count));
+    }
+    b.finish_with_symbols(&chunks)
+}
+
+/// Entries without returns, spread so that no per-thread cap binds: thread `i % 65,536`,
+/// probe `i / 65,536 % 64`, 1 ns apart, in event chunks of 65,536.
+fn unreturned_threads(n: usize) -> Vec<u8> {
+    let mut b = Builder::standard();
+    let mut meta: Vec<Record> = (0..PROBES).map(|id| probe(id, Vec::new())).collect();
+    meta.push(process(PID));
+    b.meta(&meta);
+    let mut batch = Vec::with_capacity(THREADS);
+    for i in 0..n {
+        let tid = PID + (i % THREADS) as u32;
+        let mut e = entry(PID, tid, T0 + 10 + i as u64, None, Vec::new());
+        e.probe = (i / THREADS) as u32 % PROBES;
+        batch.push(e);
+        if batch.len() == THREADS || i + 1 == n {
             b.events(&batch);
             batch.clear();
         }

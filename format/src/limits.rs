@@ -37,3 +37,13 @@ pub const MAX_FOOTER_COUNTS: usize = 1 << 17;
 /// at that address. Real inline chains are a few deep (a dozen in heavily templated C++); more
 /// is damage.
 pub const MAX_INLINE_FRAMES: usize = 256;
+
+/// Named addresses in one record of the symbols section. The recorder writes at most 16,384
+/// (a binary with more is split over several records); more is damage.
+pub const MAX_SYMBOL_ENTRIES: usize = 1 << 16;
+
+/// Frames (functions and those inlined into them) in one record of the symbols section: an
+/// average inline depth of 16 over the most addresses the recorder puts in a record. With
+/// [`MAX_SYMBOL_ENTRIES`] this keeps one decoded record to a few megabytes whatever its names
+/// repeat; more is damage.
+pub const MAX_SYMBOL_FRAMES: usize = 1 << 18;

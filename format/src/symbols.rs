@@ -8,11 +8,12 @@
 //! a copy of the recording's own bytes.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use crate::chunk::{frame, trailer, CODEC_NONE, CODEC_ZSTD, FRAME_LEN, KIND_FOOTER, KIND_SYMBOLS};
 use crate::codec::{encode_record, put_build_id, put_str, put_u64, Cursor, Malformed, Res};
 use crate::footer::{encode_footer, Footer, SectionStats};
-use crate::limits::MAX_INLINE_FRAMES;
+use crate::limits::{MAX_INLINE_FRAMES, MAX_SYMBOL_ENTRIES, MAX_SYMBOL_FRAMES};
 use crate::types::{BinarySymbols, Record, SymbolEntry, SymbolFrame};
 use crate::FormatError;
 
@@ -32,7 +33,7 @@ pub(crate) fn encode(body: &mut Vec<u8>, s: &BinarySymbols) {
     let mut index = std::collections::HashMap::new();
     for e in &s.entries {
         for f in &e.frames {
-            for text in std::iter::once(f.function.as_str()).chain(f.file.as_deref()) {
+            for text in std::iter::once(&*f.function).chain(f.file.as_deref()) {
                 index.entry(text).or_insert_with(|| {
                     table.push(text);
                     table.len() as u64 - 1
@@ -51,7 +52,7 @@ pub(crate) fn encode(body: &mut Vec<u8>, s: &BinarySymbols) {
         prev = e.offset;
         put_u64(body, e.frames.len() as u64);
         for f in &e.frames {
-            put_u64(body, index[f.function.as_str()]);
+            put_u64(body, index[&*f.function]);
             put_u64(body, f.file.as_deref().map_or(0, |t| index[t] + 1));
             put_u64(body, f.line.map_or(0, |l| u64::from(l) + 1));
         }
@@ -61,53 +62,109 @@ pub(crate) fn encode(body: &mut Vec<u8>, s: &BinarySymbols) {
 pub(crate) fn decode(c: &mut Cursor<'_>) -> Res<BinarySymbols> {
     let path = c.string()?;
     let build_id = c.build_id()?;
-    // Counts are claims: nothing is reserved for them, every element takes at least a byte.
-    let n = c.len()?;
-    let mut table = Vec::new();
-    for _ in 0..n {
-        table.push(c.string()?);
+    // The string table is only stepped over here: its strings are made once the frames say
+    // which of them are used (a crafted table of millions of empty strings costs one byte
+    // each in the file and a heap allocation each in memory).
+    let n_strings = c.len()?;
+    let table_at = c.pos();
+    for _ in 0..n_strings {
+        let n = c.len()?;
+        c.bytes(n)?;
     }
-    let name = |i: u64| -> Res<String> {
-        usize::try_from(i)
+    // Counts are claims: nothing is reserved for them, and each is held to a limit well
+    // above what a writer puts in one record (docs/format.md, "Limits").
+    let n = c.len()?;
+    if n > MAX_SYMBOL_ENTRIES {
+        return Err(Malformed(
+            "a symbols record names more addresses than any urec writes in one record",
+        ));
+    }
+    let mut entries: Vec<(u64, usize)> = Vec::new();
+    // (function, file + 1 or 0, line + 1 or 0) of every frame, entries' frames in order.
+    let mut frames: Vec<(u32, u32, u32)> = Vec::new();
+    let mut offset = 0u64;
+    let index = |i: u64| -> Res<u32> {
+        u32::try_from(i)
             .ok()
-            .and_then(|i| table.get(i))
-            .cloned()
+            .filter(|&i| (i as usize) < n_strings)
             .ok_or(Malformed(
                 "a symbol names a string the record does not hold",
             ))
     };
-    let n = c.len()?;
-    let mut entries = Vec::new();
-    let mut offset = 0u64;
-    for _ in 0..n {
-        offset = offset.wrapping_add(c.u64()?);
+    for i in 0..n {
+        let delta = c.u64()?;
+        // Strictly increasing: an address named twice is a repeat that costs a reader time
+        // and memory for nothing (the writer names each address once).
+        if i > 0 && delta == 0 {
+            return Err(Malformed(
+                "a symbols record names an address twice or out of order",
+            ));
+        }
+        offset = offset
+            .checked_add(delta)
+            .ok_or(Malformed("a symbol's offset is out of range"))?;
         let k = c.len()?;
         if k > MAX_INLINE_FRAMES {
             return Err(Malformed(
                 "an address has more inlined functions than any urec writes",
             ));
         }
-        let mut frames = Vec::new();
+        if frames.len() + k > MAX_SYMBOL_FRAMES {
+            return Err(Malformed(
+                "a symbols record holds more frames than any urec writes in one record",
+            ));
+        }
         for _ in 0..k {
-            let function = name(c.u64()?)?;
+            let function = index(c.u64()?)?;
             let file = match c.u64()? {
-                0 => None,
-                i => Some(name(i - 1)?),
+                0 => 0,
+                i => index(i - 1)? + 1,
             };
             let line = match c.u64()? {
-                0 => None,
-                l => Some(
-                    u32::try_from(l - 1).map_err(|_| Malformed("a source line out of range"))?,
-                ),
+                0 => 0,
+                l => u32::try_from(l)
+                    .ok()
+                    .filter(|&l| l < u32::MAX)
+                    .ok_or(Malformed("a source line out of range"))?,
             };
-            frames.push(SymbolFrame {
-                function,
-                file,
-                line,
-            });
+            frames.push((function, file, line));
         }
-        entries.push(SymbolEntry { offset, frames });
+        entries.push((offset, k));
     }
+    // The strings that frames use, each made once and shared by every frame naming it.
+    let mut strings: Vec<Option<Arc<str>>> = Vec::new();
+    strings.resize(n_strings, None);
+    for &(function, file, _) in &frames {
+        strings[function as usize] = Some(Arc::from(""));
+        if file > 0 {
+            strings[file as usize - 1] = Some(Arc::from(""));
+        }
+    }
+    let mut t = Cursor::at(c.buf(), table_at);
+    for slot in strings.iter_mut() {
+        let n = t.len()?;
+        let bytes = t.bytes(n)?;
+        if slot.is_some() {
+            *slot = Some(Arc::from(String::from_utf8_lossy(bytes)));
+        }
+    }
+    let name = |i: u32| strings[i as usize].clone().unwrap_or_else(|| Arc::from(""));
+    let mut all = frames.into_iter();
+    let entries = entries
+        .into_iter()
+        .map(|(offset, k)| SymbolEntry {
+            offset,
+            frames: all
+                .by_ref()
+                .take(k)
+                .map(|(function, file, line)| SymbolFrame {
+                    function: name(function),
+                    file: (file > 0).then(|| name(file - 1)),
+                    line: (line > 0).then(|| line - 1),
+                })
+                .collect(),
+        })
+        .collect();
     Ok(BinarySymbols {
         path,
         build_id,

@@ -8,6 +8,7 @@
 //! - [`FileOffset`]: a byte offset into the ELF file, which is what mappings and uprobes use.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// An address in the traced process's address space.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -366,10 +367,11 @@ pub struct SymbolEntry {
 /// One function of a [`SymbolEntry`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SymbolFrame {
-    /// Its name, demangled.
-    pub function: String,
+    /// Its name, demangled. Shared: a record names each string once, however many frames use
+    /// it, and a reader keeps it that way.
+    pub function: Arc<str>,
     /// The source file of the address within this function, when debug info gave one.
-    pub file: Option<String>,
+    pub file: Option<Arc<str>>,
     /// Its source line.
     pub line: Option<u32>,
 }

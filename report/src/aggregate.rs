@@ -4,10 +4,9 @@
 //! - `calls`: entry events; for return-only probes, return events.
 //! - `returns`: return events.
 //! - latency: the recorder's `latency_ns` on the return event when present; otherwise the return
-//!   is paired with the most recent unreturned entry of the same (process, thread, probe) — a
-//!   per-thread stack, so recursion nests properly — and latency is the difference of their
-//!   times. A measured return whose expected entry time lies clearly after the top pending entry
-//!   (that entry is an outer call and this call's entry was lost) leaves the stack alone.
+//!   is paired with its entry by [`crate::pairing`]'s rule (the most recent unreturned entry of
+//!   the same process, thread and probe whose time fits), and latency is the difference of their
+//!   times.
 //! - `in_flight`: entries still waiting for their return at the end of the file, in processes
 //!   that had not exited (or exec'd) by then; `unmatched`: returns with no entry to pair with,
 //!   plus entries left over in processes that ended.
@@ -22,10 +21,10 @@
 //! A stack is rebased the first time a (probe, incarnation, comm, stack id) key is seen, with the
 //! mappings in force at that event's time. Rebased stacks are (binary, file offset) lists, so
 //! equal call paths in different processes merge into one entry at once. Memory is therefore
-//! bounded by unique keys and stacks, plus the per-thread pending entries (threads × nesting
-//! depth, the depth capped at [`MAX_PENDING`]), never by the number of events.
+//! bounded by unique keys and stacks, plus the entries waiting for their return (threads ×
+//! nesting depth, within [`crate::pairing`]'s budget), never by the number of events.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::Path;
 
 use urec_format::{
@@ -39,6 +38,7 @@ use crate::breakdown::{
 };
 use crate::frames::{code_frames, FrameId, FrameKind, FrameTable, Location};
 use crate::histogram::{LatencyHistogram, LatencyStats};
+use crate::pairing::{Pairing, Waiting};
 use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolStats, Symbolizer};
 use crate::{Error, ReportOptions, SortKey};
@@ -373,12 +373,26 @@ struct Pending {
     hist: Option<Box<Option<i128>>>,
 }
 
-/// Entries kept waiting for their return per (process generation, thread, probe). The kernel
-/// installs no return probe beyond 64 nested calls of a thread (`MAX_URETPROBE_DEPTH`), so an
-/// entry this deep under newer ones can no longer be paired: a crafted file of entries without
-/// returns would otherwise hold all of them. When a thread passes the cap, its oldest entry is
-/// dropped and counted as unmatched (its return was lost, or never comes).
-pub(crate) const MAX_PENDING: usize = 1024;
+impl Waiting for Pending {
+    fn time_ns(&self) -> u64 {
+        self.time_ns
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let group = self.group.as_deref().map_or(0, |k| {
+            std::mem::size_of::<RawKey>()
+                + match k {
+                    RawKey::Arg(ArgKey::Str(b)) => b.len(),
+                    _ => 0,
+                }
+        });
+        let hist = self
+            .hist
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<Option<i128>>());
+        group + hist
+    }
+}
 
 type StackKey = (ProbeId, u32, u32, Option<StackId>);
 
@@ -410,7 +424,8 @@ pub(crate) struct Aggregator<'o> {
     slots: Vec<Slot>,
     agg: Vec<AggStack>,
     dedup: HashMap<DedupKey, u32>,
-    pending: FxMap<(u32, u32, ProbeId), VecDeque<Pending>>,
+    /// Entries waiting for their return, per (incarnation, thread, probe).
+    pending: Pairing<(u32, u32, ProbeId), Pending>,
     events: u64,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -459,7 +474,7 @@ impl<'o> Aggregator<'o> {
             slots: Vec::new(),
             agg: Vec::new(),
             dedup: HashMap::new(),
-            pending: FxMap::default(),
+            pending: Pairing::default(),
             events: 0,
             first_ns: None,
             last_ns: 0,
@@ -482,10 +497,15 @@ impl<'o> Aggregator<'o> {
     pub(crate) fn push(&mut self, record: Record) {
         self.spaces.apply(&record);
         match record {
-            Record::Probe(p) => self.probe(p),
+            Record::Probe(p) => {
+                // Each address the probes and stacks hold lets the symbols section name one.
+                self.embedded.allow(1);
+                self.probe(p)
+            }
             Record::Process(_) | Record::ProcessEvent(_) => {}
             Record::Mapping(_) => {}
             Record::Stack(s) => {
+                self.embedded.allow(s.frames.len() as u64);
                 self.stacks.insert(s.id, s);
             }
             Record::Event(e) => self.event(&e),
@@ -668,20 +688,16 @@ impl<'o> Aggregator<'o> {
                 self.hist_value(pi, ev);
             }
         }
-        // Capacity 1 to begin with: most threads wait for one call at a time, and a default
-        // deque of four per thread was a quarter of the memory of 240,000 short processes.
-        let queue = self
-            .pending
-            .entry((gen.id, ev.tid, ev.probe))
-            .or_insert_with(|| VecDeque::with_capacity(1));
-        let evicted = if queue.len() >= MAX_PENDING {
-            queue.pop_front()
-        } else {
-            None
-        };
-        queue.push_back(pending);
-        if let Some(old) = evicted {
-            self.abandon(pi, old, false);
+        // What the bound pushes out is unmatched: its return was lost, or never comes.
+        let mut evicted = Vec::new();
+        self.pending
+            .push((gen.id, ev.tid, ev.probe), pending, |(_, _, probe), old| {
+                evicted.push((probe, old))
+            });
+        for (probe, old) in evicted {
+            if let Some(&pi) = self.probe_index.get(&probe) {
+                self.abandon(pi, old, false);
+            }
         }
     }
 
@@ -787,24 +803,7 @@ impl<'o> Aggregator<'o> {
 
     fn pair_return(&mut self, pi: usize, ev: &Event, gen: Generation) {
         let key = (gen.id, ev.tid, ev.probe);
-        let popped = match self.pending.get_mut(&key) {
-            Some(stack) => match (stack.back(), ev.latency_ns) {
-                (None, _) => None,
-                (Some(top), Some(lat)) => {
-                    // The call began at `expected`; an entry well before it is an outer call.
-                    let expected = ev.time_ns.saturating_sub(lat);
-                    let slack = 1_000 + lat / 100;
-                    if top.time_ns.saturating_add(slack) < expected {
-                        None
-                    } else {
-                        stack.pop_back()
-                    }
-                }
-                (Some(_), None) => stack.pop_back(),
-            },
-            None => None,
-        };
-        // Empty stacks stay: a thread's next call reuses them (threads × probes at most).
+        let popped = self.pending.pop_fitting(&key, ev.time_ns, ev.latency_ns);
         let latency = match (ev.latency_ns, &popped) {
             (Some(lat), _) => Some(lat),
             (None, Some(entry)) => Some(ev.time_ns.saturating_sub(entry.time_ns)),
@@ -956,15 +955,14 @@ impl<'o> Aggregator<'o> {
         }
         self.check_arg_names()?;
         // Entries still waiting: in flight if their process lived on, unmatched otherwise.
-        let mut waiting: Vec<_> = std::mem::take(&mut self.pending).into_iter().collect();
+        let mut waiting = self.pending.drain();
         // In a fixed order: counting a call may add a group, and the cap must fall alike.
-        waiting.sort_unstable_by_key(|(key, _)| *key);
-        for ((gen, _tid, probe), queue) in waiting {
+        // (Stable: each key's entries stay oldest first.)
+        waiting.sort_by_key(|(key, _)| *key);
+        for ((gen, _tid, probe), entry) in waiting {
             if let Some(&pi) = self.probe_index.get(&probe) {
                 let in_flight = !self.spaces.incarnations().ended(gen);
-                for entry in queue {
-                    self.abandon(pi, entry, in_flight);
-                }
+                self.abandon(pi, entry, in_flight);
             }
         }
 

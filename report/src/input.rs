@@ -103,6 +103,9 @@ pub(crate) fn read_ahead<S>(
     if symbols || attach {
         for record in reader.metadata().flatten() {
             match record {
+                // Each address the stacks and probes hold lets the section name one.
+                Record::Stack(s) if symbols => got.embedded.allow(s.frames.len() as u64),
+                Record::Probe(_) if symbols => got.embedded.allow(1),
                 Record::Symbols(s) if symbols => got.embedded.push(s),
                 Record::Finish(f) if attach => got.attach_ns = Some(f.attach_ns),
                 _ => {}

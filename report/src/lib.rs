@@ -45,6 +45,7 @@ mod input;
 mod interner;
 pub mod json;
 pub mod merge;
+mod pairing;
 pub mod perfetto;
 pub mod pprof;
 pub mod processes;

@@ -24,9 +24,9 @@
 //! # Memory
 //! Events are reordered in a bounded window as `urec script` does
 //! ([`crate::script::REORDER_NS`] of event time, [`crate::script::REORDER_BYTES`] bytes) and
-//! written at once; what is kept is per thread (its open calls, at most
-//! [`crate::aggregate::MAX_PENDING`] deep) and per distinct stack, frame and name (the interning
-//! tables), never per event.
+//! written at once; what is kept is per thread (its open calls, within [`crate::pairing`]'s
+//! bound: a call pushed out stays open in the trace and is counted in the summary's
+//! `evicted`) and per distinct stack, frame and name (the interning tables), never per event.
 //!
 //! Field numbers below are those of Perfetto's protos (protos/perfetto/trace/...:
 //! `trace.proto`, `trace_packet.proto`, `track_event/track_event.proto`,
@@ -35,15 +35,16 @@
 //! `interned_data/interned_data.proto`, `profiling/profile_common.proto`, `clock_snapshot.proto`),
 //! as perfetto 0.59's `perfetto_trace_pb2` states them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 
-use urec_format::{Event, EventKind, Probe, ProbeId, ProbeKind, Record, StackId};
+use urec_format::{plural, Event, EventKind, Probe, ProbeId, ProbeKind, Record, StackId};
 
-use crate::aggregate::{answers_to, FxMap, MAX_PENDING};
+use crate::aggregate::{answers_to, FxMap};
 use crate::args::format_arg;
 use crate::frames::code_frames;
+use crate::pairing::{fits, Pairing, Waiting};
 use crate::proto::Msg;
 use crate::rebase::AddressSpaces;
 use crate::reorder::Reorder;
@@ -129,6 +130,9 @@ pub struct PerfettoSummary {
     pub instants: u64,
     /// Calls still running at the stop.
     pub in_flight: u64,
+    /// Calls left open in the trace because more waited for their returns at once than the
+    /// bound allows (only crafted files get there: [`crate::pairing`]).
+    pub evicted: u64,
     /// Warnings (truncation, symbolization problems), each once.
     pub warnings: Vec<String>,
 }
@@ -180,6 +184,13 @@ fn write_source(
     w.finish(out)?;
     let mut warnings = status.warnings;
     warnings.extend(w.symbolizer.take_warnings());
+    if w.summary.evicted > 0 {
+        warnings.push(format!(
+            "{} left open in the trace: more calls waited for their returns at once than \
+             a report keeps",
+            plural(w.summary.evicted, "call", "calls")
+        ));
+    }
     for name in &opts.filter.probes {
         if !w.probes.values().any(|p| answers_to(&p.probe, name)) {
             let mut available: Vec<&str> =
@@ -210,10 +221,10 @@ struct Open {
     time_ns: u64,
 }
 
-#[derive(Default)]
-struct Thread {
-    uuid: u64,
-    open: VecDeque<Open>,
+impl Waiting for Open {
+    fn time_ns(&self) -> u64 {
+        self.time_ns
+    }
 }
 
 struct Writer<'o> {
@@ -225,8 +236,11 @@ struct Writer<'o> {
     stacks: FxMap<StackId, urec_format::Stack>,
     /// Tracks described so far: process incarnation → uuid.
     processes: FxMap<u32, u64>,
-    /// (incarnation, tid) → the thread's track and open calls.
-    threads: FxMap<(u32, u32), Thread>,
+    /// (incarnation, tid) → the thread's track uuid.
+    threads: FxMap<(u32, u32), u64>,
+    /// (incarnation, tid) → its open calls, innermost on top: one stack per thread, across
+    /// probes, as slices on a track must nest.
+    open: Pairing<(u32, u32), Open>,
     /// Interning tables (ids start at 1: 0 means "none").
     event_names: HashMap<String, u64>,
     strings: HashMap<String, u64>,
@@ -279,6 +293,7 @@ impl<'o> Writer<'o> {
             stacks: FxMap::default(),
             processes: FxMap::default(),
             threads: FxMap::default(),
+            open: Pairing::default(),
             event_names: HashMap::new(),
             strings: HashMap::new(),
             sources: HashMap::new(),
@@ -482,8 +497,8 @@ impl<'o> Writer<'o> {
             .incarnations_mut()
             .at_or_new(ev.pid, ev.time_ns)
             .id;
-        if let Some(t) = self.threads.get(&(inc, ev.tid)) {
-            return Ok((inc, t.uuid));
+        if let Some(&uuid) = self.threads.get(&(inc, ev.tid)) {
+            return Ok((inc, uuid));
         }
         let incarnations = self.spaces.incarnations();
         let comm = incarnations
@@ -512,13 +527,7 @@ impl<'o> Writer<'o> {
         track.msg(TRACK_THREAD, &t);
         self.packet.msg(PACKET_TRACK_DESCRIPTOR, &track);
         self.emit(out)?;
-        self.threads.insert(
-            (inc, ev.tid),
-            Thread {
-                uuid,
-                open: VecDeque::new(),
-            },
-        );
+        self.threads.insert((inc, ev.tid), uuid);
         Ok((inc, uuid))
     }
 
@@ -548,34 +557,32 @@ impl<'o> Writer<'o> {
         match (ev.kind, kind) {
             (EventKind::Entry, ProbeKind::EntryReturn) => {
                 let callstack = self.callstack_iid(ev, inc);
-                let thread = self.threads.entry((inc, ev.tid)).or_default();
-                if thread.open.len() >= MAX_PENDING {
-                    // Too deep to be real (the kernel stops at 64 nested uretprobes): the oldest
-                    // call's return will never be matched; it stays open in the trace.
-                    thread.open.pop_front();
-                }
-                thread.open.push_back(Open {
-                    probe: ev.probe,
-                    time_ns: ev.time_ns,
-                });
+                // A call the bound pushes out will never be matched: it stays open in the
+                // trace, and is counted.
+                let evicted = &mut self.summary.evicted;
+                self.open.push(
+                    (inc, ev.tid),
+                    Open {
+                        probe: ev.probe,
+                        time_ns: ev.time_ns,
+                    },
+                    |_, _| *evicted += 1,
+                );
                 self.track_event(ev, track, TYPE_SLICE_BEGIN, name_iid, callstack, &[], out)?;
                 self.summary.slices += 1;
             }
             (EventKind::Return, ProbeKind::EntryReturn) => {
-                let thread = self.threads.entry((inc, ev.tid)).or_default();
-                // The innermost open call of this probe, if its entry time fits the measured
-                // latency (an older one is an outer call: this call's entry was lost).
-                let found = thread.open.iter().rposition(|o| {
-                    o.probe == ev.probe
-                        && ev.latency_ns.is_none_or(|lat| {
-                            let expected = ev.time_ns.saturating_sub(lat);
-                            o.time_ns.saturating_add(1_000 + lat / 100) >= expected
-                        })
+                // The innermost open call of this probe whose entry time fits (an older one
+                // is an outer call: this call's entry was lost).
+                let key = (inc, ev.tid);
+                let found = self.open.iter_from_top(&key).position(|o| {
+                    o.probe == ev.probe && fits(o.time_ns, ev.time_ns, ev.latency_ns)
                 });
                 match found {
-                    Some(i) => {
-                        let above = thread.open.len() - i - 1;
-                        thread.open.truncate(i);
+                    Some(above) => {
+                        for _ in 0..=above {
+                            self.open.pop(&key);
+                        }
                         for _ in 0..above {
                             self.end(
                                 ev.time_ns,
@@ -700,11 +707,16 @@ impl<'o> Writer<'o> {
         };
         // In flight if the process lived on; in one that ended, the returns were lost (as the
         // report counts them: unmatched).
-        let mut threads: Vec<(u64, usize, bool)> = self
-            .threads
-            .iter()
-            .filter(|(_, t)| !t.open.is_empty())
-            .map(|(&(inc, _), t)| (t.uuid, t.open.len(), self.spaces.incarnations().ended(inc)))
+        let mut open: FxMap<(u32, u32), usize> = FxMap::default();
+        for (key, _) in self.open.drain() {
+            *open.entry(key).or_default() += 1;
+        }
+        let mut threads: Vec<(u64, usize, bool)> = open
+            .into_iter()
+            .filter_map(|(key, n)| {
+                let uuid = *self.threads.get(&key)?;
+                Some((uuid, n, self.spaces.incarnations().ended(key.0)))
+            })
             .collect();
         threads.sort_unstable();
         for (uuid, open, ended) in threads {

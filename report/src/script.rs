@@ -49,6 +49,7 @@ use urec_format::{Avma, Event, EventKind, ProbeId, Record, StackId};
 use crate::args::format_arg;
 use crate::frames::code_frames;
 use crate::input::Ahead;
+use crate::pairing::Pairing;
 use crate::rebase::AddressSpaces;
 use crate::reorder::{Reorder, Timed};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
@@ -282,7 +283,7 @@ struct Printer<'o> {
     /// The attach time (`--time`'s origin), when known.
     attach_ns: Option<u64>,
     /// Entries waiting for their return (latency filters), per (incarnation, tid, probe).
-    waiting: HashMap<(u32, u32, ProbeId), std::collections::VecDeque<Event>>,
+    waiting: Pairing<(u32, u32, ProbeId), Event>,
     /// Events left out by filters.
     filtered: u64,
     /// The probes `--probe` selects.
@@ -320,7 +321,7 @@ impl<'o> Printer<'o> {
                 0
             },
             attach_ns,
-            waiting: HashMap::new(),
+            waiting: Pairing::default(),
             filtered: 0,
             selected: std::collections::HashSet::new(),
             spaces: AddressSpaces::new(),
@@ -359,16 +360,14 @@ impl<'o> Printer<'o> {
         let key = (incarnation, ev.tid, ev.probe);
         match (ev.kind, kind) {
             (EventKind::Entry, Some(urec_format::ProbeKind::EntryReturn)) => {
-                let queue = self.waiting.entry(key).or_default();
-                if queue.len() >= crate::aggregate::MAX_PENDING {
-                    queue.pop_front();
-                    self.filtered += 1;
-                }
-                queue.push_back(ev);
+                // An entry the bound pushes out can never be judged: filtered, as one
+                // whose return never comes.
+                let filtered = &mut self.filtered;
+                self.waiting.push(key, ev, |_, _| *filtered += 1);
                 None
             }
             (EventKind::Return, Some(urec_format::ProbeKind::EntryReturn)) => {
-                let entry = self.waiting.get_mut(&key).and_then(|q| q.pop_back());
+                let entry = self.waiting.pop_fitting(&key, ev.time_ns, ev.latency_ns);
                 let latency = ev
                     .latency_ns
                     .or_else(|| entry.as_ref().map(|e| ev.time_ns.saturating_sub(e.time_ns)));

@@ -924,8 +924,8 @@ fn embedded_symbols_precedence() {
         file: line.map(|_| "host.c".into()),
         line,
     };
-    let embedded = |path: &str| EmbeddedSymbols {
-        binaries: vec![EmbeddedBinary {
+    let embedded = |path: &str| {
+        EmbeddedSymbols::from_binaries(vec![EmbeddedBinary {
             path: path.into(),
             build_id: Some(pie.build_id.clone()),
             frames: [
@@ -936,7 +936,7 @@ fn embedded_symbols_precedence() {
                 ),
             ]
             .into(),
-        }],
+        }])
     };
     // No local file: the embedded frames, inline depths from their order, and no warning.
     let gone = "/nonexistent/urec-test/embedded/pie";
@@ -965,13 +965,11 @@ fn embedded_symbols_precedence() {
     let (nleaf, _) = nodebug.sym("leaf");
     let path = p(&nodebug.path);
     let mut sym = symbolizer();
-    sym.set_embedded(EmbeddedSymbols {
-        binaries: vec![EmbeddedBinary {
-            path: path.clone(),
-            build_id: None,
-            frames: [(nodebug.offset_of(nleaf), vec![frame("leaf", Some(3))])].into(),
-        }],
-    });
+    sym.set_embedded(EmbeddedSymbols::from_binaries(vec![EmbeddedBinary {
+        path: path.clone(),
+        build_id: None,
+        frames: [(nodebug.offset_of(nleaf), vec![frame("leaf", Some(3))])].into(),
+    }]));
     let s = spaces(nodebug.mappings(1, 0, PIE_BASE, &path, None));
     let frames = resolve(&s, &mut sym, 1, 5, PIE_BASE + nleaf, false);
     assert_eq!((names(&frames), frames[0].line), (vec!["leaf"], Some(3)));

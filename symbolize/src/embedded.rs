@@ -3,48 +3,109 @@
 //! what the host saw; local files with the recorded build id still win when they say more.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use urec_format::BuildId;
 
 /// Symbols embedded in a recording, in the shape the symbolizer asks them: plain data, filled
 /// by whoever reads the data file's symbols section.
+///
+/// A crafted section may name far more addresses than the recording could ever look up (the
+/// same entry repeated, or millions of made-up offsets that compress to nothing): what is kept
+/// is held to what the recording's own stacks and probes can use. Each address the reader
+/// meets in a stack or a probe [allows](EmbeddedSymbols::allow) one named address (and 16
+/// functions for it on average); entries past that are ignored and counted, so memory follows
+/// what the file really holds.
 #[derive(Clone, Debug, Default)]
 pub struct EmbeddedSymbols {
     /// One entry per binary.
     pub binaries: Vec<EmbeddedBinary>,
+    index: HashMap<(String, Option<BuildId>), usize>,
+    allowed: u64,
+    kept: u64,
+    frames: u64,
+    ignored: u64,
 }
 
+/// Named addresses kept whatever the stacks hold: a recording of entry-only probes has no
+/// stacks, and these few cost at most a few megabytes.
+const FLOOR_ADDRESSES: u64 = 1024;
+
+/// Functions per kept address on average (inline chains are a few deep; heavily templated
+/// C++ reaches a dozen), beyond the floor's.
+const FRAMES_PER_ADDRESS: u64 = 16;
+
 impl EmbeddedSymbols {
-    /// Adds one record of a data file's symbols section (a binary may come in several).
-    pub fn push(&mut self, record: urec_format::BinarySymbols) {
-        let index = match self
-            .binaries
-            .iter()
-            .position(|b| b.path == record.path && b.build_id == record.build_id)
-        {
-            Some(i) => i,
-            None => {
-                self.binaries.push(EmbeddedBinary {
-                    path: record.path,
-                    build_id: record.build_id,
-                    frames: HashMap::new(),
-                });
-                self.binaries.len() - 1
-            }
-        };
-        let frames = &mut self.binaries[index].frames;
-        for e in record.entries {
-            let list = e
-                .frames
-                .into_iter()
-                .map(|f| EmbeddedFrame {
-                    function: f.function,
-                    file: f.file,
-                    line: f.line,
-                })
-                .collect();
-            frames.entry(e.offset).or_insert(list);
+    /// Symbols given whole (tests, or another source than a data file): nothing is held back.
+    pub fn from_binaries(binaries: Vec<EmbeddedBinary>) -> Self {
+        EmbeddedSymbols {
+            binaries,
+            allowed: u64::MAX,
+            ..Default::default()
         }
+    }
+
+    /// Allows `addresses` more named addresses: the frames of a stack record, or one per
+    /// probe, as the reader meets them (before the symbols section, which comes last).
+    pub fn allow(&mut self, addresses: u64) {
+        self.allowed = self.allowed.saturating_add(addresses);
+    }
+
+    /// Adds one record of a data file's symbols section (a binary may come in several),
+    /// within what [`EmbeddedSymbols::allow`] allowed.
+    pub fn push(&mut self, record: urec_format::BinarySymbols) {
+        let allowed = self.allowed.saturating_add(FLOOR_ADDRESSES);
+        let frames_allowed = allowed.saturating_mul(FRAMES_PER_ADDRESS);
+        let mut list = None;
+        for e in record.entries {
+            let k = e.frames.len() as u64;
+            if self.kept >= allowed || self.frames.saturating_add(k) > frames_allowed {
+                self.ignored += 1;
+                continue;
+            }
+            let i = match list {
+                Some(i) => i,
+                None => {
+                    let key = (record.path.clone(), record.build_id.clone());
+                    let i = *self.index.entry(key).or_insert_with(|| {
+                        self.binaries.push(EmbeddedBinary {
+                            path: record.path.clone(),
+                            build_id: record.build_id.clone(),
+                            frames: HashMap::new(),
+                        });
+                        self.binaries.len() - 1
+                    });
+                    list = Some(i);
+                    i
+                }
+            };
+            let frames = &mut self.binaries[i].frames;
+            if let std::collections::hash_map::Entry::Vacant(slot) = frames.entry(e.offset) {
+                slot.insert(
+                    e.frames
+                        .into_iter()
+                        .map(|f| EmbeddedFrame {
+                            function: f.function,
+                            file: f.file,
+                            line: f.line,
+                        })
+                        .collect(),
+                );
+                self.kept += 1;
+                self.frames += k;
+            }
+        }
+    }
+
+    /// What was ignored, as a warning: `None` when every entry fit.
+    pub fn ignored_warning(&self) -> Option<String> {
+        (self.ignored > 0).then(|| {
+            format!(
+                "the symbols section names more addresses than the recording's stacks and \
+                 probes can use: {} ignored after {} kept",
+                self.ignored, self.kept
+            )
+        })
     }
 
     /// Whether no binary is named.
@@ -69,10 +130,10 @@ pub struct EmbeddedBinary {
 /// One embedded frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EmbeddedFrame {
-    /// The function, demangled.
-    pub function: String,
+    /// The function, demangled (shared with every other frame of that name).
+    pub function: Arc<str>,
     /// Source file, when the host's debug info gave one.
-    pub file: Option<String>,
+    pub file: Option<Arc<str>>,
     /// Source line, when the host's debug info gave one.
     pub line: Option<u32>,
 }

@@ -172,6 +172,9 @@ impl Symbolizer {
     /// (see the crate doc). Several calls add up (several recordings); where two name the same
     /// (binary, offset), the first stays. Frames already symbolized are resolved again.
     pub fn set_embedded(&mut self, symbols: EmbeddedSymbols) {
+        if let Some(w) = symbols.ignored_warning() {
+            self.warnings.push(w);
+        }
         self.embedded.add(symbols);
         self.cache.clear();
     }
@@ -315,7 +318,12 @@ impl Symbolizer {
             let frames: Vec<Frame> = (0..)
                 .zip(frames)
                 .map(|(depth, f)| {
-                    Frame::function(f.function.clone(), f.file.clone(), f.line, depth)
+                    Frame::function(
+                        f.function.to_string(),
+                        f.file.as_deref().map(str::to_string),
+                        f.line,
+                        depth,
+                    )
                 })
                 .collect();
             if has_line(&frames) {

@@ -41,7 +41,7 @@ pub fn sample_symbols() -> Vec<BinarySymbols> {
                 .map(|i| SymbolEntry {
                     offset: 0x20000 + i * 16,
                     frames: vec![SymbolFrame {
-                        function: format!("f{}", i % 300),
+                        function: format!("f{}", i % 300).into(),
                         file: None,
                         line: None,
                     }],
