@@ -254,7 +254,7 @@ pub fn decode(bytes: &[u8], ip: u64) -> Option<Insn> {
 }
 
 /// Length and AT&T text of a decoded instruction.
-fn describe(insn: &iced_x86::Instruction) -> Insn {
+pub(crate) fn describe(insn: &iced_x86::Instruction) -> Insn {
     let mut text = String::new();
     let mut fmt = GasFormatter::new();
     fmt.options_mut().set_space_after_operand_separator(false);

@@ -54,6 +54,7 @@
 
 use std::path::PathBuf;
 
+pub mod control_flow;
 mod elf;
 mod glob;
 mod ifunc;
@@ -67,7 +68,7 @@ mod target;
 mod usdt;
 mod usdt_resolve;
 
-pub use insn::{InsnHandling, KernelUprobes, Refusal};
+pub use insn::{Insn, InsnHandling, KernelUprobes, Refusal};
 pub use predicate::{
     CmpOp, Expr, Predicate, Value, MAX_COMPARISONS, MAX_OPERANDS, MAX_STRING,
     MAX_STRING_COMPARISONS,
