@@ -185,15 +185,7 @@ fn resolve_in(
     index: &mut BTreeMap<(FileId, u64), usize>,
 ) -> Result<(), SpecError> {
     if let FunctionSpec::Usdt { provider, name } = &spec.function {
-        crate::usdt_resolve::add(
-            spec,
-            bin,
-            provider.as_deref(),
-            name,
-            kernel,
-            &mut out.probes,
-            index,
-        )?;
+        crate::usdt_resolve::add(spec, bin, provider.as_deref(), name, kernel, out, index)?;
         return Ok(());
     }
     let locations = locate(spec, bin, opts, &mut out.warnings)?;
