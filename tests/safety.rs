@@ -264,3 +264,92 @@ fn the_ifunc_suggestion_counts_every_call() {
     ]);
     assert_eq!(calls(&data), vec![(spec.to_string(), 1000)]);
 }
+
+/// `f` jumps over a data byte: `jmp 1f; .byte 0xb8; 1: mov $0x11223344,%ecx`. Decoded
+/// linearly from `f`, +0x2 is `mov $0x223344b9,%eax` and +0x7 starts an instruction; the
+/// program runs the `mov` at +0x3, which covers +0x7 (a probe there once made it print
+/// `cc223344`). Calls `f` argv[1] times and prints what it returned.
+const JUMP_OVER_DATA_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+unsigned f(void);
+__asm__(".text\n.globl f\n.type f,@function\nf:\n"
+        "  jmp 1f\n"
+        "  .byte 0xb8\n"
+        "1: mov $0x11223344,%ecx\n"
+        "  mov %ecx,%eax\n"
+        "  ret\n"
+        ".size f, .-f\n");
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 1;
+    unsigned v = 0;
+    for (int i = 0; i < n; i++)
+        v = f();
+    printf("%x\n", v);
+    return 0;
+}
+"#;
+
+#[test]
+fn boundaries_follow_control_flow_over_data_in_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = common::build_c(dir.path(), "jump_over_data", JUMP_OVER_DATA_C, &["-O2"]);
+    let bin_s = bin.to_str().unwrap_or_default();
+    let data = dir.path().join("urec.data");
+    let data_s = data.to_str().unwrap_or_default();
+    let run = |spec: &str| {
+        urec(&[
+            "record",
+            "-q",
+            "-e",
+            &format!("{bin_s}:{spec}"),
+            "-o",
+            data_s,
+            "--",
+            bin_s,
+            "1000",
+        ])
+    };
+    let direct = Command::new(&bin)
+        .arg("1000")
+        .output()
+        .expect("run fixture");
+    assert_eq!(String::from_utf8_lossy(&direct.stdout), "11223344\n");
+
+    // Inside the executed `mov`, though a linear decoding starts an instruction there.
+    let out = run("f+0x7");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains(
+            "f+0x7 lies inside the 5-byte instruction `mov $0x11223344,%ecx` at f+0x3, which the \
+             jump at f reaches"
+        ) && e.contains("overlaps the instruction the code executes")
+            && e.contains("the nearest instruction boundaries are f+0x3 and f+0x8"),
+        "{e}"
+    );
+    assert!(!data.exists(), "a refused spec wrote a file");
+    // The skipped byte is data, not an instruction.
+    let out = run("f+0x2");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("f+0x2 lies in bytes no path from f's entry reaches")
+            && e.contains("data a jump skips"),
+        "{e}"
+    );
+
+    if !have_root() {
+        return;
+    }
+    // The real start of the executed `mov`: counted exactly, the program's output unchanged.
+    let out = run("f+0x3");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "11223344\n");
+    assert_eq!(calls(&data), vec![(format!("{bin_s}:f+0x3"), 1000)]);
+}

@@ -789,3 +789,145 @@ fn bad_usdt_specs_exit_2() {
     assert!(err.contains("script (`#!/bin/sh`)"), "{err}");
     assert!(err.contains(&format!("e.g. {p}")), "{err}");
 }
+
+/// Three hand-written `.note.stapsdt` notes, laid out as sys/sdt.h writes them:
+/// `crafted:good` at a `nop` (no semaphore); `crafted:inside` whose pc lies inside the 3-byte
+/// `imul` of `site_inside` (a probe there killed the program); `crafted:gotplt` at a `nop`
+/// whose semaphore is `crafted_gotplt_entry`, which the link sets to puts's `.got.plt` slot
+/// (the kernel's increment of it killed the program with SIGSEGV).
+const CRAFTED_S: &str = r#"
+	.text
+	.globl site_inside
+	.type site_inside,@function
+site_inside:
+	mov %edi,%eax           # +0x0, 2 bytes
+	imul %esi,%eax          # +0x2, 3 bytes: the note's pc is +0x3
+	ret
+	.size site_inside, .-site_inside
+
+	.globl site_good
+	.type site_good,@function
+site_good:
+	mov %edi,%eax
+980:	nop
+981:	nop
+	ret
+	.size site_good, .-site_good
+
+.macro note pc, sema, name
+	.pushsection .note.stapsdt,"?","note"
+	.balign 4
+	.4byte 992f-991f, 994f-993f, 3
+991:	.asciz "stapsdt"
+992:	.balign 4
+993:	.8byte \pc
+	.8byte _.stapsdt.base
+	.8byte \sema
+	.asciz "crafted"
+	.asciz "\name"
+	.asciz ""
+994:	.balign 4
+	.popsection
+.endm
+	note 980b, 0, good
+	note site_inside+3, 0, inside
+	note 981b, crafted_gotplt_entry, gotplt
+
+	.pushsection .stapsdt.base,"aG","progbits",.stapsdt.base,comdat
+	.weak _.stapsdt.base
+	.hidden _.stapsdt.base
+_.stapsdt.base:
+	.space 1
+	.size _.stapsdt.base, 1
+	.popsection
+	.section .note.GNU-stack,"",@progbits
+"#;
+
+/// Calls both functions argv[1] times, printing through puts (whose `.got.plt` slot the bad
+/// semaphore names); exits 3.
+const CRAFTED_MAIN_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+int site_inside(int, int);
+int site_good(int);
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 1;
+    long s = 0;
+    for (int i = 0; i < n; i++) {
+        s += site_inside(i, 3) + site_good(i);
+        puts("tick");
+    }
+    printf("sum %ld\n", s);
+    return 3;
+}
+"#;
+
+#[test]
+fn crafted_sites_inside_instructions_and_semaphores_in_the_got_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, c) = (dir.path().join("crafted.S"), dir.path().join("main.c"));
+    std::fs::write(&s, CRAFTED_S).unwrap();
+    std::fs::write(&c, CRAFTED_MAIN_C).unwrap();
+    let exe = dir.path().join("crafted");
+    common::gcc(
+        &exe,
+        &[c, s],
+        &[
+            "-O2",
+            "-Wl,-z,lazy",
+            "-Wl,--defsym=crafted_gotplt_entry=_GLOBAL_OFFSET_TABLE_+24",
+        ],
+    );
+    let p = exe.to_str().unwrap();
+    let data = dir.path().join("urec.data");
+    let data_s = data.to_str().unwrap();
+    let run = |spec: &str| urec(&["record", "-e", spec, "-o", data_s, "--", p, "5"]);
+    let direct = Command::new(&exe).arg("5").output().unwrap();
+    assert_eq!(direct.status.code(), Some(3));
+    let expected = String::from_utf8_lossy(&direct.stdout).into_owned();
+    assert!(expected.ends_with("sum 40\n"), "{expected}");
+
+    let out = run(&format!("usdt:{p}:crafted:inside"));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("usdt:crafted:inside: its site")
+            && e.contains(
+                "site_inside+0x3 lies inside the 3-byte instruction `imul %esi,%eax` at \
+                 site_inside+0x2"
+            ),
+        "{e}"
+    );
+    let out = run(&format!("usdt:{p}:crafted:gotplt"));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("usdt:crafted:gotplt: its semaphore")
+            && e.contains("it lies in .got.plt, which holds addresses the dynamic linker fills in"),
+        "{e}"
+    );
+    assert!(!data.exists(), "a refused spec wrote a file");
+
+    if !have_root() {
+        return;
+    }
+    // A glob skips both, says why, and counts the good site; the program runs as without urec.
+    let out = run(&format!("usdt:{p}:crafted:*"));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{e}");
+    assert!(
+        e.contains(
+            "skipped 2 USDT sites that cannot be probed: usdt:crafted:inside, usdt:crafted:gotplt"
+        ),
+        "{e}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&urec_ok(&["report", "-i", data_s, "--json", "-"])).unwrap();
+    assert_eq!(
+        json["functions"].as_array().map(Vec::len),
+        Some(1),
+        "{json}"
+    );
+    assert_eq!(json["functions"][0]["calls"], 5, "{json}");
+}

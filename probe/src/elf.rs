@@ -323,6 +323,120 @@ impl Binary {
         Svma(vaddr).to_file_offset(&self.segments).map(|o| o.0)
     }
 
+    /// Why the kernel must not count a USDT semaphore at `vaddr` (a `u16`), or None when it
+    /// lies in writable data nothing else writes. The kernel adds 1 to those two bytes of every
+    /// process mapping the file while the probe is attached, whatever they hold: a semaphore
+    /// address that points into the GOT (a corrupt or crafted note) turns a function pointer
+    /// into a wild one, and the program dies of SIGSEGV at its next call through it. So the
+    /// bytes must be in a writable, file-backed, allocated section that is not filled in by the
+    /// dynamic linker (no GOT, `.dynamic`, constructor array or RELRO data, and no dynamic
+    /// relocation writing them), and in a writable PT_LOAD.
+    pub fn semaphore_problem(&self, vaddr: u64) -> Option<String> {
+        use object::read::elf::{ElfFile64, ProgramHeader};
+        use object::{ObjectSection, SectionFlags, SectionKind};
+        const SHF_WRITE: u64 = 1;
+        const SHF_ALLOC: u64 = 2;
+        const SHF_EXECINSTR: u64 = 4;
+        const SHF_TLS: u64 = 0x400;
+        const PT_LOAD: u32 = 1;
+        const PF_W: u32 = 2;
+        const PT_GNU_RELRO: u32 = 0x6474_e552;
+        let end = vaddr.checked_add(2)?;
+        let within = |start: u64, size: u64| vaddr >= start && end <= start.saturating_add(size);
+        let Ok(elf) = ElfFile64::<object::Endianness, _>::parse(&self.data) else {
+            return Some("urec cannot read the file's program headers to check it".into());
+        };
+        let endian = elf.endian();
+        let headers = elf.elf_program_headers();
+        let load = headers.iter().find(|h| {
+            h.p_type(endian).0 == PT_LOAD
+                && within(h.p_vaddr(endian), h.p_filesz(endian).min(h.p_memsz(endian)))
+        });
+        match load {
+            None => {
+                return Some(
+                    "it is not in the file-backed part of a segment, so the kernel cannot count \
+                     it"
+                    .into(),
+                )
+            }
+            Some(h) if h.p_flags(endian).0 & PF_W == 0 => {
+                return Some("it is in a read-only segment".into())
+            }
+            Some(_) => {}
+        }
+        // Without section headers (stripped by sstrip) the segment is all there is to check.
+        let allocated: Vec<_> = elf
+            .sections()
+            .filter(|s| matches!(s.flags(), SectionFlags::Elf { sh_flags, .. } if sh_flags.0 & SHF_ALLOC != 0))
+            .collect();
+        if !allocated.is_empty() {
+            let Some(section) = allocated.iter().find(|s| within(s.address(), s.size())) else {
+                return Some("it lies in no section of the file".into());
+            };
+            let name = section.name().unwrap_or("?");
+            let flags = match section.flags() {
+                SectionFlags::Elf { sh_flags, .. } => sh_flags.0,
+                _ => 0,
+            };
+            const FILLED_BY_LD_SO: [&str; 10] = [
+                ".got",
+                ".got.plt",
+                ".plt.got",
+                ".dynamic",
+                ".init_array",
+                ".fini_array",
+                ".preinit_array",
+                ".ctors",
+                ".dtors",
+                ".tm_clone_table",
+            ];
+            if FILLED_BY_LD_SO.contains(&name) || name.starts_with(".data.rel.ro") {
+                return Some(format!(
+                    "it lies in {name}, which holds addresses the dynamic linker fills in, not \
+                     a program's data: the kernel's increment would corrupt one"
+                ));
+            }
+            if flags & SHF_WRITE == 0 || flags & SHF_EXECINSTR != 0 {
+                return Some(format!("it lies in {name}, which is not writable data"));
+            }
+            if flags & SHF_TLS != 0
+                || matches!(
+                    section.kind(),
+                    SectionKind::UninitializedData | SectionKind::UninitializedTls
+                )
+            {
+                return Some(format!(
+                    "it lies in {name}, which is thread-local or not in the file"
+                ));
+            }
+        }
+        if headers.iter().any(|h| {
+            let start = h.p_vaddr(endian);
+            h.p_type(endian).0 == PT_GNU_RELRO
+                && vaddr < start.saturating_add(h.p_memsz(endian))
+                && end > start
+        }) {
+            return Some(
+                "it lies in the part the dynamic linker makes read-only after relocating it \
+                 (PT_GNU_RELRO)"
+                    .into(),
+            );
+        }
+        if let Some(relocs) = elf.dynamic_relocations() {
+            for (at, _) in relocs {
+                // A relocation writes up to 8 bytes at `at`.
+                if at < end && vaddr < at.saturating_add(8) {
+                    return Some(format!(
+                        "the dynamic linker writes an address at {at:#x}, over it (a dynamic \
+                         relocation): the kernel's increment would corrupt it"
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     fn frame_pointer_fraction(&self) -> f32 {
         let mut starts: Vec<u64> = self
             .functions

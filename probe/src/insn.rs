@@ -254,7 +254,7 @@ pub fn decode(bytes: &[u8], ip: u64) -> Option<Insn> {
 }
 
 /// Length and AT&T text of a decoded instruction.
-fn describe(insn: &iced_x86::Instruction) -> Insn {
+pub(crate) fn describe(insn: &iced_x86::Instruction) -> Insn {
     let mut text = String::new();
     let mut fmt = GasFormatter::new();
     fmt.options_mut().set_space_after_operand_separator(false);
@@ -263,34 +263,6 @@ fn describe(insn: &iced_x86::Instruction) -> Insn {
         len: insn.len(),
         text: text.split_whitespace().collect::<Vec<_>>().join(" "),
     }
-}
-
-/// Where `target` lies among the instructions of the code `code` that starts at `start`
-/// (decoded linearly, as compilers lay functions out): `Ok(())` at an instruction boundary,
-/// else the instruction containing it (its address and decoding), or None when the code does
-/// not decode up to `target`.
-pub fn check_boundary(code: &[u8], start: u64, target: u64) -> Result<(), Option<(u64, Insn)>> {
-    if target < start {
-        return Err(None);
-    }
-    let mut decoder = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
-    while decoder.can_decode() {
-        let ip = decoder.ip();
-        if ip == target {
-            return Ok(());
-        }
-        let insn = decoder.decode();
-        if insn.is_invalid() {
-            return Err(None);
-        }
-        if target < decoder.ip() {
-            return Err(Some((ip, describe(&insn))));
-        }
-    }
-    if decoder.ip() == target {
-        return Ok(());
-    }
-    Err(None)
 }
 
 /// Classifies the instruction at the start of `bytes` (x86-64) for the kernel `kernel`.
@@ -549,26 +521,6 @@ mod tests {
             })
         );
         assert_eq!(KernelUprobes::from_kallsyms("0 T foo\n"), None);
-    }
-
-    #[test]
-    fn boundaries() {
-        // malloc's start on Debian 12: endbr64; push %r12; push %rbp; mov %rdi,%rbp; push %rbx
-        let code = [
-            0xf3, 0x0f, 0x1e, 0xfa, 0x41, 0x54, 0x55, 0x48, 0x89, 0xfd, 0x53,
-        ];
-        assert_eq!(check_boundary(&code, 0x1000, 0x1000), Ok(()));
-        assert_eq!(check_boundary(&code, 0x1000, 0x1004), Ok(()));
-        assert_eq!(check_boundary(&code, 0x1000, 0x1007), Ok(()));
-        let Err(Some((at, insn))) = check_boundary(&code, 0x1000, 0x1008) else {
-            panic!("0x1008 is inside mov");
-        };
-        assert_eq!(
-            (at, insn.len, insn.text.as_str()),
-            (0x1007, 3, "mov %rdi,%rbp")
-        );
-        assert_eq!(check_boundary(&code, 0x1000, 0x100b), Ok(()));
-        assert_eq!(check_boundary(&code, 0x1000, 0x2000), Err(None));
     }
 
     #[test]

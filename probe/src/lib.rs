@@ -39,10 +39,13 @@
 //! - **IFUNCs are refused.** An IFUNC symbol's address is its resolver, run once by ld.so; a
 //!   probe there never fires for calls. The error names the implementations its resolver's
 //!   code returns (`__strlen_avx2`, ...) and which one this CPU gets.
-//! - **Never a probe that changes the program.** Every probed location is decoded from its
-//!   function's start: one inside an instruction is refused, and so is an instruction the
-//!   kernel refuses or would emulate wrongly ([`InsnHandling::Refused`], the rules in
-//!   `insn.rs`). Named specs fail with the reason; globs skip with one warning.
+//! - **Never a probe that changes the program.** Every probed location (USDT sites included)
+//!   is checked against its function's instructions as the code's branches reach them
+//!   ([`control_flow`]), not as a linear decoding guesses: one inside an instruction, or in
+//!   data a jump skips, is refused, and so is an instruction the kernel refuses or would
+//!   emulate wrongly ([`InsnHandling::Refused`], the rules in `insn.rs`), and a USDT semaphore
+//!   the kernel's count would corrupt. Named specs fail with the reason; globs skip with one
+//!   warning.
 //! - **The first instruction matters.** The kernel emulates `push`, `nop` and branches but
 //!   single-steps everything else (including `endbr64`) at about 10× the cost per hit;
 //!   [`ResolvedProbe::first_insn`] tells, so `record` can warn. Which ones a kernel emulates
@@ -54,6 +57,7 @@
 
 use std::path::PathBuf;
 
+pub mod control_flow;
 mod elf;
 mod glob;
 mod ifunc;
@@ -67,7 +71,7 @@ mod target;
 mod usdt;
 mod usdt_resolve;
 
-pub use insn::{InsnHandling, KernelUprobes, Refusal};
+pub use insn::{Insn, InsnHandling, KernelUprobes, Refusal};
 pub use predicate::{
     CmpOp, Expr, Predicate, Value, MAX_COMPARISONS, MAX_OPERANDS, MAX_STRING,
     MAX_STRING_COMPARISONS,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use urec_format::{FileOffset, Probe, ProbeKind, StackMode, Svma};
 
+use crate::control_flow::ControlFlow;
 use crate::elf::{Binary, Sym};
 use crate::insn::{KernelUprobes, Refusal};
 use crate::spec::{Fetch, FunctionSpec, ProbeSpec};
@@ -184,15 +185,7 @@ fn resolve_in(
     index: &mut BTreeMap<(FileId, u64), usize>,
 ) -> Result<(), SpecError> {
     if let FunctionSpec::Usdt { provider, name } = &spec.function {
-        crate::usdt_resolve::add(
-            spec,
-            bin,
-            provider.as_deref(),
-            name,
-            kernel,
-            &mut out.probes,
-            index,
-        )?;
+        crate::usdt_resolve::add(spec, bin, provider.as_deref(), name, kernel, out, index)?;
         return Ok(());
     }
     let locations = locate(spec, bin, opts, &mut out.warnings)?;
@@ -516,46 +509,56 @@ fn named_locations(spec: &ProbeSpec, bin: &Binary, name: &str) -> Result<Vec<Loc
         .collect())
 }
 
-/// Checks that `vaddr` starts an instruction of the function starting at `start` (decoding
-/// it from there): a probe inside an instruction would corrupt it.
+/// The most bytes of one function decoded to check a boundary: 16 MiB, beyond any compiled
+/// function's size, so that a corrupt symbol size cannot make urec read a whole file (decoding
+/// costs O(bytes), see [`crate::control_flow`]). An offset beyond it is still checked, by
+/// decoding up to it.
+const MAX_DECODED: u64 = 16 << 20;
+
+/// Checks that `vaddr` starts an instruction of the function `func` starting at `start`, of
+/// `size` bytes (0 when unknown), on every path through it: a probe inside an instruction
+/// would corrupt it.
 fn check_boundary(
     spec: &ProbeSpec,
     bin: &Binary,
     func: &str,
     start: u64,
+    size: u64,
     vaddr: u64,
 ) -> Result<(), SpecError> {
-    let len = (vaddr - start) as usize + 16;
-    let code = bin.bytes_at(start, len);
-    let at = |a: u64| {
-        if a == start {
-            func.to_string()
-        } else {
-            format!("{func}+{:#x}", a - start)
-        }
-    };
-    let why = match insn::check_boundary(code, start, vaddr) {
-        Ok(()) => return Ok(()),
-        Err(Some((ip, insn))) => format!(
-            "{} lies inside the {}-byte instruction `{}` at {}: a probe there would corrupt \
-             it; the nearest instruction boundaries are {} and {}",
-            at(vaddr),
-            insn.len,
-            insn.text,
-            at(ip),
-            at(ip),
-            at(ip + insn.len as u64)
-        ),
-        Err(None) => format!(
-            "the instructions of {func} do not decode up to {}, so urec cannot tell whether it \
-             is an instruction boundary",
-            at(vaddr)
-        ),
-    };
-    Err(SpecError::NotProbeable {
+    boundary(bin, func, start, size, vaddr).map_err(|why| SpecError::NotProbeable {
         spec: spec.text.clone(),
         why,
     })
+}
+
+/// Whether `vaddr` is an instruction boundary of the function `func` at `start` of `size`
+/// bytes (0 when unknown), found by following its control flow ([`ControlFlow`]); else why
+/// not, naming addresses relative to `func`.
+pub(crate) fn boundary(
+    bin: &Binary,
+    func: &str,
+    start: u64,
+    size: u64,
+    vaddr: u64,
+) -> Result<(), String> {
+    let at = |a: u64| {
+        if a == start {
+            func.to_string()
+        } else if a > start {
+            format!("{func}+{:#x}", a - start)
+        } else {
+            format!("{a:#x}")
+        }
+    };
+    let Some(offset) = vaddr.checked_sub(start) else {
+        return Err(format!("{} lies before {func}", at(vaddr)));
+    };
+    let len = size.min(MAX_DECODED).max(offset.saturating_add(16));
+    let code = bin.bytes_at(start, usize::try_from(len).unwrap_or(usize::MAX));
+    let flow = ControlFlow::explore(code, start);
+    flow.check(vaddr)
+        .map_err(|why| flow.explain(&why, vaddr, func, &at))
 }
 
 fn ifunc_error(spec: &ProbeSpec, bin: &Binary, ifunc: &Sym, asked: &str) -> SpecError {
@@ -756,7 +759,7 @@ fn locate(
                     spec: spec.text.clone(),
                     why: "address overflows".into(),
                 })?;
-            check_boundary(spec, bin, s.display(), s.vaddr, vaddr)?;
+            check_boundary(spec, bin, s.display(), s.vaddr, s.size, vaddr)?;
             Ok(vec![Location {
                 vaddr,
                 symbol: s.display().to_string(),
@@ -785,12 +788,12 @@ fn locate(
             // `.cold` part entered by a jump, so only a symbol makes the address a function
             // entry where a return probe is safe.
             match func
-                .map(|s| (s.display().to_string(), s.vaddr))
+                .map(|s| (s.display().to_string(), s.vaddr, s.size))
                 .or_else(|| {
-                    let (start, _) = bin.unwind_range(*addr)?;
-                    Some((format!("{start:#x}"), start))
+                    let (start, len) = bin.unwind_range(*addr)?;
+                    Some((format!("{start:#x}"), start, len))
                 }) {
-                Some((name, start)) => check_boundary(spec, bin, &name, start, *addr)?,
+                Some((name, start, size)) => check_boundary(spec, bin, &name, start, size, *addr)?,
                 None if opts.force => {}
                 None => {
                     return Err(SpecError::NotProbeable {

@@ -8,7 +8,7 @@ use urec_format::{ArgSpec, FileOffset, Probe, ProbeKind, StackMode, Svma};
 
 use crate::elf::Binary;
 use crate::insn::{self, KernelUprobes};
-use crate::resolve::{merge_kind, ResolvedProbe, FRAME_POINTER_THRESHOLD};
+use crate::resolve::{merge_kind, Resolution, ResolvedProbe, FRAME_POINTER_THRESHOLD};
 use crate::spec::{Fetch, ProbeSpec};
 use crate::usdt::{self, UsdtArg, UsdtProbe};
 use crate::{glob, InsnHandling, SpecError};
@@ -21,9 +21,10 @@ pub(crate) fn add(
     provider: Option<&str>,
     name: &str,
     kernel: &KernelUprobes,
-    probes: &mut Vec<ResolvedProbe>,
+    out: &mut Resolution,
     index: &mut BTreeMap<(crate::resolve::FileId, u64), usize>,
 ) -> Result<(), SpecError> {
+    let Resolution { probes, warnings } = out;
     let not_probeable = |why: String| SpecError::NotProbeable {
         spec: spec.text.clone(),
         why,
@@ -78,36 +79,27 @@ pub(crate) fn add(
     for s in &sites {
         *per_name.entry((&s.provider, &s.name)).or_default() += 1;
     }
+    // A spec matching several sites skips those that cannot be probed, with a warning, as a
+    // function glob does; one that matches a single site is refused with the reason.
+    let many = sites.len() > 1;
+    let total = sites.len();
+    let mut skipped: Vec<String> = Vec::new();
+    let mut last_refusal = None;
     for site in sites {
         let display = if per_name[&(site.provider.as_str(), site.name.as_str())] > 1 {
             format!("usdt:{}:{}@{:#x}", site.provider, site.name, site.pc)
         } else {
             format!("usdt:{}:{}", site.provider, site.name)
         };
-        let offset = bin.vaddr_to_offset(site.pc).ok_or_else(|| {
-            not_probeable(format!(
-                "{display}: its site {:#x} is not in an executable segment of {}",
-                site.pc,
-                bin.path.display()
-            ))
-        })?;
-        let bytes = bin.bytes_at(site.pc, 16);
-        let handling = insn::classify(bytes, kernel);
-        if let InsnHandling::Refused(why) = handling {
-            return Err(not_probeable(format!(
-                "{display}: the instruction at its site {:#x} cannot be probed: {why}",
-                site.pc
-            )));
-        }
-        let ref_ctr_offset = match site.semaphore {
-            None => None,
-            Some(sema) => Some(bin.mapped_vaddr_to_offset(sema).ok_or_else(|| {
-                not_probeable(format!(
-                    "{display}: its semaphore {sema:#x} is not in the file-backed part of a \
-                     segment of {}, so the kernel cannot count it",
-                    bin.path.display()
-                ))
-            })?),
+        let checked = check_site(bin, site, kernel).map_err(|why| format!("{display}: {why}"));
+        let (offset, handling, ref_ctr_offset) = match checked {
+            Ok(c) => c,
+            Err(why) if many => {
+                skipped.push(display);
+                last_refusal = Some(why);
+                continue;
+            }
+            Err(why) => return Err(not_probeable(why)),
         };
         let (args, fetches) = site_args(spec, site)?;
         let key = (bin.id, offset);
@@ -152,7 +144,85 @@ pub(crate) fn add(
             predicate: None,
         });
     }
+    if skipped.len() == total {
+        return Err(not_probeable(match (total, last_refusal) {
+            (1, Some(why)) => why,
+            (_, Some(why)) => format!(
+                "none of the {total} sites it matches can be probed ({}); the last: {why}",
+                urec_format::name_list(&skipped, 8)
+            ),
+            _ => "no site can be probed".into(),
+        }));
+    }
+    if !skipped.is_empty() {
+        warnings.push(format!(
+            "{}: skipped {} that cannot be probed: {} (the last: {})",
+            spec.text,
+            urec_format::plural(skipped.len() as u64, "USDT site", "USDT sites"),
+            urec_format::name_list(&skipped, 8),
+            last_refusal.unwrap_or_default(),
+        ));
+    }
     Ok(())
+}
+
+/// Checks that a probe can go at `site`: its pc starts an instruction of its function on
+/// every path through it ([`crate::resolve::boundary`]: the note is data anyone can write,
+/// and a pc inside an instruction corrupts it), the kernel can probe that instruction, and
+/// its semaphore is data the kernel may count ([`Binary::semaphore_problem`]). Gives the
+/// site's file offset, how the kernel handles its instruction, and the semaphore's offset.
+fn check_site(
+    bin: &Binary,
+    site: &UsdtProbe,
+    kernel: &KernelUprobes,
+) -> Result<(u64, InsnHandling, Option<u64>), String> {
+    let offset = bin.vaddr_to_offset(site.pc).ok_or_else(|| {
+        format!(
+            "its site {:#x} is not in an executable segment of {}",
+            site.pc,
+            bin.path.display()
+        )
+    })?;
+    // The function around the site, to decode from its start: its symbol, else its unwind
+    // entry. A site in no known function is taken at its word, as before.
+    let func = bin
+        .function_at(site.pc)
+        .map(|s| (s.display().to_string(), s.vaddr, s.size))
+        .or_else(|| {
+            let (start, len) = bin.unwind_range(site.pc)?;
+            Some((format!("{start:#x}"), start, len))
+        });
+    if let Some((name, start, size)) = func {
+        crate::resolve::boundary(bin, &name, start, size, site.pc)
+            .map_err(|why| format!("its site {:#x} cannot be probed: {why}", site.pc))?;
+    }
+    let bytes = bin.bytes_at(site.pc, 16);
+    let handling = insn::classify(bytes, kernel);
+    if let InsnHandling::Refused(why) = handling {
+        return Err(format!(
+            "the instruction at its site {:#x} cannot be probed: {why}",
+            site.pc
+        ));
+    }
+    let ref_ctr_offset = match site.semaphore {
+        None => None,
+        Some(sema) => {
+            if let Some(why) = bin.semaphore_problem(sema) {
+                return Err(format!(
+                    "its semaphore {sema:#x} cannot be counted: {why} (sys/sdt.h puts semaphores \
+                     in .probes, writable data)"
+                ));
+            }
+            Some(bin.mapped_vaddr_to_offset(sema).ok_or_else(|| {
+                format!(
+                    "its semaphore {sema:#x} is not in the file-backed part of a segment of {}, \
+                     so the kernel cannot count it",
+                    bin.path.display()
+                )
+            })?)
+        }
+    };
+    Ok((offset, handling, ref_ctr_offset))
 }
 
 /// The spec's ARGs at one site: `argN` replaced by the site's N-th operand, and a bare `argN`

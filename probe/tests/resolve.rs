@@ -522,3 +522,94 @@ fn huge_globs_need_force() {
         .enumerate()
         .all(|(i, p)| p.probe.id == i as u32));
 }
+
+/// Hand-written USDT notes (laid out as sys/sdt.h writes them) in a shared library, one per
+/// place a semaphore can point to: only `.probes`-like writable data nothing else writes is
+/// counted. The kernel adds 1 to the semaphore of every process mapping the file, so one in
+/// the dynamic linker's tables or in read-only data would corrupt the program or fail.
+const SEMAPHORES_S: &str = r#"
+	.text
+	.globl f
+	.type f,@function
+f:
+980:	nop
+981:	nop
+982:	nop
+983:	nop
+984:	nop
+	ret
+	.size f, .-f
+
+	.section .probes,"aw",@progbits
+sem_ok:	.2byte 0
+	.section .data.rel.ro,"aw",@progbits
+sem_relro:	.2byte 0
+	.section .rodata
+sem_ro:	.2byte 0
+	.data
+	.balign 8
+sem_reloc:	.8byte f
+	.bss
+sem_bss:	.2byte 0
+
+.macro note pc, sema, name
+	.pushsection .note.stapsdt,"?","note"
+	.balign 4
+	.4byte 992f-991f, 994f-993f, 3
+991:	.asciz "stapsdt"
+992:	.balign 4
+993:	.8byte \pc
+	.8byte 0
+	.8byte \sema
+	.asciz "t"
+	.asciz "\name"
+	.asciz ""
+994:	.balign 4
+	.popsection
+.endm
+	note 980b, sem_ok, ok
+	note 981b, sem_relro, relro
+	note 982b, sem_ro, ro
+	note 983b, sem_reloc, reloc
+	note 984b, sem_bss, bss
+	.section .note.GNU-stack,"",@progbits
+"#;
+
+#[test]
+fn usdt_semaphores_only_in_writable_data_nothing_else_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("sem.S");
+    std::fs::write(&src, SEMAPHORES_S).expect("write sem.S");
+    let lib = dir.path().join("libsem.so");
+    run(Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src));
+    let usdt = |name: &str| format!("usdt:{}:t:{name}", lib.display());
+    assert!(one(&usdt("ok")).ref_ctr_offset.is_some());
+    for (name, why) in [
+        (
+            "relro",
+            "it lies in .data.rel.ro, which holds addresses the dynamic linker fills in",
+        ),
+        ("ro", "it is in a read-only segment"),
+        ("reloc", "the dynamic linker writes an address at"),
+        ("bss", "not in the file-backed part of a segment"),
+    ] {
+        let e = error(&usdt(name));
+        assert!(
+            e.contains(&format!("usdt:t:{name}: its semaphore")) && e.contains(why),
+            "{name}: {e}"
+        );
+    }
+    // A glob keeps the good site and says which it skipped.
+    let r = resolve_all(&[&usdt("*")]).expect("glob");
+    assert_eq!(r.probes.len(), 1);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("skipped 4 USDT sites that cannot be probed")),
+        "{:?}",
+        r.warnings
+    );
+}
