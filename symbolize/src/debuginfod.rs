@@ -749,6 +749,52 @@ mod tests {
         assert!(!dir.join("executable").exists());
     }
 
+    /// An ELF file with another build id in the cache (left by an older urec, or a tool that
+    /// does not check) is deleted rather than trusted, with a warning, and asked for again.
+    #[test]
+    fn a_cached_file_with_another_build_id_is_deleted() {
+        let cache = tempfile::tempdir().unwrap();
+        let id = [0xab; 20];
+        let dir = cache.path().join(hex(&id));
+        fs::create_dir_all(&dir).unwrap();
+        // This test program: an ELF file (with a build id, as the toolchain links them).
+        let me = std::env::current_exe().unwrap();
+        let bytes = fs::read(&me).unwrap();
+        let has_id = urec_untrusted::open(&me)
+            .ok()
+            .and_then(|f| ElfInfo::read(&f))
+            .and_then(|i| i.build_id)
+            .is_some();
+        fs::write(dir.join("debuginfo"), bytes).unwrap();
+        let cfg = Config {
+            urls: vec![format!("http://127.0.0.1:{}", closed_port())],
+            timeout: Duration::from_secs(2),
+            maxtime: None,
+            maxsize: None,
+            cache: cache.path().to_path_buf(),
+        };
+        let client = Client::new(cfg);
+        assert_eq!(client.fetch(&id, Artifact::Debuginfo), None);
+        if !has_id {
+            eprintln!("skipped: this test program has no build id");
+            return;
+        }
+        assert!(!dir.join("debuginfo").exists());
+        let warnings = client.take_warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("deleted")),
+            "{warnings:?}"
+        );
+    }
+
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
     #[test]
     fn a_miss_marker_is_empty_and_mode_000() {
         let dir = tempfile::tempdir().unwrap();
