@@ -42,6 +42,10 @@ pub(crate) enum Fetch {
     Used,
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per binary of a recording, a few hundred at most: boxing would save nothing"
+)]
 pub(crate) enum Kind {
     /// No file to read: every frame is unnamed, for this reason.
     Unnamed(Unnamed),
@@ -244,7 +248,7 @@ impl Search<'_> {
     }
 
     fn find_debug_file(
-        &self,
+        &mut self,
         binary: &Path,
         recorded: &Path,
         info: &ElfInfo,
@@ -256,7 +260,7 @@ impl Search<'_> {
             .into_iter()
             .filter_map(|path| Candidate::open(&path))
             .find(|c| c.info.has_dwarf_or_symbols() && locate::debug_file_matches(info, c))?;
-        SealedCopy::new(&debug.file, &debug.path).ok()
+        sealed_copy(&debug.file, &debug.path, self.warnings)
     }
 
     /// No binary anywhere: a debug file with the recorded build id still names frames, its
@@ -267,7 +271,7 @@ impl Search<'_> {
             .filter_map(|p| Candidate::open(p))
             .find(|c| c.info.build_id.as_deref() == Some(want) && c.info.has_dwarf_or_symbols())?;
         let info = found.info.with_inferred_offsets()?;
-        let copy = SealedCopy::new(&found.file, &found.path).ok()?;
+        let copy = sealed_copy(&found.file, &found.path, self.warnings)?;
         Some(Ok(Files {
             info,
             path: found.path,
@@ -299,10 +303,27 @@ pub(crate) fn wanted_from_debuginfod(kind: &Kind) -> Vec<Artifact> {
     want
 }
 
+/// A sealed copy of a verified file for blazesym, or a warning saying why there is none (the
+/// budget of copies in memory is spent, most likely).
+fn sealed_copy(file: &File, path: &Path, warnings: &mut Warnings) -> Option<SealedCopy> {
+    match SealedCopy::new(file, path) {
+        Ok(copy) => Some(copy),
+        Err(e) => {
+            warnings.push(format!("{}: not used to name frames: {e}", path.display()));
+            None
+        }
+    }
+}
+
 /// Adds files fetched for the binary with build id `want` to what was found locally; whether
 /// they name anything new. Each is opened and verified like a local candidate, and blazesym
 /// gets a sealed copy of it.
-pub(crate) fn add_fetched(kind: &mut Kind, want: &[u8], fetched: &[(Artifact, PathBuf)]) -> bool {
+pub(crate) fn add_fetched(
+    kind: &mut Kind,
+    want: &[u8],
+    fetched: &[(Artifact, PathBuf)],
+    warnings: &mut Warnings,
+) -> bool {
     let open = |what: Artifact| {
         let (_, path) = fetched.iter().find(|(a, _)| *a == what)?;
         Candidate::open(path).filter(|c| c.info.build_id.as_deref() == Some(want))
@@ -310,7 +331,7 @@ pub(crate) fn add_fetched(kind: &mut Kind, want: &[u8], fetched: &[(Artifact, Pa
     let debug = open(Artifact::Debuginfo).filter(|c| c.info.has_dwarf_or_symbols());
     let debug_copy = debug
         .as_ref()
-        .and_then(|c| SealedCopy::new(&c.file, &c.path).ok());
+        .and_then(|c| sealed_copy(&c.file, &c.path, warnings));
     match kind {
         Kind::Elf(files) if files.debug.is_none() => {
             let Some(copy) = debug_copy else {
@@ -325,7 +346,7 @@ pub(crate) fn add_fetched(kind: &mut Kind, want: &[u8], fetched: &[(Artifact, Pa
             let exec = open(Artifact::Executable).filter(|c| !c.info.loads.is_empty());
             let files = match exec {
                 Some(exec) => {
-                    let Ok(copy) = SealedCopy::new(&exec.file, &exec.path) else {
+                    let Some(copy) = sealed_copy(&exec.file, &exec.path, warnings) else {
                         return false;
                     };
                     let no_symbol = if debug_copy.is_some() || exec.info.has_any_symbols() {

@@ -393,7 +393,8 @@ impl Symbolizer {
             let bin = &mut self.binaries[b];
             // Only a binary nothing local named had warnings that are now wrong.
             let was_missing = matches!(bin.kind, Kind::Unnamed(_));
-            let used = binary::add_fetched(&mut bin.kind, &job.build_id, &found);
+            let used =
+                binary::add_fetched(&mut bin.kind, &job.build_id, &found, &mut self.warnings);
             bin.fetch = if used { Fetch::Used } else { Fetch::Nothing };
             if used && was_missing {
                 self.warnings.retract(&bin.warned);

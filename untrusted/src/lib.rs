@@ -196,32 +196,74 @@ fn too_large(size: u64, limit: u64) -> io::Error {
 /// [`SealedCopy::path`] (`/proc/self/fd/N`) for as long as the value lives. Elsewhere there is
 /// no memfd; the copy is then the original path, with the exposure that implies (report-only
 /// builds on workstations read their user's own files).
+///
+/// Each copy is memory (shared memory that no `ulimit -v` or RSS figure shows until it is
+/// mapped), so every copy is taken from a [`Budget`]: a copy that would go over it is refused
+/// with [`io::ErrorKind::OutOfMemory`], and its bytes are given back when the copy is dropped.
 #[derive(Debug)]
 pub struct SealedCopy {
     #[cfg(target_os = "linux")]
     memfd: File,
     path: std::path::PathBuf,
+    /// Bytes taken from `budget`, returned on drop.
+    reserved: u64,
+    budget: &'static Budget,
 }
 
 impl SealedCopy {
-    /// Copies the file open at `file`, which was reached through `path`.
+    /// Copies the file open at `file`, which was reached through `path`, within the process's
+    /// budget ([`Budget::sealed_copies`]).
     /// The whole file is copied, from its first byte whatever the descriptor's position.
     pub fn new(file: &File, path: &Path) -> io::Result<SealedCopy> {
+        SealedCopy::within(file, path, Budget::sealed_copies())
+    }
+
+    /// [`SealedCopy::new`] within another budget. The copy is at most the file's size when it
+    /// starts: a file that grows meanwhile cannot take more than was counted.
+    pub fn within(file: &File, path: &Path, budget: &'static Budget) -> io::Result<SealedCopy> {
         #[cfg(target_os = "linux")]
         {
             let _ = path;
-            let memfd = memfd::copy(file)?;
+            let size = file.metadata()?.len();
+            budget.take(size)?;
+            let memfd = match memfd::copy(file, size) {
+                Ok(memfd) => memfd,
+                Err(e) => {
+                    budget.give_back(size);
+                    return Err(e);
+                }
+            };
+            // A file truncated meanwhile made a shorter copy: only what it holds is counted.
+            let held = memfd.metadata().map_or(size, |m| m.len().min(size));
+            budget.give_back(size - held);
             use std::os::fd::AsRawFd;
             let path = format!("/proc/self/fd/{}", memfd.as_raw_fd()).into();
-            Ok(SealedCopy { memfd, path })
+            Ok(SealedCopy {
+                memfd,
+                path,
+                reserved: held,
+                budget,
+            })
         }
         #[cfg(not(target_os = "linux"))]
         {
             let _ = file;
             Ok(SealedCopy {
                 path: path.to_path_buf(),
+                reserved: 0,
+                budget,
             })
         }
+    }
+
+    /// How many bytes the copy holds (and takes from its budget).
+    pub fn len(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Whether the copy holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.reserved == 0
     }
 
     /// A path that opens the copy.
@@ -236,13 +278,110 @@ impl SealedCopy {
     }
 }
 
+impl Drop for SealedCopy {
+    fn drop(&mut self) {
+        self.budget.give_back(self.reserved);
+    }
+}
+
+/// A bound on the bytes that [`SealedCopy`]s hold at once. A report reads every binary of a
+/// recording and their debug files, each as a copy in memory; without a bound, files that are
+/// large (or a debuginfod server that sends large ones) would fill memory with copies, which
+/// no RSS figure shows.
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes, none used.
+    pub const fn new(limit: u64) -> Budget {
+        Budget {
+            limit,
+            used: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The budget of the process's sealed copies: a quarter of physical memory, at most 4 GiB
+    /// (room for the largest debug files of distributions, about 1 GiB, several times over),
+    /// and 4 GiB where physical memory cannot be known.
+    pub fn sealed_copies() -> &'static Budget {
+        static BUDGET: std::sync::OnceLock<Budget> = std::sync::OnceLock::new();
+        BUDGET.get_or_init(|| {
+            const MAX: u64 = 4 << 30;
+            Budget::new(physical_memory().map_or(MAX, |m| (m / 4).min(MAX)))
+        })
+    }
+
+    /// The bound, in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes in use now.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes, or fails without taking any if that would go over the bound.
+    fn take(&self, n: u64) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let after = used.checked_add(n).filter(|&a| a <= self.limit);
+            let Some(after) = after else {
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "a copy of {n} bytes would take the sealed copies in memory past their \
+                         budget of {} MiB ({} MiB in use)",
+                        self.limit >> 20,
+                        used >> 20
+                    ),
+                ));
+            };
+            match self
+                .used
+                .compare_exchange_weak(used, after, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Physical memory in bytes, when the system says.
+fn physical_memory() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let (pages, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let (pages, page) = (u64::try_from(pages).ok()?, u64::try_from(page).ok()?);
+        pages.checked_mul(page).filter(|&m| m > 0)
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 #[cfg(target_os = "linux")]
 mod memfd {
     use std::fs::File;
     use std::io;
     use std::os::fd::FromRawFd;
 
-    pub(crate) fn copy(file: &File) -> io::Result<File> {
+    /// Copies at most `size` bytes of `file`, from its start.
+    pub(crate) fn copy(file: &File, size: u64) -> io::Result<File> {
         // SAFETY: memfd_create with a NUL-terminated name; the fd returned is owned by us.
         let fd = unsafe {
             libc::memfd_create(
@@ -259,7 +398,7 @@ mod memfd {
         // A file truncated meanwhile just gives a shorter copy.
         let mut source = file;
         io::Seek::seek(&mut source, io::SeekFrom::Start(0))?;
-        io::copy(&mut source, &mut memfd)?;
+        io::copy(&mut io::Read::take(source, size), &mut memfd)?;
         let seals =
             libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
         // SAFETY: fcntl on our own fd.
@@ -334,5 +473,33 @@ mod tests {
         let data = std::fs::read(copy.path()).unwrap();
         assert_eq!(data.len(), 100_000);
         assert!(copy.file().set_len(10).is_err(), "the copy is sealed");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn sealed_copies_stay_within_their_budget() {
+        static BUDGET: Budget = Budget::new(250_000);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&[7u8; 100_000]).unwrap();
+        let file = open(f.path()).unwrap();
+        let first = SealedCopy::within(&file, f.path(), &BUDGET).unwrap();
+        let second = SealedCopy::within(&file, f.path(), &BUDGET).unwrap();
+        assert_eq!(BUDGET.used(), 200_000);
+        let err = SealedCopy::within(&file, f.path(), &BUDGET).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::OutOfMemory, "{err}");
+        assert!(err.to_string().contains("budget"), "{err}");
+        assert_eq!(BUDGET.used(), 200_000, "a refused copy takes nothing");
+        drop(first);
+        assert_eq!(BUDGET.used(), 100_000);
+        let third = SealedCopy::within(&file, f.path(), &BUDGET).unwrap();
+        assert_eq!(third.len(), 100_000);
+        drop((second, third));
+        assert_eq!(BUDGET.used(), 0);
+    }
+
+    #[test]
+    fn the_default_budget_is_bounded() {
+        let limit = Budget::sealed_copies().limit();
+        assert!(limit > 0 && limit <= 4 << 30, "{limit}");
     }
 }
