@@ -104,6 +104,30 @@ pub fn open_with(path: &Path, links: Links) -> io::Result<File> {
     }
 }
 
+/// Opens `path`, which must be a regular file and not a symbolic link, for appending: urec's
+/// own output, reopened after the recording in a directory that others may write to (and
+/// under sudo the file is the invoking user's). As with [`open`], nothing else at that path
+/// is ever opened: a FIFO there would hold the writer in its open until a reader came.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::open_append(path)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
+        }
+        let file = options.open(path)?;
+        check_regular(&file)?;
+        Ok(file)
+    }
+}
+
 /// Opens `path` without blocking, then refuses what is not a regular file: where there is no
 /// `O_PATH` (a report-only build elsewhere than Linux), the best available.
 #[cfg(not(target_os = "linux"))]
@@ -137,8 +161,8 @@ mod linux {
     use std::os::unix::fs::OpenOptionsExt;
     use std::path::Path;
 
-    /// The flags of the one open that reads: `O_NONBLOCK` still, because a FUSE or NFS file
-    /// is a regular file too, and `O_NOCTTY` costs nothing.
+    /// The flags of the open that reads or writes: `O_NONBLOCK` still, because a FUSE or NFS
+    /// file is a regular file too, and `O_NOCTTY` costs nothing.
     const READ_FLAGS: libc::c_int = libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
 
     pub(crate) fn open(path: &Path, links: Links) -> io::Result<File> {
@@ -155,6 +179,18 @@ mod linux {
         };
         // The magic link reopens the very inode checked above; a second `fstat` costs little
         // and keeps this function's promise independent of that reasoning.
+        check_regular(&file)?;
+        Ok(file)
+    }
+
+    pub(crate) fn open_append(path: &Path) -> io::Result<File> {
+        let handle = open_path(path, Links::NoFollow)?;
+        check_regular(&handle)?;
+        // No fallback without /proc here: only `urec record` appends, and it needs /proc.
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(READ_FLAGS)
+            .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))?;
         check_regular(&file)?;
         Ok(file)
     }
@@ -493,6 +529,26 @@ mod tests {
         assert_eq!(read_all(&file, 100).unwrap(), b"first");
         let err = open(Path::new("a\0b")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn append_only_to_a_regular_file_not_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"ab").unwrap();
+        let mut file = open_append(&f).unwrap();
+        file.write_all(b"cd").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"abcd");
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(open_append(&link).is_err());
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let err = open_append(&fifo).unwrap_err();
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+        let err = open_append(Path::new("/dev/null")).unwrap_err();
+        assert!(err.to_string().contains("a character device"), "{err}");
     }
 
     #[cfg(unix)]
