@@ -148,10 +148,9 @@ fn complete(path: &Path) -> Result<(u64, urec_format::Footer)> {
 /// yet). An interruption leaves the recording complete and the section unfinished.
 pub fn append(path: &Path, symbols: &[BinarySymbols]) -> Result<u64> {
     let (len, footer) = complete(path)?;
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+    // The output's directory may be writable by others (and under sudo the file is the
+    // user's): whatever is at the path now is opened only if it is a regular file.
+    let mut file = urec_untrusted::open_append(path)
         .with_context(|| format!("opening {} to add its symbols", path.display()))?;
     if file.metadata()?.len() != len {
         bail!("{} already has a symbols section", path.display());

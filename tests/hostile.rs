@@ -2,8 +2,10 @@
 //! "Security model"): `urec record -a` follows every process, and whoever owns a mapped file
 //! decides what its path names and how long the file is. The recorder must stop at `-d`
 //! whatever they do, and must not die while reading their files. Each attack is a C program of
-//! `tests/fixtures/hostile/` (its header says what it does); both reproduced against the
-//! recorder before `urec-untrusted` (a hang until killed, and exit 135, `SIGBUS`).
+//! `tests/fixtures/hostile/` (its header says what it does); the first two reproduced against the
+//! recorder before `urec-untrusted` (a hang until killed, and exit 135, `SIGBUS`), the third
+//! against the recorder that opened a path before `fstat` (the FIFO's writer woke, the device
+//! was opened).
 #![cfg(feature = "record")]
 
 mod common;
@@ -15,7 +17,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::recording::Recording;
-use common::{build_c, gcc, have_root, start_attached, urec_ok};
+use common::{build_c, gcc, have_root, start_attached, start_until_attached, urec_ok, UREC};
 use urec_format::EventKind;
 
 const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hostile");
@@ -165,4 +167,90 @@ fn a_library_truncated_while_read_does_not_kill_the_recorder() {
         baits_seen > 0,
         "the recorder saw the truncated copies mapped"
     );
+}
+
+/// A process maps a file, unmaps it, and replaces the file's directory with a symbolic link to
+/// a directory holding a FIFO (a writer waiting in its open) or a character device under the
+/// same name: the recorded path now leads there through a directory, which `O_NOFOLLOW` does not
+/// guard. The recorder, root, must not open either, not even without blocking before `fstat`
+/// refuses it: opening a device runs its driver, and opening the FIFO wakes its writer (the
+/// fixture counts those). The recording still completes.
+#[test]
+fn a_directory_swapped_for_a_link_to_a_device_or_fifo_is_never_opened() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(
+        dir.path(),
+        "symdir",
+        &source("symdir.c"),
+        &["-O0", "-fno-omit-frame-pointer"],
+    );
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let out = dir.path().join("symdir.data");
+    let spec = format!("{}:probed", exe.display());
+    // strace, where there is one, sees every open the recorder makes; without it the FIFO's
+    // writer is the witness.
+    let strace = Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let log = dir.path().join("strace.log");
+    let mut command = if strace {
+        let mut c = Command::new("strace");
+        c.args(["-f", "-qq", "-e", "trace=open,openat,openat2", "-o"])
+            .arg(&log)
+            .args([UREC, "record"]);
+        c
+    } else {
+        eprintln!("no strace: checking through the FIFO's writer only");
+        common::record(&[])
+    };
+    command
+        .args(["-a", "-e", &spec, "-d", "3", "-v", "-o"])
+        .arg(&out);
+    let mut u = start_until_attached(command);
+    let attacker = Command::new(&exe).arg(&work).arg("2").output().unwrap();
+    let status = wait_bounded(&mut u, Duration::from_secs(60));
+    let said = String::from_utf8_lossy(&attacker.stdout);
+    assert!(
+        attacker.status.success(),
+        "the attack ran: {}",
+        String::from_utf8_lossy(&attacker.stderr)
+    );
+    assert_clean_exit(status);
+    assert_eq!(
+        said.trim(),
+        "opened 0",
+        "the recorder opened the FIFO (its waiting writer woke up)"
+    );
+
+    urec_ok(&["info", "-i", out.to_str().unwrap()]);
+    let rec = Recording::read(&out);
+    assert!(rec.finished, "the recording has its footer");
+    let first = work.join("d0/blob").to_string_lossy().into_owned();
+    assert!(
+        rec.mappings.iter().any(|m| m.path == first),
+        "the recording has the mapping whose directory was swapped"
+    );
+    if strace {
+        let log = std::fs::read_to_string(&log).unwrap();
+        let work = work.to_string_lossy().into_owned();
+        let at_trap = |line: &&str| line.contains(&work) && line.contains("/blob\"");
+        let opened: Vec<&str> = log
+            .lines()
+            .filter(at_trap)
+            .filter(|l| !l.contains("O_PATH"))
+            .collect();
+        assert!(
+            opened.is_empty(),
+            "opens of the traps without O_PATH:\n{}",
+            opened.join("\n")
+        );
+        let looked = log.lines().filter(at_trap).count();
+        assert!(looked > 0, "the recorder looked the swapped paths up");
+        eprintln!("{looked} lookups of the swapped paths, all O_PATH");
+    }
 }

@@ -1,11 +1,12 @@
 //! The security model's promises about files (SPEC "Security model"): `-o` never moves
-//! anything but a regular file aside, and the output is handed to the sudo user through its
-//! own descriptor; file-derived text reaches terminals escaped.
+//! anything but a regular file aside, nor attaches anything when it cannot be created, and the
+//! output is handed to the sudo user through its own descriptor; what is not a regular file is
+//! named as what it is; file-derived text reaches terminals escaped.
 
 mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -64,6 +65,85 @@ fn output_that_is_not_a_regular_file_is_refused_and_left_alone() {
         .unwrap()
         .file_type()
         .is_symlink());
+}
+
+/// Unmounts on drop, so that a failed assertion leaves no mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// `-o` on a read-only file system, for a new file and for an existing one (which could not be
+/// moved aside either): exit 2 with a message before anything is attached, the existing file
+/// left as it was. urec used to learn it from the create, after attaching, and exit 1.
+#[test]
+fn output_on_a_read_only_file_system_is_refused_before_attaching() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let mount = |args: &[&str]| {
+        let status = Command::new("mount").args(args).arg(&ro).status().unwrap();
+        assert!(status.success(), "mount {args:?}");
+    };
+    mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"]);
+    let _mounted = Mounted(ro.clone());
+    let old = ro.join("old.data");
+    std::fs::write(&old, b"first").unwrap();
+    mount(&["-o", "remount,ro"]);
+    for path in [ro.join("new.data"), old.clone()] {
+        let shown = path.to_str().unwrap();
+        let out = record(&["-v", "-o", shown, "-e", "libc:getpid", "--", "true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "-o {shown}: {stderr}");
+        assert!(stderr.contains(&format!("-o {shown}")), "{stderr}");
+        assert!(stderr.contains("read-only file system"), "{stderr}");
+        assert!(!stderr.contains("attached"), "attached first: {stderr}");
+    }
+    assert_eq!(std::fs::read(&old).unwrap(), b"first");
+    assert!(!ro.join("old.data.old").exists());
+    assert!(!ro.join("new.data").exists());
+}
+
+/// A probe target that is a FIFO or a device: exit 2 saying what is there, not "cannot find"
+/// a file that exists; the FIFO is not opened (no hang).
+#[test]
+fn a_probe_target_that_is_a_fifo_or_a_device_says_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("prog");
+    mkfifo(&fifo);
+    let out_path = dir.path().join("out.data");
+    for (target, what) in [
+        (fifo.to_str().unwrap(), "a FIFO"),
+        ("/dev/null", "a character device"),
+    ] {
+        let spec = format!("{target}:main");
+        let out = urec_bounded(&[
+            "record",
+            "-q",
+            "-o",
+            out_path.to_str().unwrap(),
+            "-e",
+            &spec,
+            "--",
+            "true",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{spec}: {stderr}");
+        assert!(
+            stderr.contains(&format!("is not a regular file ({what})")),
+            "{spec}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot find"), "{spec}: {stderr}");
+    }
+    assert!(!out_path.exists());
 }
 
 /// Under sudo the output goes to SUDO_UID:SUDO_GID through `fchown` on the file's descriptor:
@@ -279,6 +359,16 @@ fn a_hostile_recording_neither_hangs_nor_reaches_the_terminal_raw() {
         assert_no_raw_controls(&format!("{args:?} stderr"), &out.stderr);
         if args[0] == "report" && args.len() == 3 {
             assert!(stderr.contains("without `..`"), "{stderr}");
+            // What is at a recorded path is named, not called missing.
+            for (path, what) in [
+                (fifo.to_str().unwrap(), "a FIFO"),
+                (subdir.to_str().unwrap(), "a directory"),
+                ("/dev/zero", "a character device"),
+            ] {
+                let said = format!("{path}: not a regular file ({what}), not opened");
+                assert!(stderr.contains(&said), "{said}: {stderr}");
+            }
+            assert!(!stderr.contains("not found"), "{stderr}");
             assert!(stdout_has(&out, "\\x1b[31m"), "the probe name, escaped");
         }
     }

@@ -124,6 +124,17 @@ pub enum SpecError {
         /// Where it was looked for.
         why: String,
     },
+    /// TARGET names something, but not a regular file: a FIFO, a device, a directory.
+    /// "Cannot find" would send the user looking for a file that is there.
+    #[error("{target:?}: {} is not a regular file ({what}); name a program or library", path.display())]
+    NotRegularFile {
+        /// TARGET as written.
+        target: String,
+        /// What TARGET resolved to.
+        path: PathBuf,
+        /// What is there instead, e.g. "a FIFO".
+        what: &'static str,
+    },
     /// The file cannot be read.
     #[error("cannot read {}", path.display())]
     Io {

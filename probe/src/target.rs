@@ -58,12 +58,7 @@ pub fn find_target_in(target: &str, root: Option<&Path>) -> Result<Found, SpecEr
     let fs = Fs { root: Some(root) };
     let found = |display: PathBuf| -> Result<Found, SpecError> {
         let open = under(root, &display);
-        if !open.is_file() {
-            return Err(not_found(format!(
-                "{} (in the root of that process) is not a regular file",
-                display.display()
-            )));
-        }
+        regular(target, &open)?;
         let mountinfo = root
             .parent()
             .map_or_else(|| PathBuf::from("/proc/self"), Path::to_path_buf)
@@ -286,13 +281,24 @@ fn canonical(target: &str, path: &Path) -> Result<PathBuf, SpecError> {
         target: target.to_string(),
         why: format!("{}: {e}", path.display()),
     })?;
-    if !canon.is_file() {
-        return Err(SpecError::TargetNotFound {
-            target: target.to_string(),
-            why: format!("{} is not a regular file", canon.display()),
-        });
-    }
+    regular(target, &canon)?;
     Ok(canon)
+}
+
+/// Fails unless `path` (TARGET resolved) is a regular file, saying what it is otherwise.
+fn regular(target: &str, path: &Path) -> Result<(), SpecError> {
+    let meta = std::fs::metadata(path).map_err(|e| SpecError::TargetNotFound {
+        target: target.to_string(),
+        why: format!("{}: {e}", path.display()),
+    })?;
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(SpecError::NotRegularFile {
+        target: target.to_string(),
+        path: path.to_path_buf(),
+        what: urec_untrusted::describe(&meta.file_type()),
+    })
 }
 
 /// Adds to a "not ELF" error what TARGET resolved to and, for a script (a pyenv or rbenv
@@ -598,5 +604,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn a_target_that_is_no_regular_file_says_what_it_is() {
+        let e = find_target("/dev/null").map(|_| ()).unwrap_err();
+        assert!(matches!(e, SpecError::NotRegularFile { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.contains("is not a regular file (a character device)"),
+            "{e}"
+        );
+        assert!(!e.contains("cannot find"), "{e}");
+        let e = find_target("/").map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("(a directory)"), "{e}");
     }
 }

@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 /// footer is written by seeking back, which a pipe cannot do), an existing path that is not a
 /// regular file (a device, a directory, a FIFO, a symbolic link: [`create`] would rename it to
 /// `.old`, and `-o /dev/null` would move the device away), and a file in a directory that does
-/// not exist. Nothing is renamed.
+/// not exist or where nothing can be created (a read-only file system). Nothing is renamed.
 pub fn check(path: &Path) -> std::result::Result<(), String> {
     let shown = path.display();
     if path.as_os_str() == "-" {
@@ -36,28 +36,62 @@ pub fn check(path: &Path) -> std::result::Result<(), String> {
     }
     // Not following a symbolic link: it is the link that would be moved aside, and a link
     // planted in a shared directory is exactly what must not be trusted.
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if !m.file_type().is_file() => {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_file() {
             return Err(format!(
                 "-o {shown}: exists and is {}; the data file must be a regular file (an \
                  existing one is kept as {shown}.old; nothing was renamed)",
                 urec_untrusted::describe(&m.file_type())
             ));
         }
-        Ok(_) => return Ok(()),
-        Err(_) => {}
     }
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     match std::fs::metadata(parent) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(format!(
-            "-o {shown}: {} is not a directory",
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "-o {shown}: {} is not a directory",
+                parent.display()
+            ))
+        }
+        Err(e) => return Err(format!("-o {shown}: {}: {e}", parent.display())),
+    }
+    writable(parent).map_err(|e| match e.raw_os_error() {
+        Some(libc::EROFS) => format!(
+            "-o {shown}: {} is on a read-only file system; give a path where the data file \
+             can be created",
             parent.display()
-        )),
-        Err(e) => Err(format!("-o {shown}: {}: {e}", parent.display())),
+        ),
+        _ => format!(
+            "-o {shown}: cannot create files in {}: {e}",
+            parent.display()
+        ),
+    })
+}
+
+/// Whether files can be created (and an existing one renamed) in `dir`, asked of the kernel
+/// with urec's effective ids: a read-only file system says `EROFS` even to root, which
+/// otherwise would only learn it from the create, after the probes were attached.
+fn writable(dir: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: faccessat(2) of a NUL-terminated path; it writes nothing.
+    let r = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -64,6 +64,16 @@ pub(crate) fn missing(recorded: &Path, build_id: Option<&[u8]>, searched: &[&str
     )
 }
 
+/// Something other than a regular file is at the recorded path (`why` says what): it was not
+/// opened, and nothing else with the recorded build id was found.
+pub(crate) fn not_regular(found: &Path, why: &str, build_id: Option<&[u8]>) -> String {
+    format!(
+        "{}: {why}, not opened; its frames are shown as offsets; {}",
+        found.display(),
+        remedies(build_id)
+    )
+}
+
 /// The file at the recorded path is another version, and the right one was not found.
 pub(crate) fn mismatch_unresolved(found: &Path, got: Option<&[u8]>, want: &[u8]) -> String {
     format!(

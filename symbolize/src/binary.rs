@@ -165,11 +165,22 @@ impl Search<'_> {
             ));
             return Kind::Unnamed(Unnamed::NotAFile);
         }
+        // The first candidate that exists but is no regular file, for the warning.
+        let mut refused: Option<(PathBuf, String)> = None;
         if found.is_none() {
-            found = locate::binary_candidates(recorded, self.paths.symfs.as_deref())
-                .iter()
-                .filter_map(|p| Candidate::open(p))
-                .find_map(|c| accept(want, c, &mut other_version));
+            for p in locate::binary_candidates(recorded, self.paths.symfs.as_deref()) {
+                let cand = match Candidate::open_or_refused(&p) {
+                    Ok(cand) => cand,
+                    Err(why) => {
+                        refused.get_or_insert((p, why));
+                        None
+                    }
+                };
+                found = cand.and_then(|c| accept(want, c, &mut other_version));
+                if found.is_some() {
+                    break;
+                }
+            }
         }
         if found.is_none() {
             if let Some(w) = want {
@@ -203,7 +214,9 @@ impl Search<'_> {
                 Kind::Unnamed(Unnamed::BuildIdMismatch)
             }
             (None, _, _) => {
-                if !self.embedded {
+                if let (false, Some((path, why))) = (self.embedded, &refused) {
+                    self.warnings.push(advice::not_regular(path, why, want));
+                } else if !self.embedded {
                     let mut searched = vec![if self.paths.symfs.is_some() {
                         "--symfs"
                     } else {

@@ -61,13 +61,23 @@ pub(crate) struct Candidate {
 impl Candidate {
     /// `None` when `path` cannot be opened, is not a regular file, or is not an object file.
     pub fn open(path: &Path) -> Option<Candidate> {
-        let file = urec_untrusted::open(path).ok()?;
-        let info = ElfInfo::read(&file)?;
-        Some(Candidate {
+        Candidate::open_or_refused(path).ok().flatten()
+    }
+
+    /// [`Candidate::open`], telling a path that holds something other than a regular file
+    /// (`Err`: what it is, e.g. "not a regular file (a FIFO)") from one that holds nothing:
+    /// a warning that calls a FIFO "not found" sends the user looking for a missing file.
+    pub fn open_or_refused(path: &Path) -> Result<Option<Candidate>, String> {
+        let file = match urec_untrusted::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => return Err(e.to_string()),
+            Err(_) => return Ok(None),
+        };
+        Ok(ElfInfo::read(&file).map(|info| Candidate {
             path: path.to_path_buf(),
             file,
             info,
-        })
+        }))
     }
 }
 

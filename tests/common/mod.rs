@@ -98,8 +98,15 @@ pub fn record(args: &[&str]) -> Command {
 /// Starts `urec record ARGS -v` and waits until it says the probes are attached; its stderr
 /// goes on to this test's stderr, marked `[urec]`.
 pub fn start_attached(args: &[&str]) -> Child {
-    let mut child = record(args)
-        .arg("-v")
+    let mut command = record(args);
+    command.arg("-v");
+    start_until_attached(command)
+}
+
+/// Starts `command`, a `urec record ... -v` perhaps under a wrapper such as strace, and waits
+/// until it says the probes are attached; as [`start_attached`].
+pub fn start_until_attached(mut command: Command) -> Child {
+    let mut child = command
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

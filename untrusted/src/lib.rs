@@ -7,9 +7,11 @@
 //!
 //! - **Blocking.** Opening a FIFO for reading blocks until a writer appears, and std retries
 //!   the open on `EINTR`, so not even a signal gets the recorder back: `-d` and Ctrl-C stop
-//!   working and the probes stay attached. [`open`] opens with `O_NONBLOCK` (an open never
-//!   waits) and then refuses anything that `fstat` does not call a regular file: a device, a
-//!   FIFO, a socket or a directory is never read.
+//!   working and the probes stay attached. [`open`] looks the path up with `O_PATH` first and
+//!   opens for reading (`O_NONBLOCK` still) only what `fstat` calls a regular file: a device,
+//!   a FIFO, a socket or a directory is never opened, let alone read — opening is itself an
+//!   effect (a device's driver runs, a FIFO's waiting writer wakes), and a symbolic link on
+//!   any directory of the path, which `O_NOFOLLOW` does not guard, may lead to `/dev`.
 //! - **Mapping in place.** A mapped file that its owner truncates turns the next read of the
 //!   mapping into `SIGBUS`, which kills the recorder and leaves its data file without a footer.
 //!   Readers here use `pread` ([`read_at`], or `object::ReadCache` over the [`File`]), where a
@@ -77,12 +79,59 @@ pub enum Links {
 ///
 /// The error for anything else says what it is (`not a regular file (a FIFO)`), with
 /// [`io::ErrorKind::InvalidInput`]; an open that would block cannot happen.
+///
+/// On Linux nothing but a regular file is ever opened, not even for a moment: the path is
+/// first opened with `O_PATH`, which reaches the inode without running its driver's or the
+/// FIFO's open, and only once `fstat` of that descriptor says "regular file" is that very
+/// inode reopened for reading, through `/proc/self/fd/N`. A plain open followed by `fstat`
+/// would already have opened a device that a user's symbolic link (the last component or any
+/// directory on the way, where `O_NOFOLLOW` does not look) leads to, and opening some
+/// devices has effects (a tape rewinds, a modem hangs up), as does opening a FIFO (a writer
+/// waiting in its own open wakes up).
 pub fn open(path: &Path) -> io::Result<File> {
     open_with(path, Links::Follow)
 }
 
 /// [`open`], choosing whether a symbolic link at `path` itself is followed.
 pub fn open_with(path: &Path, links: Links) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::open(path, links)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        open_then_check(path, links)
+    }
+}
+
+/// Opens `path`, which must be a regular file and not a symbolic link, for appending: urec's
+/// own output, reopened after the recording in a directory that others may write to (and
+/// under sudo the file is the invoking user's). As with [`open`], nothing else at that path
+/// is ever opened: a FIFO there would hold the writer in its open until a reader came.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::open_append(path)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
+        }
+        let file = options.open(path)?;
+        check_regular(&file)?;
+        Ok(file)
+    }
+}
+
+/// Opens `path` without blocking, then refuses what is not a regular file: where there is no
+/// `O_PATH` (a report-only build elsewhere than Linux), the best available.
+#[cfg(not(target_os = "linux"))]
+fn open_then_check(path: &Path, links: Links) -> io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -99,6 +148,109 @@ pub fn open_with(path: &Path, links: Links) -> io::Result<File> {
     let file = options.open(path)?;
     check_regular(&file)?;
     Ok(file)
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::{check_regular, Identity, Links};
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    /// The flags of the open that reads or writes: `O_NONBLOCK` still, because a FUSE or NFS
+    /// file is a regular file too, and `O_NOCTTY` costs nothing.
+    const READ_FLAGS: libc::c_int = libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+
+    pub(crate) fn open(path: &Path, links: Links) -> io::Result<File> {
+        let handle = open_path(path, links)?;
+        // With `O_NOFOLLOW`, `O_PATH` opens a symbolic link itself rather than failing with
+        // `ELOOP`: `fstat` then names it, and it is refused like a FIFO.
+        check_regular(&handle)?;
+        let file = match reopen(&handle) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !proc_mounted() => {
+                by_path_again(path, links, &handle)?
+            }
+            Err(e) => return Err(e),
+        };
+        // The magic link reopens the very inode checked above; a second `fstat` costs little
+        // and keeps this function's promise independent of that reasoning.
+        check_regular(&file)?;
+        Ok(file)
+    }
+
+    pub(crate) fn open_append(path: &Path) -> io::Result<File> {
+        let handle = open_path(path, Links::NoFollow)?;
+        check_regular(&handle)?;
+        // No fallback without /proc here: only `urec record` appends, and it needs /proc.
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(READ_FLAGS)
+            .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))?;
+        check_regular(&file)?;
+        Ok(file)
+    }
+
+    /// An `O_PATH` descriptor of `path`: the lookup only, no open of the file itself, so
+    /// neither a device's driver nor a FIFO ever sees it.
+    fn open_path(path: &Path, links: Links) -> io::Result<File> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+        let mut flags = libc::O_PATH | libc::O_CLOEXEC;
+        if links == Links::NoFollow {
+            flags |= libc::O_NOFOLLOW;
+        }
+        loop {
+            // SAFETY: open(2) of a NUL-terminated path; the descriptor returned is ours.
+            let fd = unsafe { libc::open(c.as_ptr(), flags) };
+            if fd >= 0 {
+                // SAFETY: fd was just opened and nobody else owns it.
+                return Ok(unsafe { File::from_raw_fd(fd) });
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Opens for reading the inode that `handle` (an `O_PATH` descriptor) holds, whatever its
+    /// path names by now.
+    fn reopen(handle: &File) -> io::Result<File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(READ_FLAGS)
+            .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+    }
+
+    fn proc_mounted() -> bool {
+        Path::new("/proc/self/fd").is_dir()
+    }
+
+    /// Without `/proc` (a bare chroot) the inode cannot be reopened from its `O_PATH`
+    /// descriptor: the path is opened again and must still be the file checked. Only a swap
+    /// in the instant between the two opens can then reach a device.
+    fn by_path_again(path: &Path, links: Links, handle: &File) -> io::Result<File> {
+        let mut flags = READ_FLAGS;
+        if links == Links::NoFollow {
+            flags |= libc::O_NOFOLLOW;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)?;
+        if Identity::of(&file)? != Identity::of(handle)? {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the file changed while it was opened",
+            ));
+        }
+        Ok(file)
+    }
 }
 
 /// Fails unless `file` is a regular file, naming what it is instead.
@@ -431,11 +583,111 @@ mod tests {
     fn a_fifo_neither_blocks_nor_opens() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: mkfifo on a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        mkfifo(&fifo);
         let err = open(&fifo).unwrap_err();
         assert!(err.to_string().contains("a FIFO"), "{err}");
+    }
+
+    #[cfg(unix)]
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    /// A user's directory that is a symbolic link to `/dev`: `O_NOFOLLOW` would not see it
+    /// (it guards the last component only), and a plain open would reach the device.
+    #[cfg(unix)]
+    #[test]
+    fn a_device_through_a_linked_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("lib");
+        std::os::unix::fs::symlink("/dev", &link).unwrap();
+        for links in [Links::Follow, Links::NoFollow] {
+            let err = open_with(&link.join("null"), links).unwrap_err();
+            assert!(err.to_string().contains("a character device"), "{err}");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+
+    /// Whether the FIFO is ever opened shows on the other side: a writer's blocking open
+    /// returns as soon as anybody opens the FIFO for reading, `O_NONBLOCK` or not. Through a
+    /// linked directory, and at the path itself, [`open`] must leave the writer waiting.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_fifo_is_never_opened_not_even_without_blocking() {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let fifo = real.join("fifo");
+        mkfifo(&fifo);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let woken = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (fifo, woken) = (fifo.clone(), woken.clone());
+            std::thread::spawn(move || {
+                let w = std::fs::OpenOptions::new().write(true).open(&fifo);
+                woken.store(true, Ordering::SeqCst);
+                drop(w);
+            })
+        };
+        for path in [&fifo, &link.join("fifo")] {
+            let err = open(path).unwrap_err();
+            assert!(err.to_string().contains("a FIFO"), "{err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let opened = woken.load(Ordering::SeqCst);
+        // Let the writer go whatever happened, then judge.
+        let release = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        writer.join().unwrap();
+        drop(release);
+        assert!(
+            !opened,
+            "open() opened the FIFO: the waiting writer woke up"
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_reopened_file_is_the_one_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"first").unwrap();
+        let file = open(&f).unwrap();
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(&f, b"second").unwrap();
+        // Readable: the descriptor is not the O_PATH one, which fails reads with EBADF.
+        assert_eq!(read_all(&file, 100).unwrap(), b"first");
+        let err = open(Path::new("a\0b")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn append_only_to_a_regular_file_not_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"ab").unwrap();
+        let mut file = open_append(&f).unwrap();
+        file.write_all(b"cd").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"abcd");
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert!(open_append(&link).is_err());
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let err = open_append(&fifo).unwrap_err();
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+        let err = open_append(Path::new("/dev/null")).unwrap_err();
+        assert!(err.to_string().contains("a character device"), "{err}");
     }
 
     #[cfg(unix)]
@@ -447,7 +699,10 @@ mod tests {
         let link = dir.path().join("l");
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(open_with(&link, Links::Follow).is_ok());
-        assert!(open_with(&link, Links::NoFollow).is_err());
+        let err = open_with(&link, Links::NoFollow).unwrap_err();
+        #[cfg(target_os = "linux")]
+        assert!(err.to_string().contains("a symbolic link"), "{err}");
+        let _ = err;
     }
 
     #[test]
