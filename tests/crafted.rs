@@ -168,10 +168,11 @@ fn crafted_files_in_bounded_memory() {
     for crafted in hostile::all(tiny) {
         let data = dir.path().join(format!("{}.data", crafted.name));
         assert!(data.is_file(), "{} was not written", data.display());
-        let twice = TWICE_CLASSES
-            .contains(&crafted.name)
-            .then_some(TWICE)
-            .unwrap_or_default();
+        let twice = if TWICE_CLASSES.contains(&crafted.name) {
+            TWICE
+        } else {
+            &[]
+        };
         for args in COMMANDS.iter().chain(twice) {
             let r = run(args, &data, dir.path());
             let what = format!(

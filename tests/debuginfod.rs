@@ -556,32 +556,7 @@ fn crafted_recording(path: &Path, program: &Program) {
         truncated: false,
     }))
     .unwrap();
-    for i in 0..3u64 {
-        for (kind, time, stack, latency) in [
-            (EventKind::Entry, 1000 + i * 100, Some(0), None),
-            (EventKind::Return, 1050 + i * 100, None, Some(50)),
-        ] {
-            w.write_event(&Event {
-                probe: 0,
-                kind,
-                pid: 7,
-                tid: 7,
-                cpu: 0,
-                time_ns: time,
-                stack,
-                latency_ns: latency,
-                args: Vec::new(),
-            })
-            .unwrap();
-        }
-    }
-    w.write(&Record::Finish(Finish {
-        attach_ns: 0,
-        stop_ns: 10_000,
-        workload_status: Some(0),
-    }))
-    .unwrap();
-    w.finish().unwrap();
+    common::recording::write_three_calls_and_finish(w);
 }
 
 /// One `urec report` against a hostile server, measured as `/usr/bin/time -v` would.

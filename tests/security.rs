@@ -254,32 +254,7 @@ fn hostile_recording(path: &Path, fifo: &Path, dir: &Path) {
         truncated: false,
     }))
     .unwrap();
-    for i in 0..3u64 {
-        for (kind, time, stack, latency) in [
-            (EventKind::Entry, 1000 + i * 100, Some(0), None),
-            (EventKind::Return, 1050 + i * 100, None, Some(50)),
-        ] {
-            w.write_event(&Event {
-                probe: 0,
-                kind,
-                pid: 7,
-                tid: 7,
-                cpu: 0,
-                time_ns: time,
-                stack,
-                latency_ns: latency,
-                args: Vec::new(),
-            })
-            .unwrap();
-        }
-    }
-    w.write(&Record::Finish(Finish {
-        attach_ns: 0,
-        stop_ns: 10_000,
-        workload_status: Some(0),
-    }))
-    .unwrap();
-    w.finish().unwrap();
+    common::recording::write_three_calls_and_finish(w);
 }
 
 /// Runs `urec ARGS` and fails the test if it has not finished after 30 s (a blocking open of

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use urec_format::{Event, EventKind, Lost, Mapping, Probe, Process, Reader, Record, Stack};
+use urec_format::{
+    Event, EventKind, Finish, Lost, Mapping, Probe, Process, Reader, Record, Stack, Writer,
+};
 
 /// What the tests check of a recording: every probe, event, stack, mapping and loss, and how
 /// the recording finished.
@@ -75,4 +77,36 @@ impl Recording {
     pub fn stack_of(&self, event: &Event, what: &str) -> &Stack {
         &self.stacks[&event.stack.expect(what)]
     }
+}
+
+/// Writes three 50 ns calls of probe 0 by pid 7 (entries on stack 0) and a clean finish, then
+/// ends the file: the events of the small recordings the tests craft by hand around a few
+/// probes, mappings and a stack of their own.
+pub fn write_three_calls_and_finish<W: std::io::Write>(mut w: Writer<W>) {
+    for i in 0..3u64 {
+        for (kind, time, stack, latency) in [
+            (EventKind::Entry, 1000 + i * 100, Some(0), None),
+            (EventKind::Return, 1050 + i * 100, None, Some(50)),
+        ] {
+            w.write_event(&Event {
+                probe: 0,
+                kind,
+                pid: 7,
+                tid: 7,
+                cpu: 0,
+                time_ns: time,
+                stack,
+                latency_ns: latency,
+                args: Vec::new(),
+            })
+            .expect("write an event");
+        }
+    }
+    w.write(&Record::Finish(Finish {
+        attach_ns: 0,
+        stop_ns: 10_000,
+        workload_status: Some(0),
+    }))
+    .expect("write the finish record");
+    w.finish().expect("finish the recording");
 }
