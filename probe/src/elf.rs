@@ -74,6 +74,8 @@ pub(crate) struct Binary {
     pub build_id: Option<BuildId>,
     /// It has a `.symtab` (or a debug file provided one).
     pub has_symtab: bool,
+    /// It is a Go binary (SPEC.md, "Go programs").
+    pub go: Option<crate::go::GoBinary>,
     pub segments: Vec<LoadSegment>,
     /// Function symbols in executable segments, one per (name, vaddr), sorted by vaddr.
     pub functions: Vec<Sym>,
@@ -138,6 +140,7 @@ impl Binary {
             })
             .collect();
         let build_id = obj.build_id().ok().flatten().map(|b| BuildId(b.to_vec()));
+        let go = crate::go::detect(&obj);
         let mut has_symtab = obj.symbol_table().is_some();
         let mut raw_syms: Vec<RawSym> = Vec::new();
         collect(obj.symbols(), &mut raw_syms);
@@ -161,6 +164,7 @@ impl Binary {
             id: (0, 0),
             build_id,
             has_symtab,
+            go,
             segments,
             functions: Vec::new(),
             fp_fraction: 0.0,

@@ -60,6 +60,7 @@ use std::path::PathBuf;
 pub mod control_flow;
 mod elf;
 mod glob;
+pub mod go;
 mod ifunc;
 mod insn;
 mod predicate;
@@ -77,7 +78,8 @@ pub use predicate::{
     MAX_STRING_COMPARISONS,
 };
 pub use resolve::{
-    resolve, Resolution, ResolveOptions, ResolvedProbe, FRAME_POINTER_THRESHOLD, GLOB_LIMIT,
+    resolve, GoPlacement, Resolution, ResolveOptions, ResolvedProbe, FRAME_POINTER_THRESHOLD,
+    GLOB_LIMIT,
 };
 pub use spec::{parse, Arg, Fetch, FunctionSpec, ProbeSpec, Reg, MAX_DEREF_DEPTH};
 pub use target::{find_target, find_target_in, resolve_in_root, Found};

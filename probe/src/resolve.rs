@@ -67,6 +67,20 @@ pub struct ResolvedProbe {
     /// The spec's `if EXPR`: the BPF program records only the calls it accepts (evaluated at
     /// entry, or at return on a return-only probe). Specs that share a location share it.
     pub predicate: Option<crate::Predicate>,
+    /// Set on a function of a Go binary: where its probes go instead of `probe.offset`, the
+    /// function's start (SPEC.md, "Go programs"). None for other code.
+    pub go: Option<GoPlacement>,
+}
+
+/// Where the probes of a Go function go, as file offsets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoPlacement {
+    /// The entry probe: past the stack check, so a call that grows its stack and starts over
+    /// counts once.
+    pub entry_offset: u64,
+    /// A plain uprobe on each `ret`, paired per goroutine by the recorder; or why the return
+    /// cannot be probed (the probe is then entry-only: [`ProbeKind::Entry`]).
+    pub returns: Result<Vec<u64>, String>,
 }
 
 /// What [`resolve`] produced.
@@ -350,6 +364,46 @@ fn add_location(
         }
         return Ok(());
     }
+    // Go code: no uretprobe ever (it crashes the runtime); the entry past the stack check.
+    let mut kind = kind;
+    let go = match (&bin.go, loc.at_start && loc.size > 0) {
+        (Some(_), true) => {
+            let sites = crate::go::sites(bin.bytes_at(loc.vaddr, loc.size as usize), loc.vaddr);
+            let to_offset = |v: u64| {
+                bin.vaddr_to_offset(v).ok_or_else(|| {
+                    format!(
+                        "{v:#x} is not in an executable segment of {}",
+                        bin.path.display()
+                    )
+                })
+            };
+            let returns = sites
+                .rets
+                .and_then(|rets| rets.into_iter().map(to_offset).collect());
+            if let (Err(why), true) = (&returns, kind != ProbeKind::Entry) {
+                if spec.return_only {
+                    return Err(not_probeable(format!(
+                        "{} is Go code, whose returns urec probes at each `ret` (a uretprobe \
+                         would crash the runtime), and here {why}",
+                        loc.name
+                    )));
+                }
+                kind = ProbeKind::Entry;
+            }
+            Some(GoPlacement {
+                entry_offset: to_offset(sites.entry).map_err(not_probeable)?,
+                returns,
+            })
+        }
+        (Some(_), false) if kind != ProbeKind::Entry => {
+            return Err(not_probeable(format!(
+                "{} is Go code of unknown size, whose returns urec can only probe at each \
+                 `ret` of a known function",
+                loc.name
+            )))
+        }
+        _ => None,
+    };
     let bytes = bin.bytes_at(loc.vaddr, 16);
     let id = probes.len() as u32;
     index.insert(key, probes.len());
@@ -375,6 +429,7 @@ fn add_location(
         ref_ctr_offset: None,
         open_path: bin.path.clone(),
         predicate: spec.predicate.clone(),
+        go,
     });
     Ok(())
 }

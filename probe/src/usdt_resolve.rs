@@ -142,6 +142,7 @@ pub(crate) fn add(
             ref_ctr_offset,
             open_path: bin.path.clone(),
             predicate: None,
+            go: None,
         });
     }
     if skipped.len() == total {
