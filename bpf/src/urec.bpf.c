@@ -745,12 +745,20 @@ static __always_inline struct urec_probe_cfg *probe_cfg(__u32 probe)
 	return bpf_map_lookup_elem(&probes, &probe);
 }
 
-static __always_inline void emit(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
-				 __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
-				 bool stack, bool leaf, __u64 probe_ip)
+/*
+ * `tid`: the thread the event is recorded for, 0 for the current one. A Go return is recorded
+ * for the thread of its call's entry (goroutines move between threads), so that readers pair
+ * it with that entry.
+ */
+static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
+				     __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
+				     bool stack, bool leaf, __u64 probe_ip, __u32 tid)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	__u64 id = bpf_get_current_pid_tgid();
+
+	if (tid)
+		id = (id & ~0xffffffffULL) | tid;
 
 	if (!cfg) {
 		count_lost(probe, kind);
@@ -841,6 +849,13 @@ static __always_inline void emit(struct pt_regs *ctx, struct urec_probe_cfg *cfg
 	submit(buf, (off + nframes * 8) & SIZE_MASK, probe, kind);
 }
 
+static __always_inline void emit(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
+				 __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
+				 bool stack, bool leaf, __u64 probe_ip)
+{
+	emit_for(ctx, cfg, probe, kind, now, latency, flags, all_args, stack, leaf, probe_ip, 0);
+}
+
 SEC("uprobe.session")
 int urec_session(struct pt_regs *ctx)
 {
@@ -902,6 +917,107 @@ int urec_return(struct pt_regs *ctx)
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
 	emit(ctx, cfg, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true, ip);
+	return 0;
+}
+
+/*
+ * Go (SPEC.md, "Go programs"). A uretprobe crashes Go's runtime, so a Go function's return is
+ * a plain uprobe on each of its `ret`s, and these two programs pair calls themselves, per
+ * goroutine: the key is (goroutine, probe, depth), the depth measured from the top of the
+ * goroutine's stack (`g.stack.hi - sp`), which a stack copy preserves where raw `sp` does not.
+ * At the entry site (past the stack check) and at a `ret`, `sp` points at the return address,
+ * so both sides of one call compute the same depth. The goroutine is r14 in Go's register
+ * ABI (Go >= 1.17), which the stack check at the entry site itself reads.
+ *
+ * A call whose entry the map could not take (full: UREC_GO_CALLS pending calls) or did not
+ * see has no return event: the report counts it unmatched, nothing is evicted. An entry left
+ * behind by a frame that never returns (panic + recover, Goexit) is replaced by the next call
+ * at the same depth of the same goroutine.
+ */
+struct go_call_key {
+	__u64 g;
+	__u32 probe;
+	__u32 depth;
+};
+
+struct go_call {
+	__u64 ts;
+	__u32 tid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, UREC_GO_CALLS);
+	__type(key, struct go_call_key);
+	__type(value, struct go_call);
+} go_calls SEC(".maps");
+
+static __always_inline bool go_key(struct pt_regs *ctx, __u32 probe, struct go_call_key *k)
+{
+	__u64 g = ctx->r14;
+	__u64 hi = 0;
+
+	if (!g || bpf_probe_read_user(&hi, sizeof(hi), (void *)(g + 8)))
+		return false;
+	if (hi <= ctx->sp || hi - ctx->sp > 0xffffffffULL)
+		return false;
+	k->g = g;
+	k->probe = probe;
+	k->depth = hi - ctx->sp;
+	return true;
+}
+
+SEC("uprobe.multi")
+int urec_go_entry(struct pt_regs *ctx)
+{
+	__u32 probe = bpf_get_attach_cookie(ctx);
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!traced(id >> 32))
+		return 0;
+
+	struct urec_probe_cfg *cfg = probe_cfg(probe);
+	__u64 ip = bpf_get_func_ip(ctx);
+
+	if (rejected(ctx, cfg, probe, ip))
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	struct go_call_key k = {};
+
+	if (go_key(ctx, probe, &k)) {
+		struct go_call v = { .ts = now, .tid = (__u32)id };
+
+		bpf_map_update_elem(&go_calls, &k, &v, BPF_ANY);
+	}
+	emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip);
+	return 0;
+}
+
+SEC("uprobe.multi")
+int urec_go_return(struct pt_regs *ctx)
+{
+	__u32 probe = bpf_get_attach_cookie(ctx);
+
+	if (!traced(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+
+	struct go_call_key k = {};
+
+	if (!go_key(ctx, probe, &k))
+		return 0;
+
+	struct go_call *c = bpf_map_lookup_elem(&go_calls, &k);
+
+	if (!c)
+		return 0; /* rejected by the predicate, entered before attach, or no room */
+	__u64 now = bpf_ktime_get_ns();
+	__u64 ts = c->ts;
+	__u32 tid = c->tid;
+
+	bpf_map_delete_elem(&go_calls, &k);
+	emit_for(ctx, probe_cfg(probe), probe, UREC_KIND_RETURN, now, now - ts, UREC_F_LATENCY,
+		 false, false, false, bpf_get_func_ip(ctx), tid);
 	return 0;
 }
 

@@ -33,6 +33,11 @@
 #define UREC_MAX_PENDING 16  /* pending uretprobe return addresses sent per copy */
 
 /* urec_event.kind */
+/* Go calls waiting for their return at once, all processes together (urec.bpf.c, "Go"):
+ * 131,072 × (16-byte key + 16-byte value + the hash table's overhead) ≈ 10 MiB of kernel
+ * memory, enough for 100,000 goroutines each inside a probed call. */
+#define UREC_GO_CALLS 131072
+
 #define UREC_KIND_ENTRY 0
 #define UREC_KIND_RETURN 1
 

@@ -161,7 +161,35 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
             resolve_in(spec, bin, opts, &kernel, &mut out, &mut index)?;
         }
     }
+    // Go functions whose return cannot be probed are entry-only: one line for them all.
+    let entry_only: Vec<String> = out
+        .probes
+        .iter()
+        .filter_map(|p| match &p.go {
+            Some(GoPlacement {
+                returns: Err(why), ..
+            }) if p.probe.kind == ProbeKind::Entry => Some(format!("{} ({why})", p.probe.name)),
+            _ => None,
+        })
+        .collect();
+    if !entry_only.is_empty() {
+        out.warnings.push(format!(
+            "only the entries of {} are probed (a Go function's return is probed at each of \
+             its `ret`s, since a uretprobe would crash the Go runtime, and these have none \
+             urec can probe): {}",
+            plural_functions(entry_only.len()),
+            entry_only.join("; ")
+        ));
+    }
     Ok(out)
+}
+
+fn plural_functions(n: usize) -> String {
+    if n == 1 {
+        "1 Go function".into()
+    } else {
+        format!("{n} Go functions")
+    }
 }
 
 /// A file's identity: device and inode.

@@ -58,6 +58,60 @@ pub struct AttachProbe {
     /// File offset of a USDT semaphore: the kernel increments it while the probe is attached
     /// and decrements it when the link goes, `kill -9` of urec included.
     pub ref_ctr_offset: Option<u64>,
+    /// A Go function's `ret`s (file offsets): its return is a plain uprobe on each, paired
+    /// with the entry (at `offset`) per goroutine in BPF, never a uretprobe, which crashes
+    /// Go's runtime (SPEC.md, "Go programs").
+    pub go_returns: Option<Vec<u64>>,
+}
+
+/// Which BPF program a site runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Program {
+    /// Entry and return of a call, one `uprobe.session` link.
+    Session,
+    Entry,
+    Return,
+    /// A Go function's entry, which records where the goroutine's call began.
+    GoEntry,
+    /// A `ret` of a Go function (a plain uprobe), pairing with [`Program::GoEntry`].
+    GoReturn,
+    /// A `ret` of a Go function probed for its return only: the return program as a plain
+    /// uprobe.
+    GoReturnOnly,
+}
+
+/// One probed instruction: a probe's offset, or one of a Go function's `ret`s.
+#[derive(Clone, Copy, Debug)]
+struct Site<'a> {
+    probe: &'a AttachProbe,
+    offset: u64,
+    program: Program,
+}
+
+/// Every site of `probes`, with the program each runs.
+fn sites(probes: &[AttachProbe]) -> Vec<Site<'_>> {
+    let mut out = Vec::new();
+    for p in probes {
+        let site = |offset, program| Site {
+            probe: p,
+            offset,
+            program,
+        };
+        match (&p.go_returns, p.kind) {
+            (Some(rets), ProbeKind::EntryReturn) => {
+                out.push(site(p.offset, Program::GoEntry));
+                out.extend(rets.iter().map(|&r| site(r, Program::GoReturn)));
+            }
+            // A Go return-only probe: the plain return program, on each `ret`.
+            (Some(rets), ProbeKind::Return) => {
+                out.extend(rets.iter().map(|&r| site(r, Program::GoReturnOnly)));
+            }
+            (_, ProbeKind::Entry) => out.push(site(p.offset, Program::Entry)),
+            (None, ProbeKind::EntryReturn) => out.push(site(p.offset, Program::Session)),
+            (None, ProbeKind::Return) => out.push(site(p.offset, Program::Return)),
+        }
+    }
+    out
 }
 
 /// Opens and loads the programs. `storage` holds libbpf's object for the skeleton's lifetime.
@@ -189,7 +243,8 @@ pub fn attach(
             fallback: true,
         });
     }
-    let groups = multi_groups(probes);
+    let sites = sites(probes);
+    let groups = multi_groups(&sites);
     let mut links = Vec::with_capacity(groups.len() + 1);
     for group in &groups {
         let err = match attach_group(skel, group) {
@@ -211,7 +266,7 @@ pub fn attach(
         if !refused.is_empty() {
             let names: Vec<String> = refused
                 .iter()
-                .map(|(p, e)| format!("{} (file offset {:#x}: {e})", p.name, p.offset))
+                .map(|(s, e)| format!("{} (file offset {:#x}: {e})", s.probe.name, s.offset))
                 .collect();
             bail!(
                 "the kernel refused to probe {} in {}: {}; nothing was recorded (urec checks \
@@ -223,6 +278,12 @@ pub fn attach(
             );
         }
         if unsupported(&err) {
+            if probes.iter().any(|p| p.go_returns.is_some()) {
+                bail!(
+                    "uprobe_multi links refused ({err:#}): the return probes of Go functions \
+                     need them (a uretprobe would crash the Go runtime)"
+                );
+            }
             warn(format!(
                 "uprobe_multi links refused ({err:#}); falling back to single uprobes, which \
                  take about 0.1 s each to detach"
@@ -248,26 +309,26 @@ pub fn attach(
     })
 }
 
-/// The probes of one multi link: one binary, one program.
+/// The sites of one multi link: one binary, one program.
 struct MultiGroup<'a> {
     binary: PathBuf,
-    kind: ProbeKind,
-    members: Vec<&'a AttachProbe>,
+    program: Program,
+    members: Vec<Site<'a>>,
 }
 
-/// The probes grouped by (binary, kind), in a stable order.
-fn multi_groups(probes: &[AttachProbe]) -> Vec<MultiGroup<'_>> {
-    let mut groups: Vec<MultiGroup<'_>> = Vec::new();
-    for p in probes {
+/// The sites grouped by (binary, program), in a stable order.
+fn multi_groups<'a>(sites: &[Site<'a>]) -> Vec<MultiGroup<'a>> {
+    let mut groups: Vec<MultiGroup<'a>> = Vec::new();
+    for s in sites {
         match groups
             .iter_mut()
-            .find(|g| g.binary == p.binary && g.kind == p.kind)
+            .find(|g| g.binary == s.probe.binary && g.program == s.program)
         {
-            Some(g) => g.members.push(p),
+            Some(g) => g.members.push(*s),
             None => groups.push(MultiGroup {
-                binary: p.binary.clone(),
-                kind: p.kind,
-                members: vec![p],
+                binary: s.probe.binary.clone(),
+                program: s.program,
+                members: vec![*s],
             }),
         }
     }
@@ -275,34 +336,38 @@ fn multi_groups(probes: &[AttachProbe]) -> Vec<MultiGroup<'_>> {
 }
 
 fn attach_group(skel: &UrecSkel<'_>, group: &MultiGroup<'_>) -> Result<Link, libbpf_rs::Error> {
-    attach_members(skel, &group.binary, group.kind, &group.members)
+    attach_members(skel, &group.binary, group.program, &group.members)
 }
 
 fn attach_members(
     skel: &UrecSkel<'_>,
     binary: &std::path::Path,
-    kind: ProbeKind,
-    members: &[&AttachProbe],
+    program: Program,
+    members: &[Site<'_>],
 ) -> Result<Link, libbpf_rs::Error> {
-    let (prog, retprobe, session) = match kind {
-        ProbeKind::EntryReturn => (&skel.progs.urec_session, false, true),
-        ProbeKind::Entry => (&skel.progs.urec_entry, false, false),
-        ProbeKind::Return => (&skel.progs.urec_return, true, false),
+    let (prog, retprobe, session) = match program {
+        Program::Session => (&skel.progs.urec_session, false, true),
+        Program::Entry => (&skel.progs.urec_entry, false, false),
+        Program::Return => (&skel.progs.urec_return, true, false),
+        // On a Go `ret` the return program runs as a plain uprobe.
+        Program::GoReturnOnly => (&skel.progs.urec_return, false, false),
+        Program::GoEntry => (&skel.progs.urec_go_entry, false, false),
+        Program::GoReturn => (&skel.progs.urec_go_return, false, false),
     };
     // One array for the whole link or none; 0 means "no semaphore" for a member (the kernel
     // reads the offsets one by one, and 0 is its own "none").
-    let ref_ctr_offsets = if members.iter().any(|p| p.ref_ctr_offset.is_some()) {
+    let ref_ctr_offsets = if members.iter().any(|s| s.probe.ref_ctr_offset.is_some()) {
         members
             .iter()
-            .map(|p| p.ref_ctr_offset.unwrap_or(0) as usize)
+            .map(|s| s.probe.ref_ctr_offset.unwrap_or(0) as usize)
             .collect()
     } else {
         Vec::new()
     };
     let opts = UprobeMultiOpts {
-        offsets: members.iter().map(|p| p.offset as usize).collect(),
+        offsets: members.iter().map(|s| s.offset as usize).collect(),
         ref_ctr_offsets,
-        cookies: members.iter().map(|p| u64::from(p.id)).collect(),
+        cookies: members.iter().map(|s| u64::from(s.probe.id)).collect(),
         retprobe,
         session,
         ..Default::default()
@@ -315,14 +380,14 @@ fn attach_members(
 fn refused_in<'a>(
     skel: &UrecSkel<'_>,
     group: &MultiGroup<'a>,
-) -> Vec<(&'a AttachProbe, libbpf_rs::Error)> {
+) -> Vec<(Site<'a>, libbpf_rs::Error)> {
     fn bisect<'a>(
         skel: &UrecSkel<'_>,
         group: &MultiGroup<'a>,
-        members: &[&'a AttachProbe],
-        out: &mut Vec<(&'a AttachProbe, libbpf_rs::Error)>,
+        members: &[Site<'a>],
+        out: &mut Vec<(Site<'a>, libbpf_rs::Error)>,
     ) {
-        match attach_members(skel, &group.binary, group.kind, members) {
+        match attach_members(skel, &group.binary, group.program, members) {
             Ok(link) => drop(link),
             Err(e) if members.len() == 1 => out.push((members[0], e)),
             Err(_) => {
@@ -348,6 +413,13 @@ fn unsupported(err: &libbpf_rs::Error) -> bool {
 }
 
 fn attach_single(skel: &UrecSkel<'_>, probes: &[AttachProbe]) -> Result<Vec<Link>> {
+    if let Some(p) = probes.iter().find(|p| p.go_returns.is_some()) {
+        bail!(
+            "{} is a Go function, whose return probes need uprobe_multi links (a uretprobe \
+             would crash the Go runtime)",
+            p.name
+        );
+    }
     let mut links = Vec::new();
     for p in probes {
         let id = u64::from(p.id);

@@ -48,6 +48,8 @@ pub struct PlannedProbe {
     /// The binary as urec opens and attaches to it (`probe.binary` may be a path inside a
     /// container, see [`ResolvedProbe::open_path`]).
     pub open_path: std::path::PathBuf,
+    /// Where a Go function's probes go ([`ResolvedProbe::go`]).
+    pub go: Option<urec_probe::GoPlacement>,
 }
 
 /// A resolved probe urec cannot record as asked.
@@ -145,6 +147,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
         },
         ref_ctr_offset: resolved.ref_ctr_offset,
         open_path: resolved.open_path.clone(),
+        go: resolved.go.clone(),
     })
 }
 

@@ -358,10 +358,12 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         .map(|p| AttachProbe {
             id: p.probe.id,
             binary: p.open_path.clone(),
-            offset: p.probe.offset.0,
+            // A Go function's entry probe sits past its stack check (SPEC.md, "Go programs").
+            offset: p.go.as_ref().map_or(p.probe.offset.0, |g| g.entry_offset),
             kind: p.probe.kind,
             name: p.probe.name.clone(),
             ref_ctr_offset: p.ref_ctr_offset,
+            go_returns: p.go.as_ref().and_then(|g| g.returns.clone().ok()),
         })
         .collect();
     let attached = attach::attach(&skel, &probes, filter, &mut warn)?;

@@ -803,7 +803,7 @@ impl<'o> Aggregator<'o> {
 
     fn pair_return(&mut self, pi: usize, ev: &Event, gen: Generation) {
         let key = (gen.id, ev.tid, ev.probe);
-        let popped = self.pending.pop_fitting(&key, ev.time_ns, ev.latency_ns);
+        let popped = self.pending.pop_for_return(&key, ev.time_ns, ev.latency_ns);
         let latency = match (ev.latency_ns, &popped) {
             (Some(lat), _) => Some(lat),
             (None, Some(entry)) => Some(ev.time_ns.saturating_sub(entry.time_ns)),

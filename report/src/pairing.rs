@@ -236,6 +236,40 @@ impl<K: Copy + Eq + Hash, T: Waiting> Pairing<K, T> {
         }
     }
 
+    /// Takes the entry of `key` that a return at `return_ns` after the measured `latency_ns`
+    /// belongs to: the one entered exactly `latency_ns` before (the recorder measures the
+    /// latency from the entry's own time stamp), wherever it waits; else the newest entry if
+    /// its time [`fits`]. The exact match matters where calls of one thread do not nest: Go
+    /// goroutines share threads, so a thread's waiting entries belong to several goroutines
+    /// whose calls end in any order.
+    pub(crate) fn pop_for_return(
+        &mut self,
+        key: &K,
+        return_ns: u64,
+        latency_ns: Option<u64>,
+    ) -> Option<T> {
+        if let Some(lat) = latency_ns {
+            let began = return_ns.saturating_sub(lat);
+            if let Some(i) = self.find(key, |t| t.time_ns() == began) {
+                return self.remove(i);
+            }
+        }
+        self.pop_fitting(key, return_ns, latency_ns)
+    }
+
+    /// The node of the newest entry of `key` that `pred` accepts.
+    fn find(&self, key: &K, pred: impl Fn(&T) -> bool) -> Option<u32> {
+        let mut at = self.stacks.get(key)?.top;
+        while at != NONE {
+            let n = &self.nodes[at as usize];
+            if n.value.as_ref().is_some_and(&pred) {
+                return Some(at);
+            }
+            at = n.below;
+        }
+        None
+    }
+
     /// The entries of `key`, newest first.
     pub(crate) fn iter_from_top(&self, key: &K) -> impl Iterator<Item = &T> + '_ {
         let mut at = self.stacks.get(key).map_or(NONE, |s| s.top);
@@ -347,6 +381,24 @@ mod tests {
         assert_eq!(p.pop_fitting(&1, 1_000_000, Some(999_000)), Some(E(1_000)));
         p.push(1, E(5), |_, _| {});
         assert_eq!(p.pop_fitting(&1, 1_000_000, None), Some(E(5)));
+    }
+
+    #[test]
+    fn a_return_takes_the_entry_its_latency_names_wherever_it_waits() {
+        let mut p: Pairing<u32, E> = Pairing::default();
+        for t in [100, 200, 300] {
+            p.push(1, E(t), |_, _| {});
+        }
+        // Returned at 1,000 after 800: entered at 200, under the newest.
+        assert_eq!(p.pop_for_return(&1, 1_000, Some(800)), Some(E(200)));
+        assert_eq!(
+            p.iter_from_top(&1).map(|e| e.0).collect::<Vec<_>>(),
+            [300, 100]
+        );
+        // No exact match: the newest if it fits.
+        assert_eq!(p.pop_for_return(&1, 1_000, Some(650)), Some(E(300)));
+        assert_eq!(p.pop_for_return(&1, 1_000, None), Some(E(100)));
+        assert_eq!(p.pop_for_return(&1, 1_000, None), None);
     }
 
     #[test]

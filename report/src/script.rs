@@ -367,7 +367,7 @@ impl<'o> Printer<'o> {
                 None
             }
             (EventKind::Return, Some(urec_format::ProbeKind::EntryReturn)) => {
-                let entry = self.waiting.pop_fitting(&key, ev.time_ns, ev.latency_ns);
+                let entry = self.waiting.pop_for_return(&key, ev.time_ns, ev.latency_ns);
                 let latency = ev
                     .latency_ns
                     .or_else(|| entry.as_ref().map(|e| ev.time_ns.saturating_sub(e.time_ns)));

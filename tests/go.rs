@@ -1,0 +1,195 @@
+//! Go programs (SPEC.md, "Go programs"), built by the test with the Go toolchain: the default
+//! probe (entry and return) on several functions of a program whose goroutine stacks grow
+//! while probed calls are in flight, and whose goroutines block mid-call and resume on other
+//! threads. A uretprobe there crashes the runtime (`fatal error: unknown caller pc`); urec must
+//! leave the program's output and exit status exactly as without it, and count every call and
+//! return exactly, paired per goroutine.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// Ground truth: 8 goroutines × 25 calls of `Deep(200)` (201 calls each, 512-byte frames: the
+/// 8 KiB goroutine stacks grow many times under probed calls), and 16 goroutines × 10 calls
+/// of `Nap`, which sleeps 1 ms mid-call (the goroutine resumes on any thread) and calls
+/// `Leaf`, as does the innermost `Deep`.
+const PROGRAM: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+)
+
+//go:noinline
+func Leaf(n int) int { return n * 2 }
+
+//go:noinline
+func Deep(n int) int {
+	var pad [512]byte
+	pad[n%512] = byte(n)
+	if n == 0 {
+		return int(pad[0]) + Leaf(1)
+	}
+	return Deep(n-1) + int(pad[n%512]&1)
+}
+
+//go:noinline
+func Nap(i int) int {
+	time.Sleep(time.Millisecond)
+	return Leaf(i)
+}
+
+func main() {
+	runtime.GOMAXPROCS(4)
+	var wg sync.WaitGroup
+	deep := make([]int, 8)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				deep[g] += Deep(200)
+			}
+		}(g)
+	}
+	naps := make([]int, 16)
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				naps[g] += Nap(i)
+			}
+		}(g)
+	}
+	wg.Wait()
+	fmt.Println(deep, naps)
+	os.Exit(3)
+}
+"#;
+
+const DEEP_CALLS: u64 = 8 * 25 * 201;
+const NAP_CALLS: u64 = 16 * 10;
+const LEAF_CALLS: u64 = 8 * 25 + NAP_CALLS;
+
+/// Builds the program with `flags`; `None` (the test skips, with a message) where there is no
+/// Go toolchain, except under `CI=true`, where CI installs one and its absence must fail.
+fn build(dir: &Path, flags: &[&str]) -> Option<PathBuf> {
+    if Command::new("go").arg("version").output().is_err() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true: no Go toolchain (scripts/install-deps.sh installs golang-go)");
+        }
+        eprintln!("skipped: no Go toolchain");
+        return None;
+    }
+    std::fs::write(dir.join("main.go"), PROGRAM).unwrap();
+    std::fs::write(dir.join("go.mod"), "module gotest\n\ngo 1.17\n").unwrap();
+    let exe = dir.join("gotest");
+    let out = Command::new("go")
+        .arg("build")
+        .args(flags)
+        .arg("-o")
+        .arg(&exe)
+        .arg(".")
+        .current_dir(dir)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .expect("running go build");
+    assert!(
+        out.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(exe)
+}
+
+fn function<'a>(json: &'a serde_json::Value, probe: &str) -> &'a serde_json::Value {
+    json["functions"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["probe"] == probe))
+        .unwrap_or_else(|| panic!("no function {probe} in {json}"))
+}
+
+#[test]
+fn default_probes_on_go_functions_leave_the_program_alone_and_count_exactly() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = build(dir.path(), &[]) else {
+        return;
+    };
+    let untraced = Command::new(&exe).output().unwrap();
+    assert_eq!(untraced.status.code(), Some(3));
+    let data = dir.path().join("go.data");
+    let target = exe.to_str().unwrap();
+    let specs: Vec<String> = ["main.Deep", "main.Nap", "main.Leaf"]
+        .iter()
+        .map(|f| format!("{target}:{f}"))
+        .collect();
+    let mut args = vec!["-g", "fp", "-o", data.to_str().unwrap()];
+    for s in &specs {
+        args.extend(["-e", s.as_str()]);
+    }
+    args.extend(["--", target]);
+    let traced = record(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&traced.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&traced.stdout),
+        String::from_utf8_lossy(&untraced.stdout),
+        "the traced program's output differs: {stderr}"
+    );
+    assert!(!stderr.contains("fatal error"), "{stderr}");
+    assert_eq!(traced.status.code(), Some(3), "{stderr}");
+
+    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--json",
+        "-",
+    ]))
+    .unwrap();
+    for (f, calls) in [
+        ("main.Deep", DEEP_CALLS),
+        ("main.Nap", NAP_CALLS),
+        ("main.Leaf", LEAF_CALLS),
+    ] {
+        let probe = format!("{target}:{f}");
+        let j = function(&json, &probe);
+        assert_eq!(j["calls"], calls, "{probe}: {j}");
+        assert_eq!(j["returns"], calls, "{probe}: {j}");
+        assert_eq!(j["unmatched"], 0, "{probe}: {j}");
+        assert_eq!(j["in_flight"], 0, "{probe}: {j}");
+        assert_eq!(j["lost"], 0, "{probe}: {j}");
+    }
+    // Every Nap slept a millisecond inside the call, whichever thread it ended on.
+    let nap = &function(&json, &format!("{target}:main.Nap"))["latency_ns"];
+    assert!(nap["min"].as_u64().unwrap() >= 1_000_000, "{nap}");
+}
+
+#[test]
+fn go_functions_are_probed_past_the_stack_check_and_at_each_ret() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = build(dir.path(), &[]) else {
+        return;
+    };
+    let spec = urec_probe::parse(&format!("{}:main.Deep", exe.display())).unwrap();
+    let r = urec_probe::resolve(&[spec], &urec_probe::ResolveOptions::default()).unwrap();
+    let p = &r.probes[0];
+    let go = p.go.as_ref().expect("a Go function");
+    assert!(
+        go.entry_offset > p.probe.offset.0,
+        "the entry probe is past the stack check: {go:?}"
+    );
+    let rets = go.returns.as_ref().expect("Deep returns by ret");
+    assert!(!rets.is_empty());
+    assert_eq!(p.probe.kind, urec_format::ProbeKind::EntryReturn);
+}
