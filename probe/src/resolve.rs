@@ -313,7 +313,7 @@ fn add_location(
         ))
     })?;
     let kind =
-        match (loc.at_start, spec.return_only) {
+        match (loc.at_start && !spec.entry_only, spec.return_only) {
             (true, true) => ProbeKind::Return,
             (true, false) => ProbeKind::EntryReturn,
             (false, true) => {

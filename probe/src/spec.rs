@@ -32,6 +32,9 @@ pub struct ProbeSpec {
     pub function: FunctionSpec,
     /// `%return` was given: a return probe only.
     pub return_only: bool,
+    /// `%entry` was given: an entry probe only (counts, args and stacks at the cheapest cost,
+    /// no latency).
+    pub entry_only: bool,
     /// The ARGs, in order.
     pub args: Vec<Arg>,
     /// The trailing `if EXPR`, when given: calls it rejects are neither recorded nor lost.
@@ -357,9 +360,17 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
     }
     let rest = &text[colon + 1..];
     let (func_token, args_text) = split_function(rest).map_err(syntax)?;
-    let (func_text, return_only) = match func_token.strip_suffix("%return") {
-        Some(f) => (f, true),
-        None => (func_token.as_str(), bpftrace_return),
+    let (func_text, return_only, entry_only) = match func_token.strip_suffix("%return") {
+        Some(f) => (f, true, false),
+        None => match func_token.strip_suffix("%entry") {
+            Some(f) if !bpftrace_return => (f, false, true),
+            Some(_) => {
+                return Err(syntax(
+                    "%entry on a uretprobe: asks for the entry and only the return at once".into(),
+                ))
+            }
+            None => (func_token.as_str(), bpftrace_return, false),
+        },
     };
     let func_text = unquote(func_text).map_err(syntax)?;
     if func_text.is_empty() {
@@ -367,7 +378,7 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
     }
     if let Some(pos) = func_text.find('%') {
         return Err(syntax(format!(
-            "unknown suffix {:?} after the function (only %return is supported)",
+            "unknown suffix {:?} after the function (%return and %entry are supported)",
             &func_text[pos..]
         )));
     }
@@ -378,11 +389,21 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
         Some(t) => Some(parse_predicate(spec, t, &args, return_only)?),
         None => None,
     };
+    if entry_only {
+        if let Some(a) = args.iter().find(|a| a.uses_retval()) {
+            return Err(SpecError::BadArg {
+                spec: spec.to_string(),
+                arg: a.fetch_text.clone(),
+                why: "$retval needs the return, and %entry probes the entry only".into(),
+            });
+        }
+    }
     Ok(ProbeSpec {
         text: spec.to_string(),
         target: target.to_string(),
         function,
         return_only,
+        entry_only,
         args,
         predicate,
     })
@@ -486,6 +507,7 @@ fn parse_usdt(spec: &str, rest: &str) -> Result<ProbeSpec, SpecError> {
             name: name.to_string(),
         },
         return_only: false,
+        entry_only: true,
         args: parse_args(spec, args_text)?,
         predicate: None,
     })
@@ -855,6 +877,12 @@ mod tests {
         assert_eq!(s.target, "/usr/lib/x86_64-linux-gnu/libc.so.6");
         assert!(s.return_only);
         assert_eq!(s.name(), "/usr/lib/x86_64-linux-gnu/libc.so.6:malloc");
+
+        let s = p("libc:malloc%entry n=arg1");
+        assert!(s.entry_only && !s.return_only);
+        assert_eq!(s.name(), "libc:malloc");
+        assert!(err("libc:malloc%entry r=$retval").contains("%entry probes the entry only"));
+        assert!(err("uretprobe:libc:malloc%entry").contains("%entry on a uretprobe"));
     }
 
     #[test]
@@ -1095,7 +1123,7 @@ mod tests {
         assert!(err(":readline").contains("empty TARGET"));
         assert!(err("bash:").contains("empty FUNCTION"));
         assert!(err("bash:%return").contains("empty FUNCTION"));
-        assert!(err("bash:readline%entry").contains("only %return"));
+        assert!(err("bash:readline%exit").contains("%return and %entry are supported"));
         assert!(err("bash:f(int").contains("unbalanced parentheses"));
         assert!(err("bash:'f").contains("unterminated quote"));
         assert!(err("bash:0xzz").contains("bad address"));
