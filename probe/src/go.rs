@@ -17,6 +17,19 @@ pub struct GoBinary {
     pub version: Option<String>,
 }
 
+impl GoBinary {
+    /// Go 1.17 and later keep the running goroutine in `r14` in Go code (the register ABI),
+    /// which the return probes read; older ones keep it in thread-local storage only.
+    pub fn goroutine_in_r14(&self) -> bool {
+        self.version
+            .as_deref()
+            .and_then(|v| v.strip_prefix("go1."))
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|minor| minor.parse::<u32>().ok())
+            .is_some_and(|minor| minor >= 17)
+    }
+}
+
 /// Sections only Go's toolchain writes.
 const GO_SECTIONS: [&str; 3] = [".note.go.buildid", ".go.buildinfo", ".gopclntab"];
 
@@ -215,6 +228,13 @@ mod tests {
         d.push(8);
         d.extend(b"go1.19.8");
         assert_eq!(buildinfo_version(&d).as_deref(), Some("go1.19.8"));
+        let go = |v: Option<&str>| GoBinary {
+            version: v.map(str::to_string),
+        };
+        assert!(go(Some("go1.19.8")).goroutine_in_r14());
+        assert!(go(Some("go1.21rc2")).goroutine_in_r14());
+        assert!(!go(Some("go1.16.15")).goroutine_in_r14());
+        assert!(!go(None).goroutine_in_r14());
         d[15] = 0;
         assert_eq!(buildinfo_version(&d), None);
     }

@@ -395,8 +395,16 @@ fn add_location(
     // Go code: no uretprobe ever (it crashes the runtime); the entry past the stack check.
     let mut kind = kind;
     let go = match (&bin.go, loc.at_start && loc.size > 0) {
-        (Some(_), true) => {
-            let sites = crate::go::sites(bin.bytes_at(loc.vaddr, loc.size as usize), loc.vaddr);
+        (Some(gobin), true) => {
+            let mut sites = crate::go::sites(bin.bytes_at(loc.vaddr, loc.size as usize), loc.vaddr);
+            if !gobin.goroutine_in_r14() {
+                sites.rets = Err(format!(
+                    "its binary was built by {}, which keeps the goroutine in thread-local \
+                     storage, not in r14 (Go 1.17 and later), and urec pairs Go calls by \
+                     goroutine from r14",
+                    gobin.version.as_deref().unwrap_or("a Go older than 1.18")
+                ));
+            }
             let to_offset = |v: u64| {
                 bin.vaddr_to_offset(v).ok_or_else(|| {
                     format!(
