@@ -193,3 +193,72 @@ fn go_functions_are_probed_past_the_stack_check_and_at_each_ret() {
     assert!(!rets.is_empty());
     assert_eq!(p.probe.kind, urec_format::ProbeKind::EntryReturn);
 }
+
+#[test]
+fn entry_only_and_return_only_probes_on_go_functions() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = build(dir.path(), &[]) else {
+        return;
+    };
+    let data = dir.path().join("go.data");
+    let target = exe.to_str().unwrap();
+    let deep = format!("{target}:main.Deep%entry");
+    // Deep's innermost call passes 1 to Leaf, Nap passes 0..9: Leaf returns 2n in rax.
+    let leaf = format!("{target}:main.Leaf%return r=$retval");
+    let traced = record(&[
+        "-g",
+        "fp",
+        "-o",
+        data.to_str().unwrap(),
+        "-e",
+        &deep,
+        "-e",
+        &leaf,
+        "--",
+        target,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(
+        traced.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&traced.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--json",
+        "-",
+    ]))
+    .unwrap();
+    let d = function(&json, &format!("{target}:main.Deep"));
+    assert_eq!(
+        (&d["calls"], &d["returns"]),
+        (&DEEP_CALLS.into(), &0.into()),
+        "{d}"
+    );
+    let l = function(&json, &format!("{target}:main.Leaf"));
+    assert_eq!(
+        (&l["calls"], &l["returns"]),
+        (&LEAF_CALLS.into(), &LEAF_CALLS.into()),
+        "{l}"
+    );
+    // The return values, as the program computed them.
+    let script = urec_ok(&["script", "-i", data.to_str().unwrap()]);
+    let mut values: Vec<u64> = script
+        .lines()
+        .filter_map(|l| l.split(" r=0x").nth(1))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .collect();
+    values.sort_unstable();
+    let mut expected: Vec<u64> = std::iter::repeat_n(2, 8 * 25)
+        .chain((0..16).flat_map(|_| (0..10u64).map(|i| 2 * i)))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(values, expected);
+}
