@@ -2,7 +2,7 @@
 //! `-g auto` on Go programs (SPEC.md, "Go programs"): frame pointers, whatever the census of
 //! `push %rbp` prologues says (Go sets its frame up after the stack check), and stacks that end
 //! at `runtime.goexit` / `runtime.main`. The Go program is built here with `go build`; without
-//! a Go toolchain the tests skip with a message.
+//! a Go toolchain the tests skip with a message (fail under `CI=true`).
 
 mod common;
 
@@ -101,6 +101,11 @@ fn build_go(dir: &Path) -> Option<PathBuf> {
         Ok(o) if o.status.success() => Some(exe),
         Ok(o) => panic!("go build failed: {}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!(
+                    "CI=true: no Go toolchain ({e}; scripts/install-deps.sh installs golang-go)"
+                );
+            }
             eprintln!("skipped: no go toolchain ({e})");
             None
         }
