@@ -501,10 +501,100 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         );
     }
     if workload {
+        // Last, and even with -q: urec's own exit status is the command's, and without this
+        // line a crash of the command would look like urec failing.
+        let events = summary.entries + summary.returns;
+        if let Some(line) = summary.workload_end.and_then(|end| {
+            let program = args.command.first().map_or("the command", String::as_str);
+            workload_line(program, end, events)
+        }) {
+            eprintln!("{line}");
+        }
         let status = summary.workload_status.unwrap_or(0);
         return Ok(status.clamp(0, 255) as u8);
     }
     Ok(0)
+}
+
+/// `urec: ./server was killed by SIGSEGV; 1,204 events recorded`, when the command did not
+/// exit 0; None when it did.
+fn workload_line(program: &str, end: urec_record::WorkloadEnd, events: u64) -> Option<String> {
+    use urec_record::command::Ended;
+    let program = urec_format::printable(program);
+    let how = match end.ended {
+        Ended::Exited(0) => return None,
+        Ended::Exited(status) => format!("exited with status {status}"),
+        Ended::Killed {
+            signal,
+            core_dumped,
+        } => {
+            let mut s = format!("was killed by {}", signal_name(signal));
+            if core_dumped {
+                s += " (core dumped)";
+            }
+            if end.by_urec {
+                s += ", which urec sent when recording stopped first";
+            }
+            s
+        }
+    };
+    let noun = if events == 1 { "event" } else { "events" };
+    Some(format!(
+        "urec: {program} {how}; {} {noun} recorded",
+        thousands(events)
+    ))
+}
+
+/// `SIGSEGV` for 11, as shells and `kill -l` name signals; `signal 40` past the standard ones.
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSTKFLT => "SIGSTKFLT",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGURG => "SIGURG",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGIO => "SIGIO",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGSYS => "SIGSYS",
+        n => return format!("signal {n}"),
+    };
+    name.into()
+}
+
+/// `1,204`: the count in the last line is read at a glance.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The symbols step, once the recording is complete: names every address from the files the
@@ -555,6 +645,51 @@ fn add_symbols(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workload_lines() {
+        use urec_record::command::Ended;
+        use urec_record::WorkloadEnd;
+        let end = |ended, by_urec| WorkloadEnd { ended, by_urec };
+        let segv = Ended::Killed {
+            signal: libc::SIGSEGV,
+            core_dumped: false,
+        };
+        assert_eq!(
+            workload_line("./server", end(segv, false), 1204).as_deref(),
+            Some("urec: ./server was killed by SIGSEGV; 1,204 events recorded")
+        );
+        assert_eq!(
+            workload_line("./server", end(Ended::Exited(3), false), 1).as_deref(),
+            Some("urec: ./server exited with status 3; 1 event recorded")
+        );
+        assert_eq!(
+            workload_line("./server", end(Ended::Exited(0), false), 5),
+            None
+        );
+        let term = Ended::Killed {
+            signal: libc::SIGTERM,
+            core_dumped: false,
+        };
+        assert_eq!(
+            workload_line("sleep", end(term, true), 0).as_deref(),
+            Some(
+                "urec: sleep was killed by SIGTERM, which urec sent when recording stopped \
+                 first; 0 events recorded"
+            )
+        );
+        let abrt = Ended::Killed {
+            signal: libc::SIGABRT,
+            core_dumped: true,
+        };
+        assert!(workload_line("a", end(abrt, false), 0)
+            .is_some_and(|l| l.contains("SIGABRT (core dumped)")));
+        assert_eq!(signal_name(40), "signal 40");
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
 
     #[test]
     fn durations() {

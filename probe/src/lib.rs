@@ -318,9 +318,11 @@ impl Function {
 /// Whether the ELF file at `path` seems built with frame pointers: at least
 /// [`FRAME_POINTER_THRESHOLD`] of its functions that set up a stack frame do it with
 /// `[endbr64] push %rbp; mov %rsp,%rbp`. A file that cannot be read, or has no function
-/// symbols, counts as without: DWARF unwinding is the safe choice for it.
+/// symbols, counts as without: DWARF unwinding is the safe choice for it. A Go binary counts as
+/// with (see [`ResolvedProbe::binary_is_go`]).
 pub fn keeps_frame_pointers(path: &std::path::Path) -> bool {
-    elf::Binary::open(path).is_ok_and(|b| b.fp_fraction >= FRAME_POINTER_THRESHOLD)
+    elf::Binary::open(path)
+        .is_ok_and(|b| b.go.is_some() || b.fp_fraction >= FRAME_POINTER_THRESHOLD)
 }
 
 /// The functions of TARGET (resolved as in specs) whose name (raw or demangled) matches `glob`

@@ -43,7 +43,9 @@ pub struct ResolvedProbe {
     /// `stack_mode` is left as [`StackMode::FramePointer`] for the recorder to set.
     pub probe: Probe,
     /// The parsed fetch of each arg, parallel to `probe.args` (whose `at_return` and `ty` say
-    /// when and how to fetch it). Use [`Fetch::lowered`] to get registers and stack slots.
+    /// when and how to fetch it). Use [`Fetch::lowered`] to get registers and stack slots. In a
+    /// Go binary `argN` is already Go's register ([`Fetch::go_abi`]): lowering by the C ABI
+    /// would read the wrong registers.
     pub fetches: Vec<Fetch>,
     /// Size of the probed function in bytes (0 when unknown).
     pub size: u64,
@@ -70,6 +72,11 @@ pub struct ResolvedProbe {
     /// Set on a function of a Go binary: where its probes go instead of `probe.offset`, the
     /// function's start (SPEC.md, "Go programs"). None for other code.
     pub go: Option<GoPlacement>,
+    /// The probed binary is a Go binary, wherever in it the probe is. `-g auto` walks frame
+    /// pointers in Go code: the toolchain keeps them on every amd64 function that has a frame,
+    /// but after the stack check (or as `sub; mov %rbp, N(%rsp); lea`), which the
+    /// `push %rbp` census behind [`ResolvedProbe::binary_keeps_frame_pointers`] does not count.
+    pub binary_is_go: bool,
 }
 
 /// Where the probes of a Go function go, as file offsets.
@@ -362,13 +369,31 @@ fn add_location(
         }
         let at_return = spec.return_only || arg.uses_retval();
         args.push(arg.to_format(at_return));
-        fetches.push(arg.fetch.clone());
+        fetches.push(match bin.go {
+            Some(_) => arg.fetch.go_abi().map_err(bad)?,
+            None => arg.fetch.clone(),
+        });
     }
+    // The predicate reads its operands by the same ABI as the args.
+    let predicate = match (&bin.go, &spec.predicate) {
+        (Some(_), Some(p)) => {
+            let mut p = p.clone();
+            for op in &mut p.operands {
+                op.fetch = op.fetch.go_abi().map_err(|why| SpecError::BadArg {
+                    spec: spec.text.clone(),
+                    arg: op.fetch_text.clone(),
+                    why,
+                })?;
+            }
+            Some(p)
+        }
+        (_, p) => p.clone(),
+    };
 
     let key = (bin.id, offset);
     if let Some(&i) = index.get(&key) {
         let existing = &mut probes[i];
-        if existing.predicate != spec.predicate {
+        if existing.predicate != predicate {
             return Err(not_probeable(format!(
                 "{} is also probed by {:?} with {}: specs probing the same location must \
                  have the same predicate (or none)",
@@ -464,8 +489,9 @@ fn add_location(
         binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
         ref_ctr_offset: None,
         open_path: bin.path.clone(),
-        predicate: spec.predicate.clone(),
+        predicate,
         go,
+        binary_is_go: bin.go.is_some(),
     });
     Ok(())
 }

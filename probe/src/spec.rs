@@ -219,6 +219,47 @@ impl Fetch {
         }
     }
 
+    /// The same fetch with ABI arguments replaced by where Go's register ABI (ABIInternal, Go
+    /// 1.17+) puts them: args 1–9 in `%ax %bx %cx %di %si %r8 %r9 %r10 %r11`, one register per
+    /// word, so a string takes two (pointer, length), a slice three, and a method's receiver
+    /// is arg 1. `$retval` is left alone: the first result word is `%ax` in both ABIs.
+    ///
+    /// A Go argument that does not fit in the remaining registers goes to the stack whole, at
+    /// an offset that depends on the types of the others: a word number there would be a
+    /// guess, so arguments past the ninth are refused and `$stackN` is the way to read them.
+    pub fn go_abi(&self) -> Result<Fetch, String> {
+        const REGS: [Reg; 9] = [
+            Reg::Ax,
+            Reg::Bx,
+            Reg::Cx,
+            Reg::Di,
+            Reg::Si,
+            Reg::R8,
+            Reg::R9,
+            Reg::R10,
+            Reg::R11,
+        ];
+        match self {
+            Fetch::Arg(n) => match usize::try_from(*n)
+                .ok()
+                .and_then(|n| REGS.get(n.checked_sub(1)?))
+            {
+                Some(r) => Ok(Fetch::Reg(*r)),
+                None => Err(format!(
+                    "arg{n} of a Go function: Go's register ABI passes 9 integer words in \
+                     registers (arg1..arg9 = %ax %bx %cx %di %si %r8 %r9 %r10 %r11); what does \
+                     not fit goes to the stack at an offset that depends on the argument types, \
+                     read it with $stackN"
+                )),
+            },
+            Fetch::Deref { offset, inner } => Ok(Fetch::Deref {
+                offset: *offset,
+                inner: Box::new(inner.go_abi()?),
+            }),
+            other => Ok(other.clone()),
+        }
+    }
+
     /// Number of nested dereferences.
     pub fn depth(&self) -> usize {
         match self {
@@ -1109,6 +1150,24 @@ mod tests {
         assert_eq!(Fetch::Arg(6).lowered(), Fetch::Reg(Reg::R9));
         assert_eq!(Fetch::Arg(7).lowered(), Fetch::StackSlot(1));
         assert_eq!(Fetch::Retval.lowered(), Fetch::Reg(Reg::Ax));
+        // Go's register ABI: arg1..arg9 in RAX RBX RCX RDI RSI R8 R9 R10 R11.
+        assert_eq!(Fetch::Arg(1).go_abi(), Ok(Fetch::Reg(Reg::Ax)));
+        assert_eq!(Fetch::Arg(2).go_abi(), Ok(Fetch::Reg(Reg::Bx)));
+        assert_eq!(Fetch::Arg(3).go_abi(), Ok(Fetch::Reg(Reg::Cx)));
+        assert_eq!(Fetch::Arg(4).go_abi(), Ok(Fetch::Reg(Reg::Di)));
+        assert_eq!(Fetch::Arg(9).go_abi(), Ok(Fetch::Reg(Reg::R11)));
+        assert!(Fetch::Arg(10)
+            .go_abi()
+            .is_err_and(|e| e.contains("$stackN")));
+        assert!(Fetch::Arg(0).go_abi().is_err());
+        assert_eq!(
+            fetch("+8(arg2)").go_abi(),
+            Ok(Fetch::Deref {
+                offset: 8,
+                inner: Box::new(Fetch::Reg(Reg::Bx))
+            })
+        );
+        assert_eq!(Fetch::Retval.go_abi(), Ok(Fetch::Retval));
         assert_eq!(Reg::Di.pt_regs_offset(), 112);
         assert_eq!(Reg::Ax.pt_regs_offset(), 80);
         assert_eq!(Reg::Sp.pt_regs_offset(), 152);

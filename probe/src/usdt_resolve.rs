@@ -143,6 +143,7 @@ pub(crate) fn add(
             open_path: bin.path.clone(),
             predicate: None,
             go: None,
+            binary_is_go: bin.go.is_some(),
         });
     }
     if skipped.len() == total {

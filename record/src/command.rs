@@ -45,6 +45,38 @@ pub struct Workload {
     pid: u32,
     gate: Option<OwnedFd>,
     status: Option<i32>,
+    ended: Option<Ended>,
+    terminated: bool,
+}
+
+/// How the command ended. The shell-style status (128 + signal) cannot tell `exit(139)` from
+/// a SIGSEGV, and record's last line must say which (SPEC.md, issue 25 item 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// It called `exit` with this status.
+    Exited(i32),
+    /// A signal ended it.
+    Killed {
+        /// The signal's number.
+        signal: i32,
+        /// The kernel wrote a core dump.
+        core_dumped: bool,
+    },
+}
+
+impl Ended {
+    fn of(status: i32) -> Option<Ended> {
+        if libc::WIFEXITED(status) {
+            Some(Ended::Exited(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(Ended::Killed {
+                signal: libc::WTERMSIG(status),
+                core_dumped: libc::WCOREDUMP(status),
+            })
+        } else {
+            None
+        }
+    }
 }
 
 /// Finds `program` as `execvp` would (a name without `/` through `PATH`), so that a missing
@@ -128,6 +160,8 @@ impl Workload {
             pid: pid as u32,
             gate: Some(write),
             status: None,
+            ended: None,
+            terminated: false,
         })
     }
 
@@ -165,6 +199,17 @@ impl Workload {
         Ok(self.status.unwrap_or(0))
     }
 
+    /// How the command ended, once it has (as [`Workload::try_wait`] last found).
+    pub fn ended(&self) -> Option<Ended> {
+        self.ended
+    }
+
+    /// Whether urec ended the command itself ([`Workload::terminate`]: recording stopped
+    /// first), so that a SIGTERM is not reported as the command's own failure.
+    pub fn terminated(&self) -> bool {
+        self.terminated
+    }
+
     /// Whether the command was let go (even if it then failed to exec).
     pub fn started(&self) -> bool {
         self.gate.is_none()
@@ -191,6 +236,7 @@ impl Workload {
             }
             if r as u32 == self.pid {
                 self.status = exit_status(status).or(self.status);
+                self.ended = Ended::of(status).or(self.ended);
             }
         }
         Ok(self.status)
@@ -200,6 +246,7 @@ impl Workload {
     /// and SIGKILL after `grace`, so that a command ignoring SIGTERM cannot keep urec from
     /// finishing the file. Its descendants are left alone, as they would be without urec.
     pub fn terminate(&mut self, grace: Duration) -> Result<i32> {
+        self.terminated = true;
         // SAFETY: kill(2) of our own child, not yet reaped (the pid is still ours).
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + grace;
@@ -275,6 +322,7 @@ impl Workload {
             return Ok(());
         }
         self.status = exit_status(status).or(self.status);
+        self.ended = Ended::of(status).or(self.ended);
         Ok(())
     }
 }

@@ -161,8 +161,19 @@ pub struct Summary {
     pub duration: Duration,
     /// The command's exit status (128 + signal when killed), with `-- COMMAND`.
     pub workload_status: Option<i32>,
+    /// How the command ended, with `-- COMMAND`: what record's last line says.
+    pub workload_end: Option<WorkloadEnd>,
     /// The files the traced processes mapped, still open (with [`RecordOptions::keep_files`]).
     pub kept_files: Vec<kept::KeptFile>,
+}
+
+/// How the traced command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkloadEnd {
+    /// Its exit or its signal.
+    pub ended: command::Ended,
+    /// urec ended it (SIGTERM, then SIGKILL) because recording stopped first (`-d`, Ctrl-C).
+    pub by_urec: bool,
 }
 
 /// Records until a stop condition; see the `session` module.

@@ -280,8 +280,16 @@ fn postfix(e: &Expr, negate: bool, pred: &Predicate, out: &mut Vec<PredOp>) {
 /// list: the probe crate measures the share of frame-setting functions that start with
 /// `push %rbp; mov %rsp,%rbp` ([`ResolvedProbe::binary_keeps_frame_pointers`]), and
 /// [`urec_probe::keeps_frame_pointers`] applies the same census to the callers.
+///
+/// Go binaries are the exception to the census: the Go toolchain keeps frame pointers on amd64,
+/// but sets them up after the stack check, where the census does not look
+/// ([`ResolvedProbe::binary_is_go`]). Unstripped Go binaries also carry a `.debug_frame`, which
+/// is no reason to copy stacks: the walk is complete, down to `runtime.goexit`, while the DWARF
+/// unwinder skips a compressed `.debug_frame` (Go writes no `.eh_frame`) and stops after the
+/// first frame (`[truncated]`; measured on Go 1.19).
 pub fn auto_stack_mode(resolved: &ResolvedProbe, callers_keep_frame_pointers: bool) -> StackMode {
-    if resolved.binary_keeps_frame_pointers && callers_keep_frame_pointers {
+    let probed_keeps = resolved.binary_keeps_frame_pointers || resolved.binary_is_go;
+    if probed_keeps && callers_keep_frame_pointers {
         StackMode::FramePointer
     } else {
         StackMode::Dwarf

@@ -56,7 +56,7 @@ use crate::output;
 use crate::processes::ProcessTable;
 use crate::sideband::{monotonic_now, Sideband};
 use crate::stacks::StackTable;
-use crate::{PlannedProbe, RecordOptions, Summary, Target, Verbosity};
+use crate::{PlannedProbe, RecordOptions, Summary, Target, Verbosity, WorkloadEnd};
 
 /// Side-band ring pages per CPU (256 KiB: no loss seen at ≈300 mmaps/s host-wide).
 const SIDEBAND_PAGES: usize = 64;
@@ -642,6 +642,12 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         stop_ns,
         workload_status,
     }))?;
+    let workload_end = workload.as_ref().and_then(|w| {
+        Some(WorkloadEnd {
+            ended: w.ended()?,
+            by_urec: w.terminated(),
+        })
+    });
     let State {
         writer,
         entries,
@@ -722,6 +728,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         bytes,
         duration: Duration::from_nanos(stop_ns.saturating_sub(attach_ns)),
         workload_status,
+        workload_end,
         kept_files,
     })
 }
