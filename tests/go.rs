@@ -134,7 +134,7 @@ fn default_probes_on_go_functions_leave_the_program_alone_and_count_exactly() {
         .iter()
         .map(|f| format!("{target}:{f}"))
         .collect();
-    let mut args = vec!["-g", "fp", "-o", data.to_str().unwrap()];
+    let mut args = vec!["-o", data.to_str().unwrap()];
     for s in &specs {
         args.extend(["-e", s.as_str()]);
     }
