@@ -365,9 +365,11 @@ fn add_location(
         return Ok(());
     }
     // Go code: no uretprobe ever (it crashes the runtime); the entry past the stack check.
+    // The C functions of a cgo binary keep the normal placement.
     let mut kind = kind;
-    let go = match (&bin.go, loc.at_start && loc.size > 0) {
-        (Some(_), true) => {
+    let is_go = bin.go.is_some() && bin.is_go_function(loc.vaddr);
+    let go = match (is_go, loc.at_start && loc.size > 0) {
+        (true, true) => {
             let sites = crate::go::sites(bin.bytes_at(loc.vaddr, loc.size as usize), loc.vaddr);
             let to_offset = |v: u64| {
                 bin.vaddr_to_offset(v).ok_or_else(|| {
@@ -395,7 +397,7 @@ fn add_location(
                 returns,
             })
         }
-        (Some(_), false) if kind != ProbeKind::Entry => {
+        (true, false) if kind != ProbeKind::Entry => {
             return Err(not_probeable(format!(
                 "{} is Go code of unknown size, whose returns urec can only probe at each \
                  `ret` of a known function",
