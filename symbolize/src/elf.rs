@@ -35,6 +35,51 @@ pub(crate) struct ElfInfo {
     pub debuglink: Option<(String, u32)>,
 }
 
+/// The most bytes of Go function table read: Kubernetes' largest binaries have about 40 MiB.
+const PCLNTAB_LIMIT: u64 = 256 << 20;
+
+/// Sections only Go's toolchain writes.
+const GO_SECTIONS: [&str; 4] = [
+    ".note.go.buildid",
+    ".go.buildinfo",
+    ".gopclntab",
+    ".data.rel.ro.gopclntab",
+];
+
+/// Go's function table in an open ELF file: its section in a Go binary, or in a file without
+/// section headers the first table found by its magic in a non-executable segment. Read with
+/// `pread`, at most [`PCLNTAB_LIMIT`] bytes; None for other files.
+pub(crate) fn read_pclntab(file: &File) -> Option<urec_gopclntab::Pclntab> {
+    use urec_gopclntab::{Pclntab, SECTION_NAMES};
+    let len = file.metadata().ok()?.len();
+    let cache = ReadCache::new(file);
+    let obj = object::File::parse(&cache).ok()?;
+    let read = |off: u64, size: u64| -> Option<Vec<u8>> {
+        let size = size.min(PCLNTAB_LIMIT).min(len.checked_sub(off)?);
+        let mut buf = vec![0u8; usize::try_from(size).ok()?];
+        let n = urec_untrusted::read_at(file, &mut buf, off).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    };
+    if obj.sections().next().is_some() {
+        if !GO_SECTIONS.iter().any(|n| obj.section_by_name(n).is_some()) {
+            return None;
+        }
+        let text = obj.section_by_name(".text").map(|s| s.address());
+        let section = SECTION_NAMES.iter().find_map(|n| obj.section_by_name(n))?;
+        let (off, size) = section.file_range()?;
+        return Pclntab::parse(read(off, size)?, text).ok();
+    }
+    obj.segments()
+        .filter(|s| {
+            !matches!(s.flags(), object::SegmentFlags::Elf { p_flags, .. } if p_flags.0 & 1 != 0)
+        })
+        .find_map(|s| {
+            let (off, size) = s.file_range();
+            Pclntab::scan(&read(off, size)?, None).map(|(_, t)| t)
+        })
+}
+
 impl ElfInfo {
     /// Reads the headers of an open file through `pread` (never mapped: a file truncated
     /// meanwhile makes a short read, not `SIGBUS`); `None` if it is not an object file.

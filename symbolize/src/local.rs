@@ -34,14 +34,38 @@ pub(crate) fn resolve(
         (None, None) => {}
     }
     let mut error = None;
+    let mut named = None;
     for src in &sources {
         match blaze.symbolize_single(src, Input::VirtOffset(vaddr)) {
-            Ok(Symbolized::Sym(sym)) if !sym.name.is_empty() => return Ok(frames_of(sym)),
+            Ok(Symbolized::Sym(sym)) if !sym.name.is_empty() => {
+                named = Some(frames_of(sym));
+                break;
+            }
             Ok(_) => {}
             Err(err) => error = Some(err),
         }
     }
-    Err((files.no_symbol, error))
+    if let Some(frames) = named.as_ref().filter(|f| f[0].line.is_some()) {
+        return Ok(frames.clone());
+    }
+    // A Go binary without symbols or DWARF: Go's own table names it, with file:line.
+    if let Some(frames) = go_frames(files, vaddr) {
+        return Ok(frames);
+    }
+    named.ok_or((files.no_symbol, error))
+}
+
+/// The Go function at `vaddr` and its file:line, from Go's function table. One frame: the
+/// table's inline tree is not read, so inlined code is named by the function it was inlined
+/// into, at the inlined code's line.
+fn go_frames(files: &Files, vaddr: u64) -> Option<Vec<Frame>> {
+    let table = files.go_table()?;
+    let func = table.find(vaddr)?;
+    let (file, line) = match table.line(vaddr) {
+        Some((file, line)) => (Some(file.into_owned()), Some(line)),
+        None => (None, None),
+    };
+    Some(vec![Frame::function(func.name.into_owned(), file, line, 0)])
 }
 
 fn elf_source(path: &Path, debug_syms: bool) -> Source<'static> {

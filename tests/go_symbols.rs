@@ -1,0 +1,172 @@
+//! A stripped Go binary (`-ldflags='-s -w'`: no `.symtab`, no DWARF) reports like an unstripped
+//! one: its frames are named from Go's function table, by `report` reading the binary, and by
+//! the symbols step (`archive`), whose names then stand in for the binary (`--symfs EMPTY`).
+//! The recording is crafted (no root needed): a stack inside the binary's mapping.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{urec, urec_ok};
+
+const PROGRAM: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+)
+
+//go:noinline
+func Leaf(x int) int {
+	return x*2 + 1
+}
+
+type T struct{ n int }
+
+//go:noinline
+func (t *T) Method(x int) int {
+	return t.n + Leaf(x)
+}
+
+func main() {
+	t := &T{n: len(os.Args)}
+	fmt.Println(t.Method(2))
+}
+"#;
+
+/// Whether `go` is here; outside CI its absence skips the test, under CI it fails it.
+fn have_go() -> bool {
+    let found = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true: go is needed to build Go test programs; CI installs golang-go");
+        }
+        eprintln!("skipped: no go toolchain to build Go test programs");
+    }
+    found
+}
+
+fn build_stripped(dir: &Path) -> std::path::PathBuf {
+    let src = dir.join("main.go");
+    std::fs::write(&src, PROGRAM).unwrap();
+    let out = dir.join("gostripped");
+    let o = Command::new("go")
+        .args(["build", "-ldflags=-s -w", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .current_dir(dir)
+        .env("GOCACHE", std::env::temp_dir().join("urec-test-gocache"))
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("go build");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// A recording of three calls of `main.Leaf` from `main.(*T).Method` in `bin`, mapped as the
+/// kernel maps a non-PIE Go binary (its text segment at its link address).
+fn recording(path: &Path, bin: &Path) {
+    use urec_format::*;
+    let target = bin.to_str().unwrap();
+    let funcs = urec_probe::list(target, Some("main.*")).unwrap();
+    let leaf = funcs.iter().find(|f| f.name == "main.Leaf").unwrap();
+    let method = funcs.iter().find(|f| f.name == "main.(*T).Method").unwrap();
+    let bytes = std::fs::read(bin).unwrap();
+    let header = Header {
+        host: "h".into(),
+        kernel: "6.18.0".into(),
+        arch: "x86_64".into(),
+        command: vec!["urec".into(), "record".into()],
+        workload: Some(vec![target.into()]),
+        start_unix_ns: 0,
+        start_monotonic_ns: 0,
+    };
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = Writer::with_options(file, &header, WriterOptions::default()).unwrap();
+    w.write(&Record::Probe(Probe {
+        id: 0,
+        name: format!("{target}:main.Leaf"),
+        specs: vec![format!("{target}:main.Leaf")],
+        binary: target.into(),
+        build_id: None,
+        symbol: "main.Leaf".into(),
+        vaddr: leaf.vaddr,
+        offset: leaf.offset,
+        kind: ProbeKind::EntryReturn,
+        stack_mode: StackMode::FramePointer,
+        args: Vec::new(),
+    }))
+    .unwrap();
+    w.write(&Record::Process(Process {
+        pid: 7,
+        ppid: 1,
+        comm: "gostripped".into(),
+        exe: target.into(),
+        start_ns: Some(0),
+        ..Default::default()
+    }))
+    .unwrap();
+    // The text segment: file offset 0 at its link address (leaf.vaddr - leaf.offset).
+    let base = leaf.vaddr.0 - leaf.offset.0;
+    w.write(&Record::Mapping(Mapping {
+        pid: 7,
+        time_ns: 0,
+        start: Avma(base),
+        end: Avma(base + bytes.len() as u64),
+        offset: FileOffset(0),
+        path: target.into(),
+        dev: 0,
+        inode: 0,
+        build_id: None,
+    }))
+    .unwrap();
+    // Main's return address into Method: somewhere past its start.
+    w.write(&Record::Stack(Stack {
+        id: 0,
+        frames: vec![Avma(leaf.vaddr.0), Avma(method.vaddr.0 + method.size / 2)],
+        truncated: false,
+    }))
+    .unwrap();
+    common::recording::write_three_calls_and_finish(w);
+}
+
+fn folded(data: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["report", "--folded", "-", "-i", data.to_str().unwrap()];
+    args.extend(extra);
+    urec_ok(&args)
+}
+
+#[test]
+fn a_stripped_go_binary_reports_its_function_names() {
+    if !have_go() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = build_stripped(dir.path());
+    let data = dir.path().join("go.data");
+    recording(&data, &bin);
+
+    let out = folded(&data, &[]);
+    assert!(
+        out.contains("main.(*T).Method;main.Leaf 3"),
+        "names from .gopclntab:\n{out}"
+    );
+
+    // The symbols step embeds them, file:line included: reported without the binary.
+    let o = urec(&["archive", "-i", data.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("with file:line"), "{stderr}");
+    let empty = tempfile::tempdir().unwrap();
+    let out = folded(&data, &["--symfs", empty.path().to_str().unwrap()]);
+    assert!(
+        out.contains("main.(*T).Method;main.Leaf 3"),
+        "embedded names:\n{out}"
+    );
+}
