@@ -149,9 +149,22 @@ fn a_stripped_go_binary_reports_its_function_names() {
     }
     let dir = tempfile::tempdir().unwrap();
     let bin = build_stripped(dir.path());
+    // The same binary with its section headers cut off (as `sstrip` does): found by magic.
+    let mut bytes = std::fs::read(&bin).unwrap();
+    bytes[0x28..0x30].fill(0); // e_shoff
+    bytes[0x3c..0x40].fill(0); // e_shnum, e_shstrndx
+    let cut = dir.path().join("gonosections");
+    std::fs::write(&cut, &bytes).unwrap();
+    let cut_data = dir.path().join("cut.data");
+    recording(&cut_data, &cut);
+    let out = folded(&cut_data, &[]);
+    assert!(
+        out.contains("main.(*T).Method;main.Leaf 3"),
+        "names from a table found by its magic:\n{out}"
+    );
+
     let data = dir.path().join("go.data");
     recording(&data, &bin);
-
     let out = folded(&data, &[]);
     assert!(
         out.contains("main.(*T).Method;main.Leaf 3"),

@@ -148,6 +148,34 @@ fn stripped_go_binaries_list_and_resolve_by_name() {
     }
 }
 
+/// With its section headers cut off (as `sstrip` does), the table is found by its magic, and
+/// the binary still counts as Go.
+#[test]
+fn without_section_headers_the_table_is_found_by_its_magic() {
+    if !have_go() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let full = build(dir.path(), "full", PROGRAM, &[], false);
+    let stripped = build(dir.path(), "s-w", PROGRAM, &["-ldflags=-s -w"], false);
+    let mut bytes = std::fs::read(&stripped).unwrap();
+    // e_shoff, e_shnum, e_shstrndx of an ELF64 header.
+    bytes[0x28..0x30].fill(0);
+    bytes[0x3c..0x40].fill(0);
+    let cut = dir.path().join("no-sections");
+    std::fs::write(&cut, &bytes).unwrap();
+    let target = cut.to_str().unwrap();
+    let listed = list(target, Some("main.Leaf")).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].vaddr.0, nm(&full, "main.Leaf"));
+    let spec = parse(&format!("{target}:main.Leaf")).unwrap();
+    let r = resolve(&[spec], &ResolveOptions::default()).unwrap();
+    assert!(
+        r.probes[0].go.is_some(),
+        "Go's placement without section headers"
+    );
+}
+
 #[test]
 fn cgo_c_functions_keep_uretprobes() {
     if !have_go() {
