@@ -41,12 +41,22 @@
 //! binary may hold 0 there in the file. [`Pclntab::parse`] takes the start of `.text` (where Go's
 //! linker puts `runtime.text` when it links alone) for that case.
 //!
-//! # Not read
-//! The inline tree (`FUNCDATA_InlTree`, `PCDATA_InlTreeIndex`): since Go 1.18 its bytes live
-//! outside `.gopclntab` (`go:func.*`, found through the runtime's `moduledata`), so a pc inside
-//! inlined code is named by its real function with the inlined code's file:line (what the pc
-//! line table records), not by the inlined function. Big-endian tables are refused (urec
-//! probes x86-64).
+//! # Inlined frames
+//! A function's `_func` is followed by `npcdata` `u32` offsets of pc-value tables and
+//! `nfuncdata` references to data. Table `PCDATA_InlTreeIndex` (2) gives, per pc, the index of
+//! the inlined call it belongs to (−1: the function's own code) in the array that data
+//! `FUNCDATA_InlTree` (3) points to. Each entry names the inlined function (`nameoff`) and
+//! `parentPc`, an instruction (offset from the entry) at the call site, whose own index leads
+//! one level out. Entries are 20 bytes before Go 1.20 (`parent i16, funcID u8, _, file i32,
+//! line i32, nameoff i32, parentPc i32`) and 16 since (`funcID u8, _ [3], nameOff i32,
+//! parentPc i32, startLine i32`). The array is not in `.gopclntab`: before 1.18 the data
+//! references are `P`-sized addresses (8-aligned); since, `u32` offsets from `go:func.*`,
+//! whose address only the runtime's `moduledata` records ([`Pclntab::find_gofunc`] finds it:
+//! the data word that points at the table, checked against the next one). So
+//! [`Pclntab::frames`] reads the image through a callback. Before 1.16 (magic `0xfffffffb`)
+//! inlined frames are not read.
+//!
+//! Big-endian tables are refused (urec probes x86-64).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -125,6 +135,20 @@ pub struct Func<'a> {
     /// Its index in the function table.
     pub index: usize,
 }
+
+/// One frame of the chain at a pc: the function, or a function inlined into it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// The function's name.
+    pub name: Cow<'a, str>,
+    /// The source file of the pc within this frame (for an outer frame: of its call site).
+    pub file: Option<Cow<'a, str>>,
+    /// The line there.
+    pub line: Option<u32>,
+}
+
+/// Deeper inline chains than this are cut (Go's inliner stops far earlier).
+const MAX_INLINE_DEPTH: usize = 64;
 
 /// A parsed function table, owning its bytes.
 #[derive(Clone)]
@@ -336,6 +360,139 @@ impl Pclntab {
         let fno = self.pcvalue(self.field(f, 5)?, entry, pc)?;
         let file = self.file_name(f, fno)?;
         Some((file, u32::try_from(line).ok().filter(|&l| l > 0)?))
+    }
+
+    /// The frames of the code at `pc`, the real function first and the functions inlined into
+    /// it after, innermost last, each with its file:line. `gofunc`: the address of
+    /// `go:func.*` (Go 1.18+, see [`Pclntab::find_gofunc`]); `read(vaddr, len)`: `len` bytes of
+    /// the image at `vaddr`, where the inline tree is. Without either, or for code not
+    /// inlined, one frame.
+    pub fn frames(
+        &self,
+        pc: u64,
+        gofunc: Option<u64>,
+        read: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
+    ) -> Option<Vec<Frame<'_>>> {
+        let func = self.find(pc)?;
+        let position = |pc: u64| match self.line(pc) {
+            Some((file, line)) => (Some(file), Some(line)),
+            None => (None, None),
+        };
+        let mut inner = Vec::new();
+        let mut at = pc;
+        if let Some((f, entry, tree)) = self.inline_tree(func.index, gofunc) {
+            let index_table = self.pcdata(f, 2);
+            for _ in 0..MAX_INLINE_DEPTH {
+                let Some(ix) = index_table.and_then(|t| self.pcvalue(t, entry, at)) else {
+                    break;
+                };
+                let Ok(ix) = u64::try_from(ix) else { break };
+                let Some((nameoff, parent_pc)) = self.inlined_call(tree, ix, read) else {
+                    break;
+                };
+                let (file, line) = position(at);
+                let name = self.cstr(self.funcnametab.checked_add(nameoff)?)?;
+                inner.push(Frame { name, file, line });
+                at = entry.checked_add(u64::from(parent_pc))?;
+            }
+        }
+        let (file, line) = position(at);
+        let mut frames = vec![Frame {
+            name: func.name,
+            file,
+            line,
+        }];
+        frames.extend(inner.into_iter().rev());
+        Some(frames)
+    }
+
+    /// The address of `go:func.*` (Go 1.18+), from the runtime's `moduledata` in `data`, a
+    /// writable segment's bytes (`.noptrdata`): the 8-aligned word holding `table_vaddr` (where
+    /// this table is loaded), followed by the address of the name table and, 22 words in, the
+    /// text start; `gofunc` is 38 words in (1.18, 1.19) or 40 (1.20+, after `covctrs`,
+    /// `ecovctrs`). None for older layouts, which need no base.
+    pub fn find_gofunc(&self, data: &[u8], table_vaddr: u64) -> Option<u64> {
+        let index = match self.version {
+            Version::Go118 => 38,
+            Version::Go120 => 40,
+            _ => return None,
+        };
+        let names = table_vaddr.checked_add(self.funcnametab as u64)?;
+        (0..data.len() / 8).find_map(|w| {
+            let word = |i: usize| read_u64(data, (w + i).checked_mul(8)?);
+            (word(0)? == table_vaddr && word(1)? == names && word(22)? == self.text_start)
+                .then(|| word(index))
+                .flatten()
+        })
+    }
+
+    /// The `_func` at `f`'s fixed part's size (the pc-data offsets follow).
+    fn func_fixed_size(&self) -> usize {
+        match self.version {
+            Version::Go12 | Version::Go118 => 40,
+            Version::Go116 | Version::Go120 => 44,
+        }
+    }
+
+    /// The offset of pc-value table `i` of the `_func` at `f`, if it has one.
+    fn pcdata(&self, f: usize, i: u32) -> Option<u32> {
+        let npcdata = self.field(f, 7)?;
+        if i >= npcdata {
+            return None;
+        }
+        let at = f
+            .checked_add(self.func_fixed_size())?
+            .checked_add(4 * i as usize)?;
+        read_u32(&self.data, at).filter(|&off| off != 0)
+    }
+
+    /// The `_func` of function `i`, its entry and the address of its inline tree.
+    fn inline_tree(&self, i: usize, gofunc: Option<u64>) -> Option<(usize, u64, u64)> {
+        const FUNCDATA_INL_TREE: usize = 3;
+        let f = self.func_data(i)?;
+        let entry = self.entry_of(f)?;
+        let fixed = self.func_fixed_size();
+        let nfuncdata = usize::from(*self.data.get(f.checked_add(fixed - 1)?)?);
+        if FUNCDATA_INL_TREE >= nfuncdata {
+            return None;
+        }
+        let npcdata = usize::try_from(self.field(f, 7)?).ok()?;
+        let after_pcdata = f.checked_add(fixed)?.checked_add(npcdata.checked_mul(4)?)?;
+        let tree = match self.version {
+            Version::Go12 => return None,
+            Version::Go116 => {
+                // P-sized pointers, 8-aligned (the table itself is).
+                let at = after_pcdata.next_multiple_of(8);
+                let ptr = read_u64(&self.data, at.checked_add(8 * FUNCDATA_INL_TREE)?)?;
+                (ptr != 0).then_some(ptr)?
+            }
+            Version::Go118 | Version::Go120 => {
+                let at = after_pcdata.checked_add(4 * FUNCDATA_INL_TREE)?;
+                let off = read_u32(&self.data, at)?;
+                if off == u32::MAX {
+                    return None;
+                }
+                gofunc?.checked_add(u64::from(off))?
+            }
+        };
+        Some((f, entry, tree))
+    }
+
+    /// Entry `ix` of the inline tree at `tree`: the inlined function's name offset and its call
+    /// site's pc offset.
+    fn inlined_call(
+        &self,
+        tree: u64,
+        ix: u64,
+        read: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
+    ) -> Option<(usize, u32)> {
+        let (size, name_at, parent_at) = match self.version {
+            Version::Go120 => (16u64, 4, 8),
+            _ => (20, 12, 16),
+        };
+        let bytes = read(tree.checked_add(ix.checked_mul(size)?)?, size as usize)?;
+        let nameoff = usize::try_from(read_u32(&bytes, name_at)?).ok()?;
+        Some((nameoff, read_u32(&bytes, parent_at)?))
     }
 
     fn functab_field(&self) -> usize {

@@ -10,6 +10,32 @@ struct F {
     size: u32,
     file: &'static str,
     lines: Vec<(u32, i32)>,
+    /// Its first bytes are the inlined code of this function, called from the byte after.
+    inl: Option<(&'static str, u32)>,
+}
+
+/// Where hand-built inline trees are in the image ([`tree`]).
+const IMAGE: u64 = 0x50_0000;
+
+/// The inline tree of a [`build`] table: one call, of the first inlining function's callee,
+/// whose name follows the functions' names.
+fn tree(version: Version, funcs: &[F]) -> Vec<u8> {
+    let nameoff: usize = funcs.iter().map(|f| f.name.len() + 1).sum();
+    let (_, parent_pc) = funcs.iter().find_map(|f| f.inl).unwrap();
+    let mut t = Vec::new();
+    if version == Version::Go120 {
+        t.extend([0u8; 4]);
+        t.extend((nameoff as u32).to_le_bytes());
+        t.extend(parent_pc.to_le_bytes());
+        t.extend(0u32.to_le_bytes());
+    } else {
+        t.extend((-1i16).to_le_bytes());
+        t.extend([0u8; 2]);
+        t.extend([0u8; 8]); // file, line
+        t.extend((nameoff as u32).to_le_bytes());
+        t.extend(parent_pc.to_le_bytes());
+    }
+    t
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u32) {
@@ -55,6 +81,10 @@ fn build(version: Version, text: u64, funcs: &[F]) -> Vec<u8> {
         names.extend(f.name.as_bytes());
         names.push(0);
     }
+    for (callee, _) in funcs.iter().filter_map(|f| f.inl) {
+        names.extend(callee.as_bytes());
+        names.push(0);
+    }
     let mut filetab = Vec::new();
     let mut cutab = Vec::new();
     for f in &files {
@@ -69,7 +99,56 @@ fn build(version: Version, text: u64, funcs: &[F]) -> Vec<u8> {
         pctab.extend(pcvalue(&[(f.size, file_index(f.file))]));
         let pcln = pctab.len() as u32;
         pctab.extend(pcvalue(&f.lines));
-        tabs.push((pcfile, pcln));
+        let inl = f.inl.map(|(_, len)| {
+            let at = pctab.len() as u32;
+            pctab.extend(pcvalue(&[(len, 0), (f.size - len, -1)]));
+            at
+        });
+        tabs.push((pcfile, pcln, inl));
+    }
+    // The `_func`s, each 8-aligned.
+    let mut funcdata = Vec::new();
+    let mut funcoffs = Vec::new();
+    let mut pc = if new { 0u64 } else { text };
+    for (i, f) in funcs.iter().enumerate() {
+        while funcdata.len() % 8 != 0 {
+            funcdata.push(0);
+        }
+        funcoffs.push(funcdata.len());
+        if new {
+            funcdata.extend((pc as u32).to_le_bytes());
+        } else {
+            funcdata.extend(pc.to_le_bytes());
+        }
+        let (pcfile, pcln, inl) = tabs[i];
+        let npcdata = if inl.is_some() { 3 } else { 0 };
+        // nameoff args deferreturn pcsp pcfile pcln npcdata cuOffset [startLine]
+        for v in [nameoffs[i], 0, 0, 0, pcfile, pcln, npcdata, 0] {
+            funcdata.extend(v.to_le_bytes());
+        }
+        if version == Version::Go120 {
+            funcdata.extend(7u32.to_le_bytes());
+        }
+        let nfuncdata = if inl.is_some() { 4 } else { 0 };
+        funcdata.extend([0, 0, 0, nfuncdata]); // funcID, flag or _, _, nfuncdata
+        if let Some(at) = inl {
+            for v in [0, 0, at] {
+                funcdata.extend(v.to_le_bytes());
+            }
+            if new {
+                for v in [u32::MAX, u32::MAX, u32::MAX, 0] {
+                    funcdata.extend(v.to_le_bytes());
+                }
+            } else {
+                while funcdata.len() % 8 != 0 {
+                    funcdata.push(0);
+                }
+                for v in [0, 0, 0, IMAGE] {
+                    funcdata.extend(v.to_le_bytes());
+                }
+            }
+        }
+        pc += u64::from(f.size);
     }
     let words = if new { 8 } else { 7 };
     let header = 8 + 8 * words;
@@ -77,11 +156,11 @@ fn build(version: Version, text: u64, funcs: &[F]) -> Vec<u8> {
     let cu_off = funcname_off + names.len();
     let file_off = cu_off + cutab.len();
     let pc_off = file_off + filetab.len();
-    let func_off = pc_off + pctab.len();
+    // The function table 8-aligned, so its `_func`s are.
+    let func_off = (pc_off + pctab.len()).next_multiple_of(8);
     let field = if new { 4 } else { 8 };
     let n = funcs.len();
-    let functab_len = (2 * n + 1) * field;
-    let fsize = if new { 4 + 8 * 4 + 4 } else { 8 + 8 * 4 + 4 };
+    let functab_len = ((2 * n + 1) * field).next_multiple_of(8);
     let mut out = Vec::new();
     out.extend(version.magic().to_le_bytes());
     out.extend([0, 0, 1, 8]);
@@ -97,6 +176,7 @@ fn build(version: Version, text: u64, funcs: &[F]) -> Vec<u8> {
     out.extend(&cutab);
     out.extend(&filetab);
     out.extend(&pctab);
+    out.resize(func_off, 0);
     let mut pc = if new { 0u64 } else { text };
     let put = |out: &mut Vec<u8>, v: u64| {
         if new {
@@ -107,21 +187,12 @@ fn build(version: Version, text: u64, funcs: &[F]) -> Vec<u8> {
     };
     for (i, f) in funcs.iter().enumerate() {
         put(&mut out, pc);
-        put(&mut out, (functab_len + i * fsize) as u64);
+        put(&mut out, (functab_len + funcoffs[i]) as u64);
         pc += u64::from(f.size);
     }
     put(&mut out, pc);
-    let mut pc = if new { 0u64 } else { text };
-    for (i, f) in funcs.iter().enumerate() {
-        put(&mut out, pc);
-        let (pcfile, pcln) = tabs[i];
-        // nameoff args deferreturn pcsp pcfile pcln npcdata cuOffset
-        for v in [nameoffs[i], 0, 0, 0, pcfile, pcln, 0, 0] {
-            out.extend(v.to_le_bytes());
-        }
-        out.extend([0u8; 4]); // funcID, flag, pad, nfuncdata (1.20: startLine first)
-        pc += u64::from(f.size);
-    }
+    out.resize(func_off + functab_len, 0);
+    out.extend(&funcdata);
     out
 }
 
@@ -193,18 +264,21 @@ fn sample() -> Vec<F> {
             size: 0x40,
             file: "/src/main.go",
             lines: vec![(0x10, 10), (0x20, 11), (0x10, 12)],
+            inl: Some(("main.helper", 0x10)),
         },
         F {
             name: "net/http.(*conn).serve",
             size: 0x100,
             file: "/go/src/net/http/server.go",
             lines: vec![(0x80, 1900), (0x80, 1850)],
+            inl: None,
         },
         F {
             name: "main.main",
             size: 0x20,
             file: "/src/main.go",
             lines: vec![(0x20, 20)],
+            inl: None,
         },
     ]
 }
@@ -248,6 +322,40 @@ fn every_layout_names_bounds_and_lines() {
             Some(("/go/src/net/http/server.go".into(), 1850))
         );
         assert_eq!(line(0x401150), Some(("/src/main.go".into(), 20)));
+    }
+}
+
+#[test]
+fn inlined_frames_of_every_layout_since_go_1_16() {
+    for v in [Version::Go116, Version::Go118, Version::Go120] {
+        let funcs = sample();
+        let t = Pclntab::parse(build(v, 0x401000, &funcs), None).unwrap();
+        let image = tree(v, &funcs);
+        let read = |vaddr: u64, len: usize| {
+            let at = usize::try_from(vaddr.checked_sub(IMAGE)?).ok()?;
+            image.get(at..at.checked_add(len)?).map(<[u8]>::to_vec)
+        };
+        let gofunc = (v >= Version::Go118).then_some(IMAGE);
+        let chain = |pc| {
+            t.frames(pc, gofunc, &read)
+                .unwrap()
+                .into_iter()
+                .map(|f| (f.name.into_owned(), f.line.unwrap_or(0)))
+                .collect::<Vec<_>>()
+        };
+        // The inlined code: the callee at its own line, the caller at the call site's.
+        assert_eq!(
+            chain(0x401004),
+            [("main.Leaf".to_string(), 11), ("main.helper".into(), 10)],
+            "{v:?}"
+        );
+        assert_eq!(chain(0x401010), [("main.Leaf".to_string(), 11)], "{v:?}");
+        assert_eq!(
+            chain(0x401041),
+            [("net/http.(*conn).serve".to_string(), 1900)]
+        );
+        // A tree out of reach: the real function alone.
+        assert_eq!(t.frames(0x401004, gofunc, &|_, _| None).unwrap().len(), 1);
     }
 }
 
@@ -304,17 +412,26 @@ fn truncated_and_flipped_tables() {
 }
 
 fn exercise(t: &Pclntab) {
+    let image = vec![0xffu8; 64];
+    let read = |vaddr: u64, len: usize| {
+        let at = usize::try_from(vaddr.checked_sub(IMAGE)?).ok()?;
+        image.get(at..at.checked_add(len)?).map(<[u8]>::to_vec)
+    };
     for f in t.functions().take(64) {
         if f.entry <= f.end {
             let _ = t.find(f.entry);
             let _ = t.line(f.entry);
             let _ = t.line(f.end.saturating_sub(1));
+            let _ = t.frames(f.entry, Some(IMAGE), &read);
         }
     }
-    for pc in [0, 1, 0x401000, 0x401041, 0x4010ff, u64::MAX] {
+    for pc in [0, 1, 0x401000, 0x401004, 0x401041, 0x4010ff, u64::MAX] {
         let _ = t.find(pc);
         let _ = t.line(pc);
+        let _ = t.frames(pc, Some(IMAGE), &read);
+        let _ = t.frames(pc, Some(u64::MAX), &read);
     }
+    let _ = t.find_gofunc(&image, IMAGE);
 }
 
 proptest! {

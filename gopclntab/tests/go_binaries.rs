@@ -257,3 +257,142 @@ fn found_by_magic_without_section_headers() {
     assert_eq!(at, want);
     assert!(t.functions().any(|f| f.name == "main.Leaf"));
 }
+
+const INLINING: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func inner(x int) int {
+	return x*3 + len(os.Args)
+}
+
+func middle(x int) int {
+	return inner(x) + inner(x+1)
+}
+
+//go:noinline
+func Outer(x int) int {
+	return middle(x) * 2
+}
+
+func main() {
+	fmt.Println(Outer(len(os.Args)))
+}
+"#;
+
+/// `len` bytes of the file's image at `vaddr`, through its PT_LOAD segments.
+fn reader(bytes: &[u8]) -> impl Fn(u64, usize) -> Option<Vec<u8>> + '_ {
+    use object::ObjectSegment;
+    let obj = object::File::parse(bytes).unwrap();
+    let segs: Vec<(u64, u64, u64)> = obj
+        .segments()
+        .map(|s| (s.address(), s.file_range().0, s.file_range().1))
+        .collect();
+    move |vaddr, len| {
+        let &(start, off, _) = segs
+            .iter()
+            .find(|&&(start, _, size)| vaddr >= start && vaddr + len as u64 <= start + size)?;
+        let at = (off + vaddr - start) as usize;
+        bytes.get(at..at + len).map(<[u8]>::to_vec)
+    }
+}
+
+/// The inline chain at each pc as LLVM reads it from DWARF (`llvm-symbolizer`; binutils'
+/// `addr2line -i` names the innermost frame of Go code by its symbol): (name, line) pairs,
+/// outermost first.
+fn dwarf_chains(bin: &Path, pcs: &[u64]) -> Vec<Vec<(String, u32)>> {
+    let out = Command::new("llvm-symbolizer")
+        .arg(format!("--obj={}", bin.display()))
+        .args(pcs.iter().map(|pc| format!("{pc:#x}")))
+        .output()
+        .expect("llvm-symbolizer");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|block| {
+            let lines: Vec<&str> = block.lines().collect();
+            let mut chain: Vec<(String, u32)> = lines
+                .chunks(2)
+                .map(|c| {
+                    let line = c[1].rsplit(':').nth(1).and_then(|l| l.parse().ok());
+                    (c[0].to_string(), line.unwrap_or(0))
+                })
+                .collect();
+            chain.reverse();
+            chain
+        })
+        .collect()
+}
+
+#[test]
+fn inlined_frames_match_dwarf() {
+    if !have_go() {
+        return;
+    }
+    if Command::new("llvm-symbolizer")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no llvm-symbolizer to read DWARF inline chains");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.go"), INLINING).unwrap();
+    let src = dir.path().join("main.go");
+    let mut bins = Vec::new();
+    for (name, flags) in [("full", ""), ("stripped", "-s -w")] {
+        let out = dir.path().join(name);
+        let o = Command::new("go")
+            .args(["build", &format!("-ldflags={flags}"), "-o"])
+            .arg(&out)
+            .arg(&src)
+            .current_dir(dir.path())
+            .env("GOCACHE", std::env::temp_dir().join("urec-test-gocache"))
+            .env("GO111MODULE", "off")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        bins.push(out);
+    }
+    let full = &bins[0];
+    let t = table(full);
+    let outer = t.functions().find(|f| f.name == "main.Outer").unwrap();
+    let pcs: Vec<u64> = (outer.entry..outer.end).collect();
+    let want = dwarf_chains(full, &pcs);
+    for bin in &bins {
+        let bytes = std::fs::read(bin).unwrap();
+        let obj = object::File::parse(&*bytes).unwrap();
+        let t = table(bin);
+        let pclntab = obj.section_by_name(".gopclntab").unwrap().address();
+        let noptrdata = obj.section_by_name(".noptrdata").unwrap();
+        let gofunc = t.find_gofunc(noptrdata.data().unwrap(), pclntab);
+        assert!(gofunc.is_some(), "{}: moduledata.gofunc", bin.display());
+        let read = reader(&bytes);
+        let mut inlined = 0;
+        for (pc, want) in pcs.iter().zip(&want) {
+            if want.iter().any(|(n, _)| n == "??") {
+                continue; // padding
+            }
+            let frames = t.frames(*pc, gofunc, &read).unwrap();
+            let got: Vec<(String, u32)> = frames
+                .iter()
+                .map(|f| (f.name.to_string(), f.line.unwrap_or(0)))
+                .collect();
+            assert_eq!(&got, want, "{}: at {pc:#x}", bin.display());
+            if got.len() == 3 {
+                inlined += 1;
+            }
+        }
+        assert!(
+            inlined > 0,
+            "main.inner inlined into main.middle into main.Outer"
+        );
+        // Without the image, the real function alone.
+        let alone = t.frames(pcs[pcs.len() / 2], None, &|_, _| None).unwrap();
+        assert_eq!(alone.len(), 1);
+    }
+}
