@@ -1,7 +1,8 @@
 //! A stripped Go binary (`-ldflags='-s -w'`: no `.symtab`, no DWARF) reports like an unstripped
 //! one: its frames are named from Go's function table, by `report` reading the binary, and by
 //! the symbols step (`archive`), whose names then stand in for the binary (`--symfs EMPTY`).
-//! The recording is crafted (no root needed): a stack inside the binary's mapping.
+//! The recording is crafted (no root needed): a stack inside the binary's mapping, whose
+//! caller frame is code inlined into its function (named from Go's inline tree).
 
 mod common;
 
@@ -22,11 +23,16 @@ func Leaf(x int) int {
 	return x*2 + 1
 }
 
+// Inlined into Method: the call of Leaf is in its code.
+func middle(x int) int {
+	return Leaf(x) + 1
+}
+
 type T struct{ n int }
 
 //go:noinline
 func (t *T) Method(x int) int {
-	return t.n + Leaf(x)
+	return t.n + middle(x)
 }
 
 func main() {
@@ -126,10 +132,21 @@ fn recording(path: &Path, bin: &Path) {
         build_id: None,
     }))
     .unwrap();
-    // Main's return address into Method: somewhere past its start.
+    // The return address of Method's call of Leaf (a `call rel32` to it), in inlined code.
+    let code = &bytes[method.offset.0 as usize..(method.offset.0 + method.size) as usize];
+    let ret = (0..code.len().saturating_sub(4))
+        .find(|&i| {
+            code[i] == 0xe8 && {
+                let rel = i32::from_le_bytes(code[i + 1..i + 5].try_into().unwrap());
+                let next = method.vaddr.0 + i as u64 + 5;
+                next.wrapping_add(rel as i64 as u64) == leaf.vaddr.0
+            }
+        })
+        .map(|i| method.vaddr.0 + i as u64 + 5)
+        .expect("a call of main.Leaf in main.(*T).Method");
     w.write(&Record::Stack(Stack {
         id: 0,
-        frames: vec![Avma(leaf.vaddr.0), Avma(method.vaddr.0 + method.size / 2)],
+        frames: vec![Avma(leaf.vaddr.0), Avma(ret)],
         truncated: false,
     }))
     .unwrap();
@@ -149,6 +166,14 @@ fn a_stripped_go_binary_reports_its_function_names() {
     }
     let dir = tempfile::tempdir().unwrap();
     let bin = build_stripped(dir.path());
+    let data = dir.path().join("go.data");
+    recording(&data, &bin);
+    let out = folded(&data, &[]);
+    assert!(
+        out.contains("main.(*T).Method;main.middle;main.Leaf 3"),
+        "names from .gopclntab:\n{out}"
+    );
+
     // The same binary with its section headers cut off (as `sstrip` does): found by magic.
     let mut bytes = std::fs::read(&bin).unwrap();
     bytes[0x28..0x30].fill(0); // e_shoff
@@ -159,16 +184,8 @@ fn a_stripped_go_binary_reports_its_function_names() {
     recording(&cut_data, &cut);
     let out = folded(&cut_data, &[]);
     assert!(
-        out.contains("main.(*T).Method;main.Leaf 3"),
+        out.contains("main.(*T).Method;main.middle;main.Leaf 3"),
         "names from a table found by its magic:\n{out}"
-    );
-
-    let data = dir.path().join("go.data");
-    recording(&data, &bin);
-    let out = folded(&data, &[]);
-    assert!(
-        out.contains("main.(*T).Method;main.Leaf 3"),
-        "names from .gopclntab:\n{out}"
     );
 
     // The symbols step embeds them, file:line included: reported without the binary.
@@ -179,7 +196,7 @@ fn a_stripped_go_binary_reports_its_function_names() {
     let empty = tempfile::tempdir().unwrap();
     let out = folded(&data, &["--symfs", empty.path().to_str().unwrap()]);
     assert!(
-        out.contains("main.(*T).Method;main.Leaf 3"),
+        out.contains("main.(*T).Method;main.middle;main.Leaf 3"),
         "embedded names:\n{out}"
     );
 }

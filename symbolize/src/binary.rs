@@ -68,14 +68,14 @@ pub(crate) struct Files {
     pub no_symbol: Unnamed,
     /// Go's function table of the binary, read when a frame first needs it (see
     /// [`Files::go_table`]).
-    pub go: std::sync::OnceLock<Option<urec_gopclntab::Pclntab>>,
+    pub go: std::sync::OnceLock<Option<crate::elf::GoTable>>,
 }
 
 impl Files {
     /// Go's function table, the one source of names in a Go binary built with
     /// `-ldflags='-s -w'` (and of lines without DWARF); None for other binaries. Read from the
     /// sealed copy, once.
-    pub fn go_table(&self) -> Option<&urec_gopclntab::Pclntab> {
+    pub fn go_table(&self) -> Option<&crate::elf::GoTable> {
         self.go
             .get_or_init(|| {
                 let binary = self.binary.as_ref()?;

@@ -55,17 +55,23 @@ pub(crate) fn resolve(
     named.ok_or((files.no_symbol, error))
 }
 
-/// The Go function at `vaddr` and its file:line, from Go's function table. One frame: the
-/// table's inline tree is not read, so inlined code is named by the function it was inlined
-/// into, at the inlined code's line.
+/// The Go function at `vaddr` and the functions inlined into it, with file:line, from Go's
+/// function table.
 fn go_frames(files: &Files, vaddr: u64) -> Option<Vec<Frame>> {
-    let table = files.go_table()?;
-    let func = table.find(vaddr)?;
-    let (file, line) = match table.line(vaddr) {
-        Some((file, line)) => (Some(file.into_owned()), Some(line)),
-        None => (None, None),
-    };
-    Some(vec![Frame::function(func.name.into_owned(), file, line, 0)])
+    let frames = files.go_table()?.frames(vaddr)?;
+    Some(
+        (0..)
+            .zip(frames)
+            .map(|(depth, f)| {
+                Frame::function(
+                    f.name.into_owned(),
+                    f.file.map(|f| f.into_owned()),
+                    f.line,
+                    depth,
+                )
+            })
+            .collect(),
+    )
 }
 
 fn elf_source(path: &Path, debug_syms: bool) -> Source<'static> {
