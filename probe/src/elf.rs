@@ -72,10 +72,12 @@ pub(crate) struct Binary {
     /// Device and inode (0, 0 until the resolver sets them).
     pub id: (u64, u64),
     pub build_id: Option<BuildId>,
-    /// It has a `.symtab` (or a debug file provided one).
+    /// It has a `.symtab` (or a debug file, or Go's function table, provided one).
     pub has_symtab: bool,
     /// It is a Go binary (SPEC.md, "Go programs").
     pub go: Option<crate::go::GoBinary>,
+    /// Go's function table, which tells Go code from C code in a cgo binary.
+    pub pclntab: Option<urec_gopclntab::Pclntab>,
     pub segments: Vec<LoadSegment>,
     /// Function symbols in executable segments, one per (name, vaddr), sorted by vaddr.
     pub functions: Vec<Sym>,
@@ -140,11 +142,32 @@ impl Binary {
             })
             .collect();
         let build_id = obj.build_id().ok().flatten().map(|b| BuildId(b.to_vec()));
-        let go = crate::go::detect(&obj);
+        let mut go = crate::go::detect(&obj);
         let mut has_symtab = obj.symbol_table().is_some();
         let mut raw_syms: Vec<RawSym> = Vec::new();
         collect(obj.symbols(), &mut raw_syms);
         collect(obj.dynamic_symbols(), &mut raw_syms);
+        let pclntab = read_pclntab(&obj, &file, len, go.is_some());
+        if let Some(table) = &pclntab {
+            // Without section headers nothing else says Go.
+            go.get_or_insert(crate::go::GoBinary { version: None });
+            // Go's table names every Go function, stripped or not: those the symbol tables
+            // lack (`-ldflags='-s -w'`) come from it, with its bounds (which count the `int3`
+            // padding up to the next function).
+            let named: std::collections::HashSet<u64> = raw_syms.iter().map(|r| r.vaddr).collect();
+            for f in table.functions() {
+                if f.end > f.entry && !named.contains(&f.entry) {
+                    raw_syms.push(RawSym {
+                        name: f.name.into_owned(),
+                        vaddr: f.entry,
+                        size: f.end - f.entry,
+                        ifunc: false,
+                        global: true,
+                    });
+                }
+            }
+            has_symtab = true;
+        }
         if !has_symtab {
             if let Some(debug) = build_id.as_ref().and_then(debug_file_for) {
                 if let Ok(f) = urec_untrusted::open(&debug) {
@@ -165,6 +188,7 @@ impl Binary {
             build_id,
             has_symtab,
             go,
+            pclntab,
             segments,
             functions: Vec::new(),
             fp_fraction: 0.0,
@@ -250,6 +274,17 @@ impl Binary {
         let seg_end = seg.offset.saturating_add(seg.file_size.min(seg.mem_size));
         let end = off.saturating_add(n as u64).min(seg_end).min(self.len);
         (end > off).then_some((off, end))
+    }
+
+    /// Whether `vaddr` is in a function Go's table lists: Go code, whose returns must never get
+    /// a uretprobe. In a cgo binary the C functions are not listed. A Go binary whose table
+    /// cannot be read counts as Go throughout: a uretprobe in Go code crashes the program, a
+    /// C function without one only loses the cheaper return probe.
+    pub fn is_go_function(&self, vaddr: u64) -> bool {
+        match &self.pclntab {
+            Some(table) => table.find(vaddr).is_some(),
+            None => self.go.is_some(),
+        }
     }
 
     /// The IFUNC symbol at `vaddr`, if any. Other names at that address (`strlen_ifunc`) are
@@ -538,6 +573,49 @@ fn collect<'data, S: ObjectSymbol<'data>>(syms: impl Iterator<Item = S>, out: &m
             global,
         });
     }
+}
+
+/// The most bytes of Go function table read: Kubernetes' largest binaries have about 40 MiB.
+const PCLNTAB_LIMIT: u64 = 256 << 20;
+
+/// Go's function table: its section (`.gopclntab`, `.data.rel.ro.gopclntab` in a PIE) in a Go
+/// binary, or, in a file without section headers, the first table found by its magic in a
+/// non-executable segment (Go puts it in `.rodata` or `.data.rel.ro`). Read with `pread`, never
+/// more than [`PCLNTAB_LIMIT`]; None when absent or unreadable.
+fn read_pclntab<'data, R: ReadRef<'data>>(
+    obj: &object::File<'data, R>,
+    file: &File,
+    len: u64,
+    is_go: bool,
+) -> Option<urec_gopclntab::Pclntab> {
+    use object::ObjectSection;
+    let read = |off: u64, size: u64| -> Option<Vec<u8>> {
+        let size = size.min(PCLNTAB_LIMIT).min(len.checked_sub(off)?);
+        let mut buf = vec![0u8; usize::try_from(size).ok()?];
+        let n = urec_untrusted::read_at(file, &mut buf, off).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    };
+    let text = obj.section_by_name(".text").map(|s| s.address());
+    if obj.sections().next().is_some() {
+        if !is_go {
+            return None;
+        }
+        let section = urec_gopclntab::SECTION_NAMES
+            .iter()
+            .find_map(|name| obj.section_by_name(name))?;
+        let (off, size) = section.file_range()?;
+        return urec_gopclntab::Pclntab::parse(read(off, size)?, text).ok();
+    }
+    obj.segments()
+        .filter(
+            |s| !matches!(s.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0),
+        )
+        .find_map(|s| {
+            let (off, size) = s.file_range();
+            let bytes = read(off, size)?;
+            urec_gopclntab::Pclntab::scan(&bytes, None).map(|(_, t)| t)
+        })
 }
 
 /// `/usr/lib/debug/.build-id/xx/rest.debug`, if it exists.

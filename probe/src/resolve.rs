@@ -418,8 +418,10 @@ fn add_location(
         return Ok(());
     }
     // Go code: no uretprobe ever (it crashes the runtime); the entry past the stack check.
+    // The C functions of a cgo binary keep the normal placement.
     let mut kind = kind;
-    let go = match (&bin.go, loc.at_start && loc.size > 0) {
+    let gobin = bin.go.as_ref().filter(|_| bin.is_go_function(loc.vaddr));
+    let go = match (gobin, loc.at_start && loc.size > 0) {
         (Some(gobin), true) => {
             let mut sites = crate::go::sites(bin.bytes_at(loc.vaddr, loc.size as usize), loc.vaddr);
             if !gobin.goroutine_in_r14() {

@@ -66,6 +66,27 @@ pub(crate) struct Files {
     pub debug: Option<SealedCopy>,
     /// Why an address no symbol covers is unnamed.
     pub no_symbol: Unnamed,
+    /// Go's function table of the binary, read when a frame first needs it (see
+    /// [`Files::go_table`]).
+    pub go: std::sync::OnceLock<Option<crate::elf::GoTable>>,
+}
+
+impl Files {
+    /// Go's function table, the one source of names in a Go binary built with
+    /// `-ldflags='-s -w'` (and of lines without DWARF); None for other binaries. Read from the
+    /// sealed copy, once.
+    pub fn go_table(&self) -> Option<&crate::elf::GoTable> {
+        self.go
+            .get_or_init(|| {
+                let binary = self.binary.as_ref()?;
+                #[cfg(target_os = "linux")]
+                let file = binary.file().try_clone().ok()?;
+                #[cfg(not(target_os = "linux"))]
+                let file = urec_untrusted::open(binary.path()).ok()?;
+                crate::elf::read_pclntab(&file)
+            })
+            .as_ref()
+    }
 }
 
 /// A file at a recorded place with another build id: where, and its id.
@@ -257,6 +278,7 @@ impl Search<'_> {
             binary: Some(copy),
             debug,
             no_symbol,
+            go: Default::default(),
         })
     }
 
@@ -291,6 +313,7 @@ impl Search<'_> {
             binary: None,
             debug: Some(copy),
             no_symbol: Unnamed::NotInAnySymbol,
+            go: Default::default(),
         }))
     }
 }
@@ -373,6 +396,7 @@ pub(crate) fn add_fetched(
                         binary: Some(copy),
                         debug: debug_copy,
                         no_symbol,
+                        go: Default::default(),
                     }
                 }
                 None => {
@@ -388,6 +412,7 @@ pub(crate) fn add_fetched(
                         binary: None,
                         debug: Some(copy),
                         no_symbol: Unnamed::NotInAnySymbol,
+                        go: Default::default(),
                     }
                 }
             };

@@ -35,6 +35,116 @@ pub(crate) struct ElfInfo {
     pub debuglink: Option<(String, u32)>,
 }
 
+/// The most bytes of Go function table read: Kubernetes' largest binaries have about 40 MiB.
+const PCLNTAB_LIMIT: u64 = 256 << 20;
+
+/// Sections only Go's toolchain writes.
+const GO_SECTIONS: [&str; 4] = [
+    ".note.go.buildid",
+    ".go.buildinfo",
+    ".gopclntab",
+    ".data.rel.ro.gopclntab",
+];
+
+/// Go's function table of a binary, with what its inline trees need: where `go:func.*` is,
+/// and the file to read them from.
+pub(crate) struct GoTable {
+    pub table: urec_gopclntab::Pclntab,
+    gofunc: Option<u64>,
+    file: File,
+    loads: Vec<LoadSegment>,
+}
+
+impl GoTable {
+    /// The frames of the Go code at `vaddr`: the function, then those inlined into it.
+    pub fn frames(&self, vaddr: u64) -> Option<Vec<urec_gopclntab::Frame<'_>>> {
+        let read = |at: u64, len: usize| -> Option<Vec<u8>> {
+            let off = urec_format::Svma(at).to_file_offset(&self.loads)?.0;
+            let mut buf = vec![0u8; len.min(64)];
+            let n = urec_untrusted::read_at(&self.file, &mut buf, off).ok()?;
+            (n == buf.len()).then_some(buf)
+        };
+        self.table.frames(vaddr, self.gofunc, &read)
+    }
+}
+
+/// Go's function table in an open ELF file: its section in a Go binary, or in a file without
+/// section headers the first table found by its magic in a non-executable segment. Read with
+/// `pread`, at most [`PCLNTAB_LIMIT`] bytes; None for other files. `go:func.*` is found in
+/// `.noptrdata` (or, without sections, the writable segments), where the runtime's
+/// `moduledata` is.
+pub(crate) fn read_pclntab(file: &File) -> Option<GoTable> {
+    use urec_gopclntab::{Pclntab, SECTION_NAMES};
+    let len = file.metadata().ok()?.len();
+    let cache = ReadCache::new(file);
+    let obj = object::File::parse(&cache).ok()?;
+    let read = |off: u64, size: u64| -> Option<Vec<u8>> {
+        let size = size.min(PCLNTAB_LIMIT).min(len.checked_sub(off)?);
+        let mut buf = vec![0u8; usize::try_from(size).ok()?];
+        let n = urec_untrusted::read_at(file, &mut buf, off).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    };
+    let flags = |s: &object::Segment<'_, '_, &ReadCache<&File>>| match s.flags() {
+        object::SegmentFlags::Elf { p_flags, .. } => p_flags.0,
+        _ => 0,
+    };
+    let (table, table_vaddr, data) = if obj.sections().next().is_some() {
+        if !GO_SECTIONS.iter().any(|n| obj.section_by_name(n).is_some()) {
+            return None;
+        }
+        let text = obj.section_by_name(".text").map(|s| s.address());
+        let section = SECTION_NAMES.iter().find_map(|n| obj.section_by_name(n))?;
+        let (off, size) = section.file_range()?;
+        let table = Pclntab::parse(read(off, size)?, text).ok()?;
+        let data = obj
+            .section_by_name(".noptrdata")
+            .and_then(|s| s.file_range())
+            .and_then(|(off, size)| read(off, size));
+        (
+            table,
+            section.address(),
+            data.into_iter().collect::<Vec<_>>(),
+        )
+    } else {
+        let (vaddr, table) = obj.segments().filter(|s| flags(s) & 1 == 0).find_map(|s| {
+            let (off, size) = s.file_range();
+            let (at, table) = Pclntab::scan(&read(off, size)?, None)?;
+            Some((s.address().checked_add(at as u64)?, table))
+        })?;
+        let data = obj
+            .segments()
+            .filter(|s| flags(s) & 2 != 0)
+            .filter_map(|s| {
+                let (off, size) = s.file_range();
+                read(off, size)
+            })
+            .collect();
+        (table, vaddr, data)
+    };
+    let gofunc = data.iter().find_map(|d| table.find_gofunc(d, table_vaddr));
+    let loads = obj
+        .segments()
+        .map(|s| {
+            let (offset, file_size) = s.file_range();
+            LoadSegment {
+                offset,
+                file_size,
+                vaddr: s.address(),
+                mem_size: s.size(),
+                align: s.align(),
+                exec: flags(&s) & 1 != 0,
+            }
+        })
+        .collect();
+    Some(GoTable {
+        table,
+        gofunc,
+        file: file.try_clone().ok()?,
+        loads,
+    })
+}
+
 impl ElfInfo {
     /// Reads the headers of an open file through `pread` (never mapped: a file truncated
     /// meanwhile makes a short read, not `SIGBUS`); `None` if it is not an object file.

@@ -34,14 +34,44 @@ pub(crate) fn resolve(
         (None, None) => {}
     }
     let mut error = None;
+    let mut named = None;
     for src in &sources {
         match blaze.symbolize_single(src, Input::VirtOffset(vaddr)) {
-            Ok(Symbolized::Sym(sym)) if !sym.name.is_empty() => return Ok(frames_of(sym)),
+            Ok(Symbolized::Sym(sym)) if !sym.name.is_empty() => {
+                named = Some(frames_of(sym));
+                break;
+            }
             Ok(_) => {}
             Err(err) => error = Some(err),
         }
     }
-    Err((files.no_symbol, error))
+    if let Some(frames) = named.as_ref().filter(|f| f[0].line.is_some()) {
+        return Ok(frames.clone());
+    }
+    // A Go binary without symbols or DWARF: Go's own table names it, with file:line.
+    if let Some(frames) = go_frames(files, vaddr) {
+        return Ok(frames);
+    }
+    named.ok_or((files.no_symbol, error))
+}
+
+/// The Go function at `vaddr` and the functions inlined into it, with file:line, from Go's
+/// function table.
+fn go_frames(files: &Files, vaddr: u64) -> Option<Vec<Frame>> {
+    let frames = files.go_table()?.frames(vaddr)?;
+    Some(
+        (0..)
+            .zip(frames)
+            .map(|(depth, f)| {
+                Frame::function(
+                    f.name.into_owned(),
+                    f.file.map(|f| f.into_owned()),
+                    f.line,
+                    depth,
+                )
+            })
+            .collect(),
+    )
 }
 
 fn elf_source(path: &Path, debug_syms: bool) -> Source<'static> {
