@@ -262,3 +262,69 @@ fn entry_only_and_return_only_probes_on_go_functions() {
     expected.sort_unstable();
     assert_eq!(values, expected);
 }
+
+#[test]
+fn a_stripped_go_binary_records_and_reports_like_an_unstripped_one() {
+    if !have_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = build(dir.path(), &["-ldflags=-s -w"]) else {
+        return;
+    };
+    let untraced = Command::new(&exe).output().unwrap();
+    let data = dir.path().join("go.data");
+    let target = exe.to_str().unwrap();
+    let nap = format!("{target}:main.Nap");
+    let leaf = format!("{target}:main.Leaf");
+    let traced = record(&[
+        "-o",
+        data.to_str().unwrap(),
+        "-e",
+        &nap,
+        "-e",
+        &leaf,
+        "--",
+        target,
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(traced.stdout, untraced.stdout);
+    assert_eq!(
+        traced.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&traced.stderr)
+    );
+    // Reported where the binary is not: the names travel in the file, from Go's own table.
+    let empty = tempfile::tempdir().unwrap();
+    let folded = urec_ok(&[
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--symfs",
+        empty.path().to_str().unwrap(),
+        "--no-debuginfod",
+        "--folded",
+        "-",
+        "--probe",
+        &leaf,
+    ]);
+    let calls = |path: &str| -> u64 {
+        folded
+            .lines()
+            .filter(|l| l.contains(path))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(calls("main.Deep;main.Leaf "), 8 * 25, "{folded}");
+    assert_eq!(calls("main.Nap;main.Leaf "), NAP_CALLS, "{folded}");
+    // Every goroutine's stack ends in runtime.goexit, but for Deep's 200 frames, deeper than
+    // the 127 a stack keeps.
+    assert!(
+        folded
+            .lines()
+            .all(|l| l.contains("runtime.goexit;main.main.func") || l.contains(";[truncated];")),
+        "{folded}"
+    );
+}
