@@ -328,3 +328,31 @@ fn a_stripped_go_binary_records_and_reports_like_an_unstripped_one() {
         "{folded}"
     );
 }
+
+#[test]
+fn a_c_function_that_ends_in_a_tail_jump_keeps_its_uretprobe() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = build_c(
+        dir.path(),
+        "tail",
+        "__attribute__((noinline)) int g(int x) { return x * 3; }\n\
+         __attribute__((noinline)) int f(int x) { return g(x + 1); }\n\
+         int main(void) { return f(1) == 6 ? 0 : 1; }\n",
+        &["-O2"],
+    );
+    let dis = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    let dis = String::from_utf8_lossy(&dis.stdout);
+    let f = dis.split("<f>:").nth(1).unwrap_or_default();
+    assert!(
+        f.lines().take(4).any(|l| l.contains("jmp")),
+        "f ends in a tail jump: {f}"
+    );
+    let spec = urec_probe::parse(&format!("{}:f", exe.display())).unwrap();
+    let r = urec_probe::resolve(&[spec], &urec_probe::ResolveOptions::default()).unwrap();
+    assert_eq!(r.probes[0].probe.kind, urec_format::ProbeKind::EntryReturn);
+    assert!(r.probes[0].go.is_none(), "C code: an ordinary uretprobe");
+}
