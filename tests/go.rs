@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -78,38 +77,6 @@ const DEEP_CALLS: u64 = 8 * 25 * 201;
 const NAP_CALLS: u64 = 16 * 10;
 const LEAF_CALLS: u64 = 8 * 25 + NAP_CALLS;
 
-/// Builds the program with `flags`; `None` (the test skips, with a message) where there is no
-/// Go toolchain, except under `CI=true`, where CI installs one and its absence must fail.
-fn build(dir: &Path, flags: &[&str]) -> Option<PathBuf> {
-    if Command::new("go").arg("version").output().is_err() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true: no Go toolchain (scripts/install-deps.sh installs golang-go)");
-        }
-        eprintln!("skipped: no Go toolchain");
-        return None;
-    }
-    std::fs::write(dir.join("main.go"), PROGRAM).unwrap();
-    std::fs::write(dir.join("go.mod"), "module gotest\n\ngo 1.17\n").unwrap();
-    let exe = dir.join("gotest");
-    let out = Command::new("go")
-        .arg("build")
-        .args(flags)
-        .arg("-o")
-        .arg(&exe)
-        .arg(".")
-        .current_dir(dir)
-        .env("GOCACHE", dir.join("cache"))
-        .env("GOFLAGS", "-mod=mod")
-        .output()
-        .expect("running go build");
-    assert!(
-        out.status.success(),
-        "go build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(exe)
-}
-
 fn function<'a>(json: &'a serde_json::Value, probe: &str) -> &'a serde_json::Value {
     json["functions"]
         .as_array()
@@ -123,9 +90,10 @@ fn default_probes_on_go_functions_leave_the_program_alone_and_count_exactly() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(exe) = build(dir.path(), &[]) else {
+    if !common::go::have_go() {
         return;
-    };
+    }
+    let exe = common::go::build_go(dir.path(), "gotest", PROGRAM, &[], false);
     let untraced = Command::new(&exe).output().unwrap();
     assert_eq!(untraced.status.code(), Some(3));
     let data = dir.path().join("go.data");
@@ -178,9 +146,10 @@ fn default_probes_on_go_functions_leave_the_program_alone_and_count_exactly() {
 #[test]
 fn go_functions_are_probed_past_the_stack_check_and_at_each_ret() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(exe) = build(dir.path(), &[]) else {
+    if !common::go::have_go() {
         return;
-    };
+    }
+    let exe = common::go::build_go(dir.path(), "gotest", PROGRAM, &[], false);
     let spec = urec_probe::parse(&format!("{}:main.Deep", exe.display())).unwrap();
     let r = urec_probe::resolve(&[spec], &urec_probe::ResolveOptions::default()).unwrap();
     let p = &r.probes[0];
@@ -200,9 +169,10 @@ fn entry_only_and_return_only_probes_on_go_functions() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(exe) = build(dir.path(), &[]) else {
+    if !common::go::have_go() {
         return;
-    };
+    }
+    let exe = common::go::build_go(dir.path(), "gotest", PROGRAM, &[], false);
     let data = dir.path().join("go.data");
     let target = exe.to_str().unwrap();
     let deep = format!("{target}:main.Deep%entry");
@@ -269,9 +239,10 @@ fn a_stripped_go_binary_records_and_reports_like_an_unstripped_one() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(exe) = build(dir.path(), &["-ldflags=-s -w"]) else {
+    if !common::go::have_go() {
         return;
-    };
+    }
+    let exe = common::go::build_go(dir.path(), "gotest", PROGRAM, &["-ldflags=-s -w"], false);
     let untraced = Command::new(&exe).output().unwrap();
     let data = dir.path().join("go.data");
     let target = exe.to_str().unwrap();

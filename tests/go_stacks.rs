@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::{have_root, record, urec_ok};
@@ -84,40 +84,13 @@ fn leaf_spec(exe: &Path) -> String {
     )
 }
 
-/// Builds the Go program into `dir`; None (with a message) without `go`.
-fn build_go(dir: &Path) -> Option<PathBuf> {
-    let src = dir.join("gostacks.go");
-    std::fs::write(&src, GO_SOURCE).unwrap();
-    let exe = dir.join("gostacks");
-    let out = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOPATH", dir.join("gopath"))
-        .env("GO111MODULE", "off")
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Some(exe),
-        Ok(o) => panic!("go build failed: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!(
-                    "CI=true: no Go toolchain ({e}; scripts/install-deps.sh installs golang-go)"
-                );
-            }
-            eprintln!("skipped: no go toolchain ({e})");
-            None
-        }
-    }
-}
-
 #[test]
 fn auto_picks_frame_pointers_for_go() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(exe) = build_go(dir.path()) else {
+    if !common::go::have_go() {
         return;
-    };
+    }
+    let exe = common::go::build_go(dir.path(), "gostacks", GO_SOURCE, &[], false);
     let spec = leaf_spec(&exe);
     let specs = vec![urec_probe::parse(&spec).unwrap()];
     let r = urec_probe::resolve(&specs, &Default::default()).unwrap();
@@ -152,9 +125,10 @@ fn go_stacks_end_at_goexit_or_main() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let Some(exe) = build_go(dir.path()) else {
+    if !common::go::have_go() {
         return;
-    };
+    }
+    let exe = common::go::build_go(dir.path(), "gostacks", GO_SOURCE, &[], false);
     let data = dir.path().join("go.data");
     let spec = leaf_spec(&exe);
     let out = record(&[

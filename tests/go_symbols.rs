@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::{urec, urec_ok};
 
@@ -40,40 +39,6 @@ func main() {
 	fmt.Println(t.Method(2))
 }
 "#;
-
-/// Whether `go` is here; outside CI its absence skips the test, under CI it fails it.
-fn have_go() -> bool {
-    let found = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true: go is needed to build Go test programs; CI installs golang-go");
-        }
-        eprintln!("skipped: no go toolchain to build Go test programs");
-    }
-    found
-}
-
-fn build_stripped(dir: &Path) -> std::path::PathBuf {
-    let src = dir.join("main.go");
-    std::fs::write(&src, PROGRAM).unwrap();
-    let out = dir.join("gostripped");
-    let o = Command::new("go")
-        .args(["build", "-ldflags=-s -w", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .current_dir(dir)
-        .env("GOCACHE", std::env::temp_dir().join("urec-test-gocache"))
-        .env("GO111MODULE", "off")
-        .env("GOFLAGS", "")
-        .env("CGO_ENABLED", "0")
-        .output()
-        .expect("go build");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
 
 /// A recording of three calls of `main.Leaf` from `main.(*T).Method` in `bin`, mapped as the
 /// kernel maps a non-PIE Go binary (its text segment at its link address).
@@ -161,11 +126,17 @@ fn folded(data: &Path, extra: &[&str]) -> String {
 
 #[test]
 fn a_stripped_go_binary_reports_its_function_names() {
-    if !have_go() {
+    if !common::go::have_go() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = build_stripped(dir.path());
+    let bin = common::go::build_go(
+        dir.path(),
+        "gostripped",
+        PROGRAM,
+        &["-ldflags=-s -w"],
+        false,
+    );
     let data = dir.path().join("go.data");
     recording(&data, &bin);
     let out = folded(&data, &[]);

@@ -3,11 +3,14 @@
 //! `go tool addr2line` (file:line).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use object::{Object, ObjectSection, ObjectSymbol};
 use urec_gopclntab::{Pclntab, SECTION_NAMES};
+
+#[path = "../../tests/common/go.rs"]
+mod go;
 
 const PROGRAM: &str = r#"package main
 
@@ -37,46 +40,6 @@ func main() {
 	fmt.Println(s)
 }
 "#;
-
-/// `go`, or `None` (the caller skips) outside CI.
-fn have_go() -> bool {
-    let found = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true: go is needed to build Go test programs; CI installs golang-go");
-        }
-        eprintln!("skipped: no go toolchain to build Go test programs");
-    }
-    found
-}
-
-fn build(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
-    let src = dir.join("main.go");
-    std::fs::write(&src, PROGRAM).unwrap();
-    let out = dir.join(name);
-    let cache = std::env::temp_dir().join("urec-test-gocache");
-    let o = Command::new("go")
-        .arg("build")
-        .args(args)
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .current_dir(dir)
-        .env("GOCACHE", &cache)
-        .env("GO111MODULE", "off")
-        .env("GOFLAGS", "")
-        .output()
-        .expect("go build");
-    assert!(
-        o.status.success(),
-        "go build {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
 
 fn table(path: &Path) -> Pclntab {
     let bytes = std::fs::read(path).unwrap();
@@ -128,7 +91,7 @@ fn addr2line(bin: &Path, pcs: &[u64]) -> Vec<(String, String)> {
 
 #[test]
 fn functions_bounds_and_lines_match_the_toolchain() {
-    if !have_go() {
+    if !go::have_go() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -137,10 +100,16 @@ fn functions_bounds_and_lines_match_the_toolchain() {
         ("plain", &[][..], false),
         ("pie", &["-buildmode=pie"][..], true),
     ] {
-        let full = build(dir.path(), name, args);
+        let full = go::build_go(dir.path(), name, PROGRAM, args, false);
         let mut stripped_args = args.to_vec();
         stripped_args.push("-ldflags=-s -w");
-        let stripped = build(dir.path(), &format!("{name}-stripped"), &stripped_args);
+        let stripped = go::build_go(
+            dir.path(),
+            &format!("{name}-stripped"),
+            PROGRAM,
+            &stripped_args,
+            false,
+        );
         let syms = symtab(&full);
         let t = table(&full);
         assert!(t.len() > 500, "{name}: {} functions", t.len());
@@ -239,11 +208,11 @@ fn functions_bounds_and_lines_match_the_toolchain() {
 /// Without section headers the table is found by its magic in the read-only segment.
 #[test]
 fn found_by_magic_without_section_headers() {
-    if !have_go() {
+    if !go::have_go() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = build(dir.path(), "stripped", &["-ldflags=-s -w"]);
+    let bin = go::build_go(dir.path(), "stripped", PROGRAM, &["-ldflags=-s -w"], false);
     let bytes = std::fs::read(&bin).unwrap();
     let obj = object::File::parse(&*bytes).unwrap();
     let text = obj.section_by_name(".text").unwrap().address();
@@ -329,7 +298,7 @@ fn dwarf_chains(bin: &Path, pcs: &[u64]) -> Vec<Vec<(String, u32)>> {
 
 #[test]
 fn inlined_frames_match_dwarf() {
-    if !have_go() {
+    if !go::have_go() {
         return;
     }
     if Command::new("llvm-symbolizer")
@@ -341,22 +310,10 @@ fn inlined_frames_match_dwarf() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("main.go"), INLINING).unwrap();
-    let src = dir.path().join("main.go");
     let mut bins = Vec::new();
     for (name, flags) in [("full", ""), ("stripped", "-s -w")] {
-        let out = dir.path().join(name);
-        let o = Command::new("go")
-            .args(["build", &format!("-ldflags={flags}"), "-o"])
-            .arg(&out)
-            .arg(&src)
-            .current_dir(dir.path())
-            .env("GOCACHE", std::env::temp_dir().join("urec-test-gocache"))
-            .env("GO111MODULE", "off")
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        bins.push(out);
+        let ldflags = format!("-ldflags={flags}");
+        bins.push(go::build_go(dir.path(), name, INLINING, &[&ldflags], false));
     }
     let full = &bins[0];
     let t = table(full);

@@ -3,11 +3,14 @@
 //! `.symtab` gives; and in a cgo binary only the Go functions get Go's placement (C functions
 //! keep their uretprobe). Built here with the local Go toolchain.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use urec_format::ProbeKind;
 use urec_probe::{list, parse, resolve, ResolveOptions};
+
+#[path = "../../tests/common/go.rs"]
+mod go;
 
 const PROGRAM: &str = r#"package main
 
@@ -52,48 +55,6 @@ func main() {
 }
 "#;
 
-/// Whether `go` is here; outside CI its absence skips the test, under CI it fails it.
-fn have_go() -> bool {
-    let found = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("CI=true: go is needed to build Go test programs; CI installs golang-go");
-        }
-        eprintln!("skipped: no go toolchain to build Go test programs");
-    }
-    found
-}
-
-fn build(dir: &Path, name: &str, source: &str, args: &[&str], cgo: bool) -> PathBuf {
-    let src_dir = dir.join(format!("{name}-src"));
-    std::fs::create_dir_all(&src_dir).unwrap();
-    let src = src_dir.join("main.go");
-    std::fs::write(&src, source).unwrap();
-    let out = dir.join(name);
-    let o = Command::new("go")
-        .arg("build")
-        .args(args)
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .current_dir(&src_dir)
-        .env("GOCACHE", std::env::temp_dir().join("urec-test-gocache"))
-        .env("GO111MODULE", "off")
-        .env("GOFLAGS", "")
-        .env("CGO_ENABLED", if cgo { "1" } else { "0" })
-        .output()
-        .expect("go build");
-    assert!(
-        o.status.success(),
-        "go build {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
-
 /// A function's address in `nm`'s output for the unstripped build.
 fn nm(bin: &Path, name: &str) -> u64 {
     let out = Command::new("nm").arg(bin).output().expect("nm");
@@ -110,15 +71,15 @@ fn nm(bin: &Path, name: &str) -> u64 {
 
 #[test]
 fn stripped_go_binaries_list_and_resolve_by_name() {
-    if !have_go() {
+    if !go::have_go() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     for (name, extra) in [("plain", None), ("pie", Some("-buildmode=pie"))] {
         let mut args: Vec<&str> = extra.into_iter().collect();
-        let full = build(dir.path(), name, PROGRAM, &args, false);
+        let full = go::build_go(dir.path(), name, PROGRAM, &args, false);
         args.push("-ldflags=-s -w");
-        let stripped = build(dir.path(), &format!("{name}-s-w"), PROGRAM, &args, false);
+        let stripped = go::build_go(dir.path(), &format!("{name}-s-w"), PROGRAM, &args, false);
         let target = stripped.to_str().unwrap();
 
         let listed = list(target, Some("main.*")).unwrap();
@@ -152,12 +113,12 @@ fn stripped_go_binaries_list_and_resolve_by_name() {
 /// the binary still counts as Go.
 #[test]
 fn without_section_headers_the_table_is_found_by_its_magic() {
-    if !have_go() {
+    if !go::have_go() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let full = build(dir.path(), "full", PROGRAM, &[], false);
-    let stripped = build(dir.path(), "s-w", PROGRAM, &["-ldflags=-s -w"], false);
+    let full = go::build_go(dir.path(), "full", PROGRAM, &[], false);
+    let stripped = go::build_go(dir.path(), "s-w", PROGRAM, &["-ldflags=-s -w"], false);
     let mut bytes = std::fs::read(&stripped).unwrap();
     // e_shoff, e_shnum, e_shstrndx of an ELF64 header.
     bytes[0x28..0x30].fill(0);
@@ -178,7 +139,7 @@ fn without_section_headers_the_table_is_found_by_its_magic() {
 
 #[test]
 fn cgo_c_functions_keep_uretprobes() {
-    if !have_go() {
+    if !go::have_go() {
         return;
     }
     if Command::new("gcc").arg("--version").output().is_err() {
@@ -186,7 +147,7 @@ fn cgo_c_functions_keep_uretprobes() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = build(dir.path(), "cgo", CGO_PROGRAM, &[], true);
+    let bin = go::build_go(dir.path(), "cgo", CGO_PROGRAM, &[], true);
     let target = bin.to_str().unwrap();
     let resolve_one = |func: &str| {
         let spec = parse(&format!("{target}:{func}")).unwrap();

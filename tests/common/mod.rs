@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod go;
 pub mod recording;
 
 use std::io::{BufRead, BufReader};
