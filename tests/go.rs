@@ -77,6 +77,17 @@ const DEEP_CALLS: u64 = 8 * 25 * 201;
 const NAP_CALLS: u64 = 16 * 10;
 const LEAF_CALLS: u64 = 8 * 25 + NAP_CALLS;
 
+/// The program built with `flags`, in a directory of its own for the test's files; None (the
+/// test skips) without a Go toolchain.
+fn program(flags: &[&str]) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    if !common::go::have_go() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = common::go::build_go(dir.path(), "gotest", PROGRAM, flags, false);
+    Some((dir, exe))
+}
+
 fn function<'a>(json: &'a serde_json::Value, probe: &str) -> &'a serde_json::Value {
     json["functions"]
         .as_array()
@@ -89,11 +100,9 @@ fn default_probes_on_go_functions_leave_the_program_alone_and_count_exactly() {
     if !have_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    if !common::go::have_go() {
+    let Some((dir, exe)) = program(&[]) else {
         return;
-    }
-    let exe = common::go::build_go(dir.path(), "gotest", PROGRAM, &[], false);
+    };
     let untraced = Command::new(&exe).output().unwrap();
     assert_eq!(untraced.status.code(), Some(3));
     let data = dir.path().join("go.data");
@@ -145,11 +154,9 @@ fn default_probes_on_go_functions_leave_the_program_alone_and_count_exactly() {
 
 #[test]
 fn go_functions_are_probed_past_the_stack_check_and_at_each_ret() {
-    let dir = tempfile::tempdir().unwrap();
-    if !common::go::have_go() {
+    let Some((_dir, exe)) = program(&[]) else {
         return;
-    }
-    let exe = common::go::build_go(dir.path(), "gotest", PROGRAM, &[], false);
+    };
     let spec = urec_probe::parse(&format!("{}:main.Deep", exe.display())).unwrap();
     let r = urec_probe::resolve(&[spec], &urec_probe::ResolveOptions::default()).unwrap();
     let p = &r.probes[0];
@@ -168,11 +175,9 @@ fn entry_only_and_return_only_probes_on_go_functions() {
     if !have_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    if !common::go::have_go() {
+    let Some((dir, exe)) = program(&[]) else {
         return;
-    }
-    let exe = common::go::build_go(dir.path(), "gotest", PROGRAM, &[], false);
+    };
     let data = dir.path().join("go.data");
     let target = exe.to_str().unwrap();
     let deep = format!("{target}:main.Deep%entry");
@@ -238,11 +243,9 @@ fn a_stripped_go_binary_records_and_reports_like_an_unstripped_one() {
     if !have_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    if !common::go::have_go() {
+    let Some((dir, exe)) = program(&["-ldflags=-s -w"]) else {
         return;
-    }
-    let exe = common::go::build_go(dir.path(), "gotest", PROGRAM, &["-ldflags=-s -w"], false);
+    };
     let untraced = Command::new(&exe).output().unwrap();
     let data = dir.path().join("go.data");
     let target = exe.to_str().unwrap();
