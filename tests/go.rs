@@ -330,3 +330,97 @@ fn a_c_function_that_ends_in_a_tail_jump_keeps_its_uretprobe() {
     assert_eq!(r.probes[0].probe.kind, urec_format::ProbeKind::EntryReturn);
     assert!(r.probes[0].go.is_none(), "C code: an ordinary uretprobe");
 }
+
+/// A recursion that panics at its bottom and recovers three frames up: each call of
+/// `Risky(6)` enters 7 frames, 4 return (n = 3..6; 3 by its deferred recover), and the 3 the
+/// panic unwound (n = 0..2) never return. Started by a line on stdin, so that the probes are
+/// attached first; it then waits, alive, until killed.
+const PANICKY: &str = r#"package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"time"
+)
+
+//go:noinline
+func Risky(n int) (r int) {
+	if n == 3 {
+		defer func() {
+			if recover() != nil {
+				r = 100
+			}
+		}()
+	}
+	if n == 0 {
+		panic("boom")
+	}
+	return Risky(n-1) + 1
+}
+
+func main() {
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	sum := 0
+	for i := 0; i < 10; i++ {
+		sum += Risky(6)
+	}
+	fmt.Println(sum)
+	time.Sleep(time.Minute)
+}
+"#;
+
+#[test]
+fn frames_a_recovered_panic_skipped_are_unmatched_not_in_flight() {
+    if !have_root() || !common::go::have_go() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = common::go::build_go(dir.path(), "panicky", PANICKY, &[], false);
+    let mut prog = Command::new(&exe)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = prog.id().to_string();
+    let data = dir.path().join("panic.data");
+    let spec = format!("{}:main.Risky", exe.display());
+    let mut urec = start_attached(&[
+        "-p",
+        &pid,
+        "-d",
+        "3",
+        "-o",
+        data.to_str().unwrap(),
+        "-e",
+        &spec,
+    ]);
+    {
+        use std::io::{BufRead, Write};
+        let mut stdin = prog.stdin.take().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(prog.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "1030", "Risky(6) is 103, traced or not");
+    }
+    let status = urec.wait().unwrap();
+    let _ = prog.kill();
+    let _ = prog.wait();
+    assert!(status.success(), "urec record: {status}");
+    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
+        "report",
+        "-i",
+        data.to_str().unwrap(),
+        "--json",
+        "-",
+    ]))
+    .unwrap();
+    let r = function(&json, &spec);
+    assert_eq!(
+        (&r["calls"], &r["returns"], &r["unmatched"], &r["in_flight"]),
+        (&70.into(), &40.into(), &30.into(), &0.into()),
+        "{r}"
+    );
+}

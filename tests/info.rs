@@ -121,6 +121,7 @@ fn recording(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<u8>) {
         let pid = 300 + (i % 2) as u32;
         let t = 10_000 + i * 1000;
         w.write_event(&Event {
+            goroutine: None,
             probe: 0,
             kind: EventKind::Entry,
             pid,
@@ -133,6 +134,7 @@ fn recording(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<u8>) {
         })
         .unwrap();
         w.write_event(&Event {
+            goroutine: None,
             probe: 0,
             kind: EventKind::Return,
             pid,

@@ -44,6 +44,8 @@ pub const F_CALLER_ADDED: u8 = 4;
 pub const F_FUNC_ADDED: u8 = 8;
 /// The record carries registers and a stack copy ([`RawDwarf`]) instead of frames.
 pub const F_DWARF: u8 = 16;
+/// `UREC_F_GOROUTINE`: a Go event; its goroutine (the runtime's `g`) follows the header.
+pub const F_GOROUTINE: u8 = 32;
 
 /// Some pages of the copy could not be read (`UREC_D_HOLES`): see [`RawDwarf::holes`].
 pub const D_HOLES: u16 = 1;
@@ -538,6 +540,8 @@ pub struct RawEvent<'a> {
     pub time_ns: u64,
     /// Entry-to-return ns, valid when `flags & F_LATENCY`.
     pub latency_ns: u64,
+    /// A Go event's goroutine (its `g`), with [`F_GOROUTINE`].
+    pub goroutine: Option<u64>,
     args: &'a [u8],
     frames: &'a [u8],
     /// With [`F_DWARF`]: what the CFI unwind needs.
@@ -619,12 +623,13 @@ impl<'a> RawEvent<'a> {
         }
         let nframes = u16_at(b, 6) as usize;
         let args_len = u16_at(b, 20) as usize;
-        let frames_at = EVENT_HEADER_SIZE + args_len;
+        let flags = b[5];
+        let args_at = EVENT_HEADER_SIZE + if flags & F_GOROUTINE != 0 { 8 } else { 0 };
+        let frames_at = args_at + args_len;
         let end = frames_at + nframes * 8;
         if end > b.len() {
             return Err(err("shorter than its header says"));
         }
-        let flags = b[5];
         let dwarf = if flags & F_DWARF != 0 {
             let d = b
                 .get(frames_at..frames_at + DWARF_HEADER_SIZE)
@@ -664,7 +669,8 @@ impl<'a> RawEvent<'a> {
             fault_mask: u16_at(b, 22),
             time_ns: u64_at(b, 24),
             latency_ns: u64_at(b, 32),
-            args: &b[EVENT_HEADER_SIZE..frames_at],
+            goroutine: (flags & F_GOROUTINE != 0).then(|| u64_at(b, EVENT_HEADER_SIZE)),
+            args: &b[args_at..frames_at],
             frames: &b[frames_at..end],
         })
     }

@@ -752,7 +752,8 @@ static __always_inline struct urec_probe_cfg *probe_cfg(__u32 probe)
  */
 static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
 				     __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
-				     bool stack, bool leaf, __u64 probe_ip, __u32 tid)
+				     bool stack, bool leaf, __u64 probe_ip, __u32 tid,
+				     __u64 goroutine)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	__u64 id = bpf_get_current_pid_tgid();
@@ -767,7 +768,7 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 	/* Read once: the recorder may rewrite the entry while this runs. */
 	__u32 dwarf_size = (cfg->flags & UREC_P_DWARF) ? *(volatile __u32 *)&cfg->stack_size : 0;
 
-	if (!cfg->nargs && !(stack && (dwarf_size || stack_depth))) {
+	if (!cfg->nargs && !goroutine && !(stack && (dwarf_size || stack_depth))) {
 		/* A bare 40-byte record: written in place, no scratch buffer, no copy. */
 		struct urec_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 
@@ -797,7 +798,14 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 	}
 	__u8 *buf = s->buf;
 	struct urec_event *e = (struct urec_event *)buf;
-	__u32 off = sizeof(*e);
+	/* A Go event's goroutine (UREC_F_GOROUTINE) sits between the header and the args. */
+	__u32 args_at = goroutine ? sizeof(*e) + 8 : sizeof(*e);
+	__u32 off = args_at;
+
+	if (goroutine) {
+		*(__u64 *)(buf + sizeof(*e)) = goroutine;
+		flags |= UREC_F_GOROUTINE;
+	}
 
 	e->probe = probe;
 	e->kind = kind;
@@ -808,7 +816,7 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 	e->latency_ns = latency;
 	e->fault_mask = fetch_args(ctx, cfg, s, &off, kind == UREC_KIND_RETURN, all_args, probe_ip);
 	off &= OFF_MASK;
-	e->args_len = off - sizeof(*e);
+	e->args_len = off - args_at;
 
 	__u32 nframes = 0;
 	__u32 depth = stack_depth;
@@ -853,7 +861,7 @@ static __always_inline void emit(struct pt_regs *ctx, struct urec_probe_cfg *cfg
 				 __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
 				 bool stack, bool leaf, __u64 probe_ip)
 {
-	emit_for(ctx, cfg, probe, kind, now, latency, flags, all_args, stack, leaf, probe_ip, 0);
+	emit_for(ctx, cfg, probe, kind, now, latency, flags, all_args, stack, leaf, probe_ip, 0, 0);
 }
 
 SEC("uprobe.session")
@@ -990,7 +998,7 @@ int urec_go_entry(struct pt_regs *ctx)
 
 		bpf_map_update_elem(&go_calls, &k, &v, BPF_ANY);
 	}
-	emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip);
+	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip, 0, k.g);
 	return 0;
 }
 
@@ -1017,7 +1025,7 @@ int urec_go_return(struct pt_regs *ctx)
 
 	bpf_map_delete_elem(&go_calls, &k);
 	emit_for(ctx, probe_cfg(probe), probe, UREC_KIND_RETURN, now, now - ts, UREC_F_LATENCY,
-		 false, false, false, bpf_get_func_ip(ctx), tid);
+		 false, false, false, bpf_get_func_ip(ctx), tid, k.g);
 	return 0;
 }
 

@@ -7,6 +7,7 @@
  * A ring-buffer record is exact-size:
  *
  *     struct urec_event            (40 bytes)
+ *     goroutine                    (8 bytes, only with UREC_F_GOROUTINE: a Go event's g)
  *     args                         (args_len bytes, a multiple of 8)
  *     frames                       (nframes * 8 bytes, innermost first)
  *
@@ -47,6 +48,8 @@
 #define UREC_F_CALLER_ADDED 4 /* frames[1] is the return address read at [sp] */
 #define UREC_F_FUNC_ADDED 8  /* frames[0] is the function's address (return-only probes) */
 #define UREC_F_DWARF 16      /* a struct urec_dwarf and a stack copy follow the args */
+#define UREC_F_GOROUTINE 32  /* a Go event: the goroutine (its g) follows the header, 8 bytes,
+			      * before the args */
 
 struct urec_event {
 	__u32 probe;      /* probe id = attach cookie */

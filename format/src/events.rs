@@ -8,7 +8,8 @@
 //! - `time`: zigzag delta from the previous event of the chunk (the first from the chunk's
 //!   base time), so out-of-order timestamps from several CPUs still cost a byte or two;
 //! - `ctx`: an index into the chunk's dictionary of (pid, tid, cpu) triples;
-//! - `stack`, `latency`, `args`: only for the events whose flags say they have one.
+//! - `stack`, `latency`, `args`: only for the events whose flags say they have one;
+//! - `goroutine` (since 1.4): one per event, in chunks where some event has one.
 //!
 //! Delta bases and the dictionary start afresh in every chunk, so each chunk decodes alone.
 
@@ -25,8 +26,14 @@ const COL_CTX: usize = 2;
 const COL_STACK: usize = 3;
 const COL_LATENCY: usize = 4;
 const COL_ARGS: usize = 5;
-/// Columns this version writes; a reader ignores any further columns (a later minor version).
-pub(crate) const NCOLS: usize = 6;
+/// Since 1.4: a varint per event, its goroutine or 0; written only in chunks where some event
+/// has one, so recordings of other code pay nothing.
+const COL_GOROUTINE: usize = 6;
+/// Columns every chunk has.
+const BASE_COLS: usize = 6;
+/// Columns this version reads and writes; a reader ignores any further columns (a later
+/// minor version).
+pub(crate) const NCOLS: usize = 7;
 
 const F_RETURN: u64 = 1;
 const F_STACK: u64 = 2;
@@ -72,6 +79,8 @@ pub(crate) struct EventEncoder {
     ctx: Vec<Ctx>,
     ctx_map: HashMap<Ctx, u32, BuildHasherDefault<CtxHasher>>,
     cols: [Vec<u8>; NCOLS],
+    /// Some event of the chunk has a goroutine: the chunk gets its column.
+    goroutines: bool,
 }
 
 impl EventEncoder {
@@ -147,6 +156,8 @@ impl EventEncoder {
         );
         self.prev_time = e.time_ns;
         put_u64(&mut self.cols[COL_CTX], idx.into());
+        put_u64(&mut self.cols[COL_GOROUTINE], e.goroutine.unwrap_or(0));
+        self.goroutines |= e.goroutine.is_some();
         self.n += 1;
     }
 
@@ -161,14 +172,18 @@ impl EventEncoder {
             put_u64(out, tid.into());
             put_u64(out, cpu.into());
         }
-        put_u64(out, NCOLS as u64);
-        for col in &self.cols {
+        let ncols = if self.goroutines { NCOLS } else { BASE_COLS };
+        put_u64(out, ncols as u64);
+        for col in &self.cols[..ncols] {
             put_u64(out, col.len() as u64);
         }
-        for col in &mut self.cols {
+        for col in &mut self.cols[..ncols] {
             out.extend_from_slice(col);
+        }
+        for col in &mut self.cols {
             col.clear();
         }
+        self.goroutines = false;
         let n = self.n;
         self.n = 0;
         self.ctx.clear();
@@ -216,7 +231,7 @@ impl EventDecoder {
             self.ctx.push((c.u32()?, c.u32()?, c.u32()?));
         }
         let ncols = c.len()?;
-        if ncols < NCOLS {
+        if ncols < BASE_COLS {
             return Err(Malformed("too few event columns"));
         }
         let mut lens = [0usize; NCOLS];
@@ -277,6 +292,15 @@ impl EventDecoder {
         } else {
             None
         };
+        // A chunk without the goroutine column has an empty one here.
+        let goroutine = {
+            let col = &mut self.cols[COL_GOROUTINE];
+            if col.0 < col.1 {
+                Some(col_u64(buf, col)?).filter(|&g| g != 0)
+            } else {
+                None
+            }
+        };
         let args = if tag & F_ARGS != 0 {
             self.args(buf)?
         } else {
@@ -296,6 +320,7 @@ impl EventDecoder {
             stack,
             latency_ns,
             args,
+            goroutine,
         })
     }
 
@@ -327,5 +352,57 @@ impl EventDecoder {
         }
         col.0 = c.pos();
         Ok(args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(goroutine: Option<u64>) -> Event {
+        Event {
+            probe: 1,
+            kind: EventKind::Entry,
+            pid: 7,
+            tid: 8,
+            cpu: 0,
+            time_ns: 100,
+            stack: None,
+            latency_ns: None,
+            args: Vec::new(),
+            goroutine,
+        }
+    }
+
+    /// Encodes `events` as one chunk; returns its payload and how many columns it declares.
+    fn chunk(events: &[Event]) -> (Vec<u8>, u64) {
+        let mut enc = EventEncoder::default();
+        for e in events {
+            enc.push(e);
+        }
+        let mut out = Vec::new();
+        enc.take(&mut out);
+        let mut c = Cursor::new(&out);
+        let (_base, _n, nctx) = (c.u64().unwrap(), c.u64().unwrap(), c.u64().unwrap());
+        for _ in 0..nctx * 3 {
+            c.u64().unwrap();
+        }
+        let ncols = c.u64().unwrap();
+        (out, ncols)
+    }
+
+    #[test]
+    fn only_chunks_with_goroutines_carry_their_column() {
+        let (_, ncols) = chunk(&[event(None), event(None)]);
+        assert_eq!(ncols, BASE_COLS as u64, "other code pays nothing");
+        let events = [event(None), event(Some(0x00c0_0008_2000))];
+        let (payload, ncols) = chunk(&events);
+        assert_eq!(ncols, NCOLS as u64);
+        let mut dec = EventDecoder::default();
+        dec.start(&payload, 2).unwrap();
+        let got: Vec<Event> = std::iter::from_fn(|| dec.next(&payload))
+            .collect::<Res<_>>()
+            .unwrap();
+        assert_eq!(got, events);
     }
 }

@@ -305,6 +305,7 @@ impl Builder {
 
 fn entry(pid: u32, tid: u32, time_ns: u64, stack: Option<StackId>, args: Vec<ArgValue>) -> Event {
     Event {
+        goroutine: None,
         probe: 0,
         kind: EventKind::Entry,
         pid,
@@ -319,6 +320,7 @@ fn entry(pid: u32, tid: u32, time_ns: u64, stack: Option<StackId>, args: Vec<Arg
 
 fn ret(pid: u32, tid: u32, time_ns: u64) -> Event {
     Event {
+        goroutine: None,
         probe: 0,
         kind: EventKind::Return,
         pid,

@@ -256,6 +256,7 @@ impl Synth {
         let cpu = t as u32 % 2;
         match self.threads[t].in_call.take() {
             Some((probe, entered)) => Event {
+                goroutine: None,
                 probe,
                 kind: EventKind::Return,
                 pid: PID,
@@ -275,6 +276,7 @@ impl Synth {
                 let probe = self.stack_probe[stack];
                 self.threads[t].in_call = Some((probe, self.time));
                 Event {
+                    goroutine: None,
                     probe,
                     kind: EventKind::Entry,
                     pid: PID,

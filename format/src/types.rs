@@ -296,6 +296,10 @@ pub struct Event {
     pub latency_ns: Option<Nanos>,
     /// Fetched arguments, in the probe's [`Probe::args`] order (those of this kind only).
     pub args: Vec<ArgValue>,
+    /// A Go event's goroutine (the runtime's `g`, an address that identifies the goroutine
+    /// while it lives): readers pair a Go call's return with its entry per goroutine, since
+    /// goroutines move between threads. None for other code.
+    pub goroutine: Option<u64>,
 }
 
 /// Where events were lost.

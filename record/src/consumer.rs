@@ -172,6 +172,7 @@ impl<W: std::io::Write> State<W> {
             *n += 1;
         }
         let event = Event {
+            goroutine: raw.goroutine,
             probe: raw.probe,
             kind,
             pid: raw.pid,

@@ -38,7 +38,7 @@ use crate::breakdown::{
 };
 use crate::frames::{code_frames, FrameId, FrameKind, FrameTable, Location};
 use crate::histogram::{LatencyHistogram, LatencyStats};
-use crate::pairing::{Pairing, Waiting};
+use crate::pairing::{is_goroutine, waiter, Pairing, Waiting};
 use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolStats, Symbolizer};
 use crate::{Error, ReportOptions, SortKey};
@@ -424,8 +424,8 @@ pub(crate) struct Aggregator<'o> {
     slots: Vec<Slot>,
     agg: Vec<AggStack>,
     dedup: HashMap<DedupKey, u32>,
-    /// Entries waiting for their return, per (incarnation, thread, probe).
-    pending: Pairing<(u32, u32, ProbeId), Pending>,
+    /// Entries waiting for their return, per (incarnation, thread or goroutine, probe).
+    pending: Pairing<(u32, u64, ProbeId), Pending>,
     events: u64,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -690,10 +690,11 @@ impl<'o> Aggregator<'o> {
         }
         // What the bound pushes out is unmatched: its return was lost, or never comes.
         let mut evicted = Vec::new();
-        self.pending
-            .push((gen.id, ev.tid, ev.probe), pending, |(_, _, probe), old| {
-                evicted.push((probe, old))
-            });
+        self.pending.push(
+            (gen.id, waiter(ev), ev.probe),
+            pending,
+            |(_, _, probe), old| evicted.push((probe, old)),
+        );
         for (probe, old) in evicted {
             if let Some(&pi) = self.probe_index.get(&probe) {
                 self.abandon(pi, old, false);
@@ -802,8 +803,20 @@ impl<'o> Aggregator<'o> {
     }
 
     fn pair_return(&mut self, pi: usize, ev: &Event, gen: Generation) {
-        let key = (gen.id, ev.tid, ev.probe);
-        let popped = self.pending.pop_for_return(&key, ev.time_ns, ev.latency_ns);
+        let key = (gen.id, waiter(ev), ev.probe);
+        // A goroutine's calls nest: entries above the one this return takes were skipped by
+        // a panic (recovered further up) and are unmatched.
+        let mut abandoned = Vec::new();
+        let popped = self.pending.pop_for_return_unwinding(
+            &key,
+            ev.time_ns,
+            ev.latency_ns,
+            is_goroutine(key.1),
+            |e| abandoned.push(e),
+        );
+        for e in abandoned {
+            self.abandon(pi, e, false);
+        }
         let latency = match (ev.latency_ns, &popped) {
             (Some(lat), _) => Some(lat),
             (None, Some(entry)) => Some(ev.time_ns.saturating_sub(entry.time_ns)),

@@ -44,6 +44,21 @@ pub(crate) fn fits(entry_ns: u64, return_ns: u64, latency_ns: Option<u64>) -> bo
     })
 }
 
+/// Who a call's entries wait on: its thread, or for Go code its goroutine (goroutines move
+/// between threads; a goroutine's calls nest, a thread's need not). Disjoint: a goroutine
+/// (an address) is marked by the top bit, which no thread id has.
+pub(crate) fn waiter(ev: &urec_format::Event) -> u64 {
+    match ev.goroutine {
+        Some(g) => g | 1 << 63,
+        None => u64::from(ev.tid),
+    }
+}
+
+/// Whether the key part from [`waiter`] is a goroutine.
+pub(crate) fn is_goroutine(waiter: u64) -> bool {
+    waiter >> 63 == 1
+}
+
 /// What a waiting entry holds besides its fixed size, so that the budget sees it.
 pub(crate) trait Waiting {
     /// When the call was entered.
@@ -248,9 +263,33 @@ impl<K: Copy + Eq + Hash, T: Waiting> Pairing<K, T> {
         return_ns: u64,
         latency_ns: Option<u64>,
     ) -> Option<T> {
+        self.pop_for_return_unwinding(key, return_ns, latency_ns, false, |_| {})
+    }
+
+    /// [`Pairing::pop_for_return`], and when `nested` (the key's calls nest: a goroutine's),
+    /// the entries newer than the one taken go to `abandoned`: frames the return skipped over
+    /// (a panic that a caller recovered, `runtime.Goexit`), whose returns never come.
+    pub(crate) fn pop_for_return_unwinding(
+        &mut self,
+        key: &K,
+        return_ns: u64,
+        latency_ns: Option<u64>,
+        nested: bool,
+        mut abandoned: impl FnMut(T),
+    ) -> Option<T> {
         if let Some(lat) = latency_ns {
             let began = return_ns.saturating_sub(lat);
             if let Some(i) = self.find(key, |t| t.time_ns() == began) {
+                if nested {
+                    while let Some(top) = self.stacks.get(key).map(|s| s.top) {
+                        if top == i {
+                            break;
+                        }
+                        if let Some(v) = self.remove(top) {
+                            abandoned(v);
+                        }
+                    }
+                }
                 return self.remove(i);
             }
         }
@@ -399,6 +438,19 @@ mod tests {
         assert_eq!(p.pop_for_return(&1, 1_000, Some(650)), Some(E(300)));
         assert_eq!(p.pop_for_return(&1, 1_000, None), Some(E(100)));
         assert_eq!(p.pop_for_return(&1, 1_000, None), None);
+    }
+
+    #[test]
+    fn a_goroutines_return_abandons_the_frames_it_skipped() {
+        let mut p: Pairing<u32, E> = Pairing::default();
+        for t in [100, 200, 300] {
+            p.push(1, E(t), |_, _| {});
+        }
+        // The call entered at 100 returns: 200 and 300 were unwound by a panic.
+        let mut gone = Vec::new();
+        let got = p.pop_for_return_unwinding(&1, 1_000, Some(900), true, |e| gone.push(e.0));
+        assert_eq!((got, gone), (Some(E(100)), vec![300, 200]));
+        assert_eq!(p.top(&1), None);
     }
 
     #[test]

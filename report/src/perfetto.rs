@@ -568,7 +568,17 @@ impl<'o> Writer<'o> {
                     },
                     |_, _| *evicted += 1,
                 );
-                self.track_event(ev, track, TYPE_SLICE_BEGIN, name_iid, callstack, &[], out)?;
+                // A Go call says which goroutine made it (the thread track is where it began).
+                let goroutine = ev.goroutine.map(|g| ("goroutine", Value::Uint(g)));
+                self.track_event(
+                    ev,
+                    track,
+                    TYPE_SLICE_BEGIN,
+                    name_iid,
+                    callstack,
+                    goroutine.as_slice(),
+                    out,
+                )?;
                 self.summary.slices += 1;
             }
             (EventKind::Return, ProbeKind::EntryReturn) => {

@@ -64,6 +64,7 @@ mod tests {
 
     fn event(pid: u32) -> Record {
         Record::Event(Event {
+            goroutine: None,
             probe: 0,
             pid,
             tid: pid,

@@ -283,7 +283,7 @@ struct Printer<'o> {
     /// The attach time (`--time`'s origin), when known.
     attach_ns: Option<u64>,
     /// Entries waiting for their return (latency filters), per (incarnation, tid, probe).
-    waiting: Pairing<(u32, u32, ProbeId), Event>,
+    waiting: Pairing<(u32, u64, ProbeId), Event>,
     /// Events left out by filters.
     filtered: u64,
     /// The probes `--probe` selects.
@@ -357,7 +357,7 @@ impl<'o> Printer<'o> {
             .incarnations_mut()
             .at_or_new(ev.pid, ev.time_ns)
             .id;
-        let key = (incarnation, ev.tid, ev.probe);
+        let key = (incarnation, crate::pairing::waiter(&ev), ev.probe);
         match (ev.kind, kind) {
             (EventKind::Entry, Some(urec_format::ProbeKind::EntryReturn)) => {
                 // An entry the bound pushes out can never be judged: filtered, as one

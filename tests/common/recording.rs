@@ -89,6 +89,7 @@ pub fn write_three_calls_and_finish<W: std::io::Write>(mut w: Writer<W>) {
             (EventKind::Return, 1050 + i * 100, None, Some(50)),
         ] {
             w.write_event(&Event {
+                goroutine: None,
                 probe: 0,
                 kind,
                 pid: 7,

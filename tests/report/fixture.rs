@@ -73,6 +73,7 @@ pub fn write_recording(path: &Path, finish: bool) {
             (EventKind::Return, t + lat, None, Some(lat)),
         ] {
             w.write_event(&Event {
+                goroutine: None,
                 probe: 0,
                 kind,
                 pid: 7,

@@ -88,6 +88,7 @@ fn a_command_line_of_too_many_words_is_a_bad_header() {
 #[test]
 fn a_long_string_argument_is_cut_and_marked_truncated() {
     let event = |len: usize, truncated: bool| Event {
+        goroutine: None,
         probe: 0,
         kind: EventKind::Entry,
         pid: 1,
@@ -119,6 +120,7 @@ fn the_writer_ends_a_chunk_at_the_thread_limit() {
     let records: Vec<Record> = (0..MAX_CHUNK_THREADS as u32 + 10)
         .map(|tid| {
             Record::Event(Event {
+                goroutine: None,
                 probe: 0,
                 kind: EventKind::Entry,
                 pid: 1,

@@ -86,6 +86,8 @@ pub fn sample_records(events: u32) -> Vec<Record> {
     for i in 0..events {
         let entry = i % 2 == 0;
         v.push(Record::Event(Event {
+            // Some events are a Go program's (since 1.4), in some chunks only.
+            goroutine: (i % 11 < 3).then_some(0x00c0_0000_0000 + u64::from(i % 3) * 0x1a0),
             probe: i % 2,
             kind: if entry {
                 EventKind::Entry

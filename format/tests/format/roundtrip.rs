@@ -187,9 +187,12 @@ fn arb_event() -> impl Strategy<Value = Event> {
         any::<Option<u32>>(),
         any::<Option<u64>>(),
         proptest::collection::vec(arb_arg_value(), 0..3),
+        // A goroutine is never 0 (0 means none in its column).
+        proptest::option::of(1..=u64::MAX),
     )
         .prop_map(
-            |((probe, kind, pid, tid, cpu), time_ns, stack, latency_ns, args)| Event {
+            |((probe, kind, pid, tid, cpu), time_ns, stack, latency_ns, args, goroutine)| Event {
+                goroutine,
                 probe,
                 kind,
                 pid,
