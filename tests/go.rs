@@ -227,10 +227,18 @@ fn entry_only_and_return_only_probes_on_go_functions() {
     let script = urec_ok(&["script", "-i", data.to_str().unwrap()]);
     let mut values: Vec<u64> = script
         .lines()
-        .filter_map(|l| l.split(" r=0x").nth(1))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .filter_map(|l| l.split(" r=0x").nth(1)?.split_whitespace().next())
+        .map(|v| u64::from_str_radix(v, 16).unwrap())
         .collect();
     values.sort_unstable();
+    // Each Go event names its goroutine.
+    assert!(
+        script
+            .lines()
+            .filter(|l| l.contains(": (") && l.contains(":main."))
+            .all(|l| l.contains(" goroutine=0x")),
+        "{script}"
+    );
     let mut expected: Vec<u64> = std::iter::repeat_n(2, 8 * 25)
         .chain((0..16).flat_map(|_| (0..10u64).map(|i| 2 * i)))
         .collect();

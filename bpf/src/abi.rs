@@ -69,6 +69,8 @@ const P_ADD_CALLER: u8 = 1;
 const P_DWARF: u8 = 2;
 /// `UREC_P_KERNEL_CALLER`.
 const P_KERNEL_CALLER: u8 = 4;
+/// `UREC_P_GO`.
+const P_GO: u8 = 8;
 
 /// x86-64 registers in `struct pt_regs` order: the index is what `%REG` fetches use.
 pub const PT_REGS: [&str; 21] = [
@@ -139,6 +141,8 @@ pub struct ProbeConfig {
     /// Capture registers and a copy of the stack (`-g dwarf`) instead of walking frame
     /// pointers.
     pub dwarf: bool,
+    /// Go code: the events carry the goroutine (`r14` in Go's register ABI).
+    pub go: bool,
     /// With `dwarf`: bytes of stack to copy per event (a multiple of 8, at most
     /// [`MAX_STACK_SIZE`]; 0 copies nothing). Per probe so that the recorder can raise it for
     /// the one probe whose unwinds need more, by rewriting that probe's map entry.
@@ -323,7 +327,8 @@ impl ProbeConfig {
                 } else {
                     0
                 }
-                | if self.dwarf { P_DWARF } else { 0 },
+                | if self.dwarf { P_DWARF } else { 0 }
+                | if self.go { P_GO } else { 0 },
             nargs: self.args.len() as u8,
             stack_size: self.stack_size,
             ..Default::default()
@@ -746,6 +751,7 @@ mod tests {
             add_caller: true,
             kernel_caller: false,
             dwarf: false,
+            go: false,
             stack_size: 16384,
             args: vec![ArgProgram {
                 at_return: true,

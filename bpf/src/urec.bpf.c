@@ -864,6 +864,12 @@ static __always_inline void emit(struct pt_regs *ctx, struct urec_probe_cfg *cfg
 	emit_for(ctx, cfg, probe, kind, now, latency, flags, all_args, stack, leaf, probe_ip, 0, 0);
 }
 
+/* The goroutine of a Go probe's event (UREC_P_GO: r14 in Go's register ABI), else 0. */
+static __always_inline __u64 go_goroutine(struct pt_regs *ctx, struct urec_probe_cfg *cfg)
+{
+	return cfg && (cfg->flags & UREC_P_GO) ? ctx->r14 : 0;
+}
+
 SEC("uprobe.session")
 int urec_session(struct pt_regs *ctx)
 {
@@ -907,7 +913,8 @@ int urec_entry(struct pt_regs *ctx)
 
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
-	emit(ctx, cfg, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false, ip);
+	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false, ip,
+		 0, go_goroutine(ctx, cfg));
 	return 0;
 }
 
@@ -924,7 +931,8 @@ int urec_return(struct pt_regs *ctx)
 
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
-	emit(ctx, cfg, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true, ip);
+	emit_for(ctx, cfg, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true, ip,
+		 0, go_goroutine(ctx, cfg));
 	return 0;
 }
 

@@ -122,6 +122,7 @@ struct urec_arg_cfg {
 #define UREC_P_DWARF 2      /* capture registers + a stack copy instead of a frame-pointer walk */
 #define UREC_P_KERNEL_CALLER 4 /* entry stacks get [sp] as perf's callchain would (the probed
 				* instruction is `push %rbp`: is_uprobe_at_func_entry()) */
+#define UREC_P_GO 8         /* Go code: events carry the goroutine (r14, Go's register ABI) */
 
 /*
  * A predicate (`if EXPR`): a postfix program over a stack of booleans. A comparison pushes

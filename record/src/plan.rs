@@ -140,6 +140,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             add_caller: add_caller && stack_mode == StackMode::FramePointer,
             kernel_caller: kernel_caller && stack_mode == StackMode::FramePointer,
             dwarf: stack_mode == StackMode::Dwarf,
+            go: resolved.go.is_some(),
             // The session sets it from --stack-size.
             stack_size: 0,
             args,

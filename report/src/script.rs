@@ -557,6 +557,10 @@ impl<'o> Printer<'o> {
                 let _ = write!(line, " latency={lat}");
             }
         }
+        // A Go event names its goroutine (the thread is where the call began).
+        if let (Some(g), true) = (ev.goroutine, f.tid) {
+            let _ = write!(line, " goroutine={g:#x}");
+        }
         line.push('\n');
         out.write_all(line.as_bytes())?;
         self.line = line;
