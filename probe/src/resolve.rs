@@ -334,6 +334,8 @@ fn add_location(
             }
             (false, false) => ProbeKind::Entry,
         };
+    // Go's register ABI for Go functions only: a cgo binary's C functions keep the C ABI.
+    let go_code = bin.go.is_some() && bin.is_go_function(loc.vaddr);
     let mut args = Vec::new();
     let mut fetches = Vec::new();
     let operands = spec.predicate.iter().flat_map(|p| &p.operands);
@@ -369,14 +371,15 @@ fn add_location(
         }
         let at_return = spec.return_only || arg.uses_retval();
         args.push(arg.to_format(at_return));
-        fetches.push(match bin.go {
-            Some(_) => arg.fetch.go_abi().map_err(bad)?,
-            None => arg.fetch.clone(),
+        fetches.push(if go_code {
+            arg.fetch.go_abi().map_err(bad)?
+        } else {
+            arg.fetch.clone()
         });
     }
     // The predicate reads its operands by the same ABI as the args.
-    let predicate = match (&bin.go, &spec.predicate) {
-        (Some(_), Some(p)) => {
+    let predicate = match (go_code, &spec.predicate) {
+        (true, Some(p)) => {
             let mut p = p.clone();
             for op in &mut p.operands {
                 op.fetch = op.fetch.go_abi().map_err(|why| SpecError::BadArg {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use urec_format::ProbeKind;
-use urec_probe::{list, parse, resolve, ResolveOptions};
+use urec_probe::{list, parse, resolve, Fetch, Reg, ResolveOptions};
 
 #[path = "../../tests/common/go.rs"]
 mod go;
@@ -156,9 +156,15 @@ fn cgo_c_functions_keep_uretprobes() {
             .probes
             .remove(0)
     };
-    let go = resolve_one("main.Leaf");
+    let go = resolve_one("main.Leaf x=arg1");
     assert!(go.go.is_some(), "main.Leaf is Go code");
-    let c = resolve_one("c_leaf");
+    assert_eq!(go.fetches, [Fetch::Reg(Reg::Ax)], "Go's register ABI");
+    let c = resolve_one("c_leaf x=arg1");
     assert!(c.go.is_none(), "c_leaf is C code: a plain uretprobe");
     assert_eq!(c.probe.kind, ProbeKind::EntryReturn);
+    assert_eq!(
+        c.fetches,
+        [Fetch::Arg(1)],
+        "the C ABI, lowered to %di later"
+    );
 }
