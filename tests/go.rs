@@ -88,6 +88,12 @@ fn program(flags: &[&str]) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     Some((dir, exe))
 }
 
+/// `urec report --json` of the recording at `data`.
+fn report_json(data: &std::path::Path) -> serde_json::Value {
+    let text = urec_ok(&["report", "-i", data.to_str().unwrap(), "--json", "-"]);
+    serde_json::from_str(&text).unwrap()
+}
+
 fn function<'a>(json: &'a serde_json::Value, probe: &str) -> &'a serde_json::Value {
     json["functions"]
         .as_array()
@@ -126,14 +132,7 @@ fn default_probes_on_go_functions_leave_the_program_alone_and_count_exactly() {
     assert!(!stderr.contains("fatal error"), "{stderr}");
     assert_eq!(traced.status.code(), Some(3), "{stderr}");
 
-    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
-        "report",
-        "-i",
-        data.to_str().unwrap(),
-        "--json",
-        "-",
-    ]))
-    .unwrap();
+    let json = report_json(&data);
     for (f, calls) in [
         ("main.Deep", DEEP_CALLS),
         ("main.Nap", NAP_CALLS),
@@ -203,14 +202,7 @@ fn entry_only_and_return_only_probes_on_go_functions() {
         "{}",
         String::from_utf8_lossy(&traced.stderr)
     );
-    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
-        "report",
-        "-i",
-        data.to_str().unwrap(),
-        "--json",
-        "-",
-    ]))
-    .unwrap();
+    let json = report_json(&data);
     let d = function(&json, &format!("{target}:main.Deep"));
     assert_eq!(
         (&d["calls"], &d["returns"]),
@@ -417,14 +409,7 @@ fn frames_a_recovered_panic_skipped_are_unmatched_not_in_flight() {
     let _ = prog.kill();
     let _ = prog.wait();
     assert!(status.success(), "urec record: {status}");
-    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
-        "report",
-        "-i",
-        data.to_str().unwrap(),
-        "--json",
-        "-",
-    ]))
-    .unwrap();
+    let json = report_json(&data);
     let r = function(&json, &spec);
     assert_eq!(
         (&r["calls"], &r["returns"], &r["unmatched"], &r["in_flight"]),

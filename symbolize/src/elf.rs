@@ -123,20 +123,7 @@ pub(crate) fn read_pclntab(file: &File) -> Option<GoTable> {
         (table, vaddr, data)
     };
     let gofunc = data.iter().find_map(|d| table.find_gofunc(d, table_vaddr));
-    let loads = obj
-        .segments()
-        .map(|s| {
-            let (offset, file_size) = s.file_range();
-            LoadSegment {
-                offset,
-                file_size,
-                vaddr: s.address(),
-                mem_size: s.size(),
-                align: s.align(),
-                exec: flags(&s) & 1 != 0,
-            }
-        })
-        .collect();
+    let loads = load_segments(&obj);
     Some(GoTable {
         table,
         gofunc,
@@ -152,23 +139,7 @@ impl ElfInfo {
         let cache = ReadCache::new(file);
         let obj = object::File::parse(&cache).ok()?;
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
-        let loads = obj
-            .segments()
-            .map(|s| {
-                let (offset, file_size) = s.file_range();
-                LoadSegment {
-                    offset,
-                    file_size,
-                    vaddr: s.address(),
-                    mem_size: s.size(),
-                    align: s.align(),
-                    exec: matches!(
-                        s.flags(),
-                        object::SegmentFlags::Elf { p_flags, .. } if p_flags.0 & 1 != 0
-                    ),
-                }
-            })
-            .collect();
+        let loads = load_segments(&obj);
         let has_contents = |name: &str| {
             obj.section_by_name(name)
                 .and_then(|s| s.file_range())
@@ -242,6 +213,29 @@ impl ElfInfo {
         }
         Some(self)
     }
+}
+
+/// The PT_LOAD segments of `obj`, as the address conversions take them.
+fn load_segments<'data, R: object::ReadRef<'data>>(
+    obj: &object::File<'data, R>,
+) -> Vec<LoadSegment> {
+    use object::{Object, ObjectSegment};
+    obj.segments()
+        .map(|s| {
+            let (offset, file_size) = s.file_range();
+            LoadSegment {
+                offset,
+                file_size,
+                vaddr: s.address(),
+                mem_size: s.size(),
+                align: s.align(),
+                exec: matches!(
+                    s.flags(),
+                    object::SegmentFlags::Elf { p_flags, .. } if p_flags.0 & 1 != 0
+                ),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
