@@ -58,6 +58,8 @@
 //!
 //! Big-endian tables are refused (urec probes x86-64).
 
+pub mod elf;
+
 use std::borrow::Cow;
 use std::fmt;
 

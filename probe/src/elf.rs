@@ -147,7 +147,7 @@ impl Binary {
         let mut raw_syms: Vec<RawSym> = Vec::new();
         collect(obj.symbols(), &mut raw_syms);
         collect(obj.dynamic_symbols(), &mut raw_syms);
-        let pclntab = read_pclntab(&obj, &file, len, go.is_some());
+        let pclntab = read_pclntab(&obj, &file, len);
         if let Some(table) = &pclntab {
             // Without section headers nothing else says Go.
             go.get_or_insert(crate::go::GoBinary { version: None });
@@ -575,47 +575,20 @@ fn collect<'data, S: ObjectSymbol<'data>>(syms: impl Iterator<Item = S>, out: &m
     }
 }
 
-/// The most bytes of Go function table read: Kubernetes' largest binaries have about 40 MiB.
-const PCLNTAB_LIMIT: u64 = 256 << 20;
-
-/// Go's function table: its section (`.gopclntab`, `.data.rel.ro.gopclntab` in a PIE) in a Go
-/// binary, or, in a file without section headers, the first table found by its magic in a
-/// non-executable segment (Go puts it in `.rodata` or `.data.rel.ro`). Read with `pread`, never
-/// more than [`PCLNTAB_LIMIT`]; None when absent or unreadable.
+/// Go's function table ([`urec_gopclntab::elf::find`]), read by `pread`.
 fn read_pclntab<'data, R: ReadRef<'data>>(
     obj: &object::File<'data, R>,
     file: &File,
     len: u64,
-    is_go: bool,
 ) -> Option<urec_gopclntab::Pclntab> {
-    use object::ObjectSection;
-    let read = |off: u64, size: u64| -> Option<Vec<u8>> {
-        let size = size.min(PCLNTAB_LIMIT).min(len.checked_sub(off)?);
+    urec_gopclntab::elf::find(obj, |off, size| {
+        let size = size.min(len.checked_sub(off)?);
         let mut buf = vec![0u8; usize::try_from(size).ok()?];
         let n = urec_untrusted::read_at(file, &mut buf, off).ok()?;
         buf.truncate(n);
         Some(buf)
-    };
-    let text = obj.section_by_name(".text").map(|s| s.address());
-    if obj.sections().next().is_some() {
-        if !is_go {
-            return None;
-        }
-        let section = urec_gopclntab::SECTION_NAMES
-            .iter()
-            .find_map(|name| obj.section_by_name(name))?;
-        let (off, size) = section.file_range()?;
-        return urec_gopclntab::Pclntab::parse(read(off, size)?, text).ok();
-    }
-    obj.segments()
-        .filter(
-            |s| !matches!(s.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0),
-        )
-        .find_map(|s| {
-            let (off, size) = s.file_range();
-            let bytes = read(off, size)?;
-            urec_gopclntab::Pclntab::scan(&bytes, None).map(|(_, t)| t)
-        })
+    })
+    .map(|found| found.table)
 }
 
 /// `/usr/lib/debug/.build-id/xx/rest.debug`, if it exists.

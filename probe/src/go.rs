@@ -30,19 +30,13 @@ impl GoBinary {
     }
 }
 
-/// Sections only Go's toolchain writes.
-const GO_SECTIONS: [&str; 3] = [".note.go.buildid", ".go.buildinfo", ".gopclntab"];
-
 /// Recognises a Go binary by its sections (kept by `-ldflags='-s -w'`, which drops only the
 /// symbol and DWARF tables).
 pub(crate) fn detect<'data, R: object::ReadRef<'data>>(
     obj: &object::File<'data, R>,
 ) -> Option<GoBinary> {
     use object::{Object, ObjectSection};
-    if !GO_SECTIONS
-        .iter()
-        .any(|name| obj.section_by_name(name).is_some())
-    {
+    if !urec_gopclntab::elf::has_go_sections(obj) {
         return None;
     }
     let version = obj

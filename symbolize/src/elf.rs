@@ -16,7 +16,7 @@
 use std::fs::File;
 
 use object::read::ReadCache;
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol};
 use urec_format::{FileOffset, LoadSegment};
 
 /// What symbolization needs to know about one ELF file, read once from its headers.
@@ -34,17 +34,6 @@ pub(crate) struct ElfInfo {
     /// `.gnu_debuglink`: file name and CRC32 of the debug file.
     pub debuglink: Option<(String, u32)>,
 }
-
-/// The most bytes of Go function table read: Kubernetes' largest binaries have about 40 MiB.
-const PCLNTAB_LIMIT: u64 = 256 << 20;
-
-/// Sections only Go's toolchain writes.
-const GO_SECTIONS: [&str; 4] = [
-    ".note.go.buildid",
-    ".go.buildinfo",
-    ".gopclntab",
-    ".data.rel.ro.gopclntab",
-];
 
 /// Go's function table of a binary, with what its inline trees need: where `go:func.*` is,
 /// and the file to read them from.
@@ -68,67 +57,29 @@ impl GoTable {
     }
 }
 
-/// Go's function table in an open ELF file: its section in a Go binary, or in a file without
-/// section headers the first table found by its magic in a non-executable segment. Read with
-/// `pread`, at most [`PCLNTAB_LIMIT`] bytes; None for other files. `go:func.*` is found in
-/// `.noptrdata` (or, without sections, the writable segments), where the runtime's
-/// `moduledata` is.
+/// Go's function table in an open ELF file ([`urec_gopclntab::elf::find`], read by `pread`),
+/// with `go:func.*` from the data the runtime's `moduledata` is in; None for other files.
 pub(crate) fn read_pclntab(file: &File) -> Option<GoTable> {
-    use urec_gopclntab::{Pclntab, SECTION_NAMES};
     let len = file.metadata().ok()?.len();
     let cache = ReadCache::new(file);
     let obj = object::File::parse(&cache).ok()?;
     let read = |off: u64, size: u64| -> Option<Vec<u8>> {
-        let size = size.min(PCLNTAB_LIMIT).min(len.checked_sub(off)?);
+        let size = size.min(len.checked_sub(off)?);
         let mut buf = vec![0u8; usize::try_from(size).ok()?];
         let n = urec_untrusted::read_at(file, &mut buf, off).ok()?;
         buf.truncate(n);
         Some(buf)
     };
-    let flags = |s: &object::Segment<'_, '_, &ReadCache<&File>>| match s.flags() {
-        object::SegmentFlags::Elf { p_flags, .. } => p_flags.0,
-        _ => 0,
-    };
-    let (table, table_vaddr, data) = if obj.sections().next().is_some() {
-        if !GO_SECTIONS.iter().any(|n| obj.section_by_name(n).is_some()) {
-            return None;
-        }
-        let text = obj.section_by_name(".text").map(|s| s.address());
-        let section = SECTION_NAMES.iter().find_map(|n| obj.section_by_name(n))?;
-        let (off, size) = section.file_range()?;
-        let table = Pclntab::parse(read(off, size)?, text).ok()?;
-        let data = obj
-            .section_by_name(".noptrdata")
-            .and_then(|s| s.file_range())
-            .and_then(|(off, size)| read(off, size));
-        (
-            table,
-            section.address(),
-            data.into_iter().collect::<Vec<_>>(),
-        )
-    } else {
-        let (vaddr, table) = obj.segments().filter(|s| flags(s) & 1 == 0).find_map(|s| {
-            let (off, size) = s.file_range();
-            let (at, table) = Pclntab::scan(&read(off, size)?, None)?;
-            Some((s.address().checked_add(at as u64)?, table))
-        })?;
-        let data = obj
-            .segments()
-            .filter(|s| flags(s) & 2 != 0)
-            .filter_map(|s| {
-                let (off, size) = s.file_range();
-                read(off, size)
-            })
-            .collect();
-        (table, vaddr, data)
-    };
-    let gofunc = data.iter().find_map(|d| table.find_gofunc(d, table_vaddr));
-    let loads = load_segments(&obj);
+    let found = urec_gopclntab::elf::find(&obj, read)?;
+    let gofunc = found.data.iter().find_map(|&(off, size)| {
+        let data = read(off, size.min(urec_gopclntab::elf::READ_LIMIT))?;
+        found.table.find_gofunc(&data, found.vaddr)
+    });
     Some(GoTable {
-        table,
+        table: found.table,
         gofunc,
         file: file.try_clone().ok()?,
-        loads,
+        loads: load_segments(&obj),
     })
 }
 
