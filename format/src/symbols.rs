@@ -132,21 +132,19 @@ pub(crate) fn decode(c: &mut Cursor<'_>) -> Res<BinarySymbols> {
         entries.push((offset, k));
     }
     // The strings that frames use, each made once and shared by every frame naming it.
-    let mut strings: Vec<Option<Arc<str>>> = Vec::new();
-    strings.resize(n_strings, None);
+    let mut used = vec![false; n_strings];
     for &(function, file, _) in &frames {
-        strings[function as usize] = Some(Arc::from(""));
+        used[function as usize] = true;
         if file > 0 {
-            strings[file as usize - 1] = Some(Arc::from(""));
+            used[file as usize - 1] = true;
         }
     }
+    let mut strings: Vec<Option<Arc<str>>> = Vec::with_capacity(n_strings);
     let mut t = Cursor::at(c.buf(), table_at);
-    for slot in strings.iter_mut() {
+    for used in used {
         let n = t.len()?;
         let bytes = t.bytes(n)?;
-        if slot.is_some() {
-            *slot = Some(Arc::from(String::from_utf8_lossy(bytes)));
-        }
+        strings.push(used.then(|| Arc::from(String::from_utf8_lossy(bytes))));
     }
     let name = |i: u32| strings[i as usize].clone().unwrap_or_else(|| Arc::from(""));
     let mut all = frames.into_iter();

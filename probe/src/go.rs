@@ -8,6 +8,8 @@
 //! after `runtime.morestack` grew the stack, so the entry probe sits on the fall-through of
 //! the stack check ([`GoSites::entry`]), where each call passes once.
 
+use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+
 use crate::control_flow::{ControlFlow, Flow};
 
 /// What makes a binary a Go binary, and its Go version when the build info says it.
@@ -102,11 +104,17 @@ fn entry_site(flow: &ControlFlow, code: &[u8], start: u64) -> Option<u64> {
     let Flow::Branch(target) = step.flow else {
         return None;
     };
-    // The check reads the goroutine's stack guard through r14 (`0x10(%r14)`).
+    // The check compares with the goroutine's stack guard, read through r14: `cmp
+    // 0x10(%r14),...` (`g.stackguard0`, after `g.stack`'s two words).
     let checks_guard = block.iter().any(|&a| {
-        let at = usize::try_from(a - start).ok();
-        at.and_then(|i| crate::insn::decode(&code[i..], a))
-            .is_some_and(|insn| insn.text.contains("0x10(%r14)"))
+        let Some(bytes) = usize::try_from(a - start).ok().and_then(|i| code.get(i..)) else {
+            return false;
+        };
+        let insn = Decoder::with_ip(64, bytes, a, DecoderOptions::NONE).decode();
+        insn.mnemonic() == Mnemonic::Cmp
+            && (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory)
+            && insn.memory_base() == Register::R14
+            && insn.memory_displacement64() == 0x10
     });
     if !checks_guard {
         return None;
@@ -135,20 +143,17 @@ fn entry_site(flow: &ControlFlow, code: &[u8], start: u64) -> Option<u64> {
 fn return_sites(flow: &ControlFlow, code: &[u8], start: u64) -> Result<Vec<u64>, String> {
     let end = start + code.len() as u64;
     let mut linear = Vec::new();
-    let mut at = 0usize;
-    while at < code.len() {
-        let ip = start + at as u64;
-        let Some(insn) = crate::insn::decode(&code[at..], ip) else {
+    for insn in Decoder::with_ip(64, code, start, DecoderOptions::NONE) {
+        if insn.is_invalid() {
             // Go pads functions with int3; anything undecodable is no place to reason about.
             return Err(format!(
                 "the bytes at {:#x} do not decode as an instruction",
-                ip
+                insn.ip()
             ));
-        };
-        if matches!(code[at], 0xc3 | 0xc2) {
-            linear.push(ip);
         }
-        at += insn.len.max(1);
+        if insn.mnemonic() == Mnemonic::Ret {
+            linear.push(insn.ip());
+        }
     }
     for (ip, step) in flow.reached() {
         if let Flow::Jump(t) | Flow::Branch(t) = step.flow {

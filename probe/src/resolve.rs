@@ -184,19 +184,11 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
             "only the entries of {} are probed (a Go function's return is probed at each of \
              its `ret`s, since a uretprobe would crash the Go runtime, and these have none \
              urec can probe): {}",
-            plural_functions(entry_only.len()),
+            urec_format::plural(entry_only.len() as u64, "Go function", "Go functions"),
             entry_only.join("; ")
         ));
     }
     Ok(out)
-}
-
-fn plural_functions(n: usize) -> String {
-    if n == 1 {
-        "1 Go function".into()
-    } else {
-        format!("{n} Go functions")
-    }
 }
 
 /// A file's identity: device and inode.
@@ -259,7 +251,7 @@ fn resolve_in(
             last_refusal = Some(refusal);
             continue;
         }
-        add_location(spec, bin, loc, handling, &mut out.probes, index)?;
+        add_location(spec, bin, loc, handling, kernel, &mut out.probes, index)?;
     }
     if skipped.len() == total {
         return Err(SpecError::NotProbeable {
@@ -304,7 +296,8 @@ fn add_location(
     spec: &ProbeSpec,
     bin: &Binary,
     loc: Location,
-    first_insn: InsnHandling,
+    mut first_insn: InsnHandling,
+    kernel: &KernelUprobes,
     probes: &mut Vec<ResolvedProbe>,
     index: &mut BTreeMap<(FileId, u64), usize>,
 ) -> Result<(), SpecError> {
@@ -443,9 +436,17 @@ fn add_location(
                     )
                 })
             };
-            let returns = sites
-                .rets
-                .and_then(|rets| rets.into_iter().map(to_offset).collect());
+            // Each `ret` goes through the same instruction check as any probed instruction.
+            let returns = sites.rets.and_then(|rets| {
+                rets.into_iter()
+                    .map(|r| match insn::classify(bin.bytes_at(r, 16), kernel) {
+                        InsnHandling::Refused(why) => Err(format!(
+                            "the kernel cannot probe its `ret` at {r:#x}: {why}"
+                        )),
+                        _ => to_offset(r),
+                    })
+                    .collect()
+            });
             if let (Err(why), true) = (&returns, kind != ProbeKind::Entry) {
                 if spec.return_only {
                     return Err(not_probeable(format!(
@@ -455,6 +456,22 @@ fn add_location(
                     )));
                 }
                 kind = ProbeKind::Entry;
+            }
+            // The entry probe goes on the site: its instruction is the one the kernel must
+            // handle (the check at the start was of the function's first instruction).
+            if sites.entry != loc.vaddr {
+                let bytes = bin.bytes_at(sites.entry, 16);
+                first_insn = insn::classify(bytes, kernel);
+                if let InsnHandling::Refused(why) = first_insn {
+                    let site = Location {
+                        vaddr: sites.entry,
+                        at_start: false,
+                        name: format!("{}'s entry past Go's stack check", loc.name),
+                        symbol: loc.symbol.clone(),
+                        size: loc.size,
+                    };
+                    return Err(not_probeable(refusal_message(&site, bytes, why)));
+                }
             }
             Some(GoPlacement {
                 entry_offset: to_offset(sites.entry).map_err(not_probeable)?,
