@@ -18,7 +18,7 @@ use crate::UsageError;
     urec record -e 'libc:malloc size=arg1:u64' -- ls -l\n  \
     urec record -e 'bash:readline%return cmd=+0($retval):string' -p 1234")]
 pub struct Args {
-    /// Probe spec: `TARGET:FUNCTION[%return] [NAME=FETCH[:TYPE] ...]` (repeatable).
+    /// Probe spec: `TARGET:FUNCTION[%return|%entry] [NAME=FETCH[:TYPE] ...]` (repeatable).
     #[arg(short = 'e', long = "event", value_name = "SPEC", required = true)]
     pub events: Vec<String>,
     /// Trace every process, including ones started later (the default without -p or COMMAND).
