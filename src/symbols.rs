@@ -216,12 +216,10 @@ pub fn existing(path: &Path) -> Result<EmbeddedSymbols> {
     let mut reader = Reader::open(path)?;
     let mut embedded = EmbeddedSymbols::default();
     for record in reader.metadata() {
-        match record? {
-            // Each address the stacks and probes hold lets the section name one.
-            Record::Stack(s) => embedded.allow(s.frames.len() as u64),
-            Record::Probe(_) => embedded.allow(1),
-            Record::Symbols(s) => embedded.push(s),
-            _ => {}
+        let record = record?;
+        embedded.allow_for(&record);
+        if let Record::Symbols(s) = record {
+            embedded.push(s);
         }
     }
     Ok(embedded)

@@ -496,16 +496,12 @@ impl<'o> Aggregator<'o> {
 
     pub(crate) fn push(&mut self, record: Record) {
         self.spaces.apply(&record);
+        self.embedded.allow_for(&record);
         match record {
-            Record::Probe(p) => {
-                // Each address the probes and stacks hold lets the symbols section name one.
-                self.embedded.allow(1);
-                self.probe(p)
-            }
+            Record::Probe(p) => self.probe(p),
             Record::Process(_) | Record::ProcessEvent(_) => {}
             Record::Mapping(_) => {}
             Record::Stack(s) => {
-                self.embedded.allow(s.frames.len() as u64);
                 self.stacks.insert(s.id, s);
             }
             Record::Event(e) => self.event(&e),

@@ -102,10 +102,10 @@ pub(crate) fn read_ahead<S>(
     let attach = ahead.attach && reader.footer().is_some();
     if symbols || attach {
         for record in reader.metadata().flatten() {
+            if symbols {
+                got.embedded.allow_for(&record);
+            }
             match record {
-                // Each address the stacks and probes hold lets the section name one.
-                Record::Stack(s) if symbols => got.embedded.allow(s.frames.len() as u64),
-                Record::Probe(_) if symbols => got.embedded.allow(1),
                 Record::Symbols(s) if symbols => got.embedded.push(s),
                 Record::Finish(f) if attach => got.attach_ns = Some(f.attach_ns),
                 _ => {}

@@ -13,7 +13,7 @@ use urec_format::BuildId;
 /// A crafted section may name far more addresses than the recording could ever look up (the
 /// same entry repeated, or millions of made-up offsets that compress to nothing): what is kept
 /// is held to what the recording's own stacks and probes can use. Each address the reader
-/// meets in a stack or a probe [allows](EmbeddedSymbols::allow) one named address (and 16
+/// meets in a stack or a probe [allows](EmbeddedSymbols::allow_for) one named address (and 16
 /// functions for it on average); entries past that are ignored and counted, so memory follows
 /// what the file really holds.
 #[derive(Clone, Debug, Default)]
@@ -45,9 +45,15 @@ impl EmbeddedSymbols {
         }
     }
 
-    /// Allows `addresses` more named addresses: the frames of a stack record, or one per
-    /// probe, as the reader meets them (before the symbols section, which comes last).
-    pub fn allow(&mut self, addresses: u64) {
+    /// Allows as many more named addresses as `record` holds: the frames of a stack record,
+    /// one for a probe; shown every record as the reader meets it (before the symbols section,
+    /// which comes last).
+    pub fn allow_for(&mut self, record: &urec_format::Record) {
+        let addresses = match record {
+            urec_format::Record::Stack(s) => s.frames.len() as u64,
+            urec_format::Record::Probe(_) => 1,
+            _ => 0,
+        };
         self.allowed = self.allowed.saturating_add(addresses);
     }
 
