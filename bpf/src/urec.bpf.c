@@ -38,6 +38,8 @@ const volatile __u8 filter_tgids = 0;     /* only tgids in `tgids` (-p, -- COMMA
 const volatile __u8 filter_cgroup = 0;    /* only tasks in `cgroup_filter`'s cgroup (--cgroup) */
 const volatile __u32 stack_depth = UREC_MAX_DEPTH; /* 0: no stacks (-g none) */
 const volatile __u64 wakeup_bytes = 1 << 20;
+const volatile __u32 hist_bits = 6;       /* sub-bucket bits of the latency histograms */
+const volatile __u32 hist_buckets = 2496; /* counters per probe: log_linear::kernel_buckets */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -60,13 +62,27 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* Calls a predicate rejected, indexed by probe id. */
+/* Per-probe counts (struct urec_agg), indexed by probe id: per CPU, so no atomics. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
+	__type(value, struct urec_agg);
+} aggs SEC(".maps");
+
+/*
+ * Latency histograms, `hist_buckets` counters per probe (probe id * hist_buckets + bucket).
+ * Shared by the CPUs with atomic adds rather than per CPU: 20 KB per probe per CPU would not
+ * fit a glob of thousands of functions. Mappable, so the recorder reads them without a syscall
+ * per counter.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
+	__type(key, __u32);
 	__type(value, __u64);
-} filtered SEC(".maps");
+} hist SEC(".maps");
 
 /* Traced tgids when filtering. */
 struct {
@@ -185,12 +201,84 @@ static __always_inline void count_lost(__u32 probe, __u32 kind)
 		*n += 1; /* per-CPU slot: no atomic needed */
 }
 
+static __always_inline struct urec_agg *agg_of(__u32 probe)
+{
+	return bpf_map_lookup_elem(&aggs, &probe);
+}
+
 static __always_inline void count_filtered(__u32 probe)
 {
-	__u64 *n = bpf_map_lookup_elem(&filtered, &probe);
+	struct urec_agg *a = agg_of(probe);
+
+	if (a)
+		a->filtered++; /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline void count_call(__u32 probe)
+{
+	struct urec_agg *a = agg_of(probe);
+
+	if (a)
+		a->calls++;
+}
+
+/* floor(log2(v)) for v > 0, branch by branch (BPF has no count-leading-zeros). */
+static __always_inline __u32 log2_u64(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) r += 1;
+	return r;
+}
+
+/*
+ * A return of a counted call: `returns`, and with a latency its exact stats and its
+ * histogram bucket (format/src/log_linear.rs `bucket`, values capped below 2^44 ns).
+ * `calls` too for a return-only probe, whose calls are its returns.
+ */
+static __always_inline void count_return(__u32 probe, bool has_latency, __u64 lat, bool call)
+{
+	struct urec_agg *a = agg_of(probe);
+
+	if (!a)
+		return;
+	if (call)
+		a->calls++;
+	a->returns++;
+	if (!has_latency)
+		return;
+	if (!a->lat_count || lat < a->lat_min)
+		a->lat_min = lat;
+	if (lat > a->lat_max)
+		a->lat_max = lat;
+	a->lat_count++;
+	a->lat_total += lat;
+
+	__u32 bits = hist_bits & 7;
+	__u64 v = lat;
+	__u64 idx;
+
+	if (v >= (1ULL << UREC_HIST_TOP_EXP))
+		v = (1ULL << UREC_HIST_TOP_EXP) - 1;
+	if (v < (1ULL << bits)) {
+		idx = v;
+	} else {
+		__u32 shift = log2_u64(v) - bits;
+
+		idx = ((__u64)(shift + 1) << bits) + ((v >> (shift & 63)) - (1ULL << bits));
+	}
+	if (idx >= hist_buckets)
+		return;
+	__u32 key = probe * hist_buckets + (__u32)idx;
+	__u64 *n = bpf_map_lookup_elem(&hist, &key);
 
 	if (n)
-		*n += 1;
+		__sync_fetch_and_add(n, 1);
 }
 
 /* pt_regs as an array of u64, in struct order (abi.rs has the names). */
@@ -884,6 +972,7 @@ int urec_session(struct pt_regs *ctx)
 
 		if (rejected(ctx, cfg, probe, ip))
 			return 1; /* nor for a call the predicate rejects */
+		count_call(probe);
 		/* The entry time is taken once the call is known to be recorded. */
 		__u64 now = bpf_ktime_get_ns();
 		__u64 *cookie = bpf_session_cookie();
@@ -895,6 +984,7 @@ int urec_session(struct pt_regs *ctx)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 *cookie = bpf_session_cookie();
 
+	count_return(probe, true, now - *cookie, false);
 	emit(ctx, probe_cfg(probe), probe, UREC_KIND_RETURN, now, now - *cookie, UREC_F_LATENCY,
 	     false, false, false, bpf_get_func_ip(ctx));
 	return 0;
@@ -913,6 +1003,7 @@ int urec_entry(struct pt_regs *ctx)
 
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
+	count_call(probe);
 	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false, ip,
 		 0, go_goroutine(ctx, cfg));
 	return 0;
@@ -931,6 +1022,7 @@ int urec_return(struct pt_regs *ctx)
 
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
+	count_return(probe, false, 0, true);
 	emit_for(ctx, cfg, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true, ip,
 		 0, go_goroutine(ctx, cfg));
 	return 0;
@@ -998,6 +1090,7 @@ int urec_go_entry(struct pt_regs *ctx)
 
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
+	count_call(probe);
 	__u64 now = bpf_ktime_get_ns();
 	struct go_call_key k = {};
 
@@ -1032,6 +1125,7 @@ int urec_go_return(struct pt_regs *ctx)
 	__u32 tid = c->tid;
 
 	bpf_map_delete_elem(&go_calls, &k);
+	count_return(probe, true, now - ts, false);
 	emit_for(ctx, probe_cfg(probe), probe, UREC_KIND_RETURN, now, now - ts, UREC_F_LATENCY,
 		 false, false, false, bpf_get_func_ip(ctx), tid, k.g);
 	return 0;
@@ -1084,6 +1178,7 @@ int urec_entry_single(struct pt_regs *ctx)
 	}
 	if (reject)
 		return 0;
+	count_call(probe);
 	emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, !!(cookie & COOKIE_ONE_SIDED), true,
 	     false, ctx->ip);
 	return 0;
@@ -1106,6 +1201,8 @@ int urec_return_single(struct pt_regs *ctx)
 		return 0;
 	if (return_only && rejected(ctx, cfg, probe, 0))
 		return 0;
+	if (return_only)
+		count_return(probe, false, 0, true);
 	if (!return_only) {
 		__u32 tid = (__u32)id;
 		struct tstack *t = bpf_map_lookup_elem(&pending, &tid);
@@ -1120,6 +1217,7 @@ int urec_return_single(struct pt_regs *ctx)
 				latency = now - t->ts[d];
 				flags = UREC_F_LATENCY;
 			}
+			count_return(probe, flags & UREC_F_LATENCY, latency, false);
 		}
 	}
 	emit(ctx, cfg, probe, UREC_KIND_RETURN, now, latency, flags, return_only, return_only,

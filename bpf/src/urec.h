@@ -167,6 +167,24 @@ struct urec_pred {
 	__u64 strs[UREC_MAX_PRED_STRS][UREC_PRED_STR / 8]; /* bytes (u64s for the skeleton) */
 };
 
+/*
+ * A probe's in-kernel counts (the `aggs` per-CPU array, indexed by probe id): what no ring
+ * overflow can drop. The recorder sums them over CPUs (min/max: of the CPUs with latencies).
+ */
+struct urec_agg {
+	__u64 calls;      /* accepted calls: entries (returns for return-only probes) */
+	__u64 returns;    /* returns of counted calls (entry+return probes) */
+	__u64 filtered;   /* calls the predicate rejected */
+	__u64 sampled;    /* calls whose events were not written (one-in-N under pressure) */
+	__u64 lat_count;  /* latencies measured */
+	__u64 lat_total;
+	__u64 lat_min;    /* valid when lat_count > 0 */
+	__u64 lat_max;
+};
+
+/* Latency histograms: UREC_HIST_TOP_EXP caps the log-linear layout (format/src/log_linear.rs). */
+#define UREC_HIST_TOP_EXP 44
+
 struct urec_probe_cfg {
 	__u8 flags;
 	__u8 nargs;

@@ -240,6 +240,7 @@ pub(crate) const TAG_LOST: u8 = 6;
 pub(crate) const TAG_FINISH: u8 = 7;
 pub(crate) const TAG_SYMBOLS: u8 = 8;
 pub(crate) const TAG_FILTERED: u8 = 9;
+pub(crate) const TAG_AGGREGATE: u8 = 10;
 
 fn kind_code(k: ProbeKind) -> u8 {
     match k {
@@ -394,6 +395,31 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, body: &mut Vec<u8>, record: &Reco
             put_u64(body, f.probe.into());
             put_u64(body, f.count);
             TAG_FILTERED
+        }
+        Record::Aggregate(a) => {
+            put_u64(body, a.probe.into());
+            for v in [a.calls, a.returns, a.in_flight, a.filtered, a.sampled] {
+                put_u64(body, v);
+            }
+            match &a.latency {
+                None => body.push(0),
+                Some(l) => {
+                    body.push(1);
+                    for v in [l.count, l.total, l.min, l.max] {
+                        put_u64(body, v);
+                    }
+                    body.push(l.sub_bits);
+                    put_u64(body, l.buckets.len() as u64);
+                    // Indexes as gaps from the previous one: increasing by construction.
+                    let mut next = 0u64;
+                    for &(i, n) in &l.buckets {
+                        put_u64(body, u64::from(i).wrapping_sub(next));
+                        put_u64(body, n);
+                        next = u64::from(i) + 1;
+                    }
+                }
+            }
+            TAG_AGGREGATE
         }
         Record::Finish(f) => {
             put_u64(body, f.attach_ns);
@@ -572,8 +598,58 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
             probe: c.u32()?,
             count: c.u64()?,
         }),
+        TAG_AGGREGATE => Record::Aggregate(decode_aggregate(c)?),
         _ => return Ok(None),
     }))
+}
+
+fn decode_aggregate(c: &mut Cursor<'_>) -> Res<Aggregate> {
+    let probe = c.u32()?;
+    let (calls, returns, in_flight, filtered, sampled) =
+        (c.u64()?, c.u64()?, c.u64()?, c.u64()?, c.u64()?);
+    let latency = match c.u8()? {
+        0 => None,
+        1 => {
+            let (count, total, min, max) = (c.u64()?, c.u64()?, c.u64()?, c.u64()?);
+            let sub_bits = c.u8()?;
+            if u32::from(sub_bits) > crate::log_linear::KERNEL_MAX_BITS {
+                return Err(Malformed("histogram sub-bucket bits out of range"));
+            }
+            let limit = crate::log_linear::kernel_buckets(sub_bits.into());
+            let n = c.u64()?;
+            if n > limit as u64 {
+                return Err(Malformed("more histogram buckets than the layout has"));
+            }
+            let mut buckets = Vec::with_capacity(n as usize);
+            let mut next = 0u64;
+            for _ in 0..n {
+                let i = next
+                    .checked_add(c.u64()?)
+                    .filter(|&i| i < limit as u64)
+                    .ok_or(Malformed("histogram bucket out of range"))?;
+                buckets.push((i as u32, c.u64()?));
+                next = i + 1;
+            }
+            Some(LatencyAggregate {
+                count,
+                total,
+                min,
+                max,
+                sub_bits,
+                buckets,
+            })
+        }
+        _ => return Err(Malformed("unknown latency flag")),
+    };
+    Ok(Aggregate {
+        probe,
+        calls,
+        returns,
+        in_flight,
+        filtered,
+        sampled,
+        latency,
+    })
 }
 
 #[cfg(test)]
@@ -613,5 +689,46 @@ mod tests {
         encode_record(&mut buf, &mut body, &Record::Process(full.clone()));
         body.extend_from_slice(&[5, 1, 2, 3]);
         assert_eq!(decode(&body), Some(Record::Process(full)));
+    }
+
+    #[test]
+    fn aggregate_histograms_are_held_to_their_layout() {
+        let agg = |sub_bits, buckets| {
+            Record::Aggregate(Aggregate {
+                probe: 3,
+                calls: 10,
+                returns: 10,
+                latency: Some(LatencyAggregate {
+                    count: 10,
+                    total: 100,
+                    min: 1,
+                    max: 20,
+                    sub_bits,
+                    buckets,
+                }),
+                ..Aggregate::default()
+            })
+        };
+        let decode = |r: &Record| {
+            let (mut buf, mut body) = (Vec::new(), Vec::new());
+            encode_record(&mut buf, &mut body, r);
+            decode_record(TAG_AGGREGATE, &mut Cursor::new(&body))
+        };
+        let ok = agg(6, vec![(0, 1), (2495, 9)]);
+        assert_eq!(decode(&ok).ok().flatten(), Some(ok));
+        assert!(
+            decode(&agg(7, vec![(0, 1)])).is_err(),
+            "more bits than the kernel's"
+        );
+        assert!(
+            decode(&agg(6, vec![(2496, 1)])).is_err(),
+            "past the last bucket"
+        );
+        assert!(
+            decode(&agg(0, vec![(45, 1)])).is_err(),
+            "past a coarse layout's last"
+        );
+        // A writer that repeated an index encodes a wrapped gap: refused, not reordered.
+        assert!(decode(&agg(6, vec![(5, 1), (5, 1)])).is_err());
     }
 }

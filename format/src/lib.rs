@@ -33,6 +33,7 @@ mod events;
 mod footer;
 pub mod hostile;
 pub mod limits;
+pub mod log_linear;
 mod printable;
 mod reader;
 mod symbols;
@@ -54,4 +55,4 @@ pub use writer::{Writer, WriterOptions};
 /// Major version of the format this crate writes and reads. A reader refuses other majors.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version this crate writes. Minor versions only add what older readers can skip.
-pub const VERSION_MINOR: u16 = 4;
+pub const VERSION_MINOR: u16 = 5;

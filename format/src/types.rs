@@ -335,6 +335,47 @@ pub struct Filtered {
     pub count: u64,
 }
 
+/// A probe's counts as its BPF programs keep them, in kernel memory that no ring-buffer
+/// overflow can drop (since 1.5). Snapshots are cumulative: the recorder writes one for every
+/// probe whose counts changed since its last, every second and when it stops, and a reader keeps
+/// the last one per probe, so a recording cut short holds the counts of its last checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Aggregate {
+    /// Which probe.
+    pub probe: ProbeId,
+    /// Calls recorded (entries; returns for a return-only probe), whether or not their events
+    /// reached the file: a predicate's rejects are not among them.
+    pub calls: u64,
+    /// Returns seen (of calls whose entry was counted, for an entry+return probe).
+    pub returns: u64,
+    /// Calls entered and not returned at the snapshot.
+    pub in_flight: u64,
+    /// Calls the probe's predicate rejected.
+    pub filtered: u64,
+    /// Calls whose events the programs chose not to write (one-in-N under ring pressure).
+    pub sampled: u64,
+    /// Entry-to-return latencies of the returned calls, for entry+return probes.
+    pub latency: Option<LatencyAggregate>,
+}
+
+/// The latencies of an [`Aggregate`]: exact count, total, min and max, and a log-linear
+/// histogram ([`crate::log_linear`]) with `sub_bits` sub-bucket bits, stored sparse.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencyAggregate {
+    /// Latencies measured.
+    pub count: u64,
+    /// Their sum, ns.
+    pub total: u64,
+    /// The smallest, ns.
+    pub min: u64,
+    /// The largest, ns.
+    pub max: u64,
+    /// Sub-bucket bits of the histogram (at most [`crate::log_linear::KERNEL_MAX_BITS`]).
+    pub sub_bits: u8,
+    /// (bucket index, count) of the non-empty buckets, by increasing index.
+    pub buckets: Vec<(u32, u64)>,
+}
+
 /// The end of a recording, written by a recorder that stopped cleanly.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Finish {
@@ -399,6 +440,8 @@ pub enum Record {
     Lost(Lost),
     /// Calls a predicate rejected (since 1.3).
     Filtered(Filtered),
+    /// A probe's in-kernel counts (since 1.5).
+    Aggregate(Aggregate),
     /// The clean end of the recording.
     Finish(Finish),
     /// Names of addresses of one binary (only in the symbols section, after the footer).

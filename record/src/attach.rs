@@ -40,6 +40,8 @@ pub struct LoadOptions {
     pub probes: u32,
     /// Trace only the tasks under this cgroup v2 directory (see [`crate::cgroup`]).
     pub cgroup: Option<std::os::fd::RawFd>,
+    /// Sub-bucket bits of the latency histograms ([`crate::aggregates::hist_bits`]).
+    pub hist_bits: u32,
 }
 
 /// One probe as the attach step needs it.
@@ -132,6 +134,9 @@ pub fn load<'obj>(
     rodata.filter_cgroup = opts.cgroup.is_some() as u8;
     rodata.stack_depth = opts.stack_depth;
     rodata.wakeup_bytes = u64::from(opts.ring_bytes / 4);
+    let buckets = urec_format::log_linear::kernel_buckets(opts.hist_bits);
+    rodata.hist_bits = opts.hist_bits;
+    rodata.hist_buckets = buckets as u32;
     open.maps
         .events
         .set_max_entries(opts.ring_bytes)
@@ -144,7 +149,11 @@ pub fn load<'obj>(
     let n = opts.probes.max(1);
     open.maps.probes.set_max_entries(n)?;
     open.maps.lost.set_max_entries(n * 2)?;
-    open.maps.filtered.set_max_entries(n)?;
+    open.maps.aggs.set_max_entries(n)?;
+    open.maps
+        .hist
+        .set_max_entries(n * buckets as u32)
+        .context("sizing the latency histograms")?;
     open.progs.urec_fork.set_autoload(opts.filter);
     let skel = open.load().map_err(|err| {
         // Out of descriptors, libbpf's loader may report EINVAL: see the `fds` module.
@@ -494,19 +503,6 @@ fn percpu_sum<M: libbpf_rs::MapCore>(map: &M, key: u32) -> Result<u64> {
         .filter_map(|v| v.get(..8))
         .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
         .sum())
-}
-
-/// Calls the predicates of `probes` rejected so far, summed over CPUs; only non-zero counts.
-pub fn filtered_counts(skel: &UrecSkel<'_>, probes: &[ProbeId]) -> Result<Vec<(ProbeId, u64)>> {
-    let mut out = Vec::new();
-    for &probe in probes {
-        let total =
-            percpu_sum(&skel.maps.filtered, probe).context("reading the filtered-call counters")?;
-        if total > 0 {
-            out.push((probe, total));
-        }
-    }
-    Ok(out)
 }
 
 /// Ids of the uprobe links (multi or single, anyone's) currently attached to `path`: what a

@@ -38,6 +38,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod aggregates;
 pub mod attach;
 pub mod cgroup;
 pub mod command;

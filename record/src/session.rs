@@ -311,7 +311,13 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             ring_bytes,
             probes: nprobes,
             cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+            hist_bits: crate::aggregates::hist_bits(nprobes),
         },
+    )?;
+    let mut kernel_counts = crate::aggregates::KernelCounts::new(
+        &skel,
+        opts.probes.iter().map(|p| p.probe.kind).collect(),
+        crate::aggregates::hist_bits(nprobes),
     )?;
     // Every -g dwarf probe starts at --stack-size; the consumer raises it per probe.
     let mut configs: Vec<_> = opts
@@ -467,14 +473,9 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     let mut last_status = Instant::now();
     let mut last_checkpoint = Instant::now();
     let mut ledger = LostLedger::default();
-    // Probes with a predicate, and the rejected calls already written for each: the file gets
-    // what was rejected since the last checkpoint, so a recorder killed with `kill -9` leaves
-    // the counts of its last checkpoint.
-    let predicated: Vec<ProbeId> = configs
-        .iter()
-        .filter(|(_, cfg)| cfg.predicate.is_some())
-        .map(|&(id, _)| id)
-        .collect();
+    // The rejected calls already written for each probe: the file gets what was rejected since
+    // the last checkpoint, so a recorder killed with `kill -9` leaves the counts of its last
+    // checkpoint.
     let mut filtered_written: HashMap<ProbeId, u64> = HashMap::new();
     let mut filtered_since = |counts: Vec<(ProbeId, u64)>| -> Vec<Filtered> {
         let mut out = Vec::new();
@@ -548,8 +549,11 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             for l in records {
                 st.writer.write(&Record::Lost(l))?;
             }
-            for f in filtered_since(attach::filtered_counts(&skel, &predicated)?) {
+            for f in filtered_since(kernel_counts.filtered(&skel)?) {
                 st.writer.write(&Record::Filtered(f))?;
+            }
+            for a in kernel_counts.changed(&skel)? {
+                st.writer.write(&Record::Aggregate(a))?;
             }
             st.writer.flush()?;
         }
@@ -600,7 +604,8 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     }
     sideband.flush(&mut sb)?;
     let lost = attach::lost_counts(&skel, nprobes)?;
-    let filtered = attach::filtered_counts(&skel, &predicated)?;
+    let filtered = kernel_counts.filtered(&skel)?;
+    let final_counts = kernel_counts.changed(&skel)?;
     let filtered_total = filtered.iter().map(|&(_, n)| n).sum();
     drop(ring);
     let mut st = state.into_inner();
@@ -626,6 +631,9 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     let lost_ring = ledger.total(LostSource::Ring);
     for f in filtered_since(filtered) {
         st.writer.write(&Record::Filtered(f))?;
+    }
+    for a in final_counts {
+        st.writer.write(&Record::Aggregate(a))?;
     }
     // The command: if recording stopped first (signal, -d), end it as perf does, and report
     // its status.

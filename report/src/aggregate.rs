@@ -43,6 +43,23 @@ use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolStats, Symbolizer};
 use crate::{Error, ReportOptions, SortKey};
 
+/// "stacks cover N of M calls" when some probe's calls came from the kernel's counts and its
+/// events cover fewer: what outputs built from events (flamegraph, pprof, folded) say.
+pub fn coverage(report: &Report) -> Option<String> {
+    let partial = report
+        .functions
+        .iter()
+        .filter(|f| f.recorded_calls < f.calls);
+    let (recorded, calls) = partial.fold((0u64, 0u64), |(r, c), f| {
+        (
+            r.saturating_add(f.recorded_calls),
+            c.saturating_add(f.calls),
+        )
+    });
+    (calls > 0)
+        .then(|| format!("stacks cover {recorded} of {calls} calls (events lost or sampled)"))
+}
+
 /// The recording as a whole (the `recording` object of `--json`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Recording {
@@ -119,6 +136,16 @@ pub struct Function {
     pub lost: u64,
     /// Calls the probe's predicate (`if EXPR`) rejected: not recorded, not lost.
     pub filtered: u64,
+    /// Calls whose events made it into the file (and past the filters): what stacks, args,
+    /// group-by and per-process counts cover. Equal to `calls` unless `calls` came from the
+    /// kernel's counts.
+    pub recorded_calls: u64,
+    /// Calls the recorder sampled out under ring pressure (events not written, counted).
+    pub sampled: u64,
+    /// `calls`, `returns`, `in_flight` and `latency` are the kernel's exact counts, because
+    /// events of this probe were lost or sampled and no event filter was active (SPEC.md,
+    /// "Exact at any rate").
+    pub from_kernel: bool,
     /// Latencies of the matched calls.
     pub latency: LatencyHistogram,
     /// Calls per process, most calls first.
@@ -303,7 +330,12 @@ struct ProbeState {
     unmatched: u64,
     in_flight: u64,
     lost: u64,
+    /// Of `lost`, the events the ring buffer dropped (not the stacks that failed to unwind,
+    /// whose events are in the file).
+    lost_ring: u64,
     filtered: u64,
+    /// The last in-kernel snapshot of the probe's counts.
+    kernel: Option<urec_format::Aggregate>,
     latency: LatencyHistogram,
     /// (pid, comm) → calls.
     processes: FxMap<(u32, u32), u64>,
@@ -513,12 +545,22 @@ impl<'o> Aggregator<'o> {
                 };
                 self.lost[i] = self.lost[i].saturating_add(l.count);
                 if let Some(&pi) = l.probe.as_ref().and_then(|p| self.probe_index.get(p)) {
-                    self.probes[pi].lost = self.probes[pi].lost.saturating_add(l.count);
+                    let p = &mut self.probes[pi];
+                    p.lost = p.lost.saturating_add(l.count);
+                    if l.source == LostSource::Ring {
+                        p.lost_ring = p.lost_ring.saturating_add(l.count);
+                    }
                 }
             }
             Record::Filtered(f) => {
                 if let Some(&pi) = self.probe_index.get(&f.probe) {
                     self.probes[pi].filtered = self.probes[pi].filtered.saturating_add(f.count);
+                }
+            }
+            Record::Aggregate(a) => {
+                // Snapshots are cumulative: the last one holds.
+                if let Some(&pi) = self.probe_index.get(&a.probe) {
+                    self.probes[pi].kernel = Some(a);
                 }
             }
             Record::Finish(f) => self.finish = Some(f),
@@ -547,7 +589,9 @@ impl<'o> Aggregator<'o> {
             unmatched: 0,
             in_flight: 0,
             lost: 0,
+            lost_ring: 0,
             filtered: 0,
+            kernel: None,
             latency: LatencyHistogram::new(),
             processes: FxMap::default(),
             group_arg: None,
@@ -1005,10 +1049,30 @@ impl<'o> Aggregator<'o> {
 
         let mut functions: Vec<Function> = Vec::new();
         let mut names = Vec::new();
-        for p in std::mem::take(&mut self.probes) {
+        let filtering = self.filtering();
+        for mut p in std::mem::take(&mut self.probes) {
             if !p.selected {
                 continue;
             }
+            let recorded_calls = p.calls;
+            let sampled = p.kernel.as_ref().map_or(0, |k| k.sampled);
+            // The kernel's counts stand in for the events' where events are missing, unless a
+            // filter asks about events (SPEC.md, "Exact at any rate").
+            let from_kernel = match &p.kernel {
+                Some(k) if !filtering && (p.lost_ring > 0 || k.sampled > 0) => {
+                    p.calls = k.calls;
+                    p.returns = k.returns;
+                    p.in_flight = k.in_flight;
+                    // Entries and returns unmatched for want of their lost partner are no
+                    // calls the kernel missed.
+                    p.unmatched = 0;
+                    if let Some(l) = &k.latency {
+                        p.latency = LatencyHistogram::from_kernel(l);
+                    }
+                    true
+                }
+                _ => false,
+            };
             names.push(p.probe.name.clone());
             let mut processes: Vec<ProcessCalls> = p
                 .processes
@@ -1036,6 +1100,9 @@ impl<'o> Aggregator<'o> {
                 unmatched: p.unmatched,
                 lost: p.lost,
                 filtered: p.filtered,
+                recorded_calls,
+                sampled,
+                from_kernel,
                 latency: p.latency,
                 processes,
             });

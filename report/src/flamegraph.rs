@@ -26,11 +26,15 @@ pub fn write(report: &Report, weight: Weight, out: &mut dyn Write) -> io::Result
         Weight::Calls => "calls".to_string(),
         Weight::Latency => "ns".to_string(),
     };
-    opts.subtitle = Some(format!(
+    let mut subtitle = format!(
         "{} · {}",
         urec_format::plural(report.recording.events, "event", "events"),
         crate::human_ns(report.recording.duration_ns)
-    ));
+    );
+    if let Some(c) = crate::aggregate::coverage(report) {
+        subtitle.push_str(&format!(" · {c}"));
+    }
+    opts.subtitle = Some(subtitle);
     let result = inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), out);
     if lines.is_empty() {
         // inferno has drawn its "no valid input" SVG and reports an error; an empty recording

@@ -58,6 +58,8 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
     let mut lost: BTreeMap<LostSource, u64> = BTreeMap::new();
     let mut lost_by_probe: BTreeMap<u32, u64> = BTreeMap::new();
     let mut filtered_by_probe: BTreeMap<u32, u64> = BTreeMap::new();
+    // The last in-kernel snapshot of each probe (snapshots are cumulative).
+    let mut kernel_calls: BTreeMap<u32, u64> = BTreeMap::new();
     let mut finish = None;
     // The symbols section: named addresses (and those with a source line) per binary.
     let mut symbols: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
@@ -98,6 +100,9 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
             Record::Filtered(f) => {
                 let n = filtered_by_probe.entry(f.probe).or_default();
                 *n = n.saturating_add(f.count);
+            }
+            Record::Aggregate(a) => {
+                kernel_calls.insert(a.probe, a.calls);
             }
             Record::Finish(f) => finish = Some(f),
             Record::Symbols(s) => {
@@ -277,6 +282,21 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
         &rows,
     );
 
+    // Where the events fall short of the calls (lost or sampled), say how many calls there were.
+    for p in &probes {
+        let recorded = counts.get(&p.id).map_or(0, |c| match p.kind {
+            ProbeKind::Return => c.returns,
+            _ => c.entries,
+        });
+        if let Some(&calls) = kernel_calls.get(&p.id).filter(|&&n| n != recorded) {
+            let _ = writeln!(
+                w,
+                "probe {}: {} counted in the kernel, {recorded} recorded",
+                p.id,
+                plural(calls, "call", "calls")
+            );
+        }
+    }
     for (id, n) in &filtered_by_probe {
         let _ = writeln!(
             w,

@@ -162,6 +162,12 @@ struct FunctionJson<'a> {
     latency_ns: Option<LatencyJson>,
     processes: Vec<ProcessJson<'a>>,
     filtered: u64,
+    /// Calls whose events are in the file: what stacks, processes and groups cover.
+    recorded_calls: u64,
+    sampled: u64,
+    /// Where calls, returns and latency come from: "events", or "kernel" when events were
+    /// lost or sampled.
+    counts_from: &'static str,
 }
 
 #[derive(Serialize)]
@@ -306,6 +312,9 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 unmatched: f.unmatched,
                 lost: f.lost,
                 filtered: f.filtered,
+                recorded_calls: f.recorded_calls,
+                sampled: f.sampled,
+                counts_from: if f.from_kernel { "kernel" } else { "events" },
                 latency_ns: f.latency_stats().map(latency),
                 processes: f
                     .processes

@@ -268,6 +268,9 @@ fn add_function(into: &mut Function, f: Function) {
     into.in_flight = into.in_flight.saturating_add(f.in_flight);
     into.unmatched = into.unmatched.saturating_add(f.unmatched);
     into.lost = into.lost.saturating_add(f.lost);
+    into.recorded_calls = into.recorded_calls.saturating_add(f.recorded_calls);
+    into.sampled = into.sampled.saturating_add(f.sampled);
+    into.from_kernel |= f.from_kernel;
     into.latency.merge(&f.latency);
     into.processes.extend(f.processes);
     into.processes.sort_by(|a: &ProcessCalls, b| {

@@ -179,6 +179,10 @@ fn write_profile(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     );
     let comment = strings.id(&format!("urec: {}", report.recording.command));
     m.int(PROFILE_COMMENT, comment as i64);
+    if let Some(c) = crate::aggregate::coverage(report) {
+        let c = strings.id(&format!("urec: {c}"));
+        m.int(PROFILE_COMMENT, c as i64);
+    }
     out.write_all(m.bytes())?;
 
     // Locations: one per group of frames at one code address (a function and what is inlined

@@ -138,6 +138,13 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             )?;
         }
     }
+    for f in report
+        .functions
+        .iter()
+        .filter(|f| f.recorded_calls < f.calls)
+    {
+        writeln!(out, "# {}", coverage_note(f))?;
+    }
     if hidden > 0 {
         writeln!(
             out,
@@ -196,6 +203,21 @@ fn value_label(v: i128) -> String {
     } else {
         v.to_string()
     }
+}
+
+/// What the outputs built from events cover, for a probe whose calls came from the kernel's
+/// counts: stacks, args, groups and per-process counts see only the recorded calls.
+pub fn coverage_note(f: &Function) -> String {
+    let why = match (f.lost > 0, f.sampled > 0) {
+        (_, true) => "sampled under ring pressure",
+        _ => "events lost",
+    };
+    format!(
+        "{}: calls and latency counted in the kernel; stacks, args and per-process counts cover {} of {} calls ({why})",
+        f.probe,
+        f.recorded_calls,
+        f.calls
+    )
 }
 
 fn notes(f: &Function) -> String {

@@ -18,6 +18,8 @@ pub struct Recording {
     pub mappings: Vec<Mapping>,
     pub processes: Vec<Process>,
     pub lost: Vec<Lost>,
+    /// The last in-kernel snapshot of each probe (snapshots are cumulative).
+    pub aggregates: HashMap<u32, urec_format::Aggregate>,
     /// A Finish record was written.
     pub finished: bool,
     /// The command's exit status, from the Finish record.
@@ -38,6 +40,9 @@ impl Recording {
                 Record::Mapping(m) => r.mappings.push(m),
                 Record::Process(p) => r.processes.push(p),
                 Record::Lost(l) => r.lost.push(l),
+                Record::Aggregate(a) => {
+                    r.aggregates.insert(a.probe, a);
+                }
                 Record::Probe(p) => r.probes.push(p),
                 Record::Finish(f) => {
                     r.finished = true;

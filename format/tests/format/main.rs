@@ -147,6 +147,22 @@ pub fn sample_records(events: u32) -> Vec<Record> {
         probe: 1,
         count: 42,
     }));
+    v.push(Record::Aggregate(Aggregate {
+        probe: 0,
+        calls: 1000,
+        returns: 998,
+        in_flight: 2,
+        filtered: 5,
+        sampled: 0,
+        latency: Some(LatencyAggregate {
+            count: 998,
+            total: 2_000_000,
+            min: 900,
+            max: 90_000,
+            sub_bits: 6,
+            buckets: vec![(700, 990), (1200, 8)],
+        }),
+    }));
     v.push(Record::Finish(Finish {
         attach_ns: 10,
         stop_ns: 5_000_000,

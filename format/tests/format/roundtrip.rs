@@ -349,6 +349,40 @@ fn arb_record() -> impl Strategy<Value = Record> {
         });
     let filtered = (any::<u32>(), any::<u64>())
         .prop_map(|(probe, count)| Record::Filtered(Filtered { probe, count }));
+    let latency = (
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        0u8..=6,
+        proptest::collection::btree_map(0u32..45, any::<u64>(), 0..40),
+    )
+        .prop_map(|((count, total, min, max), sub_bits, buckets)| {
+            // Indexes below the smallest layout's 45 buckets: valid at any sub_bits.
+            LatencyAggregate {
+                count,
+                total,
+                min,
+                max,
+                sub_bits,
+                buckets: buckets.into_iter().collect(),
+            }
+        });
+    let aggregate = (
+        any::<u32>(),
+        proptest::array::uniform5(any::<u64>()),
+        proptest::option::of(latency),
+    )
+        .prop_map(
+            |(probe, [calls, returns, in_flight, filtered, sampled], latency)| {
+                Record::Aggregate(Aggregate {
+                    probe,
+                    calls,
+                    returns,
+                    in_flight,
+                    filtered,
+                    sampled,
+                    latency,
+                })
+            },
+        );
     let finish = (any::<u64>(), any::<u64>(), any::<Option<i32>>()).prop_map(
         |(attach_ns, stop_ns, workload_status)| {
             Record::Finish(Finish {
@@ -366,6 +400,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
         2 => stack,
         1 => lost,
         1 => filtered,
+        1 => aggregate,
         1 => finish,
         12 => arb_event().prop_map(Record::Event),
     ]
