@@ -473,8 +473,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                     )
                 } else {
                     format!(
-                        " ({} ran off the end of a {} copy; a larger --stack-size, up to 64K, \
-                         avoids that)",
+                        " ({} ran off the end of a stack copy cut at --stack-size {}, which \
+                         goes up to 64K)",
                         summary.copy_end_at_cap,
                         urec_record::size_flag(stack_size.into())
                     )
