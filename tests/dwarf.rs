@@ -285,11 +285,19 @@ fn burst() -> Fixture {
 fn record_burst(burst: &Fixture, thread: &str) -> (Recording, String) {
     let spec = format!("{}:probed", burst.path());
     let out = burst.data(&format!("burst-{thread}.data"));
-    let o = record(&["-v", "-g", "dwarf", "-e", &spec, "-o", out.to_str().unwrap()])
-        .args(["--", burst.path(), thread])
-        .stdout(Stdio::null())
-        .output()
-        .expect("running urec");
+    let o = record(&[
+        "-v",
+        "-g",
+        "dwarf",
+        "-e",
+        &spec,
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .args(["--", burst.path(), thread])
+    .stdout(Stdio::null())
+    .output()
+    .expect("running urec");
     assert!(o.status.success(), "{o:?}");
     (
         Recording::read(&out),
@@ -375,11 +383,19 @@ fn a_shallow_stack_copies_little() {
     let chain = chain();
     let spec = format!("{}:work", chain.path());
     let out = chain.data("shallow.data");
-    let o = record(&["-v", "-g", "dwarf", "-e", &spec, "-o", out.to_str().unwrap()])
-        .args(["--", chain.path()])
-        .stdout(Stdio::null())
-        .output()
-        .expect("running urec");
+    let o = record(&[
+        "-v",
+        "-g",
+        "dwarf",
+        "-e",
+        &spec,
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .args(["--", chain.path()])
+    .stdout(Stdio::null())
+    .output()
+    .expect("running urec");
     assert!(o.status.success(), "{o:?}");
     let stderr = String::from_utf8_lossy(&o.stderr);
     let copied = copied_each(&stderr);
