@@ -303,8 +303,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     // -g auto: the traced programs' executables are the callers' binaries we know of.
     let mut callers: Vec<PathBuf> = Vec::new();
     if args.call_graph == CallGraph::Auto {
-        if let Some(first) = args.command.first() {
-            callers.extend(urec_record::command::find_program(first));
+        if let Some(program) = args
+            .command
+            .first()
+            .and_then(|c| urec_record::command::find_program(c))
+        {
+            // A script's frames are its interpreter's.
+            callers.push(urec_record::command::script_interpreter(&program).unwrap_or(program));
         }
         for &pid in &args.pids {
             // The file itself, wherever its path leads (another mount namespace included).

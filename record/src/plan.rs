@@ -274,7 +274,7 @@ fn postfix(e: &Expr, negate: bool, pred: &Predicate, out: &mut Vec<PredOp>) {
 /// `-g auto` for one probe: frame pointers when the probed binary keeps them and so do the
 /// known caller binaries (`callers_keep_frame_pointers`: the executables of the traced
 /// processes, when known, since a library function's stack runs through the program that
-/// called it), DWARF otherwise.
+/// called it; for a `#!` script, its interpreter), DWARF otherwise.
 ///
 /// Frame pointers are the cheaper capture (a walk in the program, no copy, no unwind in the
 /// recorder), so they are used wherever the walk gives the whole stack, and DWARF only where
