@@ -48,10 +48,10 @@ pub struct Args {
     /// Frames per user stack (at most 127).
     #[arg(long, default_value_t = 127, value_parser = clap::value_parser!(u32).range(1..=127))]
     pub stack_depth: u32,
-    /// Bytes of user stack -g dwarf copies per event to start with (bytes, or with K; at most
-    /// 64K, which means 65528; rounded down to a multiple of 8). A probe whose unwinds run off
-    /// the end of its copy gets twice as much from then on, up to 64K.
-    #[arg(long, value_name = "SIZE", default_value = "8K", value_parser = parse_size)]
+    /// The most bytes of user stack -g dwarf copies per event, from the stack pointer to the
+    /// end of the thread's stack (bytes, or with K; at most 64K, which means 65528; rounded
+    /// down to a multiple of 8): a stack within it is whole, a shallow one costs what it is.
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
     pub stack_size: u64,
     /// Allow a glob to match more than 1000 functions, and a 0xADDR in no known function (whose
     /// instruction boundaries urec cannot check). Never allows a probe inside an instruction
@@ -303,8 +303,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     // -g auto: the traced programs' executables are the callers' binaries we know of.
     let mut callers: Vec<PathBuf> = Vec::new();
     if args.call_graph == CallGraph::Auto {
-        if let Some(first) = args.command.first() {
-            callers.extend(urec_record::command::find_program(first));
+        if let Some(program) = args
+            .command
+            .first()
+            .and_then(|c| urec_record::command::find_program(c))
+        {
+            // A script's frames are its interpreter's.
+            callers.push(urec_record::command::script_interpreter(&program).unwrap_or(program));
         }
         for &pid in &args.pids {
             // The file itself, wherever its path leads (another mount namespace included).
@@ -391,8 +396,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     } else {
         Target::All
     };
-    urec_record::check_ring_fits(&probes, stack_mode, args.stack_depth, args.buffer_size)
-        .map_err(UsageError)?;
+    urec_record::check_ring_fits(
+        &probes,
+        stack_mode,
+        args.stack_depth,
+        stack_size,
+        args.buffer_size,
+    )
+    .map_err(UsageError)?;
     // An existing -o is renamed to FILE.old: never a file the recording needs.
     let mut needed: Vec<(&str, PathBuf)> = resolution
         .probes
@@ -459,23 +470,20 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 "; {} truncated",
                 plural(summary.truncated_stacks, "stack", "stacks")
             );
-            let mut why = Vec::new();
-            if let Some(hint) = summary.stack_size_hint {
-                why.push(format!(
-                    "{} ran off the end of a stack copy before it grew; --stack-size {} avoids \
-                     that",
-                    summary.copy_end_below_cap,
-                    urec_record::size_flag(hint.into())
-                ));
-            }
             if summary.copy_end_at_cap > 0 {
-                why.push(format!(
-                    "{} ran off the end of a 64K copy, the most urec copies",
-                    summary.copy_end_at_cap
-                ));
-            }
-            if !why.is_empty() {
-                notes += &format!(" ({})", why.join("; "));
+                notes += &if stack_size >= urec_record::MAX_STACK_SIZE {
+                    format!(
+                        " ({} ran off the end of a 64K copy, the most urec copies)",
+                        summary.copy_end_at_cap
+                    )
+                } else {
+                    format!(
+                        " ({} ran off the end of a stack copy cut at --stack-size {}, which \
+                         goes up to 64K)",
+                        summary.copy_end_at_cap,
+                        urec_record::size_flag(stack_size.into())
+                    )
+                };
             }
         }
         eprintln!(

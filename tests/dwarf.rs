@@ -1,7 +1,8 @@
 #![cfg(feature = "record")]
 //! End-to-end tests of DWARF stacks (`-g dwarf`, and `-g auto` choosing it): a C program built
-//! without frame pointers, with a 6-deep call chain under `main`, one whose frames take ≈40 KB
-//! (more than the default 8K copy: the copy size must grow), and Debian's bash reading lines
+//! without frame pointers, with a 6-deep call chain under `main`, one whose frames take ≈40 KB,
+//! one calling a function 200 times at once from 30 KB deep (in the main thread and in a
+//! pthread: every stack whole from the first call), and Debian's bash reading lines
 //! interactively. Ground truth is exact: every stack must be the full chain to `main`.
 //!
 //! They need root (BPF and system-wide perf events). Without it they skip with a message,
@@ -25,8 +26,12 @@ const CHAIN_C: &str = include_str!("fixtures/chain.c");
 const CALLS: usize = 1000;
 
 /// `main → d1 → d2 → d3 → d4 → leaf`, each `d*` with a 10,000-byte array it writes page by
-/// page: ≈40 KB of frames, so the unwind needs a 64K copy (8K, 16K and 32K run off the end).
+/// page: ≈40 KB of frames, so the unwind needs a copy of more than 32K.
 const DEEP_C: &str = include_str!("fixtures/deep.c");
+
+/// `rec` 30 levels deep (≈30 KB), then 200 calls of `probed` back to back, in the main thread
+/// or a pthread (or 4 each in 50 pthreads, with another thread mapping memory).
+const BURST_C: &str = include_str!("fixtures/burst.c");
 
 /// The chain, built non-PIE (its `nm` addresses are those in the process).
 fn chain() -> Fixture {
@@ -163,46 +168,44 @@ fn a_short_stack_copy_is_truncated_not_wrong() {
     }
     let chain = chain();
     let spec = format!("{}:work", chain.path());
-    let (out, rec) = record_chain(
-        &chain,
-        &["-g", "dwarf", "--stack-size", "16", "-e", &spec],
-        "short.data",
-    );
+    let out = chain.data("short.data");
+    // Not -q: the summary is checked too.
+    let o = record(&["-g", "dwarf", "--stack-size", "16", "-e", &spec])
+        .args(["-o", out.to_str().unwrap(), "--", chain.path()])
+        .stdout(Stdio::null())
+        .output()
+        .expect("running urec");
+    assert!(o.status.success(), "{o:?}");
+    let rec = Recording::read(&out);
     let entries: Vec<_> = rec
         .events
         .iter()
         .filter(|e| e.kind == EventKind::Entry)
         .collect();
     assert_eq!(entries.len(), CALLS);
-    let full = ["work", "c5", "c4", "c3", "c2", "c1", "main"];
-    let mut truncated = 0;
-    for (i, e) in entries.iter().enumerate() {
+    // 16 bytes hold work's return address (into c5) and c5's 8 bytes of alignment; c5's
+    // return address (into c4) lies beyond. The cap is the cap: every stack, first to last,
+    // is that true prefix, marked truncated.
+    for e in &entries {
         let stack = rec.stack_of(e, "a stack");
         let names = chain.names(stack);
-        if i == 0 {
-            // 16 bytes hold work's return address (into c5) and c5's 8 bytes of alignment;
-            // c5's return address (into c4) lies beyond.
-            assert!(stack.truncated, "{names:?}");
-            assert_eq!(names, ["work", "c5"]);
-        }
-        // Once the recorder has seen such a stack it doubles the copy (16, 32, 64 ... bytes)
-        // for the following calls, which the chain makes faster than it unwinds: how many are
-        // still copied short depends on timing, but each stack is a true prefix, or complete.
-        if stack.truncated {
-            truncated += 1;
-            assert_eq!(&names[..], &full[..names.len()], "{names:?}");
-        } else {
-            assert_eq!(&names[..full.len()], full, "{names:?}");
-        }
+        assert!(stack.truncated, "{names:?}");
+        assert_eq!(names, ["work", "c5"]);
     }
     let text = folded(&out);
-    assert!(text.contains("[truncated];c5;work "), "{text}");
-    let shown: usize = text
-        .lines()
-        .filter(|l| l.contains("[truncated]"))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<usize>().unwrap())
-        .sum();
-    assert_eq!(shown, truncated, "{text}");
+    assert_eq!(
+        text.trim_end(),
+        format!("chain;[truncated];c5;work {CALLS}"),
+        "{text}"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{CALLS} stacks truncated ({CALLS} ran off the end of a stack copy cut at \
+             --stack-size 16, which goes up to 64K)"
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -261,92 +264,168 @@ fn deep() -> Fixture {
     )
 }
 
-/// How many times the deep fixture calls `leaf`; after each of the first [`DEEP_SLOW`] calls
-/// (the three with the 8K, 16K and 32K copies) it sleeps [`DEEP_PAUSE_MS`], time for the
-/// recorder to unwind that call's stack and raise the copy size before the next call. A
-/// release comes ≈10-20 ms after the event in a quiet release build; the margin is for a debug
-/// build on a loaded 2-vCPU machine running the other tests in parallel, where 200 ms was
-/// seen to fall short.
-const DEEP_CALLS: usize = 300;
-const DEEP_SLOW: &str = "3";
-const DEEP_PAUSE_MS: &str = "700";
+/// The burst fixture, built like the chain (non-PIE, no frame pointers), with pthreads.
+fn burst() -> Fixture {
+    Fixture::build(
+        "burst",
+        BURST_C,
+        &[
+            "-O2",
+            "-fomit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-fcf-protection=none",
+            "-no-pie",
+            "-pthread",
+        ],
+    )
+}
 
+/// Records the burst fixture (`-g dwarf`, default `--stack-size`, `-v`) in `thread` ("main",
+/// "thread" or "churn"); returns the recording and urec's stderr.
+fn record_burst(burst: &Fixture, thread: &str) -> (Recording, String) {
+    let spec = format!("{}:probed", burst.path());
+    let out = burst.data(&format!("burst-{thread}.data"));
+    let o = record(&[
+        "-v",
+        "-g",
+        "dwarf",
+        "-e",
+        &spec,
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .args(["--", burst.path(), thread])
+    .stdout(Stdio::null())
+    .output()
+    .expect("running urec");
+    assert!(o.status.success(), "{o:?}");
+    (
+        Recording::read(&out),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The average stack bytes copied per event, from `-v`'s "N stack bytes copied each".
+fn copied_each(stderr: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("stack bytes copied each"))
+        .unwrap_or_else(|| panic!("no copy size in {stderr}"));
+    let before = line.split(" stack bytes copied each").next().unwrap();
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Every one of the burst's 200 entry stacks is exactly `expect` (innermost first), whole.
+fn assert_burst_stacks(burst: &Fixture, rec: &Recording, expect: &[&str]) {
+    assert_eq!(rec.total_lost(), 0);
+    let mut whole = 0;
+    for e in rec.events.iter().filter(|e| e.kind == EventKind::Entry) {
+        let stack = rec.stack_of(e, "entries carry a stack");
+        let names = burst.names(stack);
+        assert!(!stack.truncated, "stack {names:?} truncated");
+        assert_eq!(names, expect, "stack {names:?}");
+        whole += 1;
+    }
+    assert_eq!(whole, 200);
+}
+
+/// `probed`, then `rec` 30 times.
+fn burst_frames() -> Vec<&'static str> {
+    let mut v = vec!["probed"];
+    v.extend(std::iter::repeat_n("rec", 30));
+    v
+}
+
+/// 200 calls at once from 30 KB deep: the copy spans the stack from the first event (a copy
+/// that grew only once the recorder had seen a truncated unwind lost the whole burst).
 #[test]
-fn the_stack_copy_grows_until_the_unwinds_reach_main() {
+fn a_deep_burst_is_whole_from_the_first_call() {
     if !have_root() {
         return;
     }
-    let deep = deep();
-    let spec = format!("{}:leaf", deep.path());
-    let out = deep.data("deep.data");
-    // Default --stack-size (8K), and not -q: the summary is checked too.
-    let o = record(&["-g", "dwarf", "-e", &spec, "-o", out.to_str().unwrap()])
-        .args([
-            "--",
-            deep.path(),
-            &DEEP_CALLS.to_string(),
-            DEEP_SLOW,
-            DEEP_PAUSE_MS,
-        ])
-        .stdout(Stdio::null())
-        .output()
-        .expect("running urec");
+    let burst = burst();
+    let (rec, stderr) = record_burst(&burst, "main");
+    // Below main: __libc_start_call_main and __libc_start_main (libc), then the program's
+    // _start.
+    let mut expect = burst_frames();
+    expect.extend(["main", "?", "?", "_start"]);
+    assert_burst_stacks(&burst, &rec, &expect);
+    // The copy ends at the top of the main thread's stack: ≈30 KB, not the 64K cap.
+    let copied = copied_each(&stderr);
+    assert!((30_000.0..40_000.0).contains(&copied), "{stderr}");
+}
+
+/// The same burst in a pthread, whose stack is a mapping of its own (found by bpf_find_vma).
+#[test]
+fn a_deep_burst_in_a_thread_is_whole_from_the_first_call() {
+    if !have_root() {
+        return;
+    }
+    let burst = burst();
+    let (rec, stderr) = record_burst(&burst, "thread");
+    // Below thread_main: start_thread and clone3 (libc).
+    let mut expect = burst_frames();
+    expect.extend(["thread_main", "?", "?"]);
+    assert_burst_stacks(&burst, &rec, &expect);
+    // Up to the end of the thread's stack mapping (the thread's descriptor and TLS lie above
+    // its frames): not the cap.
+    let copied = copied_each(&stderr);
+    assert!((30_000.0..50_000.0).contains(&copied), "{stderr}");
+}
+
+/// The burst in 50 short-lived pthreads (4 calls each) while another thread maps and unmaps
+/// memory without pause: a thread's first look at its stack mapping (`bpf_find_vma`) then
+/// often finds the mmap lock taken (-EBUSY) and copies the cap instead. Either way every stack
+/// is whole: the copy never ends short of the stack.
+#[test]
+fn a_deep_burst_is_whole_while_another_thread_maps_memory() {
+    if !have_root() {
+        return;
+    }
+    let burst = burst();
+    let (rec, stderr) = record_burst(&burst, "churn");
+    let mut expect = burst_frames();
+    expect.extend(["thread_main", "?", "?"]);
+    assert_burst_stacks(&burst, &rec, &expect);
+    // Between the thread's stack (≈35 KB) and the cap, depending on how many lookups failed.
+    let copied = copied_each(&stderr);
+    assert!((30_000.0..=65_528.0).contains(&copied), "{stderr}");
+}
+
+/// A shallow stack costs what it is: the chain's copies are a few hundred bytes, not the 64K
+/// cap.
+#[test]
+fn a_shallow_stack_copies_little() {
+    if !have_root() {
+        return;
+    }
+    let chain = chain();
+    let spec = format!("{}:work", chain.path());
+    let out = chain.data("shallow.data");
+    let o = record(&[
+        "-v",
+        "-g",
+        "dwarf",
+        "-e",
+        &spec,
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .args(["--", chain.path()])
+    .stdout(Stdio::null())
+    .output()
+    .expect("running urec");
     assert!(o.status.success(), "{o:?}");
     let stderr = String::from_utf8_lossy(&o.stderr);
+    let copied = copied_each(&stderr);
+    assert!(copied > 0.0 && copied < 1024.0, "{stderr}");
     let rec = Recording::read(&out);
-    assert_eq!(rec.total_lost(), 0);
-    let full = ["leaf", "d4", "d3", "d2", "d1", "main"];
-    let (mut complete, mut truncated) = (Vec::new(), Vec::new());
-    for e in rec.events.iter().filter(|e| e.kind == EventKind::Entry) {
-        let stack = rec.stack_of(e, "entries carry a stack");
-        let names = deep.names(stack);
-        if stack.truncated {
-            truncated.push(names);
-        } else {
-            assert_eq!(&names[..full.len()], full, "stack {names:?}");
-            complete.push(names);
-        }
-    }
-    // The first three calls ran off the end of the 8K, 16K and 32K copies (in that order:
-    // each unwinds further), every later one was copied with 64K and reaches main.
-    assert_eq!(truncated.len(), 3, "{truncated:?}");
-    assert_eq!(complete.len(), DEEP_CALLS - 3);
-    for (names, depth) in truncated.iter().zip([2, 3, 5]) {
-        assert_eq!(&names[..], &full[..depth], "{truncated:?}");
-    }
-    // The report shows the same three, and the summary counts them and says what avoids them.
-    let text = folded(&out);
-    let shown: u64 = text
-        .lines()
-        .filter(|l| l.contains("[truncated]"))
-        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(shown, 3, "{text}");
-    assert!(
-        text.contains(&format!(";main;d1;d2;d3;d4;leaf {}", DEEP_CALLS - 3)),
-        "{text}"
+    assert_entry_stacks(
+        &chain,
+        &rec,
+        0,
+        &["work", "c5", "c4", "c3", "c2", "c1", "main"],
     );
-    assert!(
-        stderr.contains(
-            "3 stacks truncated (3 ran off the end of a stack copy before it grew; \
-             --stack-size 64K avoids that)"
-        ),
-        "{stderr}"
-    );
-
-    // And with --stack-size 64K from the start, none is.
-    let out = deep.data("deep64.data");
-    let o = record(&["-g", "dwarf", "--stack-size", "64K", "-e", &spec])
-        .args(["-o", out.to_str().unwrap(), "--", deep.path(), "100"])
-        .stdout(Stdio::null())
-        .output()
-        .expect("running urec");
-    assert!(o.status.success(), "{o:?}");
-    assert!(
-        !String::from_utf8_lossy(&o.stderr).contains("truncated"),
-        "{o:?}"
-    );
-    assert!(folded(&out).contains(";main;d1;d2;d3;d4;leaf 100"));
 }
 
 #[test]
@@ -364,10 +443,28 @@ fn a_ring_buffer_too_small_for_a_full_copy_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        stderr.contains("--buffer-size 64K") && stderr.contains("use --buffer-size 128K"),
+        stderr.contains("--buffer-size 64K")
+            && stderr.contains("--stack-size 64K")
+            && stderr.contains("use --buffer-size 128K"),
         "{stderr}"
     );
     assert!(!out.exists(), "nothing recorded");
+    // A smaller cap makes the largest record smaller: 64K holds an 8K copy.
+    record_ok(&[
+        "-g",
+        "dwarf",
+        "--stack-size",
+        "8K",
+        "--buffer-size",
+        "64K",
+        "-e",
+        &spec,
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        deep.path(),
+        "1",
+    ]);
     // 128K holds it.
     record_ok(&[
         "-g",

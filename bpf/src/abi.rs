@@ -143,9 +143,8 @@ pub struct ProbeConfig {
     pub dwarf: bool,
     /// Go code: the events carry the goroutine (`r14` in Go's register ABI).
     pub go: bool,
-    /// With `dwarf`: bytes of stack to copy per event (a multiple of 8, at most
-    /// [`MAX_STACK_SIZE`]; 0 copies nothing). Per probe so that the recorder can raise it for
-    /// the one probe whose unwinds need more, by rewriting that probe's map entry.
+    /// With `dwarf`: the most bytes of stack to copy per event, from sp to the end of the
+    /// stack's mapping (a multiple of 8, at most [`MAX_STACK_SIZE`]; 0 copies nothing).
     pub stack_size: u32,
     /// At most [`MAX_ARGS`] arguments.
     pub args: Vec<ArgProgram>,

@@ -583,21 +583,77 @@ __noinline __u32 copy_stack(struct scratch *s, __u32 soff, __u64 sp, __u64 len)
 }
 
 /*
+ * Where each thread's stack ends, for put_dwarf: the mapping (VMA) that held its sp when last
+ * looked up. bpf_find_vma takes the mmap lock with a trylock (-EBUSY while another thread of
+ * the process maps or unmaps, as malloc does) and writes the lock's cache line, which every
+ * thread of the process shares: once per thread, not once per event. Task storage, not a
+ * tid-keyed map: freed with its task, so an exited thread leaves nothing behind and a reused
+ * tid finds nothing stale.
+ */
+struct stack_range {
+	__u64 mm;    /* the mm it was found in: an exec keeps the task, not the mappings */
+	__u64 start; /* the VMA's start (a main stack grows down: sp below it looks again) */
+	__u64 end;   /* the VMA's end */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct stack_range);
+} stack_ranges SEC(".maps");
+
+/* bpf_find_vma's callback: the VMA holding sp. */
+static long vma_range(struct task_struct *task, struct vm_area_struct *vma, struct stack_range *r)
+{
+	r->start = vma->vm_start;
+	r->end = vma->vm_end;
+	return 0;
+}
+
+/*
+ * The end of the stack mapping that holds `sp` in the current task, from the task's cached
+ * range, else looked up (and cached); 0 when the lookup failed (-EBUSY, or sp in no mapping):
+ * the caller then copies its cap, and the next event looks again.
+ */
+static __always_inline __u64 stack_end(__u64 sp, __u64 mm)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct stack_range *r;
+	struct stack_range found = {};
+
+	r = bpf_task_storage_get(&stack_ranges, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (r && r->mm == mm && sp >= r->start && sp < r->end)
+		return r->end;
+	if (bpf_find_vma(task, sp, vma_range, &found, 0) || found.end <= sp)
+		return 0;
+	if (r) {
+		r->mm = mm;
+		r->start = found.start;
+		r->end = found.end;
+	}
+	return found.end;
+}
+
+/*
  * Appends the dwarf block at `off`: registers, the trampoline address, the pending return
  * instances (innermost first), then the stack from sp upward. Returns the record size.
  *
- * The copy is `min(size, mm->start_stack + 64 - sp)` bytes (`size`: the probe's
- * urec_probe_cfg.stack_size, which the recorder raises while recording for a probe whose
- * unwinds run off the end) (`env_end` when that is not
- * above sp): in the main thread the stack ends a little above env_end (argv/envp strings), and
- * bpf_probe_read_user fails as a whole if any
- * byte is unmapped, so a fixed 8 KiB read near the top of the main stack (≈3 KiB used in a
- * small program's main) always fails. It is read page by page: the helper cannot fault pages
- * in, and a stack page inside a big frame that was never written (bash's yyparse keeps
- * kilobytes of parser stack) is not present; failing the whole copy for it would lose every
- * frame above. A page that faults is left zeroed and marked in `holes`, so the unwinder
- * stops only if it needs a value from it (return addresses are always written, so their
- * pages are present).
+ * The copy runs from sp to the end of the stack, at most `size` bytes (the probe's
+ * urec_probe_cfg.stack_size: --stack-size): a stack within the cap is whole from the first
+ * event, and a shallow one costs only what it holds (a fixed-size copy is gigabytes a second
+ * of ring traffic at a hot function's rate). The end is that of the mapping holding sp
+ * (stack_end: cached per thread), and in the main thread `mm->start_stack` (+ START_SLACK)
+ * where that is lower: the main thread's frames all lie below start_stack (where _start found
+ * argc), and what is above it (argv, envp, auxv, the strings: kilobytes) is no use to an
+ * unwinder. When the mapping cannot be looked up the copy is `size` bytes, and what lies
+ * beyond the stack's end faults into holes.
+ *
+ * bpf_probe_read_user fails as a whole if any byte is unmapped, and cannot fault pages in: a
+ * stack page inside a big frame that was never written (bash's yyparse keeps kilobytes of
+ * parser stack) is not present. So the copy is read page by page; a page that faults is left
+ * zeroed and marked in `holes`, so the unwinder stops only if it needs a value from it
+ * (return addresses are always written, so their pages are present).
  *
  * Global (not inlined): verified once for every program that calls it.
  */
@@ -639,13 +695,13 @@ __noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 
 	__u32 soff = (poff + n * 16) & HEAD_MASK;
 	__u64 len = size;
-
-	/* The main thread's frames all lie below start_stack (where _start found argc); what is
-	 * above (argv, envp, auxv, the strings: kilobytes) is no use to an unwinder. */
 	__u64 top = BPF_CORE_READ(mm, start_stack) + START_SLACK;
+	__u64 end = stack_end(sp, (__u64)mm);
 
 	if (top > env_end || top <= sp)
 		top = env_end;
+	if (end && (top <= sp || end < top))
+		top = end;
 	if (sp < top && top - sp < len)
 		len = top - sp;
 	len &= STACK_MASK & ~7ULL;
@@ -659,7 +715,14 @@ __noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 		d->status = UREC_D_READ_FAILED;
 	}
 	d->stack_len = len;
-	return soff + len;
+
+	__u64 size_out = soff + len;
+
+	/* Hides the result's range from clang, which would otherwise drop the caller's bounds
+	 * check as always true: the verifier knows nothing of a global function's result and
+	 * needs that check. */
+	asm volatile("" : "+r"(size_out));
+	return size_out;
 }
 
 #define FP_CALLER 1          /* entry: [sp] is the second frame */
@@ -853,8 +916,7 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 		count_lost(probe, kind);
 		return;
 	}
-	/* Read once: the recorder may rewrite the entry while this runs. */
-	__u32 dwarf_size = (cfg->flags & UREC_P_DWARF) ? *(volatile __u32 *)&cfg->stack_size : 0;
+	__u32 dwarf_size = (cfg->flags & UREC_P_DWARF) ? cfg->stack_size : 0;
 
 	if (!cfg->nargs && !goroutine && !(stack && (dwarf_size || stack_depth))) {
 		/* A bare 40-byte record: written in place, no scratch buffer, no copy. */

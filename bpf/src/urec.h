@@ -191,10 +191,8 @@ struct urec_probe_cfg {
 	__u8 npred;       /* steps of `pred`; 0: no predicate (here, in the cache line every
 			   * event reads anyway) */
 	__u8 _pad;
-	__u32 stack_size; /* UREC_P_DWARF: bytes of stack to copy (0: none; masked to below
-			   * UREC_MAX_STACK_SIZE). Per probe, and rewritten by the recorder while
-			   * recording: it raises the size of a probe whose unwinds run off the end
-			   * of the copy. */
+	__u32 stack_size; /* UREC_P_DWARF: the most bytes of stack to copy, from sp to the end
+			   * of the stack (0: none; masked to below UREC_MAX_STACK_SIZE) */
 	struct urec_arg_cfg args[UREC_MAX_ARGS];
 	struct urec_pred pred;
 };

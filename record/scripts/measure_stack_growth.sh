@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The cost and the truncated share of -g dwarf on deep stacks, before and after the per-probe
-# copy size grew adaptive (docs/performance.md, "Deep stacks: the copy grows"). Run as root:
+# copy size grew adaptive (docs/performance.md, "Deep stacks: the copy grows"; that growth was
+# since replaced by copies to the stack's end, "Deep stacks: the copy spans the stack", so a
+# NEW build's "new-8K" configuration now copies up to 64K). Run as root:
 #
 #   record/scripts/measure_stack_growth.sh OLD_UREC NEW_UREC [REPS] [DEEP_CALLS]
 #

@@ -182,9 +182,7 @@ pub fn load<'obj>(
     Ok(skel)
 }
 
-/// Writes each probe's configuration into the `probes` map (also while recording: the session
-/// rewrites a probe's entry to raise its stack copy size; the programs read the size once per
-/// event, so an event sees the old or the new size, never a mix).
+/// Writes each probe's configuration into the `probes` map, before the probes are attached.
 pub fn configure(skel: &UrecSkel<'_>, configs: &[(ProbeId, ProbeConfig)]) -> Result<()> {
     for (id, cfg) in configs {
         let bytes = cfg.to_bytes()?;

@@ -92,6 +92,28 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
+/// The interpreter a `#!` script runs (`#!/usr/bin/env NAME` found through `PATH` as `env`
+/// would), or `None` for anything else (an ELF file, an unreadable one). `-g auto` judges the
+/// interpreter's frame pointers, not the script's: the interpreter's frames are what the
+/// stacks hold, and a script is no ELF file to judge.
+pub fn script_interpreter(program: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let mut file = urec_untrusted::open(program).ok()?;
+    let n = file.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n')?];
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split_whitespace();
+    let interpreter = Path::new(words.next()?);
+    if interpreter.file_name().is_some_and(|f| f == "env") {
+        // `env NAME`; `env -S ...` and other options are not followed.
+        let name = words.next().filter(|w| !w.starts_with('-'))?;
+        return find_program(name);
+    }
+    is_executable(interpreter).then(|| interpreter.to_path_buf())
+}
+
 fn is_executable(p: &Path) -> bool {
     let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else {
         return false;
@@ -391,6 +413,26 @@ impl Drop for Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scripts_name_their_interpreter() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            script_interpreter(&p)
+        };
+        let sh = Path::new("/bin/sh");
+        assert_eq!(script("a", "#!/bin/sh\necho\n").as_deref(), Some(sh));
+        assert_eq!(script("b", "#! /bin/sh -e\n").as_deref(), Some(sh));
+        let via_env = script("c", "#!/usr/bin/env sh\n").unwrap();
+        assert_eq!(via_env.file_name().unwrap(), "sh");
+        assert_eq!(script("d", "#!/usr/bin/env -S sh -e\n"), None);
+        assert_eq!(script("e", "#!/nonexistent/interpreter\n"), None);
+        assert_eq!(script("f", "echo no interpreter line\n"), None);
+        // An ELF file is no script.
+        assert_eq!(script_interpreter(Path::new("/proc/self/exe")), None);
+    }
 
     #[test]
     fn finds_programs_on_path() {

@@ -28,16 +28,18 @@
 //!
 //! # How much stack is copied
 //!
-//! Each probe has its own copy size (`urec_probe_cfg.stack_size`), starting at `--stack-size`.
-//! When one of its unwinds runs off the end of a copy that was as long as the probe's current
-//! size ([`Truncation::StackCopyEnd`]), the size doubles (up to [`MAX_STACK_SIZE`]); the
-//! session rewrites the probe's map entry, and the following events copy that much. See
-//! [`DwarfStacks::take_raised`] for why at once and why doubling.
+//! The BPF program copies from the stack pointer to the end of the thread's stack (its
+//! mapping's end, `mm->start_stack` in the main thread), capped at `--stack-size`
+//! (`urec_probe_cfg.stack_size`): a stack within the cap is whole from the first event, and
+//! nothing here needs to learn how deep the stacks are (a copy size raised after unwinds had
+//! run off its end lost every stack taken before the raise: a whole burst). What is left to
+//! count is an unwind that ran off the end of a copy cut by the cap
+//! ([`DwarfStats::copy_end_at_cap`]), which a larger `--stack-size` (up to 64K) may avoid.
 
 use std::collections::HashMap;
 use std::ops::Range;
 
-use urec_bpf::abi::{RawDwarf, D_READ_FAILED, MAX_STACK_SIZE};
+use urec_bpf::abi::{RawDwarf, D_READ_FAILED};
 use urec_format::{EventKind, ProbeId};
 
 use crate::processes::{MappingChange, ProcessTable};
@@ -101,28 +103,10 @@ pub struct DwarfStats {
     /// Stacks written with `truncated: true`, for any reason (what the report marks
     /// `[truncated]`; each counted once, even when cut at the depth limit too).
     pub truncated_stacks: u64,
-    /// Of those, stacks that ran off the end of a copy cut by a size below [`MAX_STACK_SIZE`]:
-    /// a bigger starting `--stack-size` would have avoided them.
-    pub copy_end_below_cap: u64,
-    /// Of those, stacks that ran off the end of a copy of [`MAX_STACK_SIZE`] bytes: nothing
-    /// urec can copy avoids them.
+    /// Of those, stacks that ran off the end of a copy cut by the probe's cap
+    /// (`--stack-size`): the stack went on beyond it. (A copy shorter than the cap ended at
+    /// the end of the stack, where more bytes would not have helped.)
     pub copy_end_at_cap: u64,
-}
-
-/// One probe's stack copy size.
-#[derive(Clone, Debug, Default)]
-struct CopySize {
-    /// Bytes the programs copy now (what the `probes` map holds, or is about to).
-    now: u32,
-    /// Every size the probe has had, `now` last (at most four: 8K, 16K, 32K, 64K). A copy of
-    /// exactly one of them was cut by the size; any other length ended at the top of the
-    /// stack, where a bigger size would not have helped.
-    used: Vec<u32>,
-    /// The unwinds of this probe ran off the end of a copy cut by a size below the cap.
-    truncated_below_cap: bool,
-    /// A complete unwind of a copy longer than the previous size was seen: `now` is enough
-    /// for the stacks seen so far (what the summary's hint suggests).
-    enough: bool,
 }
 
 /// The recorder's DWARF state: the unwinder, the copies in flight, the counts.
@@ -135,27 +119,16 @@ pub struct DwarfStacks {
     /// `Lost { source: Unwind }` counts by (probe, kind).
     lost: HashMap<(ProbeId, EventKind), u64>,
     stats: DwarfStats,
-    /// Per probe id: its copy size.
-    sizes: Vec<CopySize>,
-    /// Sizes raised since the last [`DwarfStacks::take_raised`].
-    raised: Vec<(ProbeId, u32)>,
+    /// Per probe id: the most stack its copies hold (0: none).
+    caps: Vec<u32>,
 }
 
 impl DwarfStacks {
-    /// Stacks are cut at `depth` frames (`--stack-depth`); `sizes[id]` is the stack copy size
-    /// probe `id` starts with (0 for probes without a copy).
-    pub fn new(depth: u32, sizes: &[u32]) -> Self {
+    /// Stacks are cut at `depth` frames (`--stack-depth`); `caps[id]` is the most stack probe
+    /// `id` copies (0 for probes without a copy).
+    pub fn new(depth: u32, caps: &[u32]) -> Self {
         DwarfStacks {
-            sizes: sizes
-                .iter()
-                .map(|&now| CopySize {
-                    now,
-                    used: vec![now],
-                    truncated_below_cap: false,
-                    enough: false,
-                })
-                .collect(),
-            raised: Vec::new(),
+            caps: caps.to_vec(),
             unwinder: Unwinder::new(),
             depth: depth.max(1) as usize,
             held_bytes: 0,
@@ -264,11 +237,10 @@ impl DwarfStacks {
                 // Nothing beyond the probed address: the stack is as good as lost.
                 *self.lost.entry((probe, kind)).or_default() += 1;
             }
-            if why == Truncation::StackCopyEnd && !capture.read_failed {
-                self.copy_too_short(probe, copied);
+            if why == Truncation::StackCopyEnd && !capture.read_failed && self.at_cap(probe, copied)
+            {
+                self.stats.copy_end_at_cap += 1;
             }
-        } else {
-            self.copy_sufficed(probe, copied);
         }
         if capture.leaf != 0 {
             self.out.insert(0, capture.leaf);
@@ -284,72 +256,12 @@ impl DwarfStacks {
         (&self.out, truncated)
     }
 
-    /// An unwind of `probe` ran off the end of a `len`-byte copy: counts it when the copy was
-    /// cut by the probe's size, and raises the size when that was the current one (copies
-    /// taken before an earlier raise are shorter; a copy that ended at the top of the stack
-    /// has a length that is no size at all).
-    fn copy_too_short(&mut self, probe: ProbeId, len: usize) {
-        let Some(size) = self.sizes.get_mut(probe as usize) else {
-            return;
-        };
-        let Ok(len) = u32::try_from(len) else {
-            return;
-        };
-        if !size.used.contains(&len) {
-            return;
-        }
-        if len >= MAX_STACK_SIZE {
-            self.stats.copy_end_at_cap += 1;
-            return;
-        }
-        self.stats.copy_end_below_cap += 1;
-        size.truncated_below_cap = true;
-        if len == size.now {
-            size.now = size.now.saturating_mul(2).clamp(8, MAX_STACK_SIZE) & !7;
-            size.used.push(size.now);
-            size.enough = false;
-            self.raised.push((probe, size.now));
-        }
-    }
-
-    /// An unwind of `probe` from a `len`-byte copy was complete: when the copy was longer
-    /// than the probe's previous size, it was taken at the current one, which is then known to
-    /// be enough.
-    fn copy_sufficed(&mut self, probe: ProbeId, len: usize) {
-        if let Some(size) = self.sizes.get_mut(probe as usize) {
-            let previous = size.used.iter().rev().nth(1).copied().unwrap_or(0);
-            if len > previous as usize {
-                size.enough = true;
-            }
-        }
-    }
-
-    /// The probes whose copy size was raised since the last call, with their new size, for the
-    /// session to write to the `probes` map.
-    ///
-    /// The policy: **at once, doubling, up to [`MAX_STACK_SIZE`]**. At once, because each
-    /// event until the raise is a stack lost (`[truncated]`), while a raise costs only the
-    /// bigger copy of this one probe's events (≈ 0.5–1 µs more per call per 8 KiB on the
-    /// project's VM: docs/performance.md, "Deep stacks: the copy grows"); a stack that ran
-    /// off the end of a full copy is no accident of timing that waiting would filter out.
-    /// Doubling, because the unwind cannot tell how much more it would have needed: at most
-    /// three steps from the default 8K to the cap, and never more than twice what the deepest
-    /// stack seen needs. Only a copy as long as the current size raises it: copies still in
-    /// flight from before a raise are shorter and do not raise it again.
-    pub fn take_raised(&mut self) -> Vec<(ProbeId, u32)> {
-        std::mem::take(&mut self.raised)
-    }
-
-    /// What to pass as `--stack-size` to avoid the truncations seen below the cap: the largest
-    /// size a probe that had them reached by the end, if a complete unwind showed that size to
-    /// be enough, else the cap (the recording may have ended before a copy of the last size
-    /// was unwound, or that size too was short). `None` when there were no such truncations.
-    pub fn stack_size_hint(&self) -> Option<u32> {
-        self.sizes
-            .iter()
-            .filter(|s| s.truncated_below_cap)
-            .map(|s| if s.enough { s.now } else { MAX_STACK_SIZE })
-            .max()
+    /// Whether a `len`-byte copy of `probe` was cut by its cap. The program masks the length to
+    /// a multiple of 8, as the cap is.
+    fn at_cap(&self, probe: ProbeId, len: usize) -> bool {
+        self.caps
+            .get(probe as usize)
+            .is_some_and(|&cap| cap > 0 && len >= cap as usize)
     }
 
     /// Warnings about binaries whose unwind tables could not be used, once each.
@@ -378,6 +290,7 @@ impl DwarfStacks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use urec_bpf::abi::MAX_STACK_SIZE;
 
     #[test]
     fn holes_are_page_chunks() {
@@ -392,46 +305,15 @@ mod tests {
     }
 
     #[test]
-    fn copy_size_doubles_up_to_the_cap() {
-        let mut d = DwarfStacks::new(127, &[8192, 0]);
-        d.copy_too_short(0, 8192);
-        assert_eq!(d.take_raised(), vec![(0, 16384)]);
-        // A copy taken before the raise does not raise again.
-        d.copy_too_short(0, 8192);
-        assert!(d.take_raised().is_empty());
-        // Not yet shown to be enough: the hint is the cap. A complete unwind of a copy no
-        // longer than 8K proves nothing about 16K; one of 9000 bytes does.
-        assert_eq!(d.stack_size_hint(), Some(MAX_STACK_SIZE));
-        d.copy_sufficed(0, 8000);
-        assert_eq!(d.stack_size_hint(), Some(MAX_STACK_SIZE));
-        d.copy_sufficed(0, 9000);
-        assert_eq!(d.stack_size_hint(), Some(16384));
-        d.copy_too_short(0, 16384);
-        d.copy_too_short(0, 32768);
-        assert_eq!(d.take_raised(), vec![(0, 32768), (0, MAX_STACK_SIZE)]);
-        d.copy_too_short(0, MAX_STACK_SIZE as usize);
-        assert!(d.take_raised().is_empty());
-        assert_eq!(d.stats().copy_end_below_cap, 4);
-        assert_eq!(d.stats().copy_end_at_cap, 1);
-        assert_eq!(d.stack_size_hint(), Some(MAX_STACK_SIZE));
-        // A copy that ended at the top of the stack, shorter than the size: no raise, and no
-        // hint (a bigger size would not have helped); unknown probe ids are ignored.
-        let mut d = DwarfStacks::new(127, &[8192]);
-        d.copy_too_short(0, 4000);
-        d.copy_too_short(7, 8192);
-        assert!(d.take_raised().is_empty());
-        assert_eq!(d.stats().copy_end_below_cap, 0);
-        assert_eq!(d.stack_size_hint(), None);
-        // Started at the cap: counted at the cap, no hint.
-        let mut d = DwarfStacks::new(127, &[MAX_STACK_SIZE]);
-        d.copy_too_short(0, MAX_STACK_SIZE as usize);
-        assert!(d.take_raised().is_empty());
-        assert_eq!(d.stats().copy_end_at_cap, 1);
-        assert_eq!(d.stack_size_hint(), None);
-        // An odd starting size stays a multiple of 8.
-        let mut d = DwarfStacks::new(127, &[40000]);
-        d.copy_too_short(0, 40000);
-        assert_eq!(d.take_raised(), vec![(0, MAX_STACK_SIZE)]);
-        assert_eq!(DwarfStacks::new(127, &[8192]).stack_size_hint(), None);
+    fn only_copies_cut_by_the_cap_count_at_the_cap() {
+        let d = DwarfStacks::new(127, &[8192, 0, MAX_STACK_SIZE]);
+        assert!(d.at_cap(0, 8192));
+        // Shorter: the copy ended at the end of the stack.
+        assert!(!d.at_cap(0, 4000));
+        // No copies, or an unknown probe.
+        assert!(!d.at_cap(1, 0));
+        assert!(!d.at_cap(7, 8192));
+        assert!(d.at_cap(2, MAX_STACK_SIZE as usize));
+        assert!(!d.at_cap(2, 8192));
     }
 }

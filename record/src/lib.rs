@@ -16,7 +16,7 @@
 //!     duration: Some(std::time::Duration::from_secs(10)),
 //!     stack_mode: mode,
 //!     stack_depth: 127,
-//!     stack_size: 8192,
+//!     stack_size: urec_record::MAX_STACK_SIZE,
 //!     buffer_size: 16 << 20,
 //!     verbosity: Verbosity::Normal,
 //!     command_line: std::env::args().collect(),
@@ -109,9 +109,8 @@ pub struct RecordOptions {
     pub stack_mode: StackMode,
     /// Frames per stack (at most 127).
     pub stack_depth: u32,
-    /// Bytes of stack each `-g dwarf` probe starts copying per event (a multiple of 8, at most
-    /// [`urec_bpf::abi::MAX_STACK_SIZE`]); the recorder doubles a probe's size, up to that
-    /// maximum, when its unwinds run off the end of the copy (see [`dwarf`]).
+    /// The most bytes of stack a `-g dwarf` event copies, from the stack pointer to the end of
+    /// the stack (a multiple of 8, at most [`urec_bpf::abi::MAX_STACK_SIZE`]; see [`dwarf`]).
     pub stack_size: u32,
     /// BPF ring buffer bytes (rounded up to a power of two). It must hold the largest record:
     /// callers check with [`check_ring_fits`] first (the CLI does, as a usage error).
@@ -146,14 +145,9 @@ pub struct Summary {
     /// Stacks written truncated (`-g dwarf` stacks that end early or were cut at the depth
     /// limit): the events the report shows with `[truncated]`.
     pub truncated_stacks: u64,
-    /// Of those, stacks that ran off the end of a copy below the 64K cap (before the probe's
-    /// copy size was raised far enough).
-    pub copy_end_below_cap: u64,
-    /// Of those, stacks that ran off the end of a 64K copy.
+    /// Of those, stacks that ran off the end of a copy cut at `--stack-size` (the stack went
+    /// on beyond it).
     pub copy_end_at_cap: u64,
-    /// What `--stack-size` would have avoided the truncations below the cap (the largest size
-    /// the probes that had them reached); `None` without such truncations.
-    pub stack_size_hint: Option<u32>,
     /// Distinct stacks written.
     pub stacks: u64,
     /// Size of the data file.

@@ -274,20 +274,42 @@ fn postfix(e: &Expr, negate: bool, pred: &Predicate, out: &mut Vec<PredOp>) {
 /// `-g auto` for one probe: frame pointers when the probed binary keeps them and so do the
 /// known caller binaries (`callers_keep_frame_pointers`: the executables of the traced
 /// processes, when known, since a library function's stack runs through the program that
-/// called it), DWARF otherwise.
+/// called it; for a `#!` script, its interpreter), DWARF otherwise.
 ///
-/// Frame pointers are the cheaper capture (a walk in the program, no copy), but on a binary built
-/// without them the walk yields one or two frames. Deciding from the code, not from a name
-/// list: the probe crate measures the share of frame-setting functions that start with
-/// `push %rbp; mov %rsp,%rbp` ([`ResolvedProbe::binary_keeps_frame_pointers`]), and
-/// [`urec_probe::keeps_frame_pointers`] applies the same census to the callers.
+/// Frame pointers are the cheaper capture (a walk in the program, no copy, no unwind in the
+/// recorder), so they are used wherever the walk gives the whole stack, and DWARF only where
+/// it cannot:
+/// - **The probed binary lacks them: DWARF**, although at a function's entry its own frame is
+///   not on the stack yet: its other functions call it (libc's `strdup` and `fopen` call
+///   `malloc`), and a frame without a frame pointer hides its caller from the walk or ends it.
+///   Measured here, `libc:malloc` from a `-fno-omit-frame-pointer` program: the walk gave
+///   `strdup;malloc` for a 9-frame stack, and `main;work;__fopen_internal;malloc` with the
+///   program's `via_fopen` silently missing.
+/// - **The probed binary keeps them but the program calling it does not: DWARF.** The walk
+///   stops (or goes astray) at the first caller frame without one: an FP-built library
+///   called through ctypes from Debian's `python3.11` gave 3 of 21 frames and an `[unknown]`.
+/// - **Both keep them: frame pointers.** The libc start code below `main` (and `start_thread`
+///   below a thread's function), which Debian builds without frame pointers, is the one
+///   place where the walk ends early (`__libc_start_call_main` is its last frame): the same
+///   frames below every stack, not worth a copy of every stack.
+/// - Unknown callers (`-a`, system-wide): judged by the probed binary alone.
+///
+/// On Debian 12 every distribution binary measured lacks frame pointers (bash, libc,
+/// python3.11, sqlite3 and libsqlite3, readline, zlib), so all of them get DWARF, which then
+/// costs what each stack is (see [`crate::dwarf`], "How much stack is copied").
+///
+/// Deciding from the code, not from a name list: the probe crate measures the share of
+/// frame-setting functions that start with `push %rbp; mov %rsp,%rbp`
+/// ([`ResolvedProbe::binary_keeps_frame_pointers`]), and [`urec_probe::keeps_frame_pointers`]
+/// applies the same census to the callers.
 ///
 /// Go binaries are the exception to the census: the Go toolchain keeps frame pointers on amd64,
 /// but sets them up after the stack check, where the census does not look
-/// ([`ResolvedProbe::binary_is_go`]). Unstripped Go binaries also carry a `.debug_frame`, which
-/// is no reason to copy stacks: the walk is complete, down to `runtime.goexit`, while the DWARF
-/// unwinder skips a compressed `.debug_frame` (Go writes no `.eh_frame`) and stops after the
-/// first frame (`[truncated]`; measured on Go 1.19).
+/// ([`ResolvedProbe::binary_is_go`]); a Go program as the caller counts as keeping them too.
+/// Unstripped Go binaries also carry a `.debug_frame`, which is no reason to copy stacks: the
+/// walk is complete, down to `runtime.goexit`, while the DWARF unwinder skips a compressed
+/// `.debug_frame` (Go writes no `.eh_frame`) and stops after the first frame (`[truncated]`;
+/// measured on Go 1.19).
 pub fn auto_stack_mode(resolved: &ResolvedProbe, callers_keep_frame_pointers: bool) -> StackMode {
     let probed_keeps = resolved.binary_keeps_frame_pointers || resolved.binary_is_go;
     if probed_keeps && callers_keep_frame_pointers {

@@ -319,8 +319,8 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         opts.probes.iter().map(|p| p.probe.kind).collect(),
         crate::aggregates::hist_bits(nprobes),
     )?;
-    // Every -g dwarf probe starts at --stack-size; the consumer raises it per probe.
-    let mut configs: Vec<_> = opts
+    // Every -g dwarf probe copies at most --stack-size.
+    let configs: Vec<_> = opts
         .probes
         .iter()
         .map(|p| {
@@ -334,7 +334,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         })
         .collect();
     attach::configure(&skel, &configs)?;
-    // Probe ids are 0..n in order, so `configs[id]` is probe `id`'s (raise_copy_sizes too).
+    // Probe ids are 0..n in order, so `configs[id]` is probe `id`'s.
     let copy_sizes: Vec<u32> = configs.iter().map(|(_, cfg)| cfg.stack_size).collect();
     for &pid in &pids {
         attach::allow_tgid(&skel, pid)?;
@@ -538,8 +538,6 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             .horizon()
             .min(drained_at.saturating_sub(crate::sideband::REORDER_WINDOW_NS));
         state.borrow_mut().release(&mut sb, horizon)?;
-        let raised = state.borrow_mut().dwarf.take_raised();
-        raise_copy_sizes(&skel, &mut configs, &raised, opts, &mut warn);
         if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
             last_checkpoint = Instant::now();
             let ring_lost = attach::lost_counts(&skel, nprobes)?;
@@ -623,7 +621,6 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         st.writer.write(&Record::Lost(l))?;
     }
     let dwarf_stats = st.dwarf.stats().clone();
-    let stack_size_hint = st.dwarf.stack_size_hint();
     let unwind_warnings = st.dwarf.take_warnings();
     for l in ledger.catch_up(LostSource::Ring, &lost) {
         st.writer.write(&Record::Lost(l))?;
@@ -729,9 +726,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         lost_unwind: ledger.total(LostSource::Unwind),
         filtered: filtered_total,
         truncated_stacks: dwarf_stats.truncated_stacks,
-        copy_end_below_cap: dwarf_stats.copy_end_below_cap,
         copy_end_at_cap: dwarf_stats.copy_end_at_cap,
-        stack_size_hint,
         stacks: stacks.len() as u64,
         bytes,
         duration: Duration::from_nanos(stop_ns.saturating_sub(attach_ns)),
@@ -739,44 +734,6 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         workload_end,
         kept_files,
     })
-}
-
-/// Writes the raised stack copy sizes into the probes' map entries (so the programs copy that
-/// much from the next event on), and says so with `-v`. A refused update leaves the probe at
-/// its old size, with a warning: the recording goes on.
-fn raise_copy_sizes(
-    skel: &urec_bpf::UrecSkel<'_>,
-    configs: &mut [(urec_format::ProbeId, urec_bpf::abi::ProbeConfig)],
-    raised: &[(urec_format::ProbeId, u32)],
-    opts: &RecordOptions,
-    warn: &mut dyn FnMut(String),
-) {
-    for &(id, size) in raised {
-        let Some(entry) = configs.get_mut(id as usize) else {
-            continue;
-        };
-        let old = entry.1.stack_size;
-        entry.1.stack_size = size;
-        let name = opts
-            .probes
-            .get(id as usize)
-            .map_or("?", |p| p.probe.name.as_str());
-        match attach::configure(skel, std::slice::from_ref(entry)) {
-            Ok(()) if opts.verbosity == Verbosity::Verbose => eprintln!(
-                "urec: {name}: an unwind ran off the end of the {} stack copy; copying {} from \
-                 now on",
-                size_flag(old.into()),
-                size_flag(size.into())
-            ),
-            Ok(()) => {}
-            Err(err) => {
-                entry.1.stack_size = old;
-                warn(format!(
-                    "{name}: could not raise the stack copy size: {err:#}"
-                ));
-            }
-        }
-    }
 }
 
 /// A size as `--stack-size` and `--buffer-size` take it: `16K`, `16M`, else bytes; the stack
@@ -796,10 +753,15 @@ pub fn size_flag(bytes: u64) -> String {
 /// The largest ring-buffer record the programs may write for `probe` (without the ring's own
 /// 8-byte header): the event header, every argument at its largest (a string is its 8-byte
 /// descriptor and [`urec_bpf::abi::STR_MAX`] bytes), and the stack: for `-g dwarf` the
-/// registers, [`urec_bpf::abi::MAX_PENDING`] pending returns and a copy of
-/// [`urec_bpf::abi::MAX_STACK_SIZE`] bytes (what the copy size may grow to while recording),
-/// for frame pointers `stack_depth` + 2 frames (the inserted caller and function address).
-fn largest_record(probe: &PlannedProbe, stack_mode: StackMode, stack_depth: u32) -> usize {
+/// registers, [`urec_bpf::abi::MAX_PENDING`] pending returns and a copy of `stack_size` bytes
+/// (`--stack-size`: a copy is shorter only where the stack is), for frame pointers
+/// `stack_depth` + 2 frames (the inserted caller and function address).
+fn largest_record(
+    probe: &PlannedProbe,
+    stack_mode: StackMode,
+    stack_depth: u32,
+    stack_size: u32,
+) -> usize {
     use urec_bpf::abi;
     let args: usize = probe
         .config
@@ -810,7 +772,7 @@ fn largest_record(probe: &PlannedProbe, stack_mode: StackMode, stack_depth: u32)
     let stack = if stack_mode == StackMode::None || stack_depth == 0 {
         0
     } else if probe.config.dwarf {
-        abi::DWARF_HEADER_SIZE + 16 * abi::MAX_PENDING + abi::MAX_STACK_SIZE as usize
+        abi::DWARF_HEADER_SIZE + 16 * abi::MAX_PENDING + stack_size as usize
     } else {
         8 * (stack_depth.min(abi::MAX_DEPTH) as usize + 2)
     };
@@ -825,12 +787,13 @@ pub fn check_ring_fits(
     probes: &[PlannedProbe],
     stack_mode: StackMode,
     stack_depth: u32,
+    stack_size: u32,
     buffer_size: u64,
 ) -> std::result::Result<(), String> {
     let ring = ring_size(buffer_size).map_err(|e| e.to_string())? as usize;
     let Some((largest, probe)) = probes
         .iter()
-        .map(|p| (largest_record(p, stack_mode, stack_depth), p))
+        .map(|p| (largest_record(p, stack_mode, stack_depth, stack_size), p))
         .max_by_key(|(n, _)| *n)
     else {
         return Ok(());
@@ -840,9 +803,12 @@ pub fn check_ring_fits(
         return Ok(());
     }
     let why = if probe.config.dwarf && stack_mode != StackMode::None {
-        " (a -g dwarf stack copy may grow to 64K while recording)"
+        format!(
+            " (with a -g dwarf stack copy of up to --stack-size {})",
+            size_flag(stack_size.into())
+        )
     } else {
-        ""
+        String::new()
     };
     Err(format!(
         "--buffer-size {}: the ring buffer must hold the largest record, {} bytes for {}{}; \

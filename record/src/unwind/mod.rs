@@ -94,8 +94,8 @@ pub enum Truncation {
     UnknownAddress,
     /// A uretprobe trampoline address with no [`PendingReturn`] for it.
     Trampoline,
-    /// The unwind needed stack bytes beyond the end of the copy (the recorder then raises the
-    /// probe's copy size; `--stack-size` sets where it starts).
+    /// The unwind needed stack bytes beyond the end of the copy (cut at `--stack-size`, or the
+    /// stack's end seemed nearer than it was).
     StackCopyEnd,
     /// The unwind read below the copy or looped (inconsistent registers or CFI).
     BadStack,
