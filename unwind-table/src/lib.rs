@@ -191,3 +191,18 @@ impl UnwindTable {
             })
     }
 }
+
+impl UnwindTable {
+    /// A table whose every address falls back: for a binary mapped by a traced process whose
+    /// CFI could not be compiled, so that its frames go to copy-and-unwind rather than being
+    /// taken for unknown code.
+    pub fn fallback_only() -> Self {
+        UnwindTable::from_rows(&[(0, Rule::simple(RuleKind::Fallback))], Stats::default())
+            .unwrap_or(UnwindTable {
+                pages: vec![0, 1],
+                rows: vec![0],
+                rules: vec![Rule::simple(RuleKind::Fallback).to_word()],
+                stats: Stats::default(),
+            })
+    }
+}
