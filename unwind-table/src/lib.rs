@@ -193,6 +193,16 @@ impl UnwindTable {
 }
 
 impl UnwindTable {
+    /// A table from explicit rows (start, rule), sorted by start, the first at 0: for code
+    /// without CFI whose rules are known otherwise, and for tests.
+    pub fn from_rules(rows: &[(u32, Rule)]) -> Result<Self, Error> {
+        if rows.first().is_none_or(|r| r.0 != 0) || rows.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(Error::NoCfi);
+        }
+        let rows: Vec<(u64, Rule)> = rows.iter().map(|&(s, r)| (u64::from(s), r)).collect();
+        UnwindTable::from_rows(&rows, Stats::default())
+    }
+
     /// A table whose every address falls back: for a binary mapped by a traced process whose
     /// CFI could not be compiled, so that its frames go to copy-and-unwind rather than being
     /// taken for unknown code.

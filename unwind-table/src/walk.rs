@@ -244,3 +244,202 @@ fn evaluated(
     };
     Some(ra)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CODE: u64 = 0x1000;
+    const STACK: u64 = 0x7000_0000;
+
+    fn rsp(offset: i32, bp: Option<i32>) -> Rule {
+        Rule {
+            kind: RuleKind::CfaRsp,
+            cfa_offset: offset,
+            bp_offset: bp,
+            plt_threshold: 0,
+        }
+    }
+
+    /// A table: 0x1000.. `f` (CFA rsp+16, rbp at CFA-16), 0x1100.. `g` (CFA rsp+8),
+    /// 0x1200.. frame pointers, 0x1300.. PLT, 0x1400.. fallback, 0x1500.. end of stack,
+    /// 0x1600.. no CFI.
+    fn table() -> UnwindTable {
+        UnwindTable::from_rules(&[
+            (0, Rule::simple(RuleKind::NoCfi)),
+            (0x1000, rsp(16, Some(-16))),
+            (0x1100, rsp(8, None)),
+            (
+                0x1200,
+                Rule {
+                    kind: RuleKind::CfaRbp,
+                    cfa_offset: 16,
+                    bp_offset: Some(-16),
+                    plt_threshold: 0,
+                },
+            ),
+            (
+                0x1300,
+                Rule {
+                    kind: RuleKind::Plt,
+                    cfa_offset: 8,
+                    bp_offset: None,
+                    plt_threshold: 11,
+                },
+            ),
+            (0x1400, Rule::simple(RuleKind::Fallback)),
+            (0x1500, Rule::simple(RuleKind::EndOfStack)),
+            (0x1600, Rule::simple(RuleKind::NoCfi)),
+        ])
+        .unwrap()
+    }
+
+    fn run(table: &UnwindTable, regs: Regs, words: &[u64]) -> (Vec<u64>, WalkEnd) {
+        let mut out = Vec::new();
+        let read = |addr: u64| {
+            let i = usize::try_from(addr.checked_sub(regs.sp)? / 8).ok()?;
+            words.get(i).copied()
+        };
+        let end = walk(
+            |pc| (CODE..CODE + 0x2000).contains(&pc).then_some((table, 0)),
+            regs,
+            read,
+            16,
+            &mut out,
+        );
+        (out, end)
+    }
+
+    #[test]
+    fn rsp_rules_then_end_of_stack() {
+        let t = table();
+        // In f: [sp] = saved rbp, [sp+8] = return into g; g: [sp+16] = return into _start.
+        let words = [0xbb, 0x1150, 0x1510];
+        let (frames, end) = run(
+            &t,
+            Regs {
+                ip: 0x1010,
+                sp: STACK,
+                bp: 1,
+            },
+            &words,
+        );
+        assert_eq!(frames, [0x1010, 0x1150, 0x1510]);
+        assert_eq!(end, WalkEnd::Complete);
+    }
+
+    #[test]
+    fn frame_pointer_rows_stop_at_zero_rbp() {
+        let t = table();
+        let words = [0, 0x1250, 0, 0];
+        let (frames, end) = run(
+            &t,
+            Regs {
+                ip: 0x1210,
+                sp: STACK,
+                bp: STACK,
+            },
+            &words,
+        );
+        assert_eq!(frames, [0x1210, 0x1250]);
+        // Back in a frame-pointer row with rbp == 0: the outermost frame.
+        assert_eq!(end, WalkEnd::Complete);
+    }
+
+    #[test]
+    fn plt_entries_move_the_cfa_after_their_push() {
+        let t = table();
+        // Before the push (offset 6 of the entry): return address at [sp].
+        let (frames, _) = run(
+            &t,
+            Regs {
+                ip: 0x1306,
+                sp: STACK,
+                bp: 0,
+            },
+            &[0x1510],
+        );
+        assert_eq!(frames, [0x1306, 0x1510]);
+        // After it (offset 11): one more word.
+        let (frames, _) = run(
+            &t,
+            Regs {
+                ip: 0x130b,
+                sp: STACK,
+                bp: 0,
+            },
+            &[7, 0x1510],
+        );
+        assert_eq!(frames, [0x130b, 0x1510]);
+    }
+
+    #[test]
+    fn fallback_rows_end_the_walk() {
+        let t = table();
+        let (frames, end) = run(
+            &t,
+            Regs {
+                ip: 0x1110,
+                sp: STACK,
+                bp: 0,
+            },
+            &[0x1420],
+        );
+        assert_eq!(frames, [0x1110, 0x1420]);
+        assert_eq!(end, WalkEnd::Fallback(0x141f));
+    }
+
+    #[test]
+    fn no_cfi_returns_in_the_first_frame_and_follows_rbp_above() {
+        let t = table();
+        let (frames, _) = run(
+            &t,
+            Regs {
+                ip: 0x1610,
+                sp: STACK,
+                bp: 0,
+            },
+            &[0x1510],
+        );
+        assert_eq!(frames, [0x1610, 0x1510]);
+        // Returning into no-CFI code: rbp chain.
+        let words = [0x1620, 0, 0x1510];
+        let (frames, end) = run(
+            &t,
+            Regs {
+                ip: 0x1110,
+                sp: STACK,
+                bp: STACK + 8,
+            },
+            &words,
+        );
+        assert_eq!(frames, [0x1110, 0x1620, 0x1510]);
+        assert_eq!(end, WalkEnd::Complete);
+    }
+
+    #[test]
+    fn reads_past_the_copy_and_unknown_code_stop_it() {
+        let t = table();
+        let (_, end) = run(
+            &t,
+            Regs {
+                ip: 0x1010,
+                sp: STACK,
+                bp: 0,
+            },
+            &[0xbb],
+        );
+        assert_eq!(end, WalkEnd::ReadFailed(STACK + 8));
+        let (frames, end) = run(
+            &t,
+            Regs {
+                ip: 0x1110,
+                sp: STACK,
+                bp: 0,
+            },
+            &[0x9999],
+        );
+        assert_eq!(frames, [0x1110]);
+        assert_eq!(end, WalkEnd::UnknownAddress(0x9999));
+    }
+}
