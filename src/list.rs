@@ -158,8 +158,9 @@ fn run_unwind_stats(args: &Args) -> anyhow::Result<u8> {
     );
     let _ = writeln!(
         out,
-        "  rows            {} (from {} CFI rows), {} distinct rules, {} pages of 64 KiB",
-        s.rows, s.cfi_rows, s.distinct_rules, s.pages
+        "  rows            {} (from {} CFI rows), {} distinct rules, {} pages of 64 KiB \
+         (at most {} rows in one)",
+        s.rows, s.cfi_rows, s.distinct_rules, s.pages, s.max_page_rows
     );
     let _ = writeln!(out, "  size            {} bytes", s.bytes);
     let _ = writeln!(

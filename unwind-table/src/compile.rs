@@ -87,6 +87,8 @@ pub struct Stats {
     pub distinct_rules: usize,
     /// 64 KiB pages of stated addresses indexed.
     pub pages: usize,
+    /// Most rows in one page: what bounds the binary search of a lookup (⌈log2⌉ + 1 steps).
+    pub max_page_rows: usize,
     /// Table size in bytes: 4 per page, row and distinct rule.
     pub bytes: usize,
     /// Bytes of code covered by an FDE.

@@ -9,10 +9,18 @@
 //!
 //! # The table
 //!
-//! An [`UnwindTable`] covers a binary's whole address space (from 0) with sorted rows; each row
-//! starts at a 32-bit stated address (SVMA, as in the ELF file) and holds one 32-bit [`Rule`]
-//! word. Two parallel arrays (`starts`, `rules`) are what a BPF map gets: a binary search over
-//! `starts` finds the row of a pc, and the rule word says how to find the caller:
+//! An [`UnwindTable`] covers a binary's whole 32-bit space of stated addresses (SVMA, as in
+//! the ELF file) with rows, each saying from which address on one rule holds. It is three
+//! `u32` arrays, what BPF maps get:
+//!
+//! - `pages`: for each 64 KiB page, the index of its first row (and one past the last page);
+//! - `rows`: `(address & 0xffff) << 16 | rule index`, sorted within a page, each page opening
+//!   with a row at its offset 0, so a lookup is one index step and a binary search of a few
+//!   hundred rows at most, never leaving its page;
+//! - `rules`: the binary's distinct [`Rule`] words (a few hundred: libc has 300).
+//!
+//! 4 bytes per row instead of 8 for (start, rule) pairs: libc's 28,298 rows take 114 KB. A
+//! rule word says how to find the caller:
 //!
 //! - the CFA (the caller's stack pointer) is `rsp + N` or `rbp + N`
 //!   ([`RuleKind::CfaRsp`], [`RuleKind::CfaRbp`]), or the lazy-binding PLT's
@@ -126,6 +134,11 @@ impl UnwindTable {
         stats.rows = rows.len();
         stats.distinct_rules = rules.len();
         stats.pages = pages.len() - 1;
+        stats.max_page_rows = pages
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0);
         stats.bytes = 4 * (pages.len() + rows.len() + rules.len());
         Ok(UnwindTable {
             pages,

@@ -22,6 +22,7 @@ fn binaries() -> Vec<String> {
         "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
         "/usr/bin/bash",
         "/usr/bin/sqlite3",
+        "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0",
         "/usr/bin/python3.11",
         "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
         "/usr/bin/x86_64-linux-gnu-g++-12",
