@@ -291,3 +291,64 @@ proptest! {
         prop_assert_eq!(check(&cfi, &mut ctx, table, address), Ok(()));
     }
 }
+
+/// A library whose only CFI is `.debug_frame` (gcc `-fno-asynchronous-unwind-tables -g`, no
+/// start files): the table comes from it, row for row.
+#[test]
+fn debug_frame_only() {
+    let dir = std::env::temp_dir().join(format!("urec-unwind-table-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("df.c");
+    std::fs::write(
+        &src,
+        "int g(int x) { volatile int a[10]; a[0] = x; return a[0] + 1; }\n\
+         int f(int x) { return g(x) * 2 + g(x + 1); }\n",
+    )
+    .unwrap();
+    let lib = dir.join("libdf.so");
+    let built = std::process::Command::new("gcc")
+        .args([
+            "-O2",
+            "-shared",
+            "-nostdlib",
+            "-fno-asynchronous-unwind-tables",
+        ])
+        .args(["-fno-exceptions", "-g", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: no gcc");
+        return;
+    }
+    let data = std::fs::read(&lib).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let elf = object::File::parse(&*data).unwrap();
+    let table = UnwindTable::from_elf(&elf).unwrap();
+    assert_eq!(table.stats().section, ".debug_frame");
+    let section = elf.section_by_name(".debug_frame").unwrap();
+    let mut debug_frame = gimli::DebugFrame::new(section.data().unwrap(), LittleEndian);
+    debug_frame.set_address_size(8);
+    let bases = BaseAddresses::default();
+    let mut ctx = UnwindContext::new();
+    let mut entries = debug_frame.entries(&bases);
+    let mut rows = 0;
+    while let Some(entry) = entries.next().unwrap() {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let fde = partial.parse(gimli::DebugFrame::cie_from_offset).unwrap();
+        let mut table_rows = fde.rows(&debug_frame, &bases, &mut ctx).unwrap();
+        while let Some(row) = table_rows.next_row().unwrap() {
+            let rule = table.lookup(row.start_address()).unwrap();
+            let CfaRule::RegisterAndOffset { register, offset } = row.cfa() else {
+                panic!("unexpected CFA {:?}", row.cfa());
+            };
+            assert_eq!(*register, X86_64::RSP);
+            assert_eq!(rule.kind, RuleKind::CfaRsp);
+            assert_eq!(i64::from(rule.cfa_offset), *offset);
+            rows += 1;
+        }
+    }
+    assert!(rows >= 2, "{rows} rows");
+}
