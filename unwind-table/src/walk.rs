@@ -109,6 +109,7 @@ pub fn walk<'t>(
     }
 }
 
+/// Why a step found no caller; [`walk`] turns each into a [`WalkEnd`].
 enum StepError {
     Fallback,
     Read(u64),
@@ -122,9 +123,6 @@ fn step(
     regs: &mut Regs,
     read: &mut impl FnMut(u64) -> Option<u64>,
 ) -> Result<Step, StepError> {
-    let read_at = |read: &mut dyn FnMut(u64) -> Option<u64>, addr: u64| {
-        read(addr).ok_or(StepError::Read(addr))
-    };
     let (sp, bp) = (regs.sp, regs.bp);
     let (new_sp, new_bp) = match rule.kind {
         RuleKind::Fallback => return Err(StepError::Fallback),
@@ -162,7 +160,8 @@ fn step(
     };
     // Wrapping, as framehop's release build: a CFA below 8 reads an unmapped address and
     // fails there, without a panic in debug builds.
-    let ra = read_at(read, new_sp.wrapping_sub(8))?;
+    let slot = new_sp.wrapping_sub(8);
+    let ra = read(slot).ok_or(StepError::Read(slot))?;
     if ra == 0 {
         return Ok(Step::End);
     }
