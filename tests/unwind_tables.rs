@@ -219,3 +219,25 @@ fn system_binaries() {
         ],
     );
 }
+
+/// `urec list --unwind-stats` (no root needed): libc's table within the goals of issue 30
+/// (≤ 200 KB, under 1% of its code left to the fallback).
+#[test]
+fn list_unwind_stats() {
+    let out = urec_ok(&["list", "--unwind-stats", "libc"]);
+    let field = |name: &str| -> u64 {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in {out}"));
+        line.split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no number in {line:?}"))
+    };
+    let size = field("size");
+    let covered = field("code with CFI");
+    let fallback = field("fallback");
+    assert!(size > 10_000 && size <= 200_000, "{out}");
+    assert!(fallback * 100 < covered, "{out}");
+    assert!(out.contains(".eh_frame"), "{out}");
+}
