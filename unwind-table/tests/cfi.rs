@@ -236,6 +236,22 @@ fn every_fde_row_agrees_with_gimli() {
     assert!(checked > 0, "no binary to check");
 }
 
+/// libc's lazy-binding PLT has the binutils CFA expression: it must become `Plt` rows, not
+/// fallback ones.
+#[test]
+fn plt_expression_is_recognised() {
+    let (_, table, _) = libc();
+    let plt: Vec<Rule> = table
+        .rows()
+        .map(|(_, r)| r)
+        .filter(|r| r.kind == RuleKind::Plt)
+        .collect();
+    assert!(!plt.is_empty(), "no PLT row");
+    for rule in plt {
+        assert_eq!((rule.cfa_offset, rule.plt_threshold), (8, 11), "{rule:?}");
+    }
+}
+
 #[test]
 fn compiling_is_deterministic() {
     let data = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6")
