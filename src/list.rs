@@ -16,12 +16,19 @@ pub struct Args {
     /// List the USDT probes (`.note.stapsdt`) instead of functions.
     #[arg(long)]
     pub usdt: bool,
+    /// Compile the binary's unwind table from its CFI (what in-kernel DWARF unwinding will
+    /// load) and print its size, build time and the share of code left to the fallback.
+    #[arg(long, conflicts_with_all = ["usdt", "glob"])]
+    pub unwind_stats: bool,
 }
 
 /// Runs `urec list`; returns the exit status. The output format is in its `--help` (main.rs).
 pub fn run(args: Args) -> anyhow::Result<u8> {
     if args.usdt {
         return run_usdt(&args);
+    }
+    if args.unwind_stats {
+        return run_unwind_stats(&args);
     }
     let functions = urec_probe::list(&args.target, args.glob.as_deref())?;
     let stdout = std::io::stdout();
@@ -109,6 +116,77 @@ fn run_usdt(args: &Args) -> anyhow::Result<u8> {
         }
         return Ok(1);
     }
+    Ok(0)
+}
+
+/// `urec list --unwind-stats`: the unwind table of one binary, measured.
+fn run_unwind_stats(args: &Args) -> anyhow::Result<u8> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    let path = urec_probe::find_target(&args.target)?;
+    // Read, not mapped: the file may be replaced or truncated while we read (see
+    // urec_untrusted).
+    let mut data = Vec::new();
+    urec_untrusted::open(&path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let elf = object::File::parse(&*data)
+        .with_context(|| format!("{}: not an ELF file", path.display()))?;
+    let started = std::time::Instant::now();
+    let table = urec_unwind_table::UnwindTable::from_elf(&elf)
+        .with_context(|| format!("{}: cannot compile an unwind table", path.display()))?;
+    let took = started.elapsed();
+    let s = table.stats();
+    let percent = |part: u64| {
+        if s.covered_bytes == 0 {
+            0.0
+        } else {
+            100.0 * part as f64 / s.covered_bytes as f64
+        }
+    };
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "{}",
+        urec_format::printable(&path.display().to_string())
+    );
+    let _ = writeln!(
+        out,
+        "  source          {} ({} FDEs, {} unreadable)",
+        s.section, s.fdes, s.bad_fdes
+    );
+    let _ = writeln!(
+        out,
+        "  rows            {} (from {} CFI rows), {} distinct rules, {} pages of 64 KiB \
+         (at most {} rows in one)",
+        s.rows, s.cfi_rows, s.distinct_rules, s.pages, s.max_page_rows
+    );
+    let _ = writeln!(out, "  size            {} bytes", s.bytes);
+    let _ = writeln!(
+        out,
+        "  build time      {:.1} ms",
+        took.as_secs_f64() * 1000.0
+    );
+    let _ = writeln!(out, "  code with CFI   {} bytes", s.covered_bytes);
+    let _ = writeln!(
+        out,
+        "  fallback        {} bytes ({:.3}%)",
+        s.fallback_bytes,
+        percent(s.fallback_bytes)
+    );
+    for (why, bytes) in &s.fallback_by_reason {
+        let _ = writeln!(
+            out,
+            "    {:<24}{} bytes ({:.3}%)",
+            why.to_string(),
+            bytes,
+            percent(*bytes)
+        );
+    }
+    let stdout = std::io::stdout();
+    let mut w = stdout.lock();
+    ended(w.write_all(out.as_bytes()), &mut w)?;
     Ok(0)
 }
 

@@ -45,6 +45,9 @@ enum Command {
     /// PROVIDER:NAME (what `-e usdt:TARGET:PROVIDER:NAME` names), ELF virtual address, the
     /// semaphore's address (urec sets it while recording), and the operands `arg1`, `arg2`...
     /// fetch (`-4@%edi`: a signed 4-byte value in %edi).
+    /// With `--unwind-stats`: the size and build time of the binary's unwind table (its CFI
+    /// compiled for in-kernel DWARF unwinding) and how much of its code falls back to copying
+    /// the stack, by reason.
     /// Exits with status 1 when nothing matches.
     List(list::Args),
     /// Describe a recording: header, probes, processes, binaries, counts, sizes.

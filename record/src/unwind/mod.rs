@@ -26,6 +26,7 @@
 //!   the [`PendingReturn`]s passed in (read from the kernel's `return_instances` by the BPF
 //!   side).
 
+mod check;
 mod elf;
 
 use std::collections::HashMap;
@@ -160,6 +161,8 @@ pub struct Unwinder {
     memo_hits: u64,
     /// Words the unwind at hand read, for its memo entry.
     reads: Vec<(u64, Option<u64>)>,
+    /// The unwind-table cross-check of tests (see [`check`]), when its variable is set.
+    check: Option<check::TableCheck>,
 }
 
 /// One earlier unwind, reusable for a new capture with the same pid and registers when every
@@ -221,6 +224,7 @@ impl Unwinder {
             memo: FxHashMap::default(),
             memo_hits: 0,
             reads: Vec::new(),
+            check: check::TableCheck::from_env(),
         }
     }
 
@@ -247,6 +251,9 @@ impl Unwinder {
             // Still forget what the new mapping replaced.
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.remove_overlapping(&range);
+            }
+            if let Some(check) = &mut self.check {
+                check.remove_overlapping(pid, &range);
             }
             return;
         };
@@ -279,6 +286,9 @@ impl Unwinder {
             self.cache = CacheX86_64::new();
             self.module_changes = 0;
         }
+        if let Some(check) = &mut self.check {
+            check.add(pid, file_key(mapping), &info, range.clone(), bias);
+        }
         let process = self.processes.entry(pid).or_default();
         process.remove_overlapping(&range);
         let at = process.modules.partition_point(|m| m.start < range.start);
@@ -290,12 +300,18 @@ impl Unwinder {
     pub fn exec(&mut self, pid: u32) {
         self.memo.clear();
         self.processes.remove(&pid);
+        if let Some(check) = &mut self.check {
+            check.forget(pid);
+        }
     }
 
     /// `pid` exited.
     pub fn exit(&mut self, pid: u32) {
         self.memo.clear();
         self.processes.remove(&pid);
+        if let Some(check) = &mut self.check {
+            check.forget(pid);
+        }
     }
 
     /// Unwinds answered from the memo so far.
@@ -371,7 +387,18 @@ impl Unwinder {
                 out.clear();
                 out.extend_from_slice(&m.frames);
                 self.memo_hits += 1;
-                return m.outcome;
+                let outcome = m.outcome;
+                self.check(
+                    pid,
+                    regs,
+                    stack,
+                    holes,
+                    trampoline,
+                    pending_returns,
+                    out,
+                    outcome,
+                );
+                return outcome;
             }
         }
         let mut reads = std::mem::take(&mut self.reads);
@@ -401,7 +428,46 @@ impl Unwinder {
             },
         );
         self.reads = reads;
+        self.check(
+            pid,
+            regs,
+            stack,
+            holes,
+            trampoline,
+            pending_returns,
+            out,
+            outcome,
+        );
         outcome
+    }
+
+    /// Hands an unwind to the table cross-check, when on.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        &mut self,
+        pid: u32,
+        regs: Regs,
+        stack: &[u8],
+        holes: &[Range<u64>],
+        trampoline: Option<u64>,
+        pending_returns: &[PendingReturn],
+        out: &[u64],
+        outcome: UnwindOutcome,
+    ) {
+        if let Some(check) = &mut self.check {
+            let trampoline =
+                trampoline.or_else(|| self.processes.get(&pid).and_then(|p| p.trampoline));
+            check.compare(
+                pid,
+                regs,
+                stack,
+                holes,
+                trampoline,
+                pending_returns,
+                out,
+                outcome,
+            );
+        }
     }
 
     /// Unwinds with framehop, logging every stack word read into `reads`.
@@ -485,16 +551,7 @@ impl Unwinder {
 
     /// The cached unwind info of the file `mapping` maps, reading it on first use.
     fn file(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ElfUnwindInfo>> {
-        let key = if let Some(id) = mapping.build_id.as_ref().filter(|id| !id.0.is_empty()) {
-            FileKey::BuildId(id.0.clone())
-        } else if mapping.inode != 0 {
-            FileKey::Inode {
-                dev: mapping.dev,
-                inode: mapping.inode,
-            }
-        } else {
-            FileKey::Path(mapping.path.clone())
-        };
+        let key = file_key(mapping);
         if let Some(cached) = self.files.get(&key) {
             return cached.clone();
         }
@@ -527,6 +584,20 @@ impl Unwinder {
         };
         self.files.insert(key, entry.clone());
         entry
+    }
+}
+
+/// How the file behind `mapping` is recognised in the caches.
+fn file_key(mapping: &Mapping) -> FileKey {
+    if let Some(id) = mapping.build_id.as_ref().filter(|id| !id.0.is_empty()) {
+        FileKey::BuildId(id.0.clone())
+    } else if mapping.inode != 0 {
+        FileKey::Inode {
+            dev: mapping.dev,
+            inode: mapping.inode,
+        }
+    } else {
+        FileKey::Path(mapping.path.clone())
     }
 }
 
