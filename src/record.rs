@@ -453,6 +453,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 )
             );
         }
+        if summary.lost_ring > 0 {
+            notes += &format!(
+                " (the report's counts and latencies stay exact: {} counted in the kernel)",
+                plural(summary.kernel_calls, "call", "calls")
+            );
+        }
         if summary.filtered > 0 {
             notes += &format!(
                 "; {} filtered out by predicates",

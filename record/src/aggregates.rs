@@ -136,6 +136,11 @@ impl KernelCounts {
         Ok(out)
     }
 
+    /// Calls of every probe in the last snapshots [`Self::changed`] returned.
+    pub fn total_calls(&self) -> u64 {
+        self.written.iter().map(|w| w[0]).sum()
+    }
+
     /// Snapshots of the probes whose counts changed since the last call.
     pub fn changed(&mut self, skel: &UrecSkel<'_>) -> Result<Vec<Aggregate>> {
         let mut out = Vec::new();

@@ -142,6 +142,9 @@ pub struct Summary {
     pub lost_unwind: u64,
     /// Calls the probes' predicates rejected (not recorded, not lost).
     pub filtered: u64,
+    /// Calls the probes counted in the kernel (entries; returns of return-only probes), what
+    /// the report shows where events were lost.
+    pub kernel_calls: u64,
     /// Stacks written truncated (`-g dwarf` stacks that end early or were cut at the depth
     /// limit): the events the report shows with `[truncated]`.
     pub truncated_stacks: u64,

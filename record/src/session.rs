@@ -604,6 +604,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     let lost = attach::lost_counts(&skel, nprobes)?;
     let filtered = kernel_counts.filtered(&skel)?;
     let final_counts = kernel_counts.changed(&skel)?;
+    let kernel_calls = kernel_counts.total_calls();
     let filtered_total = filtered.iter().map(|&(_, n)| n).sum();
     drop(ring);
     let mut st = state.into_inner();
@@ -725,6 +726,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         lost_sideband: sideband.lost(),
         lost_unwind: ledger.total(LostSource::Unwind),
         filtered: filtered_total,
+        kernel_calls,
         truncated_stacks: dwarf_stats.truncated_stacks,
         copy_end_at_cap: dwarf_stats.copy_end_at_cap,
         stacks: stacks.len() as u64,

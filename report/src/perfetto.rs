@@ -19,7 +19,8 @@
 //!   open at the end close at the recording's stop with `in_flight = true` (`return_lost` in a
 //!   process that had ended by then: the report counts those as unmatched).
 //! - A `urec` track holds one summary slice from attach to stop whose debug annotations are the
-//!   command, the event count and the lost counts per probe.
+//!   command, the event count and the lost counts per probe, and for a probe that lost events
+//!   its calls as the kernel counted them (`calls.PROBE`): the slices cover part of those.
 //!
 //! # Memory
 //! Events are reordered in a bounded window as `urec script` does
@@ -253,6 +254,9 @@ struct Writer<'o> {
     interned: Msg,
     lost: FxMap<ProbeId, u64>,
     lost_total: u64,
+    /// Calls per probe as the kernel counted them (the last Aggregate snapshot): what the
+    /// slices, built from the recorded events, cover part of when events were lost.
+    kernel_calls: FxMap<ProbeId, u64>,
     finish: Option<urec_format::Finish>,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -303,6 +307,7 @@ impl<'o> Writer<'o> {
             interned: Msg::new(),
             lost: FxMap::default(),
             lost_total: 0,
+            kernel_calls: FxMap::default(),
             finish: None,
             first_ns: None,
             last_ns: 0,
@@ -390,6 +395,9 @@ impl<'o> Writer<'o> {
                     let n = self.lost.entry(p).or_default();
                     *n = n.saturating_add(l.count);
                 }
+            }
+            Record::Aggregate(a) => {
+                self.kernel_calls.insert(a.probe, a.calls);
             }
             Record::Finish(f) => self.finish = Some(f),
             _ => {}
@@ -757,6 +765,17 @@ impl<'o> Writer<'o> {
         lost.sort();
         for (probe, n) in lost {
             annotation(&mut self.body, &format!("lost.{probe}"), &Value::Uint(n));
+        }
+        // Where events were lost, the slices cover part of the calls: say how many there were.
+        let mut calls: Vec<(String, u64)> = self
+            .kernel_calls
+            .iter()
+            .filter(|(p, _)| self.lost.contains_key(p))
+            .filter_map(|(p, &n)| self.probes.get(p).map(|i| (i.probe.name.clone(), n)))
+            .collect();
+        calls.sort();
+        for (probe, n) in calls {
+            annotation(&mut self.body, &format!("calls.{probe}"), &Value::Uint(n));
         }
         self.packet.uint(PACKET_TIMESTAMP, attach);
         self.packet
