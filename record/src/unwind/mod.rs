@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
-use framehop::{ExplicitModuleSectionInfo, Module, Unwinder as _};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
 use urec_format::Mapping;
 use urec_untrusted::Identity;
 
@@ -151,7 +151,8 @@ impl Process {
 pub struct Unwinder {
     files: HashMap<FileKey, Option<Arc<ElfUnwindInfo>>>,
     processes: HashMap<u32, Process>,
-    cache: CacheX86_64,
+    /// framehop's rule caches; see [`RULE_CACHES`].
+    caches: Vec<CacheX86_64>,
     /// Module additions and removals since `cache` was made; see [`CACHE_GENERATIONS`].
     module_changes: u32,
     warnings: Vec<String>,
@@ -197,6 +198,26 @@ fn stack_word(stack: &[u8], sp: u64, holes: &[Range<u64>], addr: u64) -> Option<
     Some(u64::from_le_bytes(word))
 }
 
+/// Rule caches, each a framehop `CacheX86_64`: a direct-mapped table of 509 rules indexed by
+/// `address % 509`. Two return addresses of a stack in the same slot evict each other on
+/// every unwind, and each miss costs a binary search of `.eh_frame_hdr` and a CFI
+/// evaluation; which addresses collide depends on where ASLR loaded the code, so with one
+/// cache the recorder's unwind cost on `bench/targets/varied.c` (80 functions) varied by a
+/// third from run to run (callgrind: 206M vs 280M instructions for the same 20,000 stacks).
+/// An address uses cache `(address / 509) % RULE_CACHES`, so addresses that share a slot
+/// are spread over the caches; 8 caches hold ≈4,000 rules in ≈200 KiB.
+const RULE_CACHES: usize = 8;
+/// framehop's slots per cache (its `CACHE_ENTRY_COUNT`).
+const RULE_CACHE_SLOTS: u64 = 509;
+
+fn new_rule_caches() -> Vec<CacheX86_64> {
+    (0..RULE_CACHES).map(|_| CacheX86_64::new()).collect()
+}
+
+fn rule_cache_index(address: u64) -> usize {
+    ((address / RULE_CACHE_SLOTS) % RULE_CACHES as u64) as usize
+}
+
 /// framehop tags cached rules with a global 16-bit generation counter that every module
 /// addition or removal (and every new per-process unwinder) bumps; after 65,536 changes an old rule could pass as current. A
 /// system-wide recording adds a handful of modules per exec, so the cache is replaced well
@@ -215,7 +236,7 @@ impl Unwinder {
         Unwinder {
             files: HashMap::new(),
             processes: HashMap::new(),
-            cache: CacheX86_64::new(),
+            caches: new_rule_caches(),
             module_changes: 0,
             warnings: Vec::new(),
             memo: FxHashMap::default(),
@@ -276,7 +297,7 @@ impl Unwinder {
         // The addition, and at most about one removal or new process per addition.
         self.module_changes += 2;
         if self.module_changes >= CACHE_GENERATIONS {
-            self.cache = CacheX86_64::new();
+            self.caches = new_rule_caches();
             self.module_changes = 0;
         }
         let process = self.processes.entry(pid).or_default();
@@ -440,19 +461,24 @@ impl Unwinder {
             Ok(value)
         };
 
-        let mut frames = process.unwinder.iter_frames(
-            regs.ip,
-            UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
-            &mut self.cache,
-            &mut read_stack,
-        );
-        // The first item is `regs.ip`, already in `out`.
-        if !matches!(frames.next(), Ok(Some(_))) {
-            return UnwindOutcome::Truncated(Truncation::BadStack);
-        }
+        // Frame by frame (what framehop's `iter_frames` does), each with the rule cache of
+        // its address: see [`RULE_CACHES`].
+        let mut fh_regs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
+        let mut address = FrameAddress::InstructionPointer(regs.ip);
         loop {
-            match frames.next() {
+            let cache = &mut self.caches[rule_cache_index(address.address_for_lookup())];
+            let next = process
+                .unwinder
+                .unwind_frame(address, &mut fh_regs, cache, &mut read_stack)
+                .and_then(|ret| match ret {
+                    Some(ret) => FrameAddress::from_return_address(ret)
+                        .map(Some)
+                        .ok_or(framehop::Error::ReturnAddressIsNull),
+                    None => Ok(None),
+                });
+            match next {
                 Ok(Some(frame)) => {
+                    address = frame;
                     let addr = frame.address();
                     if !process.contains(frame.address_for_lookup()) {
                         let why = if Some(addr) == trampoline {
