@@ -159,6 +159,10 @@ pub struct Unwinder {
     /// Earlier unwinds by their starting registers; see [`Memo`].
     memo: FxHashMap<(u32, Regs), Memo>,
     memo_hits: u64,
+    /// Memo lookups that missed since the last hit; see [`MEMO_COLD_AFTER`].
+    memo_misses: u32,
+    /// Unwinds so far (wrapping), to sample a cold memo.
+    unwinds: u64,
     /// Words the unwind at hand read, for its memo entry.
     reads: Vec<(u64, Option<u64>)>,
 }
@@ -182,6 +186,16 @@ struct Memo {
 
 /// Memo entries at most; the memo starts over when full.
 const MEMO_ENTRIES: usize = 4096;
+
+/// After this many memo misses in a row (a memo's worth), captures are taken not to repeat
+/// (every call a new stack: `bench/targets/varied.c`, an interpreter), and the memo is
+/// consulted and filled for one unwind in [`MEMO_COLD_SAMPLE`] only: logging every stack word
+/// read, the lookup and the stored copy cost about a quarter of each unwind there (callgrind:
+/// 165M instructions for 20,000 stacks before the memo, 206M with it) and never paid back. A
+/// sampled hit makes the memo warm again, so a workload whose stacks start repeating gets it
+/// back within a few dozen unwinds.
+const MEMO_COLD_AFTER: u32 = MEMO_ENTRIES as u32;
+const MEMO_COLD_SAMPLE: u64 = 32;
 
 /// The stack word at `addr` of a copy starting at `sp`, `None` where unreadable.
 fn stack_word(stack: &[u8], sp: u64, holes: &[Range<u64>], addr: u64) -> Option<u64> {
@@ -241,6 +255,8 @@ impl Unwinder {
             warnings: Vec::new(),
             memo: FxHashMap::default(),
             memo_hits: 0,
+            memo_misses: 0,
+            unwinds: 0,
             reads: Vec::new(),
         }
     }
@@ -381,6 +397,20 @@ impl Unwinder {
         pending_returns: &[PendingReturn],
         out: &mut Vec<u64>,
     ) -> UnwindOutcome {
+        // A memo that keeps missing is consulted for one unwind in MEMO_COLD_SAMPLE only.
+        self.unwinds = self.unwinds.wrapping_add(1);
+        if self.memo_misses >= MEMO_COLD_AFTER && self.unwinds % MEMO_COLD_SAMPLE != 0 {
+            return self.unwind_uncached(
+                pid,
+                regs,
+                stack,
+                holes,
+                trampoline,
+                pending_returns,
+                out,
+                None,
+            );
+        }
         if let Some(m) = self.memo.get(&(pid, regs)) {
             if m.trampoline == trampoline
                 && m.pending == pending_returns
@@ -392,9 +422,11 @@ impl Unwinder {
                 out.clear();
                 out.extend_from_slice(&m.frames);
                 self.memo_hits += 1;
+                self.memo_misses = 0;
                 return m.outcome;
             }
         }
+        self.memo_misses = self.memo_misses.saturating_add(1);
         let mut reads = std::mem::take(&mut self.reads);
         reads.clear();
         let outcome = self.unwind_uncached(
@@ -405,7 +437,7 @@ impl Unwinder {
             trampoline,
             pending_returns,
             out,
-            &mut reads,
+            Some(&mut reads),
         );
         if self.memo.len() >= MEMO_ENTRIES {
             self.memo.clear();
@@ -436,7 +468,7 @@ impl Unwinder {
         trampoline: Option<u64>,
         pending_returns: &[PendingReturn],
         out: &mut Vec<u64>,
-        reads: &mut Vec<(u64, Option<u64>)>,
+        mut reads: Option<&mut Vec<(u64, Option<u64>)>>,
     ) -> UnwindOutcome {
         out.clear();
         out.push(regs.ip);
@@ -453,7 +485,9 @@ impl Unwinder {
         let mut substitutions = Substitutions::new(pending_returns);
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let word = stack_word(stack, sp, holes, addr);
-            reads.push((addr, word));
+            if let Some(reads) = reads.as_mut() {
+                reads.push((addr, word));
+            }
             let value = word.ok_or(())?;
             if Some(value) == trampoline {
                 return Ok(substitutions.original(addr).unwrap_or(value));
