@@ -399,7 +399,7 @@ impl Unwinder {
     ) -> UnwindOutcome {
         // A memo that keeps missing is consulted for one unwind in MEMO_COLD_SAMPLE only.
         self.unwinds = self.unwinds.wrapping_add(1);
-        if self.memo_misses >= MEMO_COLD_AFTER && self.unwinds % MEMO_COLD_SAMPLE != 0 {
+        if self.memo_misses >= MEMO_COLD_AFTER && !self.unwinds.is_multiple_of(MEMO_COLD_SAMPLE) {
             return self.unwind_uncached(
                 pid,
                 regs,
