@@ -315,6 +315,100 @@ fn counts_args_and_the_semaphore_guarded_site() {
     );
 }
 
+/// Predicates on USDT probes read the operands where the note says (a register, a global read
+/// RIP-relative, memory at a register, a scaled index, a string through a register), compare
+/// in the operand's size and sign, and keep exactly the firings they match; the semaphore of a
+/// guarded site is still set, and the program's output is what it is without urec.
+#[test]
+fn predicates_on_usdt_operands_keep_exactly_the_matching_firings() {
+    if !have_root() || !have_sdt() {
+        return;
+    }
+    let d = Demo::build();
+    const N: u64 = 25;
+    let alone = Command::new(&d.exe).arg(N.to_string()).output().unwrap();
+    let alone = String::from_utf8_lossy(&alone.stdout).into_owned();
+    let p = d.path();
+    // Firing i (0..25): tick(i, 1000 + i, -7), item(name_i, -(i % 4 + 1)),
+    // pick(table[i % 3]), guarded(5 i).
+    let specs = [
+        // `-4@%edi` and `-8@limit(%rip)`: i in 10..20.
+        format!("usdt:{p}:demo:tick if arg1 >= 10 && arg2 < 1020"),
+        // `-4@8(%rsi)` compared as s32 (a sign or width error misses -2), or the string in
+        // %rdx: i % 4 == 1 (6 firings) or "alpha3" (i = 3).
+        format!("usdt:{p}:item name=+0(arg1):string w=arg2 if w == -2 || name == \"alpha3\""),
+        // `-8@(%rax,%rdi,8)`: i % 3 == 1.
+        format!("usdt:{p}:pick if !(arg1 != 200)"),
+        // Behind the semaphore, `-4@%eax`: 5 i > 50, i in 11..25.
+        format!("usdt:{p}:demo:guarded if arg1 > 50"),
+    ];
+    let expected = [
+        ("usdt:demo:tick", 10u64),
+        ("usdt:demo:item", 7),
+        ("usdt:demo:pick", 8),
+        ("usdt:demo:guarded", 14),
+    ];
+    let out = d.data("pred.data");
+    let mut argv: Vec<&str> = vec!["-q"];
+    for s in &specs {
+        argv.extend(["-e", s.as_str()]);
+    }
+    let n = N.to_string();
+    argv.extend(["-o", out.to_str().unwrap(), "--", p, &n]);
+    let run = record(&argv).output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(
+        stdout,
+        alone.replace("guarded fired 0 of 25", "guarded fired 25 of 25"),
+        "the program's output is unchanged but for the semaphore-guarded site, which fired"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
+        "report",
+        "-i",
+        out.to_str().unwrap(),
+        "--json",
+        "-",
+    ]))
+    .unwrap();
+    assert_eq!(json["recording"]["lost"], 0);
+    let functions = json["functions"].as_array().unwrap();
+    for (probe, kept) in expected {
+        let f = functions
+            .iter()
+            .find(|f| f["probe"] == probe)
+            .unwrap_or_else(|| panic!("no {probe} in {functions:?}"));
+        assert_eq!(f["calls"], kept, "{probe}: calls");
+        assert_eq!(f["filtered"], N - kept, "{probe}: filtered");
+    }
+    // The kept firings are the expected ones, with their arguments.
+    let rec = Recording::read(&out);
+    let item = rec
+        .probes
+        .iter()
+        .find(|p| p.name == "usdt:demo:item")
+        .unwrap();
+    let mut kept: Vec<(String, i32)> = rec
+        .events
+        .iter()
+        .filter(|e| e.probe == item.id)
+        .map(|e| (string(&e.args[0]), int(&e.args[1]) as i32))
+        .collect();
+    kept.sort();
+    let names = ["alpha", "beta", "gamma"];
+    let mut want: Vec<(String, i32)> = (0..N as i32)
+        .filter(|i| i % 4 == 1 || *i == 3)
+        .map(|i| (format!("{}{i}", names[i as usize % 3]), -(i % 4 + 1)))
+        .collect();
+    want.sort();
+    assert_eq!(kept, want);
+}
+
 #[test]
 fn register_rip_relative_constant_and_indexed_operands() {
     if !have_root() || !have_sdt() {
@@ -765,6 +859,17 @@ fn bad_usdt_specs_exit_2() {
     );
     refused(&format!("usdt:{p}:tick $retval"), &["no return"]);
     refused(&format!("usdt:{p}:tick%return"), &["no return probe"]);
+    // A predicate's constant is checked against the site's operand type (tick's arg1 is
+    // `-4@%edi`: s32), and its argN against the site's operands.
+    refused(
+        &format!("usdt:{p}:tick if arg1 == 0x80000000"),
+        &["does not fit arg1's type s32", "usdt:demo:tick"],
+    );
+    refused(
+        &format!("usdt:{p}:tick if arg4 == 1"),
+        &["arg4 does not exist"],
+    );
+    refused(&format!("usdt:{p}:tick if $retval == 1"), &["no return"]);
     refused(&format!("usdt:{p}"), &["usdt:TARGET:PROVIDER:NAME"]);
     refused("usdt:/usr/bin/env:x:y", &["has no USDT probes"]);
 

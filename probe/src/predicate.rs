@@ -261,11 +261,26 @@ fn parse_int(word: &str) -> Result<i128, String> {
     Ok(if neg { -v } else { v })
 }
 
+/// How operands that name `argN` without a TYPE are typed.
+#[derive(Clone, Copy)]
+pub(crate) enum Typing<'a> {
+    /// As written (uprobes: a bare `argN` is x64, a named ARG has its TYPE or x64).
+    AsWritten,
+    /// A USDT spec before its sites are known: an untyped `argN` takes its operand's type at
+    /// each site, so its constants are checked only against 64 bits (signed or not) here, and
+    /// again, strictly, by [`Typing::UsdtSite`].
+    UsdtDeferred,
+    /// A USDT site: an untyped `argN` has the type of the site's N-th operand (its size and
+    /// sign), `None` when the site has no such operand (substituting it reports that).
+    UsdtSite(&'a dyn Fn(u32) -> Option<ArgType>),
+}
+
 struct Parser<'a> {
     toks: Vec<Tok>,
     at: usize,
     args: &'a [Arg],
     operands: Vec<Arg>,
+    typing: Typing<'a>,
 }
 
 impl Parser<'_> {
@@ -355,8 +370,22 @@ impl Parser<'_> {
             }
             _ => return Err("a comparison needs an ARG on one side".into()),
         };
-        let arg = self.operand(&name)?;
-        let value = constant_value(&arg, op, constant)?;
+        let mut arg = self.operand(&name)?;
+        let deferred = match (arg.typed, &arg.fetch, self.typing) {
+            (false, Fetch::Arg(n), Typing::UsdtSite(site_type)) => {
+                if let Some(ty) = site_type(*n) {
+                    arg.ty = ty;
+                }
+                false
+            }
+            (false, Fetch::Arg(_), Typing::UsdtDeferred) => true,
+            _ => false,
+        };
+        let value = if deferred {
+            deferred_value(&arg, constant)?
+        } else {
+            constant_value(&arg, op, constant)?
+        };
         let operand = match self.operands.iter().position(|a| a.name == arg.name) {
             Some(i) => i,
             None => {
@@ -427,6 +456,23 @@ fn describe(t: &Tok) -> String {
     }
 }
 
+/// The constant of an untyped USDT `argN` before the site gives its type: anything a 64-bit
+/// operand could hold; the value is a placeholder until the site's parse.
+fn deferred_value(arg: &Arg, constant: Tok) -> Result<Value, String> {
+    match constant {
+        Tok::Int(v) if v >= i128::from(i64::MIN) && v <= i128::from(u64::MAX) => {
+            Ok(Value::Int(v as u64))
+        }
+        Tok::Int(v) => Err(format!("{v} does not fit {}'s 64 bits", arg.name)),
+        Tok::Str(_) => Err(format!(
+            "{} is an integer (a USDT operand): compare it with a number, or fetch the \
+             string it points to as NAME=+0({}):string",
+            arg.name, arg.name
+        )),
+        t => Err(format!("expected a constant, found {}", describe(&t))),
+    }
+}
+
 /// The constant of `arg OP constant`, checked against the ARG's type.
 fn constant_value(arg: &Arg, op: CmpOp, constant: Tok) -> Result<Value, String> {
     match (arg.ty, constant) {
@@ -492,8 +538,8 @@ fn type_name(ty: ArgType) -> String {
     }
 }
 
-/// Parses EXPR against the spec's ARGs.
-pub(crate) fn parse(text: &str, args: &[Arg]) -> Result<Predicate, String> {
+/// Parses EXPR against the spec's ARGs, untyped `argN` operands typed as `typing` says.
+pub(crate) fn parse_typed(text: &str, args: &[Arg], typing: Typing) -> Result<Predicate, String> {
     let toks = tokenize(text)?;
     if toks.is_empty() {
         return Err("empty predicate after 'if'".into());
@@ -503,6 +549,7 @@ pub(crate) fn parse(text: &str, args: &[Arg]) -> Result<Predicate, String> {
         at: 0,
         args,
         operands: Vec::new(),
+        typing,
     };
     let expr = p.or(0)?;
     if let Some(t) = p.peek() {

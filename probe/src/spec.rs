@@ -427,7 +427,13 @@ pub fn parse(spec: &str) -> Result<ProbeSpec, SpecError> {
     let (args_text, if_text) = predicate::split_if(args_text);
     let args = parse_args(spec, args_text)?;
     let predicate = match if_text {
-        Some(t) => Some(parse_predicate(spec, t, &args, return_only)?),
+        Some(t) => Some(parse_predicate(
+            spec,
+            t,
+            &args,
+            return_only,
+            predicate::Typing::AsWritten,
+        )?),
         None => None,
     };
     if entry_only {
@@ -458,13 +464,20 @@ fn parse_predicate(
     text: &str,
     args: &[Arg],
     return_only: bool,
+    typing: predicate::Typing,
 ) -> Result<Predicate, SpecError> {
     let bad = |why: String| SpecError::BadPredicate {
         spec: spec.to_string(),
         why,
     };
-    let pred = predicate::parse(text, args).map_err(bad)?;
+    let pred = predicate::parse_typed(text, args, typing).map_err(bad)?;
     for a in &pred.operands {
+        if matches!(typing, predicate::Typing::UsdtDeferred) && a.uses_retval() {
+            return Err(bad(format!(
+                "{} uses $retval: a USDT probe is a point in the code, it has no return",
+                a.name
+            )));
+        }
         if !return_only && a.uses_retval() {
             return Err(bad(format!(
                 "{} uses $retval, which a predicate may use only on a %return probe: on an \
@@ -529,17 +542,25 @@ fn parse_usdt(spec: &str, rest: &str) -> Result<ProbeSpec, SpecError> {
         ));
     }
     let (args_text, if_text) = predicate::split_if(args_text);
-    if if_text.is_some() {
-        return Err(syntax(
-            "predicates (if EXPR) are not supported on USDT probes yet".into(),
-        ));
-    }
     if let Some(pos) = name.find('%') {
         return Err(syntax(format!(
             "USDT probes have no return probe ({:?}): they are points in the code, not functions",
             &name[pos..]
         )));
     }
+    let args = parse_args(spec, args_text)?;
+    // Checked here for its form; each site parses it again with its operands' types
+    // (`usdt_resolve`), since `argN`'s size and sign come from the note.
+    let predicate = match if_text {
+        Some(t) => Some(parse_predicate(
+            spec,
+            t,
+            &args,
+            false,
+            predicate::Typing::UsdtDeferred,
+        )?),
+        None => None,
+    };
     Ok(ProbeSpec {
         text: spec.to_string(),
         target: target.to_string(),
@@ -549,8 +570,8 @@ fn parse_usdt(spec: &str, rest: &str) -> Result<ProbeSpec, SpecError> {
         },
         return_only: false,
         entry_only: true,
-        args: parse_args(spec, args_text)?,
-        predicate: None,
+        args,
+        predicate,
     })
 }
 
@@ -1292,6 +1313,15 @@ mod tests {
         assert!(perr(&format!("t:f if {many}")).contains("at most 8 comparisons"));
         let long = "x".repeat(64);
         assert!(perr(&format!("t:f if $comm == \"{long}\"")).contains("at most 63 bytes"));
-        assert!(perr("usdt:t:p:n if arg1 == 1").contains("not supported on USDT"));
+        // USDT: an untyped argN's type comes from each site's note, so its constants are
+        // only checked against 64 bits here.
+        let u = p("usdt:t:p:n w=arg2 if arg1 == -1 && w < 0xffffffffffffffff");
+        assert_eq!(u.predicate.unwrap().operands.len(), 2);
+        assert!(p("usdt:t:p:n s=+0(arg1):string if s == \"a\"")
+            .predicate
+            .is_some());
+        assert!(perr("usdt:t:p:n if arg1 == \"a\"").contains("NAME=+0(arg1):string"));
+        assert!(perr("usdt:t:p:n x=arg1:u8 if x == 256").contains("does not fit x's type u8"));
+        assert!(perr("usdt:t:p:n if $retval == 1").contains("has no return"));
     }
 }

@@ -8,6 +8,7 @@ use urec_format::{ArgSpec, FileOffset, Probe, ProbeKind, StackMode, Svma};
 
 use crate::elf::Binary;
 use crate::insn::{self, KernelUprobes};
+use crate::predicate::{self, Predicate, Typing};
 use crate::resolve::{merge_kind, Resolution, ResolvedProbe, FRAME_POINTER_THRESHOLD};
 use crate::spec::{Fetch, ProbeSpec};
 use crate::usdt::{self, UsdtArg, UsdtProbe};
@@ -102,9 +103,21 @@ pub(crate) fn add(
             Err(why) => return Err(not_probeable(why)),
         };
         let (args, fetches) = site_args(spec, site)?;
+        let predicate = site_predicate(spec, site)?;
         let key = (bin.id, offset);
         if let Some(&i) = index.get(&key) {
             let existing = &mut probes[i];
+            if existing.predicate != predicate {
+                return Err(not_probeable(format!(
+                    "{display} is also probed by {:?} with {}: specs probing the same site \
+                     must have the same predicate (or none)",
+                    existing.probe.specs.join(" "),
+                    match &existing.predicate {
+                        Some(p) => format!("the predicate `if {}`", p.text),
+                        None => "no predicate".into(),
+                    }
+                )));
+            }
             if !existing.probe.specs.contains(&spec.text) {
                 existing.probe.specs.push(spec.text.clone());
             }
@@ -141,7 +154,7 @@ pub(crate) fn add(
             binary_keeps_frame_pointers: bin.fp_fraction >= FRAME_POINTER_THRESHOLD,
             ref_ctr_offset,
             open_path: bin.path.clone(),
-            predicate: None,
+            predicate,
             go: None,
             binary_is_go: bin.go.is_some(),
         });
@@ -259,6 +272,30 @@ fn site_args(spec: &ProbeSpec, site: &UsdtProbe) -> Result<(Vec<ArgSpec>, Vec<Fe
         fetches.push(fetch);
     }
     Ok((args, fetches))
+}
+
+/// The spec's predicate at one site: parsed again with `argN` typed by the site's operands
+/// (a constant is checked against the operand's size and sign, and compared in them), and its
+/// operands' `argN` replaced by where the operands are, as [`site_args`] does for the ARGs.
+fn site_predicate(spec: &ProbeSpec, site: &UsdtProbe) -> Result<Option<Predicate>, SpecError> {
+    let Some(pred) = &spec.predicate else {
+        return Ok(None);
+    };
+    let bad = |why: String| SpecError::BadPredicate {
+        spec: spec.text.clone(),
+        why: format!(
+            "at usdt:{}:{} (operands {:?}): {why}",
+            site.provider, site.name, site.args_text
+        ),
+    };
+    let site_type = |n: u32| operand(&site.args, n).map(UsdtArg::default_type);
+    let mut pred = predicate::parse_typed(&pred.text, &spec.args, Typing::UsdtSite(&site_type))
+        .map_err(bad)?;
+    for op in &mut pred.operands {
+        op.fetch = substitute(&op.fetch, &site.args)
+            .map_err(|why| bad(format!("{}: {why}", op.fetch_text)))?;
+    }
+    Ok(Some(pred))
 }
 
 /// `fetch` with every `argN` replaced by where the N-th operand is at the site.

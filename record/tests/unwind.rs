@@ -260,6 +260,58 @@ fn six_deep_chain_without_frame_pointers_unwinds_to_start() {
     assert_outer_frames(&names);
 }
 
+/// The memo answers a repeated capture with the frames of its first unwind, also after
+/// thousands of other captures (unknown processes here) missed it, and never answers for a
+/// different capture.
+#[test]
+fn memo_answers_repeats_and_survives_filling_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = capture(dir.path(), "chain");
+    let mut unwinder = unwinder_for(&cap);
+    let unwind = |u: &mut Unwinder, pid: u32| {
+        let mut frames = Vec::new();
+        let outcome = u.unwind(pid, cap.regs, &cap.stack, None, &[], &mut frames);
+        (outcome, frames)
+    };
+    let first = unwind(&mut unwinder, PID);
+    assert_eq!(first.0, UnwindOutcome::Complete);
+    assert_eq!(unwind(&mut unwinder, PID), first);
+    assert_eq!(unwinder.memo_hits(), 1);
+    for pid in (1..10_000).filter(|&p| p != PID) {
+        let (outcome, frames) = unwind(&mut unwinder, pid);
+        assert_eq!(
+            outcome,
+            UnwindOutcome::Truncated(Truncation::UnknownProcess)
+        );
+        assert_eq!(frames, vec![cap.regs.ip]);
+    }
+    // Thousands of misses in a row made the memo cold (consulted for one unwind in 32): a
+    // capture that repeats from now on warms it again within two samples.
+    let before = unwinder.memo_hits();
+    for _ in 0..100 {
+        assert_eq!(unwind(&mut unwinder, PID), first);
+    }
+    assert!(
+        unwinder.memo_hits() - before >= 30,
+        "{} hits",
+        unwinder.memo_hits() - before
+    );
+    // A capture that differs in a word the unwind read is unwound again.
+    let mut other = cap.stack.clone();
+    let slot = frames_slot(&cap, first.1[1]);
+    other[slot..slot + 8].copy_from_slice(&first.1[2].to_le_bytes());
+    let mut frames = Vec::new();
+    let hits = unwinder.memo_hits();
+    unwinder.unwind(PID, cap.regs, &other, None, &[], &mut frames);
+    assert_eq!(unwinder.memo_hits(), hits);
+    assert_ne!(frames, first.1);
+}
+
+/// The offset in the copy of the slot holding return address `ret`.
+fn frames_slot(cap: &Capture, ret: u64) -> usize {
+    (slot_of(cap, ret) - cap.regs.sp) as usize
+}
+
 /// Finds the one stack slot holding `value` (a return address), as an address.
 fn slot_of(cap: &Capture, value: u64) -> u64 {
     let slots: Vec<u64> = (0..cap.stack.len() / 8)

@@ -36,7 +36,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
-use framehop::{ExplicitModuleSectionInfo, Module, Unwinder as _};
+use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
 use urec_format::Mapping;
 use urec_untrusted::Identity;
 
@@ -152,13 +152,18 @@ impl Process {
 pub struct Unwinder {
     files: HashMap<FileKey, Option<Arc<ElfUnwindInfo>>>,
     processes: HashMap<u32, Process>,
-    cache: CacheX86_64,
+    /// framehop's rule caches; see [`RULE_CACHES`].
+    caches: Vec<CacheX86_64>,
     /// Module additions and removals since `cache` was made; see [`CACHE_GENERATIONS`].
     module_changes: u32,
     warnings: Vec<String>,
     /// Earlier unwinds by their starting registers; see [`Memo`].
     memo: FxHashMap<(u32, Regs), Memo>,
     memo_hits: u64,
+    /// Memo lookups that missed since the last hit; see [`MEMO_COLD_AFTER`].
+    memo_misses: u32,
+    /// Unwinds so far (wrapping), to sample a cold memo.
+    unwinds: u64,
     /// Words the unwind at hand read, for its memo entry.
     reads: Vec<(u64, Option<u64>)>,
     /// The unwind-table cross-check of tests (see [`check`]), when its variable is set.
@@ -185,6 +190,16 @@ struct Memo {
 /// Memo entries at most; the memo starts over when full.
 const MEMO_ENTRIES: usize = 4096;
 
+/// After this many memo misses in a row (a memo's worth), captures are taken not to repeat
+/// (every call a new stack: `bench/targets/varied.c`, an interpreter), and the memo is
+/// consulted and filled for one unwind in [`MEMO_COLD_SAMPLE`] only: logging every stack word
+/// read, the lookup and the stored copy cost about a quarter of each unwind there (callgrind:
+/// 165M instructions for 20,000 stacks before the memo, 206M with it) and never paid back. A
+/// sampled hit makes the memo warm again, so a workload whose stacks start repeating gets it
+/// back within a few dozen unwinds.
+const MEMO_COLD_AFTER: u32 = MEMO_ENTRIES as u32;
+const MEMO_COLD_SAMPLE: u64 = 32;
+
 /// The stack word at `addr` of a copy starting at `sp`, `None` where unreadable.
 fn stack_word(stack: &[u8], sp: u64, holes: &[Range<u64>], addr: u64) -> Option<u64> {
     if holes
@@ -198,6 +213,26 @@ fn stack_word(stack: &[u8], sp: u64, holes: &[Range<u64>], addr: u64) -> Option<
     let mut word = [0u8; 8];
     word.copy_from_slice(bytes);
     Some(u64::from_le_bytes(word))
+}
+
+/// Rule caches, each a framehop `CacheX86_64`: a direct-mapped table of 509 rules indexed by
+/// `address % 509`. Two return addresses of a stack in the same slot evict each other on
+/// every unwind, and each miss costs a binary search of `.eh_frame_hdr` and a CFI
+/// evaluation; which addresses collide depends on where ASLR loaded the code, so with one
+/// cache the recorder's unwind cost on `bench/targets/varied.c` (80 functions) varied by a
+/// third from run to run (callgrind: 206M vs 280M instructions for the same 20,000 stacks).
+/// An address uses cache `(address / 509) % RULE_CACHES`, so addresses that share a slot
+/// are spread over the caches; 8 caches hold ≈4,000 rules in ≈200 KiB.
+const RULE_CACHES: usize = 8;
+/// framehop's slots per cache (its `CACHE_ENTRY_COUNT`).
+const RULE_CACHE_SLOTS: u64 = 509;
+
+fn new_rule_caches() -> Vec<CacheX86_64> {
+    (0..RULE_CACHES).map(|_| CacheX86_64::new()).collect()
+}
+
+fn rule_cache_index(address: u64) -> usize {
+    ((address / RULE_CACHE_SLOTS) % RULE_CACHES as u64) as usize
 }
 
 /// framehop tags cached rules with a global 16-bit generation counter that every module
@@ -218,11 +253,13 @@ impl Unwinder {
         Unwinder {
             files: HashMap::new(),
             processes: HashMap::new(),
-            cache: CacheX86_64::new(),
+            caches: new_rule_caches(),
             module_changes: 0,
             warnings: Vec::new(),
             memo: FxHashMap::default(),
             memo_hits: 0,
+            memo_misses: 0,
+            unwinds: 0,
             reads: Vec::new(),
             check: check::TableCheck::from_env(),
         }
@@ -283,7 +320,7 @@ impl Unwinder {
         // The addition, and at most about one removal or new process per addition.
         self.module_changes += 2;
         if self.module_changes >= CACHE_GENERATIONS {
-            self.cache = CacheX86_64::new();
+            self.caches = new_rule_caches();
             self.module_changes = 0;
         }
         if let Some(check) = &mut self.check {
@@ -376,6 +413,31 @@ impl Unwinder {
         pending_returns: &[PendingReturn],
         out: &mut Vec<u64>,
     ) -> UnwindOutcome {
+        // A memo that keeps missing is consulted for one unwind in MEMO_COLD_SAMPLE only.
+        self.unwinds = self.unwinds.wrapping_add(1);
+        if self.memo_misses >= MEMO_COLD_AFTER && !self.unwinds.is_multiple_of(MEMO_COLD_SAMPLE) {
+            let outcome = self.unwind_uncached(
+                pid,
+                regs,
+                stack,
+                holes,
+                trampoline,
+                pending_returns,
+                out,
+                None,
+            );
+            self.check(
+                pid,
+                regs,
+                stack,
+                holes,
+                trampoline,
+                pending_returns,
+                out,
+                outcome,
+            );
+            return outcome;
+        }
         if let Some(m) = self.memo.get(&(pid, regs)) {
             if m.trampoline == trampoline
                 && m.pending == pending_returns
@@ -387,6 +449,7 @@ impl Unwinder {
                 out.clear();
                 out.extend_from_slice(&m.frames);
                 self.memo_hits += 1;
+                self.memo_misses = 0;
                 let outcome = m.outcome;
                 self.check(
                     pid,
@@ -401,6 +464,7 @@ impl Unwinder {
                 return outcome;
             }
         }
+        self.memo_misses = self.memo_misses.saturating_add(1);
         let mut reads = std::mem::take(&mut self.reads);
         reads.clear();
         let outcome = self.unwind_uncached(
@@ -411,7 +475,7 @@ impl Unwinder {
             trampoline,
             pending_returns,
             out,
-            &mut reads,
+            Some(&mut reads),
         );
         if self.memo.len() >= MEMO_ENTRIES {
             self.memo.clear();
@@ -481,7 +545,7 @@ impl Unwinder {
         trampoline: Option<u64>,
         pending_returns: &[PendingReturn],
         out: &mut Vec<u64>,
-        reads: &mut Vec<(u64, Option<u64>)>,
+        mut reads: Option<&mut Vec<(u64, Option<u64>)>>,
     ) -> UnwindOutcome {
         out.clear();
         out.push(regs.ip);
@@ -498,7 +562,9 @@ impl Unwinder {
         let mut substitutions = Substitutions::new(pending_returns);
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let word = stack_word(stack, sp, holes, addr);
-            reads.push((addr, word));
+            if let Some(reads) = reads.as_mut() {
+                reads.push((addr, word));
+            }
             let value = word.ok_or(())?;
             if Some(value) == trampoline {
                 return Ok(substitutions.original(addr).unwrap_or(value));
@@ -506,19 +572,24 @@ impl Unwinder {
             Ok(value)
         };
 
-        let mut frames = process.unwinder.iter_frames(
-            regs.ip,
-            UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
-            &mut self.cache,
-            &mut read_stack,
-        );
-        // The first item is `regs.ip`, already in `out`.
-        if !matches!(frames.next(), Ok(Some(_))) {
-            return UnwindOutcome::Truncated(Truncation::BadStack);
-        }
+        // Frame by frame (what framehop's `iter_frames` does), each with the rule cache of
+        // its address: see [`RULE_CACHES`].
+        let mut fh_regs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
+        let mut address = FrameAddress::InstructionPointer(regs.ip);
         loop {
-            match frames.next() {
+            let cache = &mut self.caches[rule_cache_index(address.address_for_lookup())];
+            let next = process
+                .unwinder
+                .unwind_frame(address, &mut fh_regs, cache, &mut read_stack)
+                .and_then(|ret| match ret {
+                    Some(ret) => FrameAddress::from_return_address(ret)
+                        .map(Some)
+                        .ok_or(framehop::Error::ReturnAddressIsNull),
+                    None => Ok(None),
+                });
+            match next {
                 Ok(Some(frame)) => {
+                    address = frame;
                     let addr = frame.address();
                     if !process.contains(frame.address_for_lookup()) {
                         let why = if Some(addr) == trampoline {
