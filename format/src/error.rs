@@ -26,8 +26,9 @@ pub enum FormatError {
     },
     /// The file is a urec data file of a major version this reader does not know.
     #[error(
-        "urec data file version {major}.{minor} is not supported by this urec (it reads version \
-         {supported}.x){hint}",
+        "urec data file version {major}.{minor} is not supported by this urec (it reads versions \
+         {oldest}.x to {supported}.x){hint}",
+        oldest = crate::OLDEST_MAJOR,
         supported = crate::VERSION_MAJOR,
         hint = if *major > crate::VERSION_MAJOR { "; a newer urec wrote it" } else { "" }
     )]

@@ -52,7 +52,12 @@ pub use types::*;
 pub use words::{name_list, plural, shell_word, shell_words};
 pub use writer::{Writer, WriterOptions};
 
-/// Major version of the format this crate writes and reads. A reader refuses other majors.
-pub const VERSION_MAJOR: u16 = 1;
+/// Major version of the format this crate writes. 2 stores the time and latency columns of
+/// event chunks differently (the split layout, docs/format.md), which a 1.x reader would
+/// misread: a new major, so that it refuses the file instead.
+pub const VERSION_MAJOR: u16 = 2;
 /// Minor version this crate writes. Minor versions only add what older readers can skip.
-pub const VERSION_MINOR: u16 = 5;
+pub const VERSION_MINOR: u16 = 0;
+/// The oldest major version this crate reads: 1.x files read completely (their event chunks
+/// have the varint layout).
+pub const OLDEST_MAJOR: u16 = 1;

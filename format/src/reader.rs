@@ -241,7 +241,7 @@ fn parse_prefix(bytes: &[u8]) -> Result<(u16, u16), FormatError> {
     }
     let major = u16::from_le_bytes([bytes[8], bytes[9]]);
     let minor = u16::from_le_bytes([bytes[10], bytes[11]]);
-    if major != crate::VERSION_MAJOR {
+    if !(crate::OLDEST_MAJOR..=crate::VERSION_MAJOR).contains(&major) {
         return Err(FormatError::UnsupportedVersion { major, minor });
     }
     Ok((major, minor))

@@ -218,14 +218,28 @@ fn foreign_files_say_what_they_are() {
 #[test]
 fn newer_major_version_is_refused() {
     let mut bytes = write(&sample_header(), &[], WriterOptions::default());
-    bytes[8] = 2;
-    bytes[10] = 3;
+    bytes[8] = 3;
+    bytes[10] = 1;
     let err = Reader::from_bytes(bytes).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "urec data file version 2.3 is not supported by this urec (it reads version 1.x); \
-         a newer urec wrote it"
+        "urec data file version 3.1 is not supported by this urec (it reads versions 1.x to \
+         2.x); a newer urec wrote it"
     );
+    let mut bytes = write(&sample_header(), &[], WriterOptions::default());
+    bytes[8] = 0;
+    let err = Reader::from_bytes(bytes).unwrap_err();
+    assert!(!err.to_string().contains("newer"), "{err}");
+}
+
+/// 1.x files (varint event columns) read completely: the reader keeps both layouts.
+#[test]
+fn older_major_version_is_read() {
+    let mut bytes = write(&sample_header(), &[], WriterOptions::default());
+    bytes[8] = 1;
+    bytes[10] = 5;
+    let reader = Reader::from_bytes(bytes).unwrap();
+    assert_eq!(reader.version(), (1, 5));
 }
 
 #[test]
@@ -237,7 +251,7 @@ fn newer_minor_version_is_read() {
     );
     bytes[10] = 9;
     let mut reader = Reader::from_bytes(bytes).unwrap();
-    assert_eq!(reader.version(), (1, 9));
+    assert_eq!(reader.version(), (VERSION_MAJOR, 9));
     assert_eq!(read_all(&mut reader).len(), sample_records(10).len());
 }
 
