@@ -413,10 +413,37 @@ impl Unwinder {
         pending_returns: &[PendingReturn],
         out: &mut Vec<u64>,
     ) -> UnwindOutcome {
+        let outcome =
+            self.unwind_memoized(pid, regs, stack, holes, trampoline, pending_returns, out);
+        self.check(
+            pid,
+            regs,
+            stack,
+            holes,
+            trampoline,
+            pending_returns,
+            out,
+            outcome,
+        );
+        outcome
+    }
+
+    /// [`Unwinder::unwind_with_holes`] through the memo (see [`Memo`]).
+    #[allow(clippy::too_many_arguments)]
+    fn unwind_memoized(
+        &mut self,
+        pid: u32,
+        regs: Regs,
+        stack: &[u8],
+        holes: &[Range<u64>],
+        trampoline: Option<u64>,
+        pending_returns: &[PendingReturn],
+        out: &mut Vec<u64>,
+    ) -> UnwindOutcome {
         // A memo that keeps missing is consulted for one unwind in MEMO_COLD_SAMPLE only.
         self.unwinds = self.unwinds.wrapping_add(1);
         if self.memo_misses >= MEMO_COLD_AFTER && !self.unwinds.is_multiple_of(MEMO_COLD_SAMPLE) {
-            let outcome = self.unwind_uncached(
+            return self.unwind_uncached(
                 pid,
                 regs,
                 stack,
@@ -426,17 +453,6 @@ impl Unwinder {
                 out,
                 None,
             );
-            self.check(
-                pid,
-                regs,
-                stack,
-                holes,
-                trampoline,
-                pending_returns,
-                out,
-                outcome,
-            );
-            return outcome;
         }
         if let Some(m) = self.memo.get(&(pid, regs)) {
             if m.trampoline == trampoline
@@ -450,18 +466,7 @@ impl Unwinder {
                 out.extend_from_slice(&m.frames);
                 self.memo_hits += 1;
                 self.memo_misses = 0;
-                let outcome = m.outcome;
-                self.check(
-                    pid,
-                    regs,
-                    stack,
-                    holes,
-                    trampoline,
-                    pending_returns,
-                    out,
-                    outcome,
-                );
-                return outcome;
+                return m.outcome;
             }
         }
         self.memo_misses = self.memo_misses.saturating_add(1);
@@ -492,16 +497,6 @@ impl Unwinder {
             },
         );
         self.reads = reads;
-        self.check(
-            pid,
-            regs,
-            stack,
-            holes,
-            trampoline,
-            pending_returns,
-            out,
-            outcome,
-        );
         outcome
     }
 
