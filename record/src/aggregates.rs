@@ -12,7 +12,7 @@
 //! Per probe: one `struct urec_agg` (64 bytes) per possible CPU, and one shared histogram of
 //! [`log_linear::kernel_buckets`]`(bits)` 8-byte counters: 2,496 counters (19,968 bytes) at the
 //! full 6 sub-bucket bits (≤ 0.8% error). All histograms together stay within [`HIST_BUDGET`]:
-//! past 3,360 probes the bits drop ([`hist_bits`]: 5 bits up to 6,721 probes, 4 up to 12,787,
+//! past 3,360 probes the bits drop ([`hist_bits`]: 5 bits up to 6,553 probes, 4 up to 12,787,
 //! ...), and the report's percentiles are that much coarser (min, max, mean and counts stay
 //! exact).
 
@@ -234,8 +234,8 @@ mod tests {
         assert_eq!(hist_bits(1), 6);
         assert_eq!(hist_bits(3360), 6);
         assert_eq!(hist_bits(3361), 5);
-        assert_eq!(hist_bits(6721), 5);
-        assert_eq!(hist_bits(6722), 4);
+        assert_eq!(hist_bits(6553), 5);
+        assert_eq!(hist_bits(6554), 4);
         assert_eq!(hist_bits(12_787), 4);
         assert_eq!(hist_bits(12_788), 3);
         for n in [1u32, 100, 5000, 50_000, 200_000] {
