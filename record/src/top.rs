@@ -1,0 +1,419 @@
+//! `urec top` (SPEC.md, "`urec top`"): the probes of a recording, loaded to count only, and
+//! their in-kernel aggregates read every interval. No ring buffer traffic, no side-band, no
+//! data file.
+//!
+//! The programs are `urec record`'s, loaded with `count_only` (see `urec.bpf.c`): each call
+//! updates the per-probe counts and the latency histogram and returns before any ring record is
+//! built, so the per-call cost is the counting alone.
+//!
+//! # Interval figures
+//!
+//! Every interval the recorder reads the cumulative counts and histograms of every probe and
+//! subtracts the previous reading ([`interval`]). Counts and histogram buckets only grow, so the
+//! interval's calls and its histogram are exact (up to the moment each counter is read: a call
+//! counted between two reads of one snapshot lands in the next interval), and so are its
+//! percentiles, within the histogram's bucket error (≤ 0.8%). The kernel keeps no per-interval
+//! maximum: the interval's `max` is the upper bound of the interval histogram's highest bucket,
+//! clamped to the run's exact maximum, so it is within the same error (and exact whenever the
+//! run's maximum fell in this interval's highest bucket). This costs no epoch flip in the BPF
+//! programs.
+//!
+//! # Ending
+//!
+//! On the view's quit (`q`), SIGINT/SIGTERM, `-d`, the command's exit, or the exit of every
+//! `-p` process. The links are dropped first (they live on file descriptors: a `kill -9` drops
+//! them too), then the counts are read once more for the final, exact figures.
+
+use std::mem::MaybeUninit;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::OpenObject;
+use urec_format::{log_linear, plural, Aggregate, LatencyAggregate, ProbeId, ProbeKind};
+
+use crate::aggregates::{hist_bits, KernelCounts};
+use crate::attach::{self, AttachProbe, LoadOptions};
+use crate::command::Workload;
+use crate::session::{
+    check_privileges, install_signal_handlers, stop_after_failure, PidWatch, STOP, STOP_GRACE,
+};
+use crate::{PlannedProbe, Target, Verbosity, WorkloadEnd};
+
+/// How often stop conditions are looked at between intervals (and the view asked for keys).
+const POLL: Duration = Duration::from_millis(50);
+
+/// Everything one `urec top` needs.
+#[derive(Clone, Debug)]
+pub struct TopOptions {
+    /// The probes, ids 0..n in order (stacks and arguments are not used).
+    pub probes: Vec<PlannedProbe>,
+    /// Whom to trace.
+    pub target: Target,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// How often figures are shown.
+    pub interval: Duration,
+    /// `--cgroup`: only tasks under this cgroup v2 directory.
+    pub cgroup: Option<PathBuf>,
+    /// What to print on stderr (`-v`: what was attached).
+    pub verbosity: Verbosity,
+}
+
+/// One probe's figures at the end of an interval.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// The probe's id.
+    pub id: ProbeId,
+    /// Its display name (`bash:readline`).
+    pub name: String,
+    /// The symbol it is in (empty for a raw address).
+    pub symbol: String,
+    /// Entry, return or both.
+    pub kind: ProbeKind,
+    /// Cumulative counts since attaching (latency for entry+return probes with returns).
+    pub total: Aggregate,
+    /// Calls in this interval.
+    pub interval_calls: u64,
+    /// Latencies of the calls that returned in this interval ([`interval`]); `None` for
+    /// one-sided probes and intervals without returns.
+    pub interval_latency: Option<LatencyAggregate>,
+}
+
+/// The figures of one interval.
+#[derive(Clone, Debug)]
+pub struct Tick {
+    /// From attaching to the end of this interval.
+    pub time: Duration,
+    /// This interval's length.
+    pub span: Duration,
+    /// The last interval, read after detaching: its totals are final and exact.
+    pub last: bool,
+    /// Per probe, in id order.
+    pub rows: Vec<Row>,
+    /// Calls lost so far (none are expected: counting needs no ring buffer).
+    pub lost: u64,
+}
+
+/// What to show the figures on: the JSON lines, or the full-screen table.
+pub trait TopView {
+    /// Waits up to `timeout` (for keys, say); returns true when the user asked to quit.
+    fn wait(&mut self, timeout: Duration) -> Result<bool>;
+    /// Shows one interval's figures.
+    fn show(&mut self, tick: &Tick) -> Result<()>;
+}
+
+/// How `urec top` ended.
+#[derive(Debug, Default)]
+pub struct TopSummary {
+    /// From attach to detach.
+    pub duration: Duration,
+    /// The command's exit status (128 + signal when killed), with `-- COMMAND`.
+    pub workload_status: Option<i32>,
+    /// How the command ended, with `-- COMMAND`.
+    pub workload_end: Option<WorkloadEnd>,
+    /// The user quit the view (`q`).
+    pub quit: bool,
+}
+
+/// The interval between two cumulative latency aggregates of one probe: exact count, total
+/// and histogram (buckets only grow); `min` and `max` from the lowest and highest bucket that
+/// grew, clamped to the run's exact `min` and `max` (`cur`). `None` without returns between.
+pub fn interval(
+    prev: Option<&LatencyAggregate>,
+    cur: Option<&LatencyAggregate>,
+) -> Option<LatencyAggregate> {
+    let cur = cur?;
+    let before = |i: u32| -> u64 {
+        prev.filter(|p| p.sub_bits == cur.sub_bits)
+            .and_then(|p| {
+                p.buckets
+                    .binary_search_by_key(&i, |&(j, _)| j)
+                    .ok()
+                    .map(|k| p.buckets[k].1)
+            })
+            .unwrap_or(0)
+    };
+    let buckets: Vec<(u32, u64)> = cur
+        .buckets
+        .iter()
+        .filter_map(|&(i, n)| {
+            let d = n.saturating_sub(before(i));
+            (d > 0).then_some((i, d))
+        })
+        .collect();
+    let count: u64 = buckets.iter().map(|&(_, n)| n).sum();
+    let (&(lo, _), &(hi, _)) = (buckets.first()?, buckets.last()?);
+    let bits = u32::from(cur.sub_bits);
+    let max = log_linear::bounds(hi as usize, bits).1.min(cur.max);
+    let min = log_linear::bounds(lo as usize, bits).0.max(cur.min).min(max);
+    Some(LatencyAggregate {
+        count,
+        total: cur
+            .total
+            .saturating_sub(prev.map_or(0, |p| p.total)),
+        min,
+        max,
+        sub_bits: cur.sub_bits,
+        buckets,
+    })
+}
+
+/// Runs `urec top` until a stop condition, showing every interval on `view`; see the module
+/// docs.
+pub fn run(opts: TopOptions, view: &mut dyn TopView) -> Result<TopSummary> {
+    let mut workload = None;
+    let result = top(&opts, view, &mut workload);
+    if let (Err(_), Some(w)) = (&result, workload.as_mut()) {
+        stop_after_failure(w, "urec top failed");
+    }
+    result.map_err(crate::fds::explain)
+}
+
+fn top(
+    opts: &TopOptions,
+    view: &mut dyn TopView,
+    workload: &mut Option<Workload>,
+) -> Result<TopSummary> {
+    check_privileges()?;
+    if opts.probes.is_empty() {
+        bail!("no probe to attach");
+    }
+    let started = Instant::now();
+    let (filter, pids, command) = match &opts.target {
+        Target::All => (false, Vec::new(), None),
+        Target::Pids(pids) => (true, pids.clone(), None),
+        Target::Command { program, argv, all } => {
+            (!*all, Vec::new(), Some((program.clone(), argv.clone())))
+        }
+    };
+    for &pid in &pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("process {pid} does not exist");
+        }
+    }
+    let nprobes = opts.probes.len() as u32;
+    let bits = hist_bits(nprobes);
+    let cgroup = match &opts.cgroup {
+        Some(path) => Some(crate::cgroup::open(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let mut storage = MaybeUninit::<OpenObject>::uninit();
+    let skel = attach::load(
+        &mut storage,
+        &LoadOptions {
+            self_tgid: std::process::id(),
+            filter,
+            // No stacks, and the smallest ring: nothing is written to it.
+            stack_depth: 0,
+            ring_bytes: 4096,
+            probes: nprobes,
+            cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+            hist_bits: bits,
+            count_only: true,
+        },
+    )?;
+    let counts = KernelCounts::new(
+        &skel,
+        opts.probes.iter().map(|p| p.probe.kind).collect(),
+        bits,
+    )?;
+    // The predicates are what the programs read of the configuration before counting.
+    let configs: Vec<_> = opts
+        .probes
+        .iter()
+        .map(|p| {
+            let mut cfg = p.config.clone();
+            cfg.stack_size = 0;
+            (p.probe.id, cfg)
+        })
+        .collect();
+    attach::configure(&skel, &configs)?;
+    for &pid in &pids {
+        attach::allow_tgid(&skel, pid)?;
+    }
+    let watch = if pids.is_empty() {
+        None
+    } else {
+        Some(PidWatch::new(&pids)?)
+    };
+    if let Some((program, argv)) = &command {
+        crate::command::become_subreaper()?;
+        let w = workload.insert(Workload::fork(program, argv)?);
+        attach::allow_tgid(&skel, w.pid())?;
+    }
+    install_signal_handlers();
+
+    let probes: Vec<AttachProbe> = opts.probes.iter().map(AttachProbe::of).collect();
+    let mut warn = |msg: String| {
+        if opts.verbosity != Verbosity::Quiet {
+            eprintln!("urec: warning: {msg}");
+        }
+    };
+    let attached = attach::attach(&skel, &probes, filter, &mut warn)?;
+    let attached_at = Instant::now();
+    if opts.verbosity == Verbosity::Verbose {
+        eprintln!(
+            "urec: {} attached with {} in {:.1} ms",
+            plural(probes.len() as u64, "probe", "probes"),
+            plural(attached.links() as u64, "link", "links"),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    if let Some(w) = workload.as_mut() {
+        w.start()?;
+    }
+
+    let rows = |snap: Vec<Aggregate>, prev: &[Aggregate]| -> Vec<Row> {
+        snap.into_iter()
+            .zip(&opts.probes)
+            .map(|(total, p)| {
+                let before = prev.get(total.probe as usize);
+                Row {
+                    id: total.probe,
+                    name: p.probe.name.clone(),
+                    symbol: p.probe.symbol.clone(),
+                    kind: p.probe.kind,
+                    interval_calls: total.calls.saturating_sub(before.map_or(0, |b| b.calls)),
+                    interval_latency: interval(
+                        before.and_then(|b| b.latency.as_ref()),
+                        total.latency.as_ref(),
+                    ),
+                    total,
+                }
+            })
+            .collect()
+    };
+    let lost = || -> Result<u64> {
+        Ok(attach::lost_counts(&skel, nprobes)?
+            .iter()
+            .map(|l| l.2)
+            .sum())
+    };
+
+    let deadline = opts.duration.map(|d| attached_at + d);
+    let mut prev: Vec<Aggregate> = Vec::new();
+    let mut prev_at = attached_at;
+    let mut next = attached_at + opts.interval;
+    let mut workload_status = None;
+    let mut quit = false;
+    loop {
+        if STOP.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if let Some(w) = workload.as_mut() {
+            if let Some(status) = w.reap_children()? {
+                workload_status = Some(status);
+                break;
+            }
+        }
+        if watch.as_ref().is_some_and(|w| w.all_exited()) {
+            break;
+        }
+        let now = Instant::now();
+        if now >= next {
+            let snap = counts.snapshot(&skel)?;
+            let tick = Tick {
+                time: now - attached_at,
+                span: now - prev_at,
+                last: false,
+                rows: rows(snap.clone(), &prev),
+                lost: lost()?,
+            };
+            view.show(&tick)?;
+            prev = snap;
+            prev_at = now;
+            next += opts.interval;
+            if next <= now {
+                next = now + opts.interval;
+            }
+            continue;
+        }
+        let mut wait = (next - now).min(POLL);
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(now));
+        }
+        if view.wait(wait)? {
+            quit = true;
+            break;
+        }
+    }
+    // Detach, then the final figures: nothing counts any more.
+    drop(attached);
+    let detached_at = Instant::now();
+    let snap = counts.snapshot(&skel)?;
+    let tick = Tick {
+        time: detached_at - attached_at,
+        span: detached_at - prev_at,
+        last: true,
+        rows: rows(snap, &prev),
+        lost: lost()?,
+    };
+    // The command: if top stopped first, end it as `urec record` does.
+    if let Some(w) = workload.as_mut() {
+        if workload_status.is_none() {
+            workload_status = w.try_wait()?;
+            if workload_status.is_none() {
+                workload_status = Some(w.terminate(STOP_GRACE)?);
+            }
+        }
+    }
+    view.show(&tick).context("showing the final figures")?;
+    let workload_end = workload.as_ref().and_then(|w| {
+        Some(WorkloadEnd {
+            ended: w.ended()?,
+            by_urec: w.terminated(),
+        })
+    });
+    Ok(TopSummary {
+        duration: detached_at - attached_at,
+        workload_status,
+        workload_end,
+        quit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(values: &[u64]) -> LatencyAggregate {
+        let mut buckets = std::collections::BTreeMap::new();
+        for &v in values {
+            *buckets.entry(log_linear::bucket(v, 6) as u32).or_insert(0) += 1;
+        }
+        LatencyAggregate {
+            count: values.len() as u64,
+            total: values.iter().sum(),
+            min: values.iter().copied().min().unwrap_or(0),
+            max: values.iter().copied().max().unwrap_or(0),
+            sub_bits: 6,
+            buckets: buckets.into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn intervals_difference_the_histograms() {
+        let first = [1000, 2000, 50_000];
+        let second = [1000, 2000, 50_000, 3000, 3100, 7000];
+        let a = agg(&first);
+        let b = agg(&second);
+        let d = interval(Some(&a), Some(&b)).unwrap();
+        assert_eq!(d.count, 3);
+        assert_eq!(d.total, 3000 + 3100 + 7000);
+        assert_eq!(d.buckets.iter().map(|b| b.1).sum::<u64>(), 3);
+        // The interval's max is its highest bucket's bound, within 1/64 of 7000, and never
+        // above the run's max.
+        assert!(d.max >= 7000 && d.max <= 7000 + 7000 / 64, "{}", d.max);
+        assert!(d.min <= 3000 && d.min >= 3000 - 3000 / 64, "{}", d.min);
+        // Nothing new: no interval latency.
+        assert!(interval(Some(&b), Some(&b)).is_none());
+        // The first interval is the whole run so far, and its max the exact max.
+        let whole = interval(None, Some(&b)).unwrap();
+        assert_eq!(whole.count, 6);
+        assert_eq!(whole.max, 50_000);
+        assert_eq!(whole.min, 1000);
+        assert!(interval(Some(&a), None).is_none());
+    }
+}
