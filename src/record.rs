@@ -567,7 +567,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
 
 /// `urec: ./server was killed by SIGSEGV; 1,204 events recorded`, when the command did not
 /// exit 0; None when it did.
-pub(crate) fn workload_line(program: &str, end: urec_record::WorkloadEnd, events: u64) -> Option<String> {
+pub(crate) fn workload_line(
+    program: &str,
+    end: urec_record::WorkloadEnd,
+    events: u64,
+) -> Option<String> {
     use urec_record::command::Ended;
     let program = urec_format::printable(program);
     let how = match end.ended {

@@ -147,12 +147,13 @@ pub fn interval(
     let (&(lo, _), &(hi, _)) = (buckets.first()?, buckets.last()?);
     let bits = u32::from(cur.sub_bits);
     let max = log_linear::bounds(hi as usize, bits).1.min(cur.max);
-    let min = log_linear::bounds(lo as usize, bits).0.max(cur.min).min(max);
+    let min = log_linear::bounds(lo as usize, bits)
+        .0
+        .max(cur.min)
+        .min(max);
     Some(LatencyAggregate {
         count,
-        total: cur
-            .total
-            .saturating_sub(prev.map_or(0, |p| p.total)),
+        total: cur.total.saturating_sub(prev.map_or(0, |p| p.total)),
         min,
         max,
         sub_bits: cur.sub_bits,
