@@ -612,7 +612,7 @@ mod tests {
         sort(&mut rows, SortKey::P99);
         assert_eq!(rows[0].row.id, 1);
         let table = final_table(&t, SortKey::Calls);
-        assert!(table.contains("t:f0  10"), "{table}");
+        assert!(table.contains("t:f0      10"), "{table}");
         assert!(table.contains("lost 0  filtered 0"), "{table}");
         assert_eq!(short_count(1234.0), "1234");
         assert_eq!(short_count(123_456.0), "123k");
