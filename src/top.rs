@@ -56,7 +56,8 @@ pub struct Args {
     /// JSON lines on stdout even on a terminal.
     #[arg(long)]
     pub json: bool,
-    /// The N hottest call paths of each probe (not yet available).
+    /// Also the N hottest call paths of each probe in each interval (frame-pointer stacks on
+    /// ring-buffer events: each call then costs what `urec record -g fp` costs).
     #[arg(long, value_name = "N")]
     pub top_stacks: Option<u32>,
     /// Allow a glob to match more than 1000 functions (as for `urec record`).
@@ -99,14 +100,10 @@ impl SortKey {
 
 /// Runs `urec top`; returns the exit status (the command's, with `-- COMMAND`).
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    if args.top_stacks.is_some() {
-        return Err(UsageError(
-            "--top-stacks: not yet: urec top shows counts and latencies only; for call paths \
-             use `urec record -e ...` and `urec report --folded -`"
-                .into(),
-        )
-        .into());
+    if args.top_stacks == Some(0) {
+        return Err(UsageError("--top-stacks takes a number of stacks, at least 1".into()).into());
     }
+    let top_stacks = args.top_stacks.unwrap_or(0);
     check_target_flags(&args.pids, args.all, &args.command, args.cgroup.as_deref())?;
     let verbosity = if args.verbose {
         Verbosity::Verbose
@@ -117,7 +114,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let probes = resolution
         .probes
         .iter()
-        .map(|p| urec_record::plan(p, StackMode::None).map_err(|e| UsageError(e.to_string())))
+        .map(|p| {
+            let mode = if top_stacks > 0 {
+                StackMode::FramePointer
+            } else {
+                StackMode::None
+            };
+            urec_record::plan(p, mode).map_err(|e| UsageError(e.to_string()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     warn_resolution(&resolution, verbosity);
     check_pids(&args.pids)?;
@@ -130,9 +134,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         interval: args.interval,
         cgroup: args.cgroup.clone(),
         verbosity,
+        top_stacks,
     };
     let summary = if !args.json && std::io::stdout().is_terminal() {
         let mut view = Screen::new(args.sort, args.interval, workload)?;
+        view.top_n = top_stacks;
         let result = urec_record::top::run(opts, &mut view);
         let last = view.finish();
         let summary = result.context("urec top")?;
@@ -143,6 +149,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     } else {
         let mut view = JsonLines {
             out: std::io::stdout().lock(),
+            namer: (top_stacks > 0).then(StackNamer::new),
+            top_n: top_stacks,
         };
         urec_record::top::run(opts, &mut view).context("urec top")?
     };
@@ -169,6 +177,58 @@ struct Figures<'a> {
     /// p50, p99, max of the interval.
     interval: Option<(u64, u64, u64)>,
     total: Option<urec_report::LatencyStats>,
+}
+
+/// Names the frames of `--top-stacks` stacks (located in their files by the recorder) with
+/// the report's symbolizer.
+struct StackNamer {
+    symbolizer: urec_report::symbolize::Symbolizer,
+}
+
+impl StackNamer {
+    fn new() -> StackNamer {
+        StackNamer {
+            symbolizer: urec_report::symbolize::Symbolizer::new(Default::default()),
+        }
+    }
+
+    /// The `n` hottest call paths of `stacks` by name (outermost first), the same path in
+    /// several processes merged.
+    fn hottest(
+        &mut self,
+        stacks: &[urec_record::top::HotStack],
+        n: u32,
+    ) -> Vec<(u64, Vec<String>)> {
+        let mut merged: Vec<(u64, Vec<String>)> = Vec::new();
+        for st in stacks {
+            let names = self.names(st);
+            match merged.iter_mut().find(|(_, m)| *m == names) {
+                Some((calls, _)) => *calls += st.calls,
+                None => merged.push((st.calls, names)),
+            }
+        }
+        merged.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        merged.truncate(n as usize);
+        merged
+    }
+
+    /// The stack's function names, outermost first (inlined functions included).
+    fn names(&mut self, stack: &urec_record::top::HotStack) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, &addr) in stack.frames.iter().enumerate().rev() {
+            match stack.files.get(i).and_then(Option::as_ref) {
+                None => out.push(format!("{addr:#x}")),
+                Some((path, _)) if &**path == "[vdso]" => out.push("[vdso]".into()),
+                Some((path, offset)) => {
+                    let offset = urec_format::FileOffset(*offset);
+                    for f in self.symbolizer.symbolize(path, None, offset, i > 0) {
+                        out.push(f.display_name().to_string());
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 fn figures(tick: &Tick) -> Vec<Figures<'_>> {
@@ -233,6 +293,16 @@ struct JsonFunction<'a> {
     rate: f64,
     interval_latency_ns: Option<JsonInterval>,
     latency_ns: Option<JsonLatency>,
+    /// With `--top-stacks` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_stacks: Option<Vec<JsonStack>>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonStack {
+    calls: u64,
+    /// Outermost first.
+    stack: Vec<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -254,7 +324,7 @@ struct JsonLatency {
 }
 
 /// The JSON line of one interval.
-fn json_line(tick: &Tick) -> JsonTick<'_> {
+fn json_line<'a>(tick: &'a Tick, mut namer: Option<&mut StackNamer>, top_n: u32) -> JsonTick<'a> {
     let functions = figures(tick)
         .iter()
         .map(|f| JsonFunction {
@@ -278,6 +348,12 @@ fn json_line(tick: &Tick) -> JsonTick<'_> {
                 max: s.max,
                 total: s.total,
             }),
+            top_stacks: namer.as_deref_mut().map(|n| {
+                n.hottest(&f.row.stacks, top_n)
+                    .into_iter()
+                    .map(|(calls, stack)| JsonStack { calls, stack })
+                    .collect()
+            }),
         })
         .collect();
     JsonTick {
@@ -291,6 +367,9 @@ fn json_line(tick: &Tick) -> JsonTick<'_> {
 /// JSON lines on stdout, one per interval.
 struct JsonLines<W: Write> {
     out: W,
+    /// With `--top-stacks`.
+    namer: Option<StackNamer>,
+    top_n: u32,
 }
 
 impl<W: Write> TopView for JsonLines<W> {
@@ -300,7 +379,10 @@ impl<W: Write> TopView for JsonLines<W> {
     }
 
     fn show(&mut self, tick: &Tick) -> anyhow::Result<()> {
-        serde_json::to_writer(&mut self.out, &json_line(tick))?;
+        serde_json::to_writer(
+            &mut self.out,
+            &json_line(tick, self.namer.as_mut(), self.top_n),
+        )?;
         self.out.write_all(b"\n")?;
         self.out.flush()?;
         Ok(())
@@ -350,9 +432,17 @@ fn cells(f: &Figures<'_>) -> [String; 7] {
 fn status_line(tick: &Tick) -> String {
     let filtered: u64 = tick.rows.iter().map(|r| r.total.filtered).sum();
     let in_flight: u64 = tick.rows.iter().map(|r| r.total.in_flight).sum();
+    let stacks = tick.rows.iter().any(|r| !r.stacks.is_empty());
     format!(
-        "lost {}  filtered {}  in flight {}  (counted in the kernel: no events, no file)",
-        tick.lost, filtered, in_flight
+        "lost {}  filtered {}  in flight {}  ({})",
+        tick.lost,
+        filtered,
+        in_flight,
+        if stacks {
+            "counted in the kernel; call paths from events, lost ones not among them"
+        } else {
+            "counted in the kernel: no events, no file"
+        }
     )
 }
 
@@ -412,6 +502,11 @@ struct Screen {
     /// A command shares the terminal: redraw every cell every interval, over its output.
     repaint: bool,
     last: Option<Tick>,
+    /// `--top-stacks N`: the N hot call paths of each probe under the table (0: none).
+    top_n: u32,
+    namer: StackNamer,
+    /// The named stacks of the last interval, per probe row (as drawn).
+    named: Vec<(String, Vec<(u64, String)>)>,
 }
 
 impl Screen {
@@ -423,6 +518,9 @@ impl Screen {
             interval,
             repaint,
             last: None,
+            top_n: 0,
+            namer: StackNamer::new(),
+            named: Vec::new(),
         })
     }
 
@@ -476,13 +574,37 @@ impl Screen {
         ];
         let header = TRow::new(HEADERS.map(Cell::from))
             .style(Style::default().add_modifier(Modifier::REVERSED));
+        let mut stack_lines: Vec<Line> = Vec::new();
+        if self.top_n > 0 {
+            stack_lines.push(Line::from(
+                "hot call paths of the interval (calls  outermost;...;probed)",
+            ));
+            for f in &rows {
+                if let Some((_, named)) = self.named.iter().find(|(n, _)| *n == f.row.name) {
+                    if named.is_empty() {
+                        continue;
+                    }
+                    stack_lines.push(Line::from(f.row.name.clone()));
+                    for (calls, folded) in named {
+                        stack_lines.push(Line::from(format!("  {calls:>8}  {folded}")));
+                    }
+                }
+            }
+        }
+        let table_height = if self.top_n > 0 {
+            Constraint::Length(rows.len() as u16 + 2)
+        } else {
+            Constraint::Min(1)
+        };
         terminal.draw(|frame| {
-            let [top, table, bottom] = Layout::vertical([
+            let [top, table, stacks, bottom] = Layout::vertical([
                 Constraint::Length(1),
-                Constraint::Min(1),
+                table_height,
+                Constraint::Min(0),
                 Constraint::Length(1),
             ])
             .areas(frame.area());
+            frame.render_widget(Paragraph::new(stack_lines), stacks);
             frame.render_widget(Paragraph::new(Line::from(title)), top);
             frame.render_widget(
                 Table::new(body, widths).header(header).column_spacing(2),
@@ -531,6 +653,21 @@ impl TopView for Screen {
 
     fn show(&mut self, tick: &Tick) -> anyhow::Result<()> {
         self.last = Some(tick.clone());
+        if self.top_n > 0 {
+            self.named = tick
+                .rows
+                .iter()
+                .map(|r| {
+                    let named = self
+                        .namer
+                        .hottest(&r.stacks, self.top_n)
+                        .into_iter()
+                        .map(|(calls, names)| (calls, names.join(";")))
+                        .collect();
+                    (r.name.clone(), named)
+                })
+                .collect();
+        }
         if tick.last {
             return Ok(());
         }
@@ -569,6 +706,7 @@ mod tests {
             },
             interval_calls: calls / 2,
             interval_latency: latency,
+            stacks: Vec::new(),
         };
         Tick {
             time: Duration::from_millis(2500),
@@ -584,7 +722,7 @@ mod tests {
 
     #[test]
     fn json_lines_follow_the_schema() {
-        let v = serde_json::to_value(json_line(&tick())).unwrap();
+        let v = serde_json::to_value(json_line(&tick(), None, 0)).unwrap();
         assert_eq!(v["schema"], 1);
         assert_eq!(v["time_s"], 2.5);
         assert_eq!(v["final"], false);

@@ -3,7 +3,7 @@
 //! calls `work` (entry+return, 20 µs sleep) and `tick` (entry only) a known number of times; the
 //! final JSON line must have those counts exactly, with latencies for `work` only. The terminal
 //! view is driven through a pseudo-terminal: it draws, redraws, quits on `q`, and leaves no
-//! uprobe link behind.
+//! uprobe link behind. `--top-stacks` names the hot call paths of each interval.
 //!
 //! They need root. Without it they skip with a message, unless `CI=true`, where they fail.
 
@@ -291,12 +291,82 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `work` reached through `via_a` 3 calls in 4 and through `via_b` 1 in 4.
+const PATHS_C: &str = r#"
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((noinline)) int work(int x) { usleep(20); return x * 3; }
+__attribute__((noinline)) int via_a(int x) { return work(x) + 1; }
+__attribute__((noinline)) int via_b(int x) { return work(x) + 2; }
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]);
+    volatile long s = 0;
+    for (int i = 0; i < n; i++) s += (i % 4 == 0) ? via_b(i) : via_a(i);
+    return 0;
+}
+"#;
+
 #[test]
-fn top_stacks_is_not_yet() {
+fn top_stacks_name_the_hot_paths() {
+    if !have_root() {
+        return;
+    }
+    let t = Fixture::build(
+        "paths",
+        PATHS_C,
+        &["-O1", "-fno-omit-frame-pointer", "-no-pie"],
+    );
+    let n = 4000u64;
     let out = Command::new(UREC)
-        .args(["top", "-e", "libc:malloc", "--top-stacks", "5", "-a"])
+        .args([
+            "top",
+            "--json",
+            "--top-stacks",
+            "2",
+            "--interval",
+            "200ms",
+            "-e",
+            &format!("{}:work", t.path()),
+            "--",
+            t.path(),
+            &n.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines = lines(&out.stdout);
+    let last = lines.last().expect("JSON lines");
+    assert_eq!(function(last, "work")["calls"], n);
+    // Per interval, the paths' calls (nothing lost at this rate) add up to the run's.
+    let mut by_path: std::collections::HashMap<String, u64> = Default::default();
+    for l in &lines {
+        let f = function(l, "work");
+        let stacks = f["top_stacks"]
+            .as_array()
+            .expect("top_stacks with --top-stacks");
+        assert!(stacks.len() <= 2);
+        for s in stacks {
+            let names: Vec<&str> = s["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let tail = names[names.len().saturating_sub(3)..].join(";");
+            *by_path.entry(tail).or_default() += s["calls"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(by_path.get("main;via_a;work"), Some(&3000), "{by_path:?}");
+    assert_eq!(by_path.get("main;via_b;work"), Some(&1000), "{by_path:?}");
+}
+
+#[test]
+fn top_stacks_zero_is_a_usage_error() {
+    let out = Command::new(UREC)
+        .args(["top", "-e", "libc:malloc", "--top-stacks", "0", "-a"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--top-stacks"));
 }

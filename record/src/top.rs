@@ -24,6 +24,7 @@
 //! `-p` process. The links are dropped first (they live on file descriptors: a `kill -9` drops
 //! them too), then the counts are read once more for the final, exact figures.
 
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -43,6 +44,61 @@ use crate::{PlannedProbe, Target, Verbosity, WorkloadEnd};
 
 /// How often stop conditions are looked at between intervals (and the view asked for keys).
 const POLL: Duration = Duration::from_millis(50);
+/// Frames per `--top-stacks` stack.
+const STACK_DEPTH: u32 = 64;
+/// The ring buffer of `--top-stacks` (drained every [`POLL`] at most).
+const STACK_RING: u32 = 16 << 20;
+
+/// Calls per (probe, process, stack) of the current interval, from ring-buffer events.
+type StackCounts = HashMap<(ProbeId, u32, Vec<u64>), u64>;
+
+/// Counts one ring-buffer record's stack (entries; returns of return-only probes, whose
+/// events carry the stack); reads the mappings of a process at its first event.
+fn count_stack(counts: &mut StackCounts, maps: &mut HashMap<u32, Maps>, bytes: &[u8]) {
+    let Ok(e) = urec_bpf::abi::RawEvent::parse(bytes) else {
+        return;
+    };
+    if e.nframes() == 0 {
+        return;
+    }
+    maps.entry(e.pid).or_insert_with(|| maps_of(e.pid));
+    *counts
+        .entry((e.probe, e.pid, e.frames().collect()))
+        .or_default() += 1;
+}
+
+/// The `n` hottest stacks of `probe` in `counts`, their frames located in `maps`.
+fn hottest(
+    counts: &StackCounts,
+    maps: &mut HashMap<u32, Maps>,
+    probe: ProbeId,
+    n: u32,
+) -> Vec<HotStack> {
+    let mut v: Vec<HotStack> = counts
+        .iter()
+        .filter(|((p, _, _), _)| *p == probe)
+        .map(|((_, pid, frames), &calls)| HotStack {
+            calls,
+            pid: *pid,
+            frames: frames.clone(),
+            files: Vec::new(),
+        })
+        .collect();
+    v.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.frames.cmp(&b.frames)));
+    v.truncate(n as usize);
+    for st in &mut v {
+        let m = maps.entry(st.pid).or_default();
+        // A library mapped since the process's first event: read its mappings again.
+        if st.frames.iter().any(|&a| locate(m, a).is_none()) {
+            let fresh = maps_of(st.pid);
+            if !fresh.is_empty() {
+                *m = fresh;
+            }
+        }
+        st.files = st.frames.iter().map(|&a| locate(m, a)).collect();
+    }
+    v
+}
 
 /// Everything one `urec top` needs.
 #[derive(Clone, Debug)]
@@ -59,6 +115,58 @@ pub struct TopOptions {
     pub cgroup: Option<PathBuf>,
     /// What to print on stderr (`-v`: what was attached).
     pub verbosity: Verbosity,
+    /// `--top-stacks N`: the N hottest call paths of each probe in each interval, from
+    /// frame-pointer stacks on ring-buffer events (then every call costs what `urec record
+    /// -g fp` costs); 0 for none (count only).
+    pub top_stacks: u32,
+}
+
+/// One call path of an interval: its calls, and the process and stack (innermost first, the
+/// probed function's address, then return addresses) of those calls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HotStack {
+    /// Calls with this stack in the interval (among the events the ring buffer delivered).
+    pub calls: u64,
+    /// The process.
+    pub pid: u32,
+    /// Addresses in that process, innermost first.
+    pub frames: Vec<u64>,
+    /// Per frame: the mapped file and the file offset of the address, through the process's
+    /// mappings as read when its first event arrived (again when an address fell outside
+    /// them); `None` where no file maps it (or `[vdso]`'s path, with the offset in it).
+    pub files: Vec<Option<(std::sync::Arc<str>, u64)>>,
+}
+
+/// A process's file mappings: (start, end, file offset at start, path).
+type Maps = Vec<(u64, u64, u64, std::sync::Arc<str>)>;
+
+/// The file mappings of `pid` (and `[vdso]`) from `/proc/PID/maps`; empty once it is gone.
+fn maps_of(pid: u32) -> Maps {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(6, ' ');
+            let (range, _perms, off) = (f.next()?, f.next()?, f.next()?);
+            let path = f.nth(2)?.trim_start();
+            if !(path.starts_with('/') || path == "[vdso]") {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+                u64::from_str_radix(off, 16).ok()?,
+                std::sync::Arc::from(path),
+            ))
+        })
+        .collect()
+}
+
+/// Where `addr` is mapped in `maps`: (file, offset).
+fn locate(maps: &Maps, addr: u64) -> Option<(std::sync::Arc<str>, u64)> {
+    maps.iter()
+        .find(|(s, e, _, _)| (*s..*e).contains(&addr))
+        .map(|(s, _, off, path)| (path.clone(), addr - s + off))
 }
 
 /// One probe's figures at the end of an interval.
@@ -79,6 +187,9 @@ pub struct Row {
     /// Latencies of the calls that returned in this interval ([`interval`]); `None` for
     /// one-sided probes and intervals without returns.
     pub interval_latency: Option<LatencyAggregate>,
+    /// With [`TopOptions::top_stacks`]: the interval's hottest stacks per process, hottest
+    /// first, up to 4 × `top_stacks` of them (the view merges the processes' equal paths).
+    pub stacks: Vec<HotStack>,
 }
 
 /// The figures of one interval.
@@ -196,6 +307,7 @@ fn top(
     }
     let nprobes = opts.probes.len() as u32;
     let bits = hist_bits(nprobes);
+    let stacks = opts.top_stacks > 0;
     let cgroup = match &opts.cgroup {
         Some(path) => Some(crate::cgroup::open(path).map_err(anyhow::Error::msg)?),
         None => None,
@@ -206,13 +318,13 @@ fn top(
         &LoadOptions {
             self_tgid: std::process::id(),
             filter,
-            // No stacks, and the smallest ring: nothing is written to it.
-            stack_depth: 0,
-            ring_bytes: 4096,
+            // Without --top-stacks no stacks, and the smallest ring: nothing is written to it.
+            stack_depth: if stacks { STACK_DEPTH } else { 0 },
+            ring_bytes: if stacks { STACK_RING } else { 4096 },
             probes: nprobes,
             cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
             hist_bits: bits,
-            count_only: true,
+            count_only: !stacks,
         },
     )?;
     let counts = KernelCounts::new(
@@ -262,11 +374,38 @@ fn top(
             started.elapsed().as_secs_f64() * 1e3
         );
     }
+    let stack_counts = std::cell::RefCell::new(StackCounts::new());
+    let stack_maps = std::cell::RefCell::new(HashMap::<u32, Maps>::new());
+    let ring = if stacks {
+        let mut builder = libbpf_rs::RingBufferBuilder::new();
+        builder.add(&skel.maps.events, |bytes: &[u8]| {
+            count_stack(
+                &mut stack_counts.borrow_mut(),
+                &mut stack_maps.borrow_mut(),
+                bytes,
+            );
+            0
+        })?;
+        Some(
+            builder
+                .build()
+                .context("setting up the ring buffer consumer")?,
+        )
+    } else {
+        None
+    };
+    let drain = || -> Result<()> {
+        if let Some(ring) = &ring {
+            ring.consume().context("reading the ring buffer")?;
+        }
+        Ok(())
+    };
     if let Some(w) = workload.as_mut() {
         w.start()?;
     }
 
     let rows = |snap: Vec<Aggregate>, prev: &[Aggregate]| -> Vec<Row> {
+        let counts = std::mem::take(&mut *stack_counts.borrow_mut());
         snap.into_iter()
             .zip(&opts.probes)
             .map(|(total, p)| {
@@ -281,6 +420,18 @@ fn top(
                         before.and_then(|b| b.latency.as_ref()),
                         total.latency.as_ref(),
                     ),
+                    stacks: if stacks {
+                        hottest(
+                            &counts,
+                            &mut stack_maps.borrow_mut(),
+                            total.probe,
+                            // Candidates: the same path in several processes is one path to
+                            // the view, which merges them by name.
+                            opts.top_stacks.saturating_mul(4),
+                        )
+                    } else {
+                        Vec::new()
+                    },
                     total,
                 }
             })
@@ -312,6 +463,7 @@ fn top(
         if watch.as_ref().is_some_and(|w| w.all_exited()) {
             break;
         }
+        drain()?;
         let now = Instant::now();
         if now >= next {
             let snap = counts.snapshot(&skel)?;
@@ -343,6 +495,7 @@ fn top(
     // Detach, then the final figures: nothing counts any more.
     drop(attached);
     let detached_at = Instant::now();
+    drain()?;
     let snap = counts.snapshot(&skel)?;
     let tick = Tick {
         time: detached_at - attached_at,
