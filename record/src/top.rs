@@ -1,6 +1,7 @@
 //! `urec top` (SPEC.md, "`urec top`"): the probes of a recording, loaded to count only, and
 //! their in-kernel aggregates read every interval. No ring buffer traffic, no side-band, no
-//! data file.
+//! data file. With `--top-stacks` the programs also write frame-pointer stacks to the ring
+//! (as `urec record -g fp`), counted per interval into the hottest call paths.
 //!
 //! The programs are `urec record`'s, loaded with `count_only` (see `urec.bpf.c`): each call
 //! updates the per-probe counts and the latency histogram and returns before any ring record is
