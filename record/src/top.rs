@@ -45,6 +45,9 @@ use crate::{PlannedProbe, Target, Verbosity, WorkloadEnd};
 
 /// How often stop conditions are looked at between intervals (and the view asked for keys).
 const POLL: Duration = Duration::from_millis(50);
+/// How often the ring is drained with `--top-stacks`: a process's mappings are read at its
+/// first event, which must come while it still runs.
+const STACK_POLL: Duration = Duration::from_millis(10);
 /// Frames per `--top-stacks` stack.
 const STACK_DEPTH: u32 = 64;
 /// The ring buffer of `--top-stacks` (drained every [`POLL`] at most).
@@ -484,7 +487,7 @@ fn top(
             }
             continue;
         }
-        let mut wait = (next - now).min(POLL);
+        let mut wait = (next - now).min(if stacks { STACK_POLL } else { POLL });
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_duration_since(now));
         }
