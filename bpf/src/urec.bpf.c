@@ -1070,6 +1070,8 @@ int urec_entry(struct pt_regs *ctx)
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
 	count_call(probe);
+	if (count_only)
+		return 0; /* before the clock read emit_for's arguments take */
 	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false, ip,
 		 0, go_goroutine(ctx, cfg));
 	return 0;
@@ -1089,6 +1091,8 @@ int urec_return(struct pt_regs *ctx)
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
 	count_return(probe, false, 0, true);
+	if (count_only)
+		return 0;
 	emit_for(ctx, cfg, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true, ip,
 		 0, go_goroutine(ctx, cfg));
 	return 0;
