@@ -433,15 +433,19 @@ fn status_line(tick: &Tick) -> String {
     let filtered: u64 = tick.rows.iter().map(|r| r.total.filtered).sum();
     let in_flight: u64 = tick.rows.iter().map(|r| r.total.in_flight).sum();
     let stacks = tick.rows.iter().any(|r| !r.stacks.is_empty());
+    let cost = match tick.bpf_ns_per_run {
+        Some(ns) => format!("probe cost: BPF {ns:.0} ns/run + the trap"),
+        None => "probe cost: sysctl kernel.bpf_stats_enabled=1".to_string(),
+    };
     format!(
-        "lost {}  filtered {}  in flight {}  ({})",
+        "lost {}  filtered {}  in flight {}  {cost}  ({})",
         tick.lost,
         filtered,
         in_flight,
         if stacks {
-            "counted in the kernel; call paths from events, lost ones not among them"
+            "paths from events"
         } else {
-            "counted in the kernel: no events, no file"
+            "kernel counts, no events"
         }
     )
 }
@@ -717,6 +721,7 @@ mod tests {
                 row(1, ProbeKind::EntryReturn, 2, Some(lat)),
             ],
             lost: 0,
+            bpf_ns_per_run: None,
         }
     }
 

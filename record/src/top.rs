@@ -209,6 +209,50 @@ pub struct Tick {
     pub rows: Vec<Row>,
     /// Calls lost so far (none are expected: counting needs no ring buffer).
     pub lost: u64,
+    /// The probes' BPF programs' own run time per run in this interval, in ns, when the
+    /// kernel measures it (`sysctl kernel.bpf_stats_enabled=1`; urec does not turn it on, it
+    /// costs every BPF program on the host): what a call costs besides the uprobe trap.
+    pub bpf_ns_per_run: Option<f64>,
+}
+
+/// (run time ns, runs) of urec's uprobe programs so far, as the kernel counts them while
+/// `kernel.bpf_stats_enabled` is 1 (zeros otherwise).
+fn bpf_stats(skel: &urec_bpf::UrecSkel<'_>) -> (u64, u64) {
+    use std::os::fd::{AsFd, AsRawFd};
+    let p = &skel.progs;
+    let fds = [
+        p.urec_session.as_fd(),
+        p.urec_entry.as_fd(),
+        p.urec_return.as_fd(),
+        p.urec_go_entry.as_fd(),
+        p.urec_go_return.as_fd(),
+        p.urec_entry_single.as_fd(),
+        p.urec_return_single.as_fd(),
+    ];
+    let mut out = (0u64, 0u64);
+    for fd in fds {
+        let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+        let mut len = std::mem::size_of_val(&info) as u32;
+        // SAFETY: the kernel fills at most `len` bytes of `info`, a plain C struct.
+        let r = unsafe {
+            libbpf_rs::libbpf_sys::bpf_obj_get_info_by_fd(
+                fd.as_raw_fd(),
+                (&mut info as *mut libbpf_rs::libbpf_sys::bpf_prog_info).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            out.0 += info.run_time_ns;
+            out.1 += info.run_cnt;
+        }
+    }
+    out
+}
+
+/// ns per run between two [`bpf_stats`] readings; `None` without runs measured.
+fn per_run(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let runs = after.1.checked_sub(before.1).filter(|&n| n > 0)?;
+    Some(after.0.saturating_sub(before.0) as f64 / runs as f64)
 }
 
 /// What to show the figures on: the JSON lines, or the full-screen table.
@@ -450,6 +494,7 @@ fn top(
 
     let deadline = opts.duration.map(|d| attached_at + d);
     let mut prev: Vec<Aggregate> = Vec::new();
+    let mut prev_stats = bpf_stats(&skel);
     let mut prev_at = attached_at;
     let mut next = attached_at + opts.interval;
     let mut workload_status = None;
@@ -471,13 +516,16 @@ fn top(
         let now = Instant::now();
         if now >= next {
             let snap = counts.snapshot(&skel)?;
+            let stats = bpf_stats(&skel);
             let tick = Tick {
                 time: now - attached_at,
                 span: now - prev_at,
                 last: false,
                 rows: rows(snap.clone(), &prev),
                 lost: lost()?,
+                bpf_ns_per_run: per_run(prev_stats, stats),
             };
+            prev_stats = stats;
             view.show(&tick)?;
             prev = snap;
             prev_at = now;
@@ -507,6 +555,7 @@ fn top(
         last: true,
         rows: rows(snap, &prev),
         lost: lost()?,
+        bpf_ns_per_run: per_run(prev_stats, bpf_stats(&skel)),
     };
     // The command: if top stopped first, end it as `urec record` does.
     if let Some(w) = workload.as_mut() {
@@ -573,5 +622,12 @@ mod tests {
         assert_eq!(whole.max, 50_000);
         assert_eq!(whole.min, 1000);
         assert!(interval(Some(&a), None).is_none());
+    }
+
+    #[test]
+    fn bpf_cost_per_run() {
+        assert_eq!(per_run((1000, 10), (3000, 30)), Some(100.0));
+        // Statistics off: the kernel counts nothing.
+        assert_eq!(per_run((0, 0), (0, 0)), None);
     }
 }
