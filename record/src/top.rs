@@ -380,13 +380,17 @@ fn top(
         opts.probes.iter().map(|p| p.probe.kind).collect(),
         bits,
     )?;
-    // The predicates are what the programs read of the configuration before counting.
+    // The predicates are what the programs read of the configuration before counting (they
+    // have their own operands); no argument is fetched, no stack copied (--top-stacks walks
+    // frame pointers).
     let configs: Vec<_> = opts
         .probes
         .iter()
         .map(|p| {
             let mut cfg = p.config.clone();
             cfg.stack_size = 0;
+            cfg.dwarf = false;
+            cfg.args.clear();
             (p.probe.id, cfg)
         })
         .collect();
