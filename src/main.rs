@@ -14,6 +14,8 @@ mod record;
 mod report;
 mod script;
 mod symbols;
+#[cfg(feature = "record")]
+mod top;
 
 pub use exit::UsageError;
 
@@ -30,6 +32,15 @@ enum Command {
     /// Attach probes and record events into a data file.
     #[cfg(feature = "record")]
     Record(record::Args),
+    /// Live per-probe counts and latencies, redrawn every interval (JSON lines off a terminal).
+    ///
+    /// The probes of `urec record`, counting in the kernel only: no events, no data file. On a
+    /// terminal a full-screen table (calls in the interval, total calls, calls/s, p50, p99 and
+    /// max latency of the interval; keys c, r, 5, 9, m sort, q quits); otherwise, or with
+    /// --json, one JSON object a line per interval and a last one with "final": true and the
+    /// exact totals. With -- COMMAND, exits with the command's status.
+    #[cfg(feature = "record")]
+    Top(top::Args),
     /// Summarize a recording: tables, histograms, folded stacks, flamegraphs, JSON.
     Report(Box<report::Args>),
     /// Print every event of a recording in time order, like `perf script`.
@@ -105,6 +116,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         #[cfg(feature = "record")]
         Command::Record(args) => record::run(args),
+        #[cfg(feature = "record")]
+        Command::Top(args) => top::run(args),
         Command::Report(args) => report::run(*args),
         Command::Script(args) => script::run(args),
         Command::List(args) => list::run(args),

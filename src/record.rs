@@ -98,7 +98,7 @@ fn mode_name(mode: StackMode) -> &'static str {
 }
 
 /// `10`, `1.5s`, `500ms`, `5m`, `1h`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1e-3)
@@ -253,6 +253,122 @@ fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     }
 }
 
+/// The flags choosing whom to trace, checked before anything else (shared with `urec top`).
+pub(crate) fn check_target_flags(
+    pids: &[u32],
+    all: bool,
+    command: &[String],
+    cgroup: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if !pids.is_empty() && (all || !command.is_empty()) {
+        return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
+    }
+    if let Some(cgroup) = cgroup {
+        urec_record::cgroup::open(cgroup).map_err(UsageError)?;
+    }
+    Ok(())
+}
+
+/// Parses and resolves every `-e` spec (shared with `urec top`): a bad one is a usage error,
+/// before anything is attached.
+pub(crate) fn resolve_specs(
+    events: &[String],
+    force: bool,
+    pids: &[u32],
+) -> anyhow::Result<urec_probe::Resolution> {
+    // Everything that can be wrong with the specs, before anything else happens.
+    let specs = events
+        .iter()
+        .map(|e| urec_probe::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Resolution opens every binary named: at a tiny open-files limit that is where it runs out,
+    // and the limit (exit 1), not the spec (exit 2), is what to name.
+    let opts = ResolveOptions {
+        force,
+        roots: roots_of(pids),
+    };
+    urec_probe::resolve(&specs, &opts).map_err(|e| urec_record::fds::explain(e.into()))
+}
+
+/// The resolution's warnings, and the probes the kernel single-steps (shared with `urec top`).
+pub(crate) fn warn_resolution(resolution: &urec_probe::Resolution, verbosity: Verbosity) {
+    if verbosity != Verbosity::Quiet {
+        for w in &resolution.warnings {
+            eprintln!("urec: warning: {}", urec_format::printable(w));
+        }
+        // One line for all of them: a glob over `str*` single-steps dozens.
+        let stepped: Vec<&str> = resolution
+            .probes
+            .iter()
+            .filter(|p| p.first_insn == InsnHandling::SingleStepped)
+            .map(|p| p.probe.name.as_str())
+            .collect();
+        if let [one] = stepped.as_slice() {
+            eprintln!(
+                "urec: warning: {one}: the kernel single-steps the probed instruction, about 10x \
+                 the cost per hit of an emulated one"
+            );
+        } else if !stepped.is_empty() {
+            eprintln!(
+                "urec: warning: the kernel single-steps the probed instruction of {} probes, \
+                 about 10x the cost per hit of an emulated one: {}",
+                stepped.len(),
+                urec_format::name_list(&stepped, 8)
+            );
+        }
+    }
+}
+
+/// Every `-p` pid is a live process that urec can trace (shared with `urec top`).
+pub(crate) fn check_pids(pids: &[u32]) -> anyhow::Result<()> {
+    for &pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return Err(UsageError(format!("-p {pid}: no such process")).into());
+        };
+        // urec skips its own events, so it would wait for its own exit.
+        if pid == std::process::id() {
+            return Err(UsageError(format!(
+                "-p {pid}: that is urec itself, which is never traced"
+            ))
+            .into());
+        }
+        // The filter and the exit watch work on processes: a thread's id matches neither.
+        if let Some(tgid) = thread_group_of(pid).filter(|&tgid| tgid != pid) {
+            return Err(UsageError(format!(
+                "-p {pid}: a thread of process {tgid}; use -p {tgid} (its threads are traced \
+                 with it)"
+            ))
+            .into());
+        }
+        // It would never call the probed code, and never exit: the recording would only end
+        // on Ctrl-C, with nothing in it.
+        if urec_record::procfs::is_kernel_thread(&stat) {
+            return Err(UsageError(format!(
+                "-p {pid}: a kernel thread, which runs no user code"
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Whom `-a`, `-p` and `-- COMMAND` ask to trace (shared with `urec top`).
+pub(crate) fn target_of(pids: &[u32], all: bool, command: &[String]) -> anyhow::Result<Target> {
+    Ok(if !command.is_empty() {
+        let program = urec_record::command::find_program(&command[0])
+            .ok_or_else(|| UsageError(format!("{}: command not found", command[0])))?;
+        Target::Command {
+            program,
+            argv: command.to_vec(),
+            all,
+        }
+    } else if !pids.is_empty() {
+        Target::Pids(pids.to_vec())
+    } else {
+        Target::All
+    })
+}
+
 /// Runs `urec record`; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let stack_mode = match args.call_graph {
@@ -271,13 +387,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .into());
     }
     let stack_size = (args.stack_size.min(u64::from(urec_record::MAX_STACK_SIZE)) as u32) & !7;
-    if !args.pids.is_empty() && (args.all || !args.command.is_empty()) {
-        return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
-    }
+    check_target_flags(&args.pids, args.all, &args.command, args.cgroup.as_deref())?;
     urec_record::output::check(&args.output).map_err(UsageError)?;
-    if let Some(cgroup) = &args.cgroup {
-        urec_record::cgroup::open(cgroup).map_err(UsageError)?;
-    }
     let verbosity = if args.quiet {
         Verbosity::Quiet
     } else if args.verbose {
@@ -286,20 +397,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Verbosity::Normal
     };
 
-    // Everything that can be wrong with the specs, before anything else happens.
-    let specs = args
-        .events
-        .iter()
-        .map(|e| urec_probe::parse(e))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Resolution opens every binary named: at a tiny open-files limit that is where it runs out,
-    // and the limit (exit 1), not the spec (exit 2), is what to name.
-    let opts = ResolveOptions {
-        force: args.force,
-        roots: roots_of(&args.pids),
-    };
-    let resolution =
-        urec_probe::resolve(&specs, &opts).map_err(|e| urec_record::fds::explain(e.into()))?;
+    let resolution = resolve_specs(&args.events, args.force, &args.pids)?;
     // -g auto: the traced programs' executables are the callers' binaries we know of.
     let mut callers: Vec<PathBuf> = Vec::new();
     if args.call_graph == CallGraph::Auto {
@@ -330,72 +428,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         }
         probes.push(planned);
     }
-    if verbosity != Verbosity::Quiet {
-        for w in &resolution.warnings {
-            eprintln!("urec: warning: {}", urec_format::printable(w));
-        }
-        // One line for all of them: a glob over `str*` single-steps dozens.
-        let stepped: Vec<&str> = resolution
-            .probes
-            .iter()
-            .filter(|p| p.first_insn == InsnHandling::SingleStepped)
-            .map(|p| p.probe.name.as_str())
-            .collect();
-        if let [one] = stepped.as_slice() {
-            eprintln!(
-                "urec: warning: {one}: the kernel single-steps the probed instruction, about 10x \
-                 the cost per hit of an emulated one"
-            );
-        } else if !stepped.is_empty() {
-            eprintln!(
-                "urec: warning: the kernel single-steps the probed instruction of {} probes, \
-                 about 10x the cost per hit of an emulated one: {}",
-                stepped.len(),
-                urec_format::name_list(&stepped, 8)
-            );
-        }
-    }
-    for &pid in &args.pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return Err(UsageError(format!("-p {pid}: no such process")).into());
-        };
-        // urec skips its own events, so it would wait for its own exit.
-        if pid == std::process::id() {
-            return Err(UsageError(format!(
-                "-p {pid}: that is urec itself, which is never traced"
-            ))
-            .into());
-        }
-        // The filter and the exit watch work on processes: a thread's id matches neither.
-        if let Some(tgid) = thread_group_of(pid).filter(|&tgid| tgid != pid) {
-            return Err(UsageError(format!(
-                "-p {pid}: a thread of process {tgid}; use -p {tgid} (its threads are traced \
-                 with it)"
-            ))
-            .into());
-        }
-        // It would never call the probed code, and never exit: the recording would only end
-        // on Ctrl-C, with nothing in it.
-        if urec_record::procfs::is_kernel_thread(&stat) {
-            return Err(UsageError(format!(
-                "-p {pid}: a kernel thread, which runs no user code"
-            ))
-            .into());
-        }
-    }
-    let target = if !args.command.is_empty() {
-        let program = urec_record::command::find_program(&args.command[0])
-            .ok_or_else(|| UsageError(format!("{}: command not found", args.command[0])))?;
-        Target::Command {
-            program,
-            argv: args.command.clone(),
-            all: args.all,
-        }
-    } else if !args.pids.is_empty() {
-        Target::Pids(args.pids.clone())
-    } else {
-        Target::All
-    };
+    warn_resolution(&resolution, verbosity);
+    check_pids(&args.pids)?;
+    let target = target_of(&args.pids, args.all, &args.command)?;
     urec_record::check_ring_fits(
         &probes,
         stack_mode,
@@ -532,7 +567,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
 
 /// `urec: ./server was killed by SIGSEGV; 1,204 events recorded`, when the command did not
 /// exit 0; None when it did.
-fn workload_line(program: &str, end: urec_record::WorkloadEnd, events: u64) -> Option<String> {
+pub(crate) fn workload_line(
+    program: &str,
+    end: urec_record::WorkloadEnd,
+    events: u64,
+) -> Option<String> {
     use urec_record::command::Ended;
     let program = urec_format::printable(program);
     let how = match end.ended {

@@ -40,6 +40,8 @@ const volatile __u32 stack_depth = UREC_MAX_DEPTH; /* 0: no stacks (-g none) */
 const volatile __u64 wakeup_bytes = 1 << 20;
 const volatile __u32 hist_bits = 6;       /* sub-bucket bits of the latency histograms */
 const volatile __u32 hist_buckets = 2496; /* counters per probe: log_linear::kernel_buckets */
+/* `urec top`: only count (aggs, hist); never build or reserve a ring record. */
+const volatile __u8 count_only = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -906,6 +908,8 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 				     bool stack, bool leaf, __u64 probe_ip, __u32 tid,
 				     __u64 goroutine)
 {
+	if (count_only)
+		return; /* counted by the caller already (load-time constant: pruned when 0) */
 	__u32 cpu = bpf_get_smp_processor_id();
 	__u64 id = bpf_get_current_pid_tgid();
 
@@ -1066,6 +1070,8 @@ int urec_entry(struct pt_regs *ctx)
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
 	count_call(probe);
+	if (count_only)
+		return 0; /* before the clock read emit_for's arguments take */
 	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false, ip,
 		 0, go_goroutine(ctx, cfg));
 	return 0;
@@ -1085,6 +1091,8 @@ int urec_return(struct pt_regs *ctx)
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
 	count_return(probe, false, 0, true);
+	if (count_only)
+		return 0;
 	emit_for(ctx, cfg, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true, ip,
 		 0, go_goroutine(ctx, cfg));
 	return 0;

@@ -156,6 +156,13 @@ impl KernelCounts {
         Ok(out)
     }
 
+    /// Cumulative counts of every probe, changed or not (what `urec top` differences).
+    pub fn snapshot(&self, skel: &UrecSkel<'_>) -> Result<Vec<Aggregate>> {
+        (0..self.kinds.len() as u32)
+            .map(|id| Ok(self.aggregate(id, &self.sums(skel, id)?)))
+            .collect()
+    }
+
     fn aggregate(&self, id: ProbeId, s: &[u64; AGG_WORDS]) -> Aggregate {
         let both = self.kinds[id as usize] == ProbeKind::EntryReturn;
         let latency = (both && s[LAT_COUNT] > 0).then(|| {

@@ -42,6 +42,9 @@ pub struct LoadOptions {
     pub cgroup: Option<std::os::fd::RawFd>,
     /// Sub-bucket bits of the latency histograms ([`crate::aggregates::hist_bits`]).
     pub hist_bits: u32,
+    /// Only count (`urec top`): the programs update the in-kernel aggregates and return
+    /// before building or reserving any ring-buffer record.
+    pub count_only: bool,
 }
 
 /// One probe as the attach step needs it.
@@ -64,6 +67,22 @@ pub struct AttachProbe {
     /// with the entry (at `offset`) per goroutine in BPF, never a uretprobe, which crashes
     /// Go's runtime (SPEC.md, "Go programs").
     pub go_returns: Option<Vec<u64>>,
+}
+
+impl AttachProbe {
+    /// What attaching planned probe `p` takes.
+    pub fn of(p: &crate::PlannedProbe) -> AttachProbe {
+        AttachProbe {
+            id: p.probe.id,
+            binary: p.open_path.clone(),
+            // A Go function's entry probe sits past its stack check (SPEC.md, "Go programs").
+            offset: p.go.as_ref().map_or(p.probe.offset.0, |g| g.entry_offset),
+            kind: p.probe.kind,
+            name: p.probe.name.clone(),
+            ref_ctr_offset: p.ref_ctr_offset,
+            go_returns: p.go.as_ref().and_then(|g| g.returns.clone().ok()),
+        }
+    }
 }
 
 /// Which BPF program a site runs.
@@ -137,6 +156,7 @@ pub fn load<'obj>(
     let buckets = urec_format::log_linear::kernel_buckets(opts.hist_bits);
     rodata.hist_bits = opts.hist_bits;
     rodata.hist_buckets = buckets as u32;
+    rodata.count_only = opts.count_only as u8;
     open.maps
         .events
         .set_max_entries(opts.ring_bytes)

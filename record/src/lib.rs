@@ -33,7 +33,8 @@
 //! deduplicates stacks; [`plan`](mod@plan) turns resolved probes into the BPF tables;
 //! [`command`] runs `-- COMMAND`; [`output`] creates the file; [`sideband`], [`procfs`] and
 //! [`processes`] follow processes and their mappings; [`mapped`] names the probed binaries that
-//! the traced processes never mapped.
+//! the traced processes never mapped; [`top`] runs `urec top` on the same programs, counting
+//! only.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -56,6 +57,7 @@ pub mod procfs;
 mod session;
 pub mod sideband;
 pub mod stacks;
+pub mod top;
 pub mod unwind;
 
 pub use plan::{plan, PlanError, PlannedProbe};

@@ -74,13 +74,16 @@ const YIELD_BYTES: usize = 8 << 20;
 /// stops it, after the record at hand was consumed).
 const YIELD: i32 = -libc::EAGAIN;
 
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by SIGINT/SIGTERM once [`install_signal_handlers`] ran: the recording (or `urec top`)
+/// stops cleanly at its next look.
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
 }
 
-fn install_signal_handlers() {
+/// Makes SIGINT and SIGTERM set [`STOP`] instead of ending urec.
+pub(crate) fn install_signal_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: a handler that only stores to an atomic is async-signal-safe; sigaction with
         // a zeroed struct and no SA_RESTART so that waits return EINTR promptly.
@@ -152,12 +155,12 @@ fn uname() -> (String, String, String) {
 }
 
 /// A pidfd per `-p` process: readable once the process has exited.
-struct PidWatch {
+pub(crate) struct PidWatch {
     fds: Vec<OwnedFd>,
 }
 
 impl PidWatch {
-    fn new(pids: &[u32]) -> Result<PidWatch> {
+    pub(crate) fn new(pids: &[u32]) -> Result<PidWatch> {
         let mut fds = Vec::new();
         for &pid in pids {
             // SAFETY: pidfd_open(2) with no flags; returns a new fd or -1.
@@ -172,7 +175,7 @@ impl PidWatch {
         Ok(PidWatch { fds })
     }
 
-    fn all_exited(&self) -> bool {
+    pub(crate) fn all_exited(&self) -> bool {
         use std::os::fd::AsRawFd;
         let mut polls: Vec<libc::pollfd> = self
             .fds
@@ -191,37 +194,41 @@ impl PidWatch {
 
 /// How long the command (and, after a failure, each of its processes) gets between SIGTERM
 /// and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a recording; see the module docs.
 pub fn run(opts: RecordOptions) -> Result<Summary> {
     let mut workload = None;
     let result = record(&opts, &mut workload);
     if let (Err(_), Some(w)) = (&result, workload.as_mut()) {
-        // urec failed after starting the command: nobody is tracing it any more and nobody
-        // would know to stop it (see the `command` module). The probes are detached by now.
-        if w.started() {
-            // Said only when something is still running (the command may have ended already).
-            let running = crate::command::descendants(std::process::id())
-                .iter()
-                .any(|&(_, zombie)| !zombie);
-            if running {
-                eprintln!(
-                    "urec: recording failed; stopping the command and every process it started"
-                );
-            }
-            let alive = w.stop_tree(STOP_GRACE);
-            if !alive.is_empty() {
-                let pids: Vec<String> = alive.iter().map(u32::to_string).collect();
-                eprintln!(
-                    "urec: warning: {} still alive after SIGKILL: {}",
-                    plural(alive.len() as u64, "process", "processes"),
-                    urec_format::name_list(&pids, 8)
-                );
-            }
-        }
+        stop_after_failure(w, "recording failed");
     }
     result
+}
+
+/// After urec failed having started the command: nobody is tracing it any more and nobody
+/// would know to stop it (see the `command` module), so it and every process it started are
+/// stopped. The probes are detached by now. `what` says what failed (`recording failed`).
+pub(crate) fn stop_after_failure(w: &mut Workload, what: &str) {
+    if !w.started() {
+        return;
+    }
+    // Said only when something is still running (the command may have ended already).
+    let running = crate::command::descendants(std::process::id())
+        .iter()
+        .any(|&(_, zombie)| !zombie);
+    if running {
+        eprintln!("urec: {what}; stopping the command and every process it started");
+    }
+    let alive = w.stop_tree(STOP_GRACE);
+    if !alive.is_empty() {
+        let pids: Vec<String> = alive.iter().map(u32::to_string).collect();
+        eprintln!(
+            "urec: warning: {} still alive after SIGKILL: {}",
+            plural(alive.len() as u64, "process", "processes"),
+            urec_format::name_list(&pids, 8)
+        );
+    }
 }
 
 /// [`run`], with the command left in `workload` for it to stop when this fails.
@@ -312,6 +319,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             probes: nprobes,
             cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
             hist_bits: crate::aggregates::hist_bits(nprobes),
+            count_only: false,
         },
     )?;
     let mut kernel_counts = crate::aggregates::KernelCounts::new(
@@ -358,20 +366,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     install_signal_handlers();
 
     // 4. Attach, then the output file.
-    let probes: Vec<AttachProbe> = opts
-        .probes
-        .iter()
-        .map(|p| AttachProbe {
-            id: p.probe.id,
-            binary: p.open_path.clone(),
-            // A Go function's entry probe sits past its stack check (SPEC.md, "Go programs").
-            offset: p.go.as_ref().map_or(p.probe.offset.0, |g| g.entry_offset),
-            kind: p.probe.kind,
-            name: p.probe.name.clone(),
-            ref_ctr_offset: p.ref_ctr_offset,
-            go_returns: p.go.as_ref().and_then(|g| g.returns.clone().ok()),
-        })
-        .collect();
+    let probes: Vec<AttachProbe> = opts.probes.iter().map(AttachProbe::of).collect();
     let attached = attach::attach(&skel, &probes, filter, &mut warn)?;
     let attach_ns = monotonic_now()?;
     if !filter {
