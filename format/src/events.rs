@@ -10,6 +10,8 @@
 //! - `ctx`: an index into the chunk's dictionary of (pid, tid, cpu) triples;
 //! - `stack`, `latency`, `args`: only for the events whose flags say they have one;
 //! - `goroutine` (since 1.4): one per event, in chunks where some event has one.
+//! - `weight` (since 1.6): one per event, in chunks where some event stands for more than one
+//!   call (sampled under ring pressure); such a chunk has the goroutine column too, maybe empty.
 //!
 //! Delta bases and the dictionary start afresh in every chunk, so each chunk decodes alone.
 
@@ -29,11 +31,14 @@ const COL_ARGS: usize = 5;
 /// Since 1.4: a varint per event, its goroutine or 0; written only in chunks where some event
 /// has one, so recordings of other code pay nothing.
 const COL_GOROUTINE: usize = 6;
+/// Since 1.6: a varint per event, the calls it stands for (1, or 2^k when the recorder kept
+/// one call in 2^k); written only in chunks where some event's is not 1.
+const COL_WEIGHT: usize = 7;
 /// Columns every chunk has.
 const BASE_COLS: usize = 6;
 /// Columns this version reads and writes; a reader ignores any further columns (a later
 /// minor version).
-pub(crate) const NCOLS: usize = 7;
+pub(crate) const NCOLS: usize = 8;
 
 const F_RETURN: u64 = 1;
 const F_STACK: u64 = 2;
@@ -81,6 +86,8 @@ pub(crate) struct EventEncoder {
     cols: [Vec<u8>; NCOLS],
     /// Some event of the chunk has a goroutine: the chunk gets its column.
     goroutines: bool,
+    /// Some event of the chunk has a weight other than 1: the chunk gets its column.
+    weights: bool,
 }
 
 impl EventEncoder {
@@ -158,6 +165,8 @@ impl EventEncoder {
         put_u64(&mut self.cols[COL_CTX], idx.into());
         put_u64(&mut self.cols[COL_GOROUTINE], e.goroutine.unwrap_or(0));
         self.goroutines |= e.goroutine.is_some();
+        put_u64(&mut self.cols[COL_WEIGHT], e.weight.into());
+        self.weights |= e.weight != 1;
         self.n += 1;
     }
 
@@ -172,7 +181,17 @@ impl EventEncoder {
             put_u64(out, tid.into());
             put_u64(out, cpu.into());
         }
-        let ncols = if self.goroutines { NCOLS } else { BASE_COLS };
+        if !self.goroutines {
+            // Empty: a reader takes an empty goroutine column for "none".
+            self.cols[COL_GOROUTINE].clear();
+        }
+        let ncols = if self.weights {
+            COL_WEIGHT + 1
+        } else if self.goroutines {
+            COL_GOROUTINE + 1
+        } else {
+            BASE_COLS
+        };
         put_u64(out, ncols as u64);
         for col in &self.cols[..ncols] {
             put_u64(out, col.len() as u64);
@@ -184,6 +203,7 @@ impl EventEncoder {
             col.clear();
         }
         self.goroutines = false;
+        self.weights = false;
         let n = self.n;
         self.n = 0;
         self.ctx.clear();
@@ -301,6 +321,19 @@ impl EventDecoder {
                 None
             }
         };
+        // A chunk without the weight column has an empty one here: every event weighs 1.
+        let weight = {
+            let col = &mut self.cols[COL_WEIGHT];
+            if col.0 < col.1 {
+                let w = col_u64(buf, col)?;
+                u32::try_from(w)
+                    .ok()
+                    .filter(|&w| w > 0)
+                    .ok_or(Malformed("an event's weight is 0 or too large"))?
+            } else {
+                1
+            }
+        };
         let args = if tag & F_ARGS != 0 {
             self.args(buf)?
         } else {
@@ -321,6 +354,7 @@ impl EventDecoder {
             latency_ns,
             args,
             goroutine,
+            weight,
         })
     }
 
@@ -371,6 +405,7 @@ mod tests {
             latency_ns: None,
             args: Vec::new(),
             goroutine,
+            weight: 1,
         }
     }
 
@@ -404,5 +439,28 @@ mod tests {
             .collect::<Res<_>>()
             .unwrap();
         assert_eq!(got, events);
+    }
+
+    #[test]
+    fn only_chunks_with_weights_carry_their_column() {
+        let (_, ncols) = chunk(&[event(Some(0x00c0_0008_2000)), event(None)]);
+        assert_eq!(ncols, 7, "weights of 1 cost nothing");
+        let weighed = |g, weight| Event {
+            weight,
+            ..event(g)
+        };
+        for events in [
+            vec![event(None), weighed(None, 64)],
+            vec![weighed(Some(0x00c0_0008_2000), 2), event(None)],
+        ] {
+            let (payload, ncols) = chunk(&events);
+            assert_eq!(ncols, NCOLS as u64);
+            let mut dec = EventDecoder::default();
+            dec.start(&payload, 2).unwrap();
+            let got: Vec<Event> = std::iter::from_fn(|| dec.next(&payload))
+                .collect::<Res<_>>()
+                .unwrap();
+            assert_eq!(got, events);
+        }
     }
 }

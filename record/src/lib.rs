@@ -142,6 +142,11 @@ pub struct Summary {
     pub lost_unwind: u64,
     /// Calls the probes' predicates rejected (not recorded, not lost).
     pub filtered: u64,
+    /// Calls whose events the programs did not write, keeping one call in N under ring
+    /// pressure (counted in the kernel, not lost).
+    pub sampled: u64,
+    /// The largest N of those (1: nothing sampled).
+    pub max_weight: u32,
     /// Stacks written truncated (`-g dwarf` stacks that end early or were cut at the depth
     /// limit): the events the report shows with `[truncated]`.
     pub truncated_stacks: u64,
