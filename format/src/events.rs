@@ -432,7 +432,7 @@ mod tests {
         assert_eq!(ncols, BASE_COLS as u64, "other code pays nothing");
         let events = [event(None), event(Some(0x00c0_0008_2000))];
         let (payload, ncols) = chunk(&events);
-        assert_eq!(ncols, NCOLS as u64);
+        assert_eq!(ncols, COL_GOROUTINE as u64 + 1);
         let mut dec = EventDecoder::default();
         dec.start(&payload, 2).unwrap();
         let got: Vec<Event> = std::iter::from_fn(|| dec.next(&payload))
