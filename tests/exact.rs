@@ -92,7 +92,10 @@ fn counts_and_latencies_survive_a_full_ring() {
     assert!(sampled > 0, "nothing sampled ({lost} lost)");
     eprintln!("{sampled} calls sampled out, {lost} events lost");
     let max_weight = rec.events.iter().map(|e| e.weight).max().unwrap_or(1);
-    assert!(max_weight > 1 && max_weight.is_power_of_two(), "{max_weight}");
+    assert!(
+        max_weight > 1 && max_weight.is_power_of_two(),
+        "{max_weight}"
+    );
     assert!(max_weight <= 1024, "{max_weight}");
     // A call's return carries its entry's weight; a call sampled out writes neither.
     let entries = rec
@@ -203,7 +206,9 @@ fn counts_and_latencies_survive_a_full_ring() {
     assert!(svg.contains("stacks sampled under ring pressure"), "{svg}");
     let script = urec_ok(&["script", "-i", data.to_str().unwrap()]);
     assert!(
-        script.lines().any(|l| l.ends_with(&format!(" weight={max_weight}"))),
+        script
+            .lines()
+            .any(|l| l.ends_with(&format!(" weight={max_weight}"))),
         "no weight= in urec script"
     );
     let filtered = json(&data, &["--min-latency", "0ns"]);

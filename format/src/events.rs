@@ -445,10 +445,7 @@ mod tests {
     fn only_chunks_with_weights_carry_their_column() {
         let (_, ncols) = chunk(&[event(Some(0x00c0_0008_2000)), event(None)]);
         assert_eq!(ncols, 7, "weights of 1 cost nothing");
-        let weighed = |g, weight| Event {
-            weight,
-            ..event(g)
-        };
+        let weighed = |g, weight| Event { weight, ..event(g) };
         for events in [
             vec![event(None), weighed(None, 64)],
             vec![weighed(Some(0x00c0_0008_2000), 2), event(None)],
