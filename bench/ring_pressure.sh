@@ -2,8 +2,10 @@
 # The ring-pressure workload of issue 26: sqlite3 building a table of ROWS rows (one INSERT
 # from a recursive CTE, a printf'd name each: ≈2 mallocs a row, 60,700 for 30,000), recorded with `urec record -e libc:malloc` and
 # default options, RUNS times. Prints per run the events written, events lost, the stacks
-# marked [truncated] (the report's folded output) and the stack bytes copied per event (-v),
-# then the medians. Run as root:
+# marked [truncated] (the report's folded output, weighted), the stack bytes copied per event
+# (-v), the calls the report counts (the kernel's when events were lost or sampled), the
+# calls sampled out under ring pressure, the folded stacks' weighted total and the share of
+# it that is whole (no [truncated]), then the medians. Run as root:
 #
 #   bench/ring_pressure.sh UREC [RUNS] [ROWS] [EXTRA URECORD ARGS...]
 #
@@ -23,7 +25,7 @@ trap 'rm -rf "$dir"' EXIT
     echo "INSERT INTO t SELECT x, printf('name-%d', x), x*1.5 FROM c;"
 } > "$dir/work.sql"
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-printf 'run\tevents\tlost\ttruncated\tstacks\tbytes/stack\n'
+printf 'run\tevents\tlost\ttruncated\tstacks\tbytes/stack\tcalls\tsampled\tweighted\twhole%%\n'
 r=1
 while [ "$r" -le "$runs" ]; do
     rm -f "$dir/w.db"
@@ -36,11 +38,19 @@ while [ "$r" -le "$runs" ]; do
     copied=$(grep -Eo '[0-9]+ stack bytes copied each' "$dir/err" | cut -d' ' -f1 || true)
     truncated=$("$urec" report -i "$dir/u.data" --folded - 2> /dev/null |
         awk '/\[truncated\]/ {n += $NF} END {print n + 0}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$events" "$lost" "$truncated" "$stacks" "${copied:--}" |
+    "$urec" report -i "$dir/u.data" --json "$dir/r.json" 2> /dev/null
+    calls=$(jq '[.functions[] | select(.symbol == "malloc") | .calls] | add // 0' "$dir/r.json")
+    sampled=$(jq '[.functions[] | select(.symbol == "malloc") | .sampled // 0] | add // 0' "$dir/r.json")
+    weighted=$("$urec" report -i "$dir/u.data" --folded - 2> /dev/null | awk '{n += $NF} END {print n + 0}')
+    whole=$(awk -v w="$weighted" -v t="$truncated" 'BEGIN {printf "%.1f", w ? 100 * (w - t) / w : 0}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$events" "$lost" "$truncated" \
+        "$stacks" "${copied:--}" "$calls" "$sampled" "$weighted" "$whole" |
         tee -a "$dir/rows"
     r=$((r + 1))
 done
-printf 'median\t%s\t%s\t%s\t%s\t%s\n' \
+printf 'median\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$(cut -f2 "$dir/rows" | median)" "$(cut -f3 "$dir/rows" | median)" \
     "$(cut -f4 "$dir/rows" | median)" "$(cut -f5 "$dir/rows" | median)" \
-    "$(cut -f6 "$dir/rows" | grep -v - | median)"
+    "$(cut -f6 "$dir/rows" | grep -v - | median)" "$(cut -f7 "$dir/rows" | median)" \
+    "$(cut -f8 "$dir/rows" | median)" "$(cut -f9 "$dir/rows" | median)" \
+    "$(cut -f10 "$dir/rows" | median)"
