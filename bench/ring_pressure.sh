@@ -38,7 +38,7 @@ while [ "$r" -le "$runs" ]; do
     copied=$(grep -Eo '[0-9]+ stack bytes copied each' "$dir/err" | cut -d' ' -f1 || true)
     truncated=$("$urec" report -i "$dir/u.data" --folded - 2> /dev/null |
         awk '/\[truncated\]/ {n += $NF} END {print n + 0}')
-    "$urec" report -i "$dir/u.data" --json "$dir/r.json" 2> /dev/null
+    "$urec" report -i "$dir/u.data" --json - > "$dir/r.json" 2> /dev/null
     calls=$(jq '[.functions[] | select(.symbol == "malloc") | .calls] | add // 0' "$dir/r.json")
     sampled=$(jq '[.functions[] | select(.symbol == "malloc") | .sampled // 0] | add // 0' "$dir/r.json")
     weighted=$("$urec" report -i "$dir/u.data" --folded - 2> /dev/null | awk '{n += $NF} END {print n + 0}')

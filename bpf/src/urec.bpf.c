@@ -28,8 +28,8 @@
  * Sampling (SPEC.md, "Exact at any rate"): when the ring still cannot keep up, each CPU keeps
  * the stacks and args of one call in 2^shift (chosen at random, so that no periodic pattern of
  * calls is aliased), 2^shift following the ring's fill: at each look at the unread size, more
- * than half the ring raises the shift by one (up to UREC_MAX_SHIFT), less than an eighth lowers
- * it (the gap is hysteresis). A kept event carries its shift (urec_event.weight_shift), and its
+ * than half the ring and grown by a sixteenth of it since the shift last changed raises the
+ * shift by one (up to UREC_MAX_SHIFT), less than an eighth lowers it (the gap is hysteresis). A kept event carries its shift (urec_event.weight_shift), and its
  * return event the same; a call sampled out writes nothing to the ring, on either side: the
  * decision lives with the call's pairing state (the session cookie, the Go call's map value),
  * and entry-only or return-only probes decide per event. Calls, returns and latencies are
@@ -171,6 +171,7 @@ struct cpu_state {
 	__u64 bytes;       /* bytes submitted on this CPU since the last look at the fill */
 	__u32 shift;       /* sampling: one call in 2^shift keeps its events (0: all) */
 	__u32 skipped;     /* calls sampled out on this CPU, for WAKEUP_CHECK_EVERY */
+	__u64 low_avail;   /* the least unread size this CPU saw since its shift last changed */
 };
 
 struct {
@@ -880,17 +881,29 @@ __noinline long put_fp_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, 
 	return result | (w.n & 255);
 }
 
-/* Sampling: follows the ring's fill `avail` (bytes unread) with hysteresis. */
+/*
+ * Sampling: follows the ring's fill `avail` (bytes unread) with hysteresis. Past half full the
+ * shift rises only once the fill has grown by a sixteenth of the ring since its lowest point
+ * at the current shift: once the programs write less than the reader drains, the backlog takes
+ * a while to go, and rising on through it (or on a reader's pause) would leave a few events
+ * standing for thousands of calls each, a noisy estimate.
+ */
 static __always_inline void adapt(struct cpu_state *c, __u64 avail)
 {
 	__u32 shift = c->shift;
+	__u64 low = c->low_avail;
 
-	if (avail > ring_bytes / 2) {
+	if (avail < low)
+		low = avail;
+	if (avail > ring_bytes / 2 && avail > low + ring_bytes / 16) {
 		if (shift < UREC_MAX_SHIFT)
 			c->shift = shift + 1;
+		low = avail;
 	} else if (avail < ring_bytes / 8 && shift) {
 		c->shift = shift - 1;
+		low = avail;
 	}
+	c->low_avail = low;
 }
 
 /* Copies the record built in scratch to the ring buffer, waking the reader only when the
