@@ -126,6 +126,9 @@ fn counts_and_latencies_survive_a_full_ring() {
     assert_eq!(w["max_weight"], max_weight, "{w}");
     let weighted = w["weighted_calls"].as_u64().unwrap();
     assert_eq!(weighted, weighed, "{w}");
+    eprintln!(
+        "{recorded} calls recorded (up to 1 in {max_weight}), weighing {weighted} of {CALLS}"
+    );
     // The weighted calls estimate all of them: each of the calls kept as one in 2^k stands
     // for 2^k, so the estimate is unbiased with a variance of the sum of (2^k - 1) over the
     // calls, a standard deviation of well under 1% of 200,000 here; events lost (none on
