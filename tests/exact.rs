@@ -61,8 +61,11 @@ fn counts_and_latencies_survive_a_full_ring() {
         "-q",
         "-g",
         "dwarf",
+        // The stacks are shallow (≈500 bytes copied): a 32K ring holds ≈60 records.
+        "--stack-size",
+        "8K",
         "--buffer-size",
-        "128K",
+        "32K",
         "-e",
         &work,
         "-e",
@@ -87,9 +90,11 @@ fn counts_and_latencies_survive_a_full_ring() {
     let rec = Recording::read(&data);
     let lost: u64 = rec.total_lost();
     let sampled = rec.aggregates.get(&0).map_or(0, |a| a.sampled);
-    // A 128K ring with stack copies cannot keep up at this rate: the programs sample. (Events
-    // may still be lost while the sampling rate climbs; on this 2-core VM none were.)
+    // A 32K ring with stack copies cannot keep up at this rate: the programs sample.
     assert!(sampled > 0, "nothing sampled ({lost} lost)");
+    // Events are lost only while the sampling rate climbs in so small a ring (11 to 166 of
+    // 400,000 on the 2-core VM; 0 with 128K).
+    assert!(lost * 100 <= CALLS, "{lost} events lost");
     eprintln!("{sampled} calls sampled out, {lost} events lost");
     let max_weight = rec.events.iter().map(|e| e.weight).max().unwrap_or(1);
     assert!(
@@ -131,8 +136,8 @@ fn counts_and_latencies_survive_a_full_ring() {
     );
     // The weighted calls estimate all of them: each of the calls kept as one in 2^k stands
     // for 2^k, so the estimate is unbiased with a variance of the sum of (2^k - 1) over the
-    // calls, a standard deviation of well under 1% of 200,000 here; events lost (none on
-    // this VM) take their weight away. 5% holds either.
+    // calls, a standard deviation of well under 1% of 200,000 here (0.3% off observed); events
+    // lost take their weight away. 5% holds either.
     assert!(
         weighted.abs_diff(CALLS) * 20 <= CALLS,
         "weighted {weighted} of {CALLS} calls: {w}"

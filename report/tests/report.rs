@@ -854,6 +854,13 @@ fn weighted_events_scale_stacks() {
     let svg = render(|o| urec_report::flamegraph::write(&report, Weight::Calls, o));
     assert!(svg.contains("1 call in up to 4 kept"), "{svg}");
     assert!(svg.contains("15 recorded calls weigh 30 of 31"), "{svg}");
+    // And so does the pprof profile's comment.
+    let mut gz = Vec::new();
+    urec_report::pprof::write(&report, &mut gz).unwrap();
+    let mut profile = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut profile).unwrap();
+    let needle = b"urec: stacks sampled under ring pressure";
+    assert!(profile.windows(needle.len()).any(|w| w == needle));
     let table = render(|o| urec_report::table::write(&report, o));
     assert!(
         table.contains("16 calls sampled out under ring pressure"),
