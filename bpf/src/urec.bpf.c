@@ -29,7 +29,8 @@
  * the stacks and args of one call in 2^shift (chosen at random, so that no periodic pattern of
  * calls is aliased), 2^shift following the ring's fill: at each look at the unread size, more
  * than half the ring and grown by a sixteenth of it since the shift last changed raises the
- * shift by one (up to UREC_MAX_SHIFT), less than an eighth lowers it (the gap is hysteresis). A kept event carries its shift (urec_event.weight_shift), and its
+ * shift by one (up to UREC_MAX_SHIFT), less than an eighth lowers it (the gap is hysteresis).
+ * A kept event carries its shift (urec_event.weight_shift), and its
  * return event the same; a call sampled out writes nothing to the ring, on either side: the
  * decision lives with the call's pairing state (the session cookie, the Go call's map value),
  * and entry-only or return-only probes decide per event. Calls, returns and latencies are
