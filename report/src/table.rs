@@ -219,7 +219,7 @@ pub fn coverage_note(f: &Function) -> String {
         return format!(
             "{}: {counted}{} sampled out under ring pressure: stacks, args, groups and \
              per-process counts come from {} recorded calls (1 in up to {} kept), each \
-             weighted by the calls it stands for: {} of {} calls",
+             counted as the calls it stands for, an estimate of {} of {} calls",
             f.probe,
             plural(f.sampled, "call", "calls"),
             f.recorded_calls,
