@@ -500,6 +500,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 plural(summary.filtered, "call", "calls")
             );
         }
+        if summary.sampled > 0 {
+            notes += &format!(
+                "; {} sampled (stacks and args kept for 1 in up to {} under ring pressure, \
+                 counts and latencies exact)",
+                plural(summary.sampled, "call", "calls"),
+                summary.max_weight
+            );
+        }
         if summary.lost_unwind > 0 {
             notes += &format!(
                 "; {} not unwound",

@@ -122,6 +122,7 @@ fn recording(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<u8>) {
         let t = 10_000 + i * 1000;
         w.write_event(&Event {
             goroutine: None,
+            weight: 1,
             probe: 0,
             kind: EventKind::Entry,
             pid,
@@ -135,6 +136,7 @@ fn recording(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<u8>) {
         .unwrap();
         w.write_event(&Event {
             goroutine: None,
+            weight: 1,
             probe: 0,
             kind: EventKind::Return,
             pid,

@@ -20,6 +20,9 @@ pub const MAX_DEPTH: u32 = 127;
 pub const MAX_STACK_SIZE: u32 = 65528;
 /// Pending uretprobe return addresses sent per stack copy (`UREC_MAX_PENDING`).
 pub const MAX_PENDING: usize = 16;
+/// Under ring pressure the programs keep one call in at most `2^MAX_SHIFT`
+/// (`UREC_MAX_SHIFT`): an event's [`RawEvent::weight_shift`] is at most this.
+pub const MAX_SHIFT: u8 = 10;
 /// Steps of a predicate program (`UREC_MAX_PRED_OPS`).
 pub const MAX_PRED_OPS: usize = 16;
 /// Operands of a predicate (`UREC_MAX_PRED_ARGS`).
@@ -532,6 +535,9 @@ pub struct RawEvent<'a> {
     pub kind: u8,
     /// `F_*` bits.
     pub flags: u8,
+    /// The call's events were kept as one in `2^weight_shift` calls (ring pressure): they
+    /// stand for that many calls. At most [`MAX_SHIFT`].
+    pub weight_shift: u8,
     /// Process id (tgid).
     pub pid: u32,
     /// Thread id.
@@ -625,7 +631,7 @@ impl<'a> RawEvent<'a> {
         if b.len() < EVENT_HEADER_SIZE {
             return Err(err("shorter than its header"));
         }
-        let nframes = u16_at(b, 6) as usize;
+        let nframes = usize::from(b[6]);
         let args_len = u16_at(b, 20) as usize;
         let flags = b[5];
         let args_at = EVENT_HEADER_SIZE + if flags & F_GOROUTINE != 0 { 8 } else { 0 };
@@ -667,6 +673,7 @@ impl<'a> RawEvent<'a> {
             probe: u32_at(b, 0),
             kind: b[4],
             flags,
+            weight_shift: b[7],
             pid: u32_at(b, 8),
             tid: u32_at(b, 12),
             cpu: u32_at(b, 16),
@@ -801,6 +808,7 @@ mod tests {
         b[0] = 3; // probe
         b[4] = KIND_RETURN;
         b[6] = 2; // nframes
+        b[7] = 4; // weight_shift
         b[20] = 8 + 8 + 8; // args_len: int + string "hi"
         b[22] = 0;
         b.extend_from_slice(&42u64.to_ne_bytes());
@@ -810,6 +818,7 @@ mod tests {
         b.extend_from_slice(&0x2000u64.to_ne_bytes());
         let e = RawEvent::parse(&b).unwrap();
         assert_eq!(e.probe, 3);
+        assert_eq!(e.weight_shift, 4);
         assert_eq!(e.frames().collect::<Vec<_>>(), vec![0x1000, 0x2000]);
         let mut args = Vec::new();
         e.args(&[false, true], &mut args).unwrap();

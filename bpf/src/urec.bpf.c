@@ -22,7 +22,22 @@
  * bpf_ringbuf_output; bare records (no arguments, no stack) are reserved and written in
  * place. They are submitted without waking the reader (a wake-up per event costs 3-5 us here,
  * several times the probe itself); the reader polls on a timer, and a forced wake-up happens
- * only once the unread data passes `wakeup_bytes` (looked at every 16th record per CPU).
+ * only once the unread data passes `wakeup_bytes` (looked at every 16th record per CPU, or
+ * sooner after `check_bytes` bytes).
+ *
+ * Sampling (SPEC.md, "Exact at any rate"): when the ring still cannot keep up, each CPU keeps
+ * the stacks and args of one call in 2^shift (chosen at random, so that no periodic pattern of
+ * calls is aliased), 2^shift following the ring's fill: at each look at the unread size, more
+ * than half the ring and grown by a sixteenth of it since the shift last changed raises the
+ * shift by one (up to UREC_MAX_SHIFT), less than an eighth lowers it (the gap is hysteresis).
+ * A kept event carries its shift (urec_event.weight_shift), and its
+ * return event the same; a call sampled out writes nothing to the ring, on either side: the
+ * decision lives with the call's pairing state (the session cookie, the Go call's map value),
+ * and entry-only or return-only probes decide per event. Calls, returns and latencies are
+ * counted in `aggs` and `hist` whatever the decision (`sampled` counts the calls left out).
+ * In the default mode (shift 0) this costs one per-CPU load per call and nothing else: the
+ * fill is read where the wake-up check already reads it. The single-uprobe fallback programs
+ * never sample.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -38,6 +53,8 @@ const volatile __u8 filter_tgids = 0;     /* only tgids in `tgids` (-p, -- COMMA
 const volatile __u8 filter_cgroup = 0;    /* only tasks in `cgroup_filter`'s cgroup (--cgroup) */
 const volatile __u32 stack_depth = UREC_MAX_DEPTH; /* 0: no stacks (-g none) */
 const volatile __u64 wakeup_bytes = 1 << 20;
+const volatile __u64 ring_bytes = 16 << 20; /* the size of `events` */
+const volatile __u64 check_bytes = 1 << 20; /* bytes per CPU between two looks at the fill */
 const volatile __u32 hist_bits = 6;       /* sub-bucket bits of the latency histograms */
 const volatile __u32 hist_buckets = 2496; /* counters per probe: log_linear::kernel_buckets */
 /* `urec top`: only count (aggs, hist); never build or reserve a ring record. */
@@ -154,6 +171,10 @@ extern bool bpf_session_is_return(void) __ksym __weak;
 struct cpu_state {
 	__u32 traced_tgid; /* the last tgid found in `tgids` on this CPU (0: none) */
 	__u32 events;      /* records submitted on this CPU, for WAKEUP_CHECK_EVERY */
+	__u64 bytes;       /* bytes submitted on this CPU since the last look at the fill */
+	__u32 shift;       /* sampling: one call in 2^shift keeps its events (0: all) */
+	__u32 skipped;     /* calls sampled out on this CPU, for WAKEUP_CHECK_EVERY */
+	__u64 low_avail;   /* the least unread size this CPU saw since its shift last changed */
 };
 
 struct {
@@ -863,24 +884,93 @@ __noinline long put_fp_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, 
 	return result | (w.n & 255);
 }
 
+/*
+ * Sampling: follows the ring's fill `avail` (bytes unread) with hysteresis. Past half full the
+ * shift rises only once the fill has grown by a sixteenth of the ring since its lowest point
+ * at the current shift: once the programs write less than the reader drains, the backlog takes
+ * a while to go, and rising on through it (or on a reader's pause) would leave a few events
+ * standing for thousands of calls each, a noisy estimate.
+ */
+static __always_inline void adapt(struct cpu_state *c, __u64 avail)
+{
+	__u32 shift = c->shift;
+	__u64 low = c->low_avail;
+
+	if (avail < low)
+		low = avail;
+	if (avail > ring_bytes / 2 && avail > low + ring_bytes / 16) {
+		if (shift < UREC_MAX_SHIFT)
+			c->shift = shift + 1;
+		low = avail;
+	} else if (avail < ring_bytes / 8 && shift) {
+		c->shift = shift - 1;
+		low = avail;
+	}
+	c->low_avail = low;
+}
+
 /* Copies the record built in scratch to the ring buffer, waking the reader only when the
- * unread data passes `wakeup_bytes`. */
-static __always_inline __u64 wake_flag(void)
+ * unread data passes `wakeup_bytes`; the same look at the unread size steers the sampling. */
+static __always_inline __u64 wake_flag(__u64 size)
 {
 	struct cpu_state *c = this_cpu();
+	__u64 avail;
 
-	/* The unread size is read only every WAKEUP_CHECK_EVERY records per CPU: it is the
-	 * consumer's position, a cache line the reader writes from the other CPU. */
-	if (c && (c->events++ % WAKEUP_CHECK_EVERY) != 0)
-		return BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+	/* The unread size is read only every WAKEUP_CHECK_EVERY records per CPU, or after
+	 * `check_bytes` (big records fill a small ring in fewer): it is the consumer's
+	 * position, a cache line the reader writes from the other CPU. */
+	if (c) {
+		c->bytes += size;
+		if ((c->events++ % WAKEUP_CHECK_EVERY) != 0 && c->bytes < check_bytes)
+			return BPF_RB_NO_WAKEUP;
+		c->bytes = 0;
+	}
+	avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (c)
+		adapt(c, avail);
+	if (avail > wakeup_bytes)
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
 }
 
+#define SAMPLED_OUT 0xff
+
+/*
+ * Whether this call's events are written: its weight shift (the call stands for 2^shift
+ * calls), or SAMPLED_OUT. Under pressure (shift > 0) the fill is also looked at every
+ * WAKEUP_CHECK_EVERY calls left out, so that the shift comes down when the pressure ends even
+ * though few records are written.
+ */
+static __always_inline __u32 sample_call(void)
+{
+	struct cpu_state *c = this_cpu();
+	__u32 shift;
+
+	if (!c)
+		return 0;
+	shift = c->shift;
+	if (!shift)
+		return 0;
+	if (shift > UREC_MAX_SHIFT)
+		shift = UREC_MAX_SHIFT;
+	if ((bpf_get_prandom_u32() & ((1U << shift) - 1)) == 0)
+		return shift;
+	if ((c->skipped++ % WAKEUP_CHECK_EVERY) == 0)
+		adapt(c, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA));
+	return SAMPLED_OUT;
+}
+
+static __always_inline void count_sampled(__u32 probe)
+{
+	struct urec_agg *a = agg_of(probe);
+
+	if (a)
+		a->sampled++;
+}
+
 static __always_inline void submit(__u8 *buf, __u64 size, __u32 probe, __u8 kind)
 {
-	__u64 wake = wake_flag();
+	__u64 wake = wake_flag(size);
 
 	if (size < sizeof(struct urec_event) || size > SCRATCH_SIZE ||
 	    bpf_ringbuf_output(&events, buf, size, wake))
@@ -906,7 +996,7 @@ static __always_inline struct urec_probe_cfg *probe_cfg(__u32 probe)
 static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
 				     __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
 				     bool stack, bool leaf, __u64 probe_ip, __u32 tid,
-				     __u64 goroutine)
+				     __u64 goroutine, __u32 wshift)
 {
 	if (count_only)
 		return; /* counted by the caller already (load-time constant: pruned when 0) */
@@ -934,6 +1024,7 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 		r->kind = kind;
 		r->flags = flags;
 		r->nframes = 0;
+		r->weight_shift = wshift;
 		r->pid = id >> 32;
 		r->tid = (__u32)id;
 		r->cpu = cpu;
@@ -941,7 +1032,7 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 		r->fault_mask = 0;
 		r->time_ns = now;
 		r->latency_ns = latency;
-		bpf_ringbuf_submit(r, wake_flag());
+		bpf_ringbuf_submit(r, wake_flag(sizeof(*r)));
 		return;
 	}
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &cpu);
@@ -963,6 +1054,7 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 
 	e->probe = probe;
 	e->kind = kind;
+	e->weight_shift = wshift;
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
 	e->cpu = cpu;
@@ -1013,10 +1105,17 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 
 static __always_inline void emit(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
 				 __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
-				 bool stack, bool leaf, __u64 probe_ip)
+				 bool stack, bool leaf, __u64 probe_ip, __u32 wshift)
 {
-	emit_for(ctx, cfg, probe, kind, now, latency, flags, all_args, stack, leaf, probe_ip, 0, 0);
+	emit_for(ctx, cfg, probe, kind, now, latency, flags, all_args, stack, leaf, probe_ip, 0, 0,
+		 wshift);
 }
+
+/* The session cookie: the entry time (bpf_ktime_get_ns < 2^59: 18 years of uptime), the
+ * call's weight shift above it, and whether it was sampled out. */
+#define SESSION_OUT (1ULL << 63)
+#define SESSION_SHIFT_AT 59
+#define SESSION_TIME ((1ULL << SESSION_SHIFT_AT) - 1)
 
 /* The goroutine of a Go probe's event (UREC_P_GO: r14 in Go's register ABI), else 0. */
 static __always_inline __u64 go_goroutine(struct pt_regs *ctx, struct urec_probe_cfg *cfg)
@@ -1042,17 +1141,28 @@ int urec_session(struct pt_regs *ctx)
 		/* The entry time is taken once the call is known to be recorded. */
 		__u64 now = bpf_ktime_get_ns();
 		__u64 *cookie = bpf_session_cookie();
+		__u32 w = sample_call();
 
-		*cookie = now;
-		emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip);
+		if (w == SAMPLED_OUT) {
+			/* Its return still counts the latency, and writes nothing either. */
+			*cookie = now | SESSION_OUT;
+			count_sampled(probe);
+			return 0;
+		}
+		*cookie = now | ((__u64)w << SESSION_SHIFT_AT);
+		emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip, w);
 		return 0;
 	}
 	__u64 now = bpf_ktime_get_ns();
 	__u64 *cookie = bpf_session_cookie();
+	__u64 entered = *cookie;
+	__u64 lat = now - (entered & SESSION_TIME);
 
-	count_return(probe, true, now - *cookie, false);
-	emit(ctx, probe_cfg(probe), probe, UREC_KIND_RETURN, now, now - *cookie, UREC_F_LATENCY,
-	     false, false, false, bpf_get_func_ip(ctx));
+	count_return(probe, true, lat, false);
+	if (entered & SESSION_OUT)
+		return 0;
+	emit(ctx, probe_cfg(probe), probe, UREC_KIND_RETURN, now, lat, UREC_F_LATENCY, false,
+	     false, false, bpf_get_func_ip(ctx), (entered >> SESSION_SHIFT_AT) & 15);
 	return 0;
 }
 
@@ -1072,8 +1182,14 @@ int urec_entry(struct pt_regs *ctx)
 	count_call(probe);
 	if (count_only)
 		return 0; /* before the clock read emit_for's arguments take */
+	__u32 w = sample_call();
+
+	if (w == SAMPLED_OUT) {
+		count_sampled(probe);
+		return 0;
+	}
 	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false, ip,
-		 0, go_goroutine(ctx, cfg));
+		 0, go_goroutine(ctx, cfg), w);
 	return 0;
 }
 
@@ -1093,8 +1209,14 @@ int urec_return(struct pt_regs *ctx)
 	count_return(probe, false, 0, true);
 	if (count_only)
 		return 0;
+	__u32 w = sample_call();
+
+	if (w == SAMPLED_OUT) {
+		count_sampled(probe);
+		return 0;
+	}
 	emit_for(ctx, cfg, probe, UREC_KIND_RETURN, bpf_ktime_get_ns(), 0, 0, true, true, true, ip,
-		 0, go_goroutine(ctx, cfg));
+		 0, go_goroutine(ctx, cfg), w);
 	return 0;
 }
 
@@ -1121,7 +1243,7 @@ struct go_call_key {
 struct go_call {
 	__u64 ts;
 	__u32 tid;
-	__u32 pad;
+	__u32 weight; /* the call's weight shift, or SAMPLED_OUT (its return writes nothing) */
 };
 
 struct {
@@ -1163,13 +1285,18 @@ int urec_go_entry(struct pt_regs *ctx)
 	count_call(probe);
 	__u64 now = bpf_ktime_get_ns();
 	struct go_call_key k = {};
+	__u32 w = sample_call();
 
 	if (go_key(ctx, probe, &k)) {
-		struct go_call v = { .ts = now, .tid = (__u32)id };
+		struct go_call v = { .ts = now, .tid = (__u32)id, .weight = w };
 
 		bpf_map_update_elem(&go_calls, &k, &v, BPF_ANY);
 	}
-	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip, 0, k.g);
+	if (w == SAMPLED_OUT) {
+		count_sampled(probe);
+		return 0;
+	}
+	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip, 0, k.g, w);
 	return 0;
 }
 
@@ -1193,11 +1320,14 @@ int urec_go_return(struct pt_regs *ctx)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 ts = c->ts;
 	__u32 tid = c->tid;
+	__u32 w = c->weight;
 
 	bpf_map_delete_elem(&go_calls, &k);
 	count_return(probe, true, now - ts, false);
+	if (w == SAMPLED_OUT)
+		return 0;
 	emit_for(ctx, probe_cfg(probe), probe, UREC_KIND_RETURN, now, now - ts, UREC_F_LATENCY,
-		 false, false, false, bpf_get_func_ip(ctx), tid, k.g);
+		 false, false, false, bpf_get_func_ip(ctx), tid, k.g, w & 15);
 	return 0;
 }
 
@@ -1250,7 +1380,7 @@ int urec_entry_single(struct pt_regs *ctx)
 		return 0;
 	count_call(probe);
 	emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, !!(cookie & COOKIE_ONE_SIDED), true,
-	     false, ctx->ip);
+	     false, ctx->ip, 0);
 	return 0;
 }
 
@@ -1291,7 +1421,7 @@ int urec_return_single(struct pt_regs *ctx)
 		}
 	}
 	emit(ctx, cfg, probe, UREC_KIND_RETURN, now, latency, flags, return_only, return_only,
-	     return_only, 0);
+	     return_only, 0, 0);
 	return 0;
 }
 

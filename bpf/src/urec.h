@@ -39,6 +39,10 @@
  * memory, enough for 100,000 goroutines each inside a probed call. */
 #define UREC_GO_CALLS 131072
 
+/* Ring pressure (urec.bpf.c, "Sampling"): stacks and args of one call in 2^shift at most
+ * 2^UREC_MAX_SHIFT. */
+#define UREC_MAX_SHIFT 10
+
 #define UREC_KIND_ENTRY 0
 #define UREC_KIND_RETURN 1
 
@@ -55,7 +59,8 @@ struct urec_event {
 	__u32 probe;      /* probe id = attach cookie */
 	__u8 kind;        /* UREC_KIND_* */
 	__u8 flags;       /* UREC_F_* */
-	__u16 nframes;    /* user stack frames after the args */
+	__u8 nframes;     /* user stack frames after the args (at most UREC_MAX_DEPTH + 2) */
+	__u8 weight_shift; /* the call was kept as one in 2^weight_shift (ring pressure) */
 	__u32 pid;        /* tgid */
 	__u32 tid;
 	__u32 cpu;

@@ -10,6 +10,8 @@
 //! - `ctx`: an index into the chunk's dictionary of (pid, tid, cpu) triples;
 //! - `stack`, `latency`, `args`: only for the events whose flags say they have one;
 //! - `goroutine` (since 1.4): one per event, in chunks where some event has one.
+//! - `weight` (since 2.1, split layout, 10th): one per event, in chunks where some event stands for more than one
+//!   call (sampled under ring pressure); such a chunk has the goroutine column too, maybe empty.
 //!
 //! Since the split layout (9 columns; chunks with 6 or 7 are read as before), `time` and
 //! `latency` hold one byte per value, the value's low byte, and two more columns the rest of
@@ -43,13 +45,16 @@ const COL_GOROUTINE: usize = 6;
 /// bytes are then alone in [`COL_TIME`] and [`COL_LATENCY`].
 const COL_TIME_HI: usize = 7;
 const COL_LATENCY_HI: usize = 8;
+/// Since 2.1 (split layout): a varint per event, the calls it stands for (1, or 2^k when the
+/// recorder kept one call in 2^k); written only in chunks where some event's is not 1.
+const COL_WEIGHT: usize = 9;
 /// Columns every chunk has.
 const BASE_COLS: usize = 6;
 /// Columns of the split layout; a chunk with fewer has the varint layout.
 const SPLIT_COLS: usize = 9;
 /// Columns this version reads and writes; a reader ignores any further columns (a later
 /// minor version).
-pub(crate) const NCOLS: usize = 9;
+pub(crate) const NCOLS: usize = 10;
 
 const F_RETURN: u64 = 1;
 const F_STACK: u64 = 2;
@@ -97,6 +102,8 @@ pub(crate) struct EventEncoder {
     cols: [Vec<u8>; NCOLS],
     /// Some event of the chunk has a goroutine: the chunk gets its column.
     goroutines: bool,
+    /// Some event of the chunk has a weight other than 1: the chunk gets its column.
+    weights: bool,
     /// Writes the varint layout of versions before the split one (tests of old files).
     #[cfg(test)]
     legacy: bool,
@@ -185,6 +192,8 @@ impl EventEncoder {
         put_u64(&mut self.cols[COL_CTX], idx.into());
         put_u64(&mut self.cols[COL_GOROUTINE], e.goroutine.unwrap_or(0));
         self.goroutines |= e.goroutine.is_some();
+        put_u64(&mut self.cols[COL_WEIGHT], e.weight.into());
+        self.weights |= e.weight != 1;
         self.n += 1;
     }
 
@@ -225,6 +234,7 @@ impl EventEncoder {
             self.cols[COL_GOROUTINE].clear();
         }
         let ncols = match (self.is_legacy(), self.goroutines) {
+            (false, _) if self.weights => COL_WEIGHT + 1,
             (false, _) => SPLIT_COLS,
             (true, true) => COL_GOROUTINE + 1,
             (true, false) => BASE_COLS,
@@ -240,6 +250,7 @@ impl EventEncoder {
             col.clear();
         }
         self.goroutines = false;
+        self.weights = false;
         let n = self.n;
         self.n = 0;
         self.ctx.clear();
@@ -363,6 +374,19 @@ impl EventDecoder {
                 None
             }
         };
+        // A chunk without the weight column has an empty one here: every event weighs 1.
+        let weight = {
+            let col = &mut self.cols[COL_WEIGHT];
+            if col.0 < col.1 {
+                let w = col_u64(buf, col)?;
+                u32::try_from(w)
+                    .ok()
+                    .filter(|&w| w > 0)
+                    .ok_or(Malformed("an event's weight is 0 or too large"))?
+            } else {
+                1
+            }
+        };
         let args = if tag & F_ARGS != 0 {
             self.args(buf)?
         } else {
@@ -383,6 +407,7 @@ impl EventDecoder {
             latency_ns,
             args,
             goroutine,
+            weight,
         })
     }
 
@@ -455,6 +480,7 @@ mod tests {
             latency_ns: None,
             args: Vec::new(),
             goroutine,
+            weight: 1,
         }
     }
 
@@ -593,5 +619,25 @@ mod tests {
         let (payload, ncols) = chunk(&events);
         assert_eq!(ncols, NCOLS as u64);
         assert_eq!(decode(&payload, 2), events);
+    }
+
+    #[test]
+    fn only_chunks_with_weights_carry_their_column() {
+        let (_, ncols) = chunk(&[event(Some(0x00c0_0008_2000)), event(None)]);
+        assert_eq!(ncols, SPLIT_COLS as u64, "weights of 1 cost nothing");
+        let weighed = |g, weight| Event { weight, ..event(g) };
+        for events in [
+            vec![event(None), weighed(None, 64)],
+            vec![weighed(Some(0x00c0_0008_2000), 2), event(None)],
+        ] {
+            let (payload, ncols) = chunk(&events);
+            assert_eq!(ncols, NCOLS as u64);
+            let mut dec = EventDecoder::default();
+            dec.start(&payload, 2).unwrap();
+            let got: Vec<Event> = std::iter::from_fn(|| dec.next(&payload))
+                .collect::<Res<_>>()
+                .unwrap();
+            assert_eq!(got, events);
+        }
     }
 }

@@ -135,6 +135,11 @@ pub fn all(scale: Scale) -> Vec<Crafted> {
             bytes: unreturned_threads(scale.entries / 5),
         },
         Crafted {
+            name: "heavy-weights",
+            what: "N/16 calls each standing for 2^32 - 1 calls, with latencies near 2^63",
+            bytes: heavy_weights(n / 16),
+        },
+        Crafted {
             name: "huge-mapping",
             what: "one mapping spanning the address space under processes/48 small ones",
             bytes: huge_mapping(scale.processes / 48),
@@ -306,6 +311,7 @@ impl Builder {
 fn entry(pid: u32, tid: u32, time_ns: u64, stack: Option<StackId>, args: Vec<ArgValue>) -> Event {
     Event {
         goroutine: None,
+        weight: 1,
         probe: 0,
         kind: EventKind::Entry,
         pid,
@@ -321,6 +327,7 @@ fn entry(pid: u32, tid: u32, time_ns: u64, stack: Option<StackId>, args: Vec<Arg
 fn ret(pid: u32, tid: u32, time_ns: u64) -> Event {
     Event {
         goroutine: None,
+        weight: 1,
         probe: 0,
         kind: EventKind::Return,
         pid,
@@ -383,6 +390,30 @@ fn script_window(events: usize) -> Vec<u8> {
         t += 1;
         batch.push(entry(PID, PID, t, None, vec![value.clone(); 8]));
         if batch.len() == 2000 || i + 1 == events {
+            b.events(&batch);
+            batch.clear();
+        }
+    }
+    b.finish()
+}
+
+/// Sampled events (the weight column, since 2.1) at the largest weight: sums must saturate.
+fn heavy_weights(n: usize) -> Vec<u8> {
+    let mut b = Builder::standard();
+    b.meta(&[probe(0, Vec::new()), process(PID)]);
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let t = T0 + 10 * i as u64;
+        batch.push(Event {
+            weight: u32::MAX,
+            ..entry(PID, PID, t, None, Vec::new())
+        });
+        batch.push(Event {
+            weight: u32::MAX,
+            latency_ns: Some(u64::MAX / 2),
+            ..ret(PID, PID, t + 5)
+        });
+        if batch.len() >= 20_000 || i + 1 == n {
             b.events(&batch);
             batch.clear();
         }

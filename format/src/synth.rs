@@ -257,6 +257,7 @@ impl Synth {
         match self.threads[t].in_call.take() {
             Some((probe, entered)) => Event {
                 goroutine: None,
+                weight: 1,
                 probe,
                 kind: EventKind::Return,
                 pid: PID,
@@ -277,6 +278,7 @@ impl Synth {
                 self.threads[t].in_call = Some((probe, self.time));
                 Event {
                     goroutine: None,
+                    weight: 1,
                     probe,
                     kind: EventKind::Entry,
                     pid: PID,

@@ -300,6 +300,10 @@ pub struct Event {
     /// while it lives): readers pair a Go call's return with its entry per goroutine, since
     /// goroutines move between threads. None for other code.
     pub goroutine: Option<u64>,
+    /// The calls this event stands for: 1, or 2^k when the recorder kept the stacks and args
+    /// of one call in 2^k because the ring buffer could not keep up (since 2.1; a return event
+    /// has its entry's). Outputs built from events scale by it; never 0.
+    pub weight: u32,
 }
 
 /// Where events were lost.

@@ -141,6 +141,15 @@ impl KernelCounts {
         self.written.iter().map(|w| w[0]).sum()
     }
 
+    /// Calls sampled out under ring pressure so far, all probes together.
+    pub fn sampled(&self, skel: &UrecSkel<'_>) -> Result<u64> {
+        let mut total = 0u64;
+        for id in 0..self.kinds.len() as u32 {
+            total = total.saturating_add(self.sums(skel, id)?[SAMPLED]);
+        }
+        Ok(total)
+    }
+
     /// Snapshots of the probes whose counts changed since the last call.
     pub fn changed(&mut self, skel: &UrecSkel<'_>) -> Result<Vec<Aggregate>> {
         let mut out = Vec::new();

@@ -153,6 +153,10 @@ pub fn load<'obj>(
     rodata.filter_cgroup = opts.cgroup.is_some() as u8;
     rodata.stack_depth = opts.stack_depth;
     rodata.wakeup_bytes = u64::from(opts.ring_bytes / 4);
+    // Sampling under pressure follows the ring's fill (urec.bpf.c, "Sampling"), looked at
+    // after a sixteenth of the ring per CPU at most.
+    rodata.ring_bytes = u64::from(opts.ring_bytes);
+    rodata.check_bytes = u64::from(opts.ring_bytes / 16).max(4096);
     let buckets = urec_format::log_linear::kernel_buckets(opts.hist_bits);
     rodata.hist_bits = opts.hist_bits;
     rodata.hist_buckets = buckets as u32;

@@ -96,6 +96,8 @@ pub(crate) struct State<W: std::io::Write> {
     pub(crate) latest_ns: Nanos,
     pub(crate) entries: u64,
     pub(crate) returns: u64,
+    /// The largest weight of an event read: the programs kept one call in up to this many.
+    pub(crate) max_weight: u32,
     /// Events per probe id.
     pub(crate) probe_events: Vec<u64>,
     /// Which probed binaries the traced processes mapped.
@@ -163,6 +165,8 @@ impl<W: std::io::Write> State<W> {
         } else {
             None
         };
+        let weight = 1u32 << raw.weight_shift.min(urec_bpf::abi::MAX_SHIFT);
+        self.max_weight = self.max_weight.max(weight);
         if kind == EventKind::Entry {
             self.entries += 1;
         } else {
@@ -173,6 +177,7 @@ impl<W: std::io::Write> State<W> {
         }
         let event = Event {
             goroutine: raw.goroutine,
+            weight,
             probe: raw.probe,
             kind,
             pid: raw.pid,

@@ -147,6 +147,11 @@ pub struct Summary {
     /// Calls the probes counted in the kernel (entries; returns of return-only probes), what
     /// the report shows where events were lost.
     pub kernel_calls: u64,
+    /// Calls whose events the programs did not write, keeping one call in N under ring
+    /// pressure (counted in the kernel, not lost).
+    pub sampled: u64,
+    /// The largest N of those (1: nothing sampled).
+    pub max_weight: u32,
     /// Stacks written truncated (`-g dwarf` stacks that end early or were cut at the depth
     /// limit): the events the report shows with `[truncated]`.
     pub truncated_stacks: u64,

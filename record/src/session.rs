@@ -423,6 +423,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         latest_ns: 0,
         entries: 0,
         returns: 0,
+        max_weight: 1,
         probe_events: vec![0; opts.probes.len()],
         mapped,
         bad_records: 0,
@@ -601,6 +602,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     let final_counts = kernel_counts.changed(&skel)?;
     let kernel_calls = kernel_counts.total_calls();
     let filtered_total = filtered.iter().map(|&(_, n)| n).sum();
+    let sampled = kernel_counts.sampled(&skel)?;
     drop(ring);
     let mut st = state.into_inner();
     if let Some(err) = st.error.take() {
@@ -653,6 +655,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         writer,
         entries,
         returns,
+        max_weight,
         probe_events,
         mapped,
         bad_records,
@@ -722,6 +725,8 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         lost_unwind: ledger.total(LostSource::Unwind),
         filtered: filtered_total,
         kernel_calls,
+        sampled,
+        max_weight,
         truncated_stacks: dwarf_stats.truncated_stacks,
         copy_end_at_cap: dwarf_stats.copy_end_at_cap,
         stacks: stacks.len() as u64,

@@ -43,21 +43,40 @@ use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolStats, Symbolizer};
 use crate::{Error, ReportOptions, SortKey};
 
-/// "stacks cover N of M calls" when some probe's calls came from the kernel's counts and its
-/// events cover fewer: what outputs built from events (flamegraph, pprof, folded) say.
+/// What outputs built from events (flamegraph, pprof) say when they do not hold every call:
+/// "stacks sampled: 1 call in up to N kept, counted N times: ..." when the recorder sampled
+/// under ring pressure (the stacks are scaled by their weights), and "stacks cover N of M
+/// calls" when some probe's calls came from the kernel's counts and its events cover fewer.
 pub fn coverage(report: &Report) -> Option<String> {
     let partial = report
         .functions
         .iter()
-        .filter(|f| f.recorded_calls < f.calls);
-    let (recorded, calls) = partial.fold((0u64, 0u64), |(r, c), f| {
+        .filter(|f| f.recorded_calls < f.calls || f.max_weight > 1);
+    let (recorded, weighted, calls) = partial.fold((0u64, 0u64, 0u64), |(r, w, c), f| {
         (
             r.saturating_add(f.recorded_calls),
+            w.saturating_add(f.weighted_calls),
             c.saturating_add(f.calls),
         )
     });
-    (calls > 0)
-        .then(|| format!("stacks cover {recorded} of {calls} calls (events lost or sampled)"))
+    if calls == 0 {
+        return None;
+    }
+    let max_weight = report
+        .functions
+        .iter()
+        .map(|f| f.max_weight)
+        .max()
+        .unwrap_or(1);
+    Some(if max_weight > 1 {
+        format!(
+            "stacks sampled under ring pressure (1 call in up to {max_weight} kept, each \
+             counted as the calls it stands for): {recorded} recorded calls weigh {weighted} \
+             of {calls} calls"
+        )
+    } else {
+        format!("stacks cover {recorded} of {calls} calls (events lost)")
+    })
 }
 
 /// The recording as a whole (the `recording` object of `--json`).
@@ -140,6 +159,13 @@ pub struct Function {
     /// group-by and per-process counts cover. Equal to `calls` unless `calls` came from the
     /// kernel's counts.
     pub recorded_calls: u64,
+    /// The recorded calls weighted by what each stands for: an estimate of all the calls
+    /// when the recorder sampled under ring pressure (what stacks, per-process counts and
+    /// groups add up to), else `recorded_calls`.
+    pub weighted_calls: u64,
+    /// The largest weight of a recorded call: the recorder kept one call in up to this many
+    /// (1: nothing sampled).
+    pub max_weight: u32,
     /// Calls the recorder sampled out under ring pressure (events not written, counted).
     pub sampled: u64,
     /// `calls`, `returns`, `in_flight` and `latency` are the kernel's exact counts, because
@@ -334,6 +360,10 @@ struct ProbeState {
     /// whose events are in the file).
     lost_ring: u64,
     filtered: u64,
+    /// The recorded calls' weights summed (`calls` when nothing was sampled).
+    weighted_calls: u64,
+    /// The largest weight of a recorded call (1: none sampled).
+    max_weight: u32,
     /// The last in-kernel snapshot of the probe's counts.
     kernel: Option<urec_format::Aggregate>,
     latency: LatencyHistogram,
@@ -393,6 +423,8 @@ struct Pending {
     pid: u32,
     comm: u32,
     stack: Option<u32>,
+    /// The calls it stands for (the entry's weight: sampled under ring pressure).
+    weight: u32,
     /// Inside `--time`; the return of an entry outside it is dropped with it.
     kept: bool,
     /// Its call was counted at the entry; otherwise it is counted when it ends (latency
@@ -591,6 +623,8 @@ impl<'o> Aggregator<'o> {
             lost: 0,
             lost_ring: 0,
             filtered: 0,
+            weighted_calls: 0,
+            max_weight: 1,
             kernel: None,
             latency: LatencyHistogram::new(),
             processes: FxMap::default(),
@@ -648,7 +682,7 @@ impl<'o> Aggregator<'o> {
                 }
                 let stack = self.stack_key(ev, gen);
                 let key = self.group_key(pi, ev, gen, Some(stack));
-                self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref());
+                self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref(), ev.weight);
                 self.hist_value(pi, ev);
             }
             (EventKind::Return, ProbeKind::Return) => {
@@ -660,10 +694,10 @@ impl<'o> Aggregator<'o> {
                 }
                 let stack = self.stack_key(ev, gen);
                 let key = self.group_key(pi, ev, gen, Some(stack));
-                self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref());
+                self.count_call(pi, ev.pid, gen.comm, Some(stack), key.as_ref(), ev.weight);
                 self.probes[pi].returns += 1;
                 if let Some(lat) = ev.latency_ns {
-                    self.add_latency(pi, Some(stack), key.as_ref(), lat);
+                    self.add_latency(pi, Some(stack), key.as_ref(), lat, ev.weight);
                 }
                 self.hist_value(pi, ev);
             }
@@ -707,6 +741,7 @@ impl<'o> Aggregator<'o> {
             pid: ev.pid,
             comm: gen.comm,
             stack: None,
+            weight: ev.weight,
             kept,
             counted: false,
             group: None,
@@ -724,7 +759,14 @@ impl<'o> Aggregator<'o> {
                     .map(|a| Box::new(a.value(ev).and_then(|v| numeric(v, a.ty))));
             } else {
                 pending.counted = true;
-                self.count_call(pi, ev.pid, gen.comm, Some(stack), pending.group.as_deref());
+                self.count_call(
+                    pi,
+                    ev.pid,
+                    gen.comm,
+                    Some(stack),
+                    pending.group.as_deref(),
+                    ev.weight,
+                );
                 self.hist_value(pi, ev);
             }
         }
@@ -758,7 +800,14 @@ impl<'o> Aggregator<'o> {
                 (None, Some(_)) => Some(RawKey::Arg(ArgKey::Missing)),
                 (None, None) => None,
             };
-            self.count_call(pi, entry.pid, entry.comm, entry.stack, key.as_ref());
+            self.count_call(
+                pi,
+                entry.pid,
+                entry.comm,
+                entry.stack,
+                key.as_ref(),
+                entry.weight,
+            );
             if let Some(v) = entry.hist {
                 self.probes[pi].hist.record(*v);
             }
@@ -799,6 +848,9 @@ impl<'o> Aggregator<'o> {
         })
     }
 
+    /// Counts a recorded call that stands for `weight` calls (1, or 2^k when the recorder
+    /// sampled under ring pressure): `calls` counts it once (the recorded calls); the
+    /// per-process counts, groups and stacks count its weight, estimates of all the calls.
     fn count_call(
         &mut self,
         pi: usize,
@@ -806,21 +858,37 @@ impl<'o> Aggregator<'o> {
         comm: u32,
         stack: Option<u32>,
         key: Option<&RawKey>,
+        weight: u32,
     ) {
+        let w = u64::from(weight);
         let p = &mut self.probes[pi];
         p.calls += 1;
-        *p.processes.entry((pid, comm)).or_default() += 1;
+        p.weighted_calls = p.weighted_calls.saturating_add(w);
+        p.max_weight = p.max_weight.max(weight);
+        let n = p.processes.entry((pid, comm)).or_default();
+        *n = n.saturating_add(w);
         if let Some(k) = key {
-            p.groups.slot(k).calls += 1;
+            let g = p.groups.slot(k);
+            g.calls = g.calls.saturating_add(w);
         }
         if let Some(s) = stack {
             // Per (stack, incarnation) slot: the per-process counts of pprof and the stack's
             // own come from these at the end, with no lookup per call.
-            self.slots[s as usize].calls += 1;
+            let s = &mut self.slots[s as usize];
+            s.calls = s.calls.saturating_add(w);
         }
     }
 
-    fn add_latency(&mut self, pi: usize, stack: Option<u32>, key: Option<&RawKey>, lat: u64) {
+    /// A matched call's latency: once into the latency distributions (a sample of them when
+    /// weighted), `weight` times into its stack's total.
+    fn add_latency(
+        &mut self,
+        pi: usize,
+        stack: Option<u32>,
+        key: Option<&RawKey>,
+        lat: u64,
+        weight: u32,
+    ) {
         let p = &mut self.probes[pi];
         p.latency.record(lat);
         if let Some(k) = key {
@@ -828,7 +896,9 @@ impl<'o> Aggregator<'o> {
         }
         if let Some(s) = stack {
             let s = &mut self.slots[s as usize];
-            s.total_ns = s.total_ns.saturating_add(lat);
+            s.total_ns = s
+                .total_ns
+                .saturating_add(lat.saturating_mul(u64::from(weight)));
         }
     }
 
@@ -872,9 +942,9 @@ impl<'o> Aggregator<'o> {
                 // Latency known and in range: a call, even without its entry (no stack).
                 if let Some(lat) = latency.filter(|&l| self.in_range(l)) {
                     let key = self.group_key(pi, ev, gen, None);
-                    self.count_call(pi, ev.pid, gen.comm, None, key.as_ref());
+                    self.count_call(pi, ev.pid, gen.comm, None, key.as_ref(), ev.weight);
                     self.probes[pi].returns += 1;
-                    self.add_latency(pi, None, key.as_ref(), lat);
+                    self.add_latency(pi, None, key.as_ref(), lat, ev.weight);
                     self.hist_value(pi, ev);
                 }
                 return;
@@ -900,13 +970,20 @@ impl<'o> Aggregator<'o> {
             None => self.group_key(pi, ev, gen, entry.stack),
         };
         if !entry.counted {
-            self.count_call(pi, ev.pid, entry.comm, entry.stack, key.as_ref());
+            self.count_call(
+                pi,
+                ev.pid,
+                entry.comm,
+                entry.stack,
+                key.as_ref(),
+                entry.weight,
+            );
             if let Some(v) = entry.hist {
                 self.probes[pi].hist.record(*v);
             }
         }
         if let Some(lat) = latency {
-            self.add_latency(pi, entry.stack, key.as_ref(), lat);
+            self.add_latency(pi, entry.stack, key.as_ref(), lat, entry.weight);
         }
         self.hist_value(pi, ev);
     }
@@ -1101,6 +1178,8 @@ impl<'o> Aggregator<'o> {
                 lost: p.lost,
                 filtered: p.filtered,
                 recorded_calls,
+                weighted_calls: p.weighted_calls,
+                max_weight: p.max_weight,
                 sampled,
                 from_kernel,
                 latency: p.latency,

@@ -59,7 +59,7 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
     let mut lost_by_probe: BTreeMap<u32, u64> = BTreeMap::new();
     let mut filtered_by_probe: BTreeMap<u32, u64> = BTreeMap::new();
     // The last in-kernel snapshot of each probe (snapshots are cumulative).
-    let mut kernel_calls: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut kernel_calls: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     let mut finish = None;
     // The symbols section: named addresses (and those with a source line) per binary.
     let mut symbols: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
@@ -102,7 +102,7 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
                 *n = n.saturating_add(f.count);
             }
             Record::Aggregate(a) => {
-                kernel_calls.insert(a.probe, a.calls);
+                kernel_calls.insert(a.probe, (a.calls, a.sampled));
             }
             Record::Finish(f) => finish = Some(f),
             Record::Symbols(s) => {
@@ -288,10 +288,18 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
             ProbeKind::Return => c.returns,
             _ => c.entries,
         });
-        if let Some(&calls) = kernel_calls.get(&p.id).filter(|&&n| n != recorded) {
+        if let Some(&(calls, sampled)) = kernel_calls.get(&p.id).filter(|c| c.0 != recorded) {
+            let sampled = if sampled > 0 {
+                format!(
+                    " ({} sampled out under ring pressure)",
+                    plural(sampled, "call", "calls")
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 w,
-                "probe {}: {} counted in the kernel, {recorded} recorded",
+                "probe {}: {} counted in the kernel, {recorded} recorded{sampled}",
                 p.id,
                 plural(calls, "call", "calls")
             );

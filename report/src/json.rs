@@ -164,6 +164,11 @@ struct FunctionJson<'a> {
     filtered: u64,
     /// Calls whose events are in the file: what stacks, processes and groups cover.
     recorded_calls: u64,
+    /// The recorded calls weighted by what each stands for (sampled under ring pressure):
+    /// what stacks, processes and groups add up to.
+    weighted_calls: u64,
+    /// The recorder kept the events of one call in up to this many (1: none sampled).
+    max_weight: u32,
     sampled: u64,
     /// Where calls, returns and latency come from: "events", or "kernel" when events were
     /// lost or sampled.
@@ -313,6 +318,8 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 lost: f.lost,
                 filtered: f.filtered,
                 recorded_calls: f.recorded_calls,
+                weighted_calls: f.weighted_calls,
+                max_weight: f.max_weight,
                 sampled: f.sampled,
                 counts_from: if f.from_kernel { "kernel" } else { "events" },
                 latency_ns: f.latency_stats().map(latency),

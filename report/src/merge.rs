@@ -269,6 +269,8 @@ fn add_function(into: &mut Function, f: Function) {
     into.unmatched = into.unmatched.saturating_add(f.unmatched);
     into.lost = into.lost.saturating_add(f.lost);
     into.recorded_calls = into.recorded_calls.saturating_add(f.recorded_calls);
+    into.weighted_calls = into.weighted_calls.saturating_add(f.weighted_calls);
+    into.max_weight = into.max_weight.max(f.max_weight);
     into.sampled = into.sampled.saturating_add(f.sampled);
     into.from_kernel |= f.from_kernel;
     into.latency.merge(&f.latency);

@@ -65,6 +65,7 @@ mod tests {
     fn event(pid: u32) -> Record {
         Record::Event(Event {
             goroutine: None,
+            weight: 1,
             probe: 0,
             pid,
             tid: pid,

@@ -12,6 +12,8 @@
 //! bash   1234/1234   [001] 12345.912345678: bash:readline%return: (55d5c1a0) latency=233444444
 //! ```
 //!
+//! An event the recorder kept as one call in N under ring pressure ends with `weight=N`.
+//!
 //! The comm is not padded, so the line starts with it (regex-based collapsers want that).
 //! Caveat: inferno-collapse-perf 0.12 misreads an event line with any text after the event
 //! name (jonhoo/inferno#308; perf's own uprobe lines `probe_x:f: (addr)` hit it too): it then
@@ -560,6 +562,10 @@ impl<'o> Printer<'o> {
         // A Go event names its goroutine (the thread is where the call began).
         if let (Some(g), true) = (ev.goroutine, f.tid) {
             let _ = write!(line, " goroutine={g:#x}");
+        }
+        // A call kept as one in N under ring pressure stands for N calls.
+        if ev.weight != 1 {
+            let _ = write!(line, " weight={}", ev.weight);
         }
         line.push('\n');
         out.write_all(line.as_bytes())?;

@@ -141,7 +141,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     for f in report
         .functions
         .iter()
-        .filter(|f| f.recorded_calls < f.calls)
+        .filter(|f| f.recorded_calls < f.calls || f.max_weight > 1)
     {
         writeln!(out, "# {}", coverage_note(f))?;
     }
@@ -206,17 +206,35 @@ fn value_label(v: i128) -> String {
 }
 
 /// What the outputs built from events cover, for a probe whose calls came from the kernel's
-/// counts: stacks, args, groups and per-process counts see only the recorded calls.
+/// counts or whose events were sampled: stacks, args, groups and per-process counts see only
+/// the recorded calls; under sampling, stacks, groups and per-process counts weigh each by
+/// the calls it stands for.
 pub fn coverage_note(f: &Function) -> String {
+    let counted = if f.from_kernel {
+        "calls and latency counted in the kernel; "
+    } else {
+        ""
+    };
+    if f.max_weight > 1 {
+        return format!(
+            "{}: {counted}{} sampled out under ring pressure: stacks, args, groups and \
+             per-process counts come from {} recorded calls (1 in up to {} kept), each \
+             counted as the calls it stands for, an estimate of {} of {} calls",
+            f.probe,
+            plural(f.sampled, "call", "calls"),
+            f.recorded_calls,
+            f.max_weight,
+            f.weighted_calls,
+            f.calls
+        );
+    }
     let why = match (f.lost > 0, f.sampled > 0) {
         (_, true) => "sampled under ring pressure",
         _ => "events lost",
     };
     format!(
-        "{}: calls and latency counted in the kernel; stacks, args and per-process counts cover {} of {} calls ({why})",
-        f.probe,
-        f.recorded_calls,
-        f.calls
+        "{}: {counted}stacks, args and per-process counts cover {} of {} calls ({why})",
+        f.probe, f.recorded_calls, f.calls
     )
 }
 

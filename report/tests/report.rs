@@ -785,3 +785,115 @@ fn script_lines_and_collapse_perf() {
     }
     assert_eq!(collapsed, folded);
 }
+
+/// Events sampled under ring pressure (format 1.6 weights): stacks, per-process counts and
+/// stack latency totals count each event as the calls it stands for, the entry's weight
+/// travelling to its return; calls come from the kernel's counts, recorded_calls counts events
+/// once, and the outputs say they are sampled.
+#[test]
+fn weighted_events_scale_stacks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("urec.data");
+    let weighed = |r: Record, weight: u32| match r {
+        Record::Event(e) => Record::Event(urec_format::Event { weight, ..e }),
+        other => other,
+    };
+    let mut r = vec![
+        probe(0, "app:work", APP, "work", ProbeKind::EntryReturn),
+        process(100, "app", 0),
+        mapping(100, 0x40_0000, 0x50_0000, 0, APP),
+        stack(1, &[0x40_1000, 0x40_2000], false),
+        stack(2, &[0x40_1000, 0x40_3000], false),
+    ];
+    let mut t = 1000u64;
+    for i in 0..15u64 {
+        // 10 calls kept whole, 5 kept as one in 4.
+        let (s, w) = if i < 10 { (1, 1) } else { (2, 4) };
+        r.push(weighed(entry(0, 100, 100, t, Some(s)), w));
+        // The return's own weight is the entry's in a real recording; the entry's counts.
+        r.push(weighed(ret(0, 100, 100, t + 100, None), 1));
+        t += 1000;
+    }
+    r.push(Record::Aggregate(urec_format::Aggregate {
+        probe: 0,
+        calls: 31,
+        returns: 31,
+        in_flight: 0,
+        filtered: 0,
+        sampled: 16,
+        latency: None,
+    }));
+    r.push(finish(0, t));
+    write(&path, &header(), &r);
+
+    let report = analyze(&path, &plain()).expect("analyze");
+    let f = &report.functions[0];
+    assert_eq!(
+        (f.calls, f.recorded_calls, f.weighted_calls, f.max_weight),
+        (31, 15, 30, 4)
+    );
+    assert!(f.from_kernel);
+    assert_eq!(f.sampled, 16);
+    assert_eq!(f.processes[0].calls, 30, "per-process counts are weighted");
+    let folded = urec_report::folded::lines(&report, Weight::Calls);
+    let counts: Vec<u64> = folded
+        .iter()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 30, "{folded:?}");
+    assert!(counts.contains(&10) && counts.contains(&20), "{folded:?}");
+    let latency = urec_report::folded::lines(&report, Weight::Latency);
+    let total: u64 = latency
+        .iter()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 10 * 100 + 5 * 4 * 100, "{latency:?}");
+    // The latency distribution counts each recorded call once.
+    assert_eq!(f.latency_stats().map(|s| s.total), Some(15 * 100));
+    // The flamegraph's subtitle says so.
+    let svg = render(|o| urec_report::flamegraph::write(&report, Weight::Calls, o));
+    assert!(svg.contains("1 call in up to 4 kept"), "{svg}");
+    assert!(svg.contains("15 recorded calls weigh 30 of 31"), "{svg}");
+    // And so does the pprof profile's comment.
+    let mut gz = Vec::new();
+    urec_report::pprof::write(&report, &mut gz).unwrap();
+    let mut profile = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut profile).unwrap();
+    let needle = b"urec: stacks sampled under ring pressure";
+    assert!(profile.windows(needle.len()).any(|w| w == needle));
+    let table = render(|o| urec_report::table::write(&report, o));
+    assert!(
+        table.contains("16 calls sampled out under ring pressure"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&render(|o| urec_report::json::write(&report, o))).unwrap();
+    assert_eq!(json["functions"][0]["weighted_calls"], 30);
+    assert_eq!(json["functions"][0]["max_weight"], 4);
+    let stacks: u64 = json["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stacks, 30);
+
+    // With latency filters calls are counted at their return, with the entry's weight.
+    let opts = ReportOptions {
+        filter: Filter {
+            min_latency_ns: Some(0),
+            ..Filter::default()
+        },
+        ..plain()
+    };
+    let report = analyze(&path, &opts).expect("analyze");
+    let f = &report.functions[0];
+    assert_eq!((f.calls, f.weighted_calls), (15, 30));
+    assert!(!f.from_kernel);
+    let folded = urec_report::folded::lines(&report, Weight::Calls);
+    let sum: u64 = folded
+        .iter()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(sum, 30, "{folded:?}");
+}

@@ -95,6 +95,7 @@ pub fn write_three_calls_and_finish<W: std::io::Write>(mut w: Writer<W>) {
         ] {
             w.write_event(&Event {
                 goroutine: None,
+                weight: 1,
                 probe: 0,
                 kind,
                 pid: 7,

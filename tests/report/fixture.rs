@@ -74,6 +74,7 @@ pub fn write_recording(path: &Path, finish: bool) {
         ] {
             w.write_event(&Event {
                 goroutine: None,
+                weight: 1,
                 probe: 0,
                 kind,
                 pid: 7,

@@ -89,6 +89,7 @@ fn a_command_line_of_too_many_words_is_a_bad_header() {
 fn a_long_string_argument_is_cut_and_marked_truncated() {
     let event = |len: usize, truncated: bool| Event {
         goroutine: None,
+        weight: 1,
         probe: 0,
         kind: EventKind::Entry,
         pid: 1,
@@ -121,6 +122,7 @@ fn the_writer_ends_a_chunk_at_the_thread_limit() {
         .map(|tid| {
             Record::Event(Event {
                 goroutine: None,
+                weight: 1,
                 probe: 0,
                 kind: EventKind::Entry,
                 pid: 1,

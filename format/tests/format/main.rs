@@ -88,6 +88,9 @@ pub fn sample_records(events: u32) -> Vec<Record> {
         v.push(Record::Event(Event {
             // Some events are a Go program's (since 1.4), in some chunks only.
             goroutine: (i % 11 < 3).then_some(0x00c0_0000_0000 + u64::from(i % 3) * 0x1a0),
+            // Some stand for several calls (since 1.6: sampled under ring pressure), in some
+            // chunks only, with and without goroutines.
+            weight: if i % 13 < 4 { 1 << (i % 13) } else { 1 },
             probe: i % 2,
             kind: if entry {
                 EventKind::Entry

@@ -187,12 +187,24 @@ fn arb_event() -> impl Strategy<Value = Event> {
         any::<Option<u32>>(),
         any::<Option<u64>>(),
         proptest::collection::vec(arb_arg_value(), 0..3),
-        // A goroutine is never 0 (0 means none in its column).
-        proptest::option::of(1..=u64::MAX),
+        // A goroutine is never 0 (0 means none in its column); a weight is never 0 (since
+        // 1.6), and mostly 1.
+        (
+            proptest::option::of(1..=u64::MAX),
+            prop_oneof![Just(1u32), 1..=u32::MAX],
+        ),
     )
         .prop_map(
-            |((probe, kind, pid, tid, cpu), time_ns, stack, latency_ns, args, goroutine)| Event {
+            |(
+                (probe, kind, pid, tid, cpu),
+                time_ns,
+                stack,
+                latency_ns,
+                args,
+                (goroutine, weight),
+            )| Event {
                 goroutine,
+                weight,
                 probe,
                 kind,
                 pid,

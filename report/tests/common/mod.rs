@@ -96,6 +96,7 @@ pub fn stack(id: StackId, frames: &[u64], truncated: bool) -> Record {
 pub fn entry(probe: ProbeId, pid: u32, tid: u32, time_ns: u64, stack: Option<StackId>) -> Record {
     Record::Event(Event {
         goroutine: None,
+        weight: 1,
         probe,
         kind: EventKind::Entry,
         pid,
@@ -111,6 +112,7 @@ pub fn entry(probe: ProbeId, pid: u32, tid: u32, time_ns: u64, stack: Option<Sta
 pub fn ret(probe: ProbeId, pid: u32, tid: u32, time_ns: u64, latency_ns: Option<u64>) -> Record {
     Record::Event(Event {
         goroutine: None,
+        weight: 1,
         probe,
         kind: EventKind::Return,
         pid,
