@@ -143,6 +143,10 @@ pub struct ProbeConfig {
     pub dwarf: bool,
     /// Go code: the events carry the goroutine (`r14` in Go's register ABI).
     pub go: bool,
+    /// With `add_caller` or `kernel_caller`: the return address is at `[sp + 8 * caller_slot]`
+    /// at the probed instruction (instructions skipped before a moved entry site pushed or
+    /// reserved that many words; `urec_probe::site`).
+    pub caller_slot: u8,
     /// With `dwarf`: the most bytes of stack to copy per event, from sp to the end of the
     /// stack's mapping (a multiple of 8, at most [`MAX_STACK_SIZE`]; 0 copies nothing).
     pub stack_size: u32,
@@ -289,7 +293,7 @@ struct RawProbeCfg {
     flags: u8,
     nargs: u8,
     npred: u8,
-    _pad: u8,
+    caller_slot: u8,
     stack_size: u32,
     args: [RawArg; MAX_ARGS],
     pred: RawPred,
@@ -329,6 +333,7 @@ impl ProbeConfig {
                 | if self.dwarf { P_DWARF } else { 0 }
                 | if self.go { P_GO } else { 0 },
             nargs: self.args.len() as u8,
+            caller_slot: self.caller_slot,
             stack_size: self.stack_size,
             ..Default::default()
         };

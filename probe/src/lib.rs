@@ -67,6 +67,7 @@ mod predicate;
 mod real_file;
 pub use real_file::unescape_mount_field;
 mod resolve;
+pub mod site;
 mod spec;
 mod target;
 mod usdt;
@@ -306,6 +307,10 @@ pub struct Function {
     pub ifunc: bool,
     /// How the kernel handles a probe on its first instruction.
     pub first_insn: InsnHandling,
+    /// Where a probe with no args goes when the first instruction is single-stepped
+    /// ([`site`]): for entry+return (and return) probes, and, when that is further, for
+    /// entry-only probes (`%entry`). None when the first instruction is not single-stepped.
+    pub sites: Option<(site::EntrySite, site::EntrySite)>,
 }
 
 impl Function {
@@ -344,6 +349,24 @@ pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError
                 size: s.size,
                 ifunc: bin.ifunc_at(s.vaddr).is_some(),
                 first_insn: insn::classify(bin.bytes_at(s.vaddr, 16), &kernel),
+                sites: None,
+            })
+            .map(|mut f: Function| {
+                if f.first_insn == InsnHandling::SingleStepped && !f.ifunc {
+                    let at = |ret| {
+                        if f.size == 0 {
+                            return site::EntrySite::at_start(
+                                f.vaddr.0,
+                                f.first_insn,
+                                Some("its size is unknown".into()),
+                            );
+                        }
+                        let reads = site::Reads::default();
+                        resolve::entry_site_of(&bin, f.vaddr.0, f.size, &kernel, &reads, ret)
+                    };
+                    f.sites = Some((at(true), at(false)));
+                }
+                f
             })
         })
         .collect();

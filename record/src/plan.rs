@@ -50,6 +50,9 @@ pub struct PlannedProbe {
     pub open_path: std::path::PathBuf,
     /// Where a Go function's probes go ([`ResolvedProbe::go`]).
     pub go: Option<urec_probe::GoPlacement>,
+    /// The file offset the probe is attached at ([`ResolvedProbe::site_offset`]): the
+    /// function's start, a moved entry site, or a Go function's entry past its stack check.
+    pub site_offset: u64,
 }
 
 /// A resolved probe urec cannot record as asked.
@@ -92,15 +95,26 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
         why,
     };
     let binary = resolved.open_path.as_path();
-    let at_start = probe.kind != ProbeKind::Entry;
-    // Entry stacks: which of the kernel and the program adds `[sp]` (see the module docs).
+    let at_start = probe.kind != ProbeKind::Entry || resolved.at_function_start;
+    // Entry stacks: which of the kernel and the program adds `[sp]` (see the module docs). At
+    // a moved entry site the return address is `caller_slot` words above sp.
+    let caller_slot = u8::try_from(resolved.site.sp_delta / 8).map_err(|_| {
+        err(format!(
+            "internal: the entry site moved sp by {} bytes",
+            resolved.site.sp_delta
+        ))
+    })?;
     let (add_caller, kernel_caller) = if probe.kind != ProbeKind::Return {
-        let kernel =
-            resolved.starts_with_push_rbp && KernelUprobes::running().adds_caller_at_push_rbp;
+        let kernel = resolved.starts_with_push_rbp
+            && caller_slot == 0
+            && KernelUprobes::running().adds_caller_at_push_rbp;
         (at_start && !kernel, kernel)
     } else {
         (false, false)
     };
+    // Places in the binary are fetched relative to the attached instruction's address
+    // (`bpf_get_func_ip`): the site, not the function's start.
+    let site_vaddr = resolved.site.vaddr;
     if probe.args.len() > abi::MAX_ARGS {
         return Err(err(format!(
             "at most {} arguments per probe, got {}",
@@ -116,20 +130,12 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             ProbeKind::Return => true,
         };
         args.push(
-            arg_program(
-                fetch,
-                spec.ty,
-                &spec.fetch,
-                at_return,
-                binary,
-                probe.vaddr.0,
-            )
-            .map_err(err)?,
+            arg_program(fetch, spec.ty, &spec.fetch, at_return, binary, site_vaddr).map_err(err)?,
         );
     }
     let predicate = match &resolved.predicate {
         Some(pred) => Some(
-            compile_predicate(pred, binary, probe.vaddr.0)
+            compile_predicate(pred, binary, site_vaddr)
                 .map_err(|why| err(format!("predicate `if {}`: {why}", pred.text)))?,
         ),
         None => None,
@@ -141,6 +147,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             kernel_caller: kernel_caller && stack_mode == StackMode::FramePointer,
             dwarf: stack_mode == StackMode::Dwarf,
             go: resolved.go.is_some(),
+            caller_slot,
             // The session sets it from --stack-size.
             stack_size: 0,
             args,
@@ -149,6 +156,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
         ref_ctr_offset: resolved.ref_ctr_offset,
         open_path: resolved.open_path.clone(),
         go: resolved.go.clone(),
+        site_offset: resolved.site_offset,
     })
 }
 
