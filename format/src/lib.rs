@@ -55,4 +55,4 @@ pub use writer::{Writer, WriterOptions};
 /// Major version of the format this crate writes and reads. A reader refuses other majors.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version this crate writes. Minor versions only add what older readers can skip.
-pub const VERSION_MINOR: u16 = 5;
+pub const VERSION_MINOR: u16 = 7;

@@ -519,6 +519,7 @@ fn add_location(
             kind,
             stack_mode: StackMode::FramePointer,
             args,
+            site: None,
         },
         fetches,
         size: loc.size,

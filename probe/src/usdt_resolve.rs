@@ -133,6 +133,7 @@ pub(crate) fn add(
                 kind: ProbeKind::Entry,
                 stack_mode: StackMode::FramePointer,
                 args,
+                site: None,
             },
             fetches,
             size: func.map(|s| s.size).unwrap_or(0),

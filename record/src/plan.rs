@@ -33,8 +33,12 @@ use object::{Object, ObjectSegment, ReadCache};
 use urec_bpf::abi::{
     self, ArgProgram, FetchOp, PredCmp, PredConst, PredOp, PredProgram, ProbeConfig,
 };
-use urec_format::{ArgType, FileOffset, LoadSegment, Probe, ProbeKind, StackMode};
-use urec_probe::{CmpOp, Expr, Fetch, KernelUprobes, Predicate, ResolvedProbe, Value};
+use urec_format::{
+    ArgType, FileOffset, LoadSegment, Probe, ProbeKind, ProbeSite, SitePath, StackMode,
+};
+use urec_probe::{
+    CmpOp, Expr, Fetch, InsnHandling, KernelUprobes, Predicate, ResolvedProbe, Value,
+};
 
 /// A probe ready for the recorder: the file's record, and the BPF programs' table entry.
 #[derive(Clone, Debug)]
@@ -90,6 +94,14 @@ fn offset_to_svma(path: &Path, offset: u64) -> Option<u64> {
 pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedProbe, PlanError> {
     let mut probe = resolved.probe.clone();
     probe.stack_mode = stack_mode;
+    probe.site = Some(ProbeSite {
+        offset: FileOffset(resolved.site_offset),
+        path: match resolved.site.handling {
+            InsnHandling::Emulated => SitePath::Emulated,
+            InsnHandling::SingleStepped => SitePath::SingleStepped,
+            _ => SitePath::Unknown,
+        },
+    });
     let err = |why: String| PlanError {
         probe: probe.name.clone(),
         why,
