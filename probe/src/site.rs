@@ -140,15 +140,15 @@ impl EntrySite {
     }
 }
 
-/// The instruction at file offset `offset` of the file at `path`, in AT&T syntax, for
-/// messages (`push %rbp`).
-pub fn insn_text_at(path: &std::path::Path, offset: u64) -> Option<String> {
+/// The instruction at file offset `offset` of the file at `path` (virtual address `vaddr`), in
+/// AT&T syntax, for messages (`push %rbp`).
+pub fn insn_text_at(path: &std::path::Path, offset: u64, vaddr: u64) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = urec_untrusted::open(path).ok()?;
     f.seek(SeekFrom::Start(offset)).ok()?;
     let mut buf = [0u8; 16];
     let n = f.read(&mut buf).ok()?;
-    insn::decode(&buf[..n], 0).map(|i| i.text)
+    insn::decode(&buf[..n], vaddr).map(|i| i.text)
 }
 
 /// Every address a direct branch, call or RIP-relative operand of `code` (at `start`) points
