@@ -348,6 +348,20 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
                 None => p.probe.name.clone(),
             })
             .collect();
+        if verbosity == Verbosity::Verbose {
+            match urec_record::regs::uprobe_programs_may_write_registers() {
+                Some(true) => eprintln!(
+                    "urec: this kernel lets uprobe programs write registers: executing a \
+                     single-stepped instruction in BPF would avoid its second trap (not built \
+                     yet: urec still lets the kernel single-step it)"
+                ),
+                Some(false) => eprintln!(
+                    "urec: this kernel refuses register writes from uprobe programs, so a \
+                     single-stepped instruction cannot be executed in BPF instead"
+                ),
+                None => {}
+            }
+        }
         if !stepped.is_empty() {
             eprintln!(
                 "urec: warning: the kernel single-steps the probed instruction of {}, about \
