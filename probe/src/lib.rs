@@ -48,7 +48,10 @@
 //!   warning.
 //! - **The first instruction matters.** The kernel emulates `push`, `nop` and branches but
 //!   single-steps everything else (including `endbr64`) at about 10× the cost per hit;
-//!   [`ResolvedProbe::first_insn`] tells, so `record` can warn. Which ones a kernel emulates
+//!   [`ResolvedProbe::first_insn`] tells. Where it is single-stepped, the probe goes on the
+//!   first instruction of the entry block the kernel emulates when that sees the same calls
+//!   ([`site`], [`ResolvedProbe::site`]), and `record` warns about those that still
+//!   single-step. Which ones a kernel emulates
 //!   is read from the running kernel ([`KernelUprobes`]). Whether the function starts
 //!   with `push %rbp` decides whether the kernel's frame-pointer stack at entry already holds
 //!   the immediate caller ([`ResolvedProbe::starts_with_push_rbp`]).

@@ -20,6 +20,11 @@
 //! (Comparing `[sp]` with the second frame at run time cannot tell: in a recursion the
 //! caller's caller has the same return address.)
 //!
+//! At a moved entry site (`urec_probe::site`) the same holds with the return address where the
+//! skipped instructions left it: `[sp + 8 * caller_slot]` after `sub $N,%rsp` or pushes (entry-
+//! only probes; entry+return ones move only where sp did not). The site is never past a write
+//! of `%rbp`, so the walk still starts in the caller's frame.
+//!
 //! # Argument values
 //!
 //! uprobe_events semantics: `+OFF(FETCH)` reads the word at `FETCH + OFF`; with `:string` the
