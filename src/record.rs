@@ -666,6 +666,32 @@ fn add_symbols(
     }
 }
 
+/// Where a probe is attached, for `-v`: `site +0x4 (push %rbp, emulated)`.
+fn site_line(p: &urec_probe::ResolvedProbe) -> String {
+    let path = match p.site.handling {
+        InsnHandling::Emulated => "emulated",
+        InsnHandling::SingleStepped => "single-stepped",
+        _ => "unknown",
+    };
+    let insn = urec_probe::site::insn_text_at(&p.open_path, p.site_offset, p.site.vaddr)
+        .unwrap_or_default();
+    let at = match p.site.vaddr.checked_sub(p.probe.vaddr.0) {
+        Some(0) => "at its first instruction".to_string(),
+        Some(d) => format!("site +{d:#x}"),
+        None => format!("site {:#x}", p.site.vaddr),
+    };
+    let mut line = format!("{at} (file offset {:#x}, `{insn}`, {path})", p.site_offset);
+    if let Some(why) = &p.site.why_not {
+        line.push_str(&format!(": not moved, {why}"));
+    } else if p.site.sp_delta > 0 {
+        line.push_str(&format!(
+            "; entry only, the return address {} bytes above sp",
+            p.site.sp_delta
+        ));
+    }
+    urec_format::printable(&line).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,30 +807,4 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert!(parse_size("lots").is_err());
     }
-}
-
-/// Where a probe is attached, for `-v`: `site +0x4 (push %rbp, emulated)`.
-fn site_line(p: &urec_probe::ResolvedProbe) -> String {
-    let path = match p.site.handling {
-        InsnHandling::Emulated => "emulated",
-        InsnHandling::SingleStepped => "single-stepped",
-        _ => "unknown",
-    };
-    let insn = urec_probe::site::insn_text_at(&p.open_path, p.site_offset, p.site.vaddr)
-        .unwrap_or_default();
-    let at = match p.site.vaddr.checked_sub(p.probe.vaddr.0) {
-        Some(0) => "at its first instruction".to_string(),
-        Some(d) => format!("site +{d:#x}"),
-        None => format!("site {:#x}", p.site.vaddr),
-    };
-    let mut line = format!("{at} (file offset {:#x}, `{insn}`, {path})", p.site_offset);
-    if let Some(why) = &p.site.why_not {
-        line.push_str(&format!(": not moved, {why}"));
-    } else if p.site.sp_delta > 0 {
-        line.push_str(&format!(
-            "; entry only, the return address {} bytes above sp",
-            p.site.sp_delta
-        ));
-    }
-    urec_format::printable(&line).into_owned()
 }

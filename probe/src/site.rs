@@ -350,7 +350,7 @@ pub fn entry_site(
             return stay(why);
         }
         sp_delta += sp_move;
-        if sp_delta % 8 != 0 || sp_delta > 8 * 255 {
+        if !sp_delta.is_multiple_of(8) || sp_delta > 8 * 255 {
             return stay(format!(
                 "the stack pointer moves by {sp_delta} bytes before the site"
             ));
