@@ -367,7 +367,10 @@ pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError
                         let reads = site::Reads::default();
                         resolve::entry_site_of(&bin, f.vaddr.0, f.size, &kernel, &reads, ret)
                     };
-                    f.sites = Some((at(true), at(false)));
+                    // Where entry+return moves, entry-only moves to the same instruction.
+                    let both = at(true);
+                    let entry = if both.moved { both.clone() } else { at(false) };
+                    f.sites = Some((both, entry));
                 }
                 f
             })

@@ -601,13 +601,13 @@ pub(crate) fn entry_site_of(
         .map(|s| s.raw.as_str())
         .collect();
     let mut foreign = Vec::new();
+    // `NAME.cold` / `NAME.cold.N` (a prefix test first: most names fail at their first byte).
     for cold in bin.functions.iter().filter(|s| {
-        is_cold_part(&s.raw)
-            && raws.iter().any(|r| {
-                s.raw
-                    .strip_prefix(r)
-                    .is_some_and(|t| t.starts_with(".cold"))
-            })
+        raws.iter().any(|r| {
+            s.raw
+                .strip_prefix(r)
+                .is_some_and(|t| t.starts_with(".cold"))
+        })
     }) {
         let size = cold.size.min(MAX_DECODED) as usize;
         foreign.extend(crate::site::branch_targets(
@@ -615,7 +615,11 @@ pub(crate) fn entry_site_of(
             cold.vaddr,
         ));
     }
-    let symbol_in = |lo: u64, hi: u64| bin.functions.iter().any(|s| s.vaddr > lo && s.vaddr <= hi);
+    // Functions are sorted by address.
+    let symbol_in = |lo: u64, hi: u64| {
+        let i = bin.functions.partition_point(|s| s.vaddr <= lo);
+        bin.functions.get(i).is_some_and(|s| s.vaddr <= hi)
+    };
     crate::site::entry_site(
         code,
         start,
