@@ -286,6 +286,29 @@ fn endbr_push_rbp_build_moves_to_the_push() {
         assert!(!warning.contains(f), "{warning}");
     }
     assert!(stderr.contains(":mid: site +0x4"), "{stderr}");
+
+    // A return-only probe moves with it (sp unchanged before the push): every return, the
+    // return value, and the stack from the probed function (named from its start) up.
+    let spec = format!("{}:mid%return r=$retval", fx.path());
+    let (rec, _) = record_run(&fx, &["-e", &spec, "-g", "fp"], "fp-return.data");
+    assert_eq!(site(&rec, "mid"), (4, SitePath::Emulated));
+    let id = probe(&rec, "mid").id;
+    let rets: Vec<_> = rec
+        .events
+        .iter()
+        .filter(|e| e.probe == id && e.kind == EventKind::Return)
+        .collect();
+    assert_eq!(rets.len() as u64, N);
+    // mid(i) returns leaf(i, 1) + 1 = 3i + 2.
+    let values: Vec<u64> = int_args(&rec, "mid", EventKind::Return)
+        .into_iter()
+        .map(|a| a[0])
+        .collect();
+    assert_eq!(values, (0..N).map(|i| 3 * i + 2).collect::<Vec<_>>());
+    for e in rets {
+        let names = fx.first_names(rec.stack_of(e, "return-only returns carry a stack"), 2);
+        assert_eq!(names, ["mid", "main"]);
+    }
 }
 
 /// Like [`stacks`], counting every stack whatever its frames (for leaf, whose caller slotty
