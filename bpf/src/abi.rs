@@ -756,6 +756,7 @@ mod tests {
             kernel_caller: false,
             dwarf: false,
             go: false,
+            caller_slot: 3,
             stack_size: 16384,
             args: vec![ArgProgram {
                 at_return: true,
@@ -767,6 +768,8 @@ mod tests {
         let b = cfg.to_bytes().unwrap();
         assert_eq!(b.len(), PROBE_CFG_SIZE);
         assert_eq!(&b[..2], &[1, 1]);
+        // caller_slot: the return address 3 words above sp at a moved entry site.
+        assert_eq!(b[3], 3);
         assert_eq!(u32_at(&b, 4), 16384);
         assert_eq!(&b[8..11], &[2, 1, 0]);
         assert_eq!(b[16], OP_REG);
