@@ -46,6 +46,16 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             marks.push_str(" [ifunc]");
         } else if let InsnHandling::Refused(why) = f.first_insn {
             marks.push_str(&format!(" [not-probeable: {}]", why.short()));
+        } else if let Some((both, entry)) = &f.sites {
+            // Where urec puts the probe instead of the single-stepped first instruction.
+            let at = |s: &urec_probe::site::EntrySite| format!("+{:#x}", s.vaddr - f.vaddr.0);
+            if both.moved {
+                marks.push_str(&format!(" [site {}]", at(both)));
+            } else if entry.moved {
+                marks.push_str(&format!(" [single-step; %entry site {}]", at(entry)));
+            } else {
+                marks.push_str(" [single-step]");
+            }
         } else if f.first_insn == InsnHandling::SingleStepped {
             marks.push_str(" [single-step]");
         }

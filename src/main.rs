@@ -50,8 +50,12 @@ enum Command {
     /// One function per line: name, ELF virtual address, file offset, size, and a mark where
     /// probing needs care: `[ifunc]` (an IFUNC resolver: probe an implementation instead),
     /// `[not-probeable: WHY]` (the kernel refuses its first instruction, or would emulate it
-    /// wrongly), `[single-step]` (the kernel single-steps its first instruction: about 10x the
-    /// cost per hit of an emulated one).
+    /// wrongly), `[site +0xN]` (the kernel single-steps its first instruction, so urec probes
+    /// the instruction N bytes in, the first of its entry block the kernel emulates, which sees
+    /// the same calls), `[single-step; %entry site +0xN]` (only an entry-only probe can move
+    /// there: the instructions before it move sp, which a return probe needs at the return
+    /// address), `[single-step]` (no such instruction: probes single-step, about 10x the cost
+    /// per hit of an emulated one).
     /// With `--usdt`: the USDT probes (`.note.stapsdt`) instead, one site per line:
     /// PROVIDER:NAME (what `-e usdt:TARGET:PROVIDER:NAME` names), ELF virtual address, the
     /// semaphore's address (urec sets it while recording), and the operands `arg1`, `arg2`...

@@ -296,24 +296,37 @@ pub(crate) fn warn_resolution(resolution: &urec_probe::Resolution, verbosity: Ve
         for w in &resolution.warnings {
             eprintln!("urec: warning: {}", urec_format::printable(w));
         }
-        // One line for all of them: a glob over `str*` single-steps dozens.
-        let stepped: Vec<&str> = resolution
+        // One line for all of them: a glob over `str*` single-steps dozens. Only the probes
+        // that still single-step after site selection, each with the reason.
+        let stepped: Vec<String> = resolution
             .probes
             .iter()
-            .filter(|p| p.first_insn == InsnHandling::SingleStepped)
-            .map(|p| p.probe.name.as_str())
+            .filter(|p| p.site.handling == InsnHandling::SingleStepped)
+            .map(|p| match &p.site.why_not {
+                Some(why) => format!("{} ({why})", p.probe.name),
+                None => p.probe.name.clone(),
+            })
             .collect();
-        if let [one] = stepped.as_slice() {
+        if verbosity == Verbosity::Verbose {
+            match urec_record::regs::uprobe_programs_may_write_registers() {
+                Some(true) => eprintln!(
+                    "urec: this kernel lets uprobe programs write registers: executing a \
+                     single-stepped instruction in BPF would avoid its second trap (not built \
+                     yet: urec still lets the kernel single-step it)"
+                ),
+                Some(false) => eprintln!(
+                    "urec: this kernel refuses register writes from uprobe programs, so a \
+                     single-stepped instruction cannot be executed in BPF instead"
+                ),
+                None => {}
+            }
+        }
+        if !stepped.is_empty() {
             eprintln!(
-                "urec: warning: {one}: the kernel single-steps the probed instruction, about 10x \
-                 the cost per hit of an emulated one"
-            );
-        } else if !stepped.is_empty() {
-            eprintln!(
-                "urec: warning: the kernel single-steps the probed instruction of {} probes, \
-                 about 10x the cost per hit of an emulated one: {}",
-                stepped.len(),
-                urec_format::name_list(&stepped, 8)
+                "urec: warning: the kernel single-steps the probed instruction of {}, about \
+                 10x the cost per hit of an emulated one: {}",
+                urec_format::plural(stepped.len() as u64, "probe", "probes"),
+                urec_format::printable(&urec_format::name_list(&stepped, 8))
             );
         }
     }
@@ -425,6 +438,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         let planned = urec_record::plan(p, mode).map_err(|e| UsageError(e.to_string()))?;
         if verbosity == Verbosity::Verbose && args.call_graph == CallGraph::Auto {
             eprintln!("urec: {}: stacks by {}", p.probe.name, mode_name(mode));
+        }
+        if verbosity == Verbosity::Verbose {
+            eprintln!("urec: {}: {}", p.probe.name, site_line(p));
         }
         probes.push(planned);
     }
@@ -701,6 +717,34 @@ fn add_symbols(
             output.display()
         ),
     }
+}
+
+/// Where a probe is attached, for `-v`: `site +0x4 (push %rbp, emulated)`.
+fn site_line(p: &urec_probe::ResolvedProbe) -> String {
+    let path = match p.site.handling {
+        InsnHandling::Emulated => "emulated",
+        InsnHandling::SingleStepped => "single-stepped",
+        _ => "unknown",
+    };
+    let insn = urec_probe::site::insn_text_at(&p.open_path, p.site_offset, p.site.vaddr)
+        .unwrap_or_default();
+    let at = match p.site.vaddr.checked_sub(p.probe.vaddr.0) {
+        // (Not "attached": tests wait for that word, which urec prints once probes are.)
+        Some(0) if !p.at_function_start => "on the probed instruction".to_string(),
+        Some(0) => "at its first instruction".to_string(),
+        Some(d) => format!("site +{d:#x}"),
+        None => format!("site {:#x}", p.site.vaddr),
+    };
+    let mut line = format!("{at} (file offset {:#x}, `{insn}`, {path})", p.site_offset);
+    if let Some(why) = &p.site.why_not {
+        line.push_str(&format!(": not moved, {why}"));
+    } else if p.site.sp_delta > 0 {
+        line.push_str(&format!(
+            "; entry only, the return address {} bytes above sp",
+            p.site.sp_delta
+        ));
+    }
+    urec_format::printable(&line).into_owned()
 }
 
 #[cfg(test)]

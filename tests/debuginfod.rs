@@ -526,6 +526,7 @@ fn crafted_recording(path: &Path, program: &Program) {
         kind: ProbeKind::EntryReturn,
         stack_mode: StackMode::FramePointer,
         args: Vec::new(),
+        site: None,
     }))
     .unwrap();
     w.write(&Record::Process(Process {

@@ -72,6 +72,7 @@ fn recording(path: &Path, bin: &Path) {
         kind: ProbeKind::EntryReturn,
         stack_mode: StackMode::FramePointer,
         args: Vec::new(),
+        site: None,
     }))
     .unwrap();
     w.write(&Record::Process(Process {

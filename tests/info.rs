@@ -70,6 +70,7 @@ fn recording(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<u8>) {
             ty: ArgType::String,
             at_return: true,
         }],
+        site: None,
     }))
     .unwrap();
     for pid in [300, 301] {

@@ -216,6 +216,7 @@ fn hostile_recording(path: &Path, fifo: &Path, dir: &Path) {
         kind: ProbeKind::EntryReturn,
         stack_mode: StackMode::FramePointer,
         args: Vec::new(),
+        site: None,
     }))
     .unwrap();
     w.write(&Record::Process(Process {

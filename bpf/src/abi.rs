@@ -146,6 +146,10 @@ pub struct ProbeConfig {
     pub dwarf: bool,
     /// Go code: the events carry the goroutine (`r14` in Go's register ABI).
     pub go: bool,
+    /// With `add_caller` or `kernel_caller`: the return address is at `[sp + 8 * caller_slot]`
+    /// at the probed instruction (instructions skipped before a moved entry site pushed or
+    /// reserved that many words; `urec_probe::site`).
+    pub caller_slot: u8,
     /// With `dwarf`: the most bytes of stack to copy per event, from sp to the end of the
     /// stack's mapping (a multiple of 8, at most [`MAX_STACK_SIZE`]; 0 copies nothing).
     pub stack_size: u32,
@@ -292,7 +296,7 @@ struct RawProbeCfg {
     flags: u8,
     nargs: u8,
     npred: u8,
-    _pad: u8,
+    caller_slot: u8,
     stack_size: u32,
     args: [RawArg; MAX_ARGS],
     pred: RawPred,
@@ -332,6 +336,7 @@ impl ProbeConfig {
                 | if self.dwarf { P_DWARF } else { 0 }
                 | if self.go { P_GO } else { 0 },
             nargs: self.args.len() as u8,
+            caller_slot: self.caller_slot,
             stack_size: self.stack_size,
             ..Default::default()
         };
@@ -758,6 +763,7 @@ mod tests {
             kernel_caller: false,
             dwarf: false,
             go: false,
+            caller_slot: 3,
             stack_size: 16384,
             args: vec![ArgProgram {
                 at_return: true,
@@ -769,6 +775,8 @@ mod tests {
         let b = cfg.to_bytes().unwrap();
         assert_eq!(b.len(), PROBE_CFG_SIZE);
         assert_eq!(&b[..2], &[1, 1]);
+        // caller_slot: the return address 3 words above sp at a moved entry site.
+        assert_eq!(b[3], 3);
         assert_eq!(u32_at(&b, 4), 16384);
         assert_eq!(&b[8..11], &[2, 1, 0]);
         assert_eq!(b[16], OP_REG);

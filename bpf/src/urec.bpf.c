@@ -828,7 +828,9 @@ static long fp_step(__u64 i, struct fp_walk *w)
 __noinline long put_fp_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, __u32 limit_mode,
 			     __u64 probe_ip)
 {
-	__u32 mode = limit_mode >> 16;
+	__u32 mode = (limit_mode >> 16) & 0xff;
+	/* FP_CALLER: the return address is this many bytes above sp (a moved entry site). */
+	__u32 caller_off = ((limit_mode >> 24) & 0xff) * 8;
 	struct fp_walk w = {};
 	long result = 0;
 
@@ -869,12 +871,14 @@ __noinline long put_fp_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, 
 		fp_store(&w, ctx->ip);
 	if ((mode & FP_CALLER) && w.n < w.limit) {
 		__u64 v = 0;
-		bool ok = w.wlen >= 8;
+		bool ok;
 
+		caller_off &= FP_WINDOW * 4 - 8;
+		ok = w.wlen >= caller_off + 8;
 		if (ok)
-			v = *(__u64 *)win;
+			v = *(__u64 *)(win + (caller_off & (FP_WINDOW - 8)));
 		else
-			ok = !bpf_probe_read_user(&v, 8, (void *)w.sp);
+			ok = !bpf_probe_read_user(&v, 8, (void *)(w.sp + caller_off));
 		if (ok) {
 			fp_store(&w, v);
 			result |= FP_CALLER_READ;
@@ -1089,6 +1093,8 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 			mode |= FP_LEAF;
 			limit++;
 		}
+		if (mode & FP_CALLER)
+			mode |= (__u32)cfg->caller_slot << 8;
 		long r = put_fp_stack(ctx, s, off, limit | (mode << 16), probe_ip);
 
 		nframes = r & 255;

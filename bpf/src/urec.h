@@ -195,7 +195,8 @@ struct urec_probe_cfg {
 	__u8 nargs;
 	__u8 npred;       /* steps of `pred`; 0: no predicate (here, in the cache line every
 			   * event reads anyway) */
-	__u8 _pad;
+	__u8 caller_slot; /* UREC_P_*_CALLER: the return address is at [sp + 8 * caller_slot]
+			   * (words a moved entry site's skipped instructions pushed/reserved) */
 	__u32 stack_size; /* UREC_P_DWARF: the most bytes of stack to copy, from sp to the end
 			   * of the stack (0: none; masked to below UREC_MAX_STACK_SIZE) */
 	struct urec_arg_cfg args[UREC_MAX_ARGS];

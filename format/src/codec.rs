@@ -317,6 +317,19 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, body: &mut Vec<u8>, record: &Reco
                 put_arg_type(body, a.ty);
                 body.push(u8::from(a.at_return));
             }
+            // 2.2: trailing fields, which older readers skip.
+            match &p.site {
+                None => body.push(0),
+                Some(site) => {
+                    body.push(1);
+                    put_u64(body, site.offset.0);
+                    body.push(match site.path {
+                        SitePath::Unknown => 0,
+                        SitePath::Emulated => 1,
+                        SitePath::SingleStepped => 2,
+                    });
+                }
+            }
             TAG_PROBE
         }
         Record::Process(p) => {
@@ -477,6 +490,19 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
                     at_return: c.bool()?,
                 });
             }
+            // 2.2's trailing fields: absent in older files.
+            let site = if !c.is_empty() && c.bool()? {
+                Some(ProbeSite {
+                    offset: FileOffset(c.u64()?),
+                    path: match c.u8()? {
+                        1 => SitePath::Emulated,
+                        2 => SitePath::SingleStepped,
+                        _ => SitePath::Unknown,
+                    },
+                })
+            } else {
+                None
+            };
             Record::Probe(Probe {
                 id,
                 name,
@@ -489,6 +515,7 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
                 kind,
                 stack_mode,
                 args,
+                site,
             })
         }
         TAG_PROCESS => {
@@ -689,6 +716,45 @@ mod tests {
         encode_record(&mut buf, &mut body, &Record::Process(full.clone()));
         body.extend_from_slice(&[5, 1, 2, 3]);
         assert_eq!(decode(&body), Some(Record::Process(full)));
+    }
+
+    #[test]
+    fn probe_site_is_trailing_and_optional() {
+        let full = Probe {
+            id: 3,
+            name: "t:f".into(),
+            specs: vec!["t:f".into()],
+            binary: "/t".into(),
+            build_id: None,
+            symbol: "f".into(),
+            vaddr: Svma(0x1130),
+            offset: FileOffset(0x1130),
+            kind: ProbeKind::EntryReturn,
+            stack_mode: StackMode::FramePointer,
+            args: Vec::new(),
+            site: Some(ProbeSite {
+                offset: FileOffset(0x1134),
+                path: SitePath::Emulated,
+            }),
+        };
+        let decode = |body: &[u8]| {
+            decode_record(TAG_PROBE, &mut Cursor::new(body)).unwrap_or_else(|e| panic!("{}", e.0))
+        };
+        let (mut buf, mut body) = (Vec::new(), Vec::new());
+        encode_record(&mut buf, &mut body, &Record::Probe(full.clone()));
+        assert_eq!(decode(&body), Some(Record::Probe(full.clone())));
+        // A 1.6 body (no site): read, the site unknown.
+        let old = Probe {
+            site: None,
+            ..full.clone()
+        };
+        encode_record(&mut buf, &mut body, &Record::Probe(old.clone()));
+        assert_eq!(body.last(), Some(&0));
+        assert_eq!(decode(&body[..body.len() - 1]), Some(Record::Probe(old)));
+        // A later minor version's fields after these: skipped.
+        encode_record(&mut buf, &mut body, &Record::Probe(full.clone()));
+        body.extend_from_slice(&[5, 1, 2, 3]);
+        assert_eq!(decode(&body), Some(Record::Probe(full)));
     }
 
     #[test]

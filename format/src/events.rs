@@ -617,7 +617,7 @@ mod tests {
         assert_eq!(ncols, BASE_COLS as u64, "nor did it in the varint layout");
         let events = [event(None), event(Some(0x00c0_0008_2000))];
         let (payload, ncols) = chunk(&events);
-        assert_eq!(ncols, NCOLS as u64);
+        assert_eq!(ncols, SPLIT_COLS as u64, "no weight column without weights");
         assert_eq!(decode(&payload, 2), events);
     }
 

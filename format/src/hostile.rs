@@ -172,6 +172,7 @@ fn probe(id: ProbeId, args: Vec<ArgSpec>) -> Record {
         kind: ProbeKind::EntryReturn,
         stack_mode: StackMode::FramePointer,
         args,
+        site: None,
     })
 }
 

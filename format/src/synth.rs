@@ -171,6 +171,7 @@ impl Synth {
                 kind: ProbeKind::EntryReturn,
                 stack_mode: StackMode::FramePointer,
                 args: Vec::new(),
+                site: None,
             }));
         }
         metadata.push(Record::Process(Process {

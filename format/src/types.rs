@@ -162,6 +162,42 @@ pub struct Probe {
     pub stack_mode: StackMode,
     /// Arguments fetched at each hit, in order.
     pub args: Vec<ArgSpec>,
+    /// Where the probe was attached and how the kernel ran it there (format 2.2); None in
+    /// older files.
+    pub site: Option<ProbeSite>,
+}
+
+/// Where a probe was attached (format 2.2): the function's first instruction, or the first
+/// instruction of its entry block the kernel emulates (SPEC.md, "Probe sites and probe cost").
+/// `Probe::offset`/`vaddr` stay the function's start, which names its frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeSite {
+    /// The file offset attached to (the entry probe's, for a Go function).
+    pub offset: FileOffset,
+    /// How the kernel handles the instruction there.
+    pub path: SitePath,
+}
+
+/// How the kernel handles a probed instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SitePath {
+    /// Emulated in the kernel (`push`, `nop`, `jmp`, `call`, `jcc`): one trap.
+    Emulated,
+    /// Copied out of line and single-stepped: a second trap.
+    SingleStepped,
+    /// Not known (no bytes to decode).
+    Unknown,
+}
+
+impl SitePath {
+    /// `emulated`, `single-stepped`, `unknown`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SitePath::Emulated => "emulated",
+            SitePath::SingleStepped => "single-stepped",
+            SitePath::Unknown => "unknown",
+        }
+    }
 }
 
 /// A process seen during the recording (it produced events, or is an ancestor of one that did).

@@ -48,7 +48,10 @@
 //!   warning.
 //! - **The first instruction matters.** The kernel emulates `push`, `nop` and branches but
 //!   single-steps everything else (including `endbr64`) at about 10× the cost per hit;
-//!   [`ResolvedProbe::first_insn`] tells, so `record` can warn. Which ones a kernel emulates
+//!   [`ResolvedProbe::first_insn`] tells. Where it is single-stepped, the probe goes on the
+//!   first instruction of the entry block the kernel emulates when that sees the same calls
+//!   ([`site`], [`ResolvedProbe::site`]), and `record` warns about those that still
+//!   single-step. Which ones a kernel emulates
 //!   is read from the running kernel ([`KernelUprobes`]). Whether the function starts
 //!   with `push %rbp` decides whether the kernel's frame-pointer stack at entry already holds
 //!   the immediate caller ([`ResolvedProbe::starts_with_push_rbp`]).
@@ -67,6 +70,7 @@ mod predicate;
 mod real_file;
 pub use real_file::unescape_mount_field;
 mod resolve;
+pub mod site;
 mod spec;
 mod target;
 mod usdt;
@@ -306,6 +310,10 @@ pub struct Function {
     pub ifunc: bool,
     /// How the kernel handles a probe on its first instruction.
     pub first_insn: InsnHandling,
+    /// Where a probe with no args goes when the first instruction is single-stepped
+    /// ([`site`]): for entry+return (and return) probes, and, when that is further, for
+    /// entry-only probes (`%entry`). None when the first instruction is not single-stepped.
+    pub sites: Option<(site::EntrySite, site::EntrySite)>,
 }
 
 impl Function {
@@ -344,6 +352,27 @@ pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError
                 size: s.size,
                 ifunc: bin.ifunc_at(s.vaddr).is_some(),
                 first_insn: insn::classify(bin.bytes_at(s.vaddr, 16), &kernel),
+                sites: None,
+            })
+            .map(|mut f: Function| {
+                if f.first_insn == InsnHandling::SingleStepped && !f.ifunc {
+                    let at = |ret| {
+                        if f.size == 0 {
+                            return site::EntrySite::at_start(
+                                f.vaddr.0,
+                                f.first_insn,
+                                Some("its size is unknown".into()),
+                            );
+                        }
+                        let reads = site::Reads::default();
+                        resolve::entry_site_of(&bin, f.vaddr.0, f.size, &kernel, &reads, ret)
+                    };
+                    // Where entry+return moves, entry-only moves to the same instruction.
+                    let both = at(true);
+                    let entry = if both.moved { both.clone() } else { at(false) };
+                    f.sites = Some((both, entry));
+                }
+                f
             })
         })
         .collect();

@@ -9,6 +9,7 @@ use urec_format::{FileOffset, Probe, ProbeKind, StackMode, Svma};
 use crate::control_flow::ControlFlow;
 use crate::elf::{Binary, Sym};
 use crate::insn::{KernelUprobes, Refusal};
+use crate::site::{EntrySite, Reads};
 use crate::spec::{Fetch, FunctionSpec, ProbeSpec};
 use crate::{glob, insn, target, InsnHandling, SpecError};
 
@@ -77,6 +78,15 @@ pub struct ResolvedProbe {
     /// but after the stack check (or as `sub; mov %rbp, N(%rsp); lea`), which the
     /// `push %rbp` census behind [`ResolvedProbe::binary_keeps_frame_pointers`] does not count.
     pub binary_is_go: bool,
+    /// The probe is at a function's first instruction (not inside it, not USDT).
+    pub at_function_start: bool,
+    /// Where the probe is attached ([`crate::site`]): the function's start, or the first
+    /// instruction of its entry block the kernel emulates when that sees the same calls. The
+    /// file offset is [`ResolvedProbe::site_offset`]; `probe.vaddr`/`probe.offset` stay the
+    /// function's start, which names its frame. Set by [`resolve`] once all specs merged.
+    pub site: EntrySite,
+    /// The file offset of [`ResolvedProbe::site`].
+    pub site_offset: u64,
 }
 
 /// Where the probes of a Go function go, as file offsets.
@@ -166,6 +176,12 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
                 }
             };
             resolve_in(spec, bin, opts, &kernel, &mut out, &mut index)?;
+        }
+    }
+    // Sites once every spec merged: the args and the kind decide what a site must preserve.
+    for (&(file, _), &i) in &index {
+        if let Some(bin) = binaries.get(&file) {
+            place(bin, &mut out.probes[i], &kernel);
         }
     }
     // Go functions whose return cannot be probed are entry-only: one line for them all.
@@ -503,6 +519,7 @@ fn add_location(
             kind,
             stack_mode: StackMode::FramePointer,
             args,
+            site: None,
         },
         fetches,
         size: loc.size,
@@ -514,8 +531,104 @@ fn add_location(
         predicate,
         go,
         binary_is_go: bin.go.is_some(),
+        at_function_start: loc.at_start,
+        site: EntrySite::at_start(loc.vaddr, first_insn, None),
+        site_offset: offset,
     });
     Ok(())
+}
+
+/// Chooses where `p` is attached ([`crate::site`]).
+fn place(bin: &Binary, p: &mut ResolvedProbe, kernel: &KernelUprobes) {
+    let start = p.probe.vaddr.0;
+    if let Some(g) = &p.go {
+        // Go keeps its own placement (past the stack check, SPEC.md "Go programs").
+        let vaddr = start + (g.entry_offset - p.probe.offset.0);
+        p.site = EntrySite::at_start(vaddr, p.first_insn, None);
+        p.site_offset = g.entry_offset;
+        return;
+    }
+    p.site_offset = p.probe.offset.0;
+    if !p.at_function_start || p.first_insn != InsnHandling::SingleStepped {
+        return;
+    }
+    if p.size == 0 {
+        p.site.why_not = Some("its size is unknown, so its branches cannot be checked".into());
+        return;
+    }
+    let mut reads = Reads::default();
+    if p.probe.kind != ProbeKind::Return {
+        for (a, f) in p.probe.args.iter().zip(&p.fetches) {
+            if !a.at_return {
+                reads.add(f);
+            }
+        }
+        for op in p.predicate.iter().flat_map(|pr| &pr.operands) {
+            reads.add(&op.fetch);
+        }
+    }
+    let site = entry_site_of(
+        bin,
+        start,
+        p.size,
+        kernel,
+        &reads,
+        p.probe.kind != ProbeKind::Entry,
+    );
+    let Some(offset) = bin.vaddr_to_offset(site.vaddr) else {
+        return;
+    };
+    p.starts_with_push_rbp = site.moved && bin.bytes_at(site.vaddr, 1).first() == Some(&0x55);
+    p.site = site;
+    p.site_offset = offset;
+}
+
+/// The entry site of the function at `start` of `size` bytes in `bin` ([`crate::site`]),
+/// counting the branches of its `.cold` fragments and the symbols of the binary.
+pub(crate) fn entry_site_of(
+    bin: &Binary,
+    start: u64,
+    size: u64,
+    kernel: &KernelUprobes,
+    reads: &Reads,
+    return_probe: bool,
+) -> EntrySite {
+    let code = bin.bytes_at(start, usize::try_from(size.min(MAX_DECODED)).unwrap_or(0));
+    let raws: Vec<&str> = bin
+        .functions
+        .iter()
+        .filter(|s| s.vaddr == start)
+        .map(|s| s.raw.as_str())
+        .collect();
+    let mut foreign = Vec::new();
+    // `NAME.cold` / `NAME.cold.N` (a prefix test first: most names fail at their first byte).
+    for cold in bin.functions.iter().filter(|s| {
+        raws.iter().any(|r| {
+            s.raw
+                .strip_prefix(r)
+                .is_some_and(|t| t.starts_with(".cold"))
+        })
+    }) {
+        let size = cold.size.min(MAX_DECODED) as usize;
+        foreign.extend(crate::site::branch_targets(
+            bin.bytes_at(cold.vaddr, size),
+            cold.vaddr,
+        ));
+    }
+    // Functions are sorted by address.
+    let symbol_in = |lo: u64, hi: u64| {
+        let i = bin.functions.partition_point(|s| s.vaddr <= lo);
+        bin.functions.get(i).is_some_and(|s| s.vaddr <= hi)
+    };
+    crate::site::entry_site(
+        code,
+        start,
+        kernel,
+        reads,
+        return_probe,
+        &foreign,
+        &symbol_in,
+    )
 }
 
 pub(crate) fn merge_kind(a: ProbeKind, b: ProbeKind) -> ProbeKind {

@@ -75,8 +75,9 @@ impl AttachProbe {
         AttachProbe {
             id: p.probe.id,
             binary: p.open_path.clone(),
-            // A Go function's entry probe sits past its stack check (SPEC.md, "Go programs").
-            offset: p.go.as_ref().map_or(p.probe.offset.0, |g| g.entry_offset),
+            // The entry site (SPEC.md, "Probe sites and probe cost"); a Go function's entry
+            // probe sits past its stack check (SPEC.md, "Go programs").
+            offset: p.site_offset,
             kind: p.probe.kind,
             name: p.probe.name.clone(),
             ref_ctr_offset: p.ref_ctr_offset,

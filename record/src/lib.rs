@@ -54,6 +54,7 @@ pub mod output;
 pub mod plan;
 pub mod processes;
 pub mod procfs;
+pub mod regs;
 mod session;
 pub mod sideband;
 pub mod stacks;

@@ -20,6 +20,11 @@
 //! (Comparing `[sp]` with the second frame at run time cannot tell: in a recursion the
 //! caller's caller has the same return address.)
 //!
+//! At a moved entry site (`urec_probe::site`) the same holds with the return address where the
+//! skipped instructions left it: `[sp + 8 * caller_slot]` after `sub $N,%rsp` or pushes (entry-
+//! only probes; entry+return ones move only where sp did not). The site is never past a write
+//! of `%rbp`, so the walk still starts in the caller's frame.
+//!
 //! # Argument values
 //!
 //! uprobe_events semantics: `+OFF(FETCH)` reads the word at `FETCH + OFF`; with `:string` the
@@ -33,8 +38,12 @@ use object::{Object, ObjectSegment, ReadCache};
 use urec_bpf::abi::{
     self, ArgProgram, FetchOp, PredCmp, PredConst, PredOp, PredProgram, ProbeConfig,
 };
-use urec_format::{ArgType, FileOffset, LoadSegment, Probe, ProbeKind, StackMode};
-use urec_probe::{CmpOp, Expr, Fetch, KernelUprobes, Predicate, ResolvedProbe, Value};
+use urec_format::{
+    ArgType, FileOffset, LoadSegment, Probe, ProbeKind, ProbeSite, SitePath, StackMode,
+};
+use urec_probe::{
+    CmpOp, Expr, Fetch, InsnHandling, KernelUprobes, Predicate, ResolvedProbe, Value,
+};
 
 /// A probe ready for the recorder: the file's record, and the BPF programs' table entry.
 #[derive(Clone, Debug)]
@@ -50,6 +59,9 @@ pub struct PlannedProbe {
     pub open_path: std::path::PathBuf,
     /// Where a Go function's probes go ([`ResolvedProbe::go`]).
     pub go: Option<urec_probe::GoPlacement>,
+    /// The file offset the probe is attached at ([`ResolvedProbe::site_offset`]): the
+    /// function's start, a moved entry site, or a Go function's entry past its stack check.
+    pub site_offset: u64,
 }
 
 /// A resolved probe urec cannot record as asked.
@@ -87,20 +99,39 @@ fn offset_to_svma(path: &Path, offset: u64) -> Option<u64> {
 pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedProbe, PlanError> {
     let mut probe = resolved.probe.clone();
     probe.stack_mode = stack_mode;
+    probe.site = Some(ProbeSite {
+        offset: FileOffset(resolved.site_offset),
+        path: match resolved.site.handling {
+            InsnHandling::Emulated => SitePath::Emulated,
+            InsnHandling::SingleStepped => SitePath::SingleStepped,
+            _ => SitePath::Unknown,
+        },
+    });
     let err = |why: String| PlanError {
         probe: probe.name.clone(),
         why,
     };
     let binary = resolved.open_path.as_path();
-    let at_start = probe.kind != ProbeKind::Entry;
-    // Entry stacks: which of the kernel and the program adds `[sp]` (see the module docs).
+    let at_start = probe.kind != ProbeKind::Entry || resolved.at_function_start;
+    // Entry stacks: which of the kernel and the program adds `[sp]` (see the module docs). At
+    // a moved entry site the return address is `caller_slot` words above sp.
+    let caller_slot = u8::try_from(resolved.site.sp_delta / 8).map_err(|_| {
+        err(format!(
+            "internal: the entry site moved sp by {} bytes",
+            resolved.site.sp_delta
+        ))
+    })?;
     let (add_caller, kernel_caller) = if probe.kind != ProbeKind::Return {
-        let kernel =
-            resolved.starts_with_push_rbp && KernelUprobes::running().adds_caller_at_push_rbp;
+        let kernel = resolved.starts_with_push_rbp
+            && caller_slot == 0
+            && KernelUprobes::running().adds_caller_at_push_rbp;
         (at_start && !kernel, kernel)
     } else {
         (false, false)
     };
+    // Places in the binary are fetched relative to the attached instruction's address
+    // (`bpf_get_func_ip`): the site, not the function's start.
+    let site_vaddr = resolved.site.vaddr;
     if probe.args.len() > abi::MAX_ARGS {
         return Err(err(format!(
             "at most {} arguments per probe, got {}",
@@ -116,20 +147,12 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             ProbeKind::Return => true,
         };
         args.push(
-            arg_program(
-                fetch,
-                spec.ty,
-                &spec.fetch,
-                at_return,
-                binary,
-                probe.vaddr.0,
-            )
-            .map_err(err)?,
+            arg_program(fetch, spec.ty, &spec.fetch, at_return, binary, site_vaddr).map_err(err)?,
         );
     }
     let predicate = match &resolved.predicate {
         Some(pred) => Some(
-            compile_predicate(pred, binary, probe.vaddr.0)
+            compile_predicate(pred, binary, site_vaddr)
                 .map_err(|why| err(format!("predicate `if {}`: {why}", pred.text)))?,
         ),
         None => None,
@@ -141,6 +164,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             kernel_caller: kernel_caller && stack_mode == StackMode::FramePointer,
             dwarf: stack_mode == StackMode::Dwarf,
             go: resolved.go.is_some(),
+            caller_slot,
             // The session sets it from --stack-size.
             stack_size: 0,
             args,
@@ -149,6 +173,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
         ref_ctr_offset: resolved.ref_ctr_offset,
         open_path: resolved.open_path.clone(),
         go: resolved.go.clone(),
+        site_offset: resolved.site_offset,
     })
 }
 

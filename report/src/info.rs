@@ -281,6 +281,23 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
         ],
         &rows,
     );
+    // Where each probe was attached (1.7): its start, or a moved entry site.
+    for p in &probes {
+        if let Some(site) = &p.site {
+            let at = match site.offset.0.checked_sub(p.offset.0) {
+                Some(0) => "at its start".to_string(),
+                Some(d) => format!("at its start +{d:#x}"),
+                None => "before its start".to_string(),
+            };
+            let _ = writeln!(
+                w,
+                "probe {}: attached at file offset {:#x} ({at}), {}",
+                p.id,
+                site.offset.0,
+                site.path.name()
+            );
+        }
+    }
 
     // Where the events fall short of the calls (lost or sampled), say how many calls there were.
     for p in &probes {

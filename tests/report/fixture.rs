@@ -44,6 +44,7 @@ pub fn write_recording(path: &Path, finish: bool) {
             kind: ProbeKind::EntryReturn,
             stack_mode: StackMode::FramePointer,
             args: Vec::new(),
+            site: None,
         }),
     );
     rec(

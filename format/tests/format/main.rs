@@ -29,6 +29,7 @@ pub fn sample_records(events: u32) -> Vec<Record> {
                 ty: ArgType::String,
                 at_return: true,
             }],
+            site: None,
         }),
         Record::Probe(Probe {
             id: 1,
@@ -51,6 +52,7 @@ pub fn sample_records(events: u32) -> Vec<Record> {
                 },
                 at_return: false,
             }],
+            site: None,
         }),
         Record::Process(Process {
             pid: 100,

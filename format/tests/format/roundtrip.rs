@@ -232,14 +232,14 @@ fn arb_record() -> impl Strategy<Value = Record> {
             any::<u64>(),
             any::<u64>(),
         ),
-        (0..3u8, 0..3u8),
+        (0..3u8, 0..3u8, proptest::option::of((any::<u64>(), 0..3u8))),
         proptest::collection::vec(
             (arb_string(), arb_string(), arb_arg_type(), any::<bool>()),
             0..3,
         ),
     )
         .prop_map(
-            |((id, name, specs), (binary, build_id, symbol, vaddr, offset), (k, s), args)| {
+            |((id, name, specs), (binary, build_id, symbol, vaddr, offset), (k, s, site), args)| {
                 Record::Probe(Probe {
                     id,
                     name,
@@ -261,6 +261,15 @@ fn arb_record() -> impl Strategy<Value = Record> {
                             at_return,
                         })
                         .collect(),
+                    // 1.7: where the probe was attached.
+                    site: site.map(|(offset, p)| ProbeSite {
+                        offset: FileOffset(offset),
+                        path: [
+                            SitePath::Unknown,
+                            SitePath::Emulated,
+                            SitePath::SingleStepped,
+                        ][p as usize],
+                    }),
                 })
             },
         );

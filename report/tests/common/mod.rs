@@ -57,6 +57,7 @@ pub fn probe(id: ProbeId, name: &str, binary: &str, symbol: &str, kind: ProbeKin
         kind,
         stack_mode: StackMode::FramePointer,
         args: Vec::new(),
+        site: None,
     })
 }
 
