@@ -12,15 +12,10 @@ use urec_record::{RecordOptions, StackMode, Target, Verbosity};
 
 use crate::UsageError;
 
-/// Command-line arguments of `urec record`.
+/// Whom to trace: the flags `urec record` and `urec top` share (with `-- COMMAND`, which each
+/// keeps last).
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  urec record -e bash:readline -a -d 10\n  \
-    urec record -e 'libc:malloc size=arg1:u64' -- ls -l\n  \
-    urec record -e 'bash:readline%return cmd=+0($retval):string' -p 1234")]
-pub struct Args {
-    /// Probe spec: `TARGET:FUNCTION[%return|%entry] [NAME=FETCH[:TYPE] ...]` (repeatable).
-    #[arg(short = 'e', long = "event", value_name = "SPEC", required = true)]
-    pub events: Vec<String>,
+pub struct TargetArgs {
     /// Trace every process, including ones started later (the default without -p or COMMAND).
     #[arg(short = 'a', long = "all-processes")]
     pub all: bool,
@@ -36,6 +31,19 @@ pub struct Args {
     /// container's or a systemd unit's); combines with -a, -p and COMMAND.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+}
+
+/// Command-line arguments of `urec record`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  urec record -e bash:readline -a -d 10\n  \
+    urec record -e 'libc:malloc size=arg1:u64' -- ls -l\n  \
+    urec record -e 'bash:readline%return cmd=+0($retval):string' -p 1234")]
+pub struct Args {
+    /// Probe spec: `TARGET:FUNCTION[%return|%entry] [NAME=FETCH[:TYPE] ...]` (repeatable).
+    #[arg(short = 'e', long = "event", value_name = "SPEC", required = true)]
+    pub events: Vec<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Output file; an existing one is kept as FILE.old.
     #[arg(short = 'o', long = "output", default_value = "urec.data")]
     pub output: PathBuf,
@@ -400,7 +408,12 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .into());
     }
     let stack_size = (args.stack_size.min(u64::from(urec_record::MAX_STACK_SIZE)) as u32) & !7;
-    check_target_flags(&args.pids, args.all, &args.command, args.cgroup.as_deref())?;
+    check_target_flags(
+        &args.target.pids,
+        args.target.all,
+        &args.command,
+        args.target.cgroup.as_deref(),
+    )?;
     urec_record::output::check(&args.output).map_err(UsageError)?;
     let verbosity = if args.quiet {
         Verbosity::Quiet
@@ -410,7 +423,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Verbosity::Normal
     };
 
-    let resolution = resolve_specs(&args.events, args.force, &args.pids)?;
+    let resolution = resolve_specs(&args.events, args.force, &args.target.pids)?;
     // -g auto: the traced programs' executables are the callers' binaries we know of.
     let mut callers: Vec<PathBuf> = Vec::new();
     if args.call_graph == CallGraph::Auto {
@@ -422,7 +435,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             // A script's frames are its interpreter's.
             callers.push(urec_record::command::script_interpreter(&program).unwrap_or(program));
         }
-        for &pid in &args.pids {
+        for &pid in &args.target.pids {
             // The file itself, wherever its path leads (another mount namespace included).
             callers.push(PathBuf::from(format!("/proc/{pid}/exe")));
         }
@@ -445,8 +458,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         probes.push(planned);
     }
     warn_resolution(&resolution, verbosity);
-    check_pids(&args.pids)?;
-    let target = target_of(&args.pids, args.all, &args.command)?;
+    check_pids(&args.target.pids)?;
+    let target = target_of(&args.target.pids, args.target.all, &args.command)?;
     urec_record::check_ring_fits(
         &probes,
         stack_mode,
@@ -488,7 +501,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         verbosity,
         command_line: std::env::args().collect(),
         keep_files: !args.no_symbols,
-        cgroup: args.cgroup.clone(),
+        cgroup: args.target.cgroup.clone(),
     })
     .context("recording")?;
     if verbosity != Verbosity::Quiet {

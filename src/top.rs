@@ -5,7 +5,6 @@
 //! table on a terminal, JSON lines otherwise (or with `--json`).
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,20 +29,8 @@ pub struct Args {
     /// apply.
     #[arg(short = 'e', long = "event", value_name = "SPEC", required = true)]
     pub events: Vec<String>,
-    /// Trace every process, including ones started later (the default without -p or COMMAND).
-    #[arg(short = 'a', long = "all-processes")]
-    pub all: bool,
-    /// Trace only these processes (comma-separated), their threads and later children.
-    #[arg(
-        short = 'p',
-        long = "pid",
-        value_name = "PID[,PID...]",
-        value_delimiter = ','
-    )]
-    pub pids: Vec<u32>,
-    /// Trace only tasks in this cgroup v2 directory or below it.
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: crate::record::TargetArgs,
     /// Stop after this long: a number of seconds, or with a unit (500ms, 10s, 5m, 1h).
     #[arg(short = 'd', long = "duration", value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -104,13 +91,18 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         return Err(UsageError("--top-stacks takes a number of stacks, at least 1".into()).into());
     }
     let top_stacks = args.top_stacks.unwrap_or(0);
-    check_target_flags(&args.pids, args.all, &args.command, args.cgroup.as_deref())?;
+    check_target_flags(
+        &args.target.pids,
+        args.target.all,
+        &args.command,
+        args.target.cgroup.as_deref(),
+    )?;
     let verbosity = if args.verbose {
         Verbosity::Verbose
     } else {
         Verbosity::Normal
     };
-    let resolution = resolve_specs(&args.events, args.force, &args.pids)?;
+    let resolution = resolve_specs(&args.events, args.force, &args.target.pids)?;
     let probes = resolution
         .probes
         .iter()
@@ -124,15 +116,15 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     warn_resolution(&resolution, verbosity);
-    check_pids(&args.pids)?;
-    let target = target_of(&args.pids, args.all, &args.command)?;
+    check_pids(&args.target.pids)?;
+    let target = target_of(&args.target.pids, args.target.all, &args.command)?;
     let workload = !args.command.is_empty();
     let opts = TopOptions {
         probes,
         target,
         duration: args.duration,
         interval: args.interval,
-        cgroup: args.cgroup.clone(),
+        cgroup: args.target.cgroup.clone(),
         verbosity,
         top_stacks,
     };

@@ -85,6 +85,23 @@ pub enum Target {
     },
 }
 
+/// A command to run: the program (resolved) and its argv.
+pub(crate) type CommandLine = (PathBuf, Vec<String>);
+
+impl Target {
+    /// What the set-up needs of it: whether the programs filter by tgid, the `-p` pids, and
+    /// the command to run.
+    pub(crate) fn parts(&self) -> (bool, Vec<u32>, Option<CommandLine>) {
+        match self {
+            Target::All => (false, Vec::new(), None),
+            Target::Pids(pids) => (true, pids.clone(), None),
+            Target::Command { program, argv, all } => {
+                (!*all, Vec::new(), Some((program.clone(), argv.clone())))
+            }
+        }
+    }
+}
+
 /// How chatty the recorder is on stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verbosity {

@@ -209,6 +209,31 @@ pub fn run(opts: RecordOptions) -> Result<Summary> {
 /// After urec failed having started the command: nobody is tracing it any more and nobody
 /// would know to stop it (see the `command` module), so it and every process it started are
 /// stopped. The probes are detached by now. `what` says what failed (`recording failed`).
+/// Lets the programs trace the `-p` processes and forks the command (held until started),
+/// also allowed: the set-up `urec record` and `urec top` share. Returns the watch that ends a
+/// `-p` recording when its processes have all exited.
+pub(crate) fn allow_targets(
+    skel: &urec_bpf::UrecSkel<'_>,
+    pids: &[u32],
+    command: Option<&crate::CommandLine>,
+    workload: &mut Option<Workload>,
+) -> Result<Option<PidWatch>> {
+    for &pid in pids {
+        attach::allow_tgid(skel, pid)?;
+    }
+    let watch = if pids.is_empty() {
+        None
+    } else {
+        Some(PidWatch::new(pids)?)
+    };
+    if let Some((program, argv)) = command {
+        crate::command::become_subreaper()?;
+        let w = workload.insert(Workload::fork(program, argv)?);
+        attach::allow_tgid(skel, w.pid())?;
+    }
+    Ok(watch)
+}
+
 pub(crate) fn stop_after_failure(w: &mut Workload, what: &str) {
     if !w.started() {
         return;
@@ -237,13 +262,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     let started = Instant::now();
     let self_tgid = std::process::id();
     let (host, kernel, arch) = uname();
-    let (filter, pids, command) = match &opts.target {
-        Target::All => (false, Vec::new(), None),
-        Target::Pids(pids) => (true, pids.clone(), None),
-        Target::Command { program, argv, all } => {
-            (!*all, Vec::new(), Some((program.clone(), argv.clone())))
-        }
-    };
+    let (filter, pids, command) = opts.target.parts();
     let mut warn = |msg: String| {
         if opts.verbosity != Verbosity::Quiet {
             eprintln!("urec: warning: {msg}");
@@ -344,20 +363,9 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     attach::configure(&skel, &configs)?;
     // Probe ids are 0..n in order, so `configs[id]` is probe `id`'s.
     let copy_sizes: Vec<u32> = configs.iter().map(|(_, cfg)| cfg.stack_size).collect();
-    for &pid in &pids {
-        attach::allow_tgid(&skel, pid)?;
-    }
-    let watch = if pids.is_empty() {
-        None
-    } else {
-        Some(PidWatch::new(&pids)?)
-    };
-
-    // 3. The command, held.
-    if let Some((program, argv)) = &command {
-        crate::command::become_subreaper()?;
-        let w = workload.insert(Workload::fork(program, argv)?);
-        attach::allow_tgid(&skel, w.pid())?;
+    // 3. The targets: the -p processes, and the command, held.
+    let watch = allow_targets(&skel, &pids, command.as_ref(), workload)?;
+    if let Some(w) = workload.as_ref() {
         mapped.trace(w.pid(), false);
     }
 

@@ -39,7 +39,7 @@ use crate::aggregates::{hist_bits, KernelCounts};
 use crate::attach::{self, AttachProbe, LoadOptions};
 use crate::command::Workload;
 use crate::session::{
-    check_privileges, install_signal_handlers, stop_after_failure, PidWatch, STOP, STOP_GRACE,
+    check_privileges, install_signal_handlers, stop_after_failure, STOP, STOP_GRACE,
 };
 use crate::{PlannedProbe, Target, Verbosity, WorkloadEnd};
 
@@ -341,13 +341,7 @@ fn top(
         bail!("no probe to attach");
     }
     let started = Instant::now();
-    let (filter, pids, command) = match &opts.target {
-        Target::All => (false, Vec::new(), None),
-        Target::Pids(pids) => (true, pids.clone(), None),
-        Target::Command { program, argv, all } => {
-            (!*all, Vec::new(), Some((program.clone(), argv.clone())))
-        }
-    };
+    let (filter, pids, command) = opts.target.parts();
     for &pid in &pids {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             bail!("process {pid} does not exist");
@@ -395,19 +389,7 @@ fn top(
         })
         .collect();
     attach::configure(&skel, &configs)?;
-    for &pid in &pids {
-        attach::allow_tgid(&skel, pid)?;
-    }
-    let watch = if pids.is_empty() {
-        None
-    } else {
-        Some(PidWatch::new(&pids)?)
-    };
-    if let Some((program, argv)) = &command {
-        crate::command::become_subreaper()?;
-        let w = workload.insert(Workload::fork(program, argv)?);
-        attach::allow_tgid(&skel, w.pid())?;
-    }
+    let watch = crate::session::allow_targets(&skel, &pids, command.as_ref(), workload)?;
     install_signal_handlers();
 
     let probes: Vec<AttachProbe> = opts.probes.iter().map(AttachProbe::of).collect();
