@@ -83,7 +83,8 @@ pub struct KernelCounts {
     bits: u32,
     buckets: usize,
     hist: HistMapping,
-    /// Per probe: the (calls, returns, filtered, sampled, latencies) last written.
+    /// Per probe: the (calls, returns, filtered, sampled, latencies) last read, which is also
+    /// what was last written (a probe's snapshot is written whenever these change).
     written: Vec<[u64; 5]>,
 }
 
@@ -124,33 +125,28 @@ impl KernelCounts {
         })
     }
 
-    /// Calls each probe's predicate rejected so far (probe id order).
-    pub fn filtered(&self, skel: &UrecSkel<'_>) -> Result<Vec<(ProbeId, u64)>> {
-        let mut out = Vec::new();
-        for id in 0..self.kinds.len() as u32 {
-            let n = self.sums(skel, id)?[FILTERED];
-            if n > 0 {
-                out.push((id, n));
-            }
-        }
-        Ok(out)
+    /// Calls each probe's predicate rejected, as of the last [`Self::changed`] (probe id
+    /// order).
+    pub fn filtered(&self) -> Vec<(ProbeId, u64)> {
+        (0..)
+            .zip(&self.written)
+            .filter(|(_, w)| w[2] > 0)
+            .map(|(id, w)| (id, w[2]))
+            .collect()
     }
 
-    /// Calls of every probe in the last snapshots [`Self::changed`] returned.
+    /// Calls of every probe, as of the last [`Self::changed`].
     pub fn total_calls(&self) -> u64 {
         self.written.iter().map(|w| w[0]).sum()
     }
 
-    /// Calls sampled out under ring pressure so far, all probes together.
-    pub fn sampled(&self, skel: &UrecSkel<'_>) -> Result<u64> {
-        let mut total = 0u64;
-        for id in 0..self.kinds.len() as u32 {
-            total = total.saturating_add(self.sums(skel, id)?[SAMPLED]);
-        }
-        Ok(total)
+    /// Calls sampled out under ring pressure, all probes together, as of the last
+    /// [`Self::changed`].
+    pub fn sampled(&self) -> u64 {
+        self.written.iter().map(|w| w[3]).sum()
     }
 
-    /// Snapshots of the probes whose counts changed since the last call.
+    /// Reads every probe's counts, once: snapshots of those that changed since the last call.
     pub fn changed(&mut self, skel: &UrecSkel<'_>) -> Result<Vec<Aggregate>> {
         let mut out = Vec::new();
         for id in 0..self.kinds.len() as u32 {

@@ -234,6 +234,29 @@ pub(crate) fn allow_targets(
     Ok(watch)
 }
 
+/// Whether recording (or `urec top`) ends now: on a signal, at `-d`'s deadline, when the
+/// command has exited (its status goes to `status`), or when every `-p` process has.
+pub(crate) fn time_to_stop(
+    deadline: Option<Instant>,
+    workload: &mut Option<Workload>,
+    watch: Option<&PidWatch>,
+    status: &mut Option<i32>,
+) -> Result<bool> {
+    if STOP.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+        return Ok(true);
+    }
+    if let Some(s) = workload
+        .as_mut()
+        .map(Workload::reap_children)
+        .transpose()?
+        .flatten()
+    {
+        *status = Some(s);
+        return Ok(true);
+    }
+    Ok(watch.is_some_and(PidWatch::all_exited))
+}
+
 pub(crate) fn stop_after_failure(w: &mut Workload, what: &str) {
     if !w.started() {
         return;
@@ -551,27 +574,15 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             for l in records {
                 st.writer.write(&Record::Lost(l))?;
             }
-            for f in filtered_since(kernel_counts.filtered(&skel)?) {
-                st.writer.write(&Record::Filtered(f))?;
-            }
             for a in kernel_counts.changed(&skel)? {
                 st.writer.write(&Record::Aggregate(a))?;
             }
+            for f in filtered_since(kernel_counts.filtered()) {
+                st.writer.write(&Record::Filtered(f))?;
+            }
             st.writer.flush()?;
         }
-        if STOP.load(Ordering::Relaxed) {
-            break;
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        if let Some(w) = workload.as_mut() {
-            if let Some(status) = w.reap_children()? {
-                workload_status = Some(status);
-                break;
-            }
-        }
-        if watch.as_ref().is_some_and(|w| w.all_exited()) {
+        if time_to_stop(deadline, workload, watch.as_ref(), &mut workload_status)? {
             break;
         }
         if let Some(bar) = &status_line {
@@ -606,11 +617,11 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     }
     sideband.flush(&mut sb)?;
     let lost = attach::lost_counts(&skel, nprobes)?;
-    let filtered = kernel_counts.filtered(&skel)?;
     let final_counts = kernel_counts.changed(&skel)?;
+    let filtered = kernel_counts.filtered();
     let kernel_calls = kernel_counts.total_calls();
     let filtered_total = filtered.iter().map(|&(_, n)| n).sum();
-    let sampled = kernel_counts.sampled(&skel)?;
+    let sampled = kernel_counts.sampled();
     drop(ring);
     let mut st = state.into_inner();
     if let Some(err) = st.error.take() {

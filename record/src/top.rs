@@ -28,7 +28,6 @@
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -39,7 +38,7 @@ use crate::aggregates::{hist_bits, KernelCounts};
 use crate::attach::{self, AttachProbe, LoadOptions};
 use crate::command::Workload;
 use crate::session::{
-    check_privileges, install_signal_handlers, stop_after_failure, STOP, STOP_GRACE,
+    check_privileges, install_signal_handlers, stop_after_failure, time_to_stop, STOP_GRACE,
 };
 use crate::{PlannedProbe, Target, Verbosity, WorkloadEnd};
 
@@ -486,16 +485,7 @@ fn top(
     let mut workload_status = None;
     let mut quit = false;
     loop {
-        if STOP.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        if let Some(w) = workload.as_mut() {
-            if let Some(status) = w.reap_children()? {
-                workload_status = Some(status);
-                break;
-            }
-        }
-        if watch.as_ref().is_some_and(|w| w.all_exited()) {
+        if time_to_stop(deadline, workload, watch.as_ref(), &mut workload_status)? {
             break;
         }
         drain()?;
