@@ -105,11 +105,50 @@ fn add_missing_dashes_hint(e: &mut clap::Error) {
     e.insert(ContextKind::Suggested, ContextValue::StyledStrs(tips));
 }
 
+/// `urec diff A B` and `urec merge A B`, which perf and other profilers have: what does the job
+/// here, as a command line to paste (`report --diff BASE -i NEW`, `report -i A -i B`), where
+/// clap would only say "unrecognized subcommand". None for any other word.
+fn moved_subcommand(argv: &[String]) -> Option<String> {
+    let (word, rest) = argv.get(1).map(|w| (w.as_str(), &argv[2..]))?;
+    let files: Vec<String> = rest
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(|a| urec_format::shell_word(a))
+        .collect();
+    let command = match (word, files.as_slice()) {
+        ("diff", [base, new]) => format!("urec report --diff {base} -i {new}"),
+        ("diff", _) => "urec report --diff BASE -i NEW".to_string(),
+        ("merge", [_, _, ..]) => {
+            let inputs: Vec<String> = files.iter().map(|f| format!("-i {f}")).collect();
+            format!("urec report {}", inputs.join(" "))
+        }
+        ("merge", _) => "urec report -i A -i B".to_string(),
+        _ => return None,
+    };
+    let what = if word == "diff" {
+        "compare a recording with a base"
+    } else {
+        "merge recordings"
+    };
+    Some(format!(
+        "there is no `urec {word}`; to {what}, use `report`: {command}"
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         #[cfg_attr(not(feature = "record"), allow(unused_mut))]
         Err(mut e) => {
+            if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
+                let argv: Vec<String> = std::env::args_os()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                if let Some(line) = moved_subcommand(&argv) {
+                    eprintln!("urec: error: {}", urec_format::printable(&line));
+                    return ExitCode::from(2);
+                }
+            }
             #[cfg(feature = "record")]
             add_missing_dashes_hint(&mut e);
             // clap prints help/version with exit 0 and usage errors with exit 2, as we want.

@@ -238,8 +238,9 @@ pub struct ArchiveArgs {
 /// Runs `urec archive`; returns the exit status.
 pub fn run_archive(args: ArchiveArgs) -> Result<u8> {
     let path = &args.input;
+    let opts = args.symbols.options()?;
     let embedded = existing(path)?;
-    let named = name(path, args.symbols.options(), Vec::new(), embedded)?;
+    let named = name(path, opts, Vec::new(), embedded)?;
     for w in &named.warnings {
         eprintln!("urec: warning: {}", urec_format::printable(w));
     }

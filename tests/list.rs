@@ -152,3 +152,54 @@ fn glob_matching_nothing_exits_1() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no function matches"), "{out}");
 }
+
+/// A binary without symbol tables (`strip --strip-all`) still has the `.eh_frame` FDEs that
+/// bound its functions: `urec list` lists those as `FILE+0xADDR`, at the addresses, offsets and
+/// sizes the symbols gave before stripping, instead of "no functions".
+#[test]
+fn stripped_binary_lists_fde_bounded_functions() {
+    let bin = fixture();
+    let stripped = bin.with_file_name("fix-stripped");
+    let out = Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&bin)
+        .output()
+        .expect("run strip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (symbols, code) = stdout_of(urec().arg("list").arg(&bin).arg("fix_*"));
+    assert_eq!(code, 0, "{symbols}");
+    let (listed, code) = stdout_of(urec().arg("list").arg(&stripped));
+    assert_eq!(code, 0, "{listed}");
+    assert!(!listed.contains("no functions"), "{listed}");
+    for f in ["fix_add", "fix_call3", "fix_static_helper", "fix_sum"] {
+        // `vaddr 0x00401190  offset 0x00001190  size      4`, as the symbol said.
+        let line = line_for(&symbols, f);
+        let at = line.find("vaddr").expect("a vaddr column");
+        let columns = line[at..].split(" [").next().unwrap_or_default().trim_end();
+        let vaddr = u64::from_str_radix(
+            columns
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.strip_prefix("0x"))
+                .expect("a hex vaddr"),
+            16,
+        )
+        .expect("hex vaddr");
+        let name = format!("fix-stripped+{vaddr:#x}");
+        let line = line_for(&listed, &name);
+        assert!(line.contains(columns), "{f}: {columns:?} in {line:?}");
+    }
+    // The glob matches the names as listed.
+    let (one, code) = stdout_of(urec().arg("list").arg(&stripped).arg("*+0x4011*"));
+    assert_eq!(code, 0, "{one}");
+    assert!(
+        one.lines().all(|l| l.starts_with("fix-stripped+0x4011")),
+        "{one}"
+    );
+}
