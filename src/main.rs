@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod archive;
 mod exit;
 mod info;
 mod list;
@@ -13,7 +14,6 @@ mod list;
 mod record;
 mod report;
 mod script;
-mod symbols;
 #[cfg(feature = "record")]
 mod top;
 
@@ -73,7 +73,7 @@ enum Command {
     /// recording host: the names travel with the file, so `report` on another machine shows
     /// them without the binaries. The file is rewritten through a temporary file and a rename,
     /// keeping its mode and owner; on any failure it is left as it was.
-    Archive(symbols::ArchiveArgs),
+    Archive(archive::ArchiveArgs),
 }
 
 /// `urec record -e X COMMAND` without `--`: adds a tip showing the command line with it.
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
         Command::Script(args) => script::run(args),
         Command::List(args) => list::run(args),
         Command::Info(args) => info::run(args),
-        Command::Archive(args) => symbols::run_archive(args),
+        Command::Archive(args) => archive::run(args),
     };
     match result {
         Ok(status) => ExitCode::from(status),

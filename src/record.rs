@@ -488,7 +488,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let output = args.output.clone();
     // This host's own files, as they are: the step names what this host can name
     // (`urec archive` takes --symfs and --debug-dir for anything else).
-    let symbol_opts = urec_report::symbolize::SymbolizeOptions::default();
+    let symbol_opts = urec_symbolize::SymbolizeOptions::default();
     let mut summary = urec_record::record(RecordOptions {
         probes,
         target,
@@ -693,7 +693,7 @@ fn thousands(n: u64) -> String {
 /// Ctrl-C now ends urec (the default action again), leaving the recording complete.
 fn add_symbols(
     output: &std::path::Path,
-    opts: urec_report::symbolize::SymbolizeOptions,
+    opts: urec_symbolize::SymbolizeOptions,
     kept: Vec<urec_record::kept::KeptFile>,
     verbosity: Verbosity,
 ) {
@@ -701,17 +701,13 @@ fn add_symbols(
     unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let provided = kept
         .into_iter()
-        .map(|k| crate::symbols::Provided {
+        .map(|k| urec_report::symbols::Provided {
             path: k.path,
             build_id: k.build_id,
             file: k.file,
         })
         .collect();
-    let result =
-        crate::symbols::name(output, opts, provided, Default::default()).and_then(|named| {
-            let bytes = crate::symbols::append(output, &named.symbols)?;
-            Ok((named, bytes))
-        });
+    let result = urec_report::symbols::add(output, opts, provided);
     match result {
         Ok((named, bytes)) => {
             if verbosity != Verbosity::Quiet {
@@ -720,7 +716,10 @@ fn add_symbols(
                         eprintln!("urec: warning: {}", urec_format::printable(w));
                     }
                 }
-                eprintln!("urec: {}", crate::symbols::summary(&named, bytes));
+                eprintln!(
+                    "urec: {}",
+                    urec_report::symbols::summary_line(&named, bytes)
+                );
             }
         }
         Err(e) => eprintln!(

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use urec_format::Printable;
 
 use anyhow::Context;
-use urec_report::symbolize::SymbolizeOptions;
 use urec_report::{Filter, GroupBy, Report, ReportOptions, SortKey, Weight};
+use urec_symbolize::SymbolizeOptions;
 
 use crate::UsageError;
 

@@ -174,13 +174,13 @@ struct Figures<'a> {
 /// Names the frames of `--top-stacks` stacks (located in their files by the recorder) with
 /// the report's symbolizer.
 struct StackNamer {
-    symbolizer: urec_report::symbolize::Symbolizer,
+    symbolizer: urec_symbolize::Symbolizer,
 }
 
 impl StackNamer {
     fn new() -> StackNamer {
         StackNamer {
-            symbolizer: urec_report::symbolize::Symbolizer::new(Default::default()),
+            symbolizer: urec_symbolize::Symbolizer::new(Default::default()),
         }
     }
 
