@@ -334,12 +334,6 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     if any_dwarf {
         table.track_mappings();
     }
-    if !opts.stack_size.is_multiple_of(8) || opts.stack_size > urec_bpf::abi::MAX_STACK_SIZE {
-        bail!(
-            "--stack-size must be a multiple of 8 of at most {}",
-            urec_bpf::abi::MAX_STACK_SIZE
-        );
-    }
     let stack_depth = if opts.stack_mode == StackMode::None {
         0
     } else {
@@ -376,7 +370,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         .map(|p| {
             let mut cfg = p.config.clone();
             cfg.stack_size = if stack_depth > 0 && cfg.dwarf {
-                opts.stack_size
+                opts.stack_size.bytes()
             } else {
                 0
             };
@@ -596,7 +590,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
                     "recording: {}, {} lost, {}",
                     plural(st.entries + st.returns, "event", "events"),
                     lost,
-                    human_bytes(st.writer.bytes_written())
+                    crate::summary::human_bytes(st.writer.bytes_written())
                 ));
                 bar.tick();
             }
@@ -754,21 +748,12 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         workload_status,
         workload_end,
         kept_files,
+        wording: crate::summary::Wording {
+            output: opts.output.clone(),
+            stack_size: opts.stack_size.bytes(),
+            program: command.map(|(_, argv)| argv.first().cloned().unwrap_or_default()),
+        },
     })
-}
-
-/// A size as `--stack-size` and `--buffer-size` take it: `16K`, `16M`, else bytes; the stack
-/// copy cap is `64K` (which `--stack-size` rounds down to [`urec_bpf::abi::MAX_STACK_SIZE`]).
-pub fn size_flag(bytes: u64) -> String {
-    if bytes == u64::from(urec_bpf::abi::MAX_STACK_SIZE) {
-        "64K".to_string()
-    } else if bytes > 0 && bytes.is_multiple_of(1 << 20) {
-        format!("{}M", bytes >> 20)
-    } else if bytes > 0 && bytes.is_multiple_of(1 << 10) {
-        format!("{}K", bytes >> 10)
-    } else {
-        bytes.to_string()
-    }
 }
 
 /// The largest ring-buffer record the programs may write for `probe` (without the ring's own
@@ -804,7 +789,7 @@ fn largest_record(
 /// hold the largest record of every probe: the kernel refuses a record bigger than the ring
 /// (its size plus an 8-byte header, rounded up to 8), and such an event would be lost every
 /// time. The message says what to pass instead.
-pub fn check_ring_fits(
+pub(crate) fn check_ring_fits(
     probes: &[PlannedProbe],
     stack_mode: StackMode,
     stack_depth: u32,
@@ -826,7 +811,7 @@ pub fn check_ring_fits(
     let why = if probe.config.dwarf && stack_mode != StackMode::None {
         format!(
             " (with a -g dwarf stack copy of up to --stack-size {})",
-            size_flag(stack_size.into())
+            crate::summary::size_flag(stack_size.into())
         )
     } else {
         String::new()
@@ -834,11 +819,11 @@ pub fn check_ring_fits(
     Err(format!(
         "--buffer-size {}: the ring buffer must hold the largest record, {} bytes for {}{}; \
          use --buffer-size {} or more",
-        size_flag(buffer_size),
+        crate::summary::size_flag(buffer_size),
         largest,
         probe.probe.name,
         why,
-        size_flag(need.next_power_of_two() as u64)
+        crate::summary::size_flag(need.next_power_of_two() as u64)
     ))
 }
 
@@ -853,35 +838,4 @@ fn ring_size(requested: u64) -> Result<u32> {
         bail!("--buffer-size {requested} is too large (at most 1 GiB)");
     }
     Ok(size as u32)
-}
-
-/// `1.2 KiB`-style sizes.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_as_flags() {
-        assert_eq!(size_flag(8192), "8K");
-        assert_eq!(size_flag(urec_bpf::abi::MAX_STACK_SIZE.into()), "64K");
-        assert_eq!(size_flag(40000), "40000");
-        assert_eq!(size_flag(128 << 10), "128K");
-        assert_eq!(size_flag(16 << 20), "16M");
-        assert_eq!(size_flag(1000), "1000");
-    }
 }

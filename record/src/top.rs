@@ -321,13 +321,16 @@ pub fn interval(
 
 /// Runs `urec top` until a stop condition, showing every interval on `view`; see the module
 /// docs.
-pub fn run(opts: TopOptions, view: &mut dyn TopView) -> Result<TopSummary> {
+pub fn run(
+    opts: TopOptions,
+    view: &mut dyn TopView,
+) -> std::result::Result<TopSummary, crate::RecordError> {
     let mut workload = None;
     let result = top(&opts, view, &mut workload);
     if let (Err(_), Some(w)) = (&result, workload.as_mut()) {
         stop_after_failure(w, "urec top failed");
     }
-    result.map_err(crate::fds::explain)
+    result.map_err(|e| crate::RecordError::Failed(crate::fds::explain(e)))
 }
 
 fn top(
