@@ -115,14 +115,64 @@ pub(super) fn finish(
     let bytes = std::fs::metadata(&opts.output)
         .map(|m| m.len())
         .unwrap_or(0);
-    for w in unwind_warnings {
-        warn(opts, w);
-    }
     // Lost side-band records may have been the very mappings: then say nothing.
-    if feeds.sideband.lost() == 0 {
-        for w in mapped.warnings(&probe_events) {
-            warn(opts, w);
-        }
+    let mapped_warnings = if feeds.sideband.lost() == 0 {
+        mapped.warnings(&probe_events)
+    } else {
+        Vec::new()
+    };
+    say_at_end(
+        opts,
+        unwind_warnings,
+        mapped_warnings,
+        &dwarf_stats,
+        bad_records,
+    );
+    Ok(Summary {
+        entries,
+        returns,
+        lost_ring,
+        lost_sideband: feeds.sideband.lost(),
+        lost_unwind,
+        filtered: drained.filtered_total,
+        kernel_calls: drained.kernel_calls,
+        sampled: drained.sampled,
+        max_weight,
+        truncated_stacks: dwarf_stats.truncated_stacks,
+        copy_end_at_cap: dwarf_stats.copy_end_at_cap,
+        stacks: stacks.len() as u64,
+        bytes,
+        duration: Duration::from_nanos(stop_ns.saturating_sub(attach_ns)),
+        workload_status,
+        workload_end,
+        kept_files,
+        wording: crate::summary::Wording {
+            output: opts.output.clone(),
+            stack_size: opts.stack_size.bytes(),
+            program: workload_program(opts),
+        },
+    })
+}
+
+/// The command's name as the user wrote it, for the last line.
+fn workload_program(opts: &RecordOptions) -> Option<String> {
+    match &opts.target {
+        crate::Target::Command { argv, .. } => argv.first().cloned(),
+        _ => None,
+    }
+}
+
+/// The warnings of the recording's end (unwinding, probed binaries never mapped, malformed
+/// records), and with `-v` what unwinding cost.
+fn say_at_end(
+    opts: &RecordOptions,
+    unwind_warnings: Vec<String>,
+    mapped_warnings: Vec<String>,
+    dwarf_stats: &crate::dwarf::DwarfStats,
+    bad_records: u64,
+) {
+    for w in unwind_warnings.into_iter().chain(mapped_warnings) {
+        warn(opts, w);
     }
     if opts.verbosity == Verbosity::Verbose && dwarf_stats.unwound > 0 {
         let mut why: Vec<String> = dwarf_stats
@@ -157,37 +207,5 @@ pub(super) fn finish(
                 )
             ),
         );
-    }
-    Ok(Summary {
-        entries,
-        returns,
-        lost_ring,
-        lost_sideband: feeds.sideband.lost(),
-        lost_unwind,
-        filtered: drained.filtered_total,
-        kernel_calls: drained.kernel_calls,
-        sampled: drained.sampled,
-        max_weight,
-        truncated_stacks: dwarf_stats.truncated_stacks,
-        copy_end_at_cap: dwarf_stats.copy_end_at_cap,
-        stacks: stacks.len() as u64,
-        bytes,
-        duration: Duration::from_nanos(stop_ns.saturating_sub(attach_ns)),
-        workload_status,
-        workload_end,
-        kept_files,
-        wording: crate::summary::Wording {
-            output: opts.output.clone(),
-            stack_size: opts.stack_size.bytes(),
-            program: workload_program(opts),
-        },
-    })
-}
-
-/// The command's name as the user wrote it, for the last line.
-fn workload_program(opts: &RecordOptions) -> Option<String> {
-    match &opts.target {
-        crate::Target::Command { argv, .. } => argv.first().cloned(),
-        _ => None,
     }
 }
