@@ -30,38 +30,44 @@
 //! # }
 //! ```
 //!
+//! The binary's way in: [`RecordRequest`] (its flags, typed) → [`RecordRequest::plan`] →
+//! [`RecordOptions`] → [`record`] → [`Summary`] (whose `lines` it prints); [`RecordError`] says
+//! whether the caller is at fault. [`top`] runs `urec top` on the same programs, counting only,
+//! after the same [`TargetRequest`] steps.
+//!
 //! Modules: [`attach`] loads the BPF programs and attaches them (one multi link per binary);
-//! `session` runs a recording (set-up order, the consumer loop, the clean stop); [`stacks`]
-//! deduplicates stacks; [`plan`](mod@plan) turns resolved probes into the BPF tables;
-//! [`command`] runs `-- COMMAND`; [`output`] creates the file; [`sideband`], [`procfs`] and
-//! [`processes`] follow processes and their mappings; [`mapped`] names the probed binaries that
-//! the traced processes never mapped; [`top`] runs `urec top` on the same programs, counting
-//! only.
+//! `request` checks and plans a request; `session` runs a recording, one module per phase
+//! (set-up, attach, loop, detach, finish); `summary` words its outcome; `stacks` deduplicates
+//! stacks; [`plan`](mod@plan) turns resolved probes into the BPF tables; [`command`] runs
+//! `-- COMMAND`; `output` creates the file; [`sideband`], [`procfs`] and [`processes`] follow
+//! processes and their mappings; [`mapped`] names the probed binaries that the traced processes
+//! never mapped; [`kept`] keeps their files open for the symbols step. The other public
+//! modules are public for the tests that drive them directly.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub mod aggregates;
+mod aggregates;
 pub mod attach;
 pub mod cgroup;
 pub mod command;
 mod consumer;
-pub mod dwarf;
+mod dwarf;
 mod error;
-pub mod fds;
+mod fds;
 mod fxhash;
 pub mod kept;
-pub mod lost;
+mod lost;
 pub mod mapped;
-pub mod output;
+mod output;
 pub mod plan;
 pub mod processes;
 pub mod procfs;
-pub mod regs;
+mod regs;
 mod request;
 mod session;
 pub mod sideband;
-pub mod stacks;
+mod stacks;
 mod summary;
 pub mod top;
 pub mod unwind;
