@@ -5,17 +5,17 @@
 use std::collections::VecDeque;
 
 use anyhow::{Context, Result};
-use urec_format::{plural, Header, Nanos, Probe, Record, StackMode, Writer};
+use urec_format::{Header, Nanos, Probe, Record, StackMode, Writer};
 
 use super::set_up::{SetUp, Tracking};
-use super::{install_signal_handlers, warn, FileState, YIELD_BYTES};
-use crate::attach::{AttachProbe, Attached};
+use super::{attach_probes, say_attached, FileState, YIELD_BYTES};
+use crate::attach::Attached;
 use crate::consumer::{decoders, State};
 use crate::dwarf::DwarfStacks;
 use crate::output;
 use crate::sideband::monotonic_now;
 use crate::stacks::StackTable;
-use crate::{RecordOptions, Verbosity};
+use crate::RecordOptions;
 
 /// What attaching leaves: the links (dropping them detaches), when they were all attached,
 /// and the consumer's state, which now owns the process table and the writer.
@@ -28,25 +28,13 @@ pub(super) struct Running {
 /// Step 4. The set-up's process table and mapped binaries move into the consumer's state.
 pub(super) fn attach(opts: &RecordOptions, set: &SetUp<'_>, tracking: Tracking) -> Result<Running> {
     let Tracking { table, mut mapped } = tracking;
-    // From here a Ctrl-C must stop the recording cleanly: `-v` says "attached" before the
-    // ring is set up, and a user (or a test) may interrupt right then.
-    install_signal_handlers();
-
-    let probes: Vec<AttachProbe> = opts.probes.iter().map(AttachProbe::of).collect();
-    let links = crate::attach::attach(&set.skel, &probes, set.filter, &mut |m| warn(opts, m))?;
+    let links = attach_probes(&set.skel, &opts.probes, set.filter, opts.verbosity)?;
     let attach_ns = monotonic_now()?;
     if !set.filter {
         // Mappings made before the side-band opened; later ones come as records.
         mapped.scan_proc();
     }
-    if opts.verbosity == Verbosity::Verbose {
-        eprintln!(
-            "urec: {} attached with {} in {:.1} ms",
-            plural(probes.len() as u64, "probe", "probes"),
-            plural(links.links() as u64, "link", "links"),
-            set.started.elapsed().as_secs_f64() * 1e3
-        );
-    }
+    say_attached(opts.verbosity, opts.probes.len(), &links, set.started);
     let file = output::create(&opts.output)?;
     let now_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -261,6 +261,94 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     finish::finish(opts, ending, workload)
 }
 
+/// How the programs are loaded: what differs between a recording and `urec top`.
+pub(crate) struct Load {
+    /// Trace only the tgids put in the filter.
+    pub(crate) filter: bool,
+    /// Frames per stack (0: none).
+    pub(crate) stack_depth: u32,
+    /// The ring buffer's bytes.
+    pub(crate) ring_bytes: u32,
+    /// Count only (`urec top` without `--top-stacks`).
+    pub(crate) count_only: bool,
+}
+
+/// Step 2, as `urec record` and `urec top` both take it: the `--cgroup` directory opened (the
+/// request checked it), the programs loaded for `probes`, each probe's configuration written
+/// (`configs`: what the caller lets it fetch and copy), and the kernel's counts made ready.
+pub(crate) fn load_programs<'obj>(
+    storage: &'obj mut MaybeUninit<OpenObject>,
+    probes: &[crate::PlannedProbe],
+    load: Load,
+    cgroup: Option<&std::path::Path>,
+    configs: &[(urec_format::ProbeId, urec_bpf::abi::ProbeConfig)],
+) -> Result<(urec_bpf::UrecSkel<'obj>, crate::aggregates::KernelCounts)> {
+    let nprobes = probes.len() as u32;
+    let bits = crate::aggregates::hist_bits(nprobes);
+    let cgroup = match cgroup {
+        Some(path) => Some(crate::cgroup::open(path).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let skel = crate::attach::load(
+        storage,
+        &crate::attach::LoadOptions {
+            self_tgid: std::process::id(),
+            filter: load.filter,
+            stack_depth: load.stack_depth,
+            ring_bytes: load.ring_bytes,
+            probes: nprobes,
+            cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+            hist_bits: bits,
+            count_only: load.count_only,
+        },
+    )?;
+    let counts = crate::aggregates::KernelCounts::new(
+        &skel,
+        probes.iter().map(|p| p.probe.kind).collect(),
+        bits,
+    )?;
+    crate::attach::configure(&skel, configs)?;
+    Ok((skel, counts))
+}
+
+/// Attaches every probe, as `urec record` and `urec top` both do once their targets are
+/// allowed; from here a Ctrl-C stops cleanly (`-v` says "attached" before the consumer is set
+/// up, and a user, or a test, may interrupt right then).
+pub(crate) fn attach_probes(
+    skel: &urec_bpf::UrecSkel<'_>,
+    probes: &[crate::PlannedProbe],
+    filter: bool,
+    verbosity: Verbosity,
+) -> Result<crate::attach::Attached> {
+    install_signal_handlers();
+    let probes: Vec<crate::attach::AttachProbe> =
+        probes.iter().map(crate::attach::AttachProbe::of).collect();
+    let mut warn = |msg: String| {
+        if verbosity != Verbosity::Quiet {
+            eprintln!("urec: warning: {msg}");
+        }
+    };
+    crate::attach::attach(skel, &probes, filter, &mut warn)
+}
+
+/// `-v`: how many probes are attached with how many links, and how long it took since
+/// `started` (tests wait for the word "attached").
+pub(crate) fn say_attached(
+    verbosity: Verbosity,
+    probes: usize,
+    attached: &crate::attach::Attached,
+    started: Instant,
+) {
+    if verbosity == Verbosity::Verbose {
+        eprintln!(
+            "urec: {} attached with {} in {:.1} ms",
+            plural(probes as u64, "probe", "probes"),
+            plural(attached.links() as u64, "link", "links"),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
 /// A warning, unless `-q`.
 fn warn(opts: &RecordOptions, msg: String) {
     if opts.verbosity != Verbosity::Quiet {

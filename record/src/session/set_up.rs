@@ -10,9 +10,8 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::OpenObject;
 use urec_format::StackMode;
 
-use super::{allow_targets, PidWatch, SIDEBAND_PAGES};
+use super::{allow_targets, load_programs, Load, PidWatch, SIDEBAND_PAGES};
 use crate::aggregates::KernelCounts;
-use crate::attach::{self, LoadOptions};
 use crate::command::Workload;
 use crate::mapped::MappedBinaries;
 use crate::processes::ProcessTable;
@@ -61,7 +60,6 @@ pub(super) fn set_up<'obj>(
 ) -> Result<(SetUp<'obj>, Tracking, Feeds)> {
     check_privileges()?;
     let started = Instant::now();
-    let self_tgid = std::process::id();
     let uname = uname();
     let (filter, pids, command) = opts.target.parts();
 
@@ -101,7 +99,6 @@ pub(super) fn set_up<'obj>(
     }
 
     // 2. Programs and tables.
-    let nprobes = opts.probes.len() as u32;
     let any_dwarf =
         opts.stack_mode != StackMode::None && opts.probes.iter().any(|p| p.config.dwarf);
     if any_dwarf {
@@ -113,28 +110,6 @@ pub(super) fn set_up<'obj>(
         opts.stack_depth.clamp(1, urec_bpf::abi::MAX_DEPTH)
     };
     let ring_bytes = ring_size(opts.buffer_size)?;
-    let cgroup = match &opts.cgroup {
-        Some(path) => Some(crate::cgroup::open(path).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    let skel = attach::load(
-        storage,
-        &LoadOptions {
-            self_tgid,
-            filter,
-            stack_depth,
-            ring_bytes,
-            probes: nprobes,
-            cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
-            hist_bits: crate::aggregates::hist_bits(nprobes),
-            count_only: false,
-        },
-    )?;
-    let kernel_counts = KernelCounts::new(
-        &skel,
-        opts.probes.iter().map(|p| p.probe.kind).collect(),
-        crate::aggregates::hist_bits(nprobes),
-    )?;
     // Every -g dwarf probe copies at most --stack-size.
     let configs: Vec<_> = opts
         .probes
@@ -149,7 +124,19 @@ pub(super) fn set_up<'obj>(
             (p.probe.id, cfg)
         })
         .collect();
-    attach::configure(&skel, &configs)?;
+    let load = Load {
+        filter,
+        stack_depth,
+        ring_bytes,
+        count_only: false,
+    };
+    let (skel, kernel_counts) = load_programs(
+        storage,
+        &opts.probes,
+        load,
+        opts.cgroup.as_deref(),
+        &configs,
+    )?;
     // Probe ids are 0..n in order, so `configs[id]` is probe `id`'s.
     let copy_sizes: Vec<u32> = configs.iter().map(|(_, cfg)| cfg.stack_size).collect();
     // 3. The targets: the -p processes, and the command, held.
