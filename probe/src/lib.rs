@@ -348,8 +348,15 @@ pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
+        // The PLT has FDEs too, for stubs that are no function of the binary's own.
+        let plt: Vec<(u64, u64)> = [".plt", ".plt.sec", ".plt.got"]
+            .iter()
+            .filter_map(|name| bin.section(name))
+            .map(|(addr, bytes)| (addr, bytes.len() as u64))
+            .collect();
         bin.fde_ranges()
             .into_iter()
+            .filter(|&(start, _)| !plt.iter().any(|&(a, n)| start >= a && start - a < n))
             .map(|(start, len)| (format!("{file}+{start:#x}"), start, len))
             .filter(|(name, _, _)| glob.is_none_or(|g| glob::matches(g, name)))
             .map(|(name, start, len)| (name.clone(), name, start, len))
