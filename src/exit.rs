@@ -7,16 +7,29 @@
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// The exit status for an error that ended a subcommand.
+/// The exit status for an error that ended a subcommand: from the error's type, never its
+/// wording (the recorder says which of its errors are the caller's: [`urec_record::RecordError`]).
 pub fn status_of(err: &anyhow::Error) -> u8 {
-    let usage = err
-        .chain()
-        .any(|cause| cause.is::<UsageError>() || cause.is::<urec_probe::SpecError>());
+    let usage = err.chain().any(|cause| {
+        cause.is::<UsageError>() || cause.is::<urec_probe::SpecError>() || record_usage(cause)
+    });
     if usage {
         2
     } else {
         1
     }
+}
+
+#[cfg(feature = "record")]
+fn record_usage(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause
+        .downcast_ref::<urec_record::RecordError>()
+        .is_some_and(urec_record::RecordError::is_usage)
+}
+
+#[cfg(not(feature = "record"))]
+fn record_usage(_: &(dyn std::error::Error + 'static)) -> bool {
+    false
 }
 
 /// Whether the error is a write to a closed pipe, e.g. `urec script | head`.

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod archive;
 mod exit;
 mod info;
 mod list;
@@ -13,7 +14,6 @@ mod list;
 mod record;
 mod report;
 mod script;
-mod symbols;
 #[cfg(feature = "record")]
 mod top;
 
@@ -73,7 +73,7 @@ enum Command {
     /// recording host: the names travel with the file, so `report` on another machine shows
     /// them without the binaries. The file is rewritten through a temporary file and a rename,
     /// keeping its mode and owner; on any failure it is left as it was.
-    Archive(symbols::ArchiveArgs),
+    Archive(archive::ArchiveArgs),
 }
 
 /// `urec record -e X COMMAND` without `--`: adds a tip showing the command line with it.
@@ -105,11 +105,50 @@ fn add_missing_dashes_hint(e: &mut clap::Error) {
     e.insert(ContextKind::Suggested, ContextValue::StyledStrs(tips));
 }
 
+/// `urec diff A B` and `urec merge A B`, which perf and other profilers have: what does the job
+/// here, as a command line to paste (`report --diff BASE -i NEW`, `report -i A -i B`), where
+/// clap would only say "unrecognized subcommand". None for any other word.
+fn moved_subcommand(argv: &[String]) -> Option<String> {
+    let (word, rest) = argv.get(1).map(|w| (w.as_str(), &argv[2..]))?;
+    let files: Vec<String> = rest
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(|a| urec_format::shell_word(a))
+        .collect();
+    let command = match (word, files.as_slice()) {
+        ("diff", [base, new]) => format!("urec report --diff {base} -i {new}"),
+        ("diff", _) => "urec report --diff BASE -i NEW".to_string(),
+        ("merge", [_, _, ..]) => {
+            let inputs: Vec<String> = files.iter().map(|f| format!("-i {f}")).collect();
+            format!("urec report {}", inputs.join(" "))
+        }
+        ("merge", _) => "urec report -i A -i B".to_string(),
+        _ => return None,
+    };
+    let what = if word == "diff" {
+        "compare a recording with a base"
+    } else {
+        "merge recordings"
+    };
+    Some(format!(
+        "there is no `urec {word}`; to {what}, use `report`: {command}"
+    ))
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         #[cfg_attr(not(feature = "record"), allow(unused_mut))]
         Err(mut e) => {
+            if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
+                let argv: Vec<String> = std::env::args_os()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                if let Some(line) = moved_subcommand(&argv) {
+                    eprintln!("urec: error: {}", urec_format::printable(&line));
+                    return ExitCode::from(2);
+                }
+            }
             #[cfg(feature = "record")]
             add_missing_dashes_hint(&mut e);
             // clap prints help/version with exit 0 and usage errors with exit 2, as we want.
@@ -126,7 +165,7 @@ fn main() -> ExitCode {
         Command::Script(args) => script::run(args),
         Command::List(args) => list::run(args),
         Command::Info(args) => info::run(args),
-        Command::Archive(args) => symbols::run_archive(args),
+        Command::Archive(args) => archive::run(args),
     };
     match result {
         Ok(status) => ExitCode::from(status),

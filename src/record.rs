@@ -1,16 +1,13 @@
-//! `urec record`: parses and resolves every probe spec first (a bad one exits 2 with nothing
-//! attached and no file touched), turns the flags into [`urec_record::RecordOptions`], records,
-//! and prints the summary. With `-- COMMAND` the exit status is the command's.
+//! `urec record`: turns the flags into a [`urec_record::RecordRequest`], whose `plan` checks
+//! and resolves everything first (a bad spec or flag exits 2 with nothing attached and no file
+//! touched), records, prints the summary the library words, and runs the symbols step. With
+//! `-- COMMAND` the exit status is the command's.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use urec_format::plural;
-use urec_probe::{InsnHandling, ResolveOptions};
-use urec_record::{RecordOptions, StackMode, Target, Verbosity};
-
-use crate::UsageError;
+use urec_record::{RecordRequest, StackSize, TargetRequest, Verbosity};
 
 /// Whom to trace: the flags `urec record` and `urec top` share (with `-- COMMAND`, which each
 /// keeps last).
@@ -31,6 +28,18 @@ pub struct TargetArgs {
     /// container's or a systemd unit's); combines with -a, -p and COMMAND.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    /// The library's view of these flags and of `-- COMMAND`.
+    pub fn request(&self, command: &[String]) -> TargetRequest {
+        TargetRequest {
+            all: self.all,
+            pids: self.pids.clone(),
+            cgroup: self.cgroup.clone(),
+            command: command.to_vec(),
+        }
+    }
 }
 
 /// Command-line arguments of `urec record`.
@@ -95,14 +104,6 @@ pub enum CallGraph {
     Dwarf,
     /// No stacks.
     None,
-}
-
-fn mode_name(mode: StackMode) -> &'static str {
-    match mode {
-        StackMode::None => "none",
-        StackMode::FramePointer => "frame pointers",
-        StackMode::Dwarf => "DWARF",
-    }
 }
 
 /// `10`, `1.5s`, `500ms`, `5m`, `1h`.
@@ -209,212 +210,8 @@ pub fn missing_dashes_hint(
     None
 }
 
-/// The thread group (process) `tid` belongs to, from `/proc/TID/status`.
-fn thread_group_of(tid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Where `-p` processes' TARGETs are looked up ([`ResolveOptions::roots`]): empty when every
-/// process sees the files as urec does (same mount namespace and root); else the root of each,
-/// `/proc/PID/root` for a process in another mount namespace or with another root (a
-/// container), `/` for one that sees the host's. Processes sharing a root are asked once.
-fn roots_of(pids: &[u32]) -> Vec<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let ident = |root: &str, ns: &str| {
-        let r = std::fs::metadata(root).ok().map(|m| (m.dev(), m.ino()));
-        let n = std::fs::metadata(ns).ok().map(|m| (m.dev(), m.ino()));
-        (r, n)
-    };
-    let host = ident("/", "/proc/self/ns/mnt");
-    let mut seen = Vec::new();
-    let mut roots = Vec::new();
-    for &pid in pids {
-        let id = ident(&format!("/proc/{pid}/root"), &format!("/proc/{pid}/ns/mnt"));
-        // Unreadable (the process is gone, checked later): the host's view.
-        let id = if id.0.is_none() { host } else { id };
-        if seen.contains(&id) {
-            continue;
-        }
-        seen.push(id);
-        roots.push(if id == host {
-            PathBuf::from("/")
-        } else {
-            PathBuf::from(format!("/proc/{pid}/root"))
-        });
-    }
-    if roots.iter().all(|r| r == std::path::Path::new("/")) {
-        roots.clear();
-    }
-    roots
-}
-
-/// Whether two paths name the same existing file (device and inode, through symlinks).
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
-/// The flags choosing whom to trace, checked before anything else (shared with `urec top`).
-pub(crate) fn check_target_flags(
-    pids: &[u32],
-    all: bool,
-    command: &[String],
-    cgroup: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    if !pids.is_empty() && (all || !command.is_empty()) {
-        return Err(UsageError("-p cannot be combined with -a or a COMMAND".into()).into());
-    }
-    if let Some(cgroup) = cgroup {
-        urec_record::cgroup::open(cgroup).map_err(UsageError)?;
-    }
-    Ok(())
-}
-
-/// Parses and resolves every `-e` spec (shared with `urec top`): a bad one is a usage error,
-/// before anything is attached.
-pub(crate) fn resolve_specs(
-    events: &[String],
-    force: bool,
-    pids: &[u32],
-) -> anyhow::Result<urec_probe::Resolution> {
-    // Everything that can be wrong with the specs, before anything else happens.
-    let specs = events
-        .iter()
-        .map(|e| urec_probe::parse(e))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Resolution opens every binary named: at a tiny open-files limit that is where it runs out,
-    // and the limit (exit 1), not the spec (exit 2), is what to name.
-    let opts = ResolveOptions {
-        force,
-        roots: roots_of(pids),
-    };
-    urec_probe::resolve(&specs, &opts).map_err(|e| urec_record::fds::explain(e.into()))
-}
-
-/// The resolution's warnings, and the probes the kernel single-steps (shared with `urec top`).
-pub(crate) fn warn_resolution(resolution: &urec_probe::Resolution, verbosity: Verbosity) {
-    if verbosity != Verbosity::Quiet {
-        for w in &resolution.warnings {
-            eprintln!("urec: warning: {}", urec_format::printable(w));
-        }
-        // One line for all of them: a glob over `str*` single-steps dozens. Only the probes
-        // that still single-step after site selection, each with the reason.
-        let stepped: Vec<String> = resolution
-            .probes
-            .iter()
-            .filter(|p| p.site.handling == InsnHandling::SingleStepped)
-            .map(|p| match &p.site.why_not {
-                Some(why) => format!("{} ({why})", p.probe.name),
-                None => p.probe.name.clone(),
-            })
-            .collect();
-        if verbosity == Verbosity::Verbose {
-            match urec_record::regs::uprobe_programs_may_write_registers() {
-                Some(true) => eprintln!(
-                    "urec: this kernel lets uprobe programs write registers: executing a \
-                     single-stepped instruction in BPF would avoid its second trap (not built \
-                     yet: urec still lets the kernel single-step it)"
-                ),
-                Some(false) => eprintln!(
-                    "urec: this kernel refuses register writes from uprobe programs, so a \
-                     single-stepped instruction cannot be executed in BPF instead"
-                ),
-                None => {}
-            }
-        }
-        if !stepped.is_empty() {
-            eprintln!(
-                "urec: warning: the kernel single-steps the probed instruction of {}, about \
-                 10x the cost per hit of an emulated one: {}",
-                urec_format::plural(stepped.len() as u64, "probe", "probes"),
-                urec_format::printable(&urec_format::name_list(&stepped, 8))
-            );
-        }
-    }
-}
-
-/// Every `-p` pid is a live process that urec can trace (shared with `urec top`).
-pub(crate) fn check_pids(pids: &[u32]) -> anyhow::Result<()> {
-    for &pid in pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return Err(UsageError(format!("-p {pid}: no such process")).into());
-        };
-        // urec skips its own events, so it would wait for its own exit.
-        if pid == std::process::id() {
-            return Err(UsageError(format!(
-                "-p {pid}: that is urec itself, which is never traced"
-            ))
-            .into());
-        }
-        // The filter and the exit watch work on processes: a thread's id matches neither.
-        if let Some(tgid) = thread_group_of(pid).filter(|&tgid| tgid != pid) {
-            return Err(UsageError(format!(
-                "-p {pid}: a thread of process {tgid}; use -p {tgid} (its threads are traced \
-                 with it)"
-            ))
-            .into());
-        }
-        // It would never call the probed code, and never exit: the recording would only end
-        // on Ctrl-C, with nothing in it.
-        if urec_record::procfs::is_kernel_thread(&stat) {
-            return Err(UsageError(format!(
-                "-p {pid}: a kernel thread, which runs no user code"
-            ))
-            .into());
-        }
-    }
-    Ok(())
-}
-
-/// Whom `-a`, `-p` and `-- COMMAND` ask to trace (shared with `urec top`).
-pub(crate) fn target_of(pids: &[u32], all: bool, command: &[String]) -> anyhow::Result<Target> {
-    Ok(if !command.is_empty() {
-        let program = urec_record::command::find_program(&command[0])
-            .ok_or_else(|| UsageError(format!("{}: command not found", command[0])))?;
-        Target::Command {
-            program,
-            argv: command.to_vec(),
-            all,
-        }
-    } else if !pids.is_empty() {
-        Target::Pids(pids.to_vec())
-    } else {
-        Target::All
-    })
-}
-
 /// Runs `urec record`; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let stack_mode = match args.call_graph {
-        CallGraph::Auto | CallGraph::Fp => StackMode::FramePointer,
-        CallGraph::None => StackMode::None,
-        CallGraph::Dwarf => StackMode::Dwarf,
-    };
-    // 64K is what a user types for "the most": it means the largest copy, 65528 bytes (the
-    // programs' copy length is masked to below 64 KiB).
-    if args.stack_size > 64 << 10 || args.stack_size < 8 {
-        return Err(UsageError(format!(
-            "--stack-size {}: must be between 8 and 64K ({} bytes)",
-            args.stack_size,
-            urec_record::MAX_STACK_SIZE
-        ))
-        .into());
-    }
-    let stack_size = (args.stack_size.min(u64::from(urec_record::MAX_STACK_SIZE)) as u32) & !7;
-    check_target_flags(
-        &args.target.pids,
-        args.target.all,
-        &args.command,
-        args.target.cgroup.as_deref(),
-    )?;
-    urec_record::output::check(&args.output).map_err(UsageError)?;
     let verbosity = if args.quiet {
         Verbosity::Quiet
     } else if args.verbose {
@@ -422,178 +219,42 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     } else {
         Verbosity::Normal
     };
-
-    let resolution = resolve_specs(&args.events, args.force, &args.target.pids)?;
-    // -g auto: the traced programs' executables are the callers' binaries we know of.
-    let mut callers: Vec<PathBuf> = Vec::new();
-    if args.call_graph == CallGraph::Auto {
-        if let Some(program) = args
-            .command
-            .first()
-            .and_then(|c| urec_record::command::find_program(c))
-        {
-            // A script's frames are its interpreter's.
-            callers.push(urec_record::command::script_interpreter(&program).unwrap_or(program));
-        }
-        for &pid in &args.target.pids {
-            // The file itself, wherever its path leads (another mount namespace included).
-            callers.push(PathBuf::from(format!("/proc/{pid}/exe")));
-        }
-    }
-    // Judged once for all probes: the census reads every function start of the file.
-    let callers_keep_fp = callers.iter().all(|c| urec_probe::keeps_frame_pointers(c));
-    let mut probes = Vec::with_capacity(resolution.probes.len());
-    for p in &resolution.probes {
-        let mode = match args.call_graph {
-            CallGraph::Auto => urec_record::plan::auto_stack_mode(p, callers_keep_fp),
-            _ => stack_mode,
-        };
-        let planned = urec_record::plan(p, mode).map_err(|e| UsageError(e.to_string()))?;
-        if verbosity == Verbosity::Verbose && args.call_graph == CallGraph::Auto {
-            eprintln!("urec: {}: stacks by {}", p.probe.name, mode_name(mode));
-        }
-        if verbosity == Verbosity::Verbose {
-            eprintln!("urec: {}: {}", p.probe.name, site_line(p));
-        }
-        probes.push(planned);
-    }
-    warn_resolution(&resolution, verbosity);
-    check_pids(&args.target.pids)?;
-    let target = target_of(&args.target.pids, args.target.all, &args.command)?;
-    urec_record::check_ring_fits(
-        &probes,
-        stack_mode,
-        args.stack_depth,
-        stack_size,
-        args.buffer_size,
-    )
-    .map_err(UsageError)?;
-    // An existing -o is renamed to FILE.old: never a file the recording needs.
-    let mut needed: Vec<(&str, PathBuf)> = resolution
-        .probes
-        .iter()
-        .map(|p| ("a probed binary", p.open_path.clone()))
-        .collect();
-    if let Target::Command { program, .. } = &target {
-        needed.push(("the command", program.clone()));
-    }
-    if let Some((what, _)) = needed.iter().find(|(_, p)| same_file(p, &args.output)) {
-        return Err(UsageError(format!(
-            "-o {}: that is {what}, which would be renamed to .old; choose another file",
-            args.output.display()
-        ))
-        .into());
-    }
-    let workload = matches!(target, Target::Command { .. });
-    let output = args.output.clone();
-    // This host's own files, as they are: the step names what this host can name
-    // (`urec archive` takes --symfs and --debug-dir for anything else).
-    let symbol_opts = urec_report::symbolize::SymbolizeOptions::default();
-    let mut summary = urec_record::record(RecordOptions {
-        probes,
-        target,
+    let request = RecordRequest {
+        stack_size: StackSize::from_flag(args.stack_size).map_err(|e| e.into_anyhow())?,
+        target: args.target.request(&args.command),
+        call_graph: match args.call_graph {
+            CallGraph::Auto => urec_record::CallGraph::Auto,
+            CallGraph::Fp => urec_record::CallGraph::FramePointer,
+            CallGraph::Dwarf => urec_record::CallGraph::Dwarf,
+            CallGraph::None => urec_record::CallGraph::None,
+        },
+        events: args.events,
         output: args.output,
         duration: args.duration,
-        stack_mode,
         stack_depth: args.stack_depth,
-        stack_size,
+        force: args.force,
         buffer_size: args.buffer_size,
+        keep_files: !args.no_symbols,
         verbosity,
         command_line: std::env::args().collect(),
-        keep_files: !args.no_symbols,
-        cgroup: args.target.cgroup.clone(),
-    })
-    .context("recording")?;
+    };
+    let opts = request.plan().map_err(|e| e.into_anyhow())?;
+    let workload = matches!(opts.target, urec_record::Target::Command { .. });
+    let output = opts.output.clone();
+    let mut summary = urec_record::record(opts)
+        .map_err(|e| e.into_anyhow())
+        .context("recording")?;
     if verbosity != Verbosity::Quiet {
-        let lost = summary.lost_ring + summary.lost_sideband;
-        let mut notes = String::new();
-        if summary.lost_sideband > 0 {
-            notes += &format!(
-                " ({})",
-                plural(
-                    summary.lost_sideband,
-                    "side-band record",
-                    "side-band records"
-                )
-            );
+        for line in summary.lines() {
+            eprintln!("{line}");
         }
-        if summary.lost_ring > 0 {
-            notes += &format!(
-                " (the report's counts and latencies stay exact: {} counted in the kernel)",
-                plural(summary.kernel_calls, "call", "calls")
-            );
-        }
-        if summary.filtered > 0 {
-            notes += &format!(
-                "; {} filtered out by predicates",
-                plural(summary.filtered, "call", "calls")
-            );
-        }
-        if summary.sampled > 0 {
-            notes += &format!(
-                "; {} sampled (stacks and args kept for 1 in up to {} under ring pressure, \
-                 counts and latencies exact)",
-                plural(summary.sampled, "call", "calls"),
-                summary.max_weight
-            );
-        }
-        if summary.lost_unwind > 0 {
-            notes += &format!(
-                "; {} not unwound",
-                plural(summary.lost_unwind, "stack", "stacks")
-            );
-        }
-        if summary.truncated_stacks > 0 {
-            notes += &format!(
-                "; {} truncated",
-                plural(summary.truncated_stacks, "stack", "stacks")
-            );
-            if summary.copy_end_at_cap > 0 {
-                notes += &if stack_size >= urec_record::MAX_STACK_SIZE {
-                    format!(
-                        " ({} ran off the end of a 64K copy, the most urec copies)",
-                        summary.copy_end_at_cap
-                    )
-                } else {
-                    format!(
-                        " ({} ran off the end of a stack copy cut at --stack-size {}, which \
-                         goes up to 64K)",
-                        summary.copy_end_at_cap,
-                        urec_record::size_flag(stack_size.into())
-                    )
-                };
-            }
-        }
-        eprintln!(
-            "urec: {} ({}, {}) in {:.2} s, {lost} lost{notes}; {}",
-            plural(summary.entries + summary.returns, "event", "events"),
-            plural(summary.entries, "entry", "entries"),
-            plural(summary.returns, "return", "returns"),
-            summary.duration.as_secs_f64(),
-            plural(summary.stacks, "stack", "stacks"),
-        );
-        eprintln!(
-            "urec: wrote {} to {}",
-            urec_record::human_bytes(summary.bytes),
-            output.display()
-        );
     }
     if !args.no_symbols {
-        add_symbols(
-            &output,
-            symbol_opts,
-            std::mem::take(&mut summary.kept_files),
-            verbosity,
-        );
+        add_symbols(&output, std::mem::take(&mut summary.kept_files), verbosity);
     }
     if workload {
-        // Last, and even with -q: urec's own exit status is the command's, and without this
-        // line a crash of the command would look like urec failing.
-        let events = summary.entries + summary.returns;
-        if let Some(line) = summary.workload_end.and_then(|end| {
-            let program = args.command.first().map_or("the command", String::as_str);
-            workload_line(program, end, events)
-        }) {
+        // Last, and even with -q: see `Summary::workload_line`.
+        if let Some(line) = summary.workload_line() {
             eprintln!("{line}");
         }
         let status = summary.workload_status.unwrap_or(0);
@@ -602,116 +263,29 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// `urec: ./server was killed by SIGSEGV; 1,204 events recorded`, when the command did not
-/// exit 0; None when it did.
-pub(crate) fn workload_line(
-    program: &str,
-    end: urec_record::WorkloadEnd,
-    events: u64,
-) -> Option<String> {
-    use urec_record::command::Ended;
-    let program = urec_format::printable(program);
-    let how = match end.ended {
-        Ended::Exited(0) => return None,
-        Ended::Exited(status) => format!("exited with status {status}"),
-        Ended::Killed {
-            signal,
-            core_dumped,
-        } => {
-            let mut s = format!("was killed by {}", signal_name(signal));
-            if core_dumped {
-                s += " (core dumped)";
-            }
-            if end.by_urec {
-                s += ", which urec sent when recording stopped first";
-            }
-            s
-        }
-    };
-    let noun = if events == 1 { "event" } else { "events" };
-    Some(format!(
-        "urec: {program} {how}; {} {noun} recorded",
-        thousands(events)
-    ))
-}
-
-/// `SIGSEGV` for 11, as shells and `kill -l` name signals; `signal 40` past the standard ones.
-fn signal_name(signal: i32) -> String {
-    let name = match signal {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGSTKFLT => "SIGSTKFLT",
-        libc::SIGCHLD => "SIGCHLD",
-        libc::SIGCONT => "SIGCONT",
-        libc::SIGSTOP => "SIGSTOP",
-        libc::SIGTSTP => "SIGTSTP",
-        libc::SIGTTIN => "SIGTTIN",
-        libc::SIGTTOU => "SIGTTOU",
-        libc::SIGURG => "SIGURG",
-        libc::SIGXCPU => "SIGXCPU",
-        libc::SIGXFSZ => "SIGXFSZ",
-        libc::SIGVTALRM => "SIGVTALRM",
-        libc::SIGPROF => "SIGPROF",
-        libc::SIGWINCH => "SIGWINCH",
-        libc::SIGIO => "SIGIO",
-        libc::SIGPWR => "SIGPWR",
-        libc::SIGSYS => "SIGSYS",
-        n => return format!("signal {n}"),
-    };
-    name.into()
-}
-
-/// `1,204`: the count in the last line is read at a glance.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// The symbols step, once the recording is complete: names every address from the files the
 /// recorder kept open (and this host's others) and appends the names. A failure here is a
 /// warning: the recording itself is complete, and `urec archive` can name it later. A second
 /// Ctrl-C now ends urec (the default action again), leaving the recording complete.
 fn add_symbols(
     output: &std::path::Path,
-    opts: urec_report::symbolize::SymbolizeOptions,
     kept: Vec<urec_record::kept::KeptFile>,
     verbosity: Verbosity,
 ) {
+    // This host's own files, as they are: the step names what this host can name
+    // (`urec archive` takes --symfs and --debug-dir for anything else).
+    let opts = urec_symbolize::SymbolizeOptions::default();
     // SAFETY: restoring the default disposition of SIGINT.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let provided = kept
         .into_iter()
-        .map(|k| crate::symbols::Provided {
+        .map(|k| urec_report::symbols::Provided {
             path: k.path,
             build_id: k.build_id,
             file: k.file,
         })
         .collect();
-    let result =
-        crate::symbols::name(output, opts, provided, Default::default()).and_then(|named| {
-            let bytes = crate::symbols::append(output, &named.symbols)?;
-            Ok((named, bytes))
-        });
+    let result = urec_report::symbols::add(output, opts, provided);
     match result {
         Ok((named, bytes)) => {
             if verbosity != Verbosity::Quiet {
@@ -720,7 +294,10 @@ fn add_symbols(
                         eprintln!("urec: warning: {}", urec_format::printable(w));
                     }
                 }
-                eprintln!("urec: {}", crate::symbols::summary(&named, bytes));
+                eprintln!(
+                    "urec: {}",
+                    urec_report::symbols::summary_line(&named, bytes)
+                );
             }
         }
         Err(e) => eprintln!(
@@ -732,82 +309,9 @@ fn add_symbols(
     }
 }
 
-/// Where a probe is attached, for `-v`: `site +0x4 (push %rbp, emulated)`.
-fn site_line(p: &urec_probe::ResolvedProbe) -> String {
-    let path = match p.site.handling {
-        InsnHandling::Emulated => "emulated",
-        InsnHandling::SingleStepped => "single-stepped",
-        _ => "unknown",
-    };
-    let insn = urec_probe::site::insn_text_at(&p.open_path, p.site_offset, p.site.vaddr)
-        .unwrap_or_default();
-    let at = match p.site.vaddr.checked_sub(p.probe.vaddr.0) {
-        // (Not "attached": tests wait for that word, which urec prints once probes are.)
-        Some(0) if !p.at_function_start => "on the probed instruction".to_string(),
-        Some(0) => "at its first instruction".to_string(),
-        Some(d) => format!("site +{d:#x}"),
-        None => format!("site {:#x}", p.site.vaddr),
-    };
-    let mut line = format!("{at} (file offset {:#x}, `{insn}`, {path})", p.site_offset);
-    if let Some(why) = &p.site.why_not {
-        line.push_str(&format!(": not moved, {why}"));
-    } else if p.site.sp_delta > 0 {
-        line.push_str(&format!(
-            "; entry only, the return address {} bytes above sp",
-            p.site.sp_delta
-        ));
-    }
-    urec_format::printable(&line).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn workload_lines() {
-        use urec_record::command::Ended;
-        use urec_record::WorkloadEnd;
-        let end = |ended, by_urec| WorkloadEnd { ended, by_urec };
-        let segv = Ended::Killed {
-            signal: libc::SIGSEGV,
-            core_dumped: false,
-        };
-        assert_eq!(
-            workload_line("./server", end(segv, false), 1204).as_deref(),
-            Some("urec: ./server was killed by SIGSEGV; 1,204 events recorded")
-        );
-        assert_eq!(
-            workload_line("./server", end(Ended::Exited(3), false), 1).as_deref(),
-            Some("urec: ./server exited with status 3; 1 event recorded")
-        );
-        assert_eq!(
-            workload_line("./server", end(Ended::Exited(0), false), 5),
-            None
-        );
-        let term = Ended::Killed {
-            signal: libc::SIGTERM,
-            core_dumped: false,
-        };
-        assert_eq!(
-            workload_line("sleep", end(term, true), 0).as_deref(),
-            Some(
-                "urec: sleep was killed by SIGTERM, which urec sent when recording stopped \
-                 first; 0 events recorded"
-            )
-        );
-        let abrt = Ended::Killed {
-            signal: libc::SIGABRT,
-            core_dumped: true,
-        };
-        assert!(workload_line("a", end(abrt, false), 0)
-            .is_some_and(|l| l.contains("SIGABRT (core dumped)")));
-        assert_eq!(signal_name(40), "signal 40");
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
 
     #[test]
     fn durations() {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use urec_format::Printable;
 
 use anyhow::Context;
-use urec_report::symbolize::SymbolizeOptions;
 use urec_report::{Filter, GroupBy, Report, ReportOptions, SortKey, Weight};
+use urec_symbolize::SymbolizeOptions;
 
 use crate::UsageError;
 
@@ -151,13 +151,28 @@ pub struct SymbolArgs {
 }
 
 impl SymbolArgs {
-    /// The library's view of these flags.
-    pub fn options(&self) -> SymbolizeOptions {
-        SymbolizeOptions {
+    /// The library's view of these flags. A `--symfs` that is not a directory is a usage
+    /// error: the symbolizer would only find nothing under it, and every frame would come out
+    /// unnamed with no word about the typo.
+    pub fn options(&self) -> Result<SymbolizeOptions, UsageError> {
+        if let Some(symfs) = &self.symfs {
+            if !symfs.is_dir() {
+                let why = if symfs.exists() {
+                    "not a directory"
+                } else {
+                    "no such directory"
+                };
+                return Err(UsageError(format!(
+                    "--symfs {}: {why} (it stands for the recording host's root)",
+                    urec_format::printable(&symfs.display().to_string())
+                )));
+            }
+        }
+        Ok(SymbolizeOptions {
             symfs: self.symfs.clone(),
             debug_dirs: self.debug_dir.clone(),
             debuginfod: !self.no_debuginfod,
-        }
+        })
     }
 }
 
@@ -220,7 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             SortArg::P99 => SortKey::P99,
             SortArg::Max => SortKey::Max,
         },
-        symbolize: args.symbols.options(),
+        symbolize: args.symbols.options()?,
         no_symbolize: false,
         group_by: args.group_by.as_deref().map(GroupBy::parse),
         hist: args.hist.clone(),

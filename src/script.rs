@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Some(Err(e)) => return Err(UsageError(format!("-F: {e}")).into()),
     };
     let opts = ScriptOptions {
-        symbolize: args.symbols.options(),
+        symbolize: args.symbols.options()?,
         no_symbolize: false,
         filter: args.filter.filter(),
         reltime: args.reltime,

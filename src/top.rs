@@ -1,6 +1,6 @@
 //! `urec top`: live per-probe counts and latencies from the in-kernel aggregates (SPEC.md,
 //! "`urec top`"). Probe specs, predicates, targets and `--cgroup` are resolved as `urec record`
-//! resolves them (the shared functions of [`crate::record`]); [`urec_record::top`] attaches the
+//! resolves them (the shared set-up of [`urec_record::TargetRequest`]); [`urec_record::top`] attaches the
 //! programs to count only and hands every interval's figures to a view here: the full-screen
 //! table on a terminal, JSON lines otherwise (or with `--json`).
 
@@ -13,10 +13,7 @@ use urec_record::top::{Row, Tick, TopOptions, TopView};
 use urec_record::Verbosity;
 use urec_report::{human_ns, LatencyHistogram};
 
-use crate::record::{
-    check_pids, check_target_flags, parse_duration, resolve_specs, target_of, warn_resolution,
-    workload_line,
-};
+use crate::record::parse_duration;
 use crate::UsageError;
 
 /// Command-line arguments of `urec top`.
@@ -91,18 +88,16 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         return Err(UsageError("--top-stacks takes a number of stacks, at least 1".into()).into());
     }
     let top_stacks = args.top_stacks.unwrap_or(0);
-    check_target_flags(
-        &args.target.pids,
-        args.target.all,
-        &args.command,
-        args.target.cgroup.as_deref(),
-    )?;
+    let targets = args.target.request(&args.command);
+    targets.check_flags().map_err(|e| e.into_anyhow())?;
     let verbosity = if args.verbose {
         Verbosity::Verbose
     } else {
         Verbosity::Normal
     };
-    let resolution = resolve_specs(&args.events, args.force, &args.target.pids)?;
+    let resolution = targets
+        .resolve(&args.events, args.force)
+        .map_err(|e| e.into_anyhow())?;
     let probes = resolution
         .probes
         .iter()
@@ -115,9 +110,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             urec_record::plan(p, mode).map_err(|e| UsageError(e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    warn_resolution(&resolution, verbosity);
-    check_pids(&args.target.pids)?;
-    let target = target_of(&args.target.pids, args.target.all, &args.command)?;
+    urec_record::warn_resolution(&resolution, verbosity);
+    let target = targets.target().map_err(|e| e.into_anyhow())?;
     let workload = !args.command.is_empty();
     let opts = TopOptions {
         probes,
@@ -133,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         view.top_n = top_stacks;
         let result = urec_record::top::run(opts, &mut view);
         let last = view.finish();
-        let summary = result.context("urec top")?;
+        let summary = result.map_err(|e| e.into_anyhow()).context("urec top")?;
         if let Some(tick) = last {
             print!("{}", final_table(&tick, args.sort));
         }
@@ -144,12 +138,14 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             namer: (top_stacks > 0).then(StackNamer::new),
             top_n: top_stacks,
         };
-        urec_record::top::run(opts, &mut view).context("urec top")?
+        urec_record::top::run(opts, &mut view)
+            .map_err(|e| e.into_anyhow())
+            .context("urec top")?
     };
     if workload {
         if let Some(line) = summary.workload_end.and_then(|end| {
             let program = args.command.first().map_or("the command", String::as_str);
-            workload_line(program, end, 0)
+            urec_record::workload_line(program, end, 0)
         }) {
             // (Not the events count of `urec record`: nothing is recorded.)
             eprintln!(
@@ -174,13 +170,13 @@ struct Figures<'a> {
 /// Names the frames of `--top-stacks` stacks (located in their files by the recorder) with
 /// the report's symbolizer.
 struct StackNamer {
-    symbolizer: urec_report::symbolize::Symbolizer,
+    symbolizer: urec_symbolize::Symbolizer,
 }
 
 impl StackNamer {
     fn new() -> StackNamer {
         StackNamer {
-            symbolizer: urec_report::symbolize::Symbolizer::new(Default::default()),
+            symbolizer: urec_symbolize::Symbolizer::new(Default::default()),
         }
     }
 

@@ -9,9 +9,15 @@ fn urec() -> Command {
 }
 
 fn fixture() -> PathBuf {
+    fixture_named("fix")
+}
+
+/// The fixture built as `name`: tests run in parallel, and one rebuilding a file another
+/// is reading would fail it.
+fn fixture_named(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("urec-list-fixture");
     std::fs::create_dir_all(&dir).expect("create fixture dir");
-    let bin = dir.join("fix");
+    let bin = dir.join(name);
     let src = concat!(env!("CARGO_MANIFEST_DIR"), "/probe/tests/fixtures/fix.c");
     let out = Command::new("gcc")
         .args(["-O2", "-no-pie", "-o"])
@@ -151,4 +157,74 @@ fn glob_matching_nothing_exits_1() {
     let (out, code) = stdout_of(urec().args(["list", "bash", "zzz_no_such_*"]));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no function matches"), "{out}");
+}
+
+/// A binary without symbol tables (`strip --strip-all`) still has the `.eh_frame` FDEs that
+/// bound its functions: `urec list` lists those as `FILE+0xADDR`, at the addresses, offsets and
+/// sizes the symbols gave before stripping, instead of "no functions".
+#[test]
+fn stripped_binary_lists_fde_bounded_functions() {
+    let bin = fixture_named("fix-unstripped");
+    let stripped = bin.with_file_name("fix-stripped");
+    let out = Command::new("strip")
+        .arg("--strip-all")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&bin)
+        .output()
+        .expect("run strip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (symbols, code) = stdout_of(urec().arg("list").arg(&bin).arg("fix_*"));
+    assert_eq!(code, 0, "{symbols}");
+    let (listed, code) = stdout_of(urec().arg("list").arg(&stripped));
+    assert_eq!(code, 0, "{listed}");
+    assert!(!listed.contains("no functions"), "{listed}");
+    for f in ["fix_add", "fix_call3", "fix_static_helper", "fix_sum"] {
+        // `vaddr 0x00401190  offset 0x00001190  size      4`, as the symbol said.
+        let line = line_for(&symbols, f);
+        let at = line.find("vaddr").expect("a vaddr column");
+        let columns = line[at..].split(" [").next().unwrap_or_default().trim_end();
+        let vaddr = u64::from_str_radix(
+            columns
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.strip_prefix("0x"))
+                .expect("a hex vaddr"),
+            16,
+        )
+        .expect("hex vaddr");
+        let name = format!("fix-stripped+{vaddr:#x}");
+        let line = line_for(&listed, &name);
+        assert!(line.contains(columns), "{f}: {columns:?} in {line:?}");
+    }
+    // The PLT's FDE bounds stubs, not a function of the binary.
+    let sections = Command::new("readelf")
+        .arg("-SW")
+        .arg(&stripped)
+        .output()
+        .expect("run readelf");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    let plt = sections
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let at = f.iter().position(|w| *w == ".plt")?;
+            u64::from_str_radix(f.get(at + 2)?, 16).ok()
+        })
+        .expect("a .plt section");
+    assert!(
+        !listed.contains(&format!("fix-stripped+{plt:#x} ")),
+        "{plt:#x} in {listed}"
+    );
+    // The glob matches the names as listed.
+    let (one, code) = stdout_of(urec().arg("list").arg(&stripped).arg("*+0x4011*"));
+    assert_eq!(code, 0, "{one}");
+    assert!(
+        one.lines().all(|l| l.starts_with("fix-stripped+0x4011")),
+        "{one}"
+    );
 }

@@ -308,6 +308,22 @@ impl Binary {
     /// function that has no symbol (a stripped binary's static functions), for decoding its
     /// instructions from its start.
     pub fn unwind_range(&self, vaddr: u64) -> Option<(u64, u64)> {
+        self.fdes()?
+            .into_iter()
+            .find(|&(start, len)| vaddr >= start && vaddr - start < len)
+    }
+
+    /// The `(start, len)` of every `.eh_frame` FDE with code, by start, one per start: the
+    /// function bounds the unwinder knows, which survive `strip --strip-all`.
+    pub fn fde_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out = self.fdes().unwrap_or_default();
+        out.retain(|&(_, len)| len > 0);
+        out.sort_unstable();
+        out.dedup_by_key(|r| r.0);
+        out
+    }
+
+    fn fdes(&self) -> Option<Vec<(u64, u64)>> {
         use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection};
         use object::ObjectSection;
         let obj = object::File::parse(&self.data).ok()?;
@@ -321,6 +337,7 @@ impl Binary {
             bases = bases.set_got(got.address());
         }
         let mut entries = eh.entries(&bases);
+        let mut out = Vec::new();
         while let Ok(Some(entry)) = entries.next() {
             let CieOrFde::Fde(partial) = entry else {
                 continue;
@@ -328,11 +345,9 @@ impl Binary {
             let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else {
                 continue;
             };
-            if fde.contains(vaddr) {
-                return Some((fde.initial_address(), fde.len()));
-            }
+            out.push((fde.initial_address(), fde.len()));
         }
-        None
+        Some(out)
     }
 
     /// A section's address and bytes (`.note.stapsdt`, `.stapsdt.base`); None when absent or

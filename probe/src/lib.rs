@@ -334,24 +334,51 @@ pub fn keeps_frame_pointers(path: &std::path::Path) -> bool {
 }
 
 /// The functions of TARGET (resolved as in specs) whose name (raw or demangled) matches `glob`
-/// (all when None), sorted by name, then address.
+/// (all when None), sorted by name, then address. A binary without symbol tables lists the
+/// functions its `.eh_frame` FDEs bound, each named `FILE+0xADDR` (its file name and ELF
+/// virtual address), as `-e TARGET:0xADDR` probes them: a fully stripped binary's code is still
+/// there to probe.
 pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError> {
     let path = target::find_target(target)?;
     let bin = elf::Binary::open(&path).map_err(|e| target::explain_not_elf(e, target))?;
     let kernel = KernelUprobes::running();
-    let mut out: Vec<Function> = bin
-        .functions
-        .iter()
-        .filter(|s| glob.is_none_or(|g| s.names().any(|n| glob::matches(g, n))))
-        .filter_map(|s| {
+    // (display name, raw name, vaddr, size) of each function that matches.
+    let listed: Vec<(String, String, u64, u64)> = if bin.functions.is_empty() {
+        let file = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        // The PLT has FDEs too, for stubs that are no function of the binary's own.
+        let plt: Vec<(u64, u64)> = [".plt", ".plt.sec", ".plt.got"]
+            .iter()
+            .filter_map(|name| bin.section(name))
+            .map(|(addr, bytes)| (addr, bytes.len() as u64))
+            .collect();
+        bin.fde_ranges()
+            .into_iter()
+            .filter(|&(start, _)| !plt.iter().any(|&(a, n)| start >= a && start - a < n))
+            .map(|(start, len)| (format!("{file}+{start:#x}"), start, len))
+            .filter(|(name, _, _)| glob.is_none_or(|g| glob::matches(g, name)))
+            .map(|(name, start, len)| (name.clone(), name, start, len))
+            .collect()
+    } else {
+        bin.functions
+            .iter()
+            .filter(|s| glob.is_none_or(|g| s.names().any(|n| glob::matches(g, n))))
+            .map(|s| (s.display().to_string(), s.raw.clone(), s.vaddr, s.size))
+            .collect()
+    };
+    let mut out: Vec<Function> = listed
+        .into_iter()
+        .filter_map(|(name, raw_name, vaddr, size)| {
             Some(Function {
-                name: s.display().to_string(),
-                raw_name: s.raw.clone(),
-                vaddr: Svma(s.vaddr),
-                offset: FileOffset(bin.vaddr_to_offset(s.vaddr)?),
-                size: s.size,
-                ifunc: bin.ifunc_at(s.vaddr).is_some(),
-                first_insn: insn::classify(bin.bytes_at(s.vaddr, 16), &kernel),
+                name,
+                raw_name,
+                vaddr: Svma(vaddr),
+                offset: FileOffset(bin.vaddr_to_offset(vaddr)?),
+                size,
+                ifunc: bin.ifunc_at(vaddr).is_some(),
+                first_insn: insn::classify(bin.bytes_at(vaddr, 16), &kernel),
                 sites: None,
             })
             .map(|mut f: Function| {

@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use urec_record::{plan, RecordOptions, Target, Verbosity};
+//! use urec_record::{plan, RecordOptions, StackSize, Target, Verbosity};
 //! let spec = urec_probe::parse("bash:readline")?;
 //! let resolved = urec_probe::resolve(&[spec], &Default::default())?;
 //! let mode = urec_format::StackMode::FramePointer;
@@ -16,7 +16,7 @@
 //!     duration: Some(std::time::Duration::from_secs(10)),
 //!     stack_mode: mode,
 //!     stack_depth: 127,
-//!     stack_size: urec_record::MAX_STACK_SIZE,
+//!     stack_size: StackSize::MAX,
 //!     buffer_size: 16 << 20,
 //!     verbosity: Verbosity::Normal,
 //!     command_line: std::env::args().collect(),
@@ -24,45 +24,59 @@
 //!     cgroup: None,
 //! })?;
 //! eprintln!("{} events", summary.entries + summary.returns);
+//! // (The CLI fills a [`RecordRequest`] from its flags instead: its `plan` checks it and
+//! // plans every probe, as above.)
 //! # Ok(())
 //! # }
 //! ```
 //!
+//! The binary's way in: [`RecordRequest`] (its flags, typed) → [`RecordRequest::plan`] →
+//! [`RecordOptions`] → [`record`] → [`Summary`] (whose `lines` it prints); [`RecordError`] says
+//! whether the caller is at fault. [`top`] runs `urec top` on the same programs, counting only,
+//! after the same [`TargetRequest`] steps.
+//!
 //! Modules: [`attach`] loads the BPF programs and attaches them (one multi link per binary);
-//! `session` runs a recording (set-up order, the consumer loop, the clean stop); [`stacks`]
-//! deduplicates stacks; [`plan`](mod@plan) turns resolved probes into the BPF tables;
-//! [`command`] runs `-- COMMAND`; [`output`] creates the file; [`sideband`], [`procfs`] and
-//! [`processes`] follow processes and their mappings; [`mapped`] names the probed binaries that
-//! the traced processes never mapped; [`top`] runs `urec top` on the same programs, counting
-//! only.
+//! `request` checks and plans a request; `session` runs a recording, one module per phase
+//! (set-up, attach, loop, detach, finish); `summary` words its outcome; `stacks` deduplicates
+//! stacks; [`plan`](mod@plan) turns resolved probes into the BPF tables; [`command`] runs
+//! `-- COMMAND`; `output` creates the file; [`sideband`], [`procfs`] and [`processes`] follow
+//! processes and their mappings; [`mapped`] names the probed binaries that the traced processes
+//! never mapped; [`kept`] keeps their files open for the symbols step. The other public
+//! modules are public for the tests that drive them directly.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub mod aggregates;
+mod aggregates;
 pub mod attach;
 pub mod cgroup;
 pub mod command;
 mod consumer;
-pub mod dwarf;
-pub mod fds;
+mod dwarf;
+mod error;
+mod fds;
 mod fxhash;
 pub mod kept;
-pub mod lost;
+mod lost;
 pub mod mapped;
-pub mod output;
+mod output;
 pub mod plan;
 pub mod processes;
 pub mod procfs;
-pub mod regs;
+mod regs;
+mod request;
 mod session;
 pub mod sideband;
-pub mod stacks;
+mod stacks;
+mod summary;
 pub mod top;
 pub mod unwind;
 
+pub use error::RecordError;
 pub use plan::{plan, PlanError, PlannedProbe};
-pub use session::{check_privileges, check_ring_fits, human_bytes, size_flag};
+pub use request::{warn_resolution, CallGraph, RecordRequest, StackSize, TargetRequest};
+pub use session::check_privileges;
+pub use summary::workload_line;
 pub use urec_bpf::abi::MAX_STACK_SIZE;
 pub use urec_format::StackMode;
 
@@ -130,10 +144,10 @@ pub struct RecordOptions {
     /// Frames per stack (at most 127).
     pub stack_depth: u32,
     /// The most bytes of stack a `-g dwarf` event copies, from the stack pointer to the end of
-    /// the stack (a multiple of 8, at most [`urec_bpf::abi::MAX_STACK_SIZE`]; see [`dwarf`]).
-    pub stack_size: u32,
+    /// the stack (see [`dwarf`]).
+    pub stack_size: StackSize,
     /// BPF ring buffer bytes (rounded up to a power of two). It must hold the largest record:
-    /// callers check with [`check_ring_fits`] first (the CLI does, as a usage error).
+    /// [`RecordRequest::plan`] checks that, as a usage error.
     pub buffer_size: u64,
     /// What to print.
     pub verbosity: Verbosity,
@@ -188,6 +202,8 @@ pub struct Summary {
     pub workload_end: Option<WorkloadEnd>,
     /// The files the traced processes mapped, still open (with [`RecordOptions::keep_files`]).
     pub kept_files: Vec<kept::KeptFile>,
+    /// What [`Summary::lines`] and [`Summary::workload_line`] need of the options.
+    wording: summary::Wording,
 }
 
 /// How the traced command ended.
@@ -199,7 +215,8 @@ pub struct WorkloadEnd {
     pub by_urec: bool,
 }
 
-/// Records until a stop condition; see the `session` module.
-pub fn record(opts: RecordOptions) -> anyhow::Result<Summary> {
-    session::run(opts).map_err(fds::explain)
+/// Records until a stop condition; see the `session` module. Errors here are never the
+/// caller's ([`RecordError::Failed`]): [`RecordRequest::plan`] checked the request.
+pub fn record(opts: RecordOptions) -> Result<Summary, RecordError> {
+    session::run(opts).map_err(|e| RecordError::Failed(fds::explain(e)))
 }

@@ -43,11 +43,6 @@ impl StackTable {
     pub fn len(&self) -> usize {
         self.ids.len()
     }
-
-    /// Whether no stack was interned yet.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -32,13 +32,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use libbpf_rs::OpenObject;
-use urec_format::{log_linear, plural, Aggregate, LatencyAggregate, ProbeId, ProbeKind};
+use urec_format::{log_linear, Aggregate, LatencyAggregate, ProbeId, ProbeKind};
 
-use crate::aggregates::{hist_bits, KernelCounts};
-use crate::attach::{self, AttachProbe, LoadOptions};
+use crate::attach;
 use crate::command::Workload;
 use crate::session::{
-    check_privileges, install_signal_handlers, stop_after_failure, time_to_stop, STOP_GRACE,
+    attach_probes, check_privileges, load_programs, say_attached, stop_after_failure, time_to_stop,
+    Load, STOP_GRACE,
 };
 use crate::{PlannedProbe, Target, Verbosity, WorkloadEnd};
 
@@ -321,13 +321,16 @@ pub fn interval(
 
 /// Runs `urec top` until a stop condition, showing every interval on `view`; see the module
 /// docs.
-pub fn run(opts: TopOptions, view: &mut dyn TopView) -> Result<TopSummary> {
+pub fn run(
+    opts: TopOptions,
+    view: &mut dyn TopView,
+) -> std::result::Result<TopSummary, crate::RecordError> {
     let mut workload = None;
     let result = top(&opts, view, &mut workload);
     if let (Err(_), Some(w)) = (&result, workload.as_mut()) {
         stop_after_failure(w, "urec top failed");
     }
-    result.map_err(crate::fds::explain)
+    result.map_err(|e| crate::RecordError::Failed(crate::fds::explain(e)))
 }
 
 fn top(
@@ -346,33 +349,7 @@ fn top(
             bail!("process {pid} does not exist");
         }
     }
-    let nprobes = opts.probes.len() as u32;
-    let bits = hist_bits(nprobes);
     let stacks = opts.top_stacks > 0;
-    let cgroup = match &opts.cgroup {
-        Some(path) => Some(crate::cgroup::open(path).map_err(anyhow::Error::msg)?),
-        None => None,
-    };
-    let mut storage = MaybeUninit::<OpenObject>::uninit();
-    let skel = attach::load(
-        &mut storage,
-        &LoadOptions {
-            self_tgid: std::process::id(),
-            filter,
-            // Without --top-stacks no stacks, and the smallest ring: nothing is written to it.
-            stack_depth: if stacks { STACK_DEPTH } else { 0 },
-            ring_bytes: if stacks { STACK_RING } else { 4096 },
-            probes: nprobes,
-            cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
-            hist_bits: bits,
-            count_only: !stacks,
-        },
-    )?;
-    let counts = KernelCounts::new(
-        &skel,
-        opts.probes.iter().map(|p| p.probe.kind).collect(),
-        bits,
-    )?;
     // The predicates are what the programs read of the configuration before counting (they
     // have their own operands); no argument is fetched, no stack copied (--top-stacks walks
     // frame pointers).
@@ -387,26 +364,25 @@ fn top(
             (p.probe.id, cfg)
         })
         .collect();
-    attach::configure(&skel, &configs)?;
-    let watch = crate::session::allow_targets(&skel, &pids, command.as_ref(), workload)?;
-    install_signal_handlers();
-
-    let probes: Vec<AttachProbe> = opts.probes.iter().map(AttachProbe::of).collect();
-    let mut warn = |msg: String| {
-        if opts.verbosity != Verbosity::Quiet {
-            eprintln!("urec: warning: {msg}");
-        }
+    let mut storage = MaybeUninit::<OpenObject>::uninit();
+    let load = Load {
+        filter,
+        // Without --top-stacks no stacks, and the smallest ring: nothing is written to it.
+        stack_depth: if stacks { STACK_DEPTH } else { 0 },
+        ring_bytes: if stacks { STACK_RING } else { 4096 },
+        count_only: !stacks,
     };
-    let attached = attach::attach(&skel, &probes, filter, &mut warn)?;
+    let (skel, counts) = load_programs(
+        &mut storage,
+        &opts.probes,
+        load,
+        opts.cgroup.as_deref(),
+        &configs,
+    )?;
+    let watch = crate::session::allow_targets(&skel, &pids, command.as_ref(), workload)?;
+    let attached = attach_probes(&skel, &opts.probes, filter, opts.verbosity)?;
     let attached_at = Instant::now();
-    if opts.verbosity == Verbosity::Verbose {
-        eprintln!(
-            "urec: {} attached with {} in {:.1} ms",
-            plural(probes.len() as u64, "probe", "probes"),
-            plural(attached.links() as u64, "link", "links"),
-            started.elapsed().as_secs_f64() * 1e3
-        );
-    }
+    say_attached(opts.verbosity, opts.probes.len(), &attached, started);
     let stack_counts = std::cell::RefCell::new(StackCounts::new());
     let stack_maps = std::cell::RefCell::new(HashMap::<u32, Maps>::new());
     let ring = if stacks {
@@ -471,7 +447,7 @@ fn top(
             .collect()
     };
     let lost = || -> Result<u64> {
-        Ok(attach::lost_counts(&skel, nprobes)?
+        Ok(attach::lost_counts(&skel, opts.probes.len() as u32)?
             .iter()
             .map(|l| l.2)
             .sum())

@@ -53,6 +53,7 @@ mod proto;
 pub mod rebase;
 mod reorder;
 pub mod script;
+pub mod symbols;
 pub use urec_symbolize as symbolize;
 pub mod table;
 mod units;

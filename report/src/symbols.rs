@@ -2,9 +2,10 @@
 //! appends the names to the file as its symbols section (SPEC "Portable recordings"). Run by
 //! `urec record` once the file is complete, and by `urec archive` on an existing file.
 //!
-//! The step reads what `report` would name ([`urec_report::frame_addresses`]) and asks the same
+//! The step reads what `report` would name ([`crate::frame_addresses`]) and asks the same
 //! symbolizer `report` uses, so a workstation without the binaries reports the frames the
-//! recording host could name. Only named addresses are stored.
+//! recording host could name. Only named addresses are stored. It lives here, not in the
+//! binary, because what to name is the report's own question; the binary only prints.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,12 +15,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use urec_format::{BinarySymbols, BuildId, Reader, Record, SymbolEntry, SymbolFrame};
-use urec_report::symbolize::{lookup_offset, EmbeddedSymbols, SymbolizeOptions, Symbolizer};
+use urec_symbolize::{lookup_offset, EmbeddedSymbols, SymbolizeOptions, Symbolizer};
 
 /// A file the recorder kept open: the exact file a traced process mapped.
 pub struct Provided {
+    /// The path the process mapped it at, as recorded.
     pub path: String,
+    /// Its build id, when it has one.
     pub build_id: Option<BuildId>,
+    /// The open file.
     pub file: File,
 }
 
@@ -28,13 +32,33 @@ pub struct Provided {
 pub struct Named {
     /// The section, one entry per binary with at least one named address.
     pub symbols: Vec<BinarySymbols>,
-    /// Addresses named, and of those with a source line.
+    /// Addresses named.
     pub named: u64,
+    /// Of those, the ones with a source line.
     pub with_lines: u64,
     /// Addresses left unnamed.
     pub unnamed: u64,
     /// The symbolizer's warnings (missing binaries and what would fix them).
     pub warnings: Vec<String>,
+}
+
+/// The symbols step of `urec record`: names the addresses of the recording urec has just
+/// written at `path` (the files the recorder kept open first) and appends the section. Returns
+/// what was named and the section's stored bytes.
+pub fn add(path: &Path, opts: SymbolizeOptions, provided: Vec<Provided>) -> Result<(Named, u64)> {
+    let named = name(path, opts, provided, EmbeddedSymbols::default())?;
+    let bytes = append(path, &named.symbols)?;
+    Ok((named, bytes))
+}
+
+/// The symbols step of `urec archive`: names the addresses of the recording at `path`,
+/// keeping the names of its existing section where this host has no file, and rewrites the
+/// file with the new section ([`rewrite`]). Returns what was named and the section's bytes.
+pub fn archive(path: &Path, opts: SymbolizeOptions) -> Result<(Named, u64)> {
+    let embedded = existing(path)?;
+    let named = name(path, opts, Vec::new(), embedded)?;
+    let bytes = rewrite(path, &named.symbols)?;
+    Ok((named, bytes))
 }
 
 /// Names the addresses of the recording at `path`. `provided` files come first; `embedded` is
@@ -45,7 +69,7 @@ pub fn name(
     provided: Vec<Provided>,
     embedded: EmbeddedSymbols,
 ) -> Result<Named> {
-    let addresses = urec_report::frame_addresses(path)?;
+    let addresses = crate::frame_addresses(path)?;
     let mut symbolizer = Symbolizer::new(opts);
     if !embedded.is_empty() {
         symbolizer.set_embedded(embedded);
@@ -143,7 +167,6 @@ fn complete(path: &Path) -> Result<(u64, urec_format::Footer)> {
     }
 }
 
-#[cfg(feature = "record")]
 /// Appends `symbols` to the recording urec has just written at `path` (complete, no section
 /// yet). An interruption leaves the recording complete and the section unfinished.
 pub fn append(path: &Path, symbols: &[BinarySymbols]) -> Result<u64> {
@@ -225,31 +248,8 @@ pub fn existing(path: &Path) -> Result<EmbeddedSymbols> {
     Ok(embedded)
 }
 
-/// Command-line arguments of `urec archive`.
-#[derive(clap::Args, Debug)]
-pub struct ArchiveArgs {
-    /// The recording to add names to (rewritten in place, through a temporary file).
-    #[arg(short, long, default_value = "urec.data")]
-    pub input: PathBuf,
-    #[command(flatten)]
-    pub symbols: crate::report::SymbolArgs,
-}
-
-/// Runs `urec archive`; returns the exit status.
-pub fn run_archive(args: ArchiveArgs) -> Result<u8> {
-    let path = &args.input;
-    let embedded = existing(path)?;
-    let named = name(path, args.symbols.options(), Vec::new(), embedded)?;
-    for w in &named.warnings {
-        eprintln!("urec: warning: {}", urec_format::printable(w));
-    }
-    let bytes = rewrite(path, &named.symbols)?;
-    eprintln!("urec: {}", summary(&named, bytes));
-    Ok(0)
-}
-
 /// One line on what the step named, for `record` and `archive`.
-pub fn summary(named: &Named, bytes: u64) -> String {
+pub fn summary_line(named: &Named, bytes: u64) -> String {
     use urec_format::plural;
     format!(
         "symbols: named {} of {} in {} ({} with file:line), {}",

@@ -1,0 +1,92 @@
+//! Step 4 of a recording: attach, and only then create the output file (an existing one kept
+//! as `.old`), so that a refusal by the kernel does not clobber an earlier recording; write
+//! its header and probes, and make the consumer's state around the writer.
+
+use std::collections::VecDeque;
+
+use anyhow::{Context, Result};
+use urec_format::{Header, Nanos, Probe, Record, StackMode, Writer};
+
+use super::set_up::{SetUp, Tracking};
+use super::{attach_probes, say_attached, FileState, YIELD_BYTES};
+use crate::attach::Attached;
+use crate::consumer::{decoders, State};
+use crate::dwarf::DwarfStacks;
+use crate::output;
+use crate::sideband::monotonic_now;
+use crate::stacks::StackTable;
+use crate::RecordOptions;
+
+/// What attaching leaves: the links (dropping them detaches), when they were all attached,
+/// and the consumer's state, which now owns the process table and the writer.
+pub(super) struct Running {
+    pub(super) links: Attached,
+    pub(super) attach_ns: Nanos,
+    pub(super) state: FileState,
+}
+
+/// Step 4. The set-up's process table and mapped binaries move into the consumer's state.
+pub(super) fn attach(opts: &RecordOptions, set: &SetUp<'_>, tracking: Tracking) -> Result<Running> {
+    let Tracking { table, mut mapped } = tracking;
+    let links = attach_probes(&set.skel, &opts.probes, set.filter, opts.verbosity)?;
+    let attach_ns = monotonic_now()?;
+    if !set.filter {
+        // Mappings made before the side-band opened; later ones come as records.
+        mapped.scan_proc();
+    }
+    say_attached(opts.verbosity, opts.probes.len(), &links, set.started);
+    let file = output::create(&opts.output)?;
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let (host, kernel, arch) = set.uname.clone();
+    let header = Header {
+        host,
+        kernel,
+        arch,
+        command: opts.command_line.clone(),
+        workload: set.command.as_ref().map(|(_, argv)| argv.clone()),
+        start_unix_ns: now_unix,
+        start_monotonic_ns: monotonic_now()?,
+    };
+    let mut writer = Writer::new(
+        std::io::BufWriter::new(output::Output::new(file, &opts.output)),
+        &header,
+    )
+    .with_context(|| format!("writing {}", opts.output.display()))?;
+    for p in &opts.probes {
+        let mut probe: Probe = p.probe.clone();
+        if opts.stack_mode == StackMode::None {
+            probe.stack_mode = StackMode::None;
+        }
+        writer.write(&Record::Probe(probe))?;
+    }
+
+    let state = State {
+        writer,
+        table,
+        stacks: StackTable::new(),
+        decode: decoders(&opts.probes),
+        stack_depth: set.stack_depth,
+        pending: VecDeque::new(),
+        pending_sorted: true,
+        frames: Vec::with_capacity(130),
+        dwarf: DwarfStacks::new(set.stack_depth, &set.copy_sizes),
+        yield_bytes: YIELD_BYTES,
+        yielded: false,
+        latest_ns: 0,
+        entries: 0,
+        returns: 0,
+        max_weight: 1,
+        probe_events: vec![0; opts.probes.len()],
+        mapped,
+        bad_records: 0,
+        error: None,
+    };
+    Ok(Running {
+        links,
+        attach_ns,
+        state,
+    })
+}
