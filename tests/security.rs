@@ -67,6 +67,35 @@ fn output_that_is_not_a_regular_file_is_refused_and_left_alone() {
         .is_symlink());
 }
 
+/// `-o` naming a program (here a copy of `true`, standing for `-o /usr/bin/bash` or the
+/// executable of a `-p` process) or any file that is not a recording: exit 2 before anything is
+/// attached, the file untouched and nothing moved to `.old`. urec used to rename it away and
+/// write the recording in its place; two such runs lost a machine's bash.
+#[test]
+fn output_that_is_not_a_recording_is_never_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("true");
+    std::fs::copy("/usr/bin/true", &program).unwrap();
+    let before = std::fs::read(&program).unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, b"keep me").unwrap();
+    for (path, what) in [(&program, "an executable"), (&notes, "a file")] {
+        let shown = path.to_str().unwrap();
+        let out = record(&["-o", shown, "-e", "libc:malloc", "--", "true"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "-o {shown}: {stderr}");
+        assert!(
+            stderr.contains(&format!("is {what}, not a urec recording")),
+            "{stderr}"
+        );
+        assert!(!dir.path().join(format!("{shown}.old")).exists());
+    }
+    assert_eq!(std::fs::read(&program).unwrap(), before);
+    assert_eq!(std::fs::read(&notes).unwrap(), b"keep me");
+}
+
 /// Unmounts on drop, so that a failed assertion leaves no mount behind.
 struct Mounted(PathBuf);
 
@@ -94,7 +123,9 @@ fn output_on_a_read_only_file_system_is_refused_before_attaching() {
     mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"]);
     let _mounted = Mounted(ro.clone());
     let old = ro.join("old.data");
-    std::fs::write(&old, b"first").unwrap();
+    // The first bytes of a recording: a file urec would move aside were it writable.
+    let first: &[u8] = b"\x89UREC\r\n\x1a\x02\x00\x02\x00";
+    std::fs::write(&old, first).unwrap();
     mount(&["-o", "remount,ro"]);
     for path in [ro.join("new.data"), old.clone()] {
         let shown = path.to_str().unwrap();
@@ -107,7 +138,7 @@ fn output_on_a_read_only_file_system_is_refused_before_attaching() {
         assert!(stderr.contains("read-only file system"), "{stderr}");
         assert!(!stderr.contains("attached"), "attached first: {stderr}");
     }
-    assert_eq!(std::fs::read(&old).unwrap(), b"first");
+    assert_eq!(std::fs::read(&old).unwrap(), first);
     assert!(!ro.join("old.data.old").exists());
     assert!(!ro.join("new.data").exists());
 }

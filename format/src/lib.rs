@@ -46,7 +46,7 @@ pub use address::LoadSegment;
 pub use error::FormatError;
 pub use footer::{EventCount, Footer, SectionStats, Sections};
 pub use printable::{printable, Printable};
-pub use reader::{ReadStatus, Reader, Records};
+pub use reader::{is_recording, ReadStatus, Reader, Records};
 pub use symbols::append_symbols;
 pub use types::*;
 pub use words::{name_list, plural, shell_word, shell_words};

@@ -223,6 +223,14 @@ impl Reader {
     }
 }
 
+/// Whether a file that starts with `prefix` is (the beginning of) a urec recording, for the
+/// recorder's `-o`: an existing recording may be moved aside as `.old`, any other file never (a
+/// mistyped `-o` must not move a program or a document out of the way). Empty counts as not a
+/// recording; the caller decides what an empty file may become.
+pub fn is_recording(prefix: &[u8]) -> bool {
+    prefix.len() >= MAGIC.len() && prefix[..MAGIC.len()] == MAGIC
+}
+
 fn parse_prefix(bytes: &[u8]) -> Result<(u16, u16), FormatError> {
     if bytes.is_empty() {
         return Err(FormatError::Empty);

@@ -15,7 +15,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -45,6 +45,12 @@ pub fn check(path: &Path) -> std::result::Result<(), String> {
             ));
         }
     }
+    // Only a recording (or an empty file) is ever moved aside, and only onto nothing or an
+    // older recording: `-o /usr/bin/bash`, or an `-o` that names a program a `-p` process
+    // runs, would otherwise rename the program away and put the recording in its place (seen:
+    // two such runs lost bash itself, the second moving the first recording over bash.old).
+    check_replaceable(path, "")?;
+    check_replaceable(&old_path(path), ".old")?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -70,6 +76,54 @@ pub fn check(path: &Path) -> std::result::Result<(), String> {
             parent.display()
         ),
     })
+}
+
+/// `FILE.old`, where an existing recording at `FILE` is kept.
+fn old_path(path: &Path) -> PathBuf {
+    let mut old = path.as_os_str().to_owned();
+    old.push(".old");
+    PathBuf::from(old)
+}
+
+/// Refuses `path` when it exists and holds something other than a urec recording: `create`
+/// would move it (or, for `.old`, overwrite it). An empty file holds nothing to lose.
+fn check_replaceable(path: &Path, role: &str) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let shown = path.display();
+    if !m.file_type().is_file() {
+        return Err(format!(
+            "-o: {shown} exists and is {}; urec keeps an earlier recording as FILE.old and \
+             never moves anything else aside (nothing was renamed)",
+            urec_untrusted::describe(&m.file_type())
+        ));
+    }
+    if m.len() == 0 {
+        return Ok(());
+    }
+    let mut prefix = [0u8; 8];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut prefix))
+        .map_err(|e| format!("-o: reading {shown} to see whether it is a recording: {e}"))?;
+    if urec_format::is_recording(&prefix[..n]) {
+        return Ok(());
+    }
+    let what = if m.permissions().mode() & 0o111 != 0 {
+        "an executable"
+    } else {
+        "a file"
+    };
+    let fate = if role.is_empty() {
+        format!("would be renamed to {shown}.old")
+    } else {
+        "would be overwritten by the earlier recording".to_string()
+    };
+    Err(format!(
+        "-o: {shown} exists and is {what}, not a urec recording; it {fate}: remove it or choose \
+         another -o (nothing was renamed)"
+    ))
 }
 
 /// Whether files can be created (and an existing one renamed) in `dir`, asked of the kernel
@@ -99,9 +153,7 @@ fn writable(dir: &Path) -> io::Result<()> {
 pub fn create(path: &Path) -> Result<File> {
     check(path).map_err(anyhow::Error::msg)?;
     if std::fs::symlink_metadata(path).is_ok() {
-        let mut old = path.as_os_str().to_owned();
-        old.push(".old");
-        let old = PathBuf::from(old);
+        let old = old_path(path);
         std::fs::rename(path, &old).with_context(|| {
             format!(
                 "keeping the existing {} as {}",
@@ -176,6 +228,45 @@ mod tests {
 
     use super::*;
 
+    /// The first bytes of a recording: what makes a file one that may be moved aside.
+    const RECORDING: &[u8] = b"\x89UREC\r\n\x1a\x02\x00\x02\x00";
+
+    #[test]
+    fn never_moves_a_file_that_is_not_a_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("bash");
+        std::fs::write(&program, b"\x7fELF\x02\x01\x01").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = create(&program).unwrap_err().to_string();
+        assert!(
+            err.contains("is an executable, not a urec recording"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&program).unwrap(), b"\x7fELF\x02\x01\x01");
+        assert!(!dir.path().join("bash.old").exists());
+
+        let notes = dir.path().join("notes.txt");
+        std::fs::write(&notes, b"keep me").unwrap();
+        let err = check(&notes).unwrap_err();
+        assert!(err.contains("is a file, not a urec recording"), "{err}");
+
+        // A recording whose .old is someone else's file: that file would be overwritten.
+        let data = dir.path().join("run.data");
+        std::fs::write(&data, RECORDING).unwrap();
+        std::fs::write(dir.path().join("run.data.old"), b"keep me too").unwrap();
+        let err = create(&data).unwrap_err().to_string();
+        assert!(err.contains("run.data.old exists"), "{err}");
+        assert!(err.contains("overwritten"), "{err}");
+        assert_eq!(
+            std::fs::read(dir.path().join("run.data.old")).unwrap(),
+            b"keep me too"
+        );
+        // An older recording there is replaced as before.
+        std::fs::write(dir.path().join("run.data.old"), RECORDING).unwrap();
+        drop(create(&data).unwrap());
+        assert_eq!(std::fs::metadata(&data).unwrap().len(), 0);
+    }
+
     #[test]
     fn refuses_what_cannot_hold_a_recording() {
         let dir = tempfile::tempdir().unwrap();
@@ -187,8 +278,10 @@ mod tests {
             .unwrap_err()
             .contains("No such file"));
         assert_eq!(check(&dir.path().join("new.data")), Ok(()));
-        std::fs::write(dir.path().join("old.data"), b"x").unwrap();
+        std::fs::write(dir.path().join("old.data"), RECORDING).unwrap();
         assert_eq!(check(&dir.path().join("old.data")), Ok(()));
+        std::fs::write(dir.path().join("empty.data"), b"").unwrap();
+        assert_eq!(check(&dir.path().join("empty.data")), Ok(()));
         assert_eq!(check(Path::new("urec-test-not-there.data")), Ok(()));
     }
 
@@ -196,11 +289,11 @@ mod tests {
     fn keeps_old_and_uses_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("urec.data");
-        std::fs::write(&path, b"first").unwrap();
+        std::fs::write(&path, RECORDING).unwrap();
         drop(create(&path).unwrap());
         assert_eq!(
             std::fs::read(dir.path().join("urec.data.old")).unwrap(),
-            b"first"
+            RECORDING
         );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
