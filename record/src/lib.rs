@@ -41,6 +41,7 @@ use std::time::Duration;
 
 pub mod aggregates;
 pub mod attach;
+pub mod calibrate;
 pub mod cgroup;
 pub mod command;
 mod consumer;

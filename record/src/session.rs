@@ -350,6 +350,9 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         Some(path) => Some(crate::cgroup::open(path).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    // The probe cost's calibration probes take ids after the recording's.
+    let calibration = crate::calibrate::Plan::new(&opts.probes, stack_depth > 0);
+    let all_probes = nprobes + calibration.probes();
     let mut storage = MaybeUninit::<OpenObject>::uninit();
     let skel = attach::load(
         &mut storage,
@@ -358,16 +361,16 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
             filter,
             stack_depth,
             ring_bytes,
-            probes: nprobes,
+            probes: all_probes,
             cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
-            hist_bits: crate::aggregates::hist_bits(nprobes),
+            hist_bits: crate::aggregates::hist_bits(all_probes),
             count_only: false,
         },
     )?;
     let mut kernel_counts = crate::aggregates::KernelCounts::new(
         &skel,
         opts.probes.iter().map(|p| p.probe.kind).collect(),
-        crate::aggregates::hist_bits(nprobes),
+        crate::aggregates::hist_bits(all_probes),
     )?;
     // Every -g dwarf probe copies at most --stack-size.
     let configs: Vec<_> = opts
@@ -386,6 +389,32 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     attach::configure(&skel, &configs)?;
     // Probe ids are 0..n in order, so `configs[id]` is probe `id`'s.
     let copy_sizes: Vec<u32> = configs.iter().map(|(_, cfg)| cfg.stack_size).collect();
+    // Before the recording's probes attach (its helper cannot hit them) and before the command
+    // is forked; its links stay until the recording's go.
+    let calibrated = match calibration.run(
+        &skel,
+        crate::aggregates::hist_bits(all_probes),
+        filter,
+        opts.cgroup.as_deref(),
+        opts.stack_size,
+    ) {
+        Ok(c) => {
+            if opts.verbosity == Verbosity::Verbose && !c.costs.is_empty() {
+                eprintln!(
+                    "urec: probe cost calibrated in {:.1} ms: {}",
+                    c.elapsed.as_secs_f64() * 1e3,
+                    c.describe()
+                );
+            }
+            c
+        }
+        Err(e) => {
+            warn(format!(
+                "probe cost not measured ({e:#}): latencies include it, unknown"
+            ));
+            Default::default()
+        }
+    };
     // 3. The targets: the -p processes, and the command, held.
     let watch = allow_targets(&skel, &pids, command.as_ref(), workload)?;
     if let Some(w) = workload.as_ref() {
@@ -435,6 +464,9 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
         let mut probe: Probe = p.probe.clone();
         if opts.stack_mode == StackMode::None {
             probe.stack_mode = StackMode::None;
+        }
+        if let Some(site) = probe.site.as_mut() {
+            site.cost_ns = calibrated.cost_of(p, stack_depth > 0);
         }
         writer.write(&Record::Probe(probe))?;
     }
@@ -606,6 +638,7 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
 
     // Stop: detach, then drain everything in flight (no yielding: the ring bounds what is held).
     drop(attached);
+    drop(calibrated);
     state.borrow_mut().yield_bytes = usize::MAX;
     if ring.consume_raw() < 0 {
         if let Some(err) = state.borrow_mut().error.take() {
