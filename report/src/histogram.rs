@@ -87,6 +87,30 @@ impl LatencyHistogram {
         h
     }
 
+    /// This histogram with `ns` taken off every value, never below 0
+    /// (`--subtract-probe-cost` on latencies that only the kernel's counts hold): each bucket
+    /// moves by its midpoint, so percentiles keep their error; count stays, total, min and max
+    /// move exactly.
+    pub fn minus(&self, ns: u64) -> Self {
+        if ns == 0 || self.count == 0 {
+            return self.clone();
+        }
+        let mut h = Self::new();
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n > 0 {
+                let (low, high) = bucket_bounds(self.first + i);
+                h.add_to_bucket(bucket_of((low + (high - low) / 2).saturating_sub(ns)), n);
+            }
+        }
+        h.count = self.count;
+        h.total = self
+            .total
+            .saturating_sub(u128::from(ns) * u128::from(self.count));
+        h.min = self.min.saturating_sub(ns);
+        h.max = self.max.saturating_sub(ns);
+        h
+    }
+
     fn add_to_bucket(&mut self, b: usize, n: u64) {
         if self.buckets.is_empty() {
             self.first = b;
