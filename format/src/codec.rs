@@ -763,7 +763,10 @@ mod tests {
             site: full.site.map(|s| ProbeSite { cost_ns: None, ..s }),
             ..full.clone()
         };
-        assert_eq!(decode(&body[..body.len() - 3]), Some(Record::Probe(no_cost.clone())));
+        assert_eq!(
+            decode(&body[..body.len() - 3]),
+            Some(Record::Probe(no_cost.clone()))
+        );
         // 2.3 with the cost not measured.
         encode_record(&mut buf, &mut body, &Record::Probe(no_cost.clone()));
         assert_eq!(decode(&body), Some(Record::Probe(no_cost)));
