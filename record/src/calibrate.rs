@@ -16,17 +16,18 @@
 //!   ([`Calibrated`]): detaching a multi link costs ≈0.1 s, which start-up need not pay.
 //! - **A helper process that passes the filters.** A forked child of urec (urec itself is never
 //!   traced) joins the `-p` filter map and the `--cgroup` directory, waits on a pipe while the
-//!   probes attach, calls each empty function [`CALLS`] times and exits. It runs before the
-//!   recording's probes are attached, so it cannot hit them, and the events it produces are
-//!   dropped by the consumer (probe ids past the recording's: `consumer::State`).
+//!   probes attach, calls each empty function [`CALLS`] times (fewer, at least [`MIN_CALLS`],
+//!   where that would take over 20 ms: a single-stepped way in a VM) and exits. It runs before
+//!   the recording's probes are attached, so it cannot hit them, and the events it produces
+//!   are dropped by the consumer (probe ids past the recording's: `consumer::State`).
 //! - **A robust statistic.** The latency is read from the probes' in-kernel histogram (the
 //!   same `hist` map the report's aggregates come from, ≤ 0.8% error): the median, which a
 //!   preemption or a page fault during a few calls does not move.
 //! - **The empty functions** ([`global_asm!`]): one starts with `push %rbp` (emulated), one with
-//!   `mov %rdi,%rax` (single-stepped); the Go one is entered at its `push` and left through a
-//!   probe on its `ret`, called with `r14` pointing at a fake goroutine whose stack top lies
-//!   above the call (what `urec_go_entry`/`urec_go_return` key calls by). One copy per stack
-//!   mode, since one offset takes one probe.
+//!   `mov %rdi,%rax` (single-stepped); the Go ones, of both shapes, are left through a probe on
+//!   their `ret`, called with `r14` pointing at a fake goroutine whose stack top lies above the
+//!   call (what `urec_go_entry`/`urec_go_return` key calls by). One copy per stack mode, since
+//!   one offset takes one probe.
 //!
 //! A calibration that fails (the helper cannot join the cgroup, the kernel refuses a probe on
 //! urec's own binary, the helper's calls were not seen) leaves the costs unmeasured and says so
@@ -45,16 +46,21 @@ use crate::aggregates::KernelCounts;
 use crate::attach::{self, AttachProbe, Attached};
 use crate::PlannedProbe;
 
-/// Calls of each empty function: a median over this many is stable to a few ns, and the
-/// slowest way (single-stepped, ≈20 µs a call in a VM) takes ≈40 ms.
+/// Calls of each empty function: a median over this many is stable to a few ns...
 pub const CALLS: u32 = 2000;
+/// ...unless they take longer than this: then at least [`MIN_CALLS`]. An emulated way makes its
+/// 2,000 calls in ≈7 ms here; a single-stepped one costs 20 µs a call in a VM (80 µs for Go,
+/// whose `ret` is single-stepped too), and start-up should not wait 40-160 ms for it.
+const BUDGET: Duration = Duration::from_millis(20);
+/// The fewest calls a way's median is taken over.
+pub const MIN_CALLS: u32 = 200;
 
 /// How long the helper may take before it is killed and the calibration given up.
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 
 // The empty functions. Each is `.p2align`ed so that its first instruction is its own.
-// Emulated: `push %rbp` (the kernel emulates push). Single-stepped: `mov %rdi,%rax`. Go: entered
-// at its `push %rbp`, left at `ret` (offset 2), where the return probe sits.
+// Emulated: `push %rbp` (the kernel emulates push). Single-stepped: `mov %rdi,%rax`. The Go ones
+// are the same two shapes, their return probe on the `ret` (`Way::ret_offset`).
 std::arch::global_asm!(
     ".pushsection .text.urec_calibrate,\"ax\",@progbits",
     ".p2align 4",
@@ -80,16 +86,26 @@ std::arch::global_asm!(
     "mov %rdi, %rax",
     "ret",
     ".p2align 4",
-    ".globl urec_calibrate_go_fp",
-    "urec_calibrate_go_fp:",
+    ".globl urec_calibrate_go_emulated_fp",
+    "urec_calibrate_go_emulated_fp:",
     "push %rbp",
     "pop %rbp",
     "ret",
     ".p2align 4",
-    ".globl urec_calibrate_go_dwarf",
-    "urec_calibrate_go_dwarf:",
+    ".globl urec_calibrate_go_emulated_dwarf",
+    "urec_calibrate_go_emulated_dwarf:",
     "push %rbp",
     "pop %rbp",
+    "ret",
+    ".p2align 4",
+    ".globl urec_calibrate_go_stepped_fp",
+    "urec_calibrate_go_stepped_fp:",
+    "mov %rdi, %rax",
+    "ret",
+    ".p2align 4",
+    ".globl urec_calibrate_go_stepped_dwarf",
+    "urec_calibrate_go_stepped_dwarf:",
+    "mov %rdi, %rax",
     "ret",
     ".popsection",
     options(att_syntax)
@@ -100,12 +116,11 @@ extern "C" {
     fn urec_calibrate_emulated_dwarf();
     fn urec_calibrate_stepped_fp();
     fn urec_calibrate_stepped_dwarf();
-    fn urec_calibrate_go_fp();
-    fn urec_calibrate_go_dwarf();
+    fn urec_calibrate_go_emulated_fp();
+    fn urec_calibrate_go_emulated_dwarf();
+    fn urec_calibrate_go_stepped_fp();
+    fn urec_calibrate_go_stepped_dwarf();
 }
-
-/// Offset of the Go function's `ret` (after `push %rbp; pop %rbp`).
-const GO_RET: u64 = 2;
 
 /// How a probe's calls are timed, as far as its cost goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -115,9 +130,13 @@ pub enum Way {
     Emulated,
     /// A session probe whose entry instruction the kernel single-steps.
     SingleStepped,
-    /// A Go function: entry probe past the stack check, plain probes on its `ret`s, paired in
-    /// BPF.
-    GoExits,
+    /// A Go function (entry probe past the stack check, plain probes on its `ret`s, paired in
+    /// BPF) whose entry instruction the kernel emulates. The `ret`'s single-step comes after
+    /// the return's stamp, so only the entry's path is in the latency.
+    GoEmulated,
+    /// A Go function whose entry instruction the kernel single-steps (a leaf without a stack
+    /// check: `lea`, `mov`, ...).
+    GoSingleStepped,
 }
 
 impl Way {
@@ -125,7 +144,21 @@ impl Way {
         match self {
             Way::Emulated => "emulated entry, uretprobe",
             Way::SingleStepped => "single-stepped entry, uretprobe",
-            Way::GoExits => "Go entry and exit probes",
+            Way::GoEmulated => "Go: emulated entry, exit probes",
+            Way::GoSingleStepped => "Go: single-stepped entry, exit probes",
+        }
+    }
+
+    fn go(self) -> bool {
+        matches!(self, Way::GoEmulated | Way::GoSingleStepped)
+    }
+
+    /// Offset of the empty function's `ret` (after `push %rbp; pop %rbp`, or `mov
+    /// %rdi,%rax`): where a Go way's return probe goes.
+    fn ret_offset(self) -> u64 {
+        match self {
+            Way::Emulated | Way::GoEmulated => 2,
+            Way::SingleStepped | Way::GoSingleStepped => 3,
         }
     }
 }
@@ -146,14 +179,13 @@ impl Key {
         if p.probe.kind != ProbeKind::EntryReturn {
             return None;
         }
-        let way = if p.go.as_ref().is_some_and(|g| g.returns.is_ok()) {
-            Way::GoExits
-        } else {
-            match p.probe.site.as_ref().map(|s| s.path) {
-                Some(SitePath::Emulated) => Way::Emulated,
-                Some(SitePath::SingleStepped) => Way::SingleStepped,
-                _ => return None,
-            }
+        let go = p.go.as_ref().is_some_and(|g| g.returns.is_ok());
+        let way = match (go, p.probe.site.as_ref().map(|s| s.path)) {
+            (false, Some(SitePath::Emulated)) => Way::Emulated,
+            (false, Some(SitePath::SingleStepped)) => Way::SingleStepped,
+            (true, Some(SitePath::Emulated)) => Way::GoEmulated,
+            (true, Some(SitePath::SingleStepped)) => Way::GoSingleStepped,
+            _ => return None,
         };
         Some(Key {
             way,
@@ -167,8 +199,10 @@ impl Key {
             (Way::Emulated, true) => urec_calibrate_emulated_dwarf,
             (Way::SingleStepped, false) => urec_calibrate_stepped_fp,
             (Way::SingleStepped, true) => urec_calibrate_stepped_dwarf,
-            (Way::GoExits, false) => urec_calibrate_go_fp,
-            (Way::GoExits, true) => urec_calibrate_go_dwarf,
+            (Way::GoEmulated, false) => urec_calibrate_go_emulated_fp,
+            (Way::GoEmulated, true) => urec_calibrate_go_emulated_dwarf,
+            (Way::GoSingleStepped, false) => urec_calibrate_go_stepped_fp,
+            (Way::GoSingleStepped, true) => urec_calibrate_go_stepped_dwarf,
         };
         f as usize
     }
@@ -236,13 +270,13 @@ impl Plan {
                 kind: ProbeKind::EntryReturn,
                 name: format!("urec calibration ({})", key.way.name()),
                 ref_ctr_offset: None,
-                go_returns: (key.way == Way::GoExits).then(|| vec![offset + GO_RET]),
+                go_returns: key.way.go().then(|| vec![offset + key.way.ret_offset()]),
             });
             configs.push((
                 id,
                 ProbeConfig {
                     dwarf: key.dwarf,
-                    go: key.way == Way::GoExits,
+                    go: key.way.go(),
                     stack_size: if key.dwarf { stack_size } else { 0 },
                     ..ProbeConfig::default()
                 },
@@ -278,9 +312,9 @@ impl Plan {
             let id = self.first + i as ProbeId;
             let lat = counts.latency(skel, id)?;
             let seen = lat.as_ref().map_or(0, |l| l.count);
-            if seen < u64::from(CALLS) / 2 {
+            if seen < u64::from(MIN_CALLS) / 2 {
                 bail!(
-                    "the helper's calls were not seen ({seen} of {CALLS} timed, {})",
+                    "the helper's calls were not seen ({seen} of at least {MIN_CALLS} timed, {})",
                     key.way.name()
                 );
             }
@@ -408,9 +442,9 @@ impl Helper {
     /// Forks the helper, which will call the functions of `keys` once told to go.
     fn fork(keys: &[Key]) -> Result<Helper> {
         // Everything the child needs is prepared here: after fork it allocates nothing.
-        let mut calls = [(0usize, false); 8];
+        let mut calls = [(0usize, false); 8]; // at most 4 ways x 2 stack modes
         for (slot, k) in calls.iter_mut().zip(keys) {
-            *slot = (k.function(), k.way == Way::GoExits);
+            *slot = (k.function(), k.way.go());
         }
         let n = keys.len().min(calls.len());
         let mut fds = [0; 2];
@@ -471,8 +505,9 @@ impl Helper {
     }
 }
 
-/// The helper: dies with urec, waits for the go byte, calls each function [`CALLS`] times,
-/// exits. Async-signal-safe only (it is a fork of a process that may have threads).
+/// The helper: dies with urec, waits for the go byte, calls each function [`CALLS`] times (or
+/// for [`BUDGET`], at least [`MIN_CALLS`] times), exits. Async-signal-safe only (it is a fork
+/// of a process that may have threads).
 ///
 /// # Safety
 /// Only in the child of `fork`.
@@ -486,8 +521,20 @@ unsafe fn helper_main(parent: u32, read: i32, write: i32, calls: &[(usize, bool)
         // sp, within 4 GiB of it, as the BPF programs require.
         let mut g = [0u64; 2];
         g[1] = (&raw const g as u64) + (1 << 16);
+        let now = || {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t);
+            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        };
         for &(f, go) in calls {
-            for _ in 0..CALLS {
+            let start = now();
+            for i in 0..CALLS {
+                if i >= MIN_CALLS && i % 32 == 0 && now().saturating_sub(start) > BUDGET {
+                    break;
+                }
                 if go {
                     // Without `nostack`: the compiler keeps the red zone free for the call.
                     std::arch::asm!(
@@ -539,7 +586,12 @@ mod tests {
 
     #[test]
     fn the_functions_lie_in_urec_s_own_executable() {
-        for way in [Way::Emulated, Way::SingleStepped, Way::GoExits] {
+        for way in [
+            Way::Emulated,
+            Way::SingleStepped,
+            Way::GoEmulated,
+            Way::GoSingleStepped,
+        ] {
             for dwarf in [false, true] {
                 let f = Key { way, dwarf }.function();
                 assert!(own_file_offset(f).is_ok());
