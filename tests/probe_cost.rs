@@ -2,9 +2,10 @@
 //! The probe cost (SPEC.md, "Probe sites and probe cost"), end to end: `urec record` calibrates
 //! what a call through each way of probing costs and stores it per probe (format 2.3); `urec
 //! report` says so under the table, puts it in JSON, and `--subtract-probe-cost` takes it off.
-//! Ground truth: an empty function, whose whole latency is probe cost, and one that sleeps
-//! 2 ms, which must not come out shorter than its sleep (tests/fixtures/probe_cost.c), built
-//! the way Ubuntu and Fedora build (`endbr64; push %rbp`, the entry probe moved to the push).
+//! Ground truth (tests/fixtures/probe_cost.c): two empty functions, whose whole latency is
+//! probe cost, one probed on an instruction the kernel emulates (`endbr64; push %rbp`, the
+//! entry probe moved to the push) and one on an instruction it single-steps, and a function
+//! that sleeps 2 ms, which must not come out shorter than its sleep.
 //!
 //! They need root (BPF). Without it they skip with a message, unless `CI=true`, where they fail
 //! loudly.
@@ -14,14 +15,17 @@ mod common;
 #[path = "report/fixture.rs"]
 mod report_fixture;
 
+use std::collections::HashMap;
 use std::process::{Command, Stdio};
 
 use common::fixture::Fixture;
 use common::recording::Recording;
 use common::{have_root, record, urec_ok};
+use urec_format::SitePath;
 
 const SOURCE: &str = include_str!("fixtures/probe_cost.c");
 const CALLS: u64 = 2000;
+const SLEEPS: u64 = 10;
 const SLEEP_NS: u64 = 2_000_000;
 
 fn json(args: &[&str]) -> serde_json::Value {
@@ -36,13 +40,23 @@ fn function<'v>(v: &'v serde_json::Value, symbol: &str) -> &'v serde_json::Value
         .unwrap_or_else(|| panic!("no function {symbol} in {v}"))
 }
 
-fn record_run(fx: &Fixture, stack: &str, data: &str) -> (Recording, String, std::path::PathBuf) {
+fn latency(v: &serde_json::Value, symbol: &str, stat: &str) -> u64 {
+    function(v, symbol)["latency_ns"][stat]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{symbol}: no latency_ns.{stat}"))
+}
+
+/// Records `empty`, `stepped` and `sleeper` with `-g STACK`; checks that the program printed
+/// what it prints untraced.
+fn record_run(fx: &Fixture, stack: &str) -> (Recording, String, std::path::PathBuf) {
     let n = CALLS.to_string();
     let plain = Command::new(&fx.exe).arg(&n).output().unwrap();
-    let out_path = fx.data(data);
-    let o = record(&["-v", "-g", stack])
-        .args(["-e", &format!("{}:empty", fx.path())])
-        .args(["-e", &format!("{}:sleeper", fx.path())])
+    let out_path = fx.data(&format!("{stack}.data"));
+    let mut cmd = record(&["-v", "-g", stack]);
+    for func in ["empty", "stepped", "sleeper"] {
+        cmd.args(["-e", &format!("{}:{func}", fx.path())]);
+    }
+    let o = cmd
         .args(["-o", out_path.to_str().unwrap(), "--", fx.path(), &n])
         .stdin(Stdio::null())
         .output()
@@ -62,27 +76,38 @@ fn check(stack: &str) {
         SOURCE,
         &["-O2", "-fcf-protection", "-fno-omit-frame-pointer"],
     );
-    let (rec, stderr, data) = record_run(&fx, stack, &format!("{stack}.data"));
+    let (rec, stderr, data) = record_run(&fx, stack);
     assert!(
         stderr.contains("probe cost calibrated in"),
         "record -v says what it measured: {stderr}"
     );
-    // Both probes have latencies, so both carry a measured cost.
+    // Every probe has latencies, so every one carries a measured cost: that of its path.
+    let mut recorded = HashMap::new();
     for p in &rec.probes {
-        let cost = p.site.and_then(|s| s.cost_ns);
+        let site = p.site.expect("the site is recorded");
+        let cost = site.cost_ns;
         assert!(
             cost.is_some_and(|c| c > 0 && c < SLEEP_NS),
             "{}: probe cost {cost:?}",
             p.name
         );
+        recorded.insert(p.symbol.clone(), (site.path, cost.unwrap_or(0)));
     }
-    let data = data.to_str().unwrap();
+    let (empty_path, emulated) = recorded["empty"];
+    let (stepped_path, single_stepped) = recorded["stepped"];
+    assert_eq!(
+        (empty_path, stepped_path),
+        (SitePath::Emulated, SitePath::SingleStepped)
+    );
+    // A second trap costs more (3x on bare metal, 10x or more in a VM).
+    assert!(
+        single_stepped > emulated,
+        "{stack}: single-stepped {single_stepped} ns vs emulated {emulated} ns"
+    );
 
+    let data = data.to_str().unwrap();
     let raw = json(&["-i", data]);
     let sub = json(&["-i", data, "--subtract-probe-cost"]);
-    let cost = function(&raw, "empty")["probe_cost_ns"]
-        .as_u64()
-        .expect("functions[].probe_cost_ns");
     let largest = raw["functions"]
         .as_array()
         .unwrap()
@@ -90,49 +115,48 @@ fn check(stack: &str) {
         .filter_map(|f| f["probe_cost_ns"].as_u64())
         .max();
     assert_eq!(raw["recording"]["probe_cost_ns"].as_u64(), largest);
-    assert_eq!(function(&raw, "empty")["calls"], CALLS);
+    assert_eq!(largest, Some(single_stepped));
 
-    // The empty function: its latency is the probe's cost, which subtracting removes.
-    let p50_raw = function(&raw, "empty")["latency_ns"]["p50"]
-        .as_u64()
-        .unwrap();
-    let p50_sub = function(&sub, "empty")["latency_ns"]["p50"]
-        .as_u64()
-        .unwrap();
-    eprintln!("{stack}: empty: cost {cost} ns, p50 {p50_raw} ns, less the cost {p50_sub} ns");
-    assert!(
-        p50_raw * 2 >= cost && p50_raw <= cost * 3 + 2_000,
-        "{stack}: the empty function's p50 {p50_raw} ns is about its probe cost {cost} ns"
-    );
-    assert!(
-        p50_sub <= p50_raw / 2 + 1_000,
-        "{stack}: less the probe cost, the empty function's p50 is near 0: {p50_sub} ns"
-    );
-    let min_sub = function(&sub, "empty")["latency_ns"]["min"]
-        .as_u64()
-        .unwrap();
-    assert!(min_sub <= p50_sub, "never below 0, and ordered");
-
-    // The sleeper: still at least its sleep, less the probe cost.
-    for v in [&raw, &sub] {
-        let lat = &function(v, "sleeper")["latency_ns"];
+    // The empty functions: their latency is the probe's cost, which subtracting removes.
+    for func in ["empty", "stepped"] {
+        assert_eq!(function(&raw, func)["calls"], CALLS);
+        let cost = function(&raw, func)["probe_cost_ns"].as_u64();
+        assert_eq!(cost, Some(recorded[func].1), "JSON gives the recorded cost");
+        let cost = cost.unwrap_or(0);
+        let (p50_raw, p50_sub) = (latency(&raw, func, "p50"), latency(&sub, func, "p50"));
+        eprintln!("{stack}: {func}: cost {cost} ns, p50 {p50_raw} ns, less the cost {p50_sub} ns");
         assert!(
-            lat["min"].as_u64().unwrap() >= SLEEP_NS,
-            "{stack}: sleeper's shortest call {lat} is at least its 2 ms sleep"
+            p50_raw * 2 >= cost && p50_raw <= cost * 3 + 2_000,
+            "{stack}: {func}'s p50 {p50_raw} ns is about its probe cost {cost} ns"
+        );
+        assert!(
+            p50_sub <= p50_raw / 2 + 1_000,
+            "{stack}: less the probe cost, {func}'s p50 is near 0: {p50_sub} ns"
+        );
+        assert!(
+            latency(&sub, func, "min") <= p50_sub,
+            "never below 0, and ordered"
         );
     }
-    let total = |v: &serde_json::Value| function(v, "sleeper")["latency_ns"]["total"].as_u64();
-    let sleeper_cost = function(&raw, "sleeper")["probe_cost_ns"].as_u64().unwrap();
+
+    // The sleeper: still at least its sleep, less the probe cost, which is taken off each
+    // call exactly.
+    for v in [&raw, &sub] {
+        assert!(
+            latency(v, "sleeper", "min") >= SLEEP_NS,
+            "{stack}: sleeper's shortest call is at least its 2 ms sleep"
+        );
+    }
+    let sleeper_cost = recorded["sleeper"].1;
     assert_eq!(
-        total(&sub),
-        total(&raw).map(|t| t - 10 * sleeper_cost),
-        "exactly the cost is taken off each call"
+        latency(&sub, "sleeper", "total"),
+        latency(&raw, "sleeper", "total") - SLEEPS * sleeper_cost,
     );
 
     // The table says so, once.
     let table = urec_ok(&["report", "-i", data]);
     assert_eq!(
-        table.matches("latencies include ≈").count(),
+        table.matches("# latencies include ≈").count(),
         1,
         "the note under the table: {table}"
     );
