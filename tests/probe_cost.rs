@@ -183,6 +183,39 @@ fn dwarf_stacks() {
     check("dwarf");
 }
 
+/// A calibration that fails leaves the recording alone: it says so once, records every call,
+/// and its probes carry no cost, so the report says nothing of one.
+#[test]
+fn a_failed_calibration_records_without_a_cost() {
+    if !have_root() {
+        return;
+    }
+    let fx = Fixture::build("failed", SOURCE, &["-O2", "-fcf-protection"]);
+    let data = fx.data("failed.data");
+    let o = record(&["-e", &format!("{}:empty", fx.path())])
+        .args(["-o", data.to_str().unwrap(), "--", fx.path(), "100"])
+        .env("UREC_TEST_CALIBRATION_FAILS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running urec");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("probe cost not measured").count(),
+        1,
+        "{stderr}"
+    );
+    let rec = Recording::read(&data);
+    assert!(rec
+        .probes
+        .iter()
+        .all(|p| p.site.is_some_and(|s| s.cost_ns.is_none())));
+    let data = data.to_str().unwrap();
+    assert_eq!(function(&json(&["-i", data]), "empty")["calls"], 100);
+    let table = urec_ok(&["report", "-i", data]);
+    assert!(!table.contains("probe cost"), "{table}");
+}
+
 /// A recording without a measured cost (as before format 2.3) reports as it did: no note, JSON
 /// nulls, and `--subtract-probe-cost` changes nothing.
 #[test]

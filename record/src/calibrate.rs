@@ -257,6 +257,10 @@ impl Plan {
         if self.keys.is_empty() {
             return Ok(Calibrated::default());
         }
+        // For tests of a recording whose calibration failed.
+        if std::env::var_os("UREC_TEST_CALIBRATION_FAILS").is_some() {
+            bail!("UREC_TEST_CALIBRATION_FAILS is set");
+        }
         let exe = std::path::PathBuf::from("/proc/self/exe");
         let mut attach_probes = Vec::new();
         let mut configs = Vec::new();
@@ -435,7 +439,20 @@ fn own_file_offset(addr: usize) -> Result<u64> {
 /// The forked helper, waiting on a pipe.
 struct Helper {
     pid: u32,
-    go: OwnedFd,
+    /// The pipe's write end: one byte says go; closed without it, the helper exits at once.
+    go: Option<OwnedFd>,
+}
+
+/// A helper never told to go (the set-up failed on the way): closing the pipe ends it, and it
+/// is reaped here rather than left a zombie of the recording.
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if self.go.take().is_some() {
+            let mut status = 0;
+            // SAFETY: reaping our own child, which exits on the pipe's end of file.
+            unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, 0) };
+        }
+    }
 }
 
 impl Helper {
@@ -468,16 +485,19 @@ impl Helper {
         drop(read);
         Ok(Helper {
             pid: pid as u32,
-            go: write,
+            go: Some(write),
         })
     }
 
     /// Lets the helper call, and waits for it to exit (killed after [`HELPER_TIMEOUT`]).
-    fn go_and_wait(self) -> Result<()> {
+    fn go_and_wait(mut self) -> Result<()> {
         let pid = self.pid as libc::pid_t;
+        let Some(go) = self.go.take() else {
+            bail!("the calibration helper was already told");
+        };
         // SAFETY: a one-byte write from a valid buffer.
-        let wrote = unsafe { libc::write(self.go.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-        drop(self.go);
+        let wrote = unsafe { libc::write(go.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        drop(go);
         let deadline = Instant::now() + HELPER_TIMEOUT;
         loop {
             let mut status = 0;
