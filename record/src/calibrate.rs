@@ -288,25 +288,28 @@ impl Plan {
         }
         attach::configure(skel, &configs)?;
         let helper = Helper::fork(&self.keys)?;
-        if filter {
-            attach::allow_tgid(skel, helper.pid)?;
-        }
-        if let Some(dir) = cgroup {
-            std::fs::write(dir.join("cgroup.procs"), helper.pid.to_string()).with_context(
-                || {
+        let pid = helper.pid;
+        let run = || -> Result<Attached> {
+            if filter {
+                attach::allow_tgid(skel, pid)?;
+            }
+            if let Some(dir) = cgroup {
+                std::fs::write(dir.join("cgroup.procs"), pid.to_string()).with_context(|| {
                     format!(
                         "moving the calibration helper into {}/cgroup.procs",
                         dir.display()
                     )
-                },
-            )?;
-        }
-        let links = attach::attach(skel, &attach_probes, false, &mut |_| {})
-            .context("attaching the calibration probes to urec's own binary")?;
-        let pid = helper.pid;
-        let waited = helper.go_and_wait();
+                })?;
+            }
+            let links = attach::attach(skel, &attach_probes, false, &mut |_| {})
+                .context("attaching the calibration probes to urec's own binary")?;
+            helper.go_and_wait()?;
+            Ok(links)
+        };
+        let links = run();
+        // Whatever failed, the programs are left as the recording expects them.
         forget_helper(skel, pid, filter);
-        waited?;
+        let links = links?;
 
         // Histograms of the calibration ids: the kinds of the ids before them do not matter.
         let total = self.first as usize + self.keys.len();
@@ -353,6 +356,39 @@ fn forget_helper(skel: &UrecSkel<'_>, pid: u32, filter: bool) {
         .maps
         .cpu_state
         .update_percpu(&0u32.to_ne_bytes(), &zero, libbpf_rs::MapFlags::ANY);
+}
+
+/// [`Plan::run`] for `urec record`: `-v` says what was measured and how long it took; a
+/// failure is said once (through `warn`) and the recording goes on without a cost.
+#[allow(clippy::too_many_arguments)]
+pub fn calibrate(
+    plan: &Plan,
+    skel: &UrecSkel<'_>,
+    hist_bits: u32,
+    filter: bool,
+    cgroup: Option<&std::path::Path>,
+    stack_size: u32,
+    verbose: bool,
+    warn: &mut dyn FnMut(String),
+) -> Calibrated {
+    match plan.run(skel, hist_bits, filter, cgroup, stack_size) {
+        Ok(c) => {
+            if verbose && !c.costs.is_empty() {
+                eprintln!(
+                    "urec: probe cost calibrated in {:.1} ms: {}",
+                    c.elapsed.as_secs_f64() * 1e3,
+                    c.describe()
+                );
+            }
+            c
+        }
+        Err(e) => {
+            warn(format!(
+                "probe cost not measured ({e:#}): latencies include it, unknown"
+            ));
+            Calibrated::default()
+        }
+    }
 }
 
 /// What the calibration measured. Keeps the calibration probes attached while it lives.

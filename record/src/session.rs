@@ -391,30 +391,16 @@ fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summa
     let copy_sizes: Vec<u32> = configs.iter().map(|(_, cfg)| cfg.stack_size).collect();
     // Before the recording's probes attach (its helper cannot hit them) and before the command
     // is forked; its links stay until the recording's go.
-    let calibrated = match calibration.run(
+    let calibrated = crate::calibrate::calibrate(
+        &calibration,
         &skel,
         crate::aggregates::hist_bits(all_probes),
         filter,
         opts.cgroup.as_deref(),
         opts.stack_size,
-    ) {
-        Ok(c) => {
-            if opts.verbosity == Verbosity::Verbose && !c.costs.is_empty() {
-                eprintln!(
-                    "urec: probe cost calibrated in {:.1} ms: {}",
-                    c.elapsed.as_secs_f64() * 1e3,
-                    c.describe()
-                );
-            }
-            c
-        }
-        Err(e) => {
-            warn(format!(
-                "probe cost not measured ({e:#}): latencies include it, unknown"
-            ));
-            Default::default()
-        }
-    };
+        opts.verbosity == Verbosity::Verbose,
+        &mut warn,
+    );
     // 3. The targets: the -p processes, and the command, held.
     let watch = allow_targets(&skel, &pids, command.as_ref(), workload)?;
     if let Some(w) = workload.as_ref() {
