@@ -50,6 +50,11 @@ pub struct Args {
     /// List probes without calls in the table too.
     #[arg(long = "show-zero")]
     pub show_zero: bool,
+    /// Take each probe's cost, as `urec record` calibrated it at start, off every latency
+    /// (never below 0): table, histograms, JSON, folded and flamegraph latency weights,
+    /// pprof. Without it the table says how much of each latency is the probe's own cost.
+    #[arg(long = "subtract-probe-cost")]
+    pub subtract_probe_cost: bool,
     #[command(flatten)]
     pub symbols: SymbolArgs,
     /// Order of the functions (and of --group-by rows), descending.
@@ -240,6 +245,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         group_by: args.group_by.as_deref().map(GroupBy::parse),
         hist: args.hist.clone(),
         show_zero: args.show_zero,
+        subtract_probe_cost: args.subtract_probe_cost,
     };
     let mut inputs = Vec::with_capacity(args.input.len());
     for input in &args.input {

@@ -986,6 +986,11 @@ static __always_inline void submit(__u8 *buf, __u64 size, __u32 probe, __u8 kind
  * those of this kind; `stack`: capture the user stack (whether the caller at [sp] is added
  * comes from the probe's UREC_P_* flags); `leaf`: prepend the probed function's address
  * (return-only probes, whose stack starts in the caller).
+ *
+ * An entry event is stamped here, after its arguments and stack are captured, and the stamp is
+ * returned: the call's latency runs from it, so it excludes urec's own capture (SPEC.md,
+ * "Probe sites and probe cost"), and the entry's time stays exactly `return time - latency`,
+ * which the report pairs by. Other kinds keep `now`.
  */
 static __always_inline struct urec_probe_cfg *probe_cfg(__u32 probe)
 {
@@ -997,13 +1002,15 @@ static __always_inline struct urec_probe_cfg *probe_cfg(__u32 probe)
  * for the thread of its call's entry (goroutines move between threads), so that readers pair
  * it with that entry.
  */
-static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
-				     __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
-				     bool stack, bool leaf, __u64 probe_ip, __u32 tid,
-				     __u64 goroutine, __u32 wshift)
+static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg *cfg,
+				      __u32 probe, __u8 kind, __u64 now, __u64 latency, __u8 flags,
+				      bool all_args, bool stack, bool leaf, __u64 probe_ip,
+				      __u32 tid, __u64 goroutine, __u32 wshift)
 {
+	bool entry = kind == UREC_KIND_ENTRY;
+
 	if (count_only)
-		return; /* counted by the caller already (load-time constant: pruned when 0) */
+		return now; /* counted by the caller already (load-time constant: pruned when 0) */
 	__u32 cpu = bpf_get_smp_processor_id();
 	__u64 id = bpf_get_current_pid_tgid();
 
@@ -1012,7 +1019,7 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 
 	if (!cfg) {
 		count_lost(probe, kind);
-		return;
+		return entry ? bpf_ktime_get_ns() : now;
 	}
 	__u32 dwarf_size = (cfg->flags & UREC_P_DWARF) ? cfg->stack_size : 0;
 
@@ -1020,9 +1027,11 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 		/* A bare 40-byte record: written in place, no scratch buffer, no copy. */
 		struct urec_event *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 
+		if (entry)
+			now = bpf_ktime_get_ns();
 		if (!r) {
 			count_lost(probe, kind);
-			return;
+			return now;
 		}
 		r->probe = probe;
 		r->kind = kind;
@@ -1037,13 +1046,13 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 		r->time_ns = now;
 		r->latency_ns = latency;
 		bpf_ringbuf_submit(r, wake_flag(sizeof(*r)));
-		return;
+		return now;
 	}
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &cpu);
 
 	if (!s) {
 		count_lost(probe, kind);
-		return;
+		return entry ? bpf_ktime_get_ns() : now;
 	}
 	__u8 *buf = s->buf;
 	struct urec_event *e = (struct urec_event *)buf;
@@ -1062,7 +1071,6 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 	e->pid = id >> 32;
 	e->tid = (__u32)id;
 	e->cpu = cpu;
-	e->time_ns = now;
 	e->latency_ns = latency;
 	e->fault_mask = fetch_args(ctx, cfg, s, &off, kind == UREC_KIND_RETURN, all_args, probe_ip);
 	off &= OFF_MASK;
@@ -1074,10 +1082,13 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 	if (stack && dwarf_size) {
 		__u64 size = put_dwarf(ctx, s, off, leaf ? probe_ip : 0, dwarf_size);
 
+		if (entry)
+			now = bpf_ktime_get_ns();
+		e->time_ns = now;
 		e->nframes = 0;
 		e->flags = flags | UREC_F_DWARF;
 		submit(buf, size, probe, kind);
-		return;
+		return now;
 	}
 	if (stack && depth) {
 		__u32 limit = depth > UREC_MAX_DEPTH ? UREC_MAX_DEPTH : depth;
@@ -1105,16 +1116,20 @@ static __always_inline void emit_for(struct pt_regs *ctx, struct urec_probe_cfg 
 	}
 	e->nframes = nframes;
 	e->flags = flags;
+	if (entry)
+		now = bpf_ktime_get_ns();
+	e->time_ns = now;
 
 	submit(buf, (off + nframes * 8) & SIZE_MASK, probe, kind);
+	return now;
 }
 
-static __always_inline void emit(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
-				 __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
-				 bool stack, bool leaf, __u64 probe_ip, __u32 wshift)
+static __always_inline __u64 emit(struct pt_regs *ctx, struct urec_probe_cfg *cfg, __u32 probe,
+				  __u8 kind, __u64 now, __u64 latency, __u8 flags, bool all_args,
+				  bool stack, bool leaf, __u64 probe_ip, __u32 wshift)
 {
-	emit_for(ctx, cfg, probe, kind, now, latency, flags, all_args, stack, leaf, probe_ip, 0, 0,
-		 wshift);
+	return emit_for(ctx, cfg, probe, kind, now, latency, flags, all_args, stack, leaf, probe_ip,
+			0, 0, wshift);
 }
 
 /* The session cookie: the entry time (bpf_ktime_get_ns < 2^59: 18 years of uptime), the
@@ -1144,19 +1159,19 @@ int urec_session(struct pt_regs *ctx)
 		if (rejected(ctx, cfg, probe, ip))
 			return 1; /* nor for a call the predicate rejects */
 		count_call(probe);
-		/* The entry time is taken once the call is known to be recorded. */
-		__u64 now = bpf_ktime_get_ns();
 		__u64 *cookie = bpf_session_cookie();
 		__u32 w = sample_call();
 
 		if (w == SAMPLED_OUT) {
 			/* Its return still counts the latency, and writes nothing either. */
-			*cookie = now | SESSION_OUT;
 			count_sampled(probe);
+			*cookie = bpf_ktime_get_ns() | SESSION_OUT;
 			return 0;
 		}
+		/* The call's time is the entry event's, stamped after its capture. */
+		__u64 now = emit(ctx, cfg, probe, UREC_KIND_ENTRY, 0, 0, 0, false, true, false, ip, w);
+
 		*cookie = now | ((__u64)w << SESSION_SHIFT_AT);
-		emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip, w);
 		return 0;
 	}
 	__u64 now = bpf_ktime_get_ns();
@@ -1194,8 +1209,8 @@ int urec_entry(struct pt_regs *ctx)
 		count_sampled(probe);
 		return 0;
 	}
-	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, bpf_ktime_get_ns(), 0, 0, true, true, false, ip,
-		 0, go_goroutine(ctx, cfg), w);
+	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, 0, 0, 0, true, true, false, ip, 0,
+		 go_goroutine(ctx, cfg), w);
 	return 0;
 }
 
@@ -1289,20 +1304,24 @@ int urec_go_entry(struct pt_regs *ctx)
 	if (rejected(ctx, cfg, probe, ip))
 		return 0;
 	count_call(probe);
-	__u64 now = bpf_ktime_get_ns();
 	struct go_call_key k = {};
 	__u32 w = sample_call();
+	bool keyed = go_key(ctx, probe, &k);
+	__u64 now;
 
-	if (go_key(ctx, probe, &k)) {
+	if (w == SAMPLED_OUT) {
+		count_sampled(probe);
+		now = bpf_ktime_get_ns();
+	} else {
+		/* The entry event's stamp, taken after its capture: the latency excludes it. */
+		now = emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, 0, 0, 0, false, true, false, ip, 0,
+			       k.g, w);
+	}
+	if (keyed) {
 		struct go_call v = { .ts = now, .tid = (__u32)id, .weight = w };
 
 		bpf_map_update_elem(&go_calls, &k, &v, BPF_ANY);
 	}
-	if (w == SAMPLED_OUT) {
-		count_sampled(probe);
-		return 0;
-	}
-	emit_for(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, false, true, false, ip, 0, k.g, w);
 	return 0;
 }
 
@@ -1348,18 +1367,19 @@ int urec_entry_single(struct pt_regs *ctx)
 	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u32 probe = cookie & ~COOKIE_ONE_SIDED;
 	__u64 id = bpf_get_current_pid_tgid();
-	__u64 now = bpf_ktime_get_ns();
 
 	struct urec_probe_cfg *cfg = probe_cfg(probe);
 
 	if (!traced(id >> 32))
 		return 0;
 	bool reject = rejected(ctx, cfg, probe, ctx->ip);
+	struct tstack *t = NULL;
+	__u32 d = 0;
 
 	if (!(cookie & COOKIE_ONE_SIDED)) {
 		__u32 tid = (__u32)id;
-		struct tstack *t = bpf_map_lookup_elem(&pending, &tid);
 
+		t = bpf_map_lookup_elem(&pending, &tid);
 		if (!t) {
 			struct tstack empty = {};
 
@@ -1367,10 +1387,7 @@ int urec_entry_single(struct pt_regs *ctx)
 			t = bpf_map_lookup_elem(&pending, &tid);
 		}
 		if (t) {
-			__u32 d = t->depth;
-
-			if (d < FALLBACK_DEPTH)
-				t->ts[d] = now;
+			d = t->depth;
 			/* The return of a rejected call is dropped too (calls deeper than 32 in
 			 * one thread are not marked: their returns would be recorded unmatched). */
 			if (d < 32) {
@@ -1385,8 +1402,12 @@ int urec_entry_single(struct pt_regs *ctx)
 	if (reject)
 		return 0;
 	count_call(probe);
-	emit(ctx, cfg, probe, UREC_KIND_ENTRY, now, 0, 0, !!(cookie & COOKIE_ONE_SIDED), true,
-	     false, ctx->ip, 0);
+	/* The call's time is the entry event's, stamped after its capture (see emit_for). */
+	__u64 now = emit(ctx, cfg, probe, UREC_KIND_ENTRY, 0, 0, 0, !!(cookie & COOKIE_ONE_SIDED),
+			 true, false, ctx->ip, 0);
+
+	if (t && d < FALLBACK_DEPTH)
+		t->ts[d] = now;
 	return 0;
 }
 

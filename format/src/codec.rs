@@ -328,6 +328,8 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, body: &mut Vec<u8>, record: &Reco
                         SitePath::Emulated => 1,
                         SitePath::SingleStepped => 2,
                     });
+                    // 2.3: the probe cost, trailing too.
+                    put_opt_u64(body, site.cost_ns);
                 }
             }
             TAG_PROBE
@@ -499,6 +501,8 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
                         2 => SitePath::SingleStepped,
                         _ => SitePath::Unknown,
                     },
+                    // 2.3's probe cost: absent in older files.
+                    cost_ns: if c.is_empty() { None } else { c.opt_u64()? },
                 })
             } else {
                 None
@@ -735,6 +739,7 @@ mod tests {
             site: Some(ProbeSite {
                 offset: FileOffset(0x1134),
                 path: SitePath::Emulated,
+                cost_ns: Some(410),
             }),
         };
         let decode = |body: &[u8]| {
@@ -751,6 +756,20 @@ mod tests {
         encode_record(&mut buf, &mut body, &Record::Probe(old.clone()));
         assert_eq!(body.last(), Some(&0));
         assert_eq!(decode(&body[..body.len() - 1]), Some(Record::Probe(old)));
+        // A 2.2 body (a site, no cost after it): read, the cost unknown.
+        encode_record(&mut buf, &mut body, &Record::Probe(full.clone()));
+        assert_eq!(body[body.len() - 3..], [1, 0x9a, 0x03]); // opt_u64 Some(410)
+        let no_cost = Probe {
+            site: full.site.map(|s| ProbeSite { cost_ns: None, ..s }),
+            ..full.clone()
+        };
+        assert_eq!(
+            decode(&body[..body.len() - 3]),
+            Some(Record::Probe(no_cost.clone()))
+        );
+        // 2.3 with the cost not measured.
+        encode_record(&mut buf, &mut body, &Record::Probe(no_cost.clone()));
+        assert_eq!(decode(&body), Some(Record::Probe(no_cost)));
         // A later minor version's fields after these: skipped.
         encode_record(&mut buf, &mut body, &Record::Probe(full.clone()));
         body.extend_from_slice(&[5, 1, 2, 3]);

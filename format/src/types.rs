@@ -176,6 +176,12 @@ pub struct ProbeSite {
     pub offset: FileOffset,
     /// How the kernel handles the instruction there.
     pub path: SitePath,
+    /// The latency the recorder measured for an empty function probed the way this probe is
+    /// (entry path, return mechanism, stack mode), calibrated at the start of the recording
+    /// (format 2.3): what every latency of the probe includes besides the function's own
+    /// time. None when not measured (older files, entry-only and return-only probes, or a
+    /// calibration that failed).
+    pub cost_ns: Option<u64>,
 }
 
 /// How the kernel handles a probed instruction.

@@ -168,6 +168,15 @@ impl KernelCounts {
             .collect()
     }
 
+    /// Probe `id`'s latency as counted so far (None when no call returned), for the probe
+    /// cost's calibration (`crate::calibrate`).
+    pub fn latency(&self, skel: &UrecSkel<'_>, id: ProbeId) -> Result<Option<LatencyAggregate>> {
+        if id as usize >= self.kinds.len() {
+            return Ok(None);
+        }
+        Ok(self.aggregate(id, &self.sums(skel, id)?).latency)
+    }
+
     fn aggregate(&self, id: ProbeId, s: &[u64; AGG_WORDS]) -> Aggregate {
         let both = self.kinds[id as usize] == ProbeKind::EntryReturn;
         let latency = (both && s[LAT_COUNT] > 0).then(|| {

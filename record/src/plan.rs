@@ -106,6 +106,8 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
             InsnHandling::SingleStepped => SitePath::SingleStepped,
             _ => SitePath::Unknown,
         },
+        // Measured once the probes are attached (`crate::calibrate`).
+        cost_ns: None,
     });
     let err = |why: String| PlanError {
         probe: probe.name.clone(),

@@ -378,6 +378,7 @@ fn top(
         load,
         opts.cgroup.as_deref(),
         &configs,
+        0,
     )?;
     let watch = crate::session::allow_targets(&skel, &pids, command.as_ref(), workload)?;
     let attached = attach_probes(&skel, &opts.probes, filter, opts.verbosity)?;

@@ -176,6 +176,19 @@ pub struct Function {
     pub latency: LatencyHistogram,
     /// Calls per process, most calls first.
     pub processes: Vec<ProcessCalls>,
+    /// What each latency of this probe includes of the probe's own cost, as the recorder
+    /// calibrated it (format 2.3); None when not measured. Already taken off `latency` with
+    /// [`crate::ReportOptions::subtract_probe_cost`].
+    pub probe_cost_ns: Option<u64>,
+}
+
+/// The probe cost the recorder calibrated for `probe`'s calls (format 2.3), when it has
+/// latencies.
+fn probe_cost(probe: &urec_format::Probe) -> Option<u64> {
+    if probe.kind != ProbeKind::EntryReturn {
+        return None;
+    }
+    probe.site.and_then(|s| s.cost_ns)
 }
 
 impl Function {
@@ -231,6 +244,8 @@ pub struct Report {
     pub inputs: Vec<crate::merge::Input>,
     /// The comparison with a base recording (`--diff`), when asked for.
     pub diff: Option<Vec<crate::diff::DiffRow>>,
+    /// Latencies have their probe's cost taken off (`--subtract-probe-cost`).
+    pub probe_cost_subtracted: bool,
 }
 
 impl Report {
@@ -927,14 +942,17 @@ impl<'o> Aggregator<'o> {
         for e in abandoned {
             self.abandon(pi, e, false);
         }
-        let latency = match (ev.latency_ns, &popped) {
+        let measured = match (ev.latency_ns, &popped) {
             (Some(lat), _) => Some(lat),
             (None, Some(entry)) => Some(ev.time_ns.saturating_sub(entry.time_ns)),
             (None, None) => None,
         };
+        // What the report shows (and the latency filters judge): the probe cost taken off
+        // with --subtract-probe-cost.
+        let latency = measured.map(|l| l.saturating_sub(self.subtracted(pi)));
         let Some(entry) = popped else {
             // A return without its entry: judged by when the call began, if that is known.
-            let began = ev.time_ns.saturating_sub(latency.unwrap_or(0));
+            let began = ev.time_ns.saturating_sub(measured.unwrap_or(0));
             if !self.in_window(began) {
                 return;
             }
@@ -986,6 +1004,14 @@ impl<'o> Aggregator<'o> {
             self.add_latency(pi, entry.stack, key.as_ref(), lat, entry.weight);
         }
         self.hist_value(pi, ev);
+    }
+
+    /// What `--subtract-probe-cost` takes off probe `pi`'s latencies (0 without it).
+    fn subtracted(&self, pi: usize) -> u64 {
+        if !self.opts.subtract_probe_cost {
+            return 0;
+        }
+        probe_cost(&self.probes[pi].probe).unwrap_or(0)
     }
 
     /// The aggregation slot of this event's stack, rebasing it on first sight.
@@ -1144,7 +1170,12 @@ impl<'o> Aggregator<'o> {
                     // calls the kernel missed.
                     p.unmatched = 0;
                     if let Some(l) = &k.latency {
-                        p.latency = LatencyHistogram::from_kernel(l);
+                        let cost = if self.opts.subtract_probe_cost {
+                            probe_cost(&p.probe).unwrap_or(0)
+                        } else {
+                            0
+                        };
+                        p.latency = LatencyHistogram::from_kernel(l).minus(cost);
                     }
                     true
                 }
@@ -1166,6 +1197,7 @@ impl<'o> Aggregator<'o> {
                     .then(a.pid.cmp(&b.pid))
                     .then(a.comm.cmp(&b.comm))
             });
+            let probe_cost_ns = probe_cost(&p.probe);
             functions.push(Function {
                 probe: p.probe.name,
                 binary: p.probe.binary,
@@ -1184,6 +1216,7 @@ impl<'o> Aggregator<'o> {
                 from_kernel,
                 latency: p.latency,
                 processes,
+                probe_cost_ns,
             });
         }
         sort_functions(&mut functions, self.opts.sort);
@@ -1229,6 +1262,7 @@ impl<'o> Aggregator<'o> {
             warnings,
             inputs,
             diff: None,
+            probe_cost_subtracted: self.opts.subtract_probe_cost,
         })
     }
 

@@ -87,6 +87,32 @@ impl LatencyHistogram {
         h
     }
 
+    /// This histogram with `ns` taken off every value, never below 0
+    /// (`--subtract-probe-cost` on latencies that only the kernel's counts hold): each bucket
+    /// moves by its midpoint, so percentiles keep their error; count stays, min and max move
+    /// exactly, and the total loses `ns` per value, or the value itself where it is below `ns`
+    /// (judged by its bucket's midpoint: exact but for the one bucket holding `ns`).
+    pub fn minus(&self, ns: u64) -> Self {
+        if ns == 0 || self.count == 0 {
+            return self.clone();
+        }
+        let mut h = Self::new();
+        let mut taken: u128 = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            if n > 0 {
+                let (low, high) = bucket_bounds(self.first + i);
+                let mid = low + (high - low) / 2;
+                h.add_to_bucket(bucket_of(mid.saturating_sub(ns)), n);
+                taken += u128::from(mid.min(ns)) * u128::from(n);
+            }
+        }
+        h.count = self.count;
+        h.total = self.total.saturating_sub(taken);
+        h.min = self.min.saturating_sub(ns);
+        h.max = self.max.saturating_sub(ns);
+        h
+    }
+
     fn add_to_bucket(&mut self, b: usize, n: u64) {
         if self.buckets.is_empty() {
             self.first = b;
@@ -231,6 +257,30 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn minus_moves_every_value_and_stops_at_zero() {
+        let (mut h, mut moved) = (LatencyHistogram::new(), LatencyHistogram::new());
+        for v in [300u64, 450, 20_000, 2_000_000] {
+            h.record(v);
+            moved.record(v.saturating_sub(400));
+        }
+        let (m, want) = (h.minus(400).stats().unwrap(), moved.stats().unwrap());
+        assert_eq!((m.min, m.max), (0, 1_999_600));
+        assert_eq!((want.min, want.max, want.total), (0, 1_999_600, 2_019_250));
+        assert!(
+            m.total.abs_diff(want.total) <= 2,
+            "{} vs {}",
+            m.total,
+            want.total
+        );
+        // Percentiles within a bucket's width of the shifted values'.
+        for (a, b) in [(m.p50, want.p50), (m.p90, want.p90), (m.p99, want.p99)] {
+            assert!(a.abs_diff(b) <= b / 100 + 1, "{a} vs {b}");
+        }
+        assert_eq!(h.minus(0).stats(), h.stats());
+        assert_eq!(LatencyHistogram::new().minus(5).stats(), None);
+    }
 
     #[test]
     fn buckets_cover_every_value_once() {

@@ -112,6 +112,9 @@ struct RecordingJson<'a> {
     host: &'a str,
     symbols: SymbolsJson<'a>,
     processes: Vec<RecordedProcessJson<'a>>,
+    /// The largest of `functions[].probe_cost_ns`: what a latency includes of the probe's own
+    /// cost at most (null when the recorder measured none).
+    probe_cost_ns: Option<u64>,
     /// With several inputs.
     #[serde(skip_serializing_if = "Option::is_none")]
     inputs: Option<Vec<InputJson<'a>>>,
@@ -173,6 +176,9 @@ struct FunctionJson<'a> {
     /// Where calls, returns and latency come from: "events", or "kernel" when events were
     /// lost or sampled.
     counts_from: &'static str,
+    /// The probe cost the recorder calibrated for this probe's way (SPEC.md, "Probe sites
+    /// and probe cost"), null when not measured.
+    probe_cost_ns: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -267,6 +273,11 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             truncated: r.truncated,
             corrupt_chunks: r.corrupt_chunks,
             host: &r.host,
+            probe_cost_ns: report
+                .functions
+                .iter()
+                .filter_map(|f| f.probe_cost_ns)
+                .max(),
             symbols: SymbolsJson {
                 binaries: SymbolSourcesJson {
                     local: r.symbols.local,
@@ -322,6 +333,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 max_weight: f.max_weight,
                 sampled: f.sampled,
                 counts_from: if f.from_kernel { "kernel" } else { "events" },
+                probe_cost_ns: f.probe_cost_ns,
                 latency_ns: f.latency_stats().map(latency),
                 processes: f
                     .processes

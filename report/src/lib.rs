@@ -215,6 +215,9 @@ pub struct ReportOptions {
     pub hist: Option<String>,
     /// The table lists probes without calls (`--show-zero`).
     pub show_zero: bool,
+    /// Take each probe's calibrated cost off its latencies, never below 0
+    /// (`--subtract-probe-cost`; SPEC.md, "Probe sites and probe cost").
+    pub subtract_probe_cost: bool,
 }
 
 /// Why a report could not be made.

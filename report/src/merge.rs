@@ -98,6 +98,7 @@ pub fn merge(reports: Vec<Report>, sort: SortKey) -> Report {
             groups: None,
             histograms: None,
             show_zero: false,
+            probe_cost_subtracted: false,
         };
     };
     let mut functions: HashMap<String, usize> = out
@@ -273,6 +274,7 @@ fn add_function(into: &mut Function, f: Function) {
     into.max_weight = into.max_weight.max(f.max_weight);
     into.sampled = into.sampled.saturating_add(f.sampled);
     into.from_kernel |= f.from_kernel;
+    into.probe_cost_ns = into.probe_cost_ns.max(f.probe_cost_ns);
     into.latency.merge(&f.latency);
     into.processes.extend(f.processes);
     into.processes.sort_by(|a: &ProcessCalls, b| {

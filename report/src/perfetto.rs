@@ -697,7 +697,19 @@ impl<'o> Writer<'o> {
         }
         if ty == TYPE_INSTANT {
             if let Some(lat) = ev.latency_ns {
-                annotation(&mut self.body, "latency_ns", &Value::Uint(lat));
+                // Slices keep the real times (they must nest on their track); the latency
+                // shown as a number loses the probe cost with --subtract-probe-cost.
+                let cost = match self.probes.get(&ev.probe) {
+                    Some(info) if self.opts.subtract_probe_cost => {
+                        info.probe.site.and_then(|s| s.cost_ns).unwrap_or(0)
+                    }
+                    _ => 0,
+                };
+                annotation(
+                    &mut self.body,
+                    "latency_ns",
+                    &Value::Uint(lat.saturating_sub(cost)),
+                );
             }
         }
         for (name, value) in extra {

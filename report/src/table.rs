@@ -152,7 +152,36 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             plural(hidden as u64, "probe had", "probes had")
         )?;
     }
+    if let Some(note) = probe_cost_note(report) {
+        writeln!(out, "# {note}")?;
+    }
     Ok(())
+}
+
+/// `latencies include ≈410 ns of probe cost per call` (SPEC.md, "Probe sites and probe
+/// cost"): the calibrated cost of the shown probes that have latencies, a range when their
+/// ways differ; None when the recording measured none.
+pub fn probe_cost_note(report: &Report) -> Option<String> {
+    let costs = report
+        .functions
+        .iter()
+        .filter(|f| report.show_zero || f.calls > 0)
+        .filter_map(|f| f.probe_cost_ns);
+    let (lo, hi) = costs.fold(None, |acc: Option<(u64, u64)>, c| {
+        Some(acc.map_or((c, c), |(lo, hi)| (lo.min(c), hi.max(c))))
+    })?;
+    let amount = if human_ns(lo) == human_ns(hi) {
+        format!("≈{}", human_ns(hi))
+    } else {
+        format!("≈{} to {}", human_ns(lo), human_ns(hi))
+    };
+    Some(if report.probe_cost_subtracted {
+        format!("{amount} of probe cost per call taken off the latencies (--subtract-probe-cost)")
+    } else {
+        format!(
+            "latencies include {amount} of probe cost per call (--subtract-probe-cost takes it off)"
+        )
+    })
 }
 
 fn group_cell(v: &GroupValue) -> String {

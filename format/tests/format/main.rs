@@ -29,7 +29,12 @@ pub fn sample_records(events: u32) -> Vec<Record> {
                 ty: ArgType::String,
                 at_return: true,
             }],
-            site: None,
+            // 2.2's site and 2.3's calibrated probe cost.
+            site: Some(ProbeSite {
+                offset: FileOffset(0x2349),
+                path: SitePath::Emulated,
+                cost_ns: Some(412),
+            }),
         }),
         Record::Probe(Probe {
             id: 1,

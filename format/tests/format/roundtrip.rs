@@ -232,7 +232,11 @@ fn arb_record() -> impl Strategy<Value = Record> {
             any::<u64>(),
             any::<u64>(),
         ),
-        (0..3u8, 0..3u8, proptest::option::of((any::<u64>(), 0..3u8))),
+        (
+            0..3u8,
+            0..3u8,
+            proptest::option::of((any::<u64>(), 0..3u8, proptest::option::of(any::<u64>()))),
+        ),
         proptest::collection::vec(
             (arb_string(), arb_string(), arb_arg_type(), any::<bool>()),
             0..3,
@@ -261,14 +265,15 @@ fn arb_record() -> impl Strategy<Value = Record> {
                             at_return,
                         })
                         .collect(),
-                    // 1.7: where the probe was attached.
-                    site: site.map(|(offset, p)| ProbeSite {
+                    // 2.2: where the probe was attached; 2.3: its calibrated cost.
+                    site: site.map(|(offset, p, cost_ns)| ProbeSite {
                         offset: FileOffset(offset),
                         path: [
                             SitePath::Unknown,
                             SitePath::Emulated,
                             SitePath::SingleStepped,
                         ][p as usize],
+                        cost_ns,
                     }),
                 })
             },

@@ -60,6 +60,9 @@ pub(super) fn attach(opts: &RecordOptions, set: &SetUp<'_>, tracking: Tracking) 
         if opts.stack_mode == StackMode::None {
             probe.stack_mode = StackMode::None;
         }
+        if let Some(site) = probe.site.as_mut() {
+            site.cost_ns = set.calibrated.cost_of(p, set.stack_depth > 0);
+        }
         writer.write(&Record::Probe(probe))?;
     }
 

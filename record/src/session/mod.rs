@@ -282,8 +282,10 @@ pub(crate) fn load_programs<'obj>(
     load: Load,
     cgroup: Option<&std::path::Path>,
     configs: &[(urec_format::ProbeId, urec_bpf::abi::ProbeConfig)],
+    extra_probes: u32,
 ) -> Result<(urec_bpf::UrecSkel<'obj>, crate::aggregates::KernelCounts)> {
-    let nprobes = probes.len() as u32;
+    // `extra_probes`: ids after the recording's, for the probe cost's calibration.
+    let nprobes = probes.len() as u32 + extra_probes;
     let bits = crate::aggregates::hist_bits(nprobes);
     let cgroup = match cgroup {
         Some(path) => Some(crate::cgroup::open(path).map_err(anyhow::Error::msg)?),

@@ -35,6 +35,8 @@ pub(super) struct SetUp<'obj> {
     pub(super) copy_sizes: Vec<u32>,
     /// Ends a `-p` recording when its processes have all exited.
     pub(super) watch: Option<PidWatch>,
+    /// The probe cost measured per way; holds the calibration probes' links to the end.
+    pub(super) calibrated: crate::calibrate::Calibrated,
 }
 
 /// What the set-up made for the consumer's state to own: the process table (primed, or a
@@ -130,15 +132,30 @@ pub(super) fn set_up<'obj>(
         ring_bytes,
         count_only: false,
     };
+    // The probe cost's calibration probes take ids after the recording's.
+    let calibration = crate::calibrate::Plan::new(&opts.probes, stack_depth > 0);
     let (skel, kernel_counts) = load_programs(
         storage,
         &opts.probes,
         load,
         opts.cgroup.as_deref(),
         &configs,
+        calibration.probes(),
     )?;
     // Probe ids are 0..n in order, so `configs[id]` is probe `id`'s.
     let copy_sizes: Vec<u32> = configs.iter().map(|(_, cfg)| cfg.stack_size).collect();
+    // Before the recording's probes attach (its helper cannot hit them) and before the command
+    // is forked; its links stay until the recording's end.
+    let calibrated = crate::calibrate::calibrate(
+        &calibration,
+        &skel,
+        crate::aggregates::hist_bits(opts.probes.len() as u32 + calibration.probes()),
+        filter,
+        opts.cgroup.as_deref(),
+        opts.stack_size.bytes(),
+        opts.verbosity == crate::Verbosity::Verbose,
+        &mut |msg| super::warn(opts, msg),
+    );
     // 3. The targets: the -p processes, and the command, held.
     let watch = allow_targets(&skel, &pids, command.as_ref(), workload)?;
     if let Some(w) = workload.as_ref() {
@@ -153,6 +170,7 @@ pub(super) fn set_up<'obj>(
         stack_depth,
         copy_sizes,
         watch,
+        calibrated,
     };
     let feeds = Feeds {
         sideband,
