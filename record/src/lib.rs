@@ -49,7 +49,7 @@ use std::time::Duration;
 
 mod aggregates;
 pub mod attach;
-pub mod calibrate;
+mod calibrate;
 pub mod cgroup;
 pub mod command;
 mod consumer;
