@@ -34,13 +34,10 @@
 
 use std::path::Path;
 
-use object::{Object, ObjectSegment, ReadCache};
 use urec_bpf::abi::{
     self, ArgProgram, FetchOp, PredCmp, PredConst, PredOp, PredProgram, ProbeConfig,
 };
-use urec_format::{
-    ArgType, FileOffset, LoadSegment, Probe, ProbeKind, ProbeSite, SitePath, StackMode,
-};
+use urec_format::{ArgType, FileOffset, Probe, ProbeKind, ProbeSite, SitePath, StackMode};
 use urec_probe::{
     CmpOp, Expr, Fetch, InsnHandling, KernelUprobes, Predicate, ResolvedProbe, Value,
 };
@@ -74,25 +71,11 @@ pub struct PlanError {
 
 /// The ELF virtual address of a file offset, through the PT_LOAD segment that maps it.
 ///
-/// Only the headers are read (through a [`ReadCache`]), from a file opened by
-/// [`urec_untrusted::open`]: the probed binary may be another user's to swap for a FIFO.
-fn offset_to_svma(path: &Path, offset: u64) -> Option<u64> {
-    let cache = ReadCache::new(urec_untrusted::open(path).ok()?);
-    let file = object::File::parse(&cache).ok()?;
-    let loads: Vec<LoadSegment> = file
-        .segments()
-        .map(|seg| {
-            let (offset, file_size) = seg.file_range();
-            LoadSegment {
-                offset,
-                file_size,
-                vaddr: seg.address(),
-                mem_size: seg.size(),
-                ..LoadSegment::default()
-            }
-        })
-        .collect();
-    FileOffset(offset).to_svma(&loads).map(|s| s.0)
+/// Only the headers are read, as a [`urec_elf::ElfImage`] (opened by
+/// [`urec_untrusted::open`]: the probed binary may be another user's to swap for a FIFO).
+fn offset_to_svma(path: &Path, offset: FileOffset) -> Option<u64> {
+    let image = urec_elf::ElfImage::open(path).ok()?;
+    offset.to_svma(image.loads()).map(|s| s.0)
 }
 
 /// Plans one resolved probe with stacks captured as `stack_mode`.
@@ -190,12 +173,13 @@ fn arg_program(
     let mut ops = Vec::new();
     lower(&fetch.lowered(), type_size(ty), &mut ops, &|place| {
         let svma = match place {
-            Place::FileOffset(file_off) => offset_to_svma(binary, file_off).ok_or_else(|| {
-                format!(
-                    "file offset {file_off:#x} is not in a loaded segment of {}",
-                    binary.display()
-                )
-            })?,
+            Place::FileOffset(file_off) => offset_to_svma(binary, FileOffset(file_off))
+                .ok_or_else(|| {
+                    format!(
+                        "file offset {file_off:#x} is not in a loaded segment of {}",
+                        binary.display()
+                    )
+                })?,
             Place::Vaddr(vaddr) => vaddr,
         };
         Ok(svma.wrapping_sub(probe_vaddr) as i64)
