@@ -37,7 +37,7 @@ use std::path::Path;
 use urec_bpf::abi::{
     self, ArgProgram, FetchOp, PredCmp, PredConst, PredOp, PredProgram, ProbeConfig,
 };
-use urec_format::{ArgType, FileOffset, Probe, ProbeKind, ProbeSite, SitePath, StackMode};
+use urec_format::{ArgType, FileOffset, Probe, ProbeKind, ProbeSite, SitePath, StackMode, Svma};
 use urec_probe::{
     CmpOp, Expr, Fetch, InsnHandling, KernelUprobes, Predicate, ResolvedProbe, Value,
 };
@@ -73,9 +73,9 @@ pub struct PlanError {
 ///
 /// Only the headers are read, as a [`urec_elf::ElfImage`] (opened by
 /// [`urec_untrusted::open`]: the probed binary may be another user's to swap for a FIFO).
-fn offset_to_svma(path: &Path, offset: FileOffset) -> Option<u64> {
+fn offset_to_svma(path: &Path, offset: FileOffset) -> Option<Svma> {
     let image = urec_elf::ElfImage::open(path).ok()?;
-    offset.to_svma(image.loads()).map(|s| s.0)
+    offset.to_svma(image.loads())
 }
 
 /// Plans one resolved probe with stacks captured as `stack_mode`.
@@ -114,7 +114,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     };
     // Places in the binary are fetched relative to the attached instruction's address
     // (`bpf_get_func_ip`): the site, not the function's start.
-    let site_vaddr = resolved.site.vaddr;
+    let site_vaddr = Svma(resolved.site.vaddr);
     if probe.args.len() > abi::MAX_ARGS {
         return Err(err(format!(
             "at most {} arguments per probe, got {}",
@@ -135,7 +135,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     }
     let predicate = match &resolved.predicate {
         Some(pred) => Some(
-            compile_predicate(pred, binary, site_vaddr)
+            compile_predicate(pred, binary, site_vaddr.0)
                 .map_err(|why| err(format!("predicate `if {}`: {why}", pred.text)))?,
         ),
         None => None,
@@ -167,7 +167,7 @@ fn arg_program(
     fetch_text: &str,
     at_return: bool,
     binary: &Path,
-    probe_vaddr: u64,
+    probe_vaddr: Svma,
 ) -> Result<ArgProgram, String> {
     let is_string = ty == ArgType::String;
     let mut ops = Vec::new();
@@ -180,9 +180,10 @@ fn arg_program(
                         binary.display()
                     )
                 })?,
-            Place::Vaddr(vaddr) => vaddr,
+            Place::Vaddr(vaddr) => Svma(vaddr),
         };
-        Ok(svma.wrapping_sub(probe_vaddr) as i64)
+        // Relative to the probed instruction: the BPF program adds `bpf_get_func_ip`.
+        Ok(svma.0.wrapping_sub(probe_vaddr.0) as i64)
     })?;
     if is_string {
         // The outermost dereference gives the string's address: not a load (module docs).
@@ -223,7 +224,7 @@ fn compile_predicate(
             &a.fetch_text,
             false,
             binary,
-            probe_vaddr,
+            Svma(probe_vaddr),
         )?);
     }
     let mut ops = Vec::new();

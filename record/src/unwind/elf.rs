@@ -76,7 +76,7 @@ impl ElfUnwindInfo {
 
     /// The load bias (actual minus stated address) of a mapping of this file that starts at
     /// `start` and maps file offset `offset` (see [`Avma::load_bias`]).
-    pub(crate) fn load_bias(&self, start: u64, offset: u64) -> Option<u64> {
-        Avma(start).load_bias(FileOffset(offset), &self.loads)
+    pub(crate) fn load_bias(&self, start: Avma, offset: FileOffset) -> Option<u64> {
+        start.load_bias(offset, &self.loads)
     }
 }
