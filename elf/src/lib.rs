@@ -139,7 +139,7 @@ impl ElfImage {
             has_symbol_table: false,
             debuglink: None,
         };
-        let obj = object::File::parse(&image.cache).map_err(|e| ElfError::NotElf(e.to_string()))?;
+        let obj = parse(&image.cache).map_err(|e| ElfError::NotElf(e.to_string()))?;
         let architecture = obj.architecture();
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
         let loads = obj
@@ -195,7 +195,7 @@ impl ElfImage {
     /// `object`'s view, for what the image does not keep (symbol tables, relocations, program
     /// headers of other types). Parsed again from the cache: the headers are not read twice.
     pub fn object(&self) -> Option<ObjectFile<'_>> {
-        object::File::parse(&self.cache).ok()
+        parse(&self.cache).ok()
     }
 
     /// The machine the code is for.
@@ -383,6 +383,11 @@ impl ElfImage {
         }
         None
     }
+}
+
+/// The one place the workspace's readers parse an object file.
+fn parse(cache: &ReadCache<File>) -> object::Result<ObjectFile<'_>> {
+    object::File::parse(cache)
 }
 
 fn collect<'data, S: ObjectSymbol<'data>>(
