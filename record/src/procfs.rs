@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use urec_format::{Avma, BuildId, FileOffset, Nanos};
+use urec_format::{Avma, BuildId, FileOffset, Mapping, Nanos};
 use urec_untrusted::Identity;
 
 /// One executable mapping of `/proc/PID/maps`.
@@ -38,6 +38,24 @@ pub struct MapEntry {
     pub path: String,
     /// The file's build id, when it has one and we could read it.
     pub build_id: Option<BuildId>,
+}
+
+impl MapEntry {
+    /// The mapping of `pid` as the data file records it: in place before recording began
+    /// (time 0), since a snapshot cannot tell when it was made.
+    pub fn mapping(self, pid: u32) -> Mapping {
+        Mapping {
+            pid,
+            time_ns: 0,
+            start: self.start,
+            end: self.end,
+            offset: self.offset,
+            path: self.path,
+            dev: self.dev,
+            inode: self.inode,
+            build_id: self.build_id,
+        }
+    }
 }
 
 /// What `/proc/PID/stat` says that we need.
