@@ -132,15 +132,18 @@ fn run_usdt(args: &Args) -> anyhow::Result<u8> {
 /// `urec list --unwind-stats`: the unwind table of one binary, measured.
 fn run_unwind_stats(args: &Args) -> anyhow::Result<u8> {
     use anyhow::Context as _;
-    use std::io::Read as _;
     let path = urec_probe::find_target(&args.target)?;
     // Read, not mapped: the file may be replaced or truncated while we read (see
     // urec_untrusted).
-    let mut data = Vec::new();
-    urec_untrusted::open(&path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .with_context(|| format!("reading {}", path.display()))?;
-    let elf = object::File::parse(&*data)
+    let image = match urec_elf::ElfImage::open(&path) {
+        Ok(image) => image,
+        Err(urec_elf::ElfError::Io(e)) => {
+            return Err(e).with_context(|| format!("reading {}", path.display()))
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}: not an ELF file", path.display())),
+    };
+    let elf = image
+        .object()
         .with_context(|| format!("{}: not an ELF file", path.display()))?;
     let started = std::time::Instant::now();
     let table = urec_unwind_table::UnwindTable::from_elf(&elf)

@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::Context;
-use urec_format::{LatencyAggregate, ProbeKind, StackMode};
+use urec_format::{FrameAddress, LatencyAggregate, ProbeKind, StackMode};
 use urec_record::top::{Row, Tick, TopOptions, TopView};
 use urec_record::Verbosity;
 use urec_report::{human_ns, LatencyHistogram};
@@ -209,7 +209,10 @@ impl StackNamer {
                 Some((path, _)) if &**path == "[vdso]" => out.push("[vdso]".into()),
                 Some((path, offset)) => {
                     let offset = urec_format::FileOffset(*offset);
-                    for f in self.symbolizer.symbolize(path, None, offset, i > 0) {
+                    for f in
+                        self.symbolizer
+                            .symbolize_at(path, None, FrameAddress::at_depth(offset, i))
+                    {
                         out.push(f.display_name().to_string());
                     }
                 }

@@ -12,7 +12,9 @@
 //! or name the wrong function; probe resolution, the unwinder and the symbolizer all convert
 //! here instead of each keeping its own copy.
 
-use crate::types::{Avma, FileOffset, Svma};
+use std::cmp::Ordering;
+
+use crate::types::{Avma, FileOffset, Mapping, Svma};
 
 /// One `PT_LOAD` program header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,9 +55,26 @@ impl FileOffset {
             .find(|l| l.has_offset(self))
             .map(|l| Svma(l.vaddr.wrapping_add(self.0 - l.offset)))
     }
+
+    /// The stated address of a byte of code, through the executable segment that loads it:
+    /// the inverse of [`Svma::to_code_offset`] (a file whose segments share file pages may
+    /// load the byte twice, as code and as data).
+    pub fn to_code_svma(self, loads: &[LoadSegment]) -> Option<Svma> {
+        loads
+            .iter()
+            .find(|l| l.exec && l.has_offset(self))
+            .map(|l| Svma(l.vaddr.wrapping_add(self.0 - l.offset)))
+    }
 }
 
 impl Svma {
+    /// The same byte once the part of the image stated at `stated` is known to be at `actual`
+    /// instead (a USDT note's `.stapsdt.base` after prelink moved the file).
+    #[inline]
+    pub fn moved(self, stated: Svma, actual: Svma) -> Svma {
+        Svma(self.0.wrapping_add(actual.0.wrapping_sub(stated.0)))
+    }
+
     /// The file offset of the byte at this stated address, in any segment's file-backed part
     /// (data too: a USDT semaphore is found by the kernel by its file offset).
     pub fn to_file_offset(self, loads: &[LoadSegment]) -> Option<FileOffset> {
@@ -76,6 +95,23 @@ impl Svma {
 }
 
 impl Avma {
+    /// The file offset of this address in a mapping that starts at `start` and maps the file
+    /// from `offset` (`offset + (avma - start)`), for a caller that knows the mapping covers it
+    /// ([`Mapping::file_offset`] checks). Inline and without a check: the report rebases every
+    /// frame of every stack through it.
+    #[inline]
+    pub fn file_offset_in(self, start: Avma, offset: FileOffset) -> FileOffset {
+        FileOffset(offset.0.wrapping_add(self.0.wrapping_sub(start.0)))
+    }
+
+    /// The stated address of this address in an image loaded with `bias` (actual minus stated
+    /// address, as [`Avma::load_bias`] or the dynamic loader's `dli_fbase` give it); `None`
+    /// below the bias.
+    #[inline]
+    pub fn to_svma(self, bias: u64) -> Option<Svma> {
+        self.0.checked_sub(bias).map(Svma)
+    }
+
     /// The load bias (actual minus stated address) of a mapping that starts here and maps the
     /// file from `pgoff`, through the segment containing that offset.
     ///
@@ -98,6 +134,83 @@ impl Avma {
                 .wrapping_add(l.offset)
                 .wrapping_sub(l.vaddr),
         )
+    }
+}
+
+impl Mapping {
+    /// The file offset of `addr`, when this mapping covers it.
+    #[inline]
+    pub fn file_offset(&self, addr: Avma) -> Option<FileOffset> {
+        (self.start <= addr && addr < self.end)
+            .then(|| addr.file_offset_in(self.start, self.offset))
+    }
+}
+
+/// A code address of a stack, in its file: the instruction pointer itself (the innermost
+/// frame, a probe's own address) or a caller's return address. A return address points after
+/// its call, and the call may be the last instruction of its function, so it is named by the
+/// byte before it ([`FrameAddress::lookup`]); the recorded offset stays what is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameAddress {
+    /// The instruction pointer: named as it is.
+    Ip(FileOffset),
+    /// A caller's return address: named by the byte before it.
+    Return(FileOffset),
+}
+
+impl FrameAddress {
+    /// `Return` when `is_return`, else `Ip`.
+    #[inline]
+    pub fn new(offset: FileOffset, is_return: bool) -> FrameAddress {
+        if is_return {
+            FrameAddress::Return(offset)
+        } else {
+            FrameAddress::Ip(offset)
+        }
+    }
+
+    /// The frame at `depth` of a stack, innermost (0) first: only the innermost is the
+    /// instruction pointer, every other frame is where its callee returns to.
+    #[inline]
+    pub fn at_depth(offset: FileOffset, depth: usize) -> FrameAddress {
+        FrameAddress::new(offset, depth > 0)
+    }
+
+    /// The recorded offset.
+    #[inline]
+    pub fn offset(self) -> FileOffset {
+        match self {
+            FrameAddress::Ip(o) | FrameAddress::Return(o) => o,
+        }
+    }
+
+    /// Whether this is a caller's return address.
+    #[inline]
+    pub fn is_return(self) -> bool {
+        matches!(self, FrameAddress::Return(_))
+    }
+
+    /// The offset that is named: the recorded one, or for a return address the byte before
+    /// (inside the call).
+    #[inline]
+    pub fn lookup(self) -> FileOffset {
+        match self {
+            FrameAddress::Ip(o) => o,
+            FrameAddress::Return(o) => FileOffset(o.0.saturating_sub(1)),
+        }
+    }
+}
+
+/// By offset, then an instruction pointer before a return address at the same offset.
+impl Ord for FrameAddress {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.offset(), self.is_return()).cmp(&(other.offset(), other.is_return()))
+    }
+}
+
+impl PartialOrd for FrameAddress {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -133,6 +246,12 @@ mod tests {
         let l = loads();
         assert_eq!(FileOffset(0x1136).to_svma(&l), Some(Svma(0x401136)));
         assert_eq!(Svma(0x401136).to_code_offset(&l), Some(FileOffset(0x1136)));
+        assert_eq!(FileOffset(0x1136).to_code_svma(&l), Some(Svma(0x401136)));
+        assert_eq!(
+            FileOffset(0x3e20).to_code_svma(&l),
+            None,
+            "data is not code"
+        );
         assert_eq!(FileOffset(0x3e20).to_svma(&l), Some(Svma(0x403e20)));
         assert_eq!(Svma(0x403e20).to_code_offset(&l), None, "data is not code");
         assert_eq!(Svma(0x403e20).to_file_offset(&l), Some(FileOffset(0x3e20)));
@@ -146,10 +265,45 @@ mod tests {
             None,
             "headers are in no segment here"
         );
+        assert_eq!(
+            Avma(0x7f00_0000_1136).to_svma(0x7f00_0000_1000 - 0x401000),
+            Some(Svma(0x401136))
+        );
+        assert_eq!(Avma(0x10).to_svma(0x20), None);
+        assert_eq!(Svma(0x1010).moved(Svma(0x1000), Svma(0x3000)), Svma(0x3010));
         // Mapped at 0x7f0000001000 from page offset 0x1000: bias 0x7f0000001000 - 0x401000.
         assert_eq!(
             Avma(0x7f00_0000_1000).load_bias(FileOffset(0x1000), &l),
             Some(0x7f00_0000_1000 - 0x401000)
         );
+    }
+
+    #[test]
+    fn mappings_and_frames() {
+        let m = Mapping {
+            pid: 1,
+            time_ns: 0,
+            start: Avma(0x7000),
+            end: Avma(0x9000),
+            offset: FileOffset(0x1000),
+            path: "/bin/x".into(),
+            dev: 0,
+            inode: 0,
+            build_id: None,
+        };
+        assert_eq!(m.file_offset(Avma(0x7010)), Some(FileOffset(0x1010)));
+        assert_eq!(m.file_offset(Avma(0x9000)), None);
+        assert_eq!(m.file_offset(Avma(0x6fff)), None);
+        assert_eq!(
+            FrameAddress::at_depth(FileOffset(0x10), 0).lookup(),
+            FileOffset(0x10)
+        );
+        assert_eq!(
+            FrameAddress::at_depth(FileOffset(0x10), 1).lookup(),
+            FileOffset(0xf)
+        );
+        assert_eq!(FrameAddress::Return(FileOffset(0)).lookup(), FileOffset(0));
+        assert!(FrameAddress::Ip(FileOffset(2)) < FrameAddress::Return(FileOffset(2)));
+        assert!(FrameAddress::Return(FileOffset(1)) < FrameAddress::Ip(FileOffset(2)));
     }
 }

@@ -42,7 +42,7 @@ mod types;
 mod words;
 mod writer;
 
-pub use address::LoadSegment;
+pub use address::{FrameAddress, LoadSegment};
 pub use error::FormatError;
 pub use footer::{EventCount, Footer, SectionStats, Sections};
 pub use printable::{printable, Printable};

@@ -7,11 +7,11 @@
 //! its `.symtab` is read too: its addresses are the same ELF virtual addresses, and it names the
 //! local functions (`__strlen_avx2`) that `.dynsym` lacks.
 //!
-//! Files are opened with [`urec_untrusted::open`] and never mapped. `urec record` runs as root
-//! and the binary it probes may be a user's, who can swap it for a FIFO (a plain open would
-//! block for good) or truncate it while we read (a mapping would turn the next read into
-//! `SIGBUS`). Reads go through `pread`, where a truncation is a short read: [`Binary::bytes_at`]
-//! then returns fewer bytes, and a parse fails with an error.
+//! The file is read as a [`urec_elf::ElfImage`]: opened with [`urec_untrusted::open`] and never
+//! mapped. `urec record` runs as root and the binary it probes may be a user's, who can swap it
+//! for a FIFO (a plain open would block for good) or truncate it while we read (a mapping would
+//! turn the next read into `SIGBUS`). Reads go through `pread`, where a truncation is a short
+//! read: [`Binary::bytes_at`] then returns fewer bytes, and a parse fails with an error.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -19,18 +19,11 @@ use std::path::{Path, PathBuf};
 
 use std::fs::File;
 
-use object::{
-    Object, ObjectSegment, ObjectSymbol, ReadCache, ReadRef, SegmentFlags, SymbolFlags, SymbolKind,
-};
+use urec_elf::{ElfError, ElfImage, FunctionSymbol};
 use urec_format::{BuildId, LoadSegment, Svma};
 
 use crate::insn;
 use crate::SpecError;
-
-const PF_X: u32 = 1;
-const STT_GNU_IFUNC: u8 = 10;
-const STB_GLOBAL: u8 = 1;
-const STB_WEAK: u8 = 2;
 
 /// A function symbol.
 #[derive(Clone, Debug)]
@@ -78,7 +71,6 @@ pub(crate) struct Binary {
     pub go: Option<crate::go::GoBinary>,
     /// Go's function table, which tells Go code from C code in a cgo binary.
     pub pclntab: Option<urec_gopclntab::Pclntab>,
-    pub segments: Vec<LoadSegment>,
     /// Function symbols in executable segments, one per (name, vaddr), sorted by vaddr.
     pub functions: Vec<Sym>,
     /// Among functions that set up a frame at all (push registers or reserve stack, see
@@ -89,15 +81,11 @@ pub(crate) struct Binary {
     pub fp_fraction: f32,
     /// The file, read on demand rather than whole: a browser's or a game's binary is hundreds
     /// of MiB and resolution needs its headers, symbol tables, `.eh_frame` and a few bytes at
-    /// each probed function. The cache keeps every range it read (those are few: the symbol
-    /// and string tables, `.eh_frame`, the bytes of functions asked about), so memory follows
-    /// what was asked, not the file's size; the scan of every function start for
+    /// each probed function. The image's cache keeps every range it read (those are few: the
+    /// symbol and string tables, `.eh_frame`, the bytes of functions asked about), so memory
+    /// follows what was asked, not the file's size; the scan of every function start for
     /// [`Binary::fp_fraction`] reads the file in chunks instead (see [`Chunks`]).
-    data: ReadCache<File>,
-    /// For the chunked scan, by `pread` (which leaves the shared file position alone).
-    file: File,
-    /// The file's size when opened: reads end there.
-    len: u64,
+    image: ElfImage,
 }
 
 impl Binary {
@@ -108,8 +96,6 @@ impl Binary {
             source: e,
         };
         let file = urec_untrusted::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let data = ReadCache::new(file.try_clone().map_err(io)?);
         let not_elf = |why: String| SpecError::NotElf {
             path: path.to_path_buf(),
             why,
@@ -118,48 +104,33 @@ impl Binary {
         if urec_untrusted::read_at(&file, &mut magic, 0).map_err(io)? < 4 || magic != *b"\x7fELF" {
             return Err(not_elf("no ELF magic".into()));
         }
-        let obj = object::File::parse(&data).map_err(|e| not_elf(e.to_string()))?;
-        if obj.architecture() != object::Architecture::X86_64 {
+        let image = ElfImage::read(file).map_err(|e| match e {
+            ElfError::Io(e) => io(e),
+            ElfError::NotElf(why) => not_elf(why),
+        })?;
+        if image.architecture() != urec_elf::Architecture::X86_64 {
             return Err(not_elf(format!(
                 "architecture {:?}; urec probes x86-64 code",
-                obj.architecture()
+                image.architecture()
             )));
         }
-        let segments: Vec<LoadSegment> = obj
-            .segments()
-            .map(|s| {
-                let exec =
-                    matches!(s.flags(), SegmentFlags::Elf { p_flags, .. } if p_flags.0 & PF_X != 0);
-                let (offset, filesz) = s.file_range();
-                LoadSegment {
-                    offset,
-                    file_size: filesz,
-                    vaddr: s.address(),
-                    mem_size: s.size(),
-                    align: s.align(),
-                    exec,
-                }
-            })
-            .collect();
-        let build_id = obj.build_id().ok().flatten().map(|b| BuildId(b.to_vec()));
-        let mut go = crate::go::detect(&obj);
-        let mut has_symtab = obj.symbol_table().is_some();
-        let mut raw_syms: Vec<RawSym> = Vec::new();
-        collect(obj.symbols(), &mut raw_syms);
-        collect(obj.dynamic_symbols(), &mut raw_syms);
-        let pclntab = read_pclntab(&obj, &file, len);
+        let build_id = image.build_id().map(|b| BuildId(b.to_vec()));
+        let mut go = image.object().and_then(|obj| crate::go::detect(&obj));
+        let mut has_symtab = image.has_symbol_table();
+        let mut raw_syms: Vec<FunctionSymbol> = image.function_symbols();
+        let pclntab = image.go_table().map(|found| found.table);
         if let Some(table) = &pclntab {
             // Without section headers nothing else says Go.
             go.get_or_insert(crate::go::GoBinary { version: None });
             // Go's table names every Go function, stripped or not: those the symbol tables
             // lack (`-ldflags='-s -w'`) come from it, with its bounds (which count the `int3`
             // padding up to the next function).
-            let named: std::collections::HashSet<u64> = raw_syms.iter().map(|r| r.vaddr).collect();
+            let named: std::collections::HashSet<Svma> = raw_syms.iter().map(|r| r.svma).collect();
             for f in table.functions() {
-                if f.end > f.entry && !named.contains(&f.entry) {
-                    raw_syms.push(RawSym {
+                if f.end > f.entry && !named.contains(&Svma(f.entry)) {
+                    raw_syms.push(FunctionSymbol {
                         name: f.name.into_owned(),
-                        vaddr: f.entry,
+                        svma: Svma(f.entry),
                         size: f.end - f.entry,
                         ifunc: false,
                         global: true,
@@ -170,13 +141,10 @@ impl Binary {
         }
         if !has_symtab {
             if let Some(debug) = build_id.as_ref().and_then(debug_file_for) {
-                if let Ok(f) = urec_untrusted::open(&debug) {
-                    let ddata = ReadCache::new(f);
-                    if let Ok(dobj) = object::File::parse(&ddata) {
-                        if dobj.symbol_table().is_some() {
-                            collect(dobj.symbols(), &mut raw_syms);
-                            has_symtab = true;
-                        }
+                if let Ok(debug) = ElfImage::open(&debug) {
+                    if debug.has_symbol_table() {
+                        raw_syms.extend(debug.symtab_functions());
+                        has_symtab = true;
                     }
                 }
             }
@@ -189,26 +157,23 @@ impl Binary {
             has_symtab,
             go,
             pclntab,
-            segments,
             functions: Vec::new(),
             fp_fraction: 0.0,
-            data,
-            file,
-            len,
+            image,
         };
         bin.functions = bin.index(raw_syms);
         bin.fp_fraction = bin.frame_pointer_fraction();
         Ok(bin)
     }
 
-    fn index(&self, raw: Vec<RawSym>) -> Vec<Sym> {
+    fn index(&self, raw: Vec<FunctionSymbol>) -> Vec<Sym> {
         let mut seen: HashMap<(String, u64), usize> = HashMap::new();
         let mut out: Vec<Sym> = Vec::new();
         for r in raw {
-            if self.exec_segment(r.vaddr).is_none() {
+            if self.exec_segment(r.svma.0).is_none() {
                 continue;
             }
-            match seen.entry((r.name.clone(), r.vaddr)) {
+            match seen.entry((r.name.clone(), r.svma.0)) {
                 Entry::Occupied(e) => {
                     // Same symbol in .symtab and .dynsym: keep the larger size (some .dynsym
                     // entries of versioned aliases have size 0).
@@ -225,7 +190,7 @@ impl Binary {
                 raw: r.name,
                 demangled,
                 short,
-                vaddr: r.vaddr,
+                vaddr: r.svma.0,
                 size: r.size,
                 ifunc: r.ifunc,
                 global: r.global,
@@ -235,9 +200,14 @@ impl Binary {
         out
     }
 
+    /// The `PT_LOAD` segments (the image's).
+    pub fn segments(&self) -> &[LoadSegment] {
+        self.image.loads()
+    }
+
     /// The executable PT_LOAD containing `vaddr` in its file-backed part.
     fn exec_segment(&self, vaddr: u64) -> Option<&LoadSegment> {
-        self.segments
+        self.segments()
             .iter()
             .find(|s| s.exec && s.has_svma(Svma(vaddr)))
     }
@@ -254,26 +224,13 @@ impl Binary {
     /// correct mapping is through the program header of the executable segment that contains
     /// the address: `offset = vaddr - p_vaddr + p_offset`.
     pub fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
-        Svma(vaddr).to_code_offset(&self.segments).map(|o| o.0)
+        Svma(vaddr).to_code_offset(self.segments()).map(|o| o.0)
     }
 
     /// Up to `n` bytes of code at `vaddr` (empty if not in the file, or if the file was
     /// truncated since it was opened).
     pub fn bytes_at(&self, vaddr: u64, n: usize) -> &[u8] {
-        let Some((off, end)) = self.code_range(vaddr, n) else {
-            return &[];
-        };
-        (&self.data).read_bytes_at(off, end - off).unwrap_or(&[])
-    }
-
-    /// The file range `[off, end)` of up to `n` bytes of code at `vaddr`, within its segment
-    /// and the file.
-    fn code_range(&self, vaddr: u64, n: usize) -> Option<(u64, u64)> {
-        let seg = self.exec_segment(vaddr)?;
-        let off = vaddr - seg.vaddr + seg.offset;
-        let seg_end = seg.offset.saturating_add(seg.file_size.min(seg.mem_size));
-        let end = off.saturating_add(n as u64).min(seg_end).min(self.len);
-        (end > off).then_some((off, end))
+        self.image.code_at(Svma(vaddr), n)
     }
 
     /// Whether `vaddr` is in a function Go's table lists: Go code, whose returns must never get
@@ -308,73 +265,45 @@ impl Binary {
     /// function that has no symbol (a stripped binary's static functions), for decoding its
     /// instructions from its start.
     pub fn unwind_range(&self, vaddr: u64) -> Option<(u64, u64)> {
-        self.fdes()?
-            .into_iter()
-            .find(|&(start, len)| vaddr >= start && vaddr - start < len)
+        self.image
+            .fde_range(Svma(vaddr))
+            .map(|(start, len)| (start.0, len))
     }
 
     /// The `(start, len)` of every `.eh_frame` FDE with code, by start, one per start: the
     /// function bounds the unwinder knows, which survive `strip --strip-all`.
     pub fn fde_ranges(&self) -> Vec<(u64, u64)> {
-        let mut out = self.fdes().unwrap_or_default();
-        out.retain(|&(_, len)| len > 0);
+        let mut out: Vec<(u64, u64)> = self
+            .image
+            .fdes()
+            .into_iter()
+            .map(|(start, len)| (start.0, len))
+            .filter(|&(_, len)| len > 0)
+            .collect();
         out.sort_unstable();
         out.dedup_by_key(|r| r.0);
         out
     }
 
-    fn fdes(&self) -> Option<Vec<(u64, u64)>> {
-        use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection};
-        use object::ObjectSection;
-        let obj = object::File::parse(&self.data).ok()?;
-        let section = obj.section_by_name(".eh_frame")?;
-        let eh = EhFrame::new(section.data().ok()?, LittleEndian);
-        let mut bases = BaseAddresses::default().set_eh_frame(section.address());
-        if let Some(text) = obj.section_by_name(".text") {
-            bases = bases.set_text(text.address());
-        }
-        if let Some(got) = obj.section_by_name(".got") {
-            bases = bases.set_got(got.address());
-        }
-        let mut entries = eh.entries(&bases);
-        let mut out = Vec::new();
-        while let Ok(Some(entry)) = entries.next() {
-            let CieOrFde::Fde(partial) = entry else {
-                continue;
-            };
-            let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else {
-                continue;
-            };
-            out.push((fde.initial_address(), fde.len()));
-        }
-        Some(out)
-    }
-
     /// A section's address and bytes (`.note.stapsdt`, `.stapsdt.base`); None when absent or
     /// unreadable (a file truncated since it was opened).
     pub fn section(&self, name: &str) -> Option<(u64, Vec<u8>)> {
-        use object::ObjectSection;
-        let obj = object::File::parse(&self.data).ok()?;
-        let section = obj.section_by_name(name)?;
-        let bytes = section.data().ok()?.to_vec();
-        Some((section.address(), bytes))
+        let section = self.image.section(name)?;
+        let bytes = self.image.section_bytes(section)?;
+        Some((section.address, bytes))
     }
 
     /// The address of a symbol of any kind (a global variable as well as a function), from
     /// `.symtab` or `.dynsym`: what a USDT operand like `8@counter(%rip)` names.
     pub fn symbol_address(&self, name: &str) -> Option<u64> {
-        let obj = object::File::parse(&self.data).ok()?;
-        obj.symbols()
-            .chain(obj.dynamic_symbols())
-            .find(|s| !s.is_undefined() && s.name() == Ok(name))
-            .map(|s| s.address())
+        self.image.symbol_svma(name).map(|s| s.0)
     }
 
     /// The file offset of `vaddr` in any PT_LOAD (data too), within its file-backed part: a
     /// USDT semaphore lives in `.probes`, a writable data segment, and the kernel finds it by
     /// file offset in the mapping of the probed file.
     pub fn mapped_vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
-        Svma(vaddr).to_file_offset(&self.segments).map(|o| o.0)
+        Svma(vaddr).to_file_offset(self.segments()).map(|o| o.0)
     }
 
     /// Why the kernel must not count a USDT semaphore at `vaddr` (a `u16`), or None when it
@@ -386,8 +315,8 @@ impl Binary {
     /// dynamic linker (no GOT, `.dynamic`, constructor array or RELRO data, and no dynamic
     /// relocation writing them), and in a writable PT_LOAD.
     pub fn semaphore_problem(&self, vaddr: u64) -> Option<String> {
-        use object::read::elf::{ElfFile64, ProgramHeader};
-        use object::{ObjectSection, SectionFlags, SectionKind};
+        use object::read::elf::ProgramHeader;
+        use object::{Object, ObjectSection, SectionFlags, SectionKind};
         const SHF_WRITE: u64 = 1;
         const SHF_ALLOC: u64 = 2;
         const SHF_EXECINSTR: u64 = 4;
@@ -397,7 +326,7 @@ impl Binary {
         const PT_GNU_RELRO: u32 = 0x6474_e552;
         let end = vaddr.checked_add(2)?;
         let within = |start: u64, size: u64| vaddr >= start && end <= start.saturating_add(size);
-        let Ok(elf) = ElfFile64::<object::Endianness, _>::parse(&self.data) else {
+        let Some(object::File::Elf64(elf)) = self.image.object() else {
             return Some("urec cannot read the file's program headers to check it".into());
         };
         let endian = elf.endian();
@@ -499,13 +428,13 @@ impl Binary {
             .map(|s| s.vaddr)
             .collect();
         starts.dedup();
-        let mut chunks = Chunks::new(&self.file);
+        let mut chunks = Chunks::new(self.image.file());
         let (mut framed, mut with_fp) = (0usize, 0usize);
         for &v in &starts {
-            let Some((off, end)) = self.code_range(v, 24) else {
+            let Some((off, end)) = self.image.code_range(Svma(v), 24) else {
                 continue;
             };
-            let bytes = chunks.get(off, end);
+            let bytes = chunks.get(off.0, end);
             if insn::sets_up_a_frame(bytes) {
                 framed += 1;
                 if insn::has_frame_pointer_prologue(bytes) {
@@ -553,57 +482,6 @@ impl<'a> Chunks<'a> {
         let to = ((end - self.start) as usize).min(self.buf.len());
         self.buf.get(from..to).unwrap_or(&[])
     }
-}
-
-struct RawSym {
-    name: String,
-    vaddr: u64,
-    size: u64,
-    ifunc: bool,
-    global: bool,
-}
-
-fn collect<'data, S: ObjectSymbol<'data>>(syms: impl Iterator<Item = S>, out: &mut Vec<RawSym>) {
-    for s in syms {
-        if s.kind() != SymbolKind::Text || s.is_undefined() || s.address() == 0 {
-            continue;
-        }
-        let Ok(name) = s.name() else { continue };
-        if name.is_empty() {
-            continue;
-        }
-        let (ifunc, global) = match s.flags() {
-            SymbolFlags::Elf { st_info, .. } => (
-                st_info.st_type().0 == STT_GNU_IFUNC,
-                matches!(st_info.st_bind().0, STB_GLOBAL | STB_WEAK),
-            ),
-            _ => (false, s.is_global()),
-        };
-        // Versioned .dynsym names come without the `@VERSION` suffix from `object`.
-        out.push(RawSym {
-            name: name.to_string(),
-            vaddr: s.address(),
-            size: s.size(),
-            ifunc,
-            global,
-        });
-    }
-}
-
-/// Go's function table ([`urec_gopclntab::elf::find`]), read by `pread`.
-fn read_pclntab<'data, R: ReadRef<'data>>(
-    obj: &object::File<'data, R>,
-    file: &File,
-    len: u64,
-) -> Option<urec_gopclntab::Pclntab> {
-    urec_gopclntab::elf::find(obj, |off, size| {
-        let size = size.min(len.checked_sub(off)?);
-        let mut buf = vec![0u8; usize::try_from(size).ok()?];
-        let n = urec_untrusted::read_at(file, &mut buf, off).ok()?;
-        buf.truncate(n);
-        Some(buf)
-    })
-    .map(|found| found.table)
 }
 
 /// `/usr/lib/debug/.build-id/xx/rest.debug`, if it exists.

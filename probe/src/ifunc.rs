@@ -184,8 +184,9 @@ fn selected_here(bin: &Binary, ifunc: &Sym) -> Option<Selected> {
     if file != bin.path {
         return None;
     }
-    let vaddr = (addr as u64).checked_sub(info.dli_fbase as u64)?;
-    best_name_at(bin, vaddr).map(|s| Selected {
+    // For an ELF shared object `dli_fbase` is its load bias.
+    let vaddr = urec_format::Avma(addr as u64).to_svma(info.dli_fbase as u64)?;
+    best_name_at(bin, vaddr.0).map(|s| Selected {
         name: s.display().to_string(),
         probe_at: probe_point(bin, s),
     })

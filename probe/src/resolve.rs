@@ -543,7 +543,10 @@ fn place(bin: &Binary, p: &mut ResolvedProbe, kernel: &KernelUprobes) {
     let start = p.probe.vaddr.0;
     if let Some(g) = &p.go {
         // Go keeps its own placement (past the stack check, SPEC.md "Go programs").
-        let vaddr = start + (g.entry_offset - p.probe.offset.0);
+        // The entry past the stack check is in the function, so in its executable segment.
+        let vaddr = FileOffset(g.entry_offset)
+            .to_code_svma(bin.segments())
+            .map_or(start, |s| s.0);
         p.site = EntrySite::at_start(vaddr, p.first_insn, None);
         p.site_offset = g.entry_offset;
         return;

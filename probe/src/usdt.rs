@@ -13,7 +13,7 @@
 //! adjustment is `actual .stapsdt.base address - recorded base`, applied to the site and the
 //! semaphore alike (it is 0 in every binary that was not prelinked).
 
-use urec_format::ArgType;
+use urec_format::{ArgType, Svma};
 
 use crate::elf::Binary;
 use crate::spec::{Fetch, Reg};
@@ -136,15 +136,17 @@ pub(crate) fn probes(bin: &Binary) -> Vec<UsdtProbe> {
     let Some((_, notes)) = bin.section(".note.stapsdt") else {
         return Vec::new();
     };
-    let actual_base = bin.section(".stapsdt.base").map(|(addr, _)| addr);
+    let actual_base = bin.section(".stapsdt.base").map(|(addr, _)| Svma(addr));
     parse_notes(&notes)
         .into_iter()
         .map(|n| {
-            let delta = match actual_base {
-                Some(actual) if n.base != 0 => actual.wrapping_sub(n.base),
-                _ => 0,
+            // The note states where `.stapsdt.base` was at link time; prelink may have moved
+            // the file since, and every address of the note with it.
+            let moved = |at: u64| match actual_base {
+                Some(actual) if n.base != 0 => Svma(at).moved(Svma(n.base), actual).0,
+                _ => at,
             };
-            let pc = n.pc.wrapping_add(delta);
+            let pc = moved(n.pc);
             let args = split_args(&n.args)
                 .map(|a| parse_arg(a, pc, &|sym| bin.symbol_address(sym)))
                 .collect();
@@ -152,7 +154,7 @@ pub(crate) fn probes(bin: &Binary) -> Vec<UsdtProbe> {
                 provider: n.provider,
                 name: n.name,
                 pc,
-                semaphore: (n.semaphore != 0).then(|| n.semaphore.wrapping_add(delta)),
+                semaphore: (n.semaphore != 0).then(|| moved(n.semaphore)),
                 args_text: n.args,
                 args,
             }

@@ -34,13 +34,10 @@
 
 use std::path::Path;
 
-use object::{Object, ObjectSegment, ReadCache};
 use urec_bpf::abi::{
     self, ArgProgram, FetchOp, PredCmp, PredConst, PredOp, PredProgram, ProbeConfig,
 };
-use urec_format::{
-    ArgType, FileOffset, LoadSegment, Probe, ProbeKind, ProbeSite, SitePath, StackMode,
-};
+use urec_format::{ArgType, FileOffset, Probe, ProbeKind, ProbeSite, SitePath, StackMode, Svma};
 use urec_probe::{
     CmpOp, Expr, Fetch, InsnHandling, KernelUprobes, Predicate, ResolvedProbe, Value,
 };
@@ -74,25 +71,11 @@ pub struct PlanError {
 
 /// The ELF virtual address of a file offset, through the PT_LOAD segment that maps it.
 ///
-/// Only the headers are read (through a [`ReadCache`]), from a file opened by
-/// [`urec_untrusted::open`]: the probed binary may be another user's to swap for a FIFO.
-fn offset_to_svma(path: &Path, offset: u64) -> Option<u64> {
-    let cache = ReadCache::new(urec_untrusted::open(path).ok()?);
-    let file = object::File::parse(&cache).ok()?;
-    let loads: Vec<LoadSegment> = file
-        .segments()
-        .map(|seg| {
-            let (offset, file_size) = seg.file_range();
-            LoadSegment {
-                offset,
-                file_size,
-                vaddr: seg.address(),
-                mem_size: seg.size(),
-                ..LoadSegment::default()
-            }
-        })
-        .collect();
-    FileOffset(offset).to_svma(&loads).map(|s| s.0)
+/// Only the headers are read, as a [`urec_elf::ElfImage`] (opened by
+/// [`urec_untrusted::open`]: the probed binary may be another user's to swap for a FIFO).
+fn offset_to_svma(path: &Path, offset: FileOffset) -> Option<Svma> {
+    let image = urec_elf::ElfImage::open(path).ok()?;
+    offset.to_svma(image.loads())
 }
 
 /// Plans one resolved probe with stacks captured as `stack_mode`.
@@ -133,7 +116,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     };
     // Places in the binary are fetched relative to the attached instruction's address
     // (`bpf_get_func_ip`): the site, not the function's start.
-    let site_vaddr = resolved.site.vaddr;
+    let site_vaddr = Svma(resolved.site.vaddr);
     if probe.args.len() > abi::MAX_ARGS {
         return Err(err(format!(
             "at most {} arguments per probe, got {}",
@@ -154,7 +137,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     }
     let predicate = match &resolved.predicate {
         Some(pred) => Some(
-            compile_predicate(pred, binary, site_vaddr)
+            compile_predicate(pred, binary, site_vaddr.0)
                 .map_err(|why| err(format!("predicate `if {}`: {why}", pred.text)))?,
         ),
         None => None,
@@ -186,21 +169,23 @@ fn arg_program(
     fetch_text: &str,
     at_return: bool,
     binary: &Path,
-    probe_vaddr: u64,
+    probe_vaddr: Svma,
 ) -> Result<ArgProgram, String> {
     let is_string = ty == ArgType::String;
     let mut ops = Vec::new();
     lower(&fetch.lowered(), type_size(ty), &mut ops, &|place| {
         let svma = match place {
-            Place::FileOffset(file_off) => offset_to_svma(binary, file_off).ok_or_else(|| {
-                format!(
-                    "file offset {file_off:#x} is not in a loaded segment of {}",
-                    binary.display()
-                )
-            })?,
-            Place::Vaddr(vaddr) => vaddr,
+            Place::FileOffset(file_off) => offset_to_svma(binary, FileOffset(file_off))
+                .ok_or_else(|| {
+                    format!(
+                        "file offset {file_off:#x} is not in a loaded segment of {}",
+                        binary.display()
+                    )
+                })?,
+            Place::Vaddr(vaddr) => Svma(vaddr),
         };
-        Ok(svma.wrapping_sub(probe_vaddr) as i64)
+        // Relative to the probed instruction: the BPF program adds `bpf_get_func_ip`.
+        Ok(svma.0.wrapping_sub(probe_vaddr.0) as i64)
     })?;
     if is_string {
         // The outermost dereference gives the string's address: not a load (module docs).
@@ -241,7 +226,7 @@ fn compile_predicate(
             &a.fetch_text,
             false,
             binary,
-            probe_vaddr,
+            Svma(probe_vaddr),
         )?);
     }
     let mut ops = Vec::new();

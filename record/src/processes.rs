@@ -59,14 +59,12 @@
 //! [`SidebandRecord::Fork`] / [`SidebandRecord::Exit`] records it passes in.
 
 use anyhow::Result;
-use urec_format::{
-    Avma, Lost, LostSource, Mapping, Nanos, Process, ProcessChange, ProcessEvent, Record,
-};
+use urec_format::{Lost, LostSource, Mapping, Nanos, Process, ProcessChange, ProcessEvent, Record};
 
 use crate::fxhash::FxHashMap;
 use crate::kept::{KeptFiles, MappedFile};
 use crate::procfs::{self, BuildIdCache, Snapshot};
-use crate::sideband::{FileId, MmapRecord, SidebandRecord, TaskRecord};
+use crate::sideband::{MmapRecord, SidebandRecord, TaskRecord};
 
 /// How long (side-band time) an exited, never-emitted process is kept for late probe events.
 pub const GRACE_NS: Nanos = 5_000_000_000;
@@ -122,34 +120,31 @@ impl Proc {
         }
     }
 
-    fn from_snapshot(s: Snapshot) -> Proc {
-        let mut p = Proc::new(Process {
+    /// The process a snapshot shows, without its mappings (those go through
+    /// [`ProcessTable::take_mapping`], as the side-band's do).
+    fn from_snapshot(s: &Snapshot) -> Proc {
+        Proc::new(Process {
             pid: s.pid,
             ppid: s.ppid,
-            comm: s.comm,
-            exe: s.exe,
+            comm: s.comm.clone(),
+            exe: s.exe.clone(),
             start_ns: s.start_ns,
             mnt_ns: s.context.mnt_ns,
             pid_ns: s.context.pid_ns,
-            cgroup: s.context.cgroup,
-        });
-        for m in s.mappings {
-            let mapping = Mapping {
-                pid: s.pid,
-                time_ns: 0,
-                start: m.start,
-                end: m.end,
-                offset: m.offset,
-                path: m.path,
-                dev: m.dev,
-                inode: m.inode,
-                build_id: m.build_id,
-            };
-            p.current.push(mapping.clone());
-            p.history.push(Record::Mapping(mapping));
-        }
-        p
+            cgroup: s.context.cgroup.clone(),
+        })
     }
+}
+
+/// Where the table learnt of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Learnt {
+    /// A side-band `mmap` record: a change at its time, logged for the consumers of changes
+    /// and committed to the process's history (or the file, once the process is emitted).
+    Sideband,
+    /// A `/proc` snapshot of a process met for the first time: its state then, before any
+    /// record of it; consumers of changes ask for the current list instead.
+    Snapshot,
 }
 
 /// Every process the recording has met; see the module docs.
@@ -249,11 +244,12 @@ impl ProcessTable {
                     s.start_ns
                         .is_none_or(|start| start <= time_ns.saturating_add(START_SLACK_NS))
                 });
-            let proc = match snap {
-                Some(s) => Proc::from_snapshot(s),
-                None => Proc::new(bare_process(pid)),
-            };
-            self.procs.insert(pid, proc);
+            match snap {
+                Some(s) => self.insert_snapshot(s),
+                None => {
+                    self.procs.insert(pid, Proc::new(bare_process(pid)));
+                }
+            }
         }
         let mut chain = vec![pid];
         let mut parent = self.procs.get(&pid).map_or(0, |p| p.info.ppid);
@@ -363,28 +359,27 @@ impl ProcessTable {
         }
         match self.snapshot(pid) {
             Some(s) => {
-                self.procs.insert(pid, Proc::from_snapshot(s));
+                self.insert_snapshot(s);
                 true
             }
             None => false,
         }
     }
 
-    /// `pid`'s snapshot, its mapped files kept.
+    /// `pid`'s snapshot from `/proc`.
     fn snapshot(&mut self, pid: u32) -> Option<Snapshot> {
-        let s = procfs::snapshot(pid, &mut self.build_ids)?;
-        for m in &s.mappings {
-            self.kept.keep(&MappedFile {
-                pid,
-                start: m.start,
-                end: m.end,
-                path: &m.path,
-                dev: m.dev,
-                inode: m.inode,
-                build_id: m.build_id.as_ref(),
-            });
+        procfs::snapshot(pid, &mut self.build_ids)
+    }
+
+    /// Enters a process met for the first time as a snapshot shows it; its mappings come in
+    /// through the same intake as the side-band's.
+    fn insert_snapshot(&mut self, mut s: Snapshot) {
+        let pid = s.pid;
+        self.procs.insert(pid, Proc::from_snapshot(&s));
+        for m in std::mem::take(&mut s.mappings) {
+            // A snapshot's mappings are never emitted here (its process is new, not emitted).
+            let _ = self.take_mapping(m.mapping(pid), Learnt::Snapshot, &mut |_| Ok(()));
         }
-        Some(s)
     }
 
     fn emit_process(&mut self, pid: u32, emit: Emit<'_>) -> Result<()> {
@@ -456,31 +451,6 @@ impl ProcessTable {
             // Died before we could look: start from what the side-band says.
             self.procs.insert(m.pid, Proc::new(bare_process(m.pid)));
         }
-        let (dev, inode, build_id) = match &m.file {
-            FileId::BuildId(id) => (0, 0, Some(id.clone())),
-            FileId::DevInode { dev, inode } => (*dev, *inode, None),
-            FileId::Unknown => (0, 0, None),
-        };
-        let mapping = Mapping {
-            pid: m.pid,
-            time_ns: m.time_ns,
-            start: m.start,
-            end: Avma(m.start.0.saturating_add(m.len)),
-            offset: m.pgoff,
-            path: m.path.clone(),
-            dev,
-            inode,
-            build_id,
-        };
-        self.kept.keep(&MappedFile {
-            pid: m.pid,
-            start: mapping.start,
-            end: mapping.end,
-            path: &mapping.path,
-            dev,
-            inode,
-            build_id: mapping.build_id.as_ref(),
-        });
         if self
             .procs
             .get(&m.pid)
@@ -488,7 +458,24 @@ impl ProcessTable {
         {
             self.resolve_exec(m.pid, Some(m.path.clone()), emit)?;
         }
-        let Some(p) = self.procs.get_mut(&m.pid) else {
+        self.take_mapping(m.mapping(), Learnt::Sideband, emit)
+    }
+
+    /// The one intake of mappings, from the side-band and from snapshots alike: the file is
+    /// kept, the process's current list updated (a later mapping replaces those it covers),
+    /// and the mapping recorded in its history.
+    fn take_mapping(&mut self, mapping: Mapping, learnt: Learnt, emit: Emit<'_>) -> Result<()> {
+        self.kept.keep(&MappedFile {
+            pid: mapping.pid,
+            start: mapping.start,
+            end: mapping.end,
+            path: &mapping.path,
+            dev: mapping.dev,
+            inode: mapping.inode,
+            build_id: mapping.build_id.as_ref(),
+        });
+        let pid = mapping.pid;
+        let Some(p) = self.procs.get_mut(&pid) else {
             return Ok(());
         };
         // A snapshot taken after this mmap already holds it.
@@ -498,8 +485,16 @@ impl ProcessTable {
         p.current
             .retain(|c| !(mapping.start <= c.start && c.end <= mapping.end));
         p.current.push(mapping.clone());
-        self.log(MappingChange::Added(mapping.clone()));
-        self.commit(m.pid, Record::Mapping(mapping), emit)
+        match learnt {
+            Learnt::Snapshot => {
+                p.history.push(Record::Mapping(mapping));
+                Ok(())
+            }
+            Learnt::Sideband => {
+                self.log(MappingChange::Added(mapping.clone()));
+                self.commit(pid, Record::Mapping(mapping), emit)
+            }
+        }
     }
 
     fn on_comm(
@@ -718,7 +713,7 @@ fn same_place(a: &Mapping, b: &Mapping) -> bool {
 mod tests {
     use super::*;
     use crate::sideband::{FileId, MmapRecord, TaskRecord};
-    use urec_format::{BuildId, FileOffset};
+    use urec_format::{Avma, BuildId, FileOffset};
 
     fn table() -> ProcessTable {
         ProcessTable {

@@ -6,9 +6,9 @@
 //! A process that is gone gives `None`, never an error; a file we cannot read gives a partial
 //! snapshot. The side-band records that follow correct what moved in between.
 //!
-//! Build ids are read from the mapped files themselves with `object` (only the ELF header,
-//! program headers and the note are read, through `object::ReadCache`, so a large binary is not
-//! read whole and a file truncated under us cannot `SIGBUS` us as a mapped one could). The file
+//! Build ids are read from the mapped files themselves as a [`urec_elf::ElfImage`] (only the
+//! headers and the note are read, by `read` calls, so a large binary is not read whole and a
+//! file truncated under us cannot `SIGBUS` us as a mapped one could). The file
 //! is opened through `/proc/PID/map_files/START-END` when we may, which is the very file mapped
 //! even when the process lives in another mount namespace or the path was replaced since; then
 //! through the path. Results are cached per (device, inode), so libc is read once per recording.
@@ -17,8 +17,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use object::{Object, ReadCache};
-use urec_format::{Avma, BuildId, FileOffset, Nanos};
+use urec_format::{Avma, BuildId, FileOffset, Mapping, Nanos};
 use urec_untrusted::Identity;
 
 /// One executable mapping of `/proc/PID/maps`.
@@ -39,6 +38,24 @@ pub struct MapEntry {
     pub path: String,
     /// The file's build id, when it has one and we could read it.
     pub build_id: Option<BuildId>,
+}
+
+impl MapEntry {
+    /// The mapping of `pid` as the data file records it: in place before recording began
+    /// (time 0), since a snapshot cannot tell when it was made.
+    pub fn mapping(self, pid: u32) -> Mapping {
+        Mapping {
+            pid,
+            time_ns: 0,
+            start: self.start,
+            end: self.end,
+            offset: self.offset,
+            path: self.path,
+            dev: self.dev,
+            inode: self.inode,
+            build_id: self.build_id,
+        }
+    }
 }
 
 /// What `/proc/PID/stat` says that we need.
@@ -292,9 +309,8 @@ impl BuildIdCache {
 
 /// The GNU build id note of an ELF file, `None` when it has none or is not ELF.
 pub fn read_build_id(file: &File) -> Option<BuildId> {
-    let cache = ReadCache::new(file);
-    let object = object::File::parse(&cache).ok()?;
-    let id = object.build_id().ok()??;
+    let image = urec_elf::ElfImage::read(file.try_clone().ok()?).ok()?;
+    let id = image.build_id()?;
     (!id.is_empty()).then(|| BuildId(id.to_vec()))
 }
 

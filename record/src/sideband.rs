@@ -73,7 +73,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
 use perf_event_open_sys as sys;
-use urec_format::{Avma, BuildId, FileOffset, Nanos};
+use urec_format::{Avma, BuildId, FileOffset, Mapping, Nanos};
 
 /// How long a record may sit between its timestamp and its appearance in the ring, at most; see
 /// the module docs. Records younger than this are held back by [`Sideband::read`].
@@ -121,6 +121,29 @@ pub struct MmapRecord {
     pub file: FileId,
     /// `PROT_*` bits, when the record says (always includes `PROT_EXEC` here).
     pub prot: Option<u32>,
+}
+
+impl MmapRecord {
+    /// The mapping as the data file records it (a build id the kernel did not give is read
+    /// when the mapping is written).
+    pub fn mapping(&self) -> Mapping {
+        let (dev, inode, build_id) = match &self.file {
+            FileId::BuildId(id) => (0, 0, Some(id.clone())),
+            FileId::DevInode { dev, inode } => (*dev, *inode, None),
+            FileId::Unknown => (0, 0, None),
+        };
+        Mapping {
+            pid: self.pid,
+            time_ns: self.time_ns,
+            start: self.start,
+            end: Avma(self.start.0.saturating_add(self.len)),
+            offset: self.pgoff,
+            path: self.path.clone(),
+            dev,
+            inode,
+            build_id,
+        }
+    }
 }
 
 /// A fork or an exit (`PERF_RECORD_FORK` / `PERF_RECORD_EXIT`), of a process or of a thread.

@@ -28,8 +28,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use urec_format::{
-    plural, ArgType, BuildId, Event, EventKind, Finish, Header, LostSource, Probe, ProbeId,
-    ProbeKind, Record, StackId,
+    plural, ArgType, BuildId, Event, EventKind, FileOffset, Finish, FrameAddress, Header,
+    LostSource, Probe, ProbeId, ProbeKind, Record, StackId,
 };
 
 use crate::breakdown::{
@@ -289,24 +289,22 @@ fn analyze_source(source: crate::input::Source<'_>, opts: &ReportOptions) -> Res
     agg.finish(status.truncated, status.corrupt_chunks, status.warnings)
 }
 
-/// One code address a report would name: a binary, a file offset in it, and whether it is a
-/// caller's return address (named by the instruction before it).
+/// One code address a report would name: a binary and an address in it (a caller's return
+/// address is named by the instruction before it).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FrameAddress {
+pub struct BinaryAddress {
     /// The binary's recorded path.
     pub binary: String,
     /// Its recorded build id.
     pub build_id: Option<urec_format::BuildId>,
-    /// The file offset.
-    pub offset: urec_format::FileOffset,
-    /// A return address (every frame but the innermost).
-    pub return_address: bool,
+    /// The file offset, and whether it is a return address (every frame but the innermost).
+    pub address: FrameAddress,
 }
 
 /// Every distinct address that `report` would symbolize in the recording at `path`: the
 /// frames of its rebased stacks and the probes' own addresses. What the symbols section of
 /// the file must name.
-pub fn frame_addresses(path: &Path) -> Result<Vec<FrameAddress>, Error> {
+pub fn frame_addresses(path: &Path) -> Result<Vec<BinaryAddress>, Error> {
     let opts = ReportOptions {
         no_symbolize: true,
         ..ReportOptions::default()
@@ -321,22 +319,20 @@ pub fn frame_addresses(path: &Path) -> Result<Vec<FrameAddress>, Error> {
     )?;
     let mut out = std::collections::BTreeSet::new();
     for p in &agg.probes {
-        out.insert(FrameAddress {
+        out.insert(BinaryAddress {
             binary: p.probe.binary.clone(),
             build_id: p.probe.build_id.clone(),
-            offset: p.probe.offset,
-            return_address: false,
+            address: FrameAddress::Ip(p.probe.offset),
         });
     }
     for s in &agg.agg {
         for (depth, frame) in s.frames.iter().enumerate() {
             if let RFrame::Mapped { binary, offset } = *frame {
                 let (path, build_id) = &agg.binaries[binary as usize];
-                out.insert(FrameAddress {
+                out.insert(BinaryAddress {
                     binary: path.to_string(),
                     build_id: build_id.clone(),
-                    offset: urec_format::FileOffset(offset),
-                    return_address: depth > 0,
+                    address: FrameAddress::at_depth(FileOffset(offset), depth),
                 });
             }
         }
@@ -1283,11 +1279,10 @@ impl<'o> Aggregator<'o> {
                 for (depth, frame) in s.frames.iter().enumerate() {
                     if let RFrame::Mapped { binary, offset } = *frame {
                         let (path, build_id) = &self.binaries[binary as usize];
-                        symbolizer.symbolize(
+                        symbolizer.symbolize_at(
                             path,
                             build_id.as_ref(),
-                            urec_format::FileOffset(offset),
-                            depth > 0,
+                            FrameAddress::at_depth(FileOffset(offset), depth),
                         );
                     }
                 }
@@ -1296,7 +1291,7 @@ impl<'o> Aggregator<'o> {
         }
         let mut table = FrameTable::new();
         // The frames of each (binary, offset, return address) once.
-        let mut named: FxMap<(u32, u64, bool), Box<[FrameId]>> = FxMap::default();
+        let mut named: FxMap<(u32, FrameAddress), Box<[FrameId]>> = FxMap::default();
         struct Merged {
             calls: u64,
             total_ns: u64,
@@ -1348,15 +1343,14 @@ impl<'o> Aggregator<'o> {
                         ids.push(table.intern("[unknown]", FrameKind::Unmapped));
                     }
                     RFrame::Mapped { binary, offset } => {
-                        let key = (binary, offset, depth > 0);
-                        let frames = named.entry(key).or_insert_with(|| {
+                        let address = FrameAddress::at_depth(FileOffset(offset), depth);
+                        let frames = named.entry((binary, address)).or_insert_with(|| {
                             let (path, build_id) = &self.binaries[binary as usize];
                             code_frames(
                                 (!self.opts.no_symbolize).then_some(&mut symbolizer),
                                 path,
                                 build_id.as_ref(),
-                                offset,
-                                depth > 0,
+                                address,
                             )
                             .into_iter()
                             .map(|(name, location)| table.intern(&name, FrameKind::Code(location)))

@@ -131,17 +131,10 @@ pub(crate) fn code_frames(
     symbolizer: Option<&mut Symbolizer>,
     path: &str,
     build_id: Option<&BuildId>,
-    offset: u64,
-    return_address: bool,
+    address: urec_format::FrameAddress,
 ) -> Vec<(String, Location)> {
-    let found = symbolizer.map_or(&[][..], |s| {
-        s.symbolize(
-            path,
-            build_id,
-            urec_format::FileOffset(offset),
-            return_address,
-        )
-    });
+    let offset = address.offset().0;
+    let found = symbolizer.map_or(&[][..], |s| s.symbolize_at(path, build_id, address));
     if found.is_empty() {
         return vec![(
             offset_name(path, offset),

@@ -61,7 +61,7 @@ mod units;
 use std::path::PathBuf;
 
 pub use aggregate::{
-    analyze, analyze_bytes, frame_addresses, FrameAddress, Function, ProcessCalls, Recording,
+    analyze, analyze_bytes, frame_addresses, BinaryAddress, Function, ProcessCalls, Recording,
     Report, StackSummary,
 };
 pub use breakdown::{GroupBy, Groups, ValueHistogram};

@@ -469,14 +469,12 @@ impl<'o> Writer<'o> {
             match self.spaces.lookup(ev.pid, ev.time_ns, addr) {
                 None => frame_ids.push(self.frame_iid("[unknown]", None, None)),
                 Some(m) => {
-                    let (path, build_id, offset) =
-                        (m.path.to_string(), m.build_id.cloned(), m.offset.0);
+                    let (path, build_id) = (m.path.to_string(), m.build_id.cloned());
                     let named = code_frames(
                         (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
                         &path,
                         build_id.as_ref(),
-                        offset,
-                        depth > 0,
+                        urec_format::FrameAddress::at_depth(m.offset, depth),
                     );
                     for (name, l) in named {
                         frame_ids.push(self.frame_iid(&name, l.file.as_deref(), l.line));

@@ -223,7 +223,7 @@ impl AddressSpaces {
                 .get(&pid)
                 .and_then(|m| m.find(epoch, addr.0, &self.work))
             {
-                return Some(self.mapped(e, addr.0));
+                return Some(self.mapped(e, addr));
             }
             // Only a process still running the image it was forked with shares its parent's
             // mappings, as they were when it was forked.
@@ -243,11 +243,11 @@ impl AddressSpaces {
         None
     }
 
-    fn mapped(&self, e: &Entry, addr: u64) -> Mapped<'_> {
+    fn mapped(&self, e: &Entry, addr: Avma) -> Mapped<'_> {
         Mapped {
             path: &self.paths[e.path as usize],
             build_id: self.build_ids.get(e.build_id as usize),
-            offset: FileOffset(e.offset.wrapping_add(addr - e.start)),
+            offset: addr.file_offset_in(Avma(e.start), FileOffset(e.offset)),
         }
     }
 }

@@ -620,8 +620,7 @@ impl<'o> Printer<'o> {
                         (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
                         m.path,
                         m.build_id,
-                        m.offset.0,
-                        depth > 0,
+                        urec_format::FrameAddress::at_depth(m.offset, depth),
                     );
                     // Innermost first, as perf prints inlined frames.
                     for (name, _) in frames.iter().rev() {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use urec_format::{BinarySymbols, BuildId, Reader, Record, SymbolEntry, SymbolFrame};
-use urec_symbolize::{lookup_offset, EmbeddedSymbols, SymbolizeOptions, Symbolizer};
+use urec_symbolize::{EmbeddedSymbols, SymbolizeOptions, Symbolizer};
 
 /// A file the recorder kept open: the exact file a traced process mapped.
 pub struct Provided {
@@ -107,15 +107,14 @@ pub fn name(
     // Every address once first, so that debuginfod fetches for all binaries at once.
     symbolizer.begin_batch();
     for a in &addresses {
-        symbolizer.symbolize(&a.binary, a.build_id.as_ref(), a.offset, a.return_address);
+        symbolizer.symbolize_at(&a.binary, a.build_id.as_ref(), a.address);
     }
     symbolizer.end_batch();
     let mut out = Named::default();
     let mut by_binary: BTreeMap<(String, Option<BuildId>), BTreeMap<u64, Vec<SymbolFrame>>> =
         BTreeMap::new();
     for a in &addresses {
-        let frames =
-            symbolizer.symbolize(&a.binary, a.build_id.as_ref(), a.offset, a.return_address);
+        let frames = symbolizer.symbolize_at(&a.binary, a.build_id.as_ref(), a.address);
         if frames.first().and_then(|f| f.function_name()).is_none() {
             out.unnamed += 1;
             continue;
@@ -135,7 +134,7 @@ pub fn name(
         by_binary
             .entry((a.binary.clone(), a.build_id.clone()))
             .or_default()
-            .entry(lookup_offset(a.offset, a.return_address))
+            .entry(a.address.lookup().0)
             .or_insert(list);
     }
     out.warnings = symbolizer.take_warnings();

@@ -15,9 +15,8 @@
 
 use std::fs::File;
 
-use object::read::ReadCache;
-use object::{Object, ObjectSection, ObjectSymbol};
-use urec_format::{FileOffset, LoadSegment};
+use urec_elf::ElfImage;
+use urec_format::{FileOffset, LoadSegment, Svma};
 
 /// What symbolization needs to know about one ELF file, read once from its headers.
 #[derive(Debug)]
@@ -36,80 +35,50 @@ pub(crate) struct ElfInfo {
 }
 
 /// Go's function table of a binary, with what its inline trees need: where `go:func.*` is,
-/// and the file to read them from.
+/// and the image to read them from.
 pub(crate) struct GoTable {
     pub table: urec_gopclntab::Pclntab,
     gofunc: Option<u64>,
-    file: File,
-    loads: Vec<LoadSegment>,
+    image: ElfImage,
 }
 
 impl GoTable {
     /// The frames of the Go code at `vaddr`: the function, then those inlined into it.
     pub fn frames(&self, vaddr: u64) -> Option<Vec<urec_gopclntab::Frame<'_>>> {
-        let read = |at: u64, len: usize| -> Option<Vec<u8>> {
-            let off = urec_format::Svma(at).to_file_offset(&self.loads)?.0;
-            let mut buf = vec![0u8; len.min(64)];
-            let n = urec_untrusted::read_at(&self.file, &mut buf, off).ok()?;
-            (n == buf.len()).then_some(buf)
-        };
+        let read = |at: u64, len: usize| self.image.read_svma(Svma(at), len.min(64));
         self.table.frames(vaddr, self.gofunc, &read)
     }
 }
 
-/// Go's function table in an open ELF file ([`urec_gopclntab::elf::find`], read by `pread`),
-/// with `go:func.*` from the data the runtime's `moduledata` is in; None for other files.
+/// Go's function table in an open ELF file ([`ElfImage::go_table`]), with `go:func.*` from the
+/// data the runtime's `moduledata` is in; None for other files.
 pub(crate) fn read_pclntab(file: &File) -> Option<GoTable> {
-    let len = file.metadata().ok()?.len();
-    let cache = ReadCache::new(file);
-    let obj = object::File::parse(&cache).ok()?;
-    let read = |off: u64, size: u64| -> Option<Vec<u8>> {
-        let size = size.min(len.checked_sub(off)?);
-        let mut buf = vec![0u8; usize::try_from(size).ok()?];
-        let n = urec_untrusted::read_at(file, &mut buf, off).ok()?;
-        buf.truncate(n);
-        Some(buf)
-    };
-    let found = urec_gopclntab::elf::find(&obj, read)?;
+    let image = ElfImage::read(file.try_clone().ok()?).ok()?;
+    let found = image.go_table()?;
     let gofunc = found.data.iter().find_map(|&(off, size)| {
-        let data = read(off, size.min(urec_gopclntab::elf::READ_LIMIT))?;
+        let data = image.read_at(off, size.min(urec_gopclntab::elf::READ_LIMIT))?;
         found.table.find_gofunc(&data, found.vaddr)
     });
     Some(GoTable {
         table: found.table,
         gofunc,
-        file: file.try_clone().ok()?,
-        loads: load_segments(&obj),
+        image,
     })
 }
 
 impl ElfInfo {
-    /// Reads the headers of an open file through `pread` (never mapped: a file truncated
+    /// Reads the headers of an open file as an [`ElfImage`] (never mapped: a file truncated
     /// meanwhile makes a short read, not `SIGBUS`); `None` if it is not an object file.
     pub fn read(file: &File) -> Option<ElfInfo> {
-        let cache = ReadCache::new(file);
-        let obj = object::File::parse(&cache).ok()?;
-        let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
-        let loads = load_segments(&obj);
-        let has_contents = |name: &str| {
-            obj.section_by_name(name)
-                .and_then(|s| s.file_range())
-                .is_some_and(|(_, size)| size > 0)
-        };
-        let debuglink = obj
-            .gnu_debuglink()
-            .ok()
-            .flatten()
-            .map(|(name, crc)| (String::from_utf8_lossy(name).into_owned(), crc));
+        let image = ElfImage::read(file.try_clone().ok()?).ok()?;
+        let has_contents = |name: &str| image.section(name).is_some_and(|s| s.has_contents());
         Some(ElfInfo {
-            build_id,
-            loads,
+            build_id: image.build_id().map(<[u8]>::to_vec),
+            loads: image.loads().to_vec(),
             has_dwarf: has_contents(".debug_info"),
             has_symtab: has_contents(".symtab"),
-            has_dynsym: obj
-                .dynamic_symbols()
-                .any(|s| s.is_definition() && s.kind() == object::SymbolKind::Text),
-            debuglink,
+            has_dynsym: image.defines_dynamic_function(),
+            debuglink: image.debuglink().cloned(),
         })
     }
 
@@ -164,29 +133,6 @@ impl ElfInfo {
         }
         Some(self)
     }
-}
-
-/// The PT_LOAD segments of `obj`, as the address conversions take them.
-fn load_segments<'data, R: object::ReadRef<'data>>(
-    obj: &object::File<'data, R>,
-) -> Vec<LoadSegment> {
-    use object::{Object, ObjectSegment};
-    obj.segments()
-        .map(|s| {
-            let (offset, file_size) = s.file_range();
-            LoadSegment {
-                offset,
-                file_size,
-                vaddr: s.address(),
-                mem_size: s.size(),
-                align: s.align(),
-                exec: matches!(
-                    s.flags(),
-                    object::SegmentFlags::Elf { p_flags, .. } if p_flags.0 & 1 != 0
-                ),
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

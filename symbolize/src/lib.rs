@@ -54,7 +54,7 @@ use std::fs::File;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use urec_format::{BuildId, FileOffset};
+use urec_format::{BuildId, FileOffset, FrameAddress};
 
 use advice::Warnings;
 use binary::{Binary, Fetch, Kind, Search};
@@ -80,15 +80,11 @@ pub struct SymbolizeOptions {
     pub debuginfod: bool,
 }
 
-/// The file offset that is actually looked up for a frame: a caller's return address points
-/// after its call, and the call may be the last instruction of its function, so `offset - 1`
-/// is looked up for return addresses. Embedded symbols are keyed by this value.
+/// The file offset that is actually looked up for a frame ([`FrameAddress::lookup`]), as the
+/// raw value embedded symbols are keyed by in the data file.
+#[inline]
 pub fn lookup_offset(offset: FileOffset, return_address: bool) -> u64 {
-    if return_address {
-        offset.0.saturating_sub(1)
-    } else {
-        offset.0
-    }
+    FrameAddress::new(offset, return_address).lookup().0
 }
 
 /// Where the names came from, for `report --json` (`recording.symbols`).
@@ -117,7 +113,7 @@ pub struct Symbolizer {
     /// Files handed over by the caller, taken when their binary is first used.
     provided: HashMap<String, Vec<(Option<BuildId>, File)>>,
     embedded: EmbeddedIndex,
-    cache: HashMap<(usize, u64, bool), Box<[Frame]>>,
+    cache: HashMap<(usize, FrameAddress), Box<[Frame]>>,
     warnings: Warnings,
     unnamed_frames: std::collections::BTreeMap<&'static str, u64>,
     debuginfod: Option<debuginfod::Client>,
@@ -179,11 +175,8 @@ impl Symbolizer {
         self.cache.clear();
     }
 
-    /// Frames for one code address, outermost first (the real function, then the functions
-    /// inlined into it, innermost last). `return_address`: this is a caller's return address,
-    /// so [`lookup_offset`] is what is looked up. An unnamed address gives one frame whose
-    /// [`Frame::display_name`] is `binary_basename+0xOFF` (the recorded offset), `[vdso]` or
-    /// `[unknown]`. Cached per (binary, offset).
+    /// [`Symbolizer::symbolize_at`] for `offset`, a caller's return address when
+    /// `return_address`.
     pub fn symbolize(
         &mut self,
         binary: &str,
@@ -191,10 +184,24 @@ impl Symbolizer {
         offset: FileOffset,
         return_address: bool,
     ) -> &[Frame] {
+        self.symbolize_at(binary, build_id, FrameAddress::new(offset, return_address))
+    }
+
+    /// Frames for one code address, outermost first (the real function, then the functions
+    /// inlined into it, innermost last); a return address is named by
+    /// [`FrameAddress::lookup`]. An unnamed address gives one frame whose
+    /// [`Frame::display_name`] is `binary_basename+0xOFF` (the recorded offset), `[vdso]` or
+    /// `[unknown]`. Cached per (binary, address).
+    pub fn symbolize_at(
+        &mut self,
+        binary: &str,
+        build_id: Option<&BuildId>,
+        address: FrameAddress,
+    ) -> &[Frame] {
         let bin = self.binary(binary, build_id);
-        let key = (bin, offset.0, return_address);
+        let key = (bin, address);
         if !self.cache.contains_key(&key) {
-            let frames = self.resolve(bin, offset, return_address);
+            let frames = self.resolve(bin, address);
             self.cache.insert(key, frames.into_boxed_slice());
         }
         &self.cache[&key]
@@ -284,8 +291,9 @@ impl Symbolizer {
     }
 
     /// The precedence of the crate doc, for one address.
-    fn resolve(&mut self, bin: usize, offset: FileOffset, return_address: bool) -> Vec<Frame> {
-        let lookup = lookup_offset(offset, return_address);
+    fn resolve(&mut self, bin: usize, address: FrameAddress) -> Vec<Frame> {
+        let offset = address.offset();
+        let lookup = address.lookup().0;
         let binary = &self.binaries[bin];
         let mut named: Option<Vec<Frame>> = None;
         // 1. Local files with the recorded build id.
@@ -338,7 +346,7 @@ impl Symbolizer {
             } else {
                 self.fetch_debuginfod(&[bin]);
                 if self.binaries[bin].fetch == Fetch::Used {
-                    return self.resolve(bin, offset, return_address);
+                    return self.resolve(bin, address);
                 }
             }
         }

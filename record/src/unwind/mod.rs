@@ -294,7 +294,7 @@ impl Unwinder {
             }
             return;
         };
-        let Some(bias) = info.load_bias(range.start, mapping.offset.0) else {
+        let Some(bias) = info.load_bias(mapping.start, mapping.offset) else {
             self.warnings.push(format!(
                 "{}: no PT_LOAD segment contains file offset {:#x}; cannot unwind through it",
                 mapping.path, mapping.offset.0
