@@ -45,12 +45,6 @@ pub fn check(path: &Path) -> std::result::Result<(), String> {
             ));
         }
     }
-    // Only a recording (or an empty file) is ever moved aside, and only onto nothing or an
-    // older recording: `-o /usr/bin/bash`, or an `-o` that names a program a `-p` process
-    // runs, would otherwise rename the program away and put the recording in its place (seen:
-    // two such runs lost bash itself, the second moving the first recording over bash.old).
-    check_replaceable(path, "")?;
-    check_replaceable(&old_path(path), ".old")?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -76,6 +70,17 @@ pub fn check(path: &Path) -> std::result::Result<(), String> {
             parent.display()
         ),
     })
+}
+
+/// Refuses an existing `-o` that is not a recording, and a `FILE.old` that is not one either:
+/// only a recording (or an empty file) is ever moved aside, and only onto nothing or an older
+/// recording. `-o /usr/bin/bash`, or an `-o` naming the program a `-p` process runs, would
+/// otherwise rename the program away and put the recording in its place (seen: two such runs
+/// lost bash itself, the second moving the first recording over bash.old). Separate from
+/// [`check`] so that the request can first say the more precise "that is a probed binary".
+pub fn check_kept(path: &Path) -> std::result::Result<(), String> {
+    check_replaceable(path, "")?;
+    check_replaceable(&old_path(path), ".old")
 }
 
 /// `FILE.old`, where an existing recording at `FILE` is kept.
@@ -152,6 +157,7 @@ fn writable(dir: &Path) -> io::Result<()> {
 /// Creates `path` for writing as described in the module docs.
 pub fn create(path: &Path) -> Result<File> {
     check(path).map_err(anyhow::Error::msg)?;
+    check_kept(path).map_err(anyhow::Error::msg)?;
     if std::fs::symlink_metadata(path).is_ok() {
         let old = old_path(path);
         std::fs::rename(path, &old).with_context(|| {
@@ -247,7 +253,7 @@ mod tests {
 
         let notes = dir.path().join("notes.txt");
         std::fs::write(&notes, b"keep me").unwrap();
-        let err = check(&notes).unwrap_err();
+        let err = check_kept(&notes).unwrap_err();
         assert!(err.contains("is a file, not a urec recording"), "{err}");
 
         // A recording whose .old is someone else's file: that file would be overwritten.

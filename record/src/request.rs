@@ -230,6 +230,7 @@ impl RecordRequest {
                 self.output.display()
             )));
         }
+        crate::output::check_kept(&self.output).map_err(RecordError::Usage)?;
         Ok(RecordOptions {
             probes,
             target,
