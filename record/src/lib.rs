@@ -46,7 +46,6 @@ pub mod command;
 mod consumer;
 pub mod dwarf;
 pub mod fds;
-mod fxhash;
 pub mod kept;
 pub mod lost;
 pub mod mapped;

@@ -63,10 +63,10 @@ use urec_format::{
     Avma, Lost, LostSource, Mapping, Nanos, Process, ProcessChange, ProcessEvent, Record,
 };
 
-use crate::fxhash::FxHashMap;
 use crate::kept::{KeptFiles, MappedFile};
 use crate::procfs::{self, BuildIdCache, Snapshot};
 use crate::sideband::{FileId, MmapRecord, SidebandRecord, TaskRecord};
+use urec_format::hash::FxHashMap;
 
 /// How long (side-band time) an exited, never-emitted process is kept for late probe events.
 pub const GRACE_NS: Nanos = 5_000_000_000;

@@ -1565,38 +1565,9 @@ impl<'o> Aggregator<'o> {
     }
 }
 
-/// A fast non-cryptographic hasher for the per-event maps, whose keys are small integers that
-/// users do not choose adversarially (the Fx hash of rustc). SipHash took a third of the
-/// report's time on 10M events.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut buf = [0u8; 8];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(buf));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+/// The workspace's fast hasher ([`urec_format::hash`]): the per-event maps' keys are small
+/// integers, and SipHash took a third of the report's time on 10M events.
+pub(crate) type FxMap<K, V> = urec_format::hash::FxHashMap<K, V>;
 
 /// `--probe NAME` selects `probe`: NAME is its display name, one of its specs, or its symbol,
 /// alone or as `SYMBOL@0xVADDR` (how probes on local functions sharing a name are told apart).
