@@ -81,7 +81,7 @@ pub struct Incarnations {
     all: Vec<Incarnation>,
     processes: Vec<ProcessInfo>,
     /// Fx-hashed: asked once per event.
-    pids: crate::aggregate::FxMap<u32, PidLife>,
+    pids: urec_format::hash::FxHashMap<u32, PidLife>,
     comms: Interner,
     /// The latest time any record named; a `Process` record without a start time that renames
     /// a known pid does so from then on.

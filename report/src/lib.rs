@@ -25,47 +25,31 @@
 //!
 //! ```no_run
 //! let report = urec_report::analyze("urec.data".as_ref(), &urec_report::ReportOptions::default())?;
-//! urec_report::table::write(&report, &mut std::io::stdout().lock())?;
+//! urec_report::output::table::write(&report, &mut std::io::stdout().lock())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![deny(missing_docs)]
 
 mod aggregate;
-mod args;
-pub mod breakdown;
+mod calls;
 pub mod diff;
-pub mod flamegraph;
-pub mod folded;
-pub mod frames;
-pub mod histogram;
 pub mod incarnation;
-pub mod info;
 mod input;
 mod interner;
-pub mod json;
 pub mod merge;
-mod pairing;
-pub mod perfetto;
-pub mod pprof;
-pub mod processes;
-mod proto;
+pub mod model;
+pub mod output;
 pub mod rebase;
-mod reorder;
-pub mod script;
 pub use urec_symbolize as symbolize;
-pub mod table;
-mod units;
 
 use std::path::PathBuf;
 
-pub use aggregate::{
-    analyze, analyze_bytes, frame_addresses, FrameAddress, Function, ProcessCalls, Recording,
-    Report, StackSummary,
-};
-pub use breakdown::{GroupBy, Groups, ValueHistogram};
-pub use histogram::{LatencyHistogram, LatencyStats};
-pub use units::human_ns;
+pub use aggregate::{analyze, analyze_bytes, frame_addresses, FrameAddress};
+pub use model::breakdown::{GroupBy, Groups, ValueHistogram};
+pub use model::histogram::{LatencyHistogram, LatencyStats};
+pub use model::{Function, ProcessCalls, Recording, Report, StackSummary};
+pub use output::units::human_ns;
 
 /// Which events a report looks at. Empty lists select everything; several values of one kind
 /// are alternatives (`--pid 1 --pid 2`), different kinds must all match.
@@ -209,7 +193,7 @@ pub struct ReportOptions {
     /// Skip symbolization (frames stay `binary+0xOFF`); for tests and benchmarks of the rest.
     pub no_symbolize: bool,
     /// Split each probe's calls by this key (`--group-by`).
-    pub group_by: Option<breakdown::GroupBy>,
+    pub group_by: Option<GroupBy>,
     /// A log2 histogram of this argument's values per probe (`--hist`).
     pub hist: Option<String>,
     /// The table lists probes without calls (`--show-zero`).
@@ -276,21 +260,21 @@ pub fn exercise(bytes: &[u8]) {
         ..ReportOptions::default()
     };
     if let Ok(report) = analyze_bytes(bytes.to_vec(), &opts) {
-        let _ = table::write(&report, &mut sink);
-        let _ = table::write_histograms(&report, &mut sink);
-        let _ = json::write(&report, &mut sink);
-        let _ = pprof::write(&report, &mut sink);
+        let _ = output::table::write(&report, &mut sink);
+        let _ = output::table::write_histograms(&report, &mut sink);
+        let _ = output::json::write(&report, &mut sink);
+        let _ = output::pprof::write(&report, &mut sink);
         for weight in [Weight::Calls, Weight::Latency] {
-            let _ = folded::write(&report, weight, &mut sink);
-            let _ = flamegraph::write(&report, weight, &mut sink);
+            let _ = output::folded::write(&report, weight, &mut sink);
+            let _ = output::flamegraph::write(&report, weight, &mut sink);
         }
     }
-    let script_opts = script::ScriptOptions {
+    let script_opts = output::script::ScriptOptions {
         no_symbolize: true,
-        ..script::ScriptOptions::default()
+        ..output::script::ScriptOptions::default()
     };
-    let _ = script::script_bytes(bytes.to_vec(), &script_opts, &mut sink);
-    let _ = perfetto::write_bytes(bytes.to_vec(), &opts, &mut sink);
+    let _ = output::script::script_bytes(bytes.to_vec(), &script_opts, &mut sink);
+    let _ = output::perfetto::write_bytes(bytes.to_vec(), &opts, &mut sink);
 }
 
 impl Error {

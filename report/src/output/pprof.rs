@@ -20,9 +20,9 @@ use std::io::{self, Write};
 
 use flate2::write::GzEncoder;
 
-use crate::aggregate::Report;
-use crate::frames::{FrameId, FrameKind};
-use crate::proto::Msg;
+use crate::model::frames::{FrameId, FrameKind};
+use crate::model::Report;
+use crate::output::proto::Msg;
 
 /// Where the first synthetic mapping starts (any page-aligned non-zero address would do: pprof
 /// treats address 0 as unknown).
@@ -179,7 +179,7 @@ fn write_profile(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     );
     let comment = strings.id(&format!("urec: {}", report.recording.command));
     m.int(PROFILE_COMMENT, comment as i64);
-    if let Some(c) = crate::aggregate::coverage(report) {
+    if let Some(c) = crate::model::coverage(report) {
         let c = strings.id(&format!("urec: {c}"));
         m.int(PROFILE_COMMENT, c as i64);
     }

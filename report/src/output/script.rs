@@ -48,24 +48,24 @@ use std::path::Path;
 
 use urec_format::{Avma, Event, EventKind, ProbeId, Record, StackId};
 
-use crate::args::format_arg;
-use crate::frames::code_frames;
+use crate::calls::pairing::Pairing;
 use crate::input::Ahead;
-use crate::pairing::Pairing;
+use crate::model::frames::code_frames;
+use crate::output::args::format_arg;
+use crate::output::reorder::{Reorder, Timed};
 use crate::rebase::AddressSpaces;
-use crate::reorder::{Reorder, Timed};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
 use crate::{Error, Filter};
 
 /// How far behind the newest event read an event may arrive and still be printed in order.
 /// The ring buffer's disorder is the time between a probe's timestamp and its commit:
 /// microseconds, so a second is generous.
-pub const REORDER_NS: u64 = crate::reorder::REORDER_NS;
+pub const REORDER_NS: u64 = crate::output::reorder::REORDER_NS;
 
 /// Bytes of events held back for reordering. A recorded event with eight string arguments
 /// takes about 2.5 KiB: at a million such events a second, the time window alone would hold
 /// 2.5 GB; this bound shortens it instead (about 160,000 events of the usual 100 bytes).
-pub const REORDER_BYTES: usize = crate::reorder::REORDER_BYTES;
+pub const REORDER_BYTES: usize = crate::output::reorder::REORDER_BYTES;
 
 /// Bytes of rendered stacks kept for reuse.
 pub const RENDERED_BYTES: usize = 16 << 20;
@@ -359,7 +359,7 @@ impl<'o> Printer<'o> {
             .incarnations_mut()
             .at_or_new(ev.pid, ev.time_ns)
             .id;
-        let key = (incarnation, crate::pairing::waiter(&ev), ev.probe);
+        let key = (incarnation, crate::calls::pairing::waiter(&ev), ev.probe);
         match (ev.kind, kind) {
             (EventKind::Entry, Some(urec_format::ProbeKind::EntryReturn)) => {
                 // An entry the bound pushes out can never be judged: filtered, as one

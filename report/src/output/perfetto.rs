@@ -24,8 +24,8 @@
 //!
 //! # Memory
 //! Events are reordered in a bounded window as `urec script` does
-//! ([`crate::script::REORDER_NS`] of event time, [`crate::script::REORDER_BYTES`] bytes) and
-//! written at once; what is kept is per thread (its open calls, within [`crate::pairing`]'s
+//! ([`crate::output::script::REORDER_NS`] of event time, [`crate::output::script::REORDER_BYTES`] bytes) and
+//! written at once; what is kept is per thread (its open calls, within [`crate::calls::pairing`]'s
 //! bound: a call pushed out stays open in the trace and is counted in the summary's
 //! `evicted`) and per distinct stack, frame and name (the interning tables), never per event.
 //!
@@ -42,13 +42,15 @@ use std::path::Path;
 
 use urec_format::{plural, Event, EventKind, Probe, ProbeId, ProbeKind, Record, StackId};
 
-use crate::aggregate::{answers_to, FxMap};
-use crate::args::format_arg;
-use crate::frames::code_frames;
-use crate::pairing::{fits, Pairing, Waiting};
-use crate::proto::Msg;
+use urec_format::hash::FxHashMap;
+
+use crate::aggregate::answers_to;
+use crate::calls::pairing::{fits, Pairing, Waiting};
+use crate::model::frames::code_frames;
+use crate::output::args::format_arg;
+use crate::output::proto::Msg;
+use crate::output::reorder::Reorder;
 use crate::rebase::AddressSpaces;
-use crate::reorder::Reorder;
 use crate::symbolize::{EmbeddedSymbols, Symbolizer};
 use crate::{Error, ReportOptions};
 
@@ -132,7 +134,7 @@ pub struct PerfettoSummary {
     /// Calls still running at the stop.
     pub in_flight: u64,
     /// Calls left open in the trace because more waited for their returns at once than the
-    /// bound allows (only crafted files get there: [`crate::pairing`]).
+    /// bound allows (only crafted files get there: [`crate::calls::pairing`]).
     pub evicted: u64,
     /// Warnings (truncation, symbolization problems), each once.
     pub warnings: Vec<String>,
@@ -233,12 +235,12 @@ struct Writer<'o> {
     header: urec_format::Header,
     spaces: AddressSpaces,
     symbolizer: Symbolizer,
-    probes: FxMap<ProbeId, ProbeInfo>,
-    stacks: FxMap<StackId, urec_format::Stack>,
+    probes: FxHashMap<ProbeId, ProbeInfo>,
+    stacks: FxHashMap<StackId, urec_format::Stack>,
     /// Tracks described so far: process incarnation → uuid.
-    processes: FxMap<u32, u64>,
+    processes: FxHashMap<u32, u64>,
     /// (incarnation, tid) → the thread's track uuid.
-    threads: FxMap<(u32, u32), u64>,
+    threads: FxHashMap<(u32, u32), u64>,
     /// (incarnation, tid) → its open calls, innermost on top: one stack per thread, across
     /// probes, as slices on a track must nest.
     open: Pairing<(u32, u32), Open>,
@@ -249,14 +251,14 @@ struct Writer<'o> {
     frames: HashMap<(u64, u64, u32), u64>,
     callstacks: HashMap<Vec<u64>, u64>,
     /// (incarnation, stack id) → callstack iid.
-    stack_iids: FxMap<(u32, StackId), u64>,
+    stack_iids: FxHashMap<(u32, StackId), u64>,
     /// Interned data to send with the next packet.
     interned: Msg,
-    lost: FxMap<ProbeId, u64>,
+    lost: FxHashMap<ProbeId, u64>,
     lost_total: u64,
     /// Calls per probe as the kernel counted them (the last Aggregate snapshot): what the
     /// slices, built from the recorded events, cover part of when events were lost.
-    kernel_calls: FxMap<ProbeId, u64>,
+    kernel_calls: FxHashMap<ProbeId, u64>,
     finish: Option<urec_format::Finish>,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -293,21 +295,21 @@ impl<'o> Writer<'o> {
             header: header.clone(),
             spaces: AddressSpaces::new(),
             symbolizer,
-            probes: FxMap::default(),
-            stacks: FxMap::default(),
-            processes: FxMap::default(),
-            threads: FxMap::default(),
+            probes: FxHashMap::default(),
+            stacks: FxHashMap::default(),
+            processes: FxHashMap::default(),
+            threads: FxHashMap::default(),
             open: Pairing::default(),
             event_names: HashMap::new(),
             strings: HashMap::new(),
             sources: HashMap::new(),
             frames: HashMap::new(),
             callstacks: HashMap::new(),
-            stack_iids: FxMap::default(),
+            stack_iids: FxHashMap::default(),
             interned: Msg::new(),
-            lost: FxMap::default(),
+            lost: FxHashMap::default(),
             lost_total: 0,
-            kernel_calls: FxMap::default(),
+            kernel_calls: FxHashMap::default(),
             finish: None,
             first_ns: None,
             last_ns: 0,
@@ -725,7 +727,7 @@ impl<'o> Writer<'o> {
         };
         // In flight if the process lived on; in one that ended, the returns were lost (as the
         // report counts them: unmatched).
-        let mut open: FxMap<(u32, u32), usize> = FxMap::default();
+        let mut open: FxHashMap<(u32, u32), usize> = FxHashMap::default();
         for (key, _) in self.open.drain() {
             *open.entry(key).or_default() += 1;
         }

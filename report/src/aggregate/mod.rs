@@ -4,7 +4,7 @@
 //! - `calls`: entry events; for return-only probes, return events.
 //! - `returns`: return events.
 //! - latency: the recorder's `latency_ns` on the return event when present; otherwise the return
-//!   is paired with its entry by [`crate::pairing`]'s rule (the most recent unreturned entry of
+//!   is paired with its entry by [`crate::calls::pairing`]'s rule (the most recent unreturned entry of
 //!   the same process, thread and probe whose time fits), and latency is the difference of their
 //!   times.
 //! - `in_flight`: entries still waiting for their return at the end of the file, in processes
@@ -22,223 +22,30 @@
 //! mappings in force at that event's time. Rebased stacks are (binary, file offset) lists, so
 //! equal call paths in different processes merge into one entry at once. Memory is therefore
 //! bounded by unique keys and stacks, plus the entries waiting for their return (threads ×
-//! nesting depth, within [`crate::pairing`]'s budget), never by the number of events.
+//! nesting depth, within [`crate::calls::pairing`]'s budget), never by the number of events.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use urec_format::hash::FxHashMap;
 use urec_format::{
     plural, ArgType, BuildId, Event, EventKind, Finish, Header, LostSource, Probe, ProbeId,
     ProbeKind, Record, StackId,
 };
 
-use crate::breakdown::{
+use crate::calls::pairing::{is_goroutine, waiter, Pairing, Waiting};
+use crate::model::breakdown::{
     numeric, ArgKey, Group, GroupBy, GroupStats, GroupValue, Groups, Log2, ProbeGroups, RawKey,
     ValueHistogram, MAX_GROUPS,
 };
-use crate::frames::{code_frames, FrameId, FrameKind, FrameTable, Location};
-use crate::histogram::{LatencyHistogram, LatencyStats};
-use crate::pairing::{is_goroutine, waiter, Pairing, Waiting};
+use crate::model::frames::{code_frames, FrameId, FrameKind, FrameTable, Location};
+use crate::model::histogram::LatencyHistogram;
+use crate::model::{
+    sort_functions, sort_metric, Function, ProcessCalls, Recording, Report, StackSummary,
+};
 use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolStats, Symbolizer};
-use crate::{Error, ReportOptions, SortKey};
-
-/// What outputs built from events (flamegraph, pprof) say when they do not hold every call:
-/// "stacks sampled: 1 call in up to N kept, counted N times: ..." when the recorder sampled
-/// under ring pressure (the stacks are scaled by their weights), and "stacks cover N of M
-/// calls" when some probe's calls came from the kernel's counts and its events cover fewer.
-pub fn coverage(report: &Report) -> Option<String> {
-    let partial = report
-        .functions
-        .iter()
-        .filter(|f| f.recorded_calls < f.calls || f.max_weight > 1);
-    let (recorded, weighted, calls) = partial.fold((0u64, 0u64, 0u64), |(r, w, c), f| {
-        (
-            r.saturating_add(f.recorded_calls),
-            w.saturating_add(f.weighted_calls),
-            c.saturating_add(f.calls),
-        )
-    });
-    if calls == 0 {
-        return None;
-    }
-    let max_weight = report
-        .functions
-        .iter()
-        .map(|f| f.max_weight)
-        .max()
-        .unwrap_or(1);
-    Some(if max_weight > 1 {
-        format!(
-            "stacks sampled under ring pressure (1 call in up to {max_weight} kept, each \
-             counted as the calls it stands for): {recorded} recorded calls weigh {weighted} \
-             of {calls} calls"
-        )
-    } else {
-        format!("stacks cover {recorded} of {calls} calls (events lost)")
-    })
-}
-
-/// The recording as a whole (the `recording` object of `--json`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recording {
-    /// urec's own command line, words joined by spaces (quoted where needed).
-    pub command: String,
-    /// The traced command's argv, when urec ran one.
-    pub workload: Option<Vec<String>>,
-    /// Host name of the recording machine.
-    pub host: String,
-    /// Kernel release of the recording machine.
-    pub kernel: String,
-    /// From attach to stop; without a clean end, from the first to the last event.
-    pub duration_ns: u64,
-    /// Probe events stored in the file (all of them, whatever the filters).
-    pub events: u64,
-    /// Events lost in the ring buffer.
-    pub lost_ring: u64,
-    /// Side-band records lost.
-    pub lost_sideband: u64,
-    /// Stacks that could not be unwound.
-    pub lost_unwind: u64,
-    /// The file ends before its clean end; everything up to its last complete chunk was read.
-    pub truncated: bool,
-    /// Damaged chunks that were skipped.
-    pub corrupt_chunks: u64,
-    /// Display names of the probes the report covers, in probe-id order.
-    pub probes: Vec<String>,
-    /// Where the frames' names came from (`recording.symbols` in JSON).
-    pub symbols: SymbolStats,
-    /// The processes that had events, where they ran (`recording.processes` in JSON).
-    pub processes: Vec<crate::processes::ProcessSummary>,
-}
-
-impl Recording {
-    /// Sum of every lost count.
-    pub fn lost(&self) -> u64 {
-        self.lost_ring
-            .saturating_add(self.lost_sideband)
-            .saturating_add(self.lost_unwind)
-    }
-}
-
-/// Calls of one probe by one process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessCalls {
-    /// Process id.
-    pub pid: u32,
-    /// Its command name at the time of its first call.
-    pub comm: String,
-    /// Calls (as [`Function::calls`] counts them).
-    pub calls: u64,
-}
-
-/// Everything about one probed function (a row of the table).
-#[derive(Clone, Debug)]
-pub struct Function {
-    /// Display name (`bash:readline`).
-    pub probe: String,
-    /// Probed binary.
-    pub binary: String,
-    /// Probed symbol (empty for a raw address).
-    pub symbol: String,
-    /// Entry, return or both.
-    pub kind: ProbeKind,
-    /// Entry events (return events for return-only probes).
-    pub calls: u64,
-    /// Return events.
-    pub returns: u64,
-    /// Calls still running when recording stopped.
-    pub in_flight: u64,
-    /// Returns or entries whose partner was lost.
-    pub unmatched: u64,
-    /// Events of this probe the recorder lost.
-    pub lost: u64,
-    /// Calls the probe's predicate (`if EXPR`) rejected: not recorded, not lost.
-    pub filtered: u64,
-    /// Calls whose events made it into the file (and past the filters): what stacks, args,
-    /// group-by and per-process counts cover. Equal to `calls` unless `calls` came from the
-    /// kernel's counts.
-    pub recorded_calls: u64,
-    /// The recorded calls weighted by what each stands for: an estimate of all the calls
-    /// when the recorder sampled under ring pressure (what stacks, per-process counts and
-    /// groups add up to), else `recorded_calls`.
-    pub weighted_calls: u64,
-    /// The largest weight of a recorded call: the recorder kept one call in up to this many
-    /// (1: nothing sampled).
-    pub max_weight: u32,
-    /// Calls the recorder sampled out under ring pressure (events not written, counted).
-    pub sampled: u64,
-    /// `calls`, `returns`, `in_flight` and `latency` are the kernel's exact counts, because
-    /// events of this probe were lost or sampled and no event filter was active (SPEC.md,
-    /// "Exact at any rate").
-    pub from_kernel: bool,
-    /// Latencies of the matched calls.
-    pub latency: LatencyHistogram,
-    /// Calls per process, most calls first.
-    pub processes: Vec<ProcessCalls>,
-}
-
-impl Function {
-    /// Latency statistics, `None` when no call was matched.
-    pub fn latency_stats(&self) -> Option<LatencyStats> {
-        self.latency.stats()
-    }
-}
-
-/// One unique symbolized call path of one probe: unique by the names of its frames, which is
-/// what every output shows. When paths through different lines of the same functions merge,
-/// `frames` (and so the locations JSON shows) are those of the path with the most calls.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StackSummary {
-    /// Probe display name.
-    pub probe: String,
-    /// Command name of the calling process.
-    pub comm: String,
-    /// Frames in [`Report::frames`], outermost first, the probed function last.
-    pub frames: Vec<FrameId>,
-    /// Calls through this path.
-    pub calls: u64,
-    /// Summed latency of the matched calls through this path.
-    pub total_ns: u64,
-    /// The calls and latency per process (of every input), most calls first: one pprof sample
-    /// each.
-    pub processes: Vec<crate::merge::StackProcess>,
-}
-
-/// The result of [`analyze`]: what every output draws from.
-#[derive(Clone, Debug)]
-pub struct Report {
-    /// The recording as a whole.
-    pub recording: Recording,
-    /// One per probe the report covers, in `--sort` order.
-    pub functions: Vec<Function>,
-    /// Unique call paths, most calls first, then by frame names.
-    pub stacks: Vec<StackSummary>,
-    /// The frames `stacks` refer to.
-    pub frames: FrameTable,
-    /// `--group-by`'s rows.
-    pub groups: Option<Groups>,
-    /// `--hist`'s histograms, one per probe that has the argument.
-    pub histograms: Option<Vec<ValueHistogram>>,
-    /// The table lists probes without calls too (`--show-zero`).
-    pub show_zero: bool,
-    /// Stack frames (weighted by calls) that fell in no known mapping and show as `[unknown]`.
-    pub unknown_frames: u64,
-    /// Things the user should know (truncation, symbolization problems), each once.
-    pub warnings: Vec<String>,
-    /// Every recording the report was made of, in `-i` order; [`StackSummary::processes`]
-    /// refer to them by index.
-    pub inputs: Vec<crate::merge::Input>,
-    /// The comparison with a base recording (`--diff`), when asked for.
-    pub diff: Option<Vec<crate::diff::DiffRow>>,
-}
-
-impl Report {
-    /// The names of a stack's frames, outermost first: what folded stacks and tables show.
-    pub fn frame_names<'a>(&'a self, stack: &'a StackSummary) -> impl Iterator<Item = &'a str> {
-        stack.frames.iter().map(|&id| self.frames.name(id))
-    }
-}
+use crate::{Error, ReportOptions};
 
 /// Reads the recording at `path` and aggregates it. See the module docs for the definitions.
 pub fn analyze(path: &Path, opts: &ReportOptions) -> Result<Report, Error> {
@@ -345,7 +152,7 @@ struct AggStack {
     calls: u64,
     total_ns: u64,
     /// pid → (calls, summed latency): bounded by the unique (stack, pid) pairs.
-    pids: FxMap<u32, (u64, u64)>,
+    pids: FxHashMap<u32, (u64, u64)>,
 }
 
 struct ProbeState {
@@ -368,7 +175,7 @@ struct ProbeState {
     kernel: Option<urec_format::Aggregate>,
     latency: LatencyHistogram,
     /// (pid, comm) → calls.
-    processes: FxMap<(u32, u32), u64>,
+    processes: FxHashMap<(u32, u32), u64>,
     /// `--group-by`: the key's argument (its place among the event's args), when it is one.
     group_arg: Option<ArgRef>,
     groups: ProbeGroups,
@@ -480,11 +287,11 @@ pub(crate) struct Aggregator<'o> {
     header: Header,
     spaces: AddressSpaces,
     probes: Vec<ProbeState>,
-    probe_index: FxMap<ProbeId, usize>,
-    stacks: FxMap<StackId, urec_format::Stack>,
+    probe_index: FxHashMap<ProbeId, usize>,
+    stacks: FxHashMap<StackId, urec_format::Stack>,
     binaries: Vec<(String, Option<BuildId>)>,
     binary_ids: HashMap<(String, Option<BuildId>), u32>,
-    raw: FxMap<StackKey, u32>,
+    raw: FxHashMap<StackKey, u32>,
     slots: Vec<Slot>,
     agg: Vec<AggStack>,
     dedup: HashMap<DedupKey, u32>,
@@ -530,11 +337,11 @@ impl<'o> Aggregator<'o> {
             header: header.clone(),
             spaces: AddressSpaces::new(),
             probes: Vec::new(),
-            probe_index: FxMap::default(),
-            stacks: FxMap::default(),
+            probe_index: FxHashMap::default(),
+            stacks: FxHashMap::default(),
             binaries: Vec::new(),
             binary_ids: HashMap::new(),
-            raw: FxMap::default(),
+            raw: FxHashMap::default(),
             slots: Vec::new(),
             agg: Vec::new(),
             dedup: HashMap::new(),
@@ -627,7 +434,7 @@ impl<'o> Aggregator<'o> {
             max_weight: 1,
             kernel: None,
             latency: LatencyHistogram::new(),
-            processes: FxMap::default(),
+            processes: FxHashMap::default(),
             group_arg: None,
             groups: ProbeGroups::default(),
             hist_arg: None,
@@ -1048,7 +855,7 @@ impl<'o> Aggregator<'o> {
                     truncated,
                     calls: 0,
                     total_ns: 0,
-                    pids: FxMap::default(),
+                    pids: FxHashMap::default(),
                 });
                 self.dedup.insert(dedup, i);
                 i
@@ -1208,7 +1015,10 @@ impl<'o> Aggregator<'o> {
             corrupt_chunks,
             probes: names,
             symbols: std::mem::take(&mut self.symbol_stats),
-            processes: crate::processes::summaries(self.spaces.incarnations(), &self.header.host),
+            processes: crate::model::processes::summaries(
+                self.spaces.incarnations(),
+                &self.header.host,
+            ),
         };
         if unknown_frames > 0 {
             warnings.push(format!(
@@ -1216,7 +1026,7 @@ impl<'o> Aggregator<'o> {
                 plural(unknown_frames, "stack frame fell", "stack frames fell")
             ));
         }
-        let inputs = vec![crate::merge::Input::of(&recording)];
+        let inputs = vec![crate::model::Input::of(&recording)];
         Ok(Report {
             recording,
             functions,
@@ -1262,14 +1072,14 @@ impl<'o> Aggregator<'o> {
         }
         let mut table = FrameTable::new();
         // The frames of each (binary, offset, return address) once.
-        let mut named: FxMap<(u32, u64, bool), Box<[FrameId]>> = FxMap::default();
+        let mut named: FxHashMap<(u32, u64, bool), Box<[FrameId]>> = FxHashMap::default();
         struct Merged {
             calls: u64,
             total_ns: u64,
             /// The frames of the contributing path with the most calls, and its calls.
             frames: Vec<FrameId>,
             best: u64,
-            pids: FxMap<u32, (u64, u64)>,
+            pids: FxHashMap<u32, (u64, u64)>,
         }
         let mut merged: HashMap<(ProbeId, u32, Vec<u32>), Merged> = HashMap::new();
         let mut unknown = 0u64;
@@ -1352,7 +1162,7 @@ impl<'o> Aggregator<'o> {
                     total_ns: 0,
                     frames: Vec::new(),
                     best: 0,
-                    pids: FxMap::default(),
+                    pids: FxHashMap::default(),
                 });
             e.calls = e.calls.saturating_add(s.calls);
             e.total_ns = e.total_ns.saturating_add(s.total_ns);
@@ -1380,7 +1190,7 @@ impl<'o> Aggregator<'o> {
                 frames: m.frames,
                 calls: m.calls,
                 total_ns: m.total_ns,
-                processes: crate::merge::StackProcess::from_pids(m.pids),
+                processes: crate::model::StackProcess::from_pids(m.pids),
             })
             .collect();
         let names = |s: &StackSummary| {
@@ -1565,10 +1375,6 @@ impl<'o> Aggregator<'o> {
     }
 }
 
-/// The workspace's fast hasher ([`urec_format::hash`]): the per-event maps' keys are small
-/// integers, and SipHash took a third of the report's time on 10M events.
-pub(crate) type FxMap<K, V> = urec_format::hash::FxHashMap<K, V>;
-
 /// `--probe NAME` selects `probe`: NAME is its display name, one of its specs, or its symbol,
 /// alone or as `SYMBOL@0xVADDR` (how probes on local functions sharing a name are told apart).
 /// A display name without its `@0xVADDR` selects every such probe: `usdt:demo:mark` names all
@@ -1588,28 +1394,4 @@ pub(crate) fn answers_to(probe: &Probe, name: &str) -> bool {
                     .and_then(|hex| u64::from_str_radix(hex, 16).ok())
                     == Some(probe.vaddr.0)
             })
-}
-
-/// The number `--sort` orders by, descending.
-fn sort_metric(calls: u64, latency: &LatencyHistogram, key: SortKey) -> u64 {
-    let s = latency.stats();
-    match key {
-        SortKey::Calls => calls,
-        SortKey::Total => s.map_or(0, |s| s.total),
-        SortKey::Mean => s.map_or(0, |s| s.mean),
-        SortKey::Min => s.map_or(0, |s| s.min),
-        SortKey::P50 => s.map_or(0, |s| s.p50),
-        SortKey::P90 => s.map_or(0, |s| s.p90),
-        SortKey::P99 => s.map_or(0, |s| s.p99),
-        SortKey::Max => s.map_or(0, |s| s.max),
-    }
-}
-
-pub(crate) fn sort_functions(functions: &mut [Function], key: SortKey) {
-    let metric = |f: &Function| sort_metric(f.calls, &f.latency, key);
-    functions.sort_by(|a, b| {
-        metric(b)
-            .cmp(&metric(a))
-            .then_with(|| a.probe.cmp(&b.probe))
-    });
 }
