@@ -33,7 +33,8 @@ use urec_format::{
     ProbeKind, Record, StackId,
 };
 
-use crate::calls::pairing::{is_goroutine, waiter, Pairing, Waiting};
+use crate::calls::pairing::{is_goroutine, Pairing, Waiting};
+use crate::calls::{began_ns, call_key, CallKey, Calls, ProbeSlot, Process, Verdict};
 use crate::model::breakdown::{
     numeric, ArgKey, Group, GroupBy, GroupStats, GroupValue, Groups, Log2, ProbeGroups, RawKey,
     ValueHistogram, MAX_GROUPS,
@@ -43,7 +44,6 @@ use crate::model::histogram::LatencyHistogram;
 use crate::model::{
     sort_functions, sort_metric, Function, ProcessCalls, Recording, Report, StackSummary,
 };
-use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, SymbolStats, Symbolizer};
 use crate::{Error, ReportOptions};
 
@@ -217,13 +217,6 @@ impl ArgRef {
     }
 }
 
-/// An event's process: its incarnation and its command name at the event.
-#[derive(Clone, Copy)]
-struct Generation {
-    id: u32,
-    comm: u32,
-}
-
 /// An entry waiting for its return.
 struct Pending {
     time_ns: u64,
@@ -285,9 +278,10 @@ pub(crate) struct Aggregator<'o> {
     /// Where the names came from, once the stacks are symbolized.
     symbol_stats: SymbolStats,
     header: Header,
-    spaces: AddressSpaces,
+    /// The call core: probes selected, processes, address spaces, filters.
+    calls: Calls<'o>,
+    /// Per probe, by [`ProbeSlot::index`].
     probes: Vec<ProbeState>,
-    probe_index: FxHashMap<ProbeId, usize>,
     stacks: FxHashMap<StackId, urec_format::Stack>,
     binaries: Vec<(String, Option<BuildId>)>,
     binary_ids: HashMap<(String, Option<BuildId>), u32>,
@@ -296,17 +290,13 @@ pub(crate) struct Aggregator<'o> {
     agg: Vec<AggStack>,
     dedup: HashMap<DedupKey, u32>,
     /// Entries waiting for their return, per (incarnation, thread or goroutine, probe).
-    pending: Pairing<(u32, u64, ProbeId), Pending>,
+    pending: Pairing<CallKey, Pending>,
     events: u64,
     first_ns: Option<u64>,
     last_ns: u64,
     finish: Option<Finish>,
     lost: [u64; 3],
     unknown_probe_events: u64,
-    /// `--time` in absolute ns, once its origin (the attach time) is known.
-    window: Option<(u64, u64)>,
-    /// The attach time from the file's finish record, read ahead; else the first event's.
-    origin_ns: Option<u64>,
     /// Calls are counted when they end (`--min/max-latency`, or a `--group-by` key of the
     /// return), not at their entry.
     defer: bool,
@@ -327,17 +317,14 @@ impl<'o> Aggregator<'o> {
         let f = &opts.filter;
         let defer = f.by_latency();
         Self {
-            window: None,
-            origin_ns: attach_ns,
+            calls: Calls::new(f, attach_ns),
             defer,
             seen: Seen::default(),
             embedded: EmbeddedSymbols::default(),
             symbol_stats: SymbolStats::default(),
             opts,
             header: header.clone(),
-            spaces: AddressSpaces::new(),
             probes: Vec::new(),
-            probe_index: FxHashMap::default(),
             stacks: FxHashMap::default(),
             binaries: Vec::new(),
             binary_ids: HashMap::new(),
@@ -355,21 +342,24 @@ impl<'o> Aggregator<'o> {
         }
     }
 
-    /// The incarnation of `pid` at `time_ns` and its command name then.
-    fn generation(&mut self, pid: u32, time_ns: u64) -> Generation {
-        let (id, comm) = self.spaces.incarnations_mut().of_event(pid, time_ns);
-        Generation { id, comm }
+    fn comm_name(&self, comm: u32) -> &str {
+        self.calls.spaces.incarnations().comm_name(comm)
     }
 
-    fn comm_name(&self, comm: u32) -> &str {
-        self.spaces.incarnations().comm_name(comm)
+    /// The place of probe `id` in `probes`, if the recording defines it.
+    fn probe_index(&self, id: &ProbeId) -> Option<usize> {
+        self.calls.slot(id).map(|s| s.index)
     }
 
     pub(crate) fn push(&mut self, record: Record) {
-        self.spaces.apply(&record);
+        let slot = self.calls.apply(&record);
         self.embedded.allow_for(&record);
         match record {
-            Record::Probe(p) => self.probe(p),
+            Record::Probe(p) => {
+                if let Some(slot) = slot {
+                    self.probe(p, slot);
+                }
+            }
             Record::Process(_) | Record::ProcessEvent(_) => {}
             Record::Mapping(_) => {}
             Record::Stack(s) => {
@@ -383,7 +373,7 @@ impl<'o> Aggregator<'o> {
                     LostSource::Unwind => 2,
                 };
                 self.lost[i] = self.lost[i].saturating_add(l.count);
-                if let Some(&pi) = l.probe.as_ref().and_then(|p| self.probe_index.get(p)) {
+                if let Some(pi) = l.probe.as_ref().and_then(|p| self.probe_index(p)) {
                     let p = &mut self.probes[pi];
                     p.lost = p.lost.saturating_add(l.count);
                     if l.source == LostSource::Ring {
@@ -392,13 +382,13 @@ impl<'o> Aggregator<'o> {
                 }
             }
             Record::Filtered(f) => {
-                if let Some(&pi) = self.probe_index.get(&f.probe) {
+                if let Some(pi) = self.probe_index(&f.probe) {
                     self.probes[pi].filtered = self.probes[pi].filtered.saturating_add(f.count);
                 }
             }
             Record::Aggregate(a) => {
                 // Snapshots are cumulative: the last one holds.
-                if let Some(&pi) = self.probe_index.get(&a.probe) {
+                if let Some(pi) = self.probe_index(&a.probe) {
                     self.probes[pi].kernel = Some(a);
                 }
             }
@@ -407,19 +397,16 @@ impl<'o> Aggregator<'o> {
         }
     }
 
-    fn probe(&mut self, probe: Probe) {
-        let wanted = &self.opts.filter.probes;
-        let selected = wanted.is_empty() || wanted.iter().any(|w| answers_to(&probe, w));
-        if let Some(&pi) = self.probe_index.get(&probe.id) {
+    fn probe(&mut self, probe: Probe, slot: ProbeSlot) {
+        let selected = slot.selected;
+        if let Some(p) = self.probes.get_mut(slot.index) {
             // A repeated definition (no writer makes one) replaces the first rather than adding
             // a row: a file of one probe record repeated must not cost a row per copy.
-            let p = &mut self.probes[pi];
             p.probe = probe;
             p.selected = selected;
-            self.bind_args(pi);
+            self.bind_args(slot.index);
             return;
         }
-        self.probe_index.insert(probe.id, self.probes.len());
         self.probes.push(ProbeState {
             probe,
             selected,
@@ -463,28 +450,27 @@ impl<'o> Aggregator<'o> {
         self.events += 1;
         self.first_ns = Some(self.first_ns.map_or(ev.time_ns, |t| t.min(ev.time_ns)));
         self.last_ns = self.last_ns.max(ev.time_ns);
-        let Some(&pi) = self.probe_index.get(&ev.probe) else {
-            self.unknown_probe_events += 1;
-            return;
+        let (gen, slot) = match self.calls.event(ev) {
+            Verdict::Unknown => {
+                self.unknown_probe_events += 1;
+                return;
+            }
+            Verdict::Unselected => return,
+            Verdict::Dropped(gen) => {
+                self.see(ev, gen);
+                return;
+            }
+            Verdict::Kept(gen, slot) => {
+                self.see(ev, gen);
+                (gen, slot)
+            }
         };
-        if !self.probes[pi].selected {
-            return;
-        }
-        let gen = self.generation(ev.pid, ev.time_ns);
-        if self.filtering() {
-            self.seen.pids.insert(ev.pid);
-            self.seen.tids.insert(ev.tid);
-            self.seen.comms.insert(gen.comm);
-        }
-        let filter = &self.opts.filter;
-        if !filter.keeps_thread(ev.pid, ev.tid) || !filter.keeps_comm(self.comm_name(gen.comm)) {
-            return;
-        }
-        match (ev.kind, self.probes[pi].probe.kind) {
+        let pi = slot.index;
+        match (ev.kind, slot.kind) {
             (EventKind::Entry, ProbeKind::EntryReturn) => self.entry(pi, ev, gen),
             (EventKind::Entry, _) => {
                 // Entry-only: no latency, so latency filters keep none of them.
-                if !self.in_window(ev.time_ns) || self.defer {
+                if !self.calls.in_window(ev.time_ns) || self.defer {
                     return;
                 }
                 let stack = self.stack_key(ev, gen);
@@ -493,10 +479,12 @@ impl<'o> Aggregator<'o> {
                 self.hist_value(pi, ev);
             }
             (EventKind::Return, ProbeKind::Return) => {
-                if !self.in_window(ev.time_ns.saturating_sub(ev.latency_ns.unwrap_or(0))) {
+                if !self.calls.in_window(began_ns(ev)) {
                     return;
                 }
-                if self.latency_filtered() && !ev.latency_ns.is_some_and(|l| self.in_range(l)) {
+                if self.calls.by_latency()
+                    && !ev.latency_ns.is_some_and(|l| self.calls.keeps_latency(l))
+                {
                     return;
                 }
                 let stack = self.stack_key(ev, gen);
@@ -512,37 +500,18 @@ impl<'o> Aggregator<'o> {
         }
     }
 
-    /// Any filter of events or calls besides `--probe`.
-    fn filtering(&self) -> bool {
-        let f = &self.opts.filter;
-        !f.pids.is_empty()
-            || !f.tids.is_empty()
-            || !f.comms.is_empty()
-            || f.time.is_some()
-            || self.latency_filtered()
+    /// Notes what the selected probes' events hold, whatever the filters: for the warning when
+    /// none matched.
+    fn see(&mut self, ev: &Event, gen: Process) {
+        if self.calls.filtering() {
+            self.seen.pids.insert(ev.pid);
+            self.seen.tids.insert(ev.tid);
+            self.seen.comms.insert(gen.comm);
+        }
     }
 
-    fn latency_filtered(&self) -> bool {
-        self.opts.filter.by_latency()
-    }
-
-    fn in_range(&self, latency: u64) -> bool {
-        self.opts.filter.keeps_latency(latency)
-    }
-
-    /// Whether a call that began at `time_ns` is inside `--time`.
-    fn in_window(&mut self, time_ns: u64) -> bool {
-        let Some(window) = self.opts.filter.time else {
-            return true;
-        };
-        let (from, to) = *self
-            .window
-            .get_or_insert_with(|| window.bounds(self.origin_ns.unwrap_or(time_ns)));
-        from <= time_ns && time_ns < to
-    }
-
-    fn entry(&mut self, pi: usize, ev: &Event, gen: Generation) {
-        let kept = self.in_window(ev.time_ns);
+    fn entry(&mut self, pi: usize, ev: &Event, gen: Process) {
+        let kept = self.calls.in_window(ev.time_ns);
         let mut pending = Pending {
             time_ns: ev.time_ns,
             pid: ev.pid,
@@ -579,13 +548,12 @@ impl<'o> Aggregator<'o> {
         }
         // What the bound pushes out is unmatched: its return was lost, or never comes.
         let mut evicted = Vec::new();
-        self.pending.push(
-            (gen.id, waiter(ev), ev.probe),
-            pending,
-            |(_, _, probe), old| evicted.push((probe, old)),
-        );
+        self.pending
+            .push(call_key(ev, gen), pending, |(_, _, probe), old| {
+                evicted.push((probe, old))
+            });
         for (probe, old) in evicted {
-            if let Some(&pi) = self.probe_index.get(&probe) {
+            if let Some(pi) = self.probe_index(&probe) {
                 self.abandon(pi, old, false);
             }
         }
@@ -599,7 +567,7 @@ impl<'o> Aggregator<'o> {
             return;
         }
         if !entry.counted {
-            if self.latency_filtered() {
+            if self.calls.by_latency() {
                 return;
             }
             let key = match (&entry.group, &self.opts.group_by) {
@@ -629,13 +597,7 @@ impl<'o> Aggregator<'o> {
 
     /// The `--group-by` key of a call, from the event that carries it (`None` when there is
     /// no grouping, or the key is an argument of the other event of the call).
-    fn group_key(
-        &self,
-        pi: usize,
-        ev: &Event,
-        gen: Generation,
-        stack: Option<u32>,
-    ) -> Option<RawKey> {
+    fn group_key(&self, pi: usize, ev: &Event, gen: Process, stack: Option<u32>) -> Option<RawKey> {
         let by = self.opts.group_by.as_ref()?;
         Some(match by {
             GroupBy::Pid => RawKey::Pid(ev.pid),
@@ -719,8 +681,8 @@ impl<'o> Aggregator<'o> {
         }
     }
 
-    fn pair_return(&mut self, pi: usize, ev: &Event, gen: Generation) {
-        let key = (gen.id, waiter(ev), ev.probe);
+    fn pair_return(&mut self, pi: usize, ev: &Event, gen: Process) {
+        let key = call_key(ev, gen);
         // A goroutine's calls nest: entries above the one this return takes were skipped by
         // a panic (recovered further up) and are unmatched.
         let mut abandoned = Vec::new();
@@ -742,12 +704,12 @@ impl<'o> Aggregator<'o> {
         let Some(entry) = popped else {
             // A return without its entry: judged by when the call began, if that is known.
             let began = ev.time_ns.saturating_sub(latency.unwrap_or(0));
-            if !self.in_window(began) {
+            if !self.calls.in_window(began) {
                 return;
             }
-            if self.latency_filtered() {
+            if self.calls.by_latency() {
                 // Latency known and in range: a call, even without its entry (no stack).
-                if let Some(lat) = latency.filter(|&l| self.in_range(l)) {
+                if let Some(lat) = latency.filter(|&l| self.calls.keeps_latency(l)) {
                     let key = self.group_key(pi, ev, gen, None);
                     self.count_call(pi, ev.pid, gen.comm, None, key.as_ref(), ev.weight);
                     self.probes[pi].returns += 1;
@@ -768,7 +730,7 @@ impl<'o> Aggregator<'o> {
         if !entry.kept {
             return; // its call is outside --time
         }
-        if self.latency_filtered() && !latency.is_some_and(|l| self.in_range(l)) {
+        if self.calls.by_latency() && !latency.is_some_and(|l| self.calls.keeps_latency(l)) {
             return;
         }
         self.probes[pi].returns += 1;
@@ -796,8 +758,8 @@ impl<'o> Aggregator<'o> {
     }
 
     /// The aggregation slot of this event's stack, rebasing it on first sight.
-    fn stack_key(&mut self, ev: &Event, gen: Generation) -> u32 {
-        let raw: StackKey = (ev.probe, gen.id, gen.comm, ev.stack);
+    fn stack_key(&mut self, ev: &Event, gen: Process) -> u32 {
+        let raw: StackKey = (ev.probe, gen.incarnation, gen.comm, ev.stack);
         if let Some(&i) = self.raw.get(&raw) {
             return i;
         }
@@ -814,13 +776,13 @@ impl<'o> Aggregator<'o> {
     }
 
     /// The unique rebased stack of this event's stack, rebasing it on first sight.
-    fn agg_slot(&mut self, ev: &Event, gen: Generation) -> u32 {
+    fn agg_slot(&mut self, ev: &Event, gen: Process) -> u32 {
         let (frames, truncated) = match ev.stack.and_then(|id| self.stacks.get(&id)) {
             None => (Box::default(), false),
             Some(stack) => {
                 let mut out = Vec::with_capacity(stack.frames.len());
                 for &addr in &stack.frames {
-                    out.push(match self.spaces.lookup(ev.pid, ev.time_ns, addr) {
+                    out.push(match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
                         None => RFrame::Unknown,
                         Some(m) => {
                             let key = (m.path.to_string(), m.build_id.cloned());
@@ -870,20 +832,7 @@ impl<'o> Aggregator<'o> {
         corrupt_chunks: u64,
         mut warnings: Vec<String>,
     ) -> Result<Report, Error> {
-        for name in &self.opts.filter.probes {
-            if !self.probes.iter().any(|p| answers_to(&p.probe, name)) {
-                let available = self
-                    .probes
-                    .iter()
-                    .map(|p| p.probe.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(Error::NoSuchProbe {
-                    name: name.clone(),
-                    available,
-                });
-            }
-        }
+        self.calls.check_probes()?;
         if self.unknown_probe_events > 0 {
             warnings.push(format!(
                 "{} a probe the recording does not define; ignored",
@@ -897,8 +846,8 @@ impl<'o> Aggregator<'o> {
         // (Stable: each key's entries stay oldest first.)
         waiting.sort_by_key(|(key, _)| *key);
         for ((gen, _tid, probe), entry) in waiting {
-            if let Some(&pi) = self.probe_index.get(&probe) {
-                let in_flight = !self.spaces.incarnations().ended(gen);
+            if let Some(pi) = self.probe_index(&probe) {
+                let in_flight = !self.calls.spaces.incarnations().ended(gen);
                 self.abandon(pi, entry, in_flight);
             }
         }
@@ -933,7 +882,7 @@ impl<'o> Aggregator<'o> {
 
         let mut functions: Vec<Function> = Vec::new();
         let mut names = Vec::new();
-        let filtering = self.filtering();
+        let filtering = self.calls.filtering();
         for mut p in std::mem::take(&mut self.probes) {
             if !p.selected {
                 continue;
@@ -1016,7 +965,7 @@ impl<'o> Aggregator<'o> {
             probes: names,
             symbols: std::mem::take(&mut self.symbol_stats),
             processes: crate::model::processes::summaries(
-                self.spaces.incarnations(),
+                self.calls.spaces.incarnations(),
                 &self.header.host,
             ),
         };
@@ -1092,7 +1041,7 @@ impl<'o> Aggregator<'o> {
             if s.calls == 0 && s.total_ns == 0 {
                 continue; // the stack of calls that filters dropped
             }
-            let Some(&pi) = self.probe_index.get(&s.probe) else {
+            let Some(pi) = self.probe_index(&s.probe) else {
                 continue;
             };
             let probe = &self.probes[pi].probe;
@@ -1182,9 +1131,8 @@ impl<'o> Aggregator<'o> {
             .into_iter()
             .map(|((probe, comm, _), m)| StackSummary {
                 probe: self
-                    .probe_index
-                    .get(&probe)
-                    .map(|&pi| self.probes[pi].probe.name.clone())
+                    .probe_index(&probe)
+                    .map(|pi| self.probes[pi].probe.name.clone())
                     .unwrap_or_default(),
                 comm: self.comm_name(comm).to_string(),
                 frames: m.frames,
@@ -1255,7 +1203,7 @@ impl<'o> Aggregator<'o> {
                 let value = match key {
                     RawKey::Pid(v) | RawKey::Tid(v) => GroupValue::Number(i128::from(v)),
                     RawKey::Comm(c) => {
-                        GroupValue::Text(self.spaces.incarnations().comm_name(c).to_string())
+                        GroupValue::Text(self.calls.spaces.incarnations().comm_name(c).to_string())
                     }
                     RawKey::Stack(i) => callers
                         .get(
@@ -1311,7 +1259,7 @@ impl<'o> Aggregator<'o> {
 
     /// The warning when filters kept no call: what the recording does hold.
     fn nothing_matched(&self) -> Option<String> {
-        if !self.filtering() || self.events == 0 {
+        if !self.calls.filtering() || self.events == 0 {
             return None;
         }
         if self.probes.iter().any(|p| p.selected && p.calls > 0) {
@@ -1342,7 +1290,7 @@ impl<'o> Aggregator<'o> {
             ));
         }
         if f.time.is_some() {
-            let origin = self.origin_ns.or(self.first_ns).unwrap_or(0);
+            let origin = self.calls.attach_ns().or(self.first_ns).unwrap_or(0);
             let secs = |t: u64| t.saturating_sub(origin) as f64 / 1e9;
             holds.push(format!(
                 "events from {:.3} s to {:.3} s after the attach",
@@ -1350,7 +1298,7 @@ impl<'o> Aggregator<'o> {
                 secs(self.last_ns)
             ));
         }
-        if self.latency_filtered() {
+        if self.calls.by_latency() {
             let all = self
                 .probes
                 .iter()
@@ -1373,25 +1321,4 @@ impl<'o> Aggregator<'o> {
             holds.join("; ")
         ))
     }
-}
-
-/// `--probe NAME` selects `probe`: NAME is its display name, one of its specs, or its symbol,
-/// alone or as `SYMBOL@0xVADDR` (how probes on local functions sharing a name are told apart).
-/// A display name without its `@0xVADDR` selects every such probe: `usdt:demo:mark` names all
-/// the sites of that USDT probe, `usdt:demo:mark@0x1234` one of them.
-pub(crate) fn answers_to(probe: &Probe, name: &str) -> bool {
-    probe.name == name
-        || probe
-            .name
-            .rsplit_once("@0x")
-            .is_some_and(|(base, _)| base == name)
-        || probe.specs.iter().any(|s| s == name)
-        || probe.symbol == name
-        || name
-            .strip_prefix(probe.symbol.as_str())
-            .is_some_and(|rest| {
-                rest.strip_prefix("@0x")
-                    .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                    == Some(probe.vaddr.0)
-            })
 }

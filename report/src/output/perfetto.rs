@@ -44,13 +44,12 @@ use urec_format::{plural, Event, EventKind, Probe, ProbeId, ProbeKind, Record, S
 
 use urec_format::hash::FxHashMap;
 
-use crate::aggregate::answers_to;
 use crate::calls::pairing::{fits, Pairing, Waiting};
+use crate::calls::{Calls, Process, Verdict};
 use crate::model::frames::code_frames;
 use crate::output::args::format_arg;
 use crate::output::proto::Msg;
 use crate::output::reorder::Reorder;
-use crate::rebase::AddressSpaces;
 use crate::symbolize::{EmbeddedSymbols, Symbolizer};
 use crate::{Error, ReportOptions};
 
@@ -175,7 +174,7 @@ fn write_source(
         |header, embedded| Writer::new(header, opts, embedded),
         |w, record| {
             if let Record::Event(event) = record {
-                w.spaces.incarnations_mut().advance(event.time_ns);
+                w.calls.spaces.incarnations_mut().advance(event.time_ns);
                 window.push(event, |e| w.event(&e, out))?;
             } else {
                 w.metadata(record, out)?;
@@ -194,17 +193,7 @@ fn write_source(
             plural(w.summary.evicted, "call", "calls")
         ));
     }
-    for name in &opts.filter.probes {
-        if !w.probes.values().any(|p| answers_to(&p.probe, name)) {
-            let mut available: Vec<&str> =
-                w.probes.values().map(|p| p.probe.name.as_str()).collect();
-            available.sort();
-            return Err(Error::NoSuchProbe {
-                name: name.clone(),
-                available: available.join(", "),
-            });
-        }
-    }
+    w.calls.check_probes()?;
     Ok(PerfettoSummary {
         warnings,
         ..w.summary
@@ -213,7 +202,6 @@ fn write_source(
 
 struct ProbeInfo {
     probe: Probe,
-    selected: bool,
     /// The slice name's interned id.
     name_iid: u64,
 }
@@ -233,7 +221,8 @@ impl Waiting for Open {
 struct Writer<'o> {
     opts: &'o ReportOptions,
     header: urec_format::Header,
-    spaces: AddressSpaces,
+    /// The call core: probes selected, processes, address spaces, filters.
+    calls: Calls<'o>,
     symbolizer: Symbolizer,
     probes: FxHashMap<ProbeId, ProbeInfo>,
     stacks: FxHashMap<StackId, urec_format::Stack>,
@@ -293,7 +282,7 @@ impl<'o> Writer<'o> {
         Self {
             opts,
             header: header.clone(),
-            spaces: AddressSpaces::new(),
+            calls: Calls::new(&opts.filter, None),
             symbolizer,
             probes: FxHashMap::default(),
             stacks: FxHashMap::default(),
@@ -368,25 +357,16 @@ impl<'o> Writer<'o> {
 
     fn metadata(&mut self, record: Record, out: &mut dyn Write) -> Result<(), Error> {
         self.start(out)?;
-        self.spaces.apply(&record);
+        self.calls.apply(&record);
         match record {
             Record::Probe(p) => {
-                let wanted = &self.opts.filter.probes;
-                let selected = wanted.is_empty() || wanted.iter().any(|w| answers_to(&p, w));
                 let name = if p.symbol.is_empty() || p.name.starts_with("usdt:") {
                     p.name.clone()
                 } else {
                     p.symbol.clone()
                 };
                 let name_iid = self.event_name(&name);
-                self.probes.insert(
-                    p.id,
-                    ProbeInfo {
-                        probe: p,
-                        selected,
-                        name_iid,
-                    },
-                );
+                self.probes.insert(p.id, ProbeInfo { probe: p, name_iid });
             }
             Record::Stack(s) => {
                 self.stacks.insert(s.id, s);
@@ -468,7 +448,7 @@ impl<'o> Writer<'o> {
             frame_ids.push(self.frame_iid("[truncated]", None, None));
         }
         for (depth, &addr) in stack.frames.iter().enumerate().rev() {
-            match self.spaces.lookup(ev.pid, ev.time_ns, addr) {
+            match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
                 None => frame_ids.push(self.frame_iid("[unknown]", None, None)),
                 Some(m) => {
                     let (path, build_id, offset) =
@@ -501,18 +481,21 @@ impl<'o> Writer<'o> {
     }
 
     /// The thread's track (describing it and its process first when new).
-    fn thread(&mut self, ev: &Event, out: &mut dyn Write) -> io::Result<(u32, u64)> {
-        let inc = self
-            .spaces
-            .incarnations_mut()
-            .at_or_new(ev.pid, ev.time_ns)
-            .id;
+    fn thread(
+        &mut self,
+        ev: &Event,
+        process: Process,
+        out: &mut dyn Write,
+    ) -> io::Result<(u32, u64)> {
+        let inc = process.incarnation;
         if let Some(&uuid) = self.threads.get(&(inc, ev.tid)) {
             return Ok((inc, uuid));
         }
-        let incarnations = self.spaces.incarnations();
-        let comm = incarnations
-            .comm_name(incarnations.comm_at(ev.pid, ev.time_ns))
+        let comm = self
+            .calls
+            .spaces
+            .incarnations()
+            .comm_name(process.comm)
             .to_string();
         let process = track_uuid(inc, 0);
         if self.processes.insert(inc, process).is_none() {
@@ -546,24 +529,14 @@ impl<'o> Writer<'o> {
         self.events += 1;
         self.first_ns = Some(self.first_ns.map_or(ev.time_ns, |t| t.min(ev.time_ns)));
         self.last_ns = self.last_ns.max(ev.time_ns);
+        let Verdict::Kept(process, slot) = self.calls.event(ev) else {
+            return Ok(());
+        };
         let Some(info) = self.probes.get(&ev.probe) else {
             return Ok(());
         };
-        if !info.selected {
-            return Ok(());
-        }
-        let (kind, name_iid) = (info.probe.kind, info.name_iid);
-        let filter = &self.opts.filter;
-        if !filter.keeps_thread(ev.pid, ev.tid) {
-            return Ok(());
-        }
-        if !filter.comms.is_empty() {
-            let inc = self.spaces.incarnations();
-            if !filter.keeps_comm(inc.comm_name(inc.comm_at(ev.pid, ev.time_ns))) {
-                return Ok(());
-            }
-        }
-        let (inc, track) = self.thread(ev, out)?;
+        let (kind, name_iid) = (slot.kind, info.name_iid);
+        let (inc, track) = self.thread(ev, process, out)?;
         match (ev.kind, kind) {
             (EventKind::Entry, ProbeKind::EntryReturn) => {
                 let callstack = self.callstack_iid(ev, inc);
@@ -735,7 +708,7 @@ impl<'o> Writer<'o> {
             .into_iter()
             .filter_map(|(key, n)| {
                 let uuid = *self.threads.get(&key)?;
-                Some((uuid, n, self.spaces.incarnations().ended(key.0)))
+                Some((uuid, n, self.calls.spaces.incarnations().ended(key.0)))
             })
             .collect();
         threads.sort_unstable();
