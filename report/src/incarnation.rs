@@ -82,7 +82,7 @@ pub struct Incarnations {
     processes: Vec<ProcessInfo>,
     /// Fx-hashed: asked once per event.
     pids: urec_format::hash::FxHashMap<u32, PidLife>,
-    comms: Interner,
+    comms: Interner<String>,
     /// The latest time any record named; a `Process` record without a start time that renames
     /// a known pid does so from then on.
     latest_ns: u64,

@@ -44,6 +44,7 @@ use urec_format::{
 
 use crate::calls::pairing::{Pairing, Waiting};
 use crate::calls::{CallKey, Calls, ProbeSlot};
+use crate::interner::Interner;
 use crate::model::breakdown::{ArgKey, GroupBy, Log2, ProbeGroups, RawKey};
 use crate::model::histogram::LatencyHistogram;
 use crate::model::Report;
@@ -233,8 +234,8 @@ pub(crate) struct Aggregator<'o> {
     /// Per probe, by [`ProbeSlot::index`].
     probes: Vec<ProbeState>,
     stacks: FxHashMap<StackId, urec_format::Stack>,
-    binaries: Vec<(String, Option<BuildId>)>,
-    binary_ids: HashMap<(String, Option<BuildId>), u32>,
+    /// The binaries of rebased frames: (path, build id), interned.
+    binaries: Interner<(String, Option<BuildId>)>,
     raw: FxHashMap<StackKey, u32>,
     slots: Vec<Slot>,
     agg: Vec<AggStack>,
@@ -276,8 +277,7 @@ impl<'o> Aggregator<'o> {
             header: header.clone(),
             probes: Vec::new(),
             stacks: FxHashMap::default(),
-            binaries: Vec::new(),
-            binary_ids: HashMap::new(),
+            binaries: Interner::default(),
             raw: FxHashMap::default(),
             slots: Vec::new(),
             agg: Vec::new(),

@@ -101,15 +101,7 @@ impl Aggregator<'_> {
                         None => RFrame::Unknown,
                         Some(m) => {
                             let key = (m.path.to_string(), m.build_id.cloned());
-                            let binary = match self.binary_ids.get(&key) {
-                                Some(&b) => b,
-                                None => {
-                                    let b = self.binaries.len() as u32;
-                                    self.binaries.push(key.clone());
-                                    self.binary_ids.insert(key, b);
-                                    b
-                                }
-                            };
+                            let binary = self.binaries.id(&key);
                             RFrame::Mapped {
                                 binary,
                                 offset: m.offset.0,

@@ -36,7 +36,6 @@
 //! `interned_data/interned_data.proto`, `profiling/profile_common.proto`, `clock_snapshot.proto`),
 //! as perfetto 0.59's `perfetto_trace_pb2` states them.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -46,6 +45,7 @@ use urec_format::hash::FxHashMap;
 
 use crate::calls::pairing::{fits, Pairing, Waiting};
 use crate::calls::{Calls, Process, Verdict};
+use crate::interner::Interner;
 use crate::model::frames::code_frames;
 use crate::output::args::format_arg;
 use crate::output::proto::Msg;
@@ -234,11 +234,12 @@ struct Writer<'o> {
     /// probes, as slices on a track must nest.
     open: Pairing<(u32, u32), Open>,
     /// Interning tables (ids start at 1: 0 means "none").
-    event_names: HashMap<String, u64>,
-    strings: HashMap<String, u64>,
-    sources: HashMap<String, u64>,
-    frames: HashMap<(u64, u64, u32), u64>,
-    callstacks: HashMap<Vec<u64>, u64>,
+    /// (An iid is the interner's id + 1.)
+    event_names: Interner<String>,
+    strings: Interner<String>,
+    sources: Interner<String>,
+    frames: Interner<(u64, u64, u32)>,
+    callstacks: Interner<Vec<u64>>,
     /// (incarnation, stack id) → callstack iid.
     stack_iids: FxHashMap<(u32, StackId), u64>,
     /// Interned data to send with the next packet.
@@ -289,11 +290,11 @@ impl<'o> Writer<'o> {
             processes: FxHashMap::default(),
             threads: FxHashMap::default(),
             open: Pairing::default(),
-            event_names: HashMap::new(),
-            strings: HashMap::new(),
-            sources: HashMap::new(),
-            frames: HashMap::new(),
-            callstacks: HashMap::new(),
+            event_names: Interner::default(),
+            strings: Interner::default(),
+            sources: Interner::default(),
+            frames: Interner::default(),
+            callstacks: Interner::default(),
             stack_iids: FxHashMap::default(),
             interned: Msg::new(),
             lost: FxHashMap::default(),
@@ -388,11 +389,11 @@ impl<'o> Writer<'o> {
     }
 
     fn event_name(&mut self, name: &str) -> u64 {
-        if let Some(&iid) = self.event_names.get(name) {
+        let (id, new) = self.event_names.intern(name);
+        let iid = u64::from(id) + 1;
+        if !new {
             return iid;
         }
-        let iid = self.event_names.len() as u64 + 1;
-        self.event_names.insert(name.to_string(), iid);
         let mut m = Msg::new();
         m.uint(EVENT_NAME_IID_FIELD, iid);
         m.str(EVENT_NAME_NAME, name);
@@ -406,11 +407,11 @@ impl<'o> Writer<'o> {
         } else {
             (&mut self.strings, INTERNED_FUNCTION_NAMES)
         };
-        if let Some(&iid) = table.get(s) {
+        let (id, new) = table.intern(s);
+        let iid = u64::from(id) + 1;
+        if !new {
             return iid;
         }
-        let iid = table.len() as u64 + 1;
-        table.insert(s.to_string(), iid);
         let mut m = Msg::new();
         m.uint(STRING_IID, iid);
         m.str(STRING_STR, s);
@@ -422,11 +423,11 @@ impl<'o> Writer<'o> {
         let name = self.string_iid(name, false);
         let file = file.map_or(0, |f| self.string_iid(f, true));
         let key = (name, file, line.unwrap_or(0));
-        if let Some(&iid) = self.frames.get(&key) {
+        let (id, new) = self.frames.intern(&key);
+        let iid = u64::from(id) + 1;
+        if !new {
             return iid;
         }
-        let iid = self.frames.len() as u64 + 1;
-        self.frames.insert(key, iid);
         let mut m = Msg::new();
         m.uint(FRAME_IID, iid);
         m.uint(FRAME_FUNCTION_NAME_ID, name);
@@ -466,9 +467,9 @@ impl<'o> Writer<'o> {
                 }
             }
         }
-        let next = self.callstacks.len() as u64 + 1;
-        let iid = *self.callstacks.entry(frame_ids.clone()).or_insert(next);
-        if iid == next {
+        let (id, new) = self.callstacks.intern(&frame_ids[..]);
+        let iid = u64::from(id) + 1;
+        if new {
             let mut m = Msg::new();
             m.uint(CALLSTACK_IID, iid);
             for f in &frame_ids {
