@@ -1,27 +1,34 @@
 //! The analysis half of urec: rebases every recorded address through the recorded mappings,
 //! symbolizes, aggregates calls and latencies, and draws tables, histograms, folded stacks,
-//! flamegraphs, JSON and per-event scripts. Builds without libbpf, clang or root.
+//! flamegraphs, JSON, pprof, Perfetto traces and per-event scripts. Builds without libbpf, clang
+//! or root.
 //!
-//! # Data flow
+//! # Layout and data flow
 //!
 //! ```text
-//! urec.data ──Reader──▶ records ──▶ analyze ──▶ Report ──┬─▶ table / histogram
-//!                          │          │  rebase           ├─▶ folded / flamegraph
-//!                          │          └─ symbolize        └─▶ json
-//!                          └──────────▶ script (one line per event, time-ordered)
+//!                    ┌─ calls: the call core (filters, time origin, incarnation, pairing) ─┐
+//! urec.data ─input─▶ │  incarnation + rebase: which process, which code                    │
+//!                    └──┬───────────────────────────────┬──────────────────────┬───────────┘
+//!                       ▼ sink                          ▼ sink                 ▼ sink
+//!                  aggregate (pass) ─▶ model::Report    output::script         output::perfetto
+//!                       merge (-i A -i B) ─┤            (one line per event)   (one slice per call)
+//!                       diff (--diff BASE) ┤
+//!                                          ▼
+//!                  output::{table, json, folded, flamegraph, pprof, diff}
 //! ```
 //!
-//! [`analyze`] streams the recording once. Its memory is bounded by the number of unique
-//! (probe, process generation, stack) keys, never by the number of events: each key's stack is
-//! rebased the first time it is seen (with the mappings in force at that event's time), and
-//! equal rebased stacks of different processes merge at once. Symbolization runs at the end, once
-//! per unique rebased stack, through a [`symbolize::Symbolizer`] (the `urec-symbolize` crate,
-//! re-exported) that caches each (binary, offset). Latency comes from the recorder's measurement on return events, or, when it is
-//! missing, from pairing entries and returns of the same thread with a per-thread stack, which
-//! keeps recursion right.
-//!
-//! The outputs ([`table`], [`folded`], [`flamegraph`], [`json`]) only read a [`Report`];
-//! [`script`] streams the file on its own because it prints events, not aggregates.
+//! - [`model`]: what a report is ([`Report`], [`Function`], [`StackSummary`], frames,
+//!   histograms, breakdowns); depends on no pass and no output.
+//! - The call core (private `calls`): one rule for which events and calls count, applied by
+//!   every streaming pass; `aggregate`, [`output::script`] and [`output::perfetto`] are its
+//!   sinks.
+//! - Passes: [`analyze`] streams a recording once into a [`Report`] (memory bounded by unique
+//!   (probe, incarnation, stack) keys, never by events; each stack rebased on first sight,
+//!   symbolized once at the end through a [`symbolize::Symbolizer`], the `urec-symbolize`
+//!   crate re-exported); [`merge::merge`] joins the reports of several inputs; [`diff::rows`]
+//!   compares one with a base.
+//! - [`output`]: each output reads a [`Report`] (or, for per-event outputs, the call stream)
+//!   and writes bytes.
 //!
 //! ```no_run
 //! let report = urec_report::analyze("urec.data".as_ref(), &urec_report::ReportOptions::default())?;

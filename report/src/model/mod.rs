@@ -1,5 +1,5 @@
 //! What a report is: the numbers every output draws from, made by the passes
-//! ([`crate::aggregate`], [`crate::merge`], [`crate::diff`]) and read by the outputs
+//! ([`crate::analyze`], [`crate::merge`], [`crate::diff`]) and read by the outputs
 //! ([`crate::output`]). Nothing here reads a recording or writes an output.
 
 pub mod breakdown;
@@ -176,7 +176,7 @@ pub struct StackSummary {
     pub processes: Vec<StackProcess>,
 }
 
-/// The result of [`analyze`]: what every output draws from.
+/// The result of [`crate::analyze`]: what every output draws from.
 #[derive(Clone, Debug)]
 pub struct Report {
     /// The recording as a whole.
