@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use urec_format::hash::FxHashMap;
-use urec_format::{Event, ProbeId};
+use urec_format::{BuildId, Event, Probe, ProbeId};
 
 use super::{AggStack, Aggregator, DedupKey, RFrame, Slot, StackKey};
 use crate::calls::Process;
+use crate::interner::Interner;
 use crate::model::breakdown::GroupBy;
 use crate::model::frames::{code_frames, FrameId, FrameKind, FrameTable, Location};
 use crate::model::StackSummary;
@@ -144,36 +145,16 @@ impl Aggregator<'_> {
             symbolizer.set_embedded(std::mem::take(&mut self.embedded));
         }
         if !self.opts.no_symbolize {
-            // Every frame once first, so that debuginfod fetches for all binaries at once.
-            symbolizer.begin_batch();
-            for s in self.agg.iter().filter(|s| s.calls > 0 || s.total_ns > 0) {
-                for (depth, frame) in s.frames.iter().enumerate() {
-                    if let RFrame::Mapped { binary, offset } = *frame {
-                        let (path, build_id) = &self.binaries[binary as usize];
-                        symbolizer.symbolize(
-                            path,
-                            build_id.as_ref(),
-                            urec_format::FileOffset(offset),
-                            depth > 0,
-                        );
-                    }
-                }
-            }
-            symbolizer.end_batch();
+            self.prefetch(&mut symbolizer);
         }
-        let mut table = FrameTable::new();
-        // The frames of each (binary, offset, return address) once.
-        let mut named: FxHashMap<(u32, u64, bool), Box<[FrameId]>> = FxHashMap::default();
-        struct Merged {
-            calls: u64,
-            total_ns: u64,
-            /// The frames of the contributing path with the most calls, and its calls.
-            frames: Vec<FrameId>,
-            best: u64,
-            pids: FxHashMap<u32, (u64, u64)>,
-        }
+        let mut namer = Namer {
+            symbolizer: (!self.opts.no_symbolize).then_some(&mut symbolizer),
+            binaries: &self.binaries,
+            table: FrameTable::new(),
+            named: FxHashMap::default(),
+            unknown: 0,
+        };
         let mut merged: HashMap<(ProbeId, u32, Vec<u32>), Merged> = HashMap::new();
-        let mut unknown = 0u64;
         let by_caller = self.opts.group_by == Some(GroupBy::Caller);
         let mut callers = Vec::new();
         for s in &self.agg {
@@ -186,53 +167,8 @@ impl Aggregator<'_> {
             let Some(pi) = self.probe_index(&s.probe) else {
                 continue;
             };
-            let probe = &self.probes[pi].probe;
-            let mut ids = Vec::with_capacity(s.frames.len() + 1);
-            if s.truncated {
-                ids.push(table.intern("[truncated]", FrameKind::Truncated));
-            }
-            if s.frames.is_empty() {
-                let name = if probe.symbol.is_empty() {
-                    &probe.name
-                } else {
-                    &probe.symbol
-                };
-                let location = Location {
-                    binary: probe.binary.clone(),
-                    offset: probe.offset.0,
-                    file: None,
-                    line: None,
-                    inline_depth: 0,
-                    unnamed: None,
-                    build_id: probe.build_id.clone(),
-                };
-                ids.push(table.intern(name, FrameKind::Code(location)));
-            }
-            for (depth, frame) in s.frames.iter().enumerate().rev() {
-                match *frame {
-                    RFrame::Unknown => {
-                        unknown = unknown.saturating_add(s.calls);
-                        ids.push(table.intern("[unknown]", FrameKind::Unmapped));
-                    }
-                    RFrame::Mapped { binary, offset } => {
-                        let key = (binary, offset, depth > 0);
-                        let frames = named.entry(key).or_insert_with(|| {
-                            let (path, build_id) = &self.binaries[binary as usize];
-                            code_frames(
-                                (!self.opts.no_symbolize).then_some(&mut symbolizer),
-                                path,
-                                build_id.as_ref(),
-                                offset,
-                                depth > 0,
-                            )
-                            .into_iter()
-                            .map(|(name, location)| table.intern(&name, FrameKind::Code(location)))
-                            .collect()
-                        });
-                        ids.extend_from_slice(frames);
-                    }
-                }
-            }
+            let ids = namer.stack(s, &self.probes[pi].probe);
+            let table = &namer.table;
             if by_caller {
                 // The frame below the probed function: the last but one, outermost first.
                 let caller = ids
@@ -246,27 +182,12 @@ impl Aggregator<'_> {
                 }
             }
             let names: Vec<u32> = ids.iter().map(|&id| table.name_key(id)).collect();
-            let e = merged
+            merged
                 .entry((s.probe, s.comm, names))
-                .or_insert_with(|| Merged {
-                    calls: 0,
-                    total_ns: 0,
-                    frames: Vec::new(),
-                    best: 0,
-                    pids: FxHashMap::default(),
-                });
-            e.calls = e.calls.saturating_add(s.calls);
-            e.total_ns = e.total_ns.saturating_add(s.total_ns);
-            for (&pid, &(calls, total)) in &s.pids {
-                let p = e.pids.entry(pid).or_default();
-                p.0 = p.0.saturating_add(calls);
-                p.1 = p.1.saturating_add(total);
-            }
-            if e.frames.is_empty() || s.calls > e.best {
-                e.frames = ids;
-                e.best = s.calls;
-            }
+                .or_default()
+                .add(s, ids);
         }
+        let (table, unknown) = (namer.table, namer.unknown);
         warnings.extend(symbolizer.take_warnings());
         self.symbol_stats = symbolizer.stats();
         let mut stacks: Vec<StackSummary> = merged
@@ -297,5 +218,118 @@ impl Aggregator<'_> {
                 .then_with(|| a.comm.cmp(&b.comm))
         });
         (stacks, table, unknown, callers)
+    }
+
+    /// Looks every frame of the stacks that count up once, so that debuginfod fetches for all
+    /// binaries at once.
+    fn prefetch(&self, symbolizer: &mut Symbolizer) {
+        symbolizer.begin_batch();
+        for s in self.agg.iter().filter(|s| s.calls > 0 || s.total_ns > 0) {
+            for (depth, frame) in s.frames.iter().enumerate() {
+                if let RFrame::Mapped { binary, offset } = *frame {
+                    let (path, build_id) = &self.binaries[binary as usize];
+                    symbolizer.symbolize(
+                        path,
+                        build_id.as_ref(),
+                        urec_format::FileOffset(offset),
+                        depth > 0,
+                    );
+                }
+            }
+        }
+        symbolizer.end_batch();
+    }
+}
+
+/// Names rebased frames into one [`FrameTable`], each (binary, offset, return address) once.
+struct Namer<'a> {
+    /// `None`: frames stay `binary+0xOFF`.
+    symbolizer: Option<&'a mut Symbolizer>,
+    binaries: &'a Interner<(String, Option<BuildId>)>,
+    table: FrameTable,
+    named: FxHashMap<(u32, u64, bool), Box<[FrameId]>>,
+    /// Frames (weighted by calls) in no recorded mapping.
+    unknown: u64,
+}
+
+impl Namer<'_> {
+    /// The frames of unique rebased stack `s` of `probe`, outermost first.
+    fn stack(&mut self, s: &AggStack, probe: &Probe) -> Vec<FrameId> {
+        let table = &mut self.table;
+        let mut ids = Vec::with_capacity(s.frames.len() + 1);
+        if s.truncated {
+            ids.push(table.intern("[truncated]", FrameKind::Truncated));
+        }
+        if s.frames.is_empty() {
+            let name = if probe.symbol.is_empty() {
+                &probe.name
+            } else {
+                &probe.symbol
+            };
+            let location = Location {
+                binary: probe.binary.clone(),
+                offset: probe.offset.0,
+                file: None,
+                line: None,
+                inline_depth: 0,
+                unnamed: None,
+                build_id: probe.build_id.clone(),
+            };
+            ids.push(table.intern(name, FrameKind::Code(location)));
+        }
+        for (depth, frame) in s.frames.iter().enumerate().rev() {
+            match *frame {
+                RFrame::Unknown => {
+                    self.unknown = self.unknown.saturating_add(s.calls);
+                    ids.push(table.intern("[unknown]", FrameKind::Unmapped));
+                }
+                RFrame::Mapped { binary, offset } => {
+                    let key = (binary, offset, depth > 0);
+                    let frames = self.named.entry(key).or_insert_with(|| {
+                        let (path, build_id) = &self.binaries[binary as usize];
+                        code_frames(
+                            self.symbolizer.as_deref_mut(),
+                            path,
+                            build_id.as_ref(),
+                            offset,
+                            depth > 0,
+                        )
+                        .into_iter()
+                        .map(|(name, location)| table.intern(&name, FrameKind::Code(location)))
+                        .collect()
+                    });
+                    ids.extend_from_slice(frames);
+                }
+            }
+        }
+        ids
+    }
+}
+
+/// Unique rebased stacks whose frames got the same names, merged.
+#[derive(Default)]
+struct Merged {
+    calls: u64,
+    total_ns: u64,
+    /// The frames of the contributing path with the most calls, and its calls.
+    frames: Vec<FrameId>,
+    best: u64,
+    pids: FxHashMap<u32, (u64, u64)>,
+}
+
+impl Merged {
+    /// Adds rebased stack `s`, named `ids`.
+    fn add(&mut self, s: &AggStack, ids: Vec<FrameId>) {
+        self.calls = self.calls.saturating_add(s.calls);
+        self.total_ns = self.total_ns.saturating_add(s.total_ns);
+        for (&pid, &(calls, total)) in &s.pids {
+            let p = self.pids.entry(pid).or_default();
+            p.0 = p.0.saturating_add(calls);
+            p.1 = p.1.saturating_add(total);
+        }
+        if self.frames.is_empty() || s.calls > self.best {
+            self.frames = ids;
+            self.best = s.calls;
+        }
     }
 }
