@@ -1,4 +1,4 @@
-//! `urec info`: prints [`urec_report::info::describe`]'s description of a recording.
+//! `urec info`: prints [`urec_report::output::info::describe`]'s description of a recording.
 //!
 //! A damaged file (truncated, or with chunks skipped) is still described, then the damage is
 //! reported as a warning and the exit status is 0, as `report` and `script` do with the same
@@ -20,14 +20,16 @@ pub struct Args {
 /// Runs `urec info`; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let path = &args.input;
-    let urec_report::info::Description { text, damage } = match urec_report::info::describe(path) {
-        Ok(d) => d,
-        // `PATH: why`, as info always said it.
-        Err(
-            urec_report::Error::Open { source, .. } | urec_report::Error::Corrupt { source, .. },
-        ) => return Err(anyhow::Error::new(source).context(path.display().to_string())),
-        Err(e) => return Err(e.into()),
-    };
+    let urec_report::output::info::Description { text, damage } =
+        match urec_report::output::info::describe(path) {
+            Ok(d) => d,
+            // `PATH: why`, as info always said it.
+            Err(
+                urec_report::Error::Open { source, .. }
+                | urec_report::Error::Corrupt { source, .. },
+            ) => return Err(anyhow::Error::new(source).context(path.display().to_string())),
+            Err(e) => return Err(e.into()),
+        };
     let mut out = urec_format::Printable::new(io::stdout().lock());
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         if e.kind() == io::ErrorKind::BrokenPipe {

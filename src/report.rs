@@ -305,7 +305,7 @@ fn write_perfetto(input: &Path, path: &Path, opts: &ReportOptions) -> anyhow::Re
     let file = File::create(path)
         .with_context(|| format!("cannot create Perfetto trace {}", path.display()))?;
     let mut out = BufWriter::new(file);
-    let summary = match urec_report::perfetto::write(input, opts, &mut out) {
+    let summary = match urec_report::output::perfetto::write(input, opts, &mut out) {
         Ok(s) => s,
         Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
         Err(e) => {
@@ -411,29 +411,33 @@ fn write_outputs(
             &args.flamegraph,
             "flamegraph",
             Box::new(move |w| match base {
-                Some(base) => urec_report::diff::write_flamegraph(
+                Some(base) => urec_report::output::diff::write_flamegraph(
                     base,
                     report,
                     weight,
                     &mut Printable::new(w),
                 ),
-                None => urec_report::flamegraph::write(report, weight, &mut Printable::new(w)),
+                None => {
+                    urec_report::output::flamegraph::write(report, weight, &mut Printable::new(w))
+                }
             }),
         ),
         (
             &args.folded,
             "folded stacks",
-            Box::new(|w| urec_report::folded::write(report, weight, &mut Printable::new(w))),
+            Box::new(|w| {
+                urec_report::output::folded::write(report, weight, &mut Printable::new(w))
+            }),
         ),
         (
             &args.json,
             "JSON",
-            Box::new(|w| urec_report::json::write(report, w)),
+            Box::new(|w| urec_report::output::json::write(report, w)),
         ),
         (
             &args.pprof,
             "pprof profile",
-            Box::new(|w| urec_report::pprof::write(report, w)),
+            Box::new(|w| urec_report::output::pprof::write(report, w)),
         ),
     ];
     let mut stdout_taken = false;
@@ -457,13 +461,13 @@ fn write_outputs(
     if !stdout_taken {
         let mut out = Printable::new(BufWriter::new(io::stdout().lock()));
         match &report.diff {
-            Some(rows) => urec_report::diff::write_table(rows, &mut out)?,
-            None => urec_report::table::write(report, &mut out)?,
+            Some(rows) => urec_report::output::diff::write_table(rows, &mut out)?,
+            None => urec_report::output::table::write(report, &mut out)?,
         }
         if args.histogram {
-            urec_report::table::write_histograms(report, &mut out)?;
+            urec_report::output::table::write_histograms(report, &mut out)?;
         }
-        urec_report::table::write_value_histograms(report, &mut out)?;
+        urec_report::output::table::write_value_histograms(report, &mut out)?;
         out.flush()?;
     }
     Ok(())

@@ -3,7 +3,7 @@
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 
-use urec_report::script::{Fields, ScriptOptions};
+use urec_report::output::script::{Fields, ScriptOptions};
 
 use crate::report::{FilterArgs, SymbolArgs};
 use crate::UsageError;
@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     };
     let mut out = urec_format::Printable::new(BufWriter::new(io::stdout().lock()));
     // A closed pipe (`urec script | head`) comes back as an error; main exits 0 on it.
-    let summary = match urec_report::script::script(&args.input, &opts, &mut out) {
+    let summary = match urec_report::output::script::script(&args.input, &opts, &mut out) {
         Ok(s) => s,
         Err(e) if e.is_usage() => return Err(UsageError(e.to_string()).into()),
         Err(e) => return Err(e.into()),

@@ -25,10 +25,8 @@
 //!
 //! Delta bases and the dictionary start afresh in every chunk, so each chunk decodes alone.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use crate::codec::{put_bytes, put_u64, unzigzag, zigzag, Cursor, Malformed, Res};
+use crate::hash::FxHashMap;
 use crate::limits::{MAX_ARGS, MAX_ARG_STRING, MAX_CHUNK_THREADS};
 use crate::types::{ArgValue, Event, EventKind};
 
@@ -69,28 +67,6 @@ const ARG_FAULT: u8 = 3;
 
 type Ctx = (u32, u32, u32);
 
-/// A small multiplicative hasher for the (pid, tid, cpu) dictionary: the keys come from the
-/// kernel, not from an adversary, and SipHash would cost a noticeable share of write time.
-#[derive(Default)]
-struct CtxHasher(u64);
-
-impl Hasher for CtxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b.into());
-        }
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(i.into());
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// Accumulates the events of one chunk.
 #[derive(Default)]
 pub(crate) struct EventEncoder {
@@ -98,7 +74,8 @@ pub(crate) struct EventEncoder {
     base_time: u64,
     prev_time: u64,
     ctx: Vec<Ctx>,
-    ctx_map: HashMap<Ctx, u32, BuildHasherDefault<CtxHasher>>,
+    /// The keys come from the kernel; SipHash would cost a noticeable share of write time.
+    ctx_map: FxHashMap<Ctx, u32>,
     cols: [Vec<u8>; NCOLS],
     /// Some event of the chunk has a goroutine: the chunk gets its column.
     goroutines: bool,

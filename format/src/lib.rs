@@ -31,6 +31,7 @@ mod codec;
 mod error;
 mod events;
 mod footer;
+pub mod hash;
 pub mod hostile;
 pub mod limits;
 pub mod log_linear;

@@ -56,7 +56,6 @@ mod consumer;
 mod dwarf;
 mod error;
 mod fds;
-mod fxhash;
 pub mod kept;
 mod lost;
 pub mod mapped;

@@ -61,10 +61,10 @@
 use anyhow::Result;
 use urec_format::{Lost, LostSource, Mapping, Nanos, Process, ProcessChange, ProcessEvent, Record};
 
-use crate::fxhash::FxHashMap;
 use crate::kept::{KeptFiles, MappedFile};
 use crate::procfs::{self, BuildIdCache, Snapshot};
 use crate::sideband::{MmapRecord, SidebandRecord, TaskRecord};
+use urec_format::hash::FxHashMap;
 
 /// How long (side-band time) an exited, never-emitted process is kept for late probe events.
 pub const GRACE_NS: Nanos = 5_000_000_000;

@@ -9,7 +9,7 @@
 
 use urec_format::{Avma, Stack, StackId};
 
-use crate::fxhash::FxHashMap;
+use urec_format::hash::FxHashMap;
 
 /// The stacks seen so far.
 #[derive(Debug, Default)]

@@ -102,11 +102,11 @@ fn child(mode: &str, file: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let analyzed = start.elapsed();
     let mut sink = std::io::sink();
     match mode.trim_end_matches("-nosym") {
-        "table" => urec_report::table::write(&report, &mut sink)?,
+        "table" => urec_report::output::table::write(&report, &mut sink)?,
         "flamegraph" => {
             let svg = file.with_extension("svg");
             let mut out = BufWriter::new(File::create(&svg)?);
-            urec_report::flamegraph::write(&report, Weight::Calls, &mut out)?;
+            urec_report::output::flamegraph::write(&report, Weight::Calls, &mut out)?;
             out.flush()?;
         }
         other => return Err(format!("unknown mode {other}").into()),

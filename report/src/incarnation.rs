@@ -73,6 +73,9 @@ struct ProcessInfo {
     pid: u32,
     record: Option<Box<Process>>,
     had_events: bool,
+    /// The time and command name of its latest event: the name it had when it made its
+    /// events (after an exec, the new image's), which `recording.processes` shows.
+    last_event: Option<(u64, u32)>,
 }
 
 /// Every pid's incarnations and names over time.
@@ -81,8 +84,8 @@ pub struct Incarnations {
     all: Vec<Incarnation>,
     processes: Vec<ProcessInfo>,
     /// Fx-hashed: asked once per event.
-    pids: crate::aggregate::FxMap<u32, PidLife>,
-    comms: Interner,
+    pids: urec_format::hash::FxHashMap<u32, PidLife>,
+    comms: Interner<String>,
     /// The latest time any record named; a `Process` record without a start time that renames
     /// a known pid does so from then on.
     latest_ns: u64,
@@ -350,6 +353,7 @@ impl Incarnations {
             pid,
             record: record.map(Box::new),
             had_events: false,
+            last_event: None,
         });
     }
 
@@ -400,7 +404,7 @@ impl Incarnations {
                 (id, self.comm_at(pid, time_ns))
             }
         };
-        self.mark_events(id);
+        self.mark_event(id, time_ns, comm);
         (id, comm)
     }
 
@@ -440,13 +444,28 @@ impl Incarnations {
         }
     }
 
+    /// [`Incarnations::mark_events`] for an event at `time_ns` made under command name `comm`.
+    fn mark_event(&mut self, id: IncarnationId, time_ns: u64, comm: u32) {
+        if let Some(i) = self.all.get(id as usize) {
+            if let Some(p) = self.processes.get_mut(i.process as usize) {
+                p.had_events = true;
+                if p.last_event.is_none_or(|(t, _)| time_ns >= t) {
+                    p.last_event = Some((time_ns, comm));
+                }
+            }
+        }
+    }
+
     /// The processes that had events, in the order they were first described: each pid with
-    /// its `Process` record (none for a pid no record described).
-    pub fn processes_with_events(&self) -> impl Iterator<Item = (u32, Option<&Process>)> {
-        self.processes
-            .iter()
-            .filter(|p| p.had_events)
-            .map(|p| (p.pid, p.record.as_deref()))
+    /// its `Process` record (none for a pid no record described) and the command name it had
+    /// at its latest event (none when no event said).
+    pub fn processes_with_events(
+        &self,
+    ) -> impl Iterator<Item = (u32, Option<&Process>, Option<&str>)> {
+        self.processes.iter().filter(|p| p.had_events).map(|p| {
+            let comm = p.last_event.map(|(_, c)| self.comms.name(c));
+            (p.pid, p.record.as_deref(), comm)
+        })
     }
 
     /// Whether incarnation `id` has ended.
@@ -548,7 +567,7 @@ mod tests {
         assert_ne!(reused.process, exec.process);
         let anon = m.at_or_new(9, 5);
         m.mark_events(anon.id);
-        let pids: Vec<u32> = m.processes_with_events().map(|(pid, _)| pid).collect();
+        let pids: Vec<u32> = m.processes_with_events().map(|(pid, _, _)| pid).collect();
         assert_eq!(pids, [3, 9]);
     }
 

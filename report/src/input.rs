@@ -1,6 +1,6 @@
 //! Reading a recording: one place that opens the file, streams its records and turns the
 //! reader's end status (truncation, skipped chunks) into warnings, for [`crate::analyze`] and
-//! [`crate::script::script`] alike.
+//! [`crate::output::script::script`] alike.
 
 use std::path::Path;
 

@@ -1,170 +1,64 @@
 //! The analysis half of urec: rebases every recorded address through the recorded mappings,
 //! symbolizes, aggregates calls and latencies, and draws tables, histograms, folded stacks,
-//! flamegraphs, JSON and per-event scripts. Builds without libbpf, clang or root.
+//! flamegraphs, JSON, pprof, Perfetto traces and per-event scripts. Builds without libbpf, clang
+//! or root.
 //!
-//! # Data flow
+//! # Layout and data flow
 //!
 //! ```text
-//! urec.data ──Reader──▶ records ──▶ analyze ──▶ Report ──┬─▶ table / histogram
-//!                          │          │  rebase           ├─▶ folded / flamegraph
-//!                          │          └─ symbolize        └─▶ json
-//!                          └──────────▶ script (one line per event, time-ordered)
+//!                    ┌─ calls: the call core (filters, time origin, incarnation, pairing) ─┐
+//! urec.data ─input─▶ │  incarnation + rebase: which process, which code                    │
+//!                    └──┬───────────────────────────────┬──────────────────────┬───────────┘
+//!                       ▼ sink                          ▼ sink                 ▼ sink
+//!                  aggregate (pass) ─▶ model::Report    output::script         output::perfetto
+//!                       merge (-i A -i B) ─┤            (one line per event)   (one slice per call)
+//!                       diff (--diff BASE) ┤
+//!                                          ▼
+//!                  output::{table, json, folded, flamegraph, pprof, diff}
 //! ```
 //!
-//! [`analyze`] streams the recording once. Its memory is bounded by the number of unique
-//! (probe, process generation, stack) keys, never by the number of events: each key's stack is
-//! rebased the first time it is seen (with the mappings in force at that event's time), and
-//! equal rebased stacks of different processes merge at once. Symbolization runs at the end, once
-//! per unique rebased stack, through a [`symbolize::Symbolizer`] (the `urec-symbolize` crate,
-//! re-exported) that caches each (binary, offset). Latency comes from the recorder's measurement on return events, or, when it is
-//! missing, from pairing entries and returns of the same thread with a per-thread stack, which
-//! keeps recursion right.
-//!
-//! The outputs ([`table`], [`folded`], [`flamegraph`], [`json`]) only read a [`Report`];
-//! [`script`] streams the file on its own because it prints events, not aggregates.
+//! - [`model`]: what a report is ([`Report`], [`Function`], [`StackSummary`], frames,
+//!   histograms, breakdowns); depends on no pass and no output.
+//! - The call core (private `calls`): one rule for which events and calls count, applied by
+//!   every streaming pass; `aggregate`, [`output::script`] and [`output::perfetto`] are its
+//!   sinks.
+//! - Passes: [`analyze`] streams a recording once into a [`Report`] (memory bounded by unique
+//!   (probe, incarnation, stack) keys, never by events; each stack rebased on first sight,
+//!   symbolized once at the end through a [`symbolize::Symbolizer`], the `urec-symbolize`
+//!   crate re-exported); [`merge::merge`] joins the reports of several inputs; [`diff::rows`]
+//!   compares one with a base.
+//! - [`output`]: each output reads a [`Report`] (or, for per-event outputs, the call stream)
+//!   and writes bytes.
 //!
 //! ```no_run
 //! let report = urec_report::analyze("urec.data".as_ref(), &urec_report::ReportOptions::default())?;
-//! urec_report::table::write(&report, &mut std::io::stdout().lock())?;
+//! urec_report::output::table::write(&report, &mut std::io::stdout().lock())?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![deny(missing_docs)]
 
 mod aggregate;
-mod args;
-pub mod breakdown;
+mod calls;
 pub mod diff;
-pub mod flamegraph;
-pub mod folded;
-pub mod frames;
-pub mod histogram;
 pub mod incarnation;
-pub mod info;
 mod input;
 mod interner;
-pub mod json;
 pub mod merge;
-mod pairing;
-pub mod perfetto;
-pub mod pprof;
-pub mod processes;
-mod proto;
+pub mod model;
+pub mod output;
 pub mod rebase;
-mod reorder;
-pub mod script;
 pub mod symbols;
 pub use urec_symbolize as symbolize;
-pub mod table;
-mod units;
 
 use std::path::PathBuf;
 
-pub use aggregate::{
-    analyze, analyze_bytes, frame_addresses, BinaryAddress, Function, ProcessCalls, Recording,
-    Report, StackSummary,
-};
-pub use breakdown::{GroupBy, Groups, ValueHistogram};
-pub use histogram::{LatencyHistogram, LatencyStats};
-pub use units::human_ns;
-
-/// Which events a report looks at. Empty lists select everything; several values of one kind
-/// are alternatives (`--pid 1 --pid 2`), different kinds must all match.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    /// Process ids (`--pid`).
-    pub pids: Vec<u32>,
-    /// Thread ids (`--tid`).
-    pub tids: Vec<u32>,
-    /// Command names (`--comm`), matched exactly against the process's comm at the event.
-    pub comms: Vec<String>,
-    /// Probes (`--probe`): a probe's display name, one of its specs, or its symbol.
-    pub probes: Vec<String>,
-    /// Only calls at least this long (`--min-latency`); calls without a latency are left out.
-    pub min_latency_ns: Option<u64>,
-    /// Only calls at most this long (`--max-latency`).
-    pub max_latency_ns: Option<u64>,
-    /// Only calls that began in this window (`--time`).
-    pub time: Option<TimeWindow>,
-}
-
-impl Filter {
-    /// `--pid` and `--tid` keep an event of this thread.
-    pub fn keeps_thread(&self, pid: u32, tid: u32) -> bool {
-        (self.pids.is_empty() || self.pids.contains(&pid))
-            && (self.tids.is_empty() || self.tids.contains(&tid))
-    }
-
-    /// `--comm` keeps an event of a process named `comm`.
-    pub fn keeps_comm(&self, comm: &str) -> bool {
-        self.comms.is_empty() || self.comms.iter().any(|c| c == comm)
-    }
-
-    /// `--min-latency` or `--max-latency` is given: calls are judged when they end.
-    pub fn by_latency(&self) -> bool {
-        self.min_latency_ns.is_some() || self.max_latency_ns.is_some()
-    }
-
-    /// `--min-latency` and `--max-latency` keep a call this long.
-    pub fn keeps_latency(&self, latency: u64) -> bool {
-        self.min_latency_ns.is_none_or(|min| latency >= min)
-            && self.max_latency_ns.is_none_or(|max| latency <= max)
-    }
-}
-
-/// `--time FROM..TO`: seconds since the recording's attach time, either end open. A call is
-/// judged by its entry (an entry-only or return-only probe's event by its own time).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TimeWindow {
-    /// From, inclusive, in ns after the attach.
-    pub from_ns: Option<u64>,
-    /// To, exclusive, in ns after the attach.
-    pub to_ns: Option<u64>,
-}
-
-impl TimeWindow {
-    /// The window in absolute ns, `[from, to)`, for an attach at `origin_ns`.
-    pub fn bounds(&self, origin_ns: u64) -> (u64, u64) {
-        (
-            origin_ns.saturating_add(self.from_ns.unwrap_or(0)),
-            self.to_ns
-                .map_or(u64::MAX, |to| origin_ns.saturating_add(to)),
-        )
-    }
-}
-
-impl std::str::FromStr for TimeWindow {
-    type Err = String;
-
-    /// `2.5..`, `..10`, `1.2..3.4`.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let Some((from, to)) = text.split_once("..") else {
-            return Err(format!(
-                "{text:?} is not FROM..TO (seconds: 2.5.., ..10, 1.2..3.4)"
-            ));
-        };
-        let secs = |t: &str| -> Result<Option<u64>, String> {
-            let t = t.trim();
-            if t.is_empty() {
-                return Ok(None);
-            }
-            match t.parse::<f64>() {
-                Ok(v) if v.is_finite() && v >= 0.0 => Ok(Some((v * 1e9).round() as u64)),
-                _ => Err(format!("{t:?} is not a number of seconds ≥ 0")),
-            }
-        };
-        let w = TimeWindow {
-            from_ns: secs(from)?,
-            to_ns: secs(to)?,
-        };
-        if let (Some(f), Some(t)) = (w.from_ns, w.to_ns) {
-            if f >= t {
-                return Err(format!("{text:?}: FROM must be before TO"));
-            }
-        }
-        Ok(w)
-    }
-}
+pub use aggregate::{analyze, analyze_bytes, frame_addresses, BinaryAddress};
+pub use calls::filter::{Filter, TimeWindow};
+pub use model::breakdown::{GroupBy, Groups, ValueHistogram};
+pub use model::histogram::{LatencyHistogram, LatencyStats};
+pub use model::{Function, ProcessCalls, Recording, Report, StackSummary};
+pub use output::units::human_ns;
 
 /// How `functions` are ordered (`--sort`), always descending, ties by probe name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -210,7 +104,7 @@ pub struct ReportOptions {
     /// Skip symbolization (frames stay `binary+0xOFF`); for tests and benchmarks of the rest.
     pub no_symbolize: bool,
     /// Split each probe's calls by this key (`--group-by`).
-    pub group_by: Option<breakdown::GroupBy>,
+    pub group_by: Option<GroupBy>,
     /// A log2 histogram of this argument's values per probe (`--hist`).
     pub hist: Option<String>,
     /// The table lists probes without calls (`--show-zero`).
@@ -280,21 +174,21 @@ pub fn exercise(bytes: &[u8]) {
         ..ReportOptions::default()
     };
     if let Ok(report) = analyze_bytes(bytes.to_vec(), &opts) {
-        let _ = table::write(&report, &mut sink);
-        let _ = table::write_histograms(&report, &mut sink);
-        let _ = json::write(&report, &mut sink);
-        let _ = pprof::write(&report, &mut sink);
+        let _ = output::table::write(&report, &mut sink);
+        let _ = output::table::write_histograms(&report, &mut sink);
+        let _ = output::json::write(&report, &mut sink);
+        let _ = output::pprof::write(&report, &mut sink);
         for weight in [Weight::Calls, Weight::Latency] {
-            let _ = folded::write(&report, weight, &mut sink);
-            let _ = flamegraph::write(&report, weight, &mut sink);
+            let _ = output::folded::write(&report, weight, &mut sink);
+            let _ = output::flamegraph::write(&report, weight, &mut sink);
         }
     }
-    let script_opts = script::ScriptOptions {
+    let script_opts = output::script::ScriptOptions {
         no_symbolize: true,
-        ..script::ScriptOptions::default()
+        ..output::script::ScriptOptions::default()
     };
-    let _ = script::script_bytes(bytes.to_vec(), &script_opts, &mut sink);
-    let _ = perfetto::write_bytes(bytes.to_vec(), &opts, &mut sink);
+    let _ = output::script::script_bytes(bytes.to_vec(), &script_opts, &mut sink);
+    let _ = output::perfetto::write_bytes(bytes.to_vec(), &opts, &mut sink);
 }
 
 impl Error {

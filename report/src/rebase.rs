@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use urec_format::{Avma, BuildId, FileOffset, Mapping, Record};
 
 use crate::incarnation::{Incarnations, Origin};
+use crate::interner::Interner;
 
 /// How many parent links a lookup follows for forked children before giving up (a guard
 /// against pid reuse making a cycle).
@@ -40,11 +41,9 @@ pub struct AddressSpaces {
     incarnations: Incarnations,
     pids: HashMap<u32, Mappings>,
     /// Interned paths: mappings of the same file in many processes share one string.
-    paths: Vec<Box<str>>,
-    path_ids: HashMap<Box<str>, u32>,
+    paths: Interner<Box<str>>,
     /// Interned build ids, likewise.
-    build_ids: Vec<BuildId>,
-    build_id_ids: HashMap<BuildId, u32>,
+    build_ids: Interner<BuildId>,
     /// File order of mappings, to break ties between mappings recorded at the same time.
     seq: u64,
     /// Index cells and entries looked at by queries so far (see [`AddressSpaces::work`]).
@@ -183,9 +182,9 @@ impl AddressSpaces {
         if m.end.0 <= m.start.0 {
             return; // empty or inverted: maps nothing
         }
-        let path = intern(&mut self.paths, &mut self.path_ids, m.path.as_str());
+        let path = self.paths.id(m.path.as_str());
         let build_id = match &m.build_id {
-            Some(b) => intern_build_id(&mut self.build_ids, &mut self.build_id_ids, b),
+            Some(b) => self.build_ids.id(b),
             None => u32::MAX,
         };
         self.seq += 1;
@@ -354,26 +353,6 @@ impl Block {
             node >>= 1;
         }
     }
-}
-
-fn intern(table: &mut Vec<Box<str>>, ids: &mut HashMap<Box<str>, u32>, s: &str) -> u32 {
-    if let Some(&id) = ids.get(s) {
-        return id;
-    }
-    let id = table.len() as u32;
-    table.push(s.into());
-    ids.insert(s.into(), id);
-    id
-}
-
-fn intern_build_id(table: &mut Vec<BuildId>, ids: &mut HashMap<BuildId, u32>, b: &BuildId) -> u32 {
-    if let Some(&id) = ids.get(b) {
-        return id;
-    }
-    let id = table.len() as u32;
-    table.push(b.clone());
-    ids.insert(b.clone(), id);
-    id
 }
 
 #[cfg(test)]

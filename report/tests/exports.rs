@@ -45,7 +45,7 @@ fn per_process_counters_add_up_to_each_stack() {
     assert_eq!(r.inputs[0].events, 20_000);
     // pprof: a gzip stream that inflates to a profile holding every probe's name.
     let mut gz = Vec::new();
-    urec_report::pprof::write(&r, &mut gz).unwrap();
+    urec_report::output::pprof::write(&r, &mut gz).unwrap();
     let mut raw = Vec::new();
     flate2::read::GzDecoder::new(&gz[..])
         .read_to_end(&mut raw)
@@ -61,7 +61,7 @@ fn perfetto_sees_every_call() {
     let bytes = synthetic(20_000, 2);
     let r = analyze_bytes(bytes.clone(), &opts()).unwrap();
     let mut trace = Vec::new();
-    let s = urec_report::perfetto::write_bytes(bytes, &opts(), &mut trace).unwrap();
+    let s = urec_report::output::perfetto::write_bytes(bytes, &opts(), &mut trace).unwrap();
     let calls: u64 = r.functions.iter().map(|f| f.calls).sum();
     let in_flight: u64 = r.functions.iter().map(|f| f.in_flight).sum();
     // One slice per call (entry) plus the summary slice.
@@ -101,7 +101,7 @@ fn merging_a_recording_with_itself_doubles_it_and_diffs_show_the_change() {
     let rows = urec_report::diff::rows(&a, &merged);
     assert_eq!(rows.len(), a.functions.len());
     let mut table = Vec::new();
-    urec_report::diff::write_table(&rows, &mut table).unwrap();
+    urec_report::output::diff::write_table(&rows, &mut table).unwrap();
     let table = String::from_utf8(table).unwrap();
     for f in &a.functions {
         let line = table.lines().find(|l| l.starts_with(&f.probe)).unwrap();

@@ -161,8 +161,8 @@ fn counts_follow_spec_definitions() {
 fn golden_table() {
     let (_d, _p, report) = scenario_report(&plain());
     let text = render(|o| {
-        urec_report::table::write(&report, o)?;
-        urec_report::table::write_histograms(&report, o)
+        urec_report::output::table::write(&report, o)?;
+        urec_report::output::table::write_histograms(&report, o)
     });
     golden("scenario.table", &text);
 }
@@ -172,13 +172,13 @@ fn golden_folded() {
     let (_d, _p, report) = scenario_report(&plain());
     golden(
         "scenario.folded",
-        &render(|o| urec_report::folded::write(&report, Weight::Calls, o)),
+        &render(|o| urec_report::output::folded::write(&report, Weight::Calls, o)),
     );
     golden(
         "scenario-latency.folded",
-        &render(|o| urec_report::folded::write(&report, Weight::Latency, o)),
+        &render(|o| urec_report::output::folded::write(&report, Weight::Latency, o)),
     );
-    let folded = urec_report::folded::lines(&report, Weight::Calls);
+    let folded = urec_report::output::folded::lines(&report, Weight::Calls);
     // Equal paths of pids 100 and 300 (both `app`, different load bases) merged: 3 + 2 calls.
     assert!(folded.contains(&"app;app+0x3020;app+0x2010;app+0x1000 5".to_string()));
     assert!(folded.contains(&"app;[truncated];app+0x2050;app+0x1000 1".to_string()));
@@ -188,7 +188,7 @@ fn golden_folded() {
 #[test]
 fn golden_json_and_schema() {
     let (_d, _p, report) = scenario_report(&plain());
-    let text = render(|o| urec_report::json::write(&report, o));
+    let text = render(|o| urec_report::output::json::write(&report, o));
     golden("scenario.json", &text);
     check_schema(&text);
     let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
@@ -559,7 +559,7 @@ fn truncated_file_reports_complete_chunks() {
         "{:?}",
         report.warnings
     );
-    let json = render(|o| urec_report::json::write(&report, o));
+    let json = render(|o| urec_report::output::json::write(&report, o));
     assert!(json.contains("\"truncated\": true"));
 }
 
@@ -647,20 +647,20 @@ fn folded_main_a_leaf_600_main_b_leaf_400() {
     }
     write(&path, &header(), &r);
     let report = analyze(&path, &ReportOptions::default()).expect("analyze");
-    let folded = urec_report::folded::lines(&report, Weight::Calls);
+    let folded = urec_report::output::folded::lines(&report, Weight::Calls);
     assert_eq!(
         folded,
         ["fixture;main;a;leaf 600", "fixture;main;b;leaf 400"],
         "warnings: {:?}",
         report.warnings
     );
-    let latency = urec_report::folded::lines(&report, Weight::Latency);
+    let latency = urec_report::output::folded::lines(&report, Weight::Latency);
     assert_eq!(
         latency,
         ["fixture;main;a;leaf 60000", "fixture;main;b;leaf 40000"]
     );
     // The flamegraph draws the same stacks, titled with the probe and the command.
-    let svg = render(|o| urec_report::flamegraph::write(&report, Weight::Calls, o));
+    let svg = render(|o| urec_report::output::flamegraph::write(&report, Weight::Calls, o));
     assert!(svg.starts_with("<?xml"), "{}", &svg[..svg.len().min(200)]);
     assert!(svg.contains("fixture:leaf — urec record -e app:work -a"));
     assert!(
@@ -731,12 +731,12 @@ fn script_lines_and_collapse_perf() {
         ),
     ];
     write(&path, &header(), &r);
-    let opts = urec_report::script::ScriptOptions {
+    let opts = urec_report::output::script::ScriptOptions {
         no_symbolize: true,
         ..Default::default()
     };
     let mut out = Vec::new();
-    let summary = urec_report::script::script(&path, &opts, &mut out).expect("script");
+    let summary = urec_report::output::script::script(&path, &opts, &mut out).expect("script");
     assert_eq!(
         (summary.events, summary.out_of_order, summary.truncated),
         (3, 0, false)
@@ -776,7 +776,7 @@ fn script_lines_and_collapse_perf() {
     let collapsed = String::from_utf8(collapsed).expect("utf-8");
     let report = analyze(&path, &plain()).expect("analyze");
     // collapse-perf strips `+0x...` from symbol names (perf prints `sym+off`); so do we here.
-    let mut folded = render(|o| urec_report::folded::write(&report, Weight::Calls, o));
+    let mut folded = render(|o| urec_report::output::folded::write(&report, Weight::Calls, o));
     while let Some(i) = folded.find("+0x") {
         let hex = folded[i + 3..]
             .find(|c: char| !c.is_ascii_hexdigit())
@@ -835,14 +835,14 @@ fn weighted_events_scale_stacks() {
     assert!(f.from_kernel);
     assert_eq!(f.sampled, 16);
     assert_eq!(f.processes[0].calls, 30, "per-process counts are weighted");
-    let folded = urec_report::folded::lines(&report, Weight::Calls);
+    let folded = urec_report::output::folded::lines(&report, Weight::Calls);
     let counts: Vec<u64> = folded
         .iter()
         .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
         .collect();
     assert_eq!(counts.iter().sum::<u64>(), 30, "{folded:?}");
     assert!(counts.contains(&10) && counts.contains(&20), "{folded:?}");
-    let latency = urec_report::folded::lines(&report, Weight::Latency);
+    let latency = urec_report::output::folded::lines(&report, Weight::Latency);
     let total: u64 = latency
         .iter()
         .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
@@ -851,23 +851,23 @@ fn weighted_events_scale_stacks() {
     // The latency distribution counts each recorded call once.
     assert_eq!(f.latency_stats().map(|s| s.total), Some(15 * 100));
     // The flamegraph's subtitle says so.
-    let svg = render(|o| urec_report::flamegraph::write(&report, Weight::Calls, o));
+    let svg = render(|o| urec_report::output::flamegraph::write(&report, Weight::Calls, o));
     assert!(svg.contains("1 call in up to 4 kept"), "{svg}");
     assert!(svg.contains("15 recorded calls weigh 30 of 31"), "{svg}");
     // And so does the pprof profile's comment.
     let mut gz = Vec::new();
-    urec_report::pprof::write(&report, &mut gz).unwrap();
+    urec_report::output::pprof::write(&report, &mut gz).unwrap();
     let mut profile = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut profile).unwrap();
     let needle = b"urec: stacks sampled under ring pressure";
     assert!(profile.windows(needle.len()).any(|w| w == needle));
-    let table = render(|o| urec_report::table::write(&report, o));
+    let table = render(|o| urec_report::output::table::write(&report, o));
     assert!(
         table.contains("16 calls sampled out under ring pressure"),
         "{table}"
     );
     let json: serde_json::Value =
-        serde_json::from_str(&render(|o| urec_report::json::write(&report, o))).unwrap();
+        serde_json::from_str(&render(|o| urec_report::output::json::write(&report, o))).unwrap();
     assert_eq!(json["functions"][0]["weighted_calls"], 30);
     assert_eq!(json["functions"][0]["max_weight"], 4);
     let stacks: u64 = json["stacks"]
@@ -890,7 +890,7 @@ fn weighted_events_scale_stacks() {
     let f = &report.functions[0];
     assert_eq!((f.calls, f.weighted_calls), (15, 30));
     assert!(!f.from_kernel);
-    let folded = urec_report::folded::lines(&report, Weight::Calls);
+    let folded = urec_report::output::folded::lines(&report, Weight::Calls);
     let sum: u64 = folded
         .iter()
         .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())

@@ -41,7 +41,7 @@ use urec_format::Mapping;
 use urec_untrusted::Identity;
 
 use self::elf::{Bytes, ElfUnwindInfo};
-use crate::fxhash::FxHashMap;
+use urec_format::hash::FxHashMap;
 
 /// Longest stack returned; deeper ones end as [`Truncation::TooDeep`]. Twice perf's default
 /// (127): CFI unwinding is cheap per frame, and deep recursions are what flame graphs show.

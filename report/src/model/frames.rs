@@ -7,8 +7,6 @@
 //! equal, so the same function at two lines is two frames with one name. Stacks merge by
 //! names (what every output shows), see [`crate::Report::stacks`].
 
-use std::collections::HashMap;
-
 use urec_format::BuildId;
 
 use crate::interner::Interner;
@@ -61,9 +59,8 @@ pub struct Location {
 /// Every distinct frame, interned.
 #[derive(Clone, Debug, Default)]
 pub struct FrameTable {
-    frames: Vec<Frame>,
-    ids: HashMap<Frame, FrameId>,
-    names: Interner,
+    frames: Interner<Frame>,
+    names: Interner<String>,
 }
 
 impl FrameTable {
@@ -78,13 +75,7 @@ impl FrameTable {
             name: self.names.id(name),
             kind,
         };
-        if let Some(&id) = self.ids.get(&frame) {
-            return id;
-        }
-        let id = self.frames.len() as FrameId;
-        self.frames.push(frame.clone());
-        self.ids.insert(frame, id);
-        id
+        self.frames.id(&frame)
     }
 
     /// The frame behind `id`.
@@ -113,7 +104,7 @@ impl FrameTable {
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.frames.len() == 0
     }
 }
 

@@ -25,7 +25,7 @@
 
 use std::hash::Hash;
 
-use crate::aggregate::FxMap;
+use urec_format::hash::FxHashMap;
 
 /// Entries kept waiting per key (see the module docs).
 pub(crate) const MAX_PER_KEY: usize = 1024;
@@ -111,7 +111,7 @@ struct Stack {
 
 /// Entries waiting for their return, per key, within the bound (see the module docs).
 pub(crate) struct Pairing<K, T> {
-    stacks: FxMap<K, Stack>,
+    stacks: FxHashMap<K, Stack>,
     nodes: Vec<Node<K, T>>,
     free: Vec<u32>,
     oldest: u32,
@@ -131,7 +131,7 @@ impl<K: Copy + Eq + Hash, T: Waiting> Pairing<K, T> {
     /// With a budget other than [`BUDGET_BYTES`] (tests).
     pub(crate) fn with_budget(budget: usize) -> Self {
         Pairing {
-            stacks: FxMap::default(),
+            stacks: FxHashMap::default(),
             nodes: Vec::new(),
             free: Vec::new(),
             oldest: NONE,

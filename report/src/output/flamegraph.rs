@@ -2,8 +2,9 @@
 
 use std::io::{self, Write};
 
-use crate::aggregate::Report;
-use crate::{folded, Weight};
+use crate::model::Report;
+use crate::output::folded;
+use crate::Weight;
 
 /// The title inferno puts on top: the probes and the recording's command.
 pub fn title(report: &Report) -> String {
@@ -31,7 +32,7 @@ pub fn write(report: &Report, weight: Weight, out: &mut dyn Write) -> io::Result
         urec_format::plural(report.recording.events, "event", "events"),
         crate::human_ns(report.recording.duration_ns)
     );
-    if let Some(c) = crate::aggregate::coverage(report) {
+    if let Some(c) = crate::model::coverage(report) {
         subtitle.push_str(&format!(" · {c}"));
     }
     opts.subtitle = Some(subtitle);

@@ -8,9 +8,9 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::aggregate::Report;
-use crate::breakdown::GroupValue;
-use crate::frames::{Frame, FrameKind};
+use crate::model::breakdown::GroupValue;
+use crate::model::frames::{Frame, FrameKind};
+use crate::model::Report;
 
 /// The schema version this module writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -76,7 +76,7 @@ struct BucketJson {
     count: u64,
 }
 
-fn diff_side(side: &Option<crate::diff::Side>) -> DiffSideJson {
+fn diff_side(side: &Option<crate::model::Side>) -> DiffSideJson {
     match side {
         Some(s) => DiffSideJson {
             calls: s.calls,

@@ -16,7 +16,8 @@ pub struct ProcessSummary {
     pub pid: u32,
     /// Parent process id (0 when unknown).
     pub ppid: u32,
-    /// Command name when first recorded.
+    /// Command name when it made its events (its latest event's: after an exec, the new
+    /// image's, as `functions[].processes` names it), else when first recorded.
     pub comm: String,
     /// The recording host (shared by every process of one recording).
     pub host: std::sync::Arc<str>,
@@ -33,10 +34,13 @@ pub(crate) fn summaries(incarnations: &Incarnations, host: &str) -> Vec<ProcessS
     let host: std::sync::Arc<str> = host.into();
     incarnations
         .processes_with_events()
-        .map(|(pid, p)| ProcessSummary {
+        .map(|(pid, p, comm)| ProcessSummary {
             pid,
             ppid: p.map_or(0, |p| p.ppid),
-            comm: p.map(|p| p.comm.clone()).unwrap_or_default(),
+            // A pid no record described stays nameless here, as before its events named it.
+            comm: p
+                .map(|p| comm.unwrap_or(&p.comm).to_string())
+                .unwrap_or_default(),
             host: host.clone(),
             mnt_ns: p.and_then(|p| p.mnt_ns),
             pid_ns: p.and_then(|p| p.pid_ns),
@@ -48,7 +52,7 @@ pub(crate) fn summaries(incarnations: &Incarnations, host: &str) -> Vec<ProcessS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use urec_format::{Event, EventKind, Process, Record};
+    use urec_format::{Event, EventKind, Process, ProcessChange, ProcessEvent, Record};
 
     fn process(pid: u32, comm: &str, cgroup: Option<&str>) -> Record {
         Record::Process(Process {
@@ -114,5 +118,25 @@ mod tests {
             (got[1].pid, got[1].ppid, got[1].cgroup.as_deref()),
             (12, 0, None)
         );
+    }
+
+    #[test]
+    fn a_process_is_named_as_it_was_when_it_made_its_events() {
+        // Forked as `sh`, exec'd into `app` at 100, which made the events: the name
+        // `functions[].processes` gives them is the one `recording.processes` shows.
+        let mut list = Incarnations::new();
+        list.apply(&process(10, "sh", None));
+        list.apply(&Record::ProcessEvent(ProcessEvent {
+            pid: 10,
+            time_ns: 100,
+            change: ProcessChange::Exec {
+                comm: "app".into(),
+                exe: "/app".into(),
+            },
+        }));
+        let (_, comm) = list.of_event(10, 200);
+        assert_eq!(list.comm_name(comm), "app");
+        let got = summaries(&list, "h");
+        assert_eq!((got[0].pid, got[0].comm.as_str()), (10, "app"));
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use crate::aggregate::Report;
+use crate::model::Report;
 use crate::Weight;
 
 /// The folded lines of `report`, without newlines.

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use urec_format::{ArgType, ArgValue};
 
-use crate::histogram::LatencyHistogram;
+use crate::model::histogram::LatencyHistogram;
 
 /// Distinct keys kept per probe; the rest go to `[other]`.
 pub const MAX_GROUPS: usize = 10_000;

@@ -3,9 +3,9 @@
 
 use std::io::{self, Write};
 
-use crate::aggregate::{Function, Report};
-use crate::breakdown::GroupValue;
 use crate::human_ns;
+use crate::model::breakdown::GroupValue;
+use crate::model::{Function, Report};
 use urec_format::plural;
 
 /// Writes the summary table of `report`.
@@ -82,8 +82,10 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         }
         Some(groups) => {
             headers.push(groups.key.to_uppercase());
-            let mut by_probe: std::collections::HashMap<&str, Vec<&crate::breakdown::Group>> =
-                std::collections::HashMap::new();
+            let mut by_probe: std::collections::HashMap<
+                &str,
+                Vec<&crate::model::breakdown::Group>,
+            > = std::collections::HashMap::new();
             for g in &groups.rows {
                 by_probe.entry(g.probe.as_str()).or_default().push(g);
             }
@@ -132,7 +134,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             writeln!(
                 out,
                 "# more than {} values of {} for {}: the rest are summed in [other]",
-                crate::breakdown::MAX_GROUPS,
+                crate::model::breakdown::MAX_GROUPS,
                 groups.key,
                 groups.capped.join(", ")
             )?;

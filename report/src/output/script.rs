@@ -48,24 +48,24 @@ use std::path::Path;
 
 use urec_format::{Avma, Event, EventKind, ProbeId, Record, StackId};
 
-use crate::args::format_arg;
-use crate::frames::code_frames;
+use crate::calls::pairing::Pairing;
+use crate::calls::{began_ns, call_key, CallKey, Calls, Verdict};
 use crate::input::Ahead;
-use crate::pairing::Pairing;
-use crate::rebase::AddressSpaces;
-use crate::reorder::{Reorder, Timed};
+use crate::model::frames::code_frames;
+use crate::output::args::format_arg;
+use crate::output::reorder::{Reorder, Timed};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
 use crate::{Error, Filter};
 
 /// How far behind the newest event read an event may arrive and still be printed in order.
 /// The ring buffer's disorder is the time between a probe's timestamp and its commit:
 /// microseconds, so a second is generous.
-pub const REORDER_NS: u64 = crate::reorder::REORDER_NS;
+pub const REORDER_NS: u64 = crate::output::reorder::REORDER_NS;
 
 /// Bytes of events held back for reordering. A recorded event with eight string arguments
 /// takes about 2.5 KiB: at a million such events a second, the time window alone would hold
 /// 2.5 GB; this bound shortens it instead (about 160,000 events of the usual 100 bytes).
-pub const REORDER_BYTES: usize = crate::reorder::REORDER_BYTES;
+pub const REORDER_BYTES: usize = crate::output::reorder::REORDER_BYTES;
 
 /// Bytes of rendered stacks kept for reuse.
 pub const RENDERED_BYTES: usize = 16 << 20;
@@ -221,7 +221,11 @@ fn script_source(
         |header, ahead| Printer::new(opts, header, ahead),
         |printer, record| {
             if let Record::Event(event) = record {
-                printer.spaces.incarnations_mut().advance(event.time_ns);
+                printer
+                    .calls
+                    .spaces
+                    .incarnations_mut()
+                    .advance(event.time_ns);
                 let Some((event, entry)) = printer.accept(event) else {
                     return Ok(());
                 };
@@ -237,21 +241,7 @@ fn script_source(
         },
     )?;
     window.finish(|p| printer.print(&p, out))?;
-    for name in &opts.filter.probes {
-        if !printer
-            .probes
-            .values()
-            .any(|p| crate::aggregate::answers_to(p, name))
-        {
-            let mut available: Vec<&str> =
-                printer.probes.values().map(|p| p.name.as_str()).collect();
-            available.sort_unstable();
-            return Err(Error::NoSuchProbe {
-                name: name.clone(),
-                available: available.join(", "),
-            });
-        }
-    }
+    printer.calls.check_probes()?;
     let mut warnings = status.warnings;
     warnings.extend(printer.symbolizer.take_warnings());
     if printer.events == 0 && printer.filtered > 0 {
@@ -282,15 +272,12 @@ struct Printer<'o> {
     opts: &'o ScriptOptions,
     /// Time 0 of the printed times: boot (CLOCK_MONOTONIC) or the attach (`--reltime`).
     origin_ns: u64,
-    /// The attach time (`--time`'s origin), when known.
-    attach_ns: Option<u64>,
-    /// Entries waiting for their return (latency filters), per (incarnation, tid, probe).
-    waiting: Pairing<(u32, u64, ProbeId), Event>,
+    /// Entries waiting for their return (latency filters), per call.
+    waiting: Pairing<CallKey, Event>,
     /// Events left out by filters.
     filtered: u64,
-    /// The probes `--probe` selects.
-    selected: std::collections::HashSet<ProbeId>,
-    spaces: AddressSpaces,
+    /// The call core: probes selected, processes, address spaces, filters.
+    calls: Calls<'o>,
     symbolizer: Symbolizer,
     probes: HashMap<ProbeId, urec_format::Probe>,
     stacks: HashMap<StackId, urec_format::Stack>,
@@ -322,11 +309,9 @@ impl<'o> Printer<'o> {
             } else {
                 0
             },
-            attach_ns,
+            calls: Calls::new(&opts.filter, attach_ns),
             waiting: Pairing::default(),
             filtered: 0,
-            selected: std::collections::HashSet::new(),
-            spaces: AddressSpaces::new(),
             symbolizer,
             probes: HashMap::new(),
             stacks: HashMap::new(),
@@ -340,35 +325,37 @@ impl<'o> Printer<'o> {
         }
     }
 
-    /// Applies the filters to `ev`: `None` when it is left out (or, for a call judged when it
-    /// ends, held until then); else what to print: the event, and the entry printed before it.
+    /// Applies the filters to `ev` (through the call core): `None` when it is left out (or,
+    /// for a call judged when it ends, held until then); else what to print: the event, and
+    /// the entry printed before it.
     fn accept(&mut self, ev: Event) -> Option<(Event, Option<Event>)> {
-        let kept = self.keep(&ev);
-        if !kept {
-            self.filtered += 1;
-            return None;
-        }
-        let f = &self.opts.filter;
-        if !f.by_latency() {
+        let judged = match self.calls.event(&ev) {
+            Verdict::Kept(process, slot) if self.calls.in_window(began_ns(&ev)) => {
+                Some((process, slot.kind))
+            }
+            // An event of a probe the file does not define still prints (no `--probe`).
+            Verdict::Unknown if self.calls.keeps_unknown(&ev) => None,
+            _ => {
+                self.filtered += 1;
+                return None;
+            }
+        };
+        if !self.calls.by_latency() {
             return Some((ev, None));
         }
-        let in_range = |lat: u64| f.keeps_latency(lat);
-        let kind = self.probes.get(&ev.probe).map(|p| p.kind);
-        let incarnation = self
-            .spaces
-            .incarnations_mut()
-            .at_or_new(ev.pid, ev.time_ns)
-            .id;
-        let key = (incarnation, crate::pairing::waiter(&ev), ev.probe);
-        match (ev.kind, kind) {
-            (EventKind::Entry, Some(urec_format::ProbeKind::EntryReturn)) => {
+        let calls = &self.calls;
+        let in_range = |lat: u64| calls.keeps_latency(lat);
+        match (ev.kind, judged) {
+            (EventKind::Entry, Some((process, urec_format::ProbeKind::EntryReturn))) => {
                 // An entry the bound pushes out can never be judged: filtered, as one
                 // whose return never comes.
                 let filtered = &mut self.filtered;
-                self.waiting.push(key, ev, |_, _| *filtered += 1);
+                self.waiting
+                    .push(call_key(&ev, process), ev, |_, _| *filtered += 1);
                 None
             }
-            (EventKind::Return, Some(urec_format::ProbeKind::EntryReturn)) => {
+            (EventKind::Return, Some((process, urec_format::ProbeKind::EntryReturn))) => {
+                let key = call_key(&ev, process);
                 let entry = self.waiting.pop_for_return(&key, ev.time_ns, ev.latency_ns);
                 let latency = ev
                     .latency_ns
@@ -389,45 +376,10 @@ impl<'o> Printer<'o> {
         }
     }
 
-    /// The event filters, and `--time` (a return judged by when its call began, when known).
-    fn keep(&mut self, ev: &Event) -> bool {
-        let f = &self.opts.filter;
-        if !f.keeps_thread(ev.pid, ev.tid) {
-            return false;
-        }
-        // Which probes `--probe` selects is decided once per probe record (`metadata`).
-        if !f.probes.is_empty() && !self.selected.contains(&ev.probe) {
-            return false;
-        }
-        if !f.comms.is_empty() {
-            let incarnations = self.spaces.incarnations();
-            if !f.keeps_comm(incarnations.comm_name(incarnations.comm_at(ev.pid, ev.time_ns))) {
-                return false;
-            }
-        }
-        if let Some(w) = f.time {
-            let began = match ev.kind {
-                EventKind::Entry => ev.time_ns,
-                EventKind::Return => ev.time_ns.saturating_sub(ev.latency_ns.unwrap_or(0)),
-            };
-            let (from, to) = w.bounds(*self.attach_ns.get_or_insert(began));
-            if began < from || began >= to {
-                return false;
-            }
-        }
-        true
-    }
-
     fn metadata(&mut self, record: Record) {
-        self.spaces.apply(&record);
+        self.calls.apply(&record);
         match record {
             Record::Probe(p) => {
-                let f = &self.opts.filter;
-                if f.probes.iter().any(|n| crate::aggregate::answers_to(&p, n)) {
-                    self.selected.insert(p.id);
-                } else {
-                    self.selected.remove(&p.id);
-                }
                 self.probes.insert(p.id, p);
             }
             Record::Stack(s) => {
@@ -459,8 +411,12 @@ impl<'o> Printer<'o> {
             }
             None => self.addresses.get(&(ev.pid, ev.probe)).copied(),
         };
-        let (incarnation, comm) = self.spaces.incarnations_mut().of_event(ev.pid, ev.time_ns);
-        let comm = self.spaces.incarnations().comm_name(comm);
+        let (incarnation, comm) = self
+            .calls
+            .spaces
+            .incarnations_mut()
+            .of_event(ev.pid, ev.time_ns);
+        let comm = self.calls.spaces.incarnations().comm_name(comm);
         let probe = self.probes.get(&ev.probe);
         let mut line = std::mem::take(&mut self.line);
         line.clear();
@@ -613,7 +569,7 @@ impl<'o> Printer<'o> {
             let _ = writeln!(text, "\t{}", parts.join(" "));
         };
         for (depth, &addr) in stack.frames.iter().enumerate() {
-            match self.spaces.lookup(ev.pid, ev.time_ns, addr) {
+            match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
                 None => frame_line(&mut text, addr.0, "[unknown]", "[unknown]"),
                 Some(m) => {
                     let frames = code_frames(

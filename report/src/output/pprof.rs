@@ -20,9 +20,10 @@ use std::io::{self, Write};
 
 use flate2::write::GzEncoder;
 
-use crate::aggregate::Report;
-use crate::frames::{FrameId, FrameKind};
-use crate::proto::Msg;
+use crate::interner::Interner;
+use crate::model::frames::{FrameId, FrameKind};
+use crate::model::Report;
+use crate::output::proto::Msg;
 
 /// Where the first synthetic mapping starts (any page-aligned non-zero address would do: pprof
 /// treats address 0 as unknown).
@@ -78,29 +79,17 @@ const FUNCTION_SYSTEM_NAME: u32 = 3;
 const FUNCTION_FILENAME: u32 = 4;
 
 /// The string table: index 0 is "" as profile.proto requires.
-struct Strings {
-    ids: HashMap<String, u64>,
-    list: Vec<String>,
-}
+struct Strings(Interner<String>);
 
 impl Strings {
     fn new() -> Self {
-        let mut s = Self {
-            ids: HashMap::new(),
-            list: Vec::new(),
-        };
+        let mut s = Self(Interner::default());
         s.id("");
         s
     }
 
     fn id(&mut self, s: &str) -> u64 {
-        if let Some(&id) = self.ids.get(s) {
-            return id;
-        }
-        let id = self.list.len() as u64;
-        self.list.push(s.to_string());
-        self.ids.insert(s.to_string(), id);
-        id
+        u64::from(self.0.id(s))
     }
 }
 
@@ -179,7 +168,7 @@ fn write_profile(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     );
     let comment = strings.id(&format!("urec: {}", report.recording.command));
     m.int(PROFILE_COMMENT, comment as i64);
-    if let Some(c) = crate::aggregate::coverage(report) {
+    if let Some(c) = crate::model::coverage(report) {
         let c = strings.id(&format!("urec: {c}"));
         m.int(PROFILE_COMMENT, c as i64);
     }
@@ -324,7 +313,7 @@ fn write_profile(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         out.write_all(m.bytes())?;
     }
     m.clear();
-    for s in &strings.list {
+    for s in strings.0.values() {
         m.str(PROFILE_STRING_TABLE, s);
     }
     out.write_all(m.bytes())

@@ -24,8 +24,8 @@
 //!
 //! # Memory
 //! Events are reordered in a bounded window as `urec script` does
-//! ([`crate::script::REORDER_NS`] of event time, [`crate::script::REORDER_BYTES`] bytes) and
-//! written at once; what is kept is per thread (its open calls, within [`crate::pairing`]'s
+//! ([`crate::output::script::REORDER_NS`] of event time, [`crate::output::script::REORDER_BYTES`] bytes) and
+//! written at once; what is kept is per thread (its open calls, within [`crate::calls::pairing`]'s
 //! bound: a call pushed out stays open in the trace and is counted in the summary's
 //! `evicted`) and per distinct stack, frame and name (the interning tables), never per event.
 //!
@@ -36,19 +36,20 @@
 //! `interned_data/interned_data.proto`, `profiling/profile_common.proto`, `clock_snapshot.proto`),
 //! as perfetto 0.59's `perfetto_trace_pb2` states them.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 
 use urec_format::{plural, Event, EventKind, Probe, ProbeId, ProbeKind, Record, StackId};
 
-use crate::aggregate::{answers_to, FxMap};
-use crate::args::format_arg;
-use crate::frames::code_frames;
-use crate::pairing::{fits, Pairing, Waiting};
-use crate::proto::Msg;
-use crate::rebase::AddressSpaces;
-use crate::reorder::Reorder;
+use urec_format::hash::FxHashMap;
+
+use crate::calls::pairing::{fits, Pairing, Waiting};
+use crate::calls::{Calls, Process, Verdict};
+use crate::interner::Interner;
+use crate::model::frames::code_frames;
+use crate::output::args::format_arg;
+use crate::output::proto::Msg;
+use crate::output::reorder::Reorder;
 use crate::symbolize::{EmbeddedSymbols, Symbolizer};
 use crate::{Error, ReportOptions};
 
@@ -132,7 +133,7 @@ pub struct PerfettoSummary {
     /// Calls still running at the stop.
     pub in_flight: u64,
     /// Calls left open in the trace because more waited for their returns at once than the
-    /// bound allows (only crafted files get there: [`crate::pairing`]).
+    /// bound allows (only crafted files get there: [`crate::calls::pairing`]).
     pub evicted: u64,
     /// Warnings (truncation, symbolization problems), each once.
     pub warnings: Vec<String>,
@@ -173,7 +174,7 @@ fn write_source(
         |header, embedded| Writer::new(header, opts, embedded),
         |w, record| {
             if let Record::Event(event) = record {
-                w.spaces.incarnations_mut().advance(event.time_ns);
+                w.calls.spaces.incarnations_mut().advance(event.time_ns);
                 window.push(event, |e| w.event(&e, out))?;
             } else {
                 w.metadata(record, out)?;
@@ -192,17 +193,7 @@ fn write_source(
             plural(w.summary.evicted, "call", "calls")
         ));
     }
-    for name in &opts.filter.probes {
-        if !w.probes.values().any(|p| answers_to(&p.probe, name)) {
-            let mut available: Vec<&str> =
-                w.probes.values().map(|p| p.probe.name.as_str()).collect();
-            available.sort();
-            return Err(Error::NoSuchProbe {
-                name: name.clone(),
-                available: available.join(", "),
-            });
-        }
-    }
+    w.calls.check_probes()?;
     Ok(PerfettoSummary {
         warnings,
         ..w.summary
@@ -211,7 +202,6 @@ fn write_source(
 
 struct ProbeInfo {
     probe: Probe,
-    selected: bool,
     /// The slice name's interned id.
     name_iid: u64,
 }
@@ -231,32 +221,34 @@ impl Waiting for Open {
 struct Writer<'o> {
     opts: &'o ReportOptions,
     header: urec_format::Header,
-    spaces: AddressSpaces,
+    /// The call core: probes selected, processes, address spaces, filters.
+    calls: Calls<'o>,
     symbolizer: Symbolizer,
-    probes: FxMap<ProbeId, ProbeInfo>,
-    stacks: FxMap<StackId, urec_format::Stack>,
+    probes: FxHashMap<ProbeId, ProbeInfo>,
+    stacks: FxHashMap<StackId, urec_format::Stack>,
     /// Tracks described so far: process incarnation → uuid.
-    processes: FxMap<u32, u64>,
+    processes: FxHashMap<u32, u64>,
     /// (incarnation, tid) → the thread's track uuid.
-    threads: FxMap<(u32, u32), u64>,
+    threads: FxHashMap<(u32, u32), u64>,
     /// (incarnation, tid) → its open calls, innermost on top: one stack per thread, across
     /// probes, as slices on a track must nest.
     open: Pairing<(u32, u32), Open>,
     /// Interning tables (ids start at 1: 0 means "none").
-    event_names: HashMap<String, u64>,
-    strings: HashMap<String, u64>,
-    sources: HashMap<String, u64>,
-    frames: HashMap<(u64, u64, u32), u64>,
-    callstacks: HashMap<Vec<u64>, u64>,
+    /// (An iid is the interner's id + 1.)
+    event_names: Interner<String>,
+    strings: Interner<String>,
+    sources: Interner<String>,
+    frames: Interner<(u64, u64, u32)>,
+    callstacks: Interner<Vec<u64>>,
     /// (incarnation, stack id) → callstack iid.
-    stack_iids: FxMap<(u32, StackId), u64>,
+    stack_iids: FxHashMap<(u32, StackId), u64>,
     /// Interned data to send with the next packet.
     interned: Msg,
-    lost: FxMap<ProbeId, u64>,
+    lost: FxHashMap<ProbeId, u64>,
     lost_total: u64,
     /// Calls per probe as the kernel counted them (the last Aggregate snapshot): what the
     /// slices, built from the recorded events, cover part of when events were lost.
-    kernel_calls: FxMap<ProbeId, u64>,
+    kernel_calls: FxHashMap<ProbeId, u64>,
     finish: Option<urec_format::Finish>,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -291,23 +283,23 @@ impl<'o> Writer<'o> {
         Self {
             opts,
             header: header.clone(),
-            spaces: AddressSpaces::new(),
+            calls: Calls::new(&opts.filter, None),
             symbolizer,
-            probes: FxMap::default(),
-            stacks: FxMap::default(),
-            processes: FxMap::default(),
-            threads: FxMap::default(),
+            probes: FxHashMap::default(),
+            stacks: FxHashMap::default(),
+            processes: FxHashMap::default(),
+            threads: FxHashMap::default(),
             open: Pairing::default(),
-            event_names: HashMap::new(),
-            strings: HashMap::new(),
-            sources: HashMap::new(),
-            frames: HashMap::new(),
-            callstacks: HashMap::new(),
-            stack_iids: FxMap::default(),
+            event_names: Interner::default(),
+            strings: Interner::default(),
+            sources: Interner::default(),
+            frames: Interner::default(),
+            callstacks: Interner::default(),
+            stack_iids: FxHashMap::default(),
             interned: Msg::new(),
-            lost: FxMap::default(),
+            lost: FxHashMap::default(),
             lost_total: 0,
-            kernel_calls: FxMap::default(),
+            kernel_calls: FxHashMap::default(),
             finish: None,
             first_ns: None,
             last_ns: 0,
@@ -366,25 +358,16 @@ impl<'o> Writer<'o> {
 
     fn metadata(&mut self, record: Record, out: &mut dyn Write) -> Result<(), Error> {
         self.start(out)?;
-        self.spaces.apply(&record);
+        self.calls.apply(&record);
         match record {
             Record::Probe(p) => {
-                let wanted = &self.opts.filter.probes;
-                let selected = wanted.is_empty() || wanted.iter().any(|w| answers_to(&p, w));
                 let name = if p.symbol.is_empty() || p.name.starts_with("usdt:") {
                     p.name.clone()
                 } else {
                     p.symbol.clone()
                 };
                 let name_iid = self.event_name(&name);
-                self.probes.insert(
-                    p.id,
-                    ProbeInfo {
-                        probe: p,
-                        selected,
-                        name_iid,
-                    },
-                );
+                self.probes.insert(p.id, ProbeInfo { probe: p, name_iid });
             }
             Record::Stack(s) => {
                 self.stacks.insert(s.id, s);
@@ -406,11 +389,11 @@ impl<'o> Writer<'o> {
     }
 
     fn event_name(&mut self, name: &str) -> u64 {
-        if let Some(&iid) = self.event_names.get(name) {
+        let (id, new) = self.event_names.intern(name);
+        let iid = u64::from(id) + 1;
+        if !new {
             return iid;
         }
-        let iid = self.event_names.len() as u64 + 1;
-        self.event_names.insert(name.to_string(), iid);
         let mut m = Msg::new();
         m.uint(EVENT_NAME_IID_FIELD, iid);
         m.str(EVENT_NAME_NAME, name);
@@ -424,11 +407,11 @@ impl<'o> Writer<'o> {
         } else {
             (&mut self.strings, INTERNED_FUNCTION_NAMES)
         };
-        if let Some(&iid) = table.get(s) {
+        let (id, new) = table.intern(s);
+        let iid = u64::from(id) + 1;
+        if !new {
             return iid;
         }
-        let iid = table.len() as u64 + 1;
-        table.insert(s.to_string(), iid);
         let mut m = Msg::new();
         m.uint(STRING_IID, iid);
         m.str(STRING_STR, s);
@@ -440,11 +423,11 @@ impl<'o> Writer<'o> {
         let name = self.string_iid(name, false);
         let file = file.map_or(0, |f| self.string_iid(f, true));
         let key = (name, file, line.unwrap_or(0));
-        if let Some(&iid) = self.frames.get(&key) {
+        let (id, new) = self.frames.intern(&key);
+        let iid = u64::from(id) + 1;
+        if !new {
             return iid;
         }
-        let iid = self.frames.len() as u64 + 1;
-        self.frames.insert(key, iid);
         let mut m = Msg::new();
         m.uint(FRAME_IID, iid);
         m.uint(FRAME_FUNCTION_NAME_ID, name);
@@ -466,7 +449,7 @@ impl<'o> Writer<'o> {
             frame_ids.push(self.frame_iid("[truncated]", None, None));
         }
         for (depth, &addr) in stack.frames.iter().enumerate().rev() {
-            match self.spaces.lookup(ev.pid, ev.time_ns, addr) {
+            match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
                 None => frame_ids.push(self.frame_iid("[unknown]", None, None)),
                 Some(m) => {
                     let (path, build_id) = (m.path.to_string(), m.build_id.cloned());
@@ -482,9 +465,9 @@ impl<'o> Writer<'o> {
                 }
             }
         }
-        let next = self.callstacks.len() as u64 + 1;
-        let iid = *self.callstacks.entry(frame_ids.clone()).or_insert(next);
-        if iid == next {
+        let (id, new) = self.callstacks.intern(&frame_ids[..]);
+        let iid = u64::from(id) + 1;
+        if new {
             let mut m = Msg::new();
             m.uint(CALLSTACK_IID, iid);
             for f in &frame_ids {
@@ -497,18 +480,21 @@ impl<'o> Writer<'o> {
     }
 
     /// The thread's track (describing it and its process first when new).
-    fn thread(&mut self, ev: &Event, out: &mut dyn Write) -> io::Result<(u32, u64)> {
-        let inc = self
-            .spaces
-            .incarnations_mut()
-            .at_or_new(ev.pid, ev.time_ns)
-            .id;
+    fn thread(
+        &mut self,
+        ev: &Event,
+        process: Process,
+        out: &mut dyn Write,
+    ) -> io::Result<(u32, u64)> {
+        let inc = process.incarnation;
         if let Some(&uuid) = self.threads.get(&(inc, ev.tid)) {
             return Ok((inc, uuid));
         }
-        let incarnations = self.spaces.incarnations();
-        let comm = incarnations
-            .comm_name(incarnations.comm_at(ev.pid, ev.time_ns))
+        let comm = self
+            .calls
+            .spaces
+            .incarnations()
+            .comm_name(process.comm)
             .to_string();
         let process = track_uuid(inc, 0);
         if self.processes.insert(inc, process).is_none() {
@@ -542,24 +528,14 @@ impl<'o> Writer<'o> {
         self.events += 1;
         self.first_ns = Some(self.first_ns.map_or(ev.time_ns, |t| t.min(ev.time_ns)));
         self.last_ns = self.last_ns.max(ev.time_ns);
+        let Verdict::Kept(process, slot) = self.calls.event(ev) else {
+            return Ok(());
+        };
         let Some(info) = self.probes.get(&ev.probe) else {
             return Ok(());
         };
-        if !info.selected {
-            return Ok(());
-        }
-        let (kind, name_iid) = (info.probe.kind, info.name_iid);
-        let filter = &self.opts.filter;
-        if !filter.keeps_thread(ev.pid, ev.tid) {
-            return Ok(());
-        }
-        if !filter.comms.is_empty() {
-            let inc = self.spaces.incarnations();
-            if !filter.keeps_comm(inc.comm_name(inc.comm_at(ev.pid, ev.time_ns))) {
-                return Ok(());
-            }
-        }
-        let (inc, track) = self.thread(ev, out)?;
+        let (kind, name_iid) = (slot.kind, info.name_iid);
+        let (inc, track) = self.thread(ev, process, out)?;
         match (ev.kind, kind) {
             (EventKind::Entry, ProbeKind::EntryReturn) => {
                 let callstack = self.callstack_iid(ev, inc);
@@ -735,7 +711,7 @@ impl<'o> Writer<'o> {
         };
         // In flight if the process lived on; in one that ended, the returns were lost (as the
         // report counts them: unmatched).
-        let mut open: FxMap<(u32, u32), usize> = FxMap::default();
+        let mut open: FxHashMap<(u32, u32), usize> = FxHashMap::default();
         for (key, _) in self.open.drain() {
             *open.entry(key).or_default() += 1;
         }
@@ -743,7 +719,7 @@ impl<'o> Writer<'o> {
             .into_iter()
             .filter_map(|(key, n)| {
                 let uuid = *self.threads.get(&key)?;
-                Some((uuid, n, self.spaces.incarnations().ended(key.0)))
+                Some((uuid, n, self.calls.spaces.incarnations().ended(key.0)))
             })
             .collect();
         threads.sort_unstable();
