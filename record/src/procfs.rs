@@ -157,9 +157,9 @@ pub fn snapshot(pid: u32, build_ids: &mut BuildIdCache) -> Option<Snapshot> {
     })
 }
 
-/// `pid`'s executable mappings now, without build ids; `None` when they cannot be read. The
-/// recorder's one reader of `/proc/PID/maps`: the process table's snapshots and surveys both
-/// come through here.
+/// `pid`'s executable mappings now, without build ids; `None` when they cannot be read. A
+/// recording's one reader of `/proc/PID/maps`: the process table's snapshots and surveys both
+/// come through here (`urec top`, which takes in no mappings, keeps its own).
 pub fn maps(pid: u32) -> Option<Vec<MapEntry>> {
     std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .ok()
