@@ -495,3 +495,98 @@ os.waitpid(pid, 0)
         .iter()
         .any(|m| m.pid == bash_pid && m.path.ends_with("/bash") && m.build_id.is_some()));
 }
+
+/// `-a -- COMMAND`: a probed binary that only a process running since before the recording
+/// maps (the command does not) counts as mapped (the recorder learns it from `/proc`, since
+/// the side-band reports only new mappings); a copy that no process maps is named.
+#[test]
+fn all_with_a_command_counts_binaries_mapped_before_it_began() {
+    if !have_root() {
+        return;
+    }
+    let t = target();
+    let copy = t.data("all-command-copy");
+    std::fs::copy(&t.exe, &copy).unwrap();
+    let copy = std::fs::canonicalize(&copy).unwrap();
+    let mut running = Command::new(&t.exe)
+        .arg("wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = t.data("all-command.data");
+    let o = record(&[
+        "-e",
+        &format!("{}:leaf", t.path()),
+        "-e",
+        &format!("{}:leaf", copy.display()),
+        "-a",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        "true",
+    ])
+    .output()
+    .unwrap();
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "urec: warning: {} was never mapped by any process during the recording",
+            copy.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("never mapped").count(), 1, "{stderr}");
+}
+
+/// `-p`: what the process had mapped and was running before the recording began comes from
+/// `/proc` (the process table's snapshot): the probed binary it runs is not named, a copy it
+/// does not map is, with the program it ran.
+#[test]
+fn pid_counts_what_the_process_mapped_before_it_began() {
+    if !have_root() {
+        return;
+    }
+    let t = target();
+    let copy = t.data("pid-copy");
+    std::fs::copy(&t.exe, &copy).unwrap();
+    let copy = std::fs::canonicalize(&copy).unwrap();
+    let probed = std::fs::canonicalize(&t.exe).unwrap();
+    let mut running = Command::new(&t.exe)
+        .arg("wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = t.data("pid-mapped.data");
+    let o = record(&[
+        "-e",
+        &format!("{}:leaf", t.path()),
+        "-e",
+        &format!("{}:leaf", copy.display()),
+        "-p",
+        &running.id().to_string(),
+        "-d",
+        "300ms",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    running.kill().unwrap();
+    running.wait().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "urec: warning: {} was never mapped by the traced process (it ran {})",
+            copy.display(),
+            probed.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("never mapped").count(), 1, "{stderr}");
+}

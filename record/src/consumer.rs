@@ -10,7 +10,6 @@ use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
 use urec_format::{ArgType, ArgValue, Event, EventKind, Nanos, Record, Writer};
 
 use crate::dwarf::{Capture, DwarfStacks};
-use crate::mapped::MappedBinaries;
 use crate::processes::ProcessTable;
 use crate::sideband::SidebandRecord;
 use crate::stacks::StackTable;
@@ -100,8 +99,6 @@ pub(crate) struct State<W: std::io::Write> {
     pub(crate) max_weight: u32,
     /// Events per probe id.
     pub(crate) probe_events: Vec<u64>,
-    /// Which probed binaries the traced processes mapped.
-    pub(crate) mapped: MappedBinaries,
     pub(crate) bad_records: u64,
     pub(crate) error: Option<anyhow::Error>,
 }
@@ -216,7 +213,6 @@ impl<W: std::io::Write> State<W> {
             stacks,
             dwarf,
             pending,
-            mapped,
             ..
         } = self;
         let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
@@ -228,7 +224,6 @@ impl<W: std::io::Write> State<W> {
                 release_one(e, table, dwarf, stacks, &mut emit)?;
             }
             table.apply(&record, &mut emit)?;
-            mapped.observe(&record);
             dwarf.follow(table);
         }
         for e in events {

@@ -40,8 +40,9 @@
 //! (set-up, attach, loop, detach, finish); `summary` words its outcome; `stacks` deduplicates
 //! stacks; [`plan`](mod@plan) turns resolved probes into the BPF tables; [`command`] runs
 //! `-- COMMAND`; `output` creates the file; [`sideband`], [`procfs`] and [`processes`] follow
-//! processes and their mappings; [`mapped`] names the probed binaries that the traced processes
-//! never mapped; [`kept`] keeps their files open for the symbols step. The other public
+//! processes and their mappings (one intake: `ProcessTable::take_mapping`); [`mapped`], an
+//! observer of that intake, names the probed binaries that the traced processes never mapped;
+//! [`kept`] keeps their files open for the symbols step. The other public
 //! modules are public for the tests that drive them directly.
 
 use std::path::PathBuf;

@@ -4,11 +4,15 @@
 //! statically instead of against the probed library). Without this the user sees only
 //! "0 events".
 //!
-//! The tracker follows the side-band records the session releases, in time order: forks extend
-//! the set of traced processes (the `-- COMMAND` and `-p` processes and their descendants, as
-//! the BPF filter does), an exec's first mapping is the program it ran, and every mapping of a
-//! traced process is compared with the probed binaries. Mappings made before recording began
-//! come from `/proc` ([`MappedBinaries::scan_proc`], [`MappedBinaries::trace`]).
+//! The tracker reads nothing itself: it observes the process table's one mapping intake
+//! ([`ProcessTable::take_mapping`](crate::processes::ProcessTable), which owns it), so it sees
+//! exactly the mappings the recording takes in, from `/proc` snapshots and side-band `mmap`
+//! records alike, plus, with `-a`, the table's survey of processes it does not hold (see
+//! [`ProcessTable::survey`](crate::processes::ProcessTable::survey)). The table also hands it
+//! the other side-band records, in time order, after applying them: forks extend the set of
+//! traced processes (the `-- COMMAND` and `-p` processes and their descendants, as the BPF
+//! filter does), an exec's first mapping is the program it ran, and every mapping of a traced
+//! process is compared with the probed binaries.
 //!
 //! A file is the probed binary when its path is the probed binary's canonical path (what the
 //! kernel names a mapping by) or, when both are known, its device and inode are. Build ids are
@@ -17,8 +21,9 @@
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 
-use crate::procfs;
-use crate::sideband::{FileId, SidebandRecord};
+use urec_format::Mapping;
+
+use crate::sideband::SidebandRecord;
 
 /// How many of the programs the traced processes ran a warning names.
 const MAX_NAMED: usize = 3;
@@ -45,7 +50,8 @@ impl Binary {
 }
 
 /// The probed binaries and whether the traced processes mapped them; see the module docs.
-#[derive(Debug)]
+/// The default tracks no binary (a process table nobody asked about mappings).
+#[derive(Debug, Default)]
 pub struct MappedBinaries {
     binaries: Vec<Binary>,
     /// Every process is traced (`-a`).
@@ -105,37 +111,24 @@ impl MappedBinaries {
         }
     }
 
-    /// Traces `pid` from now on (a `-p` process, or the command once forked). With `from_proc`,
-    /// what it runs and maps already is read from `/proc` (a `-p` process; the command has not
-    /// exec'd yet: its program comes with the exec).
-    pub fn trace(&mut self, pid: u32, from_proc: bool) {
+    /// Traces `pid` from now on (a `-p` process, or the command once forked). A `-p` process
+    /// is traced before the table snapshots it, so that the snapshot's program and mappings
+    /// count ([`MappedBinaries::running`], [`MappedBinaries::mapping`]); the command has not
+    /// exec'd yet: its program comes with the exec.
+    pub fn trace(&mut self, pid: u32) {
         self.add_traced(pid);
-        if from_proc {
-            if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-                self.ran(&exe.to_string_lossy());
-            }
-            self.scan_pid(pid);
-        }
     }
 
-    /// Reads the executable mappings of every process in `/proc` (with `-a`: processes that
-    /// mapped a binary before recording began get no side-band record for it). Only needed
-    /// while some binary is not known to be mapped.
-    pub fn scan_proc(&mut self) {
-        for pid in procfs::all_pids() {
-            if self.binaries.iter().all(|b| b.mapped) {
-                return;
-            }
-            self.scan_pid(pid);
-        }
+    /// Whether every probed binary is known to be mapped: nothing more to look for.
+    pub fn all_mapped(&self) -> bool {
+        self.binaries.iter().all(|b| b.mapped)
     }
 
-    fn scan_pid(&mut self, pid: u32) {
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return;
-        };
-        for m in procfs::parse_maps(&maps) {
-            self.mapping(&m.path, m.dev, m.inode);
+    /// `pid` was found running `exe` (a `/proc` snapshot: a `-p` process, or any process
+    /// met before its side-band records).
+    pub fn running(&mut self, pid: u32, exe: &str) {
+        if !self.all && self.traced.contains(&pid) {
+            self.ran(exe);
         }
     }
 
@@ -155,15 +148,25 @@ impl MappedBinaries {
         }
     }
 
-    fn mapping(&mut self, path: &str, dev: u64, inode: u64) {
+    /// One mapping the table took in (or surveyed), in time order with the records given to
+    /// [`MappedBinaries::observe`].
+    pub fn mapping(&mut self, m: &Mapping) {
+        if !self.is_traced(m.pid) {
+            return;
+        }
+        // The kernel maps an exec's program first, then its interpreter.
+        if self.exec_pending.remove(&m.pid) {
+            self.ran(&m.path);
+        }
         for b in &mut self.binaries {
-            if b.is(path, dev, inode) {
+            if b.is(&m.path, m.dev, m.inode) {
                 b.mapped = true;
             }
         }
     }
 
-    /// Follows one side-band record (in time order).
+    /// Follows one side-band record (in time order, after the table applied it). Mappings are
+    /// not taken from here but from the table's intake ([`MappedBinaries::mapping`]).
     pub fn observe(&mut self, record: &SidebandRecord) {
         match record {
             SidebandRecord::Fork(t)
@@ -180,17 +183,6 @@ impl MappedBinaries {
                 pid, exec: true, ..
             } if !self.all && self.traced.contains(pid) => {
                 self.exec_pending.insert(*pid);
-            }
-            SidebandRecord::Mmap(m) if self.is_traced(m.pid) => {
-                // The kernel maps an exec's program first, then its interpreter.
-                if self.exec_pending.remove(&m.pid) {
-                    self.ran(&m.path);
-                }
-                let (dev, inode) = match m.file {
-                    FileId::DevInode { dev, inode } => (dev, inode),
-                    FileId::BuildId(_) | FileId::Unknown => (0, 0),
-                };
-                self.mapping(&m.path, dev, inode);
             }
             _ => {}
         }
@@ -251,8 +243,31 @@ impl MappedBinaries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sideband::{MmapRecord, TaskRecord};
+    use crate::processes::ProcessTable;
+    use crate::sideband::{FileId, MmapRecord, TaskRecord};
     use urec_format::{Avma, BuildId, FileOffset};
+
+    /// The tracker as a recording has it: owned by a process table (offline: no `/proc`),
+    /// which hands it every record it applies and every mapping it takes in.
+    struct Fed(ProcessTable);
+
+    impl Fed {
+        fn new(m: MappedBinaries) -> Fed {
+            let mut t = ProcessTable::offline();
+            t.observe_mapped(m);
+            Fed(t)
+        }
+
+        fn observe(&mut self, r: &SidebandRecord) {
+            self.0
+                .apply(r, &mut |_| Ok(()))
+                .expect("an offline table's emit cannot fail");
+        }
+
+        fn warnings(&self, events: &[u64]) -> Vec<String> {
+            self.0.mapped().warnings(events)
+        }
+    }
 
     fn fork(pid: u32, ppid: u32) -> SidebandRecord {
         SidebandRecord::Fork(TaskRecord {
@@ -298,7 +313,8 @@ mod tests {
             [(0, "/opt/py/bin/python3.11"), (1, "/lib/libc.so.6")],
             false,
         );
-        m.trace(100, false);
+        m.trace(100);
+        let mut m = Fed::new(m);
         for r in [
             exec(100),
             mmap(100, "/usr/bin/dash", id()),
@@ -331,7 +347,8 @@ mod tests {
         let mut m = MappedBinaries::new([(0, "/nonexistent/a")], false);
         m.binaries[0].dev = 8;
         m.binaries[0].inode = 42;
-        m.trace(5, false);
+        m.trace(5);
+        let mut m = Fed::new(m);
         for (i, p) in ["/bin/a", "/bin/b", "/bin/c", "/bin/d", "/bin/e"]
             .iter()
             .enumerate()
@@ -356,7 +373,8 @@ mod tests {
     #[test]
     fn exited_pids_are_not_traced_when_reused() {
         let mut m = MappedBinaries::new([(0, "/x")], false);
-        m.trace(5, false);
+        m.trace(5);
+        let mut m = Fed::new(m);
         m.observe(&SidebandRecord::Exit(TaskRecord {
             pid: 5,
             ppid: 1,
@@ -370,7 +388,7 @@ mod tests {
 
     #[test]
     fn all_processes() {
-        let mut m = MappedBinaries::new([(0, "/x"), (1, "/y")], true);
+        let mut m = Fed::new(MappedBinaries::new([(0, "/x"), (1, "/y")], true));
         m.observe(&mmap(77, "/x", id()));
         assert_eq!(
             m.warnings(&[0, 0]),

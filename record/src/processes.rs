@@ -5,6 +5,17 @@
 //! side-band says nothing about, with `/proc` snapshots taken lazily the first time a pid is
 //! met (or eagerly with [`ProcessTable::snapshot_all`] / [`ProcessTable::prime`]).
 //!
+//! # One mapping intake
+//!
+//! A mapping enters the recorder one way, `take_mapping`: each executable mapping of a `/proc`
+//! snapshot and each side-band `mmap` record become the same [`Mapping`]. Two consumers watch
+//! it: the DWARF unwinder, through the log of changes ([`ProcessTable::track_mappings`]), and
+//! the [`MappedBinaries`] the table owns ([`ProcessTable::observe_mapped`]), which sees every
+//! mapping taken in and every side-band record applied, so it reads nothing itself. With
+//! `-a -- COMMAND` it also needs what processes the table does not hold had mapped before
+//! recording began: [`ProcessTable::survey`] reads that through the same snapshot reader and
+//! the same intake, without holding those processes.
+//!
 //! # Only processes that matter reach the file
 //!
 //! A busy host runs thousands of short processes that never hit a probe; SPEC keeps process and
@@ -62,6 +73,7 @@ use anyhow::Result;
 use urec_format::{Lost, LostSource, Mapping, Nanos, Process, ProcessChange, ProcessEvent, Record};
 
 use crate::kept::{KeptFiles, MappedFile};
+use crate::mapped::MappedBinaries;
 use crate::procfs::{self, BuildIdCache, Snapshot};
 use crate::sideband::{MmapRecord, SidebandRecord, TaskRecord};
 use urec_format::hash::FxHashMap;
@@ -145,6 +157,9 @@ enum Learnt {
     /// A `/proc` snapshot of a process met for the first time: its state then, before any
     /// record of it; consumers of changes ask for the current list instead.
     Snapshot,
+    /// A survey of a process the table does not hold ([`ProcessTable::survey`]): shown to the
+    /// observer only, neither held nor kept.
+    Survey,
 }
 
 /// Every process the recording has met; see the module docs.
@@ -163,6 +178,8 @@ pub struct ProcessTable {
     /// Log mapping changes in `changes` (see [`ProcessTable::track_mappings`]).
     track: bool,
     changes: Vec<MappingChange>,
+    /// Observes every mapping taken in (see [`ProcessTable::observe_mapped`]).
+    mapped: MappedBinaries,
 }
 
 impl ProcessTable {
@@ -171,9 +188,61 @@ impl ProcessTable {
         ProcessTable::default()
     }
 
+    /// A table that never looks at `/proc` (unit tests with made-up pids).
+    #[cfg(test)]
+    pub(crate) fn offline() -> ProcessTable {
+        ProcessTable {
+            offline: true,
+            ..ProcessTable::default()
+        }
+    }
+
     /// Keeps every mapped file the table learns of open from now on (see [`crate::kept`]).
     pub fn keep_files(&mut self) {
         self.kept = KeptFiles::new();
+    }
+
+    /// From now on, shows `mapped` every mapping the table takes in, and every side-band
+    /// record after applying it: the one place the mapping observer learns from. Set it before
+    /// the first snapshot, so that the snapshots of `-p` processes (traced already) count.
+    pub fn observe_mapped(&mut self, mapped: MappedBinaries) {
+        self.mapped = mapped;
+    }
+
+    /// The mapping observer (empty unless [`ProcessTable::observe_mapped`] set one).
+    pub fn mapped(&self) -> &MappedBinaries {
+        &self.mapped
+    }
+
+    /// The mapping observer, to trace a process the table will learn of later (the command).
+    pub fn mapped_mut(&mut self) -> &mut MappedBinaries {
+        &mut self.mapped
+    }
+
+    /// Shows the observer the executable mappings of every live process the table does not
+    /// hold, without holding them; stops early once the observer has seen every probed binary
+    /// mapped. For `-a -- COMMAND`, where the table snapshots processes only when it meets them
+    /// (so a process's time-0 mappings are those of that moment, as the file has always
+    /// recorded them): holding every process up front would change what the file records,
+    /// while the observer must still know what was mapped before the side-band could say. With
+    /// plain `-a` every process is held already ([`ProcessTable::snapshot_all`]) and only those
+    /// born since are read; their mappings come as side-band records too.
+    pub fn survey(&mut self) {
+        if self.offline {
+            return;
+        }
+        for pid in procfs::all_pids() {
+            if self.mapped.all_mapped() {
+                return;
+            }
+            if self.procs.contains_key(&pid) {
+                continue;
+            }
+            for m in procfs::maps(pid).unwrap_or_default() {
+                // Nothing is emitted for a mapping the table does not hold.
+                let _ = self.take_mapping(m.mapping(pid), Learnt::Survey, &mut |_| Ok(()));
+            }
+        }
     }
 
     /// The files kept open so far, handed over (the table keeps no more).
@@ -198,7 +267,7 @@ impl ProcessTable {
 
     /// Applies one side-band record (in the order the side-band returns them), emitting the
     /// changes of already emitted processes, and every [`SidebandRecord::Lost`] as a
-    /// `Lost { source: Sideband }` record.
+    /// `Lost { source: Sideband }` record; then the mapping observer follows it.
     pub fn apply(&mut self, record: &SidebandRecord, emit: Emit<'_>) -> Result<()> {
         self.now = self.now.max(record.time_ns());
         match record {
@@ -219,6 +288,7 @@ impl ProcessTable {
                 count: *count,
             }))?,
         }
+        self.mapped.observe(record);
         if self.now >= self.last_prune + GRACE_NS / 2 {
             self.prune();
             self.last_prune = self.now;
@@ -376,6 +446,7 @@ impl ProcessTable {
     fn insert_snapshot(&mut self, mut s: Snapshot) {
         let pid = s.pid;
         self.procs.insert(pid, Proc::from_snapshot(&s));
+        self.mapped.running(pid, &s.exe);
         for m in std::mem::take(&mut s.mappings) {
             // A snapshot's mappings are never emitted here (its process is new, not emitted).
             let _ = self.take_mapping(m.mapping(pid), Learnt::Snapshot, &mut |_| Ok(()));
@@ -461,10 +532,17 @@ impl ProcessTable {
         self.take_mapping(m.mapping(), Learnt::Sideband, emit)
     }
 
-    /// The one intake of mappings, from the side-band and from snapshots alike: the file is
-    /// kept, the process's current list updated (a later mapping replaces those it covers),
-    /// and the mapping recorded in its history.
+    /// The one intake of mappings, from the side-band and from snapshots alike: the observer
+    /// sees it (every mapping, a duplicate of a snapshot's too), the file is kept, the
+    /// process's current list updated (a later mapping replaces those it covers), and the
+    /// mapping recorded in its history.
     fn take_mapping(&mut self, mapping: Mapping, learnt: Learnt, emit: Emit<'_>) -> Result<()> {
+        self.mapped.mapping(&mapping);
+        let sideband = match learnt {
+            Learnt::Survey => return Ok(()),
+            Learnt::Snapshot => false,
+            Learnt::Sideband => true,
+        };
         self.kept.keep(&MappedFile {
             pid: mapping.pid,
             start: mapping.start,
@@ -485,16 +563,12 @@ impl ProcessTable {
         p.current
             .retain(|c| !(mapping.start <= c.start && c.end <= mapping.end));
         p.current.push(mapping.clone());
-        match learnt {
-            Learnt::Snapshot => {
-                p.history.push(Record::Mapping(mapping));
-                Ok(())
-            }
-            Learnt::Sideband => {
-                self.log(MappingChange::Added(mapping.clone()));
-                self.commit(pid, Record::Mapping(mapping), emit)
-            }
+        if !sideband {
+            p.history.push(Record::Mapping(mapping));
+            return Ok(());
         }
+        self.log(MappingChange::Added(mapping.clone()));
+        self.commit(pid, Record::Mapping(mapping), emit)
     }
 
     fn on_comm(
@@ -716,10 +790,7 @@ mod tests {
     use urec_format::{Avma, BuildId, FileOffset};
 
     fn table() -> ProcessTable {
-        ProcessTable {
-            offline: true,
-            ..ProcessTable::default()
-        }
+        ProcessTable::offline()
     }
 
     fn fork(pid: u32, ppid: u32, time_ns: Nanos) -> SidebandRecord {
@@ -982,6 +1053,41 @@ mod tests {
         );
         assert!(out.is_empty(), "{out:?}");
         assert_eq!((t.comm(60), t.exit_time(60)), (Some(""), None));
+    }
+
+    #[test]
+    fn the_observer_sees_snapshot_and_sideband_mappings_alike() {
+        let snapshot = |pid: u32, exe: &str, path: &str| Snapshot {
+            pid,
+            ppid: 1,
+            comm: "prog".into(),
+            exe: exe.into(),
+            start_ns: Some(1),
+            mappings: vec![procfs::MapEntry {
+                start: Avma(0x1000),
+                end: Avma(0x2000),
+                offset: FileOffset(0),
+                dev: 0,
+                inode: 0,
+                path: path.into(),
+                build_id: None,
+            }],
+            context: procfs::Context::default(),
+        };
+        let mut mapped = MappedBinaries::new([(0, "/opt/a"), (1, "/opt/b")], false);
+        mapped.trace(70);
+        let mut t = table();
+        t.observe_mapped(mapped);
+        // A -p process as primed: its program and mappings count; an untraced one's do not.
+        t.insert_snapshot(snapshot(70, "/usr/bin/prog", "/opt/a"));
+        t.insert_snapshot(snapshot(71, "/usr/bin/other", "/opt/b"));
+        assert_eq!(
+            t.mapped().warnings(&[0, 0]),
+            ["/opt/b was never mapped by the traced process (it ran /usr/bin/prog)"]
+        );
+        // The side-band's mapping of the same process comes through the same intake.
+        apply(&mut t, &[mmap(70, 5, 0x9000, "/opt/b")]);
+        assert!(t.mapped().warnings(&[0, 0]).is_empty());
     }
 
     #[test]

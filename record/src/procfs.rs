@@ -136,9 +136,7 @@ pub fn snapshot(pid: u32, build_ids: &mut BuildIdCache) -> Option<Snapshot> {
     let exe = std::fs::read_link(dir.join("exe"))
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut mappings = std::fs::read_to_string(dir.join("maps"))
-        .map(|text| parse_maps(&text))
-        .unwrap_or_default();
+    let mut mappings = maps(pid).unwrap_or_default();
     for m in &mut mappings {
         if m.inode != 0 {
             m.build_id = build_ids.lookup_mapped(pid, m);
@@ -157,6 +155,15 @@ pub fn snapshot(pid: u32, build_ids: &mut BuildIdCache) -> Option<Snapshot> {
         mappings,
         context: context(pid),
     })
+}
+
+/// `pid`'s executable mappings now, without build ids; `None` when they cannot be read. A
+/// recording's one reader of `/proc/PID/maps`: the process table's snapshots and surveys both
+/// come through here (`urec top`, which takes in no mappings, keeps its own).
+pub fn maps(pid: u32) -> Option<Vec<MapEntry>> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .ok()
+        .map(|text| parse_maps(&text))
 }
 
 /// Every process id in `/proc` now.

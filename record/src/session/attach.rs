@@ -7,12 +7,13 @@ use std::collections::VecDeque;
 use anyhow::{Context, Result};
 use urec_format::{Header, Nanos, Probe, Record, StackMode, Writer};
 
-use super::set_up::{SetUp, Tracking};
+use super::set_up::SetUp;
 use super::{attach_probes, say_attached, FileState, YIELD_BYTES};
 use crate::attach::Attached;
 use crate::consumer::{decoders, State};
 use crate::dwarf::DwarfStacks;
 use crate::output;
+use crate::processes::ProcessTable;
 use crate::sideband::monotonic_now;
 use crate::stacks::StackTable;
 use crate::RecordOptions;
@@ -25,14 +26,19 @@ pub(super) struct Running {
     pub(super) state: FileState,
 }
 
-/// Step 4. The set-up's process table and mapped binaries move into the consumer's state.
-pub(super) fn attach(opts: &RecordOptions, set: &SetUp<'_>, tracking: Tracking) -> Result<Running> {
-    let Tracking { table, mut mapped } = tracking;
+/// Step 4. The set-up's process table (with its mapping observer) moves into the consumer's
+/// state.
+pub(super) fn attach(
+    opts: &RecordOptions,
+    set: &SetUp<'_>,
+    mut table: ProcessTable,
+) -> Result<Running> {
     let links = attach_probes(&set.skel, &opts.probes, set.filter, opts.verbosity)?;
     let attach_ns = monotonic_now()?;
     if !set.filter {
-        // Mappings made before the side-band opened; later ones come as records.
-        mapped.scan_proc();
+        // What processes the table does not hold mapped before the side-band opened (later
+        // mappings come as records).
+        table.survey();
     }
     say_attached(opts.verbosity, opts.probes.len(), &links, set.started);
     let file = output::create(&opts.output)?;
@@ -83,7 +89,6 @@ pub(super) fn attach(opts: &RecordOptions, set: &SetUp<'_>, tracking: Tracking) 
         returns: 0,
         max_weight: 1,
         probe_events: vec![0; opts.probes.len()],
-        mapped,
         bad_records: 0,
         error: None,
     };

@@ -95,7 +95,7 @@ pub(super) fn finish(
         returns,
         max_weight,
         probe_events,
-        mapped,
+        table,
         bad_records,
         stacks,
         ..
@@ -117,7 +117,7 @@ pub(super) fn finish(
         .unwrap_or(0);
     // Lost side-band records may have been the very mappings: then say nothing.
     let mapped_warnings = if feeds.sideband.lost() == 0 {
-        mapped.warnings(&probe_events)
+        table.mapped().warnings(&probe_events)
     } else {
         Vec::new()
     };

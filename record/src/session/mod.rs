@@ -226,12 +226,12 @@ pub(crate) fn stop_after_failure(w: &mut Workload, what: &str) {
 /// in order, each in its module.
 fn record(opts: &RecordOptions, workload: &mut Option<Workload>) -> Result<Summary> {
     let mut storage = MaybeUninit::<OpenObject>::uninit();
-    let (set, tracking, mut feeds) = set_up::set_up(opts, &mut storage, workload)?;
+    let (set, table, mut feeds) = set_up::set_up(opts, &mut storage, workload)?;
     let attach::Running {
         links,
         attach_ns,
         state,
-    } = attach::attach(opts, &set, tracking)?;
+    } = attach::attach(opts, &set, table)?;
     let state = RefCell::new(state);
     let ring = run_loop::ring(&set, &state)?;
     let mut checkpoints = run_loop::Checkpoints::default();

@@ -39,13 +39,6 @@ pub(super) struct SetUp<'obj> {
     pub(super) calibrated: crate::calibrate::Calibrated,
 }
 
-/// What the set-up made for the consumer's state to own: the process table (primed, or a
-/// snapshot of every process) and which probed binaries the traced processes map.
-pub(super) struct Tracking {
-    pub(super) table: ProcessTable,
-    pub(super) mapped: MappedBinaries,
-}
-
 /// What the loop reads besides the ring buffer: the side-band (and its records read but not
 /// yet released) and the kernel's counts.
 pub(super) struct Feeds {
@@ -59,7 +52,7 @@ pub(super) fn set_up<'obj>(
     opts: &RecordOptions,
     storage: &'obj mut MaybeUninit<OpenObject>,
     workload: &mut Option<Workload>,
-) -> Result<(SetUp<'obj>, Tracking, Feeds)> {
+) -> Result<(SetUp<'obj>, ProcessTable, Feeds)> {
     check_privileges()?;
     let started = Instant::now();
     let uname = uname();
@@ -77,6 +70,19 @@ pub(super) fn set_up<'obj>(
     if opts.keep_files {
         table.keep_files();
     }
+    // Which probed binaries every process (`-a`, `-a -- COMMAND`), or the -p / COMMAND
+    // processes and descendants, map: it observes the table's intake, so it is set (and the
+    // -p processes traced) before the table's first snapshot.
+    let mut mapped = MappedBinaries::new_at(
+        opts.probes
+            .iter()
+            .map(|p| (p.probe.id, p.probe.binary.as_str(), p.open_path.as_path())),
+        !filter,
+    );
+    for &pid in &pids {
+        mapped.trace(pid);
+    }
+    table.observe_mapped(mapped);
     match &opts.target {
         Target::All => table.snapshot_all(),
         Target::Pids(pids) => {
@@ -87,17 +93,6 @@ pub(super) fn set_up<'obj>(
             }
         }
         Target::Command { .. } => {}
-    }
-
-    // Every process (`-a`, `-a -- COMMAND`), or the -p / COMMAND processes and descendants.
-    let mut mapped = MappedBinaries::new_at(
-        opts.probes
-            .iter()
-            .map(|p| (p.probe.id, p.probe.binary.as_str(), p.open_path.as_path())),
-        !filter,
-    );
-    for &pid in &pids {
-        mapped.trace(pid, true);
     }
 
     // 2. Programs and tables.
@@ -159,7 +154,7 @@ pub(super) fn set_up<'obj>(
     // 3. The targets: the -p processes, and the command, held.
     let watch = allow_targets(&skel, &pids, command.as_ref(), workload)?;
     if let Some(w) = workload.as_ref() {
-        mapped.trace(w.pid(), false);
+        table.mapped_mut().trace(w.pid());
     }
     let set = SetUp {
         started,
@@ -177,7 +172,7 @@ pub(super) fn set_up<'obj>(
         sb: Vec::new(),
         kernel_counts,
     };
-    Ok((set, Tracking { table, mapped }, feeds))
+    Ok((set, table, feeds))
 }
 
 /// Checks up front that the kernel will let us load programs and open system-wide perf events.
