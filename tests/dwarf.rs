@@ -316,9 +316,12 @@ fn copied_each(stderr: &str) -> f64 {
 }
 
 /// Every one of the burst's 200 entry stacks is exactly `expect` (innermost first), whole.
+/// On a loaded machine the programs may sample calls under ring pressure (SPEC.md, "Exact at
+/// any rate"; seen: 164 events under a parallel build): then every recorded stack must still
+/// be whole, and the kernel's counts say the 200 calls were all made and which were sampled.
 fn assert_burst_stacks(burst: &Fixture, rec: &Recording, expect: &[&str]) {
     assert_eq!(rec.total_lost(), 0);
-    let mut whole = 0;
+    let mut whole = 0u64;
     for e in rec.events.iter().filter(|e| e.kind == EventKind::Entry) {
         let stack = rec.stack_of(e, "entries carry a stack");
         let names = burst.names(stack);
@@ -326,7 +329,10 @@ fn assert_burst_stacks(burst: &Fixture, rec: &Recording, expect: &[&str]) {
         assert_eq!(names, expect, "stack {names:?}");
         whole += 1;
     }
-    assert_eq!(whole, 200);
+    let counted = rec.aggregates.values().map(|a| a.calls).sum::<u64>();
+    let sampled = rec.aggregates.values().map(|a| a.sampled).sum::<u64>();
+    assert_eq!(counted, 200, "calls counted in the kernel");
+    assert_eq!(whole + sampled, 200, "{whole} recorded, {sampled} sampled");
 }
 
 /// `probed`, then `rec` 30 times.
