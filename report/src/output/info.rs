@@ -36,6 +36,27 @@ struct ProbeCounts {
     returns: u64,
 }
 
+/// What the metadata chunks say, gathered in one pass (the events are not read).
+#[derive(Default)]
+struct Contents {
+    /// By id: a repeated probe record (no writer makes one) is one probe, not a row per copy.
+    probes: BTreeMap<u32, urec_format::Probe>,
+    processes: Vec<urec_format::Process>,
+    execs: BTreeMap<u32, Vec<String>>,
+    exits: BTreeSet<u32>,
+    binaries: BTreeMap<String, BTreeSet<String>>,
+    mappings: u64,
+    stacks: u64,
+    lost: BTreeMap<LostSource, u64>,
+    lost_by_probe: BTreeMap<u32, u64>,
+    filtered_by_probe: BTreeMap<u32, u64>,
+    /// The last in-kernel snapshot of each probe (snapshots are cumulative): calls, sampled.
+    kernel_calls: BTreeMap<u32, (u64, u64)>,
+    finish: Option<urec_format::Finish>,
+    /// The symbols section: named addresses (and those with a source line) per binary.
+    symbols: BTreeMap<(String, String), (u64, u64)>,
+}
+
 /// The description of the recording at `path`, and what is wrong with it, if anything.
 pub fn describe(path: &Path) -> Result<Description, Error> {
     let mut reader = Reader::open(path).map_err(|source| Error::Open {
@@ -46,68 +67,91 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
         path: path.to_path_buf(),
         source,
     };
-    // By id: a repeated probe record (no writer makes one) is one probe, not a row per copy.
-    let mut probes = BTreeMap::new();
-    let mut processes = Vec::new();
+    let mut c = read_metadata(&mut reader).map_err(corrupt)?;
+    let probes: Vec<_> = std::mem::take(&mut c.probes).into_values().collect();
+    for p in &probes {
+        let id = p
+            .build_id
+            .as_ref()
+            .map(|b| b.to_string())
+            .unwrap_or_default();
+        c.binaries.entry(p.binary.clone()).or_default().insert(id);
+    }
+    let status = reader.status().clone();
+    let (counts, counted_from_footer) = event_counts(&mut reader).map_err(corrupt)?;
+    let events: u64 = counts.values().fold(0u64, |t, c| {
+        t.saturating_add(c.entries).saturating_add(c.returns)
+    });
+
+    let mut s = String::new();
+    write_summary(
+        &mut s,
+        path,
+        &reader,
+        &c,
+        &status,
+        &counts,
+        counted_from_footer,
+    );
+    write_probes(&mut s, &probes, &c, &counts);
+    write_processes(&mut s, &c);
+    write_binaries(&mut s, &c, &status);
+    write_sections(&mut s, &status, events);
+    Ok(Description {
+        text: s,
+        damage: damage(&status),
+    })
+}
+
+/// One pass over the metadata chunks.
+fn read_metadata(reader: &mut Reader) -> Result<Contents, urec_format::FormatError> {
+    let mut c = Contents::default();
     let mut last_process = std::collections::HashMap::new();
-    let mut execs: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    let mut exits = BTreeSet::new();
-    let mut binaries: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut mappings = 0u64;
-    let mut stacks = 0u64;
-    let mut lost: BTreeMap<LostSource, u64> = BTreeMap::new();
-    let mut lost_by_probe: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut filtered_by_probe: BTreeMap<u32, u64> = BTreeMap::new();
-    // The last in-kernel snapshot of each probe (snapshots are cumulative).
-    let mut kernel_calls: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-    let mut finish = None;
-    // The symbols section: named addresses (and those with a source line) per binary.
-    let mut symbols: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
     for record in reader.metadata() {
-        match record.map_err(corrupt)? {
+        match record? {
             Record::Probe(p) => {
-                probes.insert(p.id, p);
+                c.probes.insert(p.id, p);
             }
             Record::Process(p) => {
                 // A record repeating the last one of its pid describes nothing new (no writer
                 // makes one); listing each copy would cost a row apiece.
                 if last_process.get(&p.pid) != Some(&p) {
                     last_process.insert(p.pid, p.clone());
-                    processes.push(p);
+                    c.processes.push(p);
                 }
             }
             Record::ProcessEvent(e) => match e.change {
-                ProcessChange::Exec { exe, .. } => execs.entry(e.pid).or_default().push(exe),
+                ProcessChange::Exec { exe, .. } => c.execs.entry(e.pid).or_default().push(exe),
                 ProcessChange::Exit => {
-                    exits.insert(e.pid);
+                    c.exits.insert(e.pid);
                 }
                 ProcessChange::Comm(_) => {}
             },
             Record::Mapping(m) => {
-                mappings += 1;
+                c.mappings += 1;
                 let id = m.build_id.map(|b| b.to_string()).unwrap_or_default();
-                binaries.entry(m.path).or_default().insert(id);
+                c.binaries.entry(m.path).or_default().insert(id);
             }
-            Record::Stack(_) => stacks += 1,
+            Record::Stack(_) => c.stacks += 1,
             Record::Lost(l) => {
-                let n = lost.entry(l.source).or_default();
+                let n = c.lost.entry(l.source).or_default();
                 *n = n.saturating_add(l.count);
                 if let Some(p) = l.probe {
-                    let n = lost_by_probe.entry(p).or_default();
+                    let n = c.lost_by_probe.entry(p).or_default();
                     *n = n.saturating_add(l.count);
                 }
             }
             Record::Filtered(f) => {
-                let n = filtered_by_probe.entry(f.probe).or_default();
+                let n = c.filtered_by_probe.entry(f.probe).or_default();
                 *n = n.saturating_add(f.count);
             }
             Record::Aggregate(a) => {
-                kernel_calls.insert(a.probe, (a.calls, a.sampled));
+                c.kernel_calls.insert(a.probe, (a.calls, a.sampled));
             }
-            Record::Finish(f) => finish = Some(f),
+            Record::Finish(f) => c.finish = Some(f),
             Record::Symbols(s) => {
                 let id = s.build_id.map(|b| b.to_string()).unwrap_or_default();
-                let e = symbols.entry((s.path, id)).or_default();
+                let e = c.symbols.entry((s.path, id)).or_default();
                 e.0 = e.0.saturating_add(s.entries.len() as u64);
                 let lines = s
                     .entries
@@ -119,51 +163,51 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
             Record::Event(_) => {}
         }
     }
-    let probes: Vec<_> = probes.into_values().collect();
-    for p in &probes {
-        let id = p
-            .build_id
-            .as_ref()
-            .map(|b| b.to_string())
-            .unwrap_or_default();
-        binaries.entry(p.binary.clone()).or_default().insert(id);
-    }
-    let status = reader.status().clone();
+    Ok(c)
+}
 
-    // Events per probe: from the footer, else counted.
+/// Events per probe: from the footer, else counted (true: from the footer).
+fn event_counts(
+    reader: &mut Reader,
+) -> Result<(BTreeMap<u32, ProbeCounts>, bool), urec_format::FormatError> {
     let mut counts: BTreeMap<u32, ProbeCounts> = BTreeMap::new();
-    let counted_from_footer = match reader.footer() {
-        Some(footer) => {
-            for c in &footer.event_counts {
-                let e = counts.entry(c.probe).or_default();
-                match c.kind {
-                    EventKind::Entry => e.entries = e.entries.saturating_add(c.count),
-                    EventKind::Return => e.returns = e.returns.saturating_add(c.count),
-                }
+    if let Some(footer) = reader.footer() {
+        for c in &footer.event_counts {
+            let e = counts.entry(c.probe).or_default();
+            match c.kind {
+                EventKind::Entry => e.entries = e.entries.saturating_add(c.count),
+                EventKind::Return => e.returns = e.returns.saturating_add(c.count),
             }
-            true
         }
-        None => {
-            for record in reader.records() {
-                if let Record::Event(ev) = record.map_err(corrupt)? {
-                    let e = counts.entry(ev.probe).or_default();
-                    match ev.kind {
-                        EventKind::Entry => e.entries += 1,
-                        EventKind::Return => e.returns += 1,
-                    }
-                }
+        return Ok((counts, true));
+    }
+    for record in reader.records() {
+        if let Record::Event(ev) = record? {
+            let e = counts.entry(ev.probe).or_default();
+            match ev.kind {
+                EventKind::Entry => e.entries += 1,
+                EventKind::Return => e.returns += 1,
             }
-            false
         }
-    };
+    }
+    Ok((counts, false))
+}
+
+/// The header lines: file, host, command, duration, events, losses, state.
+fn write_summary(
+    w: &mut String,
+    path: &Path,
+    reader: &Reader,
+    c: &Contents,
+    status: &urec_format::ReadStatus,
+    counts: &BTreeMap<u32, ProbeCounts>,
+    counted_from_footer: bool,
+) {
     let events: u64 = counts.values().fold(0u64, |t, c| {
         t.saturating_add(c.entries).saturating_add(c.returns)
     });
-
     let h = reader.header();
     let (major, minor) = reader.version();
-    let mut s = String::new();
-    let w = &mut s;
     // Writing to a String cannot fail.
     let _ = writeln!(
         w,
@@ -176,7 +220,8 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
     let _ = writeln!(w, "command:    {}", urec_format::shell_words(&h.command));
     match &h.workload {
         Some(argv) => {
-            let status = finish
+            let status = c
+                .finish
                 .as_ref()
                 .and_then(|f| f.workload_status)
                 .map(|s| format!(" (exit status {s})"))
@@ -187,7 +232,7 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
             let _ = writeln!(w, "workload:   -");
         }
     }
-    match &finish {
+    match &c.finish {
         Some(f) => {
             let _ = writeln!(
                 w,
@@ -213,16 +258,16 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
             "; counted, no footer"
         }
     );
-    let total_lost: u64 = lost.values().fold(0u64, |t, &n| t.saturating_add(n));
+    let total_lost: u64 = c.lost.values().fold(0u64, |t, &n| t.saturating_add(n));
     let _ = writeln!(
         w,
         "lost:       {total_lost} (ring {}, sideband {}, unwind {})",
-        lost.get(&LostSource::Ring).unwrap_or(&0),
-        lost.get(&LostSource::Sideband).unwrap_or(&0),
-        lost.get(&LostSource::Unwind).unwrap_or(&0)
+        c.lost.get(&LostSource::Ring).unwrap_or(&0),
+        c.lost.get(&LostSource::Sideband).unwrap_or(&0),
+        c.lost.get(&LostSource::Unwind).unwrap_or(&0)
     );
-    let _ = writeln!(w, "stacks:     {stacks}");
-    let _ = writeln!(w, "mappings:   {mappings}");
+    let _ = writeln!(w, "stacks:     {}", c.stacks);
+    let _ = writeln!(w, "mappings:   {}", c.mappings);
     let state = if status.truncated {
         "TRUNCATED (the file ends before its footer; read up to its last complete chunk)"
     } else {
@@ -234,12 +279,20 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
         "corrupt:    {} skipped",
         plural(status.corrupt_chunks, "chunk", "chunks")
     );
+}
 
+/// The probes' table, where each was attached, and its kernel counts where events fall short.
+fn write_probes(
+    w: &mut String,
+    probes: &[urec_format::Probe],
+    c: &Contents,
+    counts: &BTreeMap<u32, ProbeCounts>,
+) {
     let _ = writeln!(w, "\nprobes ({}):", probes.len());
     let rows: Vec<Vec<String>> = probes
         .iter()
         .map(|p| {
-            let c = counts.get(&p.id);
+            let n = counts.get(&p.id);
             vec![
                 p.id.to_string(),
                 p.name.clone(),
@@ -262,9 +315,9 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
                     StackMode::Dwarf => "dwarf",
                 }
                 .into(),
-                c.map_or(0, |c| c.entries).to_string(),
-                c.map_or(0, |c| c.returns).to_string(),
-                lost_by_probe.get(&p.id).unwrap_or(&0).to_string(),
+                n.map_or(0, |n| n.entries).to_string(),
+                n.map_or(0, |n| n.returns).to_string(),
+                c.lost_by_probe.get(&p.id).unwrap_or(&0).to_string(),
                 p.args
                     .iter()
                     .map(|a| a.name.as_str())
@@ -282,7 +335,7 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
         &rows,
     );
     // Where each probe was attached (1.7): its start, or a moved entry site.
-    for p in &probes {
+    for p in probes {
         if let Some(site) = &p.site {
             let at = match site.offset.0.checked_sub(p.offset.0) {
                 Some(0) => "at its start".to_string(),
@@ -300,12 +353,12 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
     }
 
     // Where the events fall short of the calls (lost or sampled), say how many calls there were.
-    for p in &probes {
+    for p in probes {
         let recorded = counts.get(&p.id).map_or(0, |c| match p.kind {
             ProbeKind::Return => c.returns,
             _ => c.entries,
         });
-        if let Some(&(calls, sampled)) = kernel_calls.get(&p.id).filter(|c| c.0 != recorded) {
+        if let Some(&(calls, sampled)) = c.kernel_calls.get(&p.id).filter(|c| c.0 != recorded) {
             let sampled = if sampled > 0 {
                 format!(
                     " ({} sampled out under ring pressure)",
@@ -322,20 +375,24 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
             );
         }
     }
-    for (id, n) in &filtered_by_probe {
+    for (id, n) in &c.filtered_by_probe {
         let _ = writeln!(
             w,
             "probe {id}: {} its predicate rejected (not recorded, not lost)",
             plural(*n, "call", "calls")
         );
     }
+}
 
-    let _ = writeln!(w, "\nprocesses ({}):", processes.len());
-    let rows: Vec<Vec<String>> = processes
+/// The processes' table.
+fn write_processes(w: &mut String, c: &Contents) {
+    let _ = writeln!(w, "\nprocesses ({}):", c.processes.len());
+    let rows: Vec<Vec<String>> = c
+        .processes
         .iter()
         .map(|p| {
             let mut exe = p.exe.clone();
-            for e in execs.get(&p.pid).into_iter().flatten() {
+            for e in c.execs.get(&p.pid).into_iter().flatten() {
                 exe.push_str(" -> ");
                 exe.push_str(e);
             }
@@ -344,7 +401,7 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
                 p.pid.to_string(),
                 p.ppid.to_string(),
                 p.comm.clone(),
-                if exits.contains(&p.pid) {
+                if c.exits.contains(&p.pid) {
                     "exited"
                 } else {
                     "-"
@@ -364,9 +421,13 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
         ],
         &rows,
     );
+}
 
-    let _ = writeln!(w, "\nbinaries ({}):", binaries.len());
-    let rows: Vec<Vec<String>> = binaries
+/// The binaries with their build ids, and the symbols section.
+fn write_binaries(w: &mut String, c: &Contents, status: &urec_format::ReadStatus) {
+    let _ = writeln!(w, "\nbinaries ({}):", c.binaries.len());
+    let rows: Vec<Vec<String>> = c
+        .binaries
         .iter()
         .flat_map(|(path, ids)| {
             ids.iter().map(move |id| {
@@ -381,24 +442,25 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
         .collect();
     table(w, &["build id", "path"], &rows);
 
-    if symbols.is_empty() {
+    if c.symbols.is_empty() {
         let _ = writeln!(
             w,
             "\nsymbols:    none (recorded with --no-symbols, or by a urec before 1.1); \
              `urec archive` adds them"
         );
     } else {
-        let named: u64 = symbols.values().map(|v| v.0).sum();
-        let lines: u64 = symbols.values().map(|v| v.1).sum();
+        let named: u64 = c.symbols.values().map(|v| v.0).sum();
+        let lines: u64 = c.symbols.values().map(|v| v.1).sum();
         let _ = writeln!(
             w,
             "\nsymbols:    {} named in {} ({} with file:line), {}",
             plural(named, "address", "addresses"),
-            plural(symbols.len() as u64, "binary", "binaries"),
+            plural(c.symbols.len() as u64, "binary", "binaries"),
             lines,
             plural(status.sections.symbols.stored_bytes, "byte", "bytes")
         );
-        let rows: Vec<Vec<String>> = symbols
+        let rows: Vec<Vec<String>> = c
+            .symbols
             .iter()
             .map(|((path, id), (n, l))| {
                 let id = if id.is_empty() { "-" } else { id.as_str() };
@@ -407,7 +469,10 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
             .collect();
         table(w, &["named", "lines", "build id", "path"], &rows);
     }
+}
 
+/// Bytes per section, and the reader's warnings.
+fn write_sections(w: &mut String, status: &urec_format::ReadStatus, events: u64) {
     let _ = writeln!(w, "\nsections:");
     let sec = &status.sections;
     let mut rows = Vec::new();
@@ -445,7 +510,10 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
             let _ = writeln!(w, "  {warning}");
         }
     }
+}
 
+/// What is wrong with the file, if anything.
+fn damage(status: &urec_format::ReadStatus) -> Option<String> {
     let mut damage = Vec::new();
     if status.truncated {
         damage.push("the recording is truncated (the recorder did not finish it)".to_string());
@@ -460,8 +528,7 @@ pub fn describe(path: &Path) -> Result<Description, Error> {
             )
         ));
     }
-    let damage = (!damage.is_empty()).then(|| damage.join("; "));
-    Ok(Description { text: s, damage })
+    (!damage.is_empty()).then(|| damage.join("; "))
 }
 
 fn section_row(name: &str, s: &SectionStats, events: u64) -> Vec<String> {
