@@ -461,7 +461,7 @@ mod tests {
         )
         .unwrap();
         let pred = spec.predicate.unwrap();
-        let prog = compile_predicate(&pred, Path::new("/nonexistent"), 0x1000).unwrap();
+        let prog = compile_predicate(&pred, Path::new("/nonexistent"), Svma(0x1000)).unwrap();
         let cmp = |operand, cmp, shl, shr, signed, constant| PredOp::Cmp {
             operand,
             cmp,
