@@ -293,7 +293,7 @@ impl Symbolizer {
     /// The precedence of the crate doc, for one address.
     fn resolve(&mut self, bin: usize, address: FrameAddress) -> Vec<Frame> {
         let offset = address.offset();
-        let lookup = address.lookup().0;
+        let lookup = address.lookup();
         let binary = &self.binaries[bin];
         let mut named: Option<Vec<Frame>> = None;
         // 1. Local files with the recorded build id.
