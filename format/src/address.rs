@@ -172,6 +172,13 @@ macro_rules! address_arithmetic {
             pub fn distance_from(self, base: $t) -> Option<u64> {
                 self.0.checked_sub(base.0)
             }
+
+            /// `len` further on; `None` past the end of the address space (a spec's
+            /// `SYMBOL+OFFSET` is user input).
+            #[inline]
+            pub fn checked_add(self, len: u64) -> Option<$t> {
+                self.0.checked_add(len).map($t)
+            }
         }
         impl std::ops::Sub for $t {
             type Output = u64;

@@ -1009,12 +1009,13 @@ fn locate(
                     ),
                 });
             }
-            let vaddr = s.vaddr.0.checked_add(*offset).map(Svma).ok_or_else(|| {
-                SpecError::NotProbeable {
+            let vaddr = s
+                .vaddr
+                .checked_add(*offset)
+                .ok_or_else(|| SpecError::NotProbeable {
                     spec: spec.text.clone(),
                     why: "address overflows".into(),
-                }
-            })?;
+                })?;
             check_boundary(spec, bin, s.display(), s.vaddr, s.size, vaddr)?;
             Ok(vec![Location {
                 vaddr,

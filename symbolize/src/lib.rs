@@ -424,7 +424,7 @@ fn unnamed(binary: &Binary, reason: Unnamed, offset: FileOffset) -> Frame {
     let shown_as = match reason {
         Unnamed::Special => binary.label.clone(),
         Unnamed::Anonymous => "[unknown]".to_string(),
-        _ => format!("{}+{:#x}", binary.label, offset.0),
+        _ => format!("{}+{:#x}", binary.label, offset),
     };
     Frame::unnamed(reason, shown_as)
 }
