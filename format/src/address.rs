@@ -179,6 +179,13 @@ macro_rules! address_arithmetic {
             pub fn checked_add(self, len: u64) -> Option<$t> {
                 self.0.checked_add(len).map($t)
             }
+
+            /// `len` further on, stopping at the end of the address space (a mapping's end
+            /// from a record's start and length, which the kernel wrote but urec checks).
+            #[inline]
+            pub fn saturating_add(self, len: u64) -> $t {
+                $t(self.0.saturating_add(len))
+            }
         }
         impl std::ops::Sub for $t {
             type Output = u64;
