@@ -48,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             marks.push_str(&format!(" [not-probeable: {}]", why.short()));
         } else if let Some((both, entry)) = &f.sites {
             // Where urec puts the probe instead of the single-stepped first instruction.
-            let at = |s: &urec_probe::site::EntrySite| format!("+{:#x}", s.vaddr - f.vaddr.0);
+            let at = |s: &urec_probe::site::EntrySite| format!("+{:#x}", s.vaddr - f.vaddr);
             if both.moved {
                 marks.push_str(&format!(" [site {}]", at(both)));
             } else if entry.moved {
@@ -62,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         result = writeln!(
             out,
             "{:<width$}  vaddr {:#010x}  offset {:#010x}  size {:>6}{}",
-            f.name, f.vaddr.0, f.offset.0, f.size, marks
+            f.name, f.vaddr, f.offset, f.size, marks
         );
         if result.is_err() {
             break;

@@ -360,7 +360,7 @@ impl ElfImage {
     pub fn fde_range(&self, svma: Svma) -> Option<(Svma, u64)> {
         self.fdes()
             .into_iter()
-            .find(|&(start, len)| svma.0 >= start.0 && svma.0 - start.0 < len)
+            .find(|&(start, len)| svma >= start && svma - start < len)
     }
 
     /// Every `.eh_frame` FDE as (start, length), in the section's order: the function bounds

@@ -146,6 +146,58 @@ impl Mapping {
     }
 }
 
+/// Stepping through code and measuring it: an address plus a length is an address of the same
+/// kind, and two addresses of one kind are a length apart. Lengths stay `u64` (they are not
+/// addresses), so arithmetic never mixes kinds; plain (not wrapping) arithmetic, as the `u64`
+/// code it replaces had.
+macro_rules! address_arithmetic {
+    ($($t:ident),*) => {$(
+        impl std::ops::Add<u64> for $t {
+            type Output = $t;
+            #[inline]
+            fn add(self, len: u64) -> $t {
+                $t(self.0 + len)
+            }
+        }
+        impl std::ops::Sub<u64> for $t {
+            type Output = $t;
+            #[inline]
+            fn sub(self, len: u64) -> $t {
+                $t(self.0 - len)
+            }
+        }
+        impl $t {
+            /// How far past `base` this is; `None` below it (a site before its function).
+            #[inline]
+            pub fn distance_from(self, base: $t) -> Option<u64> {
+                self.0.checked_sub(base.0)
+            }
+
+            /// `len` further on; `None` past the end of the address space (a spec's
+            /// `SYMBOL+OFFSET` is user input).
+            #[inline]
+            pub fn checked_add(self, len: u64) -> Option<$t> {
+                self.0.checked_add(len).map($t)
+            }
+
+            /// `len` further on, stopping at the end of the address space (a mapping's end
+            /// from a record's start and length, which the kernel wrote but urec checks).
+            #[inline]
+            pub fn saturating_add(self, len: u64) -> $t {
+                $t(self.0.saturating_add(len))
+            }
+        }
+        impl std::ops::Sub for $t {
+            type Output = u64;
+            #[inline]
+            fn sub(self, from: $t) -> u64 {
+                self.0 - from.0
+            }
+        }
+    )*};
+}
+address_arithmetic!(Avma, Svma, FileOffset);
+
 /// A code address of a stack, in its file: the instruction pointer itself (the innermost
 /// frame, a probe's own address) or a caller's return address. A return address points after
 /// its call, and the call may be the last instruction of its function, so it is named by the

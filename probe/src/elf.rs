@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::fs::File;
 
 use urec_elf::{ElfError, ElfImage, FunctionSymbol};
-use urec_format::{BuildId, LoadSegment, Svma};
+use urec_format::{BuildId, FileOffset, LoadSegment, Svma};
 
 use crate::insn;
 use crate::SpecError;
@@ -34,7 +34,7 @@ pub(crate) struct Sym {
     pub demangled: Option<String>,
     /// Demangled without parameters (C++ `ns::K::m`); None when equal to `demangled`.
     pub short: Option<String>,
-    pub vaddr: u64,
+    pub vaddr: Svma,
     pub size: u64,
     pub ifunc: bool,
     /// Global or weak binding (preferred as a display name among aliases).
@@ -167,13 +167,13 @@ impl Binary {
     }
 
     fn index(&self, raw: Vec<FunctionSymbol>) -> Vec<Sym> {
-        let mut seen: HashMap<(String, u64), usize> = HashMap::new();
+        let mut seen: HashMap<(String, Svma), usize> = HashMap::new();
         let mut out: Vec<Sym> = Vec::new();
         for r in raw {
-            if self.exec_segment(r.svma.0).is_none() {
+            if self.exec_segment(r.svma).is_none() {
                 continue;
             }
-            match seen.entry((r.name.clone(), r.svma.0)) {
+            match seen.entry((r.name.clone(), r.svma)) {
                 Entry::Occupied(e) => {
                     // Same symbol in .symtab and .dynsym: keep the larger size (some .dynsym
                     // entries of versioned aliases have size 0).
@@ -190,7 +190,7 @@ impl Binary {
                 raw: r.name,
                 demangled,
                 short,
-                vaddr: r.svma.0,
+                vaddr: r.svma,
                 size: r.size,
                 ifunc: r.ifunc,
                 global: r.global,
@@ -206,10 +206,8 @@ impl Binary {
     }
 
     /// The executable PT_LOAD containing `vaddr` in its file-backed part.
-    fn exec_segment(&self, vaddr: u64) -> Option<&LoadSegment> {
-        self.segments()
-            .iter()
-            .find(|s| s.exec && s.has_svma(Svma(vaddr)))
+    fn exec_segment(&self, vaddr: Svma) -> Option<&LoadSegment> {
+        self.segments().iter().find(|s| s.exec && s.has_svma(vaddr))
     }
 
     /// Converts an ELF virtual address of code to the file offset the kernel attaches to.
@@ -223,35 +221,35 @@ impl Binary {
     /// silently, and possibly in the middle of one, corrupting the traced program. The only
     /// correct mapping is through the program header of the executable segment that contains
     /// the address: `offset = vaddr - p_vaddr + p_offset`.
-    pub fn vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
-        Svma(vaddr).to_code_offset(self.segments()).map(|o| o.0)
+    pub fn vaddr_to_offset(&self, vaddr: Svma) -> Option<FileOffset> {
+        vaddr.to_code_offset(self.segments())
     }
 
     /// Up to `n` bytes of code at `vaddr` (empty if not in the file, or if the file was
     /// truncated since it was opened).
-    pub fn bytes_at(&self, vaddr: u64, n: usize) -> &[u8] {
-        self.image.code_at(Svma(vaddr), n)
+    pub fn bytes_at(&self, vaddr: Svma, n: usize) -> &[u8] {
+        self.image.code_at(vaddr, n)
     }
 
     /// Whether `vaddr` is in a function Go's table lists: Go code, whose returns must never get
     /// a uretprobe. In a cgo binary the C functions are not listed. A Go binary whose table
     /// cannot be read counts as Go throughout: a uretprobe in Go code crashes the program, a
     /// C function without one only loses the cheaper return probe.
-    pub fn is_go_function(&self, vaddr: u64) -> bool {
+    pub fn is_go_function(&self, vaddr: Svma) -> bool {
         match &self.pclntab {
-            Some(table) => table.find(vaddr).is_some(),
+            Some(table) => table.find(vaddr.0).is_some(),
             None => self.go.is_some(),
         }
     }
 
     /// The IFUNC symbol at `vaddr`, if any. Other names at that address (`strlen_ifunc`) are
     /// the same resolver.
-    pub fn ifunc_at(&self, vaddr: u64) -> Option<&Sym> {
+    pub fn ifunc_at(&self, vaddr: Svma) -> Option<&Sym> {
         self.functions.iter().find(|s| s.ifunc && s.vaddr == vaddr)
     }
 
     /// The function whose `[vaddr, vaddr + size)` contains `addr` (a start wins over a body).
-    pub fn function_at(&self, addr: u64) -> Option<&Sym> {
+    pub fn function_at(&self, addr: Svma) -> Option<&Sym> {
         if let Some(s) = self.functions.iter().find(|s| s.vaddr == addr) {
             return Some(s);
         }
@@ -264,20 +262,17 @@ impl Binary {
     /// The range `(start, len)` of the `.eh_frame` FDE covering `vaddr`: the bounds of a
     /// function that has no symbol (a stripped binary's static functions), for decoding its
     /// instructions from its start.
-    pub fn unwind_range(&self, vaddr: u64) -> Option<(u64, u64)> {
-        self.image
-            .fde_range(Svma(vaddr))
-            .map(|(start, len)| (start.0, len))
+    pub fn unwind_range(&self, vaddr: Svma) -> Option<(Svma, u64)> {
+        self.image.fde_range(vaddr)
     }
 
     /// The `(start, len)` of every `.eh_frame` FDE with code, by start, one per start: the
     /// function bounds the unwinder knows, which survive `strip --strip-all`.
-    pub fn fde_ranges(&self) -> Vec<(u64, u64)> {
-        let mut out: Vec<(u64, u64)> = self
+    pub fn fde_ranges(&self) -> Vec<(Svma, u64)> {
+        let mut out: Vec<(Svma, u64)> = self
             .image
             .fdes()
             .into_iter()
-            .map(|(start, len)| (start.0, len))
             .filter(|&(_, len)| len > 0)
             .collect();
         out.sort_unstable();
@@ -287,23 +282,23 @@ impl Binary {
 
     /// A section's address and bytes (`.note.stapsdt`, `.stapsdt.base`); None when absent or
     /// unreadable (a file truncated since it was opened).
-    pub fn section(&self, name: &str) -> Option<(u64, Vec<u8>)> {
+    pub fn section(&self, name: &str) -> Option<(Svma, Vec<u8>)> {
         let section = self.image.section(name)?;
         let bytes = self.image.section_bytes(section)?;
-        Some((section.address, bytes))
+        Some((Svma(section.address), bytes))
     }
 
     /// The address of a symbol of any kind (a global variable as well as a function), from
     /// `.symtab` or `.dynsym`: what a USDT operand like `8@counter(%rip)` names.
-    pub fn symbol_address(&self, name: &str) -> Option<u64> {
-        self.image.symbol_svma(name).map(|s| s.0)
+    pub fn symbol_address(&self, name: &str) -> Option<Svma> {
+        self.image.symbol_svma(name)
     }
 
     /// The file offset of `vaddr` in any PT_LOAD (data too), within its file-backed part: a
     /// USDT semaphore lives in `.probes`, a writable data segment, and the kernel finds it by
     /// file offset in the mapping of the probed file.
-    pub fn mapped_vaddr_to_offset(&self, vaddr: u64) -> Option<u64> {
-        Svma(vaddr).to_file_offset(self.segments()).map(|o| o.0)
+    pub fn mapped_vaddr_to_offset(&self, vaddr: Svma) -> Option<FileOffset> {
+        vaddr.to_file_offset(self.segments())
     }
 
     /// Why the kernel must not count a USDT semaphore at `vaddr` (a `u16`), or None when it
@@ -314,7 +309,9 @@ impl Binary {
     /// bytes must be in a writable, file-backed, allocated section that is not filled in by the
     /// dynamic linker (no GOT, `.dynamic`, constructor array or RELRO data, and no dynamic
     /// relocation writing them), and in a writable PT_LOAD.
-    pub fn semaphore_problem(&self, vaddr: u64) -> Option<String> {
+    pub fn semaphore_problem(&self, vaddr: Svma) -> Option<String> {
+        // Compared with the program and section headers' own raw fields.
+        let vaddr = vaddr.0;
         use object::read::elf::ProgramHeader;
         use object::{Object, ObjectSection, SectionFlags, SectionKind};
         const SHF_WRITE: u64 = 1;
@@ -421,7 +418,7 @@ impl Binary {
     }
 
     fn frame_pointer_fraction(&self) -> f32 {
-        let mut starts: Vec<u64> = self
+        let mut starts: Vec<Svma> = self
             .functions
             .iter()
             .filter(|s| s.size > 0 && !s.ifunc)
@@ -431,7 +428,7 @@ impl Binary {
         let mut chunks = Chunks::new(self.image.file());
         let (mut framed, mut with_fp) = (0usize, 0usize);
         for &v in &starts {
-            let Some((off, end)) = self.image.code_range(Svma(v), 24) else {
+            let Some((off, end)) = self.image.code_range(v, 24) else {
                 continue;
             };
             let bytes = chunks.get(off.0, end);

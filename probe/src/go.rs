@@ -11,6 +11,7 @@
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
 
 use crate::control_flow::{ControlFlow, Flow};
+use urec_format::Svma;
 
 /// What makes a binary a Go binary, and its Go version when the build info says it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,17 +81,19 @@ pub struct GoSites {
     /// The entry probe's site: the fall-through of the stack check (`cmp 0x10(%r14),%rsp;
     /// jbe morestack`), or the function's start when it has no stack check (NOSPLIT code
     /// never re-enters).
-    pub entry: u64,
+    pub entry: Svma,
     /// Every `ret` of the function, or why its return cannot be probed.
-    pub rets: Result<Vec<u64>, String>,
+    pub rets: Result<Vec<Svma>, String>,
 }
 
 /// The probe sites of the Go function whose `code` starts at `start`.
-pub fn sites(code: &[u8], start: u64) -> GoSites {
+pub fn sites(code: &[u8], at: Svma) -> GoSites {
+    // The decoder's instruction pointers are plain `u64`; the sites it finds are typed again.
+    let start = at.0;
     let flow = ControlFlow::explore(code, start);
     GoSites {
-        entry: entry_site(&flow, code, start).unwrap_or(start),
-        rets: return_sites(&flow, code, start),
+        entry: entry_site(&flow, code, start).map_or(at, Svma),
+        rets: return_sites(&flow, code, start).map(|rets| rets.into_iter().map(Svma).collect()),
     }
 }
 
@@ -205,17 +208,17 @@ mod tests {
     #[test]
     fn the_entry_is_past_the_stack_check_and_every_ret_is_found() {
         let code = go_function();
-        let s = sites(&code, 0x1000);
-        assert_eq!(s.entry, 0x1006);
-        assert_eq!(s.rets, Ok(vec![0x100b]));
+        let s = sites(&code, Svma(0x1000));
+        assert_eq!(s.entry, Svma(0x1006));
+        assert_eq!(s.rets, Ok(vec![Svma(0x100b)]));
     }
 
     #[test]
     fn a_tail_jump_out_refuses_the_return() {
         // push %rbp; pop %rbp; jmp far
         let code = [0x55, 0x5d, 0xe9, 0x00, 0x10, 0x00, 0x00];
-        let s = sites(&code, 0x2000);
-        assert_eq!(s.entry, 0x2000, "no stack check: the start");
+        let s = sites(&code, Svma(0x2000));
+        assert_eq!(s.entry, Svma(0x2000), "no stack check: the start");
         assert!(s.rets.unwrap_err().contains("tail call"));
     }
 

@@ -12,6 +12,7 @@ use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
 
 use crate::elf::{Binary, Sym};
 use crate::insn::{self, KernelUprobes};
+use urec_format::Svma;
 
 /// How much of a resolver without a symbol size is decoded: glibc's are under 300 bytes.
 const MAX_RESOLVER: usize = 1024;
@@ -43,10 +44,10 @@ const STRAIGHT_LINE: usize = 8;
 fn probe_point(bin: &Binary, s: &Sym) -> Option<String> {
     let kernel = KernelUprobes::running();
     let code = bin.bytes_at(s.vaddr, 16 * STRAIGHT_LINE);
-    let mut decoder = Decoder::with_ip(64, code, s.vaddr, DecoderOptions::NONE);
+    let mut decoder = Decoder::with_ip(64, code, s.vaddr.0, DecoderOptions::NONE);
     for _ in 0..STRAIGHT_LINE {
         let ip = decoder.ip();
-        let at = (ip - s.vaddr) as usize;
+        let at = (ip - s.vaddr.0) as usize;
         if !insn::classify(code.get(at..).unwrap_or(&[]), &kernel).is_refused() {
             return Some(if at == 0 {
                 s.display().to_string()
@@ -75,20 +76,20 @@ pub(crate) fn implementations(bin: &Binary, ifunc: &Sym) -> Implementations {
         MAX_RESOLVER
     };
     let code = bin.bytes_at(ifunc.vaddr, size);
-    let mut targets: Vec<u64> = Vec::new();
-    let mut decoder = Decoder::with_ip(64, code, ifunc.vaddr, DecoderOptions::NONE);
+    let mut targets: Vec<Svma> = Vec::new();
+    let mut decoder = Decoder::with_ip(64, code, ifunc.vaddr.0, DecoderOptions::NONE);
     while decoder.can_decode() {
         let i = decoder.decode();
         if i.is_invalid() {
             break;
         }
         if i.mnemonic() == Mnemonic::Lea && i.is_ip_rel_memory_operand() {
-            targets.push(i.ip_rel_memory_address());
+            targets.push(Svma(i.ip_rel_memory_address()));
         } else if i.mnemonic() == Mnemonic::Mov
             && i.op_count() == 2
             && matches!(i.op1_kind(), OpKind::Immediate32to64 | OpKind::Immediate32)
         {
-            targets.push(i.immediate32() as u64);
+            targets.push(Svma(i.immediate32() as u64));
         }
         if ifunc.size == 0 && i.mnemonic() == Mnemonic::Ret {
             break;
@@ -129,7 +130,7 @@ pub(crate) fn implementations(bin: &Binary, ifunc: &Sym) -> Implementations {
 
 /// The plainest name of the function starting at `vaddr` (`__strchr_avx2`, not an alias
 /// `__GI_...`), if one starts there.
-fn best_name_at(bin: &Binary, vaddr: u64) -> Option<&Sym> {
+fn best_name_at(bin: &Binary, vaddr: Svma) -> Option<&Sym> {
     bin.functions
         .iter()
         .filter(|s| s.vaddr == vaddr && !crate::resolve::is_cold_part(&s.raw))
@@ -186,7 +187,7 @@ fn selected_here(bin: &Binary, ifunc: &Sym) -> Option<Selected> {
     }
     // For an ELF shared object `dli_fbase` is its load bias.
     let vaddr = urec_format::Avma(addr as u64).to_svma(info.dli_fbase as u64)?;
-    best_name_at(bin, vaddr.0).map(|s| Selected {
+    best_name_at(bin, vaddr).map(|s| Selected {
         name: s.display().to_string(),
         probe_at: probe_point(bin, s),
     })

@@ -343,13 +343,13 @@ pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError
     let bin = elf::Binary::open(&path).map_err(|e| target::explain_not_elf(e, target))?;
     let kernel = KernelUprobes::running();
     // (display name, raw name, vaddr, size) of each function that matches.
-    let listed: Vec<(String, String, u64, u64)> = if bin.functions.is_empty() {
+    let listed: Vec<(String, String, Svma, u64)> = if bin.functions.is_empty() {
         let file = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
         // The PLT has FDEs too, for stubs that are no function of the binary's own.
-        let plt: Vec<(u64, u64)> = [".plt", ".plt.sec", ".plt.got"]
+        let plt: Vec<(Svma, u64)> = [".plt", ".plt.sec", ".plt.got"]
             .iter()
             .filter_map(|name| bin.section(name))
             .map(|(addr, bytes)| (addr, bytes.len() as u64))
@@ -374,8 +374,8 @@ pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError
             Some(Function {
                 name,
                 raw_name,
-                vaddr: Svma(vaddr),
-                offset: FileOffset(bin.vaddr_to_offset(vaddr)?),
+                vaddr,
+                offset: bin.vaddr_to_offset(vaddr)?,
                 size,
                 ifunc: bin.ifunc_at(vaddr).is_some(),
                 first_insn: insn::classify(bin.bytes_at(vaddr, 16), &kernel),
@@ -386,13 +386,13 @@ pub fn list(target: &str, glob: Option<&str>) -> Result<Vec<Function>, SpecError
                     let at = |ret| {
                         if f.size == 0 {
                             return site::EntrySite::at_start(
-                                f.vaddr.0,
+                                f.vaddr,
                                 f.first_insn,
                                 Some("its size is unknown".into()),
                             );
                         }
                         let reads = site::Reads::default();
-                        resolve::entry_site_of(&bin, f.vaddr.0, f.size, &kernel, &reads, ret)
+                        resolve::entry_site_of(&bin, f.vaddr, f.size, &kernel, &reads, ret)
                     };
                     // Where entry+return moves, entry-only moves to the same instruction.
                     let both = at(true);

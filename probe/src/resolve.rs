@@ -86,7 +86,7 @@ pub struct ResolvedProbe {
     /// function's start, which names its frame. Set by [`resolve`] once all specs merged.
     pub site: EntrySite,
     /// The file offset of [`ResolvedProbe::site`].
-    pub site_offset: u64,
+    pub site_offset: FileOffset,
 }
 
 /// Where the probes of a Go function go, as file offsets.
@@ -112,7 +112,7 @@ pub struct Resolution {
 
 /// One match of a spec in a binary, before merging.
 struct Location {
-    vaddr: u64,
+    vaddr: Svma,
     symbol: String,
     size: u64,
     at_start: bool,
@@ -140,7 +140,7 @@ pub fn resolve(specs: &[ProbeSpec], opts: &ResolveOptions) -> Result<Resolution,
     // mount, one image seen through two containers' roots) are one binary, probed once.
     let mut binaries: HashMap<FileId, Binary> = HashMap::new();
     let mut out = Resolution::default();
-    let mut index: BTreeMap<(FileId, u64), usize> = BTreeMap::new();
+    let mut index: BTreeMap<(FileId, FileOffset), usize> = BTreeMap::new();
     let kernel = KernelUprobes::running();
 
     for spec in specs {
@@ -239,7 +239,7 @@ fn resolve_in(
     opts: &ResolveOptions,
     kernel: &KernelUprobes,
     out: &mut Resolution,
-    index: &mut BTreeMap<(FileId, u64), usize>,
+    index: &mut BTreeMap<(FileId, FileOffset), usize>,
 ) -> Result<(), SpecError> {
     if let FunctionSpec::Usdt { provider, name } = &spec.function {
         crate::usdt_resolve::add(spec, bin, provider.as_deref(), name, kernel, out, index)?;
@@ -301,7 +301,7 @@ fn refusal_message(loc: &Location, bytes: &[u8], why: Refusal) -> String {
     } else {
         format!("the instruction at {}", loc.name)
     };
-    match insn::decode(bytes, loc.vaddr) {
+    match insn::decode(bytes, loc.vaddr.0) {
         Some(i) => format!("{what} (`{}`) cannot be probed: {why}", i.text),
         None => format!("{what} cannot be probed: {why}"),
     }
@@ -315,7 +315,7 @@ fn add_location(
     mut first_insn: InsnHandling,
     kernel: &KernelUprobes,
     probes: &mut Vec<ResolvedProbe>,
-    index: &mut BTreeMap<(FileId, u64), usize>,
+    index: &mut BTreeMap<(FileId, FileOffset), usize>,
 ) -> Result<(), SpecError> {
     let not_probeable = |why: String| SpecError::NotProbeable {
         spec: spec.text.clone(),
@@ -444,8 +444,8 @@ fn add_location(
                     gobin.version.as_deref().unwrap_or("a Go older than 1.18")
                 ));
             }
-            let to_offset = |v: u64| {
-                bin.vaddr_to_offset(v).ok_or_else(|| {
+            let to_offset = |v: Svma| {
+                bin.vaddr_to_offset(v).map(|o| o.0).ok_or_else(|| {
                     format!(
                         "{v:#x} is not in an executable segment of {}",
                         bin.path.display()
@@ -514,8 +514,8 @@ fn add_location(
             binary: bin.display.to_string_lossy().into_owned(),
             build_id: bin.build_id.clone(),
             symbol: loc.symbol,
-            vaddr: Svma(loc.vaddr),
-            offset: FileOffset(offset),
+            vaddr: loc.vaddr,
+            offset,
             kind,
             stack_mode: StackMode::FramePointer,
             args,
@@ -540,18 +540,18 @@ fn add_location(
 
 /// Chooses where `p` is attached ([`crate::site`]).
 fn place(bin: &Binary, p: &mut ResolvedProbe, kernel: &KernelUprobes) {
-    let start = p.probe.vaddr.0;
+    let start = p.probe.vaddr;
     if let Some(g) = &p.go {
         // Go keeps its own placement (past the stack check, SPEC.md "Go programs").
         // The entry past the stack check is in the function, so in its executable segment.
         let vaddr = FileOffset(g.entry_offset)
             .to_code_svma(bin.segments())
-            .map_or(start, |s| s.0);
+            .unwrap_or(start);
         p.site = EntrySite::at_start(vaddr, p.first_insn, None);
-        p.site_offset = g.entry_offset;
+        p.site_offset = FileOffset(g.entry_offset);
         return;
     }
-    p.site_offset = p.probe.offset.0;
+    p.site_offset = p.probe.offset;
     if !p.at_function_start || p.first_insn != InsnHandling::SingleStepped {
         return;
     }
@@ -590,7 +590,7 @@ fn place(bin: &Binary, p: &mut ResolvedProbe, kernel: &KernelUprobes) {
 /// counting the branches of its `.cold` fragments and the symbols of the binary.
 pub(crate) fn entry_site_of(
     bin: &Binary,
-    start: u64,
+    start: Svma,
     size: u64,
     kernel: &KernelUprobes,
     reads: &Reads,
@@ -615,13 +615,13 @@ pub(crate) fn entry_site_of(
         let size = cold.size.min(MAX_DECODED) as usize;
         foreign.extend(crate::site::branch_targets(
             bin.bytes_at(cold.vaddr, size),
-            cold.vaddr,
+            cold.vaddr.0,
         ));
     }
     // Functions are sorted by address.
     let symbol_in = |lo: u64, hi: u64| {
-        let i = bin.functions.partition_point(|s| s.vaddr <= lo);
-        bin.functions.get(i).is_some_and(|s| s.vaddr <= hi)
+        let i = bin.functions.partition_point(|s| s.vaddr.0 <= lo);
+        bin.functions.get(i).is_some_and(|s| s.vaddr.0 <= hi)
     };
     crate::site::entry_site(
         code,
@@ -662,7 +662,7 @@ fn find_symbol<'b>(bin: &'b Binary, name: &str) -> Vec<&'b Sym> {
     if let Some((base, vaddr)) = split_vaddr(name) {
         return find_symbol(bin, base)
             .into_iter()
-            .filter(|s| s.vaddr == vaddr)
+            .filter(|s| s.vaddr == Svma(vaddr))
             .collect();
     }
     let raw: Vec<&Sym> = bin.functions.iter().filter(|s| s.raw == name).collect();
@@ -777,9 +777,9 @@ fn check_boundary(
     spec: &ProbeSpec,
     bin: &Binary,
     func: &str,
-    start: u64,
+    start: Svma,
     size: u64,
-    vaddr: u64,
+    vaddr: Svma,
 ) -> Result<(), SpecError> {
     boundary(bin, func, start, size, vaddr).map_err(|why| SpecError::NotProbeable {
         spec: spec.text.clone(),
@@ -793,10 +793,13 @@ fn check_boundary(
 pub(crate) fn boundary(
     bin: &Binary,
     func: &str,
-    start: u64,
+    start: Svma,
     size: u64,
-    vaddr: u64,
+    vaddr: Svma,
 ) -> Result<(), String> {
+    let code = |len: u64| bin.bytes_at(start, usize::try_from(len).unwrap_or(usize::MAX));
+    // The control-flow walk works in the decoder's plain `u64` instruction pointers.
+    let (start, vaddr) = (start.0, vaddr.0);
     let at = |a: u64| {
         if a == start {
             func.to_string()
@@ -810,8 +813,7 @@ pub(crate) fn boundary(
         return Err(format!("{} lies before {func}", at(vaddr)));
     };
     let len = size.min(MAX_DECODED).max(offset.saturating_add(16));
-    let code = bin.bytes_at(start, usize::try_from(len).unwrap_or(usize::MAX));
-    let flow = ControlFlow::explore(code, start);
+    let flow = ControlFlow::explore(code(len), start);
     flow.check(vaddr)
         .map_err(|why| flow.explain(&why, vaddr, func, &at))
 }
@@ -931,7 +933,7 @@ fn locate(
             if !find_symbol(bin, pattern).is_empty() {
                 return named_locations(spec, bin, pattern);
             }
-            let mut by_addr: BTreeMap<u64, Vec<&Sym>> = BTreeMap::new();
+            let mut by_addr: BTreeMap<Svma, Vec<&Sym>> = BTreeMap::new();
             let mut skipped_ifuncs: Vec<&Sym> = Vec::new();
             for s in &bin.functions {
                 if is_cold_part(&s.raw) {
@@ -1024,6 +1026,7 @@ fn locate(
             }])
         }
         FunctionSpec::Address(addr) => {
+            let addr = &Svma(*addr);
             if bin.vaddr_to_offset(*addr).is_none() {
                 return Err(SpecError::NotProbeable {
                     spec: spec.text.clone(),

@@ -34,6 +34,7 @@ use iced_x86::{
 use crate::control_flow::ControlFlow;
 use crate::insn::{self, InsnHandling, KernelUprobes};
 use crate::spec::{Fetch, Reg};
+use urec_format::{FileOffset, Svma};
 
 /// What a probe reads at its entry site: its entry-time args and predicate operands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -115,7 +116,7 @@ impl Reads {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntrySite {
     /// The site's virtual address (the function's start when not moved).
-    pub vaddr: u64,
+    pub vaddr: Svma,
     /// How the kernel handles the instruction there.
     pub handling: InsnHandling,
     /// Bytes the skipped instructions moved `sp` down by: the return address is at
@@ -129,7 +130,7 @@ pub struct EntrySite {
 
 impl EntrySite {
     /// The function's start, as it is.
-    pub fn at_start(start: u64, handling: InsnHandling, why_not: Option<String>) -> EntrySite {
+    pub fn at_start(start: Svma, handling: InsnHandling, why_not: Option<String>) -> EntrySite {
         EntrySite {
             vaddr: start,
             handling,
@@ -142,13 +143,13 @@ impl EntrySite {
 
 /// The instruction at file offset `offset` of the file at `path` (virtual address `vaddr`), in
 /// AT&T syntax, for messages (`push %rbp`).
-pub fn insn_text_at(path: &std::path::Path, offset: u64, vaddr: u64) -> Option<String> {
+pub fn insn_text_at(path: &std::path::Path, offset: FileOffset, vaddr: Svma) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = urec_untrusted::open(path).ok()?;
-    f.seek(SeekFrom::Start(offset)).ok()?;
+    f.seek(SeekFrom::Start(offset.0)).ok()?;
     let mut buf = [0u8; 16];
     let n = f.read(&mut buf).ok()?;
-    insn::decode(&buf[..n], vaddr).map(|i| i.text)
+    insn::decode(&buf[..n], vaddr.0).map(|i| i.text)
 }
 
 /// Every address a direct branch, call or RIP-relative operand of `code` (at `start`) points
@@ -198,7 +199,7 @@ fn targets_of(flow: &ControlFlow, code: &[u8], start: u64) -> Vec<u64> {
 /// starts in `(lo, hi]`.
 pub fn entry_site(
     code: &[u8],
-    start: u64,
+    at: Svma,
     kernel: &KernelUprobes,
     reads: &Reads,
     return_probe: bool,
@@ -207,9 +208,11 @@ pub fn entry_site(
 ) -> EntrySite {
     let first = insn::classify(code, kernel);
     if first != InsnHandling::SingleStepped {
-        return EntrySite::at_start(start, first, None);
+        return EntrySite::at_start(at, first, None);
     }
-    let stay = |why: String| EntrySite::at_start(start, first, Some(why));
+    let stay = |why: String| EntrySite::at_start(at, first, Some(why));
+    // The decoder's instruction pointers are plain `u64`: the walk below works in them.
+    let start = at.0;
     if reads.ip {
         return stay("its probe reads %ip, which differs at any other instruction".into());
     }
@@ -251,7 +254,7 @@ pub fn entry_site(
                     ));
                 }
                 return EntrySite {
-                    vaddr: addr,
+                    vaddr: Svma(addr),
                     handling: h,
                     sp_delta,
                     moved: true,
@@ -365,7 +368,7 @@ mod tests {
     use super::*;
 
     const K: KernelUprobes = KernelUprobes::NEWEST;
-    const START: u64 = 0x1000;
+    const START: Svma = Svma(0x1000);
 
     fn site(code: &[u8], reads: &Reads, ret: bool) -> EntrySite {
         entry_site(code, START, &K, reads, ret, &[], &|_, _| false)
@@ -447,7 +450,7 @@ mod tests {
             &K,
             &Reads::default(),
             true,
-            &[START + 4],
+            &[(START + 4).0],
             &|_, _| false,
         );
         assert_eq!(s.vaddr, START);

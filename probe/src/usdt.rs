@@ -30,9 +30,9 @@ pub struct UsdtProbe {
     /// Probe name (`function__entry`).
     pub name: String,
     /// ELF virtual address of the site, base-adjusted.
-    pub pc: u64,
+    pub pc: Svma,
     /// ELF virtual address of the semaphore, base-adjusted; None when the probe has none.
-    pub semaphore: Option<u64>,
+    pub semaphore: Option<Svma>,
     /// The operand string as the note holds it.
     pub args_text: String,
     /// The operands, decoded.
@@ -136,19 +136,19 @@ pub(crate) fn probes(bin: &Binary) -> Vec<UsdtProbe> {
     let Some((_, notes)) = bin.section(".note.stapsdt") else {
         return Vec::new();
     };
-    let actual_base = bin.section(".stapsdt.base").map(|(addr, _)| Svma(addr));
+    let actual_base = bin.section(".stapsdt.base").map(|(addr, _)| addr);
     parse_notes(&notes)
         .into_iter()
         .map(|n| {
             // The note states where `.stapsdt.base` was at link time; prelink may have moved
             // the file since, and every address of the note with it.
             let moved = |at: u64| match actual_base {
-                Some(actual) if n.base != 0 => Svma(at).moved(Svma(n.base), actual).0,
-                _ => at,
+                Some(actual) if n.base != 0 => Svma(at).moved(Svma(n.base), actual),
+                _ => Svma(at),
             };
             let pc = moved(n.pc);
             let args = split_args(&n.args)
-                .map(|a| parse_arg(a, pc, &|sym| bin.symbol_address(sym)))
+                .map(|a| parse_arg(a, pc.0, &|sym| bin.symbol_address(sym).map(|s| s.0)))
                 .collect();
             UsdtProbe {
                 provider: n.provider,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use urec_format::{ArgSpec, FileOffset, Probe, ProbeKind, StackMode, Svma};
+use urec_format::{ArgSpec, FileOffset, Probe, ProbeKind, StackMode};
 
 use crate::elf::Binary;
 use crate::insn::{self, KernelUprobes};
@@ -23,7 +23,7 @@ pub(crate) fn add(
     name: &str,
     kernel: &KernelUprobes,
     out: &mut Resolution,
-    index: &mut BTreeMap<(crate::resolve::FileId, u64), usize>,
+    index: &mut BTreeMap<(crate::resolve::FileId, FileOffset), usize>,
 ) -> Result<(), SpecError> {
     let Resolution { probes, warnings } = out;
     let not_probeable = |why: String| SpecError::NotProbeable {
@@ -141,8 +141,8 @@ pub(crate) fn add(
                 binary: bin.display.to_string_lossy().into_owned(),
                 build_id: bin.build_id.clone(),
                 symbol: func.map(|s| s.display().to_string()).unwrap_or_default(),
-                vaddr: Svma(site.pc),
-                offset: FileOffset(offset),
+                vaddr: site.pc,
+                offset,
                 kind: ProbeKind::Entry,
                 stack_mode: StackMode::FramePointer,
                 args,
@@ -194,7 +194,7 @@ fn check_site(
     bin: &Binary,
     site: &UsdtProbe,
     kernel: &KernelUprobes,
-) -> Result<(u64, InsnHandling, Option<u64>), String> {
+) -> Result<(FileOffset, InsnHandling, Option<u64>), String> {
     let offset = bin.vaddr_to_offset(site.pc).ok_or_else(|| {
         format!(
             "its site {:#x} is not in an executable segment of {}",
@@ -232,13 +232,17 @@ fn check_site(
                      in .probes, writable data)"
                 ));
             }
-            Some(bin.mapped_vaddr_to_offset(sema).ok_or_else(|| {
-                format!(
+            Some(
+                bin.mapped_vaddr_to_offset(sema)
+                    .ok_or_else(|| {
+                        format!(
                     "its semaphore {sema:#x} is not in the file-backed part of a segment of {}, \
                      so the kernel cannot count it",
                     bin.path.display()
                 )
-            })?)
+                    })?
+                    .0,
+            )
         }
     };
     Ok((offset, handling, ref_ctr_offset))

@@ -76,8 +76,9 @@ impl AttachProbe {
             id: p.probe.id,
             binary: p.open_path.clone(),
             // The entry site (SPEC.md, "Probe sites and probe cost"); a Go function's entry
-            // probe sits past its stack check (SPEC.md, "Go programs").
-            offset: p.site_offset,
+            // probe sits past its stack check (SPEC.md, "Go programs"). Raw from here on: what
+            // libbpf is handed.
+            offset: p.site_offset.0,
             kind: p.probe.kind,
             name: p.probe.name.clone(),
             ref_ctr_offset: p.ref_ctr_offset,

@@ -131,7 +131,7 @@ impl KeptFiles {
 fn open_mapped(m: &MappedFile<'_>) -> Option<File> {
     let map_file = PathBuf::from(format!(
         "/proc/{}/map_files/{:x}-{:x}",
-        m.pid, m.start.0, m.end.0
+        m.pid, m.start, m.end
     ));
     if let Ok(file) = urec_untrusted::open(&map_file) {
         return Some(file);

@@ -58,7 +58,7 @@ pub struct PlannedProbe {
     pub go: Option<urec_probe::GoPlacement>,
     /// The file offset the probe is attached at ([`ResolvedProbe::site_offset`]): the
     /// function's start, a moved entry site, or a Go function's entry past its stack check.
-    pub site_offset: u64,
+    pub site_offset: FileOffset,
 }
 
 /// A resolved probe urec cannot record as asked.
@@ -83,7 +83,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     let mut probe = resolved.probe.clone();
     probe.stack_mode = stack_mode;
     probe.site = Some(ProbeSite {
-        offset: FileOffset(resolved.site_offset),
+        offset: resolved.site_offset,
         path: match resolved.site.handling {
             InsnHandling::Emulated => SitePath::Emulated,
             InsnHandling::SingleStepped => SitePath::SingleStepped,
@@ -116,7 +116,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     };
     // Places in the binary are fetched relative to the attached instruction's address
     // (`bpf_get_func_ip`): the site, not the function's start.
-    let site_vaddr = Svma(resolved.site.vaddr);
+    let site_vaddr = resolved.site.vaddr;
     if probe.args.len() > abi::MAX_ARGS {
         return Err(err(format!(
             "at most {} arguments per probe, got {}",
@@ -137,7 +137,7 @@ pub fn plan(resolved: &ResolvedProbe, stack_mode: StackMode) -> Result<PlannedPr
     }
     let predicate = match &resolved.predicate {
         Some(pred) => Some(
-            compile_predicate(pred, binary, site_vaddr.0)
+            compile_predicate(pred, binary, site_vaddr)
                 .map_err(|why| err(format!("predicate `if {}`: {why}", pred.text)))?,
         ),
         None => None,
@@ -216,7 +216,7 @@ fn arg_program(
 fn compile_predicate(
     pred: &Predicate,
     binary: &Path,
-    probe_vaddr: u64,
+    probe_vaddr: Svma,
 ) -> Result<PredProgram, String> {
     let mut operands = Vec::with_capacity(pred.operands.len());
     for a in &pred.operands {
@@ -226,7 +226,7 @@ fn compile_predicate(
             &a.fetch_text,
             false,
             binary,
-            Svma(probe_vaddr),
+            probe_vaddr,
         )?);
     }
     let mut ops = Vec::new();
@@ -461,7 +461,7 @@ mod tests {
         )
         .unwrap();
         let pred = spec.predicate.unwrap();
-        let prog = compile_predicate(&pred, Path::new("/nonexistent"), 0x1000).unwrap();
+        let prog = compile_predicate(&pred, Path::new("/nonexistent"), Svma(0x1000)).unwrap();
         let cmp = |operand, cmp, shl, shr, signed, constant| PredOp::Cmp {
             operand,
             cmp,

@@ -281,10 +281,7 @@ impl BuildIdCache {
             return cached.clone();
         }
         let candidates = [
-            PathBuf::from(format!(
-                "/proc/{pid}/map_files/{:x}-{:x}",
-                m.start.0, m.end.0
-            )),
+            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
             Path::new(&format!("/proc/{pid}/root")).join(m.path.trim_start_matches('/')),
             PathBuf::from(&m.path),
         ];

@@ -307,7 +307,7 @@ fn site_line(p: &urec_probe::ResolvedProbe) -> String {
     };
     let insn = urec_probe::site::insn_text_at(&p.open_path, p.site_offset, p.site.vaddr)
         .unwrap_or_default();
-    let at = match p.site.vaddr.checked_sub(p.probe.vaddr.0) {
+    let at = match p.site.vaddr.distance_from(p.probe.vaddr) {
         // (Not "attached": tests wait for that word, which urec prints once probes are.)
         Some(0) if !p.at_function_start => "on the probed instruction".to_string(),
         Some(0) => "at its first instruction".to_string(),

@@ -136,7 +136,7 @@ impl MmapRecord {
             pid: self.pid,
             time_ns: self.time_ns,
             start: self.start,
-            end: Avma(self.start.0.saturating_add(self.len)),
+            end: self.start.saturating_add(self.len),
             offset: self.pgoff,
             path: self.path.clone(),
             dev,

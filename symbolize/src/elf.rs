@@ -44,9 +44,10 @@ pub(crate) struct GoTable {
 
 impl GoTable {
     /// The frames of the Go code at `vaddr`: the function, then those inlined into it.
-    pub fn frames(&self, vaddr: u64) -> Option<Vec<urec_gopclntab::Frame<'_>>> {
+    pub fn frames(&self, vaddr: Svma) -> Option<Vec<urec_gopclntab::Frame<'_>>> {
+        // Go's table speaks plain `u64` addresses, in and out.
         let read = |at: u64, len: usize| self.image.read_svma(Svma(at), len.min(64));
-        self.table.frames(vaddr, self.gofunc, &read)
+        self.table.frames(vaddr.0, self.gofunc, &read)
     }
 }
 
@@ -94,8 +95,8 @@ impl ElfInfo {
 
     /// The virtual address (as symbols and DWARF state it) that a file offset is loaded at,
     /// through the `PT_LOAD` segment containing it.
-    pub fn offset_to_vaddr(&self, offset: u64) -> Option<u64> {
-        FileOffset(offset).to_svma(&self.loads).map(|s| s.0)
+    pub fn offset_to_vaddr(&self, offset: FileOffset) -> Option<Svma> {
+        offset.to_svma(&self.loads)
     }
 
     /// This file's segments lost their file layout (a `--only-keep-debug` file): a segment
@@ -181,8 +182,8 @@ mod tests {
         .unwrap();
         for off in [0x0, 0x1040, 0x1100, 0x2010, 0x2e10] {
             assert_eq!(
-                debug.offset_to_vaddr(off),
-                binary.offset_to_vaddr(off),
+                debug.offset_to_vaddr(FileOffset(off)),
+                binary.offset_to_vaddr(FileOffset(off)),
                 "{off:#x}"
             );
         }
@@ -194,7 +195,7 @@ mod tests {
         let debug = info(vec![load(0, 0, 0, 0x5e0), load(0, 0, 0x15e0, 0x200)])
             .with_inferred_offsets()
             .unwrap();
-        assert_eq!(debug.offset_to_vaddr(0x600), Some(0x1600));
+        assert_eq!(debug.offset_to_vaddr(FileOffset(0x600)), Some(Svma(0x1600)));
         // Non-PIE: the first segment runs at 0x400000 from offset 0.
         let debug = info(vec![
             load(0, 0, 0x400000, 0x5e0),
@@ -202,7 +203,10 @@ mod tests {
         ])
         .with_inferred_offsets()
         .unwrap();
-        assert_eq!(debug.offset_to_vaddr(0x1010), Some(0x401010));
+        assert_eq!(
+            debug.offset_to_vaddr(FileOffset(0x1010)),
+            Some(Svma(0x401010))
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use urec_format::BuildId;
+use urec_format::{BuildId, FileOffset};
 
 /// Symbols embedded in a recording, in the shape the symbolizer asks them: plain data, filled
 /// by whoever reads the data file's symbols section.
@@ -179,10 +179,11 @@ impl EmbeddedIndex {
         &self,
         path: &str,
         build_id: Option<&BuildId>,
-        offset: u64,
+        offset: FileOffset,
     ) -> Option<&[EmbeddedFrame]> {
+        // Keyed as the symbols section encodes its offsets.
         self.binary(path, build_id)?
-            .get(&offset)
+            .get(&offset.0)
             .map(Vec::as_slice)
             .filter(|f| !f.is_empty())
     }

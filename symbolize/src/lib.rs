@@ -293,7 +293,7 @@ impl Symbolizer {
     /// The precedence of the crate doc, for one address.
     fn resolve(&mut self, bin: usize, address: FrameAddress) -> Vec<Frame> {
         let offset = address.offset();
-        let lookup = address.lookup().0;
+        let lookup = address.lookup();
         let binary = &self.binaries[bin];
         let mut named: Option<Vec<Frame>> = None;
         // 1. Local files with the recorded build id.
@@ -424,7 +424,7 @@ fn unnamed(binary: &Binary, reason: Unnamed, offset: FileOffset) -> Frame {
     let shown_as = match reason {
         Unnamed::Special => binary.label.clone(),
         Unnamed::Anonymous => "[unknown]".to_string(),
-        _ => format!("{}+{:#x}", binary.label, offset.0),
+        _ => format!("{}+{:#x}", binary.label, offset),
     };
     Frame::unnamed(reason, shown_as)
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized};
+use urec_format::{FileOffset, Svma};
 
 use crate::binary::Files;
 use crate::demangle::demangle;
@@ -14,7 +15,7 @@ use crate::{Frame, Unnamed};
 pub(crate) fn resolve(
     blaze: &blazesym::symbolize::Symbolizer,
     files: &Files,
-    lookup: u64,
+    lookup: FileOffset,
 ) -> Result<Vec<Frame>, (Unnamed, Option<blazesym::Error>)> {
     let Some(vaddr) = files.info.offset_to_vaddr(lookup) else {
         return Err((Unnamed::NotInAnySymbol, None));
@@ -36,7 +37,7 @@ pub(crate) fn resolve(
     let mut error = None;
     let mut named = None;
     for src in &sources {
-        match blaze.symbolize_single(src, Input::VirtOffset(vaddr)) {
+        match blaze.symbolize_single(src, Input::VirtOffset(vaddr.0)) {
             Ok(Symbolized::Sym(sym)) if !sym.name.is_empty() => {
                 named = Some(frames_of(sym));
                 break;
@@ -57,7 +58,7 @@ pub(crate) fn resolve(
 
 /// The Go function at `vaddr` and the functions inlined into it, with file:line, from Go's
 /// function table.
-fn go_frames(files: &Files, vaddr: u64) -> Option<Vec<Frame>> {
+fn go_frames(files: &Files, vaddr: Svma) -> Option<Vec<Frame>> {
     let frames = files.go_table()?.frames(vaddr)?;
     Some(
         (0..)

@@ -297,7 +297,7 @@ impl Unwinder {
         let Some(bias) = info.load_bias(mapping.start, mapping.offset) else {
             self.warnings.push(format!(
                 "{}: no PT_LOAD segment contains file offset {:#x}; cannot unwind through it",
-                mapping.path, mapping.offset.0
+                mapping.path, mapping.offset
             ));
             return;
         };
@@ -678,7 +678,7 @@ fn file_key(mapping: &Mapping) -> FileKey {
 fn open_mapped_file(pid: u32, mapping: &Mapping) -> Result<File, String> {
     let map_file = format!(
         "/proc/{pid}/map_files/{:x}-{:x}",
-        mapping.start.0, mapping.end.0
+        mapping.start, mapping.end
     );
     if let Ok(file) = urec_untrusted::open(Path::new(&map_file)) {
         return Ok(file);
