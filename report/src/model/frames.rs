@@ -162,3 +162,57 @@ pub(crate) fn code_frames(
         })
         .collect()
 }
+
+/// The name every output gives a probe's own frame (the innermost, at the address the probe
+/// fired at): the probe's symbol as the resolver named it and the table shows it (`malloc`,
+/// not the `__GI___libc_malloc` alias the symbolizer may pick; C++ and Rust demangled by the
+/// probe's rule, which users wrote their spec in). `None` for a raw address outside any
+/// symbol and for USDT probes, whose site is inside a function: the symbolizer's frames stay.
+pub(crate) fn probe_frame_name(probe: &urec_format::Probe) -> Option<&str> {
+    (!probe.symbol.is_empty() && !probe.name.starts_with("usdt:")).then_some(&probe.symbol)
+}
+
+/// Whether the innermost frame, at file `offset` of a binary with `build_id`, is `probe`'s
+/// own address: the function's start or the site the kernel attached to (past Go's stack
+/// check, or past an instruction it cannot emulate).
+pub(crate) fn is_probe_address(
+    probe: &urec_format::Probe,
+    build_id: Option<&BuildId>,
+    offset: u64,
+) -> bool {
+    let at = offset == probe.offset.0 || probe.site.is_some_and(|s| s.offset.0 == offset);
+    let same_binary = match (build_id, probe.build_id.as_ref()) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    at && same_binary
+}
+
+/// [`code_frames`] of the innermost frame of a stack of `probe`: at the probe's own address
+/// they collapse into one frame named by [`probe_frame_name`] (the function's frame, with
+/// what is inlined at that address folded into it), so that folded, flamegraph, pprof,
+/// Perfetto, script and JSON name the probed function as the table does.
+pub(crate) fn probed_frames(
+    probe: &urec_format::Probe,
+    frames: Vec<(String, Location)>,
+) -> Vec<(String, Location)> {
+    let Some(name) = probe_frame_name(probe) else {
+        return frames;
+    };
+    let Some((_, first)) = frames.first() else {
+        return frames;
+    };
+    if !is_probe_address(probe, first.build_id.as_ref(), first.offset) {
+        return frames;
+    }
+    let Some((_, location)) = frames.into_iter().next() else {
+        return Vec::new();
+    };
+    vec![(
+        name.to_string(),
+        Location {
+            unnamed: None,
+            ..location
+        },
+    )]
+}

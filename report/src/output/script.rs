@@ -51,7 +51,7 @@ use urec_format::{Avma, Event, EventKind, ProbeId, Record, StackId};
 use crate::calls::paired::Entries;
 use crate::calls::{began_ns, call_key, Calls, Verdict};
 use crate::input::Ahead;
-use crate::model::frames::code_frames;
+use crate::model::frames::{code_frames, probed_frames};
 use crate::output::args::format_arg;
 use crate::output::reorder::{Reorder, Timed};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
@@ -564,16 +564,25 @@ impl<'o> Printer<'o> {
             }
             let _ = writeln!(text, "\t{}", parts.join(" "));
         };
+        // Without symbolization every frame stays `binary+0xOFF`, the probe's too.
+        let symbolized = !self.opts.no_symbolize;
         for (depth, &addr) in stack.frames.iter().enumerate() {
             match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
                 None => frame_line(&mut text, addr.0, "[unknown]", "[unknown]"),
                 Some(m) => {
-                    let frames = code_frames(
+                    let mut frames = code_frames(
                         (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
                         m.path,
                         m.build_id,
                         urec_format::FrameAddress::at_depth(m.offset, depth),
                     );
+                    if let Some(probe) = self
+                        .probes
+                        .get(&ev.probe)
+                        .filter(|_| depth == 0 && symbolized)
+                    {
+                        frames = probed_frames(probe, frames);
+                    }
                     // Innermost first, as perf prints inlined frames.
                     for (name, _) in frames.iter().rev() {
                         frame_line(&mut text, addr.0, name, m.path);
