@@ -13,7 +13,7 @@ use crate::calls::Process;
 use crate::interner::Interner;
 use crate::model::breakdown::GroupBy;
 use crate::model::frames::{
-    code_frames, is_probe_address, probe_frame_name, FrameId, FrameKind, FrameTable, Location,
+    code_frames, probed_location, probed_name, FrameId, FrameKind, FrameTable, Location,
 };
 use crate::model::StackSummary;
 use crate::symbolize::Symbolizer;
@@ -294,43 +294,23 @@ impl Namer<'_> {
                         .map(|(name, location)| table.intern(&name, FrameKind::Code(location)))
                         .collect()
                     });
-                    let named = self.symbolizer.is_some();
-                    let binary = &self.binaries[binary as usize].1;
-                    match probed(probe, depth, binary, offset).filter(|_| named) {
-                        // The probe's own frame, named as every output names it.
-                        Some(name) => {
-                            let location = frames.first().map(|&id| table.get(id).kind.clone());
-                            if let Some(FrameKind::Code(location)) = location {
-                                let location = Location {
-                                    unnamed: None,
-                                    ..location
-                                };
-                                ids.push(table.intern(name, FrameKind::Code(location)));
-                            } else {
-                                ids.extend_from_slice(frames);
-                            }
+                    let symbolized = self.symbolizer.is_some();
+                    let build_id = self.binaries[binary as usize].1.as_ref();
+                    let probed = probed_name(probe, depth, build_id, offset).filter(|_| symbolized);
+                    // The probe's own frame, named as every output names it.
+                    let location = probed.and(frames.first()).map(|&id| &table.get(id).kind);
+                    match (probed, location) {
+                        (Some(name), Some(FrameKind::Code(location))) => {
+                            let location = probed_location(location.clone());
+                            ids.push(table.intern(name, FrameKind::Code(location)));
                         }
-                        None => ids.extend_from_slice(frames),
+                        _ => ids.extend_from_slice(frames),
                     }
                 }
             }
         }
         ids
     }
-}
-
-/// [`probe_frame_name`] when the frame at `depth` (file `offset` of a binary with
-/// `build_id`) is `probe`'s own: the innermost, at the probe's address.
-fn probed<'p>(
-    probe: &'p Probe,
-    depth: usize,
-    build_id: &Option<BuildId>,
-    offset: u64,
-) -> Option<&'p str> {
-    if depth != 0 || !is_probe_address(probe, build_id.as_ref(), offset) {
-        return None;
-    }
-    probe_frame_name(probe)
 }
 
 /// Unique rebased stacks whose frames got the same names, merged.

@@ -458,12 +458,8 @@ impl<'o> Writer<'o> {
                         build_id.as_ref(),
                         urec_format::FrameAddress::at_depth(m.offset, depth),
                     );
-                    if let Some(info) = self
-                        .probes
-                        .get(&ev.probe)
-                        .filter(|_| depth == 0 && symbolized)
-                    {
-                        named = probed_frames(&info.probe, named);
+                    if let Some(info) = self.probes.get(&ev.probe).filter(|_| symbolized) {
+                        named = probed_frames(&info.probe, depth, named);
                     }
                     for (name, l) in named {
                         frame_ids.push(self.frame_iid(&name, l.file.as_deref(), l.line));

@@ -576,12 +576,8 @@ impl<'o> Printer<'o> {
                         m.build_id,
                         urec_format::FrameAddress::at_depth(m.offset, depth),
                     );
-                    if let Some(probe) = self
-                        .probes
-                        .get(&ev.probe)
-                        .filter(|_| depth == 0 && symbolized)
-                    {
-                        frames = probed_frames(probe, frames);
+                    if let Some(probe) = self.probes.get(&ev.probe).filter(|_| symbolized) {
+                        frames = probed_frames(probe, depth, frames);
                     }
                     // Innermost first, as perf prints inlined frames.
                     for (name, _) in frames.iter().rev() {
