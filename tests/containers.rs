@@ -197,8 +197,9 @@ fn pid_in_a_mount_namespace_is_probed_by_its_own_paths() {
     assert_eq!(count(1, EventKind::Return), 500);
 
     // The frames are named while the root exists and after it is deleted (from the symbols
-    // section the record step wrote from the files the process mapped). glibc's own symbol
-    // table names atoi by its internal alias.
+    // section the record step wrote from the files the process mapped). The probed frame is
+    // named by its probe, as the table names it: atoi, not the internal alias `__GI_atoi` by
+    // which glibc's own symbol table names that address.
     let own = |folded: &str| -> Vec<String> {
         let mut v: Vec<String> = folded
             .lines()
@@ -213,9 +214,9 @@ fn pid_in_a_mount_namespace_is_probed_by_its_own_paths() {
     };
     let expected = [
         "main;a;leaf 300",
-        "main;a;leaf;__GI_atoi 300",
+        "main;a;leaf;atoi 300",
         "main;b;leaf 200",
-        "main;b;leaf;__GI_atoi 200",
+        "main;b;leaf;atoi 200",
     ];
     let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
         "report",

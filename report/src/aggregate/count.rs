@@ -6,7 +6,6 @@
 use urec_format::{Event, EventKind, ProbeKind};
 
 use super::{Aggregator, Pending};
-use crate::calls::pairing::is_goroutine;
 use crate::calls::{began_ns, call_key, Process, Verdict};
 use crate::model::breakdown::{numeric, ArgKey, GroupBy, RawKey};
 
@@ -47,9 +46,7 @@ impl Aggregator<'_> {
                 if !self.calls.in_window(began_ns(ev)) {
                     return;
                 }
-                if self.calls.by_latency()
-                    && !ev.latency_ns.is_some_and(|l| self.calls.keeps_latency(l))
-                {
+                if !self.calls.keeps_call(ev.latency_ns) {
                     return;
                 }
                 let stack = self.stack_key(ev, gen);
@@ -114,7 +111,7 @@ impl Aggregator<'_> {
         // What the bound pushes out is unmatched: its return was lost, or never comes.
         let mut evicted = Vec::new();
         self.pending
-            .push(call_key(ev, gen), pending, |(_, _, probe), old| {
+            .enter(call_key(ev, gen), pending, |probe, old| {
                 evicted.push((probe, old))
             });
         for (probe, old) in evicted {
@@ -261,31 +258,19 @@ impl Aggregator<'_> {
     }
 
     pub(super) fn pair_return(&mut self, pi: usize, ev: &Event, gen: Process) {
-        let key = call_key(ev, gen);
-        // A goroutine's calls nest: entries above the one this return takes were skipped by
-        // a panic (recovered further up) and are unmatched.
         let mut abandoned = Vec::new();
-        let popped = self.pending.pop_for_return_unwinding(
-            &key,
-            ev.time_ns,
-            ev.latency_ns,
-            is_goroutine(key.1),
-            |e| abandoned.push(e),
-        );
+        let ended = self.pending.end(ev, gen, |e| abandoned.push(e));
         for e in abandoned {
             self.abandon(pi, e, false);
         }
-        let measured = match (ev.latency_ns, &popped) {
-            (Some(lat), _) => Some(lat),
-            (None, Some(entry)) => Some(ev.time_ns.saturating_sub(entry.time_ns)),
-            (None, None) => None,
-        };
+        let began = ended.began_ns(ev);
         // What the report shows (and the latency filters judge): the probe cost taken off
         // with --subtract-probe-cost.
-        let latency = measured.map(|l| l.saturating_sub(self.subtracted(pi)));
-        let Some(entry) = popped else {
+        let latency = ended
+            .measured
+            .map(|l| l.saturating_sub(self.subtracted(pi)));
+        let Some(entry) = ended.entry else {
             // A return without its entry: judged by when the call began, if that is known.
-            let began = ev.time_ns.saturating_sub(measured.unwrap_or(0));
             if !self.calls.in_window(began) {
                 return;
             }
@@ -312,7 +297,7 @@ impl Aggregator<'_> {
         if !entry.kept {
             return; // its call is outside --time
         }
-        if self.calls.by_latency() && !latency.is_some_and(|l| self.calls.keeps_latency(l)) {
+        if !self.calls.keeps_call(latency) {
             return;
         }
         self.probes[pi].returns += 1;

@@ -30,13 +30,9 @@ impl Aggregator<'_> {
         }
         self.check_arg_names()?;
         // Entries still waiting: in flight if their process lived on, unmatched otherwise.
-        let mut waiting = self.pending.drain();
-        // In a fixed order: counting a call may add a group, and the cap must fall alike.
-        // (Stable: each key's entries stay oldest first.)
-        waiting.sort_by_key(|(key, _)| *key);
-        for ((gen, _tid, probe), entry) in waiting {
+        let waiting = self.pending.finish(self.calls.spaces.incarnations());
+        for (probe, entry, in_flight) in waiting {
             if let Some(pi) = self.probe_index(&probe) {
-                let in_flight = !self.calls.spaces.incarnations().ended(gen);
                 self.abandon(pi, entry, in_flight);
             }
         }

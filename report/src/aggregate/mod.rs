@@ -42,8 +42,9 @@ use urec_format::{
     ArgType, BuildId, Event, Finish, Header, LostSource, Probe, ProbeId, ProbeKind, Record, StackId,
 };
 
-use crate::calls::pairing::{Pairing, Waiting};
-use crate::calls::{CallKey, Calls, ProbeSlot};
+use crate::calls::paired::Entries;
+use crate::calls::pairing::Waiting;
+use crate::calls::{Calls, ProbeSlot};
 use crate::interner::Interner;
 use crate::model::breakdown::{ArgKey, GroupBy, Log2, ProbeGroups, RawKey};
 use crate::model::histogram::LatencyHistogram;
@@ -241,7 +242,7 @@ pub(crate) struct Aggregator<'o> {
     agg: Vec<AggStack>,
     dedup: HashMap<DedupKey, u32>,
     /// Entries waiting for their return, per (incarnation, thread or goroutine, probe).
-    pending: Pairing<CallKey, Pending>,
+    pending: Entries<Pending>,
     events: u64,
     first_ns: Option<u64>,
     last_ns: u64,
@@ -282,7 +283,7 @@ impl<'o> Aggregator<'o> {
             slots: Vec::new(),
             agg: Vec::new(),
             dedup: HashMap::new(),
-            pending: Pairing::default(),
+            pending: Entries::default(),
             events: 0,
             first_ns: None,
             last_ns: 0,

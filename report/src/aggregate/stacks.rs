@@ -12,7 +12,9 @@ use super::{AggStack, Aggregator, DedupKey, RFrame, Slot, StackKey};
 use crate::calls::Process;
 use crate::interner::Interner;
 use crate::model::breakdown::GroupBy;
-use crate::model::frames::{code_frames, FrameId, FrameKind, FrameTable, Location};
+use crate::model::frames::{
+    code_frames, probed_location, probed_name, FrameId, FrameKind, FrameTable, Location,
+};
 use crate::model::StackSummary;
 use crate::symbolize::Symbolizer;
 use crate::{Error, ReportOptions};
@@ -292,7 +294,18 @@ impl Namer<'_> {
                         .map(|(name, location)| table.intern(&name, FrameKind::Code(location)))
                         .collect()
                     });
-                    ids.extend_from_slice(frames);
+                    let symbolized = self.symbolizer.is_some();
+                    let build_id = self.binaries[binary as usize].1.as_ref();
+                    let probed = probed_name(probe, depth, build_id, offset).filter(|_| symbolized);
+                    // The probe's own frame, named as every output names it.
+                    let location = probed.and(frames.first()).map(|&id| &table.get(id).kind);
+                    match (probed, location) {
+                        (Some(name), Some(FrameKind::Code(location))) => {
+                            let location = probed_location(location.clone());
+                            ids.push(table.intern(name, FrameKind::Code(location)));
+                        }
+                        _ => ids.extend_from_slice(frames),
+                    }
                 }
             }
         }

@@ -10,14 +10,17 @@
 //! - *Does its call count?* `--time` by when the call began ([`Calls::in_window`], with
 //!   [`began_ns`] and the one time origin of [`filter::Window`]), `--min/max-latency` by its
 //!   latency ([`Calls::keeps_latency`]).
-//! - *Which entry does a return end?* [`pairing`]: the pairing rule and its bounds; a call's
-//!   entries wait per [`call_key`] (`report`, `script`) or per thread (Perfetto's slices,
-//!   which nest across probes).
+//! - *Which entry does a return end?* [`pairing`]: the pairing rule and its bounds. For
+//!   `report` and `script`, [`paired::Entries`] holds the waiting entries per [`call_key`] and
+//!   pairs each return, giving the call's measured latency and start; what is left over is
+//!   unmatched or in flight. Perfetto's slices keep a stack per thread (they nest across
+//!   probes) under the same rule.
 //!
 //! The passes are its sinks: each feeds every record to [`Calls::apply`] and every event to
 //! [`Calls::event`], and does with the verdict what it is for (count, print, draw).
 
 pub(crate) mod filter;
+pub(crate) mod paired;
 pub(crate) mod pairing;
 
 use urec_format::hash::FxHashMap;
@@ -201,6 +204,13 @@ impl<'f> Calls<'f> {
     #[inline]
     pub(crate) fn keeps_latency(&self, latency_ns: u64) -> bool {
         self.filter.keeps_latency(latency_ns)
+    }
+
+    /// `--min-latency` / `--max-latency` on a call whose latency is `latency` (`None`: not
+    /// known, which they never keep); every call when neither is given.
+    #[inline]
+    pub(crate) fn keeps_call(&self, latency: Option<u64>) -> bool {
+        !self.by_latency() || latency.is_some_and(|l| self.keeps_latency(l))
     }
 
     /// Any filter of events or calls besides `--probe`.

@@ -257,6 +257,7 @@ impl<K: Copy + Eq + Hash, T: Waiting> Pairing<K, T> {
     /// its time [`fits`]. The exact match matters where calls of one thread do not nest: Go
     /// goroutines share threads, so a thread's waiting entries belong to several goroutines
     /// whose calls end in any order.
+    #[cfg(test)]
     pub(crate) fn pop_for_return(
         &mut self,
         key: &K,

@@ -162,3 +162,142 @@ pub(crate) fn code_frames(
         })
         .collect()
 }
+
+/// The name every output gives a probe's own frame (the innermost, at the address the probe
+/// fired at): the probe's symbol as the resolver named it and the table shows it (`malloc`,
+/// not the `__GI___libc_malloc` alias the symbolizer may pick; C++ and Rust demangled by the
+/// probe's rule, which users wrote their spec in). `None` for a raw address outside any
+/// symbol and for USDT probes, whose site is inside a function: the symbolizer's frames stay.
+pub(crate) fn probe_frame_name(probe: &urec_format::Probe) -> Option<&str> {
+    (!probe.symbol.is_empty() && !probe.name.starts_with("usdt:")).then_some(&probe.symbol)
+}
+
+/// [`probe_frame_name`] when the frame at `depth` of a stack of `probe`, at file `offset` of a
+/// binary with `build_id`, is the probe's own: the innermost, at the function's start or the
+/// site the kernel attached to (past Go's stack check, or past an instruction it cannot
+/// emulate). A return probe's stack taken elsewhere keeps the symbolizer's names.
+pub(crate) fn probed_name<'p>(
+    probe: &'p urec_format::Probe,
+    depth: usize,
+    build_id: Option<&BuildId>,
+    offset: u64,
+) -> Option<&'p str> {
+    let at = offset == probe.offset.0 || probe.site.is_some_and(|s| s.offset.0 == offset);
+    let same_binary = match (build_id, probe.build_id.as_ref()) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    if depth != 0 || !at || !same_binary {
+        return None;
+    }
+    probe_frame_name(probe)
+}
+
+/// The probe's own frame at `location` (the function's, which what is inlined at the probe
+/// address folds into), named `name` by [`probed_name`].
+pub(crate) fn probed_location(location: Location) -> Location {
+    Location {
+        unnamed: None,
+        inline_depth: 0,
+        ..location
+    }
+}
+
+/// [`code_frames`] of frame `depth` of a stack of `probe`: at the probe's own address they
+/// collapse into one frame named by [`probed_name`], so that folded, flamegraph, pprof,
+/// Perfetto, script and JSON name the probed function as the table does.
+pub(crate) fn probed_frames(
+    probe: &urec_format::Probe,
+    depth: usize,
+    frames: Vec<(String, Location)>,
+) -> Vec<(String, Location)> {
+    let name = frames
+        .first()
+        .and_then(|(_, l)| probed_name(probe, depth, l.build_id.as_ref(), l.offset));
+    let Some(name) = name else {
+        return frames;
+    };
+    frames
+        .into_iter()
+        .next()
+        .map(|(_, location)| (name.to_string(), probed_location(location)))
+        .into_iter()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use urec_format::{FileOffset, Probe, ProbeKind, ProbeSite, SitePath, StackMode, Svma};
+
+    fn probe(name: &str, symbol: &str) -> Probe {
+        Probe {
+            id: 0,
+            name: name.into(),
+            specs: vec![name.into()],
+            binary: "/lib/libc.so.6".into(),
+            build_id: Some(BuildId(vec![1, 2])),
+            symbol: symbol.into(),
+            vaddr: Svma(0x1000),
+            offset: FileOffset(0x1000),
+            kind: ProbeKind::EntryReturn,
+            stack_mode: StackMode::FramePointer,
+            args: Vec::new(),
+            site: Some(ProbeSite {
+                offset: FileOffset(0x1006),
+                path: SitePath::Emulated,
+                cost_ns: None,
+            }),
+        }
+    }
+
+    fn at(name: &str, offset: u64, inline_depth: u32, build_id: u8) -> (String, Location) {
+        let location = Location {
+            binary: "/lib/libc.so.6".into(),
+            offset,
+            file: Some("malloc.c".into()),
+            line: Some(3),
+            inline_depth,
+            unnamed: None,
+            build_id: Some(BuildId(vec![1, build_id])),
+        };
+        (name.into(), location)
+    }
+
+    fn names(frames: &[(String, Location)]) -> Vec<&str> {
+        frames.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn the_probed_frame_is_named_by_its_probe_with_inlined_frames_folded_in() {
+        let p = probe("libc:malloc", "malloc");
+        let found = vec![
+            at("__GI___libc_malloc", 0x1000, 0, 2),
+            at("inlined", 0x1000, 1, 2),
+        ];
+        let got = probed_frames(&p, 0, found.clone());
+        assert_eq!(names(&got), ["malloc"]);
+        assert_eq!(got[0].1.inline_depth, 0);
+        // At the site the kernel attached to, too.
+        let site = vec![at("__GI___libc_malloc", 0x1006, 0, 2)];
+        assert_eq!(names(&probed_frames(&p, 0, site)), ["malloc"]);
+        // Not a caller's frame, not another address, not another binary.
+        assert_eq!(names(&probed_frames(&p, 1, found.clone())).len(), 2);
+        let elsewhere = vec![at("__GI___libc_malloc", 0x1010, 0, 2)];
+        assert_eq!(
+            names(&probed_frames(&p, 0, elsewhere)),
+            ["__GI___libc_malloc"]
+        );
+        let other = vec![at("__GI___libc_malloc", 0x1000, 0, 9)];
+        assert_eq!(names(&probed_frames(&p, 0, other)), ["__GI___libc_malloc"]);
+    }
+
+    #[test]
+    fn usdt_and_raw_address_probes_keep_the_symbolizers_frames() {
+        let found = vec![at("f", 0x1000, 0, 2), at("g", 0x1000, 1, 2)];
+        let usdt = probe("usdt:demo:tick", "f");
+        assert_eq!(names(&probed_frames(&usdt, 0, found.clone())), ["f", "g"]);
+        let raw = probe("bin:0x1000", "");
+        assert_eq!(names(&probed_frames(&raw, 0, found)), ["f", "g"]);
+    }
+}

@@ -46,7 +46,7 @@ use urec_format::hash::FxHashMap;
 use crate::calls::pairing::{fits, Pairing, Waiting};
 use crate::calls::{Calls, Process, Verdict};
 use crate::interner::Interner;
-use crate::model::frames::code_frames;
+use crate::model::frames::{code_frames, probe_frame_name, probed_frames};
 use crate::output::args::format_arg;
 use crate::output::proto::Msg;
 use crate::output::reorder::Reorder;
@@ -361,11 +361,8 @@ impl<'o> Writer<'o> {
         self.calls.apply(&record);
         match record {
             Record::Probe(p) => {
-                let name = if p.symbol.is_empty() || p.name.starts_with("usdt:") {
-                    p.name.clone()
-                } else {
-                    p.symbol.clone()
-                };
+                // The slice is named as the probe's frame is in every output.
+                let name = probe_frame_name(&p).unwrap_or(&p.name).to_string();
                 let name_iid = self.event_name(&name);
                 self.probes.insert(p.id, ProbeInfo { probe: p, name_iid });
             }
@@ -448,17 +445,22 @@ impl<'o> Writer<'o> {
         if stack.truncated {
             frame_ids.push(self.frame_iid("[truncated]", None, None));
         }
+        // Without symbolization every frame stays `binary+0xOFF`, the probe's too.
+        let symbolized = !self.opts.no_symbolize;
         for (depth, &addr) in stack.frames.iter().enumerate().rev() {
             match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
                 None => frame_ids.push(self.frame_iid("[unknown]", None, None)),
                 Some(m) => {
                     let (path, build_id) = (m.path.to_string(), m.build_id.cloned());
-                    let named = code_frames(
+                    let mut named = code_frames(
                         (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
                         &path,
                         build_id.as_ref(),
                         urec_format::FrameAddress::at_depth(m.offset, depth),
                     );
+                    if let Some(info) = self.probes.get(&ev.probe).filter(|_| symbolized) {
+                        named = probed_frames(&info.probe, depth, named);
+                    }
                     for (name, l) in named {
                         frame_ids.push(self.frame_iid(&name, l.file.as_deref(), l.line));
                     }

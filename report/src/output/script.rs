@@ -48,10 +48,10 @@ use std::path::Path;
 
 use urec_format::{Avma, Event, EventKind, ProbeId, Record, StackId};
 
-use crate::calls::pairing::Pairing;
-use crate::calls::{began_ns, call_key, CallKey, Calls, Verdict};
+use crate::calls::paired::Entries;
+use crate::calls::{began_ns, call_key, Calls, Verdict};
 use crate::input::Ahead;
-use crate::model::frames::code_frames;
+use crate::model::frames::{code_frames, probed_frames};
 use crate::output::args::format_arg;
 use crate::output::reorder::{Reorder, Timed};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
@@ -273,7 +273,7 @@ struct Printer<'o> {
     /// Time 0 of the printed times: boot (CLOCK_MONOTONIC) or the attach (`--reltime`).
     origin_ns: u64,
     /// Entries waiting for their return (latency filters), per call.
-    waiting: Pairing<CallKey, Event>,
+    waiting: Entries<Event>,
     /// Events left out by filters.
     filtered: u64,
     /// The call core: probes selected, processes, address spaces, filters.
@@ -310,7 +310,7 @@ impl<'o> Printer<'o> {
                 0
             },
             calls: Calls::new(&opts.filter, attach_ns),
-            waiting: Pairing::default(),
+            waiting: Entries::default(),
             filtered: 0,
             symbolizer,
             probes: HashMap::new(),
@@ -343,31 +343,27 @@ impl<'o> Printer<'o> {
         if !self.calls.by_latency() {
             return Some((ev, None));
         }
-        let calls = &self.calls;
-        let in_range = |lat: u64| calls.keeps_latency(lat);
         match (ev.kind, judged) {
             (EventKind::Entry, Some((process, urec_format::ProbeKind::EntryReturn))) => {
                 // An entry the bound pushes out can never be judged: filtered, as one
                 // whose return never comes.
                 let filtered = &mut self.filtered;
                 self.waiting
-                    .push(call_key(&ev, process), ev, |_, _| *filtered += 1);
+                    .enter(call_key(&ev, process), ev, |_, _| *filtered += 1);
                 None
             }
             (EventKind::Return, Some((process, urec_format::ProbeKind::EntryReturn))) => {
-                let key = call_key(&ev, process);
-                let entry = self.waiting.pop_for_return(&key, ev.time_ns, ev.latency_ns);
-                let latency = ev
-                    .latency_ns
-                    .or_else(|| entry.as_ref().map(|e| ev.time_ns.saturating_sub(e.time_ns)));
-                if latency.is_some_and(in_range) {
-                    Some((ev, entry))
+                // Entries a goroutine's return unwound past never end: filtered too.
+                let filtered = &mut self.filtered;
+                let ended = self.waiting.end(&ev, process, |_| *filtered += 1);
+                if self.calls.keeps_call(ended.measured) {
+                    Some((ev, ended.entry))
                 } else {
-                    self.filtered += 1 + u64::from(entry.is_some());
+                    self.filtered += 1 + u64::from(ended.entry.is_some());
                     None
                 }
             }
-            (EventKind::Return, _) if ev.latency_ns.is_some_and(in_range) => Some((ev, None)),
+            (EventKind::Return, _) if self.calls.keeps_call(ev.latency_ns) => Some((ev, None)),
             _ => {
                 // No latency to judge by.
                 self.filtered += 1;
@@ -568,16 +564,21 @@ impl<'o> Printer<'o> {
             }
             let _ = writeln!(text, "\t{}", parts.join(" "));
         };
+        // Without symbolization every frame stays `binary+0xOFF`, the probe's too.
+        let symbolized = !self.opts.no_symbolize;
         for (depth, &addr) in stack.frames.iter().enumerate() {
             match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
                 None => frame_line(&mut text, addr.0, "[unknown]", "[unknown]"),
                 Some(m) => {
-                    let frames = code_frames(
+                    let mut frames = code_frames(
                         (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
                         m.path,
                         m.build_id,
                         urec_format::FrameAddress::at_depth(m.offset, depth),
                     );
+                    if let Some(probe) = self.probes.get(&ev.probe).filter(|_| symbolized) {
+                        frames = probed_frames(probe, depth, frames);
+                    }
                     // Innermost first, as perf prints inlined frames.
                     for (name, _) in frames.iter().rev() {
                         frame_line(&mut text, addr.0, name, m.path);
