@@ -289,8 +289,9 @@ pub fn warn_resolution(resolution: &urec_probe::Resolution, verbosity: Verbosity
         }
         if !stepped.is_empty() {
             eprintln!(
-                "urec: warning: the kernel single-steps the probed instruction of {}, about \
-                 10x the cost per hit of an emulated one: {}",
+                "urec: warning: the kernel single-steps the probed instruction of {}, a second \
+                 trap per hit (tens of times an emulated one in a VM; `-v` prints the measured \
+                 cost): {}",
                 urec_format::plural(stepped.len() as u64, "probe", "probes"),
                 urec_format::printable(&urec_format::name_list(&stepped, 8))
             );
