@@ -283,7 +283,7 @@ struct JsonFunction<'a> {
     interval_calls: u64,
     rate: f64,
     interval_latency_ns: Option<JsonInterval>,
-    latency_ns: Option<JsonLatency>,
+    latency_ns: Option<urec_report::LatencyStats>,
     /// With `--top-stacks` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     top_stacks: Option<Vec<JsonStack>>,
@@ -303,17 +303,6 @@ struct JsonInterval {
     max: u64,
 }
 
-#[derive(serde::Serialize)]
-struct JsonLatency {
-    min: u64,
-    mean: u64,
-    p50: u64,
-    p90: u64,
-    p99: u64,
-    max: u64,
-    total: u64,
-}
-
 /// The JSON line of one interval.
 fn json_line<'a>(tick: &'a Tick, mut namer: Option<&mut StackNamer>, top_n: u32) -> JsonTick<'a> {
     let functions = figures(tick)
@@ -330,15 +319,7 @@ fn json_line<'a>(tick: &'a Tick, mut namer: Option<&mut StackNamer>, top_n: u32)
             interval_latency_ns: f
                 .interval
                 .map(|(p50, p99, max)| JsonInterval { p50, p99, max }),
-            latency_ns: f.total.as_ref().map(|s| JsonLatency {
-                min: s.min,
-                mean: s.mean,
-                p50: s.p50,
-                p90: s.p90,
-                p99: s.p99,
-                max: s.max,
-                total: s.total,
-            }),
+            latency_ns: f.total,
             top_stacks: namer.as_deref_mut().map(|n| {
                 n.hottest(&f.row.stacks, top_n)
                     .into_iter()

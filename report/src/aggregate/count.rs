@@ -137,23 +137,22 @@ impl Aggregator<'_> {
                 (None, Some(_)) => Some(RawKey::Arg(ArgKey::Missing)),
                 (None, None) => None,
             };
-            self.count_call(
-                pi,
-                entry.pid,
-                entry.comm,
-                entry.stack,
-                key.as_ref(),
-                entry.weight,
-            );
-            if let Some(v) = entry.hist {
-                self.probes[pi].hist.record(*v);
-            }
+            self.count_entry(pi, entry.pid, &entry, key.as_ref());
         }
         let p = &mut self.probes[pi];
         if in_flight {
             p.in_flight += 1;
         } else {
             p.unmatched += 1;
+        }
+    }
+
+    /// Counts the call that `entry` began, when its entry event did not count it yet (latency
+    /// filters wait for the return): the call itself, and its `--hist` value.
+    fn count_entry(&mut self, pi: usize, pid: u32, entry: &Pending, key: Option<&RawKey>) {
+        self.count_call(pi, pid, entry.comm, entry.stack, key, entry.weight);
+        if let Some(v) = &entry.hist {
+            self.probes[pi].hist.record(**v);
         }
     }
 
@@ -269,7 +268,7 @@ impl Aggregator<'_> {
         let latency = ended
             .measured
             .map(|l| l.saturating_sub(self.subtracted(pi)));
-        let Some(entry) = ended.entry else {
+        let Some(mut entry) = ended.entry else {
             // A return without its entry: judged by when the call began, if that is known.
             if !self.calls.in_window(began) {
                 return;
@@ -301,22 +300,12 @@ impl Aggregator<'_> {
             return;
         }
         self.probes[pi].returns += 1;
-        let key = match entry.group {
+        let key = match entry.group.take() {
             Some(k) => Some(*k),
             None => self.group_key(pi, ev, gen, entry.stack),
         };
         if !entry.counted {
-            self.count_call(
-                pi,
-                ev.pid,
-                entry.comm,
-                entry.stack,
-                key.as_ref(),
-                entry.weight,
-            );
-            if let Some(v) = entry.hist {
-                self.probes[pi].hist.record(*v);
-            }
+            self.count_entry(pi, ev.pid, &entry, key.as_ref());
         }
         if let Some(lat) = latency {
             self.add_latency(pi, entry.stack, key.as_ref(), lat, entry.weight);

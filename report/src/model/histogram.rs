@@ -32,8 +32,9 @@ pub struct LatencyHistogram {
     max: u64,
 }
 
-/// Summary statistics of a [`LatencyHistogram`], in ns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Summary statistics of a [`LatencyHistogram`], in ns. Serialized as is by `report --json`
+/// (`latency_ns`) and `urec top --json`: one shape for a latency summary wherever it appears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct LatencyStats {
     /// Smallest value, exact.
     pub min: u64,

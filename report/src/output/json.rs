@@ -41,7 +41,7 @@ struct DiffJson<'a> {
 #[derive(Serialize)]
 struct DiffSideJson {
     calls: u64,
-    latency_ns: Option<LatencyJson>,
+    latency_ns: Option<crate::LatencyStats>,
 }
 
 #[derive(Serialize)]
@@ -49,7 +49,7 @@ struct GroupJson<'a> {
     probe: &'a str,
     key: std::collections::BTreeMap<&'a str, GroupValueJson<'a>>,
     calls: u64,
-    latency_ns: Option<LatencyJson>,
+    latency_ns: Option<crate::LatencyStats>,
 }
 
 /// A key's value: a number for u/s types, pid and tid; `"0x..."` for x types; a string for
@@ -80,7 +80,7 @@ fn diff_side(side: &Option<crate::model::Side>) -> DiffSideJson {
     match side {
         Some(s) => DiffSideJson {
             calls: s.calls,
-            latency_ns: s.latency.map(latency),
+            latency_ns: s.latency,
         },
         None => DiffSideJson {
             calls: 0,
@@ -162,7 +162,7 @@ struct FunctionJson<'a> {
     in_flight: u64,
     unmatched: u64,
     lost: u64,
-    latency_ns: Option<LatencyJson>,
+    latency_ns: Option<crate::LatencyStats>,
     processes: Vec<ProcessJson<'a>>,
     filtered: u64,
     /// Calls whose events are in the file: what stacks, processes and groups cover.
@@ -179,17 +179,6 @@ struct FunctionJson<'a> {
     /// The probe cost the recorder calibrated for this probe's way (SPEC.md, "Probe sites
     /// and probe cost"), null when not measured.
     probe_cost_ns: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct LatencyJson {
-    min: u64,
-    mean: u64,
-    p50: u64,
-    p90: u64,
-    p99: u64,
-    max: u64,
-    total: u64,
 }
 
 #[derive(Serialize)]
@@ -217,18 +206,6 @@ struct LocationJson<'a> {
     file: Option<&'a str>,
     line: Option<u32>,
     inlined: bool,
-}
-
-fn latency(s: crate::LatencyStats) -> LatencyJson {
-    LatencyJson {
-        min: s.min,
-        mean: s.mean,
-        p50: s.p50,
-        p90: s.p90,
-        p99: s.p99,
-        max: s.max,
-        total: s.total,
-    }
 }
 
 fn group_value(v: &GroupValue) -> GroupValueJson<'_> {
@@ -334,7 +311,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                 sampled: f.sampled,
                 counts_from: if f.from_kernel { "kernel" } else { "events" },
                 probe_cost_ns: f.probe_cost_ns,
-                latency_ns: f.latency_stats().map(latency),
+                latency_ns: f.latency_stats(),
                 processes: f
                     .processes
                     .iter()
@@ -382,7 +359,7 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                     probe: &row.probe,
                     key: [(g.key.as_str(), group_value(&row.value))].into(),
                     calls: row.stats.calls,
-                    latency_ns: row.stats.latency.stats().map(latency),
+                    latency_ns: row.stats.latency.stats(),
                 })
                 .collect()
         }),
