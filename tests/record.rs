@@ -369,14 +369,7 @@ fn all_names_a_binary_no_process_mapped() {
     assert!(o.status.success(), "{o:?}");
     let stderr = String::from_utf8_lossy(&o.stderr);
     let probed = std::fs::canonicalize(&t.exe).unwrap();
-    assert!(
-        stderr.contains(&format!(
-            "urec: warning: {} was never mapped by any process during the recording",
-            probed.display()
-        )),
-        "{stderr}"
-    );
-    assert_eq!(stderr.matches("never mapped").count(), 1, "{stderr}");
+    assert_only_never_mapped_by_any(&stderr, &probed.display());
 }
 
 #[test]
@@ -532,14 +525,7 @@ fn all_with_a_command_counts_binaries_mapped_before_it_began() {
     running.wait().unwrap();
     assert!(o.status.success(), "{o:?}");
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "urec: warning: {} was never mapped by any process during the recording",
-            copy.display()
-        )),
-        "{stderr}"
-    );
-    assert_eq!(stderr.matches("never mapped").count(), 1, "{stderr}");
+    assert_only_never_mapped_by_any(&stderr, &copy.display());
 }
 
 /// `-p`: what the process had mapped and was running before the recording began comes from
@@ -585,6 +571,17 @@ fn pid_counts_what_the_process_mapped_before_it_began() {
             "urec: warning: {} was never mapped by the traced process (it ran {})",
             copy.display(),
             probed.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("never mapped").count(), 1, "{stderr}");
+}
+
+/// The one "never mapped" warning of an `-a` recording names `binary`.
+fn assert_only_never_mapped_by_any(stderr: &str, binary: &dyn std::fmt::Display) {
+    assert!(
+        stderr.contains(&format!(
+            "urec: warning: {binary} was never mapped by any process during the recording"
         )),
         "{stderr}"
     );
