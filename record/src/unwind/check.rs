@@ -22,9 +22,7 @@ use urec_unwind_table::walk::{walk, Regs as WalkRegs, WalkEnd};
 use urec_unwind_table::{Sections, TableCache, UnwindTable};
 
 use super::elf::ElfUnwindInfo;
-use super::{
-    stack_word, FileKey, PendingReturn, Regs, Substitutions, Truncation, UnwindOutcome, MAX_FRAMES,
-};
+use super::{in_hole, FileKey, Substitutions, Truncation, UnwindInput, UnwindOutcome, MAX_FRAMES};
 
 /// The environment variable naming the file the results go to.
 pub(super) const ENV: &str = "UREC_TEST_UNWIND_TABLES";
@@ -101,18 +99,18 @@ impl TableCheck {
 
     /// Walks the tables over the same inputs framehop had and records the comparison with
     /// framehop's `frames` and `outcome`.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn compare(
         &mut self,
-        pid: u32,
-        regs: Regs,
-        stack: &[u8],
-        holes: &[Range<u64>],
-        trampoline: Option<u64>,
-        pending_returns: &[PendingReturn],
+        input: &UnwindInput<'_>,
         frames: &[u64],
         outcome: UnwindOutcome,
     ) {
+        let UnwindInput {
+            pid,
+            regs,
+            trampoline,
+            ..
+        } = *input;
         let line = match self.processes.get(&pid) {
             None => match outcome {
                 UnwindOutcome::Truncated(Truncation::UnknownProcess) => {
@@ -126,9 +124,9 @@ impl TableCheck {
                     let m = modules.get(i.checked_sub(1)?)?;
                     (pc < m.0.end).then_some((&*m.2, m.1))
                 };
-                let mut substitutions = Substitutions::new(pending_returns);
+                let mut substitutions = Substitutions::new(input.pending_returns);
                 let read = |addr: u64| {
-                    let word = stack_word(stack, regs.sp, holes, addr)?;
+                    let word = input.word(addr)?;
                     if Some(word) == trampoline {
                         return Some(substitutions.original(addr).unwrap_or(word));
                     }
@@ -140,7 +138,7 @@ impl TableCheck {
                     bp: regs.bp,
                 };
                 let end = walk(table_for, start, read, MAX_FRAMES, &mut self.frames);
-                let stack_end = regs.sp.saturating_add(stack.len() as u64);
+                let stack_end = input.copy_end();
                 let walked = match end {
                     WalkEnd::Complete => Some(UnwindOutcome::Complete),
                     WalkEnd::Fallback(_) => None,
@@ -155,11 +153,7 @@ impl TableCheck {
                     WalkEnd::ReadFailed(a) if a >= stack_end => {
                         Some(UnwindOutcome::Truncated(Truncation::StackCopyEnd))
                     }
-                    WalkEnd::ReadFailed(a)
-                        if holes
-                            .iter()
-                            .any(|h| a < h.end && h.start < a.saturating_add(8)) =>
-                    {
+                    WalkEnd::ReadFailed(a) if in_hole(input.holes, a) => {
                         Some(UnwindOutcome::Truncated(Truncation::Unreadable))
                     }
                     WalkEnd::ReadFailed(_) | WalkEnd::BadStack => {

@@ -200,12 +200,41 @@ const MEMO_ENTRIES: usize = 4096;
 const MEMO_COLD_AFTER: u32 = MEMO_ENTRIES as u32;
 const MEMO_COLD_SAMPLE: u64 = 32;
 
-/// The stack word at `addr` of a copy starting at `sp`, `None` where unreadable.
-fn stack_word(stack: &[u8], sp: u64, holes: &[Range<u64>], addr: u64) -> Option<u64> {
-    if holes
+/// Whether the word at `addr` overlaps a range of the copy that could not be read.
+fn in_hole(holes: &[Range<u64>], addr: u64) -> bool {
+    holes
         .iter()
         .any(|h| addr < h.end && h.start < addr.saturating_add(8))
-    {
+}
+
+/// What one unwind starts from: an event's registers and stack copy, the copy's unreadable
+/// ranges, and the return trampoline with the returns it stands for. One value, so that the
+/// memo, framehop's unwind and the table cross-check take the same inputs.
+#[derive(Clone, Copy)]
+struct UnwindInput<'a> {
+    pid: u32,
+    regs: Regs,
+    stack: &'a [u8],
+    holes: &'a [Range<u64>],
+    trampoline: Option<u64>,
+    pending_returns: &'a [PendingReturn],
+}
+
+impl UnwindInput<'_> {
+    /// The stack word at `addr`, `None` outside the copy or in a hole.
+    fn word(&self, addr: u64) -> Option<u64> {
+        stack_word(self.stack, self.regs.sp, self.holes, addr)
+    }
+
+    /// The first address past the copy.
+    fn copy_end(&self) -> u64 {
+        self.regs.sp.saturating_add(self.stack.len() as u64)
+    }
+}
+
+/// The stack word at `addr` of a copy starting at `sp`, `None` where unreadable.
+fn stack_word(stack: &[u8], sp: u64, holes: &[Range<u64>], addr: u64) -> Option<u64> {
+    if in_hole(holes, addr) {
         return None;
     }
     let offset = usize::try_from(addr.checked_sub(sp)?).ok()?;
@@ -413,54 +442,39 @@ impl Unwinder {
         pending_returns: &[PendingReturn],
         out: &mut Vec<u64>,
     ) -> UnwindOutcome {
-        let outcome =
-            self.unwind_memoized(pid, regs, stack, holes, trampoline, pending_returns, out);
-        self.check(
+        let input = UnwindInput {
             pid,
             regs,
             stack,
             holes,
             trampoline,
             pending_returns,
-            out,
-            outcome,
-        );
+        };
+        let outcome = self.unwind_memoized(&input, out);
+        self.check(&input, out, outcome);
         outcome
     }
 
     /// [`Unwinder::unwind_with_holes`] through the memo (see [`Memo`]).
-    #[allow(clippy::too_many_arguments)]
-    fn unwind_memoized(
-        &mut self,
-        pid: u32,
-        regs: Regs,
-        stack: &[u8],
-        holes: &[Range<u64>],
-        trampoline: Option<u64>,
-        pending_returns: &[PendingReturn],
-        out: &mut Vec<u64>,
-    ) -> UnwindOutcome {
+    fn unwind_memoized(&mut self, input: &UnwindInput<'_>, out: &mut Vec<u64>) -> UnwindOutcome {
+        let UnwindInput {
+            pid,
+            regs,
+            trampoline,
+            pending_returns,
+            holes,
+            ..
+        } = *input;
         // A memo that keeps missing is consulted for one unwind in MEMO_COLD_SAMPLE only.
         self.unwinds = self.unwinds.wrapping_add(1);
         if self.memo_misses >= MEMO_COLD_AFTER && !self.unwinds.is_multiple_of(MEMO_COLD_SAMPLE) {
-            return self.unwind_uncached(
-                pid,
-                regs,
-                stack,
-                holes,
-                trampoline,
-                pending_returns,
-                out,
-                None,
-            );
+            return self.unwind_uncached(input, out, None);
         }
         if let Some(m) = self.memo.get(&(pid, regs)) {
             if m.trampoline == trampoline
                 && m.pending == pending_returns
                 && m.holes == holes
-                && m.reads
-                    .iter()
-                    .all(|&(addr, word)| stack_word(stack, regs.sp, holes, addr) == word)
+                && m.reads.iter().all(|&(addr, word)| input.word(addr) == word)
             {
                 out.clear();
                 out.extend_from_slice(&m.frames);
@@ -472,16 +486,7 @@ impl Unwinder {
         self.memo_misses = self.memo_misses.saturating_add(1);
         let mut reads = std::mem::take(&mut self.reads);
         reads.clear();
-        let outcome = self.unwind_uncached(
-            pid,
-            regs,
-            stack,
-            holes,
-            trampoline,
-            pending_returns,
-            out,
-            Some(&mut reads),
-        );
+        let outcome = self.unwind_uncached(input, out, Some(&mut reads));
         if self.memo.len() >= MEMO_ENTRIES {
             self.memo.clear();
         }
@@ -501,28 +506,16 @@ impl Unwinder {
     }
 
     /// Hands an unwind to the table cross-check, when on.
-    #[allow(clippy::too_many_arguments)]
-    fn check(
-        &mut self,
-        pid: u32,
-        regs: Regs,
-        stack: &[u8],
-        holes: &[Range<u64>],
-        trampoline: Option<u64>,
-        pending_returns: &[PendingReturn],
-        out: &[u64],
-        outcome: UnwindOutcome,
-    ) {
+    fn check(&mut self, input: &UnwindInput<'_>, out: &[u64], outcome: UnwindOutcome) {
         if let Some(check) = &mut self.check {
-            let trampoline =
-                trampoline.or_else(|| self.processes.get(&pid).and_then(|p| p.trampoline));
+            let trampoline = input
+                .trampoline
+                .or_else(|| self.processes.get(&input.pid).and_then(|p| p.trampoline));
             check.compare(
-                pid,
-                regs,
-                stack,
-                holes,
-                trampoline,
-                pending_returns,
+                &UnwindInput {
+                    trampoline,
+                    ..*input
+                },
                 out,
                 outcome,
             );
@@ -530,18 +523,13 @@ impl Unwinder {
     }
 
     /// Unwinds with framehop, logging every stack word read into `reads`.
-    #[allow(clippy::too_many_arguments)]
     fn unwind_uncached(
         &mut self,
-        pid: u32,
-        regs: Regs,
-        stack: &[u8],
-        holes: &[Range<u64>],
-        trampoline: Option<u64>,
-        pending_returns: &[PendingReturn],
+        input: &UnwindInput<'_>,
         out: &mut Vec<u64>,
         mut reads: Option<&mut Vec<(u64, Option<u64>)>>,
     ) -> UnwindOutcome {
+        let UnwindInput { pid, regs, .. } = *input;
         out.clear();
         out.push(regs.ip);
         let Some(process) = self.processes.get(&pid) else {
@@ -550,13 +538,12 @@ impl Unwinder {
         if !process.contains(regs.ip) {
             return UnwindOutcome::Truncated(Truncation::UnknownAddress);
         }
-        let trampoline = trampoline.or(process.trampoline);
-        let sp = regs.sp;
-        let stack_end = sp.saturating_add(stack.len() as u64);
+        let trampoline = input.trampoline.or(process.trampoline);
+        let stack_end = input.copy_end();
 
-        let mut substitutions = Substitutions::new(pending_returns);
+        let mut substitutions = Substitutions::new(input.pending_returns);
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
-            let word = stack_word(stack, sp, holes, addr);
+            let word = input.word(addr);
             if let Some(reads) = reads.as_mut() {
                 reads.push((addr, word));
             }
@@ -605,9 +592,7 @@ impl Unwinder {
                 Err(framehop::Error::CouldNotReadStack(addr)) if addr >= stack_end => {
                     return UnwindOutcome::Truncated(Truncation::StackCopyEnd)
                 }
-                Err(framehop::Error::CouldNotReadStack(addr))
-                    if holes.iter().any(|h| addr < h.end && h.start < addr + 8) =>
-                {
+                Err(framehop::Error::CouldNotReadStack(addr)) if in_hole(input.holes, addr) => {
                     return UnwindOutcome::Truncated(Truncation::Unreadable)
                 }
                 Err(_) => return UnwindOutcome::Truncated(Truncation::BadStack),
