@@ -446,30 +446,16 @@ pub fn median(l: &LatencyAggregate) -> Option<u64> {
     None
 }
 
-/// The file offset of `addr`, an address in urec's own executable, from `/proc/self/maps`.
+/// The file offset of `addr`, an address in urec's own executable, from its mappings (read as
+/// the process table reads any process's).
 fn own_file_offset(addr: usize) -> Result<u64> {
-    let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
-    let addr = addr as u64;
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms), Some(off)) = (f.next(), f.next(), f.next()) else {
-            continue;
-        };
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end), Ok(off)) = (
-            u64::from_str_radix(start, 16),
-            u64::from_str_radix(end, 16),
-            u64::from_str_radix(off, 16),
-        ) else {
-            continue;
-        };
-        if (start..end).contains(&addr) && perms.contains('x') {
-            return Ok(addr - start + off);
-        }
-    }
-    bail!("no executable mapping of urec holds {addr:#x}")
+    let pid = std::process::id();
+    let addr = urec_format::Avma(addr as u64);
+    let maps = crate::procfs::maps(pid).context("reading /proc/self/maps")?;
+    maps.into_iter()
+        .find_map(|m| m.mapping(pid).file_offset(addr))
+        .map(|o| o.0)
+        .with_context(|| format!("no executable mapping of urec holds {:#x}", addr.0))
 }
 
 /// The forked helper, waiting on a pipe.
