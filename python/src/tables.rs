@@ -3,9 +3,9 @@
 //!
 //! CPython keeps these layouts stable within a minor version (the structs are internal, but
 //! debuggers and profilers such as py-spy rely on it), so a table is keyed by the minor
-//! version the binary states in `Py_Version`, never by file name. Each number below was taken
-//! from the headers of that version by compiling `offsetof`/`sizeof` against them (the program
-//! is in `docs/python-frames.md`), and the header and struct are named next to it.
+//! version the binary states in `Py_Version`, never by file name. Each number was measured by a
+//! compiler from that version's headers, never counted by hand, and the header and struct are
+//! named next to it; `docs/python-frames.md` has the programs.
 
 use crate::{CurrentFrame, EntryMarker, FrameOffsets};
 
@@ -13,10 +13,7 @@ use crate::{CurrentFrame, EntryMarker, FrameOffsets};
 pub fn for_minor(minor: u8) -> Option<FrameOffsets> {
     match minor {
         11 => Some(PY311),
-        // 3.12 needs its own table (its `PyThreadState` and `_PyInterpreterFrame` differ from
-        // 3.11's: `is_entry` is gone, `FRAME_OWNED_BY_CSTACK` marks entry frames). No 3.12
-        // headers were on the machine the 3.11 table was measured on, and a number not
-        // measured from them is not written here; until it is, 3.12 is `Unknown`.
+        12 => Some(PY312),
         _ => None,
     }
 }
@@ -57,4 +54,47 @@ const PY311: FrameOffsets = FrameOffsets {
     // cpython/unicodeobject.h, `PyASCIIObject`: `state`; sizeof(PyASCIIObject) = 48.
     unicode_state: 32,
     unicode_ascii_data: 48,
+};
+
+/// CPython 3.12, measured with Rust's `offset_of!`/`size_of` on py-spy's bindgen output of the
+/// CPython v3.12.0 headers (benfred/py-spy `src/python_bindings/v3_12_0.rs`, commit d230d82):
+/// no 3.12 headers or interpreter were on the machine. The same program on py-spy's
+/// `v3_11_0.rs` gave exactly the [`PY311`] numbers measured from Debian's headers (every
+/// field but `interpreters.head`, which py-spy's 3.11 binding leaves out), which is what the
+/// method was checked by. Not yet checked against a running 3.12.
+const PY312: FrameOffsets = FrameOffsets {
+    // internal/pycore_runtime.h, `struct pyruntimestate`: `interpreters.head`.
+    runtime_interpreters_head: 40,
+    // internal/pycore_interp.h, `struct _is`: `next`, `threads.head` (3.12 added members
+    // before `threads`).
+    interp_next: 0,
+    interp_threads_head: 72,
+    // cpython/pystate.h, `struct _ts`: `next`, `thread_id`, `native_thread_id`, `cframe`.
+    tstate_next: 8,
+    tstate_thread_id: 136,
+    tstate_native_thread_id: 144,
+    current_frame: CurrentFrame::ViaCframe {
+        cframe: 56,
+        // cpython/pystate.h, `struct _PyCFrame`: `current_frame` (`use_tracing` is gone).
+        current_frame: 0,
+    },
+    // internal/pycore_frame.h, `struct _PyInterpreterFrame` (sizeof 80): `f_code`,
+    // `previous`, `prev_instr`, `owner` (char).
+    frame_code: 0,
+    frame_previous: 8,
+    frame_instr: 56,
+    frame_owner: 70,
+    // internal/pycore_frame.h, `enum _frameowner`: FRAME_OWNED_BY_CSTACK = 3 (the value
+    // pystack's and the OTel profiler's sources use for 3.12 and 3.13; 3.14 renumbered it).
+    entry: EntryMarker::Owner { cstack: 3 },
+    // cpython/code.h, `_PyCode_DEF`: as 3.11 but `co_firstlineno` and `co_code_adaptive`.
+    code_firstlineno: 68,
+    code_filename: 112,
+    code_qualname: 128,
+    code_linetable: 136,
+    code_adaptive: 192,
+    // cpython/unicodeobject.h, `PyASCIIObject`: `state`; sizeof(PyASCIIObject) = 40 (`wstr`
+    // is gone).
+    unicode_state: 32,
+    unicode_ascii_data: 40,
 };
