@@ -131,7 +131,8 @@ const PY313: DebugLayout = DebugLayout {
     unicode_ascii_size: 70,
     // thread_state.size, interpreter_frame.size, code_object.size.
     sizes: Some([19, 28, 34]),
-    // internal/pycore_frame.h, `enum _frameowner`: FRAME_OWNED_BY_CSTACK = 3 in 3.13.
+    // internal/pycore_frame.h, `enum _frameowner`: FRAME_OWNED_BY_CSTACK = 3 in 3.13, as
+    // other walkers' sources state it (docs/python-frames.md); to be read in the header.
     cstack: 3,
 };
 

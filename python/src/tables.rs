@@ -84,8 +84,9 @@ const PY312: FrameOffsets = FrameOffsets {
     frame_previous: 8,
     frame_instr: 56,
     frame_owner: 70,
-    // internal/pycore_frame.h, `enum _frameowner`: FRAME_OWNED_BY_CSTACK = 3 (the value
-    // pystack's and the OTel profiler's sources use for 3.12 and 3.13; 3.14 renumbered it).
+    // internal/pycore_frame.h, `enum _frameowner`: FRAME_OWNED_BY_CSTACK = 3, not in the
+    // bindings (an enum): the value other frame walkers' sources use from 3.12 on (found by
+    // code search; docs/python-frames.md). To be read in the 3.12 header itself.
     entry: EntryMarker::Owner { cstack: 3 },
     // cpython/code.h, `_PyCode_DEF`: as 3.11 but `co_firstlineno` and `co_code_adaptive`.
     code_firstlineno: 68,
