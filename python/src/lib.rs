@@ -273,6 +273,77 @@ mod tests {
         assert_eq!(Some(py.offsets), tables::for_minor(11));
     }
 
+    /// pyenv's builds on the project's VM (`--enable-shared`: `_PyRuntime` is in libpython,
+    /// the executable has neither symbol).
+    const PYENV_312: &str = "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0";
+    const PYENV_313: &str = "/root/.pyenv/versions/3.13.0/lib/libpython3.13.so.1.0";
+
+    fn known(path: &str) -> Option<Cpython> {
+        if !Path::new(path).exists() {
+            eprintln!("skipped: no {path}");
+            return None;
+        }
+        match detect(Path::new(path)).expect("open") {
+            Detection::Known(py) => Some(*py),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pyenv_312_is_known_from_the_table() {
+        let Some(py) = known(PYENV_312) else { return };
+        assert_eq!(py.version.to_string(), "3.12.1");
+        assert_eq!(py.source, OffsetSource::Table);
+        assert_eq!(Some(py.offsets), tables::for_minor(12));
+    }
+
+    /// The binary's own `_Py_DebugOffsets`, read through the 3.13 layout, against `offsetof`
+    /// on the same build's installed headers (`include/python3.13`, docs/python-frames.md).
+    #[test]
+    fn pyenv_313_offsets_come_from_the_binary() {
+        let Some(py) = known(PYENV_313) else { return };
+        assert_eq!(py.version.to_string(), "3.13.0");
+        assert_eq!(py.source, OffsetSource::DebugOffsets);
+        let o = py.offsets;
+        assert_eq!(
+            (
+                o.runtime_interpreters_head,
+                o.interp_next,
+                o.interp_threads_head
+            ),
+            (632, 7264, 7344)
+        );
+        assert_eq!(
+            (o.tstate_next, o.tstate_thread_id, o.tstate_native_thread_id),
+            (8, 152, 160)
+        );
+        assert_eq!(o.current_frame, CurrentFrame::Direct { current_frame: 72 });
+        assert_eq!(
+            (o.frame_code, o.frame_previous, o.frame_instr, o.frame_owner),
+            (0, 8, 56, 70)
+        );
+        assert_eq!(o.entry, EntryMarker::Owner { cstack: 3 });
+        assert_eq!(
+            (
+                o.code_filename,
+                o.code_qualname,
+                o.code_linetable,
+                o.code_firstlineno
+            ),
+            (112, 128, 136, 68)
+        );
+        assert_eq!(o.code_adaptive, 200);
+        assert_eq!((o.unicode_state, o.unicode_ascii_data), (32, 40));
+    }
+
+    #[test]
+    fn a_shared_build_executable_is_not_cpython_itself() {
+        let exe = "/root/.pyenv/versions/3.13.0/bin/python3.13";
+        if Path::new(exe).exists() {
+            assert_eq!(detect(Path::new(exe)).expect("open"), Detection::NotCpython);
+        }
+    }
+
     #[test]
     fn a_native_binary_is_not_cpython() {
         let detection = detect(Path::new("/usr/bin/true")).expect("open /usr/bin/true");
