@@ -58,10 +58,21 @@ pub struct DebugLayout {
     pub unicode_state: usize,
     /// `unicode_object.asciiobject_size`.
     pub unicode_ascii_size: usize,
+    /// `unicode_object.length`.
+    pub unicode_length: usize,
+    /// `unicode_object.size`: `sizeof(PyUnicodeObject)`, which is `PyCompactUnicodeObject`
+    /// and one data pointer, so it also gives where compact non-ASCII characters begin (the
+    /// struct publishes no `sizeof(PyCompactUnicodeObject)`).
+    pub unicode_size: usize,
+    /// `bytes_object.ob_size`.
+    pub bytes_ob_size: usize,
+    /// `bytes_object.ob_sval`.
+    pub bytes_ob_sval: usize,
     /// The `size` words (`sizeof` of the struct the group describes) of the thread state,
-    /// interpreter frame and code object groups, where the layout has them: every offset of a
-    /// group must fall inside its struct, a check that catches a wrong layout.
-    pub sizes: Option<[usize; 3]>,
+    /// interpreter frame, code object and bytes object groups, where the layout has them:
+    /// every offset of a group must fall inside its struct (the unicode group is checked
+    /// against `unicode_size`), a check that catches a wrong layout.
+    pub sizes: Option<[usize; 4]>,
     /// `FRAME_OWNED_BY_CSTACK` of this version (a constant, not published in the struct).
     pub cstack: u8,
 }
@@ -89,6 +100,10 @@ impl DebugLayout {
             l.code_adaptive,
             l.unicode_state,
             l.unicode_ascii_size,
+            l.unicode_length,
+            l.unicode_size,
+            l.bytes_ob_size,
+            l.bytes_ob_sval,
             sizes,
         ]
         .into_iter()
@@ -131,8 +146,12 @@ const PY313: DebugLayout = DebugLayout {
     code_adaptive: 43,
     unicode_state: 68,
     unicode_ascii_size: 70,
-    // thread_state.size, interpreter_frame.size, code_object.size.
-    sizes: Some([19, 28, 34]),
+    unicode_length: 69,
+    unicode_size: 67,
+    bytes_ob_size: 65,
+    bytes_ob_sval: 66,
+    // thread_state.size, interpreter_frame.size, code_object.size, bytes_object.size.
+    sizes: Some([19, 28, 34, 64]),
     // internal/pycore_frame.h, `enum _frameowner`: FRAME_OWNED_BY_CSTACK = 3 (read in the
     // 3.13.0 header).
     cstack: 3,
@@ -195,10 +214,16 @@ pub fn parse(
         code_adaptive: word(l.code_adaptive)?,
         unicode_state: word(l.unicode_state)?,
         unicode_ascii_data: word(l.unicode_ascii_size)?,
+        unicode_length: word(l.unicode_length)?,
+        unicode_compact_data: word(l.unicode_size)?
+            .checked_sub(8)
+            .ok_or("_Py_DebugOffsets: sizeof(PyUnicodeObject) below one pointer")?,
+        bytes_size: word(l.bytes_ob_size)?,
+        bytes_data: word(l.bytes_ob_sval)?,
     };
-    if let Some([tstate, frame, code]) = l.sizes {
+    if let Some([tstate, frame, code, bytes]) = l.sizes {
         let o = &offsets;
-        let groups: [(&str, u64, &[u64]); 3] = [
+        let groups: [(&str, u64, &[u64]); 5] = [
             (
                 "thread state",
                 word(tstate)?,
@@ -223,6 +248,17 @@ pub fn parse(
                     o.code_firstlineno,
                     o.code_linetable,
                     o.code_adaptive,
+                ],
+            ),
+            ("bytes object", word(bytes)?, &[o.bytes_size, o.bytes_data]),
+            (
+                "unicode object",
+                word(l.unicode_size)?,
+                &[
+                    o.unicode_state,
+                    o.unicode_length,
+                    o.unicode_ascii_data,
+                    o.unicode_compact_data,
                 ],
             ),
         ];
@@ -266,6 +302,12 @@ mod tests {
             (l.code_firstlineno, 68),
             (l.code_adaptive, 192),
             (l.unicode_ascii_size, 40),
+            (l.unicode_state, 32),
+            (l.unicode_length, 16),
+            (l.unicode_size, 64), // sizeof(PyUnicodeObject)
+            (64, 40),             // sizeof(PyBytesObject)
+            (l.bytes_ob_size, 16),
+            (l.bytes_ob_sval, 32),
         ] {
             words[i] = v;
         }
@@ -285,6 +327,8 @@ mod tests {
         assert_eq!(o.frame_instr, 56);
         assert_eq!(o.code_qualname, 128);
         assert_eq!(o.unicode_ascii_data, 40);
+        assert_eq!((o.unicode_length, o.unicode_compact_data), (16, 56));
+        assert_eq!((o.bytes_size, o.bytes_data), (16, 32));
         assert_eq!(o.entry, EntryMarker::Owner { cstack: 3 });
     }
 

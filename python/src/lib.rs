@@ -17,11 +17,24 @@
 //!
 //! The version comes from `Py_Version` (a `const unsigned long` holding `PY_VERSION_HEX`,
 //! exported since 3.11), not from the file name: a `python3` symlink, a venv copy or a pyenv
-//! build say nothing reliable by name. It sits above `urec-elf` (the one ELF reader) and below
+//! build say nothing reliable by name.
+//!
+//! The recorder also names what the walk recorded through this crate ([`naming`]): a code
+//! object's qualname, file name and line table, read from the live process ([`memory`]) and
+//! validated against the words BPF read, and the line of a frame's instruction
+//! ([`linetable`]).
+//!
+//! It sits above `urec-elf` (the one ELF reader) and below
 //! the recorder; the report never needs it, since names travel in the data file.
 
 pub mod debug_offsets;
+pub mod linetable;
+pub mod memory;
+pub mod naming;
 pub mod tables;
+
+pub use memory::{Memory, ProcessMemory};
+pub use naming::{read_code, CodeInfo, CodeRef, NameError};
 
 use std::fmt;
 use std::path::Path;
@@ -184,6 +197,16 @@ pub struct FrameOffsets {
     /// `sizeof(PyASCIIObject)`: where a compact ASCII string's characters begin (qualnames
     /// and file names nearly always are).
     pub unicode_ascii_data: u64,
+    /// `offsetof(PyASCIIObject, length)`: the string's length in code points, which bounds
+    /// the read of its characters.
+    pub unicode_length: u64,
+    /// `sizeof(PyCompactUnicodeObject)`: where a compact non-ASCII string's characters begin
+    /// (a `def grüße()` or a file under a non-ASCII directory).
+    pub unicode_compact_data: u64,
+    /// `offsetof(PyBytesObject, ob_base.ob_size)`: the length of `co_linetable`.
+    pub bytes_size: u64,
+    /// `offsetof(PyBytesObject, ob_sval)`: where `co_linetable`'s bytes begin.
+    pub bytes_data: u64,
 }
 
 /// Says what `path` is, for the Python frame walk. Errors are only for a file that cannot be
@@ -334,6 +357,9 @@ mod tests {
         );
         assert_eq!(o.code_adaptive, 200);
         assert_eq!((o.unicode_state, o.unicode_ascii_data), (32, 40));
+        // `offsetof`/`sizeof` against the same build's headers (docs/python-frames.md).
+        assert_eq!((o.unicode_length, o.unicode_compact_data), (16, 56));
+        assert_eq!((o.bytes_size, o.bytes_data), (16, 32));
     }
 
     #[test]

@@ -54,6 +54,13 @@ const PY311: FrameOffsets = FrameOffsets {
     // cpython/unicodeobject.h, `PyASCIIObject`: `state`; sizeof(PyASCIIObject) = 48.
     unicode_state: 32,
     unicode_ascii_data: 48,
+    // `PyASCIIObject`: `length`; sizeof(PyCompactUnicodeObject) = 72 (`utf8_length`, `utf8`,
+    // `wstr_length` after the 48 bytes of `PyASCIIObject`).
+    unicode_length: 16,
+    unicode_compact_data: 72,
+    // cpython/bytesobject.h, `PyBytesObject`: `ob_base.ob_size`, `ob_sval` (after `ob_shash`).
+    bytes_size: 16,
+    bytes_data: 32,
 };
 
 /// CPython 3.12, measured twice with the same result: Rust's `offset_of!`/`size_of` on py-spy's
@@ -95,4 +102,10 @@ const PY312: FrameOffsets = FrameOffsets {
     // is gone).
     unicode_state: 32,
     unicode_ascii_data: 40,
+    // `PyASCIIObject`: `length`; sizeof(PyCompactUnicodeObject) = 56 (`utf8_length`, `utf8`).
+    unicode_length: 16,
+    unicode_compact_data: 56,
+    // cpython/bytesobject.h, `PyBytesObject`: `ob_base.ob_size`, `ob_sval`.
+    bytes_size: 16,
+    bytes_data: 32,
 };
