@@ -90,7 +90,10 @@ fn check_paths(python: &Path, lib_note: &str) {
         &n,
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{lib_note}: urec record failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "{lib_note}: urec record failed: {stderr}"
+    );
     assert!(
         !stderr.contains("unknown frame layout"),
         "{lib_note}: a known CPython called unknown: {stderr}"
@@ -201,7 +204,9 @@ fn check_paths(python: &Path, lib_note: &str) {
     let folded = urec_ok(&["report", "-i", data.to_str().unwrap(), "--folded", "-"]);
     let chain = paths[0].1.join(";");
     assert!(
-        folded.lines().any(|l| l.contains(&chain) && l.contains(";crc32 ")),
+        folded
+            .lines()
+            .any(|l| l.contains(&chain) && l.contains(";crc32 ")),
         "{lib_note}: folded:\n{folded}"
     );
 }

@@ -212,7 +212,39 @@ pub struct FrameOffsets {
 /// Says what `path` is, for the Python frame walk. Errors are only for a file that cannot be
 /// opened or is not ELF; a binary that is not CPython is [`Detection::NotCpython`].
 pub fn detect(path: &Path) -> Result<Detection, ElfError> {
-    Ok(detect_image(&ElfImage::open(path)?))
+    Ok(detect_named(&ElfImage::open(path)?, path))
+}
+
+/// [`detect_image`], and for a CPython older than 3.11 (it has `_PyRuntime` but publishes no
+/// `Py_Version`) the minor version its file name states (`libpython3.10.so.1.0`,
+/// `python3.10`), so that the recorder can name it once as an unknown layout rather than stay
+/// silent about a Python it cannot walk.
+pub fn detect_named(image: &ElfImage, path: &Path) -> Detection {
+    match detect_image(image) {
+        Detection::NotCpython if image.symbol_svma("_PyRuntime").is_some() => {
+            match minor_from_name(path) {
+                Some(minor) => unknown(
+                    PyVersion {
+                        hex: 0x0300_0000 | (u32::from(minor) << 16),
+                    },
+                    "before 3.11 (no Py_Version, no _PyInterpreterFrame)",
+                ),
+                None => Detection::NotCpython,
+            }
+        }
+        found => found,
+    }
+}
+
+/// `10` of `libpython3.10.so.1.0`, `python3.10` or `python3.10d`: only names of 3.x before 3.11.
+fn minor_from_name(path: &Path) -> Option<u8> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name
+        .strip_prefix("libpython3.")
+        .or_else(|| name.strip_prefix("python3."))?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let minor: u8 = digits.parse().ok()?;
+    (minor < 11).then_some(minor)
 }
 
 /// [`detect`] on an image already open (the recorder opens mapped files through
@@ -269,6 +301,26 @@ mod tests {
     use super::*;
 
     const PYTHON311: &str = "/usr/bin/python3.11";
+
+    #[test]
+    fn old_pythons_are_named_by_their_file() {
+        assert_eq!(
+            minor_from_name(Path::new("/x/libpython3.10.so.1.0")),
+            Some(10)
+        );
+        assert_eq!(minor_from_name(Path::new("/x/python3.9")), Some(9));
+        assert_eq!(minor_from_name(Path::new("/x/python3.12")), None);
+        assert_eq!(minor_from_name(Path::new("/x/python3")), None);
+        assert_eq!(minor_from_name(Path::new("/x/bash")), None);
+        let lib = Path::new("/root/.pyenv/versions/3.10.13/lib/libpython3.10.so.1.0");
+        if lib.exists() {
+            let found = detect(lib).unwrap();
+            let Detection::Unknown { version, .. } = found else {
+                panic!("{found:?}");
+            };
+            assert_eq!((version.major(), version.minor()), (3, 10));
+        }
+    }
 
     #[test]
     fn version_fields() {
