@@ -572,6 +572,8 @@ fn huge_mapping(n: usize) -> Vec<u8> {
             id: i as StackId,
             frames: (0..32).map(|f| Avma(start + 16 * f)).collect(),
             truncated: false,
+            python: Vec::new(),
+            python_truncated: false,
         }));
     }
     b.meta(&meta);
@@ -591,6 +593,8 @@ fn stack_per_process(processes: usize) -> Vec<u8> {
             id: 0,
             frames,
             truncated: false,
+            python: Vec::new(),
+            python_truncated: false,
         }),
     ]);
     // One entry per process, never described by a Process record; 60,000 per chunk.

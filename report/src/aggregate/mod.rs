@@ -345,6 +345,7 @@ impl<'o> Aggregator<'o> {
             }
             Record::Finish(f) => self.finish = Some(f),
             Record::Symbols(s) => self.embedded.push(s),
+            Record::PyCode(_) => {}
         }
     }
 
