@@ -39,16 +39,39 @@ pub fn python_frame_name(qualname: &str, filename: &str, line: u32) -> String {
     }
 }
 
+/// Python functions kept per recording. A recorder names each code object its stacks ran once
+/// (a large application has tens of thousands); a file may claim any number, and each costs
+/// about 100 bytes of memory for 6 of file, so past this many the rest are ignored (their
+/// stacks stay native) and counted: about 30 MB at most.
+pub const MAX_PY_CODES: usize = 1 << 18;
+
 /// The PyCode records of a recording, by id.
 #[derive(Debug, Default)]
 pub(crate) struct PyCodes {
     by_id: HashMap<u32, PyCode>,
+    /// Records past [`MAX_PY_CODES`], ignored.
+    ignored: u64,
 }
 
 impl PyCodes {
     /// Keeps `code`; a repeated id (no writer makes one) replaces the earlier one.
     pub(crate) fn insert(&mut self, code: PyCode) {
+        if self.by_id.len() >= MAX_PY_CODES && !self.by_id.contains_key(&code.id) {
+            self.ignored += 1;
+            return;
+        }
         self.by_id.insert(code.id, code);
+    }
+
+    /// The warning when the file held more Python functions than a report keeps.
+    pub(crate) fn warning(&self) -> Option<String> {
+        (self.ignored > 0).then(|| {
+            format!(
+                "the recording names more than {MAX_PY_CODES} Python functions: {} ignored, \
+                 and the stacks that ran them show native frames only",
+                self.ignored
+            )
+        })
     }
 
     pub(crate) fn get(&self, id: u32) -> Option<&PyCode> {

@@ -103,6 +103,7 @@ impl Aggregator<'_> {
             ),
             python: self.python,
         };
+        warnings.extend(self.py_codes.warning());
         warnings.extend(self.python.note());
         if unknown_frames > 0 {
             warnings.push(format!(
