@@ -455,3 +455,21 @@ fn pprof_names_python_functions_with_their_files_and_lines() {
         "{traces}"
     );
 }
+
+#[test]
+fn info_counts_python_functions_and_stacks() {
+    let bytes = recording(&[
+        (stack(1, native(), false, python_311()), 1),
+        (stack(2, native(), false, Vec::new()), 1),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("py.data");
+    std::fs::write(&file, bytes).unwrap();
+    let d = urec_report::output::info::describe(&file).unwrap();
+    assert!(
+        d.text
+            .contains("python:     3 functions, 1 stack with Python frames\n"),
+        "{}",
+        d.text
+    );
+}
