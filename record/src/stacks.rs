@@ -35,6 +35,8 @@ impl StackTable {
             id,
             frames: frames.iter().map(|&a| Avma(a)).collect(),
             truncated,
+            python: Vec::new(),
+            python_truncated: false,
         };
         (id, Some(stack))
     }
