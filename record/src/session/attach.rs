@@ -79,6 +79,7 @@ pub(super) fn attach(
         decode: decoders(&opts.probes),
         stack_depth: set.stack_depth,
         pending: VecDeque::new(),
+        python: Default::default(),
         pending_sorted: true,
         frames: Vec::with_capacity(130),
         dwarf: DwarfStacks::new(set.stack_depth, &set.copy_sizes),

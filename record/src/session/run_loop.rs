@@ -160,10 +160,12 @@ pub(super) fn run(
         // so epoll only reports the ring once it is a quarter full: after a quiet poll,
         // consume whatever is there, or a slow trickle would sit in the ring until the end
         // (invisible to the status line, and lost to a checkpoint before a kill -9).
+        let t0 = Instant::now();
         let mut r = ring.poll_raw(timeout);
         if r == 0 {
             r = ring.consume_raw();
         }
+        if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg poll {r} {:?} {:?}", t0.elapsed(), timeout); }
         if r < 0 && r != -libc::EINTR && r != YIELD {
             if let Some(err) = state.borrow_mut().error.take() {
                 return Err(err);
@@ -191,7 +193,13 @@ pub(super) fn run(
             .sideband
             .horizon()
             .min(drained_at.saturating_sub(crate::sideband::REORDER_WINDOW_NS));
-        state.borrow_mut().release(&mut feeds.sb, horizon)?;
+        {
+            let mut st = state.borrow_mut();
+            if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg loop horizon={horizon} sbh={} drained={drained_at} sb={} first={:?}", feeds.sideband.horizon(), feeds.sb.len(), feeds.sb.first().map(|r| r.time_ns())); }
+            st.release(&mut feeds.sb, horizon)?;
+            // Python processes the released side-band records started (or ended).
+            st.table.python_mut().sync(&set.skel);
+        }
         if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
             last_checkpoint = Instant::now();
             let counts = &mut feeds.kernel_counts;

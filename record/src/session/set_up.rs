@@ -83,6 +83,11 @@ pub(super) fn set_up<'obj>(
         mapped.trace(pid);
     }
     table.observe_mapped(mapped);
+    // The Python frame walk runs only for events that capture a stack: its maps are kept
+    // only then (before the first snapshot, which finds the Python processes running now).
+    if opts.stack_mode != StackMode::None {
+        table.observe_python(crate::python::PythonProcs::enabled());
+    }
     match &opts.target {
         Target::All => table.snapshot_all(),
         Target::Pids(pids) => {
@@ -151,6 +156,8 @@ pub(super) fn set_up<'obj>(
         opts.verbosity == crate::Verbosity::Verbose,
         &mut |msg| super::warn(opts, msg),
     );
+    // The Python processes found so far (snapshots), before any probe attaches.
+    table.python_mut().sync(&skel);
     // 3. The targets: the -p processes, and the command, held.
     let watch = allow_targets(&skel, &pids, command.as_ref(), workload)?;
     if let Some(w) = workload.as_ref() {

@@ -1,0 +1,366 @@
+//! Which processes run a known CPython, for the BPF Python frame walk (issue 33; SPEC.md,
+//! "Interpreter frames (Python)").
+//!
+//! The programs walk a probed thread's interpreter frames only for a process in their
+//! `py_procs` map (tgid → the run-time address of its `_PyRuntime` and a layout index), with
+//! the struct offsets of its version in `py_layouts`. This module keeps both current, only when
+//! stacks are recorded (the walk runs only for events that capture a stack). It observes the
+//! process table's one mapping intake (`ProcessTable::take_mapping`), as
+//! [`MappedBinaries`](crate::mapped::MappedBinaries) does, so processes found running at start
+//! (`/proc` snapshots) and started later (side-band `mmap`) are seen alike:
+//!
+//! - every executable file mapping is run through [`urec_python::detect_image`], once per file
+//!   (by build id, else device and inode, else path; negatives cached too). Every mapped file,
+//!   not only the executable: a shared build's `bin/python3.12` has neither `Py_Version` nor
+//!   `_PyRuntime`, its `libpython3.12.so` has both;
+//! - a `Known` file gives the process its entry: `_PyRuntime`'s stated address plus the load
+//!   bias of the mapping (the executable mapping and the file's load segments; `_PyRuntime`
+//!   lives in a data segment of the same image, so the same bias);
+//! - a fork child gets its parent's entry (same address space layout); an exec or exit removes
+//!   the entry;
+//! - an `Unknown` version is named once per version on stderr
+//!   (`python3.14: unknown frame layout, native stacks only`) and nothing else changes.
+//!
+//! Changes are queued and written to the maps by [`PythonProcs::sync`], which the session calls
+//! once the programs are loaded and after each release of side-band records.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use urec_bpf::abi::{py_proc_bytes, PyEntry, PyLayout, RawPyFrame, PY_LAYOUTS};
+use urec_elf::ElfImage;
+use urec_format::hash::FxHashMap;
+use urec_format::{Mapping, Nanos};
+use urec_python::{CurrentFrame, Detection, EntryMarker, FrameOffsets};
+
+/// Disables the Python walk's map upkeep (so the programs never walk), to measure its cost or
+/// to rule it out.
+pub const NO_PYTHON_ENV: &str = "UREC_NO_PYTHON";
+
+/// A file's identity for the detection cache.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum FileKey {
+    BuildId(Vec<u8>),
+    DevInode(u64, u64),
+    Path(String),
+}
+
+/// What a file is, for the walk: a layout index and `_PyRuntime`'s stated address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Interpreter {
+    layout: u32,
+    runtime_svma: u64,
+}
+
+/// A process's entry in `py_procs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    runtime: u64,
+    layout: u32,
+    /// Side-band time it is valid from (an exec or exit before it does not remove it).
+    since: Nanos,
+}
+
+/// One queued change of `py_procs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Update {
+    Insert(u32, u64, u32),
+    Remove(u32),
+}
+
+/// The Python processes and layouts; see the module docs. The default is disabled (tables of
+/// recordings without stacks, `urec top`, unit tests).
+#[derive(Debug, Default)]
+pub struct PythonProcs {
+    enabled: bool,
+    /// Per file: its interpreter and load segments (for each mapping's bias), or None.
+    files: FxHashMap<FileKey, Option<(Interpreter, Vec<urec_format::LoadSegment>)>>,
+    /// `py_layouts`, by index.
+    layouts: Vec<FrameOffsets>,
+    layouts_written: usize,
+    procs: FxHashMap<u32, Entry>,
+    queue: Vec<Update>,
+    /// Minor versions already named as unknown.
+    warned: HashSet<(u8, u8)>,
+}
+
+impl PythonProcs {
+    /// Keeps `py_procs` and `py_layouts` from now on, unless [`NO_PYTHON_ENV`] is set.
+    pub fn enabled() -> PythonProcs {
+        PythonProcs {
+            enabled: std::env::var_os(NO_PYTHON_ENV).is_none(),
+            ..PythonProcs::default()
+        }
+    }
+
+    /// Whether any process runs a known CPython now (for tests and `-v`).
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Whether no process runs a known CPython now.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// A mapping taken in by the process table (snapshot, side-band or survey).
+    pub fn mapping(&mut self, m: &Mapping) {
+        if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg mapping {} {} {:?} en={}", m.pid, m.path, m.start, self.enabled); }
+        if !self.enabled || !m.path.starts_with('/') {
+            return;
+        }
+        let key = match (&m.build_id, m.dev, m.inode) {
+            (Some(id), _, _) => FileKey::BuildId(id.0.clone()),
+            (None, dev, inode) if inode != 0 => FileKey::DevInode(dev, inode),
+            _ => FileKey::Path(m.path.clone()),
+        };
+        if !self.files.contains_key(&key) {
+            let found = self.detect(m);
+            self.files.insert(key.clone(), found);
+        }
+        let Some(Some((interp, loads))) = self.files.get(&key) else {
+            return;
+        };
+        let Some(bias) = m.start.load_bias(m.offset, loads) else {
+            return;
+        };
+        let entry = Entry {
+            runtime: interp.runtime_svma.wrapping_add(bias),
+            layout: interp.layout,
+            since: m.time_ns,
+        };
+        if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg insert {} {:x} {} {} t={}", m.pid, entry.runtime, entry.layout, m.path, m.time_ns); }
+        self.insert(m.pid, entry);
+    }
+
+    fn insert(&mut self, pid: u32, entry: Entry) {
+        let same = self
+            .procs
+            .get(&pid)
+            .is_some_and(|e| (e.runtime, e.layout) == (entry.runtime, entry.layout));
+        self.procs.insert(pid, entry);
+        if !same {
+            self.queue
+                .push(Update::Insert(pid, entry.runtime, entry.layout));
+        }
+    }
+
+    /// A fork: the child runs the parent's interpreter at the same addresses.
+    pub fn fork(&mut self, parent: u32, child: u32, time_ns: Nanos) {
+        if let Some(&e) = self.procs.get(&parent) {
+            self.insert(
+                child,
+                Entry {
+                    since: time_ns,
+                    ..e
+                },
+            );
+        } else {
+            self.forget(child, time_ns);
+        }
+    }
+
+    /// An exec or an exit of `pid` at `time_ns`: its entry, if older, goes.
+    pub fn forget(&mut self, pid: u32, time_ns: Nanos) {
+        if self.procs.get(&pid).is_some_and(|e| e.since <= time_ns) {
+            self.procs.remove(&pid);
+            self.queue.push(Update::Remove(pid));
+        }
+    }
+
+    /// Writes the queued changes to the programs' maps.
+    pub fn sync(&mut self, skel: &urec_bpf::UrecSkel<'_>) {
+        use libbpf_rs::{MapCore, MapFlags};
+        if self.queue.is_empty() && self.layouts_written == self.layouts.len() {
+            return;
+        }
+        while self.layouts_written < self.layouts.len() {
+            let i = self.layouts_written as u32;
+            if let Some(bytes) = layout_bytes(&self.layouts[i as usize]) {
+                let _ = skel
+                    .maps
+                    .py_layouts
+                    .update(&i.to_ne_bytes(), &bytes, MapFlags::ANY);
+            }
+            self.layouts_written += 1;
+        }
+        for u in self.queue.drain(..) {
+            // A full map or a gone entry only costs Python frames: never the recording.
+            let r = match u {
+                Update::Insert(pid, runtime, layout) => skel.maps.py_procs.update(
+                    &pid.to_ne_bytes(),
+                    &py_proc_bytes(runtime, layout),
+                    MapFlags::ANY,
+                ),
+                Update::Remove(pid) => skel.maps.py_procs.delete(&pid.to_ne_bytes()),
+            };
+            if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg sync {u:?} {r:?}"); }
+        }
+    }
+
+    /// Runs the detection on a mapped file; None for anything not a known CPython.
+    fn detect(&mut self, m: &Mapping) -> Option<(Interpreter, Vec<urec_format::LoadSegment>)> {
+        // Through map_files first: the path is the process's to replace once mapped (and may
+        // be inside a container); the path itself when the process is gone.
+        let via = format!("/proc/{}/map_files/{:x}-{:x}", m.pid, m.start.0, m.end.0);
+        let image = ElfImage::open(Path::new(&via))
+            .or_else(|_| ElfImage::open(Path::new(&m.path)))
+            .ok()?;
+        if !exports_py_version(&image) {
+            return None;
+        }
+        if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg detect {} {:?}", m.path, urec_python::detect_image(&image)); }
+        match urec_python::detect_image(&image) {
+            Detection::NotCpython => None,
+            Detection::Unknown { version, .. } => {
+                if self.warned.insert((version.major(), version.minor())) {
+                    eprintln!(
+                        "python{}.{}: unknown frame layout, native stacks only",
+                        version.major(),
+                        version.minor()
+                    );
+                }
+                None
+            }
+            Detection::Known(py) => {
+                if layout_bytes(&py.offsets).is_none() {
+                    if self
+                        .warned
+                        .insert((py.version.major(), py.version.minor()))
+                    {
+                        eprintln!(
+                            "python{}.{}: unknown frame layout, native stacks only",
+                            py.version.major(),
+                            py.version.minor()
+                        );
+                    }
+                    return None;
+                }
+                let layout = match self.layouts.iter().position(|l| *l == py.offsets) {
+                    Some(i) => i,
+                    None if self.layouts.len() < PY_LAYOUTS as usize => {
+                        self.layouts.push(py.offsets);
+                        self.layouts.len() - 1
+                    }
+                    None => return None,
+                };
+                Some((
+                    Interpreter {
+                        layout: layout as u32,
+                        runtime_svma: py.runtime.0,
+                    },
+                    image.loads().to_vec(),
+                ))
+            }
+        }
+    }
+}
+
+/// Whether the file's dynamic string table names `Py_Version`: every CPython 3.11+ exports
+/// it (and `_PyRuntime`) for its extension modules, the executable of a static build as well as
+/// a `libpython`. A look at one section, so that the libraries and programs of every process
+/// met (thousands of symbols each, a debug build's hundreds of thousands) are not searched
+/// symbol by symbol.
+fn exports_py_version(image: &ElfImage) -> bool {
+    image
+        .section(".dynstr")
+        .and_then(|s| image.section_bytes(s))
+        .is_some_and(|b| b.split(|&c| c == 0).any(|name| name == b"Py_Version"))
+}
+
+/// `FrameOffsets` as the programs read them; None when the walk cannot read them (fields
+/// too far apart for its one read per frame and per code object).
+fn layout_bytes(o: &FrameOffsets) -> Option<Vec<u8>> {
+    let (cframe, current_frame) = match o.current_frame {
+        CurrentFrame::ViaCframe {
+            cframe,
+            current_frame,
+        } => (Some(cframe), current_frame),
+        CurrentFrame::Direct { current_frame } => (None, current_frame),
+    };
+    PyLayout {
+        interpreters_head: o.runtime_interpreters_head,
+        threads_head: o.interp_threads_head,
+        tstate_next: o.tstate_next,
+        thread_id: o.tstate_thread_id,
+        cframe,
+        current_frame,
+        frame_previous: o.frame_previous,
+        frame_code: o.frame_code,
+        frame_instr: o.frame_instr,
+        entry: match o.entry {
+            EntryMarker::IsEntry { offset } => PyEntry::IsEntry(offset),
+            EntryMarker::Owner { cstack } => PyEntry::Owner {
+                offset: o.frame_owner,
+                cstack,
+            },
+        },
+        code_qualname: o.code_qualname,
+        code_filename: o.code_filename,
+        code_firstlineno: o.code_firstlineno,
+        code_adaptive: o.code_adaptive,
+    }
+    .to_bytes()
+    .ok()
+}
+
+/// The Python frames of one event as the programs read them, kept with the event until it is
+/// released (where they are to be named, while the process lives).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PyStack {
+    /// `urec_bpf::abi::PY_*` bits.
+    pub status: u16,
+    /// Innermost first.
+    pub frames: Vec<RawPyFrame>,
+}
+
+/// Counts of the Python blocks read, for `-v` and the tests (`UREC_DEBUG_PYTHON`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PyStats {
+    /// Events that captured a stack.
+    pub stack_events: u64,
+    /// Events with a Python block.
+    pub blocks: u64,
+    /// Blocks with status 0 and at least 3 frames.
+    pub ok3: u64,
+    /// Frames in all blocks.
+    pub frames: u64,
+    /// Blocks with each status bit.
+    pub truncated: u64,
+    /// See [`PyStats::truncated`].
+    pub read_failed: u64,
+    /// See [`PyStats::truncated`].
+    pub no_thread: u64,
+}
+
+impl PyStats {
+    /// Counts one event.
+    pub fn count(&mut self, had_stack: bool, py: Option<&PyStack>) {
+        if had_stack {
+            self.stack_events += 1;
+        }
+        let Some(py) = py else { return };
+        self.blocks += 1;
+        self.frames += py.frames.len() as u64;
+        if py.status == 0 && py.frames.len() >= 3 {
+            self.ok3 += 1;
+        }
+        self.truncated += u64::from(py.status & urec_bpf::abi::PY_TRUNCATED != 0);
+        self.read_failed += u64::from(py.status & urec_bpf::abi::PY_READ_FAILED != 0);
+        self.no_thread += u64::from(py.status & urec_bpf::abi::PY_NO_THREAD != 0);
+    }
+
+    /// One line, as `-v` and `UREC_DEBUG_PYTHON=1` print it.
+    pub fn line(&self) -> String {
+        format!(
+            "python: stack_events={} blocks={} ok3={} frames={} truncated={} read_failed={} no_thread={}",
+            self.stack_events,
+            self.blocks,
+            self.ok3,
+            self.frames,
+            self.truncated,
+            self.read_failed,
+            self.no_thread
+        )
+    }
+}
