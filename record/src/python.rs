@@ -105,7 +105,6 @@ impl PythonProcs {
 
     /// A mapping taken in by the process table (snapshot, side-band or survey).
     pub fn mapping(&mut self, m: &Mapping) {
-        if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg mapping {} {} {:?} en={}", m.pid, m.path, m.start, self.enabled); }
         if !self.enabled || !m.path.starts_with('/') {
             return;
         }
@@ -129,7 +128,6 @@ impl PythonProcs {
             layout: interp.layout,
             since: m.time_ns,
         };
-        if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg insert {} {:x} {} {} t={}", m.pid, entry.runtime, entry.layout, m.path, m.time_ns); }
         self.insert(m.pid, entry);
     }
 
@@ -142,6 +140,38 @@ impl PythonProcs {
         if !same {
             self.queue
                 .push(Update::Insert(pid, entry.runtime, entry.layout));
+        }
+    }
+
+    /// The command urec starts (`-- COMMAND`, held before its exec) will run `program` (a
+    /// `#!` script: its interpreter). When that is a known CPython built as a fixed-address
+    /// executable (ET_EXEC, as Debian's `python3.11`), `_PyRuntime`'s address is known before
+    /// the exec, so the entry goes in now: a short script runs its code within the
+    /// milliseconds the side-band takes to say what it mapped. (A PIE or shared build's
+    /// address is known only once mapped.)
+    pub fn expect_exec(&mut self, pid: u32, program: &Path) {
+        if !self.enabled {
+            return;
+        }
+        let program = crate::command::script_interpreter(program).unwrap_or(program.into());
+        let Ok(image) = ElfImage::open(&program) else {
+            return;
+        };
+        let fixed = image
+            .object()
+            .is_some_and(|o| object::Object::kind(&o) == object::ObjectKind::Executable);
+        if !fixed || !exports_py_version(&image) {
+            return;
+        }
+        if let Some((interp, _)) = self.known(&image) {
+            self.insert(
+                pid,
+                Entry {
+                    runtime: interp.runtime_svma,
+                    layout: interp.layout,
+                    since: 0,
+                },
+            );
         }
     }
 
@@ -186,7 +216,7 @@ impl PythonProcs {
         }
         for u in self.queue.drain(..) {
             // A full map or a gone entry only costs Python frames: never the recording.
-            let r = match u {
+            let _ = match u {
                 Update::Insert(pid, runtime, layout) => skel.maps.py_procs.update(
                     &pid.to_ne_bytes(),
                     &py_proc_bytes(runtime, layout),
@@ -194,7 +224,6 @@ impl PythonProcs {
                 ),
                 Update::Remove(pid) => skel.maps.py_procs.delete(&pid.to_ne_bytes()),
             };
-            if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg sync {u:?} {r:?}"); }
         }
     }
 
@@ -209,8 +238,13 @@ impl PythonProcs {
         if !exports_py_version(&image) {
             return None;
         }
-        if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg detect {} {:?}", m.path, urec_python::detect_image(&image)); }
-        match urec_python::detect_image(&image) {
+        self.known(&image)
+    }
+
+    /// [`urec_python::detect_image`], with its layout entered in `py_layouts` when known, and
+    /// an unknown version named once.
+    fn known(&mut self, image: &ElfImage) -> Option<(Interpreter, Vec<urec_format::LoadSegment>)> {
+        match urec_python::detect_image(image) {
             Detection::NotCpython => None,
             Detection::Unknown { version, .. } => {
                 if self.warned.insert((version.major(), version.minor())) {

@@ -160,12 +160,10 @@ pub(super) fn run(
         // so epoll only reports the ring once it is a quarter full: after a quiet poll,
         // consume whatever is there, or a slow trickle would sit in the ring until the end
         // (invisible to the status line, and lost to a checkpoint before a kill -9).
-        let t0 = Instant::now();
         let mut r = ring.poll_raw(timeout);
         if r == 0 {
             r = ring.consume_raw();
         }
-        if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg poll {r} {:?} {:?}", t0.elapsed(), timeout); }
         if r < 0 && r != -libc::EINTR && r != YIELD {
             if let Some(err) = state.borrow_mut().error.take() {
                 return Err(err);
@@ -189,13 +187,22 @@ pub(super) fn run(
             st.yield_bytes = st.dwarf.held_bytes().max(YIELD_BYTES) + YIELD_BYTES;
         }
         feeds.sideband.read(&mut feeds.sb)?;
+        // A new interpreter's entry at once, not a release later (`crate::python`): a short
+        // script runs its code within milliseconds of being mapped.
+        let fresh = feeds.sideband.take_fresh_mappings();
+        if !fresh.is_empty() {
+            let mut st = state.borrow_mut();
+            for m in &fresh {
+                st.table.python_mut().mapping(m);
+            }
+            st.table.python_mut().sync(&set.skel);
+        }
         let horizon = feeds
             .sideband
             .horizon()
             .min(drained_at.saturating_sub(crate::sideband::REORDER_WINDOW_NS));
         {
             let mut st = state.borrow_mut();
-            if std::env::var_os("PYDBG").is_some() { eprintln!("pydbg loop horizon={horizon} sbh={} drained={drained_at} sb={} first={:?}", feeds.sideband.horizon(), feeds.sb.len(), feeds.sb.first().map(|r| r.time_ns())); }
             st.release(&mut feeds.sb, horizon)?;
             // Python processes the released side-band records started (or ended).
             st.table.python_mut().sync(&set.skel);

@@ -65,7 +65,7 @@ pub(super) fn set_up<'obj>(
     crate::fds::check_headroom(cpus, binaries.len() as u64)?;
 
     // 1. Side-band first.
-    let sideband = Sideband::open(SIDEBAND_PAGES).context("opening the perf side-band")?;
+    let mut sideband = Sideband::open(SIDEBAND_PAGES).context("opening the perf side-band")?;
     let mut table = ProcessTable::new();
     if opts.keep_files {
         table.keep_files();
@@ -87,6 +87,7 @@ pub(super) fn set_up<'obj>(
     // only then (before the first snapshot, which finds the Python processes running now).
     if opts.stack_mode != StackMode::None {
         table.observe_python(crate::python::PythonProcs::enabled());
+        sideband.want_fresh_mappings();
     }
     match &opts.target {
         Target::All => table.snapshot_all(),
@@ -162,6 +163,10 @@ pub(super) fn set_up<'obj>(
     let watch = allow_targets(&skel, &pids, command.as_ref(), workload)?;
     if let Some(w) = workload.as_ref() {
         table.mapped_mut().trace(w.pid());
+        if let Some((program, _)) = command.as_ref() {
+            table.python_mut().expect_exec(w.pid(), program);
+            table.python_mut().sync(&skel);
+        }
     }
     let set = SetUp {
         started,
