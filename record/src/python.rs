@@ -160,7 +160,11 @@ impl PythonProcs {
         let fixed = image
             .object()
             .is_some_and(|o| object::Object::kind(&o) == object::ObjectKind::Executable);
-        if !fixed || !exports_py_version(&image) {
+        if !exports_py_version(&image) {
+            self.prewarm_libpython(&image, &program);
+            return;
+        }
+        if !fixed {
             return;
         }
         if let Some((interp, _)) = self.known(&image) {
@@ -172,6 +176,64 @@ impl PythonProcs {
                     since: 0,
                 },
             );
+        }
+    }
+
+    /// A shared build (`bin/python3.12` needing `libpython3.12.so.1.0`): its `_PyRuntime`
+    /// address is known only once the library is mapped, but the detection (seconds' worth of
+    /// symbol reading in a debug build, milliseconds in a release one) is done now, so that
+    /// the mapping only computes its bias. Where the library is looked for: the program's
+    /// RUNPATH / RPATH (`$ORIGIN` substituted) and the usual library directories. A guess that
+    /// misses costs nothing but that time.
+    fn prewarm_libpython(&mut self, image: &ElfImage, program: &Path) {
+        let Some(dynstr) = image
+            .section(".dynstr")
+            .and_then(|s| image.section_bytes(s))
+        else {
+            return;
+        };
+        let names: Vec<&[u8]> = dynstr.split(|&c| c == 0).collect();
+        let libs: Vec<&str> = names
+            .iter()
+            .filter(|n| n.starts_with(b"libpython"))
+            .filter_map(|n| std::str::from_utf8(n).ok())
+            .collect();
+        if libs.is_empty() {
+            return;
+        }
+        let origin = program.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut dirs: Vec<std::path::PathBuf> = names
+            .iter()
+            .filter(|n| n.starts_with(b"/") || n.starts_with(b"$ORIGIN"))
+            .filter_map(|n| std::str::from_utf8(n).ok())
+            .flat_map(|n| n.split(':'))
+            .map(|d| d.replace("$ORIGIN", &origin.to_string_lossy()).into())
+            .collect();
+        dirs.extend(
+            ["/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib", "/lib"]
+                .iter()
+                .map(Into::into),
+        );
+        for lib in libs {
+            let Some(path) = dirs.iter().map(|d| d.join(lib)).find(|p| p.is_file()) else {
+                continue;
+            };
+            let Ok(lib_image) = ElfImage::open(&path) else {
+                continue;
+            };
+            if !exports_py_version(&lib_image) {
+                continue;
+            }
+            let found = self.known(&lib_image);
+            if let Some(id) = lib_image.build_id() {
+                self.files
+                    .insert(FileKey::BuildId(id.to_vec()), found.clone());
+            }
+            if let Ok(meta) = std::fs::metadata(&path) {
+                use std::os::unix::fs::MetadataExt;
+                self.files
+                    .insert(FileKey::DevInode(meta.dev(), meta.ino()), found);
+            }
         }
     }
 
