@@ -163,10 +163,8 @@ impl<W: std::io::Write> State<W> {
                 frames: p.frames().collect(),
             })
         });
-        self.python.count(
-            raw.nframes() > 0 || raw.dwarf.is_some(),
-            python.as_deref(),
-        );
+        self.python
+            .count(raw.nframes() > 0 || raw.dwarf.is_some(), python.as_deref());
         let capture = raw
             .dwarf
             .as_ref()
@@ -229,7 +227,9 @@ impl<W: std::io::Write> State<W> {
     pub(crate) fn release(&mut self, sb: &mut Vec<SidebandRecord>, horizon: Nanos) -> Result<()> {
         // Records come off the ring in nearly time order: usually nothing to sort.
         if !self.pending_sorted {
-            self.pending.make_contiguous().sort_by_key(|e| e.event.time_ns);
+            self.pending
+                .make_contiguous()
+                .sort_by_key(|e| e.event.time_ns);
             self.pending_sorted = true;
         }
         let cut = self.pending.partition_point(|e| e.event.time_ns <= horizon);

@@ -210,9 +210,14 @@ impl PythonProcs {
             .map(|d| d.replace("$ORIGIN", &origin.to_string_lossy()).into())
             .collect();
         dirs.extend(
-            ["/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib", "/lib"]
-                .iter()
-                .map(Into::into),
+            [
+                "/usr/local/lib",
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib",
+                "/lib",
+            ]
+            .iter()
+            .map(Into::into),
         );
         for lib in libs {
             let Some(path) = dirs.iter().map(|d| d.join(lib)).find(|p| p.is_file()) else {
@@ -320,10 +325,7 @@ impl PythonProcs {
             }
             Detection::Known(py) => {
                 if layout_bytes(&py.offsets).is_none() {
-                    if self
-                        .warned
-                        .insert((py.version.major(), py.version.minor()))
-                    {
+                    if self.warned.insert((py.version.major(), py.version.minor())) {
                         eprintln!(
                             "python{}.{}: unknown frame layout, native stacks only",
                             py.version.major(),
