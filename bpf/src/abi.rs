@@ -349,7 +349,7 @@ impl PyLayout {
             PyEntry::IsEntry(o) | PyEntry::Owner { offset: o, .. } => o,
         };
         let words = [self.frame_code, self.frame_previous, self.frame_instr];
-        if words.iter().any(|w| w % 8 != 0) {
+        if words.iter().any(|w| !w.is_multiple_of(8)) {
             return Err("frame fields not 8-aligned".into());
         }
         let frame_size = words
@@ -370,9 +370,9 @@ impl PyLayout {
             .max(self.code_filename + 8)
             .max(self.code_firstlineno + 4);
         if hi - lo > PY_WINDOW
-            || self.code_qualname % 8 != 0
-            || self.code_filename % 8 != 0
-            || self.code_firstlineno % 4 != 0
+            || !self.code_qualname.is_multiple_of(8)
+            || !self.code_filename.is_multiple_of(8)
+            || !self.code_firstlineno.is_multiple_of(4)
         {
             return Err("code object fields too far apart or not aligned".into());
         }
