@@ -914,6 +914,24 @@ struct {
 	__type(value, struct urec_py_layout);
 } py_layouts SEC(".maps");
 
+/* Key 0: nonzero once the recorder has put any process in `py_procs`. An array lookup the
+ * verifier inlines (no helper call): until a Python process is met, an event with a stack pays
+ * that load, not a failed hash lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} py_active SEC(".maps");
+
+static __always_inline bool python_known(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&py_active, &zero);
+
+	return on && *on;
+}
+
 /* The PyThreadState last found for a thread, so repeated hits skip the list walk; always
  * checked again (its thread_id still the thread's fsbase) before use. LRU: dead threads age
  * out. */
@@ -1314,7 +1332,7 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 	__u32 nframes = 0;
 	__u32 depth = stack_depth;
 
-	if (stack && (dwarf_size || depth)) {
+	if (stack && (dwarf_size || depth) && python_known()) {
 		__u32 tgid = id >> 32;
 		struct urec_py_proc *py = bpf_map_lookup_elem(&py_procs, &tgid);
 

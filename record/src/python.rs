@@ -78,6 +78,8 @@ pub struct PythonProcs {
     /// `py_layouts`, by index.
     layouts: Vec<FrameOffsets>,
     layouts_written: usize,
+    /// `py_active` is set (the programs look at `py_procs` from then on).
+    active_written: bool,
     procs: FxHashMap<u32, Entry>,
     queue: Vec<Update>,
     /// Minor versions already named as unknown.
@@ -280,6 +282,14 @@ impl PythonProcs {
                     .update(&i.to_ne_bytes(), &bytes, MapFlags::ANY);
             }
             self.layouts_written += 1;
+        }
+        if !self.active_written && self.queue.iter().any(|u| matches!(u, Update::Insert(..))) {
+            let on = 1u32.to_ne_bytes();
+            self.active_written = skel
+                .maps
+                .py_active
+                .update(&0u32.to_ne_bytes(), &on, MapFlags::ANY)
+                .is_ok();
         }
         for u in self.queue.drain(..) {
             // A full map or a gone entry only costs Python frames: never the recording.
