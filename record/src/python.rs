@@ -472,3 +472,114 @@ impl PyStats {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use urec_format::{Avma, FileOffset};
+
+    const PYTHON311: &str = "/usr/bin/python3.11";
+    const LIBPYTHON312: &str = "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0";
+
+    /// A mapping of `path`'s code in a process that does not exist (detection then reads the
+    /// path itself).
+    fn code_mapping(pid: u32, path: &str, start: u64, offset: u64, time_ns: Nanos) -> Mapping {
+        Mapping {
+            pid,
+            time_ns,
+            start: Avma(start),
+            end: Avma(start + 0x1000),
+            offset: FileOffset(offset),
+            path: path.to_string(),
+            dev: 0,
+            inode: 0,
+            build_id: None,
+        }
+    }
+
+    fn table() -> PythonProcs {
+        PythonProcs {
+            enabled: true,
+            ..PythonProcs::default()
+        }
+    }
+
+    const NO_PID: u32 = 0x3fff_fff0;
+
+    #[test]
+    fn fixed_address_python_fork_exec_exit() {
+        if !Path::new(PYTHON311).exists() {
+            eprintln!("skipped: no {PYTHON311}");
+            return;
+        }
+        let mut t = table();
+        // Debian's python3.11: non-PIE, code at 0x41f000 from offset 0x1f000, _PyRuntime at
+        // its stated address 0xa5b740.
+        t.mapping(&code_mapping(NO_PID, PYTHON311, 0x41f000, 0x1f000, 100));
+        assert_eq!(t.queue, vec![Update::Insert(NO_PID, 0xa5b740, 0)]);
+        assert_eq!(t.layouts.len(), 1);
+        // The same mapping again (snapshot, then side-band): nothing new to write.
+        t.queue.clear();
+        t.mapping(&code_mapping(NO_PID, PYTHON311, 0x41f000, 0x1f000, 100));
+        assert!(t.queue.is_empty());
+        // A fork: the child has the parent's entry.
+        t.fork(NO_PID, NO_PID + 1, 200);
+        assert_eq!(t.queue, vec![Update::Insert(NO_PID + 1, 0xa5b740, 0)]);
+        t.queue.clear();
+        // An exec older than the entry (the side-band's exec applied after its new image's
+        // mapping was taken as read) keeps it; a later one removes it.
+        t.forget(NO_PID + 1, 150);
+        assert!(t.queue.is_empty());
+        t.forget(NO_PID + 1, 300);
+        assert_eq!(t.queue, vec![Update::Remove(NO_PID + 1)]);
+        // A fork of a process without an entry gives none.
+        t.queue.clear();
+        t.fork(NO_PID + 5, NO_PID + 6, 400);
+        assert!(t.queue.is_empty());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn not_python_is_cached_and_costs_nothing_more() {
+        let mut t = table();
+        let libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        if !Path::new(libc).exists() {
+            return;
+        }
+        t.mapping(&code_mapping(NO_PID, libc, 0x7f00_0002_8000, 0x28000, 1));
+        assert!(t.queue.is_empty() && t.is_empty());
+        assert_eq!(t.files.len(), 1);
+        assert_eq!(t.files.values().next(), Some(&None));
+    }
+
+    /// A shared build: the entry comes from the libpython mapping, rebased by its bias.
+    #[test]
+    fn shared_build_rebased_by_its_mapping() {
+        if !Path::new(LIBPYTHON312).exists() {
+            eprintln!("skipped: no {LIBPYTHON312}");
+            return;
+        }
+        let image = ElfImage::open(Path::new(LIBPYTHON312)).unwrap();
+        let code = image.loads().iter().find(|l| l.exec).unwrap().clone();
+        let runtime = image.symbol_svma("_PyRuntime").unwrap().0;
+        let base = 0x7f12_3400_0000u64;
+        let start = base + (code.vaddr & !0xfff);
+        let mut t = table();
+        t.mapping(&code_mapping(
+            NO_PID,
+            LIBPYTHON312,
+            start,
+            code.offset & !0xfff,
+            1,
+        ));
+        let bias = start - (code.offset & !0xfff) + code.offset - code.vaddr;
+        assert_eq!(t.queue, vec![Update::Insert(NO_PID, runtime + bias, 0)]);
+    }
+
+    #[test]
+    fn disabled_does_nothing() {
+        let mut t = PythonProcs::default();
+        t.mapping(&code_mapping(NO_PID, PYTHON311, 0x41f000, 0x1f000, 1));
+        assert!(t.queue.is_empty() && t.files.is_empty());
+    }
+}
