@@ -107,8 +107,18 @@ impl PythonProcs {
 
     /// A mapping taken in by the process table (snapshot, side-band or survey).
     pub fn mapping(&mut self, m: &Mapping) {
+        self.take(m, true);
+    }
+
+    /// [`PythonProcs::mapping`] if its file was looked at already; returns whether it was
+    /// (else nothing is done).
+    pub fn mapping_if_known(&mut self, m: &Mapping) -> bool {
+        self.take(m, false)
+    }
+
+    fn take(&mut self, m: &Mapping, detect: bool) -> bool {
         if !self.enabled || !m.path.starts_with('/') {
-            return;
+            return true;
         }
         let key = match (&m.build_id, m.dev, m.inode) {
             (Some(id), _, _) => FileKey::BuildId(id.0.clone()),
@@ -116,14 +126,17 @@ impl PythonProcs {
             _ => FileKey::Path(m.path.clone()),
         };
         if !self.files.contains_key(&key) {
+            if !detect {
+                return false;
+            }
             let found = self.detect(m);
             self.files.insert(key.clone(), found);
         }
         let Some(Some((interp, loads))) = self.files.get(&key) else {
-            return;
+            return true;
         };
         let Some(bias) = m.start.load_bias(m.offset, loads) else {
-            return;
+            return true;
         };
         let entry = Entry {
             runtime: interp.runtime_svma.wrapping_add(bias),
@@ -131,6 +144,7 @@ impl PythonProcs {
             since: m.time_ns,
         };
         self.insert(m.pid, entry);
+        true
     }
 
     fn insert(&mut self, pid: u32, entry: Entry) {

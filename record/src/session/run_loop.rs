@@ -191,11 +191,19 @@ pub(super) fn run(
         // script runs its code within milliseconds of being mapped.
         let fresh = feeds.sideband.take_fresh_mappings();
         if !fresh.is_empty() {
+            // Files already known first (a command's libpython, detected before its start):
+            // the host's other new files, each opened to be looked at, come after.
             let mut st = state.borrow_mut();
-            for m in &fresh {
-                st.table.python_mut().mapping(m);
+            let python = st.table.python_mut();
+            let rest: Vec<_> = fresh
+                .iter()
+                .filter(|m| !python.mapping_if_known(m))
+                .collect();
+            python.sync(&set.skel);
+            for m in rest {
+                python.mapping(m);
             }
-            st.table.python_mut().sync(&set.skel);
+            python.sync(&set.skel);
         }
         let horizon = feeds
             .sideband
