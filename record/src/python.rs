@@ -574,7 +574,7 @@ mod tests {
             return;
         }
         let image = ElfImage::open(Path::new(LIBPYTHON312)).unwrap();
-        let code = image.loads().iter().find(|l| l.exec).unwrap().clone();
+        let code = *image.loads().iter().find(|l| l.exec).unwrap();
         let runtime = image.symbol_svma("_PyRuntime").unwrap().0;
         let base = 0x7f12_3400_0000u64;
         let start = base + (code.vaddr & !0xfff);
