@@ -174,3 +174,51 @@ fn pyenv_312() {
 fn pyenv_313() {
     pyenv(PYENV_313);
 }
+
+/// A program that says it is CPython 3.14 (`Py_Version`, `_PyRuntime` exported, as a CPython
+/// build exports them) but whose layout urec does not know: named once on stderr, and
+/// nothing else changes (its events are recorded, with native stacks).
+#[test]
+fn unknown_version_is_named_once() {
+    if !have_root() || !Path::new(LIBZ).exists() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("fakepy.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <zlib.h>
+const unsigned long Py_Version = 0x030e00f0;
+char _PyRuntime[4096];
+int main(void) {
+    unsigned char buf[64] = {0};
+    unsigned long c = 0;
+    for (int i = 0; i < 100; i++) c += crc32(0, buf, 64);
+    return (int)(c & 0);
+}
+"#,
+    )
+    .unwrap();
+    let exe = dir.path().join("fakepy");
+    // libz by its path (no -dev package needed); -rdynamic exports the two symbols, as a
+    // CPython executable exports them for its extension modules.
+    common::gcc(&exe, &[src, LIBZ.into()], &["-O1", "-rdynamic"]);
+    let out_file = dir.path().join("out.urec");
+    let probe = format!("{LIBZ}:crc32");
+    let out = std::process::Command::new(common::UREC)
+        .args(["record", "-g", "fp", "-o"])
+        .arg(&out_file)
+        .args(["-e", &probe, "--"])
+        .arg(&exe)
+        .env("UREC_DEBUG_PYTHON", "1")
+        .env_remove("DEBUGINFOD_URLS")
+        .output()
+        .expect("running urec");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let said = "python3.14: unknown frame layout, native stacks only";
+    assert_eq!(stderr.matches(said).count(), 1, "{stderr}");
+    let c = counts(&stderr);
+    assert_eq!((c.stack_events, c.blocks), (100, 0), "{c:?}");
+}
