@@ -222,3 +222,69 @@ int main(void) {
     let c = counts(&stderr);
     assert_eq!((c.stack_events, c.blocks), (100, 0), "{c:?}");
 }
+
+/// Two threads calling zlib.crc32 on 64 KiB buffers (the GIL released inside) while a third
+/// runs Python code, then a child forked without exec making 300 more calls: each event walks
+/// its own thread's frames (matched by fsbase, not the GIL holder's), and the child walks from
+/// its first call (its entry copied by the fork program).
+const THREADS: &str = "
+import os, threading, zlib
+big = b'x' * 65536
+def target():
+    return zlib.crc32(big)
+def outer(n):
+    for _ in range(n):
+        target()
+def spin():
+    x = 0
+    for i in range(3000000):
+        x += i
+ts = [threading.Thread(target=outer, args=(500,)) for _ in range(2)]
+ts.append(threading.Thread(target=spin))
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+pid = os.fork()
+if pid == 0:
+    outer(300)
+    os._exit(0)
+os.waitpid(pid, 0)
+";
+
+fn threads_and_fork(python: &str) {
+    if !have_root() || !present(python) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("threads.py");
+    std::fs::write(&script, THREADS).unwrap();
+    let out_file = dir.path().join("out.urec");
+    let probe = format!("{LIBZ}:crc32");
+    let out = std::process::Command::new(common::UREC)
+        .args(["record", "-g", "dwarf", "-o"])
+        .arg(&out_file)
+        .args(["-e", &probe, "--", python])
+        .arg(&script)
+        .env("UREC_DEBUG_PYTHON", "1")
+        .env_remove("DEBUGINFOD_URLS")
+        .output()
+        .expect("running urec");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let c = counts(&stderr);
+    eprintln!("{python}: {c:?}");
+    assert_eq!(c.stack_events, 1300, "{c:?}");
+    assert!(c.ok3 * 100 >= 1300 * 95, "fewer than 95% walked: {c:?}");
+    assert_eq!((c.read_failed, c.no_thread), (0, 0), "{c:?}");
+}
+
+#[test]
+fn python311_threads_and_fork() {
+    threads_and_fork(PYTHON311);
+}
+
+#[test]
+fn pyenv_313_threads_and_fork() {
+    threads_and_fork(PYENV_313);
+}

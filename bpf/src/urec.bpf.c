@@ -13,7 +13,8 @@
  *  - urec_entry_single / urec_return_single (uprobe / uretprobe): the fallback when the kernel
  *    refuses multi links; latency through a small per-thread stack of entry times.
  *  - urec_fork (tp_btf/sched_process_fork): adds the children of traced processes to the tgid
- *    filter at fork time, so a child calling the probed code at once is not missed.
+ *    filter at fork time, so a child calling the probed code at once is not missed; and gives
+ *    a Python process's child its `py_procs` entry (with stacks on).
  *
  * User stacks (-g fp) are walked by the programs themselves (put_fp_stack): the same frames
  * as bpf_get_stack, at a fraction of its cost.
@@ -1727,5 +1728,18 @@ int BPF_PROG(urec_fork, struct task_struct *parent, struct task_struct *child)
 
 	if (ptgid != ctgid && bpf_map_lookup_elem(&tgids, &ptgid))
 		bpf_map_update_elem(&tgids, &ctgid, &one, BPF_ANY);
+	/* A Python process forked without exec (multiprocessing, os.fork) runs the same
+	 * interpreter at the same addresses: its child walks from its first event, not from
+	 * when the recorder reads the fork (which then enters the same entry; an exec or exit
+	 * removes it). */
+	if (ptgid != ctgid && python_known()) {
+		struct urec_py_proc *py = bpf_map_lookup_elem(&py_procs, &ptgid);
+
+		if (py) {
+			struct urec_py_proc copy = *py;
+
+			bpf_map_update_elem(&py_procs, &ctgid, &copy, BPF_ANY);
+		}
+	}
 	return 0;
 }
