@@ -250,7 +250,11 @@ fn uname() -> (String, String, String) {
 /// descriptor and [`urec_bpf::abi::STR_MAX`] bytes), and the stack: for `-g dwarf` the
 /// registers, [`urec_bpf::abi::MAX_PENDING`] pending returns and a copy of `stack_size` bytes
 /// (`--stack-size`: a copy is shorter only where the stack is), for frame pointers
-/// `stack_depth` + 2 frames (the inserted caller and function address).
+/// `stack_depth` + 2 frames (the inserted caller and function address); with either, the
+/// largest Python block (issue 33: a process running CPython).
+const PYTHON_BLOCK: usize =
+    urec_bpf::abi::PY_HEAD_SIZE + urec_bpf::abi::PY_FRAME_SIZE * urec_bpf::abi::PY_MAX_FRAMES;
+
 fn largest_record(
     probe: &PlannedProbe,
     stack_mode: StackMode,
@@ -267,9 +271,9 @@ fn largest_record(
     let stack = if stack_mode == StackMode::None || stack_depth == 0 {
         0
     } else if probe.config.dwarf {
-        abi::DWARF_HEADER_SIZE + 16 * abi::MAX_PENDING + stack_size as usize
+        abi::DWARF_HEADER_SIZE + 16 * abi::MAX_PENDING + stack_size as usize + PYTHON_BLOCK
     } else {
-        8 * (stack_depth.min(abi::MAX_DEPTH) as usize + 2)
+        8 * (stack_depth.min(abi::MAX_DEPTH) as usize + 2) + PYTHON_BLOCK
     };
     abi::EVENT_HEADER_SIZE + args + stack
 }
