@@ -328,6 +328,8 @@ struct RawPyLayout {
     code_filename: u64,
     code_firstlineno: u64,
     code_adaptive: u64,
+    ts_lo: u64,
+    ts_size: u64,
     via_cframe: u8,
     entry_kind: u8,
     entry_value: u8,
@@ -336,7 +338,7 @@ struct RawPyLayout {
 
 /// Size of `struct urec_py_layout`.
 pub const PY_LAYOUT_SIZE: usize = size_of::<RawPyLayout>();
-const _: () = assert!(PY_LAYOUT_SIZE == 17 * 8 + 8);
+const _: () = assert!(PY_LAYOUT_SIZE == 19 * 8 + 8);
 /// Size of `struct urec_py_proc`, a `py_procs` value.
 pub const PY_PROC_SIZE: usize = 16;
 
@@ -376,6 +378,18 @@ impl PyLayout {
         {
             return Err("code object fields too far apart or not aligned".into());
         }
+        // The thread state: thread_id and what leads to the current frame, one read.
+        let link = self.cframe.unwrap_or(self.current_frame);
+        if !self.thread_id.is_multiple_of(8) || !link.is_multiple_of(8) {
+            return Err("thread state fields not 8-aligned".into());
+        }
+        let ts_lo = self.thread_id.min(link);
+        let ts_size = self.thread_id.max(link) + 8 - ts_lo;
+        if ts_size > PY_WINDOW {
+            return Err(format!(
+                "thread state fields more than {PY_WINDOW} bytes apart"
+            ));
+        }
         let raw = RawPyLayout {
             interpreters_head: self.interpreters_head,
             threads_head: self.threads_head,
@@ -394,6 +408,8 @@ impl PyLayout {
             code_filename: self.code_filename,
             code_firstlineno: self.code_firstlineno,
             code_adaptive: self.code_adaptive,
+            ts_lo,
+            ts_size,
             via_cframe: u8::from(self.cframe.is_some()),
             entry_kind: u8::from(matches!(self.entry, PyEntry::Owner { .. })),
             entry_value: match self.entry {
@@ -1234,7 +1250,8 @@ mod tests {
         assert_eq!(u64_at(&b, 72), 68); // entry offset
         assert_eq!(u64_at(&b, 80), 69); // frame_size: past is_entry
         assert_eq!((u64_at(&b, 88), u64_at(&b, 96)), (72, 64)); // code window
-        assert_eq!(&b[136..139], &[1, 0, 0]);
+        assert_eq!((u64_at(&b, 136), u64_at(&b, 144)), (56, 104)); // thread state window
+        assert_eq!(&b[152..155], &[1, 0, 0]);
         let far = PyLayout {
             code_qualname: 400,
             ..layout
@@ -1242,6 +1259,7 @@ mod tests {
         assert!(far.to_bytes().is_err());
         let owner = PyLayout {
             cframe: None,
+            current_frame: 72,
             entry: PyEntry::Owner {
                 offset: 70,
                 cstack: 3,
@@ -1249,7 +1267,14 @@ mod tests {
             ..layout
         };
         let b = owner.to_bytes().unwrap();
-        assert_eq!(&b[136..139], &[0, 1, 3]);
+        assert_eq!(&b[152..155], &[0, 1, 3]);
+        // A direct current_frame (3.13: 72) is read with thread_id.
+        assert_eq!((u64_at(&b, 136), u64_at(&b, 144)), (72, 88));
+        let apart = PyLayout {
+            current_frame: 8,
+            ..owner
+        };
+        assert!(apart.to_bytes().is_err());
         assert_eq!(py_proc_bytes(0xa5b740, 2)[8], 2);
     }
 

@@ -1052,6 +1052,27 @@ static long py_frame_step(__u64 i, struct py_walk *w)
 }
 
 /*
+ * Reads the thread state's window (thread_id, and cframe or current_frame: one read) into the
+ * code window, free until the frame walk; true when `ts` is this thread's (its thread_id is
+ * `fsbase`), with `*link` the cframe pointer (3.11/3.12) or the current frame (3.13+).
+ */
+static __always_inline bool py_ts_window(struct scratch *s, struct urec_py_layout *l, __u64 ts,
+					 __u64 fsbase, __u64 *link)
+{
+	__u8 *tw = s->buf + PY_CODE_WIN;
+	__u32 size = ((l->ts_size - 1) & (UREC_PY_WINDOW - 1)) + 1;
+	__u64 lo = l->ts_lo;
+	__u64 at = l->via_cframe ? l->cframe : l->current_frame;
+
+	if (bpf_probe_read_user(tw, size, (void *)(ts + lo)))
+		return false;
+	if (*(__u64 *)(tw + ((l->thread_id - lo) & (UREC_PY_WINDOW - 8))) != fsbase)
+		return false;
+	*link = *(__u64 *)(tw + ((at - lo) & (UREC_PY_WINDOW - 8)));
+	return true;
+}
+
+/*
  * Appends the Python block at `off` (just after the args) for the interpreter whose
  * _PyRuntime is at `runtime`, read with layout `layout`; returns the offset after it, with
  * PY_WRITTEN set when a block was written.
@@ -1084,11 +1105,10 @@ __noinline long put_py(struct scratch *s, __u32 off, __u64 runtime, __u32 layout
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct py_tstate *c = bpf_map_lookup_elem(&py_tstates, &tid);
-	__u64 v = 0;
+	__u64 link = 0;
 
 	w.fsbase = BPF_CORE_READ(task, thread.fsbase);
-	if (c && c->runtime == runtime && c->ts &&
-	    !bpf_probe_read_user(&v, 8, (void *)(c->ts + l->thread_id)) && v == w.fsbase) {
+	if (c && c->runtime == runtime && c->ts && py_ts_window(s, l, c->ts, w.fsbase, &link)) {
 		w.ts = c->ts;
 		w.found = 1;
 	} else {
@@ -1100,6 +1120,10 @@ __noinline long put_py(struct scratch *s, __u32 off, __u64 runtime, __u32 layout
 			w.status |= UREC_PY_READ_FAILED;
 		} else {
 			bpf_loop(UREC_PY_MAX_THREADS, py_thread_step, &w, 0);
+			if (w.found && !py_ts_window(s, l, w.ts, w.fsbase, &link)) {
+				w.found = 0;
+				w.status |= UREC_PY_READ_FAILED;
+			}
 			if (w.found) {
 				struct py_tstate nv = { .ts = w.ts, .runtime = runtime };
 
@@ -1108,17 +1132,13 @@ __noinline long put_py(struct scratch *s, __u32 off, __u64 runtime, __u32 layout
 		}
 	}
 	if (w.found) {
-		__u64 at = w.ts;
 		bool ok = true;
 
-		if (l->via_cframe) {
-			__u64 cf = 0;
-
-			ok = !bpf_probe_read_user(&cf, 8, (void *)(at + l->cframe)) && cf;
-			at = cf;
-		}
-		if (ok)
-			ok = !bpf_probe_read_user(&w.frame, 8, (void *)(at + l->current_frame));
+		if (l->via_cframe)
+			ok = link &&
+			     !bpf_probe_read_user(&w.frame, 8, (void *)(link + l->current_frame));
+		else
+			w.frame = link;
 		if (ok)
 			bpf_loop(UREC_PY_MAX_FRAMES + 1, py_frame_step, &w, 0);
 		else

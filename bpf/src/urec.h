@@ -259,7 +259,8 @@ struct urec_py_proc {
 /*
  * The offsets the walk reads (urec_python::FrameOffsets, flattened). The frame fields all lie
  * below frame_size (<= UREC_PY_WINDOW), read at once; the code fields inside
- * [code_lo, code_lo + code_size) (code_size <= UREC_PY_WINDOW), read at once.
+ * [code_lo, code_lo + code_size) (code_size <= UREC_PY_WINDOW), read at once; the thread state's
+ * fields the same way.
  */
 struct urec_py_layout {
 	__u64 interpreters_head; /* _PyRuntimeState.interpreters.head */
@@ -279,6 +280,8 @@ struct urec_py_layout {
 	__u64 code_filename;
 	__u64 code_firstlineno;
 	__u64 code_adaptive;
+	__u64 ts_lo;             /* the thread state's thread_id and cframe (or current_frame) */
+	__u64 ts_size;           /* lie in [ts_lo, ts_lo + ts_size), read at once */
 	__u8 via_cframe;         /* 3.11/3.12: tstate->cframe->current_frame */
 	__u8 entry_kind;         /* UREC_PY_ENTRY_* */
 	__u8 entry_value;        /* FRAME_OWNED_BY_CSTACK */
