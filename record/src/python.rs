@@ -258,7 +258,12 @@ impl PythonProcs {
         }
     }
 
-    /// A fork: the child runs the parent's interpreter at the same addresses.
+    /// A fork: the child runs the parent's interpreter at the same addresses. A parent
+    /// without an entry changes nothing: the child's pid had none (its previous holder's exit
+    /// removed it), unless the command's was entered before its exec ([`expect_exec`]), which
+    /// must stay.
+    ///
+    /// [`expect_exec`]: PythonProcs::expect_exec
     pub fn fork(&mut self, parent: u32, child: u32, time_ns: Nanos) {
         if let Some(&e) = self.procs.get(&parent) {
             self.insert(
@@ -268,8 +273,6 @@ impl PythonProcs {
                     ..e
                 },
             );
-        } else {
-            self.forget(child, time_ns);
         }
     }
 
