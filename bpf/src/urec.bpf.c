@@ -937,9 +937,17 @@ static __always_inline bool python_known(void)
  * checked again (its thread_id still the thread's fsbase) before use. LRU: dead threads age
  * out. */
 struct py_tstate {
-	__u64 ts;
+	__u64 ts;         /* 0: the last search found none */
 	__u64 runtime;
+	__u64 retry_at;   /* with ts 0: search again from this time (bpf_ktime_get_ns) */
 };
+
+/* A thread of a Python process with no thread state (a native library's worker calling the
+ * probed function) would search the whole list on every event: up to 64 reads, microseconds.
+ * After a miss the thread is left native for this long; a thread that becomes a Python thread
+ * (PyGILState_Ensure, or a new threading.Thread hit before it bound its state) is found at the
+ * next search, so short: its events of those milliseconds at most lack Python frames. */
+#define PY_MISS_RETRY_NS 10000000ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -1111,6 +1119,8 @@ __noinline long put_py(struct scratch *s, __u32 off, __u64 runtime, __u32 layout
 	if (c && c->runtime == runtime && c->ts && py_ts_window(s, l, c->ts, w.fsbase, &link)) {
 		w.ts = c->ts;
 		w.found = 1;
+	} else if (c && c->runtime == runtime && !c->ts && bpf_ktime_get_ns() < c->retry_at) {
+		w.status = UREC_PY_NO_THREAD;
 	} else {
 		__u64 interp = 0;
 
@@ -1126,6 +1136,13 @@ __noinline long put_py(struct scratch *s, __u32 off, __u64 runtime, __u32 layout
 			}
 			if (w.found) {
 				struct py_tstate nv = { .ts = w.ts, .runtime = runtime };
+
+				bpf_map_update_elem(&py_tstates, &tid, &nv, BPF_ANY);
+			} else if (!w.status) {
+				struct py_tstate nv = {
+					.runtime = runtime,
+					.retry_at = bpf_ktime_get_ns() + PY_MISS_RETRY_NS,
+				};
 
 				bpf_map_update_elem(&py_tstates, &tid, &nv, BPF_ANY);
 			}
