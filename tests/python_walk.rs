@@ -288,3 +288,63 @@ fn python311_threads_and_fork() {
 fn pyenv_313_threads_and_fork() {
     threads_and_fork(PYENV_313);
 }
+
+/// A native thread of a Python process (a C library's own pthread, started through ctypes)
+/// has no thread state: its events say so (`UREC_PY_NO_THREAD`, no frames), while the main
+/// thread's calls right after still walk (`target`, `<module>`).
+#[test]
+fn python311_native_thread_has_no_python_frames() {
+    if !have_root() || !present(PYTHON311) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("nat.c");
+    std::fs::write(
+        &src,
+        r#"
+#include <pthread.h>
+#include <zlib.h>
+static void *worker(void *arg) {
+    long n = (long)arg;
+    unsigned char b[64] = {0};
+    unsigned long c = 0;
+    for (long i = 0; i < n; i++) c += crc32(0, b, 64);
+    return (void *)c;
+}
+void run(long n) { pthread_t t; pthread_create(&t, 0, worker, (void *)n); pthread_join(t, 0); }
+"#,
+    )
+    .unwrap();
+    let lib = dir.path().join("nat.so");
+    common::gcc(
+        &lib,
+        &[src, LIBZ.into()],
+        &["-O1", "-shared", "-fPIC", "-pthread"],
+    );
+    let script = dir.path().join("nat.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import ctypes, zlib\nctypes.CDLL('{}').run(ctypes.c_long(1000))\nd = b'x'\n\
+             def target():\n    return zlib.crc32(d)\nfor _ in range(200):\n    target()\n",
+            lib.display()
+        ),
+    )
+    .unwrap();
+    let out_file = dir.path().join("out.urec");
+    let probe = format!("{LIBZ}:crc32");
+    let out = std::process::Command::new(common::UREC)
+        .args(["record", "-g", "fp", "-o"])
+        .arg(&out_file)
+        .args(["-e", &probe, "--", PYTHON311])
+        .arg(&script)
+        .env("UREC_DEBUG_PYTHON", "1")
+        .env_remove("DEBUGINFOD_URLS")
+        .output()
+        .expect("running urec");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let c = counts(&stderr);
+    assert_eq!((c.stack_events, c.blocks), (1200, 1200), "{c:?}");
+    assert_eq!((c.no_thread, c.frames), (1000, 400), "{c:?}");
+}
