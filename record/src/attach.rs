@@ -180,7 +180,10 @@ pub fn load<'obj>(
         .hist
         .set_max_entries(n * buckets as u32)
         .context("sizing the latency histograms")?;
-    open.progs.urec_fork.set_autoload(opts.filter);
+    // With stacks, also for the Python walk's `py_procs` (a fork without exec).
+    open.progs
+        .urec_fork
+        .set_autoload(opts.filter || opts.stack_depth > 0);
     let skel = open.load().map_err(|err| {
         // Out of descriptors, libbpf's loader may report EINVAL: see the `fds` module.
         if let Some(limit) = crate::fds::short_of_fds() {
