@@ -792,6 +792,12 @@ pub struct RawPyFrame {
 }
 
 impl<'a> RawPython<'a> {
+    /// The frames' bytes as the programs wrote them: equal bytes are equal frames, so the
+    /// recorder names a repeated Python stack by one lookup.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.frames
+    }
+
     /// The frames, innermost first.
     pub fn frames(&self) -> impl Iterator<Item = RawPyFrame> + 'a {
         self.frames.chunks_exact(PY_FRAME_SIZE).map(|c| {

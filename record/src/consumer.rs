@@ -11,7 +11,8 @@ use urec_format::{ArgType, ArgValue, Event, EventKind, Nanos, Record, Writer};
 
 use crate::dwarf::{Capture, DwarfStacks};
 use crate::processes::ProcessTable;
-use crate::python::{PyStack, PyStats};
+use crate::python::names::NamedStack;
+use crate::python::PythonNames;
 use crate::sideband::SidebandRecord;
 use crate::stacks::StackTable;
 use crate::PlannedProbe;
@@ -72,12 +73,12 @@ pub(crate) fn decoders(probes: &[PlannedProbe]) -> Vec<ProbeDecode> {
 
 /// An event read from the ring and not yet released, with what is still to be done for it
 /// before it is written: its stack copy to unwind (boxed: the list is moved around per event,
-/// and most events have none), and its Python frames to name (issue 33: named at release,
-/// while the process lives).
+/// and most events have none), and the Python frames (named already, while the process
+/// lived) that go into that stack.
 pub(crate) struct Held {
     pub(crate) event: Event,
     pub(crate) capture: Option<Box<Capture>>,
-    pub(crate) python: Option<Box<PyStack>>,
+    pub(crate) python: Option<NamedStack>,
 }
 
 /// What the consumer accumulates between releases.
@@ -91,8 +92,8 @@ pub(crate) struct State<W: std::io::Write> {
     /// Events not yet released ([`Held`]). A deque: a release takes a prefix, and shifting
     /// the rest down each time cost more than the events.
     pub(crate) pending: VecDeque<Held>,
-    /// The Python blocks read (for `-v` and `UREC_DEBUG_PYTHON`).
-    pub(crate) python: PyStats,
+    /// The Python frames of events, named as they are read.
+    pub(crate) python: PythonNames,
     /// `pending` is in time order (checked as events arrive, not per release: a release
     /// may come every few thousand events while the list holds hundreds of thousands).
     pub(crate) pending_sorted: bool,
@@ -157,14 +158,23 @@ impl<W: std::io::Write> State<W> {
         } else {
             EventKind::Return
         };
-        let python = raw.python.map(|p| {
-            Box::new(PyStack {
-                status: p.status,
-                frames: p.frames().collect(),
-            })
-        });
-        self.python
-            .count(raw.nframes() > 0 || raw.dwarf.is_some(), python.as_deref());
+        self.python.stats.count(
+            raw.nframes() > 0 || raw.dwarf.is_some(),
+            raw.python.as_ref(),
+        );
+        let python = match &raw.python {
+            Some(p) => {
+                let State {
+                    writer,
+                    table,
+                    python,
+                    ..
+                } = self;
+                let py = table.python().cpython(raw.pid);
+                python.stack(raw.pid, py, p, &mut |r| Ok(writer.write(&r)?))?
+            }
+            None => None,
+        };
         let capture = raw
             .dwarf
             .as_ref()
@@ -175,7 +185,7 @@ impl<W: std::io::Write> State<W> {
             self.frames.extend(raw.frames().take(130));
             // The walk stopped at the depth limit, not at the end of the chain.
             let truncated = self.frames.len() as u32 >= self.stack_depth;
-            let (id, new) = self.stacks.intern(&self.frames, truncated);
+            let (id, new) = self.stacks.intern(&self.frames, truncated, python.as_ref());
             if let Some(s) = new {
                 self.writer.write(&Record::Stack(s))?;
             }
@@ -259,14 +269,13 @@ impl<W: std::io::Write> State<W> {
     }
 }
 
-/// Writes one released event, unwinding its stack copy first when it has one. Its Python
-/// frames (`held.python`) are dropped here for now: naming them and writing them with the
-/// stack (format 2.4) is the next step of issue 33.
+/// Writes one released event, unwinding its stack copy first when it has one (with the
+/// event's Python frames, which go into the same stack).
 fn release_one(
     Held {
         event: mut e,
         capture,
-        python: _python,
+        python,
     }: Held,
     table: &mut ProcessTable,
     dwarf: &mut DwarfStacks,
@@ -276,7 +285,7 @@ fn release_one(
     table.ensure_emitted(e.pid, e.time_ns, emit)?;
     if let Some(capture) = capture {
         let (frames, truncated) = dwarf.unwind(table, e.pid, e.probe, e.kind, *capture);
-        let (id, new) = stacks.intern(frames, truncated);
+        let (id, new) = stacks.intern(frames, truncated, python.as_ref());
         if let Some(s) = new {
             emit(Record::Stack(s))?;
         }

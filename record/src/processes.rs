@@ -219,6 +219,11 @@ impl ProcessTable {
         self.python = python;
     }
 
+    /// The Python process observer: which interpreter a process runs, to name its frames.
+    pub fn python(&self) -> &PythonProcs {
+        &self.python
+    }
+
     /// The Python process observer, to write its changes to the programs' maps.
     pub fn python_mut(&mut self) -> &mut PythonProcs {
         &mut self.python

@@ -104,9 +104,9 @@ pub(super) fn finish(
     // The Python walk's counts: with -v when there was any Python block, and always with
     // UREC_DEBUG_PYTHON (what the tests check the walk by).
     if std::env::var_os("UREC_DEBUG_PYTHON").is_some()
-        || (opts.verbosity == crate::Verbosity::Verbose && python.blocks > 0)
+        || (opts.verbosity == crate::Verbosity::Verbose && python.stats.blocks > 0)
     {
-        eprintln!("{}", python.line());
+        eprintln!("{}", python.stats.line());
     }
     let out = writer.finish()?;
     let file = out

@@ -27,11 +27,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use urec_bpf::abi::{py_proc_bytes, PyEntry, PyLayout, RawPyFrame, PY_LAYOUTS};
+use urec_bpf::abi::{py_proc_bytes, PyEntry, PyLayout, PY_LAYOUTS};
 use urec_elf::ElfImage;
 use urec_format::hash::FxHashMap;
 use urec_format::{Mapping, Nanos};
-use urec_python::{CurrentFrame, Detection, EntryMarker, FrameOffsets};
+use urec_python::{Cpython, CurrentFrame, Detection, EntryMarker, FrameOffsets};
 
 /// Disables the Python walk's map upkeep (so the programs never walk), to measure its cost or
 /// to rule it out.
@@ -77,6 +77,9 @@ pub struct PythonProcs {
     files: FxHashMap<FileKey, Option<(Interpreter, Vec<urec_format::LoadSegment>)>>,
     /// `py_layouts`, by index.
     layouts: Vec<FrameOffsets>,
+    /// The interpreter each layout was first entered for: what naming a frame needs (its
+    /// offsets, and its version for the line table and entry markers).
+    interpreters: Vec<Cpython>,
     layouts_written: usize,
     /// `py_active` is set (the programs look at `py_procs` from then on).
     active_written: bool,
@@ -103,6 +106,12 @@ impl PythonProcs {
     /// Whether no process runs a known CPython now.
     pub fn is_empty(&self) -> bool {
         self.procs.is_empty()
+    }
+
+    /// The interpreter process `pid` runs, while it has an entry.
+    pub fn cpython(&self, pid: u32) -> Option<&Cpython> {
+        let e = self.procs.get(&pid)?;
+        self.interpreters.get(e.layout as usize)
     }
 
     /// A mapping taken in by the process table (snapshot, side-band or survey).
@@ -330,6 +339,10 @@ impl PythonProcs {
             .or_else(|_| ElfImage::open(Path::new(&m.path)))
             .ok()?;
         if !exports_py_version(&image) {
+            if exports(&image, b"_PyRuntime") {
+                // A CPython before 3.11: no layout to walk, but named once like any unknown.
+                self.known_at(&image, Path::new(&m.path));
+            }
             return None;
         }
         self.known(&image)
@@ -338,7 +351,17 @@ impl PythonProcs {
     /// [`urec_python::detect_image`], with its layout entered in `py_layouts` when known, and
     /// an unknown version named once.
     fn known(&mut self, image: &ElfImage) -> Option<(Interpreter, Vec<urec_format::LoadSegment>)> {
-        match urec_python::detect_image(image) {
+        self.known_at(image, Path::new(""))
+    }
+
+    /// [`PythonProcs::known`] for the file mapped at `path`, whose name tells the version of a
+    /// CPython before 3.11 ([`urec_python::detect_named`]).
+    fn known_at(
+        &mut self,
+        image: &ElfImage,
+        path: &Path,
+    ) -> Option<(Interpreter, Vec<urec_format::LoadSegment>)> {
+        match urec_python::detect_named(image, path) {
             Detection::NotCpython => None,
             Detection::Unknown { version, .. } => {
                 if self.warned.insert((version.major(), version.minor())) {
@@ -365,6 +388,7 @@ impl PythonProcs {
                     Some(i) => i,
                     None if self.layouts.len() < PY_LAYOUTS as usize => {
                         self.layouts.push(py.offsets);
+                        self.interpreters.push((*py).clone());
                         self.layouts.len() - 1
                     }
                     None => return None,
@@ -387,10 +411,15 @@ impl PythonProcs {
 /// met (thousands of symbols each, a debug build's hundreds of thousands) are not searched
 /// symbol by symbol.
 fn exports_py_version(image: &ElfImage) -> bool {
+    exports(image, b"Py_Version")
+}
+
+/// Whether the file's dynamic string table holds `symbol`.
+fn exports(image: &ElfImage, symbol: &[u8]) -> bool {
     image
         .section(".dynstr")
         .and_then(|s| image.section_bytes(s))
-        .is_some_and(|b| b.split(|&c| c == 0).any(|name| name == b"Py_Version"))
+        .is_some_and(|b| b.split(|&c| c == 0).any(|name| name == symbol))
 }
 
 /// `FrameOffsets` as the programs read them; None when the walk cannot read them (fields
@@ -427,67 +456,6 @@ fn layout_bytes(o: &FrameOffsets) -> Option<Vec<u8>> {
     }
     .to_bytes()
     .ok()
-}
-
-/// The Python frames of one event as the programs read them, kept with the event until it is
-/// released (where they are to be named, while the process lives).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PyStack {
-    /// `urec_bpf::abi::PY_*` bits.
-    pub status: u16,
-    /// Innermost first.
-    pub frames: Vec<RawPyFrame>,
-}
-
-/// Counts of the Python blocks read, for `-v` and the tests (`UREC_DEBUG_PYTHON`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PyStats {
-    /// Events that captured a stack.
-    pub stack_events: u64,
-    /// Events with a Python block.
-    pub blocks: u64,
-    /// Blocks with status 0 and at least 3 frames.
-    pub ok3: u64,
-    /// Frames in all blocks.
-    pub frames: u64,
-    /// Blocks with each status bit.
-    pub truncated: u64,
-    /// See [`PyStats::truncated`].
-    pub read_failed: u64,
-    /// See [`PyStats::truncated`].
-    pub no_thread: u64,
-}
-
-impl PyStats {
-    /// Counts one event.
-    pub fn count(&mut self, had_stack: bool, py: Option<&PyStack>) {
-        if had_stack {
-            self.stack_events += 1;
-        }
-        let Some(py) = py else { return };
-        self.blocks += 1;
-        self.frames += py.frames.len() as u64;
-        if py.status == 0 && py.frames.len() >= 3 {
-            self.ok3 += 1;
-        }
-        self.truncated += u64::from(py.status & urec_bpf::abi::PY_TRUNCATED != 0);
-        self.read_failed += u64::from(py.status & urec_bpf::abi::PY_READ_FAILED != 0);
-        self.no_thread += u64::from(py.status & urec_bpf::abi::PY_NO_THREAD != 0);
-    }
-
-    /// One line, as `-v` and `UREC_DEBUG_PYTHON=1` print it.
-    pub fn line(&self) -> String {
-        format!(
-            "python: stack_events={} blocks={} ok3={} frames={} truncated={} read_failed={} no_thread={}",
-            self.stack_events,
-            self.blocks,
-            self.ok3,
-            self.frames,
-            self.truncated,
-            self.read_failed,
-            self.no_thread
-        )
-    }
 }
 
 #[cfg(test)]
