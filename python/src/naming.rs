@@ -258,11 +258,14 @@ fn read_str(
         (false, 1 | 2 | 4) => (o.unicode_compact_data, kind as usize),
         _ => return Err(malformed(format!("str kind {kind}, ascii {ascii}"))),
     };
-    let kept = length.min(MAX_NAME_CHARS);
-    let mut bytes = vec![0u8; kept * width];
     let at = obj
         .checked_add(data)
         .ok_or_else(|| malformed("address overflow".to_string()))?;
+    // A snapshot may hold only the start of a long name: cut there.
+    let kept = length
+        .min(MAX_NAME_CHARS)
+        .min(mem.available(at, length.saturating_mul(width)) / width);
+    let mut bytes = vec![0u8; kept * width];
     read(mem, at, &mut bytes, what)?;
     let mut out = String::with_capacity(kept + 3);
     match width {
@@ -309,10 +312,12 @@ fn read_bytes(
     read(mem, size_at, &mut size, what)?;
     let size = i64::from_le_bytes(size);
     let size = usize::try_from(size).map_err(|_| malformed(format!("size {size}")))?;
-    let mut data = vec![0u8; size.min(MAX_LINETABLE_BYTES)];
     let at = obj
         .checked_add(o.bytes_data)
         .ok_or_else(|| malformed("address overflow".to_string()))?;
+    // A snapshot may hold only the start of a long table: offsets past the cut get no line.
+    let kept = size.min(MAX_LINETABLE_BYTES);
+    let mut data = vec![0u8; mem.available(at, kept)];
     read(mem, at, &mut data, what)?;
     Ok(data)
 }
