@@ -137,7 +137,11 @@ fn check_paths_delayed(python: &Path, lib_note: &str, delay_ms: Option<u64>) {
         "-",
     ]))
     .unwrap();
-    assert_eq!(json["recording"]["lost"], 0, "{lib_note}");
+    assert_eq!(
+        json["recording"]["lost"], 0,
+        "{lib_note}: {}\n{stderr}",
+        json["recording"]["lost_by_source"]
+    );
     // Counts are exact whatever the stacks show.
     let calls = json["functions"][0]["calls"].as_u64().unwrap();
     assert_eq!(calls, 3 * N + N / 10, "{lib_note}: crc32 calls");
