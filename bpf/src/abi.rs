@@ -1499,14 +1499,20 @@ mod tests {
         );
         assert_eq!(
             c.regions,
-            vec![(0x7f00_0048, &[1u8, 2, 3][..]), (0x7f00_0100, &[9u8; 16][..])]
+            vec![
+                (0x7f00_0048, &[1u8, 2, 3][..]),
+                (0x7f00_0100, &[9u8; 16][..])
+            ]
         );
         // Every shorter record (the last region ends the record): an error, never a panic.
         for len in 0..b.len() {
             assert!(RawPyCode::parse(&b[..len]).is_err(), "{len} bytes decoded");
         }
         // No regions at all (every read faulted) is a valid, empty snapshot.
-        assert!(RawPyCode::parse(&py_code_record(&[])).unwrap().regions.is_empty());
+        assert!(RawPyCode::parse(&py_code_record(&[]))
+            .unwrap()
+            .regions
+            .is_empty());
         // Too many regions, a region longer than the programs copy, an address overflow.
         let mut bad = b.clone();
         bad[EVENT_HEADER_SIZE + 28] = 5;

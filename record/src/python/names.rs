@@ -19,8 +19,8 @@
 use std::sync::Arc;
 
 use urec_bpf::abi::{
-    py_code_check, py_code_key, py_stack_hash, RawPyCode, RawPython, PY_NO_THREAD,
-    PY_READ_FAILED, PY_TRUNCATED,
+    py_code_check, py_code_key, py_stack_hash, RawPyCode, RawPython, PY_NO_THREAD, PY_READ_FAILED,
+    PY_TRUNCATED,
 };
 use urec_format::hash::{FxHashMap, FxHasher};
 use urec_format::{PyCode, PyFrame, Record};
@@ -120,8 +120,7 @@ impl PythonNames {
             });
             return;
         }
-        if self.snapshots.len() >= SNAPSHOT_LIMIT || self.snapshot_bytes >= SNAPSHOT_BYTES_LIMIT
-        {
+        if self.snapshots.len() >= SNAPSHOT_LIMIT || self.snapshot_bytes >= SNAPSHOT_BYTES_LIMIT {
             self.snapshots.clear();
             self.snapshot_bytes = 0;
         }
@@ -307,11 +306,11 @@ impl PythonNames {
                     &check.to_ne_bytes(),
                     MapFlags::ANY,
                 ),
-                MapWrite::Stack { pid, hash } => skel.maps.py_stacks_named.update(
-                    &py_code_key(pid, hash),
-                    &[1u8],
-                    MapFlags::ANY,
-                ),
+                MapWrite::Stack { pid, hash } => {
+                    skel.maps
+                        .py_stacks_named
+                        .update(&py_code_key(pid, hash), &[1u8], MapFlags::ANY)
+                }
             };
         }
     }
@@ -410,5 +409,146 @@ impl PyStats {
             self.snapshot_failed,
             self.later
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use urec_python::Detection;
+
+    /// A compact ASCII `str` object's bytes (header then characters).
+    fn ascii_str(py: &Cpython, s: &str) -> Vec<u8> {
+        let o = &py.offsets;
+        let mut b = vec![0u8; o.unicode_ascii_data as usize];
+        let len = o.unicode_length as usize;
+        b[len..len + 8].copy_from_slice(&(s.len() as u64).to_le_bytes());
+        let st = o.unicode_state as usize;
+        // kind 1, compact, ascii (naming.rs's STATE_* bits).
+        let state: u32 = (1 << 2) | (1 << 5) | (1 << 6);
+        b[st..st + 4].copy_from_slice(&state.to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+        b
+    }
+
+    /// A frame's 32 bytes as the walk writes them.
+    fn frame(code: &CodeRef, instr: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&code.code.to_ne_bytes());
+        b.extend_from_slice(&code.qualname.to_ne_bytes());
+        b.extend_from_slice(&code.filename.to_ne_bytes());
+        b.extend_from_slice(&code.first_line.to_ne_bytes());
+        b.extend_from_slice(&instr.to_ne_bytes());
+        b
+    }
+
+    /// A process that is gone when its event is read: the frame waits for its release, is
+    /// named there from the programs' snapshot, and the maps are told (code, then stack).
+    #[test]
+    fn named_from_a_snapshot_once_the_process_is_gone() {
+        let Ok(Detection::Known(py)) =
+            urec_python::detect(std::path::Path::new("/usr/bin/python3.11"))
+        else {
+            eprintln!("skipped: no /usr/bin/python3.11");
+            return;
+        };
+        let o = py.offsets;
+        // A reaped child: its pid has no memory to read.
+        let mut child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+
+        let (code_at, qual_at, file_at, lines_at) =
+            (0x10000u64, 0x20000u64, 0x30000u64, 0x40000u64);
+        let code = CodeRef {
+            code: code_at,
+            qualname: qual_at,
+            filename: file_at,
+            first_line: 10,
+        };
+        let mut words = vec![0u8; 256];
+        words[o.code_qualname as usize..][..8].copy_from_slice(&qual_at.to_le_bytes());
+        words[o.code_filename as usize..][..8].copy_from_slice(&file_at.to_le_bytes());
+        words[o.code_firstlineno as usize..][..4].copy_from_slice(&10i32.to_le_bytes());
+        words[o.code_linetable as usize..][..8].copy_from_slice(&lines_at.to_le_bytes());
+        // A line table of one entry: 8 code units, one-line form 11 (line + 1).
+        let mut lines = vec![0u8; o.bytes_data as usize];
+        lines[o.bytes_size as usize..][..8].copy_from_slice(&1u64.to_le_bytes());
+        lines.push(0x80 | (11 << 3) | 7);
+        let qual = ascii_str(&py, "Outer.run");
+        let file = ascii_str(&py, "/srv/app.py");
+        let snap = RawPyCode {
+            pid,
+            code: code.code,
+            qualname: code.qualname,
+            filename: code.filename,
+            first_line: code.first_line,
+            regions: vec![
+                (code_at, &words[..]),
+                (qual_at, &qual[..]),
+                (file_at, &file[..]),
+                (lines_at, &lines[..]),
+            ],
+        };
+        let bytes = frame(&code, 2);
+        let raw = RawPython::from_parts(0, &bytes);
+        let mut names = PythonNames::default();
+        let mut records = Vec::new();
+        let mut emit = |r: Record| -> anyhow::Result<()> {
+            records.push(r);
+            Ok(())
+        };
+        // Read: the live process cannot name it, no snapshot yet.
+        assert!(matches!(
+            names.stack(pid, Some(&py), &raw, false, &mut emit).unwrap(),
+            Naming::Later
+        ));
+        assert_eq!(names.stats.unreadable, 1);
+        // The snapshot (sent before the event, read by its release).
+        names.snapshot(&snap);
+        let Naming::Named((frames, false)) =
+            names.stack(pid, Some(&py), &raw, true, &mut emit).unwrap()
+        else {
+            panic!("not named");
+        };
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].line, 11);
+        assert_eq!(names.stats.from_snapshot, 1);
+        assert_eq!(names.stats.unnamed, 0);
+        assert_eq!(names.stats.unreadable, 1, "the process is not read again");
+        assert!(matches!(
+            names.map_writes[..],
+            [MapWrite::Code { code: 0x10000, .. }, MapWrite::Stack { .. }]
+        ));
+        if let MapWrite::Stack { hash, .. } = names.map_writes[1] {
+            assert_eq!(hash, py_stack_hash(&raw));
+        }
+        // Another code object with neither live memory nor a snapshot: unknown at release.
+        let other = CodeRef {
+            code: 0x50000,
+            ..code
+        };
+        let bytes = frame(&other, 2);
+        let raw = RawPython::from_parts(0, &bytes);
+        let Naming::Named((frames, _)) =
+            names.stack(pid, Some(&py), &raw, true, &mut emit).unwrap()
+        else {
+            panic!("not named");
+        };
+        assert_eq!(frames[0].line, 0);
+        assert_eq!(names.stats.unnamed, 1);
+        assert_eq!(
+            names.map_writes.len(),
+            2,
+            "an unknown stack is not told to the maps"
+        );
+        let Some(Record::PyCode(c)) = records.first() else {
+            panic!("no PyCode record: {}", records.len());
+        };
+        assert_eq!(
+            (&*c.qualname, &*c.filename, c.first_line),
+            ("Outer.run", "/srv/app.py", 10)
+        );
     }
 }
