@@ -136,7 +136,7 @@ impl<W: std::io::Write> State<W> {
     pub(crate) fn on_ring_record(&mut self, bytes: &[u8]) -> Result<()> {
         if record_kind(bytes) == Some(KIND_PYCODE) {
             match RawPyCode::parse(bytes) {
-                Ok(c) => self.python.snapshot(&c),
+                Ok(c) => self.python.snapshot(&c, bytes.len()),
                 Err(_) => self.bad_records += 1,
             }
             return Ok(());

@@ -101,7 +101,8 @@ impl PythonNames {
     /// Keeps a code snapshot the programs sent (the code object's memory at the probe), for
     /// the events that follow it. One already named only refreshes its `py_named` entry: the
     /// programs sent it because they did not find it there (not written yet, or evicted).
-    pub fn snapshot(&mut self, c: &RawPyCode<'_>) {
+    /// `record_len`: the ring record's size, for the statistics.
+    pub fn snapshot(&mut self, c: &RawPyCode<'_>, record_len: usize) {
         let code = CodeRef {
             code: c.code,
             qualname: c.qualname,
@@ -109,8 +110,7 @@ impl PythonNames {
             first_line: c.first_line,
         };
         self.stats.snapshots += 1;
-        let bytes: usize = c.regions.iter().map(|r| r.1.len()).sum();
-        self.stats.snapshot_bytes += bytes as u64;
+        self.stats.snapshot_bytes += record_len as u64;
         let key = (c.pid, code);
         if self.codes.contains_key(&key) {
             self.map_writes.push(MapWrite::Code {
@@ -364,7 +364,7 @@ pub struct PyStats {
     pub unnamed: u64,
     /// Code snapshots the programs sent.
     pub snapshots: u64,
-    /// Their bytes (the regions' bytes; each record adds 72 bytes of header and 16 a region).
+    /// Their ring records' bytes.
     pub snapshot_bytes: u64,
     /// Code objects named from a snapshot (the live process could not give them).
     pub from_snapshot: u64,
@@ -506,7 +506,7 @@ mod tests {
         ));
         assert_eq!(names.stats.unreadable, 1);
         // The snapshot (sent before the event, read by its release).
-        names.snapshot(&snap);
+        names.snapshot(&snap, 0);
         let Naming::Named((frames, false)) =
             names.stack(pid, Some(&py), &raw, true, &mut emit).unwrap()
         else {
