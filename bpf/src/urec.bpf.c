@@ -60,6 +60,9 @@ const volatile __u32 hist_bits = 6;       /* sub-bucket bits of the latency hist
 const volatile __u32 hist_buckets = 2496; /* counters per probe: log_linear::kernel_buckets */
 /* `urec top`: only count (aggs, hist); never build or reserve a ring record. */
 const volatile __u8 count_only = 0;
+/* Python code snapshots ("Python code snapshots" below); 0 only to measure what they cost
+ * (UREC_NO_PY_SNAPSHOTS=1): then names depend on the process still living. */
+const volatile __u8 py_snapshots = 1;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -1063,8 +1066,10 @@ static long py_frame_step(__u64 i, struct py_walk *w)
 			iv = instr - base;
 	}
 	o->instr = iv | (entry ? UREC_PY_ENTRY : 0);
-	w->hash = py_mix(py_mix(py_mix(py_mix(w->hash, o->code), o->qualname), o->filename),
-			 (__u32)o->firstlineno);
+	if (py_snapshots)
+		w->hash = py_mix(py_mix(py_mix(py_mix(w->hash, o->code), o->qualname),
+					o->filename),
+				 (__u32)o->firstlineno);
 	w->n++;
 	w->frame = prev;
 	return 0;
@@ -1125,7 +1130,7 @@ struct {
 /* A snapshot not yet answered by `py_named` is sent again after this long (a lost record). */
 #define PY_RESEND_NS 50000000ULL
 /* Snapshots sent per event at most: the rest come with the next events. */
-#define PY_SEND_MAX 4
+#define PY_SEND_MAX 8
 #define PY_SNAP_SIZE 24576 /* the snapshot buffer: a region starts below 8192 + 16 and
 				    * is shorter than 8192 */
 #define PY_SNAP_MASK 8191
@@ -1631,7 +1636,8 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 
 			if (r & PY_WRITTEN) {
 				flags |= UREC_F_PYTHON;
-				py_send_codes(s, off, tgid, py->layout);
+				if (py_snapshots)
+					py_send_codes(s, off, tgid, py->layout);
 			}
 			off = r & BODY_MASK;
 		}
