@@ -1147,17 +1147,20 @@ struct {
 	__type(value, struct py_snap_buf);
 } py_snap SEC(".maps");
 
-/* Appends one region (header and bytes, padded to 8) at `off`; returns the offset after it,
- * or `off` when no read succeeded (the region is left out). */
-static __always_inline __u32 py_region(__u8 *buf, __u32 off, __u64 addr, __u32 want,
-				       __u32 what, __u16 *nregions)
+/* Appends one region (header and bytes, padded to 8) at `off` in `b`; returns the offset
+ * after it, or `off` when no read succeeded (the region is left out). Global: verified once,
+ * not once per region and path of its callers (whose states would not fit the verifier). */
+__noinline __u32 py_region(struct py_snap_buf *b, __u32 off, __u64 addr, __u32 want, __u32 what)
 {
-	struct urec_py_region *r = (struct urec_py_region *)(buf + (off & PY_SNAP_MASK));
 	__u32 len = want;
 	bool ok = false;
 
-	if (!addr)
+	if (!b || !addr)
 		return off;
+	off &= PY_SNAP_MASK;
+	__u8 *buf = b->buf;
+	struct urec_py_region *r = (struct urec_py_region *)(buf + off);
+
 	for (int i = 0; i < 4; i++) {
 		if (len > PY_SNAP_REGION_MAX)
 			len = PY_SNAP_REGION_MAX;
@@ -1181,7 +1184,6 @@ static __always_inline __u32 py_region(__u8 *buf, __u32 off, __u64 addr, __u32 w
 	r->addr = addr;
 	r->len = len;
 	r->what = what;
-	*nregions += 1;
 	return (off + sizeof(*r) + ((len + 7) & ~7U)) & PY_SNAP_MASK;
 }
 
@@ -1193,6 +1195,7 @@ struct py_send {
 	__u32 n;
 	__u32 tgid;
 	__u32 sent;
+	__u32 unnamed; /* frames whose code object `py_named` lacks */
 };
 
 /* Sends the snapshot of frame i's code object unless the recorder has it, or it was sent
@@ -1202,8 +1205,12 @@ static long py_send_step(__u64 i, struct py_send *c)
 	struct scratch *s = c->s;
 	struct urec_py_layout *l = c->l;
 
-	if (!s || !l || i >= c->n || c->sent >= PY_SEND_MAX)
+	if (!s || !l || i >= c->n)
 		return 1;
+	if (c->sent >= PY_SEND_MAX) {
+		c->unnamed++; /* not looked at: not known to be named */
+		return 1;
+	}
 	struct urec_py_frame *f =
 		(struct urec_py_frame *)(s->buf + ((c->off + i * sizeof(*f)) & BODY_MASK));
 	__u64 code = f->code, qualname = f->qualname, filename = f->filename;
@@ -1218,6 +1225,7 @@ static long py_send_step(__u64 i, struct py_send *c)
 
 	if (named && *named == check)
 		return 0;
+	c->unnamed++;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 *at = bpf_map_lookup_elem(&py_sent, &k);
 
@@ -1261,7 +1269,8 @@ static long py_send_step(__u64 i, struct py_send *c)
 	__u32 csize = ((l->snap_size - 1) & (UREC_PY_WINDOW - 1)) + 1;
 	__u32 code_at = off;
 
-	off = py_region(buf, off, code + l->snap_lo, csize, UREC_PY_R_CODE, &nregions);
+	off = py_region(b, off, code + l->snap_lo, csize, UREC_PY_R_CODE);
+	nregions += off != code_at;
 	__u64 linetable = 0;
 
 	if (off != code_at) {
@@ -1273,6 +1282,7 @@ static long py_send_step(__u64 i, struct py_send *c)
 	}
 	/* A str's size: its header and at most 4 bytes a character (UCS-4), capped. */
 	__u64 len = 0;
+	__u32 prev;
 	__u32 want = UREC_PY_SNAP_STR;
 
 	if (!bpf_probe_read_user(&len, 8, (void *)(qualname + l->unicode_length)) &&
@@ -1280,7 +1290,9 @@ static long py_send_step(__u64 i, struct py_send *c)
 		want = l->unicode_data + len * 4 + 4;
 	if (want > UREC_PY_SNAP_STR)
 		want = UREC_PY_SNAP_STR;
-	off = py_region(buf, off, qualname, want, UREC_PY_R_QUALNAME, &nregions);
+	prev = off;
+	off = py_region(b, off, qualname, want, UREC_PY_R_QUALNAME);
+	nregions += off != prev;
 	want = UREC_PY_SNAP_FILE;
 	len = 0;
 	if (!bpf_probe_read_user(&len, 8, (void *)(filename + l->unicode_length)) &&
@@ -1288,14 +1300,18 @@ static long py_send_step(__u64 i, struct py_send *c)
 		want = l->unicode_data + len * 4 + 4;
 	if (want > UREC_PY_SNAP_FILE)
 		want = UREC_PY_SNAP_FILE;
-	off = py_region(buf, off, filename, want, UREC_PY_R_FILENAME, &nregions);
+	prev = off;
+	off = py_region(b, off, filename, want, UREC_PY_R_FILENAME);
+	nregions += off != prev;
 	if (linetable) {
 		len = UREC_PY_SNAP_LINES;
 		if (bpf_probe_read_user(&len, 8, (void *)(linetable + l->bytes_size)) ||
 		    len > UREC_PY_SNAP_LINES)
 			len = UREC_PY_SNAP_LINES;
 		want = (l->bytes_data & 255) + len + 1;
-		off = py_region(buf, off, linetable, want, UREC_PY_R_LINETABLE, &nregions);
+		prev = off;
+		off = py_region(b, off, linetable, want, UREC_PY_R_LINETABLE);
+		nregions += off != prev;
 	}
 	pc->nregions = nregions;
 	off &= PY_SNAP_MASK;
@@ -1330,6 +1346,13 @@ __noinline long py_send_codes(struct scratch *s, __u32 off, __u32 tgid, __u32 la
 	if (!c.l)
 		return 0;
 	bpf_loop(UREC_PY_MAX_FRAMES, py_send_step, &c, 0);
+	/* Every code object named, but not this stack (the recorder's entry was evicted, or it
+	 * has not written it yet): the next events take the one-lookup path. */
+	if (!c.unnamed) {
+		__u8 one = 1;
+
+		bpf_map_update_elem(&py_stacks_named, &k, &one, BPF_ANY);
+	}
 	return c.sent;
 }
 
