@@ -87,12 +87,10 @@ fn check_paths_delayed(python: &Path, lib_note: &str, delay_ms: Option<u64>) {
     cmd.env_remove("DEBUGINFOD_URLS")
         .env("UREC_DEBUG_PYTHON", "1")
         .args(["record", "-g", "auto", "-e", "libz:crc32"]);
-    // Room in the ring for the whole recording: a recorder slowed down by the other tests
-    // would otherwise sample stacks under ring pressure, and the per-path counts below are
-    // of stacks. (With a delay everything stays in the ring meanwhile.)
-    cmd.args(["--buffer-size", "256M"]);
     if let Some(ms) = delay_ms {
-        cmd.env("UREC_TEST_DELAY_READ_MS", ms.to_string());
+        // Everything stays in the ring meanwhile: room for the whole recording.
+        cmd.env("UREC_TEST_DELAY_READ_MS", ms.to_string())
+            .args(["--buffer-size", "256M"]);
     }
     let out = cmd
         .args(["-o", data.to_str().unwrap(), "--"])
@@ -114,11 +112,10 @@ fn check_paths_delayed(python: &Path, lib_note: &str, delay_ms: Option<u64>) {
         out.status.success(),
         "{lib_note}: urec record failed: {stderr}"
     );
-    // (Another test's interpreter, seen system-wide by the side-band, may be named unknown:
-    // only this one's name matters here.)
-    let exe = python.file_name().unwrap().to_string_lossy();
+    // (Another test's python3.10 runs meanwhile: only traced processes' interpreters are
+    // looked at, so it is not named here.)
     assert!(
-        !stderr.contains(&format!("{exe}: unknown frame layout")),
+        !stderr.contains("unknown frame layout"),
         "{lib_note}: a known CPython called unknown: {stderr}"
     );
     // Every frame named, whenever the recorder read it.
@@ -146,6 +143,16 @@ fn check_paths_delayed(python: &Path, lib_note: &str, delay_ms: Option<u64>) {
     let calls = json["functions"][0]["calls"].as_u64().unwrap();
     assert_eq!(calls, 3 * N + N / 10, "{lib_note}: crc32 calls");
 
+    // Under ring pressure (a loaded machine) the recorder keeps one call's stack in 2^k and
+    // counts it 2^k times: stack counts are then estimates, within a few percent.
+    let sampled = json["functions"][0]["sampled"].as_u64().unwrap_or(0) > 0;
+    let at_most = |expected: u64| {
+        if sampled {
+            expected * 105 / 100
+        } else {
+            expected
+        }
+    };
     let stacks = python_stacks(&json);
     let module = py("<module>", "module");
     let paths: [(&str, Vec<String>, u64); 3] = [
@@ -197,7 +204,7 @@ fn check_paths_delayed(python: &Path, lib_note: &str, delay_ms: Option<u64>) {
     for (what, want, expected) in &paths {
         let got = shown(want);
         assert!(
-            got * 100 >= expected * 95 && got <= *expected,
+            got * 100 >= expected * 95 && got <= at_most(*expected),
             "{lib_note}: {what}: {got} of {expected} calls show {want:?}; stacks:\n{}",
             summary()
         );
@@ -215,7 +222,7 @@ fn check_paths_delayed(python: &Path, lib_note: &str, delay_ms: Option<u64>) {
         .map(|s| s.calls)
         .sum();
     assert!(
-        thread * 100 >= N * 95 && thread <= N,
+        thread * 100 >= N * 95 && thread <= at_most(N),
         "{lib_note}: thread: {thread} of {N} calls; stacks:\n{}",
         summary()
     );

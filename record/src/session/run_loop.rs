@@ -213,9 +213,15 @@ pub(super) fn run(
             // Files already known first (a command's libpython, detected before its start):
             // the host's other new files, each opened to be looked at, come after.
             let mut st = state.borrow_mut();
-            let python = st.table.python_mut();
-            let rest: Vec<_> = fresh
+            // Traced processes only, as the table's intake does (a child whose fork is not
+            // followed yet gets its entry there, at the release of its mappings).
+            let traced: Vec<_> = fresh
                 .iter()
+                .filter(|m| st.table.mapped().traces(m.pid))
+                .collect();
+            let python = st.table.python_mut();
+            let rest: Vec<_> = traced
+                .into_iter()
                 .filter(|m| !python.mapping_if_known(m))
                 .collect();
             python.sync(&set.skel);
