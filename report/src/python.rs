@@ -357,7 +357,10 @@ mod tests {
             python_frame_name("<module>", "<string>", 0),
             "<module> (<string>)"
         );
-        assert_eq!(python_frame_name("[unknown python]", "", 0), "[unknown python]");
+        assert_eq!(
+            python_frame_name("[unknown python]", "", 0),
+            "[unknown python]"
+        );
         let mut c = PythonCounts::default();
         c.add(Merge::Native, 5);
         c.add(Merge::Merged, 3);
