@@ -45,6 +45,8 @@ pub struct LoadOptions {
     /// Only count (`urec top`): the programs update the in-kernel aggregates and return
     /// before building or reserving any ring-buffer record.
     pub count_only: bool,
+    /// `-g kernel-dwarf`: the in-kernel walk on, its maps sized (`crate::kunwind`).
+    pub kernel_dwarf: bool,
 }
 
 /// One probe as the attach step needs it.
@@ -181,6 +183,7 @@ pub fn load<'obj>(
         .set_max_entries(n * buckets as u32)
         .context("sizing the latency histograms")?;
     open.progs.urec_fork.set_autoload(opts.filter);
+    crate::kunwind::prepare(&mut open, opts.kernel_dwarf)?;
     let skel = open.load().map_err(|err| {
         // Out of descriptors, libbpf's loader may report EINVAL: see the `fds` module.
         if let Some(limit) = crate::fds::short_of_fds() {

@@ -243,7 +243,8 @@ fn release_one(
 ) -> Result<()> {
     table.ensure_emitted(e.pid, e.time_ns, emit)?;
     if let Some(capture) = capture {
-        let (frames, truncated) = dwarf.unwind(table, e.pid, e.probe, e.kind, *capture);
+        let (frames, truncated) =
+            dwarf.unwind(table, e.pid, e.time_ns, (e.probe, e.kind), *capture);
         let (id, new) = stacks.intern(frames, truncated);
         if let Some(s) = new {
             emit(Record::Stack(s))?;
