@@ -41,8 +41,8 @@
 //! fallback. The compiled tables are not kept here: reloading costs a compile (5 ms for libc).
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
 use std::ops::Range;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -426,11 +426,9 @@ impl KernelUnwind {
             return;
         };
         // Unpublished before its words are reused.
-        let _ = self.tables.update(
-            &f.id.to_ne_bytes(),
-            &[0u8; 32],
-            MapFlags::ANY,
-        );
+        let _ = self
+            .tables
+            .update(&f.id.to_ne_bytes(), &[0u8; 32], MapFlags::ANY);
         if let Some(r) = f.loaded {
             self.alloc.give(r);
             self.stats.tables_evicted += 1;
@@ -462,7 +460,8 @@ impl KernelUnwind {
         let at = range.start;
         self.words.write(at, pages);
         self.words.write(at + pages.len() as u32, rows);
-        self.words.write(at + (pages.len() + rows.len()) as u32, rules);
+        self.words
+            .write(at + (pages.len() + rows.len()) as u32, rules);
         let desc = [
             at,
             pages.len() as u32 - 1,
