@@ -132,7 +132,7 @@ struct Alloc {
 impl Alloc {
     fn new(words: u32) -> Self {
         Alloc {
-            free: vec![0..words],
+            free: std::iter::once(0..words).collect(),
         }
     }
 
@@ -287,8 +287,8 @@ impl KernelUnwind {
         let started = std::time::Instant::now();
         self.now = self.now.max(time_ns);
         let mut dirty = false;
-        if !self.known.contains_key(&pid) {
-            self.known.insert(pid, Vec::new());
+        if let std::collections::hash_map::Entry::Vacant(e) = self.known.entry(pid) {
+            e.insert(Vec::new());
             for m in table.mappings(pid).to_vec() {
                 self.insert(unwinder, &m);
             }
