@@ -133,7 +133,12 @@ fn in_kernel_stacks_equal_the_copy_unwinds() {
     assert_same(&dwarf, &kernel);
     // Every path of the workload is there: both processes, the library, the VLA frame.
     let all: String = kernel.keys().cloned().collect::<Vec<_>>().join("\n");
-    for frame in ["vla;rec", "plug;plug_inner;leaf", "main;vla"] {
+    for frame in [
+        "vla;rec",
+        "plug;plug_inner;leaf",
+        "main;vla",
+        &format!("main{}", ";down".repeat(110)),
+    ] {
         assert!(all.contains(frame), "no `{frame}` in:\n{all}");
     }
     let (walked, total, line) = walked(&stderr);
