@@ -580,6 +580,64 @@ fn compile(info: &ElfUnwindInfo) -> Result<UnwindTable, urec_unwind_table::Error
 mod tests {
     use super::*;
 
+    /// The bytes written here are the BPF side's structs (unwind.bpf.h).
+    #[test]
+    fn layouts_match_the_bpf_structs() {
+        use urec_bpf::types::{kd_block, kd_mapping, kd_proc, kd_table};
+        assert_eq!(std::mem::size_of::<kd_proc>(), PROC_BYTES);
+        assert_eq!(std::mem::size_of::<kd_mapping>(), 32);
+        assert_eq!(std::mem::size_of::<kd_table>(), 32);
+        assert_eq!(std::mem::size_of::<kd_block>(), BLOCK_WORDS as usize * 4);
+        assert_eq!(std::mem::offset_of!(kd_proc, m), 16);
+        assert_eq!(std::mem::offset_of!(kd_mapping, table), 24);
+        assert_eq!(KERNEL_COUNTS.len(), 12);
+    }
+
+    /// The rule word as unwind.bpf.h's kd_apply decodes it: kind in bits 3..0, aux in 11..4,
+    /// the signed CFA offset / 8 above; a plain frame pointer is kind 3, CFA 16, aux 0xfe.
+    #[test]
+    fn rule_words_decode_as_the_bpf_walk_reads_them() {
+        use urec_unwind_table::{Rule, RuleKind};
+        let fp = Rule {
+            kind: RuleKind::CfaRbp,
+            cfa_offset: 16,
+            bp_offset: Some(-16),
+            plt_threshold: 0,
+        }
+        .to_word();
+        assert_eq!(
+            (fp & 0xf, (fp >> 4) & 0xff, ((fp as i32) >> 12) * 8),
+            (3, 0xfe, 16)
+        );
+        let rsp = Rule {
+            kind: RuleKind::CfaRsp,
+            cfa_offset: 40,
+            bp_offset: Some(-24),
+            plt_threshold: 0,
+        }
+        .to_word();
+        let aux = (rsp >> 4) & 0xff;
+        assert_eq!((rsp & 0xf, i64::from(aux as u8 as i8) * 8), (2, -24));
+        let plt = Rule {
+            kind: RuleKind::Plt,
+            cfa_offset: 8,
+            bp_offset: None,
+            plt_threshold: 11,
+        }
+        .to_word();
+        assert_eq!(
+            (plt & 0xf, (plt >> 4) & 0xff, ((plt as i32) >> 12) * 8),
+            (4, 11, 8)
+        );
+        for (kind, k) in [
+            (RuleKind::Fallback, 0),
+            (RuleKind::EndOfStack, 1),
+            (RuleKind::NoCfi, 5),
+        ] {
+            assert_eq!(Rule::simple(kind).to_word() & 0xf, k);
+        }
+    }
+
     #[test]
     fn freed_ranges_merge_and_are_reused_first_fit() {
         let mut a = Alloc::new(100);
