@@ -33,7 +33,10 @@
  *               rules (u32 words), allocated by the recorder; an array lookup is inlined by the
  *               verifier (no helper call per binary-search step), and the recorder writes a
  *               table with one memcpy instead of one syscall per word.
- *  - kd_tables: table id -> where its three arrays lie in kd_words (`loaded` 0: not loaded).
+ *  - kd_tables: table id -> where its three arrays lie in kd_words, and the load's generation
+ *               (0: not loaded).
+ *  - kd_cache:  per CPU, rule words by (table id, generation, stated address): a hot probe's
+ *               stacks repeat, and a hit spares the page's bisection (a dozen word reads).
  *  - kd_procs:  tgid -> the process's executable mappings (start, end, load bias, table id),
  *               sorted, searched by bisection; `as_of` is the CLOCK_MONOTONIC time of the
  *               recorder's view they reflect.
@@ -98,7 +101,8 @@ struct kd_table {
 	__u32 nrows;
 	__u32 rules;  /* nrules rule words */
 	__u32 nrules;
-	__u32 loaded; /* 0: the id is known but its table is not (or no longer) in kd_words */
+	__u32 loaded; /* the load's generation, never reused; 0: the id is known but its table
+		       * is not (or no longer) in kd_words */
 	__u32 _pad;
 };
 
@@ -131,6 +135,22 @@ struct {
 	__type(key, __u32);
 	__type(value, struct kd_proc);
 } kd_procs SEC(".maps");
+
+#define KD_CACHE 4096 /* kd_cache slots per CPU (a power of two): 64 KiB */
+
+struct kd_cached {
+	__u32 id;     /* table id + 1 (0: empty) */
+	__u32 gen;    /* kd_table.loaded when cached */
+	__u32 svma;
+	__u32 rule;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KD_CACHE);
+	__type(key, __u32);
+	__type(value, struct kd_cached);
+} kd_cache SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -187,7 +207,7 @@ struct kd_walk {
 	__u32 limit;
 	__u32 first;
 	__u32 end;                  /* KD_S_* once the walk stopped */
-	__u32 _pad;
+	__s32 map;                  /* the mapping of the next lookup, -1: not looked up */
 };
 
 /* bpf_loop's context. */
@@ -246,14 +266,22 @@ __noinline int kd_find(struct kd_proc *p, __u64 pc)
  * high 16 bits of the stated address, then the last row of the page whose offset is at most
  * the low 16 bits; past the last page, the last row.
  */
-__noinline __s64 kd_rule(struct kd_proc *p, __u64 pc)
+__noinline __s64 kd_rule(struct kd_proc *p, __u64 pc, int hint)
 {
-	int i = kd_find(p, pc);
-	__u32 lo, hi, row, low, page, id, rule;
+	int i = hint;
+	__u32 lo, hi, row, low, page, id, rule, slot;
+	struct kd_cached *c;
 	struct kd_table *t;
 	__u64 svma;
 
-	if (i < 0 || !p)
+	if (!p)
+		return -KD_S_UNKNOWN;
+	/* The caller's mapping index when it already looked pc up (a return address is checked
+	 * before it is stepped from), else a bisection. */
+	if (i < 0 || pc < p->m[i & (KD_MAX_MAPPINGS - 1)].start ||
+	    pc >= p->m[i & (KD_MAX_MAPPINGS - 1)].end)
+		i = kd_find(p, pc);
+	if (i < 0)
 		return -KD_S_UNKNOWN;
 	id = p->m[i & (KD_MAX_MAPPINGS - 1)].table;
 	svma = pc - p->m[i & (KD_MAX_MAPPINGS - 1)].bias;
@@ -262,6 +290,10 @@ __noinline __s64 kd_rule(struct kd_proc *p, __u64 pc)
 		return -KD_S_NOT_LOADED;
 	if (svma >> 32)
 		return -KD_S_UNKNOWN;
+	slot = (((__u32)svma * 0x9e3779b1U) >> 20 ^ id) & (KD_CACHE - 1);
+	c = bpf_map_lookup_elem(&kd_cache, &slot);
+	if (c && c->id == id + 1 && c->gen == t->loaded && c->svma == (__u32)svma)
+		return c->rule;
 	page = (__u32)svma >> 16;
 	low = (__u32)svma & 0xffff;
 	if (page >= t->npages) {
@@ -286,6 +318,12 @@ __noinline __s64 kd_rule(struct kd_proc *p, __u64 pc)
 	if ((row & 0xffff) >= t->nrules)
 		return 0; /* an unknown rule reads as Fallback (Rule::from_word) */
 	rule = kd_word(t->rules + (row & 0xffff));
+	if (c) {
+		c->id = id + 1;
+		c->gen = t->loaded;
+		c->svma = (__u32)svma;
+		c->rule = rule;
+	}
 	return rule;
 }
 
@@ -462,7 +500,7 @@ __noinline long kd_frame(struct kd_walk *w, struct scratch *s, struct kd_proc *p
 		return 1;
 	/* A return address is looked up one byte back (the call may end its function). */
 	lookup = w->first ? w->ip : w->ip - 1;
-	word = kd_rule(p, lookup);
+	word = kd_rule(p, lookup, w->map);
 	if (word < 0) {
 		w->end = (__u32)-word;
 		return 1;
@@ -476,7 +514,14 @@ __noinline long kd_frame(struct kd_walk *w, struct scratch *s, struct kd_proc *p
 		w->end = r;
 		return 1;
 	}
-	if (kd_find(p, w->ra - 1) < 0) {
+	/* Most callers are in the binary of their callee: its mapping is tried first. */
+	__s32 m = w->map;
+
+	if (m < 0 || !p || w->ra - 1 < p->m[m & (KD_MAX_MAPPINGS - 1)].start ||
+	    w->ra - 1 >= p->m[m & (KD_MAX_MAPPINGS - 1)].end)
+		m = kd_find(p, w->ra - 1);
+	w->map = m;
+	if (m < 0) {
 		w->end = KD_S_UNKNOWN;
 		return 1;
 	}
@@ -554,7 +599,8 @@ __noinline __u32 kd_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 
 		w->tramp = area ? BPF_CORE_READ(area, vaddr) : 0;
 	}
-	if (kd_find(c.proc, w->ip) < 0) {
+	w->map = kd_find(c.proc, w->ip);
+	if (w->map < 0) {
 		kd_count(KD_S_UNKNOWN, 1);
 		return 0;
 	}

@@ -35,6 +35,7 @@
 //!   present, `BPF_F_NO_PREALLOC`), 256 executable mappings each (more are left out: their
 //!   pcs fall back).
 //! - `kd_execs`: an LRU of 65,536 × 12 bytes.
+//! - `kd_cache`: per CPU, 4,096 cached rule words × 16 bytes (64 KiB per CPU).
 //!
 //! A table is evicted (its words freed, its id unused) as soon as no known process maps its
 //! binary any more; a process is dropped at its exec or exit, and re-learnt on its next
@@ -221,6 +222,8 @@ pub struct KernelUnwind {
     known: HashMap<u32, Vec<Map>>,
     /// The latest time released (event or mapping): what a `kd_procs` entry is as of.
     now: u64,
+    /// The last load's generation (`kd_table.loaded`; never 0).
+    generation: u32,
     stats: KernelUnwindStats,
 }
 
@@ -269,6 +272,7 @@ impl KernelUnwind {
             next_id: 0,
             known: HashMap::new(),
             now: 0,
+            generation: 0,
             stats: KernelUnwindStats::default(),
         })
     }
@@ -457,6 +461,9 @@ impl KernelUnwind {
             }
             return;
         };
+        // The BPF side's per-CPU rule cache is tagged with it: a reused id never hits the
+        // rules of the binary it had before.
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
         let at = range.start;
         self.words.write(at, pages);
         self.words.write(at + pages.len() as u32, rows);
@@ -469,7 +476,7 @@ impl KernelUnwind {
             rows.len() as u32,
             at + (pages.len() + rows.len()) as u32,
             rules.len() as u32,
-            1,
+            self.generation,
             0,
         ];
         let bytes: Vec<u8> = desc.iter().flat_map(|w| w.to_ne_bytes()).collect();
