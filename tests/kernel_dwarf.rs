@@ -154,6 +154,12 @@ fn in_kernel_stacks_equal_the_copy_unwinds() {
     for unexpected in ["read failed", "bad stack", "fallback row", "exact depth"] {
         assert!(!line.contains(unexpected), "{unexpected}: {line}");
     }
+    // The program's, libc's and the library's tables, each loaded once (the exec'd child
+    // maps the same files) and evicted once no traced process mapped it any more.
+    assert!(
+        line.contains("3 tables loaded (3 evicted, 0 refused)"),
+        "{line}"
+    );
 }
 
 #[test]
