@@ -555,6 +555,8 @@ fn crafted_recording(path: &Path, program: &Program) {
         id: 0,
         frames: program.frames.iter().map(|&f| Avma(start + f)).collect(),
         truncated: false,
+        python: Vec::new(),
+        python_truncated: false,
     }))
     .unwrap();
     common::recording::write_three_calls_and_finish(w);

@@ -114,6 +114,8 @@ fn recording(path: &Path, bin: &Path) {
         id: 0,
         frames: vec![Avma(leaf.vaddr.0), Avma(ret)],
         truncated: false,
+        python: Vec::new(),
+        python_truncated: false,
     }))
     .unwrap();
     common::recording::write_three_calls_and_finish(w);

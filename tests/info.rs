@@ -116,6 +116,8 @@ fn recording(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<u8>) {
         id: 0,
         frames: vec![Avma(0x5555_555a_2c80), Avma(0x5555_5558_0000)],
         truncated: false,
+        python: Vec::new(),
+        python_truncated: false,
     }))
     .unwrap();
     for i in 0..1000u64 {

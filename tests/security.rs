@@ -284,6 +284,8 @@ fn hostile_recording(path: &Path, fifo: &Path, dir: &Path) {
         id: 0,
         frames: vec![Avma(0x10010), Avma(0x20010), Avma(0x30010), Avma(0x40010)],
         truncated: false,
+        python: Vec::new(),
+        python_truncated: false,
     }))
     .unwrap();
     common::recording::write_three_calls_and_finish(w);

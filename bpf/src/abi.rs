@@ -49,6 +49,28 @@ pub const F_FUNC_ADDED: u8 = 8;
 pub const F_DWARF: u8 = 16;
 /// `UREC_F_GOROUTINE`: a Go event; its goroutine (the runtime's `g`) follows the header.
 pub const F_GOROUTINE: u8 = 32;
+/// `UREC_F_PYTHON`: a Python block ([`RawPython`]) follows the args.
+pub const F_PYTHON: u8 = 64;
+
+/// Python frames per event at most (`UREC_PY_MAX_FRAMES`).
+pub const PY_MAX_FRAMES: usize = 64;
+/// `py_layouts` entries (`UREC_PY_LAYOUTS`): distinct CPython layouts of one recording.
+pub const PY_LAYOUTS: u32 = 16;
+/// Bytes of a frame, and of a code object, the walk reads at once (`UREC_PY_WINDOW`): every
+/// field of a [`PyLayout`] must lie in them.
+pub const PY_WINDOW: u64 = 128;
+/// `UREC_PY_TRUNCATED`: the chain went on past [`PY_MAX_FRAMES`].
+pub const PY_TRUNCATED: u16 = 1;
+/// `UREC_PY_READ_FAILED`: a read failed mid-walk; the frames so far are kept.
+pub const PY_READ_FAILED: u16 = 2;
+/// `UREC_PY_NO_THREAD`: a Python process, but no `PyThreadState` matched the thread.
+pub const PY_NO_THREAD: u16 = 4;
+/// Size of `struct urec_py_head`.
+pub const PY_HEAD_SIZE: usize = 8;
+/// Size of `struct urec_py_frame`.
+pub const PY_FRAME_SIZE: usize = 32;
+const PY_INSTR_NONE: u32 = 0x3fff_ffff;
+const PY_ENTRY: u32 = 1 << 31;
 
 /// Some pages of the copy could not be read (`UREC_D_HOLES`): see [`RawDwarf::holes`].
 pub const D_HOLES: u16 = 1;
@@ -235,6 +257,183 @@ pub enum ConfigError {
     /// An index scale other than 1, 2, 4 or 8.
     #[error("an index scale must be 1, 2, 4 or 8, got {0}")]
     BadScale(u8),
+}
+
+/// How an entry frame is marked, for [`PyLayout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PyEntry {
+    /// 3.11: a `bool is_entry` at this offset of the frame.
+    IsEntry(u64),
+    /// 3.12+: the `char owner` at `offset` equals `cstack` (`FRAME_OWNED_BY_CSTACK`).
+    Owner {
+        /// `offsetof(_PyInterpreterFrame, owner)`.
+        offset: u64,
+        /// `FRAME_OWNED_BY_CSTACK`.
+        cstack: u8,
+    },
+}
+
+/// The struct offsets the BPF Python walk reads (`struct urec_py_layout`, a `py_layouts`
+/// value): `urec_python::FrameOffsets` flattened, without what only the recorder reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyLayout {
+    /// `_PyRuntimeState.interpreters.head`.
+    pub interpreters_head: u64,
+    /// `PyInterpreterState.threads.head`.
+    pub threads_head: u64,
+    /// `PyThreadState.next`.
+    pub tstate_next: u64,
+    /// `PyThreadState.thread_id`.
+    pub thread_id: u64,
+    /// `Some(PyThreadState.cframe)` for 3.11/3.12, whose current frame is in the `_PyCFrame`.
+    pub cframe: Option<u64>,
+    /// `_PyCFrame.current_frame` (with `cframe`) or `PyThreadState.current_frame`.
+    pub current_frame: u64,
+    /// `_PyInterpreterFrame.previous`.
+    pub frame_previous: u64,
+    /// `_PyInterpreterFrame.f_code` / `f_executable`.
+    pub frame_code: u64,
+    /// `_PyInterpreterFrame.prev_instr` / `instr_ptr`.
+    pub frame_instr: u64,
+    /// The entry marker.
+    pub entry: PyEntry,
+    /// `PyCodeObject.co_qualname`.
+    pub code_qualname: u64,
+    /// `PyCodeObject.co_filename`.
+    pub code_filename: u64,
+    /// `PyCodeObject.co_firstlineno` (an `int`).
+    pub code_firstlineno: u64,
+    /// `PyCodeObject.co_code_adaptive`.
+    pub code_adaptive: u64,
+}
+
+/// `struct urec_py_layout`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawPyLayout {
+    interpreters_head: u64,
+    threads_head: u64,
+    tstate_next: u64,
+    thread_id: u64,
+    cframe: u64,
+    current_frame: u64,
+    frame_previous: u64,
+    frame_code: u64,
+    frame_instr: u64,
+    entry_offset: u64,
+    frame_size: u64,
+    code_lo: u64,
+    code_size: u64,
+    code_qualname: u64,
+    code_filename: u64,
+    code_firstlineno: u64,
+    code_adaptive: u64,
+    ts_lo: u64,
+    ts_size: u64,
+    via_cframe: u8,
+    entry_kind: u8,
+    entry_value: u8,
+    _pad: [u8; 5],
+}
+
+/// Size of `struct urec_py_layout`.
+pub const PY_LAYOUT_SIZE: usize = size_of::<RawPyLayout>();
+const _: () = assert!(PY_LAYOUT_SIZE == 19 * 8 + 8);
+/// Size of `struct urec_py_proc`, a `py_procs` value.
+pub const PY_PROC_SIZE: usize = 16;
+
+impl PyLayout {
+    /// The bytes of `struct urec_py_layout` for `py_layouts`, or why this layout cannot be
+    /// walked: the program reads each frame and each code object's validation words in one
+    /// read of at most [`PY_WINDOW`] bytes, and the fields must be aligned as it reads them.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let entry_offset = match self.entry {
+            PyEntry::IsEntry(o) | PyEntry::Owner { offset: o, .. } => o,
+        };
+        let words = [self.frame_code, self.frame_previous, self.frame_instr];
+        if words.iter().any(|w| !w.is_multiple_of(8)) {
+            return Err("frame fields not 8-aligned".into());
+        }
+        let frame_size = words
+            .iter()
+            .map(|w| w + 8)
+            .chain([entry_offset + 1])
+            .max()
+            .unwrap_or(8);
+        if frame_size > PY_WINDOW {
+            return Err(format!("frame fields past {PY_WINDOW} bytes"));
+        }
+        let lo = self
+            .code_qualname
+            .min(self.code_filename)
+            .min(self.code_firstlineno)
+            & !7;
+        let hi = (self.code_qualname + 8)
+            .max(self.code_filename + 8)
+            .max(self.code_firstlineno + 4);
+        if hi - lo > PY_WINDOW
+            || !self.code_qualname.is_multiple_of(8)
+            || !self.code_filename.is_multiple_of(8)
+            || !self.code_firstlineno.is_multiple_of(4)
+        {
+            return Err("code object fields too far apart or not aligned".into());
+        }
+        // The thread state: thread_id and what leads to the current frame, one read.
+        let link = self.cframe.unwrap_or(self.current_frame);
+        if !self.thread_id.is_multiple_of(8) || !link.is_multiple_of(8) {
+            return Err("thread state fields not 8-aligned".into());
+        }
+        let ts_lo = self.thread_id.min(link);
+        let ts_size = self.thread_id.max(link) + 8 - ts_lo;
+        if ts_size > PY_WINDOW {
+            return Err(format!(
+                "thread state fields more than {PY_WINDOW} bytes apart"
+            ));
+        }
+        let raw = RawPyLayout {
+            interpreters_head: self.interpreters_head,
+            threads_head: self.threads_head,
+            tstate_next: self.tstate_next,
+            thread_id: self.thread_id,
+            cframe: self.cframe.unwrap_or(0),
+            current_frame: self.current_frame,
+            frame_previous: self.frame_previous,
+            frame_code: self.frame_code,
+            frame_instr: self.frame_instr,
+            entry_offset,
+            frame_size,
+            code_lo: lo,
+            code_size: hi - lo,
+            code_qualname: self.code_qualname,
+            code_filename: self.code_filename,
+            code_firstlineno: self.code_firstlineno,
+            code_adaptive: self.code_adaptive,
+            ts_lo,
+            ts_size,
+            via_cframe: u8::from(self.cframe.is_some()),
+            entry_kind: u8::from(matches!(self.entry, PyEntry::Owner { .. })),
+            entry_value: match self.entry {
+                PyEntry::Owner { cstack, .. } => cstack,
+                PyEntry::IsEntry(_) => 0,
+            },
+            _pad: [0; 5],
+        };
+        // SAFETY: RawPyLayout is repr(C), made only of integers and arrays of them, with its
+        // one padding run an explicit zeroed field; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(&raw as *const RawPyLayout as *const u8, PY_LAYOUT_SIZE)
+        };
+        Ok(bytes.to_vec())
+    }
+}
+
+/// The bytes of `struct urec_py_proc` (a `py_procs` value): the run-time address of the
+/// process's `_PyRuntime` and its layout's index in `py_layouts`.
+pub fn py_proc_bytes(runtime: u64, layout: u32) -> [u8; PY_PROC_SIZE] {
+    let mut b = [0u8; PY_PROC_SIZE];
+    b[..8].copy_from_slice(&runtime.to_ne_bytes());
+    b[8..12].copy_from_slice(&layout.to_ne_bytes());
+    b
 }
 
 #[repr(C)]
@@ -561,6 +760,64 @@ pub struct RawEvent<'a> {
     frames: &'a [u8],
     /// With [`F_DWARF`]: what the CFI unwind needs.
     pub dwarf: Option<RawDwarf<'a>>,
+    /// With [`F_PYTHON`]: the probed thread's Python frames.
+    pub python: Option<RawPython<'a>>,
+}
+
+/// The Python block of a record: the interpreter frames the probed thread was running.
+#[derive(Clone, Copy, Debug)]
+pub struct RawPython<'a> {
+    /// `PY_*` bits ([`PY_TRUNCATED`], [`PY_READ_FAILED`], [`PY_NO_THREAD`]).
+    pub status: u16,
+    frames: &'a [u8],
+}
+
+/// One Python frame as the BPF walk read it: the code object and the words that validate it
+/// later (a freed and reused code object is not misnamed), and where in its code it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawPyFrame {
+    /// The code object's address.
+    pub code: u64,
+    /// `co_qualname` (a pointer), 0 for a shim frame.
+    pub qualname: u64,
+    /// `co_filename` (a pointer), 0 for a shim frame.
+    pub filename: u64,
+    /// `co_firstlineno`, 0 for a shim frame.
+    pub first_line: i32,
+    /// Bytes from `co_code_adaptive` to the frame's instruction pointer field, when it lay
+    /// inside the code.
+    pub instr_offset: Option<u32>,
+    /// 3.11: `is_entry`; 3.12+: the frame is a C-stack shim (owner `FRAME_OWNED_BY_CSTACK`).
+    pub entry_marker: bool,
+}
+
+impl<'a> RawPython<'a> {
+    /// The frames' bytes as the programs wrote them: equal bytes are equal frames, so the
+    /// recorder names a repeated Python stack by one lookup.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.frames
+    }
+
+    /// The frames, innermost first.
+    pub fn frames(&self) -> impl Iterator<Item = RawPyFrame> + 'a {
+        self.frames.chunks_exact(PY_FRAME_SIZE).map(|c| {
+            let instr = u32_at(c, 28);
+            let off = instr & PY_INSTR_NONE;
+            RawPyFrame {
+                code: u64_at(c, 0),
+                qualname: u64_at(c, 8),
+                filename: u64_at(c, 16),
+                first_line: u32_at(c, 24) as i32,
+                instr_offset: (off != PY_INSTR_NONE).then_some(off),
+                entry_marker: instr & PY_ENTRY != 0,
+            }
+        })
+    }
+
+    /// Number of frames.
+    pub fn nframes(&self) -> usize {
+        self.frames.len() / PY_FRAME_SIZE
+    }
 }
 
 /// The `-g dwarf` part of a record: registers at the probe, what pending uretprobes hid, and
@@ -640,7 +897,27 @@ impl<'a> RawEvent<'a> {
         let args_len = u16_at(b, 20) as usize;
         let flags = b[5];
         let args_at = EVENT_HEADER_SIZE + if flags & F_GOROUTINE != 0 { 8 } else { 0 };
-        let frames_at = args_at + args_len;
+        let python_at = args_at + args_len;
+        let python = if flags & F_PYTHON != 0 {
+            let h = b
+                .get(python_at..python_at + PY_HEAD_SIZE)
+                .ok_or_else(|| err("shorter than its Python block header"))?;
+            let n = usize::from(u16_at(h, 0));
+            if n > PY_MAX_FRAMES {
+                return Err(err("more Python frames than the programs write"));
+            }
+            let at = python_at + PY_HEAD_SIZE;
+            let frames = b
+                .get(at..at + n * PY_FRAME_SIZE)
+                .ok_or_else(|| err("shorter than its Python frames"))?;
+            Some(RawPython {
+                status: u16_at(h, 2),
+                frames,
+            })
+        } else {
+            None
+        };
+        let frames_at = python_at + python.map_or(0, |p| PY_HEAD_SIZE + p.frames.len());
         let end = frames_at + nframes * 8;
         if end > b.len() {
             return Err(err("shorter than its header says"));
@@ -686,7 +963,8 @@ impl<'a> RawEvent<'a> {
             time_ns: u64_at(b, 24),
             latency_ns: u64_at(b, 32),
             goroutine: (flags & F_GOROUTINE != 0).then(|| u64_at(b, EVENT_HEADER_SIZE)),
-            args: &b[args_at..frames_at],
+            args: &b[args_at..python_at],
+            python,
             frames: &b[frames_at..end],
         })
     }
@@ -869,6 +1147,141 @@ mod tests {
         assert_eq!(d.stack.len(), 12);
         assert_eq!(e.nframes(), 0);
         assert!(RawEvent::parse(&b[..b.len() - 1]).is_err());
+    }
+
+    fn py_frame(b: &mut Vec<u8>, code: u64, first_line: i32, instr: u32) {
+        b.extend_from_slice(&code.to_ne_bytes());
+        b.extend_from_slice(&(code + 0x100).to_ne_bytes());
+        b.extend_from_slice(&(code + 0x200).to_ne_bytes());
+        b.extend_from_slice(&first_line.to_ne_bytes());
+        b.extend_from_slice(&instr.to_ne_bytes());
+    }
+
+    /// A record with args, a Python block and fp frames: each part where the header says.
+    #[test]
+    fn decode_python_event() {
+        let mut b = vec![0u8; EVENT_HEADER_SIZE];
+        b[5] = F_PYTHON;
+        b[6] = 1; // nframes
+        b[20] = 8; // one int arg
+        b.extend_from_slice(&7u64.to_ne_bytes());
+        b.extend_from_slice(&2u16.to_ne_bytes()); // nframes
+        b.extend_from_slice(&PY_TRUNCATED.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        py_frame(&mut b, 0x7f00_0000, 3, 42);
+        py_frame(&mut b, 0x7f00_1000, -1, PY_ENTRY | PY_INSTR_NONE);
+        b.extend_from_slice(&0x401000u64.to_ne_bytes());
+        let e = RawEvent::parse(&b).unwrap();
+        let py = e.python.unwrap();
+        assert_eq!(py.status, PY_TRUNCATED);
+        assert_eq!(py.nframes(), 2);
+        let frames: Vec<_> = py.frames().collect();
+        assert_eq!(
+            frames[0],
+            RawPyFrame {
+                code: 0x7f00_0000,
+                qualname: 0x7f00_0100,
+                filename: 0x7f00_0200,
+                first_line: 3,
+                instr_offset: Some(42),
+                entry_marker: false,
+            }
+        );
+        assert_eq!(frames[1].first_line, -1);
+        assert_eq!(frames[1].instr_offset, None);
+        assert!(frames[1].entry_marker);
+        assert_eq!(e.frames().collect::<Vec<_>>(), vec![0x401000]);
+        let mut args = Vec::new();
+        e.args(&[false], &mut args).unwrap();
+        assert_eq!(args, vec![RawArgValue::Int(7)]);
+        // Every shorter record is an error, never a panic.
+        for len in 0..b.len() {
+            assert!(RawEvent::parse(&b[..len]).is_err(), "{len} bytes decoded");
+        }
+        // A frame count beyond what the programs write.
+        let mut bad = b.clone();
+        bad[EVENT_HEADER_SIZE + 8] = 65;
+        assert!(RawEvent::parse(&bad).is_err());
+        // Without the flag the same bytes are args and frames only.
+        let mut plain = b.clone();
+        plain[5] = 0;
+        let e = RawEvent::parse(&plain).unwrap();
+        assert!(e.python.is_none());
+    }
+
+    /// An empty Python block (no thread matched) before a DWARF part.
+    #[test]
+    fn decode_python_dwarf_event() {
+        let mut b = vec![0u8; EVENT_HEADER_SIZE];
+        b[5] = F_PYTHON | F_DWARF;
+        b.extend_from_slice(&0u16.to_ne_bytes());
+        b.extend_from_slice(&PY_NO_THREAD.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        for v in [0x401000u64, 0x7ffd_0000, 0, 0, 0] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        b.extend_from_slice(&8u32.to_ne_bytes()); // stack_len
+        b.extend_from_slice(&[0u8; 12]);
+        b.extend_from_slice(&[9u8; 8]);
+        let e = RawEvent::parse(&b).unwrap();
+        let py = e.python.unwrap();
+        assert_eq!((py.status, py.nframes()), (PY_NO_THREAD, 0));
+        let d = e.dwarf.unwrap();
+        assert_eq!((d.ip, d.sp), (0x401000, 0x7ffd_0000));
+        assert_eq!(d.stack, &[9u8; 8]);
+        assert!(RawEvent::parse(&b[..EVENT_HEADER_SIZE + 4]).is_err());
+    }
+
+    #[test]
+    fn python_layout_bytes() {
+        let layout = PyLayout {
+            interpreters_head: 40,
+            threads_head: 16,
+            tstate_next: 8,
+            thread_id: 152,
+            cframe: Some(56),
+            current_frame: 8,
+            frame_previous: 48,
+            frame_code: 32,
+            frame_instr: 56,
+            entry: PyEntry::IsEntry(68),
+            code_qualname: 128,
+            code_filename: 112,
+            code_firstlineno: 72,
+            code_adaptive: 184,
+        };
+        let b = layout.to_bytes().unwrap();
+        assert_eq!(b.len(), PY_LAYOUT_SIZE);
+        assert_eq!(u64_at(&b, 32), 56); // cframe
+        assert_eq!(u64_at(&b, 72), 68); // entry offset
+        assert_eq!(u64_at(&b, 80), 69); // frame_size: past is_entry
+        assert_eq!((u64_at(&b, 88), u64_at(&b, 96)), (72, 64)); // code window
+        assert_eq!((u64_at(&b, 136), u64_at(&b, 144)), (56, 104)); // thread state window
+        assert_eq!(&b[152..155], &[1, 0, 0]);
+        let far = PyLayout {
+            code_qualname: 400,
+            ..layout
+        };
+        assert!(far.to_bytes().is_err());
+        let owner = PyLayout {
+            cframe: None,
+            current_frame: 72,
+            entry: PyEntry::Owner {
+                offset: 70,
+                cstack: 3,
+            },
+            ..layout
+        };
+        let b = owner.to_bytes().unwrap();
+        assert_eq!(&b[152..155], &[0, 1, 3]);
+        // A direct current_frame (3.13: 72) is read with thread_id.
+        assert_eq!((u64_at(&b, 136), u64_at(&b, 144)), (72, 88));
+        let apart = PyLayout {
+            current_frame: 8,
+            ..owner
+        };
+        assert!(apart.to_bytes().is_err());
+        assert_eq!(py_proc_bytes(0xa5b740, 2)[8], 2);
     }
 
     #[test]

@@ -57,7 +57,9 @@ const volatile __u8 kernel_dwarf = 0;
 #define KD_MAP_STEPS 9        /* bisection steps over KD_MAX_MAPPINGS + 1 positions */
 #define KD_ROW_STEPS 17       /* over the rows of one 64 KiB page (at most 65,537) */
 #define KD_WINDOW 512         /* bytes above sp read at once (a power of two) */
-#define KD_WIN_OFF 8192       /* the window in the scratch buffer: past the frames */
+#define KD_WIN_OFF 8192       /* the window in the scratch buffer: past the frames (and the
+			       * Python block before them), where only put_dwarf's copy, made
+			       * after the walk gave up, writes */
 #define KD_STATE_OFF (KD_WIN_OFF + KD_WINDOW) /* the walk's state (struct kd_walk), in the
 					       * scratch buffer: the stack of the programs
 					       * cannot spare its 96 bytes */
@@ -584,7 +586,7 @@ __noinline __u32 kd_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 	c.s = s;
 	w = (struct kd_walk *)(s->buf + KD_STATE_OFF);
 	__builtin_memset(w, 0, sizeof(*w));
-	w->off = off & OFF_MASK;
+	w->off = off & BODY_MASK;
 	w->limit = depth;
 	__u64 ip = ctx->ip;
 
@@ -615,7 +617,7 @@ __noinline __u32 kd_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 			w->wlen = rest;
 	}
 	/* (Offsets from locals: what is read back from the buffer has lost its bounds.) */
-	off &= OFF_MASK;
+	off &= BODY_MASK;
 	if (leaf) {
 		*(__u64 *)(s->buf + off) = leaf;
 		*(__u64 *)(s->buf + off + 8) = ip;

@@ -13,7 +13,8 @@
  *  - urec_entry_single / urec_return_single (uprobe / uretprobe): the fallback when the kernel
  *    refuses multi links; latency through a small per-thread stack of entry times.
  *  - urec_fork (tp_btf/sched_process_fork): adds the children of traced processes to the tgid
- *    filter at fork time, so a child calling the probed code at once is not missed.
+ *    filter at fork time, so a child calling the probed code at once is not missed; and gives
+ *    a Python process's child its `py_procs` entry (with stacks on).
  *
  * User stacks (-g fp) are walked by the programs themselves (put_fp_stack): the same frames
  * as bpf_get_stack, at a fraction of its cost.
@@ -120,12 +121,16 @@ struct {
 } cgroup_filter SEC(".maps");
 
 /*
- * The scratch buffer: header and args below 4096, frames or the dwarf header and pending
- * returns below 8192, then up to UREC_MAX_STACK_SIZE bytes of stack copy. The masks are what
- * the verifier needs to see every access in bounds.
+ * The scratch buffer: header and args below 4096; then the Python block (at most
+ * 8 + 32 * UREC_PY_MAX_FRAMES bytes, so it ends below 6152); then frames (at most 1032
+ * bytes: below 7184) or the dwarf header and pending returns (312 bytes), all below
+ * FP_WIN_OFF (7680), where the frame-pointer walk's window and, before it, the Python walk's
+ * read windows lie (up to 8192); then up to UREC_MAX_STACK_SIZE bytes of stack copy. The
+ * masks are what the verifier needs to see every access in bounds.
  */
 #define SCRATCH_SIZE (8192 + UREC_MAX_STACK_SIZE + 8192)
-#define OFF_MASK 4095 /* every write starts below 4096 and is at most 1032 bytes long */
+#define OFF_MASK 4095 /* args: every write starts below 4096 and is at most 1032 bytes long */
+#define BODY_MASK 8191 /* what follows the args (Python block, frames, dwarf header) */
 #define SIZE_MASK 8191
 #define HEAD_MASK 8191
 #define WAKEUP_CHECK_EVERY 16 /* records per CPU between two looks at the unread size */
@@ -685,7 +690,7 @@ __noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 {
 	if (!s)
 		return 0;
-	off &= OFF_MASK;
+	off &= BODY_MASK;
 	__u8 *buf = s->buf;
 	struct urec_dwarf *d = (struct urec_dwarf *)(buf + off);
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -753,7 +758,7 @@ __noinline long put_dwarf(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 #define FP_CALLER_READ (1 << 8) /* returned: [sp] was read and stored */
 #define USER_TOP 0x00007ffffffff000ULL
 #define FP_WINDOW 512        /* bytes above sp read at once (a power of two) */
-#define FP_WIN_OFF (4096 + 1032) /* where the window lies in the scratch buffer */
+#define FP_WIN_OFF 7680      /* where the window lies in the scratch buffer (to 8192) */
 
 /* The state of one frame-pointer walk (bpf_loop's context). */
 struct fp_walk {
@@ -837,7 +842,7 @@ __noinline long put_fp_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, 
 	if (!s || !ctx)
 		return 0;
 	w.s = s;
-	w.off = off & OFF_MASK;
+	w.off = off & BODY_MASK;
 	w.limit = limit_mode & 0xffff;
 	if (w.limit > UREC_MAX_DEPTH + 1)
 		w.limit = UREC_MAX_DEPTH + 1;
@@ -886,6 +891,292 @@ __noinline long put_fp_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, 
 	}
 	bpf_loop(UREC_MAX_DEPTH + 1, fp_step, &w, 0);
 	return result | (w.n & 255);
+}
+
+/*
+ * Python frames (issue 33; SPEC.md, "Interpreter frames (Python)"). A process running a known
+ * CPython has an entry in `py_procs` (the recorder keeps it: its mappings, forks, execs,
+ * exits); an event that captures a stack there also walks the probed thread's own interpreter
+ * frame chain (not the GIL holder's: native code such as zlib.crc32 may have released the GIL)
+ * and writes the Python block after the args. Without an entry the cost is the one failed
+ * lookup, and only for events that capture a stack.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct urec_py_proc);
+} py_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, UREC_PY_LAYOUTS);
+	__type(key, __u32);
+	__type(value, struct urec_py_layout);
+} py_layouts SEC(".maps");
+
+/* Key 0: nonzero once the recorder has put any process in `py_procs`. An array lookup the
+ * verifier inlines (no helper call): until a Python process is met, an event with a stack pays
+ * that load, not a failed hash lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} py_active SEC(".maps");
+
+static __always_inline bool python_known(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&py_active, &zero);
+
+	return on && *on;
+}
+
+/* The PyThreadState last found for a thread, so repeated hits skip the list walk; always
+ * checked again (its thread_id still the thread's fsbase) before use. LRU: dead threads age
+ * out. */
+struct py_tstate {
+	__u64 ts;         /* 0: the last search found none */
+	__u64 runtime;
+	__u64 retry_at;   /* with ts 0: search again from this time (bpf_ktime_get_ns) */
+};
+
+/* A thread of a Python process with no thread state (a native library's worker calling the
+ * probed function) would search the whole list on every event: up to 64 reads, microseconds.
+ * After a miss the thread is left native for this long; a thread that becomes a Python thread
+ * (PyGILState_Ensure, or a new threading.Thread hit before it bound its state) is found at the
+ * next search, so short: its events of those milliseconds at most lack Python frames. */
+#define PY_MISS_RETRY_NS 10000000ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct py_tstate);
+} py_tstates SEC(".maps");
+
+#define PY_FRAME_WIN FP_WIN_OFF                    /* a frame's bytes, read at once */
+#define PY_CODE_WIN (FP_WIN_OFF + UREC_PY_WINDOW)  /* a code object's bytes, read at once */
+#define PY_WRITTEN (1 << 20)                       /* put_py wrote a block */
+
+/* The state of the Python walks (bpf_loop's context). */
+struct py_walk {
+	struct scratch *s;
+	__u64 fsbase;  /* the thread's pthread_self(): what PyThreadState.thread_id holds */
+	__u64 ts;      /* the thread state searched / found */
+	__u64 frame;   /* the next frame to record */
+	__u32 off;     /* frames start here in the buffer */
+	__u32 n;       /* frames stored */
+	__u32 status;  /* UREC_PY_* */
+	__u32 found;   /* ts is the thread's */
+	struct urec_py_layout *l; /* the map value (not a copy: the stack is small) */
+};
+
+/* One step of the thread search: is `ts` this thread's, else the next one. */
+static long py_thread_step(__u64 i, struct py_walk *w)
+{
+	struct urec_py_layout *l = w->l;
+	__u64 ts = w->ts;
+	__u64 v = 0;
+
+	if (!ts || !l)
+		return 1;
+	if (bpf_probe_read_user(&v, 8, (void *)(ts + l->thread_id))) {
+		w->status |= UREC_PY_READ_FAILED;
+		return 1;
+	}
+	if (v == w->fsbase) {
+		w->found = 1;
+		return 1;
+	}
+	v = 0;
+	if (bpf_probe_read_user(&v, 8, (void *)(ts + l->tstate_next))) {
+		w->status |= UREC_PY_READ_FAILED;
+		return 1;
+	}
+	w->ts = v;
+	return 0;
+}
+
+/* One frame: its fields from one read of the frame, the code object's validation words from
+ * one read of the code object; then on to `previous`. */
+static long py_frame_step(__u64 i, struct py_walk *w)
+{
+	struct scratch *s = w->s;
+	struct urec_py_layout *l = w->l;
+	__u64 f = w->frame;
+
+	if (!s || !f || !l)
+		return 1;
+	if (w->n >= UREC_PY_MAX_FRAMES) {
+		w->status |= UREC_PY_TRUNCATED;
+		return 1;
+	}
+	__u8 *fw = s->buf + PY_FRAME_WIN;
+	/* 1 to UREC_PY_WINDOW, branch-free (the recorder checks the real bound). */
+	__u32 fsize = ((l->frame_size - 1) & (UREC_PY_WINDOW - 1)) + 1;
+	if (bpf_probe_read_user(fw, fsize, (void *)f)) {
+		w->status |= UREC_PY_READ_FAILED;
+		return 1;
+	}
+	__u64 code = *(__u64 *)(fw + (l->frame_code & (UREC_PY_WINDOW - 8)));
+	__u64 prev = *(__u64 *)(fw + (l->frame_previous & (UREC_PY_WINDOW - 8)));
+	__u64 instr = *(__u64 *)(fw + (l->frame_instr & (UREC_PY_WINDOW - 8)));
+	__u8 mark = fw[l->entry_offset & (UREC_PY_WINDOW - 1)];
+	bool owner = l->entry_kind == UREC_PY_ENTRY_OWNER;
+	bool entry = owner ? mark == l->entry_value : mark != 0;
+	struct urec_py_frame *o =
+		(struct urec_py_frame *)(s->buf + ((w->off + w->n * sizeof(*o)) & BODY_MASK));
+	__u32 iv = UREC_PY_INSTR_NONE;
+
+	o->code = code;
+	o->qualname = 0;
+	o->filename = 0;
+	o->firstlineno = 0;
+	/* A 3.12+ shim frame (owner C stack) runs no user code: a boundary only. */
+	if (code && !(owner && entry)) {
+		__u8 *cw = s->buf + PY_CODE_WIN;
+		__u32 csize = ((l->code_size - 1) & (UREC_PY_WINDOW - 1)) + 1;
+		__u64 lo = l->code_lo;
+
+		if (bpf_probe_read_user(cw, csize, (void *)(code + lo))) {
+			w->status |= UREC_PY_READ_FAILED;
+			return 1;
+		}
+		o->qualname = *(__u64 *)(cw + ((l->code_qualname - lo) & (UREC_PY_WINDOW - 8)));
+		o->filename = *(__u64 *)(cw + ((l->code_filename - lo) & (UREC_PY_WINDOW - 8)));
+		o->firstlineno = *(__s32 *)(cw + ((l->code_firstlineno - lo) &
+						  (UREC_PY_WINDOW - 4)));
+		__u64 base = code + l->code_adaptive;
+
+		if (instr >= base && instr - base < UREC_PY_INSTR_NONE)
+			iv = instr - base;
+	}
+	o->instr = iv | (entry ? UREC_PY_ENTRY : 0);
+	w->n++;
+	w->frame = prev;
+	return 0;
+}
+
+/*
+ * Reads the thread state's window (thread_id, and cframe or current_frame: one read) into the
+ * code window, free until the frame walk; true when `ts` is this thread's (its thread_id is
+ * `fsbase`), with `*link` the cframe pointer (3.11/3.12) or the current frame (3.13+).
+ */
+static __always_inline bool py_ts_window(struct scratch *s, struct urec_py_layout *l, __u64 ts,
+					 __u64 fsbase, __u64 *link)
+{
+	__u8 *tw = s->buf + PY_CODE_WIN;
+	__u32 size = ((l->ts_size - 1) & (UREC_PY_WINDOW - 1)) + 1;
+	__u64 lo = l->ts_lo;
+	__u64 at = l->via_cframe ? l->cframe : l->current_frame;
+
+	if (bpf_probe_read_user(tw, size, (void *)(ts + lo)))
+		return false;
+	if (*(__u64 *)(tw + ((l->thread_id - lo) & (UREC_PY_WINDOW - 8))) != fsbase)
+		return false;
+	*link = *(__u64 *)(tw + ((at - lo) & (UREC_PY_WINDOW - 8)));
+	return true;
+}
+
+/*
+ * Appends the Python block at `off` (just after the args) for the interpreter whose
+ * _PyRuntime is at `runtime`, read with layout `layout`; returns the offset after it, with
+ * PY_WRITTEN set when a block was written.
+ *
+ * The probed thread's PyThreadState is the one whose thread_id (pthread_self(), which on
+ * x86-64 glibc is the thread pointer) equals the task's fsbase: found in `py_tstates`, checked
+ * again, else searched in the first interpreter's thread list (at most UREC_PY_MAX_THREADS).
+ * Then its current frame (through cframe for 3.11/3.12) and `previous`, at most
+ * UREC_PY_MAX_FRAMES frames. Every read is bpf_probe_read_user: a failed one ends the walk
+ * with the frames so far.
+ *
+ * Global (not inlined), the loops bpf_loop's: verified once.
+ */
+__noinline long put_py(struct scratch *s, __u32 off, __u64 runtime, __u32 layout)
+{
+	struct py_walk w = {};
+
+	if (!s)
+		return off;
+	off &= OFF_MASK;
+
+	struct urec_py_layout *l = bpf_map_lookup_elem(&py_layouts, &layout);
+
+	if (!l)
+		return off;
+	w.l = l;
+	w.s = s;
+	w.off = off + sizeof(struct urec_py_head);
+
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct py_tstate *c = bpf_map_lookup_elem(&py_tstates, &tid);
+	__u64 link = 0;
+
+	w.fsbase = BPF_CORE_READ(task, thread.fsbase);
+	if (c && c->runtime == runtime && c->ts && py_ts_window(s, l, c->ts, w.fsbase, &link)) {
+		w.ts = c->ts;
+		w.found = 1;
+	} else if (c && c->runtime == runtime && !c->ts && bpf_ktime_get_ns() < c->retry_at) {
+		w.status = UREC_PY_NO_THREAD;
+	} else {
+		__u64 interp = 0;
+
+		if (bpf_probe_read_user(&interp, 8, (void *)(runtime + l->interpreters_head)) ||
+		    !interp ||
+		    bpf_probe_read_user(&w.ts, 8, (void *)(interp + l->threads_head))) {
+			w.status |= UREC_PY_READ_FAILED;
+		} else {
+			bpf_loop(UREC_PY_MAX_THREADS, py_thread_step, &w, 0);
+			if (w.found && !py_ts_window(s, l, w.ts, w.fsbase, &link)) {
+				w.found = 0;
+				w.status |= UREC_PY_READ_FAILED;
+			}
+			if (w.found) {
+				struct py_tstate nv = { .ts = w.ts, .runtime = runtime };
+
+				bpf_map_update_elem(&py_tstates, &tid, &nv, BPF_ANY);
+			} else if (!w.status) {
+				struct py_tstate nv = {
+					.runtime = runtime,
+					.retry_at = bpf_ktime_get_ns() + PY_MISS_RETRY_NS,
+				};
+
+				bpf_map_update_elem(&py_tstates, &tid, &nv, BPF_ANY);
+			}
+		}
+	}
+	if (w.found) {
+		bool ok = true;
+
+		if (l->via_cframe)
+			ok = link &&
+			     !bpf_probe_read_user(&w.frame, 8, (void *)(link + l->current_frame));
+		else
+			w.frame = link;
+		if (ok)
+			bpf_loop(UREC_PY_MAX_FRAMES + 1, py_frame_step, &w, 0);
+		else
+			w.status |= UREC_PY_READ_FAILED;
+	} else if (!w.status) {
+		w.status = UREC_PY_NO_THREAD;
+	}
+	struct urec_py_head *h = (struct urec_py_head *)(s->buf + off);
+	__u32 n = w.n;
+
+	if (n > UREC_PY_MAX_FRAMES)
+		n = UREC_PY_MAX_FRAMES;
+	h->nframes = n;
+	h->status = w.status;
+	h->_pad = 0;
+
+	long end = (off + sizeof(*h) + n * sizeof(struct urec_py_frame)) | PY_WRITTEN;
+
+	/* As in put_dwarf: the caller's mask must stay. */
+	asm volatile("" : "+r"(end));
+	return end;
 }
 
 /*
@@ -1080,6 +1371,19 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 
 	__u32 nframes = 0;
 	__u32 depth = stack_depth;
+
+	if (stack && (dwarf_size || depth) && python_known()) {
+		__u32 tgid = id >> 32;
+		struct urec_py_proc *py = bpf_map_lookup_elem(&py_procs, &tgid);
+
+		if (py) {
+			long r = put_py(s, off, py->runtime, py->layout);
+
+			if (r & PY_WRITTEN)
+				flags |= UREC_F_PYTHON;
+			off = r & BODY_MASK;
+		}
+	}
 
 	if (stack && dwarf_size && kernel_dwarf)
 		nframes = kd_stack(ctx, s, off, leaf ? probe_ip : 0, depth);
@@ -1465,5 +1769,18 @@ int BPF_PROG(urec_fork, struct task_struct *parent, struct task_struct *child)
 
 	if (ptgid != ctgid && bpf_map_lookup_elem(&tgids, &ptgid))
 		bpf_map_update_elem(&tgids, &ctgid, &one, BPF_ANY);
+	/* A Python process forked without exec (multiprocessing, os.fork) runs the same
+	 * interpreter at the same addresses: its child walks from its first event, not from
+	 * when the recorder reads the fork (which then enters the same entry; an exec or exit
+	 * removes it). */
+	if (ptgid != ctgid && python_known()) {
+		struct urec_py_proc *py = bpf_map_lookup_elem(&py_procs, &ptgid);
+
+		if (py) {
+			struct urec_py_proc copy = *py;
+
+			bpf_map_update_elem(&py_procs, &ctgid, &copy, BPF_ANY);
+		}
+	}
 	return 0;
 }

@@ -17,6 +17,12 @@
  *     struct urec_pending          (npending * 16 bytes, innermost first)
  *     stack                        (stack_len bytes copied from sp upward; not padded)
  *
+ * With UREC_F_PYTHON (a stack was captured in a process `py_procs` names), a Python block sits
+ * between the args and the frames (or the DWARF part):
+ *
+ *     struct urec_py_head          (8 bytes)
+ *     struct urec_py_frame         (nframes * 32 bytes, innermost first)
+ *
  * Each fetched argument of this event's kind takes 8 bytes (the raw value, zero-extended from
  * the fetch size), except strings: an 8-byte descriptor (length in the low 32 bits, bit 32 set
  * when the string was longer than UREC_STR_MAX) followed by the bytes, padded to 8. An argument
@@ -54,6 +60,7 @@
 #define UREC_F_DWARF 16      /* a struct urec_dwarf and a stack copy follow the args */
 #define UREC_F_GOROUTINE 32  /* a Go event: the goroutine (its g) follows the header, 8 bytes,
 			      * before the args */
+#define UREC_F_PYTHON 64     /* a Python block (struct urec_py_head + frames) follows the args */
 
 struct urec_event {
 	__u32 probe;      /* probe id = attach cookie */
@@ -201,6 +208,84 @@ struct urec_probe_cfg {
 			   * of the stack (0: none; masked to below UREC_MAX_STACK_SIZE) */
 	struct urec_arg_cfg args[UREC_MAX_ARGS];
 	struct urec_pred pred;
+};
+
+/*
+ * Python frames (issue 33). The recorder puts a process running a known CPython in `py_procs`
+ * (tgid -> struct urec_py_proc) and the struct offsets of its version in `py_layouts`; an event
+ * that captures a stack in such a process walks the probed thread's interpreter frame chain.
+ */
+#define UREC_PY_MAX_FRAMES 64  /* Python frames per event; deeper chains are TRUNCATED */
+#define UREC_PY_MAX_THREADS 32 /* PyThreadStates searched for the probed thread */
+#define UREC_PY_LAYOUTS 16     /* entries of `py_layouts` */
+#define UREC_PY_WINDOW 128     /* bytes of a frame / of a code object read at once */
+
+/* urec_py_head.status */
+#define UREC_PY_TRUNCATED 1   /* the chain went on past UREC_PY_MAX_FRAMES */
+#define UREC_PY_READ_FAILED 2 /* a read failed mid-walk; the frames so far are kept */
+#define UREC_PY_NO_THREAD 4   /* a Python process, but no PyThreadState matched this thread */
+
+struct urec_py_head {
+	__u16 nframes;   /* struct urec_py_frame entries that follow, at most UREC_PY_MAX_FRAMES */
+	__u16 status;    /* UREC_PY_* bits */
+	__u32 _pad;
+};
+
+#define UREC_PY_INSTR_NONE 0x3fffffff
+#define UREC_PY_ENTRY (1U << 31)
+
+struct urec_py_frame {            /* innermost first, 32 bytes */
+	__u64 code;       /* the code object (f_code / f_executable) */
+	__u64 qualname;   /* code->co_qualname: validation word */
+	__u64 filename;   /* code->co_filename: validation word */
+	__s32 firstlineno;/* code->co_firstlineno: validation word */
+	__u32 instr;      /* bits 0..29: byte offset of the frame's instruction pointer from
+			   * code + co_code_adaptive, UREC_PY_INSTR_NONE when below it or too large;
+			   * bit 31 (UREC_PY_ENTRY): entry marker (3.11: is_entry; 3.12+: owner ==
+			   * FRAME_OWNED_BY_CSTACK, a shim frame whose code fields are 0) */
+};
+
+/* `py_procs` value: where this process's interpreter lives. */
+struct urec_py_proc {
+	__u64 runtime;    /* the run-time address of _PyRuntime */
+	__u32 layout;     /* index in `py_layouts` */
+	__u32 _pad;
+};
+
+/* urec_py_layout.entry_kind */
+#define UREC_PY_ENTRY_IS_ENTRY 0 /* 3.11: a bool at entry_offset */
+#define UREC_PY_ENTRY_OWNER 1    /* 3.12+: the owner char at entry_offset == entry_value */
+
+/*
+ * The offsets the walk reads (urec_python::FrameOffsets, flattened). The frame fields all lie
+ * below frame_size (<= UREC_PY_WINDOW), read at once; the code fields inside
+ * [code_lo, code_lo + code_size) (code_size <= UREC_PY_WINDOW), read at once; the thread state's
+ * fields the same way.
+ */
+struct urec_py_layout {
+	__u64 interpreters_head; /* _PyRuntimeState.interpreters.head */
+	__u64 threads_head;      /* PyInterpreterState.threads.head */
+	__u64 tstate_next;       /* PyThreadState.next */
+	__u64 thread_id;         /* PyThreadState.thread_id (pthread_self = fsbase) */
+	__u64 cframe;            /* PyThreadState.cframe (via_cframe) */
+	__u64 current_frame;     /* _PyCFrame.current_frame, or PyThreadState.current_frame */
+	__u64 frame_previous;
+	__u64 frame_code;
+	__u64 frame_instr;
+	__u64 entry_offset;      /* is_entry or owner */
+	__u64 frame_size;
+	__u64 code_lo;
+	__u64 code_size;
+	__u64 code_qualname;     /* offsets from the code object's start */
+	__u64 code_filename;
+	__u64 code_firstlineno;
+	__u64 code_adaptive;
+	__u64 ts_lo;             /* the thread state's thread_id and cframe (or current_frame) */
+	__u64 ts_size;           /* lie in [ts_lo, ts_lo + ts_size), read at once */
+	__u8 via_cframe;         /* 3.11/3.12: tstate->cframe->current_frame */
+	__u8 entry_kind;         /* UREC_PY_ENTRY_* */
+	__u8 entry_value;        /* FRAME_OWNED_BY_CSTACK */
+	__u8 _pad[5];
 };
 
 #endif

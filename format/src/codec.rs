@@ -4,7 +4,7 @@
 //! Every read is bounds-checked and returns [`Malformed`] rather than panicking: the bytes come
 //! from a file, and a file can hold anything.
 
-use crate::limits::{MAX_ARGS, MAX_STACK_FRAMES, MAX_STRINGS};
+use crate::limits::{MAX_ARGS, MAX_PY_FRAMES, MAX_STACK_FRAMES, MAX_STRINGS};
 use crate::types::*;
 
 /// A decoding failure inside a chunk whose checksum was fine (a writer bug or crafted input).
@@ -241,6 +241,7 @@ pub(crate) const TAG_FINISH: u8 = 7;
 pub(crate) const TAG_SYMBOLS: u8 = 8;
 pub(crate) const TAG_FILTERED: u8 = 9;
 pub(crate) const TAG_AGGREGATE: u8 = 10;
+pub(crate) const TAG_PY_CODE: u8 = 11;
 
 fn kind_code(k: ProbeKind) -> u8 {
     match k {
@@ -390,6 +391,16 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, body: &mut Vec<u8>, record: &Reco
                 put_u64(body, zigzag(f.0.wrapping_sub(prev) as i64));
                 prev = f.0;
             }
+            // 2.4: the Python frames, trailing and only when there are any, so that a native
+            // stack is byte for byte a 2.3 one and a 2.3 reader skips them.
+            if !s.python.is_empty() || s.python_truncated {
+                body.push(u8::from(s.python_truncated));
+                put_u64(body, s.python.len() as u64);
+                for f in &s.python {
+                    put_u64(body, u64::from(f.code) << 1 | u64::from(f.entry));
+                    put_u64(body, f.line.into());
+                }
+            }
             TAG_STACK
         }
         Record::Lost(l) => {
@@ -445,6 +456,13 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, body: &mut Vec<u8>, record: &Reco
         Record::Symbols(s) => {
             crate::symbols::encode(body, s);
             TAG_SYMBOLS
+        }
+        Record::PyCode(p) => {
+            put_u64(body, p.id.into());
+            put_str(body, &p.qualname);
+            put_str(body, &p.filename);
+            put_u64(body, p.first_line.into());
+            TAG_PY_CODE
         }
         Record::Event(_) => unreachable!("events are encoded in event chunks"),
     };
@@ -583,10 +601,13 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
                     frames.push(Avma(prev));
                 }
             }
+            let (python, python_truncated) = decode_python(c)?;
             Record::Stack(Stack {
                 id,
                 frames,
                 truncated: truncated || n > kept,
+                python,
+                python_truncated,
             })
         }
         TAG_LOST => {
@@ -630,8 +651,39 @@ pub(crate) fn decode_record(tag: u8, c: &mut Cursor<'_>) -> Res<Option<Record>> 
             count: c.u64()?,
         }),
         TAG_AGGREGATE => Record::Aggregate(decode_aggregate(c)?),
+        TAG_PY_CODE => Record::PyCode(PyCode {
+            id: c.u32()?,
+            qualname: c.string()?.into(),
+            filename: c.string()?.into(),
+            first_line: c.u32()?,
+        }),
         _ => return Ok(None),
     }))
+}
+
+/// A Stack body's Python frames (2.4), absent in older files and in native stacks.
+fn decode_python(c: &mut Cursor<'_>) -> Res<(Vec<PyFrame>, bool)> {
+    if c.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let truncated = c.bool()?;
+    // Each frame takes at least two bytes; the cap, not the bytes left, bounds memory.
+    let n = c.len()?;
+    let kept = n.min(MAX_PY_FRAMES);
+    let mut frames = Vec::with_capacity(kept);
+    for i in 0..n {
+        let word = c.u64()?;
+        let line = c.u32()?;
+        let code = u32::try_from(word >> 1).map_err(|_| Malformed("python code id too large"))?;
+        if i < kept {
+            frames.push(PyFrame {
+                code,
+                line,
+                entry: word & 1 == 1,
+            });
+        }
+    }
+    Ok((frames, truncated || n > kept))
 }
 
 fn decode_aggregate(c: &mut Cursor<'_>) -> Res<Aggregate> {
@@ -815,5 +867,90 @@ mod tests {
         );
         // A writer that repeated an index encodes a wrapped gap: refused, not reordered.
         assert!(decode(&agg(6, vec![(5, 1), (5, 1)])).is_err());
+    }
+
+    #[test]
+    fn python_frames_are_trailing_and_cost_native_stacks_nothing() {
+        let decode = |body: &[u8]| decode_record(TAG_STACK, &mut Cursor::new(body));
+        let native = Stack {
+            id: 4,
+            frames: vec![Avma(0x1010), Avma(0x2000)],
+            truncated: false,
+            ..Stack::default()
+        };
+        let (mut buf, mut body) = (Vec::new(), Vec::new());
+        encode_record(&mut buf, &mut body, &Record::Stack(native.clone()));
+        // Exactly 2.3's body: id, truncated, n, two zigzag deltas.
+        assert_eq!(body, [4, 0, 2, 0xa0, 0x40, 0xe0, 0x3f]);
+        assert_eq!(decode(&body), Ok(Some(Record::Stack(native.clone()))));
+        let py = Stack {
+            python: vec![
+                PyFrame {
+                    code: 2,
+                    line: 3,
+                    entry: false,
+                },
+                PyFrame {
+                    code: 70,
+                    line: 0,
+                    entry: true,
+                },
+            ],
+            python_truncated: true,
+            ..native.clone()
+        };
+        encode_record(&mut buf, &mut body, &Record::Stack(py.clone()));
+        assert_eq!(&body[7..], [1, 2, 4, 3, 0x8d, 0x01, 0]);
+        assert_eq!(decode(&body), Ok(Some(Record::Stack(py.clone()))));
+        // A 2.3 reader's view: the native part, the rest skipped as trailing fields.
+        assert_eq!(decode(&body[..7]), Ok(Some(Record::Stack(native))));
+        // A later minor version's fields after these: skipped.
+        body.extend_from_slice(&[5, 1, 2, 3]);
+        assert_eq!(decode(&body), Ok(Some(Record::Stack(py))));
+        // A count past the bytes, a code id past u32, a flag that is no bool: damage.
+        assert!(decode(&[4, 0, 0, 0, 200, 1]).is_err());
+        assert!(decode(&[4, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff, 0x7f, 0]).is_err());
+        assert!(decode(&[4, 0, 0, 2, 0]).is_err());
+    }
+
+    #[test]
+    fn a_long_python_chain_keeps_its_innermost_frames_and_says_truncated() {
+        let long = Stack {
+            id: 1,
+            python: (0..MAX_PY_FRAMES as u32 + 10)
+                .map(|code| PyFrame {
+                    code,
+                    line: 1,
+                    entry: false,
+                })
+                .collect(),
+            ..Stack::default()
+        };
+        let (mut buf, mut body) = (Vec::new(), Vec::new());
+        encode_record(&mut buf, &mut body, &Record::Stack(long.clone()));
+        let Ok(Some(Record::Stack(read))) = decode_record(TAG_STACK, &mut Cursor::new(&body))
+        else {
+            panic!("not read back");
+        };
+        assert_eq!(read.python, long.python[..MAX_PY_FRAMES]);
+        assert!(read.python_truncated);
+    }
+
+    #[test]
+    fn py_code_round_trips() {
+        let code = Record::PyCode(PyCode {
+            id: 9,
+            qualname: "Worker.<locals>.run".into(),
+            filename: "/srv/app/worker.py".into(),
+            first_line: 120,
+        });
+        let (mut buf, mut body) = (Vec::new(), Vec::new());
+        encode_record(&mut buf, &mut body, &code);
+        assert_eq!(buf[0], TAG_PY_CODE);
+        assert_eq!(
+            decode_record(TAG_PY_CODE, &mut Cursor::new(&body)),
+            Ok(Some(code))
+        );
+        assert!(decode_record(TAG_PY_CODE, &mut Cursor::new(&body[..body.len() - 1])).is_err());
     }
 }

@@ -140,6 +140,16 @@ pub fn all(scale: Scale) -> Vec<Crafted> {
             bytes: heavy_weights(n / 16),
         },
         Crafted {
+            name: "huge-python",
+            what: "a valid file whose one stack has N Python frames, each its own segment",
+            bytes: huge_python(n),
+        },
+        Crafted {
+            name: "py-codes",
+            what: "N/16 distinct Python functions (PyCode records) with empty names",
+            bytes: py_codes(n / 16),
+        },
+        Crafted {
             name: "huge-mapping",
             what: "one mapping spanning the address space under processes/48 small ones",
             bytes: huge_mapping(scale.processes / 48),
@@ -352,6 +362,57 @@ fn huge_stack(n: usize) -> Vec<u8> {
     b.raw_record(crate::codec::TAG_STACK, &body);
     b.events(&[
         entry(PID, PID, T0 + 10, Some(0), Vec::new()),
+        ret(PID, PID, T0 + 20),
+    ]);
+    b.finish()
+}
+
+/// Stack 0: one native frame and `n` Python frames, each an entry frame (so `n` segments to
+/// pair), all of one code.
+fn huge_python(n: usize) -> Vec<u8> {
+    let mut b = Builder::standard();
+    b.meta(&[
+        probe(0, Vec::new()),
+        process(PID),
+        Record::PyCode(PyCode {
+            id: 0,
+            qualname: "f".into(),
+            filename: "/app.py".into(),
+            first_line: 1,
+        }),
+    ]);
+    let mut body = vec![0, 0, 1];
+    put_u64(&mut body, zigzag(0x1000));
+    body.push(0);
+    put_u64(&mut body, n as u64);
+    for _ in 0..n {
+        body.extend_from_slice(&[1, 0]);
+    }
+    b.raw_record(crate::codec::TAG_STACK, &body);
+    b.events(&[
+        entry(PID, PID, T0 + 10, Some(0), Vec::new()),
+        ret(PID, PID, T0 + 20),
+    ]);
+    b.finish()
+}
+
+/// `n` PyCode records of distinct ids, each as small as a record gets.
+fn py_codes(n: usize) -> Vec<u8> {
+    let mut b = Builder::standard();
+    b.meta(&[probe(0, Vec::new()), process(PID)]);
+    let mut buf = Vec::with_capacity(n * 8);
+    let mut body = Vec::new();
+    for id in 0..n as u32 {
+        body.clear();
+        put_u64(&mut body, id.into());
+        body.extend_from_slice(&[0, 0, 0]);
+        buf.push(crate::codec::TAG_PY_CODE);
+        put_u64(&mut buf, body.len() as u64);
+        buf.extend_from_slice(&body);
+    }
+    b.chunk(KIND_META, &buf, n as u32);
+    b.events(&[
+        entry(PID, PID, T0 + 10, None, Vec::new()),
         ret(PID, PID, T0 + 20),
     ]);
     b.finish()
@@ -572,6 +633,8 @@ fn huge_mapping(n: usize) -> Vec<u8> {
             id: i as StackId,
             frames: (0..32).map(|f| Avma(start + 16 * f)).collect(),
             truncated: false,
+            python: Vec::new(),
+            python_truncated: false,
         }));
     }
     b.meta(&meta);
@@ -591,6 +654,8 @@ fn stack_per_process(processes: usize) -> Vec<u8> {
             id: 0,
             frames,
             truncated: false,
+            python: Vec::new(),
+            python_truncated: false,
         }),
     ]);
     // One entry per process, never described by a Process record; 60,000 per chunk.

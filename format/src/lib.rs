@@ -58,7 +58,7 @@ pub use writer::{Writer, WriterOptions};
 /// misread: a new major, so that it refuses the file instead.
 pub const VERSION_MAJOR: u16 = 2;
 /// Minor version this crate writes. Minor versions only add what older readers can skip.
-pub const VERSION_MINOR: u16 = 3;
+pub const VERSION_MINOR: u16 = 4;
 /// The oldest major version this crate reads: 1.x files read completely (their event chunks
 /// have the varint layout).
 pub const OLDEST_MAJOR: u16 = 1;

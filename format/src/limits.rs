@@ -47,3 +47,8 @@ pub const MAX_SYMBOL_ENTRIES: usize = 1 << 16;
 /// [`MAX_SYMBOL_ENTRIES`] this keeps one decoded record to a few megabytes whatever its names
 /// repeat; more is damage.
 pub const MAX_SYMBOL_FRAMES: usize = 1 << 18;
+
+/// Python frames kept per stack. The recorder writes at most 64 (`UREC_PY_MAX_FRAMES`); a
+/// longer chain is cut to its innermost frames and marked `python_truncated`, by the same
+/// reasoning as [`MAX_STACK_FRAMES`].
+pub const MAX_PY_FRAMES: usize = 256;

@@ -216,6 +216,8 @@ impl Synth {
                 id,
                 frames,
                 truncated: false,
+                python: Vec::new(),
+                python_truncated: false,
             }));
         }
         let threads = vec![Thread::default(); config.threads as usize];

@@ -282,7 +282,7 @@ pub struct Mapping {
 
 /// A deduplicated user stack: return addresses in the process, innermost (the probed
 /// function's own address) first.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stack {
     /// The id events refer to.
     pub id: StackId,
@@ -290,6 +290,38 @@ pub struct Stack {
     pub frames: Vec<Avma>,
     /// The unwind stopped before reaching the outermost frame.
     pub truncated: bool,
+    /// The Python frames the probed thread was running (since 2.4), innermost first; empty
+    /// for native code, which costs such a stack nothing in the file. The report puts them in
+    /// place of the native `_PyEval_EvalFrameDefault` frames that ran them.
+    pub python: Vec<PyFrame>,
+    /// The Python frame chain went on past what was recorded (since 2.4).
+    pub python_truncated: bool,
+}
+
+/// A Python function as the recorder named it from the live process (since 2.4): the names
+/// are read while the process lives, since a report runs after it is gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PyCode {
+    /// The id [`PyFrame::code`] refers to; unique within a recording.
+    pub id: u32,
+    /// `co_qualname` (`Class.method`, `outer.<locals>.inner`).
+    pub qualname: Arc<str>,
+    /// `co_filename`, as the interpreter holds it (a path, or `<string>`).
+    pub filename: Arc<str>,
+    /// `co_firstlineno`.
+    pub first_line: u32,
+}
+
+/// One Python frame of a [`Stack`], innermost first (since 2.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFrame {
+    /// A [`PyCode`] id written before the stack.
+    pub code: u32,
+    /// The line being run, 0 when unknown.
+    pub line: u32,
+    /// The outermost frame of one native `_PyEval_EvalFrameDefault` call: where the report
+    /// cuts the Python frames into the parts each native eval frame ran.
+    pub entry: bool,
 }
 
 /// Entry or return.
@@ -492,4 +524,6 @@ pub enum Record {
     Finish(Finish),
     /// Names of addresses of one binary (only in the symbols section, after the footer).
     Symbols(BinarySymbols),
+    /// A Python function (since 2.4; before any Stack that uses it).
+    PyCode(PyCode),
 }

@@ -120,7 +120,7 @@ impl<W: Write> Writer<W> {
     pub fn write(&mut self, record: &Record) -> Result<(), FormatError> {
         match record {
             Record::Event(e) => return self.write_event(e),
-            Record::Probe(_) | Record::Stack(_) => {}
+            Record::Probe(_) | Record::Stack(_) | Record::PyCode(_) => {}
             // Keep these in place relative to the events written before them; with no event
             // pending they simply join the metadata chunk being filled.
             _ if self.events.len() > 0 => self.flush_events()?,

@@ -182,7 +182,10 @@ pub fn load<'obj>(
         .hist
         .set_max_entries(n * buckets as u32)
         .context("sizing the latency histograms")?;
-    open.progs.urec_fork.set_autoload(opts.filter);
+    // With stacks, also for the Python walk's `py_procs` (a fork without exec).
+    open.progs
+        .urec_fork
+        .set_autoload(opts.filter || opts.stack_depth > 0);
     crate::kunwind::prepare(&mut open, opts.kernel_dwarf)?;
     let skel = open.load().map_err(|err| {
         // Out of descriptors, libbpf's loader may report EINVAL: see the `fds` module.

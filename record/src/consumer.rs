@@ -11,6 +11,8 @@ use urec_format::{ArgType, ArgValue, Event, EventKind, Nanos, Record, Writer};
 
 use crate::dwarf::{Capture, DwarfStacks};
 use crate::processes::ProcessTable;
+use crate::python::names::NamedStack;
+use crate::python::PythonNames;
 use crate::sideband::SidebandRecord;
 use crate::stacks::StackTable;
 use crate::PlannedProbe;
@@ -69,6 +71,16 @@ pub(crate) fn decoders(probes: &[PlannedProbe]) -> Vec<ProbeDecode> {
         .collect()
 }
 
+/// An event read from the ring and not yet released, with what is still to be done for it
+/// before it is written: its stack copy to unwind (boxed: the list is moved around per event,
+/// and most events have none), and the Python frames (named already, while the process
+/// lived) that go into that stack.
+pub(crate) struct Held {
+    pub(crate) event: Event,
+    pub(crate) capture: Option<Box<Capture>>,
+    pub(crate) python: Option<NamedStack>,
+}
+
 /// What the consumer accumulates between releases.
 pub(crate) struct State<W: std::io::Write> {
     pub(crate) writer: Writer<W>,
@@ -77,10 +89,11 @@ pub(crate) struct State<W: std::io::Write> {
     pub(crate) decode: Vec<ProbeDecode>,
     /// `--stack-depth` (0 with `-g none`: then no record carries a stack).
     pub(crate) stack_depth: u32,
-    /// Events not yet released, with their stack copy when it is still to be unwound (boxed:
-    /// the list is moved around per event, and most events have none). A deque: a release
-    /// takes a prefix, and shifting the rest down each time cost more than the events.
-    pub(crate) pending: VecDeque<(Event, Option<Box<Capture>>)>,
+    /// Events not yet released ([`Held`]). A deque: a release takes a prefix, and shifting
+    /// the rest down each time cost more than the events.
+    pub(crate) pending: VecDeque<Held>,
+    /// The Python frames of events, named as they are read.
+    pub(crate) python: PythonNames,
     /// `pending` is in time order (checked as events arrive, not per release: a release
     /// may come every few thousand events while the list holds hundreds of thousands).
     pub(crate) pending_sorted: bool,
@@ -145,6 +158,23 @@ impl<W: std::io::Write> State<W> {
         } else {
             EventKind::Return
         };
+        self.python.stats.count(
+            raw.nframes() > 0 || raw.dwarf.is_some(),
+            raw.python.as_ref(),
+        );
+        let python = match &raw.python {
+            Some(p) => {
+                let State {
+                    writer,
+                    table,
+                    python,
+                    ..
+                } = self;
+                let py = table.python().cpython(raw.pid);
+                python.stack(raw.pid, py, p, &mut |r| Ok(writer.write(&r)?))?
+            }
+            None => None,
+        };
         let capture = raw
             .dwarf
             .as_ref()
@@ -155,7 +185,7 @@ impl<W: std::io::Write> State<W> {
             self.frames.extend(raw.frames().take(130));
             // The walk stopped at the depth limit, not at the end of the chain.
             let truncated = self.frames.len() as u32 >= self.stack_depth;
-            let (id, new) = self.stacks.intern(&self.frames, truncated);
+            let (id, new) = self.stacks.intern(&self.frames, truncated, python.as_ref());
             if let Some(s) = new {
                 self.writer.write(&Record::Stack(s))?;
             }
@@ -190,11 +220,15 @@ impl<W: std::io::Write> State<W> {
         if self
             .pending
             .back()
-            .is_some_and(|last| last.0.time_ns > event.time_ns)
+            .is_some_and(|last| last.event.time_ns > event.time_ns)
         {
             self.pending_sorted = false;
         }
-        self.pending.push_back((event, capture));
+        self.pending.push_back(Held {
+            event,
+            capture,
+            python,
+        });
         Ok(())
     }
 
@@ -203,10 +237,12 @@ impl<W: std::io::Write> State<W> {
     pub(crate) fn release(&mut self, sb: &mut Vec<SidebandRecord>, horizon: Nanos) -> Result<()> {
         // Records come off the ring in nearly time order: usually nothing to sort.
         if !self.pending_sorted {
-            self.pending.make_contiguous().sort_by_key(|e| e.0.time_ns);
+            self.pending
+                .make_contiguous()
+                .sort_by_key(|e| e.event.time_ns);
             self.pending_sorted = true;
         }
-        let cut = self.pending.partition_point(|e| e.0.time_ns <= horizon);
+        let cut = self.pending.partition_point(|e| e.event.time_ns <= horizon);
         let State {
             writer,
             table,
@@ -220,7 +256,7 @@ impl<W: std::io::Write> State<W> {
         // Side-band records past the horizon wait with the events of their time.
         let sb_cut = sb.partition_point(|r| r.time_ns() <= horizon);
         for record in sb.drain(..sb_cut) {
-            while let Some(e) = events.next_if(|e| e.0.time_ns < record.time_ns()) {
+            while let Some(e) = events.next_if(|e| e.event.time_ns < record.time_ns()) {
                 release_one(e, table, dwarf, stacks, &mut emit)?;
             }
             table.apply(&record, &mut emit)?;
@@ -233,9 +269,14 @@ impl<W: std::io::Write> State<W> {
     }
 }
 
-/// Writes one released event, unwinding its stack copy first when it has one.
+/// Writes one released event, unwinding its stack copy first when it has one (with the
+/// event's Python frames, which go into the same stack).
 fn release_one(
-    (mut e, capture): (Event, Option<Box<Capture>>),
+    Held {
+        event: mut e,
+        capture,
+        python,
+    }: Held,
     table: &mut ProcessTable,
     dwarf: &mut DwarfStacks,
     stacks: &mut StackTable,
@@ -245,7 +286,7 @@ fn release_one(
     if let Some(capture) = capture {
         let (frames, truncated) =
             dwarf.unwind(table, e.pid, e.time_ns, (e.probe, e.kind), *capture);
-        let (id, new) = stacks.intern(frames, truncated);
+        let (id, new) = stacks.intern(frames, truncated, python.as_ref());
         if let Some(s) = new {
             emit(Record::Stack(s))?;
         }

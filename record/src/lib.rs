@@ -66,6 +66,7 @@ mod output;
 pub mod plan;
 pub mod processes;
 pub mod procfs;
+pub mod python;
 mod regs;
 mod request;
 mod session;

@@ -75,6 +75,7 @@ use urec_format::{Lost, LostSource, Mapping, Nanos, Process, ProcessChange, Proc
 use crate::kept::{KeptFiles, MappedFile};
 use crate::mapped::MappedBinaries;
 use crate::procfs::{self, BuildIdCache, Snapshot};
+use crate::python::PythonProcs;
 use crate::sideband::{MmapRecord, SidebandRecord, TaskRecord};
 use urec_format::hash::FxHashMap;
 
@@ -180,6 +181,8 @@ pub struct ProcessTable {
     changes: Vec<MappingChange>,
     /// Observes every mapping taken in (see [`ProcessTable::observe_mapped`]).
     mapped: MappedBinaries,
+    /// The processes running a known CPython (see [`ProcessTable::observe_python`]).
+    python: PythonProcs,
 }
 
 impl ProcessTable {
@@ -207,6 +210,23 @@ impl ProcessTable {
     /// the first snapshot, so that the snapshots of `-p` processes (traced already) count.
     pub fn observe_mapped(&mut self, mapped: MappedBinaries) {
         self.mapped = mapped;
+    }
+
+    /// From now on, shows `python` every mapping taken in and every fork, exec and exit, so
+    /// that it keeps the BPF Python walk's maps (see [`crate::python`]). Set it before the
+    /// first snapshot, so that the Python processes running at start are found too.
+    pub fn observe_python(&mut self, python: PythonProcs) {
+        self.python = python;
+    }
+
+    /// The Python process observer: which interpreter a process runs, to name its frames.
+    pub fn python(&self) -> &PythonProcs {
+        &self.python
+    }
+
+    /// The Python process observer, to write its changes to the programs' maps.
+    pub fn python_mut(&mut self) -> &mut PythonProcs {
+        &mut self.python
     }
 
     /// The mapping observer (empty unless [`ProcessTable::observe_mapped`] set one).
@@ -538,6 +558,7 @@ impl ProcessTable {
     /// mapping recorded in its history.
     fn take_mapping(&mut self, mapping: Mapping, learnt: Learnt, emit: Emit<'_>) -> Result<()> {
         self.mapped.mapping(&mapping);
+        self.python.mapping(&mapping);
         let sideband = match learnt {
             Learnt::Survey => return Ok(()),
             Learnt::Snapshot => false,
@@ -598,6 +619,7 @@ impl ProcessTable {
         };
         p.comm = comm.to_string();
         if exec {
+            self.python.forget(pid, time_ns);
             p.current.clear();
             p.pending_exec = Some((time_ns, comm.to_string()));
             self.log(MappingChange::Forget(pid));
@@ -644,6 +666,7 @@ impl ProcessTable {
             self.known(t.pid);
             return;
         }
+        self.python.fork(t.ppid, t.pid, t.time_ns);
         if let Some(p) = self.procs.get_mut(&t.pid) {
             if p.exited.is_none() {
                 // Not a recycled pid (its holder would have exited first) but this very process,
@@ -690,6 +713,9 @@ impl ProcessTable {
     }
 
     fn on_exit(&mut self, t: &TaskRecord, emit: Emit<'_>) -> Result<()> {
+        if t.is_process() {
+            self.python.forget(t.pid, t.time_ns);
+        }
         if !t.is_process() || !self.procs.contains_key(&t.pid) {
             // A thread, or a process that was never met: nothing to record.
             return Ok(());

@@ -234,6 +234,10 @@ pub struct Sideband {
     horizon: Nanos,
     lost: u64,
     scratch: Vec<u8>,
+    /// Collect the mappings of the `mmap` records as they are read, for
+    /// [`Sideband::take_fresh_mappings`].
+    want_fresh: bool,
+    fresh: Vec<urec_format::Mapping>,
 }
 
 impl Sideband {
@@ -267,7 +271,22 @@ impl Sideband {
             horizon: 0,
             lost: 0,
             scratch: Vec::new(),
+            want_fresh: false,
+            fresh: Vec::new(),
         })
+    }
+
+    /// From now on, keeps the mapping of every `mmap` record as soon as it is read, before the
+    /// horizon releases it, for [`Sideband::take_fresh_mappings`]: the Python walk's maps
+    /// (`crate::python`) must learn of a new interpreter within milliseconds, while the
+    /// process starts, not a release later.
+    pub fn want_fresh_mappings(&mut self) {
+        self.want_fresh = true;
+    }
+
+    /// The mappings read since the last call (see [`Sideband::want_fresh_mappings`]).
+    pub fn take_fresh_mappings(&mut self) -> Vec<urec_format::Mapping> {
+        std::mem::take(&mut self.fresh)
     }
 
     /// The per-CPU perf event fds, to `poll`/`epoll` for `POLLIN` (see the module docs about
@@ -319,8 +338,10 @@ impl Sideband {
             ring.drain(&mut self.scratch, &mut self.pending)?;
         }
         for record in &self.pending[before..] {
-            if let SidebandRecord::Lost { count, .. } = record {
-                self.lost += count;
+            match record {
+                SidebandRecord::Lost { count, .. } => self.lost += count,
+                SidebandRecord::Mmap(m) if self.want_fresh => self.fresh.push(m.mapping()),
+                _ => {}
             }
         }
         // Stable: records with equal times keep their ring order.

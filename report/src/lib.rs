@@ -47,6 +47,7 @@ mod interner;
 pub mod merge;
 pub mod model;
 pub mod output;
+pub mod python;
 pub mod rebase;
 pub mod symbols;
 pub use urec_symbolize as symbolize;

@@ -52,6 +52,7 @@ pub fn merge(reports: Vec<Report>, sort: SortKey) -> Report {
         rec.lost_sideband = rec.lost_sideband.saturating_add(r.recording.lost_sideband);
         rec.lost_unwind = rec.lost_unwind.saturating_add(r.recording.lost_unwind);
         rec.truncated |= r.recording.truncated;
+        rec.python.absorb(&r.recording.python);
         rec.corrupt_chunks = rec
             .corrupt_chunks
             .saturating_add(r.recording.corrupt_chunks);

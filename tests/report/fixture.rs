@@ -64,6 +64,8 @@ pub fn write_recording(path: &Path, finish: bool) {
             id: 0,
             frames: vec![Avma(0x1000), Avma(0x2000)],
             truncated: false,
+            python: Vec::new(),
+            python_truncated: false,
         }),
     );
     for i in 0..10u64 {

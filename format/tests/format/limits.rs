@@ -146,3 +146,19 @@ fn the_writer_ends_a_chunk_at_the_thread_limit() {
     assert_eq!(reader.status().corrupt_chunks, 0);
     assert_eq!(reader.status().sections.events.chunks, 2);
 }
+
+#[test]
+fn a_long_python_chain_is_cut_and_marked_truncated() {
+    let (_, records, corrupt) = read("huge-python");
+    assert_eq!(corrupt, 0);
+    let stack = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Stack(s) => Some(s),
+            _ => None,
+        })
+        .expect("the stack is read");
+    assert_eq!(stack.python.len(), MAX_PY_FRAMES);
+    assert!(stack.python_truncated && !stack.truncated);
+    assert_eq!(stack.frames.len(), 1);
+}

@@ -81,13 +81,31 @@ pub fn sample_records(events: u32) -> Vec<Record> {
             build_id: Some(BuildId(vec![0xab; 20])),
         }),
     ];
+    // 2.4: Python functions, and stacks that ran them.
+    for id in 0..3u32 {
+        v.push(Record::PyCode(PyCode {
+            id,
+            qualname: ["<module>", "outer", "Worker.target"][id as usize].into(),
+            filename: "/srv/app/s.py".into(),
+            first_line: 1 + id * 3,
+        }));
+    }
     for id in 0..20u32 {
+        let python: Vec<PyFrame> = (0..id % 4)
+            .map(|i| PyFrame {
+                code: i % 3,
+                line: 9 - i,
+                entry: i % 2 == 1,
+            })
+            .collect();
         v.push(Record::Stack(Stack {
             id,
             frames: (0..=id)
                 .map(|i| Avma(0x5555_0000_1000 + u64::from(i * 7919 % 4096)))
                 .collect(),
             truncated: id % 5 == 0,
+            python,
+            python_truncated: id % 7 == 3,
         }));
     }
     for i in 0..events {

@@ -6,7 +6,7 @@ use urec_format::*;
 use crate::{read_all, sample_header, sample_records, small_chunks, write};
 
 fn is_definition(r: &Record) -> bool {
-    matches!(r, Record::Probe(_) | Record::Stack(_))
+    matches!(r, Record::Probe(_) | Record::Stack(_) | Record::PyCode(_))
 }
 
 /// What the writer promises about order: the same records; metadata among itself and events
@@ -343,18 +343,35 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 })
             },
         );
+    // 2.4: Python frames, on some stacks (a native stack encodes as in 2.3).
+    let py_frame = (any::<u32>(), any::<u32>(), any::<bool>())
+        .prop_map(|(code, line, entry)| PyFrame { code, line, entry });
     let stack = (
         any::<u32>(),
         proptest::collection::vec(any::<u64>().prop_map(Avma), 0..40),
         any::<bool>(),
+        prop_oneof![Just(Vec::new()), proptest::collection::vec(py_frame, 0..70)],
+        any::<bool>(),
     )
-        .prop_map(|(id, frames, truncated)| {
+        .prop_map(|(id, frames, truncated, python, python_truncated)| {
             Record::Stack(Stack {
                 id,
                 frames,
                 truncated,
+                python,
+                python_truncated,
             })
         });
+    let py_code = (any::<u32>(), arb_string(), arb_string(), any::<u32>()).prop_map(
+        |(id, qualname, filename, first_line)| {
+            Record::PyCode(PyCode {
+                id,
+                qualname: qualname.into(),
+                filename: filename.into(),
+                first_line,
+            })
+        },
+    );
     let lost = (
         prop_oneof![
             Just(LostSource::Ring),
@@ -424,6 +441,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
         1 => process_event,
         1 => mapping,
         2 => stack,
+        1 => py_code,
         1 => lost,
         1 => filtered,
         1 => aggregate,

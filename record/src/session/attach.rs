@@ -39,7 +39,9 @@ pub(super) fn attach(
     } else {
         None
     };
-    let links = attach_probes(&set.skel, &opts.probes, set.filter, opts.verbosity)?;
+    // The fork program: for the tgid filter, and with stacks for the Python walk's map.
+    let follow_forks = set.filter || set.stack_depth > 0;
+    let links = attach_probes(&set.skel, &opts.probes, follow_forks, opts.verbosity)?;
     let attach_ns = monotonic_now()?;
     if !set.filter {
         // What processes the table does not hold mapped before the side-band opened (later
@@ -85,6 +87,7 @@ pub(super) fn attach(
         decode: decoders(&opts.probes),
         stack_depth: set.stack_depth,
         pending: VecDeque::new(),
+        python: Default::default(),
         pending_sorted: true,
         frames: Vec::with_capacity(130),
         dwarf: DwarfStacks::new(set.stack_depth, &set.copy_sizes),

@@ -103,8 +103,16 @@ pub(super) fn finish(
         table,
         bad_records,
         stacks,
+        python,
         ..
     } = st;
+    // The Python walk's counts: with -v when there was any Python block, and always with
+    // UREC_DEBUG_PYTHON (what the tests check the walk by).
+    if std::env::var_os("UREC_DEBUG_PYTHON").is_some()
+        || (opts.verbosity == crate::Verbosity::Verbose && python.stats.blocks > 0)
+    {
+        eprintln!("{}", python.stats.line());
+    }
     let out = writer.finish()?;
     let file = out
         .into_inner()

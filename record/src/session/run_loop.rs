@@ -187,11 +187,34 @@ pub(super) fn run(
             st.yield_bytes = st.dwarf.held_bytes().max(YIELD_BYTES) + YIELD_BYTES;
         }
         feeds.sideband.read(&mut feeds.sb)?;
+        // A new interpreter's entry at once, not a release later (`crate::python`): a short
+        // script runs its code within milliseconds of being mapped.
+        let fresh = feeds.sideband.take_fresh_mappings();
+        if !fresh.is_empty() {
+            // Files already known first (a command's libpython, detected before its start):
+            // the host's other new files, each opened to be looked at, come after.
+            let mut st = state.borrow_mut();
+            let python = st.table.python_mut();
+            let rest: Vec<_> = fresh
+                .iter()
+                .filter(|m| !python.mapping_if_known(m))
+                .collect();
+            python.sync(&set.skel);
+            for m in rest {
+                python.mapping(m);
+            }
+            python.sync(&set.skel);
+        }
         let horizon = feeds
             .sideband
             .horizon()
             .min(drained_at.saturating_sub(crate::sideband::REORDER_WINDOW_NS));
-        state.borrow_mut().release(&mut feeds.sb, horizon)?;
+        {
+            let mut st = state.borrow_mut();
+            st.release(&mut feeds.sb, horizon)?;
+            // Python processes the released side-band records started (or ended).
+            st.table.python_mut().sync(&set.skel);
+        }
         if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
             last_checkpoint = Instant::now();
             let counts = &mut feeds.kernel_counts;

@@ -65,7 +65,7 @@ pub(super) fn set_up<'obj>(
     crate::fds::check_headroom(cpus, binaries.len() as u64)?;
 
     // 1. Side-band first.
-    let sideband = Sideband::open(SIDEBAND_PAGES).context("opening the perf side-band")?;
+    let mut sideband = Sideband::open(SIDEBAND_PAGES).context("opening the perf side-band")?;
     let mut table = ProcessTable::new();
     if opts.keep_files {
         table.keep_files();
@@ -83,6 +83,12 @@ pub(super) fn set_up<'obj>(
         mapped.trace(pid);
     }
     table.observe_mapped(mapped);
+    // The Python frame walk runs only for events that capture a stack: its maps are kept
+    // only then (before the first snapshot, which finds the Python processes running now).
+    if opts.stack_mode != StackMode::None {
+        table.observe_python(crate::python::PythonProcs::enabled());
+        sideband.want_fresh_mappings();
+    }
     match &opts.target {
         Target::All => table.snapshot_all(),
         Target::Pids(pids) => {
@@ -152,10 +158,16 @@ pub(super) fn set_up<'obj>(
         opts.verbosity == crate::Verbosity::Verbose,
         &mut |msg| super::warn(opts, msg),
     );
+    // The Python processes found so far (snapshots), before any probe attaches.
+    table.python_mut().sync(&skel);
     // 3. The targets: the -p processes, and the command, held.
     let watch = allow_targets(&skel, &pids, command.as_ref(), workload)?;
     if let Some(w) = workload.as_ref() {
         table.mapped_mut().trace(w.pid());
+        if let Some((program, _)) = command.as_ref() {
+            table.python_mut().expect_exec(w.pid(), program);
+            table.python_mut().sync(&skel);
+        }
     }
     let set = SetUp {
         started,
@@ -239,7 +251,11 @@ fn uname() -> (String, String, String) {
 /// descriptor and [`urec_bpf::abi::STR_MAX`] bytes), and the stack: for `-g dwarf` the
 /// registers, [`urec_bpf::abi::MAX_PENDING`] pending returns and a copy of `stack_size` bytes
 /// (`--stack-size`: a copy is shorter only where the stack is), for frame pointers
-/// `stack_depth` + 2 frames (the inserted caller and function address).
+/// `stack_depth` + 2 frames (the inserted caller and function address); with either, the
+/// largest Python block (issue 33: a process running CPython).
+const PYTHON_BLOCK: usize =
+    urec_bpf::abi::PY_HEAD_SIZE + urec_bpf::abi::PY_FRAME_SIZE * urec_bpf::abi::PY_MAX_FRAMES;
+
 fn largest_record(
     probe: &PlannedProbe,
     stack_mode: StackMode,
@@ -256,9 +272,9 @@ fn largest_record(
     let stack = if stack_mode == StackMode::None || stack_depth == 0 {
         0
     } else if probe.config.dwarf {
-        abi::DWARF_HEADER_SIZE + 16 * abi::MAX_PENDING + stack_size as usize
+        abi::DWARF_HEADER_SIZE + 16 * abi::MAX_PENDING + stack_size as usize + PYTHON_BLOCK
     } else {
-        8 * (stack_depth.min(abi::MAX_DEPTH) as usize + 2)
+        8 * (stack_depth.min(abi::MAX_DEPTH) as usize + 2) + PYTHON_BLOCK
     };
     abi::EVENT_HEADER_SIZE + args + stack
 }

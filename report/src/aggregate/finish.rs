@@ -101,7 +101,10 @@ impl Aggregator<'_> {
                 self.calls.spaces.incarnations(),
                 &self.header.host,
             ),
+            python: self.python,
         };
+        warnings.extend(self.py_codes.warning());
+        warnings.extend(self.python.note());
         if unknown_frames > 0 {
             warnings.push(format!(
                 "{} in no recorded mapping and show as [unknown]",

@@ -101,6 +101,9 @@ struct AggStack {
     comm: u32,
     frames: Box<[RFrame]>,
     truncated: bool,
+    /// The recorded Python frames, innermost first, merged in when the stack is named.
+    python: Box<[urec_format::PyFrame]>,
+    python_truncated: bool,
     calls: u64,
     total_ns: u64,
     /// pid → (calls, summed latency): bounded by the unique (stack, pid) pairs.
@@ -221,7 +224,14 @@ struct Slot {
     calls: u64,
     total_ns: u64,
 }
-type DedupKey = (ProbeId, u32, Box<[RFrame]>, bool);
+type DedupKey = (
+    ProbeId,
+    u32,
+    Box<[RFrame]>,
+    bool,
+    Box<[urec_format::PyFrame]>,
+    bool,
+);
 
 pub(crate) struct Aggregator<'o> {
     opts: &'o ReportOptions,
@@ -235,6 +245,10 @@ pub(crate) struct Aggregator<'o> {
     /// Per probe, by [`ProbeSlot::index`].
     probes: Vec<ProbeState>,
     stacks: FxHashMap<StackId, urec_format::Stack>,
+    /// The Python functions the stacks' Python frames name.
+    py_codes: crate::python::PyCodes,
+    /// What the merge of Python frames made of the stacks.
+    python: crate::python::PythonCounts,
     /// The binaries of rebased frames: (path, build id), interned.
     binaries: Interner<(String, Option<BuildId>)>,
     raw: FxHashMap<StackKey, u32>,
@@ -278,6 +292,8 @@ impl<'o> Aggregator<'o> {
             header: header.clone(),
             probes: Vec::new(),
             stacks: FxHashMap::default(),
+            py_codes: Default::default(),
+            python: Default::default(),
             binaries: Interner::default(),
             raw: FxHashMap::default(),
             slots: Vec::new(),
@@ -345,6 +361,7 @@ impl<'o> Aggregator<'o> {
             }
             Record::Finish(f) => self.finish = Some(f),
             Record::Symbols(s) => self.embedded.push(s),
+            Record::PyCode(c) => self.py_codes.insert(c),
         }
     }
 

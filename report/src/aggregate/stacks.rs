@@ -16,6 +16,7 @@ use crate::model::frames::{
     code_frames, probed_location, probed_name, FrameId, FrameKind, FrameTable, Location,
 };
 use crate::model::StackSummary;
+use crate::python::{is_eval_frame, merge_python, Merge, PyCodes};
 use crate::symbolize::Symbolizer;
 use crate::{Error, ReportOptions};
 
@@ -91,27 +92,40 @@ impl Aggregator<'_> {
 
     /// The unique rebased stack of this event's stack, rebasing it on first sight.
     pub(super) fn agg_slot(&mut self, ev: &Event, gen: Process) -> u32 {
-        let (frames, truncated) = match ev.stack.and_then(|id| self.stacks.get(&id)) {
-            None => (Box::default(), false),
-            Some(stack) => {
-                let mut out = Vec::with_capacity(stack.frames.len());
-                for &addr in &stack.frames {
-                    out.push(match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
-                        None => RFrame::Unknown,
-                        Some(m) => {
-                            let key = (m.path.to_string(), m.build_id.cloned());
-                            let binary = self.binaries.id(&key);
-                            RFrame::Mapped {
-                                binary,
-                                offset: m.offset.0,
+        let (frames, truncated, python, python_truncated) =
+            match ev.stack.and_then(|id| self.stacks.get(&id)) {
+                None => (Box::default(), false, Box::default(), false),
+                Some(stack) => {
+                    let mut out = Vec::with_capacity(stack.frames.len());
+                    for &addr in &stack.frames {
+                        out.push(match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
+                            None => RFrame::Unknown,
+                            Some(m) => {
+                                let key = (m.path.to_string(), m.build_id.cloned());
+                                let binary = self.binaries.id(&key);
+                                RFrame::Mapped {
+                                    binary,
+                                    offset: m.offset.0,
+                                }
                             }
-                        }
-                    });
+                        });
+                    }
+                    (
+                        out.into_boxed_slice(),
+                        stack.truncated,
+                        stack.python.clone().into_boxed_slice(),
+                        stack.python_truncated,
+                    )
                 }
-                (out.into_boxed_slice(), stack.truncated)
-            }
-        };
-        let dedup: DedupKey = (ev.probe, gen.comm, frames, truncated);
+            };
+        let dedup: DedupKey = (
+            ev.probe,
+            gen.comm,
+            frames,
+            truncated,
+            python,
+            python_truncated,
+        );
         let idx = match self.dedup.get(&dedup) {
             Some(&i) => i,
             None => {
@@ -121,6 +135,8 @@ impl Aggregator<'_> {
                     comm: gen.comm,
                     frames: dedup.2.clone(),
                     truncated,
+                    python: dedup.4.clone(),
+                    python_truncated,
                     calls: 0,
                     total_ns: 0,
                     pids: FxHashMap::default(),
@@ -166,6 +182,21 @@ impl Aggregator<'_> {
                 continue;
             };
             let ids = namer.stack(s, &self.probes[pi].probe);
+            let ids = if self.opts.no_symbolize {
+                // No names, so no eval frame to replace: native frames only (and counted).
+                let merge = if s.python.is_empty() {
+                    Merge::Native
+                } else {
+                    Merge::Unmerged
+                };
+                self.python.no_symbolize = true;
+                self.python.add(merge, s.calls);
+                ids
+            } else {
+                let (ids, merge) = merge_frames(&mut namer.table, &self.py_codes, s, ids);
+                self.python.add(merge, s.calls);
+                ids
+            };
             let table = &namer.table;
             if by_caller {
                 // The frame below the probed function: the last but one, outermost first.
@@ -236,6 +267,39 @@ impl Aggregator<'_> {
         }
         symbolizer.end_batch();
     }
+}
+
+/// [`merge_python`] of rebased stack `s`, named `ids`, into frames of `table`.
+fn merge_frames(
+    table: &mut FrameTable,
+    codes: &PyCodes,
+    s: &AggStack,
+    ids: Vec<FrameId>,
+) -> (Vec<FrameId>, Merge) {
+    if s.python.is_empty() {
+        return (ids, Merge::Native);
+    }
+    let native: Vec<(FrameId, bool)> = ids
+        .into_iter()
+        .map(|id| (id, is_eval_frame(table.name(id))))
+        .collect();
+    let (merged, merge) = merge_python(
+        native,
+        s.truncated,
+        &s.python,
+        s.python_truncated,
+        |&(_, eval)| eval,
+        |p| {
+            let f = codes.frame(p)?;
+            let kind = FrameKind::Python {
+                qualname: f.qualname.clone(),
+                file: f.filename.clone(),
+                line: f.line,
+            };
+            Some((table.intern(&f.name(), kind), false))
+        },
+    );
+    (merged.into_iter().map(|(id, _)| id).collect(), merge)
 }
 
 /// Names rebased frames into one [`FrameTable`], each (binary, offset, return address) once.

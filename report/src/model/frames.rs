@@ -33,6 +33,15 @@ pub enum FrameKind {
     Unmapped,
     /// Stands for the frames an unwind could not reach: `[truncated]`.
     Truncated,
+    /// Python code, in place of the native eval frame that ran it ([`crate::python`]).
+    Python {
+        /// `co_qualname`.
+        qualname: std::sync::Arc<str>,
+        /// `co_filename`, in full.
+        file: std::sync::Arc<str>,
+        /// The line being run, 0 when unknown.
+        line: u32,
+    },
 }
 
 /// A code frame's place: the binary, the file offset in it, and the source line when debug

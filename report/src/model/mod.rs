@@ -81,6 +81,8 @@ pub struct Recording {
     pub symbols: SymbolStats,
     /// The processes that had events, where they ran (`recording.processes` in JSON).
     pub processes: Vec<processes::ProcessSummary>,
+    /// Calls whose stacks held Python frames, and what the merge made of them.
+    pub python: crate::python::PythonCounts,
 }
 
 impl Recording {

@@ -47,6 +47,9 @@ struct Contents {
     binaries: BTreeMap<String, BTreeSet<String>>,
     mappings: u64,
     stacks: u64,
+    /// Stacks with Python frames, and the Python functions (PyCode records) they name.
+    python_stacks: u64,
+    py_codes: u64,
     lost: BTreeMap<LostSource, u64>,
     lost_by_probe: BTreeMap<u32, u64>,
     filtered_by_probe: BTreeMap<u32, u64>,
@@ -132,7 +135,11 @@ fn read_metadata(reader: &mut Reader) -> Result<Contents, urec_format::FormatErr
                 let id = m.build_id.map(|b| b.to_string()).unwrap_or_default();
                 c.binaries.entry(m.path).or_default().insert(id);
             }
-            Record::Stack(_) => c.stacks += 1,
+            Record::Stack(s) => {
+                c.stacks += 1;
+                c.python_stacks += u64::from(!s.python.is_empty());
+            }
+            Record::PyCode(_) => c.py_codes += 1,
             Record::Lost(l) => {
                 let n = c.lost.entry(l.source).or_default();
                 *n = n.saturating_add(l.count);
@@ -267,6 +274,14 @@ fn write_summary(
         c.lost.get(&LostSource::Unwind).unwrap_or(&0)
     );
     let _ = writeln!(w, "stacks:     {}", c.stacks);
+    if c.py_codes > 0 || c.python_stacks > 0 {
+        let _ = writeln!(
+            w,
+            "python:     {}, {} with Python frames",
+            plural(c.py_codes, "function", "functions"),
+            plural(c.python_stacks, "stack", "stacks")
+        );
+    }
     let _ = writeln!(w, "mappings:   {}", c.mappings);
     let state = if status.truncated {
         "TRUNCATED (the file ends before its footer; read up to its last complete chunk)"

@@ -118,6 +118,9 @@ struct RecordingJson<'a> {
     /// With several inputs.
     #[serde(skip_serializing_if = "Option::is_none")]
     inputs: Option<Vec<InputJson<'a>>>,
+    /// Only when the recording holds stacks with Python frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    python: Option<PythonJson>,
 }
 
 #[derive(Serialize)]
@@ -201,11 +204,22 @@ struct StackJson<'a> {
 
 #[derive(Serialize)]
 struct LocationJson<'a> {
-    binary: &'a str,
-    offset: u64,
+    /// Null for a Python frame, which is in no binary.
+    binary: Option<&'a str>,
+    offset: Option<u64>,
     file: Option<&'a str>,
     line: Option<u32>,
     inlined: bool,
+    /// `native` or `python`, so that tools can tell Python code from the interpreter's.
+    kind: &'static str,
+}
+
+/// `recording.python`: calls whose stacks held Python frames, and whether they merged.
+#[derive(Serialize)]
+struct PythonJson {
+    stacks: u64,
+    merged: u64,
+    unmerged: u64,
 }
 
 fn group_value(v: &GroupValue) -> GroupValueJson<'_> {
@@ -221,11 +235,20 @@ fn group_value(v: &GroupValue) -> GroupValueJson<'_> {
 fn location(frame: &Frame) -> Option<LocationJson<'_>> {
     match &frame.kind {
         FrameKind::Code(l) => Some(LocationJson {
-            binary: &l.binary,
-            offset: l.offset,
+            binary: Some(&l.binary),
+            offset: Some(l.offset),
             file: l.file.as_deref(),
             line: l.line,
             inlined: l.inline_depth > 0,
+            kind: "native",
+        }),
+        FrameKind::Python { file, line, .. } => Some(LocationJson {
+            binary: None,
+            offset: None,
+            file: Some(file),
+            line: (*line > 0).then_some(*line),
+            inlined: false,
+            kind: "python",
         }),
         FrameKind::Unmapped | FrameKind::Truncated => None,
     }
@@ -277,6 +300,11 @@ pub fn write(report: &Report, out: &mut dyn Write) -> io::Result<()> {
                     cgroup: p.cgroup.as_deref(),
                 })
                 .collect(),
+            python: (r.python.stacks > 0).then_some(PythonJson {
+                stacks: r.python.stacks,
+                merged: r.python.merged,
+                unmerged: r.python.unmerged,
+            }),
             inputs: (report.inputs.len() > 1).then(|| {
                 report
                     .inputs

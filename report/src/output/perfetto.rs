@@ -50,6 +50,7 @@ use crate::model::frames::{code_frames, probe_frame_name, probed_frames};
 use crate::output::args::format_arg;
 use crate::output::proto::Msg;
 use crate::output::reorder::Reorder;
+use crate::python::{is_eval_frame, merge_python, PyCodes};
 use crate::symbolize::{EmbeddedSymbols, Symbolizer};
 use crate::{Error, ReportOptions};
 
@@ -226,6 +227,8 @@ struct Writer<'o> {
     symbolizer: Symbolizer,
     probes: FxHashMap<ProbeId, ProbeInfo>,
     stacks: FxHashMap<StackId, urec_format::Stack>,
+    /// The Python functions the stacks' Python frames name.
+    py_codes: PyCodes,
     /// Tracks described so far: process incarnation → uuid.
     processes: FxHashMap<u32, u64>,
     /// (incarnation, tid) → the thread's track uuid.
@@ -287,6 +290,7 @@ impl<'o> Writer<'o> {
             symbolizer,
             probes: FxHashMap::default(),
             stacks: FxHashMap::default(),
+            py_codes: PyCodes::default(),
             processes: FxHashMap::default(),
             threads: FxHashMap::default(),
             open: Pairing::default(),
@@ -369,6 +373,7 @@ impl<'o> Writer<'o> {
             Record::Stack(s) => {
                 self.stacks.insert(s.id, s);
             }
+            Record::PyCode(c) => self.py_codes.insert(c),
             Record::Lost(l) => {
                 self.lost_total = self.lost_total.saturating_add(l.count);
                 if let Some(p) = l.probe {
@@ -441,15 +446,16 @@ impl<'o> Writer<'o> {
             return Some(iid);
         }
         let stack = self.stacks.get(&id)?.clone();
+        // (frame iid, whether it is an eval frame that Python frames may replace).
         let mut frame_ids = Vec::with_capacity(stack.frames.len() + 1);
         if stack.truncated {
-            frame_ids.push(self.frame_iid("[truncated]", None, None));
+            frame_ids.push((self.frame_iid("[truncated]", None, None), false));
         }
         // Without symbolization every frame stays `binary+0xOFF`, the probe's too.
         let symbolized = !self.opts.no_symbolize;
         for (depth, &addr) in stack.frames.iter().enumerate().rev() {
             match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
-                None => frame_ids.push(self.frame_iid("[unknown]", None, None)),
+                None => frame_ids.push((self.frame_iid("[unknown]", None, None), false)),
                 Some(m) => {
                     let (path, build_id) = (m.path.to_string(), m.build_id.cloned());
                     let mut named = code_frames(
@@ -462,11 +468,29 @@ impl<'o> Writer<'o> {
                         named = probed_frames(&info.probe, depth, named);
                     }
                     for (name, l) in named {
-                        frame_ids.push(self.frame_iid(&name, l.file.as_deref(), l.line));
+                        let eval = symbolized && is_eval_frame(&name);
+                        frame_ids.push((self.frame_iid(&name, l.file.as_deref(), l.line), eval));
                     }
                 }
             }
         }
+        // Python frames in place of the eval frames, as every output puts them; without
+        // names (`--no-symbolize`) no frame is an eval frame and the stack stays native.
+        let codes = std::mem::take(&mut self.py_codes);
+        let (frame_ids, _) = merge_python(
+            frame_ids,
+            stack.truncated,
+            &stack.python,
+            stack.python_truncated,
+            |&(_, eval)| eval,
+            |p| {
+                let f = codes.frame(p)?;
+                let line = (f.line > 0).then_some(f.line);
+                Some((self.frame_iid(&f.name(), Some(&f.filename), line), false))
+            },
+        );
+        self.py_codes = codes;
+        let frame_ids: Vec<u64> = frame_ids.into_iter().map(|(id, _)| id).collect();
         let (id, new) = self.callstacks.intern(&frame_ids[..]);
         let iid = u64::from(id) + 1;
         if new {

@@ -10,6 +10,9 @@
 //! - A location's lines: the function, then the functions inlined into it, innermost first as
 //!   profile.proto wants (`line[0]` the innermost, the last one the caller they were inlined
 //!   into). `[unknown]` and `[truncated]` are locations without a mapping.
+//! - Python frames ([`crate::python`]) are locations of one mapping named `[python]`, without
+//!   an address: a function named by the qualname, its filename the `.py` path, the line the
+//!   line being run, so that pprof's source and list views show Python code as such.
 //!
 //! Field numbers are those of google/pprof's `proto/profile.proto` (cited per field below). The
 //! samples are streamed into the gzip encoder as they are made; what is kept is one entry per
@@ -117,8 +120,10 @@ fn write_profile(report: &Report, out: &mut dyn Write) -> io::Result<()> {
     // Binaries first: their ranges must be known before any location's address.
     let mut binaries: Vec<Binary> = Vec::new();
     let mut binary_ids: HashMap<(&str, Option<&urec_format::BuildId>), usize> = HashMap::new();
+    let mut python = false;
     for s in &report.stacks {
         for &id in &s.frames {
+            python |= matches!(report.frames.get(id).kind, FrameKind::Python { .. });
             if let FrameKind::Code(l) = &report.frames.get(id).kind {
                 let i = *binary_ids
                     .entry((l.binary.as_str(), l.build_id.as_ref()))
@@ -147,6 +152,8 @@ fn write_profile(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         let len = b.max_offset.saturating_add(PAGE) / PAGE * PAGE;
         next = next.saturating_add(len);
     }
+    // The Python frames' mapping, after the binaries': (id, start).
+    let python_mapping = python.then_some((binaries.len() as u64 + 1, next));
 
     let mut m = Msg::new();
     let mut vt = Msg::new();
@@ -203,23 +210,37 @@ fn write_profile(report: &Report, out: &mut dyn Write) -> io::Result<()> {
             if id == next_id {
                 loc.clear();
                 loc.uint(LOCATION_ID, id);
-                if let FrameKind::Code(l) = &report.frames.get(group[0]).kind {
-                    if let Some(&bi) = binary_ids.get(&(l.binary.as_str(), l.build_id.as_ref())) {
-                        let b = &binaries[bi];
-                        loc.uint(LOCATION_MAPPING_ID, b.id);
-                        loc.uint(LOCATION_ADDRESS, b.start.saturating_add(l.offset));
+                match &report.frames.get(group[0]).kind {
+                    FrameKind::Code(l) => {
+                        let key = (l.binary.as_str(), l.build_id.as_ref());
+                        if let Some(&bi) = binary_ids.get(&key) {
+                            let b = &binaries[bi];
+                            loc.uint(LOCATION_MAPPING_ID, b.id);
+                            loc.uint(LOCATION_ADDRESS, b.start.saturating_add(l.offset));
+                        }
                     }
+                    FrameKind::Python { .. } => {
+                        if let Some((mapping, _)) = python_mapping {
+                            loc.uint(LOCATION_MAPPING_ID, mapping);
+                        }
+                    }
+                    _ => {}
                 }
                 // Innermost first (profile.proto, Location.line).
                 for &fid in group.iter().rev() {
                     let frame = report.frames.get(fid);
-                    let name = strings.id(report.frames.name(fid));
-                    let (file, line_no) = match &frame.kind {
+                    let (name, file, line_no) = match &frame.kind {
                         FrameKind::Code(l) => (
+                            strings.id(report.frames.name(fid)),
                             l.file.as_deref().map_or(0, |f| strings.id(f)),
                             l.line.unwrap_or(0),
                         ),
-                        _ => (0, 0),
+                        FrameKind::Python {
+                            qualname,
+                            file,
+                            line,
+                        } => (strings.id(qualname), strings.id(file), *line),
+                        _ => (strings.id(report.frames.name(fid)), 0, 0),
                     };
                     let next_fn = functions.len() as u64 + 1;
                     let fn_id = *functions.entry((name, file)).or_insert(next_fn);
@@ -308,6 +329,19 @@ fn write_profile(report: &Report, out: &mut dyn Write) -> io::Result<()> {
         mm.bool(MAPPING_HAS_FILENAMES, b.has_lines);
         mm.bool(MAPPING_HAS_LINE_NUMBERS, b.has_lines);
         mm.bool(MAPPING_HAS_INLINE_FRAMES, b.has_inline);
+        m.clear();
+        m.msg(PROFILE_MAPPING, &mm);
+        out.write_all(m.bytes())?;
+    }
+    if let Some((id, start)) = python_mapping {
+        let mut mm = Msg::new();
+        mm.uint(MAPPING_ID, id);
+        mm.uint(MAPPING_MEMORY_START, start);
+        mm.uint(MAPPING_MEMORY_LIMIT, start.saturating_add(PAGE));
+        mm.int(MAPPING_FILENAME, strings.id("[python]") as i64);
+        mm.bool(MAPPING_HAS_FUNCTIONS, true);
+        mm.bool(MAPPING_HAS_FILENAMES, true);
+        mm.bool(MAPPING_HAS_LINE_NUMBERS, true);
         m.clear();
         m.msg(PROFILE_MAPPING, &mm);
         out.write_all(m.bytes())?;

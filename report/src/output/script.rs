@@ -54,6 +54,7 @@ use crate::input::Ahead;
 use crate::model::frames::{code_frames, probed_frames};
 use crate::output::args::format_arg;
 use crate::output::reorder::{Reorder, Timed};
+use crate::python::{is_eval_frame, merge_python, PyCodes};
 use crate::symbolize::{SymbolizeOptions, Symbolizer};
 use crate::{Error, Filter};
 
@@ -281,6 +282,8 @@ struct Printer<'o> {
     symbolizer: Symbolizer,
     probes: HashMap<ProbeId, urec_format::Probe>,
     stacks: HashMap<StackId, urec_format::Stack>,
+    /// The Python functions the stacks' Python frames name.
+    py_codes: PyCodes,
     /// (incarnation, stack) → its lines.
     rendered: HashMap<(u32, StackId), String>,
     /// Bytes of `rendered`'s strings.
@@ -315,6 +318,7 @@ impl<'o> Printer<'o> {
             symbolizer,
             probes: HashMap::new(),
             stacks: HashMap::new(),
+            py_codes: PyCodes::default(),
             rendered: HashMap::new(),
             rendered_bytes: 0,
             addresses: HashMap::new(),
@@ -381,6 +385,7 @@ impl<'o> Printer<'o> {
             Record::Stack(s) => {
                 self.stacks.insert(s.id, s);
             }
+            Record::PyCode(c) => self.py_codes.insert(c),
             _ => {}
         }
     }
@@ -566,9 +571,14 @@ impl<'o> Printer<'o> {
         };
         // Without symbolization every frame stays `binary+0xOFF`, the probe's too.
         let symbolized = !self.opts.no_symbolize;
-        for (depth, &addr) in stack.frames.iter().enumerate() {
+        // (address, name, dso), outermost first as the merge of Python frames takes them.
+        let mut lines: Vec<(u64, String, String)> = Vec::with_capacity(stack.frames.len() + 1);
+        if stack.truncated {
+            lines.push((0, "[truncated]".into(), "[unknown]".into()));
+        }
+        for (depth, &addr) in stack.frames.iter().enumerate().rev() {
             match self.calls.spaces.lookup(ev.pid, ev.time_ns, addr) {
-                None => frame_line(&mut text, addr.0, "[unknown]", "[unknown]"),
+                None => lines.push((addr.0, "[unknown]".into(), "[unknown]".into())),
                 Some(m) => {
                     let mut frames = code_frames(
                         (!self.opts.no_symbolize).then_some(&mut self.symbolizer),
@@ -579,15 +589,27 @@ impl<'o> Printer<'o> {
                     if let Some(probe) = self.probes.get(&ev.probe).filter(|_| symbolized) {
                         frames = probed_frames(probe, depth, frames);
                     }
-                    // Innermost first, as perf prints inlined frames.
-                    for (name, _) in frames.iter().rev() {
-                        frame_line(&mut text, addr.0, name, m.path);
+                    for (name, _) in frames {
+                        lines.push((addr.0, name, m.path.to_string()));
                     }
                 }
             }
         }
-        if stack.truncated {
-            frame_line(&mut text, 0, "[truncated]", "[unknown]");
+        // Python frames in place of the eval frames; the .py file where the binary goes.
+        let (lines, _) = merge_python(
+            lines,
+            stack.truncated,
+            &stack.python,
+            stack.python_truncated,
+            |(_, name, _)| symbolized && is_eval_frame(name),
+            |p| {
+                let f = self.py_codes.frame(p)?;
+                Some((0, f.name(), f.filename.to_string()))
+            },
+        );
+        // Innermost first, as perf prints stacks and inlined frames.
+        for (addr, name, dso) in lines.iter().rev() {
+            frame_line(&mut text, *addr, name, dso);
         }
         text.push('\n');
         text

@@ -91,6 +91,8 @@ pub fn stack(id: StackId, frames: &[u64], truncated: bool) -> Record {
         id,
         frames: frames.iter().map(|&a| Avma(a)).collect(),
         truncated,
+        python: Vec::new(),
+        python_truncated: false,
     })
 }
 
