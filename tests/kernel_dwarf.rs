@@ -183,3 +183,81 @@ fn the_depth_limit_cuts_the_same_frames() {
         "too few stacks walked in the kernel: {line}"
     );
 }
+
+/// Debian's python3.11 (no frame pointers; its libc and libz neither) calling zlib.crc32
+/// from three Python functions: native frames walked in the kernel through the interpreter,
+/// with the Python frames of issue 33 in the same stacks, equal to `-g dwarf`'s.
+#[test]
+fn debian_python_stacks_equal_the_copy_unwinds() {
+    if !have_root() {
+        return;
+    }
+    let python = Path::new("/usr/bin/python3.11");
+    if !python.is_file() {
+        // scripts/install-deps.sh installs it: its absence is a broken machine under CI.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: /usr/bin/python3.11 is missing"
+        );
+        eprintln!("skipped: no /usr/bin/python3.11");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("urec-kernel-dwarf-py")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let script = dir.path().join("crc.py");
+    std::fs::write(
+        &script,
+        "import zlib, time\n\
+         def c(i): return zlib.crc32(b'x' * (i % 64))\n\
+         def b(i): return c(i) + 1\n\
+         def a(n):\n    s = 0\n    for i in range(n):\n        s += b(i)\n        \
+         if i % 10 == 0: time.sleep(0.001)\n    return s\n\
+         a(10000)\n",
+    )
+    .unwrap();
+    let mut stacks = Vec::new();
+    let mut summary = String::new();
+    for mode in ["dwarf", "kernel-dwarf"] {
+        let data = dir.path().join(format!("{mode}.data"));
+        let args = [
+            "-v",
+            "-g",
+            mode,
+            "-e",
+            "libz.so.1:crc32",
+            "-o",
+            data.to_str().unwrap(),
+            "--",
+            python.to_str().unwrap(),
+            script.to_str().unwrap(),
+        ];
+        let o = record(&args)
+            .stdout(Stdio::null())
+            .output()
+            .expect("running urec");
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "urec record {args:?}: {stderr}");
+        assert!(!stderr.contains("sampled"), "{mode}: sampled\n{stderr}");
+        let folded = urec_ok(&["report", "-i", data.to_str().unwrap(), "--folded", "-"]);
+        let mut m = BTreeMap::new();
+        for line in folded.lines() {
+            let (stack, n) = line.rsplit_once(' ').expect("folded line");
+            *m.entry(stack.to_string()).or_default() += n.parse::<u64>().expect("count");
+        }
+        stacks.push(m);
+        summary = stderr;
+    }
+    assert_same(&stacks[0], &stacks[1]);
+    let all: String = stacks[1].keys().cloned().collect::<Vec<_>>().join("\n");
+    assert!(all.contains("Py_BytesMain"), "{all}");
+    assert!(all.contains("crc32"), "{all}");
+    assert_eq!(stacks[1].values().sum::<u64>(), 10000, "{all}");
+    let (walked, _, line) = walked(&summary);
+    eprintln!("{line}");
+    assert!(
+        walked >= 3000,
+        "too few stacks walked in the kernel: {line}"
+    );
+}
