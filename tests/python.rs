@@ -71,33 +71,61 @@ fn python_stacks(json: &serde_json::Value) -> Vec<PyStack> {
 
 /// Records `paths.py` under `python` with `-g auto` and checks every path.
 fn check_paths(python: &Path, lib_note: &str) {
+    check_paths_delayed(python, lib_note, None);
+}
+
+/// [`check_paths`], with the recorder not reading the ring for `delay_ms` after the start
+/// (`UREC_TEST_DELAY_READ_MS`): the script has exited before its events are read, so every
+/// name must come from the programs' code snapshots.
+fn check_paths_delayed(python: &Path, lib_note: &str, delay_ms: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("paths.py");
     std::fs::write(&script, SCRIPT).unwrap();
     let data = dir.path().join("py.urec");
     let n = N.to_string();
-    let out = urec(&[
-        "record",
-        "-g",
-        "auto",
-        "-e",
-        "libz:crc32",
-        "-o",
-        data.to_str().unwrap(),
-        "--",
-        python.to_str().unwrap(),
-        script.to_str().unwrap(),
-        &n,
-    ]);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_urec"));
+    cmd.env_remove("DEBUGINFOD_URLS")
+        .env("UREC_DEBUG_PYTHON", "1")
+        .args(["record", "-g", "auto", "-e", "libz:crc32"]);
+    if let Some(ms) = delay_ms {
+        // Everything stays in the ring meanwhile: room for the whole recording.
+        cmd.env("UREC_TEST_DELAY_READ_MS", ms.to_string())
+            .args(["--buffer-size", "256M"]);
+    }
+    let out = cmd
+        .args(["-o", data.to_str().unwrap(), "--"])
+        .args([python.to_str().unwrap(), script.to_str().unwrap(), &n])
+        .output()
+        .expect("running urec");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let stat = |name: &str| -> u64 {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("python: "))
+            .unwrap_or_else(|| panic!("{lib_note}: no python: line in {stderr}"));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{lib_note}: no {name}= in {line}"))
+    };
     assert!(
         out.status.success(),
         "{lib_note}: urec record failed: {stderr}"
     );
+    // (Another test's python3.10 runs meanwhile: only traced processes' interpreters are
+    // looked at, so it is not named here.)
     assert!(
         !stderr.contains("unknown frame layout"),
         "{lib_note}: a known CPython called unknown: {stderr}"
     );
+    // Every frame named, whenever the recorder read it.
+    assert_eq!(stat("unnamed"), 0, "{lib_note}: {stderr}");
+    if delay_ms.is_some() {
+        // The process was gone when its events were read: the names are the snapshots'.
+        assert!(stat("unreadable") > 0, "{lib_note}: {stderr}");
+        assert!(stat("from_snapshot") > 0, "{lib_note}: {stderr}");
+        assert_eq!(stat("snapshot_failed"), 0, "{lib_note}: {stderr}");
+    }
     let json: serde_json::Value = serde_json::from_str(&urec_ok(&[
         "report",
         "-i",
@@ -106,11 +134,25 @@ fn check_paths(python: &Path, lib_note: &str) {
         "-",
     ]))
     .unwrap();
-    assert_eq!(json["recording"]["lost"], 0, "{lib_note}");
+    assert_eq!(
+        json["recording"]["lost"], 0,
+        "{lib_note}: {}\n{stderr}",
+        json["recording"]["lost_by_source"]
+    );
     // Counts are exact whatever the stacks show.
     let calls = json["functions"][0]["calls"].as_u64().unwrap();
     assert_eq!(calls, 3 * N + N / 10, "{lib_note}: crc32 calls");
 
+    // Under ring pressure (a loaded machine) the recorder keeps one call's stack in 2^k and
+    // counts it 2^k times: stack counts are then estimates, within a few percent.
+    let sampled = json["functions"][0]["sampled"].as_u64().unwrap_or(0) > 0;
+    let at_most = |expected: u64| {
+        if sampled {
+            expected * 105 / 100
+        } else {
+            expected
+        }
+    };
     let stacks = python_stacks(&json);
     let module = py("<module>", "module");
     let paths: [(&str, Vec<String>, u64); 3] = [
@@ -162,7 +204,7 @@ fn check_paths(python: &Path, lib_note: &str) {
     for (what, want, expected) in &paths {
         let got = shown(want);
         assert!(
-            got * 100 >= expected * 95 && got <= *expected,
+            got * 100 >= expected * 95 && got <= at_most(*expected),
             "{lib_note}: {what}: {got} of {expected} calls show {want:?}; stacks:\n{}",
             summary()
         );
@@ -180,7 +222,7 @@ fn check_paths(python: &Path, lib_note: &str) {
         .map(|s| s.calls)
         .sum();
     assert!(
-        thread * 100 >= N * 95 && thread <= N,
+        thread * 100 >= N * 95 && thread <= at_most(N),
         "{lib_note}: thread: {thread} of {N} calls; stacks:\n{}",
         summary()
     );
@@ -260,6 +302,25 @@ fn pyenv_python313_stacks_show_python_frames() {
     }
     if let Some(python) = pyenv("3.13.0", "3.13") {
         check_paths(&python, "pyenv 3.13.0");
+    }
+}
+
+/// A recorder that reads the ring only after the script has exited (a loaded machine, a
+/// short script): every frame is still named, from the code snapshots the programs sent with
+/// the events, with the same paths, files and lines as when read live.
+#[test]
+fn frames_are_named_after_the_process_exited() {
+    if !have_root() {
+        return;
+    }
+    let python = Path::new("/usr/bin/python3.11");
+    if python.is_file() {
+        check_paths_delayed(python, "Debian python3.11, read late", Some(4000));
+    } else {
+        eprintln!("skipped: no /usr/bin/python3.11");
+    }
+    if let Some(python) = pyenv("3.13.0", "3.13") {
+        check_paths_delayed(&python, "pyenv 3.13.0, read late", Some(4000));
     }
 }
 

@@ -38,6 +38,10 @@ pub const COOKIE_ONE_SIDED: u64 = 1 << 31;
 pub const KIND_ENTRY: u8 = 0;
 /// Event kind of a return record.
 pub const KIND_RETURN: u8 = 1;
+/// `UREC_KIND_PYCODE`: not an event but a Python code object's snapshot ([`RawPyCode`]).
+pub const KIND_PYCODE: u8 = 2;
+/// `UREC_PY_CODE_PROBE`: the probe id of a [`KIND_PYCODE`] record (no probe's).
+pub const PY_CODE_PROBE: u32 = u32::MAX;
 
 /// `latency_ns` is valid.
 pub const F_LATENCY: u8 = 1;
@@ -305,6 +309,17 @@ pub struct PyLayout {
     pub code_firstlineno: u64,
     /// `PyCodeObject.co_code_adaptive`.
     pub code_adaptive: u64,
+    /// `PyCodeObject.co_linetable` (a code snapshot reads the line table through it).
+    pub code_linetable: u64,
+    /// `PyASCIIObject.length`.
+    pub unicode_length: u64,
+    /// `sizeof(PyCompactUnicodeObject)`: where a non-ASCII compact str's data starts (the
+    /// furthest of the two starts), to size a str snapshot.
+    pub unicode_compact_data: u64,
+    /// `PyBytesObject.ob_size`.
+    pub bytes_size: u64,
+    /// `PyBytesObject.ob_sval`.
+    pub bytes_data: u64,
 }
 
 /// `struct urec_py_layout`.
@@ -334,11 +349,18 @@ struct RawPyLayout {
     entry_kind: u8,
     entry_value: u8,
     _pad: [u8; 5],
+    code_linetable: u64,
+    snap_lo: u64,
+    snap_size: u64,
+    unicode_length: u64,
+    unicode_data: u64,
+    bytes_size: u64,
+    bytes_data: u64,
 }
 
 /// Size of `struct urec_py_layout`.
 pub const PY_LAYOUT_SIZE: usize = size_of::<RawPyLayout>();
-const _: () = assert!(PY_LAYOUT_SIZE == 19 * 8 + 8);
+const _: () = assert!(PY_LAYOUT_SIZE == 19 * 8 + 8 + 7 * 8);
 /// Size of `struct urec_py_proc`, a `py_procs` value.
 pub const PY_PROC_SIZE: usize = 16;
 
@@ -377,6 +399,16 @@ impl PyLayout {
             || !self.code_firstlineno.is_multiple_of(4)
         {
             return Err("code object fields too far apart or not aligned".into());
+        }
+        // A code snapshot's first region: the span `urec_python::read_code` reads (its
+        // validation words and the line table pointer), one read of at most PY_WINDOW.
+        let snap_lo = lo.min(self.code_linetable) & !7;
+        let snap_hi = hi.max(self.code_linetable + 8);
+        if snap_hi - snap_lo > PY_WINDOW || !self.code_linetable.is_multiple_of(8) {
+            return Err("code object's line table pointer too far from its names".into());
+        }
+        if self.bytes_data > 255 || self.unicode_compact_data > 255 {
+            return Err("str or bytes header implausibly large".into());
         }
         // The thread state: thread_id and what leads to the current frame, one read.
         let link = self.cframe.unwrap_or(self.current_frame);
@@ -417,6 +449,13 @@ impl PyLayout {
                 PyEntry::IsEntry(_) => 0,
             },
             _pad: [0; 5],
+            code_linetable: self.code_linetable,
+            snap_lo,
+            snap_size: snap_hi - snap_lo,
+            unicode_length: self.unicode_length,
+            unicode_data: self.unicode_compact_data,
+            bytes_size: self.bytes_size,
+            bytes_data: self.bytes_data,
         };
         // SAFETY: RawPyLayout is repr(C), made only of integers and arrays of them, with its
         // one padding run an explicit zeroed field; viewing it as bytes is sound.
@@ -792,6 +831,16 @@ pub struct RawPyFrame {
 }
 
 impl<'a> RawPython<'a> {
+    /// A block from its parts: the frames' bytes as [`RawPython::bytes`] gave them (kept by a
+    /// recorder that names the frames later). A trailing partial frame is ignored.
+    pub fn from_parts(status: u16, frames: &'a [u8]) -> RawPython<'a> {
+        let whole = frames.len() / PY_FRAME_SIZE * PY_FRAME_SIZE;
+        RawPython {
+            status,
+            frames: &frames[..whole],
+        }
+    }
+
     /// The frames' bytes as the programs wrote them: equal bytes are equal frames, so the
     /// recorder names a repeated Python stack by one lookup.
     pub fn bytes(&self) -> &'a [u8] {
@@ -853,6 +902,124 @@ impl<'a> RawDwarf<'a> {
             .chunks_exact(16)
             .map(|c| (u64_at(c, 0), u64_at(c, 8)))
     }
+}
+
+/// Size of `struct urec_py_code`, after a [`KIND_PYCODE`] record's header.
+pub const PY_CODE_SIZE: usize = 32;
+/// Size of `struct urec_py_region`, before each region's bytes.
+pub const PY_REGION_SIZE: usize = 16;
+/// Regions a snapshot has at most (`UREC_PY_SNAP_REGIONS`).
+pub const PY_SNAP_REGIONS: usize = 4;
+/// The largest region the programs copy (`PY_SNAP_REGION_MAX`).
+pub const PY_SNAP_REGION_MAX: usize = 4224;
+
+/// A [`KIND_PYCODE`] record: one code object's memory as the programs copied it when an event
+/// first met it, so the recorder can name it after the process is gone (`urec.h`, "Python
+/// code snapshots").
+#[derive(Clone, Debug)]
+pub struct RawPyCode<'a> {
+    /// The process (tgid).
+    pub pid: u32,
+    /// The code object's address.
+    pub code: u64,
+    /// `co_qualname` at the probe (the frame's validation word).
+    pub qualname: u64,
+    /// `co_filename` at the probe.
+    pub filename: u64,
+    /// `co_firstlineno` at the probe.
+    pub first_line: i32,
+    /// (address, bytes read there), as many as the reads that succeeded.
+    pub regions: Vec<(u64, &'a [u8])>,
+}
+
+impl<'a> RawPyCode<'a> {
+    /// Decodes a [`KIND_PYCODE`] record (its kind checked by the caller through
+    /// [`record_kind`]); a malformed one is an error, never a panic.
+    pub fn parse(b: &'a [u8]) -> Result<Self, DecodeError> {
+        let err = |why| DecodeError { len: b.len(), why };
+        if b.len() < EVENT_HEADER_SIZE + PY_CODE_SIZE {
+            return Err(err("shorter than a code snapshot's header"));
+        }
+        if b[4] != KIND_PYCODE {
+            return Err(err("not a code snapshot"));
+        }
+        let c = &b[EVENT_HEADER_SIZE..EVENT_HEADER_SIZE + PY_CODE_SIZE];
+        let nregions = usize::from(u16_at(c, 28));
+        if nregions > PY_SNAP_REGIONS {
+            return Err(err("more snapshot regions than the programs write"));
+        }
+        let mut at = EVENT_HEADER_SIZE + PY_CODE_SIZE;
+        let mut regions = Vec::with_capacity(nregions);
+        for _ in 0..nregions {
+            let h = b
+                .get(at..at + PY_REGION_SIZE)
+                .ok_or_else(|| err("shorter than its snapshot region header"))?;
+            let addr = u64_at(h, 0);
+            let len = u32_at(h, 8) as usize;
+            if len > PY_SNAP_REGION_MAX {
+                return Err(err("a snapshot region larger than the programs copy"));
+            }
+            let data_at = at + PY_REGION_SIZE;
+            let data = b
+                .get(data_at..data_at + len)
+                .ok_or_else(|| err("shorter than its snapshot region"))?;
+            if addr.checked_add(len as u64).is_none() {
+                return Err(err("a snapshot region past the address space"));
+            }
+            regions.push((addr, data));
+            at = data_at + len.div_ceil(8) * 8;
+        }
+        Ok(RawPyCode {
+            pid: u32_at(b, 8),
+            code: u64_at(c, 0),
+            qualname: u64_at(c, 8),
+            filename: u64_at(c, 16),
+            first_line: u32_at(c, 24) as i32,
+            regions,
+        })
+    }
+}
+
+/// The kind byte of a ring record ([`KIND_ENTRY`], [`KIND_RETURN`], [`KIND_PYCODE`]), so the
+/// consumer dispatches before decoding; None for a record shorter than its header.
+pub fn record_kind(b: &[u8]) -> Option<u8> {
+    (b.len() >= EVENT_HEADER_SIZE).then(|| b[4])
+}
+
+/// The mixing step of the hashes the programs and the recorder both compute (`urec.h`, "The
+/// hashes both sides compute"; `py_mix` in `urec.bpf.c`): equal inputs must give equal keys
+/// on both sides, so change both together.
+pub fn py_mix(h: u64, v: u64) -> u64 {
+    let h = (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 29)
+}
+
+/// `UREC_PY_HASH_SEED`.
+pub const PY_HASH_SEED: u64 = 0x7572_6563_7079_0001;
+
+/// A code object's check words hashed: the `py_named` value the programs compare with.
+pub fn py_code_check(qualname: u64, filename: u64, first_line: i32) -> u64 {
+    py_mix(
+        py_mix(py_mix(PY_HASH_SEED, qualname), filename),
+        u64::from(first_line as u32),
+    )
+}
+
+/// A Python block's frames hashed as the walk folds them (code, qualname, filename, first
+/// line of each frame as written, innermost first): the `py_stacks_named` key.
+pub fn py_stack_hash(py: &RawPython<'_>) -> u64 {
+    py.frames().fold(PY_HASH_SEED, |h, f| {
+        let h = py_mix(py_mix(py_mix(h, f.code), f.qualname), f.filename);
+        py_mix(h, u64::from(f.first_line as u32))
+    })
+}
+
+/// The bytes of a `struct urec_py_code_key` (`py_named`, `py_sent`, `py_stacks_named`).
+pub fn py_code_key(tgid: u32, code: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..4].copy_from_slice(&tgid.to_ne_bytes());
+    k[8..].copy_from_slice(&code.to_ne_bytes());
+    k
 }
 
 /// A ring-buffer record that does not decode.
@@ -1249,9 +1416,22 @@ mod tests {
             code_filename: 112,
             code_firstlineno: 72,
             code_adaptive: 184,
+            code_linetable: 136,
+            unicode_length: 16,
+            unicode_compact_data: 72,
+            bytes_size: 16,
+            bytes_data: 32,
         };
         let b = layout.to_bytes().unwrap();
         assert_eq!(b.len(), PY_LAYOUT_SIZE);
+        // The snapshot's code span: first line (72) to past the line table pointer (144).
+        assert_eq!((u64_at(&b, 168), u64_at(&b, 176)), (72, 72));
+        assert_eq!((u64_at(&b, 160), u64_at(&b, 192)), (136, 72));
+        let lines_far = PyLayout {
+            code_linetable: 600,
+            ..layout
+        };
+        assert!(lines_far.to_bytes().is_err());
         assert_eq!(u64_at(&b, 32), 56); // cframe
         assert_eq!(u64_at(&b, 72), 68); // entry offset
         assert_eq!(u64_at(&b, 80), 69); // frame_size: past is_entry
@@ -1282,6 +1462,99 @@ mod tests {
         };
         assert!(apart.to_bytes().is_err());
         assert_eq!(py_proc_bytes(0xa5b740, 2)[8], 2);
+    }
+
+    /// A code snapshot: header, code words, regions padded to 8.
+    fn py_code_record(regions: &[(u64, &[u8])]) -> Vec<u8> {
+        let mut b = vec![0u8; EVENT_HEADER_SIZE];
+        b[..4].copy_from_slice(&PY_CODE_PROBE.to_ne_bytes());
+        b[4] = KIND_PYCODE;
+        b[8..12].copy_from_slice(&4321u32.to_ne_bytes());
+        for v in [0x7f00_0000u64, 0x7f00_0100, 0x7f00_0200] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        b.extend_from_slice(&(-3i32).to_ne_bytes());
+        b.extend_from_slice(&(regions.len() as u16).to_ne_bytes());
+        b.extend_from_slice(&0u16.to_ne_bytes());
+        for (addr, data) in regions {
+            b.extend_from_slice(&addr.to_ne_bytes());
+            b.extend_from_slice(&(data.len() as u32).to_ne_bytes());
+            b.extend_from_slice(&0u32.to_ne_bytes());
+            b.extend_from_slice(data);
+            b.resize(b.len().div_ceil(8) * 8, 0);
+        }
+        b
+    }
+
+    #[test]
+    fn decode_python_code_snapshot() {
+        let b = py_code_record(&[(0x7f00_0048, &[1, 2, 3]), (0x7f00_0100, &[9; 16])]);
+        assert_eq!(record_kind(&b), Some(KIND_PYCODE));
+        assert_eq!(record_kind(&b[..39]), None);
+        let c = RawPyCode::parse(&b).unwrap();
+        assert_eq!(c.pid, 4321);
+        assert_eq!(
+            (c.code, c.qualname, c.filename, c.first_line),
+            (0x7f00_0000, 0x7f00_0100, 0x7f00_0200, -3)
+        );
+        assert_eq!(
+            c.regions,
+            vec![
+                (0x7f00_0048, &[1u8, 2, 3][..]),
+                (0x7f00_0100, &[9u8; 16][..])
+            ]
+        );
+        // Every shorter record (the last region ends the record): an error, never a panic.
+        for len in 0..b.len() {
+            assert!(RawPyCode::parse(&b[..len]).is_err(), "{len} bytes decoded");
+        }
+        // No regions at all (every read faulted) is a valid, empty snapshot.
+        assert!(RawPyCode::parse(&py_code_record(&[]))
+            .unwrap()
+            .regions
+            .is_empty());
+        // Too many regions, a region longer than the programs copy, an address overflow.
+        let mut bad = b.clone();
+        bad[EVENT_HEADER_SIZE + 28] = 5;
+        assert!(RawPyCode::parse(&bad).is_err());
+        let mut bad = b.clone();
+        let len_at = EVENT_HEADER_SIZE + PY_CODE_SIZE + 8;
+        bad[len_at..len_at + 4].copy_from_slice(&(PY_SNAP_REGION_MAX as u32 + 1).to_ne_bytes());
+        assert!(RawPyCode::parse(&bad).is_err());
+        let bad = py_code_record(&[(u64::MAX - 1, &[1, 2, 3])]);
+        assert!(RawPyCode::parse(&bad).is_err());
+        // An event is not a snapshot.
+        let mut ev = b.clone();
+        ev[4] = KIND_ENTRY;
+        assert!(RawPyCode::parse(&ev).is_err());
+    }
+
+    /// The stack hash folds each frame's four words in order (the same fold as the
+    /// programs'), so frames in another order or another first line are another stack.
+    #[test]
+    fn python_stack_hash() {
+        let mut b = Vec::new();
+        py_frame(&mut b, 0x7f00_0000, 3, 42);
+        py_frame(&mut b, 0x7f00_1000, 7, PY_ENTRY | 8);
+        let h = py_stack_hash(&RawPython::from_parts(0, &b));
+        let mut by_hand = PY_HASH_SEED;
+        for (code, line) in [(0x7f00_0000u64, 3u64), (0x7f00_1000, 7)] {
+            for v in [code, code + 0x100, code + 0x200, line] {
+                by_hand = py_mix(by_hand, v);
+            }
+        }
+        assert_eq!(h, by_hand);
+        // The instruction offsets are not part of it: the same code objects, named once.
+        let mut other_instr = Vec::new();
+        py_frame(&mut other_instr, 0x7f00_0000, 3, 50);
+        py_frame(&mut other_instr, 0x7f00_1000, 7, 8);
+        assert_eq!(py_stack_hash(&RawPython::from_parts(0, &other_instr)), h);
+        let mut swapped = Vec::new();
+        py_frame(&mut swapped, 0x7f00_1000, 7, 8);
+        py_frame(&mut swapped, 0x7f00_0000, 3, 42);
+        assert_ne!(py_stack_hash(&RawPython::from_parts(0, &swapped)), h);
+        assert_ne!(py_code_check(1, 2, 3), py_code_check(1, 2, 4));
+        assert_eq!(py_code_key(5, 6)[..4], 5u32.to_ne_bytes());
     }
 
     #[test]

@@ -60,6 +60,9 @@ const volatile __u32 hist_bits = 6;       /* sub-bucket bits of the latency hist
 const volatile __u32 hist_buckets = 2496; /* counters per probe: log_linear::kernel_buckets */
 /* `urec top`: only count (aggs, hist); never build or reserve a ring record. */
 const volatile __u8 count_only = 0;
+/* Python code snapshots ("Python code snapshots" below); 0 only to measure what they cost
+ * (UREC_NO_PY_SNAPSHOTS=1): then names depend on the process still living. */
+const volatile __u8 py_snapshots = 1;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -959,6 +962,7 @@ struct {
 #define PY_FRAME_WIN FP_WIN_OFF                    /* a frame's bytes, read at once */
 #define PY_CODE_WIN (FP_WIN_OFF + UREC_PY_WINDOW)  /* a code object's bytes, read at once */
 #define PY_WRITTEN (1 << 20)                       /* put_py wrote a block */
+#define PY_HASH_AT PY_CODE_WIN                     /* put_py leaves the stack hash here */
 
 /* The state of the Python walks (bpf_loop's context). */
 struct py_walk {
@@ -971,7 +975,15 @@ struct py_walk {
 	__u32 status;  /* UREC_PY_* */
 	__u32 found;   /* ts is the thread's */
 	struct urec_py_layout *l; /* the map value (not a copy: the stack is small) */
+	__u64 hash;    /* the frames' words folded (py_mix): the `py_stacks_named` key */
 };
+
+/* The hash of urec.h ("The hashes both sides compute"): abi.rs py_mix is the same function. */
+static __always_inline __u64 py_mix(__u64 h, __u64 v)
+{
+	h = (h ^ v) * 0x9e3779b97f4a7c15ULL;
+	return h ^ (h >> 29);
+}
 
 /* One step of the thread search: is `ts` this thread's, else the next one. */
 static long py_thread_step(__u64 i, struct py_walk *w)
@@ -1054,6 +1066,10 @@ static long py_frame_step(__u64 i, struct py_walk *w)
 			iv = instr - base;
 	}
 	o->instr = iv | (entry ? UREC_PY_ENTRY : 0);
+	if (py_snapshots)
+		w->hash = py_mix(py_mix(py_mix(py_mix(w->hash, o->code), o->qualname),
+					o->filename),
+				 (__u32)o->firstlineno);
 	w->n++;
 	w->frame = prev;
 	return 0;
@@ -1078,6 +1094,266 @@ static __always_inline bool py_ts_window(struct scratch *s, struct urec_py_layou
 		return false;
 	*link = *(__u64 *)(tw + ((at - lo) & (UREC_PY_WINDOW - 8)));
 	return true;
+}
+
+/*
+ * Python code snapshots (urec.h, "Python code snapshots"). The recorder names a code object
+ * from the live process when it reads the event, which fails once the process has exited (a
+ * short script, a recorder that lags). So the program also sends what naming reads, once per
+ * code object: `py_named` ({tgid, code} -> the code's check words hashed) holds the code
+ * objects the recorder has named, `py_stacks_named` ({tgid, stack hash}) the stacks all of
+ * whose frames it has named (so the steady state costs one lookup per event, not one per
+ * frame), `py_sent` ({tgid, code} -> ktime) when a snapshot was last sent (a hot loop sends
+ * each code object about once per PY_RESEND_NS until the recorder has caught up).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct urec_py_code_key);
+	__type(value, __u64);
+} py_named SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct urec_py_code_key);
+	__type(value, __u8);
+} py_stacks_named SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct urec_py_code_key);
+	__type(value, __u64);
+} py_sent SEC(".maps");
+
+/* A snapshot not yet answered by `py_named` is sent again after this long (a lost record). */
+#define PY_RESEND_NS 50000000ULL
+/* Snapshots sent per event at most: the rest come with the next events. */
+#define PY_SEND_MAX 8
+#define PY_SNAP_SIZE 24576 /* the snapshot buffer: a region starts below 8192 + 16 and
+				    * is shorter than 8192 */
+#define PY_SNAP_MASK 8191
+#define PY_SNAP_REGION_MAX 4224 /* the largest region (line table header + data) */
+
+struct py_snap_buf {
+	__u8 buf[PY_SNAP_SIZE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct py_snap_buf);
+} py_snap SEC(".maps");
+
+/* Appends one region (header and bytes, padded to 8) at `off` in `b`; returns the offset
+ * after it, or `off` when no read succeeded (the region is left out). Global: verified once,
+ * not once per region and path of its callers (whose states would not fit the verifier). */
+__noinline __u32 py_region(struct py_snap_buf *b, __u32 off, __u64 addr, __u32 want, __u32 what)
+{
+	__u32 len = want;
+	bool ok = false;
+
+	if (!b || !addr)
+		return off;
+	off &= PY_SNAP_MASK;
+	__u8 *buf = b->buf;
+	struct urec_py_region *r = (struct urec_py_region *)(buf + off);
+
+	for (int i = 0; i < 4; i++) {
+		if (len > PY_SNAP_REGION_MAX)
+			len = PY_SNAP_REGION_MAX;
+		if (len == 0)
+			break;
+		/* The mask is for the verifier (len is already below it); the barrier keeps the
+		 * compiler from dropping it. */
+		__u64 sz = len;
+
+		asm volatile("" : "+r"(sz));
+		sz &= PY_SNAP_MASK;
+		if (!bpf_probe_read_user(buf + ((off + sizeof(*r)) & PY_SNAP_MASK), sz,
+					 (void *)addr)) {
+			ok = true;
+			break;
+		}
+		len >>= 1;
+	}
+	if (!ok)
+		return off;
+	r->addr = addr;
+	r->len = len;
+	r->what = what;
+	return (off + sizeof(*r) + ((len + 7) & ~7U)) & PY_SNAP_MASK;
+}
+
+/* The state of one event's snapshot loop (bpf_loop's context). */
+struct py_send {
+	struct scratch *s;
+	struct urec_py_layout *l;
+	__u32 off;    /* the event's frames */
+	__u32 n;
+	__u32 tgid;
+	__u32 sent;
+	__u32 unnamed; /* frames whose code object `py_named` lacks */
+};
+
+/* Sends the snapshot of frame i's code object unless the recorder has it, or it was sent
+ * just now. */
+static long py_send_step(__u64 i, struct py_send *c)
+{
+	struct scratch *s = c->s;
+	struct urec_py_layout *l = c->l;
+
+	if (!s || !l || i >= c->n)
+		return 1;
+	if (c->sent >= PY_SEND_MAX) {
+		c->unnamed++; /* not looked at: not known to be named */
+		return 1;
+	}
+	struct urec_py_frame *f =
+		(struct urec_py_frame *)(s->buf + ((c->off + i * sizeof(*f)) & BODY_MASK));
+	__u64 code = f->code, qualname = f->qualname, filename = f->filename;
+	__s32 firstlineno = f->firstlineno;
+
+	if (!code || !qualname)
+		return 0; /* a shim: nothing to name */
+	struct urec_py_code_key k = { .tgid = c->tgid, .code = code };
+	__u64 check = py_mix(py_mix(py_mix(UREC_PY_HASH_SEED, qualname), filename),
+			     (__u32)firstlineno);
+	__u64 *named = bpf_map_lookup_elem(&py_named, &k);
+
+	if (named && *named == check)
+		return 0;
+	c->unnamed++;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 *at = bpf_map_lookup_elem(&py_sent, &k);
+
+	if (at && now - *at < PY_RESEND_NS)
+		return 0;
+	bpf_map_update_elem(&py_sent, &k, &now, BPF_ANY);
+
+	__u32 zero = 0;
+	struct py_snap_buf *b = bpf_map_lookup_elem(&py_snap, &zero);
+
+	if (!b)
+		return 1;
+	__u8 *buf = b->buf;
+	struct urec_event *e = (struct urec_event *)buf;
+	__u64 id = bpf_get_current_pid_tgid();
+
+	e->probe = UREC_PY_CODE_PROBE;
+	e->kind = UREC_KIND_PYCODE;
+	e->flags = 0;
+	e->nframes = 0;
+	e->weight_shift = 0;
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->cpu = bpf_get_smp_processor_id();
+	e->args_len = 0;
+	e->fault_mask = 0;
+	e->time_ns = now;
+	e->latency_ns = 0;
+
+	struct urec_py_code *pc = (struct urec_py_code *)(buf + sizeof(*e));
+	__u16 nregions = 0;
+	__u32 off = sizeof(*e) + sizeof(*pc);
+
+	pc->code = code;
+	pc->qualname = qualname;
+	pc->filename = filename;
+	pc->firstlineno = firstlineno;
+	pc->_pad = 0;
+
+	/* The code object's words: read_code's span, which holds the line table pointer. */
+	__u32 csize = ((l->snap_size - 1) & (UREC_PY_WINDOW - 1)) + 1;
+	__u32 code_at = off;
+
+	off = py_region(b, off, code + l->snap_lo, csize, UREC_PY_R_CODE);
+	nregions += off != code_at;
+	__u64 linetable = 0;
+
+	if (off != code_at) {
+		__u8 *cw = buf + ((code_at + sizeof(struct urec_py_region)) & PY_SNAP_MASK);
+
+		if (l->code_linetable >= l->snap_lo && l->code_linetable + 8 <= l->snap_lo + csize)
+			linetable = *(__u64 *)(cw + ((l->code_linetable - l->snap_lo) &
+						     (UREC_PY_WINDOW - 8)));
+	}
+	/* A str's size: its header and at most 4 bytes a character (UCS-4), capped. */
+	__u64 len = 0;
+	__u32 prev;
+	__u32 want = UREC_PY_SNAP_STR;
+
+	if (!bpf_probe_read_user(&len, 8, (void *)(qualname + l->unicode_length)) &&
+	    len < UREC_PY_SNAP_STR)
+		want = l->unicode_data + len * 4 + 4;
+	if (want > UREC_PY_SNAP_STR)
+		want = UREC_PY_SNAP_STR;
+	prev = off;
+	off = py_region(b, off, qualname, want, UREC_PY_R_QUALNAME);
+	nregions += off != prev;
+	want = UREC_PY_SNAP_FILE;
+	len = 0;
+	if (!bpf_probe_read_user(&len, 8, (void *)(filename + l->unicode_length)) &&
+	    len < UREC_PY_SNAP_FILE)
+		want = l->unicode_data + len * 4 + 4;
+	if (want > UREC_PY_SNAP_FILE)
+		want = UREC_PY_SNAP_FILE;
+	prev = off;
+	off = py_region(b, off, filename, want, UREC_PY_R_FILENAME);
+	nregions += off != prev;
+	if (linetable) {
+		len = UREC_PY_SNAP_LINES;
+		if (bpf_probe_read_user(&len, 8, (void *)(linetable + l->bytes_size)) ||
+		    len > UREC_PY_SNAP_LINES)
+			len = UREC_PY_SNAP_LINES;
+		want = (l->bytes_data & 255) + len + 1;
+		prev = off;
+		off = py_region(b, off, linetable, want, UREC_PY_R_LINETABLE);
+		nregions += off != prev;
+	}
+	pc->nregions = nregions;
+	off &= PY_SNAP_MASK;
+	if (off >= sizeof(*e) && off <= PY_SNAP_MASK)
+		bpf_ringbuf_output(&events, buf, off, BPF_RB_NO_WAKEUP);
+	c->sent++;
+	return 0;
+}
+
+/*
+ * Sends the snapshots of the code objects of the frames of the Python block at `off` in the
+ * scratch buffer (put_py's, whose stack hash it left at PY_HASH_AT) that the recorder has not
+ * named: before the event itself, so that a recorder reading the ring in order has them when
+ * it names the event. The steady state, a stack all of whose frames were named, costs the one
+ * `py_stacks_named` lookup. Global: verified once.
+ */
+__noinline long py_send_codes(struct scratch *s, __u32 off, __u32 tgid, __u32 layout)
+{
+	struct py_send c = { .s = s, .tgid = tgid };
+
+	if (!s)
+		return 0;
+	off &= OFF_MASK;
+	struct urec_py_head *h = (struct urec_py_head *)(s->buf + off);
+	struct urec_py_code_key k = { .tgid = tgid, .code = *(__u64 *)(s->buf + PY_HASH_AT) };
+
+	c.n = h->nframes;
+	c.off = off + sizeof(*h);
+	if (!c.n || bpf_map_lookup_elem(&py_stacks_named, &k))
+		return 0;
+	c.l = bpf_map_lookup_elem(&py_layouts, &layout);
+	if (!c.l)
+		return 0;
+	bpf_loop(UREC_PY_MAX_FRAMES, py_send_step, &c, 0);
+	/* Every code object named, but not this stack (the recorder's entry was evicted, or it
+	 * has not written it yet): the next events take the one-lookup path. */
+	if (!c.unnamed) {
+		__u8 one = 1;
+
+		bpf_map_update_elem(&py_stacks_named, &k, &one, BPF_ANY);
+	}
+	return c.sent;
 }
 
 /*
@@ -1109,6 +1385,7 @@ __noinline long put_py(struct scratch *s, __u32 off, __u64 runtime, __u32 layout
 	w.l = l;
 	w.s = s;
 	w.off = off + sizeof(struct urec_py_head);
+	w.hash = UREC_PY_HASH_SEED;
 
 	struct task_struct *task = bpf_get_current_task_btf();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -1171,6 +1448,9 @@ __noinline long put_py(struct scratch *s, __u32 off, __u64 runtime, __u32 layout
 	h->nframes = n;
 	h->status = w.status;
 	h->_pad = 0;
+	/* For py_send_codes, which the caller runs next (not from here: the verifier's limit on
+	 * the combined stack of nested calls). */
+	*(__u64 *)(s->buf + PY_HASH_AT) = w.hash;
 
 	long end = (off + sizeof(*h) + n * sizeof(struct urec_py_frame)) | PY_WRITTEN;
 
@@ -1379,8 +1659,11 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 		if (py) {
 			long r = put_py(s, off, py->runtime, py->layout);
 
-			if (r & PY_WRITTEN)
+			if (r & PY_WRITTEN) {
 				flags |= UREC_F_PYTHON;
+				if (py_snapshots)
+					py_send_codes(s, off, tgid, py->layout);
+			}
 			off = r & BODY_MASK;
 		}
 	}

@@ -51,6 +51,10 @@
 
 #define UREC_KIND_ENTRY 0
 #define UREC_KIND_RETURN 1
+/* Not an event: a snapshot of one Python code object's memory (struct urec_py_code after the
+ * header; `probe` is UREC_PY_CODE_PROBE, `pid` the tgid). See "Python code snapshots" below. */
+#define UREC_KIND_PYCODE 2
+#define UREC_PY_CODE_PROBE 0xffffffffU
 
 /* urec_event.flags */
 #define UREC_F_LATENCY 1     /* latency_ns is valid */
@@ -286,6 +290,80 @@ struct urec_py_layout {
 	__u8 entry_kind;         /* UREC_PY_ENTRY_* */
 	__u8 entry_value;        /* FRAME_OWNED_BY_CSTACK */
 	__u8 _pad[5];
+	/* What a code snapshot reads (the words urec_python::read_code reads, and its objects). */
+	__u64 code_linetable;    /* PyCodeObject.co_linetable */
+	__u64 snap_lo;           /* the code object's bytes [snap_lo, snap_lo + snap_size) */
+	__u64 snap_size;         /* (<= UREC_PY_WINDOW) hold qualname, filename, firstlineno and */
+				 /* linetable */
+	__u64 unicode_length;    /* PyASCIIObject.length */
+	__u64 unicode_data;      /* sizeof(PyCompactUnicodeObject): the furthest data start */
+	__u64 bytes_size;        /* PyBytesObject.ob_size */
+	__u64 bytes_data;        /* PyBytesObject.ob_sval */
 };
+
+/*
+ * Python code snapshots. Naming a frame needs the code object's qualname, filename and line
+ * table, which live only in the process's heap; a process that exits before the recorder reads
+ * its events takes them along. So when an event's Python stack holds code objects the recorder
+ * has not named (`py_named`), the program sends, once per code object (rate-limited by
+ * `py_sent`), a record of kind UREC_KIND_PYCODE, before the event itself:
+ *
+ *     struct urec_event    (40 bytes; kind UREC_KIND_PYCODE, probe UREC_PY_CODE_PROBE)
+ *     struct urec_py_code  (32 bytes: the frame's CodeRef words)
+ *     nregions × (struct urec_py_region, then `len` bytes padded to 8)
+ *
+ * The regions are raw copies of the process's memory: the code object's words, the qualname
+ * and filename str objects (header and up to UREC_PY_SNAP_STR / UREC_PY_SNAP_FILE bytes in
+ * all), the line table bytes object (header and up to UREC_PY_SNAP_LINES bytes of data; a
+ * longer table is cut, lines past the cut unknown). A read that faults is retried at half the
+ * size (the end of a mapping), up to 4 times, else the region is left out.
+ */
+#define UREC_PY_SNAP_STR 256    /* bytes of a qualname str object copied, header included */
+#define UREC_PY_SNAP_FILE 512   /* bytes of a filename str object copied, header included */
+#define UREC_PY_SNAP_LINES 4096 /* bytes of line table data copied (after its header) */
+#define UREC_PY_SNAP_REGIONS 4
+
+struct urec_py_code {
+	__u64 code;
+	__u64 qualname;
+	__u64 filename;
+	__s32 firstlineno;
+	__u16 nregions;   /* struct urec_py_region entries that follow */
+	__u16 _pad;
+};
+
+/* urec_py_region.what */
+#define UREC_PY_R_CODE 0
+#define UREC_PY_R_QUALNAME 1
+#define UREC_PY_R_FILENAME 2
+#define UREC_PY_R_LINETABLE 3
+
+struct urec_py_region {
+	__u64 addr;       /* where the bytes were read in the process */
+	__u32 len;        /* bytes that follow (then padding to 8) */
+	__u32 what;       /* UREC_PY_R_* (informational: the recorder reads by address) */
+};
+
+/*
+ * The maps the recorder fills so that a code object is sent once (urec.bpf.c, "Python code
+ * snapshots"). Key of `py_named`, `py_sent` (code: the code object's address) and
+ * `py_stacks_named` (code: the stack hash).
+ */
+struct urec_py_code_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 code;
+};
+
+/*
+ * The hashes both sides compute identically (urec.bpf.c py_mix / abi.rs py_mix):
+ *   py_mix(h, v) = ((h ^ v) * 0x9e3779b97f4a7c15) ^ (that >> 29)
+ *   a code's check (the `py_named` value): py_mix over UREC_PY_HASH_SEED, qualname, filename,
+ *     (u32)firstlineno;
+ *   a stack's hash (a `py_stacks_named` key): py_mix over UREC_PY_HASH_SEED, then for each
+ *     frame as written (shims included), innermost first: code, qualname, filename,
+ *     (u32)firstlineno.
+ */
+#define UREC_PY_HASH_SEED 0x7572656370790001ULL
 
 #endif

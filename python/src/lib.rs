@@ -33,7 +33,7 @@ pub mod memory;
 pub mod naming;
 pub mod tables;
 
-pub use memory::{Memory, ProcessMemory};
+pub use memory::{Memory, ProcessMemory, Regions};
 pub use naming::{read_code, CodeInfo, CodeRef, NameError};
 
 use std::fmt;

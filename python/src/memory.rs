@@ -13,11 +13,73 @@ pub trait Memory {
     /// Fills all of `buf` from `addr`, or fails: a partial read is an error, since half a
     /// string or a half-read pointer is worse than none.
     fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// How many of the `len` bytes at `addr` this source can give at most: all of them for a
+    /// live process (a failed read says otherwise), fewer for a snapshot that copied only the
+    /// start of an object, so a reader cuts a long name or line table there rather than fail.
+    fn available(&self, addr: u64, len: usize) -> usize {
+        let _ = addr;
+        len
+    }
 }
 
 impl<M: Memory + ?Sized> Memory for &M {
     fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         (**self).read(addr, buf)
+    }
+
+    fn available(&self, addr: u64, len: usize) -> usize {
+        (**self).available(addr, len)
+    }
+}
+
+/// Copies of a few ranges of a process's memory (the BPF programs' code snapshots: a code
+/// object's words, its name strings, its line table), read as the process was at the probe:
+/// the recorder names a code object from them after the process has exited. A read outside
+/// the ranges fails (`EFAULT`), as it would in a process where that memory is unmapped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Regions {
+    regions: Vec<(u64, Vec<u8>)>,
+}
+
+impl Regions {
+    /// No memory yet.
+    pub fn new() -> Regions {
+        Regions::default()
+    }
+
+    /// Adds the `bytes` copied from `addr`.
+    pub fn add(&mut self, addr: u64, bytes: &[u8]) {
+        self.regions.push((addr, bytes.to_vec()));
+    }
+
+    /// Bytes held in all.
+    pub fn len_bytes(&self) -> usize {
+        self.regions.iter().map(|r| r.1.len()).sum()
+    }
+
+    /// The range holding `addr`: its bytes from `addr` on.
+    fn from(&self, addr: u64) -> Option<&[u8]> {
+        self.regions.iter().find_map(|(start, bytes)| {
+            let off = usize::try_from(addr.checked_sub(*start)?).ok()?;
+            bytes.get(off..)
+        })
+    }
+}
+
+impl Memory for Regions {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self.from(addr) {
+            Some(b) if b.len() >= buf.len() => {
+                buf.copy_from_slice(&b[..buf.len()]);
+                Ok(())
+            }
+            _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
+        }
+    }
+
+    fn available(&self, addr: u64, len: usize) -> usize {
+        self.from(addr).map_or(0, |b| b.len().min(len))
     }
 }
 
@@ -89,6 +151,23 @@ impl Memory for ProcessMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regions_read_inside_only() {
+        let mut r = Regions::new();
+        r.add(0x1000, b"abcdef");
+        r.add(0x2000, b"xy");
+        let mut buf = [0u8; 3];
+        r.read(0x1002, &mut buf).expect("inside");
+        assert_eq!(&buf, b"cde");
+        assert!(r.read(0x1004, &mut buf).is_err(), "past the end");
+        assert!(r.read(0xfff, &mut buf).is_err(), "before the start");
+        assert!(r.read(0x3000, &mut buf).is_err(), "elsewhere");
+        assert_eq!(r.available(0x1004, 100), 2);
+        assert_eq!(r.available(0x1000, 4), 4);
+        assert_eq!(r.available(0x5000, 4), 0);
+        assert_eq!(r.len_bytes(), 8);
+    }
 
     #[test]
     fn reads_its_own_memory() {

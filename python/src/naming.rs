@@ -258,11 +258,14 @@ fn read_str(
         (false, 1 | 2 | 4) => (o.unicode_compact_data, kind as usize),
         _ => return Err(malformed(format!("str kind {kind}, ascii {ascii}"))),
     };
-    let kept = length.min(MAX_NAME_CHARS);
-    let mut bytes = vec![0u8; kept * width];
     let at = obj
         .checked_add(data)
         .ok_or_else(|| malformed("address overflow".to_string()))?;
+    // A snapshot may hold only the start of a long name: cut there.
+    let kept = length
+        .min(MAX_NAME_CHARS)
+        .min(mem.available(at, length.saturating_mul(width)) / width);
+    let mut bytes = vec![0u8; kept * width];
     read(mem, at, &mut bytes, what)?;
     let mut out = String::with_capacity(kept + 3);
     match width {
@@ -309,10 +312,12 @@ fn read_bytes(
     read(mem, size_at, &mut size, what)?;
     let size = i64::from_le_bytes(size);
     let size = usize::try_from(size).map_err(|_| malformed(format!("size {size}")))?;
-    let mut data = vec![0u8; size.min(MAX_LINETABLE_BYTES)];
     let at = obj
         .checked_add(o.bytes_data)
         .ok_or_else(|| malformed("address overflow".to_string()))?;
+    // A snapshot may hold only the start of a long table: offsets past the cut get no line.
+    let kept = size.min(MAX_LINETABLE_BYTES);
+    let mut data = vec![0u8; mem.available(at, kept)];
     read(mem, at, &mut data, what)?;
     Ok(data)
 }
@@ -446,6 +451,43 @@ mod tests {
             let v310 = PyVersion { hex: 0x030a00f0 };
             assert_eq!(info.line_at(v310, Some(2)), None, "unchecked version");
         }
+    }
+
+    /// A snapshot (the BPF programs' copy of the ranges naming reads) names as the process
+    /// did; a name or line table copied only in part is cut there, not refused; a missing
+    /// range is a read error.
+    #[test]
+    fn snapshots_name_as_the_process_did_and_cut_what_they_cut() {
+        use crate::memory::Regions;
+        let py = py312();
+        let mem = process("K.grüße", "/tmp/a.py");
+        let mut whole = Regions::new();
+        // The code object's span read_code reads (first line at 68 to the table at 144).
+        whole.add(0x1000 + 64, &mem.0[&0x1000][64..144]);
+        for at in [0x2000, 0x3000, 0x4000] {
+            whole.add(at, &mem.0[&at]);
+        }
+        let live = read_code(&mem, &py, &REF).expect("live");
+        assert_eq!(read_code(&whole, &py, &REF).expect("snapshot"), live);
+
+        let mut cut = Regions::new();
+        cut.add(0x1000 + 64, &mem.0[&0x1000][64..144]);
+        cut.add(0x2000, &mem.0[&0x2000][..56 + 3]); // "K.g" of a kind-1 str
+        cut.add(0x3000, &mem.0[&0x3000]);
+        cut.add(0x4000, &mem.0[&0x4000][..32 + 2]); // the first entry only
+        let info = read_code(&cut, &py, &REF).expect("cut snapshot");
+        assert_eq!(info.qualname, format!("K.g{TRUNCATED}"));
+        assert_eq!(info.line_at(py.version, Some(2)), Some(7));
+        assert_eq!(info.line_at(py.version, Some(4)), None, "past the cut");
+
+        let mut no_table = Regions::new();
+        no_table.add(0x1000 + 64, &mem.0[&0x1000][64..144]);
+        no_table.add(0x2000, &mem.0[&0x2000]);
+        no_table.add(0x3000, &mem.0[&0x3000]);
+        assert!(matches!(
+            read_code(&no_table, &py, &REF),
+            Err(NameError::Read { .. })
+        ));
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct LoadOptions {
     pub kernel_dwarf: bool,
 }
 
+/// Turns the Python code snapshots off (names then depend on the process still living when
+/// its events are read): for measuring their cost only.
+pub const NO_PY_SNAPSHOTS_ENV: &str = "UREC_NO_PY_SNAPSHOTS";
+
 /// One probe as the attach step needs it.
 #[derive(Clone, Debug)]
 pub struct AttachProbe {
@@ -165,6 +169,8 @@ pub fn load<'obj>(
     rodata.hist_bits = opts.hist_bits;
     rodata.hist_buckets = buckets as u32;
     rodata.count_only = opts.count_only as u8;
+    // Only to measure what the Python code snapshots cost (docs/python-frames.md).
+    rodata.py_snapshots = u8::from(std::env::var_os(NO_PY_SNAPSHOTS_ENV).is_none());
     open.maps
         .events
         .set_max_entries(opts.ring_bytes)

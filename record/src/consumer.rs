@@ -6,12 +6,14 @@
 use std::collections::VecDeque;
 
 use anyhow::Result;
-use urec_bpf::abi::{RawArgValue, RawEvent, F_LATENCY, KIND_ENTRY};
+use urec_bpf::abi::{
+    record_kind, RawArgValue, RawEvent, RawPyCode, RawPython, F_LATENCY, KIND_ENTRY, KIND_PYCODE,
+};
 use urec_format::{ArgType, ArgValue, Event, EventKind, Nanos, Record, Writer};
 
 use crate::dwarf::{Capture, DwarfStacks};
 use crate::processes::ProcessTable;
-use crate::python::names::NamedStack;
+use crate::python::names::{NamedStack, Naming};
 use crate::python::PythonNames;
 use crate::sideband::SidebandRecord;
 use crate::stacks::StackTable;
@@ -74,11 +76,24 @@ pub(crate) fn decoders(probes: &[PlannedProbe]) -> Vec<ProbeDecode> {
 /// An event read from the ring and not yet released, with what is still to be done for it
 /// before it is written: its stack copy to unwind (boxed: the list is moved around per event,
 /// and most events have none), and the Python frames (named already, while the process
-/// lived) that go into that stack.
+/// lived) that go into that stack, or those still to name ([`PyLater`]).
 pub(crate) struct Held {
     pub(crate) event: Event,
     pub(crate) capture: Option<Box<Capture>>,
     pub(crate) python: Option<NamedStack>,
+    pub(crate) later: Option<Box<PyLater>>,
+}
+
+/// The Python frames of an event that could not all be named when it was read (the process
+/// had exited, and the programs' snapshot of a code object had not been read yet): named
+/// again at the event's release, from the snapshots read by then; then the event's native
+/// stack (with `-g fp`, kept here) is interned with them.
+pub(crate) struct PyLater {
+    py: urec_python::Cpython,
+    status: u16,
+    frames: Box<[u8]>,
+    /// `-g fp`: the native frames and whether they were cut at the depth limit.
+    native: Option<(Vec<u64>, bool)>,
 }
 
 /// What the consumer accumulates between releases.
@@ -119,6 +134,13 @@ pub(crate) struct State<W: std::io::Write> {
 impl<W: std::io::Write> State<W> {
     /// Decodes one ring-buffer record into the pending list (writing its stack if new).
     pub(crate) fn on_ring_record(&mut self, bytes: &[u8]) -> Result<()> {
+        if record_kind(bytes) == Some(KIND_PYCODE) {
+            match RawPyCode::parse(bytes) {
+                Ok(c) => self.python.snapshot(&c, bytes.len()),
+                Err(_) => self.bad_records += 1,
+            }
+            return Ok(());
+        }
         let raw = match RawEvent::parse(bytes) {
             Ok(raw) => raw,
             Err(_) => {
@@ -162,6 +184,7 @@ impl<W: std::io::Write> State<W> {
             raw.nframes() > 0 || raw.dwarf.is_some(),
             raw.python.as_ref(),
         );
+        let mut later = None;
         let python = match &raw.python {
             Some(p) => {
                 let State {
@@ -171,7 +194,22 @@ impl<W: std::io::Write> State<W> {
                     ..
                 } = self;
                 let py = table.python().cpython(raw.pid);
-                python.stack(raw.pid, py, p, &mut |r| Ok(writer.write(&r)?))?
+                match python.stack(raw.pid, py, p, false, &mut |r| Ok(writer.write(&r)?))? {
+                    Naming::Nothing => None,
+                    Naming::Named(s) => Some(s),
+                    Naming::Later => {
+                        python.stats.later += 1;
+                        later = py.map(|py| {
+                            Box::new(PyLater {
+                                py: py.clone(),
+                                status: p.status,
+                                frames: p.bytes().into(),
+                                native: None,
+                            })
+                        });
+                        None
+                    }
+                }
             }
             None => None,
         };
@@ -185,11 +223,17 @@ impl<W: std::io::Write> State<W> {
             self.frames.extend(raw.frames().take(130));
             // The walk stopped at the depth limit, not at the end of the chain.
             let truncated = self.frames.len() as u32 >= self.stack_depth;
-            let (id, new) = self.stacks.intern(&self.frames, truncated, python.as_ref());
-            if let Some(s) = new {
-                self.writer.write(&Record::Stack(s))?;
+            if let Some(l) = later.as_mut() {
+                // Interned at release, with the Python frames named then.
+                l.native = Some((self.frames.clone(), truncated));
+                None
+            } else {
+                let (id, new) = self.stacks.intern(&self.frames, truncated, python.as_ref());
+                if let Some(s) = new {
+                    self.writer.write(&Record::Stack(s))?;
+                }
+                Some(id)
             }
-            Some(id)
         } else {
             None
         };
@@ -228,6 +272,7 @@ impl<W: std::io::Write> State<W> {
             event,
             capture,
             python,
+            later,
         });
         Ok(())
     }
@@ -249,6 +294,7 @@ impl<W: std::io::Write> State<W> {
             stacks,
             dwarf,
             pending,
+            python,
             ..
         } = self;
         let mut emit = |r: Record| -> Result<()> { Ok(writer.write(&r)?) };
@@ -257,32 +303,51 @@ impl<W: std::io::Write> State<W> {
         let sb_cut = sb.partition_point(|r| r.time_ns() <= horizon);
         for record in sb.drain(..sb_cut) {
             while let Some(e) = events.next_if(|e| e.event.time_ns < record.time_ns()) {
-                release_one(e, table, dwarf, stacks, &mut emit)?;
+                release_one(e, table, dwarf, stacks, python, &mut emit)?;
             }
             table.apply(&record, &mut emit)?;
             dwarf.follow(table);
         }
         for e in events {
-            release_one(e, table, dwarf, stacks, &mut emit)?;
+            release_one(e, table, dwarf, stacks, python, &mut emit)?;
         }
         Ok(())
     }
 }
 
 /// Writes one released event, unwinding its stack copy first when it has one (with the
-/// event's Python frames, which go into the same stack).
+/// event's Python frames, which go into the same stack), naming its Python frames first when
+/// that had to wait ([`PyLater`]).
 fn release_one(
     Held {
         event: mut e,
         capture,
-        python,
+        mut python,
+        later,
     }: Held,
     table: &mut ProcessTable,
     dwarf: &mut DwarfStacks,
     stacks: &mut StackTable,
+    names: &mut PythonNames,
     emit: &mut dyn FnMut(Record) -> Result<()>,
 ) -> Result<()> {
     table.ensure_emitted(e.pid, e.time_ns, emit)?;
+    let mut native = None;
+    if let Some(l) = later {
+        let raw = RawPython::from_parts(l.status, &l.frames);
+        python = match names.stack(e.pid, Some(&l.py), &raw, true, emit)? {
+            Naming::Named(s) => Some(s),
+            Naming::Nothing | Naming::Later => None,
+        };
+        native = l.native;
+    }
+    if let Some((frames, truncated)) = native {
+        let (id, new) = stacks.intern(&frames, truncated, python.as_ref());
+        if let Some(s) = new {
+            emit(Record::Stack(s))?;
+        }
+        e.stack = Some(id);
+    }
     if let Some(capture) = capture {
         let (frames, truncated) =
             dwarf.unwind(table, e.pid, e.time_ns, (e.probe, e.kind), *capture);

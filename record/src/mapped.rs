@@ -138,7 +138,9 @@ impl MappedBinaries {
         }
     }
 
-    fn is_traced(&self, pid: u32) -> bool {
+    /// Whether `pid` is traced now: under `-a` every process, else a `-p` process, the
+    /// command, or a descendant whose fork has been followed.
+    pub fn traces(&self, pid: u32) -> bool {
         self.all || self.traced.contains(&pid)
     }
 
@@ -151,7 +153,7 @@ impl MappedBinaries {
     /// One mapping the table took in (or surveyed), in time order with the records given to
     /// [`MappedBinaries::observe`].
     pub fn mapping(&mut self, m: &Mapping) {
-        if !self.is_traced(m.pid) {
+        if !self.traces(m.pid) {
             return;
         }
         // The kernel maps an exec's program first, then its interpreter.

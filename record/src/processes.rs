@@ -558,7 +558,11 @@ impl ProcessTable {
     /// mapping recorded in its history.
     fn take_mapping(&mut self, mapping: Mapping, learnt: Learnt, emit: Emit<'_>) -> Result<()> {
         self.mapped.mapping(&mapping);
-        self.python.mapping(&mapping);
+        // Only traced processes' interpreters: a Python elsewhere on the host is none of this
+        // recording's business (its detection would cost time, and its version a message).
+        if self.mapped.traces(mapping.pid) {
+            self.python.mapping(&mapping);
+        }
         let sideband = match learnt {
             Learnt::Survey => return Ok(()),
             Learnt::Snapshot => false,

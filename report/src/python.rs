@@ -32,6 +32,10 @@ pub fn is_eval_frame(name: &str) -> bool {
 /// JSON, pprof and script carry the full path beside it.
 pub fn python_frame_name(qualname: &str, filename: &str, line: u32) -> String {
     let base = filename.rsplit('/').next().unwrap_or(filename);
+    if base.is_empty() {
+        // A frame the recorder could not name (`[unknown python]`): no file to show.
+        return qualname.to_string();
+    }
     if line == 0 {
         format!("{qualname} ({base})")
     } else {
@@ -352,6 +356,10 @@ mod tests {
         assert_eq!(
             python_frame_name("<module>", "<string>", 0),
             "<module> (<string>)"
+        );
+        assert_eq!(
+            python_frame_name("[unknown python]", "", 0),
+            "[unknown python]"
         );
         let mut c = PythonCounts::default();
         c.add(Merge::Native, 5);

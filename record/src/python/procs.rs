@@ -453,6 +453,11 @@ fn layout_bytes(o: &FrameOffsets) -> Option<Vec<u8>> {
         code_filename: o.code_filename,
         code_firstlineno: o.code_firstlineno,
         code_adaptive: o.code_adaptive,
+        code_linetable: o.code_linetable,
+        unicode_length: o.unicode_length,
+        unicode_compact_data: o.unicode_compact_data.max(o.unicode_ascii_data),
+        bytes_size: o.bytes_size,
+        bytes_data: o.bytes_data,
     }
     .to_bytes()
     .ok()

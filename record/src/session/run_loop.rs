@@ -21,6 +21,10 @@ use crate::lost::LostLedger;
 use crate::sideband::monotonic_now;
 use crate::{RecordOptions, Verbosity};
 
+/// Tests only: the ring is not read for this many milliseconds after the start (a recorder
+/// lagging behind short-lived processes; `tests/python.rs`).
+const TEST_DELAY_READ_ENV: &str = "UREC_TEST_DELAY_READ_MS";
+
 /// How often the file is brought up to date (chunks flushed, lost counts written), so that a
 /// recorder killed without warning leaves at most this much unwritten.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -148,6 +152,11 @@ pub(super) fn run(
     let mut workload_status = None;
     // Up to when the ring buffer is known to have been read completely.
     let mut drained_at: Nanos = 0;
+    let started = Instant::now();
+    let read_delay = std::env::var(TEST_DELAY_READ_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
     loop {
         let timeout = if std::mem::take(&mut state.borrow_mut().yielded) {
             Duration::ZERO
@@ -156,13 +165,21 @@ pub(super) fn run(
         };
         // (`yielded` is set again by the callback if this poll stops early too.)
         let before_poll = monotonic_now()?;
+        // Tests only (UREC_TEST_DELAY_READ_MS): a recorder that lags behind its processes,
+        // so that they have exited before their events are read.
+        let delayed = read_delay.is_some_and(|d| started.elapsed() < d);
         // Records are submitted without waking us (a wake-up per event costs microseconds),
         // so epoll only reports the ring once it is a quarter full: after a quiet poll,
         // consume whatever is there, or a slow trickle would sit in the ring until the end
         // (invisible to the status line, and lost to a checkpoint before a kill -9).
-        let mut r = ring.poll_raw(timeout);
-        if r == 0 {
-            r = ring.consume_raw();
+        let mut r = 0;
+        if delayed {
+            std::thread::sleep(POLL_INTERVAL);
+        } else {
+            r = ring.poll_raw(timeout);
+            if r == 0 {
+                r = ring.consume_raw();
+            }
         }
         if r < 0 && r != -libc::EINTR && r != YIELD {
             if let Some(err) = state.borrow_mut().error.take() {
@@ -179,7 +196,9 @@ pub(super) fn run(
             // that stopped early read those up to the latest one it saw (records enter the
             // ring in about time order). Less the window a program may take from its timestamp
             // to its commit, below.
-            drained_at = if st.yielded {
+            drained_at = if delayed {
+                drained_at
+            } else if st.yielded {
                 drained_at.max(st.latest_ns)
             } else {
                 before_poll
@@ -194,9 +213,15 @@ pub(super) fn run(
             // Files already known first (a command's libpython, detected before its start):
             // the host's other new files, each opened to be looked at, come after.
             let mut st = state.borrow_mut();
-            let python = st.table.python_mut();
-            let rest: Vec<_> = fresh
+            // Traced processes only, as the table's intake does (a child whose fork is not
+            // followed yet gets its entry there, at the release of its mappings).
+            let traced: Vec<_> = fresh
                 .iter()
+                .filter(|m| st.table.mapped().traces(m.pid))
+                .collect();
+            let python = st.table.python_mut();
+            let rest: Vec<_> = traced
+                .into_iter()
                 .filter(|m| !python.mapping_if_known(m))
                 .collect();
             python.sync(&set.skel);
@@ -214,6 +239,9 @@ pub(super) fn run(
             st.release(&mut feeds.sb, horizon)?;
             // Python processes the released side-band records started (or ended).
             st.table.python_mut().sync(&set.skel);
+            // Code objects and stacks named since the last poll: the programs stop sending
+            // their snapshots.
+            st.python.sync_maps(&set.skel);
         }
         if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
             last_checkpoint = Instant::now();
