@@ -94,6 +94,21 @@ pub(crate) fn prepare(open: &mut urec_bpf::OpenUrecSkel<'_>, on: bool) -> Result
         .set_max_entries(if on { WORDS / BLOCK_WORDS } else { 1 })
         .context("sizing the unwind tables' map")?;
     open.progs.urec_kd_exec.set_autoload(on);
+    // Off, the maps are not created at all: a recording without the walk takes no descriptor
+    // (nor memory) for them. libbpf poisons the instructions that name them, which the
+    // verifier never reaches: `kernel_dwarf` 0 prunes every path to them.
+    let maps = &mut open.maps;
+    for map in [
+        &mut maps.kd_words,
+        &mut maps.kd_tables,
+        &mut maps.kd_procs,
+        &mut maps.kd_execs,
+        &mut maps.kd_stats,
+        &mut maps.kd_cache,
+    ] {
+        map.set_autocreate(on)
+            .context("leaving the unwind tables' maps out")?;
+    }
     Ok(())
 }
 
