@@ -12,8 +12,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::python::{available, pyenv, PYENV, PYTHON311};
 use common::{have_root, urec, urec_ok};
 
 /// Calls of the chain, the generator and the thread paths; the recursion runs N / 10 times.
@@ -253,55 +254,24 @@ fn check_paths_delayed(python: &Path, lib_note: &str, delay_ms: Option<u64>) {
     );
 }
 
-/// A pyenv build of `version` (its `bin/pythonX.Y`), or `None` with a message.
-fn pyenv(version: &str, minor: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
-    let exe = root.join(format!("versions/{version}/bin/python{minor}"));
-    if exe.is_file() {
-        Some(exe)
-    } else {
-        eprintln!("skipped: no pyenv CPython {version} at {}", exe.display());
-        None
-    }
-}
-
 #[test]
 fn debian_python311_stacks_show_python_frames() {
-    if !have_root() {
+    if !have_root() || !available(PYTHON311) {
         return;
     }
-    let python = Path::new("/usr/bin/python3.11");
-    if !python.is_file() {
-        // scripts/install-deps.sh installs it: its absence is a broken machine under CI.
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: /usr/bin/python3.11 is missing"
-        );
-        eprintln!("skipped: no /usr/bin/python3.11");
-        return;
-    }
-    check_paths(python, "Debian python3.11");
+    check_paths(Path::new(PYTHON311), "Debian python3.11");
 }
 
 #[test]
-fn pyenv_python312_stacks_show_python_frames() {
+fn pyenv_builds_stacks_show_python_frames() {
     if !have_root() {
         return;
     }
-    if let Some(python) = pyenv("3.12.1", "3.12") {
-        check_paths(&python, "pyenv 3.12.1");
-    }
-}
-
-#[test]
-fn pyenv_python313_stacks_show_python_frames() {
-    if !have_root() {
-        return;
-    }
-    if let Some(python) = pyenv("3.13.0", "3.13") {
-        check_paths(&python, "pyenv 3.13.0");
+    for (version, program) in PYENV {
+        let python = pyenv(version, program);
+        if available(python.to_str().unwrap()) {
+            check_paths(&python, &format!("pyenv {version}"));
+        }
     }
 }
 
@@ -313,14 +283,17 @@ fn frames_are_named_after_the_process_exited() {
     if !have_root() {
         return;
     }
-    let python = Path::new("/usr/bin/python3.11");
-    if python.is_file() {
-        check_paths_delayed(python, "Debian python3.11, read late", Some(4000));
-    } else {
-        eprintln!("skipped: no /usr/bin/python3.11");
+    if available(PYTHON311) {
+        check_paths_delayed(
+            Path::new(PYTHON311),
+            "Debian python3.11, read late",
+            Some(4000),
+        );
     }
-    if let Some(python) = pyenv("3.13.0", "3.13") {
-        check_paths_delayed(&python, "pyenv 3.13.0, read late", Some(4000));
+    let (version, program) = PYENV[1];
+    let python = pyenv(version, program);
+    if available(python.to_str().unwrap()) {
+        check_paths_delayed(&python, &format!("pyenv {version}, read late"), Some(4000));
     }
 }
 
@@ -331,9 +304,10 @@ fn unknown_python_is_named_once_and_stays_native() {
     if !have_root() {
         return;
     }
-    let Some(python) = pyenv("3.10.13", "3.10") else {
+    let python = pyenv("3.10.13", "python3.10");
+    if !available(python.to_str().unwrap()) {
         return;
-    };
+    }
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("paths.py");
     std::fs::write(&script, SCRIPT).unwrap();

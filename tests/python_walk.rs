@@ -3,8 +3,8 @@
 //! and, where the machine has them, pyenv's shared 3.12.1 and 3.13.0 builds, running a script
 //! whose call path is known (`<module>` → `outer` → `target` → `zlib.crc32`), probed at libz's
 //! `crc32`. What the walk wrote is checked through the recorder's own count of the Python blocks
-//! it decoded (`UREC_DEBUG_PYTHON=1` prints them): naming the frames and writing them to the
-//! file is the next step, checked by its own tests.
+//! it decoded (`UREC_DEBUG_PYTHON=1` prints them); the names, files and lines those frames get
+//! in the report are tests/python.rs's.
 //!
 //! They need root. Without it they skip with a message, unless `CI=true`, where they fail
 //! loudly.
@@ -14,11 +14,9 @@ mod common;
 use std::path::Path;
 
 use common::have_root;
+use common::python::{available, pyenv, PYENV, PYTHON311};
 
 const LIBZ: &str = "/lib/x86_64-linux-gnu/libz.so.1";
-const PYTHON311: &str = "/usr/bin/python3.11";
-const PYENV_312: &str = "/root/.pyenv/versions/3.12.1/bin/python3.12";
-const PYENV_313: &str = "/root/.pyenv/versions/3.13.0/bin/python3.13";
 
 /// `N` calls of zlib.crc32 through outer() → target(), after sleeping `WARMUP` seconds.
 const SCRIPT: &str = "
@@ -97,11 +95,11 @@ fn record(python: &str, stacks: &str, warmup: &str, env: &[(&str, &str)]) -> Cou
 }
 
 fn present(path: &str) -> bool {
-    if Path::new(path).exists() && Path::new(LIBZ).exists() {
-        return true;
-    }
-    eprintln!("skipped: no {path} (or no {LIBZ})");
-    false
+    assert!(
+        Path::new(LIBZ).exists(),
+        "no {LIBZ} (zlib1g is Debian's essential set)"
+    );
+    available(path)
 }
 
 /// At least 95% of the calls carry a complete walk: status 0 and `target`, `outer`,
@@ -113,26 +111,18 @@ fn assert_walked(c: &Counts) {
 }
 
 #[test]
-fn python311_dwarf() {
+fn python311_dwarf_and_fp() {
     if !have_root() || !present(PYTHON311) {
         return;
     }
     // No warm-up: Debian's python3.11 is a fixed-address executable, entered in the map
     // before the command's exec.
-    let c = record(PYTHON311, "dwarf", "0", &[]);
-    assert_walked(&c);
-    // target, outer, <module>: exactly three Python frames per call.
-    assert_eq!(c.frames, 3 * c.blocks, "{c:?}");
-}
-
-#[test]
-fn python311_fp() {
-    if !have_root() || !present(PYTHON311) {
-        return;
+    for stacks in ["dwarf", "fp"] {
+        let c = record(PYTHON311, stacks, "0", &[]);
+        assert_walked(&c);
+        // target, outer, <module>: exactly three Python frames per call.
+        assert_eq!(c.frames, 3 * c.blocks, "-g {stacks}: {c:?}");
     }
-    let c = record(PYTHON311, "fp", "0", &[]);
-    assert_walked(&c);
-    assert_eq!(c.frames, 3 * c.blocks, "{c:?}");
 }
 
 /// Without stacks nothing is walked; with `UREC_NO_PYTHON` neither.
@@ -154,25 +144,23 @@ fn python311_no_walk_without_stacks_or_when_disabled() {
 /// machine (tests in parallel on two cores) sometimes eats: the script waits 0.2 s before its
 /// calls, so that this test checks the walk, not that race. 3.12+ add the entry shim frame
 /// below `<module>`: four frames per call.
-fn pyenv(python: &str) {
-    if !have_root() || !present(python) {
+#[test]
+fn pyenv_builds() {
+    if !have_root() {
         return;
     }
-    for stacks in ["dwarf", "fp"] {
-        let c = record(python, stacks, "0.2", &[]);
-        assert_walked(&c);
-        assert_eq!(c.frames, 4 * c.blocks, "{c:?}");
+    for (version, program) in PYENV {
+        let python = pyenv(version, program);
+        let python = python.to_str().unwrap();
+        if !present(python) {
+            continue;
+        }
+        for stacks in ["dwarf", "fp"] {
+            let c = record(python, stacks, "0.2", &[]);
+            assert_walked(&c);
+            assert_eq!(c.frames, 4 * c.blocks, "{python} -g {stacks}: {c:?}");
+        }
     }
-}
-
-#[test]
-fn pyenv_312() {
-    pyenv(PYENV_312);
-}
-
-#[test]
-fn pyenv_313() {
-    pyenv(PYENV_313);
 }
 
 /// A program that says it is CPython 3.14 (`Py_Version`, `_PyRuntime` exported, as a CPython
@@ -286,7 +274,8 @@ fn python311_threads_and_fork() {
 
 #[test]
 fn pyenv_313_threads_and_fork() {
-    threads_and_fork(PYENV_313);
+    let python = pyenv(PYENV[1].0, PYENV[1].1);
+    threads_and_fork(python.to_str().unwrap());
 }
 
 /// A native thread of a Python process (a C library's own pthread, started through ctypes)

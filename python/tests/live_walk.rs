@@ -3,13 +3,16 @@
 //! present, the pyenv 3.12.1 and 3.13.0 builds of the project's VM. A wrong offset shows up here
 //! as a wrong or missing function name, not as empty stacks in a recording much later.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use urec_elf::ElfImage;
+
+mod common;
+use common::avma;
 use urec_python::{CurrentFrame, Detection, EntryMarker};
 
 const SCRIPT: &str = "
@@ -52,27 +55,6 @@ impl Mem {
         let len = self.u64(obj + 16).min(256) as usize;
         String::from_utf8(self.bytes(obj + data, len)).expect("ASCII")
     }
-}
-
-/// The run-time address of file offset `offset` of `file` in process `pid`: the mapping of
-/// that file that holds the offset, as the recorder will rebase it.
-fn avma(pid: u32, file: &Path, offset: u64) -> u64 {
-    let file = fs::canonicalize(file).expect("canonical path");
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || Path::new(f[5]) != file {
-            continue;
-        }
-        let (start, end) = f[0].split_once('-').expect("range");
-        let start = u64::from_str_radix(start, 16).expect("hex");
-        let end = u64::from_str_radix(end, 16).expect("hex");
-        let pgoff = u64::from_str_radix(f[2], 16).expect("hex");
-        if (pgoff..pgoff + (end - start)).contains(&offset) {
-            return start + (offset - pgoff);
-        }
-    }
-    panic!("{} offset {offset:#x} not mapped in {pid}", file.display());
 }
 
 /// One frame as the walk sees it: (qualname, filename, first line) of a Python frame, or None

@@ -15,6 +15,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use urec_elf::ElfImage;
+
+mod common;
+use common::avma;
 use urec_python::{
     read_code, CodeInfo, CodeRef, CurrentFrame, Detection, EntryMarker, Memory, NameError,
     ProcessMemory, PyVersion,
@@ -236,26 +239,6 @@ impl Drop for Live {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The run-time address of file offset `offset` of `file` in process `pid` (as live_walk.rs).
-fn avma(pid: u32, file: &Path, offset: u64) -> u64 {
-    let file = fs::canonicalize(file).expect("canonical path");
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || Path::new(f[5]) != file {
-            continue;
-        }
-        let (start, end) = f[0].split_once('-').expect("range");
-        let start = u64::from_str_radix(start, 16).expect("hex");
-        let end = u64::from_str_radix(end, 16).expect("hex");
-        let pgoff = u64::from_str_radix(f[2], 16).expect("hex");
-        if (pgoff..pgoff + (end - start)).contains(&offset) {
-            return start + (offset - pgoff);
-        }
-    }
-    panic!("{} offset {offset:#x} not mapped in {pid}", file.display());
 }
 
 fn word(mem: &ProcessMemory, at: u64) -> u64 {

@@ -7,6 +7,7 @@
 
 pub mod fixture;
 pub mod go;
+pub mod python;
 pub mod recording;
 
 use std::io::{BufRead, BufReader};
