@@ -31,5 +31,6 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=src/urec.bpf.c");
     println!("cargo:rerun-if-changed=src/urec.h");
+    println!("cargo:rerun-if-changed=src/unwind.bpf.h");
     println!("cargo:rerun-if-changed=vmlinux/x86/vmlinux.h");
 }

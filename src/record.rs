@@ -102,6 +102,9 @@ pub enum CallGraph {
     Fp,
     /// Registers and a copy of the stack top, unwound with the binaries' CFI by the recorder.
     Dwarf,
+    /// DWARF (CFI) stacks unwound in the kernel over tables the recorder loads into BPF maps;
+    /// an event the walk cannot finish takes the `dwarf` path (issue 31; not yet `auto`'s).
+    KernelDwarf,
     /// No stacks.
     None,
 }
@@ -226,6 +229,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             CallGraph::Auto => urec_record::CallGraph::Auto,
             CallGraph::Fp => urec_record::CallGraph::FramePointer,
             CallGraph::Dwarf => urec_record::CallGraph::Dwarf,
+            CallGraph::KernelDwarf => urec_record::CallGraph::KernelDwarf,
             CallGraph::None => urec_record::CallGraph::None,
         },
         events: args.events,

@@ -1543,6 +1543,8 @@ static __always_inline void count_sampled(__u32 probe)
 		a->sampled++;
 }
 
+#include "unwind.bpf.h" /* -g kernel-dwarf: kd_stack() */
+
 static __always_inline void submit(__u8 *buf, __u64 size, __u32 probe, __u8 kind)
 {
 	__u64 wake = wake_flag(size);
@@ -1666,7 +1668,9 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 		}
 	}
 
-	if (stack && dwarf_size) {
+	if (stack && dwarf_size && kernel_dwarf)
+		nframes = kd_stack(ctx, s, off, leaf ? probe_ip : 0, depth);
+	if (stack && dwarf_size && !nframes) {
 		__u64 size = put_dwarf(ctx, s, off, leaf ? probe_ip : 0, dwarf_size);
 
 		if (entry)
@@ -1677,7 +1681,7 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 		submit(buf, size, probe, kind);
 		return now;
 	}
-	if (stack && depth) {
+	if (stack && depth && !nframes) {
 		__u32 limit = depth > UREC_MAX_DEPTH ? UREC_MAX_DEPTH : depth;
 		__u32 mode = 0;
 

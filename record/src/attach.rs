@@ -45,6 +45,8 @@ pub struct LoadOptions {
     /// Only count (`urec top`): the programs update the in-kernel aggregates and return
     /// before building or reserving any ring-buffer record.
     pub count_only: bool,
+    /// `-g kernel-dwarf`: the in-kernel walk on, its maps sized (`crate::kunwind`).
+    pub kernel_dwarf: bool,
 }
 
 /// Turns the Python code snapshots off (names then depend on the process still living when
@@ -190,6 +192,7 @@ pub fn load<'obj>(
     open.progs
         .urec_fork
         .set_autoload(opts.filter || opts.stack_depth > 0);
+    crate::kunwind::prepare(&mut open, opts.kernel_dwarf)?;
     let skel = open.load().map_err(|err| {
         // Out of descriptors, libbpf's loader may report EINVAL: see the `fds` module.
         if let Some(limit) = crate::fds::short_of_fds() {

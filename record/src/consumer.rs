@@ -349,7 +349,8 @@ fn release_one(
         e.stack = Some(id);
     }
     if let Some(capture) = capture {
-        let (frames, truncated) = dwarf.unwind(table, e.pid, e.probe, e.kind, *capture);
+        let (frames, truncated) =
+            dwarf.unwind(table, e.pid, e.time_ns, (e.probe, e.kind), *capture);
         let (id, new) = stacks.intern(frames, truncated, python.as_ref());
         if let Some(s) = new {
             emit(Record::Stack(s))?;

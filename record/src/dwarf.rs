@@ -42,6 +42,7 @@ use std::ops::Range;
 use urec_bpf::abi::{RawDwarf, D_READ_FAILED};
 use urec_format::{EventKind, ProbeId};
 
+use crate::kunwind::KernelUnwind;
 use crate::processes::{MappingChange, ProcessTable};
 use crate::unwind::{PendingReturn, Regs, Truncation, UnwindOutcome, Unwinder};
 
@@ -121,6 +122,9 @@ pub struct DwarfStacks {
     stats: DwarfStats,
     /// Per probe id: the most stack its copies hold (0: none).
     caps: Vec<u32>,
+    /// `-g kernel-dwarf`: every copy here is an event the kernel could not walk, and tells it
+    /// what to load (see [`crate::kunwind`]).
+    kernel: Option<KernelUnwind>,
 }
 
 impl DwarfStacks {
@@ -136,7 +140,18 @@ impl DwarfStacks {
             out: Vec::new(),
             lost: HashMap::new(),
             stats: DwarfStats::default(),
+            kernel: None,
         }
+    }
+
+    /// `-g kernel-dwarf`: feeds the in-kernel walk's maps from here on.
+    pub fn set_kernel(&mut self, kernel: KernelUnwind) {
+        self.kernel = Some(kernel);
+    }
+
+    /// `-g kernel-dwarf`: what the in-kernel walk did, for `-v`.
+    pub fn kernel_summary(&self) -> Option<String> {
+        self.kernel.as_ref().map(KernelUnwind::summary)
     }
 
     /// Copies a ring-buffer record's stack for a later [`DwarfStacks::unwind`]; `None` when
@@ -178,25 +193,34 @@ impl DwarfStacks {
     /// Applies the process table's mapping changes to the processes the unwinder knows.
     pub fn follow(&mut self, table: &mut ProcessTable) {
         let unwinder = &mut self.unwinder;
+        let kernel = &mut self.kernel;
         table.take_changes(|change| match change {
             MappingChange::Added(m) => {
                 if unwinder.knows(m.pid) {
                     unwinder.add_mapping(m.pid, &m);
                 }
+                if let Some(k) = kernel {
+                    k.added(unwinder, &m);
+                }
             }
-            MappingChange::Forget(pid) => unwinder.exit(pid),
+            MappingChange::Forget(pid) => {
+                unwinder.exit(pid);
+                if let Some(k) = kernel {
+                    k.forget(pid);
+                }
+            }
         });
     }
 
-    /// Unwinds `capture`, taken in `pid` for an event of `probe`/`kind`: returns the frames
-    /// (innermost first) and whether the stack is truncated. The copy's buffer is kept for
-    /// reuse.
+    /// Unwinds `capture`, taken in `pid` at `time_ns` for an event of `probe`/`kind`: returns
+    /// the frames (innermost first) and whether the stack is truncated. The copy's buffer is
+    /// kept for reuse.
     pub fn unwind(
         &mut self,
         table: &mut ProcessTable,
         pid: u32,
-        probe: ProbeId,
-        kind: EventKind,
+        time_ns: u64,
+        (probe, kind): (ProbeId, EventKind),
         capture: Capture,
     ) -> (&[u64], bool) {
         self.held_bytes = self.held_bytes.saturating_sub(capture.stack.len());
@@ -224,6 +248,9 @@ impl DwarfStacks {
             )
         };
         self.stats.unwind_ns += started.elapsed().as_nanos() as u64;
+        if let Some(k) = &mut self.kernel {
+            k.on_fallback(&mut self.unwinder, table, pid, time_ns, &self.out);
+        }
         self.stats.memo_hits = self.unwinder.memo_hits();
         self.stats.unwound += 1;
         let copied = capture.stack.len();

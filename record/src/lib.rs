@@ -22,6 +22,7 @@
 //!     command_line: std::env::args().collect(),
 //!     keep_files: true,
 //!     cgroup: None,
+//!     kernel_dwarf: false,
 //! })?;
 //! eprintln!("{} events", summary.entries + summary.returns);
 //! // (The CLI fills a [`RecordRequest`] from its flags instead: its `plan` checks it and
@@ -58,6 +59,7 @@ mod dwarf;
 mod error;
 mod fds;
 pub mod kept;
+mod kunwind;
 mod lost;
 pub mod mapped;
 mod output;
@@ -161,6 +163,10 @@ pub struct RecordOptions {
     /// `--cgroup`: only tasks in this cgroup v2 directory or below it (and in `target`); see
     /// [`cgroup`].
     pub cgroup: Option<PathBuf>,
+    /// `-g kernel-dwarf`: the `-g dwarf` probes walk their stacks in the kernel over unwind
+    /// tables loaded on demand (see [`kunwind`]), copying the stack only where that walk
+    /// cannot finish.
+    pub kernel_dwarf: bool,
 }
 
 /// What a recording produced.

@@ -23,6 +23,10 @@ pub enum CallGraph {
     FramePointer,
     /// Registers and a copy of the stack top, unwound with the binaries' CFI by the recorder.
     Dwarf,
+    /// DWARF stacks walked in the kernel over the binaries' unwind tables (`crate::kunwind`),
+    /// `Dwarf`'s copy and unwind where the walk cannot finish. Recorded as `Dwarf` stacks (the
+    /// same frames): the data file does not tell them apart.
+    KernelDwarf,
     /// No stacks.
     None,
 }
@@ -165,7 +169,7 @@ impl RecordRequest {
         let stack_mode = match self.call_graph {
             CallGraph::Auto | CallGraph::FramePointer => StackMode::FramePointer,
             CallGraph::None => StackMode::None,
-            CallGraph::Dwarf => StackMode::Dwarf,
+            CallGraph::Dwarf | CallGraph::KernelDwarf => StackMode::Dwarf,
         };
         self.target.check_flags()?;
         crate::output::check(&self.output).map_err(RecordError::Usage)?;
@@ -244,6 +248,7 @@ impl RecordRequest {
             command_line: self.command_line,
             keep_files: self.keep_files,
             cgroup: self.target.cgroup,
+            kernel_dwarf: self.call_graph == CallGraph::KernelDwarf,
         })
     }
 }

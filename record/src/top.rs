@@ -371,6 +371,7 @@ fn top(
         stack_depth: if stacks { STACK_DEPTH } else { 0 },
         ring_bytes: if stacks { STACK_RING } else { 4096 },
         count_only: !stacks,
+        kernel_dwarf: false,
     };
     let (skel, counts) = load_programs(
         &mut storage,

@@ -33,6 +33,12 @@ pub(super) fn attach(
     set: &SetUp<'_>,
     mut table: ProcessTable,
 ) -> Result<Running> {
+    // Before the probes: the exec stamp must see every exec their events could follow.
+    let kernel_unwind = if opts.kernel_dwarf {
+        Some(crate::kunwind::KernelUnwind::new(&set.skel)?)
+    } else {
+        None
+    };
     // The fork program: for the tgid filter, and with stacks for the Python walk's map.
     let follow_forks = set.filter || set.stack_depth > 0;
     let links = attach_probes(&set.skel, &opts.probes, follow_forks, opts.verbosity)?;
@@ -74,7 +80,7 @@ pub(super) fn attach(
         writer.write(&Record::Probe(probe))?;
     }
 
-    let state = State {
+    let mut state = State {
         writer,
         table,
         stacks: StackTable::new(),
@@ -95,6 +101,9 @@ pub(super) fn attach(
         bad_records: 0,
         error: None,
     };
+    if let Some(k) = kernel_unwind {
+        state.dwarf.set_kernel(k);
+    }
     Ok(Running {
         links,
         attach_ns,

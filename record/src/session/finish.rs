@@ -57,6 +57,11 @@ pub(super) fn finish(
     }
     let dwarf_stats = st.dwarf.stats().clone();
     let unwind_warnings = st.dwarf.take_warnings();
+    if opts.verbosity == Verbosity::Verbose {
+        if let Some(line) = st.dwarf.kernel_summary() {
+            eprintln!("urec: {line}");
+        }
+    }
     for l in ledger.catch_up(LostSource::Ring, &drained.lost) {
         st.writer.write(&Record::Lost(l))?;
     }

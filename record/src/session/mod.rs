@@ -271,6 +271,8 @@ pub(crate) struct Load {
     pub(crate) ring_bytes: u32,
     /// Count only (`urec top` without `--top-stacks`).
     pub(crate) count_only: bool,
+    /// `-g kernel-dwarf`: load the in-kernel walk and its maps (`crate::kunwind`).
+    pub(crate) kernel_dwarf: bool,
 }
 
 /// Step 2, as `urec record` and `urec top` both take it: the `--cgroup` directory opened (the
@@ -302,6 +304,7 @@ pub(crate) fn load_programs<'obj>(
             cgroup: cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
             hist_bits: bits,
             count_only: load.count_only,
+            kernel_dwarf: load.kernel_dwarf,
         },
     )?;
     let counts = crate::aggregates::KernelCounts::new(

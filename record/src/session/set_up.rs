@@ -132,6 +132,7 @@ pub(super) fn set_up<'obj>(
         stack_depth,
         ring_bytes,
         count_only: false,
+        kernel_dwarf: opts.kernel_dwarf,
     };
     // The probe cost's calibration probes take ids after the recording's.
     let calibration = crate::calibrate::Plan::new(&opts.probes, stack_depth > 0);

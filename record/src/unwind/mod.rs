@@ -40,7 +40,8 @@ use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _};
 use urec_format::Mapping;
 use urec_untrusted::Identity;
 
-use self::elf::{Bytes, ElfUnwindInfo};
+use self::elf::Bytes;
+pub(crate) use self::elf::ElfUnwindInfo;
 use urec_format::hash::FxHashMap;
 
 /// Longest stack returned; deeper ones end as [`Truncation::TooDeep`]. Twice perf's default
@@ -109,7 +110,7 @@ pub enum Truncation {
 
 /// How a file is recognised when another process maps it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum FileKey {
+pub(crate) enum FileKey {
     BuildId(Vec<u8>),
     Inode { dev: u64, inode: u64 },
     Path(String),
@@ -600,6 +601,12 @@ impl Unwinder {
         }
     }
 
+    /// The unwind info of the file `mapping` maps (read once, shared with framehop's modules),
+    /// `None` where framehop gets no module: for the in-kernel walk's tables (`crate::kunwind`).
+    pub(crate) fn file_info(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ElfUnwindInfo>> {
+        self.file(pid, mapping)
+    }
+
     /// The cached unwind info of the file `mapping` maps, reading it on first use.
     fn file(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ElfUnwindInfo>> {
         let key = file_key(mapping);
@@ -639,7 +646,7 @@ impl Unwinder {
 }
 
 /// How the file behind `mapping` is recognised in the caches.
-fn file_key(mapping: &Mapping) -> FileKey {
+pub(crate) fn file_key(mapping: &Mapping) -> FileKey {
     if let Some(id) = mapping.build_id.as_ref().filter(|id| !id.0.is_empty()) {
         FileKey::BuildId(id.0.clone())
     } else if mapping.inode != 0 {
