@@ -32,43 +32,39 @@ mod tests {
         unsafe { libc::geteuid() == 0 }
     }
 
-    /// The verifier accepts every program (needs root; skipped otherwise unless CI=true).
-    #[test]
-    fn programs_load() {
+    /// Opens and loads the programs, with the in-kernel DWARF walk or without; false (with a
+    /// message) when not root outside CI.
+    fn load(kernel_dwarf: bool) -> bool {
         if !is_root() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
                 "CI=true needs root"
             );
             eprintln!("skipped: loading BPF programs needs root");
-            return;
+            return false;
         }
         let mut storage = MaybeUninit::uninit();
         let mut open = UrecSkelBuilder::default().open(&mut storage).unwrap();
         let cpus = libbpf_rs::num_possible_cpus().unwrap() as u32;
         open.maps.scratch.set_max_entries(cpus).unwrap();
+        if kernel_dwarf {
+            open.maps.rodata_data.as_deref_mut().unwrap().kernel_dwarf = 1;
+        }
         let skel = open.load().unwrap();
         drop(skel);
+        true
+    }
+
+    /// The verifier accepts every program (needs root; skipped otherwise unless CI=true).
+    #[test]
+    fn programs_load() {
+        load(false);
     }
 
     /// With `-g kernel-dwarf` the in-kernel walk (unwind.bpf.h) is verified too (it is pruned
     /// as dead code otherwise). Needs root, as above.
     #[test]
     fn programs_load_with_the_kernel_dwarf_walk() {
-        if !is_root() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true needs root"
-            );
-            eprintln!("skipped: loading BPF programs needs root");
-            return;
-        }
-        let mut storage = MaybeUninit::uninit();
-        let mut open = UrecSkelBuilder::default().open(&mut storage).unwrap();
-        let cpus = libbpf_rs::num_possible_cpus().unwrap() as u32;
-        open.maps.scratch.set_max_entries(cpus).unwrap();
-        open.maps.rodata_data.as_deref_mut().unwrap().kernel_dwarf = 1;
-        let skel = open.load().unwrap();
-        drop(skel);
+        load(true);
     }
 }
