@@ -165,6 +165,9 @@ fn crafted_files_in_bounded_memory() {
         window_events: 1,
         processes: 1,
     };
+    // Every (class, command) run, two at a time (the machine's cores): each in a directory of
+    // its own, since a run writes its outputs and stderr there; judged below in order.
+    let mut jobs = Vec::new();
     for crafted in hostile::all(tiny) {
         let data = dir.path().join(format!("{}.data", crafted.name));
         assert!(data.is_file(), "{} was not written", data.display());
@@ -174,46 +177,62 @@ fn crafted_files_in_bounded_memory() {
             &[]
         };
         for args in COMMANDS.iter().chain(twice) {
-            let r = run(args, &data, dir.path());
-            let what = format!(
-                "urec {} on {} ({})",
-                args.join(" "),
-                crafted.name,
-                crafted.what
-            );
-            table.push_str(&format!(
-                "{:<20} {:<28} {:>6} MiB {:>7.2} s CPU  exit {:?}\n",
-                crafted.name,
-                args.join(" "),
-                r.max_rss_kib / 1024,
-                r.cpu_s,
-                r.code
+            let work = dir.path().join(format!("run-{}", jobs.len()));
+            std::fs::create_dir(&work).expect("a run's directory");
+            jobs.push((crafted.name, crafted.what, *args, data.clone(), work));
+        }
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let runs: Vec<std::sync::Mutex<Option<Run>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((_, _, args, data, work)) = jobs.get(i) else {
+                    break;
+                };
+                let r = run(args, data, work);
+                *runs[i].lock().unwrap() = Some(r);
+            });
+        }
+    });
+    for ((name, what, args, _, _), r) in jobs.iter().zip(runs) {
+        let r = r.into_inner().unwrap().expect("every run ran");
+        let what = format!("urec {} on {} ({})", args.join(" "), name, what);
+        table.push_str(&format!(
+            "{:<20} {:<28} {:>6} MiB {:>7.2} s CPU  exit {:?}\n",
+            name,
+            args.join(" "),
+            r.max_rss_kib / 1024,
+            r.cpu_s,
+            r.code
+        ));
+        if let Some(sig) = r.signal {
+            failures.push(format!("{what}: killed by signal {sig}\n{}", r.stderr));
+            continue;
+        }
+        if r.stderr.contains("panicked") {
+            failures.push(format!("{what}: panicked\n{}", r.stderr));
+        }
+        match r.code {
+            Some(0) => {}
+            Some(1) if r.stderr.contains("urec: error") => {}
+            code => failures.push(format!("{what}: exit {code:?}\n{}", r.stderr)),
+        }
+        if r.cpu_s > CPU_BUDGET_S {
+            failures.push(format!(
+                "{what}: {:.1} s of CPU, budget {CPU_BUDGET_S} s",
+                r.cpu_s
             ));
-            if let Some(sig) = r.signal {
-                failures.push(format!("{what}: killed by signal {sig}\n{}", r.stderr));
-                continue;
-            }
-            if r.stderr.contains("panicked") {
-                failures.push(format!("{what}: panicked\n{}", r.stderr));
-            }
-            match r.code {
-                Some(0) => {}
-                Some(1) if r.stderr.contains("urec: error") => {}
-                code => failures.push(format!("{what}: exit {code:?}\n{}", r.stderr)),
-            }
-            if r.cpu_s > CPU_BUDGET_S {
-                failures.push(format!(
-                    "{what}: {:.1} s of CPU, budget {CPU_BUDGET_S} s",
-                    r.cpu_s
-                ));
-            }
-            if r.max_rss_kib > BUDGET_KIB {
-                failures.push(format!(
-                    "{what}: peak RSS {} MiB, budget {} MiB",
-                    r.max_rss_kib / 1024,
-                    BUDGET_KIB / 1024
-                ));
-            }
+        }
+        if r.max_rss_kib > BUDGET_KIB {
+            failures.push(format!(
+                "{what}: peak RSS {} MiB, budget {} MiB",
+                r.max_rss_kib / 1024,
+                BUDGET_KIB / 1024
+            ));
         }
     }
     eprintln!("{table}");
