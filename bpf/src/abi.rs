@@ -55,6 +55,25 @@ pub const F_DWARF: u8 = 16;
 pub const F_GOROUTINE: u8 = 32;
 /// `UREC_F_PYTHON`: a Python block ([`RawPython`]) follows the args.
 pub const F_PYTHON: u8 = 64;
+/// `UREC_F_STACK_ID`: an 8-byte stack id ([`RawEvent::stack_id`]) stands for the frames, which
+/// the `stacks` map holds ([`StoredStack`]).
+pub const F_STACK_ID: u8 = 128;
+
+/// Frames a stored stack holds at most (`UREC_STACK_SLOTS`).
+pub const STACK_SLOTS: usize = MAX_DEPTH as usize + 2;
+/// Stacks the `stacks` map holds at most (`UREC_STACK_STORE`).
+pub const STACK_STORE: u32 = 4096;
+/// Ids the `stacks_known` map holds at most (`UREC_STACKS_KNOWN`).
+pub const STACKS_KNOWN: u32 = 262_144;
+const _: () = assert!(size_of::<StoredStack>() == 8 * STACK_SLOTS);
+
+/// `struct urec_stack`: a value of the `stacks` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StoredStack {
+    /// Innermost first; the event's `nframes` are valid, the rest is whatever the buffer held.
+    pub frames: [u64; STACK_SLOTS],
+}
 
 /// Python frames per event at most (`UREC_PY_MAX_FRAMES`).
 pub const PY_MAX_FRAMES: usize = 64;
@@ -801,6 +820,9 @@ pub struct RawEvent<'a> {
     pub dwarf: Option<RawDwarf<'a>>,
     /// With [`F_PYTHON`]: the probed thread's Python frames.
     pub python: Option<RawPython<'a>>,
+    /// With [`F_STACK_ID`]: the key of the event's frames in the `stacks` map, and how many
+    /// of them there are; [`RawEvent::frames`] is then empty.
+    pub stack_id: Option<(u64, usize)>,
 }
 
 /// The Python block of a record: the interpreter frames the probed thread was running.
@@ -1085,7 +1107,11 @@ impl<'a> RawEvent<'a> {
             None
         };
         let frames_at = python_at + python.map_or(0, |p| PY_HEAD_SIZE + p.frames.len());
-        let end = frames_at + nframes * 8;
+        let stack_id = flags & F_STACK_ID != 0;
+        if stack_id && (flags & F_DWARF != 0 || nframes == 0 || nframes > STACK_SLOTS) {
+            return Err(err("a stack id with a stack copy or a wrong frame count"));
+        }
+        let end = frames_at + if stack_id { 8 } else { nframes * 8 };
         if end > b.len() {
             return Err(err("shorter than its header says"));
         }
@@ -1132,7 +1158,8 @@ impl<'a> RawEvent<'a> {
             goroutine: (flags & F_GOROUTINE != 0).then(|| u64_at(b, EVENT_HEADER_SIZE)),
             args: &b[args_at..python_at],
             python,
-            frames: &b[frames_at..end],
+            frames: if stack_id { &[] } else { &b[frames_at..end] },
+            stack_id: stack_id.then(|| (u64_at(b, frames_at), nframes)),
         })
     }
 
@@ -1253,6 +1280,24 @@ mod tests {
             indexed(21, 8).to_bytes(),
             Err(ConfigError::BadRegister(21))
         ));
+    }
+
+    #[test]
+    fn decode_stack_id() {
+        let mut b = vec![0u8; EVENT_HEADER_SIZE];
+        b[5] = F_STACK_ID;
+        b[6] = 104; // nframes: stored in `stacks`
+        b.extend_from_slice(&0xfeed_beefu64.to_ne_bytes());
+        let e = RawEvent::parse(&b).unwrap();
+        assert_eq!(e.stack_id, Some((0xfeed_beef, 104)));
+        assert_eq!(e.nframes(), 0);
+        assert!(RawEvent::parse(&b[..b.len() - 1]).is_err());
+        // An id stands for frames: never with a copy, never for none or too many.
+        for (flags, n) in [(F_STACK_ID | F_DWARF, 3), (F_STACK_ID, 0), (F_STACK_ID, 130)] {
+            b[5] = flags;
+            b[6] = n;
+            assert!(RawEvent::parse(&b).is_err(), "{flags} {n}");
+        }
     }
 
     #[test]

@@ -1575,6 +1575,74 @@ static __always_inline struct urec_probe_cfg *probe_cfg(__u32 probe)
  * for the thread of its call's entry (goroutines move between threads), so that readers pair
  * it with that entry.
  */
+/*
+ * Stack ids (urec.h, "Stack ids"). With them an event of a stack walked in the kernel carries 8
+ * bytes instead of 8 per frame: the ring's bytes per event no longer grow with the depth, and
+ * the recorder interns each distinct stack once instead of hashing every event's frames.
+ * Keyed by the frames' hash alone (not the process): identical address lists are identical
+ * stacks in the file's terms. Two distinct stacks of one recording sharing a 64-bit hash would
+ * be merged; at a million distinct stacks the odds are about 3 in 10^8.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, UREC_STACK_STORE);
+	__type(key, __u64);
+	__type(value, struct urec_stack);
+} stacks SEC(".maps");
+
+/* Written by the recorder only: allocated as ids arrive, not up front (NO_PREALLOC). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, UREC_STACKS_KNOWN);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u8);
+} stacks_known SEC(".maps");
+
+/* 0: frames always travel in the events (UREC_NO_STACK_IDS=1, to compare). */
+const volatile __u8 stack_ids = 1;
+#define UREC_STACK_HASH_SEED 0x7572656373740001ULL
+
+struct stack_hash {
+	__u8 *buf;
+	__u32 off;
+	__u32 n;
+	__u64 h;
+};
+
+static long stack_hash_step(__u64 i, struct stack_hash *c)
+{
+	if (i >= c->n)
+		return 1;
+	c->h = py_mix(c->h, *(__u64 *)(c->buf + ((c->off + i * 8) & BODY_MASK)));
+	return 0;
+}
+
+/*
+ * Replaces the `n` frames at `off` by their stack id, storing them in `stacks` unless the
+ * recorder has the id already. False: the frames stay (`stacks` is full, or ids are off).
+ */
+static __always_inline bool put_stack_id(struct scratch *s, __u32 off, __u32 n)
+{
+	struct stack_hash c = {
+		.buf = s->buf, .off = off & BODY_MASK, .n = n, .h = UREC_STACK_HASH_SEED ^ n,
+	};
+
+	if (!stack_ids || !n || n > UREC_STACK_SLOTS)
+		return false;
+	bpf_loop(UREC_STACK_SLOTS, stack_hash_step, &c, 0);
+	if (!bpf_map_lookup_elem(&stacks_known, &c.h)) {
+		/* Already stored and not yet read (another event of it in flight) is -EEXIST: the
+		 * id alone is enough then too. */
+		long r = bpf_map_update_elem(&stacks, &c.h, s->buf + (off & BODY_MASK), BPF_NOEXIST);
+
+		if (r && r != -17 /* EEXIST */)
+			return false;
+	}
+	*(__u64 *)(s->buf + (off & BODY_MASK)) = c.h;
+	return true;
+}
+
 static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg *cfg,
 				      __u32 probe, __u8 kind, __u64 now, __u64 latency, __u8 flags,
 				      bool all_args, bool stack, bool leaf, __u64 probe_ip,
@@ -1705,13 +1773,19 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 		else if ((r & FP_CALLER_READ) && (cfg->flags & UREC_P_ADD_CALLER))
 			flags |= UREC_F_CALLER_ADDED;
 	}
+	__u32 body = nframes * 8;
+
+	if (put_stack_id(s, off, nframes)) {
+		flags |= UREC_F_STACK_ID;
+		body = 8;
+	}
 	e->nframes = nframes;
 	e->flags = flags;
 	if (entry)
 		now = bpf_ktime_get_ns();
 	e->time_ns = now;
 
-	submit(buf, (off + nframes * 8) & SIZE_MASK, probe, kind);
+	submit(buf, (off + body) & SIZE_MASK, probe, kind);
 	return now;
 }
 

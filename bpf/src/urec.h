@@ -17,6 +17,11 @@
  *     struct urec_pending          (npending * 16 bytes, innermost first)
  *     stack                        (stack_len bytes copied from sp upward; not padded)
  *
+ * or, when UREC_F_STACK_ID is set (frames walked in the kernel and stored in the `stacks` map;
+ * nframes still counts them), instead of frames:
+ *
+ *     stack id                     (8 bytes: the frames' hash, their key in `stacks`)
+ *
  * With UREC_F_PYTHON (a stack was captured in a process `py_procs` names), a Python block sits
  * between the args and the frames (or the DWARF part):
  *
@@ -65,6 +70,7 @@
 #define UREC_F_GOROUTINE 32  /* a Go event: the goroutine (its g) follows the header, 8 bytes,
 			      * before the args */
 #define UREC_F_PYTHON 64     /* a Python block (struct urec_py_head + frames) follows the args */
+#define UREC_F_STACK_ID 128  /* an 8-byte stack id stands for the frames ("Stack ids" below) */
 
 struct urec_event {
 	__u32 probe;      /* probe id = attach cookie */
@@ -79,6 +85,23 @@ struct urec_event {
 	__u16 fault_mask; /* bit i: argument i (of this kind) faulted */
 	__u64 time_ns;    /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u64 latency_ns; /* return events of session probes: entry to return */
+};
+
+/*
+ * Stack ids (issue 31): a stack walked in the kernel (frame pointers or the in-kernel DWARF
+ * walk) is stored once in `stacks` under a 64-bit hash of its frames (urec.bpf.c stack_id) and its
+ * events carry the hash. The recorder reads a new id's
+ * frames from `stacks`, deletes the entry and adds the id to `stacks_known`; an id found there
+ * is not stored again. An entry is written before the event that names it is submitted, so the
+ * recorder, reading events in ring order, always finds it; when `stacks` is full the frames
+ * travel in the event as before.
+ */
+#define UREC_STACK_SLOTS (UREC_MAX_DEPTH + 2) /* frames a stored stack holds at most */
+#define UREC_STACK_STORE 4096                 /* stacks stored and not yet read, at most */
+#define UREC_STACKS_KNOWN 262144              /* stack ids the recorder has, at most */
+
+struct urec_stack {
+	__u64 frames[UREC_STACK_SLOTS]; /* innermost first; the event's nframes are valid */
 };
 
 /* urec_dwarf.status */

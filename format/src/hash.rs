@@ -13,11 +13,14 @@
 //! Every method is `#[inline]`: the callers are in other crates, and a hash that is not
 //! inlined into the map's probe loop costs a call per word.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A `HashMap` with [`FxHasher`].
 pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// A `HashSet` with [`FxHasher`].
+pub type FxHashSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// rustc's multiply-rotate word hasher.
 #[derive(Clone, Copy, Debug, Default)]

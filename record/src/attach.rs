@@ -53,6 +53,13 @@ pub struct LoadOptions {
 /// its events are read): for measuring their cost only.
 pub const NO_PY_SNAPSHOTS_ENV: &str = "UREC_NO_PY_SNAPSHOTS";
 
+/// Sends every kernel-walked stack's frames in its events instead of a stack id (bpf/src/urec.h,
+/// "Stack ids"): for comparing the two only.
+pub const NO_STACK_IDS_ENV: &str = "UREC_NO_STACK_IDS";
+
+/// Tests only: the `stacks` map's size, small enough to fill (tests/stack_ids.rs).
+const TEST_STACK_STORE_ENV: &str = "UREC_TEST_STACK_STORE";
+
 /// One probe as the attach step needs it.
 #[derive(Clone, Debug)]
 pub struct AttachProbe {
@@ -171,6 +178,19 @@ pub fn load<'obj>(
     rodata.count_only = opts.count_only as u8;
     // Only to measure what the Python code snapshots cost (docs/python-frames.md).
     rodata.py_snapshots = u8::from(std::env::var_os(NO_PY_SNAPSHOTS_ENV).is_none());
+    // Only to compare with the frames in every event (docs/performance.md).
+    rodata.stack_ids = u8::from(std::env::var_os(NO_STACK_IDS_ENV).is_none());
+    if let Some(n) = std::env::var(TEST_STACK_STORE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        open.maps.stacks.set_max_entries(n.max(1))?;
+    }
+    if opts.stack_depth == 0 || opts.count_only {
+        // No stacks: no 4 MiB of stored stacks allocated up front either.
+        open.maps.stacks.set_max_entries(1)?;
+        open.maps.stacks_known.set_max_entries(1)?;
+    }
     open.maps
         .events
         .set_max_entries(opts.ring_bytes)

@@ -16,7 +16,7 @@ use crate::processes::ProcessTable;
 use crate::python::names::{NamedStack, Naming};
 use crate::python::PythonNames;
 use crate::sideband::SidebandRecord;
-use crate::stacks::StackTable;
+use crate::stacks::{StackIds, StackTable};
 use crate::PlannedProbe;
 
 /// How to decode and type one argument slot of an event.
@@ -101,6 +101,11 @@ pub(crate) struct State<W: std::io::Write> {
     pub(crate) writer: Writer<W>,
     pub(crate) table: ProcessTable,
     pub(crate) stacks: StackTable,
+    /// The frames of the stacks the programs sent by id.
+    pub(crate) stack_ids: StackIds,
+    /// Records read from the ring and their bytes (`-v`).
+    pub(crate) ring_records: u64,
+    pub(crate) ring_bytes: u64,
     pub(crate) decode: Vec<ProbeDecode>,
     /// `--stack-depth` (0 with `-g none`: then no record carries a stack).
     pub(crate) stack_depth: u32,
@@ -134,6 +139,8 @@ pub(crate) struct State<W: std::io::Write> {
 impl<W: std::io::Write> State<W> {
     /// Decodes one ring-buffer record into the pending list (writing its stack if new).
     pub(crate) fn on_ring_record(&mut self, bytes: &[u8]) -> Result<()> {
+        self.ring_records += 1;
+        self.ring_bytes += bytes.len() as u64;
         if record_kind(bytes) == Some(KIND_PYCODE) {
             match RawPyCode::parse(bytes) {
                 Ok(c) => self.python.snapshot(&c, bytes.len()),
@@ -181,7 +188,7 @@ impl<W: std::io::Write> State<W> {
             EventKind::Return
         };
         self.python.stats.count(
-            raw.nframes() > 0 || raw.dwarf.is_some(),
+            raw.nframes() > 0 || raw.stack_id.is_some() || raw.dwarf.is_some(),
             raw.python.as_ref(),
         );
         let mut later = None;
@@ -218,9 +225,23 @@ impl<W: std::io::Write> State<W> {
             .as_ref()
             .and_then(|d| self.dwarf.capture(d, raw.probe, kind))
             .map(Box::new);
-        let stack = if raw.nframes() > 0 {
-            self.frames.clear();
-            self.frames.extend(raw.frames().take(130));
+        // A stack sent by id and interned before: one lookup (the common case).
+        let known = match raw.stack_id {
+            Some((sid, _)) if python.is_none() && later.is_none() => self.stack_ids.plain(sid),
+            _ => None,
+        };
+        self.frames.clear();
+        if known.is_none() {
+            match raw.stack_id {
+                Some((sid, n)) => {
+                    self.stack_ids.frames(sid, n, &mut self.frames);
+                }
+                None => self.frames.extend(raw.frames().take(130)),
+            }
+        }
+        let stack = if known.is_some() {
+            known
+        } else if !self.frames.is_empty() {
             // The walk stopped at the depth limit, not at the end of the chain.
             let truncated = self.frames.len() as u32 >= self.stack_depth;
             if let Some(l) = later.as_mut() {
@@ -231,6 +252,9 @@ impl<W: std::io::Write> State<W> {
                 let (id, new) = self.stacks.intern(&self.frames, truncated, python.as_ref());
                 if let Some(s) = new {
                     self.writer.write(&Record::Stack(s))?;
+                }
+                if let (Some((sid, _)), None) = (raw.stack_id, &python) {
+                    self.stack_ids.set_plain(sid, id);
                 }
                 Some(id)
             }

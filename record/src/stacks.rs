@@ -9,10 +9,16 @@
 //!
 //! A stack's Python frames (issue 33) are part of it: the same native frames under two Python
 //! call paths are two stacks.
+//!
+//! Stacks walked in the kernel arrive already deduplicated ([`StackIds`]): an event carries an
+//! id, and the frames are read from the programs' `stacks` map once per distinct stack.
 
+use std::time::{Duration, Instant};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use urec_format::{Avma, PyFrame, Stack, StackId};
 
-use urec_format::hash::FxHashMap;
+use urec_format::hash::{FxHashMap, FxHashSet};
 
 use crate::python::names::NamedStack;
 
@@ -79,6 +85,142 @@ impl StackTable {
     /// Number of distinct stacks.
     pub fn len(&self) -> usize {
         self.ids.len() + self.python_ids.len()
+    }
+}
+
+/// The recorder's side of the programs' stack ids (bpf/src/urec.h, "Stack ids").
+///
+/// A new id's frames are read from `stacks` when its first event is decoded; the entry is
+/// deleted and the id added to `stacks_known` at the next [`StackIds::sync`], after which the
+/// programs send the id alone. Until then another event of the stack finds the entry still
+/// there (or stores it again, a race the periodic sweep cleans up).
+#[derive(Default)]
+pub struct StackIds {
+    maps: Option<Maps>,
+    /// Every id met: its frames, and its [`StackId`] once interned without Python frames (the
+    /// common case: one hash lookup per event).
+    ids: FxHashMap<u64, KnownStack>,
+    /// Ids read since the last sync: to delete from `stacks`, to add to `stacks_known`.
+    to_confirm: Vec<u64>,
+    /// Entries of `stacks` that no event had named by the last sweep: deleted at the one
+    /// after when the map is crowded (a lost event's stack; its next event stores it again).
+    orphans: FxHashSet<u64>,
+    last_sweep: Option<Instant>,
+    /// Events whose id was in neither the recorder's table nor `stacks`: written without a
+    /// stack. Never expected (the entry is written before its event); counted to be sure.
+    pub missing: u64,
+    /// Distinct stacks read from `stacks`.
+    pub read: u64,
+}
+
+struct Maps {
+    stacks: MapHandle,
+    known: MapHandle,
+}
+
+struct KnownStack {
+    frames: Box<[u64]>,
+    plain: Option<StackId>,
+}
+
+/// How often `stacks` is swept of entries the recorder has (a race between its sync and the
+/// programs) and of orphans.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+
+impl StackIds {
+    /// Reads and confirms ids through the programs' `stacks` and `stacks_known`.
+    pub fn new(skel: &urec_bpf::UrecSkel<'_>) -> anyhow::Result<StackIds> {
+        Ok(StackIds {
+            maps: Some(Maps {
+                stacks: MapHandle::try_from(&skel.maps.stacks)?,
+                known: MapHandle::try_from(&skel.maps.stacks_known)?,
+            }),
+            ..StackIds::default()
+        })
+    }
+
+    /// The stack interned for `id` without Python frames, if it was.
+    pub fn plain(&self, id: u64) -> Option<StackId> {
+        self.ids.get(&id).and_then(|k| k.plain)
+    }
+
+    /// Remembers that `id`'s frames, without Python frames, are `stack`.
+    pub fn set_plain(&mut self, id: u64, stack: StackId) {
+        if let Some(k) = self.ids.get_mut(&id) {
+            k.plain = Some(stack);
+        }
+    }
+
+    /// Appends `id`'s `n` frames to `out`; false when they are nowhere ([`StackIds::missing`]).
+    pub fn frames(&mut self, id: u64, n: usize, out: &mut Vec<u64>) -> bool {
+        if let Some(k) = self.ids.get(&id) {
+            out.extend_from_slice(&k.frames);
+            return true;
+        }
+        let stored = self.maps.as_ref().and_then(|m| {
+            m.stacks
+                .lookup(&id.to_ne_bytes(), MapFlags::ANY)
+                .ok()
+                .flatten()
+        });
+        let Some(bytes) = stored else {
+            self.missing += 1;
+            return false;
+        };
+        let frames: Box<[u64]> = bytes
+            .chunks_exact(8)
+            .take(n)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+            .collect();
+        out.extend_from_slice(&frames);
+        self.ids.insert(
+            id,
+            KnownStack {
+                frames,
+                plain: None,
+            },
+        );
+        self.to_confirm.push(id);
+        self.read += 1;
+        true
+    }
+
+    /// Tells the programs which ids the recorder has (once per poll), and now and then sweeps
+    /// `stacks`. A failed map write costs only a stack sent again.
+    pub fn sync(&mut self) {
+        let Some(m) = &self.maps else { return };
+        for id in self.to_confirm.drain(..) {
+            let key = id.to_ne_bytes();
+            let _ = m.known.update(&key, &[1], MapFlags::ANY);
+            let _ = m.stacks.delete(&key);
+        }
+        if self
+            .last_sweep
+            .is_some_and(|t| t.elapsed() < SWEEP_INTERVAL)
+        {
+            return;
+        }
+        self.last_sweep = Some(Instant::now());
+        let mut orphans = FxHashSet::default();
+        let keys: Vec<Vec<u8>> = m.stacks.keys().collect();
+        // Orphans only matter when they crowd the map (stacks then travel in their events);
+        // a recorder lagging seconds behind the ring must not lose a stack it is yet to read.
+        let crowded = keys.len() as u32 > urec_bpf::abi::STACK_STORE / 2;
+        for key in keys {
+            let Ok(k) = <[u8; 8]>::try_from(key.as_slice()) else {
+                continue;
+            };
+            let id = u64::from_ne_bytes(k);
+            if self.ids.contains_key(&id) {
+                let _ = m.known.update(&k, &[1], MapFlags::ANY);
+                let _ = m.stacks.delete(&k);
+            } else if crowded && self.orphans.contains(&id) {
+                let _ = m.stacks.delete(&k);
+            } else {
+                orphans.insert(id);
+            }
+        }
+        self.orphans = orphans;
     }
 }
 

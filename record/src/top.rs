@@ -40,6 +40,7 @@ use crate::session::{
     attach_probes, check_privileges, load_programs, say_attached, stop_after_failure, time_to_stop,
     Load, STOP_GRACE,
 };
+use crate::stacks::StackIds;
 use crate::{PlannedProbe, Target, Verbosity, WorkloadEnd};
 
 /// How often stop conditions are looked at between intervals (and the view asked for keys).
@@ -57,17 +58,27 @@ type StackCounts = HashMap<(ProbeId, u32, Vec<u64>), u64>;
 
 /// Counts one ring-buffer record's stack (entries; returns of return-only probes, whose
 /// events carry the stack); reads the mappings of a process at its first event.
-fn count_stack(counts: &mut StackCounts, maps: &mut HashMap<u32, Maps>, bytes: &[u8]) {
+fn count_stack(
+    counts: &mut StackCounts,
+    maps: &mut HashMap<u32, Maps>,
+    ids: &mut StackIds,
+    bytes: &[u8],
+) {
     let Ok(e) = urec_bpf::abi::RawEvent::parse(bytes) else {
         return;
     };
-    if e.nframes() == 0 {
+    let mut frames = Vec::new();
+    match e.stack_id {
+        Some((id, n)) => {
+            ids.frames(id, n, &mut frames);
+        }
+        None => frames.extend(e.frames()),
+    }
+    if frames.is_empty() {
         return;
     }
     maps.entry(e.pid).or_insert_with(|| maps_of(e.pid));
-    *counts
-        .entry((e.probe, e.pid, e.frames().collect()))
-        .or_default() += 1;
+    *counts.entry((e.probe, e.pid, frames)).or_default() += 1;
 }
 
 /// The `n` hottest stacks of `probe` in `counts`, their frames located in `maps`.
@@ -387,12 +398,18 @@ fn top(
     say_attached(opts.verbosity, opts.probes.len(), &attached, started);
     let stack_counts = std::cell::RefCell::new(StackCounts::new());
     let stack_maps = std::cell::RefCell::new(HashMap::<u32, Maps>::new());
+    let stack_ids = std::cell::RefCell::new(if stacks {
+        StackIds::new(&skel)?
+    } else {
+        StackIds::default()
+    });
     let ring = if stacks {
         let mut builder = libbpf_rs::RingBufferBuilder::new();
         builder.add(&skel.maps.events, |bytes: &[u8]| {
             count_stack(
                 &mut stack_counts.borrow_mut(),
                 &mut stack_maps.borrow_mut(),
+                &mut stack_ids.borrow_mut(),
                 bytes,
             );
             0
@@ -408,6 +425,7 @@ fn top(
     let drain = || -> Result<()> {
         if let Some(ring) = &ring {
             ring.consume().context("reading the ring buffer")?;
+            stack_ids.borrow_mut().sync();
         }
         Ok(())
     };

@@ -15,7 +15,7 @@ use crate::dwarf::DwarfStacks;
 use crate::output;
 use crate::processes::ProcessTable;
 use crate::sideband::monotonic_now;
-use crate::stacks::StackTable;
+use crate::stacks::{StackIds, StackTable};
 use crate::RecordOptions;
 
 /// What attaching leaves: the links (dropping them detaches), when they were all attached,
@@ -84,6 +84,9 @@ pub(super) fn attach(
         writer,
         table,
         stacks: StackTable::new(),
+        stack_ids: StackIds::new(&set.skel)?,
+        ring_records: 0,
+        ring_bytes: 0,
         decode: decoders(&opts.probes),
         stack_depth: set.stack_depth,
         pending: VecDeque::new(),

@@ -61,6 +61,23 @@ pub(super) fn finish(
         if let Some(line) = st.dwarf.kernel_summary() {
             eprintln!("urec: {line}");
         }
+        // What bench/run reads for the ring's bytes per event.
+        eprintln!(
+            "urec: ring: {} records, {} bytes ({:.1} bytes per record); stack ids: {} read",
+            st.ring_records,
+            st.ring_bytes,
+            st.ring_bytes as f64 / st.ring_records.max(1) as f64,
+            st.stack_ids.read,
+        );
+    }
+    if st.stack_ids.missing > 0 {
+        warn(
+            opts,
+            format!(
+                "{} written without their stack (its id was not found; please report)",
+                plural(st.stack_ids.missing, "event", "events")
+            ),
+        );
     }
     for l in ledger.catch_up(LostSource::Ring, &drained.lost) {
         st.writer.write(&Record::Lost(l))?;

@@ -242,6 +242,8 @@ pub(super) fn run(
             // Code objects and stacks named since the last poll: the programs stop sending
             // their snapshots.
             st.python.sync_maps(&set.skel);
+            // Stacks read since the last poll: the programs send their ids alone from now.
+            st.stack_ids.sync();
         }
         if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
             last_checkpoint = Instant::now();
