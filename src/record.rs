@@ -96,14 +96,15 @@ pub struct Args {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallGraph {
     /// Per probe: frame pointers where the probed binary and the traced program keep them,
-    /// DWARF otherwise.
+    /// DWARF otherwise (walked in the kernel as `kernel-dwarf`).
     Auto,
     /// Frame-pointer walk in the kernel.
     Fp,
-    /// Registers and a copy of the stack top, unwound with the binaries' CFI by the recorder.
+    /// Registers and a copy of the stack top, unwound with the binaries' CFI by the recorder,
+    /// for every event.
     Dwarf,
     /// DWARF (CFI) stacks unwound in the kernel over tables the recorder loads into BPF maps;
-    /// an event the walk cannot finish takes the `dwarf` path (issue 31; not yet `auto`'s).
+    /// an event the walk cannot finish takes the `dwarf` path (what `auto` uses for DWARF).
     KernelDwarf,
     /// No stacks.
     None,

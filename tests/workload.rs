@@ -212,9 +212,10 @@ fn a_low_open_files_limit_is_named_as_the_cause() {
     }
     let message = "too many open files: raise the open-files limit (ulimit -n)";
     // The side-band takes a descriptor per CPU, and each of the BPF object's maps one (the
-    // Python frame walk's seven among them).
+    // Python frame walk's seven among them; libc's probe gets DWARF stacks walked in the
+    // kernel: its six maps and the recorder's handles on them, and the two of stack ids).
     let cpus = std::fs::read_dir("/sys/bus/cpu/devices").map_or(4, |d| d.count());
-    let top = 56 + cpus;
+    let top = 72 + cpus;
     // One binary: a coarse sweep; several: every limit, not to miss the attach window.
     for (specs, step) in [(many[..1].join(" "), 4), (many.join(" "), 1)] {
         // Whatever the limit, urec either records or names the limit: never an old kernel,

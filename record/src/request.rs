@@ -17,7 +17,7 @@ use crate::{PlannedProbe, RecordOptions, Target, Verbosity};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallGraph {
     /// Per probe: frame pointers where the probed binary and the traced program keep them,
-    /// DWARF otherwise.
+    /// DWARF otherwise, walked in the kernel as `KernelDwarf` does.
     Auto,
     /// Frame-pointer walk in the kernel.
     FramePointer,
@@ -202,7 +202,11 @@ impl RecordRequest {
             };
             let planned = crate::plan(p, mode).map_err(|e| usage(e.to_string()))?;
             if verbosity == Verbosity::Verbose && self.call_graph == CallGraph::Auto {
-                eprintln!("urec: {}: stacks by {}", p.probe.name, mode_name(mode));
+                let how = match mode {
+                    StackMode::Dwarf if kernel_walk_allowed() => "DWARF, walked in the kernel",
+                    _ => mode_name(mode),
+                };
+                eprintln!("urec: {}: stacks by {how}", p.probe.name);
             }
             if verbosity == Verbosity::Verbose {
                 eprintln!("urec: {}: {}", p.probe.name, site_line(p));
@@ -235,6 +239,14 @@ impl RecordRequest {
             )));
         }
         crate::output::check_kept(&self.output).map_err(RecordError::Usage)?;
+        // -g auto walks its DWARF stacks in the kernel (the copy only where the walk cannot
+        // finish); -g dwarf keeps the copy for every event, to compare.
+        let kernel_dwarf = self.call_graph == CallGraph::KernelDwarf
+            || (self.call_graph == CallGraph::Auto
+                && kernel_walk_allowed()
+                && probes
+                    .iter()
+                    .any(|p| p.probe.stack_mode == StackMode::Dwarf));
         Ok(RecordOptions {
             probes,
             target,
@@ -248,9 +260,17 @@ impl RecordRequest {
             command_line: self.command_line,
             keep_files: self.keep_files,
             cgroup: self.target.cgroup,
-            kernel_dwarf: self.call_graph == CallGraph::KernelDwarf,
+            kernel_dwarf,
         })
     }
+}
+
+/// Keeps `-g auto`'s DWARF stacks on the copy-and-unwind path of `-g dwarf`: a way out should
+/// the in-kernel walk misbehave on some program, and what bench/run compares it with.
+pub const NO_KERNEL_WALK_ENV: &str = "UREC_NO_KERNEL_WALK";
+
+fn kernel_walk_allowed() -> bool {
+    std::env::var_os(NO_KERNEL_WALK_ENV).is_none()
 }
 
 fn mode_name(mode: StackMode) -> &'static str {
