@@ -7,6 +7,7 @@
 #   python3.11: Debian's CPython, whose Python frames tests/python.rs checks in native stacks
 #   libc6-dbg: libc's symbols and DWARF (Debian strips libc), so tests can name its frames
 #   bpftrace: the oracle a test compares counts with; also a benchmark peer
+#   gdb: the independent unwinder whose backtraces tests/kernel_dwarf.rs compares stacks with
 #   systemtap-sdt-dev: <sys/sdt.h>, for the USDT test target (tests/usdt.rs)
 #   debuginfod: the real server tests/debuginfod.rs fetches debug files from (never a mock)
 #   golang-go: `go tool pprof`, the real client tests/exports.rs reads `report --pprof` with
@@ -15,7 +16,7 @@
 #   util-linux, mount: unshare and mount -t overlay make the containers of tests/containers.rs
 #   linux-perf, bpfcc-tools, time: benchmark peers (UREC_BENCH_DEPS=1)
 set -euo pipefail
-need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 python3.11 file libc6-dbg bpftrace strace systemtap-sdt-dev debuginfod golang-go python3-venv util-linux mount)
+need=(clang libelf-dev zlib1g-dev pkg-config make gcc g++ binutils python3 python3.11 file libc6-dbg bpftrace gdb strace systemtap-sdt-dev debuginfod golang-go python3-venv util-linux mount)
 if [ "${UREC_BENCH_DEPS:-0}" = 1 ]; then need+=(linux-perf bpfcc-tools time); fi
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -1,7 +1,8 @@
 #![cfg(feature = "record")]
 //! `-g kernel-dwarf` (issue 31): stacks walked in the kernel over the binaries' unwind tables
 //! must be exactly what `-g dwarf` (a stack copy unwound by framehop in the recorder) gives on
-//! the same workload: the same call paths, the same counts.
+//! the same workload: the same call paths, the same counts. And both must be gdb's
+//! backtraces of the same calls, with the counts the C source gives.
 //!
 //! The workload (tests/fixtures/kernel_dwarf.c, built `-O2 -fomit-frame-pointer`) is
 //! deterministic, so two recordings of it, one per mode, must give the same folded stacks:
@@ -19,7 +20,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use common::{build_c, have_root, record, urec_ok};
 
@@ -32,6 +33,9 @@ const FLAGS: &[&str] = &[
     "-fno-optimize-sibling-calls",
     "-fcf-protection=none",
 ];
+
+/// The workload's iterations in each recording (in each of its two processes).
+const ITERATIONS: u32 = 1500;
 
 /// The workload and its library, built in a fresh directory under /tmp.
 fn build() -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -63,6 +67,7 @@ fn run(
     let leaf = format!("{exe_s}:leaf");
     let rec = format!("{exe_s}:rec");
     let inner = format!("{plug_s}:plug_inner");
+    let iterations = ITERATIONS.to_string();
     let mut args = vec!["-v", "-g", mode, "-e", &leaf, "-e", &rec, "-e", &inner];
     args.extend(extra);
     args.extend([
@@ -70,7 +75,7 @@ fn run(
         data.to_str().unwrap(),
         "--",
         exe_s,
-        "1500",
+        &iterations,
         plug_s,
         "fork",
     ]);
@@ -108,6 +113,11 @@ fn walked(stderr: &str) -> (u64, u64, String) {
 }
 
 fn assert_same(dwarf: &BTreeMap<String, u64>, kernel: &BTreeMap<String, u64>) {
+    assert_equal("-g dwarf", dwarf, "-g kernel-dwarf", kernel);
+}
+
+/// `a == b`, or a failure listing the (count, stack) pairs of each side the other lacks.
+fn assert_equal(a_name: &str, a: &BTreeMap<String, u64>, b_name: &str, b: &BTreeMap<String, u64>) {
     let only = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| -> Vec<String> {
         a.iter()
             .filter(|(k, v)| b.get(*k) != Some(v))
@@ -115,10 +125,10 @@ fn assert_same(dwarf: &BTreeMap<String, u64>, kernel: &BTreeMap<String, u64>) {
             .collect()
     };
     assert!(
-        dwarf == kernel,
-        "stacks differ:\n -g dwarf only:\n{}\n -g kernel-dwarf only:\n{}",
-        only(dwarf, kernel).join("\n"),
-        only(kernel, dwarf).join("\n")
+        a == b,
+        "stacks differ:\n {a_name} only:\n{}\n {b_name} only:\n{}",
+        only(a, b).join("\n"),
+        only(b, a).join("\n")
     );
 }
 
@@ -182,6 +192,222 @@ fn the_depth_limit_cuts_the_same_frames() {
         walked >= 1000,
         "too few stacks walked in the kernel: {line}"
     );
+}
+
+/// urec record's default `--stack-depth`, its maximum too: a deeper stack keeps its innermost
+/// frames under a `[truncated]` one.
+const STACK_DEPTH: usize = 127;
+
+/// The workload's iterations under gdb (≈ 1 ms a stop): the fewest that take every path (i = 0
+/// to 4 give each of `rec`'s depths, 0 the 140-deep `down`, 50 the 110-deep one).
+const GDB_ITERATIONS: u32 = 51;
+
+/// A gdb backtrace (innermost first, each inlined frame listed before the one it is inlined
+/// into) named as urec's folded stacks name it: outermost first, inlined frames in, the probed
+/// function's own frame (with anything inlined at its first instruction) under the probe's
+/// name rather than the debug info's (`malloc`, not `__GI___libc_malloc`), and cut as
+/// `--stack-depth` cuts: whole physical frames, the innermost kept.
+fn fold(probe: &str, frames: &[(&str, bool)]) -> String {
+    let mut physical: Vec<Vec<&str>> = Vec::new();
+    let mut inlined = Vec::new();
+    for &(name, inline) in frames {
+        inlined.push(name);
+        if !inline {
+            physical.push(std::mem::take(&mut inlined));
+        }
+    }
+    assert!(inlined.is_empty(), "an inlined frame outermost: {frames:?}");
+    physical[0] = vec![probe];
+    let cut = physical.len() > STACK_DEPTH;
+    physical.truncate(STACK_DEPTH);
+    let mut names = physical.concat();
+    if cut {
+        names.push("[truncated]");
+    }
+    names.reverse();
+    names.join(";")
+}
+
+/// gdb's backtrace of every call of the probed functions (tests/fixtures/kernel_dwarf_bt.py)
+/// in the workload's parent and exec'd child, folded (stack → calls) so that it compares with
+/// `urec report --folded` line for line.
+fn gdb_stacks(gdb: &Path, dir: &Path, exe: &Path, plug: &Path) -> BTreeMap<String, u64> {
+    let out = dir.join("gdb.jsonl");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kernel_dwarf_bt.py");
+    let o = Command::new(gdb)
+        .args(["-batch", "-nx", "-ex"])
+        .arg(format!("python bt_out = {:?}", out.to_str().unwrap()))
+        .arg("-x")
+        .arg(&script)
+        .arg("--args")
+        .arg(exe)
+        .arg(GDB_ITERATIONS.to_string())
+        .arg(plug)
+        .arg("fork")
+        .stdin(Stdio::null())
+        // No debug file from the network: libc6-dbg's are the ones urec reads too.
+        .env_remove("DEBUGINFOD_URLS")
+        .output()
+        .expect("running gdb");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    // The child's end: the parent, detached at the fork, is not gdb's any more.
+    assert!(
+        o.status.success() && stdout.contains("exited normally") && !stderr.contains("Python"),
+        "gdb: {}\n{stdout}\n{stderr}",
+        o.status
+    );
+    let mut stacks = BTreeMap::new();
+    for line in std::fs::read_to_string(&out).unwrap().lines() {
+        let stop: serde_json::Value = serde_json::from_str(line).expect("gdb's JSON line");
+        let probe = stop["probe"].as_str().unwrap();
+        // At the first instruction, as the uprobe (or its moved site, before any push).
+        let at = stop["at"].as_str().unwrap();
+        assert!(!at.contains(" + "), "gdb stopped inside {probe}: {line}");
+        // Down to _start, whose CFI ends the stack: no unwind gave up half-way.
+        assert_eq!(
+            stop["end"], "outermost",
+            "gdb's unwind stopped early: {line}"
+        );
+        let frames: Vec<(&str, bool)> = stop["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f[0].as_str().unwrap(), f[1].as_bool().unwrap()))
+            .collect();
+        *stacks.entry(fold(probe, &frames)).or_default() += 1;
+    }
+    stacks
+}
+
+/// The workload's own calls of the probed functions in `iterations` iterations, per stack
+/// (folded): what the C source says it does, in its parent and its exec'd child alike.
+/// `start` is the frames outer to `main`, whatever libc's startup names them.
+fn known(iterations: u32, start: &str) -> BTreeMap<String, u64> {
+    let mut calls: Vec<Vec<&str>> = Vec::new();
+    // Each `leaf` calls malloc once.
+    let leaf = |calls: &mut Vec<Vec<&str>>, mut path: Vec<&'static str>| {
+        path.push("leaf");
+        calls.push(path.clone());
+        path.push("malloc");
+        calls.push(path);
+    };
+    for i in 0..iterations {
+        // vla(8 + i % 24, i) → rec(n % 5) → … → rec(0) → leaf.
+        let mut path = vec!["main", "vla"];
+        for _ in 0..=(8 + i % 24) % 5 {
+            path.push("rec");
+            calls.push(path.clone());
+        }
+        leaf(&mut calls, path);
+        calls.push(vec!["main", "plug", "plug_inner"]);
+        leaf(&mut calls, vec!["main", "plug", "plug_inner"]);
+        if i % 50 == 0 {
+            let depth = if i % 100 == 0 { 140 } else { 110 };
+            let mut path = vec!["main"];
+            path.extend(std::iter::repeat_n("down", depth + 1));
+            leaf(&mut calls, path);
+        }
+    }
+    let mut stacks = BTreeMap::new();
+    for path in calls {
+        let mut frames: Vec<&str> = start.split(';').chain(path).collect();
+        if frames.len() > STACK_DEPTH {
+            frames.drain(..frames.len() - STACK_DEPTH);
+            frames.insert(0, "[truncated]");
+        }
+        *stacks.entry(frames.join(";")).or_default() += 2;
+    }
+    stacks
+}
+
+/// Issue 31's other half of "done": the in-kernel walk's stacks are gdb's backtraces of the
+/// same calls. gdb is an independent unwinder (its own CFI reader, libc's debug info from
+/// libc6-dbg, and real return addresses: int3 breakpoints leave no uretprobe trampoline on
+/// the stack), so agreeing with it is more than agreeing with `-g dwarf`, whose unwinder and
+/// tables urec shares with the walk. gdb stops about 1 ms a call, so it runs the workload a
+/// few iterations, enough to take every path, and urec the usual 1,500 (the walk needs the
+/// process's mappings written, which takes the recorder a while): the set of stacks must be
+/// gdb's, and each stack's count what the C source says for 1,500 iterations, plus, for
+/// malloc's calls from within libc and ld.so (dlopen, printf's buffer: once a process
+/// however many iterations), gdb's counts. gdb follows the forked child through its exec and
+/// lets the parent go; the parent makes no probed call after the fork, or urec's counts
+/// would exceed the model's.
+#[test]
+fn in_kernel_stacks_equal_gdbs_backtraces() {
+    if !have_root() {
+        return;
+    }
+    let Some(gdb) = urec_record::command::find_program("gdb") else {
+        // scripts/install-deps.sh installs it: its absence is a broken machine under CI.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: gdb is missing"
+        );
+        eprintln!("skipped: no gdb");
+        return;
+    };
+    let (dir, exe, plug) = build();
+    let gdb = gdb_stacks(&gdb, dir.path(), &exe, &plug);
+    let start = gdb
+        .keys()
+        .find_map(|k| k.strip_suffix(";main;plug;plug_inner"))
+        .unwrap_or_else(|| panic!("no plug_inner called from main in gdb's stacks: {gdb:?}"))
+        .to_string();
+    let own = known(GDB_ITERATIONS, &start);
+    let inside: BTreeMap<String, u64> = gdb
+        .iter()
+        .filter(|(k, _)| !own.contains_key(*k))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    // Every other call is malloc's, made inside libc or ld.so on behalf of main.
+    assert!(!inside.is_empty(), "no malloc call from inside libc");
+    for stack in inside.keys() {
+        assert!(
+            stack.starts_with(&format!("{start};main;")) && stack.ends_with(";malloc"),
+            "{stack}"
+        );
+    }
+    // The model is gdb's own stacks and counts: it can judge urec's for 1,500 iterations.
+    let mut want = own;
+    want.extend(inside.clone());
+    assert_equal("known calls", &want, "gdb", &gdb);
+
+    let (urec, stderr) = run(
+        "kernel-dwarf",
+        dir.path(),
+        &exe,
+        &plug,
+        &["-e", "libc:malloc"],
+    );
+    let urec: BTreeMap<String, u64> = urec
+        .into_iter()
+        .map(|(k, v)| {
+            let stack = k
+                .strip_prefix("kd;")
+                .unwrap_or_else(|| panic!("not kd's: {k}"));
+            (stack.to_string(), v)
+        })
+        .collect();
+    let paths = |m: &BTreeMap<String, u64>| -> BTreeMap<String, u64> {
+        m.keys().map(|k| (k.clone(), 1)).collect()
+    };
+    assert_equal("gdb", &paths(&gdb), "urec", &paths(&urec));
+    let mut want = known(ITERATIONS, &start);
+    want.extend(inside);
+    assert_equal("known calls", &want, "urec", &urec);
+
+    let (walked, total, line) = walked(&stderr);
+    eprintln!("{line}");
+    // As in the tests above: the share of stacks that fell back (before the recorder had
+    // written a process's mappings) depends on the machine's load, hence an absolute floor.
+    assert!(
+        walked >= 1000,
+        "too few of {total} stacks walked in the kernel: {line}"
+    );
+    for unexpected in ["read failed", "bad stack", "fallback row", "exact depth"] {
+        assert!(!line.contains(unexpected), "{unexpected}: {line}");
+    }
 }
 
 /// Debian's python3.11 (no frame pointers; its libc and libz neither) calling zlib.crc32
