@@ -5,10 +5,16 @@
  *
  * Build: gcc -O1 -g -fomit-frame-pointer -fcf-protection=none -o varied varied.c
  * Usage: varied N; prints elapsed_ns=<loop time> calls=N ns_per_call=... acc=<checksum>
- * Only the loop is timed, as in hammer.c. */
+ * cpu_ns=<own CPU time> tracer_cpu_ns=<CPU time the tracer (parent, or $BENCH_TRACER_PID)
+ * used during the loop; -1 if unknown>, as hammer.c does (bench/run's kernel_dwarf section
+ * reads the recorder's CPU per event from it). Only the loop is timed. main and proc_cpu_ns
+ * are written by hand, the levels generated. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/resource.h>
 #define NOINLINE __attribute__((noinline, noclone))
 volatile unsigned long sink;
 NOINLINE unsigned long leaf(unsigned long path) {
@@ -500,10 +506,32 @@ NOINLINE unsigned long l0b(unsigned long path, int depth) {
     return r + 98;
 }
 
+/* CPU time (user + sys, all threads) of process `pid` from /proc, in ns; -1 if unknown
+ * (as in hammer.c: 10 ms resolution). */
+static long long proc_cpu_ns(long pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t len = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[len] = '\0';
+    char *p = strrchr(buf, ')'); /* comm may hold spaces */
+    unsigned long long utime, stime;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                     &utime, &stime) != 2)
+        return -1;
+    return (long long)(utime + stime) * (1000000000LL / sysconf(_SC_CLK_TCK));
+}
+
 int main(int argc, char **argv) {
     long n = argc > 1 ? atol(argv[1]) : 100000;
     struct timespec a, b;
     unsigned long acc = 0;
+    const char *tp = getenv("BENCH_TRACER_PID");
+    long tracer = tp ? strtol(tp, NULL, 10) : (long)getppid();
+    long long c0 = proc_cpu_ns(tracer);
     clock_gettime(CLOCK_MONOTONIC, &a);
     for (long i = 0; i < n; i++) {
         unsigned long path = (unsigned long)i;
@@ -512,7 +540,14 @@ int main(int argc, char **argv) {
         __asm__ volatile("" ::: "memory");
     }
     clock_gettime(CLOCK_MONOTONIC, &b);
+    long long c1 = proc_cpu_ns(tracer);
     long long ns = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
-    printf("elapsed_ns=%lld calls=%ld ns_per_call=%.1f acc=%lu\n", ns, n, (double)ns / n, acc);
+    struct rusage ru;
+    long long cpu_ns = -1;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        cpu_ns = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000LL +
+                 (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000LL;
+    printf("elapsed_ns=%lld calls=%ld ns_per_call=%.1f acc=%lu cpu_ns=%lld tracer_cpu_ns=%lld\n",
+           ns, n, (double)ns / n, acc, cpu_ns, c0 >= 0 && c1 >= 0 ? c1 - c0 : -1);
     return 0;
 }
