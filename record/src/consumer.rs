@@ -220,6 +220,9 @@ impl<W: std::io::Write> State<W> {
             }
             None => None,
         };
+        if raw.dwarf.is_some() {
+            self.dwarf.early(raw.pid);
+        }
         let capture = raw
             .dwarf
             .as_ref()
@@ -330,7 +333,7 @@ impl<W: std::io::Write> State<W> {
                 release_one(e, table, dwarf, stacks, python, &mut emit)?;
             }
             table.apply(&record, &mut emit)?;
-            dwarf.follow(table);
+            dwarf.follow(table, record.time_ns());
         }
         for e in events {
             release_one(e, table, dwarf, stacks, python, &mut emit)?;

@@ -190,8 +190,17 @@ impl DwarfStacks {
         })
     }
 
-    /// Applies the process table's mapping changes to the processes the unwinder knows.
-    pub fn follow(&mut self, table: &mut ProcessTable) {
+    /// `-g kernel-dwarf`: a copy of `pid`'s stack was just read (see
+    /// [`KernelUnwind::early`]).
+    pub fn early(&mut self, pid: u32) {
+        if let Some(k) = &mut self.kernel {
+            k.early(&mut self.unwinder, pid);
+        }
+    }
+
+    /// Applies the process table's mapping changes (of a record at `time_ns`) to the processes
+    /// the unwinder knows.
+    pub fn follow(&mut self, table: &mut ProcessTable, time_ns: u64) {
         let unwinder = &mut self.unwinder;
         let kernel = &mut self.kernel;
         table.take_changes(|change| match change {
@@ -206,7 +215,7 @@ impl DwarfStacks {
             MappingChange::Forget(pid) => {
                 unwinder.exit(pid);
                 if let Some(k) = kernel {
-                    k.forget(pid);
+                    k.forget(pid, time_ns);
                 }
             }
         });

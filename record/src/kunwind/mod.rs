@@ -13,6 +13,14 @@
 //!   ([`UnwindTable::compile`], the tables issue 30 proved against framehop) and written to
 //!   `kd_words`, and its place to `kd_tables`.
 //!
+//! Waiting for that release costs a process's first tens of milliseconds (the event waits for
+//! the side-band's horizon, then for the copies before it to be unwound): at sqlite3's malloc
+//! rate, thousands of copies of kilobytes each, enough to fill the ring. So the first copy of a
+//! process without an entry is also acted on as soon as it is read ([`KernelUnwind::early`]):
+//! its mappings come from `/proc` then, as of that moment, and the tables of every binary it
+//! maps are loaded (a handful; its first copy is often from start-up code, and the program's
+//! own comes next).
+//!
 //! From then on the process's mapping changes (side-band `mmap` records, exec, exit) keep its
 //! `kd_procs` entry current ([`KernelUnwind::added`], [`KernelUnwind::forget`]), and the next
 //! events through the same code are walked in the kernel. A mapping of a binary whose table is
@@ -220,6 +228,8 @@ pub struct KernelUnwindStats {
     pub proc_write_failures: u64,
     /// Nanoseconds spent here (compiles, map writes).
     pub ns: u64,
+    /// Entries written from `/proc` when a process's first copy was read ([`KernelUnwind::early`]).
+    pub early_entries: u64,
 }
 
 /// The recorder's side of `-g kernel-dwarf`; see the module docs.
@@ -239,6 +249,12 @@ pub struct KernelUnwind {
     now: u64,
     /// The last load's generation (`kd_table.loaded`; never 0).
     generation: u32,
+    /// Processes whose entry was written from `/proc` ([`KernelUnwind::early`]): the time it
+    /// is as of, later than the releases until they catch up.
+    early: HashMap<u32, u64>,
+    /// Processes [`KernelUnwind::early`] looked at (once each, until forgotten).
+    early_tried: std::collections::HashSet<u32>,
+    build_ids: crate::procfs::BuildIdCache,
     stats: KernelUnwindStats,
 }
 
@@ -288,6 +304,9 @@ impl KernelUnwind {
             known: HashMap::new(),
             now: 0,
             generation: 0,
+            early: HashMap::new(),
+            early_tried: Default::default(),
+            build_ids: crate::procfs::BuildIdCache::new(),
             stats: KernelUnwindStats::default(),
         })
     }
@@ -330,6 +349,42 @@ impl KernelUnwind {
         self.stats.ns += started.elapsed().as_nanos() as u64;
     }
 
+    /// A copy of `pid`'s stack was just read from the ring, not released yet: if the walk has
+    /// no entry for the process, writes one from `/proc` now, and loads the tables of the
+    /// binaries it maps.
+    pub fn early(&mut self, unwinder: &mut Unwinder, pid: u32) {
+        if self.known.contains_key(&pid) || !self.early_tried.insert(pid) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        // Taken before /proc is read: an exec after it makes the entry stale, never wrong.
+        let Ok(as_of) = crate::sideband::monotonic_now() else {
+            return;
+        };
+        let Some(snap) = crate::procfs::snapshot(pid, &mut self.build_ids) else {
+            return;
+        };
+        self.known.insert(pid, Vec::new());
+        for m in snap.mappings {
+            self.insert(unwinder, &m.mapping(pid));
+        }
+        // Every binary the process maps, not only those of this stack: its first copy is often
+        // taken during start-up (libc's init under ld.so), and the program's own code comes
+        // next. A process maps a handful; under -a only processes that hit a probe count.
+        let keys: Vec<FileKey> = self
+            .known
+            .get(&pid)
+            .map(|maps| maps.iter().map(|m| m.key.clone()).collect())
+            .unwrap_or_default();
+        for key in &keys {
+            self.load(key);
+        }
+        self.early.insert(pid, as_of);
+        self.write_proc(pid);
+        self.stats.early_entries += 1;
+        self.stats.ns += started.elapsed().as_nanos() as u64;
+    }
+
     /// A new executable mapping (in event order): applied to a known process's entry.
     pub fn added(&mut self, unwinder: &mut Unwinder, mapping: &Mapping) {
         if !self.known.contains_key(&mapping.pid) {
@@ -342,8 +397,14 @@ impl KernelUnwind {
         self.stats.ns += started.elapsed().as_nanos() as u64;
     }
 
-    /// `pid` exec'd or exited: its entry goes, and the tables no other process maps.
-    pub fn forget(&mut self, pid: u32) {
+    /// `pid` exec'd or exited at `time_ns`: its entry goes, and the tables no other process
+    /// maps; unless the entry was written from `/proc` after that ([`KernelUnwind::early`]).
+    pub fn forget(&mut self, pid: u32, time_ns: u64) {
+        if self.early.get(&pid).is_some_and(|&as_of| as_of > time_ns) {
+            return;
+        }
+        self.early.remove(&pid);
+        self.early_tried.remove(&pid);
         let Some(maps) = self.known.remove(&pid) else {
             return;
         };
@@ -359,6 +420,12 @@ impl KernelUnwind {
         let Some(maps) = self.known.get_mut(&mapping.pid) else {
             return;
         };
+        // Already there (read from /proc by `early`, then released from the side-band): not
+        // replaced, which would evict a table only this process maps and load it again.
+        let key = crate::unwind::file_key(mapping);
+        if maps.iter().any(|m| m.range == range && m.key == key) {
+            return;
+        }
         let mut gone = Vec::new();
         maps.retain(|m| {
             let overlaps = m.range.start < range.end && range.start < m.range.end;
@@ -381,7 +448,6 @@ impl KernelUnwind {
         let Some(bias) = info.load_bias(mapping.start, mapping.offset) else {
             return;
         };
-        let key = crate::unwind::file_key(mapping);
         let Some(id) = self.acquire(&key, info) else {
             return;
         };
@@ -516,7 +582,9 @@ impl KernelUnwind {
             return;
         };
         let mut value = vec![0u8; PROC_BYTES];
-        value[0..8].copy_from_slice(&self.now.to_ne_bytes());
+        // Never older than a view read from /proc: the releases may be behind it.
+        let as_of = self.now.max(self.early.get(&pid).copied().unwrap_or(0));
+        value[0..8].copy_from_slice(&as_of.to_ne_bytes());
         value[8..12].copy_from_slice(&(maps.len() as u32).to_ne_bytes());
         for (i, m) in maps.iter().take(MAX_MAPPINGS).enumerate() {
             let at = 16 + i * 32;
@@ -567,7 +635,7 @@ impl KernelUnwind {
         format!(
             "kernel-dwarf: {walked} of {} stacks walked in the kernel ({} frames), fell back: {}; \
              {} tables loaded ({} evicted, {} refused), peak {} KiB of {} KiB, {} process \
-             entries written, {:.1} ms in the recorder",
+             entries written ({} from /proc at a first copy), {:.1} ms in the recorder",
             c[0],
             c[11],
             if ends.is_empty() {
@@ -581,6 +649,7 @@ impl KernelUnwind {
             u64::from(s.peak_words) * 4 / 1024,
             u64::from(WORDS) * 4 / 1024,
             s.proc_writes,
+            s.early_entries,
             s.ns as f64 / 1e6,
         )
     }
