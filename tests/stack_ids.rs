@@ -49,8 +49,8 @@ fn ring(stderr: &str) -> (u64, u64, u64) {
         .split(|c: char| !c.is_ascii_digit() && c != '.')
         .filter_map(|w| w.parse().ok())
         .collect();
-    // "ring: R records, B bytes (X.Y bytes per record); stack ids: S read"
-    (nums[0], nums[1], nums[nums.len() - 1])
+    // "ring: R records, B bytes (X.Y bytes per record); stack ids: S read in N batches"
+    (nums[0], nums[1], nums[nums.len() - 2])
 }
 
 /// One recording of the workload: folded stacks and `-v`'s stderr.
@@ -128,8 +128,9 @@ fn ids_give_the_stacks_the_frames_gave() {
     let (records, bytes, read) = ring(&ids_err);
     assert_eq!(records, 2 * N, "{ids_err}");
     assert_eq!(bytes, N * (48 + 40), "{ids_err}");
-    // Each distinct stack read from the map once.
-    assert_eq!(read, DEPTHS, "{ids_err}");
+    // Each distinct stack read from the map once, with the few of the probe-cost calibration's
+    // helper (its events are not the recording's, but a batch takes every stored stack).
+    assert!((DEPTHS..DEPTHS + 8).contains(&read), "{ids_err}");
     let (records, bytes, read) = ring(&frames_err);
     assert_eq!((records, read), (2 * N, 0), "{frames_err}");
     assert!(bytes > N * (48 + 40), "{frames_err}");

@@ -65,14 +65,30 @@ pub const STACK_SLOTS: usize = MAX_DEPTH as usize + 2;
 pub const STACK_STORE: u32 = 4096;
 /// Ids the `stacks_known` map holds at most (`UREC_STACKS_KNOWN`).
 pub const STACKS_KNOWN: u32 = 262_144;
-const _: () = assert!(size_of::<StoredStack>() == 8 * STACK_SLOTS);
+const _: () = assert!(size_of::<StoredStack>() == 8 * STACK_SLOTS + 8);
 
 /// `struct urec_stack`: a value of the `stacks` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StoredStack {
-    /// Innermost first; the event's `nframes` are valid, the rest is whatever the buffer held.
+    /// Innermost first; `n` are valid, the rest is whatever the buffer held.
     pub frames: [u64; STACK_SLOTS],
+    /// The frames.
+    pub n: u64,
+}
+
+impl StoredStack {
+    /// The frames of a `stacks` value; `None` for a value of another size or a bad count.
+    pub fn frames_of(value: &[u8]) -> Option<Vec<u64>> {
+        if value.len() != size_of::<StoredStack>() {
+            return None;
+        }
+        let n = u64_at(value, STACK_SLOTS * 8) as usize;
+        if n == 0 || n > STACK_SLOTS {
+            return None;
+        }
+        Some((0..n).map(|i| u64_at(value, i * 8)).collect())
+    }
 }
 
 /// Python frames per event at most (`UREC_PY_MAX_FRAMES`).
@@ -1293,7 +1309,11 @@ mod tests {
         assert_eq!(e.nframes(), 0);
         assert!(RawEvent::parse(&b[..b.len() - 1]).is_err());
         // An id stands for frames: never with a copy, never for none or too many.
-        for (flags, n) in [(F_STACK_ID | F_DWARF, 3), (F_STACK_ID, 0), (F_STACK_ID, 130)] {
+        for (flags, n) in [
+            (F_STACK_ID | F_DWARF, 3),
+            (F_STACK_ID, 0),
+            (F_STACK_ID, 130),
+        ] {
             b[5] = flags;
             b[6] = n;
             assert!(RawEvent::parse(&b).is_err(), "{flags} {n}");

@@ -1632,8 +1632,10 @@ static __always_inline bool put_stack_id(struct scratch *s, __u32 off, __u32 n)
 		return false;
 	bpf_loop(UREC_STACK_SLOTS, stack_hash_step, &c, 0);
 	if (!bpf_map_lookup_elem(&stacks_known, &c.h)) {
-		/* Already stored and not yet read (another event of it in flight) is -EEXIST: the
-		 * id alone is enough then too. */
+		/* The value is the frames as they lie in the buffer, the count after the last slot
+		 * (struct urec_stack). Already stored and not yet read (another event of it in
+		 * flight) is -EEXIST: the id alone is enough then too. */
+		*(__u64 *)(s->buf + ((off & BODY_MASK) + UREC_STACK_SLOTS * 8)) = n;
 		long r = bpf_map_update_elem(&stacks, &c.h, s->buf + (off & BODY_MASK), BPF_NOEXIST);
 
 		if (r && r != -17 /* EEXIST */)

@@ -89,19 +89,20 @@ struct urec_event {
 
 /*
  * Stack ids (issue 31): a stack walked in the kernel (frame pointers or the in-kernel DWARF
- * walk) is stored once in `stacks` under a 64-bit hash of its frames (urec.bpf.c stack_id) and its
- * events carry the hash. The recorder reads a new id's
- * frames from `stacks`, deletes the entry and adds the id to `stacks_known`; an id found there
- * is not stored again. An entry is written before the event that names it is submitted, so the
- * recorder, reading events in ring order, always finds it; when `stacks` is full the frames
- * travel in the event as before.
+ * walk) is stored once in `stacks` under a 64-bit hash of its frames (urec.bpf.c
+ * put_stack_id) and its events carry the hash. The recorder, meeting an id it lacks, takes
+ * every stored stack out of `stacks` in one batch (lookup and delete) and adds their ids to
+ * `stacks_known`; an id found there is not stored again. An entry is written before the event
+ * that names it is submitted, so the recorder, reading events in ring order, always finds it;
+ * when `stacks` is full the frames travel in the event as before.
  */
 #define UREC_STACK_SLOTS (UREC_MAX_DEPTH + 2) /* frames a stored stack holds at most */
 #define UREC_STACK_STORE 4096                 /* stacks stored and not yet read, at most */
 #define UREC_STACKS_KNOWN 262144              /* stack ids the recorder has, at most */
 
 struct urec_stack {
-	__u64 frames[UREC_STACK_SLOTS]; /* innermost first; the event's nframes are valid */
+	__u64 frames[UREC_STACK_SLOTS]; /* innermost first; `n` are valid */
+	__u64 n;                        /* the frames (the recorder drains the map in batches) */
 };
 
 /* urec_dwarf.status */

@@ -236,8 +236,8 @@ impl<W: std::io::Write> State<W> {
         self.frames.clear();
         if known.is_none() {
             match raw.stack_id {
-                Some((sid, n)) => {
-                    self.stack_ids.frames(sid, n, &mut self.frames);
+                Some((sid, _)) => {
+                    self.stack_ids.frames(sid, &mut self.frames);
                 }
                 None => self.frames.extend(raw.frames().take(130)),
             }

@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use urec_bpf::abi::{StoredStack, STACK_STORE};
 use urec_format::{Avma, PyFrame, Stack, StackId};
 
 use urec_format::hash::{FxHashMap, FxHashSet};
@@ -90,17 +91,18 @@ impl StackTable {
 
 /// The recorder's side of the programs' stack ids (bpf/src/urec.h, "Stack ids").
 ///
-/// A new id's frames are read from `stacks` when its first event is decoded; the entry is
-/// deleted and the id added to `stacks_known` at the next [`StackIds::sync`], after which the
-/// programs send the id alone. Until then another event of the stack finds the entry still
-/// there (or stores it again, a race the periodic sweep cleans up).
+/// An id met for the first time makes the recorder take every stack stored so far out of
+/// `stacks` in one batch (its own among them: an entry is written before its event); their ids
+/// go into `stacks_known` at the next [`StackIds::sync`], after which the programs send the
+/// ids alone. Until then an event of such a stack may store it again (a race the periodic
+/// sweep cleans up).
 #[derive(Default)]
 pub struct StackIds {
     maps: Option<Maps>,
     /// Every id met: its frames, and its [`StackId`] once interned without Python frames (the
     /// common case: one hash lookup per event).
     ids: FxHashMap<u64, KnownStack>,
-    /// Ids read since the last sync: to delete from `stacks`, to add to `stacks_known`.
+    /// Ids taken out of `stacks` since the last sync: to add to `stacks_known`.
     to_confirm: Vec<u64>,
     /// Entries of `stacks` that no event had named by the last sweep: deleted at the one
     /// after when the map is crowded (a lost event's stack; its next event stores it again).
@@ -111,6 +113,8 @@ pub struct StackIds {
     pub missing: u64,
     /// Distinct stacks read from `stacks`.
     pub read: u64,
+    /// Batches read from `stacks`.
+    pub batches: u64,
 }
 
 struct Maps {
@@ -151,48 +155,92 @@ impl StackIds {
         }
     }
 
-    /// Appends `id`'s `n` frames to `out`; false when they are nowhere ([`StackIds::missing`]).
-    pub fn frames(&mut self, id: u64, n: usize, out: &mut Vec<u64>) -> bool {
-        if let Some(k) = self.ids.get(&id) {
-            out.extend_from_slice(&k.frames);
-            return true;
+    /// Appends `id`'s frames to `out`; false when they are nowhere ([`StackIds::missing`]).
+    pub fn frames(&mut self, id: u64, out: &mut Vec<u64>) -> bool {
+        if !self.ids.contains_key(&id) {
+            self.drain();
         }
-        let stored = self.maps.as_ref().and_then(|m| {
-            m.stacks
-                .lookup(&id.to_ne_bytes(), MapFlags::ANY)
-                .ok()
-                .flatten()
-        });
-        let Some(bytes) = stored else {
-            self.missing += 1;
-            return false;
+        if !self.ids.contains_key(&id) {
+            // Not in the batch: looked up alone (a map the batch could not read).
+            let stored = self.maps.as_ref().and_then(|m| {
+                let v = m.stacks.lookup(&id.to_ne_bytes(), MapFlags::ANY).ok()??;
+                let _ = m.stacks.delete(&id.to_ne_bytes());
+                StoredStack::frames_of(&v)
+            });
+            match stored {
+                Some(frames) => self.take(id, frames),
+                None => {
+                    self.missing += 1;
+                    return false;
+                }
+            }
+        }
+        match self.ids.get(&id) {
+            Some(k) => {
+                out.extend_from_slice(&k.frames);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes every stack stored in `stacks` out of it, in one batch.
+    fn drain(&mut self) {
+        let Some(m) = &self.maps else { return };
+        let Ok(batch) = m
+            .stacks
+            .lookup_and_delete_batch(STACK_STORE, MapFlags::ANY, MapFlags::ANY)
+        else {
+            return;
         };
-        let frames: Box<[u64]> = bytes
-            .chunks_exact(8)
-            .take(n)
-            .map(|c| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8])))
+        let taken: Vec<(u64, Vec<u64>)> = batch
+            .filter_map(|(k, v)| {
+                let id = u64::from_ne_bytes(<[u8; 8]>::try_from(k.as_slice()).ok()?);
+                Some((id, StoredStack::frames_of(&v)?))
+            })
             .collect();
-        out.extend_from_slice(&frames);
+        self.batches += 1;
+        for (id, frames) in taken {
+            self.take(id, frames);
+        }
+    }
+
+    fn take(&mut self, id: u64, frames: Vec<u64>) {
+        if self.ids.contains_key(&id) {
+            return;
+        }
         self.ids.insert(
             id,
             KnownStack {
-                frames,
+                frames: frames.into(),
                 plain: None,
             },
         );
         self.to_confirm.push(id);
         self.read += 1;
-        true
     }
 
-    /// Tells the programs which ids the recorder has (once per poll), and now and then sweeps
-    /// `stacks`. A failed map write costs only a stack sent again.
+    /// Tells the programs which ids the recorder has (once per poll, in one batch), and now
+    /// and then sweeps `stacks`. A failed map write costs only a stack sent again.
     pub fn sync(&mut self) {
         let Some(m) = &self.maps else { return };
-        for id in self.to_confirm.drain(..) {
-            let key = id.to_ne_bytes();
-            let _ = m.known.update(&key, &[1], MapFlags::ANY);
-            let _ = m.stacks.delete(&key);
+        if !self.to_confirm.is_empty() {
+            let keys: Vec<u8> = self
+                .to_confirm
+                .iter()
+                .flat_map(|id| id.to_ne_bytes())
+                .collect();
+            let values = vec![1u8; self.to_confirm.len()];
+            let n = self.to_confirm.len() as u32;
+            if m.known
+                .update_batch(&keys, &values, n, MapFlags::ANY, MapFlags::ANY)
+                .is_err()
+            {
+                for id in &self.to_confirm {
+                    let _ = m.known.update(&id.to_ne_bytes(), &[1], MapFlags::ANY);
+                }
+            }
+            self.to_confirm.clear();
         }
         if self
             .last_sweep
@@ -205,7 +253,7 @@ impl StackIds {
         let keys: Vec<Vec<u8>> = m.stacks.keys().collect();
         // Orphans only matter when they crowd the map (stacks then travel in their events);
         // a recorder lagging seconds behind the ring must not lose a stack it is yet to read.
-        let crowded = keys.len() as u32 > urec_bpf::abi::STACK_STORE / 2;
+        let crowded = keys.len() as u32 > STACK_STORE / 2;
         for key in keys {
             let Ok(k) = <[u8; 8]>::try_from(key.as_slice()) else {
                 continue;

@@ -69,8 +69,8 @@ fn count_stack(
     };
     let mut frames = Vec::new();
     match e.stack_id {
-        Some((id, n)) => {
-            ids.frames(id, n, &mut frames);
+        Some((id, _)) => {
+            ids.frames(id, &mut frames);
         }
         None => frames.extend(e.frames()),
     }

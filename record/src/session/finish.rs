@@ -63,11 +63,13 @@ pub(super) fn finish(
         }
         // What bench/run reads for the ring's bytes per event.
         eprintln!(
-            "urec: ring: {} records, {} bytes ({:.1} bytes per record); stack ids: {} read",
+            "urec: ring: {} records, {} bytes ({:.1} bytes per record); stack ids: {} read \
+             in {} batches",
             st.ring_records,
             st.ring_bytes,
             st.ring_bytes as f64 / st.ring_records.max(1) as f64,
             st.stack_ids.read,
+            st.stack_ids.batches,
         );
     }
     if st.stack_ids.missing > 0 {
