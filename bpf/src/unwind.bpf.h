@@ -552,6 +552,14 @@ static long kd_step(__u64 i, struct kd_loop *c)
  * of frames written, or 0 when the event must take the copy-and-unwind path (see the top of
  * this file). Global: verified once for every program that calls it.
  */
+/*
+ * Returned (with no frames) when the process has no entry or a stale one: the copy it falls
+ * back to wakes the recorder, which writes the entry as soon as it reads it
+ * (kunwind::KernelUnwind::early), instead of after the next poll: a program such as sqlite3
+ * makes thousands of probed calls in 10 ms, each a copy of kilobytes until then.
+ */
+#define KD_ASK (1U << 16)
+
 __noinline __u32 kd_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, __u64 leaf,
 			  __u32 depth)
 {
@@ -573,7 +581,7 @@ __noinline __u32 kd_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 	c.proc = bpf_map_lookup_elem(&kd_procs, &tgid);
 	if (!c.proc) {
 		kd_count(KD_S_NO_PROC, 1);
-		return 0;
+		return KD_ASK;
 	}
 	gen = BPF_CORE_READ(task, group_leader, start_time);
 	exec = bpf_map_lookup_elem(&kd_execs, &tgid);
@@ -581,7 +589,7 @@ __noinline __u32 kd_stack(struct pt_regs *ctx, struct scratch *s, __u32 off, __u
 		gen = *exec;
 	if (c.proc->as_of < gen) {
 		kd_count(KD_S_STALE, 1);
-		return 0;
+		return KD_ASK;
 	}
 	c.s = s;
 	w = (struct kd_walk *)(s->buf + KD_STATE_OFF);

@@ -183,6 +183,7 @@ struct cpu_state {
 	__u32 shift;       /* sampling: one call in 2^shift keeps its events (0: all) */
 	__u32 skipped;     /* calls sampled out on this CPU, for WAKEUP_CHECK_EVERY */
 	__u64 low_avail;   /* the least unread size this CPU saw since its shift last changed */
+	__u64 asked_at;    /* the last wake-up a copy forced for the in-kernel walk (KD_ASK) */
 };
 
 struct {
@@ -1545,9 +1546,23 @@ static __always_inline void count_sampled(__u32 probe)
 
 #include "unwind.bpf.h" /* -g kernel-dwarf: kd_stack() */
 
-static __always_inline void submit(__u8 *buf, __u64 size, __u32 probe, __u8 kind)
+/* Wake-ups forced by KD_ASK copies, per CPU at most one in this long: the recorder needs one. */
+#define ASK_EVERY_NS 1000000ULL
+
+/* `ask`: a copy the in-kernel walk asks the recorder to hear of now (KD_ASK). */
+static __always_inline void submit(__u8 *buf, __u64 size, __u32 probe, __u8 kind, bool ask)
 {
 	__u64 wake = wake_flag(size);
+
+	if (ask) {
+		struct cpu_state *c = this_cpu();
+		__u64 now = bpf_ktime_get_ns();
+
+		if (c && now - c->asked_at > ASK_EVERY_NS) {
+			c->asked_at = now;
+			wake = BPF_RB_FORCE_WAKEUP;
+		}
+	}
 
 	if (size < sizeof(struct urec_event) || size > SCRATCH_SIZE ||
 	    bpf_ringbuf_output(&events, buf, size, wake))
@@ -1738,8 +1753,15 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 		}
 	}
 
-	if (stack && dwarf_size && kernel_dwarf)
+	bool ask = false;
+
+	if (stack && dwarf_size && kernel_dwarf) {
 		nframes = kd_stack(ctx, s, off, leaf ? probe_ip : 0, depth);
+		if (nframes & KD_ASK) {
+			ask = true;
+			nframes = 0;
+		}
+	}
 	if (stack && dwarf_size && !nframes) {
 		__u64 size = put_dwarf(ctx, s, off, leaf ? probe_ip : 0, dwarf_size);
 
@@ -1748,7 +1770,7 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 		e->time_ns = now;
 		e->nframes = 0;
 		e->flags = flags | UREC_F_DWARF;
-		submit(buf, size, probe, kind);
+		submit(buf, size, probe, kind, ask);
 		return now;
 	}
 	if (stack && depth && !nframes) {
@@ -1787,7 +1809,7 @@ static __always_inline __u64 emit_for(struct pt_regs *ctx, struct urec_probe_cfg
 		now = bpf_ktime_get_ns();
 	e->time_ns = now;
 
-	submit(buf, (off + body) & SIZE_MASK, probe, kind);
+	submit(buf, (off + body) & SIZE_MASK, probe, kind, false);
 	return now;
 }
 
