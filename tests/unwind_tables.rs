@@ -110,10 +110,11 @@ fn c_targets_with_and_without_frame_pointers() {
     }
 }
 
-/// Stacks through a signal frame: the walk stops at `__restore_rt` (a fallback row) after
-/// exactly framehop's frames up to there.
+/// Stacks through a signal frame: the walk steps `__restore_rt` (a `SignalFrame` row) from
+/// the signal frame's saved registers, as the recorder's unwinder does around framehop, and
+/// both go on to `main` alike: every stack equal, none left to the fallback.
 #[test]
-fn signal_handler_frames_fall_back() {
+fn signal_handler_frames_are_walked_through() {
     if !have_root() {
         return;
     }
@@ -125,7 +126,17 @@ fn signal_handler_frames_fall_back() {
         &["libc:malloc"],
         &[exe.to_str().unwrap(), "200"],
     );
-    assert!(counts.fallback >= 200, "{counts:?}");
+    assert_eq!(counts.fallback, 0, "{counts:?}");
+    assert!(counts.equal >= 200, "{counts:?}");
+    // The handler's mallocs reach main through the interrupted frame.
+    let data = dir.path().join("signal.data");
+    let folded = common::urec_ok(&["report", "-i", data.to_str().unwrap(), "--folded", "-"]);
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.contains(";main;") && l.contains("__restore_rt;") && l.contains(";malloc ")),
+        "{folded}"
+    );
 }
 
 #[test]

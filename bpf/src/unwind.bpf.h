@@ -17,7 +17,7 @@
  *
  * Everything else falls back: a pc in no mapping of the process or in a binary whose table is
  * not loaded (the fallback event is how the recorder learns to load it), a `Fallback` row
- * (signal frames, CFA in another register), a failed read, an inconsistent step, an unknown
+ * (a CFA in another register, DWARF expressions), a failed read, an inconsistent step, an unknown
  * process, mappings older than the process's last exec, and a complete stack of exactly
  * `stack_depth` frames (which the recorder would take for a cut one). So the in-kernel stacks
  * equal today's by construction wherever walk.rs equals framehop, which issue 30 proved on
@@ -82,6 +82,13 @@ const volatile __u8 kernel_dwarf = 0;
 /* One walk step's result (internal). */
 #define KD_CALLER 0           /* regs now the caller's; ra in kd_walk.ra */
 #define KD_END 1              /* no caller: the stack is complete */
+#define KD_INTERRUPTED 100    /* regs now those a signal interrupted; their ip in kd_walk.ra */
+
+/* A signal frame's ucontext (at sp): where uc_mcontext holds rbp, rsp and rip (walk.rs
+ * SIGNAL_BP, SIGNAL_SP, SIGNAL_IP). */
+#define KD_SIGNAL_BP (40 + 10 * 8)
+#define KD_SIGNAL_SP (40 + 15 * 8)
+#define KD_SIGNAL_IP (40 + 16 * 8)
 
 struct kd_block {
 	__u32 w[KD_BLOCK_WORDS];
@@ -470,6 +477,18 @@ static __always_inline __u32 kd_apply(struct kd_walk *w, struct scratch *s, __u3
 		if (new_sp < sp)
 			return KD_S_BAD;
 		break;
+	case 6: /* SignalFrame: the trampoline a handler returned into; sp is the ucontext */
+		if (kd_read(w, s, sp + KD_SIGNAL_BP, &new_bp) ||
+		    kd_read(w, s, sp + KD_SIGNAL_SP, &new_sp) ||
+		    kd_read(w, s, sp + KD_SIGNAL_IP, &ra))
+			return KD_S_READ_FAILED;
+		if (ra == 0)
+			return KD_END;
+		w->ip = ra;
+		w->sp = new_sp;
+		w->bp = new_bp;
+		w->ra = ra;
+		return KD_INTERRUPTED;
 	default: /* Fallback, and kinds this walk does not know */
 		return KD_S_FALLBACK_ROW;
 	}
@@ -512,16 +531,19 @@ __noinline long kd_frame(struct kd_walk *w, struct scratch *s, struct kd_proc *p
 		w->end = KD_S_COMPLETE;
 		return 1;
 	}
-	if (r != KD_CALLER) {
+	if (r != KD_CALLER && r != KD_INTERRUPTED) {
 		w->end = r;
 		return 1;
 	}
+	/* The interrupted frame is looked up at its ip, as the first frame is (walk.rs). */
+	__u32 exact = r == KD_INTERRUPTED;
+	__u64 at = exact ? w->ra : w->ra - 1;
 	/* Most callers are in the binary of their callee: its mapping is tried first. */
 	__s32 m = w->map;
 
-	if (m < 0 || !p || w->ra - 1 < p->m[m & (KD_MAX_MAPPINGS - 1)].start ||
-	    w->ra - 1 >= p->m[m & (KD_MAX_MAPPINGS - 1)].end)
-		m = kd_find(p, w->ra - 1);
+	if (m < 0 || !p || at < p->m[m & (KD_MAX_MAPPINGS - 1)].start ||
+	    at >= p->m[m & (KD_MAX_MAPPINGS - 1)].end)
+		m = kd_find(p, at);
 	w->map = m;
 	if (m < 0) {
 		w->end = KD_S_UNKNOWN;
@@ -533,7 +555,7 @@ __noinline long kd_frame(struct kd_walk *w, struct scratch *s, struct kd_proc *p
 	}
 	*(__u64 *)(s->buf + ((w->off + (w->n & 255) * 8) & SIZE_MASK)) = w->ra;
 	w->n++;
-	w->first = 0;
+	w->first = exact;
 	return 0;
 }
 

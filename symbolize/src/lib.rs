@@ -201,7 +201,20 @@ impl Symbolizer {
         let bin = self.binary(binary, build_id);
         let key = (bin, address);
         if !self.cache.contains_key(&key) {
-            let frames = self.resolve(bin, address);
+            let mut frames = self.resolve(bin, address);
+            // A return address whose byte before lies in no function: only a signal handler's
+            // return into the trampoline (`__restore_rt`, whose CFI starts a byte early for
+            // this reason, the byte before being padding) makes one. Named by itself then.
+            let unnamed = |f: &[Frame]| {
+                f.iter()
+                    .all(|f| matches!(f.name, FrameName::Unnamed { .. }))
+            };
+            if address.is_return() && unnamed(&frames) {
+                let at = self.resolve(bin, FrameAddress::Ip(address.offset()));
+                if !unnamed(&at) {
+                    frames = at;
+                }
+            }
             self.cache.insert(key, frames.into_boxed_slice());
         }
         &self.cache[&key]

@@ -45,7 +45,7 @@ pub struct Sections<'a> {
 pub enum FallbackReason {
     /// The CFA is a DWARF expression (other than the PLT's).
     CfaExpression,
-    /// A signal trampoline (`__restore_rt`): registers come from the signal frame.
+    /// Retired: signal trampolines are [`RuleKind::SignalFrame`] rows now.
     SignalFrame,
     /// The CFA is based on a register other than `rsp` or `rbp`.
     CfaRegister,
@@ -162,6 +162,48 @@ impl UnwindTable {
     }
 }
 
+/// The address ranges (stated) of the signal trampolines the CFI describes: FDEs whose CIE has
+/// the `S` augmentation (glibc's `__restore_rt`). For an unwinder other than the table walk
+/// (framehop in the recorder) to step [`RuleKind::SignalFrame`] frames as the walk does.
+pub fn signal_trampolines(sections: &Sections<'_>) -> Vec<std::ops::Range<u64>> {
+    let bases = BaseAddresses::default()
+        .set_eh_frame_hdr(sections.eh_frame_hdr_svma)
+        .set_eh_frame(sections.eh_frame_svma)
+        .set_text(sections.text_svma)
+        .set_got(sections.got_svma);
+    let mut out = Vec::new();
+    if let Some(data) = sections.eh_frame {
+        let mut eh_frame = EhFrame::new(data, LittleEndian);
+        eh_frame.set_address_size(8);
+        signal_fdes(&eh_frame, &bases, &mut out);
+    } else if let Some(data) = sections.debug_frame {
+        let mut debug_frame = DebugFrame::new(data, LittleEndian);
+        debug_frame.set_address_size(8);
+        signal_fdes(&debug_frame, &bases, &mut out);
+    }
+    out
+}
+
+fn signal_fdes<'a, S: UnwindSection<Reader<'a>>>(
+    section: &S,
+    bases: &BaseAddresses,
+    out: &mut Vec<std::ops::Range<u64>>,
+) {
+    let mut entries = section.entries(bases);
+    while let Ok(Some(entry)) = entries.next() {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(S::cie_from_offset) else {
+            continue;
+        };
+        if fde.cie().is_signal_trampoline() && fde.len() > 0 {
+            let start = fde.initial_address();
+            out.push(start..start.saturating_add(fde.len()));
+        }
+    }
+}
+
 /// Reads every FDE of `section` with its rows.
 fn collect<'a, S: UnwindSection<Reader<'a>>>(
     section: &S,
@@ -200,8 +242,10 @@ fn collect<'a, S: UnwindSection<Reader<'a>>>(
                 match table.next_row() {
                     Ok(Some(row)) => {
                         stats.cfi_rows += 1;
+                        // Whatever its CFI expressions say: on x86-64 Linux the frame is
+                        // the kernel's rt_sigframe, its layout part of the ABI.
                         let rule = if signal {
-                            Err(FallbackReason::SignalFrame)
+                            Ok(Rule::simple(RuleKind::SignalFrame))
                         } else {
                             translate(section, encoding, row)
                         };

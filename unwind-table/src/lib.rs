@@ -59,7 +59,7 @@ mod rule;
 pub mod walk;
 
 pub use cache::TableCache;
-pub use compile::{FallbackReason, Sections, Stats};
+pub use compile::{signal_trampolines, FallbackReason, Sections, Stats};
 pub use rule::{Rule, RuleKind};
 
 /// The unwind rules of one binary, by stated address; see the crate docs.

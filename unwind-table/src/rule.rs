@@ -32,6 +32,10 @@ pub enum RuleKind {
     /// No FDE covers the address: return address at `[sp]` in the first frame (a stub or
     /// function start that has not touched the stack), frame pointers above it.
     NoCfi = 5,
+    /// A signal trampoline (`__restore_rt`: an FDE with the `S` augmentation): `sp` points at
+    /// the kernel's `ucontext`, whose saved `rip`, `rsp` and `rbp` are the interrupted frame's
+    /// (Linux x86-64 `rt_sigframe`; see [`crate::walk`]).
+    SignalFrame = 6,
 }
 
 /// One row's rule, decoded; see the module docs for the word.
@@ -81,6 +85,7 @@ impl Rule {
             3 => RuleKind::CfaRbp,
             4 => RuleKind::Plt,
             5 => RuleKind::NoCfi,
+            6 => RuleKind::SignalFrame,
             _ => RuleKind::Fallback,
         };
         let aux = ((word >> 4) & 0xff) as u8;

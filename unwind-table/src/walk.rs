@@ -16,6 +16,13 @@
 //! - Then, for all: the return address at CFA − 8; 0 ends the stack; the same CFA and return
 //!   address as before is an error.
 //!
+//! - `SignalFrame` (`__restore_rt`, reached as the return address of a signal handler):
+//!   `sp` is the kernel's `ucontext` (Linux x86-64 `rt_sigframe` after its return address);
+//!   the interrupted `rbp`, `rsp` and `rip` are its `uc_mcontext` words at `sp` + 120, 160
+//!   and 168. The frame after it is the interrupted instruction itself, not a return
+//!   address: it is looked up and stepped as a first frame is (its pc as is, `NoCfi` as
+//!   `[sp]`). gdb and libunwind read the same words.
+//!
 //! A pc whose row is `Fallback` ends the walk with [`WalkEnd::Fallback`]: the BPF walk gives
 //! such an event to copy-and-unwind, so the frames before it are only a prefix.
 
@@ -54,9 +61,20 @@ pub enum WalkEnd {
 enum Step {
     /// The caller's frame, at this return address.
     Caller(u64),
+    /// The frame a signal interrupted, at this instruction.
+    Interrupted(u64),
     /// No caller.
     End,
 }
+
+/// Where a signal frame's `ucontext` (at `sp`) holds the interrupted registers: `uc_mcontext`
+/// starts at 40 (`uc_flags`, `uc_link`, `uc_stack`), its `gregs` are r8–r15, rdi, rsi, rbp,
+/// rbx, rdx, rax, rcx, rsp, rip.
+pub const SIGNAL_BP: u64 = 40 + 10 * 8;
+/// See [`SIGNAL_BP`].
+pub const SIGNAL_SP: u64 = 40 + 15 * 8;
+/// See [`SIGNAL_BP`].
+pub const SIGNAL_IP: u64 = 40 + 16 * 8;
 
 /// Unwinds from `regs`, replacing `out` with the frames innermost first (`regs.ip`, then
 /// return addresses as read).
@@ -94,18 +112,19 @@ pub fn walk<'t>(
             Err(StepError::Read(addr)) => return WalkEnd::ReadFailed(addr),
             Err(StepError::Bad) => return WalkEnd::BadStack,
         };
-        let ra = match step {
-            Step::End | Step::Caller(0) => return WalkEnd::Complete,
-            Step::Caller(ra) => ra,
+        let (ra, exact) = match step {
+            Step::End | Step::Caller(0) | Step::Interrupted(0) => return WalkEnd::Complete,
+            Step::Caller(ra) => (ra, false),
+            Step::Interrupted(ip) => (ip, true),
         };
-        if table_for(ra - 1).is_none() {
+        if table_for(if exact { ra } else { ra - 1 }).is_none() {
             return WalkEnd::UnknownAddress(ra);
         }
         if out.len() == max_frames {
             return WalkEnd::TooDeep;
         }
         out.push(ra);
-        first = false;
+        first = exact;
     }
 }
 
@@ -157,6 +176,21 @@ fn step(
         }
         RuleKind::NoCfi if first => (sp.checked_add(8).ok_or(StepError::Bad)?, bp),
         RuleKind::NoCfi => return frame_pointer(regs, read, false),
+        RuleKind::SignalFrame => {
+            let word = |read: &mut dyn FnMut(u64) -> Option<u64>, off: u64| {
+                let at = sp.checked_add(off).ok_or(StepError::Bad)?;
+                read(at).ok_or(StepError::Read(at))
+            };
+            let new_bp = word(read, SIGNAL_BP)?;
+            let new_sp = word(read, SIGNAL_SP)?;
+            let ip = word(read, SIGNAL_IP)?;
+            *regs = Regs {
+                ip,
+                sp: new_sp,
+                bp: new_bp,
+            };
+            return Ok(Step::Interrupted(ip));
+        }
     };
     // Wrapping, as framehop's release build: a CFA below 8 reads an unmapped address and
     // fails there, without a panic in debug builds.
@@ -291,6 +325,7 @@ mod tests {
             (0x1400, Rule::simple(RuleKind::Fallback)),
             (0x1500, Rule::simple(RuleKind::EndOfStack)),
             (0x1600, Rule::simple(RuleKind::NoCfi)),
+            (0x1700, Rule::simple(RuleKind::SignalFrame)),
         ])
         .unwrap()
     }
@@ -415,6 +450,33 @@ mod tests {
             &words,
         );
         assert_eq!(frames, [0x1110, 0x1620, 0x1510]);
+        assert_eq!(end, WalkEnd::Complete);
+    }
+
+    #[test]
+    fn signal_frames_continue_at_the_interrupted_instruction() {
+        let t = table();
+        // A handler in g returns into the trampoline (0x1701; its row starts a byte early, as
+        // glibc's does); the ucontext above holds the interrupted frame: rip 0x1600, the first
+        // instruction of a no-CFI function, looked up as is (0x15ff would be end of stack),
+        // whose return address is at its sp.
+        let mut words = vec![0u64; 31];
+        words[0] = 0x1701;
+        let uc = 1; // the ucontext starts at STACK + 8
+        words[uc + (SIGNAL_BP / 8) as usize] = 0x77;
+        words[uc + (SIGNAL_SP / 8) as usize] = STACK + 30 * 8;
+        words[uc + (SIGNAL_IP / 8) as usize] = 0x1600;
+        words[30] = 0x1510;
+        let (frames, end) = run(
+            &t,
+            Regs {
+                ip: 0x1110,
+                sp: STACK,
+                bp: 0,
+            },
+            &words,
+        );
+        assert_eq!(frames, [0x1110, 0x1701, 0x1600, 0x1510]);
         assert_eq!(end, WalkEnd::Complete);
     }
 

@@ -130,8 +130,11 @@ fn check(
                 None | Some(RegisterRule::Undefined | RegisterRule::SameValue)
             ) || matches!(bp, Some(RegisterRule::Offset(o)) if o % 8 == 0);
             let plain_ra = matches!(ra, Some(RegisterRule::Offset(-8)));
-            !(expressible_cfa && expressible_bp && plain_ra) || is_signal_frame(cfi, address)
+            let expressible = expressible_cfa && expressible_bp && plain_ra;
+            !expressible && !is_signal_frame(cfi, address)
         }
+        // Exactly the rows of FDEs with the `S` augmentation (`__restore_rt`).
+        RuleKind::SignalFrame => is_signal_frame(cfi, address),
         RuleKind::NoCfi => false,
     };
     if ok {

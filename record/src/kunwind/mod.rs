@@ -57,7 +57,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 use urec_format::Mapping;
-use urec_unwind_table::{Sections, UnwindTable};
+use urec_unwind_table::UnwindTable;
 
 use crate::processes::ProcessTable;
 use crate::unwind::{ElfUnwindInfo, FileKey, Unwinder};
@@ -744,14 +744,7 @@ impl KernelUnwind {
 
 /// The table of a file, as the table cross-check compiles it (`crate::unwind::check`).
 fn compile(info: &ElfUnwindInfo) -> Result<UnwindTable, urec_unwind_table::Error> {
-    UnwindTable::compile(&Sections {
-        eh_frame: info.eh_frame.as_deref(),
-        eh_frame_svma: info.eh_frame_svma.as_ref().map_or(0, |r| r.start),
-        eh_frame_hdr_svma: info.eh_frame_hdr_svma.as_ref().map_or(0, |r| r.start),
-        debug_frame: info.debug_frame.as_deref(),
-        text_svma: info.text_svma.as_ref().map_or(0, |r| r.start),
-        got_svma: info.got_svma.as_ref().map_or(0, |r| r.start),
-    })
+    UnwindTable::compile(&info.sections())
 }
 
 #[cfg(test)]

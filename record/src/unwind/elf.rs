@@ -33,6 +33,8 @@ pub(crate) struct ElfUnwindInfo {
     pub(crate) eh_frame_hdr_svma: Option<Range<u64>>,
     pub(crate) eh_frame_hdr: Option<Bytes>,
     pub(crate) debug_frame: Option<Bytes>,
+    /// Stated ranges of its signal trampolines, found at the first mapping that asks.
+    signal_trampolines: std::sync::OnceLock<Vec<Range<u64>>>,
 }
 
 impl ElfUnwindInfo {
@@ -66,7 +68,27 @@ impl ElfUnwindInfo {
             eh_frame_hdr_svma: range(".eh_frame_hdr"),
             eh_frame_hdr: data(".eh_frame_hdr"),
             debug_frame: data(".debug_frame"),
+            signal_trampolines: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The CFI sections as the unwind-table crate reads them.
+    pub(crate) fn sections(&self) -> urec_unwind_table::Sections<'_> {
+        urec_unwind_table::Sections {
+            eh_frame: self.eh_frame.as_deref(),
+            eh_frame_svma: self.eh_frame_svma.as_ref().map_or(0, |r| r.start),
+            eh_frame_hdr_svma: self.eh_frame_hdr_svma.as_ref().map_or(0, |r| r.start),
+            debug_frame: self.debug_frame.as_deref(),
+            text_svma: self.text_svma.as_ref().map_or(0, |r| r.start),
+            got_svma: self.got_svma.as_ref().map_or(0, |r| r.start),
+        }
+    }
+
+    /// Stated ranges of the file's signal trampolines (`__restore_rt`), which framehop cannot
+    /// step through: the unwinder steps them itself (see `Unwinder::unwind_with_holes`).
+    pub(crate) fn signal_trampolines(&self) -> &[Range<u64>] {
+        self.signal_trampolines
+            .get_or_init(|| urec_unwind_table::signal_trampolines(&self.sections()))
     }
 
     /// Whether there is any CFI at all (without it framehop can only walk frame pointers).

@@ -124,12 +124,18 @@ struct Process {
     modules: Vec<Range<u64>>,
     /// Start of the `[uprobes]` mapping, where uretprobes send returns.
     trampoline: Option<u64>,
+    /// Signal trampolines (`__restore_rt`) in the modules, actual addresses.
+    signal: Vec<Range<u64>>,
 }
 
 impl Process {
     fn contains(&self, addr: u64) -> bool {
         let i = self.modules.partition_point(|r| r.start <= addr);
         i > 0 && addr < self.modules[i - 1].end
+    }
+
+    fn in_signal_trampoline(&self, addr: u64) -> bool {
+        self.signal.iter().any(|r| r.contains(&addr))
     }
 
     /// Drops every module overlapping `range` (a new mapping replaces them).
@@ -141,6 +147,11 @@ impl Process {
                 unwinder.remove_module(m.start);
             }
             !overlaps
+        });
+        self.signal.retain(|s| {
+            self.modules
+                .iter()
+                .any(|m| m.start <= s.start && s.end <= m.end)
         });
     }
 }
@@ -358,6 +369,12 @@ impl Unwinder {
         }
         let process = self.processes.entry(pid).or_default();
         process.remove_overlapping(&range);
+        process.signal.extend(
+            info.signal_trampolines()
+                .iter()
+                .map(|r| r.start.wrapping_add(bias)..r.end.wrapping_add(bias))
+                .filter(|r| range.start <= r.start && r.end <= range.end),
+        );
         let at = process.modules.partition_point(|m| m.start < range.start);
         process.modules.insert(at, range);
         process.unwinder.add_module(module);
@@ -560,6 +577,44 @@ impl Unwinder {
         let mut fh_regs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
         let mut address = FrameAddress::InstructionPointer(regs.ip);
         loop {
+            // A signal handler returned into the trampoline: framehop cannot evaluate its CFI
+            // (expressions over the signal frame), so the interrupted registers are read here,
+            // as the in-kernel walk reads them (urec_unwind_table::walk, `SignalFrame`).
+            if matches!(address, FrameAddress::ReturnAddress(_))
+                && process.in_signal_trampoline(address.address_for_lookup())
+            {
+                use urec_unwind_table::walk::{SIGNAL_BP, SIGNAL_IP, SIGNAL_SP};
+                let sp = fh_regs.sp();
+                let mut word = |off: u64| -> Result<u64, UnwindOutcome> {
+                    let at = sp.wrapping_add(off);
+                    read_stack(at).map_err(|()| {
+                        UnwindOutcome::Truncated(if at >= stack_end {
+                            Truncation::StackCopyEnd
+                        } else if in_hole(input.holes, at) {
+                            Truncation::Unreadable
+                        } else {
+                            Truncation::BadStack
+                        })
+                    })
+                };
+                let (bp, new_sp, ip) = match (word(SIGNAL_BP), word(SIGNAL_SP), word(SIGNAL_IP)) {
+                    (Ok(bp), Ok(sp), Ok(ip)) => (bp, sp, ip),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+                };
+                if ip == 0 {
+                    return UnwindOutcome::Complete;
+                }
+                if !process.contains(ip) {
+                    return UnwindOutcome::Truncated(Truncation::UnknownAddress);
+                }
+                if out.len() == MAX_FRAMES {
+                    return UnwindOutcome::Truncated(Truncation::TooDeep);
+                }
+                out.push(ip);
+                fh_regs = UnwindRegsX86_64::new(ip, new_sp, bp);
+                address = FrameAddress::InstructionPointer(ip);
+                continue;
+            }
             let cache = &mut self.caches[rule_cache_index(address.address_for_lookup())];
             let next = process
                 .unwinder
