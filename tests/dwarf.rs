@@ -219,7 +219,8 @@ fn interactive_bash_readline_reaches_main() {
     let driver = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/drive-bash.py");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bash.data");
-    record_ok(&[
+    let args = [
+        "-v",
         "-e",
         "bash:readline",
         "-a",
@@ -231,8 +232,20 @@ fn interactive_bash_readline_reaches_main() {
         "10",
         "0.05",
         bash.to_str().unwrap(),
-    ]);
+    ];
+    let o = record(&args)
+        .stdout(Stdio::null())
+        .output()
+        .expect("running urec");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "urec record {args:?}: {stderr}");
     let text = folded(&out);
+    let json = urec_ok(&["report", "-i", out.to_str().unwrap(), "--json", "-"]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        report["functions"][0]["calls"], 11,
+        "10 lines + exit, counted: {stderr}\n{text}"
+    );
     // Only the driven bash reads lines (-a also sees any other bash reading, e.g. a user's).
     let mut calls = 0;
     for line in text.lines() {
@@ -246,7 +259,7 @@ fn interactive_bash_readline_reaches_main() {
         );
         calls += count;
     }
-    assert_eq!(calls, 11, "10 lines + exit: {text}");
+    assert_eq!(calls, 11, "10 lines + exit, with stacks: {text}\n{stderr}");
 }
 
 /// The deep-stack fixture, built like the chain (non-PIE, no frame pointers).

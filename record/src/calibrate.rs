@@ -12,8 +12,11 @@
 //! - **The same programs and configuration.** The calibration probes are extra probe ids
 //!   (after the recording's own) of the loaded object, configured like the probes they stand
 //!   for (stack mode, Go pairing) and attached with [`attach::attach`], so the path measured is
-//!   the path recorded, filters included. Their links are kept to the end of the recording
-//!   ([`Calibrated`]): detaching a multi link costs ≈0.1 s, which start-up need not pay.
+//!   the path recorded, filters included. Their links are detached once measured, on a
+//!   thread of their own (detaching a multi link costs ≈0.1 s, which start-up need not pay):
+//!   kept, under `-a` they caught every other urec's calibration helper calling the same
+//!   functions of the same binary (tests run in parallel), 32 KiB stack copies filling the ring
+//!   until the recording's own events were sampled.
 //! - **A helper process that passes the filters.** A forked child of urec (urec itself is never
 //!   traced) joins the `-p` filter map and the `--cgroup` directory, waits on a pipe while the
 //!   probes attach, calls each empty function [`CALLS`] times (fewer, at least [`MIN_CALLS`],
@@ -329,11 +332,12 @@ impl Plan {
                 costs.push((*key, m));
             }
         }
-        Ok(Calibrated {
-            costs,
-            elapsed: started.elapsed(),
-            _links: Some(links),
-        })
+        let elapsed = started.elapsed();
+        // Off the start-up path (a thread that cannot start drops them here, with its closure).
+        let _ = std::thread::Builder::new()
+            .name("urec-calibration-detach".into())
+            .spawn(move || drop(links));
+        Ok(Calibrated { costs, elapsed })
     }
 }
 
@@ -398,7 +402,6 @@ pub struct Calibrated {
     pub costs: Vec<(Key, u64)>,
     /// How long the calibration took, helper and attaching included.
     pub elapsed: Duration,
-    _links: Option<Attached>,
 }
 
 impl Calibrated {
