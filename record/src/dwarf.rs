@@ -144,8 +144,10 @@ impl DwarfStacks {
         }
     }
 
-    /// `-g kernel-dwarf`: feeds the in-kernel walk's maps from here on.
-    pub fn set_kernel(&mut self, kernel: KernelUnwind) {
+    /// `-g kernel-dwarf`: feeds the in-kernel walk's maps from here on, with the tables of
+    /// `precompile` (see [`KernelUnwind::precompile`]) ready.
+    pub fn set_kernel(&mut self, mut kernel: KernelUnwind, precompile: &[std::path::PathBuf]) {
+        kernel.precompile(&mut self.unwinder, precompile);
         self.kernel = Some(kernel);
     }
 

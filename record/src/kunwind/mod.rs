@@ -357,7 +357,9 @@ impl KernelUnwind {
     /// moments then wait for no compile (libc's takes 9 ms, in which sqlite3 makes about 1,000
     /// probed calls).
     /// Files without a build id are left to be compiled when loaded.
-    pub fn precompile(&mut self, paths: &[std::path::PathBuf]) {
+    /// The files' unwind info goes into `unwinder`'s cache too: a process's first copy then
+    /// reads no file either ([`KernelUnwind::early`]).
+    pub fn precompile(&mut self, unwinder: &mut Unwinder, paths: &[std::path::PathBuf]) {
         let started = std::time::Instant::now();
         for path in paths {
             let Ok(file) = urec_untrusted::open(path) else {
@@ -370,11 +372,12 @@ impl KernelUnwind {
                 continue;
             };
             let key = FileKey::BuildId(id);
-            if self.compiled.contains_key(&key) {
+            if self.compiled.contains_key(&key) || !info.has_cfi() {
                 continue;
             }
             if let Ok(table) = compile(&info) {
-                self.compiled.insert(key, Arc::new(table));
+                self.compiled.insert(key.clone(), Arc::new(table));
+                unwinder.seed_file(key, Arc::new(info));
             }
         }
         self.stats.ns += started.elapsed().as_nanos() as u64;
@@ -445,11 +448,16 @@ impl KernelUnwind {
         let Ok(as_of) = crate::sideband::monotonic_now() else {
             return;
         };
-        let Some(snap) = crate::procfs::snapshot(pid, &mut self.build_ids) else {
+        // The mappings and their build ids only (what a table is keyed by), not a whole
+        // snapshot: the process is making probed calls meanwhile, each a copy.
+        let Some(mut mappings) = crate::procfs::maps(pid) else {
             return;
         };
         self.known.insert(pid, Vec::new());
-        for m in snap.mappings {
+        for mut m in mappings.drain(..) {
+            if m.inode != 0 {
+                m.build_id = self.build_ids.lookup_mapped(pid, &m);
+            }
             self.insert(unwinder, &m.mapping(pid));
         }
         // Every binary the process maps, not only those of this stack: its first copy is often

@@ -35,7 +35,6 @@ pub(super) fn attach(
 ) -> Result<Running> {
     // Before the probes: the exec stamp must see every exec their events could follow.
     let kernel_unwind = if opts.kernel_dwarf {
-        let mut k = crate::kunwind::KernelUnwind::new(&set.skel)?;
         let mut paths: Vec<std::path::PathBuf> =
             opts.probes.iter().map(|p| p.open_path.clone()).collect();
         if let crate::Target::Command { program, .. } = &opts.target {
@@ -45,8 +44,7 @@ pub(super) fn attach(
         }
         paths.sort();
         paths.dedup();
-        k.precompile(&paths);
-        Some(k)
+        Some((crate::kunwind::KernelUnwind::new(&set.skel)?, paths))
     } else {
         None
     };
@@ -115,8 +113,8 @@ pub(super) fn attach(
         bad_records: 0,
         error: None,
     };
-    if let Some(k) = kernel_unwind {
-        state.dwarf.set_kernel(k);
+    if let Some((k, precompile)) = kernel_unwind {
+        state.dwarf.set_kernel(k, &precompile);
     }
     Ok(Running {
         links,

@@ -662,6 +662,12 @@ impl Unwinder {
         self.file(pid, mapping)
     }
 
+    /// Puts a file's unwind info, read ahead of its first mapping (`kunwind`'s precompile),
+    /// into the cache under `key`, unless the file is known already.
+    pub(crate) fn seed_file(&mut self, key: FileKey, info: Arc<ElfUnwindInfo>) {
+        self.files.entry(key).or_insert(Some(info));
+    }
+
     /// The cached unwind info of the file `mapping` maps, reading it on first use.
     fn file(&mut self, pid: u32, mapping: &Mapping) -> Option<Arc<ElfUnwindInfo>> {
         let key = file_key(mapping);
