@@ -90,6 +90,18 @@ fn run(dir: &Path, exe: &Path, env: &[(&str, &str)]) -> (BTreeMap<String, u64>, 
     (stacks, stderr)
 }
 
+/// The workload, built with frame pointers in a fresh directory.
+fn build() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "-O1",
+        "-fno-omit-frame-pointer",
+        "-fno-optimize-sibling-calls",
+    ];
+    let exe = build_c(dir.path(), "ids", WORKLOAD_C, &flags);
+    (dir, exe)
+}
+
 /// The workload's stacks, exactly: one per recursion depth, N / DEPTHS calls each.
 fn assert_ground_truth(stacks: &BTreeMap<String, u64>) {
     assert_eq!(stacks.len() as u64, DEPTHS, "{stacks:#?}");
@@ -108,17 +120,7 @@ fn ids_give_the_stacks_the_frames_gave() {
     if !have_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build_c(
-        dir.path(),
-        "ids",
-        WORKLOAD_C,
-        &[
-            "-O1",
-            "-fno-omit-frame-pointer",
-            "-fno-optimize-sibling-calls",
-        ],
-    );
+    let (dir, exe) = build();
     let (frames, frames_err) = run(dir.path(), &exe, &[("UREC_NO_STACK_IDS", "1")]);
     let (ids, ids_err) = run(dir.path(), &exe, &[]);
     assert_ground_truth(&frames);
@@ -141,17 +143,7 @@ fn a_full_map_sends_the_frames_in_the_events() {
     if !have_root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let exe = build_c(
-        dir.path(),
-        "ids",
-        WORKLOAD_C,
-        &[
-            "-O1",
-            "-fno-omit-frame-pointer",
-            "-fno-optimize-sibling-calls",
-        ],
-    );
+    let (dir, exe) = build();
     // Four stored stacks at most: the workload meets its 100 within a millisecond, long before
     // the recorder's next poll empties the map.
     let (stacks, stderr) = run(dir.path(), &exe, &[("UREC_TEST_STACK_STORE", "4")]);

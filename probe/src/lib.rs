@@ -86,7 +86,7 @@ pub use resolve::{
     GLOB_LIMIT,
 };
 pub use spec::{parse, Arg, Fetch, FunctionSpec, ProbeSpec, Reg, MAX_DEREF_DEPTH};
-pub use target::{find_target, find_target_in, resolve_in_root, Found};
+pub use target::{find_library, find_target, find_target_in, resolve_in_root, Found};
 pub use usdt::{Operand, UsdtArg, UsdtProbe};
 
 use urec_format::{FileOffset, Svma};

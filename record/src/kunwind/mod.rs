@@ -385,17 +385,10 @@ impl KernelUnwind {
 
     /// What [`KernelUnwind::precompile`] should compile for `-- PROGRAM`: the program, its
     /// interpreter (`PT_INTERP`'s path, from `.interp`) and the libraries it names
-    /// (`DT_NEEDED`), found in the loader's default directories (not through `RUNPATH` or
-    /// `ld.so.cache`: what is not found is compiled when first needed, as before).
+    /// (`DT_NEEDED`), found as `-e LIB:FUNC` finds a library (the ld.so cache, then the
+    /// standard directories; not through `RUNPATH`: what is not found is compiled when first
+    /// needed, as before).
     pub fn program_files(program: &std::path::Path) -> Vec<std::path::PathBuf> {
-        const DIRS: [&str; 6] = [
-            "/lib/x86_64-linux-gnu",
-            "/usr/lib/x86_64-linux-gnu",
-            "/lib64",
-            "/usr/lib64",
-            "/lib",
-            "/usr/lib",
-        ];
         let mut out = vec![program.to_path_buf()];
         let Ok(image) = urec_elf::ElfImage::open(program) else {
             return out;
@@ -425,11 +418,7 @@ impl KernelUnwind {
             let Some(name) = c_str(&dynstr, val as usize).filter(|n| !n.contains('/')) else {
                 continue;
             };
-            if let Some(path) = DIRS
-                .iter()
-                .map(|d| std::path::Path::new(d).join(&name))
-                .find(|p| p.is_file())
-            {
+            if let Some(path) = urec_probe::find_library(&name) {
                 out.push(path);
             }
         }

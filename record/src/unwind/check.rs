@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use urec_unwind_table::walk::{walk, Regs as WalkRegs, WalkEnd};
-use urec_unwind_table::{Sections, TableCache, UnwindTable};
+use urec_unwind_table::{TableCache, UnwindTable};
 
 use super::elf::ElfUnwindInfo;
 use super::{in_hole, FileKey, Substitutions, Truncation, UnwindInput, UnwindOutcome, MAX_FRAMES};
@@ -68,16 +68,7 @@ impl TableCheck {
     ) {
         let table = self
             .tables
-            .get_or_compile(key, || {
-                UnwindTable::compile(&Sections {
-                    eh_frame: info.eh_frame.as_deref(),
-                    eh_frame_svma: info.eh_frame_svma.as_ref().map_or(0, |r| r.start),
-                    eh_frame_hdr_svma: info.eh_frame_hdr_svma.as_ref().map_or(0, |r| r.start),
-                    debug_frame: info.debug_frame.as_deref(),
-                    text_svma: info.text_svma.as_ref().map_or(0, |r| r.start),
-                    got_svma: info.got_svma.as_ref().map_or(0, |r| r.start),
-                })
-            })
+            .get_or_compile(key, || UnwindTable::compile(&info.sections()))
             .unwrap_or_else(|_| self.fallback.clone());
         self.remove_overlapping(pid, &range);
         let modules = self.processes.entry(pid).or_default();
