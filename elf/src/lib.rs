@@ -192,6 +192,37 @@ impl ElfImage {
         Ok(image)
     }
 
+    /// What a dynamically linked program starts with: its loader (`PT_INTERP`'s path) and the
+    /// libraries it names (`DT_NEEDED`), as the file states them; nothing for a static or
+    /// malformed one.
+    pub fn dependencies(&self) -> (Option<String>, Vec<String>) {
+        use object::read::elf::{ElfFile64, ProgramHeader};
+        let Ok(elf) = ElfFile64::<object::Endianness, _>::parse(&self.cache) else {
+            return (None, Vec::new());
+        };
+        let (endian, data) = (elf.endian(), elf.data());
+        let text = |b: &[u8]| {
+            let b = b.split(|&c| c == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(b).into_owned()
+        };
+        let interpreter = elf
+            .elf_program_headers()
+            .iter()
+            .find_map(|p| p.interpreter(endian, data).ok().flatten())
+            .map(text);
+        let mut needed = Vec::new();
+        if let Ok(table) = elf.elf_section_table().dynamic_table(endian, data) {
+            for d in table.iter() {
+                if d.tag == object::elf::DT_NEEDED {
+                    if let Ok(name) = table.string(d) {
+                        needed.push(text(name));
+                    }
+                }
+            }
+        }
+        (interpreter, needed)
+    }
+
     /// `object`'s view, for what the image does not keep (symbol tables, relocations, program
     /// headers of other types). Parsed again from the cache: the headers are not read twice.
     pub fn object(&self) -> Option<ObjectFile<'_>> {
@@ -452,6 +483,15 @@ mod tests {
         let off = f.svma.to_code_offset(image.loads()).unwrap();
         assert_eq!(off.to_svma(image.loads()), Some(f.svma));
         assert!(!image.code_at(f.svma, 4).is_empty());
+    }
+
+    /// The test binary links libc dynamically: its loader and libc, as `readelf -d` says.
+    #[test]
+    fn dependencies_of_a_dynamic_program() {
+        let image = ElfImage::open(&std::env::current_exe().unwrap()).unwrap();
+        let (interpreter, needed) = image.dependencies();
+        assert_eq!(interpreter.as_deref(), Some("/lib64/ld-linux-x86-64.so.2"));
+        assert!(needed.iter().any(|n| n == "libc.so.6"), "{needed:?}");
     }
 
     #[test]

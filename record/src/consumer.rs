@@ -233,12 +233,10 @@ impl<W: std::io::Write> State<W> {
             Some((sid, _)) if python.is_none() && later.is_none() => self.stack_ids.plain(sid),
             _ => None,
         };
-        self.frames.clear();
         if known.is_none() {
+            self.frames.clear();
             match raw.stack_id {
-                Some((sid, _)) => {
-                    self.stack_ids.frames(sid, &mut self.frames);
-                }
+                Some((sid, _)) => self.stack_ids.frames(sid, &mut self.frames),
                 None => self.frames.extend(raw.frames().take(130)),
             }
         }

@@ -192,6 +192,7 @@ impl RecordRequest {
                 callers.push(PathBuf::from(format!("/proc/{pid}/exe")));
             }
         }
+        let walk_allowed = kernel_walk_allowed();
         // Judged once for all probes: the census reads every function start of the file.
         let callers_keep_fp = callers.iter().all(|c| urec_probe::keeps_frame_pointers(c));
         let mut probes: Vec<PlannedProbe> = Vec::with_capacity(resolution.probes.len());
@@ -203,7 +204,7 @@ impl RecordRequest {
             let planned = crate::plan(p, mode).map_err(|e| usage(e.to_string()))?;
             if verbosity == Verbosity::Verbose && self.call_graph == CallGraph::Auto {
                 let how = match mode {
-                    StackMode::Dwarf if kernel_walk_allowed() => "DWARF, walked in the kernel",
+                    StackMode::Dwarf if walk_allowed => "DWARF, walked in the kernel",
                     _ => mode_name(mode),
                 };
                 eprintln!("urec: {}: stacks by {how}", p.probe.name);
@@ -243,7 +244,7 @@ impl RecordRequest {
         // finish); -g dwarf keeps the copy for every event, to compare.
         let kernel_dwarf = self.call_graph == CallGraph::KernelDwarf
             || (self.call_graph == CallGraph::Auto
-                && kernel_walk_allowed()
+                && walk_allowed
                 && probes
                     .iter()
                     .any(|p| p.probe.stack_mode == StackMode::Dwarf));

@@ -155,8 +155,8 @@ impl StackIds {
         }
     }
 
-    /// Appends `id`'s frames to `out`; false when they are nowhere ([`StackIds::missing`]).
-    pub fn frames(&mut self, id: u64, out: &mut Vec<u64>) -> bool {
+    /// Appends `id`'s frames to `out`; none when they are nowhere ([`StackIds::missing`]).
+    pub fn frames(&mut self, id: u64, out: &mut Vec<u64>) {
         if !self.ids.contains_key(&id) {
             self.drain();
         }
@@ -169,18 +169,11 @@ impl StackIds {
             });
             match stored {
                 Some(frames) => self.take(id, frames),
-                None => {
-                    self.missing += 1;
-                    return false;
-                }
+                None => self.missing += 1,
             }
         }
-        match self.ids.get(&id) {
-            Some(k) => {
-                out.extend_from_slice(&k.frames);
-                true
-            }
-            None => false,
+        if let Some(k) = self.ids.get(&id) {
+            out.extend_from_slice(&k.frames);
         }
     }
 

@@ -69,9 +69,7 @@ fn count_stack(
     };
     let mut frames = Vec::new();
     match e.stack_id {
-        Some((id, _)) => {
-            ids.frames(id, &mut frames);
-        }
+        Some((id, _)) => ids.frames(id, &mut frames),
         None => frames.extend(e.frames()),
     }
     if frames.is_empty() {

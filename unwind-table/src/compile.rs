@@ -39,6 +39,17 @@ pub struct Sections<'a> {
     pub got_svma: u64,
 }
 
+impl Sections<'_> {
+    /// What the CFI's pointer encodings are relative to.
+    fn bases(&self) -> BaseAddresses {
+        BaseAddresses::default()
+            .set_eh_frame_hdr(self.eh_frame_hdr_svma)
+            .set_eh_frame(self.eh_frame_svma)
+            .set_text(self.text_svma)
+            .set_got(self.got_svma)
+    }
+}
+
 /// Why rows were marked [`RuleKind::Fallback`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
@@ -138,11 +149,7 @@ impl UnwindTable {
     /// Compiles the table of the given CFI sections. Deterministic: the same bytes give the
     /// same table.
     pub fn compile(sections: &Sections<'_>) -> Result<Self, Error> {
-        let bases = BaseAddresses::default()
-            .set_eh_frame_hdr(sections.eh_frame_hdr_svma)
-            .set_eh_frame(sections.eh_frame_svma)
-            .set_text(sections.text_svma)
-            .set_got(sections.got_svma);
+        let bases = sections.bases();
         let mut stats = Stats::default();
         let mut fdes = Vec::new();
         if let Some(data) = sections.eh_frame {
@@ -166,11 +173,7 @@ impl UnwindTable {
 /// the `S` augmentation (glibc's `__restore_rt`). For an unwinder other than the table walk
 /// (framehop in the recorder) to step [`RuleKind::SignalFrame`] frames as the walk does.
 pub fn signal_trampolines(sections: &Sections<'_>) -> Vec<std::ops::Range<u64>> {
-    let bases = BaseAddresses::default()
-        .set_eh_frame_hdr(sections.eh_frame_hdr_svma)
-        .set_eh_frame(sections.eh_frame_svma)
-        .set_text(sections.text_svma)
-        .set_got(sections.got_svma);
+    let bases = sections.bases();
     let mut out = Vec::new();
     if let Some(data) = sections.eh_frame {
         let mut eh_frame = EhFrame::new(data, LittleEndian);

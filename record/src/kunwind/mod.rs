@@ -383,45 +383,39 @@ impl KernelUnwind {
         self.stats.ns += started.elapsed().as_nanos() as u64;
     }
 
+    /// What [`KernelUnwind::precompile`] should compile for a recording: the probed binaries
+    /// and, for `-- PROGRAM`, what [`KernelUnwind::program_files`] names.
+    pub fn startup_files(opts: &crate::RecordOptions) -> Vec<std::path::PathBuf> {
+        let mut paths: Vec<std::path::PathBuf> =
+            opts.probes.iter().map(|p| p.open_path.clone()).collect();
+        if let crate::Target::Command { program, .. } = &opts.target {
+            // A script's frames are its interpreter's.
+            let program = crate::command::script_interpreter(program).unwrap_or(program.clone());
+            paths.extend(KernelUnwind::program_files(&program));
+        }
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+
     /// What [`KernelUnwind::precompile`] should compile for `-- PROGRAM`: the program, its
-    /// interpreter (`PT_INTERP`'s path, from `.interp`) and the libraries it names
+    /// interpreter (`PT_INTERP`'s path) and the libraries it names
     /// (`DT_NEEDED`), found as `-e LIB:FUNC` finds a library (the ld.so cache, then the
     /// standard directories; not through `RUNPATH`: what is not found is compiled when first
     /// needed, as before).
-    pub fn program_files(program: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn program_files(program: &std::path::Path) -> Vec<std::path::PathBuf> {
         let mut out = vec![program.to_path_buf()];
         let Ok(image) = urec_elf::ElfImage::open(program) else {
             return out;
         };
-        let bytes = |name: &str| image.section(name).and_then(|s| image.section_bytes(s));
-        let c_str = |b: &[u8], at: usize| -> Option<String> {
-            let rest = b.get(at..)?;
-            let end = rest.iter().position(|&c| c == 0)?;
-            std::str::from_utf8(&rest[..end]).ok().map(str::to_string)
-        };
-        if let Some(interp) = bytes(".interp").and_then(|b| c_str(&b, 0)) {
-            out.push(interp.into());
-        }
-        let (Some(dynamic), Some(dynstr)) = (bytes(".dynamic"), bytes(".dynstr")) else {
-            return out;
-        };
-        const DT_NEEDED: u64 = 1;
-        for entry in dynamic.chunks_exact(16) {
-            let tag = u64::from_le_bytes(entry[..8].try_into().unwrap_or([0; 8]));
-            let val = u64::from_le_bytes(entry[8..].try_into().unwrap_or([0; 8]));
-            if tag == 0 {
-                break; // DT_NULL
-            }
-            if tag != DT_NEEDED {
-                continue;
-            }
-            let Some(name) = c_str(&dynstr, val as usize).filter(|n| !n.contains('/')) else {
-                continue;
-            };
-            if let Some(path) = urec_probe::find_library(&name) {
-                out.push(path);
-            }
-        }
+        let (interpreter, needed) = image.dependencies();
+        out.extend(interpreter.map(std::path::PathBuf::from));
+        out.extend(
+            needed
+                .iter()
+                .filter(|n| !n.contains('/'))
+                .filter_map(|n| urec_probe::find_library(n)),
+        );
         out
     }
 

@@ -35,16 +35,8 @@ pub(super) fn attach(
 ) -> Result<Running> {
     // Before the probes: the exec stamp must see every exec their events could follow.
     let kernel_unwind = if opts.kernel_dwarf {
-        let mut paths: Vec<std::path::PathBuf> =
-            opts.probes.iter().map(|p| p.open_path.clone()).collect();
-        if let crate::Target::Command { program, .. } = &opts.target {
-            // A script's frames are its interpreter's.
-            let program = crate::command::script_interpreter(program).unwrap_or(program.clone());
-            paths.extend(crate::kunwind::KernelUnwind::program_files(&program));
-        }
-        paths.sort();
-        paths.dedup();
-        Some((crate::kunwind::KernelUnwind::new(&set.skel)?, paths))
+        let files = crate::kunwind::KernelUnwind::startup_files(opts);
+        Some((crate::kunwind::KernelUnwind::new(&set.skel)?, files))
     } else {
         None
     };
